@@ -1,0 +1,279 @@
+// Package needle owns haybale's on-disk needle format: encoding, decoding and
+// verifying one stored image (or tombstone), and the identifiers that name
+// images (size codes, content types, photo IDs and image paths).
+//
+// A needle is one image of one size of one photo, appended to a volume file.
+// All integers are little-endian; needles start at 8-byte-aligned offsets in
+// the volume and are padded to a multiple of 8 bytes.
+//
+//	offset  size  field
+//	0       4     header magic (HeaderMagic)
+//	4       8     cookie
+//	12      8     key
+//	20      4     size code (the alternate key)
+//	24      1     flags: bit 0 = tombstone, bit 1 = batch continues (see below)
+//	25      1     content type: 0 unknown, 1 JPEG, 2 PNG, 3 GIF, 4 WebP
+//	26      2     reserved, zero
+//	28      8     append time, Unix nanoseconds
+//	36      4     data size N
+//	40      N     data
+//	40+N    4     footer magic (FooterMagic)
+//	44+N    8     checksum: xxhash64 of bytes [4, 40+N)
+//	52+N    0..7  zero padding to the next multiple of 8
+//
+// The checksum covers every header field after the magic and the data, so a
+// needle whose key, cookie, size code, flags or length were damaged fails
+// verification just like one whose pixels were.
+//
+// Flag bit 1 ("batch continues") groups the needles of one write request: it
+// is set on every needle of a batch but the last. Recovery treats a batch
+// whose last needle is missing as torn and drops all of it, so a
+// multi-needle write lands whole or not at all. Unknown flag bits are
+// rejected, so a future format change cannot be misread silently.
+//
+// A tombstone is a needle with the tombstone flag, no data, and the key and
+// cookie of what it deletes. Size code SizeAll deletes every size of a photo.
+//
+// Decoding never panics: every length is checked before it is used, and every
+// malformed input is rejected with an error for which IsCorruption is true.
+package needle
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// Format constants. These are part of the on-disk format and must never
+// change for format version 1.
+const (
+	// HeaderMagic starts every needle ("HAYN" in little-endian byte order).
+	HeaderMagic uint32 = 0x4e594148
+	// FooterMagic follows every needle's data ("NEND").
+	FooterMagic uint32 = 0x444e454e
+	// HeaderSize is the number of bytes before the data.
+	HeaderSize = 40
+	// FooterSize is the footer magic plus the checksum.
+	FooterSize = 12
+	// Overhead is the unpadded size of a needle with no data.
+	Overhead = HeaderSize + FooterSize
+	// Alignment is the alignment of needles in a volume and the unit of
+	// needle offsets and lengths in the in-RAM index.
+	Alignment = 8
+	// MaxDataSize is the largest data a needle may hold (64 MiB). It keeps
+	// a needle's padded length inside 24 bits of 8-byte units and bounds
+	// the memory one read can ask for.
+	MaxDataSize = 64 << 20
+)
+
+// Flag bits.
+const (
+	// FlagTombstone marks a needle that deletes the image(s) it names.
+	FlagTombstone uint8 = 1 << 0
+	// FlagBatchContinues marks every needle of a batch but the last.
+	FlagBatchContinues uint8 = 1 << 1
+
+	knownFlags = FlagTombstone | FlagBatchContinues
+)
+
+// Errors returned by decoding and verification. All of them satisfy
+// IsCorruption except ErrTooLarge, which is returned when encoding.
+var (
+	// ErrShort is returned when the bytes end before the needle does.
+	ErrShort = errors.New("needle: short needle")
+	// ErrMagic is returned when the header or footer magic is wrong.
+	ErrMagic = errors.New("needle: bad magic")
+	// ErrChecksum is returned when the stored checksum does not match the
+	// bytes.
+	ErrChecksum = errors.New("needle: checksum mismatch")
+	// ErrHeader is returned for a header with unknown flags, a non-zero
+	// reserved field, an unknown content type, or an impossible length.
+	ErrHeader = errors.New("needle: malformed header")
+	// ErrMismatch is returned by Verify when an intact needle holds a
+	// different key or size code than the one asked for: the index points
+	// at the wrong place.
+	ErrMismatch = errors.New("needle: key or size code mismatch")
+	// ErrTooLarge is returned when encoding data over MaxDataSize.
+	ErrTooLarge = errors.New("needle: data too large")
+)
+
+// IsCorruption reports whether err says that stored bytes are damaged or
+// are not what the index promised, whichever layer found it.
+func IsCorruption(err error) bool {
+	return errors.Is(err, ErrShort) || errors.Is(err, ErrMagic) ||
+		errors.Is(err, ErrChecksum) || errors.Is(err, ErrHeader) ||
+		errors.Is(err, ErrMismatch) || errors.Is(err, errCorruptMarker)
+}
+
+// errCorruptMarker lets other packages mark their own errors as corruption
+// with Corruptf.
+var errCorruptMarker = errors.New("corrupt")
+
+// Corruptf formats an error for which IsCorruption is true.
+func Corruptf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{errCorruptMarker}, args...)...)
+}
+
+// Needle is one decoded needle. Data aliases the buffer it was decoded from.
+type Needle struct {
+	Cookie      uint64
+	Key         uint64
+	Size        SizeCode
+	Flags       uint8
+	ContentType ContentType
+	// AppendTime is when the needle was appended, in Unix nanoseconds.
+	AppendTime int64
+	Data       []byte
+	// Checksum is the stored checksum; set by Decode and by Append.
+	Checksum uint64
+}
+
+// IsTombstone reports whether the needle deletes rather than stores.
+func (n *Needle) IsTombstone() bool { return n.Flags&FlagTombstone != 0 }
+
+// Header is the part of a needle that precedes its data.
+type Header struct {
+	Cookie      uint64
+	Key         uint64
+	Size        SizeCode
+	Flags       uint8
+	ContentType ContentType
+	AppendTime  int64
+	DataSize    uint32
+}
+
+// EncodedLen returns the padded length in bytes of a needle holding
+// dataLen bytes of data.
+func EncodedLen(dataLen int) int {
+	return (Overhead + dataLen + Alignment - 1) &^ (Alignment - 1)
+}
+
+// Len returns the padded length of the needle described by h.
+func (h *Header) Len() int { return EncodedLen(int(h.DataSize)) }
+
+// Append encodes n, padded, at the end of dst and returns the extended
+// slice. It sets n.Checksum. It fails only for data over MaxDataSize or an
+// unknown content type or flag.
+func Append(dst []byte, n *Needle) ([]byte, error) {
+	if len(n.Data) > MaxDataSize {
+		return dst, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(n.Data), MaxDataSize)
+	}
+	if n.Flags&^knownFlags != 0 {
+		return dst, fmt.Errorf("%w: unknown flags %#x", ErrHeader, n.Flags)
+	}
+	if !n.ContentType.Valid() {
+		return dst, fmt.Errorf("%w: unknown content type %d", ErrHeader, n.ContentType)
+	}
+	start := len(dst)
+	total := EncodedLen(len(n.Data))
+	dst = grow(dst, total)
+	b := dst[start : start+total]
+	binary.LittleEndian.PutUint32(b[0:], HeaderMagic)
+	binary.LittleEndian.PutUint64(b[4:], n.Cookie)
+	binary.LittleEndian.PutUint64(b[12:], n.Key)
+	binary.LittleEndian.PutUint32(b[20:], uint32(n.Size))
+	b[24] = n.Flags
+	b[25] = uint8(n.ContentType)
+	b[26], b[27] = 0, 0
+	binary.LittleEndian.PutUint64(b[28:], uint64(n.AppendTime))
+	binary.LittleEndian.PutUint32(b[36:], uint32(len(n.Data)))
+	copy(b[HeaderSize:], n.Data)
+	end := HeaderSize + len(n.Data)
+	binary.LittleEndian.PutUint32(b[end:], FooterMagic)
+	n.Checksum = xxhash.Sum64(b[4:end])
+	binary.LittleEndian.PutUint64(b[end+4:], n.Checksum)
+	clear(b[end+FooterSize:])
+	return dst, nil
+}
+
+// grow extends b by n bytes, reallocating at most once.
+func grow(b []byte, n int) []byte {
+	if cap(b)-len(b) < n {
+		nb := make([]byte, len(b), len(b)+n)
+		copy(nb, b)
+		b = nb
+	}
+	return b[:len(b)+n]
+}
+
+// DecodeHeader decodes and sanity-checks the fixed header at the start of b.
+// It checks the magic, flags, reserved bytes, content type and data size,
+// but not the checksum (which needs the whole needle).
+func DecodeHeader(b []byte) (Header, error) {
+	var h Header
+	if len(b) < HeaderSize {
+		return h, fmt.Errorf("%w: %d bytes, header needs %d", ErrShort, len(b), HeaderSize)
+	}
+	if m := binary.LittleEndian.Uint32(b[0:]); m != HeaderMagic {
+		return h, fmt.Errorf("%w: header magic %#08x", ErrMagic, m)
+	}
+	h.Cookie = binary.LittleEndian.Uint64(b[4:])
+	h.Key = binary.LittleEndian.Uint64(b[12:])
+	h.Size = SizeCode(binary.LittleEndian.Uint32(b[20:]))
+	h.Flags = b[24]
+	h.ContentType = ContentType(b[25])
+	h.AppendTime = int64(binary.LittleEndian.Uint64(b[28:]))
+	h.DataSize = binary.LittleEndian.Uint32(b[36:])
+	switch {
+	case h.Flags&^knownFlags != 0:
+		return h, fmt.Errorf("%w: unknown flags %#x", ErrHeader, h.Flags)
+	case b[26] != 0 || b[27] != 0:
+		return h, fmt.Errorf("%w: reserved bytes are not zero", ErrHeader)
+	case !h.ContentType.Valid():
+		return h, fmt.Errorf("%w: unknown content type %d", ErrHeader, h.ContentType)
+	case h.DataSize > MaxDataSize:
+		return h, fmt.Errorf("%w: data size %d over the %d limit", ErrHeader, h.DataSize, MaxDataSize)
+	case h.Flags&FlagTombstone != 0 && h.DataSize != 0:
+		return h, fmt.Errorf("%w: tombstone with %d bytes of data", ErrHeader, h.DataSize)
+	}
+	return h, nil
+}
+
+// Decode decodes and verifies the needle at the start of b: magics, header
+// fields and checksum. b may be longer than the needle. The returned
+// needle's Data aliases b. Padding bytes are not checked: they are outside
+// the checksum and never served.
+func Decode(b []byte) (Needle, error) {
+	h, err := DecodeHeader(b)
+	if err != nil {
+		return Needle{}, err
+	}
+	end := HeaderSize + int(h.DataSize)
+	if len(b) < end+FooterSize {
+		return Needle{}, fmt.Errorf("%w: %d bytes, needle needs %d", ErrShort, len(b), end+FooterSize)
+	}
+	if m := binary.LittleEndian.Uint32(b[end:]); m != FooterMagic {
+		return Needle{}, fmt.Errorf("%w: footer magic %#08x", ErrMagic, m)
+	}
+	sum := binary.LittleEndian.Uint64(b[end+4:])
+	if got := xxhash.Sum64(b[4:end]); got != sum {
+		return Needle{}, fmt.Errorf("%w: stored %016x, computed %016x", ErrChecksum, sum, got)
+	}
+	return Needle{
+		Cookie:      h.Cookie,
+		Key:         h.Key,
+		Size:        h.Size,
+		Flags:       h.Flags,
+		ContentType: h.ContentType,
+		AppendTime:  h.AppendTime,
+		Data:        b[HeaderSize:end:end],
+		Checksum:    sum,
+	}, nil
+}
+
+// Verify decodes b (see Decode) and checks that it is the needle for key
+// and size. It does not check the cookie: a wrong cookie is not corruption,
+// and callers answer it exactly like a missing image.
+func Verify(b []byte, key uint64, size SizeCode) (Needle, error) {
+	n, err := Decode(b)
+	if err != nil {
+		return n, err
+	}
+	if n.Key != key || n.Size != size {
+		return Needle{}, fmt.Errorf("%w: want key %x size %d, found key %x size %d",
+			ErrMismatch, key, size, n.Key, n.Size)
+	}
+	return n, nil
+}
