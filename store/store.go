@@ -1,0 +1,224 @@
+// Package store is the store process: it owns the volumes of one data
+// directory, opening them in parallel at start-up and creating new ones on
+// request. (Its HTTP read server and gRPC write server build on Store.)
+//
+// A data directory holds, per volume, <vid>.dat (the needles), <vid>.idx
+// (the index hint) and, when an operator marked it read-only,
+// <vid>.readonly. Files ending in .tmp are leftovers of an interrupted
+// atomic write and are removed at start-up.
+package store
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/haybale/haybale/internal/vfs"
+	"github.com/haybale/haybale/store/volume"
+)
+
+// ErrVolumeNotHere is returned for a vid this store does not hold.
+var ErrVolumeNotHere = errors.New("store: volume not on this store")
+
+// Options configure a Store.
+type Options struct {
+	// Dir is the data directory; it is created if missing. Required.
+	Dir string
+	// FS is the file system; default vfs.Default.
+	FS vfs.FS
+	// VolumeSizeLimit is the size at which volumes turn read-only;
+	// default and maximum volume.MaxSize (32 GiB).
+	VolumeSizeLimit int64
+	// OpenParallelism bounds how many volumes are recovered at once;
+	// default 2 x GOMAXPROCS.
+	OpenParallelism int
+	// Logger receives structured logs; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Store holds the volumes of one data directory. It is safe for concurrent
+// use.
+type Store struct {
+	opts  Options
+	ready atomic.Bool
+
+	mu struct {
+		sync.RWMutex
+		volumes map[uint32]*volume.Volume
+		failed  map[uint32]error // volumes that could not be opened
+		closed  bool
+	}
+}
+
+// Open opens every volume in opts.Dir, in parallel. A volume that cannot be
+// opened (for example a damaged superblock) is logged and reported by
+// Failed; the others are served. Open fails only when the directory itself
+// cannot be used.
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("store: no data directory")
+	}
+	if opts.FS == nil {
+		opts.FS = vfs.Default
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.OpenParallelism <= 0 {
+		opts.OpenParallelism = 2 * runtime.GOMAXPROCS(0)
+	}
+	s := &Store{opts: opts}
+	s.mu.volumes = map[uint32]*volume.Volume{}
+	s.mu.failed = map[uint32]error{}
+	if err := opts.FS.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	names, err := opts.FS.List(opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	var vids []uint32
+	for _, name := range names {
+		if strings.HasSuffix(name, ".tmp") {
+			if err := opts.FS.Remove(filepath.Join(opts.Dir, name)); err != nil {
+				opts.Logger.Warn("cannot remove leftover temporary file", "file", name, "err", err)
+			}
+			continue
+		}
+		base, ok := strings.CutSuffix(name, ".dat")
+		if !ok {
+			continue
+		}
+		vid, err := strconv.ParseUint(base, 10, 32)
+		if err != nil || strconv.FormatUint(vid, 10) != base {
+			continue
+		}
+		vids = append(vids, uint32(vid))
+	}
+
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(opts.OpenParallelism)
+	for _, vid := range vids {
+		g.Go(func() error {
+			v, err := volume.Open(gctx, opts.Dir, vid, s.volumeOptions())
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if ctxErr := gctx.Err(); ctxErr != nil {
+					return ctxErr
+				}
+				opts.Logger.Error("volume failed to open", "vid", vid, "err", err)
+				s.mu.failed[vid] = err
+				return nil
+			}
+			st := v.Status()
+			opts.Logger.Info("volume opened", "vid", vid, "state", st.State.String(), "images", st.Images, "bytes", st.Size)
+			s.mu.volumes[vid] = v
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	s.ready.Store(true)
+	return s, nil
+}
+
+func (s *Store) volumeOptions() volume.Options {
+	return volume.Options{FS: s.opts.FS, SizeLimit: s.opts.VolumeSizeLimit}
+}
+
+// Ready reports whether every volume has been loaded.
+func (s *Store) Ready() bool { return s.ready.Load() }
+
+// Dir returns the data directory.
+func (s *Store) Dir() string { return s.opts.Dir }
+
+// Volume returns the open volume vid.
+func (s *Store) Volume(vid uint32) (*volume.Volume, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if v, ok := s.mu.volumes[vid]; ok {
+		return v, nil
+	}
+	if err, ok := s.mu.failed[vid]; ok {
+		return nil, fmt.Errorf("store: volume %d failed to open: %w", vid, err)
+	}
+	return nil, fmt.Errorf("%w: %d", ErrVolumeNotHere, vid)
+}
+
+// Volumes returns the open volumes ordered by vid.
+func (s *Store) Volumes() []*volume.Volume {
+	s.mu.RLock()
+	vs := make([]*volume.Volume, 0, len(s.mu.volumes))
+	for _, v := range s.mu.volumes {
+		vs = append(vs, v)
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(vs, func(a, b *volume.Volume) int { return cmp.Compare(a.Vid(), b.Vid()) })
+	return vs
+}
+
+// Failed returns the volumes that could not be opened, with why.
+func (s *Store) Failed() map[uint32]error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m := make(map[uint32]error, len(s.mu.failed))
+	for vid, err := range s.mu.failed {
+		m[vid] = err
+	}
+	return m
+}
+
+// CreateVolume creates volume vid. Creating a volume the store already
+// holds returns it unchanged, so a retried allocation is harmless.
+func (s *Store) CreateVolume(ctx context.Context, vid uint32) (*volume.Volume, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return nil, volume.ErrClosed
+	}
+	if v, ok := s.mu.volumes[vid]; ok {
+		return v, nil
+	}
+	if err, ok := s.mu.failed[vid]; ok {
+		return nil, fmt.Errorf("store: volume %d exists but failed to open: %w", vid, err)
+	}
+	v, err := volume.Create(ctx, s.opts.Dir, vid, s.volumeOptions())
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	s.mu.volumes[vid] = v
+	s.opts.Logger.Info("volume created", "vid", vid)
+	return v, nil
+}
+
+// Close closes every volume, waiting for writes in flight.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return nil
+	}
+	s.mu.closed = true
+	var errs []error
+	for _, v := range s.mu.volumes {
+		if err := v.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

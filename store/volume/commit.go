@@ -1,0 +1,185 @@
+package volume
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/haybale/haybale/needle"
+)
+
+// pending is one queued batch: its encoded needles and the index changes
+// they make, with offsets relative to the start of buf until the leader
+// places the batch.
+type pending struct {
+	buf   []byte
+	ops   []idxEntry
+	base  int64  // where the leader placed buf
+	freed uint64 // 8-byte units freed by tombstones
+	err   error
+	done  bool
+}
+
+// tombstoneOnly reports whether the batch only deletes; deletes are
+// accepted by read-only volumes so a photo can always be removed.
+func (p *pending) tombstoneOnly() bool {
+	for _, op := range p.ops {
+		if !op.tombstone {
+			return false
+		}
+	}
+	return true
+}
+
+// commitQueue implements group commit. Writers queue batches; the first
+// writer that finds no leader becomes the leader and commits everything
+// queued, in rounds, until the queue is empty. Only the leader touches the
+// file tail, the idx file and the idx state.
+type commitQueue struct {
+	mu      sync.Mutex
+	cond    sync.Cond // signalled when a round completes or the leader leaves
+	queue   []*pending
+	leader  bool
+	closing bool
+}
+
+func (q *commitQueue) release() {
+	q.mu.Lock()
+	q.leader = false
+	q.cond.Broadcast()
+	q.mu.Unlock()
+}
+
+// submit queues p and waits until it is durable and indexed, or failed. It
+// returns the byte offset where p's buffer starts.
+func (v *Volume) submit(p *pending) (int64, error) {
+	q := &v.commit
+	q.mu.Lock()
+	if q.closing {
+		q.mu.Unlock()
+		return 0, ErrClosed
+	}
+	q.queue = append(q.queue, p)
+	for !p.done && q.leader {
+		q.cond.Wait()
+	}
+	if p.done {
+		q.mu.Unlock()
+		return p.base, p.err
+	}
+	q.leader = true
+	for len(q.queue) > 0 {
+		group := q.queue
+		q.queue = nil
+		q.mu.Unlock()
+		v.commitGroup(group)
+		q.mu.Lock()
+		for _, g := range group {
+			g.done = true
+		}
+		q.cond.Broadcast()
+	}
+	q.leader = false
+	q.cond.Broadcast()
+	q.mu.Unlock()
+	return p.base, p.err
+}
+
+// commitGroup writes, syncs and indexes one round of batches. It runs only
+// in the leader.
+func (v *Volume) commitGroup(group []*pending) {
+	start := v.tail.Load()
+	end := start
+	var accepted []*pending
+	for _, p := range group {
+		state, reason := v.State()
+		switch {
+		case state == StateFailed:
+			p.err = fmt.Errorf("%w: %s", ErrReadOnly, reason)
+		case state != StateWritable && !p.tombstoneOnly():
+			p.err = fmt.Errorf("%w: %s", ErrReadOnly, reason)
+		case end+int64(len(p.buf)) > v.opts.SizeLimit && !p.tombstoneOnly():
+			v.setState(StateReadOnly, "full")
+			p.err = fmt.Errorf("%w: %d bytes do not fit under the %d-byte limit", ErrFull, len(p.buf), v.opts.SizeLimit)
+		case end+int64(len(p.buf)) > MaxSize:
+			p.err = fmt.Errorf("%w: volume at its %d-byte format limit", ErrFull, MaxSize)
+		default:
+			p.base = end
+			end += int64(len(p.buf))
+			accepted = append(accepted, p)
+		}
+	}
+	if len(accepted) == 0 {
+		return
+	}
+	failAll := func(err error) {
+		for _, p := range accepted {
+			p.err = err
+		}
+	}
+	for _, p := range accepted {
+		n, err := v.dat.WriteAt(p.buf, p.base)
+		if err == nil && n < len(p.buf) {
+			err = errors.New("short write")
+		}
+		if err != nil {
+			werr := fmt.Errorf("write at %d: %w", p.base, err)
+			// Nothing of this round was acknowledged: cut it off so the
+			// next round starts on a clean tail.
+			if terr := v.dat.Truncate(start); terr != nil {
+				v.fail(fmt.Errorf("%v; truncate back to %d: %w", werr, start, terr))
+			}
+			failAll(werr)
+			return
+		}
+	}
+	if err := v.dat.Sync(); err != nil {
+		serr := fmt.Errorf("fdatasync: %w", err)
+		v.fail(serr)
+		failAll(serr)
+		return
+	}
+	v.tail.Store(end)
+
+	// Durable: publish to the index, then append the idx hints.
+	var recs []byte
+	v.mu.Lock()
+	for _, p := range accepted {
+		for i := range p.ops {
+			op := &p.ops[i]
+			op.off += uint32(p.base / needle.Alignment)
+			if op.tombstone {
+				p.freed += v.mu.index.remove(op.key, op.size)
+			} else {
+				v.mu.index.put(op.key, op.size, op.off, op.length)
+			}
+			recs = appendIdxRecord(recs, *op)
+		}
+	}
+	v.mu.Unlock()
+	v.needles.Add(int64(len(recs) / idxRecordSize))
+	v.appendIdx(recs)
+	if end >= v.opts.SizeLimit {
+		if s, _ := v.State(); s == StateWritable {
+			v.setState(StateReadOnly, "full")
+		}
+	}
+}
+
+// appendIdx appends idx records. The idx is a hint: when writing it fails,
+// the volume stops writing it (so it has no holes) and the next open
+// rebuilds the missing part from the .dat.
+func (v *Volume) appendIdx(recs []byte) {
+	if v.idx == nil || v.idxErr != nil || len(recs) == 0 {
+		return
+	}
+	n, err := v.idx.WriteAt(recs, v.idxBytes)
+	if err == nil && n < len(recs) {
+		err = errors.New("short write")
+	}
+	if err != nil {
+		v.idxErr = fmt.Errorf("idx write: %w", err)
+		return
+	}
+	v.idxBytes += int64(n)
+}

@@ -1,0 +1,80 @@
+// Package volume owns one haybale volume: the append-only file of needles
+// <vid>.dat, its index hint file <vid>.idx, the compact in-RAM index, group
+// commit, start-up recovery and the read path. It has no network code.
+//
+// # Volume file (<vid>.dat)
+//
+// A volume begins with a 64-byte superblock; needles (see package needle)
+// follow from offset 64, each at an 8-byte-aligned offset. Integers are
+// little-endian.
+//
+//	offset  size  field
+//	0       8     magic "HAYBALEV"
+//	8       4     format version (1)
+//	12      4     vid
+//	16      8     creation time, Unix nanoseconds
+//	24      4     compaction generation (0 for a new volume)
+//	28      32    reserved, zero
+//	60      4     CRC-32C (Castagnoli) of bytes [0, 60)
+//
+// Offsets in the in-RAM index and the idx file are in 8-byte units held in a
+// uint32, so a volume holds at most 32 GiB (MaxSize).
+//
+// # Index hint file (<vid>.idx)
+//
+// The idx is a fixed-record, append-only hint. It starts with a 24-byte
+// header, followed by one 24-byte record per needle, appended only after the
+// needle's bytes are durable:
+//
+//	header  offset  size  field
+//	        0       8     magic "HAYIDX01"
+//	        8       4     vid
+//	        12      4     compaction generation of the .dat it indexes
+//	        16      4     reserved, zero
+//	        20      4     CRC-32C of bytes [0, 20)
+//
+//	record  offset  size  field
+//	        0       8     key
+//	        8       4     size code
+//	        12      4     needle offset in 8-byte units
+//	        16      4     bits 0..30: needle length in 8-byte units;
+//	                      bit 31: the needle is a tombstone
+//	        20      4     CRC-32C of bytes [0, 20)
+//
+// The idx is never synced on the write path: it is a hint. At open the
+// volume loads records until the first torn or damaged one (or one pointing
+// past the end of the .dat), cuts the idx there, then scans the .dat from the
+// end of the last indexed needle to its end and indexes what it finds. An
+// idx whose header names another vid or generation is rebuilt from the .dat
+// alone.
+//
+// # Writes and group commit
+//
+// Write appends a batch of needles and returns only after they are durable
+// (fdatasync). Concurrent writers share syncs: the first waiting writer
+// becomes the leader, writes every queued batch with one pwrite each, syncs
+// once, publishes the needles to the index and wakes the others. Every needle
+// of a batch but the last carries the "batch continues" flag, so recovery
+// drops a batch whose end never reached the disk: a batch lands whole or not
+// at all.
+//
+// # Failures
+//
+// A failed write is never acknowledged and its bytes are never served: the
+// index learns of a needle only after the sync that made it durable. When a
+// pwrite fails (ENOSPC, EIO, short write) the volume truncates the file back
+// to its last durable end and stays writable; if that truncate fails too, or
+// when fdatasync fails (after which the kernel may have dropped the dirty
+// pages, so no later sync can be trusted), the volume turns read-only with
+// state StateFailed: it keeps serving every needle acknowledged before, and
+// refuses writes until it is reopened, when recovery re-verifies the tail.
+//
+// # Reads
+//
+// Read looks the (key, size) up in the in-RAM index and reads the whole
+// needle with exactly one pread, then checks magic, key, size code, checksum
+// and cookie. Damaged bytes yield an error for which IsCorruption is true
+// and are never returned; a wrong cookie reads exactly like a missing image.
+//
+// A Volume is safe for concurrent use.
+package volume

@@ -1,0 +1,135 @@
+package volume
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+)
+
+// On-disk format constants (see the package doc for the byte layouts).
+// They are part of format version 1 and never change.
+const (
+	// SuperblockSize is the size of the volume superblock; the first needle
+	// starts right after it.
+	SuperblockSize = 64
+	// FormatVersion is the volume format version this package writes.
+	FormatVersion = 1
+	// MaxSize is the largest a volume may grow: offsets are uint32 counts
+	// of 8-byte units.
+	MaxSize = int64(1<<32) * 8
+	// idxRecordSize is the size of the idx header and of each idx record.
+	idxRecordSize = 24
+
+	superMagic = "HAYBALEV"
+	idxMagic   = "HAYIDX01"
+
+	tombstoneBit = 1 << 31
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Errors about files that are not volumes or not of this version.
+var (
+	// ErrNotVolume is returned when a .dat file does not start with a valid
+	// superblock.
+	ErrNotVolume = errors.New("volume: not a haybale volume (bad superblock)")
+	// ErrVersion is returned for a superblock of an unknown format version.
+	ErrVersion = errors.New("volume: unsupported volume format version")
+)
+
+// Superblock is the decoded header of a volume file.
+type Superblock struct {
+	Version    uint32
+	Vid        uint32
+	Created    int64 // Unix nanoseconds
+	Generation uint32
+}
+
+func (s *Superblock) encode() []byte {
+	b := make([]byte, SuperblockSize)
+	copy(b, superMagic)
+	binary.LittleEndian.PutUint32(b[8:], s.Version)
+	binary.LittleEndian.PutUint32(b[12:], s.Vid)
+	binary.LittleEndian.PutUint64(b[16:], uint64(s.Created))
+	binary.LittleEndian.PutUint32(b[24:], s.Generation)
+	binary.LittleEndian.PutUint32(b[60:], crc32.Checksum(b[:60], castagnoli))
+	return b
+}
+
+// DecodeSuperblock validates magic, then version, then checksum, each with
+// its own error.
+func DecodeSuperblock(b []byte) (Superblock, error) {
+	var s Superblock
+	if len(b) < SuperblockSize || string(b[:8]) != superMagic {
+		return s, ErrNotVolume
+	}
+	s.Version = binary.LittleEndian.Uint32(b[8:])
+	if s.Version != FormatVersion {
+		return s, fmt.Errorf("%w %d", ErrVersion, s.Version)
+	}
+	if crc32.Checksum(b[:60], castagnoli) != binary.LittleEndian.Uint32(b[60:]) {
+		return s, fmt.Errorf("%w: checksum mismatch", ErrNotVolume)
+	}
+	s.Vid = binary.LittleEndian.Uint32(b[12:])
+	s.Created = int64(binary.LittleEndian.Uint64(b[16:]))
+	s.Generation = binary.LittleEndian.Uint32(b[24:])
+	return s, nil
+}
+
+// idxEntry is one idx record: a needle's place in the volume.
+type idxEntry struct {
+	key       uint64
+	size      uint32
+	off       uint32 // 8-byte units
+	length    uint32 // 8-byte units
+	tombstone bool
+}
+
+func (e idxEntry) end() int64 { return (int64(e.off) + int64(e.length)) * 8 }
+
+func appendIdxRecord(dst []byte, e idxEntry) []byte {
+	var b [idxRecordSize]byte
+	binary.LittleEndian.PutUint64(b[0:], e.key)
+	binary.LittleEndian.PutUint32(b[8:], e.size)
+	binary.LittleEndian.PutUint32(b[12:], e.off)
+	l := e.length
+	if e.tombstone {
+		l |= tombstoneBit
+	}
+	binary.LittleEndian.PutUint32(b[16:], l)
+	binary.LittleEndian.PutUint32(b[20:], crc32.Checksum(b[:20], castagnoli))
+	return append(dst, b[:]...)
+}
+
+func decodeIdxRecord(b []byte) (idxEntry, bool) {
+	if crc32.Checksum(b[:20], castagnoli) != binary.LittleEndian.Uint32(b[20:]) {
+		return idxEntry{}, false
+	}
+	l := binary.LittleEndian.Uint32(b[16:])
+	e := idxEntry{
+		key:       binary.LittleEndian.Uint64(b[0:]),
+		size:      binary.LittleEndian.Uint32(b[8:]),
+		off:       binary.LittleEndian.Uint32(b[12:]),
+		length:    l &^ tombstoneBit,
+		tombstone: l&tombstoneBit != 0,
+	}
+	return e, e.length > 0 && e.off >= SuperblockSize/8
+}
+
+func encodeIdxHeader(vid, generation uint32) []byte {
+	b := make([]byte, idxRecordSize)
+	copy(b, idxMagic)
+	binary.LittleEndian.PutUint32(b[8:], vid)
+	binary.LittleEndian.PutUint32(b[12:], generation)
+	binary.LittleEndian.PutUint32(b[20:], crc32.Checksum(b[:20], castagnoli))
+	return b
+}
+
+func decodeIdxHeader(b []byte) (vid, generation uint32, ok bool) {
+	if len(b) < idxRecordSize || string(b[:8]) != idxMagic ||
+		crc32.Checksum(b[:20], castagnoli) != binary.LittleEndian.Uint32(b[20:]) {
+		return 0, 0, false
+	}
+	return binary.LittleEndian.Uint32(b[8:]), binary.LittleEndian.Uint32(b[12:]), true
+}

@@ -1,0 +1,676 @@
+package volume
+
+import (
+	"encoding/binary"
+	"math/bits"
+
+	"github.com/google/btree"
+)
+
+// allSizes is the size code that names every size of a photo (a tombstone for
+// the whole photo). It is never stored as an entry.
+const allSizes = 0xFFFFFFFF
+
+// Layout of the packed form. None of these constants is part of an on-disk
+// format: the index lives only in RAM and is rebuilt from the idx file and the
+// volume at start-up.
+const (
+	// packedSizes is the number of size codes a packed record has a slot for:
+	// 0..3 (t, s, m, l). Every other size code lives in the exception set.
+	packedSizes = 4
+
+	// recSize is the width in bytes of one packed record (see index).
+	recSize = 19
+
+	// deltaBits is the width of a record's key delta from its group's base key.
+	deltaBits = 20
+	maxDelta  = 1<<deltaBits - 1
+
+	// maxLen is the largest length, in 8-byte units, a packed slot holds
+	// (24 bits: 128 MiB). Longer needles are exceptions.
+	maxLen = 1<<24 - 1
+
+	// groupRecords is the most records a group spans. A lookup binary-searches
+	// the group bases, then the key deltas inside one group.
+	groupRecords = 64
+
+	// pageShift sets the size of a full page: 1<<pageShift records. Records
+	// live in pages of fixed size so that appending never copies the whole
+	// index nor leaves half of a large doubled slice unused; only the last
+	// page grows (by doubling, from firstPageRecords) until it is full. A full
+	// page is 155,648 bytes, exactly 19 runtime pages of 8 KiB, so the
+	// allocator rounds nothing up.
+	pageShift        = 13
+	pageRecords      = 1 << pageShift
+	pageMask         = pageRecords - 1
+	firstPageRecords = 64
+
+	// excDegree is the degree of the exception B-tree.
+	excDegree = 16
+
+	// excEntryBytes estimates the heap bytes one exception costs in the
+	// B-tree: the 24-byte item, the unused capacity of node item slices
+	// (nodes filled in key order, as a merge does, stay about half full),
+	// child pointers and node headers. BenchmarkIndexMemory measures it;
+	// memoryBytes uses it.
+	excEntryBytes = 56
+
+	// defaultMergeMin is the least number of exceptions added since the last
+	// merge that can trigger a merge (see index.mergeMin).
+	defaultMergeMin = 4096
+)
+
+// index is the in-RAM needle index of one volume: it maps (key, size code) to
+// the needle's offset and length in the volume file, both in 8-byte units
+// (needles are 8-byte aligned and padded, so a uint32 offset reaches 32 GiB).
+//
+// An index is not safe for concurrent use. The volume guards it with a
+// sync.RWMutex: get, sizesOf, len, liveUnits, ascend and memoryBytes only read
+// and may run concurrently with each other; put and remove need the write
+// lock.
+//
+// # Packed records
+//
+// Keys arrive almost sorted and the sizes t, s, m, l of a photo are appended
+// together, one after another, in ascending size order. The index exploits
+// both: the common case is one fixed-width 19-byte record per photo (about
+// 4.8 bytes per stored image), kept in key order. All integers are
+// little-endian:
+//
+//	| offset | size | field                                                      |
+//	|--------|------|------------------------------------------------------------|
+//	| 0      | 3    | bits 0..19: key - group base key; bits 20..23: live mask,  |
+//	|        |      | bit i set when size i is live                              |
+//	| 3      | 4    | first offset: offset of the lowest used slot               |
+//	| 7      | 3    | length of size 0 (t); 0 = slot unused                      |
+//	| 10     | 3    | length of size 1 (s)                                       |
+//	| 13     | 3    | length of size 2 (m)                                       |
+//	| 16     | 3    | length of size 3 (l)                                       |
+//
+// The offset of size i is the first offset plus the lengths of the slots
+// before i. A slot whose live bit is clear but whose length is not zero is
+// dead: a removed or rewritten size, or a filler covering bytes between two
+// sizes that are not adjacent in the file. Dead slots keep their length so
+// the offsets of later slots stay right.
+//
+// Records are grouped: a group is at most 64 consecutive records whose keys
+// are all within 2^20-1 of the group's base key (the key of its first
+// record). For each group the index holds its base key (uint64) and the
+// number of its first record (uint32), about 0.05 bytes per image. Records
+// live in pages of 8192 records (155,648 bytes).
+//
+// # Exceptions
+//
+// Whatever does not fit the packed form is kept in an exception set, a B-tree
+// of (key, size, offset, length) ordered by (key, size): a key below the last
+// packed key, a size written again (its packed slot becomes dead), a size
+// appended later that does not follow the photo's last size in the file, size
+// codes 4 and above, and lengths of zero or of 2^24 units and more. For every
+// (key, size) at most one of a live packed slot and an exception exists.
+// Lookups try the packed record, then the exceptions.
+//
+// When the exceptions added since the last merge outnumber an eighth of the
+// packed records (and at least mergeMin), the index is rebuilt in one O(n)
+// pass that merges the packed entries and the exceptions in key order,
+// packs every photo whose sizes can share a record and keeps the rest as
+// exceptions. A stream of out-of-order or random keys therefore still ends up
+// compact, and the cost of merging is amortised over the puts.
+type index struct {
+	// pages holds the packed records, pageRecords per page; every page but
+	// the last is full.
+	pages [][]byte
+	// nrec is the number of packed records.
+	nrec int
+	// lastKey is the key of record nrec-1 (meaningful when nrec > 0).
+	lastKey uint64
+
+	// bases[g] is the key of group g's first record and starts[g] its
+	// record number.
+	bases  []uint64
+	starts []uint32
+
+	exc *btree.BTreeG[excEntry]
+	// excMaxKey is at least the largest key in exc (an upper bound: it is
+	// not lowered when exceptions are removed).
+	excMaxKey uint64
+	// excAtMerge is the exception count after the last merge, lowered by
+	// removals.
+	excAtMerge int
+	// mergeMin is the least number of exceptions added since the last merge
+	// that triggers a merge. Tests lower it.
+	mergeMin int
+
+	live  int    // live (key, size) entries, packed and exceptions
+	units uint64 // summed lengths of the live entries
+}
+
+// excEntry is one exception.
+type excEntry struct {
+	key    uint64
+	size   uint32
+	off    uint32
+	length uint32
+}
+
+func excLess(a, b excEntry) bool {
+	if a.key != b.key {
+		return a.key < b.key
+	}
+	return a.size < b.size
+}
+
+// newIndex returns an empty index.
+func newIndex() *index {
+	return &index{
+		exc:      btree.NewG[excEntry](excDegree, excLess),
+		mergeMin: defaultMergeMin,
+	}
+}
+
+// record returns the bytes of packed record r.
+func (ix *index) record(r int) []byte {
+	p := ix.pages[r>>pageShift]
+	o := (r & pageMask) * recSize
+	return p[o : o+recSize : o+recSize]
+}
+
+func get24(b []byte) uint32 {
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16
+}
+
+func put24(b []byte, v uint32) {
+	b[0] = byte(v)
+	b[1] = byte(v >> 8)
+	b[2] = byte(v >> 16)
+}
+
+func recDelta(b []byte) uint32 { return get24(b) & maxDelta }
+func recMask(b []byte) uint32  { return get24(b) >> deltaBits }
+func recFirst(b []byte) uint32 { return binary.LittleEndian.Uint32(b[3:7]) }
+func recLen(b []byte, size uint32) uint32 {
+	return get24(b[7+3*size:])
+}
+
+func setRecMask(b []byte, mask uint32) {
+	put24(b, recDelta(b)|mask<<deltaBits)
+}
+
+// slotOff returns the offset of slot size of record b.
+func slotOff(b []byte, size uint32) uint32 {
+	off := recFirst(b)
+	for i := uint32(0); i < size; i++ {
+		off += recLen(b, i)
+	}
+	return off
+}
+
+// find returns the number of the packed record holding key.
+func (ix *index) find(key uint64) (int, bool) {
+	if ix.nrec == 0 || key > ix.lastKey || key < ix.bases[0] {
+		return 0, false
+	}
+	if key == ix.lastKey {
+		return ix.nrec - 1, true
+	}
+	// The last group whose base is <= key.
+	lo, hi := 0, len(ix.bases)
+	for hi-lo > 1 {
+		m := int(uint(lo+hi) >> 1)
+		if ix.bases[m] <= key {
+			lo = m
+		} else {
+			hi = m
+		}
+	}
+	d := key - ix.bases[lo]
+	if d > maxDelta {
+		return 0, false
+	}
+	delta := uint32(d)
+	// The first record of the group whose delta is >= delta.
+	first := int(ix.starts[lo])
+	end := ix.nrec
+	if lo+1 < len(ix.starts) {
+		end = int(ix.starts[lo+1])
+	}
+	l, h := first, end
+	for l < h {
+		m := int(uint(l+h) >> 1)
+		if recDelta(ix.record(m)) < delta {
+			l = m + 1
+		} else {
+			h = m
+		}
+	}
+	if l < end && recDelta(ix.record(l)) == delta {
+		return l, true
+	}
+	return 0, false
+}
+
+// appendRecord appends a packed record for key, which must be above every
+// packed key, and returns its bytes with the delta set and every other field
+// zero.
+func (ix *index) appendRecord(key uint64) []byte {
+	r := ix.nrec
+	g := len(ix.bases) - 1
+	if g < 0 || r-int(ix.starts[g]) >= groupRecords || key-ix.bases[g] > maxDelta {
+		ix.bases = append(ix.bases, key)
+		ix.starts = append(ix.starts, uint32(r))
+		g++
+	}
+	p := r >> pageShift
+	o := (r & pageMask) * recSize
+	if p == len(ix.pages) {
+		ix.pages = append(ix.pages, make([]byte, 0, firstPageRecords*recSize))
+	}
+	page := ix.pages[p]
+	if o+recSize > cap(page) {
+		grown := make([]byte, len(page), min(2*cap(page), pageRecords*recSize))
+		copy(grown, page)
+		page = grown
+	}
+	page = page[:o+recSize]
+	ix.pages[p] = page
+	b := page[o : o+recSize : o+recSize]
+	clear(b)
+	put24(b, uint32(key-ix.bases[g]))
+	ix.nrec++
+	ix.lastKey = key
+	return b
+}
+
+// packable reports whether an entry of this size and length can take a slot.
+func packable(size, length uint32) bool {
+	return size < packedSizes && length > 0 && length <= maxLen
+}
+
+// follows reports whether a slot of size at off can follow, in the same
+// record, a last used slot prevSize that ends at prevEnd. It can when it
+// starts right at prevEnd, or when it starts later and a free slot between
+// the two can hold the gap as a dead filler; filler is the filler's length
+// (0 when none is needed).
+func follows(prevSize uint32, prevEnd uint64, size, off uint32) (filler uint32, ok bool) {
+	if size <= prevSize || uint64(off) < prevEnd {
+		return 0, false
+	}
+	gap := uint64(off) - prevEnd
+	switch {
+	case gap == 0:
+		return 0, true
+	case gap <= maxLen && size-prevSize >= 2:
+		return uint32(gap), true
+	}
+	return 0, false
+}
+
+// extend tries to add size at off to packed record b, after its used slots.
+func extend(b []byte, size, off, length uint32) bool {
+	last := -1
+	end := uint64(recFirst(b))
+	for i := uint32(0); i < packedSizes; i++ {
+		if l := recLen(b, i); l != 0 {
+			last = int(i)
+			end += uint64(l)
+		}
+	}
+	if last < 0 {
+		return false
+	}
+	filler, ok := follows(uint32(last), end, size, off)
+	if !ok {
+		return false
+	}
+	if filler != 0 {
+		put24(b[7+3*(size-1):], filler)
+	}
+	put24(b[7+3*size:], length)
+	setRecMask(b, recMask(b)|1<<size)
+	return true
+}
+
+// put records that the needle (key, size) was appended at off with length
+// units. It replaces any previous entry for (key, size). A put with size
+// 0xFFFFFFFF (all sizes) names no single needle and is ignored.
+func (ix *index) put(key uint64, size uint32, off, length uint32) {
+	if size == allSizes {
+		return
+	}
+	// Drop the previous entry, wherever it is.
+	r, found := ix.find(key)
+	if found && size < packedSizes {
+		b := ix.record(r)
+		if m := recMask(b); m&(1<<size) != 0 {
+			setRecMask(b, m&^(1<<size))
+			ix.live--
+			ix.units -= uint64(recLen(b, size))
+		}
+	}
+	ix.deleteExc(key, size)
+	ix.live++
+	ix.units += uint64(length)
+
+	if packable(size, length) {
+		if ix.nrec == 0 || key > ix.lastKey {
+			b := ix.appendRecord(key)
+			binary.LittleEndian.PutUint32(b[3:7], off)
+			put24(b[7+3*size:], length)
+			setRecMask(b, 1<<size)
+			return
+		}
+		if key == ix.lastKey && extend(ix.record(ix.nrec-1), size, off, length) {
+			return
+		}
+	}
+	ix.exc.ReplaceOrInsert(excEntry{key: key, size: size, off: off, length: length})
+	ix.excMaxKey = max(ix.excMaxKey, key)
+	if ix.exc.Len()-ix.excAtMerge >= max(ix.nrec/8, ix.mergeMin) {
+		ix.merge()
+	}
+}
+
+// deleteExc removes the exception (key, size), if any, from the counters too.
+func (ix *index) deleteExc(key uint64, size uint32) (freed uint64) {
+	if ix.exc.Len() == 0 || key > ix.excMaxKey {
+		return 0
+	}
+	old, ok := ix.exc.Delete(excEntry{key: key, size: size})
+	if !ok {
+		return 0
+	}
+	ix.live--
+	ix.units -= uint64(old.length)
+	ix.excAtMerge = min(ix.excAtMerge, ix.exc.Len())
+	return uint64(old.length)
+}
+
+// remove applies a tombstone: it removes the entry (key, size), or every
+// size of key when size is 0xFFFFFFFF, and returns the summed lengths, in
+// 8-byte units, of the entries it removed. A packed slot keeps its length
+// (the offsets of later slots depend on it); only its live bit is cleared.
+func (ix *index) remove(key uint64, size uint32) (freedUnits uint64) {
+	if r, ok := ix.find(key); ok {
+		b := ix.record(r)
+		m := recMask(b)
+		kill := m
+		if size != allSizes {
+			kill = 0
+			if size < packedSizes {
+				kill = m & (1 << size)
+			}
+		}
+		for i := uint32(0); i < packedSizes; i++ {
+			if kill&(1<<i) != 0 {
+				freedUnits += uint64(recLen(b, i))
+				ix.live--
+			}
+		}
+		if kill != 0 {
+			setRecMask(b, m&^kill)
+			ix.units -= freedUnits
+		}
+	}
+	if size != allSizes {
+		return freedUnits + ix.deleteExc(key, size)
+	}
+	if ix.exc.Len() == 0 || key > ix.excMaxKey {
+		return freedUnits
+	}
+	var doomed []uint32
+	ix.exc.AscendGreaterOrEqual(excEntry{key: key}, func(e excEntry) bool {
+		if e.key != key {
+			return false
+		}
+		doomed = append(doomed, e.size)
+		return true
+	})
+	for _, s := range doomed {
+		freedUnits += ix.deleteExc(key, s)
+	}
+	return freedUnits
+}
+
+// get returns the offset and length, in 8-byte units, of the needle (key,
+// size).
+func (ix *index) get(key uint64, size uint32) (off, length uint32, ok bool) {
+	if size < packedSizes {
+		if r, found := ix.find(key); found {
+			b := ix.record(r)
+			if recMask(b)&(1<<size) != 0 {
+				return slotOff(b, size), recLen(b, size), true
+			}
+		}
+	}
+	if ix.exc.Len() == 0 || key > ix.excMaxKey {
+		return 0, 0, false
+	}
+	e, ok := ix.exc.Get(excEntry{key: key, size: size})
+	return e.off, e.length, ok
+}
+
+// sizesOf calls fn for every live size of key, in ascending size order. fn
+// must not modify the index.
+func (ix *index) sizesOf(key uint64, fn func(size, off, length uint32)) {
+	var packed [packedSizes]excEntry
+	n := 0
+	if r, found := ix.find(key); found {
+		n = unpack(ix.record(r), key, packed[:0])
+	}
+	i := 0
+	if ix.exc.Len() > 0 && key <= ix.excMaxKey {
+		ix.exc.AscendGreaterOrEqual(excEntry{key: key}, func(e excEntry) bool {
+			if e.key != key {
+				return false
+			}
+			for ; i < n && packed[i].size < e.size; i++ {
+				fn(packed[i].size, packed[i].off, packed[i].length)
+			}
+			fn(e.size, e.off, e.length)
+			return true
+		})
+	}
+	for ; i < n; i++ {
+		fn(packed[i].size, packed[i].off, packed[i].length)
+	}
+}
+
+// unpack appends the live entries of record b, whose key is key, to dst in
+// size order and returns how many it appended.
+func unpack(b []byte, key uint64, dst []excEntry) int {
+	mask := recMask(b)
+	off := recFirst(b)
+	n := 0
+	for i := uint32(0); i < packedSizes; i++ {
+		l := recLen(b, i)
+		if mask&(1<<i) != 0 {
+			dst = append(dst, excEntry{key: key, size: i, off: off, length: l})
+			n++
+		}
+		off += l
+	}
+	return n
+}
+
+// len returns the number of live (key, size) entries.
+func (ix *index) len() int { return ix.live }
+
+// liveUnits returns the summed lengths, in 8-byte units, of the live entries.
+func (ix *index) liveUnits() uint64 { return ix.units }
+
+// packedIter walks the live packed entries in (key, size) order.
+type packedIter struct {
+	ix  *index
+	r   int // next record to unpack
+	g   int // group of record r
+	buf [packedSizes]excEntry
+	n   int // entries in buf
+	i   int // next entry of buf
+}
+
+// next returns the next live packed entry.
+func (it *packedIter) next() (excEntry, bool) {
+	for it.i == it.n {
+		if it.r >= it.ix.nrec {
+			return excEntry{}, false
+		}
+		for it.g+1 < len(it.ix.starts) && int(it.ix.starts[it.g+1]) <= it.r {
+			it.g++
+		}
+		b := it.ix.record(it.r)
+		it.n = unpack(b, it.ix.bases[it.g]+uint64(recDelta(b)), it.buf[:0])
+		it.i = 0
+		it.r++
+	}
+	e := it.buf[it.i]
+	it.i++
+	return e, true
+}
+
+// each calls fn for every live entry in (key, size) order until fn returns
+// false, merging the packed entries with the exceptions.
+func (ix *index) each(fn func(e excEntry) bool) {
+	it := packedIter{ix: ix}
+	p, pok := it.next()
+	stopped := false
+	ix.exc.Ascend(func(e excEntry) bool {
+		for pok && excLess(p, e) {
+			if !fn(p) {
+				stopped = true
+				return false
+			}
+			p, pok = it.next()
+		}
+		if !fn(e) {
+			stopped = true
+			return false
+		}
+		return true
+	})
+	for !stopped && pok {
+		if !fn(p) {
+			return
+		}
+		p, pok = it.next()
+	}
+}
+
+// ascend calls fn for every live entry, ordered by (key, size), until fn
+// returns false. fn must not modify the index.
+func (ix *index) ascend(fn func(key uint64, size, off, length uint32) bool) {
+	ix.each(func(e excEntry) bool { return fn(e.key, e.size, e.off, e.length) })
+}
+
+// memoryBytes returns the bytes the index holds: the capacity of its pages
+// and group arrays, and an estimate for the exception B-tree.
+func (ix *index) memoryBytes() int {
+	n := cap(ix.pages)*24 + cap(ix.bases)*8 + cap(ix.starts)*4
+	for _, p := range ix.pages {
+		n += cap(p)
+	}
+	return n + ix.exc.Len()*excEntryBytes
+}
+
+// merge rebuilds the index from its live entries: photos whose sizes can
+// share a packed record get one, the rest become exceptions. It runs in time
+// linear in the entries (plus the B-tree inserts of the exceptions that
+// remain).
+func (ix *index) merge() {
+	nx := newIndex()
+	nx.mergeMin = ix.mergeMin
+	var group []excEntry
+	flush := func() {
+		nx.pack(group)
+		group = group[:0]
+	}
+	ix.each(func(e excEntry) bool {
+		if len(group) > 0 && group[0].key != e.key {
+			flush()
+		}
+		group = append(group, e)
+		return true
+	})
+	flush()
+	nx.live, nx.units = ix.live, ix.units
+	nx.excAtMerge = nx.exc.Len()
+	*ix = *nx
+}
+
+// pack adds the live entries of one key, in size order, to an index being
+// rebuilt: the largest set of them that can share a packed record goes into
+// one, the others become exceptions. Keys must come in ascending order.
+func (ix *index) pack(entries []excEntry) {
+	if len(entries) == 0 {
+		return
+	}
+	var cand [packedSizes]excEntry
+	var candAt [packedSizes]int
+	n := 0
+	for i, e := range entries {
+		if packable(e.size, e.length) {
+			cand[n], candAt[n] = e, i
+			n++
+		}
+	}
+	// The largest subset of the candidates that fits one record.
+	chosen := uint8(0)
+	for c := n; c > 0 && chosen == 0; c-- {
+		for m := uint8(1); m < 1<<n; m++ {
+			if bits.OnesCount8(m) == c && fitsOneRecord(cand[:n], m) {
+				chosen = m
+				break
+			}
+		}
+	}
+	if chosen != 0 {
+		var b []byte
+		prevSize, prevEnd := uint32(0), uint64(0)
+		for j := 0; j < n; j++ {
+			if chosen&(1<<j) == 0 {
+				continue
+			}
+			e := cand[j]
+			if b == nil {
+				b = ix.appendRecord(e.key)
+				binary.LittleEndian.PutUint32(b[3:7], e.off)
+			} else if filler, _ := follows(prevSize, prevEnd, e.size, e.off); filler != 0 {
+				put24(b[7+3*(e.size-1):], filler)
+			}
+			put24(b[7+3*e.size:], e.length)
+			setRecMask(b, recMask(b)|1<<e.size)
+			prevSize, prevEnd = e.size, uint64(e.off)+uint64(e.length)
+		}
+	}
+	packedAt := [packedSizes]int{-1, -1, -1, -1}
+	for j := 0; j < n; j++ {
+		if chosen&(1<<j) != 0 {
+			packedAt[j] = candAt[j]
+		}
+	}
+	for i, e := range entries {
+		if i == packedAt[0] || i == packedAt[1] || i == packedAt[2] || i == packedAt[3] {
+			continue
+		}
+		ix.exc.ReplaceOrInsert(e)
+		ix.excMaxKey = max(ix.excMaxKey, e.key)
+	}
+}
+
+// fitsOneRecord reports whether the candidates selected by mask, in size
+// order, can share one packed record.
+func fitsOneRecord(cand []excEntry, mask uint8) bool {
+	first := true
+	prevSize, prevEnd := uint32(0), uint64(0)
+	for j, e := range cand {
+		if mask&(1<<j) == 0 {
+			continue
+		}
+		if !first {
+			if _, ok := follows(prevSize, prevEnd, e.size, e.off); !ok {
+				return false
+			}
+		}
+		first = false
+		prevSize, prevEnd = e.size, uint64(e.off)+uint64(e.length)
+	}
+	return true
+}

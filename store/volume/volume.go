@@ -1,0 +1,554 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/haybale/haybale/internal/vfs"
+	"github.com/haybale/haybale/needle"
+)
+
+// Errors returned by volume operations.
+var (
+	// ErrNotFound is returned when no live needle matches the key, size
+	// code and cookie: never written, deleted, or a wrong cookie.
+	ErrNotFound = errors.New("volume: image not found")
+	// ErrReadOnly is returned by writes to a volume that is not writable
+	// (full, marked read-only, sealed or failed).
+	ErrReadOnly = errors.New("volume: volume is read-only")
+	// ErrFull is returned by a write that does not fit under the size
+	// limit; the volume turns read-only. It wraps ErrReadOnly.
+	ErrFull = fmt.Errorf("%w: volume is full", ErrReadOnly)
+	// ErrClosed is returned by operations on a closed volume.
+	ErrClosed = errors.New("volume: volume is closed")
+	// ErrExists is returned by Create when the volume's file exists.
+	ErrExists = errors.New("volume: volume already exists")
+	// ErrInvalid is returned for a write the format cannot hold: key 0, an
+	// unknown size code, an empty batch, a tombstone passed to Write.
+	ErrInvalid = errors.New("volume: invalid needle")
+)
+
+// IsCorruption reports whether err says stored bytes are damaged.
+func IsCorruption(err error) bool { return needle.IsCorruption(err) }
+
+// State is a volume's lifecycle state.
+type State int32
+
+// Volume states.
+const (
+	// StateWritable volumes accept writes.
+	StateWritable State = iota
+	// StateReadOnly volumes are full or were marked read-only.
+	StateReadOnly
+	// StateSealed volumes are read-only and compacted, eligible for EC.
+	StateSealed
+	// StateFailed volumes hit an I/O error they cannot vouch for; they
+	// serve what was acknowledged before and refuse writes until reopened.
+	StateFailed
+)
+
+func (s State) String() string {
+	switch s {
+	case StateWritable:
+		return "writable"
+	case StateReadOnly:
+		return "read-only"
+	case StateSealed:
+		return "sealed"
+	case StateFailed:
+		return "failed"
+	}
+	return "state(" + strconv.Itoa(int(s)) + ")"
+}
+
+// Options configure a volume. The zero value is usable.
+type Options struct {
+	// FS is the file system; default vfs.Default.
+	FS vfs.FS
+	// SizeLimit is the size at which the volume turns read-only; default
+	// and maximum MaxSize (32 GiB).
+	SizeLimit int64
+	// Now returns the time stamped on appended needles; default time.Now.
+	Now func() time.Time
+}
+
+func (o Options) withDefaults() Options {
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+	if o.SizeLimit <= 0 || o.SizeLimit > MaxSize {
+		o.SizeLimit = MaxSize
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// Volume is one open volume. It is safe for concurrent use.
+type Volume struct {
+	opts    Options
+	dir     string
+	vid     uint32
+	super   Superblock
+	dat     vfs.File
+	idxPath string
+
+	// commit serialises appends: see commit.go.
+	commit commitQueue
+
+	// mu guards the index and closing; readers hold it shared across their
+	// pread so Close cannot close the file under them.
+	mu struct {
+		sync.RWMutex
+		index  *index
+		closed bool
+	}
+
+	state    atomic.Int32
+	reason   atomic.Pointer[string]
+	tail     atomic.Int64 // end of the last durable needle
+	needles  atomic.Int64 // needles ever appended, including tombstones
+	corrupt  atomic.Int64 // bytes skipped as corrupt by recovery
+	idxBytes int64        // guarded by the commit leader role
+	idx      vfs.File     // guarded by the commit leader role
+	idxErr   error        // guarded by the commit leader role
+}
+
+// DatPath returns the path of volume vid's .dat file in dir.
+func DatPath(dir string, vid uint32) string {
+	return filepath.Join(dir, strconv.FormatUint(uint64(vid), 10)+".dat")
+}
+
+// IdxPath returns the path of volume vid's .idx file in dir.
+func IdxPath(dir string, vid uint32) string {
+	return filepath.Join(dir, strconv.FormatUint(uint64(vid), 10)+".idx")
+}
+
+// readOnlyPath is the marker file that keeps an operator's read-only mark
+// across restarts; it holds the reason.
+func readOnlyPath(dir string, vid uint32) string {
+	return filepath.Join(dir, strconv.FormatUint(uint64(vid), 10)+".readonly")
+}
+
+// Create creates a new, empty, writable volume vid in dir and makes its
+// files durable.
+func Create(ctx context.Context, dir string, vid uint32, opts Options) (*Volume, error) {
+	opts = opts.withDefaults()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	path := DatPath(dir, vid)
+	if _, err := opts.FS.Stat(path); err == nil {
+		return nil, fmt.Errorf("%w: %s", ErrExists, path)
+	}
+	sb := Superblock{Version: FormatVersion, Vid: vid, Created: opts.Now().UnixNano()}
+	if err := writeFileDurably(opts.FS, path, sb.encode()); err != nil {
+		return nil, fmt.Errorf("volume %d: create: %w", vid, err)
+	}
+	return Open(ctx, dir, vid, opts)
+}
+
+// writeFileDurably writes a new file through a temporary name, syncs it,
+// renames it into place and syncs the directory.
+func writeFileDurably(fs vfs.FS, path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := fs.Create(tmp)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(data, 0); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := fs.Rename(tmp, path); err != nil {
+		return err
+	}
+	return fs.SyncDir(filepath.Dir(path))
+}
+
+// Open opens volume vid in dir and recovers it: it loads the idx hint,
+// scans and indexes the volume after the last indexed needle, and cuts off a
+// torn tail. See the package doc.
+func Open(ctx context.Context, dir string, vid uint32, opts Options) (*Volume, error) {
+	opts = opts.withDefaults()
+	v := &Volume{opts: opts, dir: dir, vid: vid, idxPath: IdxPath(dir, vid)}
+	v.mu.index = newIndex()
+	v.commit.cond.L = &v.commit.mu
+	// Stat first: OpenReadWrite would create a missing file.
+	if _, err := opts.FS.Stat(DatPath(dir, vid)); err != nil {
+		return nil, fmt.Errorf("volume %d: %w", vid, err)
+	}
+	var err error
+	v.dat, err = opts.FS.OpenReadWrite(DatPath(dir, vid))
+	if err != nil {
+		return nil, fmt.Errorf("volume %d: %w", vid, err)
+	}
+	if err := v.recover(ctx); err != nil {
+		v.dat.Close()
+		if v.idx != nil {
+			v.idx.Close()
+		}
+		return nil, fmt.Errorf("volume %d: %w", vid, err)
+	}
+	v.setState(StateWritable, "")
+	if reason, err := readMarker(opts.FS, readOnlyPath(dir, vid)); err == nil {
+		v.setState(StateReadOnly, reason)
+	}
+	if v.tail.Load() >= opts.SizeLimit {
+		v.setState(StateReadOnly, "full")
+	}
+	return v, nil
+}
+
+func readMarker(fs vfs.FS, path string) (string, error) {
+	f, err := fs.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b := make([]byte, 1024)
+	n, err := f.ReadAt(b, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	return string(b[:n]), nil
+}
+
+// Vid returns the volume's id.
+func (v *Volume) Vid() uint32 { return v.vid }
+
+// Superblock returns the volume's decoded superblock.
+func (v *Volume) Superblock() Superblock { return v.super }
+
+// State returns the volume's state and, when not writable, why.
+func (v *Volume) State() (State, string) {
+	r := ""
+	if p := v.reason.Load(); p != nil {
+		r = *p
+	}
+	return State(v.state.Load()), r
+}
+
+func (v *Volume) setState(s State, reason string) {
+	v.reason.Store(&reason)
+	v.state.Store(int32(s))
+}
+
+// fail turns the volume read-only after an I/O error it cannot vouch for.
+func (v *Volume) fail(err error) {
+	v.setState(StateFailed, "I/O failure: "+err.Error())
+}
+
+// MarkReadOnly stops writes to the volume. The mark is kept in a marker
+// file, so it survives restarts. Marking a failed volume keeps it failed.
+func (v *Volume) MarkReadOnly(ctx context.Context, reason string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if reason == "" {
+		reason = "marked read-only"
+	}
+	if err := writeFileDurably(v.opts.FS, readOnlyPath(v.dir, v.vid), []byte(reason)); err != nil {
+		return fmt.Errorf("volume %d: mark read-only: %w", v.vid, err)
+	}
+	if s, _ := v.State(); s == StateWritable {
+		v.setState(StateReadOnly, reason)
+	}
+	return nil
+}
+
+// Status is a snapshot of a volume's size and contents.
+type Status struct {
+	Vid        uint32
+	State      State
+	Reason     string // why the volume is not writable
+	Size       int64  // bytes in the .dat, superblock included
+	SizeLimit  int64
+	Images     int   // live (key, size) entries
+	LiveBytes  int64 // bytes of live needles
+	Deleted    int64 // bytes of dead needles, tombstones and damaged ranges
+	Generation uint32
+	Created    time.Time
+}
+
+// Status returns a snapshot of the volume's state and size.
+func (v *Volume) Status() Status {
+	v.mu.RLock()
+	images := v.mu.index.len()
+	live := int64(v.mu.index.liveUnits()) * needle.Alignment
+	v.mu.RUnlock()
+	s, reason := v.State()
+	size := v.tail.Load()
+	return Status{
+		Vid:        v.vid,
+		State:      s,
+		Reason:     reason,
+		Size:       size,
+		SizeLimit:  v.opts.SizeLimit,
+		Images:     images,
+		LiveBytes:  live,
+		Deleted:    max(size-SuperblockSize-live, 0),
+		Generation: v.super.Generation,
+		Created:    time.Unix(0, v.super.Created),
+	}
+}
+
+// Close waits for writes in flight, syncs the idx and closes the files.
+// Reads and writes after Close return ErrClosed.
+func (v *Volume) Close() error {
+	v.commit.mu.Lock()
+	v.commit.closing = true
+	for v.commit.leader {
+		v.commit.cond.Wait()
+	}
+	v.commit.mu.Unlock()
+
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.mu.closed {
+		return nil
+	}
+	v.mu.closed = true
+	var err error
+	if v.idx != nil {
+		if v.idxErr == nil {
+			err = v.idx.Sync()
+		}
+		if cerr := v.idx.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if cerr := v.dat.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("volume %d: close: %w", v.vid, err)
+	}
+	return nil
+}
+
+// Read returns the live needle for (key, size) if its cookie matches. It
+// costs exactly one pread. buf is used for the needle's bytes when large
+// enough, so callers can pool buffers; the returned needle's Data aliases
+// the returned buffer. A damaged needle returns an error for which
+// IsCorruption is true, never its bytes.
+func (v *Volume) Read(key, cookie uint64, size needle.SizeCode, buf []byte) (needle.Needle, []byte, error) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if v.mu.closed {
+		return needle.Needle{}, buf, ErrClosed
+	}
+	off, length, ok := v.mu.index.get(key, uint32(size))
+	if !ok {
+		return needle.Needle{}, buf, ErrNotFound
+	}
+	n, buf, err := v.readAtLocked(off, length, buf)
+	if err != nil {
+		return needle.Needle{}, buf, fmt.Errorf("volume %d: key %x size %v: %w", v.vid, key, size, err)
+	}
+	if n, err = verifyRead(n, key, size); err != nil {
+		return needle.Needle{}, buf, fmt.Errorf("volume %d at offset %d: %w", v.vid, int64(off)*8, err)
+	}
+	if n.Cookie != cookie {
+		return needle.Needle{}, buf, ErrNotFound
+	}
+	return n, buf, nil
+}
+
+// readAtLocked reads the needle at off (8-byte units) with one pread.
+func (v *Volume) readAtLocked(off, length uint32, buf []byte) (needle.Needle, []byte, error) {
+	size := int(length) * needle.Alignment
+	if cap(buf) < size {
+		buf = make([]byte, size)
+	}
+	buf = buf[:size]
+	got, err := v.dat.ReadAt(buf, int64(off)*needle.Alignment)
+	if got < size {
+		if err == nil || errors.Is(err, io.EOF) {
+			return needle.Needle{}, buf, needle.Corruptf("needle at %d: read %d of %d bytes", int64(off)*8, got, size)
+		}
+		return needle.Needle{}, buf, err
+	}
+	n, derr := needle.Decode(buf)
+	return n, buf, derr
+}
+
+// verifyRead checks a decoded needle against what the index promised.
+func verifyRead(n needle.Needle, key uint64, size needle.SizeCode) (needle.Needle, error) {
+	if n.Key != key || n.Size != size || n.IsTombstone() {
+		return needle.Needle{}, fmt.Errorf("%w: want key %x size %v, found key %x size %v tombstone %v",
+			needle.ErrMismatch, key, size, n.Key, n.Size, n.IsTombstone())
+	}
+	return n, nil
+}
+
+// Has reports whether a live needle exists for (key, size), without reading
+// it or checking its cookie.
+func (v *Volume) Has(key uint64, size needle.SizeCode) bool {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	_, _, ok := v.mu.index.get(key, uint32(size))
+	return ok && !v.mu.closed
+}
+
+// Entry is one live needle's place in the volume.
+type Entry struct {
+	Key    uint64
+	Size   needle.SizeCode
+	Offset int64 // bytes
+	Length int   // bytes, padded
+}
+
+// Entries calls fn for every live needle in (key, size) order, under the
+// volume's read lock: fn must not call back into the volume.
+func (v *Volume) Entries(fn func(Entry) bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	v.mu.index.ascend(func(key uint64, size, off, length uint32) bool {
+		return fn(Entry{Key: key, Size: needle.SizeCode(size), Offset: int64(off) * 8, Length: int(length) * 8})
+	})
+}
+
+// Written says where Write put one needle.
+type Written struct {
+	Offset   int64  // byte offset in the .dat
+	Length   int    // padded length in bytes
+	Checksum uint64 // the needle's checksum
+}
+
+// Write appends the needles as one batch and returns once they are durable;
+// they land whole or not at all. AppendTime is set where zero; the batch
+// flags are set here. ctx is honoured until the batch is queued; after that
+// Write waits for the outcome, because the bytes may already be on their
+// way to the disk.
+func (v *Volume) Write(ctx context.Context, needles []*needle.Needle) ([]Written, error) {
+	if len(needles) == 0 {
+		return nil, fmt.Errorf("%w: empty batch", ErrInvalid)
+	}
+	now := v.opts.Now().UnixNano()
+	total := 0
+	for _, n := range needles {
+		switch {
+		case n.Key == 0:
+			return nil, fmt.Errorf("%w: key 0", ErrInvalid)
+		case !n.Size.Valid():
+			return nil, fmt.Errorf("%w: size code %d", ErrInvalid, n.Size)
+		case n.IsTombstone():
+			return nil, fmt.Errorf("%w: tombstones are written by Delete", ErrInvalid)
+		}
+		total += needle.EncodedLen(len(n.Data))
+	}
+	p := &pending{buf: make([]byte, 0, total), ops: make([]idxEntry, len(needles))}
+	written := make([]Written, len(needles))
+	for i, n := range needles {
+		if n.AppendTime == 0 {
+			n.AppendTime = now
+		}
+		n.Flags &^= needle.FlagBatchContinues
+		if i < len(needles)-1 {
+			n.Flags |= needle.FlagBatchContinues
+		}
+		start := len(p.buf)
+		var err error
+		if p.buf, err = needle.Append(p.buf, n); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		p.ops[i] = idxEntry{key: n.Key, size: uint32(n.Size), off: uint32(start / 8), length: uint32((len(p.buf) - start) / 8)}
+		written[i] = Written{Offset: int64(start), Length: len(p.buf) - start, Checksum: n.Checksum}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	base, err := v.submit(p)
+	if err != nil {
+		return nil, fmt.Errorf("volume %d: %w", v.vid, err)
+	}
+	for i := range written {
+		written[i].Offset += base
+	}
+	return written, nil
+}
+
+// Delete appends a tombstone for (key, size) — size needle.SizeAll deletes
+// every size — and returns the bytes the deleted needles held, once the
+// tombstone is durable. A key with no live needle, or whose needle has
+// another cookie, returns ErrNotFound and writes nothing.
+func (v *Volume) Delete(ctx context.Context, key, cookie uint64, size needle.SizeCode) (int64, error) {
+	if !size.Valid() && size != needle.SizeAll {
+		return 0, fmt.Errorf("%w: size code %d", ErrInvalid, size)
+	}
+	// Check the cookie against one stored needle of the photo.
+	v.mu.RLock()
+	if v.mu.closed {
+		v.mu.RUnlock()
+		return 0, ErrClosed
+	}
+	var first [2]uint32
+	found := false
+	v.mu.index.sizesOf(key, func(s, off, length uint32) {
+		if !found && (size == needle.SizeAll || s == uint32(size)) {
+			first, found = [2]uint32{off, length}, true
+		}
+	})
+	var n needle.Needle
+	var err error
+	if found {
+		n, _, err = v.readAtLocked(first[0], first[1], nil)
+	}
+	v.mu.RUnlock()
+	if !found {
+		return 0, ErrNotFound
+	}
+	// A damaged needle cannot prove the cookie; deleting it is still
+	// allowed, so an operator can remove what cannot be read.
+	if err == nil && n.Cookie != cookie {
+		return 0, ErrNotFound
+	}
+	if err != nil && !IsCorruption(err) {
+		return 0, fmt.Errorf("volume %d: %w", v.vid, err)
+	}
+	t := &needle.Needle{Key: key, Cookie: cookie, Size: size, Flags: needle.FlagTombstone, AppendTime: v.opts.Now().UnixNano()}
+	buf, err := needle.Append(nil, t)
+	if err != nil {
+		return 0, fmt.Errorf("volume %d: %w", v.vid, err)
+	}
+	p := &pending{buf: buf, ops: []idxEntry{{key: key, size: uint32(size), length: uint32(len(buf) / 8), tombstone: true}}}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if _, err := v.submit(p); err != nil {
+		return 0, fmt.Errorf("volume %d: %w", v.vid, err)
+	}
+	return int64(p.freed) * needle.Alignment, nil
+}
+
+// Sync flushes the idx hint; the .dat is always synced before a write
+// returns.
+func (v *Volume) Sync() error {
+	v.commit.mu.Lock()
+	for v.commit.leader {
+		v.commit.cond.Wait()
+	}
+	v.commit.leader = true
+	v.commit.mu.Unlock()
+	defer v.commit.release()
+	if v.idx == nil || v.idxErr != nil {
+		return v.idxErr
+	}
+	return v.idx.Sync()
+}

@@ -1,0 +1,756 @@
+package volume
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/haybale/haybale/internal/vfs"
+	"github.com/haybale/haybale/internal/vfs/errorfs"
+	"github.com/haybale/haybale/needle"
+)
+
+const testDir = "/data"
+
+func memFS(t testing.TB) *vfs.MemFS {
+	t.Helper()
+	fs := vfs.NewMem()
+	if err := fs.MkdirAll(testDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.SyncDir("/"); err != nil {
+		t.Fatal(err)
+	}
+	return fs
+}
+
+func create(t testing.TB, fs vfs.FS, vid uint32, opts Options) *Volume {
+	t.Helper()
+	opts.FS = fs
+	v, err := Create(context.Background(), testDir, vid, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func reopen(t testing.TB, fs vfs.FS, vid uint32) *Volume {
+	t.Helper()
+	v, err := Open(context.Background(), testDir, vid, Options{FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Check(); err != nil {
+		t.Fatalf("check after open: %v", err)
+	}
+	return v
+}
+
+// photo returns the four needles of one photo with deterministic contents.
+func photo(key, cookie uint64) []*needle.Needle {
+	var ns []*needle.Needle
+	for i, size := range needle.PhotoSizes {
+		data := bytes.Repeat([]byte{byte(key), byte(size), byte(key >> 8)}, 40*(i+1)+int(key%7))
+		ns = append(ns, &needle.Needle{Key: key, Cookie: cookie, Size: size, ContentType: needle.TypeJPEG, Data: data})
+	}
+	return ns
+}
+
+func mustWrite(t testing.TB, v *Volume, ns []*needle.Needle) []Written {
+	t.Helper()
+	w, err := v.Write(context.Background(), ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func expectRead(t testing.TB, v *Volume, want *needle.Needle) {
+	t.Helper()
+	n, _, err := v.Read(want.Key, want.Cookie, want.Size, nil)
+	if err != nil {
+		t.Fatalf("read key %x size %v: %v", want.Key, want.Size, err)
+	}
+	if !bytes.Equal(n.Data, want.Data) || n.ContentType != want.ContentType || (want.Checksum != 0 && n.Checksum != want.Checksum) {
+		t.Fatalf("read key %x size %v: wrong needle", want.Key, want.Size)
+	}
+}
+
+func expectNotFound(t testing.TB, v *Volume, key, cookie uint64, size needle.SizeCode) {
+	t.Helper()
+	if _, _, err := v.Read(key, cookie, size, nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("read key %x size %v: got %v, want ErrNotFound", key, size, err)
+	}
+}
+
+func TestRoundTripEverySizeAndType(t *testing.T) {
+	fs := memFS(t)
+	v := create(t, fs, 1, Options{})
+	var all []*needle.Needle
+	key := uint64(1)
+	for size := needle.SizeThumb; size <= needle.SizeOriginal; size++ {
+		for ct := needle.TypeUnknown; ct <= needle.TypeWebP; ct++ {
+			n := &needle.Needle{Key: key, Cookie: key * 31, Size: size, ContentType: ct, Data: []byte(fmt.Sprint("image ", key, size, ct))}
+			w := mustWrite(t, v, []*needle.Needle{n})
+			if w[0].Offset%8 != 0 || w[0].Checksum != n.Checksum {
+				t.Fatalf("bad Written %+v", w[0])
+			}
+			all = append(all, n)
+			key++
+		}
+	}
+	for _, n := range all {
+		expectRead(t, v, n)
+		expectNotFound(t, v, n.Key, n.Cookie+1, n.Size)     // wrong cookie
+		expectNotFound(t, v, n.Key, n.Cookie, (n.Size+1)%5) // other size
+		expectNotFound(t, v, n.Key+1000, n.Cookie, n.Size)  // unknown key
+		if _, _, err := v.Read(n.Key, n.Cookie, n.Size, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := v.Status(); st.Images != len(all) || st.Deleted != 0 || st.State != StateWritable {
+		t.Fatalf("status %+v", st)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	v = reopen(t, fs, 1)
+	for _, n := range all {
+		expectRead(t, v, n)
+	}
+	if _, _, err := v.Read(1, 31, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+	if _, _, err := v.Read(1, 31, 0, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("read after close: %v", err)
+	}
+	if _, err := v.Write(context.Background(), photo(9, 9)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("write after close: %v", err)
+	}
+}
+
+func TestWriteRejectsInvalid(t *testing.T) {
+	v := create(t, memFS(t), 1, Options{})
+	defer v.Close()
+	for name, ns := range map[string][]*needle.Needle{
+		"empty":     nil,
+		"key 0":     {{Key: 0, Size: needle.SizeThumb}},
+		"size code": {{Key: 1, Size: 9}},
+		"tombstone": {{Key: 1, Flags: needle.FlagTombstone}},
+		"too large": {{Key: 1, Data: make([]byte, needle.MaxDataSize+1)}},
+	} {
+		if _, err := v.Write(context.Background(), ns); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: got %v", name, err)
+		}
+	}
+	if st := v.Status(); st.Size != SuperblockSize {
+		t.Fatalf("invalid writes changed the volume: %+v", st)
+	}
+}
+
+func TestTombstones(t *testing.T) {
+	for _, dropIdx := range []bool{false, true} {
+		t.Run(fmt.Sprint("dropIdx=", dropIdx), func(t *testing.T) {
+			fs := memFS(t)
+			v := create(t, fs, 3, Options{})
+			a, b, c := photo(10, 100), photo(11, 111), photo(12, 122)
+			mustWrite(t, v, a)
+			mustWrite(t, v, b)
+			mustWrite(t, v, c)
+			if _, err := v.Delete(context.Background(), 10, 999, needle.SizeAll); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("delete with wrong cookie: %v", err)
+			}
+			freed, err := v.Delete(context.Background(), 10, 100, needle.SizeAll)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want int64
+			for _, n := range a {
+				want += int64(needle.EncodedLen(len(n.Data)))
+			}
+			if freed != want {
+				t.Fatalf("freed %d, want %d", freed, want)
+			}
+			if _, err := v.Delete(context.Background(), 11, 111, needle.SizeMedium); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := v.Delete(context.Background(), 11, 111, needle.SizeMedium); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("second delete: %v", err)
+			}
+			check := func(v *Volume) {
+				for _, n := range a {
+					expectNotFound(t, v, n.Key, n.Cookie, n.Size)
+				}
+				for _, n := range b {
+					if n.Size == needle.SizeMedium {
+						expectNotFound(t, v, n.Key, n.Cookie, n.Size)
+					} else {
+						expectRead(t, v, n)
+					}
+				}
+				for _, n := range c {
+					expectRead(t, v, n)
+				}
+				if st := v.Status(); st.Images != 7 || st.Deleted <= want {
+					t.Fatalf("status %+v", st)
+				}
+			}
+			check(v)
+			v.Close()
+			if dropIdx {
+				if err := fs.Remove(IdxPath(testDir, 3)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v = reopen(t, fs, 3)
+			check(v)
+			// A rewrite after a delete is visible again.
+			mustWrite(t, v, a[:1])
+			expectRead(t, v, a[0])
+			v.Close()
+			v = reopen(t, fs, 3)
+			expectRead(t, v, a[0])
+			v.Close()
+		})
+	}
+}
+
+// datBytes returns the durable bytes of a volume's .dat.
+func fileBytes(t testing.TB, fs vfs.FS, path string) []byte {
+	t.Helper()
+	f, err := fs.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	size, _ := f.Size()
+	b := make([]byte, size)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func writeFile(t testing.TB, fs vfs.FS, path string, b []byte) {
+	t.Helper()
+	f, err := fs.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+}
+
+// TestTornTail truncates the volume at every byte offset inside its last
+// needle: each time the earlier needles read back and the torn one is gone.
+func TestTornTail(t *testing.T) {
+	fs := memFS(t)
+	v := create(t, fs, 5, Options{})
+	var earlier []*needle.Needle
+	for k := uint64(1); k <= 5; k++ {
+		ns := photo(k, k)
+		mustWrite(t, v, ns)
+		earlier = append(earlier, ns...)
+	}
+	last := &needle.Needle{Key: 99, Cookie: 9, Size: needle.SizeLarge, ContentType: needle.TypePNG, Data: bytes.Repeat([]byte("torn"), 30)}
+	w := mustWrite(t, v, []*needle.Needle{last})
+	v.Close()
+	dat := fileBytes(t, fs, DatPath(testDir, 5))
+	idx := fileBytes(t, fs, IdxPath(testDir, 5))
+	for _, keepIdx := range []bool{true, false} {
+		for cut := w[0].Offset; cut < w[0].Offset+int64(w[0].Length); cut++ {
+			writeFile(t, fs, DatPath(testDir, 5), dat[:cut])
+			if keepIdx {
+				writeFile(t, fs, IdxPath(testDir, 5), idx)
+			} else if err := fs.Remove(IdxPath(testDir, 5)); err != nil {
+				t.Fatal(err)
+			}
+			v := reopen(t, fs, 5)
+			for _, n := range earlier {
+				expectRead(t, v, n)
+			}
+			expectNotFound(t, v, last.Key, last.Cookie, last.Size)
+			if st := v.Status(); st.Size != w[0].Offset {
+				t.Fatalf("cut %d: size %d, want the torn needle cut off at %d", cut, st.Size, w[0].Offset)
+			}
+			// The volume takes writes again after the cut.
+			mustWrite(t, v, []*needle.Needle{last})
+			expectRead(t, v, last)
+			v.Close()
+		}
+	}
+}
+
+// TestTornBatch cuts a four-needle batch inside its third needle: none of
+// its needles may appear, even the two that are intact.
+func TestTornBatch(t *testing.T) {
+	fs := memFS(t)
+	v := create(t, fs, 6, Options{})
+	first := photo(1, 1)
+	mustWrite(t, v, first)
+	second := photo(2, 2)
+	w := mustWrite(t, v, second)
+	v.Close()
+	dat := fileBytes(t, fs, DatPath(testDir, 6))
+	writeFile(t, fs, DatPath(testDir, 6), dat[:w[2].Offset+10])
+	if err := fs.Remove(IdxPath(testDir, 6)); err != nil {
+		t.Fatal(err)
+	}
+	v = reopen(t, fs, 6)
+	defer v.Close()
+	for _, n := range first {
+		expectRead(t, v, n)
+	}
+	for _, n := range second {
+		expectNotFound(t, v, n.Key, n.Cookie, n.Size)
+	}
+	if st := v.Status(); st.Size != w[0].Offset {
+		t.Fatalf("size %d, want %d", st.Size, w[0].Offset)
+	}
+}
+
+// TestBitFlipsDetected flips bits in the header, data and footer of a
+// stored needle: every read reports corruption and returns no bytes.
+func TestBitFlipsDetected(t *testing.T) {
+	fs := memFS(t)
+	v := create(t, fs, 7, Options{})
+	n := &needle.Needle{Key: 5, Cookie: 55, Size: needle.SizeSmall, ContentType: needle.TypeJPEG, Data: bytes.Repeat([]byte("data"), 64)}
+	w := mustWrite(t, v, []*needle.Needle{n})
+	v.Close()
+	dat := fileBytes(t, fs, DatPath(testDir, 7))
+	body := needle.HeaderSize + len(n.Data) + needle.FooterSize
+	for _, rel := range []int{0, 4, 12, 20, 24, 25, 28, 36, needle.HeaderSize, needle.HeaderSize + 100, body - 12, body - 8, body - 1} {
+		bad := bytes.Clone(dat)
+		bad[w[0].Offset+int64(rel)] ^= 0x10
+		writeFile(t, fs, DatPath(testDir, 7), bad)
+		v, err := Open(context.Background(), testDir, 7, Options{FS: fs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, buf, err := v.Read(n.Key, n.Cookie, n.Size, nil)
+		if !IsCorruption(err) {
+			t.Fatalf("flip at +%d: got %v, want corruption", rel, err)
+		}
+		if got.Data != nil {
+			t.Fatalf("flip at +%d: bytes returned with the error", rel)
+		}
+		_ = buf
+		if v.Check() == nil {
+			t.Fatalf("flip at +%d: Check found nothing", rel)
+		}
+		v.Close()
+	}
+}
+
+// TestMidFileDamageKeepsLaterNeedles damages a needle in the unindexed tail
+// that is followed by valid needles: recovery must skip it, not cut the
+// acknowledged needles after it.
+func TestMidFileDamageKeepsLaterNeedles(t *testing.T) {
+	fs := memFS(t)
+	v := create(t, fs, 8, Options{})
+	var ws [][]Written
+	var ps [][]*needle.Needle
+	for k := uint64(1); k <= 4; k++ {
+		ps = append(ps, photo(k, k))
+		ws = append(ws, mustWrite(t, v, ps[k-1]))
+	}
+	v.Close()
+	dat := fileBytes(t, fs, DatPath(testDir, 8))
+	dat[ws[1][1].Offset+needle.HeaderSize+3] ^= 0xff // photo 2, size s
+	writeFile(t, fs, DatPath(testDir, 8), dat)
+	if err := fs.Remove(IdxPath(testDir, 8)); err != nil {
+		t.Fatal(err)
+	}
+	v = reopen(t, fs, 8)
+	defer v.Close()
+	for i, p := range ps {
+		for _, n := range p {
+			if i == 1 && n.Size == needle.SizeSmall {
+				expectNotFound(t, v, n.Key, n.Cookie, n.Size)
+				continue
+			}
+			expectRead(t, v, n)
+		}
+	}
+	if st := v.Status(); st.Size != int64(len(dat)) {
+		t.Fatalf("size %d, want %d: valid data was cut", st.Size, len(dat))
+	}
+}
+
+func TestOnePreadPerRead(t *testing.T) {
+	counter := &errorfs.Counter{}
+	fs := errorfs.Wrap(memFS(t), counter)
+	v := create(t, fs, 9, Options{})
+	defer v.Close()
+	var all []*needle.Needle
+	for k := uint64(1); k <= 20; k++ {
+		ns := photo(k, k)
+		mustWrite(t, v, ns)
+		all = append(all, ns...)
+	}
+	before := counter.Count(errorfs.OpRead)
+	for _, n := range all {
+		expectRead(t, v, n)
+	}
+	if got := counter.Count(errorfs.OpRead) - before; got != int64(len(all)) {
+		t.Fatalf("%d reads took %d preads, want exactly one each", len(all), got)
+	}
+	before = counter.Count(errorfs.OpRead)
+	expectNotFound(t, v, 12345, 1, needle.SizeThumb)
+	if got := counter.Count(errorfs.OpRead) - before; got != 0 {
+		t.Fatalf("a miss cost %d preads, want 0", got)
+	}
+}
+
+func TestVolumeFull(t *testing.T) {
+	fs := memFS(t)
+	limit := int64(SuperblockSize + 3*needle.EncodedLen(1000))
+	v := create(t, fs, 10, Options{SizeLimit: limit})
+	data := make([]byte, 1000)
+	for k := uint64(1); k <= 2; k++ {
+		mustWrite(t, v, []*needle.Needle{{Key: k, Cookie: k, Size: 0, Data: data}})
+	}
+	// Two needles do not fit in the room for one.
+	_, err := v.Write(context.Background(), []*needle.Needle{{Key: 3, Size: 0, Data: data}, {Key: 3, Size: 1, Data: data}})
+	if !errors.Is(err, ErrFull) || !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("got %v, want ErrFull", err)
+	}
+	if st, reason := v.State(); st != StateReadOnly || reason != "full" {
+		t.Fatalf("state %v %q", st, reason)
+	}
+	if _, err := v.Write(context.Background(), []*needle.Needle{{Key: 4, Size: 0, Data: []byte{1}}}); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("write to full volume: %v", err)
+	}
+	// Deletes still work on a read-only volume.
+	if _, err := v.Delete(context.Background(), 1, 1, needle.SizeAll); err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+	v = reopen(t, fs, 10)
+	defer v.Close()
+	expectNotFound(t, v, 1, 1, 0)
+	if _, _, err := v.Read(2, 2, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMarkReadOnlySurvivesRestart(t *testing.T) {
+	fs := memFS(t)
+	v := create(t, fs, 11, Options{})
+	mustWrite(t, v, photo(1, 1))
+	if err := v.MarkReadOnly(context.Background(), "disk retiring"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Write(context.Background(), photo(2, 2)); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("got %v", err)
+	}
+	v.Close()
+	v = reopen(t, fs, 11)
+	defer v.Close()
+	if st, reason := v.State(); st != StateReadOnly || reason != "disk retiring" {
+		t.Fatalf("after restart: %v %q", st, reason)
+	}
+}
+
+func TestOpenRejectsForeignFiles(t *testing.T) {
+	fs := memFS(t)
+	writeFile(t, fs, DatPath(testDir, 12), []byte("definitely not a volume superblock, and long enough to be read fully....."))
+	if _, err := Open(context.Background(), testDir, 12, Options{FS: fs}); !errors.Is(err, ErrNotVolume) {
+		t.Fatalf("got %v", err)
+	}
+	v := create(t, fs, 13, Options{})
+	v.Close()
+	// A volume file renamed to another vid is refused.
+	if err := fs.Rename(DatPath(testDir, 13), DatPath(testDir, 14)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(context.Background(), testDir, 14, Options{FS: fs}); !errors.Is(err, ErrNotVolume) {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := Open(context.Background(), testDir, 99, Options{FS: fs}); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("open of a missing volume: %v", err)
+	}
+	if _, err := fs.Stat(DatPath(testDir, 99)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("opening a missing volume created its file")
+	}
+	if _, err := Create(context.Background(), testDir, 14, Options{FS: fs}); !errors.Is(err, ErrExists) {
+		t.Fatalf("create over existing: %v", err)
+	}
+}
+
+// TestIdxDamage damages the idx hint in several ways; the volume must come
+// back complete each time.
+func TestIdxDamage(t *testing.T) {
+	fs := memFS(t)
+	v := create(t, fs, 15, Options{})
+	var all []*needle.Needle
+	for k := uint64(1); k <= 10; k++ {
+		ns := photo(k, k)
+		mustWrite(t, v, ns)
+		all = append(all, ns...)
+	}
+	v.Close()
+	idx := fileBytes(t, fs, IdxPath(testDir, 15))
+	damage := map[string][]byte{
+		"torn record":  idx[:len(idx)-5],
+		"zeroed block": append(append(bytes.Clone(idx[:24*5]), make([]byte, 24*3)...), idx[24*8:]...),
+		"flipped bit":  func() []byte { b := bytes.Clone(idx); b[24*20+9] ^= 1; return b }(),
+		"bad header":   func() []byte { b := bytes.Clone(idx); b[0] = 'X'; return b }(),
+		"empty":        nil,
+	}
+	for name, b := range damage {
+		writeFile(t, fs, IdxPath(testDir, 15), b)
+		v := reopen(t, fs, 15)
+		for _, n := range all {
+			expectRead(t, v, n)
+		}
+		v.Close()
+		// The repaired idx is complete: open again, with the scan having
+		// nothing left to do, and every needle is still there.
+		v = reopen(t, fs, 15)
+		if got := v.Status().Images; got != len(all) {
+			t.Fatalf("%s: %d images after repair, want %d", name, got, len(all))
+		}
+		v.Close()
+	}
+}
+
+func TestFaultInjection(t *testing.T) {
+	cases := []struct {
+		name       string
+		kind       errorfs.OpKind
+		err        error
+		wantFailed bool
+	}{
+		{"ENOSPC on write", errorfs.OpWrite, syscall.ENOSPC, false},
+		{"EIO on write", errorfs.OpWrite, syscall.EIO, false},
+		{"short write", errorfs.OpWrite, nil, false},
+		{"EIO on fsync", errorfs.OpSync, syscall.EIO, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			mem := memFS(t)
+			var inj errorfs.Injector
+			if c.err == nil {
+				inj = errorfs.OnPath(".dat", errorfs.ShortWrite(10))
+			} else {
+				inj = errorfs.OnPath(".dat", errorfs.OnKind(c.kind, c.err))
+			}
+			toggle := errorfs.NewToggle(inj)
+			fs := errorfs.Wrap(mem, toggle)
+			v := create(t, fs, 16, Options{})
+			before := photo(1, 1)
+			mustWrite(t, v, before)
+			toggle.Enable()
+			if _, err := v.Write(context.Background(), photo(2, 2)); err == nil {
+				t.Fatal("failed write was acknowledged")
+			}
+			toggle.Disable()
+			for _, n := range before {
+				expectRead(t, v, n)
+			}
+			for _, n := range photo(2, 2) {
+				expectNotFound(t, v, n.Key, n.Cookie, n.Size)
+			}
+			state, _ := v.State()
+			if c.wantFailed {
+				if state != StateFailed {
+					t.Fatalf("state %v after failed fsync, want failed", state)
+				}
+				if _, err := v.Write(context.Background(), photo(3, 3)); !errors.Is(err, ErrReadOnly) {
+					t.Fatalf("write to failed volume: %v", err)
+				}
+			} else {
+				if state != StateWritable {
+					t.Fatalf("state %v after a failed write, want writable", state)
+				}
+				mustWrite(t, v, photo(3, 3))
+				expectRead(t, v, photo(3, 3)[2])
+			}
+			if err := v.Check(); err != nil {
+				t.Fatal(err)
+			}
+			v.Close()
+			// After a power cut, every acknowledged needle is there and
+			// the failed one is not.
+			v = reopen(t, mem.CrashClone(), 16)
+			defer v.Close()
+			for _, n := range before {
+				expectRead(t, v, n)
+			}
+			for _, n := range photo(2, 2) {
+				expectNotFound(t, v, n.Key, n.Cookie, n.Size)
+			}
+		})
+	}
+}
+
+// TestGroupCommit checks that concurrent writers share fdatasyncs and that
+// every acknowledged write survives a power cut.
+func TestGroupCommit(t *testing.T) {
+	counter := &errorfs.Counter{}
+	mem := memFS(t)
+	fs := errorfs.Wrap(mem, counter)
+	v := create(t, fs, 17, Options{})
+	syncsBefore := counter.Count(errorfs.OpSync)
+	const writers, perWriter = 16, 25
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < perWriter; i++ {
+				key := uint64(w*perWriter + i + 1)
+				if _, err := v.Write(context.Background(), photo(key, key)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	syncs := counter.Count(errorfs.OpSync) - syncsBefore
+	t.Logf("%d writes, %d fdatasyncs", writers*perWriter, syncs)
+	if syncs >= writers*perWriter {
+		t.Fatalf("%d writes took %d syncs: no group commit", writers*perWriter, syncs)
+	}
+	crashed := mem.CrashClone()
+	v.Close()
+	v = reopen(t, crashed, 17)
+	defer v.Close()
+	for key := uint64(1); key <= writers*perWriter; key++ {
+		for _, n := range photo(key, key) {
+			expectRead(t, v, n)
+		}
+	}
+}
+
+// TestRandomOperations runs seeded random sequences of writes, rewrites,
+// deletes, reads, power cuts and reopenings against a map model.
+func TestRandomOperations(t *testing.T) {
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	r := rand.New(rand.NewPCG(seed, 0))
+	mem := memFS(t)
+	v := create(t, mem, 20, Options{})
+	type mkey struct {
+		key  uint64
+		size needle.SizeCode
+	}
+	model := map[mkey]*needle.Needle{}
+	cookies := map[uint64]uint64{}
+	nextKey := uint64(1)
+	for step := 0; step < 3000; step++ {
+		switch op := r.IntN(100); {
+		case op < 40: // new photo
+			key := nextKey
+			if r.IntN(10) == 0 && key > 20 {
+				key = key - uint64(r.IntN(20)) // out of order, maybe existing
+			} else {
+				nextKey++
+			}
+			cookie, ok := cookies[key]
+			if !ok {
+				cookie = r.Uint64()
+				cookies[key] = cookie
+			}
+			ns := photo(key, cookie)
+			mustWrite(t, v, ns)
+			for _, n := range ns {
+				model[mkey{key, n.Size}] = n
+			}
+		case op < 50 && nextKey > 1: // rewrite one size
+			key := 1 + uint64(r.IntN(int(nextKey-1)))
+			cookie, ok := cookies[key]
+			if !ok {
+				continue
+			}
+			size := needle.SizeCode(r.IntN(5))
+			n := &needle.Needle{Key: key, Cookie: cookie, Size: size, ContentType: needle.TypeWebP, Data: []byte(fmt.Sprint("rewrite ", step))}
+			mustWrite(t, v, []*needle.Needle{n})
+			model[mkey{key, size}] = n
+		case op < 60 && nextKey > 1: // delete
+			key := 1 + uint64(r.IntN(int(nextKey-1)))
+			size := needle.SizeCode(r.IntN(5))
+			if r.IntN(2) == 0 {
+				size = needle.SizeAll
+			}
+			has := false
+			for s := needle.SizeCode(0); s <= needle.SizeOriginal; s++ {
+				if _, ok := model[mkey{key, s}]; ok && (size == needle.SizeAll || s == size) {
+					has = true
+					delete(model, mkey{key, s})
+				}
+			}
+			_, err := v.Delete(context.Background(), key, cookies[key], size)
+			if has != (err == nil) {
+				t.Fatalf("step %d: delete key %d size %v: %v (model has it: %v)", step, key, size, err, has)
+			}
+		case op < 62: // power cut
+			crashed := mem.CrashClone()
+			v.Close()
+			mem = crashed
+			v = reopen(t, mem, 20)
+		case op < 64: // clean restart
+			v.Close()
+			v = reopen(t, mem, 20)
+		default: // read
+			if nextKey == 1 {
+				continue
+			}
+			key := 1 + uint64(r.IntN(int(nextKey-1)))
+			size := needle.SizeCode(r.IntN(5))
+			want, ok := model[mkey{key, size}]
+			if ok {
+				expectRead(t, v, want)
+			} else {
+				expectNotFound(t, v, key, cookies[key], size)
+			}
+		}
+	}
+	if st := v.Status(); st.Images != len(model) {
+		t.Fatalf("%d images, model has %d", st.Images, len(model))
+	}
+	for _, n := range model {
+		expectRead(t, v, n)
+	}
+	if err := v.Check(); err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+}
+
+func TestOSFilesystem(t *testing.T) {
+	dir := t.TempDir()
+	v, err := Create(context.Background(), dir, 21, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := photo(1, 1)
+	mustWrite(t, v, ns)
+	v.Close()
+	v, err = Open(context.Background(), dir, 21, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for _, n := range ns {
+		expectRead(t, v, n)
+	}
+	if _, err := vfs.Default.Stat(filepath.Join(dir, "21.idx")); err != nil {
+		t.Fatal(err)
+	}
+}
