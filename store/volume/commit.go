@@ -67,17 +67,17 @@ func (v *Volume) submit(p *pending) (int64, error) {
 		q.mu.Unlock()
 		return p.base, p.err
 	}
+	// Lead one round: everything queued so far, p included. Batches that
+	// arrive meanwhile wait for the next round, led by one of their
+	// writers, so no writer waits on rounds beyond its own.
 	q.leader = true
-	for len(q.queue) > 0 {
-		group := q.queue
-		q.queue = nil
-		q.mu.Unlock()
-		v.commitGroup(group)
-		q.mu.Lock()
-		for _, g := range group {
-			g.done = true
-		}
-		q.cond.Broadcast()
+	group := q.queue
+	q.queue = nil
+	q.mu.Unlock()
+	v.commitGroup(group)
+	q.mu.Lock()
+	for _, g := range group {
+		g.done = true
 	}
 	q.leader = false
 	q.cond.Broadcast()
@@ -117,13 +117,13 @@ func (v *Volume) commitGroup(group []*pending) {
 			p.err = err
 		}
 	}
-	for _, p := range accepted {
-		n, err := v.dat.WriteAt(p.buf, p.base)
-		if err == nil && n < len(p.buf) {
+	for _, w := range coalesce(accepted, start, end) {
+		n, err := v.dat.WriteAt(w.buf, w.off)
+		if err == nil && n < len(w.buf) {
 			err = errors.New("short write")
 		}
 		if err != nil {
-			werr := fmt.Errorf("write at %d: %w", p.base, err)
+			werr := fmt.Errorf("write at %d: %w", w.off, err)
 			// Nothing of this round was acknowledged: cut it off so the
 			// next round starts on a clean tail.
 			if terr := v.dat.Truncate(start); terr != nil {
@@ -140,6 +140,7 @@ func (v *Volume) commitGroup(group []*pending) {
 		return
 	}
 	v.tail.Store(end)
+	v.syncs.Add(1)
 
 	// Durable: publish to the index, then append the idx hints.
 	var recs []byte
@@ -164,6 +165,33 @@ func (v *Volume) commitGroup(group []*pending) {
 			v.setState(StateReadOnly, "full")
 		}
 	}
+}
+
+// coalesceLimit is the largest round whose batches are copied into one
+// buffer and written with one pwrite; larger rounds write each batch with
+// its own pwrite, where the copy would cost more than the system calls.
+const coalesceLimit = 1 << 20
+
+type fileWrite struct {
+	off int64
+	buf []byte
+}
+
+// coalesce returns the writes for one round of batches that occupy
+// [start, end) back to back.
+func coalesce(batches []*pending, start, end int64) []fileWrite {
+	if len(batches) == 1 || end-start > coalesceLimit {
+		ws := make([]fileWrite, len(batches))
+		for i, p := range batches {
+			ws[i] = fileWrite{p.base, p.buf}
+		}
+		return ws
+	}
+	buf := make([]byte, 0, end-start)
+	for _, p := range batches {
+		buf = append(buf, p.buf...)
+	}
+	return []fileWrite{{start, buf}}
 }
 
 // appendIdx appends idx records. The idx is a hint: when writing it fails,

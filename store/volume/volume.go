@@ -117,6 +117,7 @@ type Volume struct {
 	tail     atomic.Int64 // end of the last durable needle
 	needles  atomic.Int64 // needles ever appended, including tombstones
 	corrupt  atomic.Int64 // bytes skipped as corrupt by recovery
+	syncs    atomic.Int64 // group commits made durable
 	idxBytes int64        // guarded by the commit leader role
 	idx      vfs.File     // guarded by the commit leader role
 	idxErr   error        // guarded by the commit leader role
@@ -284,6 +285,13 @@ type Status struct {
 	Deleted    int64 // bytes of dead needles, tombstones and damaged ranges
 	Generation uint32
 	Created    time.Time
+	// Needles counts needles appended since open or found at open,
+	// tombstones included; Syncs counts the group commits (fdatasyncs)
+	// that made the appends since open durable.
+	Needles int64
+	Syncs   int64
+	// CorruptBytes counts bytes recovery skipped as damaged.
+	CorruptBytes int64
 }
 
 // Status returns a snapshot of the volume's state and size.
@@ -295,16 +303,19 @@ func (v *Volume) Status() Status {
 	s, reason := v.State()
 	size := v.tail.Load()
 	return Status{
-		Vid:        v.vid,
-		State:      s,
-		Reason:     reason,
-		Size:       size,
-		SizeLimit:  v.opts.SizeLimit,
-		Images:     images,
-		LiveBytes:  live,
-		Deleted:    max(size-SuperblockSize-live, 0),
-		Generation: v.super.Generation,
-		Created:    time.Unix(0, v.super.Created),
+		Vid:          v.vid,
+		State:        s,
+		Reason:       reason,
+		Size:         size,
+		SizeLimit:    v.opts.SizeLimit,
+		Images:       images,
+		LiveBytes:    live,
+		Deleted:      max(size-SuperblockSize-live, 0),
+		Generation:   v.super.Generation,
+		Created:      time.Unix(0, v.super.Created),
+		Needles:      v.needles.Load(),
+		Syncs:        v.syncs.Load(),
+		CorruptBytes: v.corrupt.Load(),
 	}
 }
 
