@@ -112,15 +112,16 @@ type Volume struct {
 		closed bool
 	}
 
-	state    atomic.Int32
-	reason   atomic.Pointer[string]
-	tail     atomic.Int64 // end of the last durable needle
-	needles  atomic.Int64 // needles ever appended, including tombstones
-	corrupt  atomic.Int64 // bytes skipped as corrupt by recovery
-	syncs    atomic.Int64 // group commits made durable
-	idxBytes int64        // guarded by the commit leader role
-	idx      vfs.File     // guarded by the commit leader role
-	idxErr   error        // guarded by the commit leader role
+	state      atomic.Int32
+	reason     atomic.Pointer[string]
+	tail       atomic.Int64 // end of the last durable needle
+	needles    atomic.Int64 // needles ever appended, including tombstones
+	corrupt    atomic.Int64 // bytes skipped as corrupt by recovery
+	syncs      atomic.Int64 // group commits made durable
+	compacting atomic.Bool
+	idxBytes   int64    // guarded by the commit leader role
+	idx        vfs.File // guarded by the commit leader role
+	idxErr     error    // guarded by the commit leader role
 }
 
 // DatPath returns the path of volume vid's .dat file in dir.
@@ -208,7 +209,11 @@ func Open(ctx context.Context, dir string, vid uint32, opts Options) (*Volume, e
 	}
 	v.setState(StateWritable, "")
 	if reason, err := readMarker(opts.FS, readOnlyPath(dir, vid)); err == nil {
-		v.setState(StateReadOnly, reason)
+		if reason == sealedReason {
+			v.setState(StateSealed, reason)
+		} else {
+			v.setState(StateReadOnly, reason)
+		}
 	}
 	if v.tail.Load() >= opts.SizeLimit {
 		v.setState(StateReadOnly, "full")

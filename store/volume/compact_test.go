@@ -1,0 +1,296 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/haybale/haybale/internal/vfs"
+	"github.com/haybale/haybale/needle"
+)
+
+func TestCompactReclaimsDeleted(t *testing.T) {
+	fs := memFS(t)
+	v := create(t, fs, 30, Options{})
+	var kept [][]*needle.Needle
+	for k := uint64(1); k <= 200; k++ {
+		ns := photo(k, k*3)
+		mustWrite(t, v, ns)
+		if k%2 == 0 {
+			if _, err := v.Delete(context.Background(), k, k*3, needle.SizeAll); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			kept = append(kept, ns)
+		}
+	}
+	// A rewritten size: only the newest copy survives.
+	rewrite := &needle.Needle{Key: 1, Cookie: 3, Size: needle.SizeSmall, ContentType: needle.TypePNG, Data: []byte("newer")}
+	mustWrite(t, v, []*needle.Needle{rewrite})
+	kept[0][1] = rewrite
+	before := v.Status()
+	var progressCalls int
+	res, err := v.Compact(context.Background(), CompactOptions{Progress: func(done, total int64) { progressCalls++ }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := v.Status()
+	t.Logf("%+v", res)
+	if res.Generation != 1 || after.Generation != 1 || res.SizeAfter != after.Size {
+		t.Fatalf("generation/size: %+v %+v", res, after)
+	}
+	if after.Size != SuperblockSize+before.LiveBytes || after.Deleted != 0 {
+		t.Fatalf("compacted size %d, want %d live bytes after the superblock", after.Size, before.LiveBytes)
+	}
+	if res.Reclaimed != before.Size-after.Size || res.Reclaimed < before.Size/3 {
+		t.Fatalf("reclaimed %d of %d", res.Reclaimed, before.Size)
+	}
+	if progressCalls == 0 || res.Copied != before.Images {
+		t.Fatalf("progress %d, copied %d of %d", progressCalls, res.Copied, before.Images)
+	}
+	check := func(v *Volume) {
+		for _, ns := range kept {
+			for _, n := range ns {
+				got, _, err := v.Read(n.Key, n.Cookie, n.Size, nil)
+				if err != nil || string(got.Data) != string(n.Data) || got.AppendTime == 0 {
+					t.Fatalf("key %d size %v after compaction: %v", n.Key, n.Size, err)
+				}
+			}
+		}
+		for k := uint64(2); k <= 200; k += 2 {
+			expectNotFound(t, v, k, k*3, needle.SizeThumb)
+		}
+		if err := v.Check(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(v)
+	// The volume keeps taking writes after the swap, and all of it
+	// survives a restart and a power cut.
+	extra := photo(500, 5)
+	mustWrite(t, v, extra)
+	crashed := fs.CrashClone()
+	v.Close()
+	for _, f := range []vfs.FS{fs, crashed} {
+		v = reopen(t, f, 30)
+		check(v)
+		for _, n := range extra {
+			expectRead(t, v, n)
+		}
+		v.Close()
+	}
+}
+
+// TestCompactOnline compacts while writers, deleters and readers run: no
+// read fails and every acknowledged write is there afterwards.
+func TestCompactOnline(t *testing.T) {
+	fs := memFS(t)
+	v := create(t, fs, 31, Options{})
+	defer v.Close()
+	for k := uint64(1); k <= 300; k++ {
+		mustWrite(t, v, photo(k, k))
+		if k%3 == 0 {
+			if _, err := v.Delete(context.Background(), k, k, needle.SizeAll); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var nextKey atomic.Uint64
+	nextKey.Store(1000)
+	var mu sync.Mutex
+	written := map[uint64]bool{}
+	deleted := map[uint64]bool{}
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() { // writers and deleters of new photos
+			defer wg.Done()
+			for i := 0; i < 150; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				k := nextKey.Add(1)
+				if _, err := v.Write(context.Background(), photo(k, k)); err != nil {
+					t.Error(err)
+					return
+				}
+				del := k%5 == 0
+				if del {
+					if _, err := v.Delete(context.Background(), k, k, needle.SizeAll); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+				mu.Lock()
+				written[k], deleted[k] = true, del
+				mu.Unlock()
+			}
+		}()
+	}
+	for r := 0; r < 4; r++ {
+		wg.Add(1)
+		go func(seed uint64) { // readers of the stable photos
+			defer wg.Done()
+			rnd := rand.New(rand.NewPCG(seed, 0))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				k := 1 + rnd.Uint64N(300)
+				size := needle.SizeCode(rnd.IntN(4))
+				_, _, err := v.Read(k, k, size, nil)
+				if k%3 == 0 {
+					if !errors.Is(err, ErrNotFound) {
+						t.Errorf("deleted key %d: %v", k, err)
+					}
+				} else if err != nil {
+					t.Errorf("read key %d during compaction: %v", k, err)
+				}
+			}
+		}(uint64(r))
+	}
+	for i := 0; i < 3; i++ {
+		time.Sleep(5 * time.Millisecond)
+		if _, err := v.Compact(context.Background(), CompactOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if v.Superblock().Generation != 3 {
+		t.Fatalf("generation %d, want 3", v.Superblock().Generation)
+	}
+	check := func(v *Volume) {
+		mu.Lock()
+		defer mu.Unlock()
+		for k := range written {
+			for _, n := range photo(k, k) {
+				if deleted[k] {
+					expectNotFound(t, v, k, k, n.Size)
+				} else {
+					expectRead(t, v, n)
+				}
+			}
+		}
+		if err := v.Check(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(v)
+	t.Logf("%d photos written during compactions", len(written))
+	v.Close()
+	v2 := reopen(t, fs, 31)
+	defer v2.Close()
+	check(v2)
+}
+
+// TestCompactCrashAtRandomMoments takes power-cut clones of the file
+// system at random moments during compactions (with writes going on): each
+// clone opens to a complete volume holding every write acknowledged before
+// the clone was taken.
+func TestCompactCrashAtRandomMoments(t *testing.T) {
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	rnd := rand.New(rand.NewPCG(seed, 0))
+	fs := memFS(t)
+	v := create(t, fs, 32, Options{})
+	defer v.Close()
+	var mu sync.Mutex
+	live := map[uint64]bool{} // acknowledged and not deleted
+	for k := uint64(1); k <= 400; k++ {
+		mustWrite(t, v, photo(k, k))
+		live[k] = true
+		if k%2 == 0 {
+			if _, err := v.Delete(context.Background(), k, k, needle.SizeAll); err != nil {
+				t.Fatal(err)
+			}
+			delete(live, k)
+		}
+	}
+	type snapshot struct {
+		fs   *vfs.MemFS
+		keys []uint64
+	}
+	var snaps []snapshot
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 4; i++ {
+			if _, err := v.Compact(context.Background(), CompactOptions{}); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
+	next := uint64(10_000)
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		next++
+		mustWrite(t, v, photo(next, next))
+		mu.Lock()
+		live[next] = true
+		if rnd.IntN(3) == 0 {
+			keys := make([]uint64, 0, len(live))
+			for k := range live {
+				keys = append(keys, k)
+			}
+			snaps = append(snaps, snapshot{fs.CrashClone(), keys})
+		}
+		mu.Unlock()
+	}
+	if len(snaps) == 0 {
+		t.Fatal("no snapshot taken")
+	}
+	for i, s := range snaps {
+		cv := reopen(t, s.fs, 32)
+		for _, k := range s.keys {
+			for _, n := range photo(k, k) {
+				if _, _, err := cv.Read(k, k, n.Size, nil); err != nil {
+					t.Fatalf("snapshot %d: key %d size %v lost: %v", i, k, n.Size, err)
+				}
+			}
+		}
+		cv.Close()
+	}
+	t.Logf("%d power-cut snapshots verified", len(snaps))
+}
+
+func TestCompactSealsReadOnly(t *testing.T) {
+	fs := memFS(t)
+	v := create(t, fs, 33, Options{})
+	mustWrite(t, v, photo(1, 1))
+	if _, err := v.Compact(context.Background(), CompactOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := v.State(); s != StateWritable {
+		t.Fatalf("writable volume became %v", s)
+	}
+	if err := v.MarkReadOnly(context.Background(), "full"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Compact(context.Background(), CompactOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := v.State(); s != StateSealed {
+		t.Fatalf("compacted read-only volume is %v, want sealed", s)
+	}
+	v.Close()
+	v = reopen(t, fs, 33)
+	defer v.Close()
+	if s, _ := v.State(); s != StateSealed {
+		t.Fatalf("after restart: %v", s)
+	}
+	expectRead(t, v, photo(1, 1)[3])
+}
