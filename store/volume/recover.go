@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
 )
 
@@ -113,32 +114,80 @@ load:
 	return scanFrom, nil
 }
 
-// scanTail indexes the needles in [from, size) of the .dat. A batch whose
-// last needle is missing or torn, and anything after the last valid
-// needle, is cut off. A damaged stretch followed by valid needles is not a
-// torn tail: it is skipped (and counted) and the scan goes on, so no
-// acknowledged needle after it is lost.
+// scanTail indexes the needles in [from, size) of the .dat (see walk),
+// appends their idx records and cuts off a torn tail.
 func (v *Volume) scanTail(ctx context.Context, from, size int64) error {
-	s := NewScanner(v.dat, from, size)
-	var batch []idxEntry
 	var recs []byte
-	batchStart := from
 	ix := v.mu.index
-	flush := func() {
-		for _, e := range batch {
-			if e.tombstone {
-				ix.remove(e.key, e.size)
-			} else {
-				ix.put(e.key, e.size, e.off, e.length)
+	res, err := walk(ctx, v.dat, from, size, walkVisitor{
+		batch: func(batch []idxEntry) {
+			for _, e := range batch {
+				if e.tombstone {
+					ix.remove(e.key, e.size)
+				} else {
+					ix.put(e.key, e.size, e.off, e.length)
+				}
+				recs = appendIdxRecord(recs, e)
 			}
-			recs = appendIdxRecord(recs, e)
+			v.needles.Add(int64(len(batch)))
+		},
+		damage: func(start, end int64, _ error) { v.corrupt.Add(end - start) },
+	})
+	if err != nil {
+		return err
+	}
+	// Whatever follows the last complete batch was never acknowledged.
+	if res.validEnd < size {
+		if err := v.dat.Truncate(res.validEnd); err != nil {
+			return fmt.Errorf("truncate torn tail at %d: %w", res.validEnd, err)
 		}
-		v.needles.Add(int64(len(batch)))
+		if err := v.dat.Sync(); err != nil {
+			return fmt.Errorf("sync after truncating torn tail: %w", err)
+		}
+		size = res.validEnd
+	}
+	v.tail.Store(size)
+	v.appendIdx(recs)
+	return nil
+}
+
+// walkVisitor receives what walk finds. Either function may be nil.
+type walkVisitor struct {
+	// batch receives each complete batch of needles, in file order.
+	batch func([]idxEntry)
+	// damage receives each damaged stretch that valid needles follow.
+	damage func(start, end int64, err error)
+}
+
+type walkResult struct {
+	validEnd  int64 // end of the last complete batch: the torn tail starts here
+	tornErr   error // why the tail is torn, when validEnd < end
+	lastBatch int64 // start of the last complete batch
+}
+
+// walk reads the needles in [from, end) of f. A batch (needles linked by
+// the batch-continues flag) is handed on only when its last needle is
+// found. A damaged stretch followed by a valid needle is not a torn tail:
+// it is reported, the intact needles of the batch around it are kept
+// (later data exists, so the batch was written), and the walk goes on, so
+// no acknowledged needle after it is lost. Whatever follows the last
+// complete batch is the torn tail, reported as validEnd.
+func walk(ctx context.Context, f vfs.File, from, end int64, vis walkVisitor) (walkResult, error) {
+	s := NewScanner(f, from, end)
+	var batch []idxEntry
+	res := walkResult{validEnd: from, lastBatch: from}
+	batchStart := from
+	flush := func() {
+		if len(batch) > 0 && vis.batch != nil {
+			vis.batch(batch)
+		}
 		batch = batch[:0]
 	}
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
+	for i := 0; ; i++ {
+		if i%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return res, err
+			}
 		}
 		n, err := s.Next()
 		if errors.Is(err, io.EOF) {
@@ -146,22 +195,22 @@ func (v *Volume) scanTail(ctx context.Context, from, size int64) error {
 		}
 		if err != nil {
 			if !needle.IsCorruption(err) {
-				return err
+				return res, err
 			}
 			at := s.Pos()
 			found, rerr := s.Resync()
 			if rerr != nil {
-				return rerr
+				return res, rerr
 			}
 			if !found {
-				break // torn tail
+				res.tornErr = err
+				break
 			}
-			// Damage in the middle: keep the intact needles of the batch
-			// around it (later data exists, so the batch was written) and
-			// carry on from the next valid needle.
 			flush()
-			v.corrupt.Add(s.Pos() - at)
-			batchStart = s.Pos()
+			if vis.damage != nil {
+				vis.damage(at, s.Pos(), err)
+			}
+			batchStart, res.validEnd = s.Pos(), s.Pos()
 			continue
 		}
 		batch = append(batch, idxEntry{
@@ -170,24 +219,12 @@ func (v *Volume) scanTail(ctx context.Context, from, size int64) error {
 		})
 		if n.Flags&needle.FlagBatchContinues == 0 {
 			flush()
-			batchStart = s.Pos()
+			res.lastBatch = batchStart
+			batchStart, res.validEnd = s.Pos(), s.Pos()
 		}
 	}
-	// Whatever follows the last complete batch was never acknowledged.
-	cut := s.Pos()
-	if len(batch) > 0 {
-		cut = batchStart
+	if res.tornErr == nil && res.validEnd < end {
+		res.tornErr = fmt.Errorf("%w: batch at %d has no last needle", needle.ErrShort, batchStart)
 	}
-	if cut < size {
-		if err := v.dat.Truncate(cut); err != nil {
-			return fmt.Errorf("truncate torn tail at %d: %w", cut, err)
-		}
-		if err := v.dat.Sync(); err != nil {
-			return fmt.Errorf("sync after truncating torn tail: %w", err)
-		}
-		size = cut
-	}
-	v.tail.Store(size)
-	v.appendIdx(recs)
-	return nil
+	return res, nil
 }
