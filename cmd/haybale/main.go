@@ -6,17 +6,30 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/haybale/haybale/tools"
 )
+
+// exitCode maps an error to the process exit status: 2 when damaged data
+// was found, 1 for every other failure.
+func exitCode(err error) int {
+	if errors.Is(err, tools.ErrCorrupt) {
+		return 2
+	}
+	return 1
+}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := newRootCmd().ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "haybale:", err)
-		os.Exit(1)
+		stop()
+		os.Exit(exitCode(err))
 	}
 }

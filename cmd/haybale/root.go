@@ -14,6 +14,7 @@ func newRootCmd() *cobra.Command {
 	// One constructor per subcommand, each in its own file.
 	root.AddCommand(
 		newVersionCmd(),
+		newVolumeCmd(),
 	)
 	return root
 }
