@@ -1,0 +1,79 @@
+// Package resizer turns one uploaded image into the four stored sizes of a
+// photo: it sniffs and validates the format, decodes, applies the JPEG EXIF
+// orientation and encodes the t, s, m and l variants of the size table.
+// It has no network code; the gateway maps its errors to HTTP statuses.
+//
+// # Accepted input
+//
+// The format is sniffed from the bytes, never from a file name or a
+// client-supplied Content-Type. Accepted: JPEG (baseline, extended sequential
+// or progressive Huffman; 1, 3 or 4 components; MPO and Ultra HDR files count
+// as JPEG because their first image is one), PNG (any depth, palette, alpha),
+// GIF (the first frame, drawn on the logical screen) and still WebP (lossy,
+// lossless, alpha). Everything else is [ErrUnsupported]: animated WebP, HEIC,
+// AVIF, TIFF, BMP, lossless, hierarchical and arithmetic-coded JPEG, text and
+// unknown bytes. Decoders are called explicitly (image/jpeg, image/png,
+// image/gif, golang.org/x/image/webp); the global image.RegisterFormat
+// registry is not consulted, so nothing depends on which packages were linked.
+//
+// # Limits
+//
+// All limits are fields of [Options]; a zero field takes its default.
+//
+//   - MaxBytes, default 32 MiB (DefaultMaxBytes): longer input is
+//     [ErrTooLarge] before anything is parsed.
+//   - MaxPixels, default 80 megapixels (DefaultMaxPixels): the width and
+//     height declared in the header (image.DecodeConfig; for GIF the logical
+//     screen, for WebP the canvas) are checked before any full decode, because
+//     Go cannot recover from running out of memory. Larger images are
+//     [ErrTooLarge].
+//   - MaxConcurrent, default runtime.NumCPU(): at most this many decodes (and
+//     the resizing and encoding that follow them) run at once; further calls
+//     wait, honouring their context. One slot holds the decoded image
+//     (1.5 bytes per pixel for a JPEG, 4 for 8-bit RGBA, 8 for a 16-bit PNG;
+//     a progressive JPEG also keeps about 6 bytes per pixel of coefficients
+//     while decoding) plus one partly reduced copy of at most 4 bytes per
+//     pixel, so at 80 MP a slot peaks near 0.5 GB for ordinary photos and
+//     near 1 GB for a 16-bit PNG. Size MaxConcurrent and MaxPixels to the
+//     memory available.
+//
+// # Errors
+//
+// Every rejection wraps exactly one of [ErrEmpty] (400), [ErrUnsupported]
+// (415), [ErrTooLarge] (413) or [ErrCorrupt] (422); test with errors.Is. The
+// message names the cause. A panic inside a decoder is recovered and reported
+// as [ErrCorrupt]; no input makes Process panic. A cancelled context returns
+// the context's error.
+//
+// # Output
+//
+// The sizes follow the table in DESIGN.md (see [Spec]): t is a 150×150
+// centre-crop fill (a square of the shorter side when that is under 150), s,
+// m and l fit inside 480, 1080 and 2048. Nothing is upscaled, no side is ever
+// zero pixels, and an image already inside a box is re-encoded at its own
+// size. Width and height are those of the upright image, after the EXIF
+// orientation (JPEG APP1 "Exif", values 1 to 8; other values are ignored) has
+// been applied.
+//
+// Opaque images are encoded as baseline JPEG at quality 85, images with any
+// non-opaque pixel as PNG. The encoders write no metadata, so EXIF (GPS
+// included), XMP, ICC profiles and comments of the upload are never copied.
+// ICC profiles are ignored when decoding, so colours of wide-gamut sources
+// shift slightly.
+//
+// # Speed
+//
+// Resampling is done by this package, in fixed point, on 8-bit planes
+// (resample.go): JPEG and lossy WebP images stay Y'CbCr from decode to
+// encode, each chroma plane resampled at its own resolution; other images
+// are converted row by row to premultiplied RGBA as the first reduction
+// reads them, never as a whole. l is resampled from the decoded image with a
+// Lanczos-3 filter, m from l and s from m with Catmull-Rom, and t from the
+// smallest of s, m and l whose shorter side still covers it. The EXIF
+// orientation is applied afterwards to each (small) output with imaging's
+// Rotate/Flip/Transpose/Transverse, so the full-size image is never rotated.
+// Each output is encoded while the next is being resized; an output equal
+// to the next larger one is encoded once. All four sizes of a 12 MP JPEG
+// take about 0.3 CPU-seconds, half of it in image/jpeg's decoder (see
+// BenchmarkResize12MP).
+package resizer

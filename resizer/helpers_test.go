@@ -1,0 +1,139 @@
+package resizer
+
+import (
+	"bytes"
+	"encoding/binary"
+	"image"
+	"image/jpeg"
+	"image/png"
+	"testing"
+)
+
+// checkOutputs verifies the four outputs of res: letters, sizes, a single
+// content type, that each decodes to its stated size, and that none carries
+// metadata.
+func checkOutputs(t *testing.T, res *Result, want [NumSizes]image.Point) {
+	t.Helper()
+	specs := Specs()
+	for i, img := range res.Images {
+		if img.Letter != specs[i].Letter {
+			t.Errorf("image %d: letter %q, want %q", i, img.Letter, specs[i].Letter)
+		}
+		if img.Width != want[i].X || img.Height != want[i].Y {
+			t.Errorf("%s: %dx%d, want %dx%d", img.Letter, img.Width, img.Height, want[i].X, want[i].Y)
+		}
+		if img.Width < 1 || img.Height < 1 {
+			t.Errorf("%s: zero-pixel side %dx%d", img.Letter, img.Width, img.Height)
+		}
+		if img.ContentType != res.Images[0].ContentType {
+			t.Errorf("%s: content type %s, t has %s", img.Letter, img.ContentType, res.Images[0].ContentType)
+		}
+		var cfg image.Config
+		var err error
+		switch img.ContentType {
+		case "image/jpeg":
+			cfg, err = jpeg.DecodeConfig(bytes.NewReader(img.Data))
+			if bad := jpegMetadata(img.Data); bad != "" {
+				t.Errorf("%s: JPEG output carries %s", img.Letter, bad)
+			}
+		case "image/png":
+			cfg, err = png.DecodeConfig(bytes.NewReader(img.Data))
+			if bad := pngMetadata(img.Data); bad != "" {
+				t.Errorf("%s: PNG output carries %s", img.Letter, bad)
+			}
+		default:
+			t.Fatalf("%s: content type %q", img.Letter, img.ContentType)
+		}
+		if err != nil {
+			t.Fatalf("%s: output does not decode: %v", img.Letter, err)
+		}
+		if cfg.Width != img.Width || cfg.Height != img.Height {
+			t.Errorf("%s: encoded %dx%d, Image says %dx%d", img.Letter, cfg.Width, cfg.Height, img.Width, img.Height)
+		}
+		if bytes.Contains(img.Data, []byte("Exif\x00")) {
+			t.Errorf("%s: output contains an Exif header", img.Letter)
+		}
+	}
+}
+
+// jpegMetadata returns a description of the first marker segment before the
+// scan that is not needed to decode (APPn, COM), or "".
+func jpegMetadata(data []byte) string {
+	pos := 2
+	for pos+4 <= len(data) && data[pos] == 0xFF {
+		m := data[pos+1]
+		if m == 0xDA {
+			return ""
+		}
+		if m >= 0xE0 && m <= 0xEF {
+			return "an APP" + string(rune('0'+int(m-0xE0)%10)) + " segment"
+		}
+		if m == 0xFE {
+			return "a COM segment"
+		}
+		pos += 2 + int(binary.BigEndian.Uint16(data[pos+2:]))
+	}
+	return "a malformed header"
+}
+
+// pngMetadata returns the type of the first chunk not needed to decode, or "".
+func pngMetadata(data []byte) string {
+	pos := 8
+	for pos+8 <= len(data) {
+		n := int(binary.BigEndian.Uint32(data[pos:]))
+		typ := string(data[pos+4 : pos+8])
+		switch typ {
+		case "IHDR", "PLTE", "tRNS", "IDAT":
+		case "IEND":
+			return ""
+		default:
+			return "a " + typ + " chunk"
+		}
+		pos += 12 + n
+	}
+	return "a malformed file"
+}
+
+// decodeOutput decodes one output image.
+func decodeOutput(t *testing.T, img Image) image.Image {
+	t.Helper()
+	var m image.Image
+	var err error
+	if img.ContentType == "image/png" {
+		m, err = png.Decode(bytes.NewReader(img.Data))
+	} else {
+		m, err = jpeg.Decode(bytes.NewReader(img.Data))
+	}
+	if err != nil {
+		t.Fatalf("%s: %v", img.Letter, err)
+	}
+	return m
+}
+
+// meanAbsDiff returns the mean absolute difference per RGB channel (0..255)
+// of two outputs of the same size.
+func meanAbsDiff(t *testing.T, a, b Image) float64 {
+	t.Helper()
+	ma, mb := decodeOutput(t, a), decodeOutput(t, b)
+	if ma.Bounds() != mb.Bounds() {
+		t.Fatalf("%s: sizes differ: %v and %v", a.Letter, ma.Bounds(), mb.Bounds())
+	}
+	var sum, n float64
+	r := ma.Bounds()
+	for y := r.Min.Y; y < r.Max.Y; y++ {
+		for x := r.Min.X; x < r.Max.X; x++ {
+			r1, g1, b1, _ := ma.At(x, y).RGBA()
+			r2, g2, b2, _ := mb.At(x, y).RGBA()
+			sum += absDiff(r1, r2) + absDiff(g1, g2) + absDiff(b1, b2)
+			n += 3
+		}
+	}
+	return sum / n / 257
+}
+
+func absDiff(a, b uint32) float64 {
+	if a > b {
+		return float64(a - b)
+	}
+	return float64(b - a)
+}

@@ -1,0 +1,5 @@
+//go:build race
+
+package resizer
+
+const raceEnabled = true
