@@ -1,6 +1,32 @@
 // Package store is the store process: it owns the volumes of one data
 // directory, opening them in parallel at start-up and creating new ones on
-// request. (Its HTTP read server and gRPC write server build on Store.)
+// request, and serves them: Server answers image reads over HTTP (the
+// CDN-origin surface) and writes and administration over gRPC.
+//
+// # HTTP
+//
+// GET and HEAD /p/<photo ID>/<size>[.<ext>] cost one pread into a buffer
+// pooled per size code. 200 answers carry Content-Type (from the needle),
+// Content-Length, ETag (the quoted 16-digit hex checksum), Last-Modified
+// (the append time), Cache-Control: public, max-age=31536000, immutable
+// and Accept-Ranges: bytes. Preconditions follow RFC 9110 (If-Match,
+// If-Unmodified-Since: 412; If-None-Match, If-Modified-Since: 304); a
+// single byte range gives 206, an unsatisfiable or malformed one 416, and
+// several ranges the whole body. Every error answer has a JSON body
+// {"error": "..."}: a missing image (unknown key, wrong cookie, deleted)
+// is one identical 404 cached for 60 s; a malformed path is 400; a vid
+// this store does not hold is 404 with X-Haybale-Error: volume-not-here,
+// and a volume that failed to open (or a store shutting down) is 503 with
+// X-Haybale-Error: volume-unavailable, neither cacheable; damaged bytes
+// are never served: 500 with X-Haybale-Error: corrupt (or read-error for a
+// disk read error). /healthz, /readyz and /metrics (Prometheus, in the
+// server's own registry) complete the surface.
+//
+// # gRPC
+//
+// The storepb Store service, with the status codes store.proto lists.
+// Write and Delete check their write token with the WriteAuthorizer they
+// are given (none: writes are open). Messages are at most MaxMessageSize.
 //
 // A data directory holds, per volume, <vid>.dat (the needles), <vid>.idx
 // (the index hint) and, when an operator marked it read-only,

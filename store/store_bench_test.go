@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -58,7 +57,7 @@ func BenchmarkStoreOpen(b *testing.B) {
 			images += v.Status().Images
 		}
 		if images != volumes*photosPerVolume*4 || !s.Ready() {
-			b.Fatal(fmt.Sprintf("%d images, ready %v", images, s.Ready()))
+			b.Fatalf("%d images, ready %v", images, s.Ready())
 		}
 		b.StopTimer()
 		s.Close()

@@ -15,6 +15,9 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newVersionCmd(),
 		newVolumeCmd(),
+		newStoreCmd(),
+		newDirectoryCmd(),
+		newBenchCmd(),
 	)
 	return root
 }

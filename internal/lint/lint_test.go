@@ -25,18 +25,20 @@ var allowed = map[string]rule{
 	"internal/vfs":                 {},
 	"internal/vfs/errorfs":         {project: []string{"internal/vfs"}},
 	"internal/lint":                {},
+	"internal/token":               {thirdParty: []string{"github.com/golang-jwt/jwt/v5"}},
 	"store/volume":                 {project: []string{"needle", "internal/vfs"}, thirdParty: []string{"github.com/klauspost/reedsolomon", "github.com/google/btree", "github.com/cespare/xxhash/v2"}, noNetwork: true},
 	"resizer":                      {thirdParty: []string{"github.com/disintegration/imaging", "golang.org/x/image"}, noNetwork: true},
 	"proto":                        {},
 	"proto/haybale/v1/storepb":     {thirdParty: []string{"google.golang.org/grpc", "google.golang.org/protobuf"}},
 	"proto/haybale/v1/directorypb": {project: []string{"proto/haybale/v1/storepb"}, thirdParty: []string{"google.golang.org/grpc", "google.golang.org/protobuf"}},
-	"store":                        {project: []string{"store/volume", "needle", "internal/vfs", "proto/*"}, thirdParty: anyThirdParty},
-	"directory":                    {project: []string{"needle", "proto/*"}, thirdParty: anyThirdParty},
-	"client":                       {project: []string{"needle", "proto/*"}, thirdParty: anyThirdParty},
+	"store":                        {project: []string{"store/volume", "needle", "internal/vfs", "internal/token", "proto/*"}, thirdParty: anyThirdParty},
+	"directory":                    {project: []string{"needle", "internal/token", "proto/*"}, thirdParty: anyThirdParty},
+	"client":                       {project: []string{"needle", "internal/token", "proto/*"}, thirdParty: anyThirdParty},
 	"cache":                        {project: []string{"needle", "client", "proto/*"}, thirdParty: anyThirdParty},
 	"gateway":                      {project: []string{"resizer", "client", "needle", "proto/*"}, thirdParty: anyThirdParty},
 	"tools":                        {project: []string{"store/volume", "client", "needle", "internal/vfs", "proto/*"}, thirdParty: anyThirdParty},
 	"bench":                        {project: []string{"client", "needle", "proto/*"}, thirdParty: anyThirdParty},
+	"internal/testcluster":         {project: []string{"*"}, thirdParty: anyThirdParty},
 	"cmd/haybale":                  {project: []string{"*"}, thirdParty: anyThirdParty},
 }
 
@@ -165,6 +167,9 @@ func TestRulesCatchViolations(t *testing.T) {
 		{"store", module + "/cmd/haybale"},
 		{"internal/vfs", "golang.org/x/sys/unix"},
 		{"cache", module + "/store/volume"},
+		{"internal/token", module + "/needle"},
+		{"internal/token", "google.golang.org/grpc"},
+		{"cache", module + "/internal/token"},
 	}
 	for _, b := range bad {
 		if err := checkImport(allowed[b.pkg], b.imp); err == nil {
@@ -176,6 +181,9 @@ func TestRulesCatchViolations(t *testing.T) {
 		{"needle", "encoding/binary"},
 		{"store/volume", module + "/needle"},
 		{"cmd/haybale", module + "/store"},
+		{"internal/token", "github.com/golang-jwt/jwt/v5"},
+		{"directory", module + "/internal/token"},
+		{"store", module + "/internal/token"},
 	}
 	for _, g := range good {
 		if err := checkImport(allowed[g.pkg], g.imp); err != nil {

@@ -24,8 +24,6 @@ type Scanner struct {
 	buf      []byte // holds file bytes [bufOff, bufOff+len(buf))
 	bufOff   int64
 	pos      int64
-	readErr  error
-	scanned  int64
 	needle   needle.Needle
 	length   int
 	needleAt int64

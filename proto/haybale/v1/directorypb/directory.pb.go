@@ -1247,6 +1247,126 @@ func (*StoreCommand_AllocateVolume) isStoreCommand_Command() {}
 
 func (*StoreCommand_MarkReadOnly) isStoreCommand_Command() {}
 
+// AuthorizeDeleteRequest names the photo to delete.
+type AuthorizeDeleteRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The photo ID, "<vid>-<key hex>-<cookie hex>".
+	PhotoId       string `protobuf:"bytes,1,opt,name=photo_id,json=photoId,proto3" json:"photo_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizeDeleteRequest) Reset() {
+	*x = AuthorizeDeleteRequest{}
+	mi := &file_haybale_v1_directory_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizeDeleteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizeDeleteRequest) ProtoMessage() {}
+
+func (x *AuthorizeDeleteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_directory_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizeDeleteRequest.ProtoReflect.Descriptor instead.
+func (*AuthorizeDeleteRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *AuthorizeDeleteRequest) GetPhotoId() string {
+	if x != nil {
+		return x.PhotoId
+	}
+	return ""
+}
+
+// AuthorizeDeleteResponse carries what a client needs to delete the photo
+// on every replica.
+type AuthorizeDeleteResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The photo's logical volume.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// Every replica of the volume, live stores first.
+	Replicas []*Replica `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// A write token bound to the volume and the photo's key.
+	WriteToken string `protobuf:"bytes,3,opt,name=write_token,json=writeToken,proto3" json:"write_token,omitempty"`
+	// When the token expires, Unix seconds.
+	TokenExpiryUnix int64 `protobuf:"varint,4,opt,name=token_expiry_unix,json=tokenExpiryUnix,proto3" json:"token_expiry_unix,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *AuthorizeDeleteResponse) Reset() {
+	*x = AuthorizeDeleteResponse{}
+	mi := &file_haybale_v1_directory_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizeDeleteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizeDeleteResponse) ProtoMessage() {}
+
+func (x *AuthorizeDeleteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_directory_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizeDeleteResponse.ProtoReflect.Descriptor instead.
+func (*AuthorizeDeleteResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *AuthorizeDeleteResponse) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *AuthorizeDeleteResponse) GetReplicas() []*Replica {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *AuthorizeDeleteResponse) GetWriteToken() string {
+	if x != nil {
+		return x.WriteToken
+	}
+	return ""
+}
+
+func (x *AuthorizeDeleteResponse) GetTokenExpiryUnix() int64 {
+	if x != nil {
+		return x.TokenExpiryUnix
+	}
+	return 0
+}
+
 // PhotoURLsRequest names a photo.
 type PhotoURLsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1258,7 +1378,7 @@ type PhotoURLsRequest struct {
 
 func (x *PhotoURLsRequest) Reset() {
 	*x = PhotoURLsRequest{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[17]
+	mi := &file_haybale_v1_directory_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1390,7 @@ func (x *PhotoURLsRequest) String() string {
 func (*PhotoURLsRequest) ProtoMessage() {}
 
 func (x *PhotoURLsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[17]
+	mi := &file_haybale_v1_directory_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1403,7 @@ func (x *PhotoURLsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhotoURLsRequest.ProtoReflect.Descriptor instead.
 func (*PhotoURLsRequest) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{17}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PhotoURLsRequest) GetPhotoId() string {
@@ -1307,7 +1427,7 @@ type PhotoURLsResponse struct {
 
 func (x *PhotoURLsResponse) Reset() {
 	*x = PhotoURLsResponse{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[18]
+	mi := &file_haybale_v1_directory_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1319,7 +1439,7 @@ func (x *PhotoURLsResponse) String() string {
 func (*PhotoURLsResponse) ProtoMessage() {}
 
 func (x *PhotoURLsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[18]
+	mi := &file_haybale_v1_directory_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1332,7 +1452,7 @@ func (x *PhotoURLsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhotoURLsResponse.ProtoReflect.Descriptor instead.
 func (*PhotoURLsResponse) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{18}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PhotoURLsResponse) GetPhotoId() string {
@@ -1438,7 +1558,15 @@ const file_haybale_v1_directory_proto_rawDesc = "" +
 	"\fStoreCommand\x12L\n" +
 	"\x0fallocate_volume\x18\x01 \x01(\v2!.haybale.v1.AllocateVolumeRequestH\x00R\x0eallocateVolume\x12G\n" +
 	"\x0emark_read_only\x18\x02 \x01(\v2\x1f.haybale.v1.MarkReadOnlyRequestH\x00R\fmarkReadOnlyB\t\n" +
-	"\acommand\"-\n" +
+	"\acommand\"3\n" +
+	"\x16AuthorizeDeleteRequest\x12\x19\n" +
+	"\bphoto_id\x18\x01 \x01(\tR\aphotoId\"\xa9\x01\n" +
+	"\x17AuthorizeDeleteResponse\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12/\n" +
+	"\breplicas\x18\x02 \x03(\v2\x13.haybale.v1.ReplicaR\breplicas\x12\x1f\n" +
+	"\vwrite_token\x18\x03 \x01(\tR\n" +
+	"writeToken\x12*\n" +
+	"\x11token_expiry_unix\x18\x04 \x01(\x03R\x0ftokenExpiryUnix\"-\n" +
 	"\x10PhotoURLsRequest\x12\x19\n" +
 	"\bphoto_id\x18\x01 \x01(\tR\aphotoId\"\xa4\x01\n" +
 	"\x11PhotoURLsResponse\x12\x19\n" +
@@ -1451,7 +1579,7 @@ const file_haybale_v1_directory_proto_rawDesc = "" +
 	"StoreState\x12\x1b\n" +
 	"\x17STORE_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11STORE_STATE_ALIVE\x10\x01\x12\x14\n" +
-	"\x10STORE_STATE_DEAD\x10\x022\xa7\x04\n" +
+	"\x10STORE_STATE_DEAD\x10\x022\x83\x05\n" +
 	"\tDirectory\x12?\n" +
 	"\x06Assign\x12\x19.haybale.v1.AssignRequest\x1a\x1a.haybale.v1.AssignResponse\x12?\n" +
 	"\x06Lookup\x12\x19.haybale.v1.LookupRequest\x1a\x1a.haybale.v1.LookupResponse\x12K\n" +
@@ -1460,7 +1588,8 @@ const file_haybale_v1_directory_proto_rawDesc = "" +
 	"\vListVolumes\x12\x1e.haybale.v1.ListVolumesRequest\x1a\x1f.haybale.v1.ListVolumesResponse\x12c\n" +
 	"\fMarkReadOnly\x12(.haybale.v1.DirectoryMarkReadOnlyRequest\x1a).haybale.v1.DirectoryMarkReadOnlyResponse\x12L\n" +
 	"\tHeartbeat\x12\x1c.haybale.v1.HeartbeatRequest\x1a\x1d.haybale.v1.HeartbeatResponse(\x010\x01\x12H\n" +
-	"\tPhotoURLs\x12\x1c.haybale.v1.PhotoURLsRequest\x1a\x1d.haybale.v1.PhotoURLsResponseBEZCgithub.com/haybale/haybale/proto/haybale/v1/directorypb;directorypbb\x06proto3"
+	"\tPhotoURLs\x12\x1c.haybale.v1.PhotoURLsRequest\x1a\x1d.haybale.v1.PhotoURLsResponse\x12Z\n" +
+	"\x0fAuthorizeDelete\x12\".haybale.v1.AuthorizeDeleteRequest\x1a#.haybale.v1.AuthorizeDeleteResponseBEZCgithub.com/haybale/haybale/proto/haybale/v1/directorypb;directorypbb\x06proto3"
 
 var (
 	file_haybale_v1_directory_proto_rawDescOnce sync.Once
@@ -1475,7 +1604,7 @@ func file_haybale_v1_directory_proto_rawDescGZIP() []byte {
 }
 
 var file_haybale_v1_directory_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haybale_v1_directory_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_haybale_v1_directory_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_haybale_v1_directory_proto_goTypes = []any{
 	(StoreState)(0),                       // 0: haybale.v1.StoreState
 	(*Replica)(nil),                       // 1: haybale.v1.Replica
@@ -1495,48 +1624,53 @@ var file_haybale_v1_directory_proto_goTypes = []any{
 	(*CorruptReport)(nil),                 // 15: haybale.v1.CorruptReport
 	(*HeartbeatResponse)(nil),             // 16: haybale.v1.HeartbeatResponse
 	(*StoreCommand)(nil),                  // 17: haybale.v1.StoreCommand
-	(*PhotoURLsRequest)(nil),              // 18: haybale.v1.PhotoURLsRequest
-	(*PhotoURLsResponse)(nil),             // 19: haybale.v1.PhotoURLsResponse
-	nil,                                   // 20: haybale.v1.PhotoURLsResponse.UrlsEntry
-	(storepb.VolumeState)(0),              // 21: haybale.v1.VolumeState
-	(*storepb.VolumeInfo)(nil),            // 22: haybale.v1.VolumeInfo
-	(*storepb.AllocateVolumeRequest)(nil), // 23: haybale.v1.AllocateVolumeRequest
-	(*storepb.MarkReadOnlyRequest)(nil),   // 24: haybale.v1.MarkReadOnlyRequest
+	(*AuthorizeDeleteRequest)(nil),        // 18: haybale.v1.AuthorizeDeleteRequest
+	(*AuthorizeDeleteResponse)(nil),       // 19: haybale.v1.AuthorizeDeleteResponse
+	(*PhotoURLsRequest)(nil),              // 20: haybale.v1.PhotoURLsRequest
+	(*PhotoURLsResponse)(nil),             // 21: haybale.v1.PhotoURLsResponse
+	nil,                                   // 22: haybale.v1.PhotoURLsResponse.UrlsEntry
+	(storepb.VolumeState)(0),              // 23: haybale.v1.VolumeState
+	(*storepb.VolumeInfo)(nil),            // 24: haybale.v1.VolumeInfo
+	(*storepb.AllocateVolumeRequest)(nil), // 25: haybale.v1.AllocateVolumeRequest
+	(*storepb.MarkReadOnlyRequest)(nil),   // 26: haybale.v1.MarkReadOnlyRequest
 }
 var file_haybale_v1_directory_proto_depIdxs = []int32{
 	1,  // 0: haybale.v1.AssignResponse.replicas:type_name -> haybale.v1.Replica
-	21, // 1: haybale.v1.LookupResponse.state:type_name -> haybale.v1.VolumeState
+	23, // 1: haybale.v1.LookupResponse.state:type_name -> haybale.v1.VolumeState
 	1,  // 2: haybale.v1.LookupResponse.replicas:type_name -> haybale.v1.Replica
 	8,  // 3: haybale.v1.ListStoresResponse.stores:type_name -> haybale.v1.StoreInfo
 	0,  // 4: haybale.v1.StoreInfo.state:type_name -> haybale.v1.StoreState
 	11, // 5: haybale.v1.ListVolumesResponse.volumes:type_name -> haybale.v1.VolumeView
-	21, // 6: haybale.v1.VolumeView.state:type_name -> haybale.v1.VolumeState
+	23, // 6: haybale.v1.VolumeView.state:type_name -> haybale.v1.VolumeState
 	11, // 7: haybale.v1.DirectoryMarkReadOnlyResponse.volume:type_name -> haybale.v1.VolumeView
-	22, // 8: haybale.v1.HeartbeatRequest.volumes:type_name -> haybale.v1.VolumeInfo
+	24, // 8: haybale.v1.HeartbeatRequest.volumes:type_name -> haybale.v1.VolumeInfo
 	15, // 9: haybale.v1.HeartbeatRequest.corrupt:type_name -> haybale.v1.CorruptReport
 	17, // 10: haybale.v1.HeartbeatResponse.commands:type_name -> haybale.v1.StoreCommand
-	23, // 11: haybale.v1.StoreCommand.allocate_volume:type_name -> haybale.v1.AllocateVolumeRequest
-	24, // 12: haybale.v1.StoreCommand.mark_read_only:type_name -> haybale.v1.MarkReadOnlyRequest
-	20, // 13: haybale.v1.PhotoURLsResponse.urls:type_name -> haybale.v1.PhotoURLsResponse.UrlsEntry
-	2,  // 14: haybale.v1.Directory.Assign:input_type -> haybale.v1.AssignRequest
-	4,  // 15: haybale.v1.Directory.Lookup:input_type -> haybale.v1.LookupRequest
-	6,  // 16: haybale.v1.Directory.ListStores:input_type -> haybale.v1.ListStoresRequest
-	9,  // 17: haybale.v1.Directory.ListVolumes:input_type -> haybale.v1.ListVolumesRequest
-	12, // 18: haybale.v1.Directory.MarkReadOnly:input_type -> haybale.v1.DirectoryMarkReadOnlyRequest
-	14, // 19: haybale.v1.Directory.Heartbeat:input_type -> haybale.v1.HeartbeatRequest
-	18, // 20: haybale.v1.Directory.PhotoURLs:input_type -> haybale.v1.PhotoURLsRequest
-	3,  // 21: haybale.v1.Directory.Assign:output_type -> haybale.v1.AssignResponse
-	5,  // 22: haybale.v1.Directory.Lookup:output_type -> haybale.v1.LookupResponse
-	7,  // 23: haybale.v1.Directory.ListStores:output_type -> haybale.v1.ListStoresResponse
-	10, // 24: haybale.v1.Directory.ListVolumes:output_type -> haybale.v1.ListVolumesResponse
-	13, // 25: haybale.v1.Directory.MarkReadOnly:output_type -> haybale.v1.DirectoryMarkReadOnlyResponse
-	16, // 26: haybale.v1.Directory.Heartbeat:output_type -> haybale.v1.HeartbeatResponse
-	19, // 27: haybale.v1.Directory.PhotoURLs:output_type -> haybale.v1.PhotoURLsResponse
-	21, // [21:28] is the sub-list for method output_type
-	14, // [14:21] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	25, // 11: haybale.v1.StoreCommand.allocate_volume:type_name -> haybale.v1.AllocateVolumeRequest
+	26, // 12: haybale.v1.StoreCommand.mark_read_only:type_name -> haybale.v1.MarkReadOnlyRequest
+	1,  // 13: haybale.v1.AuthorizeDeleteResponse.replicas:type_name -> haybale.v1.Replica
+	22, // 14: haybale.v1.PhotoURLsResponse.urls:type_name -> haybale.v1.PhotoURLsResponse.UrlsEntry
+	2,  // 15: haybale.v1.Directory.Assign:input_type -> haybale.v1.AssignRequest
+	4,  // 16: haybale.v1.Directory.Lookup:input_type -> haybale.v1.LookupRequest
+	6,  // 17: haybale.v1.Directory.ListStores:input_type -> haybale.v1.ListStoresRequest
+	9,  // 18: haybale.v1.Directory.ListVolumes:input_type -> haybale.v1.ListVolumesRequest
+	12, // 19: haybale.v1.Directory.MarkReadOnly:input_type -> haybale.v1.DirectoryMarkReadOnlyRequest
+	14, // 20: haybale.v1.Directory.Heartbeat:input_type -> haybale.v1.HeartbeatRequest
+	20, // 21: haybale.v1.Directory.PhotoURLs:input_type -> haybale.v1.PhotoURLsRequest
+	18, // 22: haybale.v1.Directory.AuthorizeDelete:input_type -> haybale.v1.AuthorizeDeleteRequest
+	3,  // 23: haybale.v1.Directory.Assign:output_type -> haybale.v1.AssignResponse
+	5,  // 24: haybale.v1.Directory.Lookup:output_type -> haybale.v1.LookupResponse
+	7,  // 25: haybale.v1.Directory.ListStores:output_type -> haybale.v1.ListStoresResponse
+	10, // 26: haybale.v1.Directory.ListVolumes:output_type -> haybale.v1.ListVolumesResponse
+	13, // 27: haybale.v1.Directory.MarkReadOnly:output_type -> haybale.v1.DirectoryMarkReadOnlyResponse
+	16, // 28: haybale.v1.Directory.Heartbeat:output_type -> haybale.v1.HeartbeatResponse
+	21, // 29: haybale.v1.Directory.PhotoURLs:output_type -> haybale.v1.PhotoURLsResponse
+	19, // 30: haybale.v1.Directory.AuthorizeDelete:output_type -> haybale.v1.AuthorizeDeleteResponse
+	23, // [23:31] is the sub-list for method output_type
+	15, // [15:23] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_haybale_v1_directory_proto_init() }
@@ -1554,7 +1688,7 @@ func file_haybale_v1_directory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haybale_v1_directory_proto_rawDesc), len(file_haybale_v1_directory_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

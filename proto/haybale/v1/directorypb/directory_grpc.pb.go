@@ -19,13 +19,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Directory_Assign_FullMethodName       = "/haybale.v1.Directory/Assign"
-	Directory_Lookup_FullMethodName       = "/haybale.v1.Directory/Lookup"
-	Directory_ListStores_FullMethodName   = "/haybale.v1.Directory/ListStores"
-	Directory_ListVolumes_FullMethodName  = "/haybale.v1.Directory/ListVolumes"
-	Directory_MarkReadOnly_FullMethodName = "/haybale.v1.Directory/MarkReadOnly"
-	Directory_Heartbeat_FullMethodName    = "/haybale.v1.Directory/Heartbeat"
-	Directory_PhotoURLs_FullMethodName    = "/haybale.v1.Directory/PhotoURLs"
+	Directory_Assign_FullMethodName          = "/haybale.v1.Directory/Assign"
+	Directory_Lookup_FullMethodName          = "/haybale.v1.Directory/Lookup"
+	Directory_ListStores_FullMethodName      = "/haybale.v1.Directory/ListStores"
+	Directory_ListVolumes_FullMethodName     = "/haybale.v1.Directory/ListVolumes"
+	Directory_MarkReadOnly_FullMethodName    = "/haybale.v1.Directory/MarkReadOnly"
+	Directory_Heartbeat_FullMethodName       = "/haybale.v1.Directory/Heartbeat"
+	Directory_PhotoURLs_FullMethodName       = "/haybale.v1.Directory/PhotoURLs"
+	Directory_AuthorizeDelete_FullMethodName = "/haybale.v1.Directory/AuthorizeDelete"
 )
 
 // DirectoryClient is the client API for Directory service.
@@ -62,6 +63,11 @@ type DirectoryClient interface {
 	// base URL when configured, else the owning cache node, else a store
 	// holding a replica.
 	PhotoURLs(ctx context.Context, in *PhotoURLsRequest, opts ...grpc.CallOption) (*PhotoURLsResponse, error)
+	// AuthorizeDelete issues a write token for one existing photo, so its
+	// replicas accept tombstones for it when a cluster secret is configured,
+	// and returns the photo's replicas. Errors: InvalidArgument for a
+	// malformed photo ID, NotFound for an unknown volume.
+	AuthorizeDelete(ctx context.Context, in *AuthorizeDeleteRequest, opts ...grpc.CallOption) (*AuthorizeDeleteResponse, error)
 }
 
 type directoryClient struct {
@@ -145,6 +151,16 @@ func (c *directoryClient) PhotoURLs(ctx context.Context, in *PhotoURLsRequest, o
 	return out, nil
 }
 
+func (c *directoryClient) AuthorizeDelete(ctx context.Context, in *AuthorizeDeleteRequest, opts ...grpc.CallOption) (*AuthorizeDeleteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthorizeDeleteResponse)
+	err := c.cc.Invoke(ctx, Directory_AuthorizeDelete_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DirectoryServer is the server API for Directory service.
 // All implementations must embed UnimplementedDirectoryServer
 // for forward compatibility.
@@ -179,6 +195,11 @@ type DirectoryServer interface {
 	// base URL when configured, else the owning cache node, else a store
 	// holding a replica.
 	PhotoURLs(context.Context, *PhotoURLsRequest) (*PhotoURLsResponse, error)
+	// AuthorizeDelete issues a write token for one existing photo, so its
+	// replicas accept tombstones for it when a cluster secret is configured,
+	// and returns the photo's replicas. Errors: InvalidArgument for a
+	// malformed photo ID, NotFound for an unknown volume.
+	AuthorizeDelete(context.Context, *AuthorizeDeleteRequest) (*AuthorizeDeleteResponse, error)
 	mustEmbedUnimplementedDirectoryServer()
 }
 
@@ -209,6 +230,9 @@ func (UnimplementedDirectoryServer) Heartbeat(grpc.BidiStreamingServer[Heartbeat
 }
 func (UnimplementedDirectoryServer) PhotoURLs(context.Context, *PhotoURLsRequest) (*PhotoURLsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PhotoURLs not implemented")
+}
+func (UnimplementedDirectoryServer) AuthorizeDelete(context.Context, *AuthorizeDeleteRequest) (*AuthorizeDeleteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AuthorizeDelete not implemented")
 }
 func (UnimplementedDirectoryServer) mustEmbedUnimplementedDirectoryServer() {}
 func (UnimplementedDirectoryServer) testEmbeddedByValue()                   {}
@@ -346,6 +370,24 @@ func _Directory_PhotoURLs_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Directory_AuthorizeDelete_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthorizeDeleteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DirectoryServer).AuthorizeDelete(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Directory_AuthorizeDelete_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DirectoryServer).AuthorizeDelete(ctx, req.(*AuthorizeDeleteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Directory_ServiceDesc is the grpc.ServiceDesc for Directory service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -376,6 +418,10 @@ var Directory_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PhotoURLs",
 			Handler:    _Directory_PhotoURLs_Handler,
+		},
+		{
+			MethodName: "AuthorizeDelete",
+			Handler:    _Directory_AuthorizeDelete_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -24,6 +24,7 @@ func TestDirectoryServiceMethods(t *testing.T) {
 		{"MarkReadOnly", kind{}},
 		{"Heartbeat", kind{true, true}},
 		{"PhotoURLs", kind{}},
+		{"AuthorizeDelete", kind{}},
 	}
 
 	sd := directorypb.File_haybale_v1_directory_proto.Services().ByName("Directory")

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/haybale/haybale/bench"
+)
+
+func newBenchCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Load generators and benchmarks",
+		Args:  cobra.NoArgs,
+	}
+	cmd.AddCommand(newBenchStoreGetCmd(), newBenchPathsCmd())
+	return cmd
+}
+
+func newBenchStoreGetCmd() *cobra.Command {
+	var cfg bench.StoreGetConfig
+	var sizes []string
+	var dists []string
+	cmd := &cobra.Command{
+		Use:   "store-get",
+		Short: "Load photos into a store and measure GET requests/s and latency",
+		Long: `store-get loads --photos photos of four sizes into a running store over gRPC,
+then GETs them over HTTP from --url with each connection count and
+distribution, printing requests/s and p50/p99 latency.
+
+With --grpc empty it loads nothing and reads the photos listed in --manifest,
+so the same photos can be measured again, or from another server holding the
+same paths (for example nginx serving the files written by --export).`,
+		Example: `  haybale bench store-get --grpc 127.0.0.1:8081 --url http://127.0.0.1:8080 --manifest /tmp/photos.txt --export /srv/static
+  haybale bench store-get --url http://127.0.0.1:8090 --manifest /tmp/photos.txt`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(sizes) != 4 {
+				return fmt.Errorf("--sizes: want 4 sizes (t,s,m,l), got %d", len(sizes))
+			}
+			for i, s := range sizes {
+				v, err := parseByteSize(s)
+				if err != nil || v <= 0 {
+					return fmt.Errorf("--sizes %q: want a positive size", s)
+				}
+				cfg.Sizes[i] = int(v)
+			}
+			for _, d := range dists {
+				cfg.Distributions = append(cfg.Distributions, bench.Distribution(strings.ToLower(d)))
+			}
+			cfg.Out = cmd.OutOrStdout()
+			_, err := bench.RunStoreGet(cmd.Context(), cfg)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.GRPCAddr, "grpc", "", "store gRPC address to load photos through (empty: use the photos in --manifest)")
+	f.StringVar(&cfg.URL, "url", "http://127.0.0.1:8080", "base URL to GET images from")
+	f.IntVar(&cfg.Photos, "photos", 20000, "photos to load (4 images each)")
+	f.Uint32Var(&cfg.FirstVid, "first-vid", 1, "first volume id to allocate for the photos")
+	f.IntVar(&cfg.Volumes, "volumes", 4, "volumes to spread the photos over")
+	f.StringSliceVar(&sizes, "sizes", []string{"5KB", "30KB", "120KB", "400KB"}, "data sizes of t, s, m and l (each varied by up to 10%)")
+	f.IntVar(&cfg.LoadConcurrency, "load-concurrency", 8, "concurrent writes while loading")
+	f.StringVar(&cfg.Manifest, "manifest", "", "file of loaded photo IDs: written after loading, read when --grpc is empty")
+	f.StringVar(&cfg.ExportDir, "export", "", "also write every image as a static file under this directory (p/<id>/<size>)")
+	f.IntSliceVar(&cfg.Concurrency, "conns", []int{16, 64}, "concurrent connections to measure with")
+	f.StringSliceVar(&dists, "dist", []string{"uniform", "zipf"}, "request distributions: uniform, zipf")
+	f.Float64Var(&cfg.ZipfS, "zipf-s", 1.1, "Zipf exponent (> 1)")
+	f.DurationVar(&cfg.Duration, "duration", 0, "length of each measurement (default 10s)")
+	f.BoolVar(&cfg.Warmup, "warmup", true, "read every image once before measuring")
+	f.Uint64Var(&cfg.Seed, "seed", 1, "seed of the photo bytes and the request sequence")
+	return cmd
+}
+
+func newBenchPathsCmd() *cobra.Command {
+	var (
+		manifest string
+		dist     string
+		zipfS    float64
+		n        int
+		seed     uint64
+	)
+	cmd := &cobra.Command{
+		Use:   "paths",
+		Short: "Print image paths drawn like store-get draws them, to drive wrk with the same mix",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if manifest == "" {
+				return fmt.Errorf("--manifest is required")
+			}
+			d := bench.Distribution(strings.ToLower(dist))
+			if d != bench.Uniform && d != bench.Zipf {
+				return fmt.Errorf("--dist %q: want uniform or zipf", dist)
+			}
+			ids, err := bench.ReadManifest(manifest)
+			if err != nil {
+				return err
+			}
+			if len(ids) == 0 {
+				return fmt.Errorf("manifest %s lists no photos", manifest)
+			}
+			return bench.WritePaths(cmd.OutOrStdout(), ids, d, zipfS, n, seed)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&manifest, "manifest", "", "manifest written by store-get (required)")
+	f.StringVar(&dist, "dist", "uniform", "distribution: uniform or zipf")
+	f.Float64Var(&zipfS, "zipf-s", 1.1, "Zipf exponent (> 1)")
+	f.IntVar(&n, "n", 200000, "number of paths")
+	f.Uint64Var(&seed, "seed", 1, "seed of the draw")
+	return cmd
+}

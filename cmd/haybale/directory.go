@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/haybale/haybale/directory"
+	"github.com/haybale/haybale/internal/token"
+	"github.com/haybale/haybale/needle"
+	"github.com/haybale/haybale/store"
+	"github.com/haybale/haybale/store/volume"
+)
+
+// directoryFlags are the flags of `haybale directory`.
+type directoryFlags struct {
+	dir               string
+	grpcAddr          string
+	httpAddr          string
+	replication       int
+	volumeSizeLimit   byteSize
+	cdnURL            string
+	cacheNodes        []string
+	secretFile        string
+	heartbeatInterval time.Duration
+	log               logFlags
+}
+
+func (f *directoryFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.dir, "dir", "", "data directory holding the directory's state (created if missing; required)")
+	fs.StringVar(&f.grpcAddr, "grpc", directory.DefaultGRPCAddr, "address of the gRPC server (assign, lookup, heartbeats)")
+	fs.StringVar(&f.httpAddr, "http", directory.DefaultHTTPAddr, "address of the HTTP server (status page, /api/v1/status, /metrics, /healthz)")
+	fs.IntVar(&f.replication, "replication", directory.DefaultReplication, "replicas of each new volume, on distinct stores (1 on one machine)")
+	f.volumeSizeLimit = byteSize(directory.DefaultVolumeSizeLimit)
+	fs.Var(&f.volumeSizeLimit, "volume-size-limit", "size at which a volume turns read-only, e.g. 32GiB or 500MB (at most 32GiB)")
+	fs.StringVar(&f.cdnURL, "cdn-url", "", "base URL of the CDN; image URLs point at it when set")
+	fs.StringSliceVar(&f.cacheNodes, "cache-nodes", nil, "cache nodes (host:port or base URLs, comma-separated, listed as the caches list them); without a CDN, image URLs point at the node owning the photo")
+	fs.StringVar(&f.secretFile, "secret-file", "", "file holding the cluster secret that signs write tokens (default <dir>/secret, generated when absent)")
+	fs.DurationVar(&f.heartbeatInterval, "heartbeat-interval", directory.DefaultHeartbeatInterval, "interval of store heartbeats; a store silent for 3 intervals is dead")
+	f.log.register(fs)
+}
+
+func (f *directoryFlags) validate() error {
+	switch {
+	case f.dir == "":
+		return fmt.Errorf("--dir is required")
+	case f.replication < 1:
+		return fmt.Errorf("--replication %d: must be at least 1", f.replication)
+	case f.volumeSizeLimit <= 0 || int64(f.volumeSizeLimit) > volume.MaxSize:
+		return fmt.Errorf("--volume-size-limit %v: must be more than 0 and at most %v", f.volumeSizeLimit, byteSize(volume.MaxSize))
+	case f.heartbeatInterval <= 0:
+		return fmt.Errorf("--heartbeat-interval %v: must be positive", f.heartbeatInterval)
+	case f.cdnURL != "" && !strings.Contains(f.cdnURL, "://"):
+		return fmt.Errorf("--cdn-url %q: want an absolute URL such as https://cdn.example.com", f.cdnURL)
+	}
+	return nil
+}
+
+func newDirectoryCmd() *cobra.Command {
+	var f directoryFlags
+	cmd := &cobra.Command{
+		Use:   "directory",
+		Short: "Run the directory: stores, volumes, key assignment, write tokens and image URLs",
+		Long: `directory keeps track of the stores and the logical volumes, hands out
+photo keys with write tokens, allocates new volumes on distinct stores, and
+builds image URLs. Stores join it with ` + "`haybale store --directory HOST:PORT`" + `.
+
+Its state is kept in <dir>/` + directory.StateFile + `. The cluster secret that signs write
+tokens is read from --secret-file, or generated in <dir>/secret; give the
+same file to the stores (--secret-file) so that they verify the tokens.`,
+		Example: "  haybale directory --dir /srv/haybale-dir --grpc :7070 --http :7071 --replication 3 --cache-nodes cache1:8090,cache2:8090",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.validate(); err != nil {
+				return err
+			}
+			return runDirectory(cmd.Context(), &f)
+		},
+	}
+	f.register(cmd.Flags())
+	return cmd
+}
+
+func runDirectory(ctx context.Context, f *directoryFlags) error {
+	logger, err := f.log.logger()
+	if err != nil {
+		return err
+	}
+	secretFile := f.secretFile
+	if secretFile == "" {
+		secretFile = filepath.Join(f.dir, directory.SecretFile)
+	}
+	secret, err := token.LoadOrCreateSecret(secretFile)
+	if err != nil {
+		return err
+	}
+	srv, err := directory.NewServer(directory.Options{
+		Dir:               f.dir,
+		GRPCAddr:          f.grpcAddr,
+		HTTPAddr:          f.httpAddr,
+		Replication:       f.replication,
+		VolumeSizeLimit:   uint64(f.volumeSizeLimit),
+		HeartbeatInterval: f.heartbeatInterval,
+		CDNURL:            f.cdnURL,
+		CacheNodes:        f.cacheNodes,
+		Secret:            secret,
+		Logger:            logger,
+	})
+	if err != nil {
+		return err
+	}
+	return srv.Serve(ctx)
+}
+
+// storeClusterFlags are the flags with which `haybale store` joins a
+// directory and checks write tokens.
+type storeClusterFlags struct {
+	directory  string
+	rack       string
+	publicURL  string
+	secretFile string
+}
+
+func (f *storeClusterFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.directory, "directory", "", "gRPC address HOST:PORT of the directory to join (none: run standalone)")
+	fs.StringVar(&f.rack, "rack", "", "rack label; replicas of a volume go to distinct racks")
+	fs.StringVar(&f.publicURL, "public-url", "", "base URL under which clients outside the cluster reach this store's HTTP server (default: its HTTP address)")
+	fs.StringVar(&f.secretFile, "secret-file", "", "file holding the cluster secret; when given, writes and deletes need a valid write token from the directory")
+}
+
+// authorizer returns the write authorizer of --secret-file, or nil (open
+// writes) without one.
+func (f *storeClusterFlags) authorizer() (store.WriteAuthorizer, error) {
+	if f.secretFile == "" {
+		return nil, nil
+	}
+	secret, err := token.LoadSecret(f.secretFile)
+	if err != nil {
+		return nil, err
+	}
+	signer, err := token.NewSigner(secret)
+	if err != nil {
+		return nil, err
+	}
+	return signer, nil
+}
+
+// corruptHook forwards corrupt reads to the heartbeater once it exists.
+type corruptHook struct {
+	hb atomic.Pointer[store.Heartbeater]
+}
+
+func (c *corruptHook) report(vid uint32, key uint64, size needle.SizeCode, err error) {
+	if hb := c.hb.Load(); hb != nil {
+		hb.ReportCorrupt(vid, key, size, err)
+	}
+}
+
+// startHeartbeater joins the directory, when --directory is set, until ctx
+// ends; the returned function waits for it to stop.
+func (f *storeClusterFlags) startHeartbeater(ctx context.Context, st *store.Store, srv *store.Server, hook *corruptHook, logger *slog.Logger) (wait func(), err error) {
+	if f.directory == "" {
+		return func() {}, nil
+	}
+	hb, err := store.NewHeartbeater(st, store.HeartbeaterOptions{
+		DirectoryAddr: f.directory,
+		GRPCAddr:      advertiseAddr(srv.GRPCAddr()),
+		HTTPAddr:      advertiseAddr(srv.HTTPAddr()),
+		PublicURL:     f.publicURL,
+		Rack:          f.rack,
+		Logger:        logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	hook.hb.Store(hb)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := hb.Run(ctx); err != nil {
+			logger.Error("heartbeats to the directory stopped", "err", err)
+		}
+	}()
+	logger.Info("joining the directory", "directory", f.directory, "store", hb.StoreID(), "rack", f.rack)
+	return func() { <-done }, nil
+}
+
+// advertiseAddr turns a bound listener address into one other machines can
+// dial: a wildcard host becomes this machine's host name.
+func advertiseAddr(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		if name, err := os.Hostname(); err == nil && name != "" {
+			host = name
+		}
+	}
+	return net.JoinHostPort(host, port)
+}

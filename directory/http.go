@@ -1,0 +1,142 @@
+package directory
+
+import (
+	"bytes"
+	_ "embed"
+	"encoding/json"
+	"html/template"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+//go:embed status.html
+var statusHTML string
+
+var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap{
+	"bytes": humanBytes,
+	"ago": func(t time.Time, now time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		return now.Sub(t).Round(100*time.Millisecond).String() + " ago"
+	},
+}).Parse(statusHTML))
+
+// Status is the directory's state for people and scripts: GET
+// /api/v1/status serves it as JSON and GET / as a page.
+type Status struct {
+	Time        time.Time      `json:"time"`
+	Replication int            `json:"replication"`
+	HighWater   uint64         `json:"key_high_water"`
+	Stores      []StoreStatus  `json:"stores"`
+	Volumes     []VolumeStatus `json:"volumes"`
+}
+
+// StoreStatus describes one store in Status.
+type StoreStatus struct {
+	ID            string    `json:"id"`
+	State         string    `json:"state"`
+	GRPCAddr      string    `json:"grpc_addr"`
+	HTTPAddr      string    `json:"http_addr"`
+	PublicURL     string    `json:"public_url,omitempty"`
+	Rack          string    `json:"rack,omitempty"`
+	FreeBytes     uint64    `json:"free_bytes"`
+	LastHeartbeat time.Time `json:"last_heartbeat"`
+	Vids          []uint32  `json:"vids"`
+}
+
+// VolumeStatus describes one volume in Status.
+type VolumeStatus struct {
+	Vid            uint32   `json:"vid"`
+	State          string   `json:"state"`
+	Reason         string   `json:"reason,omitempty"`
+	Replicas       []string `json:"replicas"`
+	SizeBytes      uint64   `json:"size_bytes"`
+	SizeLimitBytes uint64   `json:"size_limit_bytes"`
+	FillPercent    float64  `json:"fill_percent"`
+	NeedleCount    uint64   `json:"needle_count"`
+	DeletedBytes   uint64   `json:"deleted_bytes"`
+}
+
+// Status returns the directory's current state.
+func (s *Server) Status() Status {
+	sn := s.snapshot()
+	st := Status{Time: sn.now.UTC(), Replication: s.opts.Replication, HighWater: s.fsm.HighWater(),
+		Stores: []StoreStatus{}, Volumes: []VolumeStatus{}}
+	for _, rec := range s.fsm.Stores() {
+		info := s.storeInfo(sn, sn.stores[rec.ID])
+		ss := StoreStatus{ID: info.GetId(), State: storeStateName(info.GetState()), GRPCAddr: info.GetGrpcAddr(),
+			HTTPAddr: info.GetHttpAddr(), PublicURL: info.GetPublicUrl(), Rack: info.GetRack(),
+			FreeBytes: info.GetFreeBytes(), Vids: info.GetVids()}
+		if ns := info.GetLastHeartbeatUnixNano(); ns != 0 {
+			ss.LastHeartbeat = time.Unix(0, ns).UTC()
+		}
+		if ss.Vids == nil {
+			ss.Vids = []uint32{}
+		}
+		st.Stores = append(st.Stores, ss)
+	}
+	for _, v := range sn.volumes {
+		view := s.volumeView(sn, v)
+		vs := VolumeStatus{Vid: view.GetVid(), State: volumeStateName(view.GetState()), Reason: view.GetReadOnlyReason(),
+			Replicas: view.GetReplicaStoreIds(), SizeBytes: view.GetSizeBytes(), SizeLimitBytes: view.GetSizeLimitBytes(),
+			NeedleCount: view.GetNeedleCount(), DeletedBytes: view.GetDeletedBytes()}
+		if vs.SizeLimitBytes > 0 {
+			vs.FillPercent = min(100, 100*float64(vs.SizeBytes)/float64(vs.SizeLimitBytes))
+		}
+		st.Volumes = append(st.Volumes, vs)
+	}
+	return st
+}
+
+func (s *Server) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		var buf bytes.Buffer
+		if err := statusTemplate.Execute(&buf, s.Status()); err != nil {
+			s.opts.Logger.Error("status page", "err", err)
+			http.Error(w, "internal error", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write(buf.Bytes())
+	})
+	mux.HandleFunc("GET /api/v1/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(s.Status())
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{Registry: s.metrics.reg}))
+	ok := func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	}
+	mux.HandleFunc("GET /healthz", ok)
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if s.baseCtx.Err() != nil {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		ok(w, r)
+	})
+	return mux
+}
+
+// humanBytes formats n with a binary unit.
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return formatUint(n) + " B"
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return formatFloat(float64(n)/float64(div)) + " " + string("KMGTPE"[exp]) + "iB"
+}

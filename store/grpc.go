@@ -1,0 +1,376 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"slices"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/haybale/haybale/needle"
+	"github.com/haybale/haybale/proto/haybale/v1/storepb"
+	"github.com/haybale/haybale/store/volume"
+)
+
+// MaxMessageSize is the largest gRPC message the store sends or accepts:
+// 64 MiB of needle data plus room for the message's own fields.
+const MaxMessageSize = needle.MaxDataSize + 64<<10
+
+// WriteAuthorizer checks the write token that comes with a Write or
+// Delete. It must be safe for concurrent use.
+type WriteAuthorizer interface {
+	// AuthorizeWrite returns nil when token allows writing (or deleting)
+	// keys in volume vid, and an error saying why not otherwise. The
+	// caller answers UNAUTHENTICATED with the error's text.
+	AuthorizeWrite(token string, vid uint32, keys []uint64) error
+}
+
+// WriteAuthorizerFunc adapts a function to WriteAuthorizer.
+type WriteAuthorizerFunc func(token string, vid uint32, keys []uint64) error
+
+// AuthorizeWrite implements WriteAuthorizer.
+func (f WriteAuthorizerFunc) AuthorizeWrite(token string, vid uint32, keys []uint64) error {
+	return f(token, vid, keys)
+}
+
+// newGRPCServer builds the gRPC server with the store service registered.
+func newGRPCServer(s *Server) *grpc.Server {
+	g := grpc.NewServer(
+		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.MaxSendMsgSize(MaxMessageSize),
+		grpc.ConnectionTimeout(s.opts.ReadHeaderTimeout),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+	)
+	storepb.RegisterStoreServer(g, &grpcService{srv: s})
+	return g
+}
+
+// unaryInterceptor counts calls by method and code and turns a panic in a
+// handler into an INTERNAL answer rather than a dead process.
+func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.opts.Logger.Error("gRPC handler panicked", "method", info.FullMethod, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			resp, err = nil, status.Error(codes.Internal, "internal error")
+		}
+		s.metrics.grpcRequests.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
+	}()
+	return handler(ctx, req)
+}
+
+// grpcService implements storepb.StoreServer over the Server's Store. It
+// is safe for concurrent use; allocations are serialised by allocMu so
+// that of two concurrent AllocateVolume calls for one vid, one fails.
+type grpcService struct {
+	storepb.UnimplementedStoreServer
+	srv     *Server
+	allocMu sync.Mutex
+}
+
+// volume returns the open volume vid or a NOT_FOUND (absent) or
+// UNAVAILABLE (failed to open) status.
+func (g *grpcService) volume(vid uint32) (*volume.Volume, error) {
+	if vid == 0 {
+		return nil, status.Error(codes.InvalidArgument, "vid 0")
+	}
+	v, err := g.srv.store.Volume(vid)
+	switch {
+	case err == nil:
+		return v, nil
+	case errors.Is(err, ErrVolumeNotHere):
+		return nil, status.Errorf(codes.NotFound, "volume %d is not on this store", vid)
+	default:
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %d is failed: %v", vid, err)
+	}
+}
+
+// volumeError maps a volume error to the status codes store.proto lists.
+func volumeError(vid uint32, err error) error {
+	switch {
+	case errors.Is(err, volume.ErrFull):
+		return status.Errorf(codes.ResourceExhausted, "volume %d is full: %v", vid, err)
+	case errors.Is(err, volume.ErrReadOnly):
+		return status.Errorf(codes.FailedPrecondition, "volume %d is read-only: %v", vid, err)
+	case errors.Is(err, volume.ErrInvalid):
+		return status.Errorf(codes.InvalidArgument, "%v", err)
+	case errors.Is(err, volume.ErrNotFound):
+		return status.Errorf(codes.NotFound, "%v", err)
+	case errors.Is(err, volume.ErrClosed):
+		return status.Errorf(codes.Unavailable, "volume %d is closed: the store is shutting down", vid)
+	case volume.IsCorruption(err):
+		return status.Errorf(codes.DataLoss, "%v", err)
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	return status.Errorf(codes.Internal, "volume %d: %v", vid, err)
+}
+
+func (g *grpcService) authorize(token string, vid uint32, keys []uint64) error {
+	if g.srv.opts.Authorizer == nil {
+		return nil
+	}
+	if err := g.srv.opts.Authorizer.AuthorizeWrite(token, vid, keys); err != nil {
+		return status.Errorf(codes.Unauthenticated, "write token refused: %v", err)
+	}
+	return nil
+}
+
+// Write implements storepb.StoreServer.
+func (g *grpcService) Write(ctx context.Context, req *storepb.WriteRequest) (*storepb.WriteResponse, error) {
+	if req.GetVid() == 0 {
+		return nil, status.Error(codes.InvalidArgument, "vid 0")
+	}
+	if len(req.GetNeedles()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "empty batch")
+	}
+	needles := make([]*needle.Needle, len(req.Needles))
+	keys := make([]uint64, len(req.Needles))
+	for i, pn := range req.Needles {
+		switch {
+		case pn.GetKey() == 0:
+			return nil, status.Errorf(codes.InvalidArgument, "needle %d: key 0", i)
+		case !needle.SizeCode(pn.GetSizeCode()).Valid():
+			return nil, status.Errorf(codes.InvalidArgument, "needle %d: unknown size code %d", i, pn.GetSizeCode())
+		case pn.GetContentType() > 255 || !needle.ContentType(pn.GetContentType()).Valid():
+			return nil, status.Errorf(codes.InvalidArgument, "needle %d: unknown content type %d", i, pn.GetContentType())
+		case len(pn.GetData()) > needle.MaxDataSize:
+			return nil, status.Errorf(codes.InvalidArgument, "needle %d: %d bytes of data, over the %d limit", i, len(pn.GetData()), needle.MaxDataSize)
+		}
+		needles[i] = &needle.Needle{
+			Key:         pn.GetKey(),
+			Cookie:      pn.GetCookie(),
+			Size:        needle.SizeCode(pn.GetSizeCode()),
+			ContentType: needle.ContentType(pn.GetContentType()),
+			AppendTime:  pn.GetAppendTimeUnixNano(),
+			Data:        pn.GetData(),
+		}
+		keys[i] = pn.GetKey()
+	}
+	if err := g.authorize(req.GetWriteToken(), req.GetVid(), keys); err != nil {
+		return nil, err
+	}
+	v, err := g.volume(req.GetVid())
+	if err != nil {
+		return nil, err
+	}
+	written, err := v.Write(ctx, needles)
+	if err != nil {
+		return nil, volumeError(req.GetVid(), err)
+	}
+	resp := &storepb.WriteResponse{
+		Results:         make([]*storepb.WriteResult, len(written)),
+		VolumeSizeBytes: uint64(v.Status().Size),
+	}
+	for i, w := range written {
+		resp.Results[i] = &storepb.WriteResult{
+			Key:                needles[i].Key,
+			SizeCode:           uint32(needles[i].Size),
+			Checksum:           w.Checksum,
+			Offset:             uint64(w.Offset),
+			Size:               uint32(w.Length),
+			AppendTimeUnixNano: needles[i].AppendTime,
+		}
+	}
+	return resp, nil
+}
+
+// Delete implements storepb.StoreServer.
+func (g *grpcService) Delete(ctx context.Context, req *storepb.DeleteRequest) (*storepb.DeleteResponse, error) {
+	size := needle.SizeCode(req.GetSizeCode())
+	switch {
+	case req.GetVid() == 0:
+		return nil, status.Error(codes.InvalidArgument, "vid 0")
+	case req.GetKey() == 0:
+		return nil, status.Error(codes.InvalidArgument, "key 0")
+	case !size.Valid() && size != needle.SizeAll:
+		return nil, status.Errorf(codes.InvalidArgument, "unknown size code %d", req.GetSizeCode())
+	}
+	if err := g.authorize(req.GetWriteToken(), req.GetVid(), []uint64{req.GetKey()}); err != nil {
+		return nil, err
+	}
+	v, err := g.volume(req.GetVid())
+	if err != nil {
+		return nil, err
+	}
+	// Count what the tombstone will remove. Another delete racing with
+	// this one may remove some first; the count is then an upper bound.
+	count := uint32(0)
+	for s := needle.SizeThumb; s <= needle.SizeOriginal; s++ {
+		if (size == needle.SizeAll || s == size) && v.Has(req.GetKey(), s) {
+			count++
+		}
+	}
+	freed, err := v.Delete(ctx, req.GetKey(), req.GetCookie(), size)
+	switch {
+	case errors.Is(err, volume.ErrNotFound):
+		return &storepb.DeleteResponse{}, nil
+	case err != nil:
+		return nil, volumeError(req.GetVid(), err)
+	}
+	return &storepb.DeleteResponse{DeletedCount: count, FreedBytes: uint64(freed)}, nil
+}
+
+// Read implements storepb.StoreServer.
+func (g *grpcService) Read(ctx context.Context, req *storepb.ReadRequest) (*storepb.ReadResponse, error) {
+	size := needle.SizeCode(req.GetSizeCode())
+	switch {
+	case req.GetKey() == 0:
+		return nil, status.Error(codes.InvalidArgument, "key 0")
+	case !size.Valid():
+		return nil, status.Errorf(codes.InvalidArgument, "unknown size code %d", req.GetSizeCode())
+	}
+	v, err := g.volume(req.GetVid())
+	if err != nil {
+		return nil, err
+	}
+	n, raw, err := v.Read(req.GetKey(), req.GetCookie(), size, nil)
+	if err != nil {
+		if volume.IsCorruption(err) {
+			g.srv.reportCorrupt(req.GetVid(), req.GetKey(), size, err)
+		}
+		return nil, volumeError(req.GetVid(), err)
+	}
+	resp := &storepb.ReadResponse{Needle: &storepb.Needle{
+		Key:                n.Key,
+		Cookie:             n.Cookie,
+		SizeCode:           uint32(n.Size),
+		ContentType:        uint32(n.ContentType),
+		Data:               n.Data,
+		AppendTimeUnixNano: n.AppendTime,
+		Checksum:           n.Checksum,
+	}}
+	if req.GetIncludeRaw() {
+		resp.Raw = raw
+		// The volume has no direct lookup of a needle's offset; the index
+		// walk stops at the key, and only tools ask for raw needles.
+		v.Entries(func(e volume.Entry) bool {
+			if e.Key == n.Key && e.Size == n.Size {
+				resp.Offset = uint64(e.Offset)
+			}
+			return e.Key <= n.Key
+		})
+	}
+	return resp, nil
+}
+
+// AllocateVolume implements storepb.StoreServer. The volume gets the
+// store's size limit; a request may ask for that limit or leave it 0, but
+// not for another, because the limit is the store's configuration and is
+// not kept with the volume across restarts.
+func (g *grpcService) AllocateVolume(ctx context.Context, req *storepb.AllocateVolumeRequest) (*storepb.AllocateVolumeResponse, error) {
+	vid := req.GetVid()
+	if vid == 0 {
+		return nil, status.Error(codes.InvalidArgument, "vid 0")
+	}
+	if lim := req.GetSizeLimitBytes(); lim > uint64(volume.MaxSize) {
+		return nil, status.Errorf(codes.InvalidArgument, "size limit %d is over the %d maximum", lim, volume.MaxSize)
+	}
+	g.allocMu.Lock()
+	defer g.allocMu.Unlock()
+	if _, err := g.srv.store.Volume(vid); err == nil || !errors.Is(err, ErrVolumeNotHere) {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %d already exists on this store", vid)
+	}
+	v, err := g.srv.store.CreateVolume(ctx, vid)
+	if err != nil {
+		if errors.Is(err, volume.ErrExists) {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %d: %v", vid, err)
+		}
+		return nil, volumeError(vid, err)
+	}
+	if lim := req.GetSizeLimitBytes(); lim != 0 && lim != uint64(v.Status().SizeLimit) {
+		g.srv.opts.Logger.Warn("allocated volume with the store's size limit, not the requested one",
+			"vid", vid, "requested", lim, "limit", v.Status().SizeLimit)
+	}
+	return &storepb.AllocateVolumeResponse{Volume: volumeInfo(v.Status())}, nil
+}
+
+// VolumeStatus implements storepb.StoreServer. Volumes that failed to open
+// are listed with state FAILED.
+func (g *grpcService) VolumeStatus(ctx context.Context, req *storepb.VolumeStatusRequest) (*storepb.VolumeStatusResponse, error) {
+	st := g.srv.store
+	if vid := req.GetVid(); vid != 0 {
+		v, err := st.Volume(vid)
+		if err == nil {
+			return &storepb.VolumeStatusResponse{Volumes: []*storepb.VolumeInfo{volumeInfo(v.Status())}}, nil
+		}
+		if errors.Is(err, ErrVolumeNotHere) {
+			return nil, status.Errorf(codes.NotFound, "volume %d is not on this store", vid)
+		}
+		return &storepb.VolumeStatusResponse{Volumes: []*storepb.VolumeInfo{failedInfo(vid, err)}}, nil
+	}
+	resp := &storepb.VolumeStatusResponse{}
+	failed := st.Failed()
+	for _, v := range st.Volumes() {
+		resp.Volumes = append(resp.Volumes, volumeInfo(v.Status()))
+	}
+	for vid, err := range failed {
+		resp.Volumes = append(resp.Volumes, failedInfo(vid, err))
+	}
+	sortInfos(resp.Volumes)
+	return resp, nil
+}
+
+// MarkReadOnly implements storepb.StoreServer.
+func (g *grpcService) MarkReadOnly(ctx context.Context, req *storepb.MarkReadOnlyRequest) (*storepb.MarkReadOnlyResponse, error) {
+	v, err := g.volume(req.GetVid())
+	if err != nil {
+		return nil, err
+	}
+	reason := req.GetReason()
+	if reason != "" {
+		reason = "operator: " + reason
+	}
+	if err := v.MarkReadOnly(ctx, reason); err != nil {
+		return nil, volumeError(req.GetVid(), err)
+	}
+	g.srv.opts.Logger.Info("volume marked read-only", "vid", req.GetVid(), "reason", reason)
+	return &storepb.MarkReadOnlyResponse{Volume: volumeInfo(v.Status())}, nil
+}
+
+// volumeInfo converts a volume's status to its wire form.
+func volumeInfo(s volume.Status) *storepb.VolumeInfo {
+	info := &storepb.VolumeInfo{
+		Vid:                  s.Vid,
+		State:                stateToProto(s.State),
+		SizeBytes:            uint64(s.Size),
+		SizeLimitBytes:       uint64(s.SizeLimit),
+		NeedleCount:          uint64(s.Images),
+		DeletedBytes:         uint64(s.Deleted),
+		CompactionGeneration: s.Generation,
+		CreatedUnixNano:      s.Created.UnixNano(),
+	}
+	if s.State != volume.StateWritable {
+		info.ReadOnlyReason = s.Reason
+	}
+	return info
+}
+
+func failedInfo(vid uint32, err error) *storepb.VolumeInfo {
+	return &storepb.VolumeInfo{Vid: vid, State: storepb.VolumeState_VOLUME_STATE_FAILED, ReadOnlyReason: "failed to open: " + err.Error()}
+}
+
+func stateToProto(s volume.State) storepb.VolumeState {
+	switch s {
+	case volume.StateWritable:
+		return storepb.VolumeState_VOLUME_STATE_WRITABLE
+	case volume.StateReadOnly:
+		return storepb.VolumeState_VOLUME_STATE_READ_ONLY
+	case volume.StateSealed:
+		return storepb.VolumeState_VOLUME_STATE_SEALED
+	case volume.StateFailed:
+		return storepb.VolumeState_VOLUME_STATE_FAILED
+	}
+	return storepb.VolumeState_VOLUME_STATE_UNSPECIFIED
+}
+
+func sortInfos(infos []*storepb.VolumeInfo) {
+	slices.SortFunc(infos, func(a, b *storepb.VolumeInfo) int { return cmp.Compare(a.GetVid(), b.GetVid()) })
+}

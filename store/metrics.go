@@ -1,0 +1,147 @@
+package store
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/haybale/haybale/store/volume"
+)
+
+// metrics holds the server's Prometheus collectors. They live in the
+// server's own registry, never in the global default one, so several
+// servers (and tests) can run in one process. Every field is safe for
+// concurrent use.
+type metrics struct {
+	registry *prometheus.Registry
+
+	requests *prometheus.CounterVec // image requests by status code
+	// byStatus caches the counter of each status the read path answers, so
+	// the hot path does not hash label values.
+	byStatus     map[int]prometheus.Counter
+	latency      prometheus.Histogram
+	bytesServed  prometheus.Counter
+	corruptReads prometheus.Counter
+	grpcRequests *prometheus.CounterVec // by method and code
+}
+
+// imageStatuses are the statuses the image handler answers.
+var imageStatuses = []int{
+	http.StatusOK, http.StatusPartialContent, http.StatusNotModified,
+	http.StatusBadRequest, http.StatusNotFound, http.StatusMethodNotAllowed,
+	http.StatusPreconditionFailed, http.StatusRequestedRangeNotSatisfiable, http.StatusInternalServerError,
+	http.StatusServiceUnavailable,
+}
+
+func newMetrics(st *Store) (*metrics, error) {
+	m := &metrics{registry: prometheus.NewRegistry()}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "haybale_store_http_requests_total",
+		Help: "Image requests (GET and HEAD /p/...) answered, by HTTP status code.",
+	}, []string{"code"})
+	m.byStatus = make(map[int]prometheus.Counter, len(imageStatuses))
+	for _, code := range imageStatuses {
+		m.byStatus[code] = m.requests.WithLabelValues(strconv.Itoa(code))
+	}
+	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "haybale_store_http_request_duration_seconds",
+		Help:    "Time to answer an image request, from routing to the last byte handed to the kernel.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	})
+	m.bytesServed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "haybale_store_http_bytes_served_total",
+		Help: "Image body bytes sent to clients.",
+	})
+	m.corruptReads = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "haybale_store_corrupt_reads_total",
+		Help: "Reads whose stored bytes failed verification (never served).",
+	})
+	m.grpcRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "haybale_store_grpc_requests_total",
+		Help: "gRPC calls answered, by method and status code.",
+	}, []string{"method", "code"})
+	for _, c := range []prometheus.Collector{
+		m.requests, m.latency, m.bytesServed, m.corruptReads, m.grpcRequests,
+		volumeCollector{st},
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		if err := m.registry.Register(c); err != nil {
+			return nil, fmt.Errorf("store: metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// countStatus counts one image answer.
+func (m *metrics) countStatus(code int) {
+	if c, ok := m.byStatus[code]; ok {
+		c.Inc()
+		return
+	}
+	m.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+}
+
+// volumeCollector reports the store's volumes at scrape time, so the
+// figures are never stale and the write path pays nothing for them.
+type volumeCollector struct{ st *Store }
+
+var (
+	descVolumes = prometheus.NewDesc("haybale_store_volumes",
+		"Volumes held by this store, by state (failed includes volumes that could not be opened).", []string{"state"}, nil)
+	descImages = prometheus.NewDesc("haybale_store_images",
+		"Live images (needles not deleted or superseded) stored.", nil, nil)
+	descLiveBytes = prometheus.NewDesc("haybale_store_image_bytes",
+		"Bytes held by live needles.", nil, nil)
+	descVolumeBytes = prometheus.NewDesc("haybale_store_volume_bytes",
+		"Size of the volume files, superblocks and dead space included.", nil, nil)
+	descDeletedBytes = prometheus.NewDesc("haybale_store_deleted_bytes",
+		"Bytes held by deleted or superseded needles, reclaimable by compaction.", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c volumeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descVolumes
+	ch <- descImages
+	ch <- descLiveBytes
+	ch <- descVolumeBytes
+	ch <- descDeletedBytes
+}
+
+// Collect implements prometheus.Collector.
+func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
+	states := map[string]float64{}
+	for _, s := range []volume.State{volume.StateWritable, volume.StateReadOnly, volume.StateSealed, volume.StateFailed} {
+		states[s.String()] = 0
+	}
+	var images, live, size, deleted float64
+	for _, v := range c.st.Volumes() {
+		s := v.Status()
+		states[s.State.String()]++
+		images += float64(s.Images)
+		live += float64(s.LiveBytes)
+		size += float64(s.Size)
+		deleted += float64(s.Deleted)
+	}
+	states[volume.StateFailed.String()] += float64(len(c.st.Failed()))
+	for state, n := range states {
+		ch <- gauge(descVolumes, n, state)
+	}
+	ch <- gauge(descImages, images)
+	ch <- gauge(descLiveBytes, live)
+	ch <- gauge(descVolumeBytes, size)
+	ch <- gauge(descDeletedBytes, deleted)
+}
+
+// gauge builds a gauge sample; a malformed one (which would be a bug
+// here) is reported to the scraper rather than crashing the server.
+func gauge(desc *prometheus.Desc, v float64, labels ...string) prometheus.Metric {
+	m, err := prometheus.NewConstMetric(desc, prometheus.GaugeValue, v, labels...)
+	if err != nil {
+		return prometheus.NewInvalidMetric(desc, err)
+	}
+	return m
+}
