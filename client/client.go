@@ -1,0 +1,495 @@
+// Package client is the Go client of a haybale cluster: it asks the
+// directory for assignments, writes a photo's needles to every replica,
+// reads images with replica failover, deletes photos on every replica and
+// builds photo URLs. The gateway, the cache and the benchmarks use it.
+//
+// Writes go to every replica of the assigned volume in parallel and succeed
+// only when all acknowledge. When one fails, the client retries once on a
+// fresh assignment (another key, usually another volume) and then gives up
+// with ErrUnavailable; the needles the failed attempt left on some
+// replicas are tombstoned on a best-effort basis, so compaction reclaims
+// them.
+//
+// Reads look the volume's replicas up in the directory (answers are cached
+// for LookupTTL) and fetch the image over HTTP from the first replica that
+// has it, moving on after a connection error, a timeout, a 5xx (including a
+// store's "corrupt" answer) or a 404 (a replica may have lost the volume).
+// Only when every replica answered 404 is the image reported missing.
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/haybale/haybale/needle"
+	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
+	"github.com/haybale/haybale/proto/haybale/v1/storepb"
+)
+
+// Errors returned by the client.
+var (
+	// ErrNotFound is returned when no replica holds the image or photo.
+	ErrNotFound = errors.New("client: not found")
+	// ErrUnavailable is returned when the cluster cannot complete a request
+	// now: no assignment, replicas down, writes refused after the retry.
+	ErrUnavailable = errors.New("client: unavailable")
+	// ErrInvalid is returned for a request that can never succeed: no
+	// images, an unknown size code, a malformed photo ID.
+	ErrInvalid = errors.New("client: invalid request")
+)
+
+// maxGRPCMessage is the gRPC message size limit, both ways (DESIGN: 64 MiB).
+const maxGRPCMessage = 64 << 20
+
+// Options configure a Client.
+type Options struct {
+	// Directory is the directory's gRPC address (host:port). Required.
+	Directory string
+	// HTTPClient fetches images from stores; default: a client with a 10 s
+	// timeout per attempt.
+	HTTPClient *http.Client
+	// DialOptions are added to every gRPC connection; default insecure
+	// transport credentials.
+	DialOptions []grpc.DialOption
+	// LookupTTL is how long a volume's replica list is cached; default 30 s.
+	LookupTTL time.Duration
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Client talks to a haybale cluster. It is safe for concurrent use.
+type Client struct {
+	opts      Options
+	dirConn   *grpc.ClientConn
+	directory directorypb.DirectoryClient
+
+	mu struct {
+		sync.Mutex
+		conns   map[string]*grpc.ClientConn
+		lookups map[uint32]lookupEntry
+		closed  bool
+	}
+}
+
+type lookupEntry struct {
+	replicas []Replica
+	state    storepb.VolumeState
+	at       time.Time
+}
+
+// Replica is one store holding a copy of a volume.
+type Replica struct {
+	StoreID   string
+	GRPCAddr  string
+	HTTPAddr  string
+	PublicURL string
+	Rack      string
+}
+
+// New returns a client of the cluster whose directory is at
+// opts.Directory. Connections are made lazily.
+func New(opts Options) (*Client, error) {
+	if opts.Directory == "" {
+		return nil, errors.New("client: no directory address")
+	}
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	}
+	if opts.LookupTTL <= 0 {
+		opts.LookupTTL = 30 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	c := &Client{opts: opts}
+	c.mu.conns = map[string]*grpc.ClientConn{}
+	c.mu.lookups = map[uint32]lookupEntry{}
+	conn, err := c.dial(opts.Directory)
+	if err != nil {
+		return nil, err
+	}
+	c.dirConn = conn
+	c.directory = directorypb.NewDirectoryClient(conn)
+	return c, nil
+}
+
+func (c *Client) dial(addr string) (*grpc.ClientConn, error) {
+	dopts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxGRPCMessage), grpc.MaxCallSendMsgSize(maxGRPCMessage)),
+	}, c.opts.DialOptions...)
+	conn, err := grpc.NewClient(addr, dopts...)
+	if err != nil {
+		return nil, fmt.Errorf("client: connect %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// Directory returns the directory's gRPC client, for the calls this
+// package does not wrap.
+func (c *Client) Directory() directorypb.DirectoryClient { return c.directory }
+
+// Store returns a gRPC client of the store at addr, sharing one connection
+// per address.
+func (c *Client) Store(addr string) (storepb.StoreClient, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mu.closed {
+		return nil, errors.New("client: closed")
+	}
+	conn, ok := c.mu.conns[addr]
+	if !ok {
+		var err error
+		if conn, err = c.dial(addr); err != nil {
+			return nil, err
+		}
+		c.mu.conns[addr] = conn
+	}
+	return storepb.NewStoreClient(conn), nil
+}
+
+// Close closes every connection.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mu.closed {
+		return nil
+	}
+	c.mu.closed = true
+	errs := []error{c.dirConn.Close()}
+	for _, conn := range c.mu.conns {
+		errs = append(errs, conn.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Assignment is a key range on a writable volume, with the token that
+// lets its replicas accept the writes.
+type Assignment struct {
+	Vid      uint32
+	KeyStart uint64
+	KeyCount uint32
+	Replicas []Replica
+	Token    string
+	Expiry   time.Time
+}
+
+func replicasOf(rs []*directorypb.Replica) []Replica {
+	out := make([]Replica, len(rs))
+	for i, r := range rs {
+		out[i] = Replica{StoreID: r.GetStoreId(), GRPCAddr: r.GetGrpcAddr(), HTTPAddr: r.GetHttpAddr(), PublicURL: r.GetPublicUrl(), Rack: r.GetRack()}
+	}
+	return out
+}
+
+// grpcErr maps a gRPC error to the client's sentinels, keeping the cause.
+func grpcErr(what string, err error) error {
+	switch status.Code(err) {
+	case codes.NotFound:
+		return fmt.Errorf("%w: %s: %s", ErrNotFound, what, status.Convert(err).Message())
+	case codes.InvalidArgument:
+		return fmt.Errorf("%w: %s: %s", ErrInvalid, what, status.Convert(err).Message())
+	case codes.Canceled, codes.DeadlineExceeded:
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return fmt.Errorf("%w: %s: %s", ErrUnavailable, what, status.Convert(err).Message())
+}
+
+// Assign asks the directory for count keys on a writable volume.
+func (c *Client) Assign(ctx context.Context, count uint32) (Assignment, error) {
+	resp, err := c.directory.Assign(ctx, &directorypb.AssignRequest{Count: count})
+	if err != nil {
+		return Assignment{}, grpcErr("assign", err)
+	}
+	return Assignment{
+		Vid: resp.GetVid(), KeyStart: resp.GetKeyStart(), KeyCount: resp.GetKeyCount(),
+		Replicas: replicasOf(resp.GetReplicas()), Token: resp.GetWriteToken(),
+		Expiry: time.Unix(resp.GetTokenExpiryUnix(), 0),
+	}, nil
+}
+
+// Image is one resolution of a photo to write.
+type Image struct {
+	Size        needle.SizeCode
+	ContentType needle.ContentType
+	Data        []byte
+}
+
+// WritePhoto stores the images of one new photo on every replica of an
+// assigned volume and returns the photo's ID. See the package doc for the
+// retry rule.
+func (c *Client) WritePhoto(ctx context.Context, images []Image) (needle.PhotoID, error) {
+	if len(images) == 0 {
+		return needle.PhotoID{}, fmt.Errorf("%w: no images", ErrInvalid)
+	}
+	for _, im := range images {
+		if !im.Size.Valid() {
+			return needle.PhotoID{}, fmt.Errorf("%w: size code %d", ErrInvalid, im.Size)
+		}
+	}
+	var firstErr error
+	for attempt := 0; attempt < 2; attempt++ {
+		id, err := c.writeOnce(ctx, images)
+		if err == nil {
+			return id, nil
+		}
+		if errors.Is(err, ErrInvalid) || ctx.Err() != nil {
+			return needle.PhotoID{}, err
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+		c.opts.Logger.Warn("photo write failed; retrying on a fresh assignment", "attempt", attempt+1, "err", err)
+	}
+	return needle.PhotoID{}, fmt.Errorf("%w: write failed twice: %v", ErrUnavailable, firstErr)
+}
+
+func newCookie() (uint64, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint64(b[:]), nil
+}
+
+func (c *Client) writeOnce(ctx context.Context, images []Image) (needle.PhotoID, error) {
+	a, err := c.Assign(ctx, 1)
+	if err != nil {
+		return needle.PhotoID{}, err
+	}
+	if len(a.Replicas) == 0 {
+		return needle.PhotoID{}, fmt.Errorf("%w: volume %d has no replicas", ErrUnavailable, a.Vid)
+	}
+	cookie, err := newCookie()
+	if err != nil {
+		return needle.PhotoID{}, err
+	}
+	id := needle.PhotoID{Vid: a.Vid, Key: a.KeyStart, Cookie: cookie}
+	req := &storepb.WriteRequest{Vid: a.Vid, WriteToken: a.Token}
+	for _, im := range images {
+		req.Needles = append(req.Needles, &storepb.Needle{
+			Key: id.Key, Cookie: cookie, SizeCode: uint32(im.Size), ContentType: uint32(im.ContentType), Data: im.Data,
+		})
+	}
+	acked := make([]bool, len(a.Replicas))
+	g, gctx := errgroup.WithContext(ctx)
+	for i, r := range a.Replicas {
+		g.Go(func() error {
+			sc, err := c.Store(r.GRPCAddr)
+			if err != nil {
+				return err
+			}
+			if _, err := sc.Write(gctx, req); err != nil {
+				return grpcErr(fmt.Sprintf("write %s to store %s", id, r.StoreID), err)
+			}
+			acked[i] = true
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		c.forget(a.Vid)
+		c.cleanup(id, a, acked)
+		return needle.PhotoID{}, err
+	}
+	return id, nil
+}
+
+// cleanup tombstones an abandoned write on the replicas that took it.
+func (c *Client) cleanup(id needle.PhotoID, a Assignment, acked []bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for i, r := range a.Replicas {
+		if !acked[i] {
+			continue
+		}
+		sc, err := c.Store(r.GRPCAddr)
+		if err == nil {
+			_, err = sc.Delete(ctx, &storepb.DeleteRequest{Vid: id.Vid, Key: id.Key, Cookie: id.Cookie, SizeCode: uint32(needle.SizeAll), WriteToken: a.Token})
+		}
+		if err != nil {
+			c.opts.Logger.Warn("could not remove an abandoned write", "photo", id.String(), "store", r.StoreID, "err", err)
+		}
+	}
+}
+
+// Lookup returns a volume's replicas (live ones first) and state, cached
+// for LookupTTL.
+func (c *Client) Lookup(ctx context.Context, vid uint32) ([]Replica, storepb.VolumeState, error) {
+	c.mu.Lock()
+	e, ok := c.mu.lookups[vid]
+	c.mu.Unlock()
+	if ok && time.Since(e.at) < c.opts.LookupTTL {
+		return e.replicas, e.state, nil
+	}
+	resp, err := c.directory.Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
+	if err != nil {
+		return nil, 0, grpcErr(fmt.Sprintf("look up volume %d", vid), err)
+	}
+	e = lookupEntry{replicas: replicasOf(resp.GetReplicas()), state: resp.GetState(), at: time.Now()}
+	c.mu.Lock()
+	c.mu.lookups[vid] = e
+	c.mu.Unlock()
+	return e.replicas, e.state, nil
+}
+
+// forget drops a cached lookup, after a replica misbehaved.
+func (c *Client) forget(vid uint32) {
+	c.mu.Lock()
+	delete(c.mu.lookups, vid)
+	c.mu.Unlock()
+}
+
+// Fetched is an image read from a replica, with the store's metadata.
+type Fetched struct {
+	Data         []byte
+	ContentType  string
+	ETag         string
+	LastModified string
+	// StoreID is the replica that answered.
+	StoreID string
+}
+
+// Read fetches one image from the first replica that has it. See the
+// package doc for the failover rule.
+func (c *Client) Read(ctx context.Context, id needle.PhotoID, size needle.SizeCode) (*Fetched, error) {
+	if !size.Valid() {
+		return nil, fmt.Errorf("%w: size code %d", ErrInvalid, size)
+	}
+	replicas, _, err := c.Lookup(ctx, id.Vid)
+	if err != nil {
+		return nil, err
+	}
+	path := needle.ImagePath(id, size, "")
+	notFound := 0
+	var lastErr error
+	for _, r := range replicas {
+		f, err := c.fetch(ctx, r, path)
+		if err == nil {
+			return f, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if errors.Is(err, ErrNotFound) {
+			notFound++
+		} else {
+			lastErr = err
+		}
+	}
+	if notFound == len(replicas) && len(replicas) > 0 {
+		return nil, fmt.Errorf("%w: %s/%s", ErrNotFound, id, size)
+	}
+	c.forget(id.Vid)
+	if lastErr == nil {
+		lastErr = errors.New("no replica")
+	}
+	return nil, fmt.Errorf("%w: read %s/%s: %v", ErrUnavailable, id, size, lastErr)
+}
+
+// maxImageBytes bounds what Read accepts from a store.
+const maxImageBytes = needle.MaxDataSize
+
+func (c *Client) fetch(ctx context.Context, r Replica, path string) (*Fetched, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+r.HTTPAddr+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.opts.HTTPClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", r.StoreID, err)
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		return nil, fmt.Errorf("%w: store %s", ErrNotFound, r.StoreID)
+	case resp.StatusCode != http.StatusOK:
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		return nil, fmt.Errorf("store %s: HTTP %d %s", r.StoreID, resp.StatusCode, resp.Header.Get("X-Haybale-Error"))
+	}
+	n := resp.ContentLength
+	if n < 0 || n > maxImageBytes {
+		return nil, fmt.Errorf("store %s: bad Content-Length %d", r.StoreID, n)
+	}
+	data := make([]byte, n)
+	if _, err := io.ReadFull(resp.Body, data); err != nil {
+		return nil, fmt.Errorf("store %s: body: %w", r.StoreID, err)
+	}
+	return &Fetched{
+		Data: data, ContentType: resp.Header.Get("Content-Type"), ETag: resp.Header.Get("ETag"),
+		LastModified: resp.Header.Get("Last-Modified"), StoreID: r.StoreID,
+	}, nil
+}
+
+// Delete writes tombstones for every size of the photo on every replica
+// of its volume. It returns ErrNotFound when no replica held the photo.
+func (c *Client) Delete(ctx context.Context, id needle.PhotoID) error {
+	auth, err := c.directory.AuthorizeDelete(ctx, &directorypb.AuthorizeDeleteRequest{PhotoId: id.String()})
+	if err != nil {
+		return grpcErr("authorize delete of "+id.String(), err)
+	}
+	replicas := replicasOf(auth.GetReplicas())
+	found := make([]bool, len(replicas))
+	g, gctx := errgroup.WithContext(ctx)
+	for i, r := range replicas {
+		g.Go(func() error {
+			sc, err := c.Store(r.GRPCAddr)
+			if err != nil {
+				return err
+			}
+			resp, err := sc.Delete(gctx, &storepb.DeleteRequest{
+				Vid: id.Vid, Key: id.Key, Cookie: id.Cookie, SizeCode: uint32(needle.SizeAll), WriteToken: auth.GetWriteToken(),
+			})
+			switch status.Code(err) {
+			case codes.OK:
+				// Deletes are idempotent: a replica without the photo
+				// answers OK with nothing deleted.
+				found[i] = resp.GetDeletedCount() > 0
+				return nil
+			case codes.NotFound:
+				return nil // the replica lost the volume
+			}
+			return grpcErr(fmt.Sprintf("delete %s on store %s", id, r.StoreID), err)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	for _, f := range found {
+		if f {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: photo %s", ErrNotFound, id)
+}
+
+// PhotoURLs returns the image URL of each size of the photo, keyed by size
+// letter, under the directory's URL policy.
+func (c *Client) PhotoURLs(ctx context.Context, id needle.PhotoID) (map[string]string, error) {
+	resp, err := c.directory.PhotoURLs(ctx, &directorypb.PhotoURLsRequest{PhotoId: id.String()})
+	if err != nil {
+		return nil, grpcErr("photo URLs of "+id.String(), err)
+	}
+	return resp.GetUrls(), nil
+}
+
+// VolumeWritable reports whether the directory last said the volume was
+// writable (from the lookup cache when fresh).
+func (c *Client) VolumeWritable(ctx context.Context, vid uint32) (bool, error) {
+	_, st, err := c.Lookup(ctx, vid)
+	return st == storepb.VolumeState_VOLUME_STATE_WRITABLE, err
+}
