@@ -172,7 +172,48 @@ func (s *Server) handleHeartbeat(req *directorypb.HeartbeatRequest) (*directoryp
 			MarkReadOnly: &storepb.MarkReadOnlyRequest{Vid: r.Vid, Reason: cmp.Or(v.Reason, "directory")},
 		}})
 	}
+	for _, vid := range s.dueCompactions(id, reports, now) {
+		s.metrics.compactionsAsked.Inc()
+		s.opts.Logger.Info("asking a store to compact a volume", "store", id, "vid", vid)
+		resp.Commands = append(resp.Commands, &directorypb.StoreCommand{Command: &directorypb.StoreCommand_Compact{
+			Compact: &storepb.CompactRequest{Vid: vid},
+		}})
+	}
 	return resp, nil
+}
+
+// compactKey names one replica of a volume.
+type compactKey struct {
+	store string
+	vid   uint32
+}
+
+// dueCompactions returns the read-only volumes of a store's report whose
+// garbage passed the compaction threshold and that the store was not asked
+// to compact within CompactRetry.
+func (s *Server) dueCompactions(store string, reports []VolumeReport, now time.Time) []uint32 {
+	if s.opts.CompactThreshold <= 0 {
+		return nil
+	}
+	var due []uint32
+	s.live.Lock()
+	defer s.live.Unlock()
+	if s.live.compactAsked == nil {
+		s.live.compactAsked = map[compactKey]time.Time{}
+	}
+	for _, r := range reports {
+		if r.State != storepb.VolumeState_VOLUME_STATE_READ_ONLY || r.SizeBytes == 0 ||
+			float64(r.DeletedBytes) < s.opts.CompactThreshold*float64(r.SizeBytes) {
+			continue
+		}
+		k := compactKey{store, r.Vid}
+		if at, ok := s.live.compactAsked[k]; ok && now.Sub(at) < s.opts.CompactRetry {
+			continue
+		}
+		s.live.compactAsked[k] = now
+		due = append(due, r.Vid)
+	}
+	return due
 }
 
 // fingerprint summarizes what of a report is persisted at once when it

@@ -16,6 +16,8 @@ type metrics struct {
 	corruptReports prometheus.Counter
 	assignedKeys   prometheus.Counter
 	allocations    *prometheus.CounterVec
+	// compactionsAsked counts compact commands sent to stores.
+	compactionsAsked prometheus.Counter
 }
 
 func newMetrics(s *Server) *metrics {
@@ -36,8 +38,11 @@ func newMetrics(s *Server) *metrics {
 		allocations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "haybale_directory_volume_allocations_total", Help: "Volume allocations by result (ok, error, unplaceable).",
 		}, []string{"result"}),
+		compactionsAsked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "haybale_directory_compactions_asked_total", Help: "Compact commands sent to stores for volumes past the garbage threshold.",
+		}),
 	}
-	m.reg.MustRegister(m.grpcRequests, m.heartbeats, m.corruptReports, m.assignedKeys, m.allocations,
+	m.reg.MustRegister(m.grpcRequests, m.heartbeats, m.corruptReports, m.assignedKeys, m.allocations, m.compactionsAsked,
 		&stateCollector{s: s},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

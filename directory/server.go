@@ -92,6 +92,14 @@ type Options struct {
 	// (free space, sizes, counts) may get; changes of addresses, volume
 	// sets and states are persisted at once. Default 1 minute.
 	PersistInterval time.Duration
+	// CompactThreshold, when above 0, is the fraction of a read-only
+	// volume's bytes that may be garbage (deleted or superseded needles)
+	// before the directory asks its replicas to compact it; 0 turns
+	// automatic compaction off. Sealed volumes are already compacted.
+	CompactThreshold float64
+	// CompactRetry is how long the directory waits before asking a replica
+	// to compact the same volume again; default 1 hour.
+	CompactRetry time.Duration
 	// KeepOriginals adds the original ("o") to PhotoURLs.
 	KeepOriginals bool
 	// Logger receives structured logs; default slog.Default().
@@ -131,6 +139,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.PersistInterval <= 0 {
 		o.PersistInterval = DefaultPersistInterval
+	}
+	if o.CompactRetry <= 0 {
+		o.CompactRetry = time.Hour
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -176,6 +187,8 @@ type Server struct {
 	live struct {
 		sync.Mutex
 		stores map[string]*liveStore
+		// compactAsked is when each replica was last asked to compact.
+		compactAsked map[compactKey]time.Time
 	}
 	// conns holds gRPC connections to stores by address.
 	conns struct {

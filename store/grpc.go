@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/haybale/haybale/needle"
@@ -71,6 +72,8 @@ type grpcService struct {
 	storepb.UnimplementedStoreServer
 	srv     *Server
 	allocMu sync.Mutex
+	// replicateMu runs one replica sync at a time.
+	replicateMu sync.Mutex
 }
 
 // volume returns the open volume vid or a NOT_FOUND (absent) or
@@ -373,4 +376,86 @@ func stateToProto(s volume.State) storepb.VolumeState {
 
 func sortInfos(infos []*storepb.VolumeInfo) {
 	slices.SortFunc(infos, func(a, b *storepb.VolumeInfo) int { return cmp.Compare(a.GetVid(), b.GetVid()) })
+}
+
+// Compact implements storepb.StoreServer.
+func (g *grpcService) Compact(ctx context.Context, req *storepb.CompactRequest) (*storepb.CompactResponse, error) {
+	v, err := g.volume(req.GetVid())
+	if err != nil {
+		return nil, err
+	}
+	res, err := v.Compact(ctx, volume.CompactOptions{})
+	if errors.Is(err, volume.ErrCompacting) {
+		return nil, status.Errorf(codes.Aborted, "volume %d: %v", req.GetVid(), err)
+	}
+	if err != nil {
+		return nil, volumeError(req.GetVid(), err)
+	}
+	g.srv.opts.Logger.Info("volume compacted", "vid", res.Vid, "generation", res.Generation,
+		"reclaimed", res.Reclaimed, "copied", res.Copied, "corrupt", res.CorruptNeedle, "took", res.Duration)
+	return &storepb.CompactResponse{
+		Volume: volumeInfo(v.Status()), SizeBefore: uint64(res.SizeBefore), SizeAfter: uint64(res.SizeAfter),
+		ReclaimedBytes: uint64(max(res.Reclaimed, 0)), CopiedNeedles: uint64(res.Copied),
+		CorruptNeedles: uint64(res.CorruptNeedle), DurationMs: uint64(res.Duration.Milliseconds()),
+	}, nil
+}
+
+// CopyVolume implements storepb.StoreServer.
+func (g *grpcService) CopyVolume(req *storepb.CopyVolumeRequest, stream storepb.Store_CopyVolumeServer) error {
+	v, err := g.volume(req.GetVid())
+	if err != nil {
+		return err
+	}
+	err = v.CopyTo(stream.Context(), int64(req.GetOffset()), req.GetGeneration(), func(chunk []byte, off, total int64, gen uint32) error {
+		return stream.Send(&storepb.CopyVolumeResponse{Offset: uint64(off), Data: chunk, TotalSize: uint64(total), Generation: gen})
+	})
+	if errors.Is(err, volume.ErrGenerationChanged) {
+		return status.Errorf(codes.FailedPrecondition, "volume %d: %v", req.GetVid(), err)
+	}
+	if err != nil {
+		if _, ok := status.FromError(err); ok {
+			return err
+		}
+		return volumeError(req.GetVid(), err)
+	}
+	return nil
+}
+
+// ReplicateVolume implements storepb.StoreServer.
+func (g *grpcService) ReplicateVolume(req *storepb.ReplicateVolumeRequest, stream storepb.Store_ReplicateVolumeServer) error {
+	vid := req.GetVid()
+	if vid == 0 || req.GetSourceGrpcAddr() == "" {
+		return status.Error(codes.InvalidArgument, "vid and source_grpc_addr are required")
+	}
+	conn, err := grpc.NewClient(req.GetSourceGrpcAddr(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize)))
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "source %s: %v", req.GetSourceGrpcAddr(), err)
+	}
+	defer conn.Close()
+	g.replicateMu.Lock()
+	defer g.replicateMu.Unlock()
+	last := ""
+	var lastDone int64
+	v, err := g.srv.store.ReplicateVolume(stream.Context(), vid, GRPCVolumeSource{Client: storepb.NewStoreClient(conn)},
+		func(phase string, done, total int64) {
+			// Report each phase change and then every 16 MiB.
+			if phase == last && done-lastDone < 16<<20 && done != total {
+				return
+			}
+			last, lastDone = phase, done
+			stream.Send(&storepb.ReplicateVolumeResponse{Phase: phase, CopiedBytes: uint64(done), TotalBytes: uint64(total)})
+		})
+	if err != nil {
+		if errors.Is(err, ErrSourceDamaged) {
+			return status.Error(codes.DataLoss, err.Error())
+		}
+		if _, fromSource := status.FromError(err); fromSource {
+			return status.Errorf(codes.Unavailable, "%v", err)
+		}
+		return volumeError(vid, err)
+	}
+	st := v.Status()
+	return stream.Send(&storepb.ReplicateVolumeResponse{Phase: "done", CopiedBytes: uint64(st.Size), TotalBytes: uint64(st.Size), Volume: volumeInfo(st)})
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
+	"github.com/haybale/haybale/store/volume"
 )
 
 // StoreIDFile is the file in the data directory that holds the store's
@@ -69,6 +70,9 @@ type HeartbeaterOptions struct {
 type Heartbeater struct {
 	opts  HeartbeaterOptions
 	store *Store
+	// compactions tracks the compactions the directory asked for; Run
+	// waits for them before it returns.
+	compactions sync.WaitGroup
 
 	mu struct {
 		sync.Mutex
@@ -140,6 +144,7 @@ func (h *Heartbeater) Run(ctx context.Context) error {
 		return fmt.Errorf("store: directory %s: %w", h.opts.DirectoryAddr, err)
 	}
 	defer conn.Close()
+	defer h.compactions.Wait()
 	client := directorypb.NewDirectoryClient(conn)
 	backoff := h.opts.MinBackoff
 	for ctx.Err() == nil {
@@ -303,6 +308,28 @@ func (h *Heartbeater) apply(ctx context.Context, cmds []*directorypb.StoreComman
 				continue
 			}
 			h.opts.Logger.Info("volume marked read-only by the directory", "vid", vid, "reason", reason)
+		case c.GetCompact() != nil:
+			vid := c.GetCompact().GetVid()
+			v, err := h.store.Volume(vid)
+			if err != nil {
+				h.opts.Logger.Warn("directory command for a volume not here: compact", "vid", vid, "err", err)
+				continue
+			}
+			// Compaction runs in the background, one per volume (the
+			// volume refuses a second); the next reports show its result.
+			h.compactions.Add(1)
+			go func() {
+				defer h.compactions.Done()
+				res, err := v.Compact(ctx, volume.CompactOptions{})
+				if err != nil {
+					if !errors.Is(err, volume.ErrCompacting) && ctx.Err() == nil {
+						h.opts.Logger.Error("compaction asked by the directory failed", "vid", vid, "err", err)
+					}
+					return
+				}
+				h.opts.Logger.Info("volume compacted at the directory's request", "vid", vid,
+					"reclaimed", res.Reclaimed, "generation", res.Generation, "took", res.Duration)
+			}()
 		default:
 			h.opts.Logger.Warn("unknown directory command ignored", "command", c.String())
 		}

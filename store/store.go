@@ -110,6 +110,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err := opts.FS.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	// A data directory created just now must survive a power cut too.
+	if err := opts.FS.SyncDir(filepath.Dir(filepath.Clean(opts.Dir))); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
 	names, err := opts.FS.List(opts.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)

@@ -32,6 +32,7 @@ type directoryFlags struct {
 	cacheNodes        []string
 	secretFile        string
 	heartbeatInterval time.Duration
+	compactThreshold  float64
 	log               logFlags
 }
 
@@ -46,6 +47,7 @@ func (f *directoryFlags) register(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&f.cacheNodes, "cache-nodes", nil, "cache nodes (host:port or base URLs, comma-separated, listed as the caches list them); without a CDN, image URLs point at the node owning the photo")
 	fs.StringVar(&f.secretFile, "secret-file", "", "file holding the cluster secret that signs write tokens (default <dir>/secret, generated when absent)")
 	fs.DurationVar(&f.heartbeatInterval, "heartbeat-interval", directory.DefaultHeartbeatInterval, "interval of store heartbeats; a store silent for 3 intervals is dead")
+	fs.Float64Var(&f.compactThreshold, "compact-threshold", 0, "fraction of a read-only volume's bytes that may be garbage before its stores are asked to compact it, e.g. 0.3 (0 = never)")
 	f.log.register(fs)
 }
 
@@ -59,6 +61,8 @@ func (f *directoryFlags) validate() error {
 		return fmt.Errorf("--volume-size-limit %v: must be more than 0 and at most %v", f.volumeSizeLimit, byteSize(volume.MaxSize))
 	case f.heartbeatInterval <= 0:
 		return fmt.Errorf("--heartbeat-interval %v: must be positive", f.heartbeatInterval)
+	case f.compactThreshold < 0 || f.compactThreshold >= 1:
+		return fmt.Errorf("--compact-threshold %v: must be 0 (off) or a fraction below 1", f.compactThreshold)
 	case f.cdnURL != "" && !strings.Contains(f.cdnURL, "://"):
 		return fmt.Errorf("--cdn-url %q: want an absolute URL such as https://cdn.example.com", f.cdnURL)
 	}
@@ -110,6 +114,7 @@ func runDirectory(ctx context.Context, f *directoryFlags) error {
 		Replication:       f.replication,
 		VolumeSizeLimit:   uint64(f.volumeSizeLimit),
 		HeartbeatInterval: f.heartbeatInterval,
+		CompactThreshold:  f.compactThreshold,
 		CDNURL:            f.cdnURL,
 		CacheNodes:        f.cacheNodes,
 		Secret:            secret,

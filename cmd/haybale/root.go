@@ -15,6 +15,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newVersionCmd(),
 		newVolumeCmd(),
+		newReplicaCmd(),
 		newStoreCmd(),
 		newDirectoryCmd(),
 		newBenchCmd(),

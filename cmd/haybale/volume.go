@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -44,19 +45,38 @@ Exit status: 0 when all is well, 1 on errors, 2 when damaged data was found.`,
 			return err
 		},
 	})
-	cmd.AddCommand(&cobra.Command{
-		Use:   "compact FILE.dat",
-		Short: "Rewrite a volume keeping only live needles (offline)",
+	var storeAddr string
+	var vid uint32
+	compact := &cobra.Command{
+		Use:   "compact FILE.dat | --store ADDR --vid N",
+		Short: "Rewrite a volume keeping only live needles (offline, or online through a store)",
 		Long: `Writes a new generation of the volume holding only live needles (the newest
 of each key and size, nothing deleted), with its idx, and swaps it in
-atomically: a crash at any moment leaves the old or the new volume complete.`,
-		Example: `  haybale volume compact data/7.dat`,
-		Args:    cobra.ExactArgs(1),
+atomically: a crash at any moment leaves the old or the new volume complete.
+
+With FILE.dat it works on the files of a stopped store. With --store and
+--vid the running store compacts the volume while it keeps serving reads and
+taking writes, and reports the bytes reclaimed.`,
+		Example: `  haybale volume compact data/7.dat
+  haybale volume compact --store store1:8081 --vid 7`,
 		RunE: func(c *cobra.Command, args []string) error {
+			if storeAddr != "" || vid != 0 {
+				if len(args) != 0 || storeAddr == "" || vid == 0 {
+					return fmt.Errorf("online compaction takes --store and --vid and no file")
+				}
+				_, err := tools.CompactOnline(c.Context(), storeAddr, vid, out(c))
+				return err
+			}
+			if len(args) != 1 {
+				return fmt.Errorf("give one FILE.dat, or --store and --vid")
+			}
 			_, err := tools.CompactFile(c.Context(), args[0], out(c))
 			return err
 		},
-	})
+	}
+	compact.Flags().StringVar(&storeAddr, "store", "", "gRPC address of a running store, for online compaction")
+	compact.Flags().Uint32Var(&vid, "vid", 0, "volume to compact on --store")
+	cmd.AddCommand(compact)
 	cmd.AddCommand(&cobra.Command{
 		Use:   "dump FILE.dat",
 		Short: "List every needle, one line each (JSON lines with --json)",

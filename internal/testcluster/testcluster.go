@@ -38,6 +38,9 @@ type Options struct {
 	VolumeSizeLimit int64
 	// Heartbeat is the heartbeat interval; default 100 ms.
 	Heartbeat time.Duration
+	// CompactThreshold is passed to the directory (0 = no automatic
+	// compaction).
+	CompactThreshold float64
 	// CacheNodes and CDNURL are passed to the directory's URL policy.
 	CacheNodes []string
 	CDNURL     string
@@ -95,6 +98,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 		Replication: opts.Replication, VolumeSizeLimit: uint64(opts.VolumeSizeLimit),
 		HeartbeatInterval: opts.Heartbeat, Secret: opts.Secret, MinWritable: 1, MinStoreFreeBytes: 1,
 		CacheNodes: opts.CacheNodes, CDNURL: opts.CDNURL, Logger: opts.Logger,
+		CompactThreshold: opts.CompactThreshold,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -238,8 +238,13 @@ func readMarker(fs vfs.FS, path string) (string, error) {
 // Vid returns the volume's id.
 func (v *Volume) Vid() uint32 { return v.vid }
 
-// Superblock returns the volume's decoded superblock.
-func (v *Volume) Superblock() Superblock { return v.super }
+// Superblock returns the volume's decoded superblock (compaction replaces
+// it with one of the next generation).
+func (v *Volume) Superblock() Superblock {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.super
+}
 
 // State returns the volume's state and, when not writable, why.
 func (v *Volume) State() (State, string) {
@@ -304,6 +309,7 @@ func (v *Volume) Status() Status {
 	v.mu.RLock()
 	images := v.mu.index.len()
 	live := int64(v.mu.index.liveUnits()) * needle.Alignment
+	super := v.super
 	v.mu.RUnlock()
 	s, reason := v.State()
 	size := v.tail.Load()
@@ -316,8 +322,8 @@ func (v *Volume) Status() Status {
 		Images:       images,
 		LiveBytes:    live,
 		Deleted:      max(size-SuperblockSize-live, 0),
-		Generation:   v.super.Generation,
-		Created:      time.Unix(0, v.super.Created),
+		Generation:   super.Generation,
+		Created:      time.Unix(0, super.Created),
 		Needles:      v.needles.Load(),
 		Syncs:        v.syncs.Load(),
 		CorruptBytes: v.corrupt.Load(),

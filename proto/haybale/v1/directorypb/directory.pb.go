@@ -1169,6 +1169,7 @@ type StoreCommand struct {
 	//
 	//	*StoreCommand_AllocateVolume
 	//	*StoreCommand_MarkReadOnly
+	//	*StoreCommand_Compact
 	Command       isStoreCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1229,6 +1230,15 @@ func (x *StoreCommand) GetMarkReadOnly() *storepb.MarkReadOnlyRequest {
 	return nil
 }
 
+func (x *StoreCommand) GetCompact() *storepb.CompactRequest {
+	if x != nil {
+		if x, ok := x.Command.(*StoreCommand_Compact); ok {
+			return x.Compact
+		}
+	}
+	return nil
+}
+
 type isStoreCommand_Command interface {
 	isStoreCommand_Command()
 }
@@ -1243,9 +1253,17 @@ type StoreCommand_MarkReadOnly struct {
 	MarkReadOnly *storepb.MarkReadOnlyRequest `protobuf:"bytes,2,opt,name=mark_read_only,json=markReadOnly,proto3,oneof"`
 }
 
+type StoreCommand_Compact struct {
+	// Compact a volume on the store's own schedule (its garbage passed the
+	// directory's compaction threshold).
+	Compact *storepb.CompactRequest `protobuf:"bytes,3,opt,name=compact,proto3,oneof"`
+}
+
 func (*StoreCommand_AllocateVolume) isStoreCommand_Command() {}
 
 func (*StoreCommand_MarkReadOnly) isStoreCommand_Command() {}
+
+func (*StoreCommand_Compact) isStoreCommand_Command() {}
 
 // AuthorizeDeleteRequest names the photo to delete.
 type AuthorizeDeleteRequest struct {
@@ -1554,10 +1572,11 @@ const file_haybale_v1_directory_proto_rawDesc = "" +
 	"\x11HeartbeatResponse\x12\x1f\n" +
 	"\vinterval_ms\x18\x01 \x01(\rR\n" +
 	"intervalMs\x124\n" +
-	"\bcommands\x18\x02 \x03(\v2\x18.haybale.v1.StoreCommandR\bcommands\"\xb0\x01\n" +
+	"\bcommands\x18\x02 \x03(\v2\x18.haybale.v1.StoreCommandR\bcommands\"\xe8\x01\n" +
 	"\fStoreCommand\x12L\n" +
 	"\x0fallocate_volume\x18\x01 \x01(\v2!.haybale.v1.AllocateVolumeRequestH\x00R\x0eallocateVolume\x12G\n" +
-	"\x0emark_read_only\x18\x02 \x01(\v2\x1f.haybale.v1.MarkReadOnlyRequestH\x00R\fmarkReadOnlyB\t\n" +
+	"\x0emark_read_only\x18\x02 \x01(\v2\x1f.haybale.v1.MarkReadOnlyRequestH\x00R\fmarkReadOnly\x126\n" +
+	"\acompact\x18\x03 \x01(\v2\x1a.haybale.v1.CompactRequestH\x00R\acompactB\t\n" +
 	"\acommand\"3\n" +
 	"\x16AuthorizeDeleteRequest\x12\x19\n" +
 	"\bphoto_id\x18\x01 \x01(\tR\aphotoId\"\xa9\x01\n" +
@@ -1633,6 +1652,7 @@ var file_haybale_v1_directory_proto_goTypes = []any{
 	(*storepb.VolumeInfo)(nil),            // 24: haybale.v1.VolumeInfo
 	(*storepb.AllocateVolumeRequest)(nil), // 25: haybale.v1.AllocateVolumeRequest
 	(*storepb.MarkReadOnlyRequest)(nil),   // 26: haybale.v1.MarkReadOnlyRequest
+	(*storepb.CompactRequest)(nil),        // 27: haybale.v1.CompactRequest
 }
 var file_haybale_v1_directory_proto_depIdxs = []int32{
 	1,  // 0: haybale.v1.AssignResponse.replicas:type_name -> haybale.v1.Replica
@@ -1648,29 +1668,30 @@ var file_haybale_v1_directory_proto_depIdxs = []int32{
 	17, // 10: haybale.v1.HeartbeatResponse.commands:type_name -> haybale.v1.StoreCommand
 	25, // 11: haybale.v1.StoreCommand.allocate_volume:type_name -> haybale.v1.AllocateVolumeRequest
 	26, // 12: haybale.v1.StoreCommand.mark_read_only:type_name -> haybale.v1.MarkReadOnlyRequest
-	1,  // 13: haybale.v1.AuthorizeDeleteResponse.replicas:type_name -> haybale.v1.Replica
-	22, // 14: haybale.v1.PhotoURLsResponse.urls:type_name -> haybale.v1.PhotoURLsResponse.UrlsEntry
-	2,  // 15: haybale.v1.Directory.Assign:input_type -> haybale.v1.AssignRequest
-	4,  // 16: haybale.v1.Directory.Lookup:input_type -> haybale.v1.LookupRequest
-	6,  // 17: haybale.v1.Directory.ListStores:input_type -> haybale.v1.ListStoresRequest
-	9,  // 18: haybale.v1.Directory.ListVolumes:input_type -> haybale.v1.ListVolumesRequest
-	12, // 19: haybale.v1.Directory.MarkReadOnly:input_type -> haybale.v1.DirectoryMarkReadOnlyRequest
-	14, // 20: haybale.v1.Directory.Heartbeat:input_type -> haybale.v1.HeartbeatRequest
-	20, // 21: haybale.v1.Directory.PhotoURLs:input_type -> haybale.v1.PhotoURLsRequest
-	18, // 22: haybale.v1.Directory.AuthorizeDelete:input_type -> haybale.v1.AuthorizeDeleteRequest
-	3,  // 23: haybale.v1.Directory.Assign:output_type -> haybale.v1.AssignResponse
-	5,  // 24: haybale.v1.Directory.Lookup:output_type -> haybale.v1.LookupResponse
-	7,  // 25: haybale.v1.Directory.ListStores:output_type -> haybale.v1.ListStoresResponse
-	10, // 26: haybale.v1.Directory.ListVolumes:output_type -> haybale.v1.ListVolumesResponse
-	13, // 27: haybale.v1.Directory.MarkReadOnly:output_type -> haybale.v1.DirectoryMarkReadOnlyResponse
-	16, // 28: haybale.v1.Directory.Heartbeat:output_type -> haybale.v1.HeartbeatResponse
-	21, // 29: haybale.v1.Directory.PhotoURLs:output_type -> haybale.v1.PhotoURLsResponse
-	19, // 30: haybale.v1.Directory.AuthorizeDelete:output_type -> haybale.v1.AuthorizeDeleteResponse
-	23, // [23:31] is the sub-list for method output_type
-	15, // [15:23] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	27, // 13: haybale.v1.StoreCommand.compact:type_name -> haybale.v1.CompactRequest
+	1,  // 14: haybale.v1.AuthorizeDeleteResponse.replicas:type_name -> haybale.v1.Replica
+	22, // 15: haybale.v1.PhotoURLsResponse.urls:type_name -> haybale.v1.PhotoURLsResponse.UrlsEntry
+	2,  // 16: haybale.v1.Directory.Assign:input_type -> haybale.v1.AssignRequest
+	4,  // 17: haybale.v1.Directory.Lookup:input_type -> haybale.v1.LookupRequest
+	6,  // 18: haybale.v1.Directory.ListStores:input_type -> haybale.v1.ListStoresRequest
+	9,  // 19: haybale.v1.Directory.ListVolumes:input_type -> haybale.v1.ListVolumesRequest
+	12, // 20: haybale.v1.Directory.MarkReadOnly:input_type -> haybale.v1.DirectoryMarkReadOnlyRequest
+	14, // 21: haybale.v1.Directory.Heartbeat:input_type -> haybale.v1.HeartbeatRequest
+	20, // 22: haybale.v1.Directory.PhotoURLs:input_type -> haybale.v1.PhotoURLsRequest
+	18, // 23: haybale.v1.Directory.AuthorizeDelete:input_type -> haybale.v1.AuthorizeDeleteRequest
+	3,  // 24: haybale.v1.Directory.Assign:output_type -> haybale.v1.AssignResponse
+	5,  // 25: haybale.v1.Directory.Lookup:output_type -> haybale.v1.LookupResponse
+	7,  // 26: haybale.v1.Directory.ListStores:output_type -> haybale.v1.ListStoresResponse
+	10, // 27: haybale.v1.Directory.ListVolumes:output_type -> haybale.v1.ListVolumesResponse
+	13, // 28: haybale.v1.Directory.MarkReadOnly:output_type -> haybale.v1.DirectoryMarkReadOnlyResponse
+	16, // 29: haybale.v1.Directory.Heartbeat:output_type -> haybale.v1.HeartbeatResponse
+	21, // 30: haybale.v1.Directory.PhotoURLs:output_type -> haybale.v1.PhotoURLsResponse
+	19, // 31: haybale.v1.Directory.AuthorizeDelete:output_type -> haybale.v1.AuthorizeDeleteResponse
+	24, // [24:32] is the sub-list for method output_type
+	16, // [16:24] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_haybale_v1_directory_proto_init() }
@@ -1681,6 +1702,7 @@ func file_haybale_v1_directory_proto_init() {
 	file_haybale_v1_directory_proto_msgTypes[16].OneofWrappers = []any{
 		(*StoreCommand_AllocateVolume)(nil),
 		(*StoreCommand_MarkReadOnly)(nil),
+		(*StoreCommand_Compact)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

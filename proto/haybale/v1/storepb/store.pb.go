@@ -1101,6 +1101,418 @@ func (x *VolumeInfo) GetCreatedUnixNano() int64 {
 	return 0
 }
 
+// CompactRequest names the volume to compact.
+type CompactRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid           uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompactRequest) Reset() {
+	*x = CompactRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompactRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompactRequest) ProtoMessage() {}
+
+func (x *CompactRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompactRequest.ProtoReflect.Descriptor instead.
+func (*CompactRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CompactRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+// CompactResponse reports what a compaction did.
+type CompactResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The volume after compaction.
+	Volume *VolumeInfo `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	// Size of the .dat before compaction, in bytes.
+	SizeBefore uint64 `protobuf:"varint,2,opt,name=size_before,json=sizeBefore,proto3" json:"size_before,omitempty"`
+	// Size of the .dat after compaction, in bytes.
+	SizeAfter uint64 `protobuf:"varint,3,opt,name=size_after,json=sizeAfter,proto3" json:"size_after,omitempty"`
+	// Bytes reclaimed, counting what was appended during the compaction.
+	ReclaimedBytes uint64 `protobuf:"varint,4,opt,name=reclaimed_bytes,json=reclaimedBytes,proto3" json:"reclaimed_bytes,omitempty"`
+	// Live needles copied.
+	CopiedNeedles uint64 `protobuf:"varint,5,opt,name=copied_needles,json=copiedNeedles,proto3" json:"copied_needles,omitempty"`
+	// Damaged live needles found and left out; restore them from a replica.
+	CorruptNeedles uint64 `protobuf:"varint,6,opt,name=corrupt_needles,json=corruptNeedles,proto3" json:"corrupt_needles,omitempty"`
+	// How long the compaction took, in milliseconds.
+	DurationMs    uint64 `protobuf:"varint,7,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompactResponse) Reset() {
+	*x = CompactResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompactResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompactResponse) ProtoMessage() {}
+
+func (x *CompactResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompactResponse.ProtoReflect.Descriptor instead.
+func (*CompactResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CompactResponse) GetVolume() *VolumeInfo {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+func (x *CompactResponse) GetSizeBefore() uint64 {
+	if x != nil {
+		return x.SizeBefore
+	}
+	return 0
+}
+
+func (x *CompactResponse) GetSizeAfter() uint64 {
+	if x != nil {
+		return x.SizeAfter
+	}
+	return 0
+}
+
+func (x *CompactResponse) GetReclaimedBytes() uint64 {
+	if x != nil {
+		return x.ReclaimedBytes
+	}
+	return 0
+}
+
+func (x *CompactResponse) GetCopiedNeedles() uint64 {
+	if x != nil {
+		return x.CopiedNeedles
+	}
+	return 0
+}
+
+func (x *CompactResponse) GetCorruptNeedles() uint64 {
+	if x != nil {
+		return x.CorruptNeedles
+	}
+	return 0
+}
+
+func (x *CompactResponse) GetDurationMs() uint64 {
+	if x != nil {
+		return x.DurationMs
+	}
+	return 0
+}
+
+// CopyVolumeRequest asks for the bytes of a volume's .dat from an offset.
+type CopyVolumeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// Byte offset to start from; 0 for a fresh copy.
+	Offset uint64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	// With offset > 0: the compaction generation of the bytes copied so far.
+	Generation    uint32 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyVolumeRequest) Reset() {
+	*x = CopyVolumeRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyVolumeRequest) ProtoMessage() {}
+
+func (x *CopyVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyVolumeRequest.ProtoReflect.Descriptor instead.
+func (*CopyVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *CopyVolumeRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *CopyVolumeRequest) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *CopyVolumeRequest) GetGeneration() uint32 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+// CopyVolumeResponse is one chunk of a volume's .dat.
+type CopyVolumeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Byte offset of data in the .dat.
+	Offset uint64 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	// The bytes.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// Size of the .dat being copied (its durable end when the copy started).
+	TotalSize uint64 `protobuf:"varint,3,opt,name=total_size,json=totalSize,proto3" json:"total_size,omitempty"`
+	// Compaction generation of the volume being copied.
+	Generation    uint32 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyVolumeResponse) Reset() {
+	*x = CopyVolumeResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyVolumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyVolumeResponse) ProtoMessage() {}
+
+func (x *CopyVolumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyVolumeResponse.ProtoReflect.Descriptor instead.
+func (*CopyVolumeResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CopyVolumeResponse) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *CopyVolumeResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *CopyVolumeResponse) GetTotalSize() uint64 {
+	if x != nil {
+		return x.TotalSize
+	}
+	return 0
+}
+
+func (x *CopyVolumeResponse) GetGeneration() uint32 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+// ReplicateVolumeRequest names the volume and the store to copy it from.
+type ReplicateVolumeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// gRPC address of a store holding a healthy copy.
+	SourceGrpcAddr string `protobuf:"bytes,2,opt,name=source_grpc_addr,json=sourceGrpcAddr,proto3" json:"source_grpc_addr,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ReplicateVolumeRequest) Reset() {
+	*x = ReplicateVolumeRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicateVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicateVolumeRequest) ProtoMessage() {}
+
+func (x *ReplicateVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicateVolumeRequest.ProtoReflect.Descriptor instead.
+func (*ReplicateVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ReplicateVolumeRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *ReplicateVolumeRequest) GetSourceGrpcAddr() string {
+	if x != nil {
+		return x.SourceGrpcAddr
+	}
+	return ""
+}
+
+// ReplicateVolumeResponse reports the progress of a ReplicateVolume call;
+// the stream sends several.
+type ReplicateVolumeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What is happening: "copy", "verify" or "done".
+	Phase string `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"`
+	// Bytes of the .dat this store holds so far.
+	CopiedBytes uint64 `protobuf:"varint,2,opt,name=copied_bytes,json=copiedBytes,proto3" json:"copied_bytes,omitempty"`
+	// Size of the .dat being copied.
+	TotalBytes uint64 `protobuf:"varint,3,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	// With phase "done": the volume now in service.
+	Volume        *VolumeInfo `protobuf:"bytes,4,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicateVolumeResponse) Reset() {
+	*x = ReplicateVolumeResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicateVolumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicateVolumeResponse) ProtoMessage() {}
+
+func (x *ReplicateVolumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicateVolumeResponse.ProtoReflect.Descriptor instead.
+func (*ReplicateVolumeResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ReplicateVolumeResponse) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *ReplicateVolumeResponse) GetCopiedBytes() uint64 {
+	if x != nil {
+		return x.CopiedBytes
+	}
+	return 0
+}
+
+func (x *ReplicateVolumeResponse) GetTotalBytes() uint64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
+func (x *ReplicateVolumeResponse) GetVolume() *VolumeInfo {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
 var File_haybale_v1_store_proto protoreflect.FileDescriptor
 
 const file_haybale_v1_store_proto_rawDesc = "" +
@@ -1178,21 +1590,61 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\rdeleted_bytes\x18\a \x01(\x04R\fdeletedBytes\x123\n" +
 	"\x15compaction_generation\x18\b \x01(\rR\x14compactionGeneration\x12*\n" +
 	"\x11created_unix_nano\x18\t \x01(\x03R\x0fcreatedUnixNanoJ\x04\b\n" +
-	"\x10\x10R\fec_shard_idsR\x10ec_deleted_count*\xa9\x01\n" +
+	"\x10\x10R\fec_shard_idsR\x10ec_deleted_count\"\"\n" +
+	"\x0eCompactRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\"\x9b\x02\n" +
+	"\x0fCompactResponse\x12.\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\x12\x1f\n" +
+	"\vsize_before\x18\x02 \x01(\x04R\n" +
+	"sizeBefore\x12\x1d\n" +
+	"\n" +
+	"size_after\x18\x03 \x01(\x04R\tsizeAfter\x12'\n" +
+	"\x0freclaimed_bytes\x18\x04 \x01(\x04R\x0ereclaimedBytes\x12%\n" +
+	"\x0ecopied_needles\x18\x05 \x01(\x04R\rcopiedNeedles\x12'\n" +
+	"\x0fcorrupt_needles\x18\x06 \x01(\x04R\x0ecorruptNeedles\x12\x1f\n" +
+	"\vduration_ms\x18\a \x01(\x04R\n" +
+	"durationMs\"]\n" +
+	"\x11CopyVolumeRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\rR\n" +
+	"generation\"\x7f\n" +
+	"\x12CopyVolumeResponse\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1d\n" +
+	"\n" +
+	"total_size\x18\x03 \x01(\x04R\ttotalSize\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x04 \x01(\rR\n" +
+	"generation\"T\n" +
+	"\x16ReplicateVolumeRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12(\n" +
+	"\x10source_grpc_addr\x18\x02 \x01(\tR\x0esourceGrpcAddr\"\xa3\x01\n" +
+	"\x17ReplicateVolumeResponse\x12\x14\n" +
+	"\x05phase\x18\x01 \x01(\tR\x05phase\x12!\n" +
+	"\fcopied_bytes\x18\x02 \x01(\x04R\vcopiedBytes\x12\x1f\n" +
+	"\vtotal_bytes\x18\x03 \x01(\x04R\n" +
+	"totalBytes\x12.\n" +
+	"\x06volume\x18\x04 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume*\xa9\x01\n" +
 	"\vVolumeState\x12\x1c\n" +
 	"\x18VOLUME_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VOLUME_STATE_WRITABLE\x10\x01\x12\x1a\n" +
 	"\x16VOLUME_STATE_READ_ONLY\x10\x02\x12\x17\n" +
 	"\x13VOLUME_STATE_SEALED\x10\x03\x12\x13\n" +
 	"\x0fVOLUME_STATE_EC\x10\x04\x12\x17\n" +
-	"\x13VOLUME_STATE_FAILED\x10\x052\xc0\x03\n" +
+	"\x13VOLUME_STATE_FAILED\x10\x052\xb1\x05\n" +
 	"\x05Store\x12<\n" +
 	"\x05Write\x12\x18.haybale.v1.WriteRequest\x1a\x19.haybale.v1.WriteResponse\x12?\n" +
 	"\x06Delete\x12\x19.haybale.v1.DeleteRequest\x1a\x1a.haybale.v1.DeleteResponse\x129\n" +
 	"\x04Read\x12\x17.haybale.v1.ReadRequest\x1a\x18.haybale.v1.ReadResponse\x12W\n" +
 	"\x0eAllocateVolume\x12!.haybale.v1.AllocateVolumeRequest\x1a\".haybale.v1.AllocateVolumeResponse\x12Q\n" +
 	"\fVolumeStatus\x12\x1f.haybale.v1.VolumeStatusRequest\x1a .haybale.v1.VolumeStatusResponse\x12Q\n" +
-	"\fMarkReadOnly\x12\x1f.haybale.v1.MarkReadOnlyRequest\x1a .haybale.v1.MarkReadOnlyResponseB=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
+	"\fMarkReadOnly\x12\x1f.haybale.v1.MarkReadOnlyRequest\x1a .haybale.v1.MarkReadOnlyResponse\x12B\n" +
+	"\aCompact\x12\x1a.haybale.v1.CompactRequest\x1a\x1b.haybale.v1.CompactResponse\x12M\n" +
+	"\n" +
+	"CopyVolume\x12\x1d.haybale.v1.CopyVolumeRequest\x1a\x1e.haybale.v1.CopyVolumeResponse0\x01\x12\\\n" +
+	"\x0fReplicateVolume\x12\".haybale.v1.ReplicateVolumeRequest\x1a#.haybale.v1.ReplicateVolumeResponse0\x01B=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
 
 var (
 	file_haybale_v1_store_proto_rawDescOnce sync.Once
@@ -1207,24 +1659,30 @@ func file_haybale_v1_store_proto_rawDescGZIP() []byte {
 }
 
 var file_haybale_v1_store_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_haybale_v1_store_proto_goTypes = []any{
-	(VolumeState)(0),               // 0: haybale.v1.VolumeState
-	(*Needle)(nil),                 // 1: haybale.v1.Needle
-	(*WriteRequest)(nil),           // 2: haybale.v1.WriteRequest
-	(*WriteResult)(nil),            // 3: haybale.v1.WriteResult
-	(*WriteResponse)(nil),          // 4: haybale.v1.WriteResponse
-	(*DeleteRequest)(nil),          // 5: haybale.v1.DeleteRequest
-	(*DeleteResponse)(nil),         // 6: haybale.v1.DeleteResponse
-	(*ReadRequest)(nil),            // 7: haybale.v1.ReadRequest
-	(*ReadResponse)(nil),           // 8: haybale.v1.ReadResponse
-	(*AllocateVolumeRequest)(nil),  // 9: haybale.v1.AllocateVolumeRequest
-	(*AllocateVolumeResponse)(nil), // 10: haybale.v1.AllocateVolumeResponse
-	(*VolumeStatusRequest)(nil),    // 11: haybale.v1.VolumeStatusRequest
-	(*VolumeStatusResponse)(nil),   // 12: haybale.v1.VolumeStatusResponse
-	(*MarkReadOnlyRequest)(nil),    // 13: haybale.v1.MarkReadOnlyRequest
-	(*MarkReadOnlyResponse)(nil),   // 14: haybale.v1.MarkReadOnlyResponse
-	(*VolumeInfo)(nil),             // 15: haybale.v1.VolumeInfo
+	(VolumeState)(0),                // 0: haybale.v1.VolumeState
+	(*Needle)(nil),                  // 1: haybale.v1.Needle
+	(*WriteRequest)(nil),            // 2: haybale.v1.WriteRequest
+	(*WriteResult)(nil),             // 3: haybale.v1.WriteResult
+	(*WriteResponse)(nil),           // 4: haybale.v1.WriteResponse
+	(*DeleteRequest)(nil),           // 5: haybale.v1.DeleteRequest
+	(*DeleteResponse)(nil),          // 6: haybale.v1.DeleteResponse
+	(*ReadRequest)(nil),             // 7: haybale.v1.ReadRequest
+	(*ReadResponse)(nil),            // 8: haybale.v1.ReadResponse
+	(*AllocateVolumeRequest)(nil),   // 9: haybale.v1.AllocateVolumeRequest
+	(*AllocateVolumeResponse)(nil),  // 10: haybale.v1.AllocateVolumeResponse
+	(*VolumeStatusRequest)(nil),     // 11: haybale.v1.VolumeStatusRequest
+	(*VolumeStatusResponse)(nil),    // 12: haybale.v1.VolumeStatusResponse
+	(*MarkReadOnlyRequest)(nil),     // 13: haybale.v1.MarkReadOnlyRequest
+	(*MarkReadOnlyResponse)(nil),    // 14: haybale.v1.MarkReadOnlyResponse
+	(*VolumeInfo)(nil),              // 15: haybale.v1.VolumeInfo
+	(*CompactRequest)(nil),          // 16: haybale.v1.CompactRequest
+	(*CompactResponse)(nil),         // 17: haybale.v1.CompactResponse
+	(*CopyVolumeRequest)(nil),       // 18: haybale.v1.CopyVolumeRequest
+	(*CopyVolumeResponse)(nil),      // 19: haybale.v1.CopyVolumeResponse
+	(*ReplicateVolumeRequest)(nil),  // 20: haybale.v1.ReplicateVolumeRequest
+	(*ReplicateVolumeResponse)(nil), // 21: haybale.v1.ReplicateVolumeResponse
 }
 var file_haybale_v1_store_proto_depIdxs = []int32{
 	1,  // 0: haybale.v1.WriteRequest.needles:type_name -> haybale.v1.Needle
@@ -1234,23 +1692,31 @@ var file_haybale_v1_store_proto_depIdxs = []int32{
 	15, // 4: haybale.v1.VolumeStatusResponse.volumes:type_name -> haybale.v1.VolumeInfo
 	15, // 5: haybale.v1.MarkReadOnlyResponse.volume:type_name -> haybale.v1.VolumeInfo
 	0,  // 6: haybale.v1.VolumeInfo.state:type_name -> haybale.v1.VolumeState
-	2,  // 7: haybale.v1.Store.Write:input_type -> haybale.v1.WriteRequest
-	5,  // 8: haybale.v1.Store.Delete:input_type -> haybale.v1.DeleteRequest
-	7,  // 9: haybale.v1.Store.Read:input_type -> haybale.v1.ReadRequest
-	9,  // 10: haybale.v1.Store.AllocateVolume:input_type -> haybale.v1.AllocateVolumeRequest
-	11, // 11: haybale.v1.Store.VolumeStatus:input_type -> haybale.v1.VolumeStatusRequest
-	13, // 12: haybale.v1.Store.MarkReadOnly:input_type -> haybale.v1.MarkReadOnlyRequest
-	4,  // 13: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
-	6,  // 14: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
-	8,  // 15: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
-	10, // 16: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
-	12, // 17: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
-	14, // 18: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
-	13, // [13:19] is the sub-list for method output_type
-	7,  // [7:13] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	15, // 7: haybale.v1.CompactResponse.volume:type_name -> haybale.v1.VolumeInfo
+	15, // 8: haybale.v1.ReplicateVolumeResponse.volume:type_name -> haybale.v1.VolumeInfo
+	2,  // 9: haybale.v1.Store.Write:input_type -> haybale.v1.WriteRequest
+	5,  // 10: haybale.v1.Store.Delete:input_type -> haybale.v1.DeleteRequest
+	7,  // 11: haybale.v1.Store.Read:input_type -> haybale.v1.ReadRequest
+	9,  // 12: haybale.v1.Store.AllocateVolume:input_type -> haybale.v1.AllocateVolumeRequest
+	11, // 13: haybale.v1.Store.VolumeStatus:input_type -> haybale.v1.VolumeStatusRequest
+	13, // 14: haybale.v1.Store.MarkReadOnly:input_type -> haybale.v1.MarkReadOnlyRequest
+	16, // 15: haybale.v1.Store.Compact:input_type -> haybale.v1.CompactRequest
+	18, // 16: haybale.v1.Store.CopyVolume:input_type -> haybale.v1.CopyVolumeRequest
+	20, // 17: haybale.v1.Store.ReplicateVolume:input_type -> haybale.v1.ReplicateVolumeRequest
+	4,  // 18: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
+	6,  // 19: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
+	8,  // 20: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
+	10, // 21: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
+	12, // 22: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
+	14, // 23: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
+	17, // 24: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
+	19, // 25: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
+	21, // 26: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
+	18, // [18:27] is the sub-list for method output_type
+	9,  // [9:18] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_haybale_v1_store_proto_init() }
@@ -1264,7 +1730,7 @@ func file_haybale_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haybale_v1_store_proto_rawDesc), len(file_haybale_v1_store_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,12 +19,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Store_Write_FullMethodName          = "/haybale.v1.Store/Write"
-	Store_Delete_FullMethodName         = "/haybale.v1.Store/Delete"
-	Store_Read_FullMethodName           = "/haybale.v1.Store/Read"
-	Store_AllocateVolume_FullMethodName = "/haybale.v1.Store/AllocateVolume"
-	Store_VolumeStatus_FullMethodName   = "/haybale.v1.Store/VolumeStatus"
-	Store_MarkReadOnly_FullMethodName   = "/haybale.v1.Store/MarkReadOnly"
+	Store_Write_FullMethodName           = "/haybale.v1.Store/Write"
+	Store_Delete_FullMethodName          = "/haybale.v1.Store/Delete"
+	Store_Read_FullMethodName            = "/haybale.v1.Store/Read"
+	Store_AllocateVolume_FullMethodName  = "/haybale.v1.Store/AllocateVolume"
+	Store_VolumeStatus_FullMethodName    = "/haybale.v1.Store/VolumeStatus"
+	Store_MarkReadOnly_FullMethodName    = "/haybale.v1.Store/MarkReadOnly"
+	Store_Compact_FullMethodName         = "/haybale.v1.Store/Compact"
+	Store_CopyVolume_FullMethodName      = "/haybale.v1.Store/CopyVolume"
+	Store_ReplicateVolume_FullMethodName = "/haybale.v1.Store/ReplicateVolume"
 )
 
 // StoreClient is the client API for Store service.
@@ -53,11 +56,6 @@ const (
 // RPCs to come; these names are kept for them (a service cannot reserve
 // method names):
 //
-//	// Compact rewrites a volume without its deleted and superseded needles,
-//	// catching up writes made while it runs, and swaps it in atomically.
-//	rpc Compact(CompactRequest) returns (CompactResponse);
-//	// CopyVolume streams a volume's .dat (and .idx) in chunks, for replica sync.
-//	rpc CopyVolume(CopyVolumeRequest) returns (stream CopyVolumeChunk);
 //	// Erasure coding (10 data + 4 parity shards, f4-style warm storage).
 //	rpc EcEncode(EcEncodeRequest) returns (EcEncodeResponse);
 //	rpc EcShardCopy(EcShardCopyRequest) returns (stream EcShardChunk);
@@ -87,6 +85,26 @@ type StoreClient interface {
 	// read-only, sealed or EC volume still records deletes, so removing a photo
 	// never depends on the state of its volume.
 	MarkReadOnly(ctx context.Context, in *MarkReadOnlyRequest, opts ...grpc.CallOption) (*MarkReadOnlyResponse, error)
+	// Compact rewrites a volume without its deleted and superseded needles
+	// while it keeps serving reads and taking writes: it copies the live
+	// needles, catches up with what was appended meanwhile, and swaps the new
+	// files in atomically. A read-only volume that is compacted becomes
+	// sealed. Errors: NOT_FOUND, FAILED_PRECONDITION (failed volume), ABORTED
+	// (a compaction of the volume is already running).
+	Compact(ctx context.Context, in *CompactRequest, opts ...grpc.CallOption) (*CompactResponse, error)
+	// CopyVolume streams the .dat of a volume from an offset up to its durable
+	// end at the time of the call, in chunks of at most 1 MiB, for replica
+	// sync. A caller resuming an interrupted copy passes the generation it
+	// copied so far; if the volume was compacted since, the answer is
+	// FAILED_PRECONDITION and the copy must start again at offset 0.
+	CopyVolume(ctx context.Context, in *CopyVolumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CopyVolumeResponse], error)
+	// ReplicateVolume makes this store's copy of a volume a verified copy of
+	// the one on another store: it pulls the .dat with CopyVolume (resuming a
+	// partial earlier pull of the same generation), verifies every needle,
+	// rebuilds the idx, and serves the new copy in place of whatever copy it
+	// had. It streams progress. Errors: UNAVAILABLE (source unreachable),
+	// DATA_LOSS (the source's copy is damaged), FAILED_PRECONDITION.
+	ReplicateVolume(ctx context.Context, in *ReplicateVolumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReplicateVolumeResponse], error)
 }
 
 type storeClient struct {
@@ -157,6 +175,54 @@ func (c *storeClient) MarkReadOnly(ctx context.Context, in *MarkReadOnlyRequest,
 	return out, nil
 }
 
+func (c *storeClient) Compact(ctx context.Context, in *CompactRequest, opts ...grpc.CallOption) (*CompactResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CompactResponse)
+	err := c.cc.Invoke(ctx, Store_Compact_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *storeClient) CopyVolume(ctx context.Context, in *CopyVolumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CopyVolumeResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Store_ServiceDesc.Streams[0], Store_CopyVolume_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CopyVolumeRequest, CopyVolumeResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Store_CopyVolumeClient = grpc.ServerStreamingClient[CopyVolumeResponse]
+
+func (c *storeClient) ReplicateVolume(ctx context.Context, in *ReplicateVolumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReplicateVolumeResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Store_ServiceDesc.Streams[1], Store_ReplicateVolume_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReplicateVolumeRequest, ReplicateVolumeResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Store_ReplicateVolumeClient = grpc.ServerStreamingClient[ReplicateVolumeResponse]
+
 // StoreServer is the server API for Store service.
 // All implementations must embed UnimplementedStoreServer
 // for forward compatibility.
@@ -183,11 +249,6 @@ func (c *storeClient) MarkReadOnly(ctx context.Context, in *MarkReadOnlyRequest,
 // RPCs to come; these names are kept for them (a service cannot reserve
 // method names):
 //
-//	// Compact rewrites a volume without its deleted and superseded needles,
-//	// catching up writes made while it runs, and swaps it in atomically.
-//	rpc Compact(CompactRequest) returns (CompactResponse);
-//	// CopyVolume streams a volume's .dat (and .idx) in chunks, for replica sync.
-//	rpc CopyVolume(CopyVolumeRequest) returns (stream CopyVolumeChunk);
 //	// Erasure coding (10 data + 4 parity shards, f4-style warm storage).
 //	rpc EcEncode(EcEncodeRequest) returns (EcEncodeResponse);
 //	rpc EcShardCopy(EcShardCopyRequest) returns (stream EcShardChunk);
@@ -217,6 +278,26 @@ type StoreServer interface {
 	// read-only, sealed or EC volume still records deletes, so removing a photo
 	// never depends on the state of its volume.
 	MarkReadOnly(context.Context, *MarkReadOnlyRequest) (*MarkReadOnlyResponse, error)
+	// Compact rewrites a volume without its deleted and superseded needles
+	// while it keeps serving reads and taking writes: it copies the live
+	// needles, catches up with what was appended meanwhile, and swaps the new
+	// files in atomically. A read-only volume that is compacted becomes
+	// sealed. Errors: NOT_FOUND, FAILED_PRECONDITION (failed volume), ABORTED
+	// (a compaction of the volume is already running).
+	Compact(context.Context, *CompactRequest) (*CompactResponse, error)
+	// CopyVolume streams the .dat of a volume from an offset up to its durable
+	// end at the time of the call, in chunks of at most 1 MiB, for replica
+	// sync. A caller resuming an interrupted copy passes the generation it
+	// copied so far; if the volume was compacted since, the answer is
+	// FAILED_PRECONDITION and the copy must start again at offset 0.
+	CopyVolume(*CopyVolumeRequest, grpc.ServerStreamingServer[CopyVolumeResponse]) error
+	// ReplicateVolume makes this store's copy of a volume a verified copy of
+	// the one on another store: it pulls the .dat with CopyVolume (resuming a
+	// partial earlier pull of the same generation), verifies every needle,
+	// rebuilds the idx, and serves the new copy in place of whatever copy it
+	// had. It streams progress. Errors: UNAVAILABLE (source unreachable),
+	// DATA_LOSS (the source's copy is damaged), FAILED_PRECONDITION.
+	ReplicateVolume(*ReplicateVolumeRequest, grpc.ServerStreamingServer[ReplicateVolumeResponse]) error
 	mustEmbedUnimplementedStoreServer()
 }
 
@@ -244,6 +325,15 @@ func (UnimplementedStoreServer) VolumeStatus(context.Context, *VolumeStatusReque
 }
 func (UnimplementedStoreServer) MarkReadOnly(context.Context, *MarkReadOnlyRequest) (*MarkReadOnlyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MarkReadOnly not implemented")
+}
+func (UnimplementedStoreServer) Compact(context.Context, *CompactRequest) (*CompactResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Compact not implemented")
+}
+func (UnimplementedStoreServer) CopyVolume(*CopyVolumeRequest, grpc.ServerStreamingServer[CopyVolumeResponse]) error {
+	return status.Error(codes.Unimplemented, "method CopyVolume not implemented")
+}
+func (UnimplementedStoreServer) ReplicateVolume(*ReplicateVolumeRequest, grpc.ServerStreamingServer[ReplicateVolumeResponse]) error {
+	return status.Error(codes.Unimplemented, "method ReplicateVolume not implemented")
 }
 func (UnimplementedStoreServer) mustEmbedUnimplementedStoreServer() {}
 func (UnimplementedStoreServer) testEmbeddedByValue()               {}
@@ -374,6 +464,46 @@ func _Store_MarkReadOnly_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Store_Compact_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CompactRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreServer).Compact(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Store_Compact_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreServer).Compact(ctx, req.(*CompactRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Store_CopyVolume_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(CopyVolumeRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(StoreServer).CopyVolume(m, &grpc.GenericServerStream[CopyVolumeRequest, CopyVolumeResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Store_CopyVolumeServer = grpc.ServerStreamingServer[CopyVolumeResponse]
+
+func _Store_ReplicateVolume_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ReplicateVolumeRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(StoreServer).ReplicateVolume(m, &grpc.GenericServerStream[ReplicateVolumeRequest, ReplicateVolumeResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Store_ReplicateVolumeServer = grpc.ServerStreamingServer[ReplicateVolumeResponse]
+
 // Store_ServiceDesc is the grpc.ServiceDesc for Store service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -405,7 +535,22 @@ var Store_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "MarkReadOnly",
 			Handler:    _Store_MarkReadOnly_Handler,
 		},
+		{
+			MethodName: "Compact",
+			Handler:    _Store_Compact_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "CopyVolume",
+			Handler:       _Store_CopyVolume_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ReplicateVolume",
+			Handler:       _Store_ReplicateVolume_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "haybale/v1/store.proto",
 }

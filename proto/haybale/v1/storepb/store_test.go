@@ -98,7 +98,8 @@ func TestWireNumbers(t *testing.T) {
 }
 
 func TestStoreServiceMethods(t *testing.T) {
-	want := []string{"Write", "Delete", "Read", "AllocateVolume", "VolumeStatus", "MarkReadOnly"}
+	want := []string{"Write", "Delete", "Read", "AllocateVolume", "VolumeStatus", "MarkReadOnly", "Compact", "CopyVolume", "ReplicateVolume"}
+	serverStreaming := map[string]bool{"CopyVolume": true, "ReplicateVolume": true}
 
 	sd := storepb.File_haybale_v1_store_proto.Services().ByName("Store")
 	if sd == nil {
@@ -111,8 +112,8 @@ func TestStoreServiceMethods(t *testing.T) {
 	for i := range sd.Methods().Len() {
 		m := sd.Methods().Get(i)
 		got = append(got, string(m.Name()))
-		if m.IsStreamingClient() || m.IsStreamingServer() {
-			t.Errorf("%s is streaming, want unary", m.Name())
+		if m.IsStreamingClient() || m.IsStreamingServer() != serverStreaming[string(m.Name())] {
+			t.Errorf("%s: client streaming %v, server streaming %v", m.Name(), m.IsStreamingClient(), m.IsStreamingServer())
 		}
 	}
 	if !slices.Equal(got, want) {

@@ -1,0 +1,209 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/haybale/haybale/proto/haybale/v1/storepb"
+	"github.com/haybale/haybale/store/volume"
+)
+
+// syncDir is the folder of a data directory where replica syncs stage the
+// volumes they pull. A partial pull stays there across restarts, so an
+// interrupted sync resumes where it stopped.
+const syncDir = ".sync"
+
+// ErrSourceDamaged is returned by ReplicateVolume when the copy pulled from
+// the source does not verify.
+var ErrSourceDamaged = errors.New("store: the source's copy of the volume is damaged")
+
+// VolumeSource streams a volume's .dat, as the store's CopyVolume RPC does
+// (see volume.Volume.CopyTo for the contract).
+type VolumeSource interface {
+	CopyVolume(ctx context.Context, vid uint32, offset int64, generation uint32,
+		fn func(chunk []byte, off, total int64, gen uint32) error) error
+}
+
+// GRPCVolumeSource is a VolumeSource reading from another store's
+// CopyVolume RPC.
+type GRPCVolumeSource struct{ Client storepb.StoreClient }
+
+// CopyVolume implements VolumeSource. A generation change is reported as
+// volume.ErrGenerationChanged.
+func (g GRPCVolumeSource) CopyVolume(ctx context.Context, vid uint32, offset int64, generation uint32,
+	fn func(chunk []byte, off, total int64, gen uint32) error) error {
+	stream, err := g.Client.CopyVolume(ctx, &storepb.CopyVolumeRequest{Vid: vid, Offset: uint64(offset), Generation: generation})
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if status.Code(err) == codes.FailedPrecondition && offset > 0 {
+			return fmt.Errorf("%w: %s", volume.ErrGenerationChanged, status.Convert(err).Message())
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(c.GetData(), int64(c.GetOffset()), int64(c.GetTotalSize()), c.GetGeneration()); err != nil {
+			return err
+		}
+	}
+}
+
+// ReplicateProgress is called by ReplicateVolume with its phase ("copy",
+// "verify") and the bytes held so far of the total.
+type ReplicateProgress func(phase string, done, total int64)
+
+// ReplicateVolume makes this store's copy of volume vid a verified copy of
+// src's: it pulls the .dat into the sync folder (resuming a partial pull of
+// the same generation), verifies every needle, builds its idx, and then
+// swaps it in place of whatever copy the store had, open and serving.
+//
+// The swap removes the old idx durably before renaming the new .dat and
+// idx into place, so a crash at any point leaves a .dat that the next open
+// indexes correctly. The copy is a consistent prefix of the source as of
+// when the pull (or its last resumption) began; for a writable volume,
+// writes acknowledged after that are not in it, so sync read-only volumes
+// (the directory marks a volume read-only when a replica is missing).
+func (s *Store) ReplicateVolume(ctx context.Context, vid uint32, src VolumeSource, progress ReplicateProgress) (*volume.Volume, error) {
+	if progress == nil {
+		progress = func(string, int64, int64) {}
+	}
+	fs := s.opts.FS
+	stage := filepath.Join(s.opts.Dir, syncDir)
+	if err := fs.MkdirAll(stage, 0o755); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	if err := fs.SyncDir(s.opts.Dir); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	part := volume.DatPath(stage, vid)
+	for attempt := 0; ; attempt++ {
+		err := s.pull(ctx, vid, part, src, progress)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, volume.ErrGenerationChanged) && attempt == 0 {
+			// The source compacted since the partial pull: start over.
+			s.opts.Logger.Info("source volume was compacted; pulling it again from the start", "vid", vid)
+			if err := fs.Remove(part); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("store: %w", err)
+			}
+			continue
+		}
+		return nil, err
+	}
+
+	// Verify every needle of what was pulled, then index it.
+	rep, err := volume.InspectFile(ctx, part, volume.InspectOptions{FS: fs, Progress: func(done, total int64) {
+		progress("verify", done, total)
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("store: verify pulled volume %d: %w", vid, err)
+	}
+	if !rep.Healthy() || rep.Vid != vid {
+		fs.Remove(part)
+		return nil, fmt.Errorf("%w: volume %d: %d damaged stretch(es), torn tail %v", ErrSourceDamaged, vid, len(rep.Corrupt), rep.TornTail != nil)
+	}
+	if _, err := volume.Reindex(ctx, part, fs); err != nil {
+		return nil, fmt.Errorf("store: index pulled volume %d: %w", vid, err)
+	}
+
+	// Swap it in.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return nil, volume.ErrClosed
+	}
+	if old, ok := s.mu.volumes[vid]; ok {
+		if err := old.Close(); err != nil {
+			s.opts.Logger.Warn("closing the replaced copy of a volume", "vid", vid, "err", err)
+		}
+		delete(s.mu.volumes, vid)
+	}
+	dat, idx := volume.DatPath(s.opts.Dir, vid), volume.IdxPath(s.opts.Dir, vid)
+	if err := fs.Remove(idx); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	if err := fs.SyncDir(s.opts.Dir); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	if err := fs.Rename(part, dat); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	if err := fs.Rename(volume.IdxPath(stage, vid), idx); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	if err := fs.SyncDir(s.opts.Dir); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	v, err := volume.Open(ctx, s.opts.Dir, vid, s.volumeOptions())
+	if err != nil {
+		s.mu.failed[vid] = err
+		return nil, fmt.Errorf("store: open replicated volume %d: %w", vid, err)
+	}
+	delete(s.mu.failed, vid)
+	s.mu.volumes[vid] = v
+	s.opts.Logger.Info("volume replicated", "vid", vid, "images", v.Status().Images, "bytes", v.Status().Size)
+	return v, nil
+}
+
+// pull copies the source's .dat into part, resuming from part's size when
+// it holds a partial pull.
+func (s *Store) pull(ctx context.Context, vid uint32, part string, src VolumeSource, progress ReplicateProgress) error {
+	fs := s.opts.FS
+	f, err := fs.OpenReadWrite(part)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	defer f.Close()
+	have, err := f.Size()
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	var gen uint32
+	if have >= volume.SuperblockSize {
+		sb := make([]byte, volume.SuperblockSize)
+		if _, err := f.ReadAt(sb, 0); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+		super, err := volume.DecodeSuperblock(sb)
+		if err != nil || super.Vid != vid {
+			have = 0 // not a usable partial: start over
+		} else {
+			gen = super.Generation
+		}
+	} else {
+		have = 0
+	}
+	if err := f.Truncate(have); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	if have > 0 {
+		s.opts.Logger.Info("resuming a partial replica pull", "vid", vid, "from", have)
+	}
+	err = src.CopyVolume(ctx, vid, have, gen, func(chunk []byte, off, total int64, _ uint32) error {
+		if _, err := f.WriteAt(chunk, off); err != nil {
+			return err
+		}
+		progress("copy", off+int64(len(chunk)), total)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: pull volume %d: %w", vid, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return fs.SyncDir(filepath.Dir(part))
+}

@@ -1,0 +1,167 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+
+	"github.com/haybale/haybale/internal/vfs"
+	"github.com/haybale/haybale/needle"
+	"github.com/haybale/haybale/store/volume"
+)
+
+// volumeSource serves another Store's volume in-process, optionally
+// failing after some chunks, and records the offsets it was asked for.
+type volumeSource struct {
+	st        *Store
+	failAfter int
+	offsets   []int64
+}
+
+var errInterrupted = errors.New("connection lost")
+
+func (s *volumeSource) CopyVolume(ctx context.Context, vid uint32, offset int64, gen uint32, fn func([]byte, int64, int64, uint32) error) error {
+	s.offsets = append(s.offsets, offset)
+	v, err := s.st.Volume(vid)
+	if err != nil {
+		return err
+	}
+	chunks := 0
+	return v.CopyTo(ctx, offset, gen, func(c []byte, off, total int64, g uint32) error {
+		if s.failAfter > 0 && chunks == s.failAfter {
+			return errInterrupted
+		}
+		chunks++
+		return fn(c, off, total, g)
+	})
+}
+
+func TestReplicateVolumeResumes(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMem()
+	src, err := Open(ctx, Options{Dir: "/src", FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := Open(ctx, Options{Dir: "/dst", FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	v, err := src.CreateVolume(ctx, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := func(k uint64) []byte { return bytes.Repeat([]byte{byte(k), byte(k >> 8), 7}, 20000) }
+	for k := uint64(1); k <= 80; k++ {
+		if _, err := v.Write(ctx, []*needle.Needle{{Key: k, Cookie: k, Size: needle.SizeLarge, Data: data(k)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := v.Delete(ctx, 3, 3, needle.SizeAll); err != nil {
+		t.Fatal(err)
+	}
+	// The destination holds a damaged copy to be replaced.
+	old, err := dst.CreateVolume(ctx, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Write(ctx, []*needle.Needle{{Key: 500, Cookie: 1, Size: needle.SizeThumb, Data: []byte("stale")}}); err != nil {
+		t.Fatal(err)
+	}
+
+	flaky := &volumeSource{st: src, failAfter: 2}
+	if _, err := dst.ReplicateVolume(ctx, 4, flaky, nil); !errors.Is(err, errInterrupted) {
+		t.Fatalf("interrupted pull: %v", err)
+	}
+	part := volume.DatPath(filepath.Join("/dst", syncDir), 4)
+	if fi, err := fs.Stat(part); err != nil || fi.Size() != 2<<20 {
+		t.Fatalf("partial pull: %v, %v", fi, err)
+	}
+	good := &volumeSource{st: src}
+	var phases []string
+	nv, err := dst.ReplicateVolume(ctx, 4, good, func(phase string, done, total int64) {
+		if len(phases) == 0 || phases[len(phases)-1] != phase {
+			phases = append(phases, phase)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(good.offsets) != 1 || good.offsets[0] != 2<<20 {
+		t.Fatalf("the resumed pull started at %v, want [%d]", good.offsets, 2<<20)
+	}
+	if len(phases) != 2 || phases[0] != "copy" || phases[1] != "verify" {
+		t.Fatalf("phases %v", phases)
+	}
+	got, err := dst.Volume(4)
+	if err != nil || got != nv {
+		t.Fatalf("store does not serve the new copy: %v", err)
+	}
+	for k := uint64(1); k <= 80; k++ {
+		n, _, err := nv.Read(k, k, needle.SizeLarge, nil)
+		if k == 3 {
+			if !errors.Is(err, volume.ErrNotFound) {
+				t.Fatalf("deleted key: %v", err)
+			}
+			continue
+		}
+		if err != nil || !bytes.Equal(n.Data, data(k)) {
+			t.Fatalf("key %d: %v", k, err)
+		}
+	}
+	if nv.Has(500, needle.SizeThumb) {
+		t.Fatal("the replaced copy's data is still served")
+	}
+	if err := nv.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fs.Stat(part); err == nil {
+		t.Fatal("the staged copy was left behind")
+	}
+	// The swap is durable: the store reopens with the new copy.
+	dst.Close()
+	dst2, err := Open(ctx, Options{Dir: "/dst", FS: fs.CrashClone()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst2.Close()
+	v2, err := dst2.Volume(4)
+	if err != nil || v2.Status().Images != 79 {
+		t.Fatalf("after restart: %v", err)
+	}
+}
+
+func TestReplicateVolumeRejectsDamagedSource(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMem()
+	src, _ := Open(ctx, Options{Dir: "/src", FS: fs})
+	defer src.Close()
+	dst, _ := Open(ctx, Options{Dir: "/dst", FS: fs})
+	defer dst.Close()
+	v, _ := src.CreateVolume(ctx, 2)
+	for k := uint64(1); k <= 5; k++ {
+		v.Write(ctx, []*needle.Needle{{Key: k, Cookie: k, Size: needle.SizeSmall, Data: bytes.Repeat([]byte{1}, 500)}})
+	}
+	bad := &corruptingSource{volumeSource{st: src}}
+	if _, err := dst.ReplicateVolume(ctx, 2, bad, nil); !errors.Is(err, ErrSourceDamaged) {
+		t.Fatalf("got %v, want ErrSourceDamaged", err)
+	}
+	if _, err := dst.Volume(2); !errors.Is(err, ErrVolumeNotHere) {
+		t.Fatalf("a damaged copy was put in service: %v", err)
+	}
+}
+
+// corruptingSource flips a byte in the middle of what it sends.
+type corruptingSource struct{ volumeSource }
+
+func (c *corruptingSource) CopyVolume(ctx context.Context, vid uint32, offset int64, gen uint32, fn func([]byte, int64, int64, uint32) error) error {
+	return c.volumeSource.CopyVolume(ctx, vid, offset, gen, func(b []byte, off, total int64, g uint32) error {
+		b = bytes.Clone(b)
+		b[len(b)/2] ^= 0xff
+		return fn(b, off, total, g)
+	})
+}
