@@ -15,7 +15,7 @@ func newBenchCmd() *cobra.Command {
 		Short: "Load generators and benchmarks",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(newBenchStoreGetCmd(), newBenchPathsCmd())
+	cmd.AddCommand(newBenchStoreGetCmd(), newBenchPathsCmd(), newBenchUploadCmd())
 	return cmd
 }
 

@@ -19,6 +19,7 @@ func newRootCmd() *cobra.Command {
 		newStoreCmd(),
 		newDirectoryCmd(),
 		newBenchCmd(),
+		newGatewayCmd(),
 	)
 	return root
 }

@@ -1,0 +1,436 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/haybale/haybale/client"
+	"github.com/haybale/haybale/needle"
+	"github.com/haybale/haybale/resizer"
+)
+
+// Defaults of Options.
+const (
+	// DefaultRecentUploads is how many recent uploads the web page lists.
+	DefaultRecentUploads = 20
+	// DefaultCacheTimeout bounds one cache invalidation request.
+	DefaultCacheTimeout = 2 * time.Second
+)
+
+// multipartSlack is how many bytes of multipart framing (boundaries, part
+// headers, other small fields) a multipart upload may carry beyond
+// MaxUploadBytes.
+const multipartSlack = 64 << 10
+
+// Options configure a Gateway. Client and Resizer are required; a zero
+// field takes its documented default.
+type Options struct {
+	// Client writes, reads and deletes photos in the cluster. Required;
+	// the Gateway does not close it.
+	Client *client.Client
+	// Resizer turns an upload into the four sizes. Required.
+	Resizer *resizer.Resizer
+	// APIKey, when not empty, is required as "Authorization: Bearer
+	// <key>" on uploads and deletes. Empty leaves them open.
+	APIKey string
+	// CacheNodes are the base URLs ("http://127.0.0.1:8100") or
+	// "host:port" of the cache tier's nodes, listed exactly as the
+	// directory lists them. After a delete the owning node is asked to
+	// evict the photo. Empty: no cache tier.
+	CacheNodes []string
+	// CacheTimeout bounds one cache invalidation; default
+	// DefaultCacheTimeout (2 s).
+	CacheTimeout time.Duration
+	// CacheHTTPClient sends the cache invalidations; default a client
+	// without its own timeout (CacheTimeout applies).
+	CacheHTTPClient *http.Client
+	// MaxUploadBytes is the largest accepted image in bytes; default the
+	// resizer's MaxBytes (32 MiB unless configured otherwise).
+	MaxUploadBytes int64
+	// MaxConcurrentUploads bounds the uploads holding a body in memory at
+	// once; others wait before reading their body. Default 4 ×
+	// GOMAXPROCS.
+	MaxConcurrentUploads int
+	// RecentUploads is the length of the recent-uploads ring; default
+	// DefaultRecentUploads (20).
+	RecentUploads int
+	// Logger receives structured logs; default slog.Default().
+	Logger *slog.Logger
+	// Registry receives the gateway's metrics and is served at /metrics.
+	// Default: a registry of the gateway's own, with the Go runtime and
+	// process collectors.
+	Registry *prometheus.Registry
+}
+
+// Gateway is the HTTP API of a haybale cluster. It is safe for concurrent
+// use; construct it with New.
+type Gateway struct {
+	opts    Options
+	metrics *metrics
+	recent  *recentRing
+	// uploads bounds the uploads holding a body: a send takes a slot.
+	uploads chan struct{}
+	web     fs.FS
+	handler http.Handler
+	// draining makes /readyz answer 503; set by Server on shutdown.
+	draining atomic.Bool
+}
+
+// New returns a Gateway with the given options, defaults filled in.
+func New(opts Options) (*Gateway, error) {
+	if opts.Client == nil {
+		return nil, errors.New("gateway: Options.Client is required")
+	}
+	if opts.Resizer == nil {
+		return nil, errors.New("gateway: Options.Resizer is required")
+	}
+	if opts.MaxUploadBytes <= 0 {
+		opts.MaxUploadBytes = opts.Resizer.Options().MaxBytes
+	}
+	if opts.MaxConcurrentUploads <= 0 {
+		opts.MaxConcurrentUploads = 4 * runtime.GOMAXPROCS(0)
+	}
+	if opts.RecentUploads <= 0 {
+		opts.RecentUploads = DefaultRecentUploads
+	}
+	if opts.CacheTimeout <= 0 {
+		opts.CacheTimeout = DefaultCacheTimeout
+	}
+	if opts.CacheHTTPClient == nil {
+		opts.CacheHTTPClient = &http.Client{}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	for _, n := range opts.CacheNodes {
+		if strings.TrimSpace(n) == "" {
+			return nil, errors.New("gateway: empty cache node name")
+		}
+	}
+	opts.CacheNodes = append([]string(nil), opts.CacheNodes...)
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+		if err := opts.Registry.Register(collectors.NewGoCollector()); err != nil {
+			return nil, fmt.Errorf("gateway: metrics: %w", err)
+		}
+		if err := opts.Registry.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+			return nil, fmt.Errorf("gateway: metrics: %w", err)
+		}
+	}
+	m, err := newMetrics(opts.Registry)
+	if err != nil {
+		return nil, err
+	}
+	web, err := fs.Sub(webFiles, "web")
+	if err != nil {
+		return nil, fmt.Errorf("gateway: embedded web page: %w", err)
+	}
+	g := &Gateway{
+		opts:    opts,
+		metrics: m,
+		recent:  newRecentRing(opts.RecentUploads),
+		uploads: make(chan struct{}, opts.MaxConcurrentUploads),
+		web:     web,
+	}
+	g.handler = g.routes()
+	return g, nil
+}
+
+// Handler returns the gateway's HTTP handler (every route of the package
+// doc).
+func (g *Gateway) Handler() http.Handler { return g.handler }
+
+// Options returns the options in effect, defaults filled in.
+func (g *Gateway) Options() Options { return g.opts }
+
+func (g *Gateway) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /photos", g.handleUpload)
+	mux.HandleFunc("GET /photos", g.handleRecent)
+	mux.HandleFunc("/photos", methods("GET, HEAD, POST"))
+	mux.HandleFunc("GET /photos/{id}", g.handleInfo)
+	mux.HandleFunc("DELETE /photos/{id}", g.handleDelete)
+	mux.HandleFunc("/photos/{id}", methods("GET, HEAD, DELETE"))
+	mux.HandleFunc("GET /photos/{id}/{size}", g.handleImage)
+	mux.HandleFunc("/photos/{id}/{size}", methods("GET, HEAD"))
+	mux.HandleFunc("GET /api/recent", g.handleRecent)
+	mux.HandleFunc("/api/recent", methods("GET, HEAD"))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if g.draining.Load() {
+			writeError(w, http.StatusServiceUnavailable, "shutting down")
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g.opts.Registry, promhttp.HandlerOpts{}))
+	static := http.FileServerFS(g.web)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		setPageHeaders(w)
+		http.ServeFileFS(w, r, g.web, "index.html")
+	})
+	mux.HandleFunc("GET /static/", func(w http.ResponseWriter, r *http.Request) {
+		setPageHeaders(w)
+		http.StripPrefix("/static", static).ServeHTTP(w, r)
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such route: "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+// setPageHeaders sets the headers of the web page and its assets: nothing
+// but the page's own scripts and styles may load, while images may come
+// from wherever the directory's URLs point (stores, caches, a CDN).
+func setPageHeaders(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("Content-Security-Policy", "default-src 'self'; img-src * data: blob:; connect-src 'self'; frame-ancestors 'none'")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Cache-Control", "no-cache")
+}
+
+// methods answers a request whose path matched but whose method did not:
+// 405 with the allowed methods.
+func methods(allow string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed; allowed: "+allow)
+	}
+}
+
+// authorized reports whether r carries the API key, answering 401 when it
+// does not. Without a configured key every request is authorized.
+func (g *Gateway) authorized(w http.ResponseWriter, r *http.Request) bool {
+	if g.opts.APIKey == "" {
+		return true
+	}
+	scheme, key, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if ok && strings.EqualFold(scheme, "Bearer") &&
+		subtle.ConstantTimeCompare([]byte(strings.TrimSpace(key)), []byte(g.opts.APIKey)) == 1 {
+		return true
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="haybale"`)
+	// The body is not read: close the connection rather than drain it.
+	w.Header().Set("Connection", "close")
+	writeError(w, http.StatusUnauthorized, "missing or wrong API key: send Authorization: Bearer <key>")
+	return false
+}
+
+// parseID reads the {id} path value, answering 400 when it is malformed.
+func parseID(w http.ResponseWriter, r *http.Request) (needle.PhotoID, bool) {
+	id, err := needle.ParsePhotoID(r.PathValue("id"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "malformed photo ID: "+err.Error())
+		return needle.PhotoID{}, false
+	}
+	return id, true
+}
+
+// infoResponse is the answer of GET /photos/{id}.
+type infoResponse struct {
+	ID   string            `json:"id"`
+	URLs map[string]string `json:"urls"`
+}
+
+func (g *Gateway) handleInfo(w http.ResponseWriter, r *http.Request) {
+	id, ok := parseID(w, r)
+	if !ok {
+		return
+	}
+	if _, err := g.opts.Client.Read(r.Context(), id, needle.SizeThumb); err != nil {
+		g.clusterError(w, r, "read "+id.String(), err)
+		return
+	}
+	urls, err := g.opts.Client.PhotoURLs(r.Context(), id)
+	if err != nil {
+		g.clusterError(w, r, "photo URLs of "+id.String(), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, infoResponse{ID: id.String(), URLs: urls})
+}
+
+func (g *Gateway) handleImage(w http.ResponseWriter, r *http.Request) {
+	id, ok := parseID(w, r)
+	if !ok {
+		return
+	}
+	letter, _, _ := strings.Cut(r.PathValue("size"), ".") // a cosmetic extension is allowed
+	size, err := needle.ParseSizeLetter(letter)
+	if err != nil || size > needle.SizeLarge {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown size %q: want t, s, m or l", r.PathValue("size")))
+		return
+	}
+	urls, err := g.opts.Client.PhotoURLs(r.Context(), id)
+	if err != nil {
+		g.clusterError(w, r, "photo URLs of "+id.String(), err)
+		return
+	}
+	u := urls[size.Letter()]
+	if u == "" {
+		writeError(w, http.StatusServiceUnavailable, "the directory gave no URL for size "+size.Letter())
+		return
+	}
+	http.Redirect(w, r, u, http.StatusFound)
+}
+
+// deleteResponse is the answer of DELETE /photos/{id}.
+type deleteResponse struct {
+	ID      string `json:"id"`
+	Deleted bool   `json:"deleted"`
+	// CacheEvicted says whether the owning cache node confirmed the
+	// eviction; absent without a cache tier.
+	CacheEvicted *bool `json:"cache_evicted,omitempty"`
+}
+
+func (g *Gateway) handleDelete(w http.ResponseWriter, r *http.Request) {
+	if !g.authorized(w, r) {
+		g.metrics.deletes.WithLabelValues("unauthorized").Inc()
+		return
+	}
+	id, ok := parseID(w, r)
+	if !ok {
+		g.metrics.deletes.WithLabelValues("bad_request").Inc()
+		return
+	}
+	if err := g.opts.Client.Delete(r.Context(), id); err != nil {
+		switch {
+		case errors.Is(err, client.ErrNotFound):
+			g.metrics.deletes.WithLabelValues("not_found").Inc()
+		default:
+			g.metrics.deletes.WithLabelValues("error").Inc()
+		}
+		g.clusterError(w, r, "delete "+id.String(), err)
+		return
+	}
+	g.metrics.deletes.WithLabelValues("ok").Inc()
+	g.recent.remove(id)
+	resp := deleteResponse{ID: id.String(), Deleted: true}
+	if len(g.opts.CacheNodes) > 0 {
+		evicted := g.invalidate(r.Context(), id)
+		resp.CacheEvicted = &evicted
+	}
+	g.opts.Logger.Info("photo deleted", "photo", id.String())
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// invalidate asks the cache node owning id to evict every size of it, and
+// reports whether the node confirmed. Failures are logged and counted.
+func (g *Gateway) invalidate(ctx context.Context, id needle.PhotoID) bool {
+	node := g.opts.CacheNodes[needle.Owner(id.Key, g.opts.CacheNodes)]
+	u := baseURL(node) + needle.ImagePathPrefix + id.String()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.opts.CacheTimeout)
+	defer cancel()
+	err := func() error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := g.opts.CacheHTTPClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		// Evicting what was never cached is still success.
+		if resp.StatusCode/100 != 2 && resp.StatusCode != http.StatusNotFound {
+			return fmt.Errorf("HTTP %s", resp.Status)
+		}
+		return nil
+	}()
+	if err != nil {
+		g.metrics.invalidations.WithLabelValues("error").Inc()
+		g.opts.Logger.Warn("cache invalidation failed; the cache may serve the deleted photo until it expires",
+			"photo", id.String(), "node", node, "err", err)
+		return false
+	}
+	g.metrics.invalidations.WithLabelValues("ok").Inc()
+	return true
+}
+
+// baseURL turns "host:port" into "http://host:port" and drops a trailing
+// slash; a URL with a scheme is kept.
+func baseURL(s string) string {
+	s = strings.TrimRight(strings.TrimSpace(s), "/")
+	if !strings.Contains(s, "://") {
+		s = "http://" + s
+	}
+	return s
+}
+
+// recentResponse is the answer of GET /api/recent and GET /photos: the
+// recent uploads, newest first, and what the web page needs to know.
+type recentResponse struct {
+	Photos         []UploadResponse `json:"photos"`
+	MaxUploadBytes int64            `json:"max_upload_bytes"`
+	APIKeyRequired bool             `json:"api_key_required"`
+}
+
+func (g *Gateway) handleRecent(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, recentResponse{
+		Photos:         g.recent.list(),
+		MaxUploadBytes: g.opts.MaxUploadBytes,
+		APIKeyRequired: g.opts.APIKey != "",
+	})
+}
+
+// clusterError answers a failed client call: 404 for a missing photo, 400
+// for a request the cluster calls invalid, 503 when the cluster is
+// unavailable or the request was cancelled, 500 otherwise.
+func (g *Gateway) clusterError(w http.ResponseWriter, r *http.Request, what string, err error) {
+	switch {
+	case errors.Is(err, client.ErrNotFound):
+		writeError(w, http.StatusNotFound, "photo not found")
+	case errors.Is(err, client.ErrInvalid):
+		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, client.ErrUnavailable), r.Context().Err() != nil,
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		g.opts.Logger.Warn("cluster unavailable", "op", what, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "the photo cluster is unavailable; try again later")
+	default:
+		g.opts.Logger.Error("cluster request failed", "op", what, "err", err)
+		writeError(w, http.StatusInternalServerError, "internal error")
+	}
+}
+
+// errorResponse is every error answer's body.
+type errorResponse struct {
+	Error string `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, errorResponse{Error: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // answers are JSON, never HTML; keep messages readable
+	if err := enc.Encode(v); err != nil {
+		status = http.StatusInternalServerError
+		buf.Reset()
+		buf.WriteString(`{"error":"internal error: encoding the answer"}` + "\n")
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	w.Write(buf.Bytes())
+}
