@@ -9,15 +9,15 @@ import (
 )
 
 // pending is one queued batch: its encoded needles and the index changes
-// they make, with offsets relative to the start of buf until the leader
+// they make, with offsets relative to the start of buf until the committer
 // places the batch.
 type pending struct {
 	buf   []byte
 	ops   []idxEntry
-	base  int64  // where the leader placed buf
+	base  int64  // where the committer placed buf
 	freed uint64 // 8-byte units freed by tombstones
 	err   error
-	done  bool
+	done  chan struct{} // closed when the batch is durable or failed
 }
 
 // tombstoneOnly reports whether the batch only deletes; deletes are
@@ -31,62 +31,113 @@ func (p *pending) tombstoneOnly() bool {
 	return true
 }
 
-// commitQueue implements group commit. Writers queue batches; the first
-// writer that finds no leader becomes the leader and commits everything
-// queued, in rounds, until the queue is empty. Only the leader touches the
-// file tail, the idx file and the idx state.
+// commitQueue implements group commit. Writers queue batches and wait; one
+// committer goroutine per volume takes everything queued, commits it as one
+// round (pwrite, one fdatasync, index), wakes exactly the writers of that
+// round, and takes the next round, which holds everything that arrived
+// meanwhile. Only the committer (or whoever holds round) touches the file
+// tail, the idx file and the idx state.
 type commitQueue struct {
+	// round is held by the committer for each round, and by lead to stop
+	// appends (compaction's last catch-up and swap, Sync).
+	round sync.Mutex
+
 	mu      sync.Mutex
-	cond    sync.Cond // signalled when a round completes or the leader leaves
 	queue   []*pending
-	leader  bool
 	closing bool
+
+	kick    chan struct{} // wakes the committer; capacity 1
+	stopped chan struct{} // closed when the committer has exited
 }
 
-func (q *commitQueue) release() {
+// startCommitter starts the volume's committer goroutine; Close stops it.
+func (v *Volume) startCommitter() {
+	v.commit.kick = make(chan struct{}, 1)
+	v.commit.stopped = make(chan struct{})
+	go v.committer()
+}
+
+func (q *commitQueue) wake() {
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+}
+
+// committer commits rounds until the volume closes; it exits once closing
+// is set and the queue is empty, so every queued batch gets an answer.
+func (v *Volume) committer() {
+	q := &v.commit
+	defer close(q.stopped)
+	for range q.kick {
+		for {
+			q.mu.Lock()
+			group, closing := q.queue, q.closing
+			q.queue = nil
+			q.mu.Unlock()
+			if len(group) == 0 {
+				if closing {
+					return
+				}
+				break
+			}
+			q.round.Lock()
+			v.commitGroup(group)
+			q.round.Unlock()
+			for _, p := range group {
+				close(p.done)
+			}
+		}
+	}
+}
+
+// stopCommitter makes the committer finish what is queued and exit.
+func (v *Volume) stopCommitter() {
+	q := &v.commit
 	q.mu.Lock()
-	q.leader = false
-	q.cond.Broadcast()
+	q.closing = true
 	q.mu.Unlock()
+	q.wake()
+	<-q.stopped
 }
 
 // submit queues p and waits until it is durable and indexed, or failed. It
 // returns the byte offset where p's buffer starts.
 func (v *Volume) submit(p *pending) (int64, error) {
 	q := &v.commit
+	p.done = make(chan struct{})
 	q.mu.Lock()
 	if q.closing {
 		q.mu.Unlock()
 		return 0, ErrClosed
 	}
 	q.queue = append(q.queue, p)
-	for !p.done && q.leader {
-		q.cond.Wait()
-	}
-	if p.done {
-		q.mu.Unlock()
-		return p.base, p.err
-	}
-	// Lead one round: everything queued so far, p included. Batches that
-	// arrive meanwhile wait for the next round, led by one of their
-	// writers, so no writer waits on rounds beyond its own.
-	q.leader = true
-	group := q.queue
-	q.queue = nil
 	q.mu.Unlock()
-	v.commitGroup(group)
-	q.mu.Lock()
-	for _, g := range group {
-		g.done = true
-	}
-	q.leader = false
-	q.cond.Broadcast()
-	q.mu.Unlock()
+	q.wake()
+	<-p.done
 	return p.base, p.err
 }
 
+// lead stops appends until release: it takes the round lock between two
+// rounds of the committer.
+func (v *Volume) lead() error {
+	q := &v.commit
+	q.round.Lock()
+	q.mu.Lock()
+	closing := q.closing
+	q.mu.Unlock()
+	if closing {
+		q.round.Unlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+// release lets appends go on after lead.
+func (q *commitQueue) release() { q.round.Unlock() }
+
 // commitGroup writes, syncs and indexes one round of batches. It runs only
-// in the leader.
+// in the committer, under the round lock.
 func (v *Volume) commitGroup(group []*pending) {
 	start := v.tail.Load()
 	end := start

@@ -208,22 +208,6 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 // sealedReason is the read-only marker's content for a sealed volume.
 const sealedReason = "sealed"
 
-// lead takes the commit leader role, stopping appends until release. Close
-// waits for it like for any leader.
-func (v *Volume) lead() error {
-	q := &v.commit
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for q.leader {
-		q.cond.Wait()
-	}
-	if q.closing {
-		return ErrClosed
-	}
-	q.leader = true
-	return nil
-}
-
 // compactBuilder writes a new volume and its idx.
 type compactBuilder struct {
 	fs       vfs.FS

@@ -51,9 +51,11 @@
 // # Writes and group commit
 //
 // Write appends a batch of needles and returns only after they are durable
-// (fdatasync). Concurrent writers share syncs: the first waiting writer
-// becomes the leader, writes every queued batch with one pwrite each, syncs
-// once, publishes the needles to the index and wakes the others. Every needle
+// (fdatasync). Concurrent writers share syncs: each volume has one committer
+// goroutine that takes every queued batch as one round, writes it (one
+// pwrite for a small round), syncs once, publishes the needles to the index
+// and wakes exactly the writers of that round; batches that arrive during a
+// round form the next one. Every needle
 // of a batch but the last carries the "batch continues" flag, so recovery
 // drops a batch whose end never reached the disk: a batch lands whole or not
 // at all.

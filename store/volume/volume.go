@@ -190,7 +190,6 @@ func Open(ctx context.Context, dir string, vid uint32, opts Options) (*Volume, e
 	opts = opts.withDefaults()
 	v := &Volume{opts: opts, dir: dir, vid: vid, idxPath: IdxPath(dir, vid)}
 	v.mu.index = newIndex()
-	v.commit.cond.L = &v.commit.mu
 	// Stat first: OpenReadWrite would create a missing file.
 	if _, err := opts.FS.Stat(DatPath(dir, vid)); err != nil {
 		return nil, fmt.Errorf("volume %d: %w", vid, err)
@@ -218,6 +217,7 @@ func Open(ctx context.Context, dir string, vid uint32, opts Options) (*Volume, e
 	if v.tail.Load() >= opts.SizeLimit {
 		v.setState(StateReadOnly, "full")
 	}
+	v.startCommitter()
 	return v, nil
 }
 
@@ -333,12 +333,7 @@ func (v *Volume) Status() Status {
 // Close waits for writes in flight, syncs the idx and closes the files.
 // Reads and writes after Close return ErrClosed.
 func (v *Volume) Close() error {
-	v.commit.mu.Lock()
-	v.commit.closing = true
-	for v.commit.leader {
-		v.commit.cond.Wait()
-	}
-	v.commit.mu.Unlock()
+	v.stopCommitter()
 
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -562,12 +557,9 @@ func (v *Volume) Delete(ctx context.Context, key, cookie uint64, size needle.Siz
 // Sync flushes the idx hint; the .dat is always synced before a write
 // returns.
 func (v *Volume) Sync() error {
-	v.commit.mu.Lock()
-	for v.commit.leader {
-		v.commit.cond.Wait()
+	if err := v.lead(); err != nil {
+		return err
 	}
-	v.commit.leader = true
-	v.commit.mu.Unlock()
 	defer v.commit.release()
 	if v.idx == nil || v.idxErr != nil {
 		return v.idxErr
