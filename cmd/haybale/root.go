@@ -20,6 +20,7 @@ func newRootCmd() *cobra.Command {
 		newDirectoryCmd(),
 		newBenchCmd(),
 		newGatewayCmd(),
+		newCacheCmd(),
 	)
 	return root
 }

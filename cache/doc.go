@@ -1,0 +1,81 @@
+// Package cache is the caching HTTP tier in front of the stores: it serves
+// the image path /p/<photo ID>/<size>[.<ext>] exactly as a store does and
+// keeps recently fetched images in memory.
+//
+// # Answers
+//
+// A hit and a miss give the same answer, byte for byte, as the store would:
+// the headers, 304, Range (206/416) and the 404 of a missing image are
+// written by internal/imagehttp, which the store uses too. Only the
+// failures that a store would answer with a 5xx differ, because the cache
+// has already tried every replica:
+//
+//   - every replica answered 404 (or the directory does not know the
+//     volume): the store's 404, "Cache-Control: public, max-age=60";
+//   - no replica could serve it (connection errors, 5xx and corrupt
+//     answers from all, or no replica known): 502, "X-Haybale-Error:
+//     upstream-unavailable", "Cache-Control: no-store", JSON error;
+//   - the replicas did not answer within Options.UpstreamTimeout: 504,
+//     "X-Haybale-Error: upstream-timeout", the same otherwise.
+//
+// DELETE /p/<photo ID> (optionally followed by /<size>[.<ext>]) evicts
+// every size of the photo and answers 204, whether or not anything was
+// cached; the gateway sends it to the owning node after a photo delete.
+// For a while afterwards (twice UpstreamTimeout, at least 10 s) the node
+// remembers the deletion, and no fetch that was in flight at that moment
+// can put the old bytes back: such fetches answer their own requests but
+// are not admitted. The endpoint is meant for the cluster's network, like
+// the stores' gRPC port; anyone who can reach it can only cause misses.
+//
+// # Misses
+//
+// A miss fetches the whole image through client.Client.Read, which looks
+// the volume's replicas up in the directory (cached for the client's
+// LookupTTL) and fails over to the next replica on a connection error, a
+// timeout, a 5xx (including a store's "corrupt" answer) or a 404. Only one
+// fetch per image is in flight at a time (golang.org/x/sync/singleflight):
+// concurrent requests for the same image wait for it and share its bytes.
+// A fetch is not tied to the request that started it: it runs under the
+// cache's own context with Options.UpstreamTimeout, so a client hanging up
+// does not fail the other waiters. Each replica attempt is bounded by the
+// client's HTTPClient timeout, which should be well under UpstreamTimeout
+// so that a hung replica leaves time for the next one. Answers other than
+// an image (404s, failures) are not cached.
+//
+// # Admission
+//
+// As in Haystack, a fetched image is cached only when it is likely to be
+// read again here. The rules, checked in this order, each counted in
+// haybale_cache_admissions_refused_total{rule=...} when it refuses:
+//
+//   - not-owner: several nodes share the key space by rendezvous hashing on
+//     the photo key (needle.Owner over Options.Nodes, the function the
+//     directory's URL builder uses), and a node caches only the keys it
+//     owns. It still answers for the others, fetching without caching.
+//   - cdn: the request carries the Options.CDNHeader header (non-empty),
+//     so a CDN is caching the answer; switch off with AdmitFromCDN.
+//   - read-only: the image's volume is not writable. Recent uploads, which
+//     live on writable volumes, are the hot ones; switch off with
+//     AdmitReadOnly. The state comes from the client's lookup cache.
+//   - deleted: the photo was invalidated while the fetch was in flight.
+//
+// Requests refused by the not-owner or cdn rule share fetches among
+// themselves but never with admitted ones, so the admitted fetch of an
+// image can put it in the cache before its flight ends: later requests
+// then hit rather than start a second fetch.
+//
+// # Memory
+//
+// Images live in a maypok86/otter/v2 cache bounded by Options.Capacity
+// bytes: an entry weighs its image bytes plus a fixed overhead for its key,
+// headers and bookkeeping. Otter's eviction policy (W-TinyLFU) chooses the
+// victims. Otter runs its maintenance on the calling goroutine, so the
+// cache starts no goroutine of its own.
+//
+// # Concurrency
+//
+// A Cache is safe for concurrent use. Its fields are immutable after New
+// except the otter cache and singleflight group (internally synchronized),
+// the metrics (atomic) and the deletion records (under mu). A Server is
+// safe for concurrent use; Serve is called once.
+package cache

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/haybale/haybale/cache"
+	"github.com/haybale/haybale/client"
+)
+
+// cacheFlags are the flags of `haybale cache`.
+type cacheFlags struct {
+	directory       string
+	httpAddr        string
+	capacity        byteSize
+	nodes           []string
+	self            string
+	cdnHeader       string
+	admitCDN        bool
+	admitReadOnly   bool
+	upstreamTimeout time.Duration
+	replicaTimeout  time.Duration
+	lookupTTL       time.Duration
+	shutdownTimeout time.Duration
+	log             logFlags
+}
+
+func (f *cacheFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.directory, "directory", "", "gRPC address HOST:PORT of the directory (required)")
+	fs.StringVar(&f.httpAddr, "http", ":8100", "address of the HTTP server (images, DELETE /p/<photo ID>, /healthz, /readyz, /metrics)")
+	f.capacity = byteSize(cache.DefaultCapacity)
+	fs.Var(&f.capacity, "capacity", "memory for cached images, e.g. 4GiB or 512MB")
+	fs.StringSliceVar(&f.nodes, "nodes", nil, "every cache node (base URLs or host:port, comma-separated, written exactly as the directory's --cache-nodes); each node caches only the photos it owns")
+	fs.StringVar(&f.self, "self", "", "this node's entry in --nodes (required with --nodes)")
+	fs.StringVar(&f.cdnHeader, "cdn-header", cache.DefaultCDNHeader, "request header that marks traffic coming through a CDN")
+	fs.BoolVar(&f.admitCDN, "admit-cdn", false, "also cache images requested through a CDN (default: the CDN caches them)")
+	fs.BoolVar(&f.admitReadOnly, "admit-read-only", false, "also cache images of read-only volumes (default: only writable volumes, the recent uploads)")
+	fs.DurationVar(&f.upstreamTimeout, "upstream-timeout", cache.DefaultUpstreamTimeout, "time limit of one miss's fetch from the stores, replica failover included")
+	fs.DurationVar(&f.replicaTimeout, "replica-timeout", 3*time.Second, "time limit of one replica attempt; after it the next replica is tried (keep it well under --upstream-timeout)")
+	fs.DurationVar(&f.lookupTTL, "lookup-ttl", 30*time.Second, "how long a volume's replicas and state from the directory are reused")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
+	f.log.register(fs)
+}
+
+func (f *cacheFlags) validate() error {
+	switch {
+	case f.directory == "":
+		return fmt.Errorf("--directory is required")
+	case f.capacity <= 0:
+		return fmt.Errorf("--capacity %v: must be more than 0", f.capacity)
+	case len(f.nodes) > 0 && f.self == "":
+		return fmt.Errorf("--self is required with --nodes")
+	case len(f.nodes) == 0 && f.self != "":
+		return fmt.Errorf("--self needs --nodes")
+	case f.cdnHeader == "":
+		return fmt.Errorf("--cdn-header must not be empty")
+	case f.upstreamTimeout <= 0 || f.replicaTimeout <= 0 || f.lookupTTL <= 0:
+		return fmt.Errorf("--upstream-timeout, --replica-timeout and --lookup-ttl must be positive")
+	}
+	return nil
+}
+
+func newCacheCmd() *cobra.Command {
+	var f cacheFlags
+	cmd := &cobra.Command{
+		Use:   "cache",
+		Short: "Serve images from memory in front of the stores (the cache tier)",
+		Long: `cache serves the image path /p/<photo ID>/<size>[.<ext>] exactly as a store
+does, keeping recently read images in memory and fetching misses from a
+replica (failing over to the next on error, timeout or corrupt answers).
+
+As in Haystack, an image is cached only when the request did not come
+through a CDN (--cdn-header) and its volume is writable; --admit-cdn and
+--admit-read-only switch the rules off. With --nodes, several caches share
+the photo keys by rendezvous hashing: each caches only the photos it owns
+and answers for the others without caching. DELETE /p/<photo ID> evicts a
+photo (the gateway sends it after a delete).`,
+		Example: "  haybale cache --directory dir1:7070 --http :8100 --capacity 4GiB \\\n" +
+			"    --nodes http://cache1:8100,http://cache2:8100 --self http://cache1:8100",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.validate(); err != nil {
+				return err
+			}
+			return runCache(cmd.Context(), &f)
+		},
+	}
+	f.register(cmd.Flags())
+	return cmd
+}
+
+func runCache(ctx context.Context, f *cacheFlags) error {
+	logger, err := f.log.logger()
+	if err != nil {
+		return err
+	}
+	cl, err := client.New(client.Options{
+		Directory:  f.directory,
+		HTTPClient: &http.Client{Timeout: f.replicaTimeout},
+		LookupTTL:  f.lookupTTL,
+		Logger:     logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	c, err := cache.New(cache.Options{
+		Client:          cl,
+		Capacity:        int64(f.capacity),
+		CDNHeader:       f.cdnHeader,
+		AdmitFromCDN:    f.admitCDN,
+		AdmitReadOnly:   f.admitReadOnly,
+		Nodes:           f.nodes,
+		Self:            f.self,
+		UpstreamTimeout: f.upstreamTimeout,
+		Logger:          logger,
+	})
+	if err != nil {
+		return err
+	}
+	srv, err := cache.NewServer(c, cache.ServerOptions{
+		Addr:            f.httpAddr,
+		Logger:          logger,
+		ShutdownTimeout: f.shutdownTimeout,
+	})
+	if err != nil {
+		c.Close()
+		return err
+	}
+	return srv.Serve(ctx)
+}

@@ -1,0 +1,31 @@
+// Package imagehttp writes the HTTP answers of the image path
+// (/p/<photo ID>/<size>[.<ext>]) that stores and caches share, so the two
+// tiers answer byte for byte alike and a CDN can use either as its origin.
+//
+// It owns the answer contract of DESIGN.md's "Store HTTP" section:
+//
+//   - 200: Content-Type, Content-Length, ETag (the needle checksum as 16
+//     quoted lower-case hex digits, see AppendETag), Last-Modified (the
+//     append time in whole seconds), "Cache-Control: public,
+//     max-age=31536000, immutable" and "Accept-Ranges: bytes".
+//   - Preconditions in the order of RFC 9110 section 13.2.2: If-Match (412),
+//     If-Unmodified-Since (412), If-None-Match (304, weak comparison),
+//     If-Modified-Since (304). A 304 carries ETag, Last-Modified and
+//     Cache-Control, and no Content-Type.
+//   - One byte range gives 206 with Content-Range; an unsatisfiable or
+//     malformed one gives 416 with a JSON error (and "Content-Range: bytes
+//     */<size>" when unsatisfiable); several ranges, or another unit, give
+//     the whole body (200). If-Range is honoured.
+//   - Every missing image (unknown key, wrong cookie, deleted) is the same
+//     404 with "Cache-Control: public, max-age=60" (NotFound).
+//   - A malformed image path is 400 with a JSON error naming the problem.
+//   - Other errors are JSON bodies {"error": "..."} with
+//     "X-Content-Type-Options: nosniff"; those that tell a cache or CDN why
+//     the image was not served add "Cache-Control: no-store" and an
+//     X-Haybale-Error header (Failure, and the Error* constants).
+//
+// The package imports only the standard library and allocates little: the
+// store's read path uses it without an allocation of its own beyond the
+// header values. Every function is safe for concurrent use; the package
+// holds no mutable state.
+package imagehttp
