@@ -3,18 +3,16 @@ package cache
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/haybale/haybale/internal/imagehttp"
+	"github.com/haybale/haybale/internal/serve"
 	"github.com/haybale/haybale/needle"
 )
 
@@ -62,28 +60,16 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	return o
 }
 
-// maxHeaderBytes bounds a request's headers; image requests need little.
-const maxHeaderBytes = 64 << 10
-
 // ErrServerClosed is returned by Serve after Shutdown.
-var ErrServerClosed = errors.New("cache: server closed")
+var ErrServerClosed = serve.ErrClosed
 
 // Server serves a Cache over HTTP: the image path, /healthz, /readyz and
 // /metrics. It takes ownership of the Cache and closes it on shutdown. A
 // Server is safe for concurrent use; Serve is called once.
 type Server struct {
-	opts    ServerOptions
-	cache   *Cache
-	ln      net.Listener
-	httpSrv *http.Server
-
-	draining atomic.Bool // set when shutdown starts; /readyz answers 503
-	serving  atomic.Bool // Serve has been called
-
-	shutdownOnce sync.Once
-	shutdownDone chan struct{} // closed when Shutdown has finished
-	shutdownErr  error         // written before shutdownDone is closed
-	stopping     chan struct{} // closed when Shutdown starts
+	opts  ServerOptions
+	cache *Cache
+	http  *serve.HTTP
 }
 
 // NewServer binds the listener for c; nothing is served until Serve. The
@@ -93,16 +79,14 @@ func NewServer(c *Cache, opts ServerOptions) (*Server, error) {
 		return nil, errors.New("cache: NewServer: nil Cache")
 	}
 	opts = opts.withDefaults()
-	s := &Server{opts: opts, cache: c, ln: opts.Listener, shutdownDone: make(chan struct{}), stopping: make(chan struct{})}
-	if s.ln == nil {
-		if opts.Addr == "" {
-			return nil, errors.New("cache: NewServer: an address is required")
-		}
+	ln := opts.Listener
+	if ln == nil {
 		var err error
-		if s.ln, err = net.Listen("tcp", opts.Addr); err != nil {
-			return nil, fmt.Errorf("cache: listener: %w", err)
+		if ln, err = serve.Listen("cache", opts.Addr); err != nil {
+			return nil, err
 		}
 	}
+	s := &Server{opts: opts, cache: c}
 	images := c.Handler()
 	reg := c.Registry()
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
@@ -115,7 +99,7 @@ func NewServer(c *Cache, opts ServerOptions) (*Server, error) {
 		case "/healthz":
 			imagehttp.WriteJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 		case "/readyz":
-			if s.draining.Load() {
+			if s.http.Draining() {
 				imagehttp.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"error": "shutting down"})
 				return
 			}
@@ -126,19 +110,16 @@ func NewServer(c *Cache, opts ServerOptions) (*Server, error) {
 			imagehttp.NoRoute(w)
 		}
 	})
-	s.httpSrv = &http.Server{
-		Handler:           handler,
-		ReadHeaderTimeout: opts.ReadHeaderTimeout,
-		WriteTimeout:      opts.WriteTimeout,
-		IdleTimeout:       opts.IdleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
-	}
+	s.http = serve.New(ln, handler, serve.Options{
+		Name: "cache", Logger: opts.Logger, ShutdownTimeout: opts.ShutdownTimeout,
+		ReadHeaderTimeout: opts.ReadHeaderTimeout, WriteTimeout: opts.WriteTimeout, IdleTimeout: opts.IdleTimeout,
+		AfterDrain: c.Close,
+	})
 	return s, nil
 }
 
 // Addr returns the address the server listens on.
-func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+func (s *Server) Addr() net.Addr { return s.http.Addr() }
 
 // Cache returns the served Cache.
 func (s *Server) Cache() *Cache { return s.cache }
@@ -148,41 +129,9 @@ func (s *Server) Cache() *Cache { return s.cache }
 // at most ServerOptions.ShutdownTimeout for requests in flight. It returns
 // nil after a clean shutdown.
 func (s *Server) Serve(ctx context.Context) error {
-	if !s.serving.CompareAndSwap(false, true) {
-		return errors.New("cache: Serve called twice")
-	}
-	select {
-	case <-s.stopping:
-		return ErrServerClosed
-	default:
-	}
 	s.opts.Logger.Info("cache serving", "http", s.Addr().String(), "capacity", s.cache.opts.Capacity,
 		"nodes", len(s.cache.opts.Nodes), "self", s.cache.opts.Self)
-	errc := make(chan error, 1)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		err := s.httpSrv.Serve(s.ln)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		errc <- err
-	})
-	var serveErr error
-	select {
-	case <-ctx.Done():
-		s.opts.Logger.Info("cache shutting down: draining requests in flight", "timeout", s.opts.ShutdownTimeout)
-	case <-s.stopping:
-	case serveErr = <-errc:
-		if serveErr != nil {
-			serveErr = fmt.Errorf("cache: serve: %w", serveErr)
-			s.opts.Logger.Error("cache listener failed; shutting down", "err", serveErr)
-		}
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ShutdownTimeout)
-	defer cancel()
-	shutErr := s.Shutdown(sctx)
-	wg.Wait()
-	return errors.Join(serveErr, shutErr)
+	return s.http.Serve(ctx)
 }
 
 // Shutdown stops accepting connections, waits for requests in flight
@@ -190,25 +139,4 @@ func (s *Server) Serve(ctx context.Context) error {
 // and closes the Cache. It is safe to call more than once and from
 // several goroutines: later calls wait for the first to finish (or for
 // their own ctx) and return its result.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.shutdownOnce.Do(func() {
-		s.draining.Store(true)
-		close(s.stopping)
-		var err error
-		if err = s.httpSrv.Shutdown(ctx); err != nil {
-			// Out of time: cut the connections still busy.
-			err = fmt.Errorf("cache: HTTP drain: %w", err)
-			s.httpSrv.Close()
-		}
-		// Closed by the HTTP server when Serve ran; not otherwise.
-		_ = s.ln.Close()
-		s.shutdownErr = errors.Join(err, s.cache.Close())
-		close(s.shutdownDone)
-	})
-	select {
-	case <-s.shutdownDone:
-		return s.shutdownErr
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }

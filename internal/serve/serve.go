@@ -1,0 +1,200 @@
+// Package serve runs the HTTP servers of haybale's roles with the
+// lifecycle they share: the listener is bound first (so its address is
+// known before serving starts), requests are served until the context is
+// cancelled or Shutdown is called, then requests in flight are drained for
+// a bounded time, the connections left are cut, and the role's own
+// clean-up runs once.
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrClosed is returned by Serve when Shutdown ran before it.
+var ErrClosed = errors.New("serve: server closed")
+
+// Options configure an HTTP server. Zero values take the documented
+// defaults.
+type Options struct {
+	// Name names the role in logs and errors ("cache", "gateway").
+	Name string
+	// Logger receives structured logs; default slog.Default().
+	Logger *slog.Logger
+	// ShutdownTimeout bounds how long Serve drains requests in flight once
+	// its context is cancelled; default 30 s.
+	ShutdownTimeout time.Duration
+	// ReadHeaderTimeout bounds reading a request's headers; default 10 s.
+	ReadHeaderTimeout time.Duration
+	// ReadTimeout bounds reading a whole request; default none.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds a request from the end of its headers to the end
+	// of its answer; default none.
+	WriteTimeout time.Duration
+	// IdleTimeout closes keep-alive connections idle this long; default
+	// 120 s.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a request's headers; default 64 KiB.
+	MaxHeaderBytes int
+	// OnDrain, when set, runs as shutdown starts (for example to make a
+	// readiness check fail).
+	OnDrain func()
+	// AfterDrain, when set, runs once after the requests have drained (for
+	// example to close what the handler used); its error is returned by
+	// Shutdown.
+	AfterDrain func() error
+}
+
+func (o Options) withDefaults() Options {
+	if o.Name == "" {
+		o.Name = "http"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.ShutdownTimeout <= 0 {
+		o.ShutdownTimeout = 30 * time.Second
+	}
+	if o.ReadHeaderTimeout <= 0 {
+		o.ReadHeaderTimeout = 10 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 120 * time.Second
+	}
+	if o.MaxHeaderBytes <= 0 {
+		o.MaxHeaderBytes = 64 << 10
+	}
+	return o
+}
+
+// HTTP is an HTTP server with a drained shutdown. It is safe for
+// concurrent use; Serve is called at most once.
+type HTTP struct {
+	opts    Options
+	ln      net.Listener
+	httpSrv *http.Server
+
+	serving      atomic.Bool
+	draining     atomic.Bool
+	shutdownOnce sync.Once
+	stopping     chan struct{} // closed when Shutdown starts
+	shutdownDone chan struct{} // closed when Shutdown has finished
+	shutdownErr  error         // written before shutdownDone is closed
+}
+
+// New returns a server of h on ln, which it takes ownership of. Nothing
+// is served until Serve.
+func New(ln net.Listener, h http.Handler, opts Options) *HTTP {
+	opts = opts.withDefaults()
+	return &HTTP{
+		opts: opts,
+		ln:   ln,
+		httpSrv: &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: opts.ReadHeaderTimeout,
+			ReadTimeout:       opts.ReadTimeout,
+			WriteTimeout:      opts.WriteTimeout,
+			IdleTimeout:       opts.IdleTimeout,
+			MaxHeaderBytes:    opts.MaxHeaderBytes,
+			ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
+		},
+		stopping:     make(chan struct{}),
+		shutdownDone: make(chan struct{}),
+	}
+}
+
+// Listen binds addr for New, with an error that names the role.
+func Listen(name, addr string) (net.Listener, error) {
+	if addr == "" {
+		return nil, fmt.Errorf("%s: an address to listen on is required", name)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: listen: %w", name, err)
+	}
+	return ln, nil
+}
+
+// Addr returns the address the server listens on.
+func (s *HTTP) Addr() net.Addr { return s.ln.Addr() }
+
+// Draining reports whether shutdown has started.
+func (s *HTTP) Draining() bool { return s.draining.Load() }
+
+// Serve serves until ctx is cancelled, Shutdown is called, or the listener
+// fails. On cancellation it shuts down as Shutdown does, waiting at most
+// Options.ShutdownTimeout for requests in flight. It returns nil after a
+// clean shutdown, and ErrClosed when Shutdown ran before it.
+func (s *HTTP) Serve(ctx context.Context) error {
+	if !s.serving.CompareAndSwap(false, true) {
+		return fmt.Errorf("%s: Serve called twice", s.opts.Name)
+	}
+	select {
+	case <-s.stopping:
+		return ErrClosed
+	default:
+	}
+	errc := make(chan error, 1)
+	go func() {
+		err := s.httpSrv.Serve(s.ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		errc <- err
+	}()
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		s.opts.Logger.Info(s.opts.Name+" shutting down: draining requests in flight", "timeout", s.opts.ShutdownTimeout)
+	case <-s.stopping:
+	case serveErr = <-errc:
+		if serveErr != nil {
+			serveErr = fmt.Errorf("%s: serve: %w", s.opts.Name, serveErr)
+			s.opts.Logger.Error(s.opts.Name+" listener failed; shutting down", "err", serveErr)
+		}
+		errc <- nil // for the receive below
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ShutdownTimeout)
+	defer cancel()
+	shutErr := s.Shutdown(sctx)
+	<-errc
+	return errors.Join(serveErr, shutErr)
+}
+
+// Shutdown stops accepting connections, waits for requests in flight until
+// ctx ends, cuts the connections left, then runs AfterDrain. It is safe to
+// call more than once and from several goroutines: later calls wait for
+// the first (or for their own ctx) and return its result.
+func (s *HTTP) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() {
+		s.draining.Store(true)
+		if s.opts.OnDrain != nil {
+			s.opts.OnDrain()
+		}
+		close(s.stopping)
+		var err error
+		if err = s.httpSrv.Shutdown(ctx); err != nil {
+			err = fmt.Errorf("%s: drain: %w", s.opts.Name, err)
+			s.httpSrv.Close()
+		}
+		s.ln.Close() // when Serve never ran
+		if s.opts.AfterDrain != nil {
+			err = errors.Join(err, s.opts.AfterDrain())
+		}
+		s.shutdownErr = err
+		close(s.shutdownDone)
+	})
+	select {
+	case <-s.shutdownDone:
+		return s.shutdownErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,90 @@
+package serve
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestServeDrainsAndCleansUpOnce(t *testing.T) {
+	ln, err := Listen("test", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	entered := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(entered)
+			<-release
+		}
+		io.WriteString(w, "done")
+	})
+	var drained, cleaned atomic.Int32
+	s := New(ln, h, Options{Name: "test", OnDrain: func() { drained.Add(1) }, AfterDrain: func() error {
+		cleaned.Add(1)
+		return nil
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx) }()
+
+	url := "http://" + s.Addr().String()
+	got := make(chan string, 1)
+	go func() {
+		resp, err := http.Get(url + "/slow")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- string(b)
+	}()
+	<-entered
+	cancel() // SIGTERM while a request is in flight
+	for !s.Draining() {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := http.Get(url + "/"); err == nil {
+		t.Fatal("a new request was accepted while draining")
+	}
+	close(release)
+	if body := <-got; body != "done" {
+		t.Fatalf("the request in flight got %q", body)
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if drained.Load() != 1 || cleaned.Load() != 1 {
+		t.Fatalf("OnDrain ran %d times, AfterDrain %d, want once each", drained.Load(), cleaned.Load())
+	}
+	if err := s.Serve(context.Background()); err == nil {
+		t.Fatal("second Serve succeeded")
+	}
+}
+
+func TestShutdownBeforeServe(t *testing.T) {
+	ln, err := Listen("test", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	s := New(ln, http.NotFoundHandler(), Options{AfterDrain: func() error { return boom }})
+	if err := s.Shutdown(context.Background()); !errors.Is(err, boom) {
+		t.Fatalf("Shutdown = %v, want the clean-up error", err)
+	}
+	if err := s.Serve(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Serve after Shutdown = %v", err)
+	}
+	if _, err := Listen("test", ""); err == nil {
+		t.Fatal("Listen without an address succeeded")
+	}
+}
