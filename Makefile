@@ -1,6 +1,6 @@
 # haybale build targets.
 
-.PHONY: test check fmt-check vet staticcheck build proto
+.PHONY: test check fmt-check vet staticcheck build proto e2e
 
 # Tool versions. Tools are run with `go run pkg@version`, so a machine with
 # only Go can run every target.
@@ -26,6 +26,12 @@ staticcheck:
 
 build:
 	go build -o haybale ./cmd/haybale
+
+# e2e runs only the end-to-end tests: nginx as a CDN, headless Chromium and
+# a cluster of haybale processes (`make test` runs them too). They skip
+# what is not installed; .ci/run installs nginx and chromium.
+e2e:
+	go test -count=1 -v ./e2e/
 
 # Generator versions. buf is pinned here; the plugins are pinned in
 # proto/buf.gen.yaml: protoc-gen-go v1.36.12 (keep it equal to the

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+
 	"github.com/spf13/cobra"
 )
 
@@ -10,7 +12,13 @@ func newRootCmd() *cobra.Command {
 		Short:         "haybale is a Haystack-style photo blob store",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Flags not given on the command line come from the environment
+		// and the config file (config.go).
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return applyConfig(cmd, os.LookupEnv)
+		},
 	}
+	root.PersistentFlags().String("config", "", "YAML file of flag values, one section per subcommand (default $"+configEnvVar+")")
 	// One constructor per subcommand, each in its own file.
 	root.AddCommand(
 		newVersionCmd(),
@@ -21,7 +29,9 @@ func newRootCmd() *cobra.Command {
 		newBenchCmd(),
 		newGatewayCmd(),
 		newCacheCmd(),
+		newServerCmd(),
 	)
+	addConfigHelp(root)
 	return root
 }
 

@@ -42,6 +42,7 @@ var allowed = map[string]rule{
 	"bench":                        {project: []string{"client", "needle", "proto/*"}, thirdParty: anyThirdParty},
 	"internal/testcluster":         {project: []string{"*"}, thirdParty: anyThirdParty},
 	"cmd/haybale":                  {project: []string{"*"}, thirdParty: anyThirdParty},
+	"e2e":                          {project: []string{"*"}, thirdParty: anyThirdParty},
 }
 
 var anyThirdParty = []string{""}
