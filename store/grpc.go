@@ -252,14 +252,9 @@ func (g *grpcService) Read(ctx context.Context, req *storepb.ReadRequest) (*stor
 	}}
 	if req.GetIncludeRaw() {
 		resp.Raw = raw
-		// The volume has no direct lookup of a needle's offset; the index
-		// walk stops at the key, and only tools ask for raw needles.
-		v.Entries(func(e volume.Entry) bool {
-			if e.Key == n.Key && e.Size == n.Size {
-				resp.Offset = uint64(e.Offset)
-			}
-			return e.Key <= n.Key
-		})
+		if e, ok := v.Locate(n.Key, n.Size); ok {
+			resp.Offset = uint64(e.Offset)
+		}
 	}
 	return resp, nil
 }
@@ -278,8 +273,15 @@ func (g *grpcService) AllocateVolume(ctx context.Context, req *storepb.AllocateV
 	}
 	g.allocMu.Lock()
 	defer g.allocMu.Unlock()
-	if _, err := g.srv.store.Volume(vid); err == nil || !errors.Is(err, ErrVolumeNotHere) {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %d already exists on this store", vid)
+	if v, err := g.srv.store.Volume(vid); err == nil {
+		// A retried allocation (its first answer lost) finds the volume it
+		// created still empty: that is success, not a conflict.
+		if st := v.Status(); st.Needles == 0 && st.Size == volume.SuperblockSize {
+			return &storepb.AllocateVolumeResponse{Volume: volumeInfo(st)}, nil
+		}
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %d already exists on this store and holds data", vid)
+	} else if !errors.Is(err, ErrVolumeNotHere) {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %d exists on this store but failed to open: %v", vid, err)
 	}
 	v, err := g.srv.store.CreateVolume(ctx, vid)
 	if err != nil {
@@ -434,11 +436,23 @@ func (g *grpcService) ReplicateVolume(req *storepb.ReplicateVolumeRequest, strea
 		return status.Errorf(codes.InvalidArgument, "source %s: %v", req.GetSourceGrpcAddr(), err)
 	}
 	defer conn.Close()
+	source := storepb.NewStoreClient(conn)
+	// A writable source may acknowledge writes after the pull has begun,
+	// which the copy would miss: sync only read-only (or sealed) volumes.
+	st, err := source.VolumeStatus(stream.Context(), &storepb.VolumeStatusRequest{Vid: vid})
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "source %s: volume %d: %v", req.GetSourceGrpcAddr(), vid, err)
+	}
+	if len(st.GetVolumes()) != 1 || st.GetVolumes()[0].GetState() == storepb.VolumeState_VOLUME_STATE_WRITABLE {
+		return status.Errorf(codes.FailedPrecondition,
+			"volume %d is writable on %s: mark it read-only first (the directory's MarkReadOnly), so no write acknowledged during the copy is missed",
+			vid, req.GetSourceGrpcAddr())
+	}
 	g.replicateMu.Lock()
 	defer g.replicateMu.Unlock()
 	last := ""
 	var lastDone int64
-	v, err := g.srv.store.ReplicateVolume(stream.Context(), vid, GRPCVolumeSource{Client: storepb.NewStoreClient(conn)},
+	v, err := g.srv.store.ReplicateVolume(stream.Context(), vid, req.GetSourceGrpcAddr(), GRPCVolumeSource{Client: source},
 		func(phase string, done, total int64) {
 			// Report each phase change and then every 16 MiB.
 			if phase == last && done-lastDone < 16<<20 && done != total {
@@ -456,6 +470,6 @@ func (g *grpcService) ReplicateVolume(req *storepb.ReplicateVolumeRequest, strea
 		}
 		return volumeError(vid, err)
 	}
-	st := v.Status()
-	return stream.Send(&storepb.ReplicateVolumeResponse{Phase: "done", CopiedBytes: uint64(st.Size), TotalBytes: uint64(st.Size), Volume: volumeInfo(st)})
+	vs := v.Status()
+	return stream.Send(&storepb.ReplicateVolumeResponse{Phase: "done", CopiedBytes: uint64(vs.Size), TotalBytes: uint64(vs.Size), Volume: volumeInfo(vs)})
 }

@@ -7,10 +7,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 	"github.com/haybale/haybale/store/volume"
 )
@@ -75,9 +78,18 @@ type ReplicateProgress func(phase string, done, total int64)
 // when the pull (or its last resumption) began; for a writable volume,
 // writes acknowledged after that are not in it, so sync read-only volumes
 // (the directory marks a volume read-only when a replica is missing).
-func (s *Store) ReplicateVolume(ctx context.Context, vid uint32, src VolumeSource, progress ReplicateProgress) (*volume.Volume, error) {
+func (s *Store) ReplicateVolume(ctx context.Context, vid uint32, source string, src VolumeSource, progress ReplicateProgress) (*volume.Volume, error) {
 	if progress == nil {
 		progress = func(string, int64, int64) {}
+	}
+	// The copy being replaced takes no more writes: what it would
+	// acknowledge now would be lost in the swap.
+	if old, err := s.Volume(vid); err == nil {
+		if st, _ := old.State(); st == volume.StateWritable {
+			if err := old.MarkReadOnly(ctx, "replica sync"); err != nil {
+				return nil, fmt.Errorf("store: mark volume %d read-only for the sync: %w", vid, err)
+			}
+		}
 	}
 	fs := s.opts.FS
 	stage := filepath.Join(s.opts.Dir, syncDir)
@@ -89,7 +101,7 @@ func (s *Store) ReplicateVolume(ctx context.Context, vid uint32, src VolumeSourc
 	}
 	part := volume.DatPath(stage, vid)
 	for attempt := 0; ; attempt++ {
-		err := s.pull(ctx, vid, part, src, progress)
+		err := s.pull(ctx, vid, part, source, src, progress)
 		if err == nil {
 			break
 		}
@@ -117,6 +129,9 @@ func (s *Store) ReplicateVolume(ctx context.Context, vid uint32, src VolumeSourc
 	}
 	if _, err := volume.Reindex(ctx, part, fs); err != nil {
 		return nil, fmt.Errorf("store: index pulled volume %d: %w", vid, err)
+	}
+	if err := fs.Remove(checkpointPath(part)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("store: %w", err)
 	}
 
 	// Swap it in.
@@ -158,19 +173,51 @@ func (s *Store) ReplicateVolume(ctx context.Context, vid uint32, src VolumeSourc
 	return v, nil
 }
 
-// pull copies the source's .dat into part, resuming from part's size when
-// it holds a partial pull.
-func (s *Store) pull(ctx context.Context, vid uint32, part string, src VolumeSource, progress ReplicateProgress) error {
+// checkpointEvery is how many pulled bytes are synced between updates of
+// the resume checkpoint.
+const checkpointEvery = 64 << 20
+
+// checkpointPath names the file beside a partial pull that records which
+// source it comes from and how much of it is durable: "<source>\n<offset>\n".
+func checkpointPath(part string) string { return part + ".from" }
+
+// readCheckpoint returns the durable offset of a partial pull from source,
+// or 0 when there is no usable checkpoint for that source.
+func (s *Store) readCheckpoint(part, source string) int64 {
+	f, err := s.opts.FS.Open(checkpointPath(part))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	b := make([]byte, 1024)
+	n, _ := f.ReadAt(b, 0)
+	lines := strings.Split(string(b[:n]), "\n")
+	if len(lines) < 2 || lines[0] != source {
+		return 0
+	}
+	off, err := strconv.ParseInt(lines[1], 10, 64)
+	if err != nil || off < 0 {
+		return 0
+	}
+	return off
+}
+
+// pull copies the source's .dat into part, resuming from the last
+// checkpoint when part holds a partial pull from the same source (another
+// replica's bytes are laid out differently, and bytes past the checkpoint
+// may not have reached the disk).
+func (s *Store) pull(ctx context.Context, vid uint32, part, source string, src VolumeSource, progress ReplicateProgress) error {
 	fs := s.opts.FS
 	f, err := fs.OpenReadWrite(part)
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
 	defer f.Close()
-	have, err := f.Size()
+	size, err := f.Size()
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
+	have := min(size, s.readCheckpoint(part, source))
 	var gen uint32
 	if have >= volume.SuperblockSize {
 		sb := make([]byte, volume.SuperblockSize)
@@ -190,20 +237,70 @@ func (s *Store) pull(ctx context.Context, vid uint32, part string, src VolumeSou
 		return fmt.Errorf("store: %w", err)
 	}
 	if have > 0 {
-		s.opts.Logger.Info("resuming a partial replica pull", "vid", vid, "from", have)
+		s.opts.Logger.Info("resuming a partial replica pull", "vid", vid, "from", have, "source", source)
 	}
+	checkpoint := func(off int64) error {
+		if err := f.Sync(); err != nil {
+			return err
+		}
+		return writeFileDurably(fs, checkpointPath(part), fmt.Appendf(nil, "%s\n%d\n", source, off))
+	}
+	if err := checkpoint(have); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	last, written := have, have
 	err = src.CopyVolume(ctx, vid, have, gen, func(chunk []byte, off, total int64, _ uint32) error {
 		if _, err := f.WriteAt(chunk, off); err != nil {
 			return err
 		}
-		progress("copy", off+int64(len(chunk)), total)
+		end := off + int64(len(chunk))
+		written = end
+		if end-last >= checkpointEvery {
+			if err := checkpoint(end); err != nil {
+				return err
+			}
+			last = end
+		}
+		progress("copy", end, total)
 		return nil
 	})
 	if err != nil {
+		// Interrupted (the source went away, the call was cancelled):
+		// make what arrived durable so the next pull resumes after it.
+		if written > last {
+			if cerr := checkpoint(written); cerr != nil {
+				s.opts.Logger.Warn("cannot record how far a replica pull got", "vid", vid, "err", cerr)
+			}
+		}
 		return fmt.Errorf("store: pull volume %d: %w", vid, err)
 	}
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
 	return fs.SyncDir(filepath.Dir(part))
+}
+
+// writeFileDurably writes a small file through a temporary name, syncs it,
+// renames it into place and syncs the directory.
+func writeFileDurably(fs vfs.FS, path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := fs.Create(tmp)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(data, 0); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := fs.Rename(tmp, path); err != nil {
+		return err
+	}
+	return fs.SyncDir(filepath.Dir(path))
 }

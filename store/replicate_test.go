@@ -74,16 +74,25 @@ func TestReplicateVolumeResumes(t *testing.T) {
 	}
 
 	flaky := &volumeSource{st: src, failAfter: 2}
-	if _, err := dst.ReplicateVolume(ctx, 4, flaky, nil); !errors.Is(err, errInterrupted) {
+	if _, err := dst.ReplicateVolume(ctx, 4, "src", flaky, nil); !errors.Is(err, errInterrupted) {
 		t.Fatalf("interrupted pull: %v", err)
 	}
 	part := volume.DatPath(filepath.Join("/dst", syncDir), 4)
 	if fi, err := fs.Stat(part); err != nil || fi.Size() != 2<<20 {
 		t.Fatalf("partial pull: %v, %v", fi, err)
 	}
+	// A partial pull from another replica is not resumed: its bytes are
+	// laid out differently.
+	other := &volumeSource{st: src, failAfter: 2}
+	if _, err := dst.ReplicateVolume(ctx, 4, "another store", other, nil); !errors.Is(err, errInterrupted) {
+		t.Fatalf("interrupted pull: %v", err)
+	}
+	if len(other.offsets) != 1 || other.offsets[0] != 0 {
+		t.Fatalf("a pull from another source resumed at %v, want [0]", other.offsets)
+	}
 	good := &volumeSource{st: src}
 	var phases []string
-	nv, err := dst.ReplicateVolume(ctx, 4, good, func(phase string, done, total int64) {
+	nv, err := dst.ReplicateVolume(ctx, 4, "another store", good, func(phase string, done, total int64) {
 		if len(phases) == 0 || phases[len(phases)-1] != phase {
 			phases = append(phases, phase)
 		}
@@ -147,7 +156,7 @@ func TestReplicateVolumeRejectsDamagedSource(t *testing.T) {
 		v.Write(ctx, []*needle.Needle{{Key: k, Cookie: k, Size: needle.SizeSmall, Data: bytes.Repeat([]byte{1}, 500)}})
 	}
 	bad := &corruptingSource{volumeSource{st: src}}
-	if _, err := dst.ReplicateVolume(ctx, 2, bad, nil); !errors.Is(err, ErrSourceDamaged) {
+	if _, err := dst.ReplicateVolume(ctx, 2, "src", bad, nil); !errors.Is(err, ErrSourceDamaged) {
 		t.Fatalf("got %v, want ErrSourceDamaged", err)
 	}
 	if _, err := dst.Volume(2); !errors.Is(err, ErrVolumeNotHere) {

@@ -285,6 +285,10 @@ func TestGRPCStatusCodes(t *testing.T) {
 
 	_, err := ts.client.AllocateVolume(ctx, &storepb.AllocateVolumeRequest{Vid: 1})
 	wantCode(t, "AllocateVolume existing", err, codes.FailedPrecondition)
+	// Volume 2 is still empty: a retried allocation succeeds.
+	if resp, err := ts.client.AllocateVolume(ctx, &storepb.AllocateVolumeRequest{Vid: 2}); err != nil || resp.GetVolume().GetVid() != 2 {
+		t.Fatalf("retried allocation of an empty volume: %v %v", resp, err)
+	}
 	_, err = ts.client.AllocateVolume(ctx, &storepb.AllocateVolumeRequest{Vid: 0})
 	wantCode(t, "AllocateVolume 0", err, codes.InvalidArgument)
 	_, err = ts.client.AllocateVolume(ctx, &storepb.AllocateVolumeRequest{Vid: 9, SizeLimitBytes: 1 << 40})

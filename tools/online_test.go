@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 
@@ -189,6 +190,25 @@ func TestOnlineCompactAndReplicaSync(t *testing.T) {
 			t.Fatalf("sync result %+v, progress:\n%s", res, prog.String())
 		}
 	}
+	// A writable volume is refused: the source could acknowledge writes
+	// the copy would miss.
+	if _, err := ReplicaSync(ctx, vid, s0.Srv.GRPCAddr().String(), s1.Srv.GRPCAddr().String(), Output{W: io.Discard}); err == nil ||
+		!strings.Contains(err.Error(), "read-only first") {
+		t.Fatalf("sync of a writable volume: %v", err)
+	}
+	if _, err := c.Directory.MarkReadOnly(ctx, &directorypb.DirectoryMarkReadOnlyRequest{Vid: vid, Reason: "replica repair"}); err != nil {
+		t.Fatal(err)
+	}
+	c.Eventually("volume read-only on store 0", func() error {
+		v, err := s0.Srv.Store().Volume(vid)
+		if err != nil {
+			return err
+		}
+		if st, _ := v.State(); st == volume.StateWritable {
+			return fmt.Errorf("still writable")
+		}
+		return nil
+	})
 	s1.Stop()
 	if err := os.Remove(volume.DatPath(s1.DataDir, vid)); err != nil {
 		t.Fatal(err)

@@ -24,9 +24,10 @@ func newReplicaCmd() *cobra.Command {
 		Short: "Copy a volume from a healthy replica to a store that lost it or has it damaged",
 		Long: `The store at --to pulls volume N from the store at --from, verifies every
 needle, rebuilds its idx and serves the copy in place of whatever it had. An
-interrupted sync resumes where it stopped when run again. The copy holds what
-the source had when the pull began: sync read-only volumes (the directory
-marks a volume read-only while one of its replicas is missing).
+interrupted sync resumes where it stopped when run again from the same
+source. The volume must be read-only on the source (the directory marks a
+volume read-only while one of its replicas is missing); a writable source
+could acknowledge writes the copy would miss, so it is refused.
 
 Exit status: 0 when the copy is in service, 1 on errors.`,
 		Example: `  haybale replica sync --vid 7 --from store1:8081 --to store2:8081`,

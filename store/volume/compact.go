@@ -181,6 +181,12 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 		v.fail(fmt.Errorf("sync directory after compaction swap: %w", err))
 	}
 	v.mu.Lock()
+	if v.mu.closed {
+		// Close cannot run while this holds the round lock, so this is
+		// only defensive; the new files stay in place and are complete.
+		v.mu.Unlock()
+		return res, ErrClosed
+	}
 	oldDat, oldIdx := v.dat, v.idx
 	v.dat, v.idx, v.idxBytes, v.idxErr = b.dat, b.idx, b.idxBytes, nil
 	v.mu.index = b.ix

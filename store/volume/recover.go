@@ -120,6 +120,7 @@ func (v *Volume) scanTail(ctx context.Context, from, size int64) error {
 	var recs []byte
 	ix := v.mu.index
 	res, err := walk(ctx, v.dat, from, size, walkVisitor{
+		strict: true,
 		batch: func(batch []idxEntry) {
 			for _, e := range batch {
 				if e.tombstone {
@@ -153,6 +154,14 @@ func (v *Volume) scanTail(ctx context.Context, from, size int64) error {
 
 // walkVisitor receives what walk finds. Either function may be nil.
 type walkVisitor struct {
+	// strict drops every batch that damage touches: the intact needles of
+	// the batch before the damage and those after it up to the batch's
+	// last needle. Recovery of the unindexed tail is strict, because there
+	// a damaged stretch is most likely a round whose pages reached the disk
+	// only in part, which was never acknowledged; a batch must land whole
+	// or not at all. Inspection and idx rebuilds are lenient: they keep
+	// every intact needle.
+	strict bool
 	// batch receives each complete batch of needles, in file order.
 	batch func([]idxEntry)
 	// damage receives each damaged stretch that valid needles follow.
@@ -168,15 +177,16 @@ type walkResult struct {
 // walk reads the needles in [from, end) of f. A batch (needles linked by
 // the batch-continues flag) is handed on only when its last needle is
 // found. A damaged stretch followed by a valid needle is not a torn tail:
-// it is reported, the intact needles of the batch around it are kept
-// (later data exists, so the batch was written), and the walk goes on, so
-// no acknowledged needle after it is lost. Whatever follows the last
-// complete batch is the torn tail, reported as validEnd.
+// it is reported and the walk goes on, so no batch after it is lost; the
+// batch around the damage is dropped (strict) or kept in its intact
+// needles (lenient), see walkVisitor. Whatever follows the last complete
+// batch is the torn tail, reported as validEnd.
 func walk(ctx context.Context, f vfs.File, from, end int64, vis walkVisitor) (walkResult, error) {
 	s := NewScanner(f, from, end)
 	var batch []idxEntry
 	res := walkResult{validEnd: from, lastBatch: from}
 	batchStart := from
+	skipping := false
 	flush := func() {
 		if len(batch) > 0 && vis.batch != nil {
 			vis.batch(batch)
@@ -206,9 +216,22 @@ func walk(ctx context.Context, f vfs.File, from, end int64, vis walkVisitor) (wa
 				res.tornErr = err
 				break
 			}
-			flush()
+			if vis.strict {
+				batch = batch[:0]
+				skipping = true
+			} else {
+				flush()
+			}
 			if vis.damage != nil {
 				vis.damage(at, s.Pos(), err)
+			}
+			batchStart, res.validEnd = s.Pos(), s.Pos()
+			continue
+		}
+		if skipping {
+			// The rest of the damaged batch: skip up to its last needle.
+			if n.Flags&needle.FlagBatchContinues == 0 {
+				skipping = false
 			}
 			batchStart, res.validEnd = s.Pos(), s.Pos()
 			continue

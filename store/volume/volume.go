@@ -334,6 +334,10 @@ func (v *Volume) Status() Status {
 // Reads and writes after Close return ErrClosed.
 func (v *Volume) Close() error {
 	v.stopCommitter()
+	// The idx file and its state belong to whoever holds the round lock
+	// (a compaction's swap, Sync): wait for them.
+	v.commit.round.Lock()
+	defer v.commit.round.Unlock()
 
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -421,6 +425,18 @@ func (v *Volume) Has(key uint64, size needle.SizeCode) bool {
 	defer v.mu.RUnlock()
 	_, _, ok := v.mu.index.get(key, uint32(size))
 	return ok && !v.mu.closed
+}
+
+// Locate returns where the live needle for (key, size) lies, without
+// reading it or checking its cookie.
+func (v *Volume) Locate(key uint64, size needle.SizeCode) (Entry, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	off, length, ok := v.mu.index.get(key, uint32(size))
+	if !ok || v.mu.closed {
+		return Entry{}, false
+	}
+	return Entry{Key: key, Size: size, Offset: int64(off) * needle.Alignment, Length: int(length) * needle.Alignment}, true
 }
 
 // Entry is one live needle's place in the volume.
