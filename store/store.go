@@ -39,6 +39,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"path/filepath"
 	"runtime"
@@ -53,6 +54,10 @@ import (
 	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/store/volume"
 )
+
+// LockFile is the file in a data directory that a running store (or an
+// offline tool) holds an exclusive lock on.
+const LockFile = volume.DirLockFile
 
 // ErrVolumeNotHere is returned for a vid this store does not hold.
 var ErrVolumeNotHere = errors.New("store: volume not on this store")
@@ -78,6 +83,7 @@ type Options struct {
 type Store struct {
 	opts  Options
 	ready atomic.Bool
+	lock  io.Closer // the data directory's lock, held while open
 
 	mu struct {
 		sync.RWMutex
@@ -114,8 +120,19 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err := opts.FS.SyncDir(filepath.Dir(filepath.Clean(opts.Dir))); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	// One process per data directory: a second store, or an offline tool
+	// compacting a volume under a running store, would lose writes.
+	lock, err := opts.FS.Lock(filepath.Join(opts.Dir, LockFile))
+	if err != nil {
+		if errors.Is(err, vfs.ErrLocked) {
+			return nil, fmt.Errorf("store: data directory %s is in use by another process (a running store or tool): %w", opts.Dir, err)
+		}
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	s.lock = lock
 	names, err := opts.FS.List(opts.Dir)
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	var vids []uint32
@@ -249,6 +266,9 @@ func (s *Store) Close() error {
 		if err := v.Close(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if s.lock != nil {
+		errs = append(errs, s.lock.Close())
 	}
 	return errors.Join(errs...)
 }

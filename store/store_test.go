@@ -77,3 +77,37 @@ func TestOpenCreateReopen(t *testing.T) {
 		t.Fatal("leftover .tmp file was not removed")
 	}
 }
+
+// TestOneProcessPerDirectory: a second store, or an offline tool that
+// changes files, is refused while a store holds the data directory.
+func TestOneProcessPerDirectory(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMem()
+	s, err := Open(ctx, Options{Dir: "/data", FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateVolume(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, Options{Dir: "/data", FS: fs}); !errors.Is(err, vfs.ErrLocked) {
+		t.Fatalf("second store on the directory: %v", err)
+	}
+	if _, err := volume.CompactFile(ctx, volume.DatPath("/data", 1), volume.Options{FS: fs}, volume.CompactOptions{}); !errors.Is(err, vfs.ErrLocked) {
+		t.Fatalf("offline compaction under a running store: %v", err)
+	}
+	if _, err := volume.Reindex(ctx, volume.DatPath("/data", 1), fs); !errors.Is(err, vfs.ErrLocked) {
+		t.Fatalf("reindex under a running store: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := volume.Reindex(ctx, volume.DatPath("/data", 1), fs); err != nil {
+		t.Fatalf("reindex after the store stopped: %v", err)
+	}
+	s2, err := Open(ctx, Options{Dir: "/data", FS: fs})
+	if err != nil {
+		t.Fatalf("store after the first closed: %v", err)
+	}
+	s2.Close()
+}

@@ -3,6 +3,7 @@ package vfs
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"maps"
@@ -49,6 +50,9 @@ type MemFS struct {
 		// root is the root directory. The directory fields (children,
 		// synced) of every node are guarded by mu.
 		root *memNode
+		// locks holds the names locked with Lock; a power cut (CrashClone)
+		// releases them all.
+		locks map[string]bool
 	}
 }
 
@@ -538,4 +542,41 @@ func (f *memFile) Size() (int64, error) {
 	f.node.mu.RLock()
 	defer f.node.mu.RUnlock()
 	return int64(len(f.node.mu.data)), nil
+}
+
+// memLock releases a MemFS lock when closed.
+type memLock struct {
+	m    *MemFS
+	name string
+	once sync.Once
+}
+
+func (l *memLock) Close() error {
+	l.once.Do(func() {
+		l.m.mu.Lock()
+		delete(l.m.mu.locks, l.name)
+		l.m.mu.Unlock()
+	})
+	return nil
+}
+
+// Lock implements FS. The lock file is created like OpenReadWrite does;
+// locks live in memory and a crash clone has none.
+func (m *MemFS) Lock(name string) (io.Closer, error) {
+	f, err := m.OpenReadWrite(name)
+	if err != nil {
+		return nil, err
+	}
+	f.Close()
+	name = filepath.Clean(name)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.mu.locks[name] {
+		return nil, fmt.Errorf("%w: %s", ErrLocked, name)
+	}
+	if m.mu.locks == nil {
+		m.mu.locks = map[string]bool{}
+	}
+	m.mu.locks[name] = true
+	return &memLock{m: m, name: name}, nil
 }

@@ -10,6 +10,7 @@
 package vfs
 
 import (
+	"errors"
 	"io"
 	"os"
 )
@@ -69,4 +70,13 @@ type FS interface {
 
 	// Stat returns the FileInfo of the named file.
 	Stat(name string) (os.FileInfo, error)
+
+	// Lock takes an exclusive lock named by the file name (created if
+	// missing), held until the returned Closer is closed or the process
+	// ends. It fails with ErrLocked, at once, when the lock is held,
+	// by this process or another.
+	Lock(name string) (io.Closer, error)
 }
+
+// ErrLocked is returned by Lock when the lock is already held.
+var ErrLocked = errors.New("vfs: locked by another user")

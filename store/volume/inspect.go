@@ -182,11 +182,26 @@ func InspectFile(ctx context.Context, path string, opts InspectOptions) (FileRep
 	return rep, nil
 }
 
+// DirLockFile is the file in a data directory whose exclusive lock a
+// running store holds; the offline tools that change files take it too, so
+// they refuse to work under a running store.
+const DirLockFile = "LOCK"
+
+// lockDir takes the data directory's lock for an offline tool.
+func lockDir(fs vfs.FS, dir string) (io.Closer, error) {
+	l, err := fs.Lock(filepath.Join(dir, DirLockFile))
+	if errors.Is(err, vfs.ErrLocked) {
+		return nil, fmt.Errorf("volume: %s is in use by a running store or another tool; stop it first, or use the online commands: %w", dir, err)
+	}
+	return l, err
+}
+
 // Reindex rebuilds the idx of the volume file at path from the .dat alone
 // and atomically replaces the old idx (write a temporary file, sync,
 // rename, sync the directory). It does not change the .dat: a torn tail is
-// left for the store to cut when it opens the volume. Run it on a stopped
-// store. It returns the number of idx records written.
+// left for the store to cut when it opens the volume. It holds the data
+// directory's lock meanwhile, so it refuses to run under a running store.
+// It returns the number of idx records written.
 func Reindex(ctx context.Context, path string, fs vfs.FS) (int, error) {
 	if fs == nil {
 		fs = vfs.Default
@@ -195,6 +210,11 @@ func Reindex(ctx context.Context, path string, fs vfs.FS) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	lock, err := lockDir(fs, dir)
+	if err != nil {
+		return 0, err
+	}
+	defer lock.Close()
 	f, err := fs.Open(path)
 	if err != nil {
 		return 0, err
@@ -235,12 +255,22 @@ func Reindex(ctx context.Context, path string, fs vfs.FS) (int, error) {
 
 // CompactFile compacts the volume file at path offline (see
 // Volume.Compact): it opens the volume, which recovers it, compacts it and
-// closes it. Run it on a stopped store.
+// closes it. It holds the data directory's lock meanwhile, so it refuses
+// to run under a running store.
 func CompactFile(ctx context.Context, path string, opts Options, copts CompactOptions) (CompactResult, error) {
 	dir, vid, err := ParseDatPath(path)
 	if err != nil {
 		return CompactResult{}, err
 	}
+	fs := opts.FS
+	if fs == nil {
+		fs = vfs.Default
+	}
+	lock, err := lockDir(fs, dir)
+	if err != nil {
+		return CompactResult{}, err
+	}
+	defer lock.Close()
 	v, err := Open(ctx, dir, vid, opts)
 	if err != nil {
 		return CompactResult{}, err

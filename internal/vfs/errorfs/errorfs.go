@@ -58,6 +58,7 @@ const (
 	OpTruncate               // File.Truncate
 	OpSize                   // File.Size
 	OpClose                  // File.Close
+	OpLock                   // FS.Lock
 
 	numOpKinds = iota
 )
@@ -77,6 +78,7 @@ var opKindNames = [numOpKinds]string{
 	OpTruncate: "truncate",
 	OpSize:     "size",
 	OpClose:    "close",
+	OpLock:     "lock",
 }
 
 // String returns the lower-case name of the kind, such as "write".
@@ -392,6 +394,13 @@ func (e *errorFS) List(dir string) ([]string, error) {
 		return nil, err
 	}
 	return e.fs.List(dir)
+}
+
+func (e *errorFS) Lock(name string) (io.Closer, error) {
+	if err := check(e.inj, Op{Kind: OpLock, Path: name}); err != nil {
+		return nil, err
+	}
+	return e.fs.Lock(name)
 }
 
 func (e *errorFS) Stat(name string) (os.FileInfo, error) {
