@@ -31,10 +31,13 @@
 //     (default: the resizer's MaxBytes, 32 MiB); a multipart body may carry
 //     up to 64 KiB of framing on top. A declared Content-Length over the
 //     limit is refused before anything is read. Over the limit is 413.
-//   - At most Options.MaxConcurrentUploads uploads hold a body in memory at
-//     once; further uploads wait (honouring their context) before reading
-//     their body, so a burst costs at most that many times MaxUploadBytes of
-//     memory on top of the resizer's own bounded pool.
+//   - Upload bodies share a memory budget of Options.MaxConcurrentUploads
+//     times MaxUploadBytes: an upload charges its declared size (the limit
+//     when it declares none) before reading and allocates one buffer of at
+//     most that size, so a burst costs at most the budget on top of the
+//     resizer's own bounded pool; further uploads wait, honouring their
+//     context. A client that sends nothing for BodyIdleTimeout (15 s) is
+//     cut off, so stalled uploads cannot hold the budget.
 //   - Nothing is written to the cluster for a rejected upload: the whole
 //     body is read and resized before the client is asked for an
 //     assignment. A cluster write failure after the client's one retry on a

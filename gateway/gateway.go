@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/haybale/haybale/client"
 	"github.com/haybale/haybale/needle"
@@ -62,10 +63,14 @@ type Options struct {
 	// MaxUploadBytes is the largest accepted image in bytes; default the
 	// resizer's MaxBytes (32 MiB unless configured otherwise).
 	MaxUploadBytes int64
-	// MaxConcurrentUploads bounds the uploads holding a body in memory at
-	// once; others wait before reading their body. Default 4 ×
-	// GOMAXPROCS.
+	// MaxConcurrentUploads sets the memory budget for upload bodies:
+	// MaxConcurrentUploads × (MaxUploadBytes+1) bytes. An upload charges its
+	// declared size (or the limit when it declares none) before reading,
+	// and waits while the budget is spent. Default 4 × GOMAXPROCS.
 	MaxConcurrentUploads int
+	// BodyIdleTimeout cuts an upload whose client sends nothing for this
+	// long, freeing its share of the budget; default 15 s.
+	BodyIdleTimeout time.Duration
 	// RecentUploads is the length of the recent-uploads ring; default
 	// DefaultRecentUploads (20).
 	RecentUploads int
@@ -83,8 +88,7 @@ type Gateway struct {
 	opts    Options
 	metrics *metrics
 	recent  *recentRing
-	// uploads bounds the uploads holding a body: a send takes a slot.
-	uploads chan struct{}
+	budget  *semaphore.Weighted // bytes of upload bodies in memory
 	web     fs.FS
 	handler http.Handler
 	// draining makes /readyz answer 503; set by Server on shutdown.
@@ -104,6 +108,9 @@ func New(opts Options) (*Gateway, error) {
 	}
 	if opts.MaxConcurrentUploads <= 0 {
 		opts.MaxConcurrentUploads = 4 * runtime.GOMAXPROCS(0)
+	}
+	if opts.BodyIdleTimeout <= 0 {
+		opts.BodyIdleTimeout = 15 * time.Second
 	}
 	if opts.RecentUploads <= 0 {
 		opts.RecentUploads = DefaultRecentUploads
@@ -144,7 +151,7 @@ func New(opts Options) (*Gateway, error) {
 		opts:    opts,
 		metrics: m,
 		recent:  newRecentRing(opts.RecentUploads),
-		uploads: make(chan struct{}, opts.MaxConcurrentUploads),
+		budget:  semaphore.NewWeighted(int64(opts.MaxConcurrentUploads) * (opts.MaxUploadBytes + 1)),
 		web:     web,
 	}
 	g.handler = g.routes()

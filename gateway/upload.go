@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -99,18 +98,11 @@ func (g *Gateway) handleUpload(w http.ResponseWriter, r *http.Request) {
 // says how to answer; any other error is a 500.
 func (g *Gateway) upload(w http.ResponseWriter, r *http.Request) (*UploadResponse, error) {
 	ctx := r.Context()
-	// Hold an upload slot while the body is in memory.
-	select {
-	case g.uploads <- struct{}{}:
-	case <-ctx.Done():
-		return nil, reject(http.StatusServiceUnavailable, outcomeUnavailable, "request cancelled while waiting for an upload slot")
-	}
-	defer func() { <-g.uploads }()
-
-	data, err := g.readBody(w, r)
+	data, release, err := g.readBody(w, r)
 	if err != nil {
 		return nil, err
 	}
+	defer release() // the body's bytes stay charged until the resize is done
 	g.metrics.bytesIn.Add(float64(len(data)))
 
 	start := time.Now()
@@ -185,8 +177,9 @@ func resizeError(err error) error {
 }
 
 // readBody returns the uploaded image: the raw body, or the multipart
-// field "file". Both are bounded by MaxUploadBytes.
-func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+// field "file". Both are bounded by MaxUploadBytes. The bytes are charged
+// to the gateway's body budget until release is called.
+func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) (data []byte, release func(), err error) {
 	limit := g.opts.MaxUploadBytes
 	mediaType, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	isMultipart := mediaType == "multipart/form-data"
@@ -195,51 +188,93 @@ func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) ([]byte, erro
 		bodyLimit += multipartSlack
 	}
 	if r.ContentLength > bodyLimit {
-		return nil, tooLarge(limit)
+		return nil, nil, tooLarge(limit)
 	}
-	body := http.MaxBytesReader(w, r.Body, bodyLimit)
+	body := &idleReader{r: http.MaxBytesReader(w, r.Body, bodyLimit), rc: http.NewResponseController(w), idle: g.opts.BodyIdleTimeout}
 	if !isMultipart {
-		return readAll(body, r.ContentLength, limit)
+		return g.readAll(r.Context(), body, r.ContentLength, limit)
 	}
 	boundary := params["boundary"]
 	if boundary == "" {
-		return nil, reject(http.StatusBadRequest, outcomeBadRequest, "multipart/form-data without a boundary")
+		return nil, nil, reject(http.StatusBadRequest, outcomeBadRequest, "multipart/form-data without a boundary")
 	}
 	mr := multipart.NewReader(body, boundary)
 	for {
 		part, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
-			return nil, reject(http.StatusBadRequest, outcomeBadRequest, `multipart upload without a "file" field`)
+			return nil, nil, reject(http.StatusBadRequest, outcomeBadRequest, `multipart upload without a "file" field`)
 		}
 		if err != nil {
-			return nil, bodyError(err, limit)
+			return nil, nil, bodyError(err, limit)
 		}
 		if part.FormName() != "file" {
 			// Small fields (a caption, a key typed in a form) are skipped.
 			if _, err := io.Copy(io.Discard, part); err != nil {
-				return nil, bodyError(err, limit)
+				return nil, nil, bodyError(err, limit)
 			}
 			continue
 		}
-		return readAll(part, -1, limit)
+		return g.readAll(r.Context(), part, -1, limit)
 	}
 }
 
-// readAll reads r to its end, failing with 413 beyond limit bytes. size,
-// when known, sizes the buffer.
-func readAll(r io.Reader, size, limit int64) ([]byte, error) {
-	var buf bytes.Buffer
-	if size > 0 && size <= limit {
-		buf.Grow(int(size))
+// idleReader gives up on a client that sends nothing for idle: each read
+// gets a fresh deadline, so a slow but steady upload goes on while a
+// stalled one frees its share of the body budget.
+type idleReader struct {
+	r    io.Reader
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (ir *idleReader) Read(p []byte) (int, error) {
+	if ir.idle > 0 {
+		// Not every ResponseWriter supports deadlines (httptest's
+		// recorder does not); the server's ReadTimeout still applies.
+		_ = ir.rc.SetReadDeadline(time.Now().Add(ir.idle))
 	}
-	n, err := buf.ReadFrom(io.LimitReader(r, limit+1))
-	if err != nil {
-		return nil, bodyError(err, limit)
+	return ir.r.Read(p)
+}
+
+// readAll reads r to its end, failing with 413 beyond limit bytes. It
+// charges the body budget before it allocates: the declared size when
+// known (one buffer of exactly that size), else limit+1 (a buffer that
+// grows no further than that). Waiting for budget honours ctx.
+func (g *Gateway) readAll(ctx context.Context, r io.Reader, size, limit int64) ([]byte, func(), error) {
+	charge := limit + 1
+	if size >= 0 && size <= limit {
+		charge = size + 1
 	}
-	if n > limit {
-		return nil, tooLarge(limit)
+	if err := g.budget.Acquire(ctx, charge); err != nil {
+		return nil, nil, reject(http.StatusServiceUnavailable, outcomeUnavailable, "request cancelled while waiting for memory to read the upload")
 	}
-	return buf.Bytes(), nil
+	release := func() { g.budget.Release(charge) }
+	buf := make([]byte, 0, min(charge, 256<<10))
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) >= charge {
+				release()
+				return nil, nil, tooLarge(limit)
+			}
+			nb := make([]byte, len(buf), min(2*int64(cap(buf)), charge))
+			copy(nb, buf)
+			buf = nb
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			release()
+			return nil, nil, bodyError(err, limit)
+		}
+	}
+	if int64(len(buf)) > limit {
+		release()
+		return nil, nil, tooLarge(limit)
+	}
+	return buf, release, nil
 }
 
 // bodyError maps an error reading the body to the upload's answer: 413
