@@ -30,6 +30,8 @@ const (
 	DefaultCDNHeader = "X-Haybale-CDN"
 	// DefaultUpstreamTimeout bounds one miss's fetch, failover included.
 	DefaultUpstreamTimeout = 10 * time.Second
+	// DefaultMaxAge is how long an image stays cached at most.
+	DefaultMaxAge = time.Hour
 )
 
 // entryOverhead is what an entry weighs beyond its image bytes: the key,
@@ -68,11 +70,21 @@ type Options struct {
 	// UpstreamTimeout bounds one miss's fetch from the stores, every
 	// replica attempt included; default DefaultUpstreamTimeout.
 	UpstreamTimeout time.Duration
+	// MaxAge bounds how long an image stays cached after it was fetched;
+	// default DefaultMaxAge. It limits how long a deleted photo can still
+	// be served should the eviction request from the gateway be lost.
+	MaxAge time.Duration
 	// Logger receives structured logs; default slog.Default().
 	Logger *slog.Logger
 	// Registry receives the cache's metrics. Default: a registry of the
 	// cache's own, which also holds the Go and process collectors.
 	Registry *prometheus.Registry
+}
+
+// deletion records when a photo was invalidated.
+type deletion struct {
+	id needle.PhotoID
+	at time.Time
 }
 
 // upstream is what the cache needs from the cluster; *client.Client
@@ -124,8 +136,10 @@ type Cache struct {
 	mu struct {
 		sync.Mutex
 		// deleted holds when each recently invalidated photo was
-		// invalidated; entries older than memory are pruned.
-		deleted map[needle.PhotoID]time.Time
+		// invalidated; deletedOrder holds the same in time order, so
+		// entries older than memory are pruned from its front.
+		deleted      map[needle.PhotoID]time.Time
+		deletedOrder []deletion
 	}
 }
 
@@ -150,6 +164,9 @@ func newCache(opts Options, up upstream) (*Cache, error) {
 	if opts.UpstreamTimeout <= 0 {
 		opts.UpstreamTimeout = DefaultUpstreamTimeout
 	}
+	if opts.MaxAge <= 0 {
+		opts.MaxAge = DefaultMaxAge
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -171,8 +188,9 @@ func newCache(opts Options, up upstream) (*Cache, error) {
 	c.mu.deleted = map[needle.PhotoID]time.Time{}
 	var err error
 	c.entries, err = otter.New(&otter.Options[key, *entry]{
-		MaximumWeight: uint64(opts.Capacity),
-		Weigher:       func(_ key, e *entry) uint32 { return e.weight() },
+		MaximumWeight:    uint64(opts.Capacity),
+		ExpiryCalculator: otter.ExpiryWriting[key, *entry](opts.MaxAge),
+		Weigher:          func(_ key, e *entry) uint32 { return e.weight() },
 		OnAtomicDeletion: func(e otter.DeletionEvent[key, *entry]) {
 			// c.metrics is set before the first insert.
 			if e.Cause == otter.CauseOverflow {
@@ -217,11 +235,17 @@ func (c *Cache) Owns(photoKey uint64) bool {
 func (c *Cache) Invalidate(id needle.PhotoID) {
 	now := time.Now()
 	c.mu.Lock()
-	for pid, at := range c.mu.deleted {
-		if now.Sub(at) > c.memory {
-			delete(c.mu.deleted, pid)
+	drop := 0
+	for _, d := range c.mu.deletedOrder {
+		if now.Sub(d.at) <= c.memory {
+			break
 		}
+		if c.mu.deleted[d.id] == d.at {
+			delete(c.mu.deleted, d.id)
+		}
+		drop++
 	}
+	c.mu.deletedOrder = append(c.mu.deletedOrder[drop:], deletion{id, now})
 	c.mu.deleted[id] = now
 	for s := needle.SizeThumb; s <= needle.SizeOriginal; s++ {
 		c.entries.Invalidate(key{id, s})

@@ -24,6 +24,7 @@ type cacheFlags struct {
 	admitCDN        bool
 	admitReadOnly   bool
 	upstreamTimeout time.Duration
+	maxAge          time.Duration
 	replicaTimeout  time.Duration
 	lookupTTL       time.Duration
 	shutdownTimeout time.Duration
@@ -40,6 +41,7 @@ func (f *cacheFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.cdnHeader, "cdn-header", cache.DefaultCDNHeader, "request header that marks traffic coming through a CDN")
 	fs.BoolVar(&f.admitCDN, "admit-cdn", false, "also cache images requested through a CDN (default: the CDN caches them)")
 	fs.BoolVar(&f.admitReadOnly, "admit-read-only", false, "also cache images of read-only volumes (default: only writable volumes, the recent uploads)")
+	fs.DurationVar(&f.maxAge, "max-age", cache.DefaultMaxAge, "longest an image stays cached after it was fetched (bounds how long a deleted photo can be served if an eviction is lost)")
 	fs.DurationVar(&f.upstreamTimeout, "upstream-timeout", cache.DefaultUpstreamTimeout, "time limit of one miss's fetch from the stores, replica failover included")
 	fs.DurationVar(&f.replicaTimeout, "replica-timeout", 3*time.Second, "time limit of one replica attempt; after it the next replica is tried (keep it well under --upstream-timeout)")
 	fs.DurationVar(&f.lookupTTL, "lookup-ttl", 30*time.Second, "how long a volume's replicas and state from the directory are reused")
@@ -118,6 +120,7 @@ func runCache(ctx context.Context, f *cacheFlags) error {
 		Nodes:           f.nodes,
 		Self:            f.self,
 		UpstreamTimeout: f.upstreamTimeout,
+		MaxAge:          f.maxAge,
 		Logger:          logger,
 	})
 	if err != nil {

@@ -58,14 +58,17 @@ func Serve(w http.ResponseWriter, r *http.Request, im *Image) (code, written int
 	hdr["Cache-Control"] = hdrImmutable
 
 	// Preconditions, in the order of RFC 9110 section 13.2.2.
+	failed := false
 	if ifm := r.Header["If-Match"]; len(ifm) > 0 {
-		if !ETagListMatch(ifm, vals[0], false) {
-			return WriteStatic(w, http.StatusPreconditionFailed, bodyPrecond), 0
-		}
+		failed = !ETagListMatch(ifm, vals[0], false)
 	} else if ius := r.Header["If-Unmodified-Since"]; len(ius) > 0 {
-		if t, err := http.ParseTime(ius[0]); err == nil && im.ModTime.After(t) {
-			return WriteStatic(w, http.StatusPreconditionFailed, bodyPrecond), 0
-		}
+		t, err := http.ParseTime(ius[0])
+		failed = err == nil && im.ModTime.After(t)
+	}
+	if failed {
+		// An error answer must not be cached as the image for a year.
+		delete(hdr, "Cache-Control")
+		return WriteStatic(w, http.StatusPreconditionFailed, bodyPrecond), 0
 	}
 	if inm := r.Header["If-None-Match"]; len(inm) > 0 {
 		if ETagListMatch(inm, vals[0], true) {
