@@ -135,6 +135,8 @@ func (s *Store) ReplicateVolume(ctx context.Context, vid uint32, source string, 
 	}
 
 	// Swap it in.
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.mu.closed {

@@ -84,6 +84,8 @@ type Store struct {
 	opts  Options
 	ready atomic.Bool
 	lock  io.Closer // the data directory's lock, held while open
+	// createMu serialises volume creations and replica swaps.
+	createMu sync.Mutex
 
 	mu struct {
 		sync.RWMutex
@@ -233,20 +235,33 @@ func (s *Store) Failed() map[uint32]error {
 // CreateVolume creates volume vid. Creating a volume the store already
 // holds returns it unchanged, so a retried allocation is harmless.
 func (s *Store) CreateVolume(ctx context.Context, vid uint32) (*volume.Volume, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.mu.closed {
+	// Creations are serialised among themselves, but the files are made
+	// (two fsyncs and a directory sync) outside s.mu, so reads of the
+	// other volumes go on meanwhile.
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
+	s.mu.RLock()
+	closed := s.mu.closed
+	v, exists := s.mu.volumes[vid]
+	failedErr, failed := s.mu.failed[vid]
+	s.mu.RUnlock()
+	switch {
+	case closed:
 		return nil, volume.ErrClosed
-	}
-	if v, ok := s.mu.volumes[vid]; ok {
+	case exists:
 		return v, nil
-	}
-	if err, ok := s.mu.failed[vid]; ok {
-		return nil, fmt.Errorf("store: volume %d exists but failed to open: %w", vid, err)
+	case failed:
+		return nil, fmt.Errorf("store: volume %d exists but failed to open: %w", vid, failedErr)
 	}
 	v, err := volume.Create(ctx, s.opts.Dir, vid, s.volumeOptions())
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		v.Close()
+		return nil, volume.ErrClosed
 	}
 	s.mu.volumes[vid] = v
 	s.opts.Logger.Info("volume created", "vid", vid)
