@@ -60,7 +60,8 @@
 //   - The most recent uploads are kept in an in-memory ring of
 //     Options.RecentUploads entries (default 20) for the web page; it is
 //     lost on restart, and a delete through this gateway removes the photo
-//     from it.
+//     from it. Their IDs carry the cookies, so with an API key configured
+//     the list is given only to requests that carry the key.
 //
 // Metrics live in Options.Registry (a registry of the gateway's own when
 // nil) and are served at /metrics: uploads by outcome, resize and store

@@ -226,12 +226,7 @@ func methods(allow string) http.HandlerFunc {
 // authorized reports whether r carries the API key, answering 401 when it
 // does not. Without a configured key every request is authorized.
 func (g *Gateway) authorized(w http.ResponseWriter, r *http.Request) bool {
-	if g.opts.APIKey == "" {
-		return true
-	}
-	scheme, key, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if ok && strings.EqualFold(scheme, "Bearer") &&
-		subtle.ConstantTimeCompare([]byte(strings.TrimSpace(key)), []byte(g.opts.APIKey)) == 1 {
+	if g.hasKey(r) {
 		return true
 	}
 	w.Header().Set("WWW-Authenticate", `Bearer realm="haybale"`)
@@ -389,13 +384,31 @@ type recentResponse struct {
 	APIKeyRequired bool             `json:"api_key_required"`
 }
 
-func (g *Gateway) handleRecent(w http.ResponseWriter, _ *http.Request) {
+// handleRecent lists the recent uploads. Their IDs carry the cookies that
+// keep image URLs unguessable, so with an API key configured only a
+// request with the key gets the list; others get an empty one (and what
+// the page needs to know).
+func (g *Gateway) handleRecent(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
+	photos := []UploadResponse{}
+	if g.hasKey(r) {
+		photos = g.recent.list()
+	}
 	writeJSON(w, http.StatusOK, recentResponse{
-		Photos:         g.recent.list(),
+		Photos:         photos,
 		MaxUploadBytes: g.opts.MaxUploadBytes,
 		APIKeyRequired: g.opts.APIKey != "",
 	})
+}
+
+// hasKey reports whether r carries the API key, or none is configured.
+func (g *Gateway) hasKey(r *http.Request) bool {
+	if g.opts.APIKey == "" {
+		return true
+	}
+	scheme, key, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	return ok && strings.EqualFold(scheme, "Bearer") &&
+		subtle.ConstantTimeCompare([]byte(strings.TrimSpace(key)), []byte(g.opts.APIKey)) == 1
 }
 
 // clusterError answers a failed client call: 404 for a missing photo, 400

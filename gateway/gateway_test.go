@@ -259,6 +259,17 @@ func TestAuth(t *testing.T) {
 
 	up := e.mustUpload(t, data, map[string]string{"Authorization": "bearer " + key}) // the scheme is case-insensitive
 
+	// The recent uploads carry their cookies: only a keyed request sees them.
+	var recent recentResponse
+	do(t, http.MethodGet, e.url+"/api/recent", nil, nil).decode(t, &recent)
+	if len(recent.Photos) != 0 || !recent.APIKeyRequired {
+		t.Errorf("recent uploads without the key: %+v", recent)
+	}
+	do(t, http.MethodGet, e.url+"/api/recent", nil, map[string]string{"Authorization": "Bearer " + key}).decode(t, &recent)
+	if len(recent.Photos) != 1 || recent.Photos[0].ID != up.ID {
+		t.Errorf("recent uploads with the key: %+v", recent)
+	}
+
 	// Reads need no key.
 	if a := do(t, http.MethodGet, e.url+"/photos/"+up.ID, nil, nil); a.status != http.StatusOK {
 		t.Errorf("info without a key: HTTP %d %s", a.status, a.body)

@@ -133,7 +133,7 @@
   async function loadRecent() {
     let body;
     try {
-      const resp = await fetch("/api/recent", { cache: "no-store" });
+      const resp = await fetch("/api/recent", { cache: "no-store", headers: authHeaders() });
       body = await resp.json();
     } catch (_) {
       return;
