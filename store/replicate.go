@@ -245,7 +245,7 @@ func (s *Store) pull(ctx context.Context, vid uint32, part, source string, src V
 		if err := f.Sync(); err != nil {
 			return err
 		}
-		return writeFileDurably(fs, checkpointPath(part), fmt.Appendf(nil, "%s\n%d\n", source, off))
+		return vfs.WriteFileAtomic(fs, checkpointPath(part), fmt.Appendf(nil, "%s\n%d\n", source, off))
 	}
 	if err := checkpoint(have); err != nil {
 		return fmt.Errorf("store: %w", err)
@@ -280,29 +280,4 @@ func (s *Store) pull(ctx context.Context, vid uint32, part, source string, src V
 		return fmt.Errorf("store: %w", err)
 	}
 	return fs.SyncDir(filepath.Dir(part))
-}
-
-// writeFileDurably writes a small file through a temporary name, syncs it,
-// renames it into place and syncs the directory.
-func writeFileDurably(fs vfs.FS, path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := fs.Create(tmp)
-	if err != nil {
-		return err
-	}
-	if _, err := f.WriteAt(data, 0); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := fs.Rename(tmp, path); err != nil {
-		return err
-	}
-	return fs.SyncDir(filepath.Dir(path))
 }

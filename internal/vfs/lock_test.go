@@ -49,3 +49,33 @@ func TestLock(t *testing.T) {
 	}
 	cl.Close()
 }
+
+func TestWriteFileAtomic(t *testing.T) {
+	m := NewMem()
+	if err := m.MkdirAll("/d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SyncDir("/"); err != nil {
+		t.Fatal(err)
+	}
+	for _, content := range []string{"first", "second, longer"} {
+		if err := WriteFileAtomic(m, "/d/f", []byte(content)); err != nil {
+			t.Fatal(err)
+		}
+		// Durable at once: a power cut right after keeps it whole.
+		c := m.CrashClone()
+		f, err := c.Open("/d/f")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 64)
+		n, _ := f.ReadAt(b, 0)
+		f.Close()
+		if string(b[:n]) != content {
+			t.Fatalf("after a power cut: %q, want %q", b[:n], content)
+		}
+	}
+	if _, err := m.Stat("/d/f.tmp"); err == nil {
+		t.Fatal("temporary file left behind")
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path/filepath"
 )
 
 // File is an open file. ReadAt and WriteAt are positional (pread and pwrite)
@@ -80,3 +81,30 @@ type FS interface {
 
 // ErrLocked is returned by Lock when the lock is already held.
 var ErrLocked = errors.New("vfs: locked by another user")
+
+// WriteFileAtomic writes a small file as a whole or not at all: it writes
+// path+".tmp", syncs it, renames it over path and syncs the directory.
+// Readers see the old contents or the new, never a mix, before and after
+// a crash.
+func WriteFileAtomic(fs FS, path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := fs.Create(tmp)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(data, 0); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := fs.Rename(tmp, path); err != nil {
+		return err
+	}
+	return fs.SyncDir(filepath.Dir(path))
+}

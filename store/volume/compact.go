@@ -200,7 +200,7 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 		oldIdx.Close()
 	}
 	if s, _ := v.State(); s == StateReadOnly {
-		if err := writeFileDurably(v.opts.FS, readOnlyPath(v.dir, v.vid), []byte(sealedReason)); err == nil {
+		if err := vfs.WriteFileAtomic(v.opts.FS, readOnlyPath(v.dir, v.vid), []byte(sealedReason)); err == nil {
 			v.setState(StateSealed, sealedReason)
 		}
 	}

@@ -247,7 +247,7 @@ func Reindex(ctx context.Context, path string, fs vfs.FS) (int, error) {
 	}); err != nil {
 		return 0, err
 	}
-	if err := writeFileDurably(fs, IdxPath(dir, vid), recs); err != nil {
+	if err := vfs.WriteFileAtomic(fs, IdxPath(dir, vid), recs); err != nil {
 		return 0, fmt.Errorf("write idx: %w", err)
 	}
 	return count, nil

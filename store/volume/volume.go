@@ -152,35 +152,10 @@ func Create(ctx context.Context, dir string, vid uint32, opts Options) (*Volume,
 		return nil, fmt.Errorf("%w: %s", ErrExists, path)
 	}
 	sb := Superblock{Version: FormatVersion, Vid: vid, Created: opts.Now().UnixNano()}
-	if err := writeFileDurably(opts.FS, path, sb.encode()); err != nil {
+	if err := vfs.WriteFileAtomic(opts.FS, path, sb.encode()); err != nil {
 		return nil, fmt.Errorf("volume %d: create: %w", vid, err)
 	}
 	return Open(ctx, dir, vid, opts)
-}
-
-// writeFileDurably writes a new file through a temporary name, syncs it,
-// renames it into place and syncs the directory.
-func writeFileDurably(fs vfs.FS, path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := fs.Create(tmp)
-	if err != nil {
-		return err
-	}
-	if _, err := f.WriteAt(data, 0); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := fs.Rename(tmp, path); err != nil {
-		return err
-	}
-	return fs.SyncDir(filepath.Dir(path))
 }
 
 // Open opens volume vid in dir and recovers it: it loads the idx hint,
@@ -274,7 +249,7 @@ func (v *Volume) MarkReadOnly(ctx context.Context, reason string) error {
 	if reason == "" {
 		reason = "marked read-only"
 	}
-	if err := writeFileDurably(v.opts.FS, readOnlyPath(v.dir, v.vid), []byte(reason)); err != nil {
+	if err := vfs.WriteFileAtomic(v.opts.FS, readOnlyPath(v.dir, v.vid), []byte(reason)); err != nil {
 		return fmt.Errorf("volume %d: mark read-only: %w", v.vid, err)
 	}
 	if s, _ := v.State(); s == StateWritable {
