@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -57,9 +58,11 @@ const compactSuffix = ".compact.tmp"
 // already renamed carries the new generation, so it is ignored and rebuilt
 // from the old .dat); after it, the new .dat is complete and synced.
 //
-// Copied needles are re-encoded with no batch flags (each is whole on its
-// own), so the checksum, and so the ETag, of a needle that was part of a
-// multi-needle write changes; content and append time do not. A damaged live
+// Needles are copied byte for byte, so their checksums (and ETags) do not
+// change, except the needles of a batch that lost members to deletes or
+// rewrites: those are re-encoded with no batch flags (each whole on its
+// own), which changes their checksums but not their content or append
+// time. A damaged live
 // needle is left out and counted in the result: read it from a replica. A
 // read-only volume that is compacted becomes sealed.
 func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactResult, err error) {
@@ -101,7 +104,35 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 		return res, fmt.Errorf("volume %d: compact: %w", v.vid, err)
 	}
 
-	// 2. Copy live needles.
+	// 2. Copy live needles. A batch whose needles are copied back to back
+	// and in their order (the common case: a photo's four sizes) is
+	// copied verbatim, so checksums and ETags do not change; the needles
+	// of a batch broken by deletes or rewrites are re-encoded as batches
+	// of their own (flags cleared), so recovery never sees a batch
+	// without its last needle.
+	type held struct {
+		raw []byte
+		n   needle.Needle
+		e   idxEntry
+	}
+	var pend []held
+	flush := func(intact bool) error {
+		for _, h := range pend {
+			var err error
+			if intact {
+				err = b.appendRaw(h.raw, &h.n)
+			} else {
+				n := h.n
+				n.Flags = 0
+				err = b.appendNeedle(&n)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		pend = pend[:0]
+		return nil
+	}
 	var buf []byte
 	var done int64
 	for i, e := range entries {
@@ -131,12 +162,31 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 			}
 			return res, fmt.Errorf("volume %d: compact: read key %x: %w", v.vid, e.key, err)
 		}
-		n.Flags = 0
-		if err := b.appendNeedle(&n); err != nil {
-			return res, fmt.Errorf("volume %d: compact: %w", v.vid, err)
-		}
 		res.Copied++
 		done += int64(e.length) * needle.Alignment
+		if len(pend) > 0 && pend[len(pend)-1].e.end() != int64(e.off)*needle.Alignment {
+			if err := flush(false); err != nil {
+				return res, fmt.Errorf("volume %d: compact: %w", v.vid, err)
+			}
+		}
+		continues := n.Flags&needle.FlagBatchContinues != 0
+		if !continues && len(pend) == 0 {
+			if err := b.appendRaw(buf, &n); err != nil {
+				return res, fmt.Errorf("volume %d: compact: %w", v.vid, err)
+			}
+			continue
+		}
+		raw := bytes.Clone(buf)
+		n.Data = raw[needle.HeaderSize : needle.HeaderSize+len(n.Data)]
+		pend = append(pend, held{raw: raw, n: n, e: e})
+		if !continues {
+			if err := flush(true); err != nil { // the batch's last needle: whole
+				return res, fmt.Errorf("volume %d: compact: %w", v.vid, err)
+			}
+		}
+	}
+	if err := flush(false); err != nil {
+		return res, fmt.Errorf("volume %d: compact: %w", v.vid, err)
 	}
 	if opts.Progress != nil {
 		opts.Progress(total, total)
@@ -255,6 +305,17 @@ func (b *compactBuilder) add(e idxEntry) {
 	}
 	b.recs = appendIdxRecord(b.recs, e)
 	b.tail += int64(e.length) * needle.Alignment
+}
+
+// appendRaw appends a needle's bytes as they are (raw is the whole padded
+// needle n was decoded from).
+func (b *compactBuilder) appendRaw(raw []byte, n *needle.Needle) error {
+	b.add(idxEntry{key: n.Key, size: uint32(n.Size), off: uint32(b.tail / needle.Alignment), length: uint32(len(raw) / needle.Alignment)})
+	b.pending = append(b.pending, raw...)
+	if len(b.pending) >= compactFlush {
+		return b.flush()
+	}
+	return nil
 }
 
 func (b *compactBuilder) appendNeedle(n *needle.Needle) error {
