@@ -99,7 +99,7 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/readyz":
 		st := h.srv.store
 		switch {
-		case h.srv.draining.Load():
+		case h.srv.draining():
 			imagehttp.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"error": "shutting down"})
 		case !st.Ready():
 			imagehttp.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"error": "volumes still loading"})

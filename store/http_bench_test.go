@@ -32,7 +32,7 @@ func BenchmarkServeImage(b *testing.B) {
 			ts.allocate(b, 1)
 			p := randomPhoto(rand.New(rand.NewPCG(1, 1)), 1, 1, 5000)
 			ts.writePhoto(b, p)
-			h := ts.srv.httpSrv.Handler
+			h := ts.srv.handler
 			req := httptest.NewRequest(http.MethodGet, p.path(size), nil)
 			w := &discardWriter{hdr: http.Header{}}
 			counter.Reset()

@@ -7,13 +7,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/netutil"
-	"google.golang.org/grpc"
 
+	"github.com/haybale/haybale/internal/serve"
 	"github.com/haybale/haybale/needle"
 )
 
@@ -72,11 +70,8 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	return o
 }
 
-// maxHeaderBytes bounds a request's headers; image requests need little.
-const maxHeaderBytes = 64 << 10
-
 // ErrServerClosed is returned by Serve after Shutdown.
-var ErrServerClosed = errors.New("store: server closed")
+var ErrServerClosed = serve.ErrClosed
 
 // Server serves a Store: images over HTTP (the CDN-origin surface) and
 // writes and administration over gRPC. It takes ownership of the Store and
@@ -86,19 +81,9 @@ type Server struct {
 	opts    ServerOptions
 	store   *Store
 	metrics *metrics
-
-	httpLn  net.Listener
+	handler http.Handler
 	grpcLn  net.Listener
-	httpSrv *http.Server
-	grpcSrv *grpc.Server
-
-	draining atomic.Bool // set when shutdown starts; /readyz answers 503
-	serving  atomic.Bool // Serve has been called
-
-	shutdownOnce sync.Once
-	shutdownDone chan struct{} // closed when Shutdown has finished
-	shutdownErr  error         // written before shutdownDone is closed
-	stopping     chan struct{} // closed when Shutdown starts
+	srv     *serve.HTTP // both servers and their drained shutdown
 }
 
 // NewServer binds the HTTP and gRPC listeners for st; nothing is served
@@ -119,37 +104,30 @@ func NewServer(st *Store, opts ServerOptions) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{
-		opts:         opts,
-		store:        st,
-		metrics:      m,
-		shutdownDone: make(chan struct{}),
-		stopping:     make(chan struct{}),
-	}
-	if s.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
+	s := &Server{opts: opts, store: st, metrics: m}
+	httpLn, err := net.Listen("tcp", opts.HTTPAddr)
+	if err != nil {
 		return nil, fmt.Errorf("store: HTTP listener: %w", err)
 	}
 	if s.grpcLn, err = net.Listen("tcp", opts.GRPCAddr); err != nil {
-		s.httpLn.Close()
+		httpLn.Close()
 		return nil, fmt.Errorf("store: gRPC listener: %w", err)
 	}
 	if opts.MaxConns > 0 {
-		s.httpLn = netutil.LimitListener(s.httpLn, opts.MaxConns)
+		httpLn = netutil.LimitListener(httpLn, opts.MaxConns)
 	}
-	s.httpSrv = &http.Server{
-		Handler:           newHTTPHandler(s),
-		ReadHeaderTimeout: opts.ReadHeaderTimeout,
-		WriteTimeout:      opts.WriteTimeout,
-		IdleTimeout:       opts.IdleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
-	}
-	s.grpcSrv = newGRPCServer(s)
+	s.handler = newHTTPHandler(s)
+	s.srv = serve.New(httpLn, s.handler, serve.Options{
+		Name: "store", Logger: opts.Logger, ShutdownTimeout: opts.ShutdownTimeout,
+		ReadHeaderTimeout: opts.ReadHeaderTimeout, WriteTimeout: opts.WriteTimeout, IdleTimeout: opts.IdleTimeout,
+		GRPC: newGRPCServer(s), GRPCListener: s.grpcLn,
+		AfterDrain: s.closeStore,
+	})
 	return s, nil
 }
 
 // HTTPAddr returns the address the HTTP server listens on.
-func (s *Server) HTTPAddr() net.Addr { return s.httpLn.Addr() }
+func (s *Server) HTTPAddr() net.Addr { return s.srv.Addr() }
 
 // GRPCAddr returns the address the gRPC server listens on.
 func (s *Server) GRPCAddr() net.Addr { return s.grpcLn.Addr() }
@@ -157,55 +135,17 @@ func (s *Server) GRPCAddr() net.Addr { return s.grpcLn.Addr() }
 // Store returns the served Store.
 func (s *Server) Store() *Store { return s.store }
 
+// draining reports whether shutdown has started; /readyz answers 503.
+func (s *Server) draining() bool { return s.srv.Draining() }
+
 // Serve serves HTTP and gRPC until ctx is cancelled, Shutdown is called,
 // or a listener fails. On cancellation it shuts down as Shutdown does,
 // waiting at most ServerOptions.ShutdownTimeout for requests in flight.
 // It returns nil after a clean shutdown.
 func (s *Server) Serve(ctx context.Context) error {
-	if !s.serving.CompareAndSwap(false, true) {
-		return errors.New("store: Serve called twice")
-	}
-	select {
-	case <-s.stopping:
-		return ErrServerClosed
-	default:
-	}
 	s.opts.Logger.Info("store serving", "http", s.HTTPAddr().String(), "grpc", s.GRPCAddr().String(),
 		"volumes", len(s.store.Volumes()), "failed_volumes", len(s.store.Failed()))
-
-	var wg sync.WaitGroup
-	errc := make(chan error, 2)
-	wg.Go(func() {
-		err := s.httpSrv.Serve(s.httpLn)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		errc <- err
-	})
-	wg.Go(func() {
-		err := s.grpcSrv.Serve(s.grpcLn)
-		if errors.Is(err, grpc.ErrServerStopped) {
-			err = nil
-		}
-		errc <- err
-	})
-
-	var serveErr error
-	select {
-	case <-ctx.Done():
-		s.opts.Logger.Info("store shutting down: draining requests in flight", "timeout", s.opts.ShutdownTimeout)
-	case <-s.stopping:
-	case serveErr = <-errc:
-		if serveErr != nil {
-			serveErr = fmt.Errorf("store: serve: %w", serveErr)
-			s.opts.Logger.Error("store listener failed; shutting down", "err", serveErr)
-		}
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ShutdownTimeout)
-	defer cancel()
-	shutErr := s.Shutdown(sctx)
-	wg.Wait()
-	return errors.Join(serveErr, shutErr)
+	return s.srv.Serve(ctx)
 }
 
 // Shutdown stops accepting connections, waits for requests in flight
@@ -214,59 +154,17 @@ func (s *Server) Serve(ctx context.Context) error {
 // which syncs and closes every volume. It is safe to call more than once
 // and from several goroutines: later calls wait for the first to finish
 // (or for their own ctx) and return its result.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.shutdownOnce.Do(func() {
-		s.draining.Store(true)
-		close(s.stopping)
-		s.shutdownErr = s.shutdown(ctx)
-		close(s.shutdownDone)
-	})
-	select {
-	case <-s.shutdownDone:
-		return s.shutdownErr
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
 
-func (s *Server) shutdown(ctx context.Context) error {
-	var wg sync.WaitGroup
-	var httpErr error
-	wg.Go(func() {
-		if err := s.httpSrv.Shutdown(ctx); err != nil {
-			// Out of time: cut the connections still busy.
-			httpErr = fmt.Errorf("store: HTTP drain: %w", err)
-			s.httpSrv.Close()
-		}
-	})
-	wg.Go(func() {
-		done := make(chan struct{})
-		go func() {
-			s.grpcSrv.GracefulStop()
-			close(done)
-		}()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			s.grpcSrv.Stop()
-			<-done
-		}
-	})
-	wg.Wait()
-	// Serve may never have run; the listeners are closed either way.
-	s.httpLn.Close()
-	s.grpcLn.Close()
-	var closeErr error
+// closeStore runs once the requests have drained.
+func (s *Server) closeStore() error {
 	if err := s.store.Close(); err != nil {
-		closeErr = fmt.Errorf("store: closing volumes: %w", err)
-	}
-	err := errors.Join(httpErr, closeErr)
-	if err != nil {
+		err = fmt.Errorf("store: closing volumes: %w", err)
 		s.opts.Logger.Error("store shut down with errors", "err", err)
-	} else {
-		s.opts.Logger.Info("store shut down")
+		return err
 	}
-	return err
+	s.opts.Logger.Info("store shut down")
+	return nil
 }
 
 // reportCorrupt logs, counts and reports a read that failed verification.

@@ -1,9 +1,9 @@
-// Package serve runs the HTTP servers of haybale's roles with the
-// lifecycle they share: the listener is bound first (so its address is
-// known before serving starts), requests are served until the context is
+// Package serve runs the servers of haybale's roles with the lifecycle
+// they share: the listeners are bound first (so their addresses are known
+// before serving starts), requests are served until the context is
 // cancelled or Shutdown is called, then requests in flight are drained for
 // a bounded time, the connections left are cut, and the role's own
-// clean-up runs once.
+// clean-up runs once. A role serves HTTP, and optionally gRPC beside it.
 package serve
 
 import (
@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"google.golang.org/grpc"
 )
 
 // ErrClosed is returned by Serve when Shutdown ran before it.
@@ -50,6 +52,10 @@ type Options struct {
 	// example to close what the handler used); its error is returned by
 	// Shutdown.
 	AfterDrain func() error
+	// GRPC, when set, is served on GRPCListener beside the HTTP server and
+	// drained with it (GracefulStop, then Stop when time runs out).
+	GRPC         *grpc.Server
+	GRPCListener net.Listener
 }
 
 func (o Options) withDefaults() Options {
@@ -141,14 +147,24 @@ func (s *HTTP) Serve(ctx context.Context) error {
 		return ErrClosed
 	default:
 	}
-	errc := make(chan error, 1)
-	go func() {
+	errc := make(chan error, 2)
+	var wg sync.WaitGroup
+	wg.Go(func() {
 		err := s.httpSrv.Serve(s.ln)
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
 		}
 		errc <- err
-	}()
+	})
+	if s.opts.GRPC != nil {
+		wg.Go(func() {
+			err := s.opts.GRPC.Serve(s.opts.GRPCListener)
+			if errors.Is(err, grpc.ErrServerStopped) {
+				err = nil
+			}
+			errc <- err
+		})
+	}
 	var serveErr error
 	select {
 	case <-ctx.Done():
@@ -159,12 +175,11 @@ func (s *HTTP) Serve(ctx context.Context) error {
 			serveErr = fmt.Errorf("%s: serve: %w", s.opts.Name, serveErr)
 			s.opts.Logger.Error(s.opts.Name+" listener failed; shutting down", "err", serveErr)
 		}
-		errc <- nil // for the receive below
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ShutdownTimeout)
 	defer cancel()
 	shutErr := s.Shutdown(sctx)
-	<-errc
+	wg.Wait()
 	return errors.Join(serveErr, shutErr)
 }
 
@@ -180,11 +195,34 @@ func (s *HTTP) Shutdown(ctx context.Context) error {
 		}
 		close(s.stopping)
 		var err error
-		if err = s.httpSrv.Shutdown(ctx); err != nil {
-			err = fmt.Errorf("%s: drain: %w", s.opts.Name, err)
-			s.httpSrv.Close()
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if herr := s.httpSrv.Shutdown(ctx); herr != nil {
+				// Out of time: cut the connections still busy.
+				err = fmt.Errorf("%s: drain: %w", s.opts.Name, herr)
+				s.httpSrv.Close()
+			}
+		})
+		if g := s.opts.GRPC; g != nil {
+			wg.Go(func() {
+				done := make(chan struct{})
+				go func() {
+					g.GracefulStop()
+					close(done)
+				}()
+				select {
+				case <-done:
+				case <-ctx.Done():
+					g.Stop()
+					<-done
+				}
+			})
 		}
+		wg.Wait()
 		s.ln.Close() // when Serve never ran
+		if s.opts.GRPCListener != nil {
+			s.opts.GRPCListener.Close()
+		}
 		if s.opts.AfterDrain != nil {
 			err = errors.Join(err, s.opts.AfterDrain())
 		}
