@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/haybale/haybale/internal/imagetest"
 )
 
 // corpusCase is the outcome MANIFEST.md requires for one file of the photo
@@ -128,34 +130,8 @@ func TestCorpus(t *testing.T) {
 		if ref == nil || small[name] == nil {
 			continue
 		}
-		if d := meanAbsDiff(ref, small[name]); d > 6 {
+		if d := imagetest.MeanAbsDiff(ref, small[name]); d > 6 {
 			t.Errorf("%s: s differs from Landscape_1's by %.1f per channel on average; not upright?", name, d)
 		}
 	}
-}
-
-// meanAbsDiff returns the mean absolute difference per RGB channel
-// (0..255) of two images, or 255 when their sizes differ.
-func meanAbsDiff(a, b image.Image) float64 {
-	if a.Bounds() != b.Bounds() {
-		return 255
-	}
-	var sum, n float64
-	r := a.Bounds()
-	for y := r.Min.Y; y < r.Max.Y; y++ {
-		for x := r.Min.X; x < r.Max.X; x++ {
-			r1, g1, b1, _ := a.At(x, y).RGBA()
-			r2, g2, b2, _ := b.At(x, y).RGBA()
-			sum += absDiff(r1, r2) + absDiff(g1, g2) + absDiff(b1, b2)
-			n += 3
-		}
-	}
-	return sum / n / 257
-}
-
-func absDiff(a, b uint32) float64 {
-	if a > b {
-		return float64(a - b)
-	}
-	return float64(b - a)
 }

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/haybale/haybale/client"
+	"github.com/haybale/haybale/internal/imagetest"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 	"github.com/haybale/haybale/resizer"
@@ -184,10 +185,10 @@ func TestOversizedBody(t *testing.T) {
 func TestOrientations(t *testing.T) {
 	e := startEnv(t, envOptions{stores: 1, replication: 1})
 	const w, h = 720, 480 // s is resized, l is re-encoded at this size
-	upright := markedImage(w, h)
+	upright := imagetest.Marked(w, h, 6)
 	for o := 1; o <= 8; o++ {
 		t.Run(fmt.Sprint("orientation=", o), func(t *testing.T) {
-			data := withSegment(encodeJPEG(t, storedAs(upright, o), 92), exifSegment(o, false))
+			data := withSegment(encodeJPEG(t, imagetest.StoredAs(upright, o), 92), exifSegment(o, false))
 			up := e.mustUpload(t, data, nil)
 			imgs := e.checkStored(t, up, w, h)
 			for _, code := range []int{3, 1} { // l, then s
@@ -196,10 +197,10 @@ func TestOrientations(t *testing.T) {
 				dx, dy := b.Dx()/24, b.Dy()/24
 				tl, tr := m.At(dx, dy), m.At(b.Dx()-1-dx, dy)
 				bl, br := m.At(dx, b.Dy()-1-dy), m.At(b.Dx()-1-dx, b.Dy()-1-dy)
-				if !isRed(tl) || !isGreen(tr) {
+				if !imagetest.IsRed(tl) || !imagetest.IsGreen(tr) {
 					t.Errorf("size %d: top-left %v, top-right %v; want red and green", code, tl, tr)
 				}
-				if isRed(bl) || isRed(br) || isGreen(bl) || isGreen(br) {
+				if imagetest.IsRed(bl) || imagetest.IsRed(br) || imagetest.IsGreen(bl) || imagetest.IsGreen(br) {
 					t.Errorf("size %d: a marker at the bottom: %v, %v", code, bl, br)
 				}
 			}

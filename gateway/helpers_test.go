@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"image"
-	"image/color"
 	"image/jpeg"
 	"image/png"
 	"io"
@@ -20,10 +19,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/disintegration/imaging"
 	"google.golang.org/grpc"
 
 	"github.com/haybale/haybale/client"
+	"github.com/haybale/haybale/internal/imagetest"
 	"github.com/haybale/haybale/internal/testcluster"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/resizer"
@@ -295,18 +294,7 @@ func metadata(contentType string, data []byte) string {
 		}
 		return "a malformed header"
 	case "image/png":
-		for pos := 8; pos+8 <= len(data); {
-			n := int(binary.BigEndian.Uint32(data[pos:]))
-			switch typ := string(data[pos+4 : pos+8]); typ {
-			case "IHDR", "PLTE", "tRNS", "IDAT":
-			case "IEND":
-				return ""
-			default:
-				return "a " + typ + " chunk"
-			}
-			pos += 12 + n
-		}
-		return "a malformed file"
+		return imagetest.PNGMetadata(data)
 	}
 	return "an unknown format"
 }
@@ -348,57 +336,6 @@ func photoLike(w, h int, seed uint64) *image.YCbCr {
 		}
 	}
 	return m
-}
-
-// markedImage returns an upright w×h grey image with a red block at the
-// top left and a green block at the top right, each w/6 × h/6.
-func markedImage(w, h int) *image.RGBA {
-	m := image.NewRGBA(image.Rect(0, 0, w, h))
-	for y := range h {
-		for x := range w {
-			c := color.RGBA{100, 100, 110, 255}
-			switch {
-			case y < h/6 && x < w/6:
-				c = color.RGBA{230, 20, 20, 255}
-			case y < h/6 && x >= w-w/6:
-				c = color.RGBA{20, 200, 20, 255}
-			}
-			m.SetRGBA(x, y, c)
-		}
-	}
-	return m
-}
-
-// storedAs returns what a camera stores for an upright image shown with
-// the given EXIF orientation: the inverse of the display transform.
-func storedAs(upright image.Image, orientation int) image.Image {
-	switch orientation {
-	case 2:
-		return imaging.FlipH(upright)
-	case 3:
-		return imaging.Rotate180(upright)
-	case 4:
-		return imaging.FlipV(upright)
-	case 5:
-		return imaging.Transpose(upright)
-	case 6:
-		return imaging.Rotate90(upright) // shown rotated 90° clockwise
-	case 7:
-		return imaging.Transverse(upright)
-	case 8:
-		return imaging.Rotate270(upright)
-	}
-	return upright
-}
-
-func isRed(c color.Color) bool {
-	r, g, b, _ := c.RGBA()
-	return r>>8 > 180 && g>>8 < 80 && b>>8 < 80
-}
-
-func isGreen(c color.Color) bool {
-	r, g, b, _ := c.RGBA()
-	return r>>8 < 80 && g>>8 > 150 && b>>8 < 80
 }
 
 // gpsLatitude is the GPS latitude written by exifSegment: 51° 30' 26".

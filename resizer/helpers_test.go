@@ -7,6 +7,8 @@ import (
 	"image/jpeg"
 	"image/png"
 	"testing"
+
+	"github.com/haybale/haybale/internal/imagetest"
 )
 
 // checkOutputs verifies the four outputs of res: letters, sizes, a single
@@ -38,7 +40,7 @@ func checkOutputs(t *testing.T, res *Result, want [NumSizes]image.Point) {
 			}
 		case "image/png":
 			cfg, err = png.DecodeConfig(bytes.NewReader(img.Data))
-			if bad := pngMetadata(img.Data); bad != "" {
+			if bad := imagetest.PNGMetadata(img.Data); bad != "" {
 				t.Errorf("%s: PNG output carries %s", img.Letter, bad)
 			}
 		default:
@@ -76,24 +78,6 @@ func jpegMetadata(data []byte) string {
 	return "a malformed header"
 }
 
-// pngMetadata returns the type of the first chunk not needed to decode, or "".
-func pngMetadata(data []byte) string {
-	pos := 8
-	for pos+8 <= len(data) {
-		n := int(binary.BigEndian.Uint32(data[pos:]))
-		typ := string(data[pos+4 : pos+8])
-		switch typ {
-		case "IHDR", "PLTE", "tRNS", "IDAT":
-		case "IEND":
-			return ""
-		default:
-			return "a " + typ + " chunk"
-		}
-		pos += 12 + n
-	}
-	return "a malformed file"
-}
-
 // decodeOutput decodes one output image.
 func decodeOutput(t *testing.T, img Image) image.Image {
 	t.Helper()
@@ -118,17 +102,7 @@ func meanAbsDiff(t *testing.T, a, b Image) float64 {
 	if ma.Bounds() != mb.Bounds() {
 		t.Fatalf("%s: sizes differ: %v and %v", a.Letter, ma.Bounds(), mb.Bounds())
 	}
-	var sum, n float64
-	r := ma.Bounds()
-	for y := r.Min.Y; y < r.Max.Y; y++ {
-		for x := r.Min.X; x < r.Max.X; x++ {
-			r1, g1, b1, _ := ma.At(x, y).RGBA()
-			r2, g2, b2, _ := mb.At(x, y).RGBA()
-			sum += absDiff(r1, r2) + absDiff(g1, g2) + absDiff(b1, b2)
-			n += 3
-		}
-	}
-	return sum / n / 257
+	return imagetest.MeanAbsDiff(ma, mb)
 }
 
 func absDiff(a, b uint32) float64 {

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/disintegration/imaging"
+
+	"github.com/haybale/haybale/internal/imagetest"
 )
 
 // Tiny WebP files (1×1), as used by browser feature detection.
@@ -150,66 +152,15 @@ func exifSegment(tiff []byte) []byte {
 	return segment(0xE1, append([]byte("Exif\x00\x00"), tiff...))
 }
 
-// markedImage returns an upright w×h gray image with a red block at the top
-// left and a green block at the top right, each w/8 × h/8.
-func markedImage(w, h int) *image.RGBA {
-	m := image.NewRGBA(image.Rect(0, 0, w, h))
-	for y := range h {
-		for x := range w {
-			c := color.RGBA{100, 100, 110, 255}
-			switch {
-			case y < h/8 && x < w/8:
-				c = color.RGBA{230, 20, 20, 255}
-			case y < h/8 && x >= w-w/8:
-				c = color.RGBA{20, 200, 20, 255}
-			}
-			m.SetRGBA(x, y, c)
-		}
-	}
-	return m
-}
-
-// stored returns what a camera stores for an upright image shown with the
-// given EXIF orientation: the inverse of the display transform.
-func stored(upright image.Image, orientation int) image.Image {
-	switch orientation {
-	case 2:
-		return imaging.FlipH(upright)
-	case 3:
-		return imaging.Rotate180(upright)
-	case 4:
-		return imaging.FlipV(upright)
-	case 5:
-		return imaging.Transpose(upright)
-	case 6:
-		return imaging.Rotate90(upright) // shown rotated 90° clockwise
-	case 7:
-		return imaging.Transverse(upright)
-	case 8:
-		return imaging.Rotate270(upright)
-	}
-	return upright
-}
-
-func isRed(c color.Color) bool {
-	r, g, b, _ := c.RGBA()
-	return r>>8 > 180 && g>>8 < 80 && b>>8 < 80
-}
-
-func isGreen(c color.Color) bool {
-	r, g, b, _ := c.RGBA()
-	return r>>8 < 80 && g>>8 > 150 && b>>8 < 80
-}
-
 // TestOrientation checks all eight EXIF orientations, with the EXIF segment
 // in either byte order, directly after SOI or after APP0 and an XMP APP1,
 // for an image inside every box and one that is resized.
 func TestOrientation(t *testing.T) {
 	for _, size := range []image.Point{{64, 48}, {1200, 400}} {
-		upright := markedImage(size.X, size.Y)
+		upright := imagetest.Marked(size.X, size.Y, 8)
 		for o := 1; o <= 8; o++ {
 			t.Run(fmt.Sprintf("%dx%d/orientation=%d", size.X, size.Y, o), func(t *testing.T) {
-				jpg := encodeJPEG(t, stored(upright, o), 95)
+				jpg := encodeJPEG(t, imagetest.StoredAs(upright, o), 95)
 				var data []byte
 				if o%2 == 1 {
 					data = withSegments(jpg, exifSegment(exifTIFF(binary.LittleEndian, o, false)))
@@ -229,11 +180,11 @@ func TestOrientation(t *testing.T) {
 					m := decodeOutput(t, res.Images[code])
 					b := m.Bounds()
 					dx, dy := b.Dx()/32, b.Dy()/32
-					if !isRed(m.At(dx, dy)) || !isGreen(m.At(b.Dx()-1-dx, dy)) {
+					if !imagetest.IsRed(m.At(dx, dy)) || !imagetest.IsGreen(m.At(b.Dx()-1-dx, dy)) {
 						t.Errorf("%s: top-left %v, top-right %v; want red and green",
 							res.Images[code].Letter, m.At(dx, dy), m.At(b.Dx()-1-dx, dy))
 					}
-					if isRed(m.At(dx, b.Dy()-1-dy)) || isRed(m.At(b.Dx()-1-dx, b.Dy()-1-dy)) {
+					if imagetest.IsRed(m.At(dx, b.Dy()-1-dy)) || imagetest.IsRed(m.At(b.Dx()-1-dx, b.Dy()-1-dy)) {
 						t.Errorf("%s: red marker at the bottom", res.Images[code].Letter)
 					}
 				}
@@ -243,7 +194,7 @@ func TestOrientation(t *testing.T) {
 }
 
 func TestOrientationOutOfRangeIgnored(t *testing.T) {
-	jpg := encodeJPEG(t, markedImage(64, 48), 90)
+	jpg := encodeJPEG(t, imagetest.Marked(64, 48, 8), 90)
 	for _, o := range []int{0, 9, 255, 65535} {
 		res := process(t, withSegments(jpg, exifSegment(exifTIFF(binary.LittleEndian, o, false))))
 		if res.Orientation != 1 || res.Width != 64 || res.Height != 48 {
@@ -630,7 +581,7 @@ func TestConcurrent(t *testing.T) {
 	inputs := [][]byte{
 		encodeJPEG(t, photoLike(600, 500, 7), 90),
 		encodePNG(t, photoLike(500, 300, 8)),
-		withSegments(encodeJPEG(t, markedImage(600, 500), 90), exifSegment(exifTIFF(binary.LittleEndian, 6, false))),
+		withSegments(encodeJPEG(t, imagetest.Marked(600, 500, 8), 90), exifSegment(exifTIFF(binary.LittleEndian, 6, false))),
 	}
 	var wg sync.WaitGroup
 	for i := range 9 {

@@ -40,6 +40,7 @@ var allowed = map[string]rule{
 	"gateway":                      {project: []string{"resizer", "client", "needle", "internal/serve", "proto/*"}, thirdParty: anyThirdParty},
 	"tools":                        {project: []string{"store/volume", "client", "needle", "internal/vfs", "proto/*"}, thirdParty: anyThirdParty},
 	"bench":                        {project: []string{"client", "needle", "proto/*"}, thirdParty: anyThirdParty},
+	"internal/imagetest":           {thirdParty: []string{"github.com/disintegration/imaging"}},
 	"internal/testcluster":         {project: []string{"*"}, thirdParty: anyThirdParty},
 	"cmd/haybale":                  {project: []string{"*"}, thirdParty: anyThirdParty},
 	"e2e":                          {project: []string{"*"}, thirdParty: anyThirdParty},
