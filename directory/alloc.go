@@ -11,10 +11,6 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
-	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 )
 
 // allocTimeout bounds one volume allocation, all stores included.
@@ -24,14 +20,31 @@ const allocTimeout = 30 * time.Second
 // counts as room for new photos when deciding to allocate.
 const nearFull = 0.9
 
+// allocating reports whether this node is allocating vid now.
+func (d *Directory) allocating(vid uint32) bool {
+	d.inFlight.Lock()
+	defer d.inFlight.Unlock()
+	return d.inFlight.vids[vid]
+}
+
+func (d *Directory) setAllocating(vid uint32, on bool) {
+	d.inFlight.Lock()
+	defer d.inFlight.Unlock()
+	if on {
+		d.inFlight.vids[vid] = true
+	} else {
+		delete(d.inFlight.vids, vid)
+	}
+}
+
 // assignable returns the volumes Assign may use, and how many of them are
 // below nearFull.
-func (s *Server) assignable(sn *snapshot) (vols []VolumeRecord, roomy int) {
+func (d *Directory) assignable(sn *snapshot) (vols []VolumeRecord, roomy int) {
 	for _, v := range sn.volumes {
-		if st, _ := s.effectiveState(sn, v); st != storepb.VolumeState_VOLUME_STATE_WRITABLE {
+		if st, _ := d.effectiveState(sn, v); st != StateWritable {
 			continue
 		}
-		limit := s.sizeLimit(v)
+		limit := d.sizeLimit(v)
 		var size uint64
 		for _, r := range v.Replicas {
 			size = max(size, sn.replicaState(r).SizeBytes)
@@ -49,31 +62,31 @@ func (s *Server) assignable(sn *snapshot) (vols []VolumeRecord, roomy int) {
 
 // growSync allocates one volume, sharing the work with concurrent callers,
 // and waits for it or for ctx.
-func (s *Server) growSync(ctx context.Context) error {
-	ch := s.allocs.DoChan("grow", func() (any, error) { return nil, s.allocateVolume(s.baseCtx) })
+func (d *Directory) growSync(ctx context.Context) error {
+	ch := d.allocs.DoChan("grow", func() (any, error) { return nil, d.allocateVolume(d.ctx) })
 	select {
 	case r := <-ch:
 		return r.Err
 	case <-ctx.Done():
-		return status.FromContextError(ctx.Err()).Err()
+		return ctx.Err()
 	}
 }
 
 // growAsync allocates volumes in the background until MinWritable have
 // room, unless it already runs.
-func (s *Server) growAsync() {
-	if s.baseCtx.Err() != nil || !s.growing.CompareAndSwap(false, true) {
+func (d *Directory) growAsync() {
+	if d.ctx.Err() != nil || !d.growing.CompareAndSwap(false, true) {
 		return
 	}
-	s.goFunc(func() {
-		defer s.growing.Store(false)
-		for s.baseCtx.Err() == nil {
-			if _, roomy := s.assignable(s.snapshot()); roomy >= s.opts.MinWritable {
+	d.goFunc(func() {
+		defer d.growing.Store(false)
+		for d.ctx.Err() == nil {
+			if _, roomy := d.assignable(d.snapshot()); roomy >= d.opts.MinWritable {
 				return
 			}
-			if err := s.growSync(s.baseCtx); err != nil {
-				if s.baseCtx.Err() == nil {
-					s.opts.Logger.Warn("cannot allocate a volume ahead of need", "err", err)
+			if err := d.growSync(d.ctx); err != nil {
+				if d.ctx.Err() == nil && !errors.Is(err, ErrNotLeader) {
+					d.opts.Logger.Warn("cannot allocate a volume ahead of need", "err", err)
 				}
 				return
 			}
@@ -85,8 +98,10 @@ func (s *Server) growAsync() {
 // MinStoreFreeBytes free, on distinct racks as far as the racks allow
 // (stores without a rack label count as racks of their own), preferring the
 // stores with the fewest writable volumes and then the most free space.
-func (s *Server) placement(sn *snapshot) ([]StoreRecord, error) {
-	r := s.opts.Replication
+// Stores that are not alive (never heard from again, or removed) are never
+// picked.
+func (d *Directory) placement(sn *snapshot) ([]StoreRecord, error) {
+	r := d.opts.Replication
 	var live, roomy []StoreRecord
 	for _, id := range slices.Sorted(maps.Keys(sn.stores)) {
 		st := sn.stores[id]
@@ -94,19 +109,19 @@ func (s *Server) placement(sn *snapshot) ([]StoreRecord, error) {
 			continue
 		}
 		live = append(live, st)
-		if st.FreeBytes >= s.opts.MinStoreFreeBytes {
+		if st.FreeBytes >= d.opts.MinStoreFreeBytes {
 			roomy = append(roomy, st)
 		}
 	}
 	if len(live) < r {
-		return nil, status.Errorf(codes.Unavailable, "need %d live stores for replication %d, have %d", r, r, len(live))
+		return nil, fmt.Errorf("%w: need %d live stores for replication %d, have %d", ErrUnavailable, r, r, len(live))
 	}
 	if len(roomy) < r {
-		return nil, status.Errorf(codes.Unavailable, "need %d live stores with %d bytes free for replication %d, have %d", r, s.opts.MinStoreFreeBytes, r, len(roomy))
+		return nil, fmt.Errorf("%w: need %d live stores with %d bytes free for replication %d, have %d", ErrUnavailable, r, d.opts.MinStoreFreeBytes, r, len(roomy))
 	}
 	load := map[string]int{}
 	for _, v := range sn.volumes {
-		if st, _ := s.effectiveState(sn, v); st == storepb.VolumeState_VOLUME_STATE_WRITABLE {
+		if st, _ := d.effectiveState(sn, v); st == StateWritable {
 			for _, rep := range v.Replicas {
 				load[rep.StoreID]++
 			}
@@ -133,90 +148,98 @@ func (s *Server) placement(sn *snapshot) ([]StoreRecord, error) {
 }
 
 // allocateVolume creates one new volume on Replication stores: it records
-// the volume (allocating), asks each store to create it, and makes it
-// writable when all succeeded. A failed allocation leaves the volume
-// read-only, so its vid is never reused.
-func (s *Server) allocateVolume(ctx context.Context) error {
+// the volume (allocating) through the log, asks each store to create it,
+// and makes it writable when all succeeded. A failed allocation leaves the
+// volume read-only, so its vid is never reused; so does a leader change in
+// the middle (the next leader ends it).
+func (d *Directory) allocateVolume(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, allocTimeout)
 	defer cancel()
-	sn := s.snapshot()
-	stores, err := s.placement(sn)
-	if err != nil {
-		s.metrics.allocations.WithLabelValues("unplaceable").Inc()
+	if _, _, err := d.leading(); err != nil {
 		return err
 	}
-	limit := s.opts.VolumeSizeLimit
-	rec := VolumeRecord{SizeLimit: limit, Allocating: true, State: storepb.VolumeState_VOLUME_STATE_WRITABLE, CreatedUnixNano: time.Now().UnixNano()}
-	for _, st := range stores {
-		rec.Replicas = append(rec.Replicas, ReplicaRecord{StoreID: st.ID, VolumeReport: VolumeReport{State: storepb.VolumeState_VOLUME_STATE_WRITABLE, SizeLimit: limit}})
+	sn := d.snapshot()
+	stores, err := d.placement(sn)
+	if err != nil {
+		d.metrics.allocations.WithLabelValues("unplaceable").Inc()
+		return err
 	}
-	// A store may report an unknown vid (adopted) between MaxVid and the
-	// apply; then try the next one.
+	limit := d.opts.VolumeSizeLimit
+	rec := VolumeRecord{SizeLimit: limit, Allocating: true, State: StateWritable, CreatedUnixNano: time.Now().UnixNano()}
+	for _, st := range stores {
+		rec.Replicas = append(rec.Replicas, ReplicaRecord{StoreID: st.ID, VolumeReport: VolumeReport{State: StateWritable, SizeLimit: limit}})
+	}
+	// A store may report an unknown vid below the mark (adopted) between
+	// NextVid and the apply; then try the next one.
 	for attempt := 0; ; attempt++ {
-		rec.Vid = s.fsm.MaxVid() + 1
-		if rec.Vid == 0 {
-			return status.Error(codes.ResourceExhausted, "no volume id left")
+		vid, ok := d.fsm.NextVid()
+		if !ok {
+			return ErrVidsExhausted
 		}
+		rec.Vid = vid
 		for i := range rec.Replicas {
 			rec.Replicas[i].Vid = rec.Vid
 		}
-		err := s.fsm.Apply(Command{Type: CmdCreateVolume, Volume: &rec})
+		d.setAllocating(vid, true)
+		err := d.apply(ctx, Command{Type: CmdCreateVolume, Volume: &rec})
 		if err == nil {
 			break
 		}
+		d.setAllocating(vid, false)
 		if !errors.Is(err, ErrVolumeExists) || attempt >= 3 {
-			s.metrics.allocations.WithLabelValues("error").Inc()
-			return status.Errorf(codes.Unavailable, "record new volume: %v", err)
+			d.metrics.allocations.WithLabelValues("error").Inc()
+			return fmt.Errorf("record new volume: %w", err)
 		}
 	}
 	vid := rec.Vid
-	infos := make([]*storepb.VolumeInfo, len(stores))
+	defer d.setAllocating(vid, false)
+	infos := make([]VolumeReport, len(stores))
 	g, gctx := errgroup.WithContext(ctx)
 	for i, st := range stores {
 		g.Go(func() error {
-			c, err := s.storeClient(st.GRPCAddr)
-			if err != nil {
-				return err
-			}
-			resp, err := c.AllocateVolume(gctx, &storepb.AllocateVolumeRequest{Vid: vid, SizeLimitBytes: limit})
+			r, err := d.stores.AllocateVolume(gctx, st, vid, limit)
 			if err != nil {
 				return fmt.Errorf("store %s: %w", st.ID, err)
 			}
-			infos[i] = resp.GetVolume()
+			infos[i] = r
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
-		s.metrics.allocations.WithLabelValues("error").Inc()
+		d.metrics.allocations.WithLabelValues("error").Inc()
 		reason := "allocation failed: " + err.Error()
-		s.opts.Logger.Error("volume allocation failed", "vid", vid, "err", err)
-		if aerr := s.fsm.Apply(Command{Type: CmdSetVolumeState, Vid: vid, State: storepb.VolumeState_VOLUME_STATE_READ_ONLY, Reason: reason}); aerr != nil {
-			s.opts.Logger.Error("cannot record the failed allocation", "vid", vid, "err", aerr)
+		d.opts.Logger.Error("volume allocation failed", "vid", vid, "err", err)
+		if aerr := d.apply(d.ctx, Command{Type: CmdSetVolumeState, Vid: vid, State: StateReadOnly, Reason: reason}); aerr != nil {
+			d.opts.Logger.Error("cannot record the failed allocation", "vid", vid, "err", aerr)
 		}
-		if v, ok := s.fsm.Volume(vid); ok {
-			s.markReplicasReadOnly(ctx, v, reason)
+		if v, ok := d.fsm.Volume(vid); ok {
+			d.markReplicasReadOnly(d.ctx, v, reason)
 		}
-		return status.Errorf(codes.Unavailable, "allocate volume %d: %v", vid, err)
+		return fmt.Errorf("%w: allocate volume %d: %v", ErrUnavailable, vid, err)
 	}
 	// Make the new replicas visible before the stores' next heartbeats.
-	s.live.Lock()
+	d.live.Lock()
 	for i, st := range stores {
-		if ls, ok := s.live.stores[st.ID]; ok && infos[i] != nil {
+		if ls, ok := d.live.stores[st.ID]; ok {
 			vols := maps.Clone(ls.vols)
 			vols[vid] = infos[i]
 			ls.vols = vols
+			if ls.allocated == nil {
+				ls.allocated = map[uint32]time.Time{}
+			}
+			ls.allocated[vid] = time.Now()
 		}
 	}
-	s.live.Unlock()
-	if err := s.fsm.Apply(Command{Type: CmdSetVolumeState, Vid: vid, State: storepb.VolumeState_VOLUME_STATE_WRITABLE}); err != nil {
-		s.metrics.allocations.WithLabelValues("error").Inc()
-		return status.Errorf(codes.Unavailable, "record volume %d: %v", vid, err)
+	d.live.Unlock()
+	if err := d.apply(ctx, Command{Type: CmdSetVolumeState, Vid: vid, State: StateWritable}); err != nil {
+		d.metrics.allocations.WithLabelValues("error").Inc()
+		return fmt.Errorf("record volume %d: %w", vid, err)
 	}
-	s.metrics.allocations.WithLabelValues("ok").Inc()
+	d.metrics.allocations.WithLabelValues("ok").Inc()
 	ids := make([]string, len(stores))
 	for i, st := range stores {
 		ids[i] = st.ID
 	}
-	s.opts.Logger.Info("volume allocated", "vid", vid, "stores", ids, "size_limit", limit)
+	d.opts.Logger.Info("volume allocated", "vid", vid, "stores", ids, "size_limit", limit)
 	return nil
 }

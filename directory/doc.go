@@ -1,18 +1,46 @@
 // Package directory is haybale's directory: it knows the stores and the
 // logical volumes, hands out photo keys with write tokens, decides where new
-// volumes live, and builds image URLs. Server serves it over gRPC
-// (directorypb.Directory) and HTTP (a status page, /api/v1/status,
-// /metrics, /healthz, /readyz).
+// volumes live, and builds image URLs.
+//
+// Directory is the domain logic (state machine, sequencer, placement,
+// liveness) with Go types and the sentinel errors of errors.go; it knows
+// nothing of gRPC. grpc.go is a thin adapter serving it as
+// directorypb.Directory, with one error-to-status mapping. Server runs it:
+// gRPC and HTTP (a status page, /api/v1/status, /metrics, /healthz,
+// /readyz) through internal/serve.
 //
 // # State
 //
-// The durable state is an FSM in a bbolt file (StateFile in the data
-// directory): store records, volume records and the key sequencer's
-// high-water mark. It changes only through FSM.Apply of a Command
-// (reserve_keys, store_report, create_volume, set_volume_state), which is
-// deterministic, so a replicated log (hashicorp/raft) can drive it later.
-// Decisions that need a clock or a random choice (liveness, placement, vids)
-// are made by the server and expressed as commands.
+// The state is an FSM: store records, volume records, directory node
+// records, the key sequencer's high-water mark and the vid mark. It
+// changes only through FSM.Apply of a Command (reserve_keys, store_report,
+// create_volume, set_volume_state, remove_store, set_node), which is
+// deterministic. Decisions that need a clock or a random choice (liveness,
+// placement, vids) are made by the leader and expressed as commands,
+// committed through a Log.
+//
+// # Single node and cluster
+//
+// A single-node directory (the default, and what `haybale server` runs) is
+// the plain FSM in a bbolt file (StateFile in the data directory), applied
+// directly: no raft is involved, and data folders of earlier versions are
+// upgraded in place (state version 1 to 2). With Options.Raft the node is
+// a member of a cluster of 1, 3 or 5 directories: commands are entries of
+// a hashicorp/raft log (raft-boltdb as log and stable store, raft's file
+// snapshot store), the FSM is held in memory on every node and rebuilt
+// from the last snapshot and the log after it.
+//
+// Only the leader decides: Assign, heartbeats, allocations, state changes
+// and delete tokens. A follower answers Lookup, PhotoURLs and the lists
+// from its own state (it hears no heartbeats, so it reports liveness as
+// unknown), and everything else with a NotLeaderError naming the leader's
+// gRPC address, which the gRPC adapter sends as UNAVAILABLE with an
+// errdetails.ErrorInfo (reason NOT_LEADER, metadata "leader"). A new
+// leader first commits a barrier, so that it has applied every entry of
+// earlier leaders, before it decides anything; and it gives every
+// recorded store a grace period of MissedHeartbeats intervals to find it
+// before calling it dead, so an election never makes healthy volumes
+// read-only.
 //
 // Heartbeat figures that change all the time (free space, sizes, counts,
 // the time of the last heartbeat) are kept in memory as they arrive and
@@ -23,10 +51,10 @@
 // # Keys
 //
 // Keys are handed out in increasing order. The sequencer reserves them in
-// blocks of Options.KeyBlock: the block's end is applied as the new
+// blocks of Options.KeyBlock: the block's end is committed as the new
 // high-water mark before any key of the block is handed out, so no key is
-// handed out twice across restarts and crashes; a restart skips the rest of
-// the last block.
+// handed out twice across restarts, crashes and leader changes; each of
+// them skips the rest of the last block.
 //
 // # Volumes
 //
@@ -48,8 +76,14 @@
 // counts as its own rack), preferring stores with fewer writable volumes and
 // more free space. It is recorded as allocating, created on each store with
 // Store.AllocateVolume, and made writable once all of them succeeded; a
-// failed allocation leaves it read-only, so its vid is never reused. A vid
-// reported by a store but unknown to the directory is adopted.
+// failed allocation leaves it read-only, so its vid is never reused; so
+// does an allocation cut short by a crash or a failover. Vids come from
+// the vid mark (the largest vid handed out) and never wrap: when the mark
+// reaches 4294967295, allocation fails. A vid reported by a store but
+// unknown to the directory is adopted only when it is at most the mark;
+// a higher one is not adopted but listed as suspect on the store's record
+// and the status page, for an operator. RemoveStore forgets a store; a
+// store that stops heartbeating is never picked for a new volume.
 //
 // # URLs
 //

@@ -5,14 +5,12 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
-
-	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 )
 
 const (
-	writable = storepb.VolumeState_VOLUME_STATE_WRITABLE
-	readOnly = storepb.VolumeState_VOLUME_STATE_READ_ONLY
-	sealed   = storepb.VolumeState_VOLUME_STATE_SEALED
+	writable = StateWritable
+	readOnly = StateReadOnly
+	sealed   = StateSealed
 )
 
 func openFSM(t *testing.T, path string) *FSM {
@@ -54,10 +52,11 @@ func TestFSMApplyAndReopen(t *testing.T) {
 	if !ok || v.State != writable || v.Allocating || len(v.Replicas) != 2 || v.Replicas[1].SizeBytes != 200 {
 		t.Fatalf("volume 1 = %+v", v)
 	}
-	if v9, ok := f.Volume(9); !ok || v9.State != sealed || len(v9.Replicas) != 1 || v9.Replicas[0].StoreID != "b" {
-		t.Fatalf("adopted volume 9 = %+v, %v", v9, ok)
+	// Vid 9 was never handed out (the vid mark is 1): flagged, not adopted.
+	if v9, ok := f.Volume(9); ok {
+		t.Fatalf("volume 9 above the vid mark adopted: %+v", v9)
 	}
-	if b, _ := f.Store("b"); !reflect.DeepEqual(b.Vids, []uint32{1, 9}) || b.Rack != "r-b" {
+	if b, _ := f.Store("b"); !reflect.DeepEqual(b.Vids, []uint32{1}) || !reflect.DeepEqual(b.Suspect, []uint32{9}) || b.Rack != "r-b" {
 		t.Fatalf("store b = %+v", b)
 	}
 	wantStores, wantVolumes := f.Stores(), f.Volumes()
@@ -76,8 +75,8 @@ func TestFSMApplyAndReopen(t *testing.T) {
 	if !reflect.DeepEqual(g.Volumes(), wantVolumes) {
 		t.Fatalf("reopened volumes\n%+v\nwant\n%+v", g.Volumes(), wantVolumes)
 	}
-	if g.MaxVid() != 9 {
-		t.Fatalf("MaxVid %d", g.MaxVid())
+	if g.VidMark() != 1 {
+		t.Fatalf("VidMark %d, want 1", g.VidMark())
 	}
 }
 
@@ -106,7 +105,7 @@ func TestFSMTransitions(t *testing.T) {
 	// A replica no longer reported is kept, marked missing.
 	mustApply(t, f, report("a", VolumeReport{Vid: 2, State: readOnly}))
 	v, _ := f.Volume(1)
-	if i := v.replica("a"); i < 0 || v.Replicas[i].State != storepb.VolumeState_VOLUME_STATE_UNSPECIFIED {
+	if i := v.replica("a"); i < 0 || v.Replicas[i].State != StateUnknown {
 		t.Fatalf("volume 1 after store a dropped it: %+v", v.Replicas)
 	}
 	// Sealed once every replica is.

@@ -4,28 +4,72 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"time"
 	"unicode"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
-	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
-	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 )
 
-// liveStore is what a store reported since this process started. Its
-// fields are guarded by Server.live.
+// Heartbeat is one report of a store: who it is, where it is reached, its
+// free space, every volume it holds, and corrupt needles it found.
+type Heartbeat struct {
+	StoreID   string
+	GRPCAddr  string
+	HTTPAddr  string
+	PublicURL string
+	Rack      string
+	FreeBytes uint64
+	Volumes   []VolumeReport
+	Corrupt   []CorruptReport
+}
+
+// CorruptReport is a needle a store found corrupt.
+type CorruptReport struct {
+	Vid      uint32
+	Key      uint64
+	SizeCode uint32
+	Offset   uint64
+	Detail   string
+	Detected time.Time
+}
+
+// StoreCommandKind names what a store is asked to do.
+type StoreCommandKind uint8
+
+// The store commands.
+const (
+	// CommandMarkReadOnly: make replica Vid read-only with Reason.
+	CommandMarkReadOnly StoreCommandKind = iota + 1
+	// CommandCompact: compact replica Vid.
+	CommandCompact
+)
+
+// StoreCommand is one thing a heartbeat answer asks the store to do.
+type StoreCommand struct {
+	Kind   StoreCommandKind
+	Vid    uint32
+	Reason string
+}
+
+// HeartbeatAnswer is the directory's answer to a heartbeat: the interval
+// at which the store should report, and commands for it.
+type HeartbeatAnswer struct {
+	Interval time.Duration
+	Commands []StoreCommand
+}
+
+// liveStore is what a store reported to this node. Its fields are guarded
+// by Directory.live.
 type liveStore struct {
 	seen        time.Time // local clock, monotonic
-	req         *directorypb.HeartbeatRequest
-	vols        map[uint32]*storepb.VolumeInfo
-	alive       bool // as last logged by the liveness loop
+	hb          Heartbeat
+	vols        map[uint32]VolumeReport
+	alive       bool // as last logged
 	persistedAt time.Time
 	fingerprint string // of the last persisted report
+	// allocated are volumes this node just created on the store, by time:
+	// a report the store built before it created one must not hide it.
+	allocated map[uint32]time.Time
 }
 
 // maxStoreIDLen bounds a store id.
@@ -38,148 +82,110 @@ func validStoreID(id string) bool {
 	return !strings.ContainsFunc(id, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) })
 }
 
-// Heartbeat serves a store's heartbeat stream: it records each report and
-// answers it with the interval and the commands the store should carry
-// out. The stream ends when the store closes it or the directory shuts
-// down.
-func (s *Server) Heartbeat(stream directorypb.Directory_HeartbeatServer) error {
-	ctx := stream.Context()
-	type received struct {
-		req *directorypb.HeartbeatRequest
-		err error
+// Heartbeat records one report of a store and builds its answer. What is
+// structural in the report (addresses, rack, the volume set, states, a
+// volume at its limit) is committed through the log at once; the figures
+// that change all the time are committed at most every PersistInterval.
+// Leader only.
+func (d *Directory) Heartbeat(ctx context.Context, hb Heartbeat) (HeartbeatAnswer, error) {
+	if !validStoreID(hb.StoreID) {
+		return HeartbeatAnswer{}, fmt.Errorf("%w: bad store id %q (1 to %d printable characters, no spaces)", ErrInvalidArgument, clip(hb.StoreID), maxStoreIDLen)
 	}
-	reqs := make(chan received)
-	// Receive in a goroutine so that shutdown can end the stream; the
-	// goroutine ends with the stream, whose context is cancelled when this
-	// handler returns.
-	go func() {
-		for {
-			req, err := stream.Recv()
-			select {
-			case reqs <- received{req, err}:
-			case <-ctx.Done():
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	for {
-		var r received
-		select {
-		case r = <-reqs:
-		case <-s.baseCtx.Done():
-			return status.Error(codes.Unavailable, "directory shutting down")
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if r.err == io.EOF {
-			return nil
-		}
-		if r.err != nil {
-			return r.err
-		}
-		resp, err := s.handleHeartbeat(r.req)
-		if err != nil {
-			return err
-		}
-		if err := stream.Send(resp); err != nil {
-			return err
-		}
+	if hb.GRPCAddr == "" || hb.HTTPAddr == "" {
+		return HeartbeatAnswer{}, fmt.Errorf("%w: store %s: heartbeat without grpc_addr or http_addr", ErrInvalidArgument, hb.StoreID)
 	}
-}
-
-// handleHeartbeat records one report and builds its answer.
-func (s *Server) handleHeartbeat(req *directorypb.HeartbeatRequest) (*directorypb.HeartbeatResponse, error) {
-	if !validStoreID(req.GetStoreId()) {
-		return nil, status.Errorf(codes.InvalidArgument, "bad store id %q (1 to %d printable characters, no spaces)", clip(req.GetStoreId()), maxStoreIDLen)
+	if _, _, err := d.leading(); err != nil {
+		return HeartbeatAnswer{}, err
 	}
-	if req.GetGrpcAddr() == "" || req.GetHttpAddr() == "" {
-		return nil, status.Errorf(codes.InvalidArgument, "store %s: heartbeat without grpc_addr or http_addr", req.GetStoreId())
-	}
-	s.metrics.heartbeats.Inc()
+	d.metrics.heartbeats.Inc()
 	now := time.Now()
-	id := req.GetStoreId()
+	id := hb.StoreID
 
-	vols := make(map[uint32]*storepb.VolumeInfo, len(req.GetVolumes()))
-	reports := make([]VolumeReport, 0, len(req.GetVolumes()))
-	for _, v := range req.GetVolumes() {
-		if v.GetVid() == 0 {
+	vols := make(map[uint32]VolumeReport, len(hb.Volumes))
+	reports := make([]VolumeReport, 0, len(hb.Volumes))
+	for _, v := range hb.Volumes {
+		if v.Vid == 0 {
 			continue
 		}
-		vols[v.GetVid()] = v
-		reports = append(reports, VolumeReport{
-			Vid: v.GetVid(), State: v.GetState(), Reason: v.GetReadOnlyReason(),
-			SizeBytes: v.GetSizeBytes(), SizeLimit: v.GetSizeLimitBytes(),
-			NeedleCount: v.GetNeedleCount(), DeletedBytes: v.GetDeletedBytes(),
-		})
+		vols[v.Vid] = v
+		reports = append(reports, v)
 	}
 	slices.SortFunc(reports, func(a, b VolumeReport) int { return cmp.Compare(a.Vid, b.Vid) })
-	fp := s.fingerprint(req, reports)
+	hb.Volumes = reports
+	fp := d.fingerprint(hb)
 
-	s.live.Lock()
-	ls, known := s.live.stores[id]
+	d.live.Lock()
+	ls, known := d.live.stores[id]
 	if !known {
 		ls = &liveStore{}
-		s.live.stores[id] = ls
+		d.live.stores[id] = ls
 	}
 	wasAlive := known && ls.alive
-	ls.seen, ls.req, ls.vols, ls.alive = now, req, vols, true
-	persist := ls.fingerprint != fp || now.Sub(ls.persistedAt) >= s.opts.PersistInterval
+	for vid, at := range ls.allocated {
+		_, reported := vols[vid]
+		prev, had := ls.vols[vid]
+		switch {
+		case reported || now.Sub(at) > 2*d.opts.HeartbeatInterval:
+			delete(ls.allocated, vid)
+		case had:
+			vols[vid] = prev
+		}
+	}
+	ls.seen, ls.hb, ls.vols, ls.alive = now, hb, vols, true
+	persist := ls.fingerprint != fp || now.Sub(ls.persistedAt) >= d.opts.PersistInterval
 	if persist {
 		// Claimed under the lock so concurrent streams of one store do not
 		// both persist; reset below when the apply fails.
 		ls.fingerprint, ls.persistedAt = fp, now
 	}
-	s.live.Unlock()
+	d.live.Unlock()
 	if !wasAlive {
-		s.opts.Logger.Info("store alive", "store", id, "grpc", req.GetGrpcAddr(), "http", req.GetHttpAddr(), "rack", req.GetRack(), "volumes", len(reports))
+		d.opts.Logger.Info("store alive", "store", id, "grpc", hb.GRPCAddr, "http", hb.HTTPAddr, "rack", hb.Rack, "volumes", len(reports))
 	}
 
 	if persist {
 		cmd := Command{Type: CmdStoreReport, Volumes: reports, Store: &StoreRecord{
-			ID: id, GRPCAddr: req.GetGrpcAddr(), HTTPAddr: req.GetHttpAddr(), PublicURL: req.GetPublicUrl(),
-			Rack: req.GetRack(), FreeBytes: req.GetFreeBytes(), LastHeartbeatUnixNano: now.UnixNano(),
+			ID: id, GRPCAddr: hb.GRPCAddr, HTTPAddr: hb.HTTPAddr, PublicURL: hb.PublicURL,
+			Rack: hb.Rack, FreeBytes: hb.FreeBytes, LastHeartbeatUnixNano: now.UnixNano(),
 		}}
-		if err := s.fsm.Apply(cmd); err != nil {
-			s.live.Lock()
+		if err := d.apply(ctx, cmd); err != nil {
+			d.live.Lock()
 			ls.fingerprint = ""
-			s.live.Unlock()
-			s.opts.Logger.Error("cannot record heartbeat", "store", id, "err", err)
-			return nil, status.Errorf(codes.Unavailable, "directory cannot record the heartbeat: %v", err)
+			d.live.Unlock()
+			d.opts.Logger.Error("cannot record heartbeat", "store", id, "err", err)
+			return HeartbeatAnswer{}, fmt.Errorf("directory cannot record the heartbeat: %w", err)
+		}
+		if st, ok := d.fsm.Store(id); ok && len(st.Suspect) > 0 {
+			d.opts.Logger.Warn("store reports volumes this directory never allocated; not adopted, check the store",
+				"store", id, "vids", st.Suspect, "vid_mark", d.fsm.VidMark())
 		}
 	}
 
-	for _, c := range req.GetCorrupt() {
-		s.metrics.corruptReports.Inc()
-		s.opts.Logger.Warn("store reports a corrupt needle", "store", id, "vid", c.GetVid(), "key", fmt.Sprintf("%x", c.GetKey()),
-			"size_code", c.GetSizeCode(), "offset", c.GetOffset(), "detail", c.GetDetail(),
-			"detected", time.Unix(0, c.GetDetectedUnixNano()).UTC().Format(time.RFC3339Nano))
+	for _, c := range hb.Corrupt {
+		d.metrics.corruptReports.Inc()
+		d.opts.Logger.Warn("store reports a corrupt needle", "store", id, "vid", c.Vid, "key", fmt.Sprintf("%x", c.Key),
+			"size_code", c.SizeCode, "offset", c.Offset, "detail", c.Detail,
+			"detected", c.Detected.UTC().Format(time.RFC3339Nano))
 	}
 
-	resp := &directorypb.HeartbeatResponse{IntervalMs: uint32(s.opts.HeartbeatInterval / time.Millisecond)}
+	ans := HeartbeatAnswer{Interval: d.opts.HeartbeatInterval}
 	// Replicas the directory holds read-only but the store still writes.
 	for _, r := range reports {
-		if r.State != storepb.VolumeState_VOLUME_STATE_WRITABLE {
+		if r.State != StateWritable {
 			continue
 		}
-		v, ok := s.fsm.Volume(r.Vid)
-		if !ok || v.Allocating || v.State == storepb.VolumeState_VOLUME_STATE_WRITABLE {
+		v, ok := d.fsm.Volume(r.Vid)
+		if !ok || v.Allocating || v.State == StateWritable {
 			continue
 		}
-		resp.Commands = append(resp.Commands, &directorypb.StoreCommand{Command: &directorypb.StoreCommand_MarkReadOnly{
-			MarkReadOnly: &storepb.MarkReadOnlyRequest{Vid: r.Vid, Reason: cmp.Or(v.Reason, "directory")},
-		}})
+		ans.Commands = append(ans.Commands, StoreCommand{Kind: CommandMarkReadOnly, Vid: r.Vid, Reason: cmp.Or(v.Reason, "directory")})
 	}
-	for _, vid := range s.dueCompactions(id, reports, now) {
-		s.metrics.compactionsAsked.Inc()
-		s.opts.Logger.Info("asking a store to compact a volume", "store", id, "vid", vid)
-		resp.Commands = append(resp.Commands, &directorypb.StoreCommand{Command: &directorypb.StoreCommand_Compact{
-			Compact: &storepb.CompactRequest{Vid: vid},
-		}})
+	for _, vid := range d.dueCompactions(id, reports, now) {
+		d.metrics.compactionsAsked.Inc()
+		d.opts.Logger.Info("asking a store to compact a volume", "store", id, "vid", vid)
+		ans.Commands = append(ans.Commands, StoreCommand{Kind: CommandCompact, Vid: vid})
 	}
-	return resp, nil
+	return ans, nil
 }
 
 // compactKey names one replica of a volume.
@@ -191,26 +197,23 @@ type compactKey struct {
 // dueCompactions returns the read-only volumes of a store's report whose
 // garbage passed the compaction threshold and that the store was not asked
 // to compact within CompactRetry.
-func (s *Server) dueCompactions(store string, reports []VolumeReport, now time.Time) []uint32 {
-	if s.opts.CompactThreshold <= 0 {
+func (d *Directory) dueCompactions(store string, reports []VolumeReport, now time.Time) []uint32 {
+	if d.opts.CompactThreshold <= 0 {
 		return nil
 	}
 	var due []uint32
-	s.live.Lock()
-	defer s.live.Unlock()
-	if s.live.compactAsked == nil {
-		s.live.compactAsked = map[compactKey]time.Time{}
-	}
+	d.live.Lock()
+	defer d.live.Unlock()
 	for _, r := range reports {
-		if r.State != storepb.VolumeState_VOLUME_STATE_READ_ONLY || r.SizeBytes == 0 ||
-			float64(r.DeletedBytes) < s.opts.CompactThreshold*float64(r.SizeBytes) {
+		if r.State != StateReadOnly || r.SizeBytes == 0 ||
+			float64(r.DeletedBytes) < d.opts.CompactThreshold*float64(r.SizeBytes) {
 			continue
 		}
 		k := compactKey{store, r.Vid}
-		if at, ok := s.live.compactAsked[k]; ok && now.Sub(at) < s.opts.CompactRetry {
+		if at, ok := d.live.compactAsked[k]; ok && now.Sub(at) < d.opts.CompactRetry {
 			continue
 		}
-		s.live.compactAsked[k] = now
+		d.live.compactAsked[k] = now
 		due = append(due, r.Vid)
 	}
 	return due
@@ -219,83 +222,79 @@ func (s *Server) dueCompactions(store string, reports []VolumeReport, now time.T
 // fingerprint summarizes what of a report is persisted at once when it
 // changes: addresses, rack, the volume set, states and reasons, and which
 // volumes reached their limit.
-func (s *Server) fingerprint(req *directorypb.HeartbeatRequest, reports []VolumeReport) string {
+func (d *Directory) fingerprint(hb Heartbeat) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%q %q %q %q;", req.GetGrpcAddr(), req.GetHttpAddr(), req.GetPublicUrl(), req.GetRack())
-	for _, r := range reports {
+	fmt.Fprintf(&b, "%q %q %q %q;", hb.GRPCAddr, hb.HTTPAddr, hb.PublicURL, hb.Rack)
+	for _, r := range hb.Volumes {
 		limit := uint64(0)
-		if v, ok := s.fsm.Volume(r.Vid); ok {
+		if v, ok := d.fsm.Volume(r.Vid); ok {
 			limit = v.SizeLimit
 		}
-		fmt.Fprintf(&b, "%d/%d/%q/%t;", r.Vid, r.State, r.Reason, r.atLimit(limit))
+		fmt.Fprintf(&b, "%d/%s/%q/%t;", r.Vid, r.State, r.Reason, r.atLimit(limit))
+	}
+	// A store the FSM does not hold (new, or removed) is recorded at once.
+	if _, ok := d.fsm.Store(hb.StoreID); !ok {
+		b.WriteString("unrecorded")
 	}
 	return b.String()
 }
 
-// alive reports whether store id heartbeated within MissedHeartbeats
-// intervals.
-func (s *Server) alive(id string) bool {
-	s.live.Lock()
-	defer s.live.Unlock()
-	return s.aliveLocked(id, time.Now())
+// aliveLocked reports whether store id counts as alive at now: it
+// heartbeated within MissedHeartbeats intervals, or this node's leadership
+// started less than MissedHeartbeats intervals ago and the store has not
+// reported to it since (the grace period after an election or a restart,
+// while the stores find the new leader). d.live is held.
+func (d *Directory) aliveLocked(id string, now, leaderSince time.Time) bool {
+	window := MissedHeartbeats * d.opts.HeartbeatInterval
+	if ls, ok := d.live.stores[id]; ok && ls.seen.After(leaderSince) {
+		return now.Sub(ls.seen) <= window
+	}
+	if leaderSince.IsZero() {
+		return false
+	}
+	_, recorded := d.fsm.Store(id)
+	return recorded && now.Sub(leaderSince) <= window
 }
 
-func (s *Server) aliveLocked(id string, now time.Time) bool {
-	ls, ok := s.live.stores[id]
-	return ok && now.Sub(ls.seen) <= MissedHeartbeats*s.opts.HeartbeatInterval
-}
-
-// livenessLoop logs stores that die or come back; liveness itself is
-// computed from the last heartbeat whenever it is needed.
-func (s *Server) livenessLoop() {
-	t := time.NewTicker(s.opts.HeartbeatInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.baseCtx.Done():
-			return
-		case <-t.C:
+// logDeaths logs the stores that stopped heartbeating.
+func (d *Directory) logDeaths() {
+	_, since := d.log.Leadership()
+	now := time.Now()
+	d.live.Lock()
+	var died []string
+	for id, ls := range d.live.stores {
+		if ls.alive && !d.aliveLocked(id, now, since) {
+			ls.alive = false
+			died = append(died, id)
 		}
-		now := time.Now()
-		s.live.Lock()
-		var died []string
-		for id, ls := range s.live.stores {
-			if ls.alive && !s.aliveLocked(id, now) {
-				ls.alive = false
-				died = append(died, id)
-			}
-		}
-		s.live.Unlock()
-		for _, id := range died {
-			s.opts.Logger.Warn("store dead: no heartbeat", "store", id, "missed_intervals", MissedHeartbeats)
-		}
+	}
+	d.live.Unlock()
+	for _, id := range died {
+		d.opts.Logger.Warn("store dead: no heartbeat", "store", id, "missed_intervals", MissedHeartbeats)
 	}
 }
 
 // markReplicasReadOnly asks every live replica of v to mark it read-only,
 // concurrently, and returns when all answered or ctx ended. Replicas that
 // miss the call get the command with their next heartbeat.
-func (s *Server) markReplicasReadOnly(ctx context.Context, v VolumeRecord, reason string) {
+func (d *Directory) markReplicasReadOnly(ctx context.Context, v VolumeRecord, reason string) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	// The store prefixes "operator: " to the reasons it is given.
 	reason = strings.TrimPrefix(reason, "operator: ")
+	sn := d.snapshot()
 	done := make(chan struct{}, len(v.Replicas))
 	n := 0
 	for _, r := range v.Replicas {
-		st, ok := s.fsm.Store(r.StoreID)
-		if !ok || !s.alive(r.StoreID) {
-			continue
-		}
-		c, err := s.storeClient(st.GRPCAddr)
-		if err != nil {
+		st, ok := sn.stores[r.StoreID]
+		if !ok || !sn.alive[r.StoreID] {
 			continue
 		}
 		n++
 		go func() {
 			defer func() { done <- struct{}{} }()
-			if _, err := c.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: v.Vid, Reason: reason}); err != nil {
-				s.opts.Logger.Warn("store did not mark volume read-only; it will be asked again", "store", r.StoreID, "vid", v.Vid, "err", err)
+			if err := d.stores.MarkReadOnly(ctx, st, v.Vid, reason); err != nil {
+				d.opts.Logger.Warn("store did not mark volume read-only; it will be asked again", "store", r.StoreID, "vid", v.Vid, "err", err)
 			}
 		}()
 	}

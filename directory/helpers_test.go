@@ -252,3 +252,9 @@ func waitAlive(t testing.TB, c directorypb.DirectoryClient, n int) {
 		return nil
 	})
 }
+
+// The wire states, as the gRPC answers carry them.
+const (
+	pbWritable = storepb.VolumeState_VOLUME_STATE_WRITABLE
+	pbReadOnly = storepb.VolumeState_VOLUME_STATE_READ_ONLY
+)

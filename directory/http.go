@@ -30,6 +30,9 @@ type Status struct {
 	Time        time.Time      `json:"time"`
 	Replication int            `json:"replication"`
 	HighWater   uint64         `json:"key_high_water"`
+	VidMark     uint32         `json:"vid_mark"`
+	Leading     bool           `json:"leading"`
+	Raft        *RaftStatus    `json:"raft,omitempty"`
 	Stores      []StoreStatus  `json:"stores"`
 	Volumes     []VolumeStatus `json:"volumes"`
 }
@@ -45,6 +48,9 @@ type StoreStatus struct {
 	FreeBytes     uint64    `json:"free_bytes"`
 	LastHeartbeat time.Time `json:"last_heartbeat"`
 	Vids          []uint32  `json:"vids"`
+	// Suspect are reported vids this directory never handed out: not
+	// adopted; an operator should check the store.
+	Suspect []uint32 `json:"suspect_vids,omitempty"`
 }
 
 // VolumeStatus describes one volume in Status.
@@ -60,17 +66,21 @@ type VolumeStatus struct {
 	DeletedBytes   uint64   `json:"deleted_bytes"`
 }
 
-// Status returns the directory's current state.
-func (s *Server) Status() Status {
-	sn := s.snapshot()
-	st := Status{Time: sn.now.UTC(), Replication: s.opts.Replication, HighWater: s.fsm.HighWater(),
-		Stores: []StoreStatus{}, Volumes: []VolumeStatus{}}
-	for _, rec := range s.fsm.Stores() {
-		info := s.storeInfo(sn, sn.stores[rec.ID])
-		ss := StoreStatus{ID: info.GetId(), State: storeStateName(info.GetState()), GRPCAddr: info.GetGrpcAddr(),
-			HTTPAddr: info.GetHttpAddr(), PublicURL: info.GetPublicUrl(), Rack: info.GetRack(),
-			FreeBytes: info.GetFreeBytes(), Vids: info.GetVids()}
-		if ns := info.GetLastHeartbeatUnixNano(); ns != 0 {
+// Status returns the directory's current state as this node sees it.
+func (d *Directory) Status() Status {
+	sn := d.snapshot()
+	st := Status{Time: sn.now.UTC(), Replication: d.opts.Replication, HighWater: d.fsm.HighWater(), VidMark: d.fsm.VidMark(),
+		Leading: sn.leading, Stores: []StoreStatus{}, Volumes: []VolumeStatus{}}
+	if r, ok := d.log.(*Raft); ok {
+		rs := r.Status()
+		st.Raft = &rs
+	}
+	for _, rec := range d.fsm.Stores() {
+		info := d.storeInfo(sn, sn.stores[rec.ID])
+		ss := StoreStatus{ID: info.ID, State: info.State.String(), GRPCAddr: info.GRPCAddr,
+			HTTPAddr: info.HTTPAddr, PublicURL: info.PublicURL, Rack: info.Rack,
+			FreeBytes: info.FreeBytes, Vids: info.Vids, Suspect: info.Suspect}
+		if ns := info.LastHeartbeatUnixNano; ns != 0 {
 			ss.LastHeartbeat = time.Unix(0, ns).UTC()
 		}
 		if ss.Vids == nil {
@@ -79,10 +89,10 @@ func (s *Server) Status() Status {
 		st.Stores = append(st.Stores, ss)
 	}
 	for _, v := range sn.volumes {
-		view := s.volumeView(sn, v)
-		vs := VolumeStatus{Vid: view.GetVid(), State: volumeStateName(view.GetState()), Reason: view.GetReadOnlyReason(),
-			Replicas: view.GetReplicaStoreIds(), SizeBytes: view.GetSizeBytes(), SizeLimitBytes: view.GetSizeLimitBytes(),
-			NeedleCount: view.GetNeedleCount(), DeletedBytes: view.GetDeletedBytes()}
+		view := d.volumeView(sn, v)
+		vs := VolumeStatus{Vid: view.Vid, State: view.State.String(), Reason: view.Reason,
+			Replicas: view.Replicas, SizeBytes: view.SizeBytes, SizeLimitBytes: view.SizeLimit,
+			NeedleCount: view.NeedleCount, DeletedBytes: view.DeletedBytes}
 		if vs.SizeLimitBytes > 0 {
 			vs.FillPercent = min(100, 100*float64(vs.SizeBytes)/float64(vs.SizeLimitBytes))
 		}
@@ -91,13 +101,19 @@ func (s *Server) Status() Status {
 	return st
 }
 
+// Status returns the directory's current state as this node sees it.
+func (s *Server) Status() Status { return s.d.Status() }
+
+// httpHandler serves the status page, its JSON, the metrics and the
+// health checks. Callers: operators and monitoring; it is read-only.
 func (s *Server) httpHandler() http.Handler {
+	d := s.d
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		var buf bytes.Buffer
-		if err := statusTemplate.Execute(&buf, s.Status()); err != nil {
-			s.opts.Logger.Error("status page", "err", err)
-			http.Error(w, "internal error", http.StatusInternalServerError)
+		if err := statusTemplate.Execute(&buf, d.Status()); err != nil {
+			d.opts.Logger.Error("status page", "err", err)
+			writeJSONError(w, http.StatusInternalServerError, "internal error")
 			return
 		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -109,22 +125,33 @@ func (s *Server) httpHandler() http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		enc.Encode(s.Status())
+		enc.Encode(d.Status())
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{Registry: s.metrics.reg}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{Registry: d.metrics.reg}))
 	ok := func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))
 	}
 	mux.HandleFunc("GET /healthz", ok)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if s.baseCtx.Err() != nil {
-			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		if s.http.Draining() || d.ctx.Err() != nil {
+			writeJSONError(w, http.StatusServiceUnavailable, "shutting down")
 			return
 		}
 		ok(w, r)
 	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSONError(w, http.StatusNotFound, "no such page")
+	})
 	return mux
+}
+
+// writeJSONError answers {"error": msg} with code.
+func writeJSONError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]string{"error": msg})
 }
 
 // humanBytes formats n with a binary unit.

@@ -3,9 +3,6 @@ package directory
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-
-	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
-	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 )
 
 // metrics are the directory's Prometheus metrics, in a registry of its own.
@@ -20,7 +17,7 @@ type metrics struct {
 	compactionsAsked prometheus.Counter
 }
 
-func newMetrics(s *Server) *metrics {
+func newMetrics(d *Directory) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		grpcRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -43,20 +40,21 @@ func newMetrics(s *Server) *metrics {
 		}),
 	}
 	m.reg.MustRegister(m.grpcRequests, m.heartbeats, m.corruptReports, m.assignedKeys, m.allocations, m.compactionsAsked,
-		&stateCollector{s: s},
+		&stateCollector{d: d},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 // stateCollector reports the directory's state at scrape time.
-type stateCollector struct{ s *Server }
+type stateCollector struct{ d *Directory }
 
 var (
 	descStores    = prometheus.NewDesc("haybale_directory_stores", "Known stores by liveness.", []string{"state"}, nil)
 	descVolumes   = prometheus.NewDesc("haybale_directory_volumes", "Logical volumes by effective state.", []string{"state"}, nil)
 	descHighWater = prometheus.NewDesc("haybale_directory_key_high_water", "The key sequencer's persisted high-water mark.", nil, nil)
 	descBytes     = prometheus.NewDesc("haybale_directory_volume_bytes", "Total size of the volumes (largest replica each).", nil, nil)
+	descLeader    = prometheus.NewDesc("haybale_directory_leader", "1 while this node leads the directory and may decide.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
@@ -65,58 +63,35 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descVolumes
 	ch <- descHighWater
 	ch <- descBytes
+	ch <- descLeader
 }
 
 // Collect implements prometheus.Collector.
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.s
-	sn := s.snapshot()
-	stores := map[directorypb.StoreState]int{}
+	d := c.d
+	sn := d.snapshot()
+	stores := map[StoreState]int{}
 	for id := range sn.stores {
-		stores[s.storeState(sn, id)]++
+		stores[d.storeState(sn, id)]++
 	}
-	for _, st := range []directorypb.StoreState{directorypb.StoreState_STORE_STATE_ALIVE, directorypb.StoreState_STORE_STATE_DEAD, directorypb.StoreState_STORE_STATE_UNSPECIFIED} {
-		ch <- prometheus.MustNewConstMetric(descStores, prometheus.GaugeValue, float64(stores[st]), storeStateName(st))
+	for _, st := range []StoreState{StoreAlive, StoreDead, StoreUnknown} {
+		ch <- prometheus.MustNewConstMetric(descStores, prometheus.GaugeValue, float64(stores[st]), st.String())
 	}
-	vols := map[storepb.VolumeState]int{}
+	vols := map[VolumeState]int{}
 	var bytes uint64
 	for _, v := range sn.volumes {
-		view := s.volumeView(sn, v)
-		vols[view.GetState()]++
-		bytes += view.GetSizeBytes()
+		view := d.volumeView(sn, v)
+		vols[view.State]++
+		bytes += view.SizeBytes
 	}
-	for st := storepb.VolumeState_VOLUME_STATE_WRITABLE; st <= storepb.VolumeState_VOLUME_STATE_FAILED; st++ {
-		ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(vols[st]), volumeStateName(st))
+	for st := StateWritable; st <= StateFailed; st++ {
+		ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(vols[st]), st.String())
 	}
-	ch <- prometheus.MustNewConstMetric(descHighWater, prometheus.GaugeValue, float64(s.fsm.HighWater()))
+	ch <- prometheus.MustNewConstMetric(descHighWater, prometheus.GaugeValue, float64(d.fsm.HighWater()))
 	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, float64(bytes))
-}
-
-// volumeStateName is the short name of a volume state, for people and
-// labels.
-func volumeStateName(st storepb.VolumeState) string {
-	switch st {
-	case storepb.VolumeState_VOLUME_STATE_WRITABLE:
-		return "writable"
-	case storepb.VolumeState_VOLUME_STATE_READ_ONLY:
-		return "read-only"
-	case storepb.VolumeState_VOLUME_STATE_SEALED:
-		return "sealed"
-	case storepb.VolumeState_VOLUME_STATE_EC:
-		return "ec"
-	case storepb.VolumeState_VOLUME_STATE_FAILED:
-		return "failed"
+	leader := 0.0
+	if sn.leading {
+		leader = 1
 	}
-	return "unknown"
-}
-
-// storeStateName is the short name of a store state.
-func storeStateName(st directorypb.StoreState) string {
-	switch st {
-	case directorypb.StoreState_STORE_STATE_ALIVE:
-		return "alive"
-	case directorypb.StoreState_STORE_STATE_DEAD:
-		return "dead"
-	}
-	return "unknown"
+	ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, leader)
 }

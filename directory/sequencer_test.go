@@ -20,7 +20,7 @@ import (
 func TestSequencerConcurrentNoDuplicates(t *testing.T) {
 	f := openFSM(t, filepath.Join(t.TempDir(), "state.db"))
 	defer f.Close()
-	q := newSequencer(f, 7) // a small block, so blocks are crossed often
+	q := newSequencer(f, newLocalLog(f), 7) // a small block, so blocks are crossed often
 	const workers, per = 16, 200
 	var mu sync.Mutex
 	seen := map[uint64]bool{}
@@ -29,7 +29,7 @@ func TestSequencerConcurrentNoDuplicates(t *testing.T) {
 		wg.Go(func() {
 			for i := range per {
 				n := uint64(1 + (w+i)%5)
-				first, err := q.next(n)
+				first, err := q.next(context.Background(), n)
 				if err != nil {
 					t.Error(err)
 					return
@@ -59,9 +59,9 @@ func TestSequencerRestartNeverReissues(t *testing.T) {
 	var last uint64
 	for round := range 4 {
 		f := openFSM(t, path)
-		q := newSequencer(f, 100)
+		q := newSequencer(f, newLocalLog(f), 100)
 		for i := range 30 {
-			first, err := q.next(uint64(1 + i%3))
+			first, err := q.next(context.Background(), uint64(1+i%3))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -79,13 +79,13 @@ func TestSequencerRestartNeverReissues(t *testing.T) {
 func TestSequencerLargeCount(t *testing.T) {
 	f := openFSM(t, filepath.Join(t.TempDir(), "state.db"))
 	defer f.Close()
-	q := newSequencer(f, 10)
-	a, _ := q.next(25) // more than a block
-	b, _ := q.next(1)
+	q := newSequencer(f, newLocalLog(f), 10)
+	a, _ := q.next(context.Background(), 25) // more than a block
+	b, _ := q.next(context.Background(), 1)
 	if a != 1 || b != 26 || f.HighWater() < 26 {
 		t.Fatalf("keys %d, %d; high water %d", a, b, f.HighWater())
 	}
-	if _, err := q.next(0); err == nil {
+	if _, err := q.next(context.Background(), 0); err == nil {
 		t.Fatal("zero keys granted")
 	}
 }

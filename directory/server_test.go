@@ -236,7 +236,7 @@ func TestDeadStore(t *testing.T) {
 	a.paused.Store(true)
 	waitFor(t, "volume read-only while store a is dead", func() error {
 		v := volumeView(t, c, vid)
-		if v.GetState() != readOnly || !strings.Contains(v.GetReadOnlyReason(), "store a") {
+		if v.GetState() != pbReadOnly || !strings.Contains(v.GetReadOnlyReason(), "store a") {
 			return fmt.Errorf("volume %d: %v %q", vid, v.GetState(), v.GetReadOnlyReason())
 		}
 		return nil
@@ -260,7 +260,7 @@ func TestDeadStore(t *testing.T) {
 	// a returns: its volume is writable again.
 	a.paused.Store(false)
 	waitFor(t, "volume writable after store a returned", func() error {
-		if v := volumeView(t, c, vid); v.GetState() != writable {
+		if v := volumeView(t, c, vid); v.GetState() != pbWritable {
 			return fmt.Errorf("volume %d: %v %q", vid, v.GetState(), v.GetReadOnlyReason())
 		}
 		return nil
@@ -283,11 +283,11 @@ func TestSizeLimitAndMarkReadOnly(t *testing.T) {
 	a.setSize(vid, 1<<20)
 	waitFor(t, "full volume read-only on every replica", func() error {
 		for _, f := range []*fakeStore{a, b} {
-			if v, _ := f.volume(vid); v.GetState() != readOnly {
+			if v, _ := f.volume(vid); v.GetState() != pbReadOnly {
 				return fmt.Errorf("store %s still has volume %d %v", f.id, vid, v.GetState())
 			}
 		}
-		if v := volumeView(t, c, vid); v.GetState() != readOnly || v.GetReadOnlyReason() != "full" {
+		if v := volumeView(t, c, vid); v.GetState() != pbReadOnly || v.GetReadOnlyReason() != "full" {
 			return fmt.Errorf("view %v %q", v.GetState(), v.GetReadOnlyReason())
 		}
 		return nil
@@ -305,11 +305,11 @@ func TestSizeLimitAndMarkReadOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mr.GetVolume().GetState() != readOnly || !strings.Contains(mr.GetVolume().GetReadOnlyReason(), "disk swap") {
+	if mr.GetVolume().GetState() != pbReadOnly || !strings.Contains(mr.GetVolume().GetReadOnlyReason(), "disk swap") {
 		t.Fatalf("MarkReadOnly answered %v", mr.GetVolume())
 	}
 	for _, f := range []*fakeStore{a, b} {
-		if v, _ := f.volume(resp.GetVid()); v.GetState() != readOnly {
+		if v, _ := f.volume(resp.GetVid()); v.GetState() != pbReadOnly {
 			t.Fatalf("store %s was not told: %v", f.id, v.GetState())
 		}
 	}
@@ -324,7 +324,7 @@ func TestPlacementDistinctRacks(t *testing.T) {
 	}
 	waitAlive(t, c, 4)
 	for range 5 {
-		if err := s.allocateVolume(bg); err != nil {
+		if err := s.d.allocateVolume(bg); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -3,128 +3,127 @@ package directory
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
-	"runtime/debug"
 	"strings"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/haybale/haybale/internal/token"
 	"github.com/haybale/haybale/needle"
-	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
-	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 )
 
-// unaryInterceptor counts calls by method and code and turns a panic in a
-// handler into an INTERNAL answer.
-func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			s.opts.Logger.Error("gRPC handler panicked", "method", info.FullMethod, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-			resp, err = nil, status.Error(codes.Internal, "internal error")
-		}
-		s.metrics.grpcRequests.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
-	}()
-	return handler(ctx, req)
+// Replica is where one replica of a volume lives.
+type Replica struct {
+	StoreID   string
+	GRPCAddr  string
+	HTTPAddr  string
+	PublicURL string
+	Rack      string
+}
+
+// Assignment is the answer of Assign: KeyCount fresh keys from KeyStart in
+// volume Vid, its replicas (live ones first) and a write token for them.
+type Assignment struct {
+	KeyStart   uint64
+	KeyCount   uint32
+	Vid        uint32
+	Replicas   []Replica
+	WriteToken string
+	Expiry     time.Time
+}
+
+// DeleteGrant is the answer of AuthorizeDelete.
+type DeleteGrant struct {
+	Vid        uint32
+	Replicas   []Replica
+	WriteToken string
+	Expiry     time.Time
 }
 
 // Assign grants count fresh keys on a writable volume chosen at random
 // among the assignable ones, with the volume's replicas and a write token
 // for the range. It allocates a volume first when none is assignable, and
-// in the background when fewer than MinWritable have room.
-func (s *Server) Assign(ctx context.Context, req *directorypb.AssignRequest) (*directorypb.AssignResponse, error) {
-	count := req.GetCount()
+// in the background when fewer than MinWritable have room. Leader only.
+func (d *Directory) Assign(ctx context.Context, count uint32) (Assignment, error) {
 	if count == 0 {
-		return nil, status.Error(codes.InvalidArgument, "count must be at least 1")
+		return Assignment{}, fmt.Errorf("%w: count must be at least 1", ErrInvalidArgument)
 	}
-	if count > s.opts.MaxAssignCount {
-		return nil, status.Errorf(codes.InvalidArgument, "count %d is above the maximum of %d per assignment", count, s.opts.MaxAssignCount)
+	if count > d.opts.MaxAssignCount {
+		return Assignment{}, fmt.Errorf("%w: count %d is above the maximum of %d per assignment", ErrInvalidArgument, count, d.opts.MaxAssignCount)
 	}
-	sn := s.snapshot()
-	vols, roomy := s.assignable(sn)
-	if roomy < s.opts.MinWritable {
-		s.growAsync()
+	if _, _, err := d.leading(); err != nil {
+		return Assignment{}, err
+	}
+	sn := d.snapshot()
+	vols, roomy := d.assignable(sn)
+	if roomy < d.opts.MinWritable {
+		d.growAsync()
 	}
 	if len(vols) == 0 {
-		if err := s.growSync(ctx); err != nil {
-			return nil, err
+		if err := d.growSync(ctx); err != nil {
+			return Assignment{}, err
 		}
-		sn = s.snapshot()
-		if vols, _ = s.assignable(sn); len(vols) == 0 {
-			return nil, status.Error(codes.Unavailable, "no writable volume; retry")
+		sn = d.snapshot()
+		if vols, _ = d.assignable(sn); len(vols) == 0 {
+			return Assignment{}, fmt.Errorf("%w: no writable volume; retry", ErrUnavailable)
 		}
 	}
 	v := vols[rand.IntN(len(vols))]
-	first, err := s.seq.next(uint64(count))
+	first, err := d.seq.next(ctx, uint64(count))
 	if err != nil {
-		if errors.Is(err, ErrKeysExhausted) {
-			return nil, status.Error(codes.ResourceExhausted, err.Error())
-		}
-		return nil, status.Error(codes.Unavailable, err.Error())
+		return Assignment{}, err
 	}
-	expiry := time.Now().Add(s.opts.TokenTTL)
-	tok, err := s.signer.Sign(token.Claims{Vid: v.Vid, KeyStart: first, KeyCount: uint64(count), Expiry: expiry})
+	expiry := time.Now().Add(d.opts.TokenTTL)
+	tok, err := d.signer.Sign(token.Claims{Vid: v.Vid, KeyStart: first, KeyCount: uint64(count), Expiry: expiry})
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return Assignment{}, fmt.Errorf("directory: sign token: %w", err)
 	}
-	s.metrics.assignedKeys.Add(float64(count))
-	return &directorypb.AssignResponse{
-		KeyStart:        first,
-		KeyCount:        count,
-		Vid:             v.Vid,
-		Replicas:        s.replicas(sn, v),
-		WriteToken:      tok,
-		TokenExpiryUnix: expiry.Unix(),
-	}, nil
+	d.metrics.assignedKeys.Add(float64(count))
+	return Assignment{KeyStart: first, KeyCount: count, Vid: v.Vid, Replicas: d.replicas(sn, v), WriteToken: tok, Expiry: expiry}, nil
 }
 
-// volumeOrError returns volume vid or a NOT_FOUND / INVALID_ARGUMENT
-// status.
-func (s *Server) volumeOrError(vid uint32) (VolumeRecord, error) {
+// volume returns volume vid or an invalid-argument / unknown-volume error.
+func (d *Directory) volume(vid uint32) (VolumeRecord, error) {
 	if vid == 0 {
-		return VolumeRecord{}, status.Error(codes.InvalidArgument, "vid 0")
+		return VolumeRecord{}, fmt.Errorf("%w: vid 0", ErrInvalidArgument)
 	}
-	v, ok := s.fsm.Volume(vid)
+	v, ok := d.fsm.Volume(vid)
 	if !ok {
-		return VolumeRecord{}, status.Errorf(codes.NotFound, "volume %d is unknown", vid)
+		return VolumeRecord{}, fmt.Errorf("%w: volume %d is unknown", ErrUnknownVolume, vid)
 	}
 	return v, nil
 }
 
 // Lookup describes volume vid: its state and replicas, live ones first.
-func (s *Server) Lookup(_ context.Context, req *directorypb.LookupRequest) (*directorypb.LookupResponse, error) {
-	v, err := s.volumeOrError(req.GetVid())
+// Any node answers from its state.
+func (d *Directory) Lookup(vid uint32) (VolumeState, []Replica, error) {
+	v, err := d.volume(vid)
 	if err != nil {
-		return nil, err
+		return 0, nil, err
 	}
-	sn := s.snapshot()
-	state, _ := s.effectiveState(sn, v)
-	return &directorypb.LookupResponse{Vid: v.Vid, State: state, Replicas: s.replicas(sn, v)}, nil
+	sn := d.snapshot()
+	state, _ := d.effectiveState(sn, v)
+	return state, d.replicas(sn, v), nil
 }
 
-// ListStores describes every known store in id order.
-func (s *Server) ListStores(context.Context, *directorypb.ListStoresRequest) (*directorypb.ListStoresResponse, error) {
-	sn := s.snapshot()
-	resp := &directorypb.ListStoresResponse{}
-	for _, st := range s.fsm.Stores() {
-		resp.Stores = append(resp.Stores, s.storeInfo(sn, sn.stores[st.ID]))
+// Stores describes every known store in id order.
+func (d *Directory) Stores() []StoreInfo {
+	sn := d.snapshot()
+	out := make([]StoreInfo, 0, len(sn.stores))
+	for _, st := range d.fsm.Stores() {
+		out = append(out, d.storeInfo(sn, sn.stores[st.ID]))
 	}
-	return resp, nil
+	return out
 }
 
-// ListVolumes describes every volume in vid order.
-func (s *Server) ListVolumes(context.Context, *directorypb.ListVolumesRequest) (*directorypb.ListVolumesResponse, error) {
-	sn := s.snapshot()
-	resp := &directorypb.ListVolumesResponse{}
+// Volumes describes every volume in vid order.
+func (d *Directory) Volumes() []VolumeView {
+	sn := d.snapshot()
+	out := make([]VolumeView, 0, len(sn.volumes))
 	for _, v := range sn.volumes {
-		resp.Volumes = append(resp.Volumes, s.volumeView(sn, v))
+		out = append(out, d.volumeView(sn, v))
 	}
-	return resp, nil
+	return out
 }
 
 // maxReasonLen bounds an operator's read-only reason.
@@ -133,72 +132,99 @@ const maxReasonLen = 256
 // MarkReadOnly makes volume vid read-only for good (until an operator
 // changes it) and tells its live replicas; the others are told with their
 // next heartbeat. A volume already beyond writable is left as it is.
-func (s *Server) MarkReadOnly(ctx context.Context, req *directorypb.DirectoryMarkReadOnlyRequest) (*directorypb.DirectoryMarkReadOnlyResponse, error) {
-	v, err := s.volumeOrError(req.GetVid())
+// Leader only.
+func (d *Directory) MarkReadOnly(ctx context.Context, vid uint32, reason string) (VolumeView, error) {
+	v, err := d.volume(vid)
 	if err != nil {
-		return nil, err
+		return VolumeView{}, err
 	}
-	reason := strings.TrimSpace(req.GetReason())
+	reason = strings.TrimSpace(reason)
 	if len(reason) > maxReasonLen {
-		return nil, status.Errorf(codes.InvalidArgument, "reason longer than %d bytes", maxReasonLen)
+		return VolumeView{}, fmt.Errorf("%w: reason longer than %d bytes", ErrInvalidArgument, maxReasonLen)
+	}
+	if _, _, err := d.leading(); err != nil {
+		return VolumeView{}, err
 	}
 	reason = "operator: " + cmp.Or(reason, "marked read-only")
-	if v.State == storepb.VolumeState_VOLUME_STATE_WRITABLE {
-		if err := s.fsm.Apply(Command{Type: CmdSetVolumeState, Vid: v.Vid, State: storepb.VolumeState_VOLUME_STATE_READ_ONLY, Reason: reason}); err != nil {
-			return nil, status.Error(codes.Unavailable, err.Error())
+	if v.State == StateWritable {
+		if err := d.apply(ctx, Command{Type: CmdSetVolumeState, Vid: v.Vid, State: StateReadOnly, Reason: reason}); err != nil {
+			return VolumeView{}, err
 		}
-		s.opts.Logger.Info("volume marked read-only", "vid", v.Vid, "reason", reason)
-		v, _ = s.fsm.Volume(v.Vid)
+		d.opts.Logger.Info("volume marked read-only", "vid", v.Vid, "reason", reason)
+		v, _ = d.fsm.Volume(v.Vid)
 	}
-	if v.State == storepb.VolumeState_VOLUME_STATE_READ_ONLY {
-		s.markReplicasReadOnly(ctx, v, v.Reason)
+	if v.State == StateReadOnly {
+		d.markReplicasReadOnly(ctx, v, v.Reason)
 	}
-	return &directorypb.DirectoryMarkReadOnlyResponse{Volume: s.volumeView(s.snapshot(), v)}, nil
+	return d.volumeView(d.snapshot(), v), nil
 }
 
-// PhotoURLs builds a photo's image URLs: under the CDN base URL when one is
-// configured, else under the cache node that owns the photo's key, else
-// under a store holding a replica (a live one when there is one, chosen by
-// the photo's key so that a photo's URLs stay stable).
-func (s *Server) PhotoURLs(_ context.Context, req *directorypb.PhotoURLsRequest) (*directorypb.PhotoURLsResponse, error) {
-	id, err := needle.ParsePhotoID(req.GetPhotoId())
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+// RemoveStore forgets store id: its record goes and it leaves the replica
+// lists of its volumes (which then count as under-replicated). A store
+// that heartbeats again registers anew, with no volume it held before
+// the removal counted as a replica until it reports it. Leader only.
+func (d *Directory) RemoveStore(ctx context.Context, id string) error {
+	if !validStoreID(id) {
+		return fmt.Errorf("%w: bad store id %q", ErrInvalidArgument, clip(id))
 	}
-	v, err := s.volumeOrError(id.Vid)
-	if err != nil {
-		return nil, err
+	if _, _, err := d.leading(); err != nil {
+		return err
 	}
-	base := s.opts.CDNURL
-	if base == "" && len(s.opts.CacheNodes) > 0 {
-		base = baseURL(s.opts.CacheNodes[needle.Owner(id.Key, s.opts.CacheNodes)])
+	if err := d.apply(ctx, Command{Type: CmdRemoveStore, StoreID: id}); err != nil {
+		return err
+	}
+	d.live.Lock()
+	delete(d.live.stores, id)
+	d.live.Unlock()
+	d.opts.Logger.Info("store removed", "store", id)
+	return nil
+}
+
+// PhotoURLs builds a photo's image URLs, by size letter: under the CDN base
+// URL when one is configured, else under the cache node that owns the
+// photo's key, else under a store holding a replica (a live one when there
+// is one, chosen by the photo's key so that a photo's URLs stay stable).
+// Any node answers from its state.
+func (d *Directory) PhotoURLs(photoID string) (needle.PhotoID, map[string]string, error) {
+	id, err := needle.ParsePhotoID(photoID)
+	if err != nil {
+		return needle.PhotoID{}, nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
+	}
+	v, err := d.volume(id.Vid)
+	if err != nil {
+		return needle.PhotoID{}, nil, err
+	}
+	base := d.opts.CDNURL
+	if base == "" && len(d.opts.CacheNodes) > 0 {
+		base = baseURL(d.opts.CacheNodes[needle.Owner(id.Key, d.opts.CacheNodes)])
 	}
 	if base == "" {
-		reps := s.replicas(s.snapshot(), v)
+		sn := d.snapshot()
+		reps := d.replicas(sn, v)
 		if len(reps) == 0 {
-			return nil, status.Errorf(codes.Unavailable, "volume %d has no replica", id.Vid)
+			return needle.PhotoID{}, nil, fmt.Errorf("%w: volume %d has no replica", ErrUnavailable, id.Vid)
 		}
 		// Prefer the live replicas, which replicas lists first.
 		good := reps[:1]
-		for i := 1; i < len(reps) && s.alive(reps[i].GetStoreId()); i++ {
+		for i := 1; i < len(reps) && sn.alive[reps[i].StoreID]; i++ {
 			good = reps[:i+1]
 		}
 		ids := make([]string, len(good))
 		for i, r := range good {
-			ids[i] = r.GetStoreId()
+			ids[i] = r.StoreID
 		}
 		r := good[needle.Owner(id.Key, ids)]
-		base = baseURL(cmp.Or(r.GetPublicUrl(), r.GetHttpAddr()))
+		base = baseURL(cmp.Or(r.PublicURL, r.HTTPAddr))
 	}
 	sizes := needle.PhotoSizes[:]
-	if s.opts.KeepOriginals {
+	if d.opts.KeepOriginals {
 		sizes = append(sizes[:len(sizes):len(sizes)], needle.SizeOriginal)
 	}
-	resp := &directorypb.PhotoURLsResponse{PhotoId: id.String(), Urls: map[string]string{}}
+	urls := map[string]string{}
 	for _, size := range sizes {
-		resp.Urls[size.Letter()] = base + needle.ImagePath(id, size, "jpg")
+		urls[size.Letter()] = base + needle.ImagePath(id, size, "jpg")
 	}
-	return resp, nil
+	return id, urls, nil
 }
 
 // baseURL turns "host:port" into "http://host:port" and drops a trailing
@@ -213,24 +239,23 @@ func baseURL(s string) string {
 
 // AuthorizeDelete issues a write token for one existing photo's key and
 // returns its replicas, so a client can write tombstones on every replica.
-func (s *Server) AuthorizeDelete(_ context.Context, req *directorypb.AuthorizeDeleteRequest) (*directorypb.AuthorizeDeleteResponse, error) {
-	id, err := needle.ParsePhotoID(req.GetPhotoId())
+// Leader only.
+func (d *Directory) AuthorizeDelete(photoID string) (DeleteGrant, error) {
+	id, err := needle.ParsePhotoID(photoID)
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return DeleteGrant{}, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
-	v, err := s.volumeOrError(id.Vid)
+	v, err := d.volume(id.Vid)
 	if err != nil {
-		return nil, err
+		return DeleteGrant{}, err
 	}
-	expiry := time.Now().Add(s.opts.TokenTTL)
-	tok, err := s.signer.Sign(token.Claims{Vid: v.Vid, KeyStart: id.Key, KeyCount: 1, Expiry: expiry})
+	if _, _, err := d.leading(); err != nil {
+		return DeleteGrant{}, err
+	}
+	expiry := time.Now().Add(d.opts.TokenTTL)
+	tok, err := d.signer.Sign(token.Claims{Vid: v.Vid, KeyStart: id.Key, KeyCount: 1, Expiry: expiry})
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return DeleteGrant{}, fmt.Errorf("directory: sign token: %w", err)
 	}
-	return &directorypb.AuthorizeDeleteResponse{
-		Vid:             v.Vid,
-		Replicas:        s.replicas(s.snapshot(), v),
-		WriteToken:      tok,
-		TokenExpiryUnix: expiry.Unix(),
-	}, nil
+	return DeleteGrant{Vid: v.Vid, Replicas: d.replicas(d.snapshot(), v), WriteToken: tok, Expiry: expiry}, nil
 }

@@ -5,61 +5,116 @@ import (
 	"fmt"
 	"slices"
 	"time"
-
-	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
-	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 )
 
-// snapshot is a consistent-enough picture for one request: the persisted
-// records overlaid with what the stores reported since this process
-// started, and each store's liveness.
+// StoreState is a store's liveness as this node sees it.
+type StoreState uint8
+
+// The store states.
+const (
+	// StoreUnknown: not heard from since this node started leading, within
+	// the grace period; or this node does not lead.
+	StoreUnknown StoreState = iota
+	// StoreAlive: heartbeating.
+	StoreAlive
+	// StoreDead: silent for MissedHeartbeats intervals.
+	StoreDead
+)
+
+// String returns "alive", "dead" or "unknown".
+func (s StoreState) String() string {
+	switch s {
+	case StoreAlive:
+		return "alive"
+	case StoreDead:
+		return "dead"
+	}
+	return "unknown"
+}
+
+// StoreInfo describes a store: its record, with the freshest figures this
+// node has, and its liveness.
+type StoreInfo struct {
+	StoreRecord
+	State StoreState
+}
+
+// VolumeView describes a logical volume: its effective state (the logical
+// state, read-only while a replica is dead, missing or not writable) and
+// the largest figures of its replicas.
+type VolumeView struct {
+	Vid          uint32
+	State        VolumeState
+	Reason       string
+	Replicas     []string // store ids
+	SizeBytes    uint64
+	SizeLimit    uint64
+	NeedleCount  uint64
+	DeletedBytes uint64
+}
+
+// snapshot is a consistent-enough picture for one request: the committed
+// records overlaid with what the stores reported to this node, and each
+// store's liveness.
 type snapshot struct {
 	now     time.Time
+	leading bool
 	stores  map[string]StoreRecord
 	alive   map[string]bool
-	seen    map[string]bool // heard from since this process started
-	vols    map[string]map[uint32]*storepb.VolumeInfo
+	seen    map[string]bool // reported to this node's current leadership
+	vols    map[string]map[uint32]VolumeReport
 	volumes []VolumeRecord
 }
 
-func (s *Server) snapshot() *snapshot {
+func (d *Directory) snapshot() *snapshot {
+	epoch, since := d.log.Leadership()
 	sn := &snapshot{
-		now:    time.Now(),
-		stores: map[string]StoreRecord{},
-		alive:  map[string]bool{},
-		seen:   map[string]bool{},
-		vols:   map[string]map[uint32]*storepb.VolumeInfo{},
+		now:     time.Now(),
+		leading: epoch != 0,
+		stores:  map[string]StoreRecord{},
+		alive:   map[string]bool{},
+		seen:    map[string]bool{},
+		vols:    map[string]map[uint32]VolumeReport{},
 	}
-	for _, st := range s.fsm.Stores() {
+	for _, st := range d.fsm.Stores() {
 		sn.stores[st.ID] = st
 	}
-	sn.volumes = s.fsm.Volumes()
-	s.live.Lock()
-	for id, ls := range s.live.stores {
+	sn.volumes = d.fsm.Volumes()
+	if !sn.leading {
+		// A follower hears no heartbeat: it knows the committed records
+		// only, and calls no store dead.
+		return sn
+	}
+	d.live.Lock()
+	for id := range sn.stores {
+		sn.alive[id] = d.aliveLocked(id, sn.now, since)
+	}
+	for id, ls := range d.live.stores {
 		st, ok := sn.stores[id]
-		if !ok {
-			continue // not recorded yet
+		if !ok || !ls.seen.After(since) {
+			continue // not recorded yet, or removed; or reported to an earlier leadership
 		}
-		r := ls.req
-		st.GRPCAddr, st.HTTPAddr, st.PublicURL, st.Rack = r.GetGrpcAddr(), r.GetHttpAddr(), r.GetPublicUrl(), r.GetRack()
-		st.FreeBytes = r.GetFreeBytes()
+		hb := ls.hb
+		st.GRPCAddr, st.HTTPAddr, st.PublicURL, st.Rack = hb.GRPCAddr, hb.HTTPAddr, hb.PublicURL, hb.Rack
+		st.FreeBytes = hb.FreeBytes
 		st.LastHeartbeatUnixNano = ls.seen.UnixNano()
 		st.Vids = st.Vids[:0:0]
 		for vid := range ls.vols {
-			st.Vids = append(st.Vids, vid)
+			if !slices.Contains(st.Suspect, vid) {
+				st.Vids = append(st.Vids, vid)
+			}
 		}
 		slices.Sort(st.Vids)
 		sn.stores[id] = st
-		sn.alive[id] = s.aliveLocked(id, sn.now)
 		sn.seen[id] = true
 		sn.vols[id] = ls.vols
 	}
-	s.live.Unlock()
+	d.live.Unlock()
 	return sn
 }
 
 // replicaState returns the freshest report of the replica: the live one
-// when the store heartbeated since this process started.
+// when the store reported to this node's leadership.
 func (sn *snapshot) replicaState(r ReplicaRecord) VolumeReport {
 	vols, ok := sn.vols[r.StoreID]
 	if !ok {
@@ -69,46 +124,44 @@ func (sn *snapshot) replicaState(r ReplicaRecord) VolumeReport {
 	if !ok {
 		return VolumeReport{Vid: r.Vid, Reason: "missing from the store's report"}
 	}
-	return VolumeReport{Vid: v.GetVid(), State: v.GetState(), Reason: v.GetReadOnlyReason(), SizeBytes: v.GetSizeBytes(),
-		SizeLimit: v.GetSizeLimitBytes(), NeedleCount: v.GetNeedleCount(), DeletedBytes: v.GetDeletedBytes()}
+	return v
 }
 
 // effectiveState is the state a volume has for Assign and the views: its
 // logical state, made read-only while it is allocating, under-replicated,
 // or has a replica that is dead, missing or not writable.
-func (s *Server) effectiveState(sn *snapshot, v VolumeRecord) (storepb.VolumeState, string) {
-	if v.State != storepb.VolumeState_VOLUME_STATE_WRITABLE {
+func (d *Directory) effectiveState(sn *snapshot, v VolumeRecord) (VolumeState, string) {
+	if v.State != StateWritable {
 		return v.State, v.Reason
 	}
-	ro := storepb.VolumeState_VOLUME_STATE_READ_ONLY
 	if v.Allocating {
-		return ro, "allocating"
+		return StateReadOnly, "allocating"
 	}
-	if len(v.Replicas) < s.opts.Replication {
-		return ro, fmt.Sprintf("under-replicated: %d of %d replicas", len(v.Replicas), s.opts.Replication)
+	if len(v.Replicas) < d.opts.Replication {
+		return StateReadOnly, fmt.Sprintf("under-replicated: %d of %d replicas", len(v.Replicas), d.opts.Replication)
 	}
 	for _, r := range v.Replicas {
-		if !sn.alive[r.StoreID] {
-			return ro, fmt.Sprintf("store %s is not heartbeating", r.StoreID)
+		if sn.leading && !sn.alive[r.StoreID] {
+			return StateReadOnly, fmt.Sprintf("store %s is not heartbeating", r.StoreID)
 		}
-		if rs := sn.replicaState(r); rs.State != storepb.VolumeState_VOLUME_STATE_WRITABLE {
-			return ro, fmt.Sprintf("store %s: %s", r.StoreID, describeState(rs.State, rs.Reason))
+		if rs := sn.replicaState(r); rs.State != StateWritable {
+			return StateReadOnly, fmt.Sprintf("store %s: %s", r.StoreID, describeState(rs.State, rs.Reason))
 		}
 	}
-	return storepb.VolumeState_VOLUME_STATE_WRITABLE, ""
+	return StateWritable, ""
 }
 
-// sizeLimit is the volume's limit, or the server's when it has none.
-func (s *Server) sizeLimit(v VolumeRecord) uint64 {
-	return cmp.Or(v.SizeLimit, s.opts.VolumeSizeLimit)
+// sizeLimit is the volume's limit, or the directory's when it has none.
+func (d *Directory) sizeLimit(v VolumeRecord) uint64 {
+	return cmp.Or(v.SizeLimit, d.opts.VolumeSizeLimit)
 }
 
 // volumeView merges the replicas' reports into the view of v.
-func (s *Server) volumeView(sn *snapshot, v VolumeRecord) *directorypb.VolumeView {
-	state, reason := s.effectiveState(sn, v)
-	out := &directorypb.VolumeView{Vid: v.Vid, State: state, ReadOnlyReason: reason, SizeLimitBytes: s.sizeLimit(v)}
+func (d *Directory) volumeView(sn *snapshot, v VolumeRecord) VolumeView {
+	state, reason := d.effectiveState(sn, v)
+	out := VolumeView{Vid: v.Vid, State: state, Reason: reason, SizeLimit: d.sizeLimit(v), Replicas: []string{}}
 	for _, r := range v.Replicas {
-		out.ReplicaStoreIds = append(out.ReplicaStoreIds, r.StoreID)
+		out.Replicas = append(out.Replicas, r.StoreID)
 		rs := sn.replicaState(r)
 		out.SizeBytes = max(out.SizeBytes, rs.SizeBytes)
 		out.NeedleCount = max(out.NeedleCount, rs.NeedleCount)
@@ -118,34 +171,35 @@ func (s *Server) volumeView(sn *snapshot, v VolumeRecord) *directorypb.VolumeVie
 }
 
 // storeState is a store's liveness in the views.
-func (s *Server) storeState(sn *snapshot, id string) directorypb.StoreState {
+func (d *Directory) storeState(sn *snapshot, id string) StoreState {
 	switch {
+	case !sn.leading:
+		return StoreUnknown
+	case sn.seen[id] && sn.alive[id]:
+		return StoreAlive
 	case sn.alive[id]:
-		return directorypb.StoreState_STORE_STATE_ALIVE
-	case !sn.seen[id] && sn.now.Sub(s.started) <= MissedHeartbeats*s.opts.HeartbeatInterval:
-		return directorypb.StoreState_STORE_STATE_UNSPECIFIED // not heard from since start, yet
+		return StoreUnknown // in the grace period, not heard from yet
 	default:
-		return directorypb.StoreState_STORE_STATE_DEAD
+		return StoreDead
 	}
 }
 
-func (s *Server) storeInfo(sn *snapshot, st StoreRecord) *directorypb.StoreInfo {
-	return &directorypb.StoreInfo{
-		Id: st.ID, GrpcAddr: st.GRPCAddr, HttpAddr: st.HTTPAddr, PublicUrl: st.PublicURL, Rack: st.Rack,
-		FreeBytes: st.FreeBytes, LastHeartbeatUnixNano: st.LastHeartbeatUnixNano,
-		State: s.storeState(sn, st.ID), Vids: slices.Clone(st.Vids),
-	}
+func (d *Directory) storeInfo(sn *snapshot, st StoreRecord) StoreInfo {
+	st.Vids = slices.Clone(st.Vids)
+	st.Suspect = slices.Clone(st.Suspect)
+	return StoreInfo{StoreRecord: st, State: d.storeState(sn, st.ID)}
 }
 
 // replicas returns v's replicas with their addresses: live ones holding the
-// volume first, the others after them, each group in record order.
-func (s *Server) replicas(sn *snapshot, v VolumeRecord) []*directorypb.Replica {
-	var good, bad []*directorypb.Replica
+// volume first, the others after them, each group in record order. A
+// follower, which hears no heartbeats, lists them in record order.
+func (d *Directory) replicas(sn *snapshot, v VolumeRecord) []Replica {
+	var good, bad []Replica
 	for _, r := range v.Replicas {
 		st := sn.stores[r.StoreID]
-		rep := &directorypb.Replica{StoreId: r.StoreID, GrpcAddr: st.GRPCAddr, HttpAddr: st.HTTPAddr, PublicUrl: st.PublicURL, Rack: st.Rack}
+		rep := Replica{StoreID: r.StoreID, GRPCAddr: st.GRPCAddr, HTTPAddr: st.HTTPAddr, PublicURL: st.PublicURL, Rack: st.Rack}
 		rs := sn.replicaState(r)
-		if sn.alive[r.StoreID] && rs.State != storepb.VolumeState_VOLUME_STATE_UNSPECIFIED && rs.State != storepb.VolumeState_VOLUME_STATE_FAILED {
+		if (!sn.leading || sn.alive[r.StoreID]) && rs.State != StateUnknown && rs.State != StateFailed {
 			good = append(good, rep)
 		} else {
 			bad = append(bad, rep)

@@ -23,7 +23,6 @@ import (
 	"github.com/haybale/haybale/directory"
 	"github.com/haybale/haybale/gateway"
 	"github.com/haybale/haybale/internal/token"
-	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
 	"github.com/haybale/haybale/resizer"
 	"github.com/haybale/haybale/store"
 	"github.com/haybale/haybale/store/volume"
@@ -334,7 +333,7 @@ func waitReady(ctx context.Context, st *store.Store, dir *directory.Server, fail
 	for {
 		if st.Ready() && storeAlive(dir) {
 			actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err := dir.Assign(actx, &directorypb.AssignRequest{Count: 1})
+			_, err := dir.Directory().Assign(actx, 1)
 			cancel()
 			if err == nil {
 				return nil

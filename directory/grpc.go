@@ -1,0 +1,385 @@
+package directory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
+	"github.com/haybale/haybale/proto/haybale/v1/storepb"
+)
+
+// NotLeaderReason is the errdetails.ErrorInfo reason of an UNAVAILABLE
+// answer from a node that does not lead; its metadata "leader" holds the
+// leader's gRPC address when known. Clients follow it.
+const NotLeaderReason = "NOT_LEADER"
+
+// ErrorDomain is the errdetails.ErrorInfo domain of the directory's
+// errors.
+const ErrorDomain = "directory.haybale"
+
+// statusOf maps the Directory's errors to gRPC status codes: the one place
+// where that mapping lives.
+func statusOf(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var nl *NotLeaderError
+	switch {
+	case errors.As(err, &nl):
+		st := status.New(codes.Unavailable, err.Error())
+		if withInfo, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: NotLeaderReason, Domain: ErrorDomain,
+			Metadata: map[string]string{"leader": nl.Leader}}); derr == nil {
+			st = withInfo
+		}
+		return st.Err()
+	case errors.Is(err, ErrInvalidArgument):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrUnknownVolume), errors.Is(err, ErrUnknownStore):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, ErrKeysExhausted), errors.Is(err, ErrVidsExhausted):
+		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, ErrUnavailable), errors.Is(err, ErrClosed):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// NotLeader returns the leader's address when err is a directory's
+// not-leader answer (ok), the empty string when the leader is unknown.
+func NotLeader(err error) (leader string, ok bool) {
+	st, isStatus := status.FromError(err)
+	if !isStatus || st.Code() != codes.Unavailable {
+		return "", false
+	}
+	for _, d := range st.Details() {
+		if info, isInfo := d.(*errdetails.ErrorInfo); isInfo && info.GetReason() == NotLeaderReason && info.GetDomain() == ErrorDomain {
+			return info.GetMetadata()["leader"], true
+		}
+	}
+	return "", false
+}
+
+// newGRPCServer builds the gRPC server with the directory service
+// registered.
+func newGRPCServer(d *Directory) *grpc.Server {
+	g := grpc.NewServer(grpc.ChainUnaryInterceptor(unaryInterceptor(d)))
+	directorypb.RegisterDirectoryServer(g, &grpcService{d: d})
+	return g
+}
+
+// unaryInterceptor counts calls by method and code and turns a panic in a
+// handler into an INTERNAL answer.
+func unaryInterceptor(d *Directory) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				d.opts.Logger.Error("gRPC handler panicked", "method", info.FullMethod, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+				resp, err = nil, status.Error(codes.Internal, "internal error")
+			}
+			d.metrics.grpcRequests.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
+		}()
+		return handler(ctx, req)
+	}
+}
+
+// grpcService implements directorypb.DirectoryServer over a Directory:
+// it converts messages and errors and decides nothing.
+type grpcService struct {
+	directorypb.UnimplementedDirectoryServer
+	d *Directory
+}
+
+// Assign grants fresh keys with a write token. Callers: gateways and
+// clients that upload. Leader only.
+func (g *grpcService) Assign(ctx context.Context, req *directorypb.AssignRequest) (*directorypb.AssignResponse, error) {
+	a, err := g.d.Assign(ctx, req.GetCount())
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	return &directorypb.AssignResponse{KeyStart: a.KeyStart, KeyCount: a.KeyCount, Vid: a.Vid, Replicas: replicasPB(a.Replicas),
+		WriteToken: a.WriteToken, TokenExpiryUnix: a.Expiry.Unix()}, nil
+}
+
+// Lookup describes a volume. Callers: caches, gateways, clients, tools.
+// Any node.
+func (g *grpcService) Lookup(_ context.Context, req *directorypb.LookupRequest) (*directorypb.LookupResponse, error) {
+	state, reps, err := g.d.Lookup(req.GetVid())
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	return &directorypb.LookupResponse{Vid: req.GetVid(), State: volumeStatePB(state), Replicas: replicasPB(reps)}, nil
+}
+
+// ListStores describes every store. Callers: operators and tools. Any
+// node (a follower reports liveness as unknown).
+func (g *grpcService) ListStores(context.Context, *directorypb.ListStoresRequest) (*directorypb.ListStoresResponse, error) {
+	resp := &directorypb.ListStoresResponse{}
+	for _, s := range g.d.Stores() {
+		resp.Stores = append(resp.Stores, storeInfoPB(s))
+	}
+	return resp, nil
+}
+
+// ListVolumes describes every volume. Callers: operators, tools. Any
+// node.
+func (g *grpcService) ListVolumes(context.Context, *directorypb.ListVolumesRequest) (*directorypb.ListVolumesResponse, error) {
+	resp := &directorypb.ListVolumesResponse{}
+	for _, v := range g.d.Volumes() {
+		resp.Volumes = append(resp.Volumes, volumeViewPB(v))
+	}
+	return resp, nil
+}
+
+// MarkReadOnly makes a volume read-only. Callers: operators. Leader only.
+func (g *grpcService) MarkReadOnly(ctx context.Context, req *directorypb.DirectoryMarkReadOnlyRequest) (*directorypb.DirectoryMarkReadOnlyResponse, error) {
+	v, err := g.d.MarkReadOnly(ctx, req.GetVid(), req.GetReason())
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	return &directorypb.DirectoryMarkReadOnlyResponse{Volume: volumeViewPB(v)}, nil
+}
+
+// PhotoURLs builds a photo's image URLs. Callers: gateways, clients. Any
+// node.
+func (g *grpcService) PhotoURLs(_ context.Context, req *directorypb.PhotoURLsRequest) (*directorypb.PhotoURLsResponse, error) {
+	id, urls, err := g.d.PhotoURLs(req.GetPhotoId())
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	return &directorypb.PhotoURLsResponse{PhotoId: id.String(), Urls: urls}, nil
+}
+
+// AuthorizeDelete issues a delete token. Callers: gateways, clients.
+// Leader only.
+func (g *grpcService) AuthorizeDelete(_ context.Context, req *directorypb.AuthorizeDeleteRequest) (*directorypb.AuthorizeDeleteResponse, error) {
+	gr, err := g.d.AuthorizeDelete(req.GetPhotoId())
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	return &directorypb.AuthorizeDeleteResponse{Vid: gr.Vid, Replicas: replicasPB(gr.Replicas), WriteToken: gr.WriteToken,
+		TokenExpiryUnix: gr.Expiry.Unix()}, nil
+}
+
+// Heartbeat serves a store's heartbeat stream: it records each report and
+// answers it with the interval and the commands the store should carry
+// out. Callers: stores. Leader only: a follower ends the stream with a
+// not-leader error at the first report. The stream ends when the store
+// closes it, the directory shuts down or this node stops leading.
+func (g *grpcService) Heartbeat(stream directorypb.Directory_HeartbeatServer) error {
+	ctx := stream.Context()
+	type received struct {
+		req *directorypb.HeartbeatRequest
+		err error
+	}
+	reqs := make(chan received)
+	// Receive in a goroutine so that shutdown can end the stream; the
+	// goroutine ends with the stream, whose context is cancelled when this
+	// handler returns.
+	go func() {
+		for {
+			req, err := stream.Recv()
+			select {
+			case reqs <- received{req, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for {
+		var r received
+		select {
+		case r = <-reqs:
+		case <-g.d.ctx.Done():
+			return status.Error(codes.Unavailable, "directory shutting down")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if r.err == io.EOF {
+			return nil
+		}
+		if r.err != nil {
+			return r.err
+		}
+		ans, err := g.d.Heartbeat(ctx, heartbeatFromPB(r.req))
+		if err != nil {
+			return statusOf(err)
+		}
+		if err := stream.Send(heartbeatAnswerPB(ans)); err != nil {
+			return err
+		}
+	}
+}
+
+func heartbeatFromPB(req *directorypb.HeartbeatRequest) Heartbeat {
+	hb := Heartbeat{StoreID: req.GetStoreId(), GRPCAddr: req.GetGrpcAddr(), HTTPAddr: req.GetHttpAddr(), PublicURL: req.GetPublicUrl(),
+		Rack: req.GetRack(), FreeBytes: req.GetFreeBytes()}
+	for _, v := range req.GetVolumes() {
+		hb.Volumes = append(hb.Volumes, volumeReportFromPB(v))
+	}
+	for _, c := range req.GetCorrupt() {
+		hb.Corrupt = append(hb.Corrupt, CorruptReport{Vid: c.GetVid(), Key: c.GetKey(), SizeCode: c.GetSizeCode(), Offset: c.GetOffset(),
+			Detail: c.GetDetail(), Detected: time.Unix(0, c.GetDetectedUnixNano())})
+	}
+	return hb
+}
+
+func volumeReportFromPB(v *storepb.VolumeInfo) VolumeReport {
+	return VolumeReport{Vid: v.GetVid(), State: volumeStateFromPB(v.GetState()), Reason: v.GetReadOnlyReason(),
+		SizeBytes: v.GetSizeBytes(), SizeLimit: v.GetSizeLimitBytes(), NeedleCount: v.GetNeedleCount(), DeletedBytes: v.GetDeletedBytes()}
+}
+
+func heartbeatAnswerPB(a HeartbeatAnswer) *directorypb.HeartbeatResponse {
+	resp := &directorypb.HeartbeatResponse{IntervalMs: uint32(a.Interval / time.Millisecond)}
+	for _, c := range a.Commands {
+		switch c.Kind {
+		case CommandMarkReadOnly:
+			resp.Commands = append(resp.Commands, &directorypb.StoreCommand{Command: &directorypb.StoreCommand_MarkReadOnly{
+				MarkReadOnly: &storepb.MarkReadOnlyRequest{Vid: c.Vid, Reason: c.Reason}}})
+		case CommandCompact:
+			resp.Commands = append(resp.Commands, &directorypb.StoreCommand{Command: &directorypb.StoreCommand_Compact{
+				Compact: &storepb.CompactRequest{Vid: c.Vid}}})
+		}
+	}
+	return resp
+}
+
+func volumeStateFromPB(s storepb.VolumeState) VolumeState {
+	switch s {
+	case storepb.VolumeState_VOLUME_STATE_WRITABLE:
+		return StateWritable
+	case storepb.VolumeState_VOLUME_STATE_READ_ONLY:
+		return StateReadOnly
+	case storepb.VolumeState_VOLUME_STATE_SEALED:
+		return StateSealed
+	case storepb.VolumeState_VOLUME_STATE_EC:
+		return StateEC
+	case storepb.VolumeState_VOLUME_STATE_FAILED:
+		return StateFailed
+	}
+	return StateUnknown
+}
+
+func volumeStatePB(s VolumeState) storepb.VolumeState {
+	switch s {
+	case StateWritable:
+		return storepb.VolumeState_VOLUME_STATE_WRITABLE
+	case StateReadOnly:
+		return storepb.VolumeState_VOLUME_STATE_READ_ONLY
+	case StateSealed:
+		return storepb.VolumeState_VOLUME_STATE_SEALED
+	case StateEC:
+		return storepb.VolumeState_VOLUME_STATE_EC
+	case StateFailed:
+		return storepb.VolumeState_VOLUME_STATE_FAILED
+	}
+	return storepb.VolumeState_VOLUME_STATE_UNSPECIFIED
+}
+
+func storeStatePB(s StoreState) directorypb.StoreState {
+	switch s {
+	case StoreAlive:
+		return directorypb.StoreState_STORE_STATE_ALIVE
+	case StoreDead:
+		return directorypb.StoreState_STORE_STATE_DEAD
+	}
+	return directorypb.StoreState_STORE_STATE_UNSPECIFIED
+}
+
+func replicasPB(reps []Replica) []*directorypb.Replica {
+	out := make([]*directorypb.Replica, len(reps))
+	for i, r := range reps {
+		out[i] = &directorypb.Replica{StoreId: r.StoreID, GrpcAddr: r.GRPCAddr, HttpAddr: r.HTTPAddr, PublicUrl: r.PublicURL, Rack: r.Rack}
+	}
+	return out
+}
+
+func storeInfoPB(s StoreInfo) *directorypb.StoreInfo {
+	return &directorypb.StoreInfo{Id: s.ID, GrpcAddr: s.GRPCAddr, HttpAddr: s.HTTPAddr, PublicUrl: s.PublicURL, Rack: s.Rack,
+		FreeBytes: s.FreeBytes, LastHeartbeatUnixNano: s.LastHeartbeatUnixNano, State: storeStatePB(s.State), Vids: s.Vids}
+}
+
+func volumeViewPB(v VolumeView) *directorypb.VolumeView {
+	return &directorypb.VolumeView{Vid: v.Vid, State: volumeStatePB(v.State), ReadOnlyReason: v.Reason, ReplicaStoreIds: v.Replicas,
+		SizeBytes: v.SizeBytes, SizeLimitBytes: v.SizeLimit, NeedleCount: v.NeedleCount, DeletedBytes: v.DeletedBytes}
+}
+
+// grpcStores is the StoreAPI over the stores' gRPC services, with one
+// connection per store address.
+type grpcStores struct {
+	mu     sync.Mutex
+	conns  map[string]*grpc.ClientConn
+	closed bool
+}
+
+func newGRPCStores() *grpcStores { return &grpcStores{conns: map[string]*grpc.ClientConn{}} }
+
+func (s *grpcStores) client(addr string) (storepb.StoreClient, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	if c, ok := s.conns[addr]; ok {
+		return storepb.NewStoreClient(c), nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("directory: connect to store %s: %w", addr, err)
+	}
+	s.conns[addr] = c
+	return storepb.NewStoreClient(c), nil
+}
+
+// AllocateVolume implements StoreAPI.
+func (s *grpcStores) AllocateVolume(ctx context.Context, st StoreRecord, vid uint32, sizeLimit uint64) (VolumeReport, error) {
+	c, err := s.client(st.GRPCAddr)
+	if err != nil {
+		return VolumeReport{}, err
+	}
+	resp, err := c.AllocateVolume(ctx, &storepb.AllocateVolumeRequest{Vid: vid, SizeLimitBytes: sizeLimit})
+	if err != nil {
+		return VolumeReport{}, err
+	}
+	return volumeReportFromPB(resp.GetVolume()), nil
+}
+
+// MarkReadOnly implements StoreAPI.
+func (s *grpcStores) MarkReadOnly(ctx context.Context, st StoreRecord, vid uint32, reason string) error {
+	c, err := s.client(st.GRPCAddr)
+	if err != nil {
+		return err
+	}
+	_, err = c.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: vid, Reason: reason})
+	return err
+}
+
+// Close closes every connection.
+func (s *grpcStores) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	var errs []error
+	for _, c := range s.conns {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}
