@@ -34,7 +34,7 @@ var allowed = map[string]rule{
 	"proto/haybale/v1/storepb":     {thirdParty: []string{"google.golang.org/grpc", "google.golang.org/protobuf"}},
 	"proto/haybale/v1/directorypb": {project: []string{"proto/haybale/v1/storepb"}, thirdParty: []string{"google.golang.org/grpc", "google.golang.org/protobuf"}},
 	"store":                        {project: []string{"store/volume", "needle", "internal/vfs", "internal/token", "internal/imagehttp", "internal/serve", "proto/*"}, thirdParty: anyThirdParty},
-	"directory":                    {project: []string{"needle", "internal/token", "proto/*"}, thirdParty: anyThirdParty},
+	"directory":                    {project: []string{"needle", "internal/token", "internal/serve", "proto/*"}, thirdParty: anyThirdParty},
 	"client":                       {project: []string{"needle", "internal/token", "proto/*"}, thirdParty: anyThirdParty},
 	"cache":                        {project: []string{"needle", "client", "internal/imagehttp", "internal/serve", "proto/*"}, thirdParty: anyThirdParty},
 	"gateway":                      {project: []string{"resizer", "client", "needle", "internal/serve", "proto/*"}, thirdParty: anyThirdParty},
