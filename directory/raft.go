@@ -78,6 +78,9 @@ type RaftOptions struct {
 	// is checked; default 2 minutes.
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
+	// TrailingLogs is the number of entries kept after a snapshot, so that
+	// a follower slightly behind catches up from the log; default 10240.
+	TrailingLogs uint64
 	// Node is this node's client addresses, recorded in the state when it
 	// leads so that followers can name it. Set by NewServer.
 	Node NodeRecord
@@ -173,11 +176,14 @@ func OpenRaft(opts RaftOptions, fsm *FSM) (_ *Raft, err error) {
 	cfg.ElectionTimeout = cmpDur(opts.ElectionTimeout, 500*time.Millisecond)
 	cfg.LeaderLeaseTimeout = cmpDur(opts.LeaderLeaseTimeout, 250*time.Millisecond)
 	cfg.CommitTimeout = 5 * time.Millisecond
-	cfg.SnapshotThreshold = max(opts.SnapshotThreshold, 0)
+	cfg.SnapshotThreshold = opts.SnapshotThreshold
 	if cfg.SnapshotThreshold == 0 {
 		cfg.SnapshotThreshold = 8192
 	}
 	cfg.SnapshotInterval = cmpDur(opts.SnapshotInterval, 2*time.Minute)
+	if opts.TrailingLogs > 0 {
+		cfg.TrailingLogs = opts.TrailingLogs
+	}
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{opts.Logger}})
 	notify := make(chan bool, 16)
 	cfg.NotifyCh = notify
