@@ -33,6 +33,11 @@ type directoryFlags struct {
 	secretFile        string
 	heartbeatInterval time.Duration
 	compactThreshold  float64
+	raftID            string
+	raftAddr          string
+	bootstrap         string
+	advertiseGRPC     string
+	advertiseHTTP     string
 	log               logFlags
 }
 
@@ -48,7 +53,43 @@ func (f *directoryFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.secretFile, "secret-file", "", "file holding the cluster secret that signs write tokens (default <dir>/secret, generated when absent)")
 	fs.DurationVar(&f.heartbeatInterval, "heartbeat-interval", directory.DefaultHeartbeatInterval, "interval of store heartbeats; a store silent for 3 intervals is dead")
 	fs.Float64Var(&f.compactThreshold, "compact-threshold", 0, "fraction of a read-only volume's bytes that may be garbage before its stores are asked to compact it, e.g. 0.3 (0 = never)")
+	fs.StringVar(&f.raftID, "raft-id", "", "this node's id in a directory cluster, e.g. d1 (none: a single directory on <dir>/"+directory.StateFile+")")
+	fs.StringVar(&f.raftAddr, "raft-addr", "", "host:port of this node's raft transport, reachable by the other directory nodes (with --raft-id)")
+	fs.StringVar(&f.bootstrap, "bootstrap", "", "start a new cluster with these voters, id@host:port comma-separated, this node included; give every founding node the same list (ignored once the node has raft state)")
+	fs.StringVar(&f.advertiseGRPC, "advertise-grpc", "", "gRPC address other machines reach this node at, named by followers when they point clients at the leader (default: the bound --grpc address)")
+	fs.StringVar(&f.advertiseHTTP, "advertise-http", "", "HTTP address other machines reach this node at (default: the bound --http address)")
 	f.log.register(fs)
+}
+
+// raftOptions returns the cluster options of the flags, nil for a single
+// node.
+func (f *directoryFlags) raftOptions() (*directory.RaftOptions, error) {
+	if f.raftID == "" {
+		if f.raftAddr != "" || f.bootstrap != "" {
+			return nil, fmt.Errorf("--raft-addr and --bootstrap need --raft-id")
+		}
+		return nil, nil
+	}
+	if f.raftAddr == "" {
+		return nil, fmt.Errorf("--raft-id %s: --raft-addr is required", f.raftID)
+	}
+	if _, _, err := net.SplitHostPort(f.raftAddr); err != nil {
+		return nil, fmt.Errorf("--raft-addr %q: %w", f.raftAddr, err)
+	}
+	peers, err := directory.ParsePeers(f.bootstrap)
+	if err != nil {
+		return nil, fmt.Errorf("--bootstrap: %w", err)
+	}
+	if len(peers) > 0 {
+		self := false
+		for _, p := range peers {
+			self = self || (p.ID == f.raftID && p.Addr == f.raftAddr)
+		}
+		if !self {
+			return nil, fmt.Errorf("--bootstrap must list this node as %s@%s", f.raftID, f.raftAddr)
+		}
+	}
+	return &directory.RaftOptions{ID: f.raftID, Addr: f.raftAddr, Bootstrap: peers}, nil
 }
 
 func (f *directoryFlags) validate() error {
@@ -78,10 +119,15 @@ func newDirectoryCmd() *cobra.Command {
 photo keys with write tokens, allocates new volumes on distinct stores, and
 builds image URLs. Stores join it with ` + "`haybale store --directory HOST:PORT`" + `.
 
-Its state is kept in <dir>/` + directory.StateFile + `. The cluster secret that signs write
+Its state is kept in <dir>/` + directory.StateFile + `. With --raft-id it is one node of a
+cluster of 1, 3 or 5 directories: the state is replicated by a raft log in
+<dir>/raft, only the leader decides, and the others point clients at it.
+Found a cluster by starting every node with the same --bootstrap list.
+The cluster secret that signs write
 tokens is read from --secret-file, or generated in <dir>/secret; give the
 same file to the stores (--secret-file) so that they verify the tokens.`,
-		Example: "  haybale directory --dir /srv/haybale-dir --grpc :7070 --http :7071 --replication 3 --cache-nodes cache1:8090,cache2:8090",
+		Example: "  haybale directory --dir /srv/haybale-dir --grpc :7070 --http :7071 --replication 3 --cache-nodes cache1:8090,cache2:8090\n" +
+			"  haybale directory --dir /srv/dir1 --raft-id d1 --raft-addr host1:7072 --advertise-grpc host1:7070 --bootstrap d1@host1:7072,d2@host2:7072,d3@host3:7072",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.validate(); err != nil {
@@ -107,7 +153,14 @@ func runDirectory(ctx context.Context, f *directoryFlags) error {
 	if err != nil {
 		return err
 	}
+	ro, err := f.raftOptions()
+	if err != nil {
+		return err
+	}
 	srv, err := directory.NewServer(directory.Options{
+		Raft:              ro,
+		AdvertiseGRPC:     f.advertiseGRPC,
+		AdvertiseHTTP:     f.advertiseHTTP,
 		Dir:               f.dir,
 		GRPCAddr:          f.grpcAddr,
 		HTTPAddr:          f.httpAddr,
