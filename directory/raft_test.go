@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -229,6 +230,13 @@ func TestRaftFollowerNamesLeader(t *testing.T) {
 		}
 		return nil
 	})
+	var page bytes.Buffer
+	if err := statusTemplate.Execute(&page, c.nodes[0].d.Status()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(page.String(), "Directory cluster") || !strings.Contains(page.String(), "<td>"+l.id+"</td>") {
+		t.Fatalf("status page without the raft state:\n%s", page.String())
+	}
 	// Reads are served by followers from their state.
 	if _, err := l.d.Assign(context.Background(), 1); err != nil {
 		t.Fatal(err)

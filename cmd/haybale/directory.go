@@ -128,7 +128,7 @@ tokens is read from --secret-file, or generated in <dir>/secret; give the
 same file to the stores (--secret-file) so that they verify the tokens.`,
 		Example: "  haybale directory --dir /srv/haybale-dir --grpc :7070 --http :7071 --replication 3 --cache-nodes cache1:8090,cache2:8090\n" +
 			"  haybale directory --dir /srv/dir1 --raft-id d1 --raft-addr host1:7072 --advertise-grpc host1:7070 --bootstrap d1@host1:7072,d2@host2:7072,d3@host3:7072",
-		Args:    cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.validate(); err != nil {
 				return err
@@ -137,6 +137,7 @@ same file to the stores (--secret-file) so that they verify the tokens.`,
 		},
 	}
 	f.register(cmd.Flags())
+	cmd.AddCommand(newDirectoryMembersCmd())
 	return cmd
 }
 
