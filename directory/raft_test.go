@@ -72,7 +72,7 @@ type testNode struct {
 }
 
 type testCluster struct {
-	t      *testing.T
+	t      testing.TB
 	stores *memStores
 	nodes  []*testNode
 }
@@ -112,7 +112,7 @@ func (n *testNode) stop() {
 }
 
 // newTestCluster starts size nodes on connected in-memory transports.
-func newTestCluster(t *testing.T, size int, tweak func(*RaftOptions)) *testCluster {
+func newTestCluster(t testing.TB, size int, tweak func(*RaftOptions)) *testCluster {
 	c := &testCluster{t: t, stores: newMemStores("s1", "s2", "s3")}
 	var peers []Peer
 	trans := make([]*raft.InmemTransport, size)
@@ -174,7 +174,7 @@ type keyLog struct {
 	n    int
 }
 
-func (k *keyLog) add(t *testing.T, who string, a Assignment) {
+func (k *keyLog) add(t testing.TB, who string, a Assignment) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.seen == nil {
