@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 )
@@ -79,6 +80,11 @@ func (s *Server) Heartbeat(stream directorypb.Directory_HeartbeatServer) error {
 		}
 		if r.err != nil {
 			return r.err
+		}
+		// On a TLS plane a store speaks only for the store ID its
+		// certificate names.
+		if err := rpc.RequireStore(ctx, r.req.GetStoreId()); err != nil {
+			return err
 		}
 		resp, err := s.handleHeartbeat(r.req)
 		if err != nil {

@@ -27,11 +27,14 @@ var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap
 // Status is the directory's state for people and scripts: GET
 // /api/v1/status serves it as JSON and GET / as a page.
 type Status struct {
-	Time        time.Time      `json:"time"`
-	Replication int            `json:"replication"`
-	HighWater   uint64         `json:"key_high_water"`
-	Stores      []StoreStatus  `json:"stores"`
-	Volumes     []VolumeStatus `json:"volumes"`
+	Time        time.Time `json:"time"`
+	Replication int       `json:"replication"`
+	// Insecure is true when the internal plane runs without TLS
+	// (--insecure).
+	Insecure  bool           `json:"insecure"`
+	HighWater uint64         `json:"key_high_water"`
+	Stores    []StoreStatus  `json:"stores"`
+	Volumes   []VolumeStatus `json:"volumes"`
 }
 
 // StoreStatus describes one store in Status.
@@ -63,7 +66,7 @@ type VolumeStatus struct {
 // Status returns the directory's current state.
 func (s *Server) Status() Status {
 	sn := s.snapshot()
-	st := Status{Time: sn.now.UTC(), Replication: s.opts.Replication, HighWater: s.fsm.HighWater(),
+	st := Status{Time: sn.now.UTC(), Replication: s.opts.Replication, Insecure: s.opts.Credentials.IsInsecure(), HighWater: s.fsm.HighWater(),
 		Stores: []StoreStatus{}, Volumes: []VolumeStatus{}}
 	for _, rec := range s.fsm.Stores() {
 		info := s.storeInfo(sn, sn.stores[rec.ID])

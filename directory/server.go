@@ -15,8 +15,9 @@ import (
 
 	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/haybale/haybale/internal/pki"
+	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/internal/token"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
@@ -100,6 +101,11 @@ type Options struct {
 	// CompactRetry is how long the directory waits before asking a replica
 	// to compact the same volume again; default 1 hour.
 	CompactRetry time.Duration
+	// Credentials secure the gRPC server (mutual TLS, each method allowed
+	// to the roles of Policy) and the connections to the stores. nil means
+	// rpc.Insecure(): no TLS and no role checks, for tests; cmd/haybale
+	// always sets it.
+	Credentials *rpc.Credentials
 	// KeepOriginals adds the original ("o") to PhotoURLs.
 	KeepOriginals bool
 	// Logger receives structured logs; default slog.Default().
@@ -147,6 +153,7 @@ func (o Options) withDefaults() Options {
 		o.Logger = slog.Default()
 	}
 	o.CDNURL = strings.TrimRight(o.CDNURL, "/")
+	o.Credentials = rpc.OrInsecure(o.Credentials)
 	return o
 }
 
@@ -260,7 +267,12 @@ func NewServer(opts Options) (*Server, error) {
 		fsm.Close()
 		return nil, fmt.Errorf("directory: HTTP listener: %w", err)
 	}
-	s.grpcSrv = grpc.NewServer(grpc.ChainUnaryInterceptor(s.unaryInterceptor))
+	if s.grpcSrv, err = rpc.NewServer(opts.Credentials, Policy, rpc.ServerOptions{Unary: []grpc.UnaryServerInterceptor{s.unaryInterceptor}}); err != nil {
+		s.httpLn.Close()
+		s.grpcLn.Close()
+		fsm.Close()
+		return nil, fmt.Errorf("directory: %w", err)
+	}
 	directorypb.RegisterDirectoryServer(s.grpcSrv, s)
 	s.httpSrv = &http.Server{
 		Handler:           s.httpHandler(),
@@ -387,7 +399,7 @@ func (s *Server) storeClient(grpcAddr string) (storepb.StoreClient, error) {
 	if c, ok := s.conns.m[grpcAddr]; ok {
 		return storepb.NewStoreClient(c), nil
 	}
-	c, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := rpc.Dial(s.opts.Credentials, grpcAddr, []pki.Role{pki.RoleStore})
 	if err != nil {
 		return nil, fmt.Errorf("directory: connect to store %s: %w", grpcAddr, err)
 	}

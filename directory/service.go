@@ -68,7 +68,7 @@ func (s *Server) Assign(ctx context.Context, req *directorypb.AssignRequest) (*d
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
 	expiry := time.Now().Add(s.opts.TokenTTL)
-	tok, err := s.signer.Sign(token.Claims{Vid: v.Vid, KeyStart: first, KeyCount: uint64(count), Expiry: expiry})
+	tok, err := s.signer.Sign(token.Claims{Kind: token.KindWrite, Vid: v.Vid, KeyStart: first, KeyCount: uint64(count), Expiry: expiry})
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
@@ -211,8 +211,10 @@ func baseURL(s string) string {
 	return s
 }
 
-// AuthorizeDelete issues a write token for one existing photo's key and
-// returns its replicas, so a client can write tombstones on every replica.
+// AuthorizeDelete issues a delete token for one photo (its vid, key and
+// cookie) and returns its replicas, so a client can write tombstones on
+// every replica. The token allows tombstones of that photo only, never
+// data, and the stores check the cookie against the stored needle.
 func (s *Server) AuthorizeDelete(_ context.Context, req *directorypb.AuthorizeDeleteRequest) (*directorypb.AuthorizeDeleteResponse, error) {
 	id, err := needle.ParsePhotoID(req.GetPhotoId())
 	if err != nil {
@@ -223,7 +225,7 @@ func (s *Server) AuthorizeDelete(_ context.Context, req *directorypb.AuthorizeDe
 		return nil, err
 	}
 	expiry := time.Now().Add(s.opts.TokenTTL)
-	tok, err := s.signer.Sign(token.Claims{Vid: v.Vid, KeyStart: id.Key, KeyCount: 1, Expiry: expiry})
+	tok, err := s.signer.Sign(token.Claims{Kind: token.KindDelete, Vid: v.Vid, KeyStart: id.Key, KeyCount: 1, Cookie: id.Cookie, Expiry: expiry})
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}

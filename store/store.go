@@ -196,6 +196,9 @@ func (s *Store) Ready() bool { return s.ready.Load() }
 // Dir returns the data directory.
 func (s *Store) Dir() string { return s.opts.Dir }
 
+// FS returns the file system the store keeps its files in.
+func (s *Store) FS() vfs.FS { return s.opts.FS }
+
 // Volume returns the open volume vid.
 func (s *Store) Volume(vid uint32) (*volume.Volume, error) {
 	s.mu.RLock()
