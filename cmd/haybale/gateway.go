@@ -48,6 +48,7 @@ func (f *gatewayFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.maxDecodes, "max-decodes", 0, "images decoded and resized at once; each may need up to about 0.5 GB at the pixel limit (0: one per CPU)")
 	fs.IntVar(&f.recent, "recent", gateway.DefaultRecentUploads, "recent uploads listed on the web page")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
+	f.tls.register(fs)
 	f.log.register(fs)
 }
 
