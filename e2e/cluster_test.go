@@ -20,8 +20,8 @@ import (
 // again over the same data.
 type clusterStore struct {
 	name, http, grpc string
-	args       []string
-	proc       *proc
+	args             []string
+	proc             *proc
 }
 
 func (s *clusterStore) start(t *testing.T) {
