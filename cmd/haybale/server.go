@@ -256,21 +256,15 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 		return err
 	}
 	g.onStop(func() { ch.Close() })
-	// The cache's eviction listener, on loopback with mutual TLS; the
-	// gateway is its only caller.
-	evictLn, err := net.Listen("tcp", "127.0.0.1:0")
+	evictURL, err := serveCacheInternal(g, ch, cacheCreds, f.shutdownTimeout, logger.With("role", "cache"))
 	if err != nil {
 		return err
 	}
-	evictSrv := serve.New(tls.NewListener(evictLn, cacheCreds.Node().ServerTLS()), ch.InternalHandler(true), serve.Options{
-		Name: "cache internal", Logger: logger.With("role", "cache"), ShutdownTimeout: f.shutdownTimeout,
-	})
-	g.serve("cache internal", evictSrv.Serve)
 	gw, err := newGateway(gwCl, gatewayRoleConfig{
 		apiKey: apiKey,
 		// One cache node owns every photo, whatever it is called.
 		cacheNodes:     []string{"local"},
-		cacheEvictURLs: []string{"https://" + evictLn.Addr().String()},
+		cacheEvictURLs: []string{evictURL},
 		cacheHTTP:      internalHTTPClient(gwCreds, pki.RoleCache),
 		maxUpload:      int64(f.maxUpload),
 		maxPixels:      int64(f.maxPixels),
@@ -281,32 +275,7 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	var ready, draining atomic.Bool
-	frontSrv := &http.Server{
-		Handler:           frontHandler(gw.Handler(), ch.Handler(), &ready, &draining),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       2 * time.Minute,
-		WriteTimeout:      3 * time.Minute,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
-	g.serve("front", func(runCtx context.Context) error {
-		errc := make(chan error, 1)
-		go func() { errc <- frontSrv.Serve(front) }()
-		select {
-		case err := <-errc:
-			return err
-		case <-runCtx.Done():
-		}
-		draining.Store(true)
-		sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
-		defer cancel()
-		if err := frontSrv.Shutdown(sctx); err != nil {
-			frontSrv.Close()
-		}
-		<-errc
-		return nil
-	})
+	ready := serveFront(g, front, gw.Handler(), ch.Handler(), f.shutdownTimeout, logger)
 
 	if err := waitReady(ctx, sr.st, dir, g.failed); err != nil {
 		if ctx.Err() != nil {
@@ -315,6 +284,67 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 		return err
 	}
 	ready.Store(true)
+	printReady(out, publicURL, advertiseLoopback(dir.HTTPAddr()), dataDir, storeDir, dirDir)
+
+	if err := g.wait(ctx); err != nil {
+		return err
+	}
+	logger.Info("shutting down")
+	fmt.Fprintln(out, "haybale is shutting down.")
+	return nil
+}
+
+// serveCacheInternal serves the cache's internal handler (eviction) on a
+// loopback listener with mutual TLS, in g, and returns its URL. The
+// gateway is its only caller.
+func serveCacheInternal(g *group, ch *cache.Cache, creds *rpc.Credentials, shutdownTimeout time.Duration, logger *slog.Logger) (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	srv := serve.New(tls.NewListener(ln, creds.Node().ServerTLS()), ch.InternalHandler(true), serve.Options{
+		Name: "cache internal", Logger: logger, ShutdownTimeout: shutdownTimeout,
+	})
+	g.serve("cache internal", srv.Serve)
+	return "https://" + ln.Addr().String(), nil
+}
+
+// serveFront serves the front port in g: images to the cache, the rest to
+// the gateway. The returned flag makes /healthz answer 200; until it is
+// set, and while draining, /healthz answers 503.
+func serveFront(g *group, front net.Listener, gw, images http.Handler, shutdownTimeout time.Duration, logger *slog.Logger) *atomic.Bool {
+	var ready, draining atomic.Bool
+	srv := &http.Server{
+		Handler:           frontHandler(gw, images, &ready, &draining),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       2 * time.Minute,
+		WriteTimeout:      3 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	g.serve("front", func(runCtx context.Context) error {
+		errc := make(chan error, 1)
+		go func() { errc <- srv.Serve(front) }()
+		select {
+		case err := <-errc:
+			return err
+		case <-runCtx.Done():
+		}
+		draining.Store(true)
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			srv.Close()
+		}
+		<-errc
+		return nil
+	})
+	return &ready
+}
+
+// printReady tells the person who started `haybale server` where
+// everything is.
+func printReady(out io.Writer, publicURL, directoryHTTP, dataDir, storeDir, dirDir string) {
 	fmt.Fprintf(out, `haybale is ready.
   Web page:      %[1]s/  (open it in a browser to upload photos)
   API:           %[1]s/photos
@@ -323,14 +353,7 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
   Directory:     http://%[2]s/  (status page)
   Data:          %[3]s  (store: %[4]s, directory: %[5]s)
 Press Ctrl-C to stop.
-`, publicURL, advertiseLoopback(dir.HTTPAddr()), dataDir, storeDir, dirDir)
-
-	if err := g.wait(ctx); err != nil {
-		return err
-	}
-	logger.Info("shutting down")
-	fmt.Fprintln(out, "haybale is shutting down.")
-	return nil
+`, publicURL, directoryHTTP, dataDir, storeDir, dirDir)
 }
 
 // loadOrCreateLocalCA returns the CA of `haybale server` in dir, creating
