@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -149,10 +150,9 @@ func TestRoleChecks(t *testing.T) {
 }
 
 type volState struct {
-	vids    string
+	states  string
 	needles int64
 	size    int64
-	state   string
 }
 
 func volumeState(t *testing.T, ts *testServer) volState {
@@ -160,7 +160,7 @@ func volumeState(t *testing.T, ts *testServer) volState {
 	var s volState
 	for _, v := range ts.srv.Store().Volumes() {
 		st := v.Status()
-		s.vids += st.State.String() + ","
+		s.states += fmt.Sprintf("%d:%v,", st.Vid, st.State)
 		s.needles += int64(st.Needles)
 		s.size += st.Size
 	}
