@@ -40,7 +40,7 @@ var allowed = map[string]rule{
 	"directory":                    {project: []string{"needle", "internal/token", "internal/rpc", "internal/pki", "proto/*"}, thirdParty: anyThirdParty},
 	"client":                       {project: []string{"needle", "internal/token", "internal/rpc", "internal/pki", "proto/*"}, thirdParty: anyThirdParty},
 	"cache":                        {project: []string{"needle", "client", "internal/imagehttp", "internal/serve", "internal/pki", "proto/*"}, thirdParty: anyThirdParty},
-	"gateway":                      {project: []string{"resizer", "client", "needle", "internal/serve", "internal/pki", "proto/*"}, thirdParty: anyThirdParty},
+	"gateway":                      {project: []string{"resizer", "client", "needle", "internal/serve", "proto/*"}, thirdParty: anyThirdParty},
 	"tools":                        {project: []string{"store/volume", "client", "needle", "internal/vfs", "internal/rpc", "internal/pki", "proto/*"}, thirdParty: anyThirdParty},
 	"bench":                        {project: []string{"client", "needle", "internal/rpc", "internal/pki", "proto/*"}, thirdParty: anyThirdParty},
 	"internal/imagetest":           {thirdParty: []string{"github.com/disintegration/imaging"}},
