@@ -3,7 +3,10 @@ package directory
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"slices"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -135,5 +138,27 @@ func TestHeartbeatIdentity(t *testing.T) {
 	}
 	if st := s.FSM().Stores(); len(st) != 1 || st[0].ID != "s1" {
 		t.Fatalf("stores after s1's heartbeat: %v", st)
+	}
+}
+
+// The status page says when the internal plane is insecure.
+func TestStatusShowsInsecure(t *testing.T) {
+	page := func(s *Server) string {
+		resp, err := http.Get("http://" + s.HTTPAddr().String() + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	insecure := startDirectory(t, Options{})
+	if !insecure.Status().Insecure || !strings.Contains(page(insecure), "Insecure cluster") {
+		t.Error("an insecure directory does not say so")
+	}
+	ca := rpctest.New(t)
+	secure := startDirectory(t, Options{Credentials: ca.Creds(t, pki.RoleDirectory, "dir")})
+	if secure.Status().Insecure || strings.Contains(page(secure), "Insecure cluster") {
+		t.Error("a TLS directory says it is insecure")
 	}
 }

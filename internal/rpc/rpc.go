@@ -62,12 +62,8 @@ type Credentials struct {
 }
 
 // TLS returns credentials for mutual TLS with node's certificate and CA.
-func TLS(node *pki.Node) *Credentials {
-	if node == nil {
-		panic("rpc: TLS(nil)")
-	}
-	return &Credentials{node: node}
-}
+// TLS(nil) returns credentials that Dial and NewServer refuse.
+func TLS(node *pki.Node) *Credentials { return &Credentials{node: node} }
 
 // Insecure returns credentials for a plane without transport security or
 // authentication: calls are plain text and every method is open. It is for

@@ -155,6 +155,9 @@ func TestNilCredentialsRefused(t *testing.T) {
 	if _, err := rpc.NewServer(&rpc.Credentials{}, rpc.Policy{}, rpc.ServerOptions{}); err == nil {
 		t.Fatal("NewServer with zero credentials")
 	}
+	if _, err := rpc.Dial(rpc.TLS(nil), "127.0.0.1:1", nil); err == nil {
+		t.Fatal("Dial with TLS(nil)")
+	}
 }
 
 func TestRequireStore(t *testing.T) {
