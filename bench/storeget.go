@@ -19,11 +19,11 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/haybale/haybale/internal/pki"
+	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 )
@@ -47,6 +47,13 @@ type StoreGetConfig struct {
 	// load the photos. Empty skips loading: the photos are those listed in
 	// Manifest, already stored.
 	GRPCAddr string
+	// Credentials secure the gRPC connection to the store (an operator's
+	// certificate on a TLS plane); nil means rpc.Insecure().
+	Credentials *rpc.Credentials
+	// SignWrite returns the write token for one photo's key on vid; the
+	// store takes no write without one. The caller signs with the cluster
+	// secret (internal/token). Required when GRPCAddr is set.
+	SignWrite func(vid uint32, key uint64) (string, error)
 	// URL is the base URL the GETs go to, e.g. http://127.0.0.1:8080: a
 	// store, or any server holding the same images at the same paths
 	// (nginx over ExportDir). Required.
@@ -328,8 +335,10 @@ func measure(ctx context.Context, cfg *StoreGetConfig, paths []*url.URL, d Distr
 // loadPhotos allocates the volumes and writes cfg.Photos photos of four
 // sizes, each photo in one Write.
 func loadPhotos(ctx context.Context, cfg *StoreGetConfig) ([]needle.PhotoID, error) {
-	conn, err := grpc.NewClient(cfg.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20+64<<10), grpc.MaxCallRecvMsgSize(64<<20+64<<10)))
+	if cfg.SignWrite == nil {
+		return nil, errors.New("bench: loading photos needs SignWrite (the cluster secret)")
+	}
+	conn, err := rpc.Dial(rpc.OrInsecure(cfg.Credentials), cfg.GRPCAddr, []pki.Role{pki.RoleStore})
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
@@ -373,7 +382,11 @@ func loadPhotos(ctx context.Context, cfg *StoreGetConfig) ([]needle.PhotoID, err
 					return nil
 				}
 				id := ids[i]
-				req := &storepb.WriteRequest{Vid: id.Vid}
+				tok, err := cfg.SignWrite(id.Vid, id.Key)
+				if err != nil {
+					return fmt.Errorf("bench: signing photo %v: %w", id, err)
+				}
+				req := &storepb.WriteRequest{Vid: id.Vid, WriteToken: tok}
 				for s, size := range cfg.Sizes {
 					size += size / 10 * (r.IntN(21) - 10) / 10
 					off := r.IntN(len(block) - size)

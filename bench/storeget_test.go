@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -12,8 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
+	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 )
@@ -34,6 +34,9 @@ func (f *fakeStore) Write(_ context.Context, req *storepb.WriteRequest) (*storep
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, n := range req.Needles {
+		if want := fmt.Sprintf("tok-%d-%d", req.Vid, n.Key); req.WriteToken != want {
+			return nil, fmt.Errorf("token %q, want %q", req.WriteToken, want)
+		}
 		id := needle.PhotoID{Vid: req.Vid, Key: n.Key, Cookie: n.Cookie}
 		f.images[needle.ImagePath(id, needle.SizeCode(n.SizeCode), "")] = bytes.Clone(n.Data)
 	}
@@ -57,7 +60,10 @@ func TestRunStoreGet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g, err := rpc.NewServer(rpc.Insecure(), nil, rpc.ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	storepb.RegisterStoreServer(g, f)
 	go g.Serve(gln)
 	defer g.Stop()
@@ -73,6 +79,7 @@ func TestRunStoreGet(t *testing.T) {
 	var out bytes.Buffer
 	cfg := StoreGetConfig{
 		GRPCAddr:    gln.Addr().String(),
+		SignWrite:   func(vid uint32, key uint64) (string, error) { return fmt.Sprintf("tok-%d-%d", vid, key), nil },
 		URL:         "http://" + hln.Addr().String(),
 		Photos:      20,
 		Sizes:       [4]int{100, 200, 300, 400},

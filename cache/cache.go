@@ -273,10 +273,29 @@ func (c *Cache) insert(k key, e *entry) bool {
 	return true
 }
 
-// Handler returns the http.Handler of the image path: GET, HEAD and
-// DELETE of /p/...; other paths get the store's JSON 404. Mount it at
-// /p/ on a shared mux, or use Server.
+// Handler returns the public http.Handler of the image path: GET and HEAD
+// of /p/...; other paths get the store's JSON 404, and DELETE is not
+// allowed (eviction is internal, see EvictHandler). Mount it at /p/ on a
+// shared mux, or use Server.
 func (c *Cache) Handler() http.Handler { return http.HandlerFunc(c.serveHTTP) }
+
+// EvictHandler returns the internal http.Handler of eviction: DELETE
+// /p/<photo ID>[/<size>[.<ext>]]. It checks no credential itself: serve it
+// only where the caller is authenticated (Server's internal listener
+// admits gateways only).
+func (c *Cache) EvictHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, needle.ImagePathPrefix) {
+			imagehttp.NoRoute(w)
+			return
+		}
+		if r.Method != http.MethodDelete {
+			c.metrics.countStatus(imagehttp.MethodNotAllowed(w, "DELETE"))
+			return
+		}
+		c.metrics.countStatus(c.serveDelete(w, r))
+	})
+}
 
 func (c *Cache) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if !strings.HasPrefix(r.URL.Path, needle.ImagePathPrefix) {
@@ -299,10 +318,8 @@ var (
 func (c *Cache) serveImage(w http.ResponseWriter, r *http.Request) int {
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-	case http.MethodDelete:
-		return c.serveDelete(w, r)
 	default:
-		return imagehttp.MethodNotAllowed(w, "GET, HEAD, DELETE")
+		return imagehttp.MethodNotAllowed(w, "GET, HEAD")
 	}
 	id, size, _, err := needle.ParseImagePath(r.URL.Path)
 	if err != nil {

@@ -21,11 +21,16 @@
 // DELETE /p/<photo ID> (optionally followed by /<size>[.<ext>]) evicts
 // every size of the photo and answers 204, whether or not anything was
 // cached; the gateway sends it to the owning node after a photo delete.
+// It is served only on the internal listener (EvictHandler,
+// InternalHandler, ServerOptions.InternalAddr), never on the public image
+// port (which answers 405): with mutual TLS from the cluster CA, only a
+// caller whose certificate names the gateway role may evict, and only an
+// operator may read /metrics there (403 for other roles, no TLS session
+// without a cluster certificate).
 // For a while afterwards (twice UpstreamTimeout, at least 10 s) the node
 // remembers the deletion, and no fetch that was in flight at that moment
 // can put the old bytes back: such fetches answer their own requests but
-// are not admitted. The endpoint is meant for the cluster's network, like
-// the stores' gRPC port; anyone who can reach it can only cause misses.
+// are not admitted.
 //
 // # Misses
 //

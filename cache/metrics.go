@@ -60,7 +60,7 @@ func newMetrics(c *Cache, reg *prometheus.Registry) (*metrics, error) {
 	}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "haybale_cache_http_requests_total",
-		Help: "Requests under /p/ answered (GET, HEAD, DELETE), by HTTP status code.",
+		Help: "Requests under /p/ answered (GET and HEAD on the public listener, DELETE on the internal one), by HTTP status code.",
 	}, []string{"code"})
 	m.byStatus = make(map[int]prometheus.Counter, len(imageStatuses))
 	for _, code := range imageStatuses {

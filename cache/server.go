@@ -2,7 +2,9 @@ package cache
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -12,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/haybale/haybale/internal/imagehttp"
+	"github.com/haybale/haybale/internal/pki"
 	"github.com/haybale/haybale/internal/serve"
 	"github.com/haybale/haybale/needle"
 )
@@ -26,6 +29,20 @@ type ServerOptions struct {
 	// Server closes it. Useful when a node must know its own URL (for
 	// Options.Self) before the Cache is built.
 	Listener net.Listener
+	// InternalAddr is the address of the internal listener, which serves
+	// eviction (DELETE /p/<photo ID>, to gateways only) and /metrics (to
+	// operators only); neither is served on the public address. Empty
+	// (and no InternalListener): no internal listener.
+	InternalAddr string
+	// InternalListener, when set, is served instead of listening on
+	// InternalAddr; the Server closes it.
+	InternalListener net.Listener
+	// InternalTLS is the internal listener's TLS configuration; it must
+	// require and verify client certificates from the cluster CA
+	// (pki.Node.ServerTLS), and the caller's role is read from them. nil
+	// serves plain HTTP with no role check: an --insecure cluster, or
+	// tests.
+	InternalTLS *tls.Config
 	// Logger receives structured logs; default slog.Default().
 	Logger *slog.Logger
 	// ShutdownTimeout bounds how long Serve drains requests in flight once
@@ -63,13 +80,16 @@ func (o ServerOptions) withDefaults() ServerOptions {
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = serve.ErrClosed
 
-// Server serves a Cache over HTTP: the image path, /healthz, /readyz and
-// /metrics. It takes ownership of the Cache and closes it on shutdown. A
-// Server is safe for concurrent use; Serve is called once.
+// Server serves a Cache over HTTP: on the public address the image path
+// (GET, HEAD), /healthz and /readyz; on the internal address eviction and
+// /metrics, to authenticated callers. It takes ownership of the Cache and
+// closes it on shutdown. A Server is safe for concurrent use; Serve is
+// called once.
 type Server struct {
-	opts  ServerOptions
-	cache *Cache
-	http  *serve.HTTP
+	opts     ServerOptions
+	cache    *Cache
+	http     *serve.HTTP
+	internal *serve.HTTP // nil without an internal listener
 }
 
 // NewServer binds the listener for c; nothing is served until Serve. The
@@ -88,8 +108,6 @@ func NewServer(c *Cache, opts ServerOptions) (*Server, error) {
 	}
 	s := &Server{opts: opts, cache: c}
 	images := c.Handler()
-	reg := c.Registry()
-	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, needle.ImagePathPrefix) {
 			images.ServeHTTP(w, r)
@@ -104,18 +122,91 @@ func NewServer(c *Cache, opts ServerOptions) (*Server, error) {
 				return
 			}
 			imagehttp.WriteJSON(w, http.StatusOK, map[string]any{"status": "ready"})
-		case "/metrics":
-			metrics.ServeHTTP(w, r)
 		default:
 			imagehttp.NoRoute(w)
 		}
 	})
+	iln := opts.InternalListener
+	if iln == nil && opts.InternalAddr != "" {
+		var err error
+		if iln, err = serve.Listen("cache internal", opts.InternalAddr); err != nil {
+			ln.Close()
+			return nil, err
+		}
+	}
+	if iln != nil {
+		if opts.InternalTLS != nil {
+			iln = tls.NewListener(iln, opts.InternalTLS)
+		}
+		s.internal = serve.New(iln, c.InternalHandler(opts.InternalTLS != nil), serve.Options{
+			Name: "cache internal", Logger: opts.Logger, ShutdownTimeout: opts.ShutdownTimeout,
+			ReadHeaderTimeout: opts.ReadHeaderTimeout, WriteTimeout: opts.WriteTimeout, IdleTimeout: opts.IdleTimeout,
+		})
+	}
 	s.http = serve.New(ln, handler, serve.Options{
 		Name: "cache", Logger: opts.Logger, ShutdownTimeout: opts.ShutdownTimeout,
 		ReadHeaderTimeout: opts.ReadHeaderTimeout, WriteTimeout: opts.WriteTimeout, IdleTimeout: opts.IdleTimeout,
-		AfterDrain: c.Close,
+		AfterDrain: func() error {
+			var err error
+			if s.internal != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), opts.ShutdownTimeout)
+				err = s.internal.Shutdown(ctx)
+				cancel()
+			}
+			return errors.Join(err, c.Close())
+		},
 	})
 	return s, nil
+}
+
+// InternalHandler returns the handler of a cache's internal listener:
+// eviction (DELETE /p/<photo ID>) for gateways and GET /metrics for
+// operators. With checkRoles, the listener must be TLS with verified
+// client certificates from the cluster CA (pki.Node.ServerTLS): the
+// caller's role is read from its certificate, and a caller of another
+// role gets 403. Without, every caller is served: an --insecure cluster.
+func (c *Cache) InternalHandler(checkRoles bool) http.Handler {
+	reg := c.Registry()
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+	evict := c.EvictHandler()
+	allowed := func(w http.ResponseWriter, r *http.Request, role pki.Role) bool {
+		if !checkRoles {
+			return true
+		}
+		id, err := pki.PeerIdentity(r.TLS)
+		if err != nil {
+			imagehttp.WriteJSON(w, http.StatusUnauthorized, map[string]any{"error": "a client certificate from the cluster CA is required"})
+			return false
+		}
+		if id.Role != role {
+			imagehttp.WriteJSON(w, http.StatusForbidden, map[string]any{"error": fmt.Sprintf("%s may not call this endpoint (%s only)", id, role)})
+			return false
+		}
+		return true
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasPrefix(r.URL.Path, needle.ImagePathPrefix):
+			if allowed(w, r, pki.RoleGateway) {
+				evict.ServeHTTP(w, r)
+			}
+		case r.URL.Path == "/metrics":
+			if allowed(w, r, pki.RoleOperator) {
+				metrics.ServeHTTP(w, r)
+			}
+		default:
+			imagehttp.NoRoute(w)
+		}
+	})
+}
+
+// InternalAddr returns the address of the internal listener, nil without
+// one.
+func (s *Server) InternalAddr() net.Addr {
+	if s.internal == nil {
+		return nil
+	}
+	return s.internal.Addr()
 }
 
 // Addr returns the address the server listens on.
@@ -129,9 +220,23 @@ func (s *Server) Cache() *Cache { return s.cache }
 // at most ServerOptions.ShutdownTimeout for requests in flight. It returns
 // nil after a clean shutdown.
 func (s *Server) Serve(ctx context.Context) error {
-	s.opts.Logger.Info("cache serving", "http", s.Addr().String(), "capacity", s.cache.opts.Capacity,
-		"nodes", len(s.cache.opts.Nodes), "self", s.cache.opts.Self)
-	return s.http.Serve(ctx)
+	internal := ""
+	if a := s.InternalAddr(); a != nil {
+		internal = a.String()
+	}
+	s.opts.Logger.Info("cache serving", "http", s.Addr().String(), "internal", internal, "internal_tls", s.opts.InternalTLS != nil,
+		"capacity", s.cache.opts.Capacity, "nodes", len(s.cache.opts.Nodes), "self", s.cache.opts.Self)
+	if s.internal == nil {
+		return s.http.Serve(ctx)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- s.internal.Serve(ctx) }()
+	err := s.http.Serve(ctx)
+	ierr := <-errc
+	if errors.Is(ierr, serve.ErrClosed) {
+		ierr = nil
+	}
+	return errors.Join(err, ierr)
 }
 
 // Shutdown stops accepting connections, waits for requests in flight

@@ -26,15 +26,17 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/haybale/haybale/internal/pki"
+	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
@@ -52,9 +54,6 @@ var (
 	ErrInvalid = errors.New("client: invalid request")
 )
 
-// maxGRPCMessage is the gRPC message size limit, both ways (DESIGN: 64 MiB).
-const maxGRPCMessage = 64 << 20
-
 // Options configure a Client.
 type Options struct {
 	// Directory is the directory's gRPC address (host:port). Required.
@@ -62,8 +61,14 @@ type Options struct {
 	// HTTPClient fetches images from stores; default: a client with a 10 s
 	// timeout per attempt.
 	HTTPClient *http.Client
-	// DialOptions are added to every gRPC connection; default insecure
-	// transport credentials.
+	// Credentials secure every gRPC connection (rpc.Dial): on a TLS plane
+	// the client presents its certificate (a gateway's, a cache's or an
+	// operator's) and requires the directory and the stores to present
+	// theirs. nil means rpc.Insecure(), for tests; cmd/haybale always
+	// sets it.
+	Credentials *rpc.Credentials
+	// DialOptions are added to every gRPC connection after the defaults
+	// of rpc.Dial (interceptors in tests).
 	DialOptions []grpc.DialOption
 	// LookupTTL is how long a volume's replica list is cached; default 30 s.
 	LookupTTL time.Duration
@@ -115,10 +120,11 @@ func New(opts Options) (*Client, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	opts.Credentials = rpc.OrInsecure(opts.Credentials)
 	c := &Client{opts: opts}
 	c.mu.conns = map[string]*grpc.ClientConn{}
 	c.mu.lookups = map[uint32]lookupEntry{}
-	conn, err := c.dial(opts.Directory)
+	conn, err := c.dial(opts.Directory, pki.RoleDirectory)
 	if err != nil {
 		return nil, err
 	}
@@ -127,12 +133,8 @@ func New(opts Options) (*Client, error) {
 	return c, nil
 }
 
-func (c *Client) dial(addr string) (*grpc.ClientConn, error) {
-	dopts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxGRPCMessage), grpc.MaxCallSendMsgSize(maxGRPCMessage)),
-	}, c.opts.DialOptions...)
-	conn, err := grpc.NewClient(addr, dopts...)
+func (c *Client) dial(addr string, role pki.Role) (*grpc.ClientConn, error) {
+	conn, err := rpc.Dial(c.opts.Credentials, addr, []pki.Role{role}, c.opts.DialOptions...)
 	if err != nil {
 		return nil, fmt.Errorf("client: connect %s: %w", addr, err)
 	}
@@ -154,7 +156,7 @@ func (c *Client) Store(addr string) (storepb.StoreClient, error) {
 	conn, ok := c.mu.conns[addr]
 	if !ok {
 		var err error
-		if conn, err = c.dial(addr); err != nil {
+		if conn, err = c.dial(addr, pki.RoleStore); err != nil {
 			return nil, err
 		}
 		c.mu.conns[addr] = conn
@@ -308,17 +310,27 @@ func (c *Client) writeOnce(ctx context.Context, images []Image) (needle.PhotoID,
 	return id, nil
 }
 
-// cleanup tombstones an abandoned write on the replicas that took it.
+// cleanup tombstones an abandoned write on the replicas that took it. The
+// write token allows data only, so it asks the directory for the photo's
+// delete token first.
 func (c *Client) cleanup(id needle.PhotoID, a Assignment, acked []bool) {
+	if !slices.Contains(acked, true) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	auth, err := c.directory.AuthorizeDelete(ctx, &directorypb.AuthorizeDeleteRequest{PhotoId: id.String()})
+	if err != nil {
+		c.opts.Logger.Warn("could not remove an abandoned write", "photo", id.String(), "err", err)
+		return
+	}
 	for i, r := range a.Replicas {
 		if !acked[i] {
 			continue
 		}
 		sc, err := c.Store(r.GRPCAddr)
 		if err == nil {
-			_, err = sc.Delete(ctx, &storepb.DeleteRequest{Vid: id.Vid, Key: id.Key, Cookie: id.Cookie, SizeCode: uint32(needle.SizeAll), WriteToken: a.Token})
+			_, err = sc.Delete(ctx, &storepb.DeleteRequest{Vid: id.Vid, Key: id.Key, Cookie: id.Cookie, SizeCode: uint32(needle.SizeAll), WriteToken: auth.GetWriteToken()})
 		}
 		if err != nil {
 			c.opts.Logger.Warn("could not remove an abandoned write", "photo", id.String(), "store", r.StoreID, "err", err)

@@ -12,9 +12,10 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/haybale/haybale/internal/pki"
+	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 )
@@ -77,10 +78,13 @@ func NotLeader(err error) (leader string, ok bool) {
 
 // newGRPCServer builds the gRPC server with the directory service
 // registered.
-func newGRPCServer(d *Directory) *grpc.Server {
-	g := grpc.NewServer(grpc.ChainUnaryInterceptor(unaryInterceptor(d)))
+func newGRPCServer(d *Directory) (*grpc.Server, error) {
+	g, err := rpc.NewServer(d.opts.Credentials, Policy, rpc.ServerOptions{Unary: []grpc.UnaryServerInterceptor{unaryInterceptor(d)}})
+	if err != nil {
+		return nil, fmt.Errorf("directory: %w", err)
+	}
 	directorypb.RegisterDirectoryServer(g, &grpcService{d: d})
-	return g
+	return g, nil
 }
 
 // unaryInterceptor counts calls by method and code and turns a panic in a
@@ -219,6 +223,11 @@ func (g *grpcService) Heartbeat(stream directorypb.Directory_HeartbeatServer) er
 		if r.err != nil {
 			return r.err
 		}
+		// On a TLS plane a store speaks only for the store ID its
+		// certificate names.
+		if err := rpc.RequireStore(ctx, r.req.GetStoreId()); err != nil {
+			return err
+		}
 		ans, err := g.d.Heartbeat(ctx, heartbeatFromPB(r.req))
 		if err != nil {
 			return statusOf(err)
@@ -325,12 +334,15 @@ func volumeViewPB(v VolumeView) *directorypb.VolumeView {
 // grpcStores is the StoreAPI over the stores' gRPC services, with one
 // connection per store address.
 type grpcStores struct {
+	creds  *rpc.Credentials
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn
 	closed bool
 }
 
-func newGRPCStores() *grpcStores { return &grpcStores{conns: map[string]*grpc.ClientConn{}} }
+func newGRPCStores(creds *rpc.Credentials) *grpcStores {
+	return &grpcStores{creds: creds, conns: map[string]*grpc.ClientConn{}}
+}
 
 func (s *grpcStores) client(addr string) (storepb.StoreClient, error) {
 	s.mu.Lock()
@@ -341,7 +353,7 @@ func (s *grpcStores) client(addr string) (storepb.StoreClient, error) {
 	if c, ok := s.conns[addr]; ok {
 		return storepb.NewStoreClient(c), nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := rpc.Dial(s.creds, addr, []pki.Role{pki.RoleStore})
 	if err != nil {
 		return nil, fmt.Errorf("directory: connect to store %s: %w", addr, err)
 	}

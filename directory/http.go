@@ -27,14 +27,17 @@ var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap
 // Status is the directory's state for people and scripts: GET
 // /api/v1/status serves it as JSON and GET / as a page.
 type Status struct {
-	Time        time.Time      `json:"time"`
-	Replication int            `json:"replication"`
-	HighWater   uint64         `json:"key_high_water"`
-	VidMark     uint32         `json:"vid_mark"`
-	Leading     bool           `json:"leading"`
-	Raft        *RaftStatus    `json:"raft,omitempty"`
-	Stores      []StoreStatus  `json:"stores"`
-	Volumes     []VolumeStatus `json:"volumes"`
+	Time        time.Time `json:"time"`
+	Replication int       `json:"replication"`
+	// Insecure is true when the internal plane runs without TLS
+	// (--insecure).
+	Insecure  bool           `json:"insecure"`
+	HighWater uint64         `json:"key_high_water"`
+	VidMark   uint32         `json:"vid_mark"`
+	Leading   bool           `json:"leading"`
+	Raft      *RaftStatus    `json:"raft,omitempty"`
+	Stores    []StoreStatus  `json:"stores"`
+	Volumes   []VolumeStatus `json:"volumes"`
 }
 
 // StoreStatus describes one store in Status.
@@ -69,7 +72,7 @@ type VolumeStatus struct {
 // Status returns the directory's current state as this node sees it.
 func (d *Directory) Status() Status {
 	sn := d.snapshot()
-	st := Status{Time: sn.now.UTC(), Replication: d.opts.Replication, HighWater: d.fsm.HighWater(), VidMark: d.fsm.VidMark(),
+	st := Status{Time: sn.now.UTC(), Replication: d.opts.Replication, Insecure: d.opts.Credentials.IsInsecure(), HighWater: d.fsm.HighWater(), VidMark: d.fsm.VidMark(),
 		Leading: sn.leading, Stores: []StoreStatus{}, Volumes: []VolumeStatus{}}
 	if r, ok := d.log.(*Raft); ok {
 		rs := r.Status()

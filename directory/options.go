@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/haybale/haybale/internal/rpc"
 )
 
 // Defaults of Options.
@@ -95,6 +97,11 @@ type Options struct {
 	// (see RaftOptions); nil runs a single-node directory on the state
 	// file.
 	Raft *RaftOptions
+	// Credentials secure the gRPC server (mutual TLS, each method allowed
+	// to the roles of Policy) and the connections to the stores. nil means
+	// rpc.Insecure(): no TLS and no role checks, for tests; cmd/haybale
+	// always sets it.
+	Credentials *rpc.Credentials
 	// Logger receives structured logs; default slog.Default().
 	Logger *slog.Logger
 }
@@ -136,6 +143,7 @@ func (o Options) withDefaults() Options {
 	if o.CompactRetry <= 0 {
 		o.CompactRetry = time.Hour
 	}
+	o.Credentials = rpc.OrInsecure(o.Credentials)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}

@@ -48,7 +48,7 @@ func NewServer(opts Options) (_ *Server, err error) {
 			return nil, fmt.Errorf("directory: %w", err)
 		}
 	}
-	s := &Server{opts: opts, stores: newGRPCStores()}
+	s := &Server{opts: opts, stores: newGRPCStores(opts.Credentials)}
 	var closers []func() error
 	defer func() {
 		if err != nil {
@@ -91,7 +91,10 @@ func NewServer(opts Options) (_ *Server, err error) {
 	if s.d, err = NewDirectory(opts, s.fsm, log, s.stores); err != nil {
 		return nil, err
 	}
-	grpcSrv := newGRPCServer(s.d)
+	grpcSrv, err := newGRPCServer(s.d)
+	if err != nil {
+		return nil, err
+	}
 	s.http = serve.New(httpLn, s.httpHandler(), serve.Options{
 		Name:         "directory",
 		Logger:       opts.Logger,

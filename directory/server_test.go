@@ -471,11 +471,17 @@ func TestAuthorizeDelete(t *testing.T) {
 		t.Fatalf("response %v", resp)
 	}
 	signer, _ := token.NewSigner(testSecret)
-	if err := signer.Verify(resp.GetWriteToken(), id.Vid, id.Key); err != nil {
+	if err := signer.AuthorizeDelete(resp.GetWriteToken(), id.Vid, id.Key, id.Cookie); err != nil {
 		t.Fatalf("delete token does not cover the photo: %v", err)
 	}
-	if err := signer.Verify(resp.GetWriteToken(), id.Vid, id.Key+1); err == nil {
+	if err := signer.AuthorizeDelete(resp.GetWriteToken(), id.Vid, id.Key+1, id.Cookie); err == nil {
 		t.Fatal("delete token covers another key")
+	}
+	if err := signer.AuthorizeDelete(resp.GetWriteToken(), id.Vid, id.Key, id.Cookie+1); err == nil {
+		t.Fatal("delete token covers another cookie")
+	}
+	if err := signer.Verify(resp.GetWriteToken(), id.Vid, id.Key); err == nil {
+		t.Fatal("delete token allows a write")
 	}
 	_, err = c.AuthorizeDelete(bg, &directorypb.AuthorizeDeleteRequest{PhotoId: "garbage"})
 	wantCode(t, err, codes.InvalidArgument, "malformed")

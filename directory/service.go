@@ -74,7 +74,7 @@ func (d *Directory) Assign(ctx context.Context, count uint32) (Assignment, error
 		return Assignment{}, err
 	}
 	expiry := time.Now().Add(d.opts.TokenTTL)
-	tok, err := d.signer.Sign(token.Claims{Vid: v.Vid, KeyStart: first, KeyCount: uint64(count), Expiry: expiry})
+	tok, err := d.signer.Sign(token.Claims{Kind: token.KindWrite, Vid: v.Vid, KeyStart: first, KeyCount: uint64(count), Expiry: expiry})
 	if err != nil {
 		return Assignment{}, fmt.Errorf("directory: sign token: %w", err)
 	}
@@ -237,9 +237,11 @@ func baseURL(s string) string {
 	return s
 }
 
-// AuthorizeDelete issues a write token for one existing photo's key and
-// returns its replicas, so a client can write tombstones on every replica.
-// Leader only.
+// AuthorizeDelete issues a delete token for one photo (its vid, key and
+// cookie) and returns its replicas, so a client can write tombstones on
+// every replica. The token allows tombstones of that photo only, never
+// data, and the stores check the cookie against the stored needle. Leader
+// only.
 func (d *Directory) AuthorizeDelete(photoID string) (DeleteGrant, error) {
 	id, err := needle.ParsePhotoID(photoID)
 	if err != nil {
@@ -253,7 +255,7 @@ func (d *Directory) AuthorizeDelete(photoID string) (DeleteGrant, error) {
 		return DeleteGrant{}, err
 	}
 	expiry := time.Now().Add(d.opts.TokenTTL)
-	tok, err := d.signer.Sign(token.Claims{Vid: v.Vid, KeyStart: id.Key, KeyCount: 1, Expiry: expiry})
+	tok, err := d.signer.Sign(token.Claims{Kind: token.KindDelete, Vid: v.Vid, KeyStart: id.Key, KeyCount: 1, Cookie: id.Cookie, Expiry: expiry})
 	if err != nil {
 		return DeleteGrant{}, fmt.Errorf("directory: sign token: %w", err)
 	}

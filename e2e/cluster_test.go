@@ -9,6 +9,7 @@ import (
 	"image/jpeg"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,9 +19,9 @@ import (
 // clusterStore is one store process of TestCluster and how to start it
 // again over the same data.
 type clusterStore struct {
-	name, http string
-	args       []string
-	proc       *proc
+	name, http, grpc string
+	args             []string
+	proc             *proc
 }
 
 func (s *clusterStore) start(t *testing.T) {
@@ -92,41 +93,95 @@ func syntheticJPEG(t *testing.T, w, h, seed int) []byte {
 	return buf.Bytes()
 }
 
-func TestCluster(t *testing.T) {
-	base := t.TempDir()
-	secret := filepath.Join(base, "secret")
-	if err := os.WriteFile(secret, []byte(strings.Repeat("e2e-cluster-secret-", 4)), 0o600); err != nil {
+// clusterCA creates a cluster CA under base with the haybale binary, as an
+// operator would, and returns a function that issues a node folder for
+// role/name (valid on 127.0.0.1) and returns its path.
+func clusterCA(t *testing.T, base string) func(role, name string) string {
+	t.Helper()
+	caDir := filepath.Join(base, "ca")
+	haybaleOK(t, "cert", "init", "--ca-dir", caDir)
+	return func(role, name string) string {
+		t.Helper()
+		out := filepath.Join(caDir, role+"-"+name)
+		haybaleOK(t, "cert", "issue", "--ca-dir", caDir, "--role", role, "--name", name, "--host", "127.0.0.1,localhost", "--out", out)
+		return out
+	}
+}
+
+// haybaleOK runs the haybale binary to completion and fails the test when
+// it fails.
+func haybaleOK(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = childEnv()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("haybale %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// testCluster is a cluster of haybale processes with certificates: a
+// directory, stores, a cache and a gateway.
+type testCluster struct {
+	base                   string
+	issue                  func(role, name string) string
+	secret                 string
+	dirGRPC, dirHTTP       string
+	cacheHTTP, cacheIntern string
+	gateway                string
+	dir, cache, gw         *proc
+	stores                 []*clusterStore
+}
+
+// startCluster starts a directory with replication n, n stores (store0 ..
+// store<n-1>), a cache and a gateway, every one with its own certificate.
+func startCluster(t *testing.T, n int) *testCluster {
+	t.Helper()
+	c := &testCluster{base: t.TempDir()}
+	c.issue = clusterCA(t, c.base)
+	c.secret = filepath.Join(c.base, "secret")
+	if err := os.WriteFile(c.secret, []byte(strings.Repeat("e2e-cluster-secret-", 4)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	dirGRPC, dirHTTP, cacheHTTP, gwHTTP := freePort(t), freePort(t), freePort(t), freePort(t)
-	cacheURL := "http://" + cacheHTTP
+	var gwHTTP string
+	c.dirGRPC, c.dirHTTP, c.cacheHTTP, c.cacheIntern, gwHTTP = freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
+	cacheURL := "http://" + c.cacheHTTP
 	common := []string{"--log-level", "warn"}
 
-	dir := startHaybale(t, "directory", append([]string{"directory",
-		"--dir", filepath.Join(base, "directory"), "--grpc", dirGRPC, "--http", dirHTTP,
-		"--replication", "3", "--heartbeat-interval", "300ms", "--volume-size-limit", "64MiB",
-		"--secret-file", secret, "--cache-nodes", cacheURL}, common...)...)
-	waitHealthy(t, dir, "http://"+dirHTTP+"/healthz")
+	c.dir = startHaybale(t, "directory", append([]string{"directory",
+		"--certs-dir", c.issue("directory", "dir1"),
+		"--dir", filepath.Join(c.base, "directory"), "--grpc", c.dirGRPC, "--http", c.dirHTTP,
+		"--replication", fmt.Sprint(n), "--heartbeat-interval", "300ms", "--volume-size-limit", "64MiB",
+		"--secret-file", c.secret, "--cache-nodes", cacheURL}, common...)...)
+	waitHealthy(t, c.dir, "http://"+c.dirHTTP+"/healthz")
 
-	stores := make([]*clusterStore, 3)
-	for i := range stores {
-		s := &clusterStore{name: fmt.Sprintf("store%d", i), http: freePort(t)}
-		s.args = append([]string{"store",
-			"--dir", filepath.Join(base, s.name), "--http", s.http, "--grpc", freePort(t),
-			"--directory", dirGRPC, "--rack", fmt.Sprintf("rack%d", i), "--secret-file", secret,
+	c.stores = make([]*clusterStore, n)
+	for i := range c.stores {
+		s := &clusterStore{name: fmt.Sprintf("store%d", i), http: freePort(t), grpc: freePort(t)}
+		s.args = append([]string{"store", "--certs-dir", c.issue("store", s.name),
+			"--dir", filepath.Join(c.base, s.name), "--http", s.http, "--grpc", s.grpc,
+			"--directory", c.dirGRPC, "--rack", fmt.Sprintf("rack%d", i), "--secret-file", c.secret,
 			"--volume-size-limit", "64MiB"}, common...)
 		s.start(t)
-		stores[i] = s
+		c.stores[i] = s
 	}
-	waitAlive(t, dirHTTP, 3)
+	waitAlive(t, c.dirHTTP, n)
 
-	cache := startHaybale(t, "cache", append([]string{"cache",
-		"--directory", dirGRPC, "--http", cacheHTTP, "--capacity", "64MiB", "--lookup-ttl", "1s"}, common...)...)
-	gw := startHaybale(t, "gateway", append([]string{"gateway",
-		"--directory", dirGRPC, "--http", gwHTTP, "--cache-nodes", cacheURL}, common...)...)
-	waitHealthy(t, cache, cacheURL+"/healthz")
-	gateway := "http://" + gwHTTP
-	waitHealthy(t, gw, gateway+"/healthz")
+	c.cache = startHaybale(t, "cache", append([]string{"cache", "--certs-dir", c.issue("cache", "cache1"),
+		"--directory", c.dirGRPC, "--http", c.cacheHTTP, "--internal", c.cacheIntern, "--capacity", "64MiB", "--lookup-ttl", "1s"}, common...)...)
+	c.gw = startHaybale(t, "gateway", append([]string{"gateway", "--certs-dir", c.issue("gateway", "gw1"),
+		"--directory", c.dirGRPC, "--http", gwHTTP, "--cache-nodes", cacheURL, "--cache-internal", c.cacheIntern}, common...)...)
+	waitHealthy(t, c.cache, cacheURL+"/healthz")
+	c.gateway = "http://" + gwHTTP
+	waitHealthy(t, c.gw, c.gateway+"/healthz")
+	return c
+}
+
+func TestCluster(t *testing.T) {
+	c := startCluster(t, 3)
+	dir, dirHTTP, stores, cache, gw, gateway := c.dir, c.dirHTTP, c.stores, c.cache, c.gw, c.gateway
+	cacheURL := "http://" + c.cacheHTTP
 
 	// Upload photos; every store holds every image (replication 3 on 3
 	// stores), byte for byte the same.

@@ -56,7 +56,10 @@
 //     timeout, before answering. This is best effort: a failure is logged
 //     and counted, and the delete still succeeds. CacheNodes must be listed
 //     exactly as the directory's --cache-nodes, because ownership hashes the
-//     names as written; "host:port" is reached as http://host:port.
+//     names as written; "host:port" is reached as http://host:port. Caches
+//     take evictions only on their internal listener: CacheEvictURLs (one
+//     per node, same order) names those, and CacheHTTPClient carries the
+//     gateway's client certificate.
 //   - The most recent uploads are kept in an in-memory ring of
 //     Options.RecentUploads entries (default 20) for the web page; it is
 //     lost on restart, and a delete through this gateway removes the photo

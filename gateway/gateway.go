@@ -54,6 +54,13 @@ type Options struct {
 	// directory lists them. After a delete the owning node is asked to
 	// evict the photo. Empty: no cache tier.
 	CacheNodes []string
+	// CacheEvictURLs, when set, are the base URLs of the caches' internal
+	// listeners ("https://cache1:8091"), one per CacheNodes entry and in
+	// the same order: the owner is chosen by its name in CacheNodes and
+	// the eviction is sent to its internal listener (caches serve
+	// eviction only there, to gateways). Empty: evictions go to
+	// CacheNodes.
+	CacheEvictURLs []string
 	// CacheTimeout bounds one cache invalidation; default
 	// DefaultCacheTimeout (2 s).
 	CacheTimeout time.Duration
@@ -130,6 +137,10 @@ func New(opts Options) (*Gateway, error) {
 		}
 	}
 	opts.CacheNodes = append([]string(nil), opts.CacheNodes...)
+	if len(opts.CacheEvictURLs) > 0 && len(opts.CacheEvictURLs) != len(opts.CacheNodes) {
+		return nil, fmt.Errorf("gateway: %d cache eviction URLs for %d cache nodes", len(opts.CacheEvictURLs), len(opts.CacheNodes))
+	}
+	opts.CacheEvictURLs = append([]string(nil), opts.CacheEvictURLs...)
 	if opts.Registry == nil {
 		opts.Registry = prometheus.NewRegistry()
 		if err := opts.Registry.Register(collectors.NewGoCollector()); err != nil {
@@ -336,7 +347,11 @@ func (g *Gateway) handleDelete(w http.ResponseWriter, r *http.Request) {
 // invalidate asks the cache node owning id to evict every size of it, and
 // reports whether the node confirmed. Failures are logged and counted.
 func (g *Gateway) invalidate(ctx context.Context, id needle.PhotoID) bool {
-	node := g.opts.CacheNodes[needle.Owner(id.Key, g.opts.CacheNodes)]
+	owner := needle.Owner(id.Key, g.opts.CacheNodes)
+	node := g.opts.CacheNodes[owner]
+	if len(g.opts.CacheEvictURLs) > 0 {
+		node = g.opts.CacheEvictURLs[owner]
+	}
 	u := baseURL(node) + needle.ImagePathPrefix + id.String()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.opts.CacheTimeout)
 	defer cancel()

@@ -394,7 +394,9 @@ func TestDeleteInvalidatesCache(t *testing.T) {
 	type hit struct{ method, path string }
 	var mu sync.Mutex
 	hits := map[int][]hit{}
-	var nodes []string
+	// The nodes are named as the directory lists them; evictions go to
+	// their internal listeners.
+	var nodes, internal []string
 	for i := range 3 {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			mu.Lock()
@@ -403,9 +405,10 @@ func TestDeleteInvalidatesCache(t *testing.T) {
 			w.WriteHeader(http.StatusNoContent)
 		}))
 		t.Cleanup(srv.Close)
-		nodes = append(nodes, srv.URL)
+		nodes = append(nodes, fmt.Sprintf("cache%d.example:8090", i))
+		internal = append(internal, srv.URL)
 	}
-	e := startEnv(t, envOptions{stores: 2, replication: 2, gw: Options{CacheNodes: nodes}})
+	e := startEnv(t, envOptions{stores: 2, replication: 2, gw: Options{CacheNodes: nodes, CacheEvictURLs: internal}})
 	up := e.mustUpload(t, encodePNG(t, photoLike(400, 300, 8)), nil)
 	keep := e.mustUpload(t, encodePNG(t, photoLike(300, 400, 9)), nil)
 	id := mustID(t, up.ID)
@@ -751,6 +754,9 @@ func TestNewValidates(t *testing.T) {
 	}
 	if o := g.Options(); o.MaxUploadBytes != 32<<20 || o.RecentUploads != DefaultRecentUploads || o.MaxConcurrentUploads <= 0 {
 		t.Errorf("defaults: %+v", o)
+	}
+	if _, err := New(Options{Client: cl, Resizer: resizer.New(resizer.Options{}), CacheNodes: []string{"a", "b"}, CacheEvictURLs: []string{"https://a:1"}}); err == nil {
+		t.Error("New accepted fewer eviction URLs than cache nodes")
 	}
 	if _, err := New(Options{Client: cl, Resizer: resizer.New(resizer.Options{}), CacheNodes: []string{" "}}); err == nil {
 		t.Error("an empty cache node name was accepted")

@@ -11,9 +11,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/haybale/haybale/internal/pki"
+	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 	"github.com/haybale/haybale/store/volume"
@@ -21,35 +22,46 @@ import (
 
 // MaxMessageSize is the largest gRPC message the store sends or accepts:
 // 64 MiB of needle data plus room for the message's own fields.
-const MaxMessageSize = needle.MaxDataSize + 64<<10
+const MaxMessageSize = rpc.MaxMessageSize
 
-// WriteAuthorizer checks the write token that comes with a Write or
-// Delete. It must be safe for concurrent use.
+// WriteAuthorizer checks the token that comes with a Write or a Delete. It
+// must be safe for concurrent use. *token.Signer implements it.
 type WriteAuthorizer interface {
-	// AuthorizeWrite returns nil when token allows writing (or deleting)
-	// keys in volume vid, and an error saying why not otherwise. The
-	// caller answers UNAUTHENTICATED with the error's text.
+	// AuthorizeWrite returns nil when token is a write token allowing
+	// data needles for every one of keys in volume vid, and an error
+	// saying why not otherwise.
 	AuthorizeWrite(token string, vid uint32, keys []uint64) error
+	// AuthorizeDelete returns nil when token is a delete token for the
+	// photo (vid, key, cookie), and an error saying why not otherwise.
+	AuthorizeDelete(token string, vid uint32, key, cookie uint64) error
 }
 
-// WriteAuthorizerFunc adapts a function to WriteAuthorizer.
-type WriteAuthorizerFunc func(token string, vid uint32, keys []uint64) error
-
-// AuthorizeWrite implements WriteAuthorizer.
-func (f WriteAuthorizerFunc) AuthorizeWrite(token string, vid uint32, keys []uint64) error {
-	return f(token, vid, keys)
+// Policy is who may call each method of the Store service (the table in
+// store.proto). Write and Delete also need a token from the directory;
+// the role check comes first.
+var Policy = rpc.Policy{
+	storepb.Store_Write_FullMethodName:           {pki.RoleGateway, pki.RoleOperator},
+	storepb.Store_Delete_FullMethodName:          {pki.RoleGateway, pki.RoleOperator},
+	storepb.Store_Read_FullMethodName:            {pki.RoleDirectory, pki.RoleOperator},
+	storepb.Store_AllocateVolume_FullMethodName:  {pki.RoleDirectory, pki.RoleOperator},
+	storepb.Store_VolumeStatus_FullMethodName:    {pki.RoleDirectory, pki.RoleOperator, pki.RoleStore},
+	storepb.Store_MarkReadOnly_FullMethodName:    {pki.RoleDirectory, pki.RoleOperator},
+	storepb.Store_Compact_FullMethodName:         {pki.RoleDirectory, pki.RoleOperator},
+	storepb.Store_CopyVolume_FullMethodName:      {pki.RoleDirectory, pki.RoleOperator, pki.RoleStore},
+	storepb.Store_ReplicateVolume_FullMethodName: {pki.RoleDirectory, pki.RoleOperator},
 }
 
 // newGRPCServer builds the gRPC server with the store service registered.
-func newGRPCServer(s *Server) *grpc.Server {
-	g := grpc.NewServer(
-		grpc.MaxRecvMsgSize(MaxMessageSize),
-		grpc.MaxSendMsgSize(MaxMessageSize),
-		grpc.ConnectionTimeout(s.opts.ReadHeaderTimeout),
-		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
-	)
+func newGRPCServer(s *Server) (*grpc.Server, error) {
+	g, err := rpc.NewServer(s.opts.Credentials, Policy, rpc.ServerOptions{
+		Unary:             []grpc.UnaryServerInterceptor{s.unaryInterceptor},
+		ConnectionTimeout: s.opts.ReadHeaderTimeout,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
 	storepb.RegisterStoreServer(g, &grpcService{srv: s})
-	return g
+	return g, nil
 }
 
 // unaryInterceptor counts calls by method and code and turns a panic in a
@@ -116,12 +128,26 @@ func volumeError(vid uint32, err error) error {
 	return status.Errorf(codes.Internal, "volume %d: %v", vid, err)
 }
 
-func (g *grpcService) authorize(token string, vid uint32, keys []uint64) error {
+// errNoAuthorizer refuses writes on a store started without the cluster
+// secret.
+var errNoAuthorizer = status.Error(codes.Unauthenticated, "this store has no cluster secret: it takes no writes or deletes")
+
+func (g *grpcService) authorizeWrite(token string, vid uint32, keys []uint64) error {
 	if g.srv.opts.Authorizer == nil {
-		return nil
+		return errNoAuthorizer
 	}
 	if err := g.srv.opts.Authorizer.AuthorizeWrite(token, vid, keys); err != nil {
 		return status.Errorf(codes.Unauthenticated, "write token refused: %v", err)
+	}
+	return nil
+}
+
+func (g *grpcService) authorizeDelete(token string, vid uint32, key, cookie uint64) error {
+	if g.srv.opts.Authorizer == nil {
+		return errNoAuthorizer
+	}
+	if err := g.srv.opts.Authorizer.AuthorizeDelete(token, vid, key, cookie); err != nil {
+		return status.Errorf(codes.Unauthenticated, "delete token refused: %v", err)
 	}
 	return nil
 }
@@ -157,7 +183,7 @@ func (g *grpcService) Write(ctx context.Context, req *storepb.WriteRequest) (*st
 		}
 		keys[i] = pn.GetKey()
 	}
-	if err := g.authorize(req.GetWriteToken(), req.GetVid(), keys); err != nil {
+	if err := g.authorizeWrite(req.GetWriteToken(), req.GetVid(), keys); err != nil {
 		return nil, err
 	}
 	v, err := g.volume(req.GetVid())
@@ -196,7 +222,7 @@ func (g *grpcService) Delete(ctx context.Context, req *storepb.DeleteRequest) (*
 	case !size.Valid() && size != needle.SizeAll:
 		return nil, status.Errorf(codes.InvalidArgument, "unknown size code %d", req.GetSizeCode())
 	}
-	if err := g.authorize(req.GetWriteToken(), req.GetVid(), []uint64{req.GetKey()}); err != nil {
+	if err := g.authorizeDelete(req.GetWriteToken(), req.GetVid(), req.GetKey(), req.GetCookie()); err != nil {
 		return nil, err
 	}
 	v, err := g.volume(req.GetVid())
@@ -429,9 +455,10 @@ func (g *grpcService) ReplicateVolume(req *storepb.ReplicateVolumeRequest, strea
 	if vid == 0 || req.GetSourceGrpcAddr() == "" {
 		return status.Error(codes.InvalidArgument, "vid and source_grpc_addr are required")
 	}
-	conn, err := grpc.NewClient(req.GetSourceGrpcAddr(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize)))
+	// The source must be a store of this cluster: with TLS, its
+	// certificate must name the store role, so a rogue server cannot
+	// stand in for a replica.
+	conn, err := rpc.Dial(g.srv.opts.Credentials, req.GetSourceGrpcAddr(), []pki.Role{pki.RoleStore})
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "source %s: %v", req.GetSourceGrpcAddr(), err)
 	}

@@ -6,10 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	mrand "math/rand/v2"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,9 +17,9 @@ import (
 	"time"
 	"unicode"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
+	"github.com/haybale/haybale/internal/pki"
+	"github.com/haybale/haybale/internal/rpc"
+	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
 	"github.com/haybale/haybale/store/volume"
@@ -38,9 +38,15 @@ const maxCorruptQueued = 1024
 type HeartbeaterOptions struct {
 	// DirectoryAddr is the directory's gRPC address, host:port. Required.
 	DirectoryAddr string
-	// StoreID is the store's stable id; default the id kept in the data
-	// directory's StoreIDFile, generated on first use.
+	// StoreID is the store's stable id, kept in the data directory's
+	// StoreIDFile. Empty: the id in that file, generated on first use.
+	// Set (on a TLS plane, the name in the store's certificate): the file
+	// must hold this id, or not exist yet and is then created with it, so
+	// a data folder never changes hands between store identities.
 	StoreID string
+	// Credentials secure the connection to the directory, which must
+	// present a directory certificate. nil means rpc.Insecure().
+	Credentials *rpc.Credentials
 	// GRPCAddr and HTTPAddr are the addresses under which the directory,
 	// the other roles and the caches reach this store's servers (not
 	// wildcard listen addresses). Required.
@@ -91,13 +97,16 @@ func NewHeartbeater(st *Store, opts HeartbeaterOptions) (*Heartbeater, error) {
 	if opts.DirectoryAddr == "" || opts.GRPCAddr == "" || opts.HTTPAddr == "" {
 		return nil, errors.New("store: NewHeartbeater: the directory, gRPC and HTTP addresses are required")
 	}
-	if opts.StoreID == "" {
-		id, err := LoadOrCreateStoreID(st.Dir())
-		if err != nil {
-			return nil, err
-		}
-		opts.StoreID = id
+	id, err := LoadOrCreateStoreID(st.FS(), st.Dir(), opts.StoreID)
+	if err != nil {
+		return nil, err
 	}
+	if opts.StoreID != "" && id != opts.StoreID {
+		return nil, fmt.Errorf("store: the data directory %s belongs to store %q, not %q (issue this store's certificate with --name %s)",
+			st.Dir(), id, opts.StoreID, id)
+	}
+	opts.StoreID = id
+	opts.Credentials = rpc.OrInsecure(opts.Credentials)
 	if opts.Interval <= 0 {
 		opts.Interval = 5 * time.Second
 	}
@@ -139,7 +148,7 @@ func (h *Heartbeater) ReportCorrupt(vid uint32, key uint64, size needle.SizeCode
 // Run heartbeats until ctx is cancelled; it returns nil then. Failures are
 // logged and retried.
 func (h *Heartbeater) Run(ctx context.Context) error {
-	conn, err := grpc.NewClient(h.opts.DirectoryAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := rpc.Dial(h.opts.Credentials, h.opts.DirectoryAddr, []pki.Role{pki.RoleDirectory})
 	if err != nil {
 		return fmt.Errorf("store: directory %s: %w", h.opts.DirectoryAddr, err)
 	}
@@ -346,56 +355,65 @@ func freeBytes(dir string) (uint64, error) {
 	return uint64(st.Bavail) * uint64(st.Bsize), nil
 }
 
-// LoadOrCreateStoreID returns the store id kept in dir/StoreIDFile,
-// generating and durably writing one ("st-" and 16 random hex digits) when
-// the file does not exist.
-func LoadOrCreateStoreID(dir string) (string, error) {
+// LoadOrCreateStoreID returns the store id kept in dir/StoreIDFile on
+// fsys. When the file does not exist it durably writes preferred there, or
+// when preferred is empty a generated id ("st-" and 16 random hex digits),
+// and returns it. The file holds the id and a newline.
+func LoadOrCreateStoreID(fsys vfs.FS, dir, preferred string) (string, error) {
 	path := filepath.Join(dir, StoreIDFile)
-	b, err := os.ReadFile(path)
+	id, err := readStoreID(fsys, path)
 	if err == nil {
-		id := strings.TrimSpace(string(b))
-		if id == "" || len(id) > 128 || strings.ContainsFunc(id, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) {
-			return "", fmt.Errorf("store: %s holds no valid store id", path)
-		}
 		return id, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("store: %w", err)
-	}
-	var raw [8]byte
-	if _, err := rand.Read(raw[:]); err != nil {
-		return "", fmt.Errorf("store: generate store id: %w", err)
-	}
-	id := "st-" + hex.EncodeToString(raw[:])
-	tmp := path + ".tmp"
-	if err := writeSynced(tmp, []byte(id+"\n")); err != nil {
 		return "", err
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return "", fmt.Errorf("store: %w", err)
+	id = preferred
+	if id == "" {
+		var raw [8]byte
+		if _, err := rand.Read(raw[:]); err != nil {
+			return "", fmt.Errorf("store: generate store id: %w", err)
+		}
+		id = "st-" + hex.EncodeToString(raw[:])
 	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
+	if !validStoreID(id) {
+		return "", fmt.Errorf("store: invalid store id %q", id)
+	}
+	if err := vfs.WriteFileAtomic(fsys, path, []byte(id+"\n")); err != nil {
+		return "", fmt.Errorf("store: write %s: %w", path, err)
 	}
 	return id, nil
 }
 
-func writeSynced(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+// maxStoreIDFile bounds the store id file read.
+const maxStoreIDFile = 256
+
+func readStoreID(fsys vfs.FS, path string) (string, error) {
+	f, err := fsys.Open(path)
 	if err != nil {
-		return fmt.Errorf("store: %w", err)
+		return "", err
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("store: %w", err)
+	defer f.Close()
+	size, err := f.Size()
+	if err != nil {
+		return "", fmt.Errorf("store: %s: %w", path, err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("store: %w", err)
+	if size > maxStoreIDFile {
+		return "", fmt.Errorf("store: %s holds no valid store id (%d bytes)", path, size)
 	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("store: %w", err)
+	b := make([]byte, size)
+	if _, err := f.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("store: %s: %w", path, err)
 	}
-	return nil
+	id := strings.TrimSpace(string(b))
+	if !validStoreID(id) {
+		return "", fmt.Errorf("store: %s holds no valid store id", path)
+	}
+	return id, nil
+}
+
+// validStoreID reports whether id is 1 to 128 printable characters
+// without spaces (the rule the directory applies).
+func validStoreID(id string) bool {
+	return id != "" && len(id) <= 128 && !strings.ContainsFunc(id, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) })
 }

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
+	"github.com/haybale/haybale/internal/rpc"
+	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
@@ -80,7 +80,10 @@ func serveDirectory(t *testing.T, d *fakeDirectory, addr string) (string, func()
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g, err := rpc.NewServer(rpc.Insecure(), nil, rpc.ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	directorypb.RegisterDirectoryServer(g, d)
 	go g.Serve(ln)
 	return ln.Addr().String(), g.Stop
@@ -176,11 +179,11 @@ func TestHeartbeater(t *testing.T) {
 
 func TestStoreID(t *testing.T) {
 	dir := t.TempDir()
-	a, err := LoadOrCreateStoreID(dir)
+	a, err := LoadOrCreateStoreID(vfs.Default, dir, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := LoadOrCreateStoreID(dir)
+	b, err := LoadOrCreateStoreID(vfs.Default, dir, "other")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,10 +193,42 @@ func TestStoreID(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, StoreIDFile), []byte("has space\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadOrCreateStoreID(dir); err == nil {
+	if _, err := LoadOrCreateStoreID(vfs.Default, dir, ""); err == nil {
 		t.Fatal("an invalid store id was accepted")
 	}
 	if _, err := NewHeartbeater(nil, HeartbeaterOptions{}); err == nil {
 		t.Fatal("NewHeartbeater(nil) succeeded")
+	}
+}
+
+// The store id goes through the store's file system, and a data folder
+// keeps the identity it was first given.
+func TestStoreIDThroughVFS(t *testing.T) {
+	mem := vfs.NewMem()
+	st, err := Open(context.Background(), Options{Dir: "/d", FS: mem, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	opts := HeartbeaterOptions{DirectoryAddr: "d:1", GRPCAddr: "g:1", HTTPAddr: "h:1", StoreID: "store-a", Logger: quietLogger()}
+	h, err := NewHeartbeater(st, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.StoreID() != "store-a" {
+		t.Fatalf("store id %q", h.StoreID())
+	}
+	if id, err := LoadOrCreateStoreID(mem, "/d", ""); err != nil || id != "store-a" {
+		t.Fatalf("id on the mem FS: %q %v", id, err)
+	}
+	if _, err := os.Stat(filepath.Join("/d", StoreIDFile)); err == nil {
+		t.Fatal("the store id was written to the OS file system")
+	}
+	opts.StoreID = "store-b"
+	if _, err := NewHeartbeater(st, opts); err == nil {
+		t.Fatal("a store took over another store's data folder")
+	}
+	if _, err := LoadOrCreateStoreID(mem, "/e", "has space"); err == nil {
+		t.Fatal("an invalid preferred id was written")
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/net/netutil"
 
+	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/internal/serve"
 	"github.com/haybale/haybale/needle"
 )
@@ -29,9 +30,15 @@ type ServerOptions struct {
 	MaxConns int
 	// Logger receives structured logs; default slog.Default().
 	Logger *slog.Logger
-	// Authorizer checks the write token of every Write and Delete; nil
-	// leaves writes open (a cluster without a secret).
+	// Authorizer checks the write token of every Write and the delete
+	// token of every Delete. nil refuses every Write and Delete: a store
+	// without the cluster secret never takes unauthenticated writes.
 	Authorizer WriteAuthorizer
+	// Credentials secure the gRPC server (mutual TLS from the cluster CA,
+	// each method allowed to the roles of Policy) and the connections it
+	// opens to replication sources. nil means rpc.Insecure(): no TLS and
+	// no role checks, for tests; cmd/haybale always sets it.
+	Credentials *rpc.Credentials
 	// OnCorrupt is called, from the goroutine serving the read, for every
 	// read whose stored bytes failed verification; it must not block. The
 	// store has already logged and counted the read, and answered it with
@@ -100,6 +107,7 @@ func NewServer(st *Store, opts ServerOptions) (*Server, error) {
 		return nil, fmt.Errorf("store: NewServer: negative MaxConns %d", opts.MaxConns)
 	}
 	opts = opts.withDefaults()
+	opts.Credentials = rpc.OrInsecure(opts.Credentials)
 	m, err := newMetrics(st)
 	if err != nil {
 		return nil, err
@@ -117,10 +125,16 @@ func NewServer(st *Store, opts ServerOptions) (*Server, error) {
 		httpLn = netutil.LimitListener(httpLn, opts.MaxConns)
 	}
 	s.handler = newHTTPHandler(s)
+	g, err := newGRPCServer(s)
+	if err != nil {
+		httpLn.Close()
+		s.grpcLn.Close()
+		return nil, err
+	}
 	s.srv = serve.New(httpLn, s.handler, serve.Options{
 		Name: "store", Logger: opts.Logger, ShutdownTimeout: opts.ShutdownTimeout,
 		ReadHeaderTimeout: opts.ReadHeaderTimeout, WriteTimeout: opts.WriteTimeout, IdleTimeout: opts.IdleTimeout,
-		GRPC: newGRPCServer(s), GRPCListener: s.grpcLn,
+		GRPC: g, GRPCListener: s.grpcLn,
 		AfterDrain: s.closeStore,
 	})
 	return s, nil

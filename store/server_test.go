@@ -15,9 +15,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
@@ -51,6 +51,9 @@ func startServer(t testing.TB, so Options, sv ServerOptions) *testServer {
 		t.Fatal(err)
 	}
 	sv.HTTPAddr, sv.GRPCAddr = "127.0.0.1:0", "127.0.0.1:0"
+	if sv.Authorizer == nil {
+		sv.Authorizer = allowAll{}
+	}
 	if sv.Logger == nil {
 		sv.Logger = quietLogger()
 	}
@@ -68,8 +71,7 @@ func startServer(t testing.TB, so Options, sv ServerOptions) *testServer {
 		done:   make(chan error, 1),
 	}
 	go func() { ts.done <- srv.Serve(ctx) }()
-	conn, err := grpc.NewClient(srv.GRPCAddr().String(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	conn, err := rpc.Dial(rpc.Insecure(), srv.GRPCAddr().String(), nil,
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize*2), grpc.MaxCallSendMsgSize(MaxMessageSize*2)))
 	if err != nil {
 		t.Fatal(err)
@@ -354,15 +356,48 @@ func TestGRPCStatusCodes(t *testing.T) {
 	}
 }
 
+// allowAll authorizes every write and delete: the store tests that are not
+// about tokens.
+type allowAll struct{}
+
+func (allowAll) AuthorizeWrite(string, uint32, []uint64) error        { return nil }
+func (allowAll) AuthorizeDelete(string, uint32, uint64, uint64) error { return nil }
+
+// testAuthorizer accepts the token "write" for writes on vid 1 and
+// "delete" for deletes of (1, 4, cookie 9), and records what it saw.
+type testAuthorizer struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (a *testAuthorizer) AuthorizeWrite(token string, vid uint32, keys []uint64) error {
+	a.mu.Lock()
+	a.seen = append(a.seen, fmt.Sprintf("write %s %d %v", token, vid, keys))
+	a.mu.Unlock()
+	if token != "write" || vid != 1 {
+		return errors.New("bad token")
+	}
+	return nil
+}
+
+func (a *testAuthorizer) AuthorizeDelete(token string, vid uint32, key, cookie uint64) error {
+	a.mu.Lock()
+	a.seen = append(a.seen, fmt.Sprintf("delete %s %d %d %d", token, vid, key, cookie))
+	a.mu.Unlock()
+	if token != "delete" || vid != 1 || key != 4 || cookie != 9 {
+		return errors.New("bad token")
+	}
+	return nil
+}
+
+func (a *testAuthorizer) last() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.seen[len(a.seen)-1]
+}
+
 func TestWriteAuthorizer(t *testing.T) {
-	var seen []string
-	auth := WriteAuthorizerFunc(func(token string, vid uint32, keys []uint64) error {
-		seen = append(seen, fmt.Sprintf("%s %d %v", token, vid, keys))
-		if token != "good" || vid != 1 {
-			return errors.New("bad token")
-		}
-		return nil
-	})
+	auth := &testAuthorizer{}
 	ts := startServer(t, Options{Dir: "/d", FS: vfs.NewMem()}, ServerOptions{Authorizer: auth})
 	ctx := context.Background()
 	ts.allocate(t, 1)
@@ -374,22 +409,68 @@ func TestWriteAuthorizer(t *testing.T) {
 		return err
 	}
 	wantCode(t, "Write without token", write(1, ""), codes.Unauthenticated)
-	wantCode(t, "Write with a token for another vid", write(2, "good"), codes.Unauthenticated)
+	wantCode(t, "Write with a token for another vid", write(2, "write"), codes.Unauthenticated)
+	// A delete token is no write token.
+	wantCode(t, "Write with a delete token", write(1, "delete"), codes.Unauthenticated)
 	// Authorization comes before the volume lookup: no probing for vids.
 	wantCode(t, "Write to a missing vid without token", write(99, "bad"), codes.Unauthenticated)
-	if err := write(1, "good"); err != nil {
+	if err := write(1, "write"); err != nil {
 		t.Fatalf("authorized Write: %v", err)
 	}
-	if seen[len(seen)-1] != "good 1 [4 4]" {
-		t.Fatalf("authorizer saw %q", seen[len(seen)-1])
+	if got := auth.last(); got != "write write 1 [4 4]" {
+		t.Fatalf("authorizer saw %q", got)
 	}
-	_, err := ts.client.Delete(ctx, &storepb.DeleteRequest{Vid: 1, Key: 4, Cookie: 9, SizeCode: uint32(needle.SizeAll), WriteToken: "forged"})
+	del := func(cookie uint64, token string) (*storepb.DeleteResponse, error) {
+		return ts.client.Delete(ctx, &storepb.DeleteRequest{Vid: 1, Key: 4, Cookie: cookie, SizeCode: uint32(needle.SizeAll), WriteToken: token})
+	}
+	_, err := del(9, "forged")
 	wantCode(t, "Delete with a bad token", err, codes.Unauthenticated)
+	_, err = del(9, "write")
+	wantCode(t, "Delete with a write token", err, codes.Unauthenticated)
+	_, err = del(10, "delete")
+	wantCode(t, "Delete of another cookie", err, codes.Unauthenticated)
+	if got := auth.last(); got != "delete delete 1 4 10" {
+		t.Fatalf("authorizer saw %q", got)
+	}
 	if resp, _ := ts.do(t, http.MethodGet, "/p/1-4-0000000000000009/t", nil); resp.StatusCode != http.StatusOK {
 		t.Fatalf("refused delete removed the photo: %d", resp.StatusCode)
 	}
-	del, err := ts.client.Delete(ctx, &storepb.DeleteRequest{Vid: 1, Key: 4, Cookie: 9, SizeCode: uint32(needle.SizeAll), WriteToken: "good"})
-	if err != nil || del.DeletedCount != 2 {
-		t.Fatalf("authorized Delete: %v %v", del, err)
+	resp, err := del(9, "delete")
+	if err != nil || resp.DeletedCount != 2 {
+		t.Fatalf("authorized Delete: %v %v", resp, err)
+	}
+}
+
+// A store without an authorizer (no cluster secret) takes no writes and
+// no deletes at all.
+func TestNoAuthorizerRefusesWrites(t *testing.T) {
+	st, err := Open(context.Background(), Options{Dir: "/d", FS: vfs.NewMem(), Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.CreateVolume(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(st, ServerOptions{HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer func() { cancel(); <-done }()
+	conn, err := rpc.Dial(rpc.Insecure(), srv.GRPCAddr().String(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := storepb.NewStoreClient(conn)
+	_, err = c.Write(ctx, &storepb.WriteRequest{Vid: 1, WriteToken: "anything", Needles: []*storepb.Needle{{Key: 4, Cookie: 9, Data: []byte("a")}}})
+	wantCode(t, "Write on a store without a secret", err, codes.Unauthenticated)
+	_, err = c.Delete(ctx, &storepb.DeleteRequest{Vid: 1, Key: 4, Cookie: 9, SizeCode: uint32(needle.SizeAll), WriteToken: "anything"})
+	wantCode(t, "Delete on a store without a secret", err, codes.Unauthenticated)
+	v, _ := st.Volume(1)
+	if n := v.Status().Needles; n != 0 {
+		t.Fatalf("%d needles written", n)
 	}
 }

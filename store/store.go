@@ -24,13 +24,19 @@
 //
 // # gRPC
 //
-// The storepb Store service, with the status codes store.proto lists.
-// Write and Delete check their write token with the WriteAuthorizer they
-// are given (none: writes are open). Messages are at most MaxMessageSize.
+// The storepb Store service, with the status codes store.proto lists,
+// served by internal/rpc: with TLS credentials every caller presents a
+// certificate of the cluster CA and each method is allowed only to the
+// roles of Policy. Write checks a write token and Delete a delete token
+// (vid, key and cookie) with the WriteAuthorizer they are given; without
+// one, every Write and Delete is refused. ReplicateVolume pulls only from
+// a source presenting a store certificate. Messages are at most
+// MaxMessageSize.
 //
 // A data directory holds, per volume, <vid>.dat (the needles), <vid>.idx
 // (the index hint) and, when an operator marked it read-only,
-// <vid>.readonly. Files ending in .tmp are leftovers of an interrupted
+// <vid>.readonly, and the store's ID in StoreIDFile ("store.id": the ID
+// and a newline). Files ending in .tmp are leftovers of an interrupted
 // atomic write and are removed at start-up.
 package store
 
@@ -195,6 +201,9 @@ func (s *Store) Ready() bool { return s.ready.Load() }
 
 // Dir returns the data directory.
 func (s *Store) Dir() string { return s.opts.Dir }
+
+// FS returns the file system the store keeps its files in.
+func (s *Store) FS() vfs.FS { return s.opts.FS }
 
 // Volume returns the open volume vid.
 func (s *Store) Volume(vid uint32) (*volume.Volume, error) {

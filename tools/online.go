@@ -7,15 +7,15 @@ import (
 	"io"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
+	"github.com/haybale/haybale/internal/pki"
+	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 )
 
-// dialStore connects to a store's gRPC address.
-func dialStore(addr string) (storepb.StoreClient, func(), error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// dialStore connects to a store's gRPC address with creds (an operator's
+// certificate on a TLS plane); the server must be a store.
+func dialStore(creds *rpc.Credentials, addr string) (storepb.StoreClient, func(), error) {
+	conn, err := rpc.Dial(creds, addr, []pki.Role{pki.RoleStore})
 	if err != nil {
 		return nil, nil, fmt.Errorf("store %s: %w", addr, err)
 	}
@@ -37,9 +37,9 @@ type OnlineCompactResult struct {
 
 // CompactOnline asks the store at addr to compact volume vid while it keeps
 // serving reads and taking writes, and reports the bytes reclaimed.
-func CompactOnline(ctx context.Context, addr string, vid uint32, out Output) (OnlineCompactResult, error) {
+func CompactOnline(ctx context.Context, creds *rpc.Credentials, addr string, vid uint32, out Output) (OnlineCompactResult, error) {
 	res := OnlineCompactResult{Store: addr, Vid: vid}
-	sc, closeFn, err := dialStore(addr)
+	sc, closeFn, err := dialStore(creds, addr)
 	if err != nil {
 		return res, err
 	}
@@ -78,9 +78,9 @@ type ReplicaSyncResult struct {
 // copy of the one on the store at from: the target pulls the volume
 // (resuming an interrupted pull), verifies every needle, rebuilds its idx
 // and serves it. Run it again after an interruption to resume.
-func ReplicaSync(ctx context.Context, vid uint32, from, to string, out Output) (ReplicaSyncResult, error) {
+func ReplicaSync(ctx context.Context, creds *rpc.Credentials, vid uint32, from, to string, out Output) (ReplicaSyncResult, error) {
 	res := ReplicaSyncResult{Vid: vid, From: from, To: to}
-	sc, closeFn, err := dialStore(to)
+	sc, closeFn, err := dialStore(creds, to)
 	if err != nil {
 		return res, err
 	}

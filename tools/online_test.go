@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/haybale/haybale/client"
+	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/internal/testcluster"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
@@ -155,7 +156,7 @@ func TestOnlineCompactAndReplicaSync(t *testing.T) {
 	var reclaimed uint64
 	for vid := range vids {
 		var out bytes.Buffer
-		res, err := CompactOnline(ctx, s0.Srv.GRPCAddr().String(), vid, Output{W: &out})
+		res, err := CompactOnline(ctx, rpc.Insecure(), s0.Srv.GRPCAddr().String(), vid, Output{W: &out})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -182,7 +183,7 @@ func TestOnlineCompactAndReplicaSync(t *testing.T) {
 	sync := func() {
 		t.Helper()
 		var prog bytes.Buffer
-		res, err := ReplicaSync(ctx, vid, s0.Srv.GRPCAddr().String(), s1.Srv.GRPCAddr().String(), Output{W: io.Discard, Progress: &prog})
+		res, err := ReplicaSync(ctx, rpc.Insecure(), vid, s0.Srv.GRPCAddr().String(), s1.Srv.GRPCAddr().String(), Output{W: io.Discard, Progress: &prog})
 		if err != nil {
 			t.Fatalf("sync volume %d: %v", vid, err)
 		}
@@ -192,7 +193,7 @@ func TestOnlineCompactAndReplicaSync(t *testing.T) {
 	}
 	// A writable volume is refused: the source could acknowledge writes
 	// the copy would miss.
-	if _, err := ReplicaSync(ctx, vid, s0.Srv.GRPCAddr().String(), s1.Srv.GRPCAddr().String(), Output{W: io.Discard}); err == nil ||
+	if _, err := ReplicaSync(ctx, rpc.Insecure(), vid, s0.Srv.GRPCAddr().String(), s1.Srv.GRPCAddr().String(), Output{W: io.Discard}); err == nil ||
 		!strings.Contains(err.Error(), "read-only first") {
 		t.Fatalf("sync of a writable volume: %v", err)
 	}
@@ -245,7 +246,7 @@ func TestOnlineCompactAndReplicaSync(t *testing.T) {
 	}
 	sync()
 	ps.checkOn(t, s1.HTTPAddr())
-	if _, err := ReplicaSync(ctx, 9999, s0.Srv.GRPCAddr().String(), s1.Srv.GRPCAddr().String(), Output{W: io.Discard}); err == nil {
+	if _, err := ReplicaSync(ctx, rpc.Insecure(), 9999, s0.Srv.GRPCAddr().String(), s1.Srv.GRPCAddr().String(), Output{W: io.Discard}); err == nil {
 		t.Fatal("sync of a volume the source does not hold succeeded")
 	}
 }

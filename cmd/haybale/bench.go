@@ -3,10 +3,12 @@ package main
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/haybale/haybale/bench"
+	"github.com/haybale/haybale/internal/token"
 )
 
 func newBenchCmd() *cobra.Command {
@@ -23,6 +25,8 @@ func newBenchStoreGetCmd() *cobra.Command {
 	var cfg bench.StoreGetConfig
 	var sizes []string
 	var dists []string
+	var secretFile string
+	var tls operatorTLSFlags
 	cmd := &cobra.Command{
 		Use:   "store-get",
 		Short: "Load photos into a store and measure GET requests/s and latency",
@@ -33,7 +37,7 @@ distribution, printing requests/s and p50/p99 latency.
 With --grpc empty it loads nothing and reads the photos listed in --manifest,
 so the same photos can be measured again, or from another server holding the
 same paths (for example nginx serving the files written by --export).`,
-		Example: `  haybale bench store-get --grpc 127.0.0.1:8081 --url http://127.0.0.1:8080 --manifest /tmp/photos.txt --export /srv/static
+		Example: `  haybale bench store-get --insecure --secret-file secret --grpc 127.0.0.1:8081 --url http://127.0.0.1:8080 --manifest /tmp/photos.txt --export /srv/static
   haybale bench store-get --url http://127.0.0.1:8090 --manifest /tmp/photos.txt`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -50,6 +54,27 @@ same paths (for example nginx serving the files written by --export).`,
 			for _, d := range dists {
 				cfg.Distributions = append(cfg.Distributions, bench.Distribution(strings.ToLower(d)))
 			}
+			if cfg.GRPCAddr != "" {
+				creds, err := tls.credentials()
+				if err != nil {
+					return err
+				}
+				cfg.Credentials = creds
+				if secretFile == "" {
+					return fmt.Errorf("--secret-file is required with --grpc: the store takes writes only with tokens signed by the cluster secret")
+				}
+				secret, err := token.LoadSecret(secretFile)
+				if err != nil {
+					return err
+				}
+				signer, err := token.NewSigner(secret)
+				if err != nil {
+					return err
+				}
+				cfg.SignWrite = func(vid uint32, key uint64) (string, error) {
+					return signer.Sign(token.Claims{Kind: token.KindWrite, Vid: vid, KeyStart: key, KeyCount: 1, Expiry: time.Now().Add(time.Hour)})
+				}
+			}
 			cfg.Out = cmd.OutOrStdout()
 			_, err := bench.RunStoreGet(cmd.Context(), cfg)
 			return err
@@ -57,6 +82,8 @@ same paths (for example nginx serving the files written by --export).`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.GRPCAddr, "grpc", "", "store gRPC address to load photos through (empty: use the photos in --manifest)")
+	f.StringVar(&secretFile, "secret-file", "", "cluster secret file, to sign the write tokens of the loaded photos (required with --grpc)")
+	tls.register(f)
 	f.StringVar(&cfg.URL, "url", "http://127.0.0.1:8080", "base URL to GET images from")
 	f.IntVar(&cfg.Photos, "photos", 20000, "photos to load (4 images each)")
 	f.Uint32Var(&cfg.FirstVid, "first-vid", 1, "first volume id to allocate for the photos")

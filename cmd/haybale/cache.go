@@ -10,13 +10,14 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/haybale/haybale/cache"
-	"github.com/haybale/haybale/client"
+	"github.com/haybale/haybale/internal/pki"
 )
 
 // cacheFlags are the flags of `haybale cache`.
 type cacheFlags struct {
 	directory       string
 	httpAddr        string
+	internalAddr    string
 	capacity        byteSize
 	nodes           []string
 	self            string
@@ -28,12 +29,14 @@ type cacheFlags struct {
 	replicaTimeout  time.Duration
 	lookupTTL       time.Duration
 	shutdownTimeout time.Duration
+	tls             tlsFlags
 	log             logFlags
 }
 
 func (f *cacheFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.directory, "directory", "", "gRPC address HOST:PORT of the directory (required)")
-	fs.StringVar(&f.httpAddr, "http", ":8100", "address of the HTTP server (images, DELETE /p/<photo ID>, /healthz, /readyz, /metrics)")
+	fs.StringVar(&f.httpAddr, "http", ":8100", "address of the public HTTP server (images, /healthz, /readyz)")
+	fs.StringVar(&f.internalAddr, "internal", ":8101", "address of the internal HTTP server, with mutual TLS: DELETE /p/<photo ID> for gateways, /metrics for operators")
 	f.capacity = byteSize(cache.DefaultCapacity)
 	fs.Var(&f.capacity, "capacity", "memory for cached images, e.g. 4GiB or 512MB")
 	fs.StringSliceVar(&f.nodes, "nodes", nil, "every cache node (base URLs or host:port, comma-separated, written exactly as the directory's --cache-nodes); each node caches only the photos it owns")
@@ -46,6 +49,7 @@ func (f *cacheFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.replicaTimeout, "replica-timeout", 3*time.Second, "time limit of one replica attempt; after it the next replica is tried (keep it well under --upstream-timeout)")
 	fs.DurationVar(&f.lookupTTL, "lookup-ttl", 30*time.Second, "how long a volume's replicas and state from the directory are reused")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
+	f.tls.register(fs)
 	f.log.register(fs)
 }
 
@@ -53,6 +57,8 @@ func (f *cacheFlags) validate() error {
 	switch {
 	case f.directory == "":
 		return fmt.Errorf("--directory is required")
+	case f.internalAddr == "":
+		return fmt.Errorf("--internal is required: gateways evict deleted photos through it")
 	case f.capacity <= 0:
 		return fmt.Errorf("--capacity %v: must be more than 0", f.capacity)
 	case len(f.nodes) > 0 && f.self == "":
@@ -80,9 +86,12 @@ As in Haystack, an image is cached only when the request did not come
 through a CDN (--cdn-header) and its volume is writable; --admit-cdn and
 --admit-read-only switch the rules off. With --nodes, several caches share
 the photo keys by rendezvous hashing: each caches only the photos it owns
-and answers for the others without caching. DELETE /p/<photo ID> evicts a
-photo (the gateway sends it after a delete).`,
-		Example: "  haybale cache --directory dir1:7070 --http :8100 --capacity 4GiB \\\n" +
+and answers for the others without caching.
+
+The internal listener (--internal) serves, with mutual TLS from the cluster
+CA, DELETE /p/<photo ID> to gateways (they evict a photo after deleting it)
+and /metrics to operators; neither is on the public port.`,
+		Example: "  haybale cache --certs-dir /etc/haybale/cache-cache1 --directory dir1:7070 --http :8100 --internal :8101 --capacity 4GiB \\\n" +
 			"    --nodes http://cache1:8100,http://cache2:8100 --self http://cache1:8100",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -101,18 +110,16 @@ func runCache(ctx context.Context, f *cacheFlags) error {
 	if err != nil {
 		return err
 	}
-	cl, err := client.New(client.Options{
-		Directory:  f.directory,
-		HTTPClient: &http.Client{Timeout: f.replicaTimeout},
-		LookupTTL:  f.lookupTTL,
-		Logger:     logger,
-	})
+	creds, err := f.tls.credentials(pki.RoleCache, logger)
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
-	c, err := cache.New(cache.Options{
-		Client:          cl,
+	g := newGroup()
+	cl, err := newClusterClient(g, f.directory, creds, &http.Client{Timeout: f.replicaTimeout}, f.lookupTTL, logger)
+	if err != nil {
+		return err
+	}
+	c, err := newCache(cl, cache.Options{
 		Capacity:        int64(f.capacity),
 		CDNHeader:       f.cdnHeader,
 		AdmitFromCDN:    f.admitCDN,
@@ -124,16 +131,24 @@ func runCache(ctx context.Context, f *cacheFlags) error {
 		Logger:          logger,
 	})
 	if err != nil {
+		g.stop()
 		return err
 	}
-	srv, err := cache.NewServer(c, cache.ServerOptions{
+	sopts := cache.ServerOptions{
 		Addr:            f.httpAddr,
+		InternalAddr:    f.internalAddr,
 		Logger:          logger,
 		ShutdownTimeout: f.shutdownTimeout,
-	})
+	}
+	if n := creds.Node(); n != nil {
+		sopts.InternalTLS = n.ServerTLS()
+	}
+	srv, err := cache.NewServer(c, sopts)
 	if err != nil {
 		c.Close()
+		g.stop()
 		return err
 	}
-	return srv.Serve(ctx)
+	g.serve("cache", srv.Serve)
+	return g.run(ctx)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/haybale/haybale/directory"
+	"github.com/haybale/haybale/internal/pki"
 	"github.com/haybale/haybale/internal/token"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/store"
@@ -38,6 +39,7 @@ type directoryFlags struct {
 	bootstrap         string
 	advertiseGRPC     string
 	advertiseHTTP     string
+	tls               tlsFlags
 	log               logFlags
 }
 
@@ -58,6 +60,7 @@ func (f *directoryFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.bootstrap, "bootstrap", "", "start a new cluster with these voters, id@host:port comma-separated, this node included; give every founding node the same list (ignored once the node has raft state)")
 	fs.StringVar(&f.advertiseGRPC, "advertise-grpc", "", "gRPC address other machines reach this node at, named by followers when they point clients at the leader (default: the bound --grpc address)")
 	fs.StringVar(&f.advertiseHTTP, "advertise-http", "", "HTTP address other machines reach this node at (default: the bound --http address)")
+	f.tls.register(fs)
 	f.log.register(fs)
 }
 
@@ -146,6 +149,10 @@ func runDirectory(ctx context.Context, f *directoryFlags) error {
 	if err != nil {
 		return err
 	}
+	creds, err := f.tls.credentials(pki.RoleDirectory, logger)
+	if err != nil {
+		return err
+	}
 	secretFile := f.secretFile
 	if secretFile == "" {
 		secretFile = filepath.Join(f.dir, directory.SecretFile)
@@ -158,7 +165,8 @@ func runDirectory(ctx context.Context, f *directoryFlags) error {
 	if err != nil {
 		return err
 	}
-	srv, err := directory.NewServer(directory.Options{
+	g := newGroup()
+	if _, err := startDirectory(g, directory.Options{
 		Raft:              ro,
 		AdvertiseGRPC:     f.advertiseGRPC,
 		AdvertiseHTTP:     f.advertiseHTTP,
@@ -172,12 +180,12 @@ func runDirectory(ctx context.Context, f *directoryFlags) error {
 		CDNURL:            f.cdnURL,
 		CacheNodes:        f.cacheNodes,
 		Secret:            secret,
+		Credentials:       creds,
 		Logger:            logger,
-	})
-	if err != nil {
+	}); err != nil {
 		return err
 	}
-	return srv.Serve(ctx)
+	return g.run(ctx)
 }
 
 // storeClusterFlags are the flags with which `haybale store` joins a
@@ -193,24 +201,20 @@ func (f *storeClusterFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.directory, "directory", "", "gRPC address HOST:PORT of the directory to join (none: run standalone)")
 	fs.StringVar(&f.rack, "rack", "", "rack label; replicas of a volume go to distinct racks")
 	fs.StringVar(&f.publicURL, "public-url", "", "base URL under which clients outside the cluster reach this store's HTTP server (default: its HTTP address)")
-	fs.StringVar(&f.secretFile, "secret-file", "", "file holding the cluster secret; when given, writes and deletes need a valid write token from the directory")
+	fs.StringVar(&f.secretFile, "secret-file", "", "file holding the cluster secret (the directory's), to check the write and delete tokens; required with --directory. Without it the store takes no writes or deletes")
 }
 
-// authorizer returns the write authorizer of --secret-file, or nil (open
-// writes) without one.
-func (f *storeClusterFlags) authorizer() (store.WriteAuthorizer, error) {
+// authorizer returns the token checker of --secret-file. A store joining
+// a directory needs it; a standalone store without it serves reads only.
+func (f *storeClusterFlags) authorizer(logger *slog.Logger) (store.WriteAuthorizer, error) {
 	if f.secretFile == "" {
+		if f.directory != "" {
+			return nil, fmt.Errorf("--secret-file is required with --directory: without the cluster secret the store could not check write tokens")
+		}
+		logger.Warn("no --secret-file: this store takes no writes or deletes, it only serves what its volumes hold")
 		return nil, nil
 	}
-	secret, err := token.LoadSecret(f.secretFile)
-	if err != nil {
-		return nil, err
-	}
-	signer, err := token.NewSigner(secret)
-	if err != nil {
-		return nil, err
-	}
-	return signer, nil
+	return storeAuthorizer(f.secretFile)
 }
 
 // corruptHook forwards corrupt reads to the heartbeater once it exists.
@@ -222,35 +226,6 @@ func (c *corruptHook) report(vid uint32, key uint64, size needle.SizeCode, err e
 	if hb := c.hb.Load(); hb != nil {
 		hb.ReportCorrupt(vid, key, size, err)
 	}
-}
-
-// startHeartbeater joins the directory, when --directory is set, until ctx
-// ends; the returned function waits for it to stop.
-func (f *storeClusterFlags) startHeartbeater(ctx context.Context, st *store.Store, srv *store.Server, hook *corruptHook, logger *slog.Logger) (wait func(), err error) {
-	if f.directory == "" {
-		return func() {}, nil
-	}
-	hb, err := store.NewHeartbeater(st, store.HeartbeaterOptions{
-		DirectoryAddr: f.directory,
-		GRPCAddr:      advertiseAddr(srv.GRPCAddr()),
-		HTTPAddr:      advertiseAddr(srv.HTTPAddr()),
-		PublicURL:     f.publicURL,
-		Rack:          f.rack,
-		Logger:        logger,
-	})
-	if err != nil {
-		return nil, err
-	}
-	hook.hb.Store(hb)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := hb.Run(ctx); err != nil {
-			logger.Error("heartbeats to the directory stopped", "err", err)
-		}
-	}()
-	logger.Info("joining the directory", "directory", f.directory, "store", hb.StoreID(), "rack", f.rack)
-	return func() { <-done }, nil
 }
 
 // advertiseAddr turns a bound listener address into one other machines can

@@ -14,8 +14,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/haybale/haybale/bench"
-	"github.com/haybale/haybale/client"
 	"github.com/haybale/haybale/gateway"
+	"github.com/haybale/haybale/internal/pki"
 	"github.com/haybale/haybale/resizer"
 )
 
@@ -25,11 +25,13 @@ type gatewayFlags struct {
 	httpAddr        string
 	apiKeyFile      string
 	cacheNodes      []string
+	cacheInternal   []string
 	maxUpload       byteSize
 	maxPixels       pixelCount
 	maxDecodes      int
 	recent          int
 	shutdownTimeout time.Duration
+	tls             tlsFlags
 	log             logFlags
 }
 
@@ -38,6 +40,7 @@ func (f *gatewayFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.httpAddr, "http", ":8000", "address of the HTTP server (API, web page, /metrics, /healthz)")
 	fs.StringVar(&f.apiKeyFile, "api-key-file", "", "file holding the API key that uploads and deletes must send as 'Authorization: Bearer <key>' (none: open)")
 	fs.StringSliceVar(&f.cacheNodes, "cache-nodes", nil, "cache nodes (base URLs or host:port, comma-separated, listed exactly as the directory's --cache-nodes); deletes evict the photo from its owner")
+	fs.StringSliceVar(&f.cacheInternal, "cache-internal", nil, "internal addresses (host:port, --internal of each cache) of the --cache-nodes, in the same order: evictions go there, with mutual TLS")
 	f.maxUpload = byteSize(resizer.DefaultMaxBytes)
 	fs.Var(&f.maxUpload, "max-upload", "largest accepted upload, e.g. 32MiB")
 	f.maxPixels = pixelCount(resizer.DefaultMaxPixels)
@@ -45,6 +48,7 @@ func (f *gatewayFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.maxDecodes, "max-decodes", 0, "images decoded and resized at once; each may need up to about 0.5 GB at the pixel limit (0: one per CPU)")
 	fs.IntVar(&f.recent, "recent", gateway.DefaultRecentUploads, "recent uploads listed on the web page")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
+	f.tls.register(fs)
 	f.log.register(fs)
 }
 
@@ -60,6 +64,8 @@ func (f *gatewayFlags) validate() error {
 		return fmt.Errorf("--max-decodes %d: must not be negative", f.maxDecodes)
 	case f.recent < 1:
 		return fmt.Errorf("--recent %d: must be at least 1", f.recent)
+	case len(f.cacheInternal) != len(f.cacheNodes):
+		return fmt.Errorf("--cache-internal lists %d addresses for %d --cache-nodes: give each cache's internal address, in the same order", len(f.cacheInternal), len(f.cacheNodes))
 	}
 	return nil
 }
@@ -77,8 +83,9 @@ DELETE /photos/{id}, and serves a web page at / to upload and browse photos.
 
 With --api-key-file, uploads and deletes need 'Authorization: Bearer <key>';
 reads never do. SIGTERM or Ctrl-C drains requests in flight.`,
-		Example: "  haybale gateway --directory dir1:7070 --http :8000 --api-key-file /etc/haybale/api-key --cache-nodes http://cache1:8100,http://cache2:8100",
-		Args:    cobra.NoArgs,
+		Example: "  haybale gateway --certs-dir /etc/haybale/gateway-gw1 --directory dir1:7070 --http :8000 --api-key-file /etc/haybale/api-key \\\n" +
+			"    --cache-nodes http://cache1:8100,http://cache2:8100 --cache-internal cache1:8101,cache2:8101",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.validate(); err != nil {
 				return err
@@ -95,37 +102,39 @@ func runGateway(ctx context.Context, f *gatewayFlags) error {
 	if err != nil {
 		return err
 	}
-	var apiKey string
-	if f.apiKeyFile != "" {
-		b, err := os.ReadFile(f.apiKeyFile)
-		if err != nil {
-			return fmt.Errorf("--api-key-file: %w", err)
-		}
-		if apiKey = strings.TrimSpace(string(b)); apiKey == "" {
-			return fmt.Errorf("--api-key-file %s is empty", f.apiKeyFile)
-		}
-	} else {
-		logger.Warn("no --api-key-file: anyone who reaches the gateway can upload and delete photos")
-	}
-	cl, err := client.New(client.Options{Directory: f.directory, Logger: logger})
+	creds, err := f.tls.credentials(pki.RoleGateway, logger)
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
-	gw, err := gateway.New(gateway.Options{
-		Client: cl,
-		Resizer: resizer.New(resizer.Options{
-			MaxBytes:      int64(f.maxUpload),
-			MaxPixels:     int64(f.maxPixels),
-			MaxConcurrent: f.maxDecodes,
-		}),
-		APIKey:         apiKey,
-		CacheNodes:     f.cacheNodes,
-		MaxUploadBytes: int64(f.maxUpload),
-		RecentUploads:  f.recent,
-		Logger:         logger,
+	apiKey, err := loadAPIKey(f.apiKeyFile)
+	if err != nil {
+		return err
+	}
+	if apiKey == "" {
+		logger.Warn("no --api-key-file: anyone who reaches the gateway can upload and delete photos")
+	}
+	var evictURLs []string
+	for _, a := range f.cacheInternal {
+		evictURLs = append(evictURLs, internalScheme(creds)+"://"+strings.TrimSpace(a))
+	}
+	g := newGroup()
+	cl, err := newClusterClient(g, f.directory, creds, nil, 0, logger)
+	if err != nil {
+		return err
+	}
+	gw, err := newGateway(cl, gatewayRoleConfig{
+		apiKey:         apiKey,
+		cacheNodes:     f.cacheNodes,
+		cacheEvictURLs: evictURLs,
+		cacheHTTP:      internalHTTPClient(creds, pki.RoleCache),
+		maxUpload:      int64(f.maxUpload),
+		maxPixels:      int64(f.maxPixels),
+		maxDecodes:     f.maxDecodes,
+		recent:         f.recent,
+		logger:         logger,
 	})
 	if err != nil {
+		g.stop()
 		return err
 	}
 	srv, err := gateway.NewServer(gw, gateway.ServerOptions{
@@ -134,9 +143,11 @@ func runGateway(ctx context.Context, f *gatewayFlags) error {
 		ShutdownTimeout: f.shutdownTimeout,
 	})
 	if err != nil {
+		g.stop()
 		return err
 	}
-	return srv.Serve(ctx)
+	g.serve("gateway", srv.Serve)
+	return g.run(ctx)
 }
 
 // pixelCount is a flag holding a number of pixels: a plain or scientific

@@ -18,6 +18,7 @@ func newReplicaCmd() *cobra.Command {
 		vid      uint32
 		from, to string
 		jsonOut  bool
+		tls      operatorTLSFlags
 	)
 	sync := &cobra.Command{
 		Use:   "sync --vid N --from ADDR --to ADDR",
@@ -30,13 +31,17 @@ volume read-only while one of its replicas is missing); a writable source
 could acknowledge writes the copy would miss, so it is refused.
 
 Exit status: 0 when the copy is in service, 1 on errors.`,
-		Example: `  haybale replica sync --vid 7 --from store1:8081 --to store2:8081`,
+		Example: `  haybale replica sync --certs-dir ca/operator-alice --vid 7 --from store1:8081 --to store2:8081`,
 		Args:    cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if vid == 0 || from == "" || to == "" {
 				return fmt.Errorf("--vid, --from and --to are required")
 			}
-			_, err := tools.ReplicaSync(c.Context(), vid, from, to, tools.Output{W: c.OutOrStdout(), JSON: jsonOut, Progress: os.Stderr})
+			creds, err := tls.credentials()
+			if err != nil {
+				return err
+			}
+			_, err = tools.ReplicaSync(c.Context(), creds, vid, from, to, tools.Output{W: c.OutOrStdout(), JSON: jsonOut, Progress: os.Stderr})
 			return err
 		},
 	}
@@ -44,6 +49,7 @@ Exit status: 0 when the copy is in service, 1 on errors.`,
 	sync.Flags().StringVar(&from, "from", "", "gRPC address of the store holding a healthy copy")
 	sync.Flags().StringVar(&to, "to", "", "gRPC address of the store to repair")
 	sync.Flags().BoolVar(&jsonOut, "json", false, "write machine-readable JSON")
+	tls.register(sync.Flags())
 	cmd.AddCommand(sync)
 	return cmd
 }

@@ -30,6 +30,7 @@ func newRootCmd() *cobra.Command {
 		newGatewayCmd(),
 		newCacheCmd(),
 		newServerCmd(),
+		newCertCmd(),
 	)
 	addConfigHelp(root)
 	return root

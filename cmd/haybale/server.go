@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,9 +22,11 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/haybale/haybale/cache"
-	"github.com/haybale/haybale/client"
 	"github.com/haybale/haybale/directory"
 	"github.com/haybale/haybale/gateway"
+	"github.com/haybale/haybale/internal/pki"
+	"github.com/haybale/haybale/internal/rpc"
+	"github.com/haybale/haybale/internal/serve"
 	"github.com/haybale/haybale/internal/token"
 	"github.com/haybale/haybale/resizer"
 	"github.com/haybale/haybale/store"
@@ -112,10 +117,16 @@ uploaded before.`,
 	return cmd
 }
 
-// runServer wires the four roles together and serves until ctx ends. The
-// roles start in dependency order (directory, store, cache and gateway) and
-// stop in the reverse order, so requests in flight at the front finish
-// before the store and the directory close.
+// runServer wires the four roles together, from the same start helpers
+// as the single-role commands, and serves until ctx ends. The roles start
+// in dependency order (directory, store, cache and gateway) and stop in the
+// reverse order, so requests in flight at the front finish before the
+// store and the directory close.
+//
+// The internal plane needs no certificates from the operator: every
+// internal listener is on loopback, and the gRPC servers and the cache's
+// eviction listener use mutual TLS with certificates issued at each start
+// by a CA kept in <dir>/certs (created on first start).
 func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 	logger, err := f.log.logger()
 	if err != nil {
@@ -125,16 +136,10 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	dirDir, storeDir := filepath.Join(dataDir, "directory"), filepath.Join(dataDir, "store")
-	var apiKey string
-	if f.apiKeyFile != "" {
-		b, err := os.ReadFile(f.apiKeyFile)
-		if err != nil {
-			return fmt.Errorf("--api-key-file: %w", err)
-		}
-		if apiKey = strings.TrimSpace(string(b)); apiKey == "" {
-			return fmt.Errorf("--api-key-file %s is empty", f.apiKeyFile)
-		}
+	dirDir, storeDir, certsDir := filepath.Join(dataDir, "directory"), filepath.Join(dataDir, "store"), filepath.Join(dataDir, "certs")
+	apiKey, err := loadAPIKey(f.apiKeyFile)
+	if err != nil {
+		return err
 	}
 
 	// The front port is bound first: a port in use fails before anything
@@ -149,25 +154,16 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 		publicURL = defaultPublicURL(front.Addr())
 	}
 
-	// stops runs the shutdown steps, last started first.
-	var stops []func()
+	ca, err := loadOrCreateLocalCA(certsDir)
+	if err != nil {
+		return err
+	}
+	g := newGroup()
 	defer func() {
-		for i := len(stops) - 1; i >= 0; i-- {
-			stops[i]()
+		if stopErr := g.stop(); err == nil && ctx.Err() == nil {
+			err = stopErr
 		}
 	}()
-	failed := make(chan error, 4)
-	serve := func(name string, run func(context.Context) error) {
-		runCtx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			if err := run(runCtx); err != nil {
-				failed <- fmt.Errorf("%s: %w", name, err)
-			}
-		}()
-		stops = append(stops, func() { cancel(); <-done })
-	}
 
 	// Directory, replication 1, gRPC on loopback only.
 	if err := os.MkdirAll(dirDir, 0o755); err != nil {
@@ -177,7 +173,11 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	dir, err := directory.NewServer(directory.Options{
+	dirCreds, err := localCredentials(ca, pki.RoleDirectory, "directory")
+	if err != nil {
+		return err
+	}
+	dir, err := startDirectory(g, directory.Options{
 		Dir:               dirDir,
 		GRPCAddr:          "127.0.0.1:0",
 		HTTPAddr:          f.directoryHTTP,
@@ -186,63 +186,67 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 		MinStoreFreeBytes: uint64(f.minFreeSpace),
 		CacheNodes:        []string{publicURL},
 		Secret:            secret,
+		Credentials:       dirCreds,
 		Logger:            logger.With("role", "directory"),
 	})
 	if err != nil {
 		return err
 	}
-	serve("directory", dir.Serve)
 	dirAddr := dir.GRPCAddr().String()
 
-	// Store, joined to the directory, checking its write tokens.
-	st, err := store.Open(ctx, store.Options{Dir: storeDir, VolumeSizeLimit: int64(f.volumeSizeLimit), Logger: logger.With("role", "store")})
-	if err != nil {
-		return err
-	}
+	// Store, joined to the directory, checking its write tokens. Its
+	// certificate names the ID its data folder keeps.
 	signer, err := token.NewSigner(secret)
 	if err != nil {
-		st.Close()
 		return err
 	}
-	var hook corruptHook
-	storeSrv, err := store.NewServer(st, store.ServerOptions{
-		HTTPAddr:        "127.0.0.1:0",
-		GRPCAddr:        "127.0.0.1:0",
-		Logger:          logger.With("role", "store"),
-		ShutdownTimeout: f.shutdownTimeout,
-		Authorizer:      signer,
-		OnCorrupt:       hook.report,
+	sr, err := startStore(ctx, g, storeRoleConfig{
+		dir:             storeDir,
+		httpAddr:        "127.0.0.1:0",
+		grpcAddr:        "127.0.0.1:0",
+		volumeSizeLimit: int64(f.volumeSizeLimit),
+		shutdownTimeout: f.shutdownTimeout,
+		authorizer:      signer,
+		logger:          logger.With("role", "store"),
+		directory:       dirAddr,
+		advertise:       func(a net.Addr) string { return a.String() },
+		minBackoff:      50 * time.Millisecond,
+		maxBackoff:      2 * time.Second,
+		onOpen: func(st *store.Store, cfg *storeRoleConfig) error {
+			id, err := store.LoadOrCreateStoreID(st.FS(), st.Dir(), "")
+			if err != nil {
+				return err
+			}
+			cfg.creds, err = localCredentials(ca, pki.RoleStore, id)
+			return err
+		},
 	})
 	if err != nil {
-		st.Close()
 		return err
 	}
-	serve("store", storeSrv.Serve)
-	hb, err := store.NewHeartbeater(st, store.HeartbeaterOptions{
-		DirectoryAddr: dirAddr,
-		GRPCAddr:      storeSrv.GRPCAddr().String(),
-		HTTPAddr:      storeSrv.HTTPAddr().String(),
-		MinBackoff:    50 * time.Millisecond,
-		MaxBackoff:    2 * time.Second,
-		Logger:        logger.With("role", "store"),
-	})
-	if err != nil {
-		return err
-	}
-	hook.hb.Store(hb)
-	serve("heartbeats", hb.Run)
 
-	// Cache and gateway share one client of the directory and one metrics
-	// registry, and are served together on the front port.
-	cl, err := client.New(client.Options{Directory: dirAddr, Logger: logger.With("role", "client")})
+	// Cache and gateway share one metrics registry and are served
+	// together on the front port; each calls the directory with its own
+	// role.
+	cacheCreds, err := localCredentials(ca, pki.RoleCache, "cache")
 	if err != nil {
 		return err
 	}
-	stops = append(stops, func() { cl.Close() })
+	gwCreds, err := localCredentials(ca, pki.RoleGateway, "gateway")
+	if err != nil {
+		return err
+	}
+	cacheCl, err := newClusterClient(g, dirAddr, cacheCreds, nil, 0, logger.With("role", "cache"))
+	if err != nil {
+		return err
+	}
+	gwCl, err := newClusterClient(g, dirAddr, gwCreds, nil, 0, logger.With("role", "gateway"))
+	if err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ch, err := cache.New(cache.Options{
-		Client:   cl,
+	ch, err := newCache(cacheCl, cache.Options{
 		Capacity: int64(f.cacheCapacity),
 		Logger:   logger.With("role", "cache"),
 		Registry: reg,
@@ -250,60 +254,96 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	stops = append(stops, func() { ch.Close() })
-	gw, err := gateway.New(gateway.Options{
-		Client: cl,
-		Resizer: resizer.New(resizer.Options{
-			MaxBytes:  int64(f.maxUpload),
-			MaxPixels: int64(f.maxPixels),
-		}),
-		APIKey: apiKey,
-		// Deletes evict the photo from the cache through the front port
-		// itself; with one cache node it owns every photo, whatever the
-		// node is called.
-		CacheNodes:     []string{loopbackURL(front.Addr())},
-		MaxUploadBytes: int64(f.maxUpload),
-		Logger:         logger.With("role", "gateway"),
-		Registry:       reg,
+	g.onStop(func() { ch.Close() })
+	evictURL, err := serveCacheInternal(g, ch, cacheCreds, f.shutdownTimeout, logger.With("role", "cache"))
+	if err != nil {
+		return err
+	}
+	gw, err := newGateway(gwCl, gatewayRoleConfig{
+		apiKey: apiKey,
+		// One cache node owns every photo, whatever it is called.
+		cacheNodes:     []string{"local"},
+		cacheEvictURLs: []string{evictURL},
+		cacheHTTP:      internalHTTPClient(gwCreds, pki.RoleCache),
+		maxUpload:      int64(f.maxUpload),
+		maxPixels:      int64(f.maxPixels),
+		recent:         gateway.DefaultRecentUploads,
+		logger:         logger.With("role", "gateway"),
+		opts:           gateway.Options{Registry: reg},
 	})
 	if err != nil {
 		return err
 	}
+	ready := serveFront(g, front, gw.Handler(), ch.Handler(), f.shutdownTimeout, logger)
+
+	if err := waitReady(ctx, sr.st, dir, g.failed); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	ready.Store(true)
+	printReady(out, publicURL, advertiseLoopback(dir.HTTPAddr()), dataDir, storeDir, dirDir)
+
+	if err := g.wait(ctx); err != nil {
+		return err
+	}
+	logger.Info("shutting down")
+	fmt.Fprintln(out, "haybale is shutting down.")
+	return nil
+}
+
+// serveCacheInternal serves the cache's internal handler (eviction) on a
+// loopback listener with mutual TLS, in g, and returns its URL. The
+// gateway is its only caller.
+func serveCacheInternal(g *group, ch *cache.Cache, creds *rpc.Credentials, shutdownTimeout time.Duration, logger *slog.Logger) (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	srv := serve.New(tls.NewListener(ln, creds.Node().ServerTLS()), ch.InternalHandler(true), serve.Options{
+		Name: "cache internal", Logger: logger, ShutdownTimeout: shutdownTimeout,
+	})
+	g.serve("cache internal", srv.Serve)
+	return "https://" + ln.Addr().String(), nil
+}
+
+// serveFront serves the front port in g: images to the cache, the rest to
+// the gateway. The returned flag makes /healthz answer 200; until it is
+// set, and while draining, /healthz answers 503.
+func serveFront(g *group, front net.Listener, gw, images http.Handler, shutdownTimeout time.Duration, logger *slog.Logger) *atomic.Bool {
 	var ready, draining atomic.Bool
-	frontSrv := &http.Server{
-		Handler:           frontHandler(gw.Handler(), ch.Handler(), &ready, &draining),
+	srv := &http.Server{
+		Handler:           frontHandler(gw, images, &ready, &draining),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       2 * time.Minute,
 		WriteTimeout:      3 * time.Minute,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
-	serve("front", func(runCtx context.Context) error {
+	g.serve("front", func(runCtx context.Context) error {
 		errc := make(chan error, 1)
-		go func() { errc <- frontSrv.Serve(front) }()
+		go func() { errc <- srv.Serve(front) }()
 		select {
 		case err := <-errc:
 			return err
 		case <-runCtx.Done():
 		}
 		draining.Store(true)
-		sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		defer cancel()
-		if err := frontSrv.Shutdown(sctx); err != nil {
-			frontSrv.Close()
+		if err := srv.Shutdown(sctx); err != nil {
+			srv.Close()
 		}
 		<-errc
 		return nil
 	})
+	return &ready
+}
 
-	readyErr := waitReady(ctx, st, dir, failed)
-	if readyErr != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return readyErr
-	}
-	ready.Store(true)
+// printReady tells the person who started `haybale server` where
+// everything is.
+func printReady(out io.Writer, publicURL, directoryHTTP, dataDir, storeDir, dirDir string) {
 	fmt.Fprintf(out, `haybale is ready.
   Web page:      %[1]s/  (open it in a browser to upload photos)
   API:           %[1]s/photos
@@ -312,16 +352,40 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
   Directory:     http://%[2]s/  (status page)
   Data:          %[3]s  (store: %[4]s, directory: %[5]s)
 Press Ctrl-C to stop.
-`, publicURL, advertiseLoopback(dir.HTTPAddr()), dataDir, storeDir, dirDir)
+`, publicURL, directoryHTTP, dataDir, storeDir, dirDir)
+}
 
-	select {
-	case <-ctx.Done():
-		logger.Info("shutting down")
-		fmt.Fprintln(out, "haybale is shutting down.")
-		return nil
-	case err := <-failed:
-		return err
+// loadOrCreateLocalCA returns the CA of `haybale server` in dir, creating
+// it on first use. Its key never leaves the data folder.
+func loadOrCreateLocalCA(dir string) (*pki.CA, error) {
+	ca, err := pki.LoadCA(dir)
+	if err == nil {
+		return ca, nil
 	}
+	if _, statErr := os.Stat(filepath.Join(dir, pki.CACertFile)); !errors.Is(statErr, fs.ErrNotExist) {
+		return nil, fmt.Errorf("the local CA in %s: %w", dir, err)
+	}
+	if ca, err = pki.NewCA("haybale server local CA", 0); err != nil {
+		return nil, err
+	}
+	if err := ca.Save(dir); err != nil {
+		return nil, err
+	}
+	return ca, nil
+}
+
+// localCredentials issues, in memory, a certificate of ca for role/name
+// valid on loopback, and returns it as credentials.
+func localCredentials(ca *pki.CA, role pki.Role, name string) (*rpc.Credentials, error) {
+	is, err := ca.Issue(pki.IssueOptions{Identity: pki.Identity{Role: role, Name: name}, Hosts: []string{"127.0.0.1", "::1", "localhost"}})
+	if err != nil {
+		return nil, err
+	}
+	node, err := ca.Node(is)
+	if err != nil {
+		return nil, err
+	}
+	return rpc.TLS(node), nil
 }
 
 // waitReady polls until the store has loaded its volumes and the directory
@@ -397,9 +461,6 @@ func defaultPublicURL(a net.Addr) string {
 	}
 	return "http://" + net.JoinHostPort(host, port)
 }
-
-// loopbackURL is the front server's URL for requests from this process.
-func loopbackURL(a net.Addr) string { return "http://" + advertiseLoopback(a) }
 
 // advertiseLoopback turns a bound address into one this machine can dial:
 // a wildcard host becomes 127.0.0.1 (Go's wildcard listeners are dual-stack).

@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"regexp"
 	"sync"
 	"sync/atomic"
@@ -114,6 +116,18 @@ func TestServerServesAndRestarts(t *testing.T) {
 	dataDir := t.TempDir()
 	base, stop := startServer(t, dataDir)
 
+	// The internal plane's CA lives in the data folder, its key private;
+	// eviction is not on the front port.
+	if st, err := os.Stat(filepath.Join(dataDir, "certs", "ca.key")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("local CA key: %v %v", st, err)
+	}
+	req0, _ := http.NewRequest(http.MethodDelete, base+"/p/1-1-0000000000000001", nil)
+	if resp, err := http.DefaultClient.Do(req0); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("DELETE /p/ on the front port: %v %v, want 405", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+
 	if resp, body := get(t, base+"/healthz"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("healthz after ready = %d %s", resp.StatusCode, body)
 	}
@@ -173,9 +187,14 @@ func TestServerServesAndRestarts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	dbody, _ := io.ReadAll(dresp.Body)
 	dresp.Body.Close()
 	if dresp.StatusCode != http.StatusOK {
 		t.Fatalf("delete: %d", dresp.StatusCode)
+	}
+	// The eviction went over the cache's loopback TLS listener.
+	if !bytes.Contains(dbody, []byte(`"cache_evicted":true`)) {
+		t.Errorf("delete answer %s: the cache did not confirm the eviction", dbody)
 	}
 	if resp, _ := get(t, base+"/p/"+up.ID+"/m.jpg"); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("GET after delete = %d, want 404", resp.StatusCode)

@@ -13,7 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/haybale/haybale/store"
+	"github.com/haybale/haybale/internal/pki"
 	"github.com/haybale/haybale/store/volume"
 )
 
@@ -26,6 +26,7 @@ type storeFlags struct {
 	maxConns        int
 	shutdownTimeout time.Duration
 	cluster         storeClusterFlags
+	tls             tlsFlags
 	log             logFlags
 }
 
@@ -38,6 +39,7 @@ func (f *storeFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.maxConns, "max-conns", 0, "maximum HTTP connections served at once (0: no limit)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
 	f.cluster.register(fs)
+	f.tls.register(fs)
 	f.log.register(fs)
 }
 
@@ -81,44 +83,34 @@ func runStore(ctx context.Context, f *storeFlags) error {
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(ctx, store.Options{
-		Dir:             f.dir,
-		VolumeSizeLimit: int64(f.volumeSizeLimit),
-		Logger:          logger,
-	})
+	creds, err := f.tls.credentials(pki.RoleStore, logger)
 	if err != nil {
 		return err
 	}
-	authorizer, err := f.cluster.authorizer()
+	authorizer, err := f.cluster.authorizer(logger)
 	if err != nil {
-		st.Close()
 		return err
 	}
-	var hook corruptHook
-	srv, err := store.NewServer(st, store.ServerOptions{
-		HTTPAddr:        f.httpAddr,
-		GRPCAddr:        f.grpcAddr,
-		MaxConns:        f.maxConns,
-		Logger:          logger,
-		ShutdownTimeout: f.shutdownTimeout,
-		Authorizer:      authorizer,
-		OnCorrupt:       hook.report,
-	})
-	if err != nil {
-		st.Close()
+	g := newGroup()
+	if _, err := startStore(ctx, g, storeRoleConfig{
+		dir:             f.dir,
+		httpAddr:        f.httpAddr,
+		grpcAddr:        f.grpcAddr,
+		volumeSizeLimit: int64(f.volumeSizeLimit),
+		maxConns:        f.maxConns,
+		shutdownTimeout: f.shutdownTimeout,
+		authorizer:      authorizer,
+		creds:           creds,
+		logger:          logger,
+		directory:       f.cluster.directory,
+		advertise:       advertiseAddr,
+		publicURL:       f.cluster.publicURL,
+		rack:            f.cluster.rack,
+	}); err != nil {
+		g.stop()
 		return err
 	}
-	hbCtx, stopHeartbeats := context.WithCancel(ctx)
-	defer stopHeartbeats()
-	waitHeartbeats, err := f.cluster.startHeartbeater(hbCtx, st, srv, &hook, logger)
-	if err != nil {
-		srv.Shutdown(ctx)
-		return err
-	}
-	err = srv.Serve(ctx)
-	stopHeartbeats()
-	waitHeartbeats()
-	return err
+	return g.run(ctx)
 }
 
 // logFlags choose the structured logger.

@@ -47,6 +47,7 @@ Exit status: 0 when all is well, 1 on errors, 2 when damaged data was found.`,
 	})
 	var storeAddr string
 	var vid uint32
+	var tls operatorTLSFlags
 	compact := &cobra.Command{
 		Use:   "compact FILE.dat | --store ADDR --vid N",
 		Short: "Rewrite a volume keeping only live needles (offline, or online through a store)",
@@ -58,13 +59,17 @@ With FILE.dat it works on the files of a stopped store. With --store and
 --vid the running store compacts the volume while it keeps serving reads and
 taking writes, and reports the bytes reclaimed.`,
 		Example: `  haybale volume compact data/7.dat
-  haybale volume compact --store store1:8081 --vid 7`,
+  haybale volume compact --certs-dir ca/operator-alice --store store1:8081 --vid 7`,
 		RunE: func(c *cobra.Command, args []string) error {
 			if storeAddr != "" || vid != 0 {
 				if len(args) != 0 || storeAddr == "" || vid == 0 {
 					return fmt.Errorf("online compaction takes --store and --vid and no file")
 				}
-				_, err := tools.CompactOnline(c.Context(), storeAddr, vid, out(c))
+				creds, err := tls.credentials()
+				if err != nil {
+					return err
+				}
+				_, err = tools.CompactOnline(c.Context(), creds, storeAddr, vid, out(c))
 				return err
 			}
 			if len(args) != 1 {
@@ -76,6 +81,7 @@ taking writes, and reports the bytes reclaimed.`,
 	}
 	compact.Flags().StringVar(&storeAddr, "store", "", "gRPC address of a running store, for online compaction")
 	compact.Flags().Uint32Var(&vid, "vid", 0, "volume to compact on --store")
+	tls.register(compact.Flags())
 	cmd.AddCommand(compact)
 	cmd.AddCommand(&cobra.Command{
 		Use:   "dump FILE.dat",

@@ -15,14 +15,17 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/haybale/haybale/directory"
+	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/internal/token"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
 	"github.com/haybale/haybale/store"
 )
+
+// defaultSecret is the cluster secret when Options.Secret is nil.
+var defaultSecret = []byte("testcluster secret, long enough for a signer")
 
 // Options configure a cluster. The zero value starts one store with
 // replication 1 and no secret.
@@ -31,8 +34,9 @@ type Options struct {
 	Stores int
 	// Replication is the directory's replication factor; default Stores.
 	Replication int
-	// Secret, when set, makes the directory sign write tokens and the
-	// stores require them.
+	// Secret is the cluster secret the directory signs tokens with and
+	// the stores verify them with; default a fixed test secret. Stores
+	// always require tokens.
 	Secret []byte
 	// VolumeSizeLimit for the directory and the stores; default 64 MiB.
 	VolumeSizeLimit int64
@@ -92,6 +96,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.Secret == nil {
+		opts.Secret = defaultSecret
+	}
 	c := &Cluster{t: t, opts: opts}
 	dir, err := directory.NewServer(directory.Options{
 		Dir: t.TempDir(), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
@@ -115,7 +122,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 			t.Errorf("directory: %v", err)
 		}
 	}
-	c.conn, err = grpc.NewClient(c.DirAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c.conn, err = rpc.Dial(rpc.Insecure(), c.DirAddr, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,17 +189,13 @@ func (s *Store) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var auth store.WriteAuthorizer
-	if opts.Secret != nil {
-		signer, err := token.NewSigner(opts.Secret)
-		if err != nil {
-			t.Fatal(err)
-		}
-		auth = signer
+	signer, err := token.NewSigner(opts.Secret)
+	if err != nil {
+		t.Fatal(err)
 	}
 	var hb *store.Heartbeater
 	srv, err := store.NewServer(st, store.ServerOptions{
-		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", Logger: opts.Logger, Authorizer: auth,
+		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", Logger: opts.Logger, Authorizer: signer,
 		OnCorrupt: func(vid uint32, key uint64, size needle.SizeCode, err error) {
 			if hb != nil {
 				hb.ReportCorrupt(vid, key, size, err)

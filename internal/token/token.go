@@ -29,6 +29,12 @@ var (
 	ErrWrongVolume = fmt.Errorf("%w: issued for another volume", ErrInvalid)
 	// ErrKeyOutOfRange is returned when a key lies outside the token's range.
 	ErrKeyOutOfRange = fmt.Errorf("%w: key outside the token's range", ErrInvalid)
+	// ErrWrongKind is returned when a delete token is used for a write or
+	// a write token for a delete.
+	ErrWrongKind = fmt.Errorf("%w: wrong kind of token", ErrInvalid)
+	// ErrWrongPhoto is returned when a delete token names another photo
+	// (key or cookie) than the one deleted.
+	ErrWrongPhoto = fmt.Errorf("%w: issued for another photo", ErrInvalid)
 )
 
 // ErrWeakSecret is returned by NewSigner and the secret loaders for a secret
@@ -41,12 +47,41 @@ const MinSecretLen = 16
 // Leeway is the clock skew tolerated between the signer and the verifier.
 const Leeway = 30 * time.Second
 
-// Claims is what a token grants: writes and deletes of keys KeyStart ..
-// KeyStart+KeyCount-1 on volume Vid until Expiry.
+// Kind is what a token allows.
+type Kind uint8
+
+// The kinds of token.
+const (
+	// KindWrite allows data needles for the keys KeyStart ..
+	// KeyStart+KeyCount-1 on volume Vid (the keys an Assign just handed
+	// out), and nothing else.
+	KindWrite Kind = iota
+	// KindDelete allows tombstones for the one photo (Vid, KeyStart,
+	// Cookie), KeyCount 1, and nothing else.
+	KindDelete
+)
+
+// String returns "write" or "delete".
+func (k Kind) String() string {
+	switch k {
+	case KindWrite:
+		return "write"
+	case KindDelete:
+		return "delete"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Claims is what a token grants: for a write token, data needles of keys
+// KeyStart .. KeyStart+KeyCount-1 on volume Vid; for a delete token,
+// tombstones of photo (Vid, KeyStart, Cookie); both until Expiry.
 type Claims struct {
+	Kind     Kind
 	Vid      uint32
 	KeyStart uint64
 	KeyCount uint64
+	// Cookie is the photo's cookie in a delete token; 0 in a write token.
+	Cookie uint64
 	// Expiry is the end of validity; it is kept at one-second precision.
 	Expiry time.Time
 }
@@ -56,8 +91,11 @@ func (c Claims) Contains(key uint64) bool {
 	return key >= c.KeyStart && key-c.KeyStart < c.KeyCount
 }
 
-// jwtClaims is the JSON form of Claims.
+// jwtClaims is the JSON form of Claims. Op is "w" (write) or "d" (delete);
+// a token without it is malformed.
 type jwtClaims struct {
+	Op       string `json:"op"`
+	Cookie   uint64 `json:"ck,omitempty"`
 	Vid      uint32 `json:"vid"`
 	KeyStart uint64 `json:"ks"`
 	KeyCount uint64 `json:"kn"`
@@ -90,7 +128,24 @@ func (s *Signer) Sign(c Claims) (string, error) {
 	if c.Expiry.IsZero() {
 		return "", errors.New("token: no expiry")
 	}
+	var op string
+	switch c.Kind {
+	case KindWrite:
+		if c.Cookie != 0 {
+			return "", errors.New("token: a write token carries no cookie")
+		}
+		op = "w"
+	case KindDelete:
+		if c.KeyCount != 1 {
+			return "", fmt.Errorf("token: a delete token names one key, not %d", c.KeyCount)
+		}
+		op = "d"
+	default:
+		return "", fmt.Errorf("token: unknown kind %v", c.Kind)
+	}
 	t := jwt.NewWithClaims(jwt.SigningMethodHS256, jwtClaims{
+		Op:       op,
+		Cookie:   c.Cookie,
 		Vid:      c.Vid,
 		KeyStart: c.KeyStart,
 		KeyCount: c.KeyCount,
@@ -131,20 +186,36 @@ func (s *Signer) Parse(token string) (Claims, error) {
 	if jc.KeyStart == 0 || jc.KeyCount == 0 || jc.ExpiresAt == nil {
 		return Claims{}, fmt.Errorf("%w (empty key range)", ErrMalformed)
 	}
-	return Claims{Vid: jc.Vid, KeyStart: jc.KeyStart, KeyCount: jc.KeyCount, Expiry: jc.ExpiresAt.Time}, nil
+	c := Claims{Vid: jc.Vid, KeyStart: jc.KeyStart, KeyCount: jc.KeyCount, Cookie: jc.Cookie, Expiry: jc.ExpiresAt.Time}
+	switch jc.Op {
+	case "w":
+		c.Kind = KindWrite
+	case "d":
+		c.Kind = KindDelete
+		if c.KeyCount != 1 {
+			return Claims{}, fmt.Errorf("%w (delete token for %d keys)", ErrMalformed, c.KeyCount)
+		}
+	default:
+		return Claims{}, fmt.Errorf("%w (no kind)", ErrMalformed)
+	}
+	return c, nil
 }
 
-// Verify checks that token authorizes a write or delete of key on vid.
+// Verify checks that token is a write token allowing key on vid.
 func (s *Signer) Verify(token string, vid uint32, key uint64) error {
 	return s.AuthorizeWrite(token, vid, []uint64{key})
 }
 
-// AuthorizeWrite checks that token authorizes writes or deletes of every key
-// in keys on vid. It is the store's write authorizer.
+// AuthorizeWrite checks that token is a write token allowing data needles
+// for every key in keys on vid. It is half of the store's write
+// authorizer.
 func (s *Signer) AuthorizeWrite(token string, vid uint32, keys []uint64) error {
 	c, err := s.Parse(token)
 	if err != nil {
 		return err
+	}
+	if c.Kind != KindWrite {
+		return fmt.Errorf("%w (a %v token used for a write)", ErrWrongKind, c.Kind)
 	}
 	if c.Vid != vid {
 		return fmt.Errorf("%w (token for volume %d, write to %d)", ErrWrongVolume, c.Vid, vid)
@@ -153,6 +224,25 @@ func (s *Signer) AuthorizeWrite(token string, vid uint32, keys []uint64) error {
 		if !c.Contains(k) {
 			return fmt.Errorf("%w (key %x, token covers %x..%x)", ErrKeyOutOfRange, k, c.KeyStart, c.KeyStart+(c.KeyCount-1))
 		}
+	}
+	return nil
+}
+
+// AuthorizeDelete checks that token is a delete token for the photo (vid,
+// key, cookie). It is the other half of the store's write authorizer.
+func (s *Signer) AuthorizeDelete(token string, vid uint32, key, cookie uint64) error {
+	c, err := s.Parse(token)
+	if err != nil {
+		return err
+	}
+	if c.Kind != KindDelete {
+		return fmt.Errorf("%w (a %v token used for a delete)", ErrWrongKind, c.Kind)
+	}
+	if c.Vid != vid {
+		return fmt.Errorf("%w (token for volume %d, delete on %d)", ErrWrongVolume, c.Vid, vid)
+	}
+	if c.KeyStart != key || c.Cookie != cookie {
+		return fmt.Errorf("%w (token for key %x, delete of %x)", ErrWrongPhoto, c.KeyStart, key)
 	}
 	return nil
 }

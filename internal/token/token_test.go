@@ -236,3 +236,44 @@ func TestLoadOrCreateSecretRace(t *testing.T) {
 		}
 	}
 }
+
+func TestDeleteTokens(t *testing.T) {
+	s, _ := NewSigner([]byte("0123456789abcdef0123"))
+	exp := time.Now().Add(time.Minute)
+	del := mustSign(t, s, Claims{Kind: KindDelete, Vid: 3, KeyStart: 10, KeyCount: 1, Cookie: 99, Expiry: exp})
+	write := mustSign(t, s, Claims{Vid: 3, KeyStart: 10, KeyCount: 1, Expiry: exp})
+	if err := s.AuthorizeDelete(del, 3, 10, 99); err != nil {
+		t.Fatalf("delete token refused for its photo: %v", err)
+	}
+	for _, tc := range []struct {
+		name   string
+		err    error
+		target error
+	}{
+		{"delete token used for a write", s.AuthorizeWrite(del, 3, []uint64{10}), ErrWrongKind},
+		{"write token used for a delete", s.AuthorizeDelete(write, 3, 10, 99), ErrWrongKind},
+		{"another cookie", s.AuthorizeDelete(del, 3, 10, 98), ErrWrongPhoto},
+		{"another key", s.AuthorizeDelete(del, 3, 11, 99), ErrWrongPhoto},
+		{"another volume", s.AuthorizeDelete(del, 4, 10, 99), ErrWrongVolume},
+	} {
+		if !errors.Is(tc.err, tc.target) || !errors.Is(tc.err, ErrInvalid) {
+			t.Errorf("%s: %v, want %v", tc.name, tc.err, tc.target)
+		}
+	}
+	if _, err := s.Sign(Claims{Kind: KindDelete, Vid: 3, KeyStart: 10, KeyCount: 2, Cookie: 1, Expiry: exp}); err == nil {
+		t.Error("a delete token for two keys was signed")
+	}
+	if _, err := s.Sign(Claims{Kind: KindWrite, Vid: 3, KeyStart: 10, KeyCount: 2, Cookie: 1, Expiry: exp}); err == nil {
+		t.Error("a write token with a cookie was signed")
+	}
+	// A token without a kind (as an older signer wrote them) is malformed.
+	old := jwt.NewWithClaims(jwt.SigningMethodHS256, jwtClaims{Vid: 3, KeyStart: 10, KeyCount: 1,
+		RegisteredClaims: jwt.RegisteredClaims{ExpiresAt: jwt.NewNumericDate(exp)}})
+	str, err := old.SignedString(s.secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AuthorizeWrite(str, 3, []uint64{10}); !errors.Is(err, ErrMalformed) {
+		t.Errorf("a token without a kind: %v, want ErrMalformed", err)
+	}
+}

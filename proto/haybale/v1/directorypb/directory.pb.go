@@ -217,8 +217,8 @@ type AssignResponse struct {
 	Vid uint32 `protobuf:"varint,3,opt,name=vid,proto3" json:"vid,omitempty"`
 	// Every replica of the volume; a write must reach all of them.
 	Replicas []*Replica `protobuf:"bytes,4,rep,name=replicas,proto3" json:"replicas,omitempty"`
-	// Token that the replicas accept for writes and deletes of this key range on
-	// this vid.
+	// Token that the replicas accept for data needles of this key range on
+	// this vid (not for tombstones: a delete needs AuthorizeDelete's token).
 	WriteToken string `protobuf:"bytes,5,opt,name=write_token,json=writeToken,proto3" json:"write_token,omitempty"`
 	// Expiry of write_token, Unix seconds.
 	TokenExpiryUnix int64 `protobuf:"varint,6,opt,name=token_expiry_unix,json=tokenExpiryUnix,proto3" json:"token_expiry_unix,omitempty"`
@@ -1319,7 +1319,7 @@ type AuthorizeDeleteResponse struct {
 	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
 	// Every replica of the volume, live stores first.
 	Replicas []*Replica `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
-	// A write token bound to the volume and the photo's key.
+	// A delete token bound to the volume, the photo's key and its cookie.
 	WriteToken string `protobuf:"bytes,3,opt,name=write_token,json=writeToken,proto3" json:"write_token,omitempty"`
 	// When the token expires, Unix seconds.
 	TokenExpiryUnix int64 `protobuf:"varint,4,opt,name=token_expiry_unix,json=tokenExpiryUnix,proto3" json:"token_expiry_unix,omitempty"`

@@ -36,37 +36,60 @@ const (
 // Directory is the gRPC surface of the directory: key assignment, volume
 // lookup, store membership and URL construction.
 //
+// Every call runs over mutual TLS with a certificate from the cluster CA
+// (the role and name are the URI SAN haybale://<role>/<name>), and each
+// method is allowed only to the roles listed below; any other caller gets
+// PERMISSION_DENIED, and a caller without a cluster certificate no
+// connection. On an --insecure cluster there is no TLS and no role check.
+//
+//	method            roles allowed
+//	Assign            gateway, operator
+//	AuthorizeDelete   gateway, operator
+//	Lookup            gateway, cache, operator
+//	PhotoURLs         gateway, operator
+//	ListStores        operator
+//	ListVolumes       operator
+//	MarkReadOnly      operator
+//	Heartbeat         store, and only for the store ID its certificate names
+//
 // Errors are gRPC status codes:
+//   - PERMISSION_DENIED: the caller's role may not call the method, or a
+//     store heartbeats under another store's ID.
 //   - NOT_FOUND: an unknown vid or store.
 //   - INVALID_ARGUMENT: a malformed request (count 0, a bad photo ID).
 //   - UNAVAILABLE: no writable volume can take the assignment right now, or
 //     this directory is not the leader (retry, possibly elsewhere).
 type DirectoryClient interface {
 	// Assign hands out a fresh range of photo keys on one writable volume,
-	// with the replicas to write to and a write token that those stores accept.
+	// with the replicas to write to and a write token that those stores accept
+	// for data needles of those keys only. Callers: gateway, operator.
 	Assign(ctx context.Context, in *AssignRequest, opts ...grpc.CallOption) (*AssignResponse, error)
 	// Lookup answers which stores hold a volume and in what state it is.
+	// Callers: gateway, cache, operator.
 	Lookup(ctx context.Context, in *LookupRequest, opts ...grpc.CallOption) (*LookupResponse, error)
-	// ListStores describes every known store.
+	// ListStores describes every known store. Callers: operator.
 	ListStores(ctx context.Context, in *ListStoresRequest, opts ...grpc.CallOption) (*ListStoresResponse, error)
-	// ListVolumes describes every logical volume.
+	// ListVolumes describes every logical volume. Callers: operator.
 	ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error)
 	// MarkReadOnly stops new assignments to a volume and asks its replicas to
-	// refuse writes.
+	// refuse writes. Callers: operator.
 	MarkReadOnly(ctx context.Context, in *DirectoryMarkReadOnlyRequest, opts ...grpc.CallOption) (*DirectoryMarkReadOnlyResponse, error)
 	// Heartbeat is a store's membership stream. The store sends a
 	// HeartbeatRequest when it connects and then every interval_ms; the
 	// directory answers each with a HeartbeatResponse that may carry commands.
 	// A store that misses three intervals has its volumes marked read-only.
+	// Callers: store, and only under the store ID its certificate names.
 	Heartbeat(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HeartbeatRequest, HeartbeatResponse], error)
 	// PhotoURLs builds the image URLs of a photo under the URL policy: the CDN
 	// base URL when configured, else the owning cache node, else a store
-	// holding a replica.
+	// holding a replica. Callers: gateway, operator.
 	PhotoURLs(ctx context.Context, in *PhotoURLsRequest, opts ...grpc.CallOption) (*PhotoURLsResponse, error)
-	// AuthorizeDelete issues a write token for one existing photo, so its
-	// replicas accept tombstones for it when a cluster secret is configured,
-	// and returns the photo's replicas. Errors: InvalidArgument for a
-	// malformed photo ID, NotFound for an unknown volume.
+	// AuthorizeDelete issues a delete token for one photo, so its replicas
+	// accept tombstones for it, and returns the photo's replicas. The token
+	// names the photo's vid, key and cookie and allows tombstones only (no
+	// data); the stores check the cookie against the stored needle, so a
+	// made-up cookie deletes nothing. Errors: InvalidArgument for a malformed
+	// photo ID, NotFound for an unknown volume. Callers: gateway, operator.
 	AuthorizeDelete(ctx context.Context, in *AuthorizeDeleteRequest, opts ...grpc.CallOption) (*AuthorizeDeleteResponse, error)
 }
 
@@ -168,37 +191,60 @@ func (c *directoryClient) AuthorizeDelete(ctx context.Context, in *AuthorizeDele
 // Directory is the gRPC surface of the directory: key assignment, volume
 // lookup, store membership and URL construction.
 //
+// Every call runs over mutual TLS with a certificate from the cluster CA
+// (the role and name are the URI SAN haybale://<role>/<name>), and each
+// method is allowed only to the roles listed below; any other caller gets
+// PERMISSION_DENIED, and a caller without a cluster certificate no
+// connection. On an --insecure cluster there is no TLS and no role check.
+//
+//	method            roles allowed
+//	Assign            gateway, operator
+//	AuthorizeDelete   gateway, operator
+//	Lookup            gateway, cache, operator
+//	PhotoURLs         gateway, operator
+//	ListStores        operator
+//	ListVolumes       operator
+//	MarkReadOnly      operator
+//	Heartbeat         store, and only for the store ID its certificate names
+//
 // Errors are gRPC status codes:
+//   - PERMISSION_DENIED: the caller's role may not call the method, or a
+//     store heartbeats under another store's ID.
 //   - NOT_FOUND: an unknown vid or store.
 //   - INVALID_ARGUMENT: a malformed request (count 0, a bad photo ID).
 //   - UNAVAILABLE: no writable volume can take the assignment right now, or
 //     this directory is not the leader (retry, possibly elsewhere).
 type DirectoryServer interface {
 	// Assign hands out a fresh range of photo keys on one writable volume,
-	// with the replicas to write to and a write token that those stores accept.
+	// with the replicas to write to and a write token that those stores accept
+	// for data needles of those keys only. Callers: gateway, operator.
 	Assign(context.Context, *AssignRequest) (*AssignResponse, error)
 	// Lookup answers which stores hold a volume and in what state it is.
+	// Callers: gateway, cache, operator.
 	Lookup(context.Context, *LookupRequest) (*LookupResponse, error)
-	// ListStores describes every known store.
+	// ListStores describes every known store. Callers: operator.
 	ListStores(context.Context, *ListStoresRequest) (*ListStoresResponse, error)
-	// ListVolumes describes every logical volume.
+	// ListVolumes describes every logical volume. Callers: operator.
 	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
 	// MarkReadOnly stops new assignments to a volume and asks its replicas to
-	// refuse writes.
+	// refuse writes. Callers: operator.
 	MarkReadOnly(context.Context, *DirectoryMarkReadOnlyRequest) (*DirectoryMarkReadOnlyResponse, error)
 	// Heartbeat is a store's membership stream. The store sends a
 	// HeartbeatRequest when it connects and then every interval_ms; the
 	// directory answers each with a HeartbeatResponse that may carry commands.
 	// A store that misses three intervals has its volumes marked read-only.
+	// Callers: store, and only under the store ID its certificate names.
 	Heartbeat(grpc.BidiStreamingServer[HeartbeatRequest, HeartbeatResponse]) error
 	// PhotoURLs builds the image URLs of a photo under the URL policy: the CDN
 	// base URL when configured, else the owning cache node, else a store
-	// holding a replica.
+	// holding a replica. Callers: gateway, operator.
 	PhotoURLs(context.Context, *PhotoURLsRequest) (*PhotoURLsResponse, error)
-	// AuthorizeDelete issues a write token for one existing photo, so its
-	// replicas accept tombstones for it when a cluster secret is configured,
-	// and returns the photo's replicas. Errors: InvalidArgument for a
-	// malformed photo ID, NotFound for an unknown volume.
+	// AuthorizeDelete issues a delete token for one photo, so its replicas
+	// accept tombstones for it, and returns the photo's replicas. The token
+	// names the photo's vid, key and cookie and allows tombstones only (no
+	// data); the stores check the cookie against the stored needle, so a
+	// made-up cookie deletes nothing. Errors: InvalidArgument for a malformed
+	// photo ID, NotFound for an unknown volume. Callers: gateway, operator.
 	AuthorizeDelete(context.Context, *AuthorizeDeleteRequest) (*AuthorizeDeleteResponse, error)
 	mustEmbedUnimplementedDirectoryServer()
 }

@@ -412,7 +412,8 @@ type DeleteRequest struct {
 	Cookie uint64 `protobuf:"fixed64,3,opt,name=cookie,proto3" json:"cookie,omitempty"`
 	// Size code to delete, or 0xFFFFFFFF for every size of the photo.
 	SizeCode uint32 `protobuf:"varint,4,opt,name=size_code,json=sizeCode,proto3" json:"size_code,omitempty"`
-	// Write token from the directory, covering this vid and key.
+	// Delete token from the directory's AuthorizeDelete, naming this vid, key
+	// and cookie. (A write token is refused.)
 	WriteToken    string `protobuf:"bytes,5,opt,name=write_token,json=writeToken,proto3" json:"write_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

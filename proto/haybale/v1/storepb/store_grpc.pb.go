@@ -41,11 +41,31 @@ const (
 // reads for repair and tools, and volume administration. Messages may be up to
 // 64 MiB, so one Write carries the four sizes of a photo comfortably.
 //
+// Every call runs over mutual TLS with a certificate from the cluster CA
+// (internal/pki: the role and name are the URI SAN haybale://<role>/<name>),
+// and each method is allowed only to the roles listed below; any other
+// caller gets PERMISSION_DENIED, and a caller without a cluster certificate
+// no connection. On an --insecure cluster there is no TLS and no role check.
+//
+//	method            roles allowed
+//	Write             gateway, operator (and a write token from Assign)
+//	Delete            gateway, operator (and a delete token from AuthorizeDelete)
+//	Read              directory, operator
+//	AllocateVolume    directory, operator
+//	VolumeStatus      directory, operator, store (a replica pull checks its source)
+//	MarkReadOnly      directory, operator
+//	Compact           directory, operator
+//	CopyVolume        directory, operator, store (a store pulling a replica)
+//	ReplicateVolume   directory, operator
+//
 // Errors are gRPC status codes:
 //   - NOT_FOUND: the store does not hold the vid, or the needle is missing,
 //     deleted, or its cookie does not match (all three look the same).
-//   - UNAUTHENTICATED: the write token is missing, malformed, expired, or not
-//     valid for this vid and key range.
+//   - UNAUTHENTICATED: the write or delete token is missing, malformed,
+//     expired, of the wrong kind, or not valid for this vid and key range
+//     (or, for a delete, this key and cookie); or the store has no cluster
+//     secret and takes no writes at all.
+//   - PERMISSION_DENIED: the caller's role may not call the method.
 //   - FAILED_PRECONDITION: a Write to a volume that is not writable, a Delete
 //     on a failed volume, or an AllocateVolume of a vid that already exists.
 //   - RESOURCE_EXHAUSTED: the write would take the volume past its size limit.
@@ -68,42 +88,54 @@ type StoreClient interface {
 	// Write appends a batch of needles to one volume. All needles of the batch
 	// become durable (fdatasync'ed) before the answer, and either all of them
 	// are acknowledged or none is. Writing a (key, size code) that already
-	// exists appends a new needle that supersedes the old one.
+	// exists appends a new needle that supersedes the old one. The write token
+	// must be a write token (from Assign) covering the vid and every key; it
+	// allows data needles only. Callers: gateway, operator.
 	Write(ctx context.Context, in *WriteRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	// Delete appends a tombstone for one size of a photo, or for every size when
 	// size_code is 0xFFFFFFFF. Deleting what is not there succeeds with
-	// deleted_count 0, so retries are safe.
+	// deleted_count 0, so retries are safe. The token must be a delete token
+	// (from AuthorizeDelete) naming this vid, key and cookie, and the stored
+	// needle must carry that cookie. Callers: gateway, operator.
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
 	// Read returns one whole, verified needle. It is meant for repair, replica
-	// checks and tools; images are served over HTTP.
+	// checks and tools; images are served over HTTP. Callers: directory,
+	// operator.
 	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (*ReadResponse, error)
 	// AllocateVolume creates a new, empty, writable volume on this store.
+	// Callers: directory, operator.
 	AllocateVolume(ctx context.Context, in *AllocateVolumeRequest, opts ...grpc.CallOption) (*AllocateVolumeResponse, error)
 	// VolumeStatus describes one volume, or all volumes of the store.
+	// Callers: directory, operator, store.
 	VolumeStatus(ctx context.Context, in *VolumeStatusRequest, opts ...grpc.CallOption) (*VolumeStatusResponse, error)
 	// MarkReadOnly stops writes to a volume. Reads and deletes continue: a
 	// read-only, sealed or EC volume still records deletes, so removing a photo
-	// never depends on the state of its volume.
+	// never depends on the state of its volume. Callers: directory, operator.
 	MarkReadOnly(ctx context.Context, in *MarkReadOnlyRequest, opts ...grpc.CallOption) (*MarkReadOnlyResponse, error)
 	// Compact rewrites a volume without its deleted and superseded needles
 	// while it keeps serving reads and taking writes: it copies the live
 	// needles, catches up with what was appended meanwhile, and swaps the new
 	// files in atomically. A read-only volume that is compacted becomes
 	// sealed. Errors: NOT_FOUND, FAILED_PRECONDITION (failed volume), ABORTED
-	// (a compaction of the volume is already running).
+	// (a compaction of the volume is already running). Callers: directory,
+	// operator.
 	Compact(ctx context.Context, in *CompactRequest, opts ...grpc.CallOption) (*CompactResponse, error)
 	// CopyVolume streams the .dat of a volume from an offset up to its durable
 	// end at the time of the call, in chunks of at most 1 MiB, for replica
 	// sync. A caller resuming an interrupted copy passes the generation it
 	// copied so far; if the volume was compacted since, the answer is
-	// FAILED_PRECONDITION and the copy must start again at offset 0.
+	// FAILED_PRECONDITION and the copy must start again at offset 0. It
+	// reveals every needle, cookies included. Callers: directory, operator,
+	// store.
 	CopyVolume(ctx context.Context, in *CopyVolumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CopyVolumeResponse], error)
 	// ReplicateVolume makes this store's copy of a volume a verified copy of
 	// the one on another store: it pulls the .dat with CopyVolume (resuming a
 	// partial earlier pull of the same generation), verifies every needle,
 	// rebuilds the idx, and serves the new copy in place of whatever copy it
 	// had. It streams progress. Errors: UNAVAILABLE (source unreachable),
-	// DATA_LOSS (the source's copy is damaged), FAILED_PRECONDITION.
+	// DATA_LOSS (the source's copy is damaged), FAILED_PRECONDITION. The
+	// source is dialed with TLS and must present a store certificate of the
+	// cluster (UNAVAILABLE otherwise). Callers: directory, operator.
 	ReplicateVolume(ctx context.Context, in *ReplicateVolumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReplicateVolumeResponse], error)
 }
 
@@ -234,11 +266,31 @@ type Store_ReplicateVolumeClient = grpc.ServerStreamingClient[ReplicateVolumeRes
 // reads for repair and tools, and volume administration. Messages may be up to
 // 64 MiB, so one Write carries the four sizes of a photo comfortably.
 //
+// Every call runs over mutual TLS with a certificate from the cluster CA
+// (internal/pki: the role and name are the URI SAN haybale://<role>/<name>),
+// and each method is allowed only to the roles listed below; any other
+// caller gets PERMISSION_DENIED, and a caller without a cluster certificate
+// no connection. On an --insecure cluster there is no TLS and no role check.
+//
+//	method            roles allowed
+//	Write             gateway, operator (and a write token from Assign)
+//	Delete            gateway, operator (and a delete token from AuthorizeDelete)
+//	Read              directory, operator
+//	AllocateVolume    directory, operator
+//	VolumeStatus      directory, operator, store (a replica pull checks its source)
+//	MarkReadOnly      directory, operator
+//	Compact           directory, operator
+//	CopyVolume        directory, operator, store (a store pulling a replica)
+//	ReplicateVolume   directory, operator
+//
 // Errors are gRPC status codes:
 //   - NOT_FOUND: the store does not hold the vid, or the needle is missing,
 //     deleted, or its cookie does not match (all three look the same).
-//   - UNAUTHENTICATED: the write token is missing, malformed, expired, or not
-//     valid for this vid and key range.
+//   - UNAUTHENTICATED: the write or delete token is missing, malformed,
+//     expired, of the wrong kind, or not valid for this vid and key range
+//     (or, for a delete, this key and cookie); or the store has no cluster
+//     secret and takes no writes at all.
+//   - PERMISSION_DENIED: the caller's role may not call the method.
 //   - FAILED_PRECONDITION: a Write to a volume that is not writable, a Delete
 //     on a failed volume, or an AllocateVolume of a vid that already exists.
 //   - RESOURCE_EXHAUSTED: the write would take the volume past its size limit.
@@ -261,42 +313,54 @@ type StoreServer interface {
 	// Write appends a batch of needles to one volume. All needles of the batch
 	// become durable (fdatasync'ed) before the answer, and either all of them
 	// are acknowledged or none is. Writing a (key, size code) that already
-	// exists appends a new needle that supersedes the old one.
+	// exists appends a new needle that supersedes the old one. The write token
+	// must be a write token (from Assign) covering the vid and every key; it
+	// allows data needles only. Callers: gateway, operator.
 	Write(context.Context, *WriteRequest) (*WriteResponse, error)
 	// Delete appends a tombstone for one size of a photo, or for every size when
 	// size_code is 0xFFFFFFFF. Deleting what is not there succeeds with
-	// deleted_count 0, so retries are safe.
+	// deleted_count 0, so retries are safe. The token must be a delete token
+	// (from AuthorizeDelete) naming this vid, key and cookie, and the stored
+	// needle must carry that cookie. Callers: gateway, operator.
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
 	// Read returns one whole, verified needle. It is meant for repair, replica
-	// checks and tools; images are served over HTTP.
+	// checks and tools; images are served over HTTP. Callers: directory,
+	// operator.
 	Read(context.Context, *ReadRequest) (*ReadResponse, error)
 	// AllocateVolume creates a new, empty, writable volume on this store.
+	// Callers: directory, operator.
 	AllocateVolume(context.Context, *AllocateVolumeRequest) (*AllocateVolumeResponse, error)
 	// VolumeStatus describes one volume, or all volumes of the store.
+	// Callers: directory, operator, store.
 	VolumeStatus(context.Context, *VolumeStatusRequest) (*VolumeStatusResponse, error)
 	// MarkReadOnly stops writes to a volume. Reads and deletes continue: a
 	// read-only, sealed or EC volume still records deletes, so removing a photo
-	// never depends on the state of its volume.
+	// never depends on the state of its volume. Callers: directory, operator.
 	MarkReadOnly(context.Context, *MarkReadOnlyRequest) (*MarkReadOnlyResponse, error)
 	// Compact rewrites a volume without its deleted and superseded needles
 	// while it keeps serving reads and taking writes: it copies the live
 	// needles, catches up with what was appended meanwhile, and swaps the new
 	// files in atomically. A read-only volume that is compacted becomes
 	// sealed. Errors: NOT_FOUND, FAILED_PRECONDITION (failed volume), ABORTED
-	// (a compaction of the volume is already running).
+	// (a compaction of the volume is already running). Callers: directory,
+	// operator.
 	Compact(context.Context, *CompactRequest) (*CompactResponse, error)
 	// CopyVolume streams the .dat of a volume from an offset up to its durable
 	// end at the time of the call, in chunks of at most 1 MiB, for replica
 	// sync. A caller resuming an interrupted copy passes the generation it
 	// copied so far; if the volume was compacted since, the answer is
-	// FAILED_PRECONDITION and the copy must start again at offset 0.
+	// FAILED_PRECONDITION and the copy must start again at offset 0. It
+	// reveals every needle, cookies included. Callers: directory, operator,
+	// store.
 	CopyVolume(*CopyVolumeRequest, grpc.ServerStreamingServer[CopyVolumeResponse]) error
 	// ReplicateVolume makes this store's copy of a volume a verified copy of
 	// the one on another store: it pulls the .dat with CopyVolume (resuming a
 	// partial earlier pull of the same generation), verifies every needle,
 	// rebuilds the idx, and serves the new copy in place of whatever copy it
 	// had. It streams progress. Errors: UNAVAILABLE (source unreachable),
-	// DATA_LOSS (the source's copy is damaged), FAILED_PRECONDITION.
+	// DATA_LOSS (the source's copy is damaged), FAILED_PRECONDITION. The
+	// source is dialed with TLS and must present a store certificate of the
+	// cluster (UNAVAILABLE otherwise). Callers: directory, operator.
 	ReplicateVolume(*ReplicateVolumeRequest, grpc.ServerStreamingServer[ReplicateVolumeResponse]) error
 	mustEmbedUnimplementedStoreServer()
 }

@@ -1,0 +1,21 @@
+package directory
+
+import (
+	"github.com/haybale/haybale/internal/pki"
+	"github.com/haybale/haybale/internal/rpc"
+	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
+)
+
+// Policy is who may call each method of the Directory service on a TLS
+// plane (the table in directory.proto). Heartbeat is further bound to the
+// store ID the caller's certificate names.
+var Policy = rpc.Policy{
+	directorypb.Directory_Assign_FullMethodName:          {pki.RoleGateway, pki.RoleOperator},
+	directorypb.Directory_AuthorizeDelete_FullMethodName: {pki.RoleGateway, pki.RoleOperator},
+	directorypb.Directory_Lookup_FullMethodName:          {pki.RoleGateway, pki.RoleCache, pki.RoleOperator},
+	directorypb.Directory_PhotoURLs_FullMethodName:       {pki.RoleGateway, pki.RoleOperator},
+	directorypb.Directory_ListStores_FullMethodName:      {pki.RoleOperator},
+	directorypb.Directory_ListVolumes_FullMethodName:     {pki.RoleOperator},
+	directorypb.Directory_MarkReadOnly_FullMethodName:    {pki.RoleOperator},
+	directorypb.Directory_Heartbeat_FullMethodName:       {pki.RoleStore},
+}
