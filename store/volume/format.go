@@ -102,7 +102,13 @@ func appendIdxRecord(dst []byte, e idxEntry) []byte {
 	return append(dst, b[:]...)
 }
 
+// decodeIdxRecord decodes one idx record. It reports false for a record
+// that is short, fails its CRC, or names an impossible place (length 0 or an
+// offset inside the superblock).
 func decodeIdxRecord(b []byte) (idxEntry, bool) {
+	if len(b) < idxRecordSize {
+		return idxEntry{}, false
+	}
 	if crc32.Checksum(b[:20], castagnoli) != binary.LittleEndian.Uint32(b[20:]) {
 		return idxEntry{}, false
 	}
@@ -117,6 +123,8 @@ func decodeIdxRecord(b []byte) (idxEntry, bool) {
 	return e, e.length > 0 && e.off >= SuperblockSize/8
 }
 
+// encodeIdxHeader returns the idx header for a .dat of the given vid and
+// compaction generation.
 func encodeIdxHeader(vid, generation uint32) []byte {
 	b := make([]byte, idxRecordSize)
 	copy(b, idxMagic)
@@ -126,6 +134,8 @@ func encodeIdxHeader(vid, generation uint32) []byte {
 	return b
 }
 
+// decodeIdxHeader decodes an idx header; ok is false for one that is short,
+// has the wrong magic or fails its CRC.
 func decodeIdxHeader(b []byte) (vid, generation uint32, ok bool) {
 	if len(b) < idxRecordSize || string(b[:8]) != idxMagic ||
 		crc32.Checksum(b[:20], castagnoli) != binary.LittleEndian.Uint32(b[20:]) {
