@@ -285,6 +285,22 @@ func (f Format) IsHeaderMagic(b []byte) bool {
 	return m == f.first || m == f.next
 }
 
+// SetBatchStart rewrites the header magic of the encoded needle at the
+// start of b to say whether it starts a batch, as when a copy places it
+// first in a batch. The checksum does not cover the magic, so the needle
+// stays valid and its checksum unchanged. It does nothing in format 1 (or
+// to fewer than 4 bytes).
+func (f Format) SetBatchStart(b []byte, start bool) {
+	if !f.MarksBatchStart() || len(b) < 4 {
+		return
+	}
+	m := f.next
+	if start {
+		m = f.first
+	}
+	binary.LittleEndian.PutUint32(b, m)
+}
+
 // Append encodes n, padded, at the end of dst in format 1 and returns the
 // extended slice. It is Format1().Append.
 func Append(dst []byte, n *Needle) ([]byte, error) { return Format1().Append(dst, n) }

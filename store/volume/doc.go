@@ -10,13 +10,24 @@
 //
 //	offset  size  field
 //	0       8     magic "HAYBALEV"
-//	8       4     format version (1)
+//	8       4     format version: 1 or 2 (written: 2)
 //	12      4     vid
 //	16      8     creation time, Unix nanoseconds
 //	24      4     compaction generation (0 for a new volume)
-//	28      32    reserved, zero
+//	28      8     format 2: needle secret, not all zero; format 1: zero
+//	36      24    reserved, zero
 //	60      4     CRC-32C (Castagnoli) of bytes [0, 60)
 //
+// The format version is also the format of every needle in the volume (see
+// package needle). Format 2 derives the needle magics from the secret, which
+// is chosen once per logical volume (the directory sends the same one to
+// every replica; Create picks a random one when none is given) and is
+// copied with the superblock by compaction, replica sync and CopyTo, so the
+// replicas of a volume stay byte-identical. The secret never leaves the
+// storage tier: reads return needle data, never headers. Format-1 volumes
+// still open and serve reads, and take deletes (a tombstone is a batch of
+// its own and holds no data), but no longer take images: they open
+// read-only, so no new data lands where it could be mistaken for needles.
 // Offsets in the in-RAM index and the idx file are in 8-byte units held in a
 // uint32, so a volume holds at most 32 GiB (MaxSize).
 //

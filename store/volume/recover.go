@@ -33,6 +33,9 @@ func (v *Volume) recover(ctx context.Context) error {
 	if v.super.Vid != v.vid {
 		return fmt.Errorf("%w: superblock names volume %d", ErrNotVolume, v.super.Vid)
 	}
+	if v.format, err = v.super.Format(); err != nil {
+		return err
+	}
 	scanFrom, err := v.loadIdx(ctx, size)
 	if err != nil {
 		return err
@@ -114,12 +117,18 @@ load:
 	return scanFrom, nil
 }
 
-// scanTail indexes the needles in [from, size) of the .dat (see walk),
-// appends their idx records and cuts off a torn tail.
+// scanTail indexes the needles in [from, size) of the .dat (see walk) and
+// appends their idx records. It never cuts bytes off the file: what follows
+// the last complete batch (a round that reached the disk only in part, or a
+// batch whose last needle is damaged, which may have been acknowledged) is
+// left where it is, unindexed and counted as damaged, and new needles are
+// appended after it. A later walk skips it the same way: the next intact
+// needle is found by its magic, and in format 2 the header magic also says
+// whether it starts a batch.
 func (v *Volume) scanTail(ctx context.Context, from, size int64) error {
 	var recs []byte
 	ix := v.mu.index
-	res, err := walk(ctx, v.dat, from, size, walkVisitor{
+	res, err := walk(ctx, v.dat, v.format, from, size, walkVisitor{
 		strict: true,
 		batch: func(batch []idxEntry) {
 			for _, e := range batch {
@@ -137,30 +146,27 @@ func (v *Volume) scanTail(ctx context.Context, from, size int64) error {
 	if err != nil {
 		return err
 	}
-	// Whatever follows the last complete batch was never acknowledged.
+	tail := size
 	if res.validEnd < size {
-		if err := v.dat.Truncate(res.validEnd); err != nil {
-			return fmt.Errorf("truncate torn tail at %d: %w", res.validEnd, err)
-		}
-		if err := v.dat.Sync(); err != nil {
-			return fmt.Errorf("sync after truncating torn tail: %w", err)
-		}
-		size = res.validEnd
+		v.corrupt.Add(size - res.validEnd)
+		// Needles start 8-byte aligned: the next append starts at the
+		// next multiple of 8 after the unindexed tail.
+		tail = (size + needle.Alignment - 1) &^ (needle.Alignment - 1)
 	}
-	v.tail.Store(size)
+	v.tail.Store(tail)
 	v.appendIdx(recs)
 	return nil
 }
 
 // walkVisitor receives what walk finds. Either function may be nil.
 type walkVisitor struct {
-	// strict drops every batch that damage touches: the intact needles of
-	// the batch before the damage and those after it up to the batch's
-	// last needle. Recovery of the unindexed tail is strict, because there
-	// a damaged stretch is most likely a round whose pages reached the disk
-	// only in part, which was never acknowledged; a batch must land whole
-	// or not at all. Inspection and idx rebuilds are lenient: they keep
-	// every intact needle.
+	// strict drops every batch that damage touches: its intact needles
+	// before the damage and after it, up to the batch's last needle.
+	// Recovery of the unindexed tail is strict, because there a damaged
+	// stretch may be a round whose pages reached the disk only in part,
+	// which was never acknowledged; a batch must land whole or not at
+	// all. Inspection and idx rebuilds are lenient: they keep every
+	// intact needle.
 	strict bool
 	// batch receives each complete batch of needles, in file order.
 	batch func([]idxEntry)
@@ -169,29 +175,59 @@ type walkVisitor struct {
 }
 
 type walkResult struct {
-	validEnd  int64 // end of the last complete batch: the torn tail starts here
-	tornErr   error // why the tail is torn, when validEnd < end
-	lastBatch int64 // start of the last complete batch
+	validEnd int64 // end of the last complete batch: the torn tail starts here
+	tornErr  error // why the tail is torn, when validEnd < end
 }
 
 // walk reads the needles in [from, end) of f. A batch (needles linked by
 // the batch-continues flag) is handed on only when its last needle is
 // found. A damaged stretch followed by a valid needle is not a torn tail:
-// it is reported and the walk goes on, so no batch after it is lost; the
-// batch around the damage is dropped (strict) or kept in its intact
-// needles (lenient), see walkVisitor. Whatever follows the last complete
-// batch is the torn tail, reported as validEnd.
-func walk(ctx context.Context, f vfs.File, from, end int64, vis walkVisitor) (walkResult, error) {
-	s := NewScanner(f, from, end)
+// it is reported and the walk goes on, so no batch after it is lost.
+//
+// Every batch other than the one the damage interrupted is kept whole,
+// whichever needle of it is damaged. To know where the damaged batch ends,
+// walk asks the needle found after the damage whether it starts a batch:
+//
+//   - A tombstone is always a batch of its own, in both formats.
+//   - In format 2 the header magic says it (needle.BatchStart): a needle
+//     that starts a batch is kept with its batch; one that does not
+//     belongs to the damaged batch.
+//   - In format 1 (which does not record it) walk follows the headers of
+//     the damaged stretch: when they decode and lead exactly to the next
+//     needle, the last one's batch-continues flag says whether the next
+//     needle finishes the damaged batch. When they do not, the next
+//     needle is taken to start a batch, so no intact batch is lost.
+//
+// In strict mode the damaged batch is dropped whole; in lenient mode its
+// intact needles are kept. A batch that meets a needle starting another
+// batch (or a tombstone) before its own last needle never got its end: it
+// is torn like a damaged one. Whatever follows the last complete batch is
+// the torn tail, reported as validEnd.
+func walk(ctx context.Context, f vfs.File, format needle.Format, from, end int64, vis walkVisitor) (walkResult, error) {
+	s := NewScanner(f, format, from, end)
 	var batch []idxEntry
-	res := walkResult{validEnd: from, lastBatch: from}
-	batchStart := from
-	skipping := false
+	res := walkResult{validEnd: from}
+	// open: a batch has begun and its last needle is not seen yet. The walk
+	// may start inside a batch whose first needles the idx hint indexed
+	// (idx records are written only once their whole round is durable), so
+	// it starts open: needles before the first batch start are kept as the
+	// rest of that batch.
+	open := true
+	dropping := false // strict: the open batch is damaged and is dropped
 	flush := func() {
 		if len(batch) > 0 && vis.batch != nil {
 			vis.batch(batch)
 		}
 		batch = batch[:0]
+	}
+	// torn ends the open batch without its last needle.
+	torn := func() {
+		if vis.strict {
+			batch = batch[:0]
+		} else {
+			flush()
+		}
+		open, dropping = false, false
 	}
 	for i := 0; ; i++ {
 		if i%1024 == 0 {
@@ -216,38 +252,54 @@ func walk(ctx context.Context, f vfs.File, from, end int64, vis walkVisitor) (wa
 				res.tornErr = err
 				break
 			}
-			if vis.strict {
-				batch = batch[:0]
-				skipping = true
-			} else {
-				flush()
-			}
 			if vis.damage != nil {
 				vis.damage(at, s.Pos(), err)
 			}
-			batchStart, res.validEnd = s.Pos(), s.Pos()
-			continue
-		}
-		if skipping {
-			// The rest of the damaged batch: skip up to its last needle.
-			if n.Flags&needle.FlagBatchContinues == 0 {
-				skipping = false
+			torn()
+			if !format.MarksBatchStart() {
+				// Format 1: read what the damaged needles' headers say.
+				chainEnd, flags, ok, herr := s.headerChainEnd(at, s.Pos())
+				if herr != nil {
+					return res, herr
+				}
+				if ok && chainEnd == s.Pos() && flags&needle.FlagBatchContinues != 0 {
+					open, dropping = true, vis.strict
+				}
 			}
-			batchStart, res.validEnd = s.Pos(), s.Pos()
+			if !open {
+				res.validEnd = s.Pos()
+			}
 			continue
 		}
-		batch = append(batch, idxEntry{
-			key: n.Key, size: uint32(n.Size), off: uint32(s.Offset() / 8),
-			length: uint32(s.Len() / 8), tombstone: n.IsTombstone(),
-		})
-		if n.Flags&needle.FlagBatchContinues == 0 {
-			flush()
-			res.lastBatch = batchStart
-			batchStart, res.validEnd = s.Pos(), s.Pos()
+		starts := n.IsTombstone() || n.BatchStart
+		if open && starts {
+			torn() // the open batch never got its last needle
+			res.validEnd = s.Offset()
+		}
+		if !open {
+			open = true
+			// A format-2 needle that does not start a batch, with no
+			// batch open, is what is left of a damaged batch.
+			dropping = vis.strict && format.MarksBatchStart() && !starts
+		}
+		if !dropping {
+			batch = append(batch, idxEntry{
+				key: n.Key, size: uint32(n.Size), off: uint32(s.Offset() / 8),
+				length: uint32(s.Len() / 8), tombstone: n.IsTombstone(),
+			})
+		}
+		if n.Flags&needle.FlagBatchContinues == 0 || n.IsTombstone() {
+			if dropping {
+				batch = batch[:0]
+			} else {
+				flush()
+			}
+			open, dropping = false, false
+			res.validEnd = s.Pos()
 		}
 	}
 	if res.tornErr == nil && res.validEnd < end {
-		res.tornErr = fmt.Errorf("%w: batch at %d has no last needle", needle.ErrShort, batchStart)
+		res.tornErr = fmt.Errorf("%w: batch at %d has no last needle", needle.ErrShort, res.validEnd)
 	}
 	return res, nil
 }
