@@ -3,6 +3,7 @@ package directory
 import (
 	"cmp"
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"maps"
@@ -16,6 +17,10 @@ import (
 
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 )
+
+// volumeSecretSize is the size of the needle secret drawn for each new
+// volume (see AllocateVolumeRequest.volume_secret).
+const volumeSecretSize = 8
 
 // allocTimeout bounds one volume allocation, all stores included.
 const allocTimeout = 30 * time.Second
@@ -146,6 +151,12 @@ func (s *Server) allocateVolume(ctx context.Context) error {
 		return err
 	}
 	limit := s.opts.VolumeSizeLimit
+	// One needle secret for the volume, the same on every replica, so the
+	// replicas stay byte-identical.
+	secret := make([]byte, volumeSecretSize)
+	if _, err := crand.Read(secret); err != nil {
+		return status.Errorf(codes.Internal, "volume secret: %v", err)
+	}
 	rec := VolumeRecord{SizeLimit: limit, Allocating: true, State: storepb.VolumeState_VOLUME_STATE_WRITABLE, CreatedUnixNano: time.Now().UnixNano()}
 	for _, st := range stores {
 		rec.Replicas = append(rec.Replicas, ReplicaRecord{StoreID: st.ID, VolumeReport: VolumeReport{State: storepb.VolumeState_VOLUME_STATE_WRITABLE, SizeLimit: limit}})
@@ -178,7 +189,7 @@ func (s *Server) allocateVolume(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			resp, err := c.AllocateVolume(gctx, &storepb.AllocateVolumeRequest{Vid: vid, SizeLimitBytes: limit})
+			resp, err := c.AllocateVolume(gctx, &storepb.AllocateVolumeRequest{Vid: vid, SizeLimitBytes: limit, VolumeSecret: secret})
 			if err != nil {
 				return fmt.Errorf("store %s: %w", st.ID, err)
 			}
