@@ -102,10 +102,17 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 	s.Vid = binary.LittleEndian.Uint32(b[12:])
 	s.Created = int64(binary.LittleEndian.Uint64(b[16:]))
 	s.Generation = binary.LittleEndian.Uint32(b[24:])
+	reserved := b[28:60]
 	if s.Version >= needle.Version2 {
 		copy(s.Secret[:], b[28:])
 		if s.Secret == [SecretSize]byte{} {
 			return s, fmt.Errorf("%w: format-2 superblock without a secret", ErrNotVolume)
+		}
+		reserved = b[36:60]
+	}
+	for _, c := range reserved {
+		if c != 0 {
+			return s, fmt.Errorf("%w: reserved bytes are not zero", ErrNotVolume)
 		}
 	}
 	return s, nil
@@ -169,10 +176,11 @@ func encodeIdxHeader(vid, generation uint32) []byte {
 }
 
 // decodeIdxHeader decodes an idx header; ok is false for one that is short,
-// has the wrong magic or fails its CRC.
+// has the wrong magic, fails its CRC or has non-zero reserved bytes.
 func decodeIdxHeader(b []byte) (vid, generation uint32, ok bool) {
 	if len(b) < idxRecordSize || string(b[:8]) != idxMagic ||
-		crc32.Checksum(b[:20], castagnoli) != binary.LittleEndian.Uint32(b[20:]) {
+		crc32.Checksum(b[:20], castagnoli) != binary.LittleEndian.Uint32(b[20:]) ||
+		binary.LittleEndian.Uint32(b[16:]) != 0 {
 		return 0, 0, false
 	}
 	return binary.LittleEndian.Uint32(b[8:]), binary.LittleEndian.Uint32(b[12:]), true
