@@ -59,6 +59,28 @@
 // idx whose header names another vid or generation is rebuilt from the .dat
 // alone.
 //
+// # Recovery
+//
+// The scan of the unindexed part of the .dat is strict about batches: a
+// batch lands whole or not at all, so a batch that damage touches is
+// dropped whole, and every other batch is kept whole, whichever needle of
+// its neighbour is damaged. After a damaged stretch the scan finds the next
+// needle by its header magic (in format 2 only the store can write those)
+// and asks it whether it starts a batch: a tombstone always does (it is a
+// batch of its own), and in format 2 the header magic says so; in format 1,
+// which does not record it, the damaged needles' own headers tell when they
+// still decode, and otherwise the next needle is taken to start a batch so
+// that no intact batch is lost. A needle that starts a batch while another
+// is open ends the open one as torn.
+//
+// Bytes after the last complete batch (a round that reached the disk only
+// in part, or a batch whose last needle is damaged, whose other needles may
+// have been acknowledged) are copied into <vid>.dat.torn-<offset>-<time>
+// (see TornPath) and made durable before they are cut off the .dat: no
+// byte that may have been acknowledged is ever thrown away. Damage followed
+// by valid needles is never cut: it stays in place, unindexed, until
+// compaction drops it.
+//
 // # Writes and group commit
 //
 // Write appends a batch of needles and returns only after they are durable

@@ -33,7 +33,7 @@ type FileReport struct {
 	Dead       int      `json:"dead"`       // deleted or overwritten needles, and tombstones
 	DeadBytes  int64    `json:"dead_bytes"`
 	Corrupt    []Damage `json:"corrupt,omitempty"`   // damaged stretches valid needles follow
-	TornTail   *Damage  `json:"torn_tail,omitempty"` // what recovery would cut off
+	TornTail   *Damage  `json:"torn_tail,omitempty"` // what recovery would move aside and cut off
 }
 
 // Healthy reports whether the file has no damage and no torn tail.
@@ -203,9 +203,9 @@ func lockDir(fs vfs.FS, dir string) (io.Closer, error) {
 // Reindex rebuilds the idx of the volume file at path from the .dat alone
 // and atomically replaces the old idx (write a temporary file, sync,
 // rename, sync the directory). It does not change the .dat: a torn tail is
-// left unindexed, as the store leaves it when it opens the volume. It holds the data
-// directory's lock meanwhile, so it refuses to run under a running store.
-// It returns the number of idx records written.
+// left for the store to move aside and cut when it opens the volume. It
+// holds the data directory's lock meanwhile, so it refuses to run under a
+// running store. It returns the number of idx records written.
 func Reindex(ctx context.Context, path string, fs vfs.FS) (int, error) {
 	if fs == nil {
 		fs = vfs.Default

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
@@ -118,13 +119,11 @@ load:
 }
 
 // scanTail indexes the needles in [from, size) of the .dat (see walk) and
-// appends their idx records. It never cuts bytes off the file: what follows
-// the last complete batch (a round that reached the disk only in part, or a
-// batch whose last needle is damaged, which may have been acknowledged) is
-// left where it is, unindexed and counted as damaged, and new needles are
-// appended after it. A later walk skips it the same way: the next intact
-// needle is found by its magic, and in format 2 the header magic also says
-// whether it starts a batch.
+// appends their idx records. What follows the last complete batch (a round
+// that reached the disk only in part, or a batch whose last needle is
+// damaged, whose other needles may have been acknowledged) is moved aside
+// into a file of its own (see TornPath) before it is cut off the .dat, so no
+// byte that may have been acknowledged is ever lost.
 func (v *Volume) scanTail(ctx context.Context, from, size int64) error {
 	var recs []byte
 	ix := v.mu.index
@@ -146,16 +145,82 @@ func (v *Volume) scanTail(ctx context.Context, from, size int64) error {
 	if err != nil {
 		return err
 	}
-	tail := size
 	if res.validEnd < size {
+		if err := v.moveAside(ctx, res.validEnd, size); err != nil {
+			return fmt.Errorf("move torn tail [%d, %d) aside: %w", res.validEnd, size, err)
+		}
+		if err := v.dat.Truncate(res.validEnd); err != nil {
+			return fmt.Errorf("truncate torn tail at %d: %w", res.validEnd, err)
+		}
+		if err := v.dat.Sync(); err != nil {
+			return fmt.Errorf("sync after truncating torn tail: %w", err)
+		}
 		v.corrupt.Add(size - res.validEnd)
-		// Needles start 8-byte aligned: the next append starts at the
-		// next multiple of 8 after the unindexed tail.
-		tail = (size + needle.Alignment - 1) &^ (needle.Alignment - 1)
+		size = res.validEnd
 	}
-	v.tail.Store(tail)
+	v.tail.Store(size)
 	v.appendIdx(recs)
 	return nil
+}
+
+// TornPath returns the path of the file that keeps bytes [off, ...) of
+// volume vid's .dat, moved aside by recovery at the given time: the torn
+// tail, which may hold needles of a batch that was acknowledged before its
+// last needle was damaged. Stores ignore these files; they are there for an
+// operator (they hold raw needle bytes, without a superblock).
+func TornPath(dir string, vid uint32, off int64, at time.Time) string {
+	return fmt.Sprintf("%s.torn-%d-%d", DatPath(dir, vid), off, at.UnixNano())
+}
+
+// moveAside copies .dat bytes [from, to) into a new file (see TornPath),
+// made durable before it returns: written as a temporary file, synced,
+// renamed, and the directory synced.
+func (v *Volume) moveAside(ctx context.Context, from, to int64) error {
+	fs := v.opts.FS
+	path := TornPath(v.dir, v.vid, from, v.opts.Now())
+	tmp := path + ".tmp"
+	f, err := fs.Create(tmp)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, min(to-from, copyChunk))
+	for off := from; off < to; {
+		if err := ctx.Err(); err != nil {
+			f.Close()
+			fs.Remove(tmp)
+			return err
+		}
+		n := int(min(int64(len(buf)), to-off))
+		got, err := v.dat.ReadAt(buf[:n], off)
+		if got < n {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			f.Close()
+			fs.Remove(tmp)
+			return err
+		}
+		if _, err := f.WriteAt(buf[:n], off-from); err != nil {
+			f.Close()
+			fs.Remove(tmp)
+			return err
+		}
+		off += int64(n)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		fs.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		fs.Remove(tmp)
+		return err
+	}
+	if err := fs.Rename(tmp, path); err != nil {
+		fs.Remove(tmp)
+		return err
+	}
+	return fs.SyncDir(v.dir)
 }
 
 // walkVisitor receives what walk finds. Either function may be nil.

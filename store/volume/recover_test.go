@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
 )
 
@@ -87,13 +89,48 @@ var damageKinds = []struct {
 	{"zeroed", false, func(b []byte, off int64, n int) { clear(b[off : off+int64(needle.EncodedLen(n))]) }},
 }
 
+// expectKeptBytes checks that no byte of the .dat as it was before
+// recovery (dat) is lost: the first size bytes are still in the .dat and
+// the rest, if any, were moved aside whole into one torn-tail file.
+func expectKeptBytes(t testing.TB, fs vfs.FS, vid uint32, dat []byte, size int64) {
+	t.Helper()
+	now := fileBytes(t, fs, DatPath(testDir, vid))
+	if int64(len(now)) != size || !bytes.Equal(now, dat[:size]) {
+		t.Fatalf("the .dat is %d bytes, status says %d, and it must be a prefix of the %d it was", len(now), size, len(dat))
+	}
+	names, err := fs.List(testDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := filepath.Base(DatPath(testDir, vid)) + ".torn-"
+	var torn []string
+	for _, name := range names {
+		if strings.HasPrefix(name, prefix) {
+			torn = append(torn, name)
+		}
+	}
+	if size == int64(len(dat)) {
+		if len(torn) != 0 {
+			t.Fatalf("nothing was cut, yet %v were written", torn)
+		}
+		return
+	}
+	if len(torn) != 1 || !strings.HasPrefix(torn[0], fmt.Sprintf("%s%d-", prefix, size)) {
+		t.Fatalf("%d bytes cut off at %d, torn-tail files %v", int64(len(dat))-size, size, torn)
+	}
+	if got := fileBytes(t, fs, filepath.Join(testDir, torn[0])); !bytes.Equal(got, dat[size:]) {
+		t.Fatalf("the torn-tail file holds %d bytes, not the %d cut off", len(got), int64(len(dat))-size)
+	}
+}
+
 // TestDamageInEveryBatchPosition damages, in turn, every needle of a batch
 // of one and of four needles, in several ways, with intact batches before
 // it and, in turn, nothing, a tombstone, a single needle and a photo after
 // it, and recovers the volume from the .dat alone and from an idx that
 // covers the batches before the damage. Every intact batch must be kept
 // (the tombstone deletes what it deletes), no needle of the damaged batch
-// may appear in a format-2 volume, and no byte is cut off the file.
+// may appear in a format-2 volume, and no byte is lost: a torn tail is
+// moved aside whole before it is cut off.
 func TestDamageInEveryBatchPosition(t *testing.T) {
 	afters := []struct {
 		name    string
@@ -219,9 +256,7 @@ func checkDamagedBatch(t *testing.T, version uint32, size, pos int, damage func(
 			t.Fatalf("%d images, want %d", got, len(model))
 		}
 	}
-	if st := v.Status(); st.Size < int64(len(dat)) {
-		t.Fatalf("size %d after recovery: %d bytes were cut off", st.Size, int64(len(dat))-st.Size)
-	}
+	expectKeptBytes(t, fs, vid, dat, v.Status().Size)
 	// The volume goes on: a new needle after the damage survives a
 	// reopen from the .dat alone, and so does everything above.
 	if version >= needle.Version2 {

@@ -176,8 +176,8 @@ func Create(ctx context.Context, dir string, vid uint32, opts Options) (*Volume,
 }
 
 // Open opens volume vid in dir and recovers it: it loads the idx hint,
-// scans and indexes the volume after the last indexed needle, and cuts off a
-// torn tail. See the package doc.
+// scans and indexes the volume after the last indexed needle, and moves a
+// torn tail aside before it cuts it off. See the package doc.
 func Open(ctx context.Context, dir string, vid uint32, opts Options) (*Volume, error) {
 	opts = opts.withDefaults()
 	v := &Volume{opts: opts, dir: dir, vid: vid, idxPath: IdxPath(dir, vid)}

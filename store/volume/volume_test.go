@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -256,7 +257,7 @@ func writeFile(t testing.TB, fs vfs.FS, path string, b []byte) {
 
 // TestTornTail truncates the volume at every byte offset inside its last
 // needle: each time the earlier needles read back, the torn one is gone, and
-// its bytes stay in the file.
+// its bytes are moved aside before they are cut off.
 func TestTornTail(t *testing.T) {
 	fs := memFS(t)
 	v := create(t, fs, 5, Options{})
@@ -284,12 +285,13 @@ func TestTornTail(t *testing.T) {
 				expectRead(t, v, n)
 			}
 			expectNotFound(t, v, last.Key, last.Cookie, last.Size)
-			// The torn bytes are left in place, never cut off.
-			if st := v.Status(); st.Size != (cut+7)&^7 || st.CorruptBytes != cut-w[0].Offset {
-				t.Fatalf("cut %d: size %d, %d corrupt bytes; want the torn needle left unindexed", cut, st.Size, st.CorruptBytes)
+			// The torn bytes are moved aside, then cut off.
+			if st := v.Status(); st.Size != w[0].Offset || st.CorruptBytes != cut-w[0].Offset {
+				t.Fatalf("cut %d: size %d, %d corrupt bytes; want the torn needle cut off at %d", cut, st.Size, st.CorruptBytes, w[0].Offset)
 			}
-			// The volume takes writes again, after the torn bytes, and
-			// they survive a reopen with or without the idx.
+			expectKeptBytes(t, fs, 5, dat[:cut], w[0].Offset)
+			// The volume takes writes again after the cut, and they
+			// survive a reopen with or without the idx.
 			mustWrite(t, v, []*needle.Needle{last})
 			expectRead(t, v, last)
 			v.Close()
@@ -305,13 +307,14 @@ func TestTornTail(t *testing.T) {
 				}
 				v.Close()
 			}
+			removeTorn(t, fs)
 		}
 	}
 }
 
 // TestTornBatch cuts a four-needle batch inside its third needle: none of
-// its needles may appear, even the two that are intact, and none of its
-// bytes are cut off.
+// its needles may appear, even the two that are intact, and its bytes are
+// moved aside before they are cut off.
 func TestTornBatch(t *testing.T) {
 	fs := memFS(t)
 	v := create(t, fs, 6, Options{})
@@ -333,11 +336,27 @@ func TestTornBatch(t *testing.T) {
 	for _, n := range second {
 		expectNotFound(t, v, n.Key, n.Cookie, n.Size)
 	}
-	// The torn batch stays in the file, unindexed: its intact needles
-	// may have been acknowledged before a bit flip, so they are never cut
-	// off.
-	if st := v.Status(); st.Size != w[2].Offset+16 {
-		t.Fatalf("size %d, want %d", st.Size, w[2].Offset+16)
+	// The torn batch is moved aside before it is cut off: its intact
+	// needles may have been acknowledged before a bit flip.
+	if st := v.Status(); st.Size != w[0].Offset {
+		t.Fatalf("size %d, want %d", st.Size, w[0].Offset)
+	}
+	expectKeptBytes(t, fs, 6, dat[:w[2].Offset+10], w[0].Offset)
+}
+
+// removeTorn removes the torn-tail files recovery moved aside in testDir.
+func removeTorn(t testing.TB, fs vfs.FS) {
+	t.Helper()
+	names, err := fs.List(testDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		if strings.Contains(name, ".torn-") {
+			if err := fs.Remove(filepath.Join(testDir, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }
 
