@@ -451,6 +451,11 @@ func TestCompactSwapFailures(t *testing.T) {
 				if len(cuts) == 0 {
 					t.Fatal("the swap never reached the step")
 				}
+				// A failed directory sync leaves the renames' durability
+				// unknown: the volume serves on but takes no more writes.
+				if st, _ := v.State(); (fail && step.op == errorfs.OpSyncDir) != (st == StateFailed) {
+					t.Fatalf("state %v after the swap", st)
+				}
 				for _, ns := range keep {
 					for _, n := range ns {
 						expectRead(t, v, n)
