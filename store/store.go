@@ -31,7 +31,9 @@
 // A data directory holds, per volume, <vid>.dat (the needles), <vid>.idx
 // (the index hint) and, when an operator marked it read-only,
 // <vid>.readonly. Files ending in .tmp are leftovers of an interrupted
-// atomic write and are removed at start-up.
+// atomic write and are removed at start-up. Files <vid>.dat.torn-* hold the
+// torn tail recovery moved out of a volume (see volume.TornPath); the store
+// ignores them and leaves them for an operator.
 package store
 
 import (
