@@ -50,9 +50,11 @@
 // takes tombstones) but new volumes do not use it.
 //
 // Format 2 derives three magics from an 8-byte per-volume secret kept in the
-// volume's superblock and never served: HMAC-SHA256(secret, "haybale needle
-// magics 2" || counter) is cut into 32-bit words, and the first three that are
-// non-zero, differ from each other and from the format-1 magics become
+// volume's superblock and never served. For counter = 0, 1, ... the 32-byte
+// HMAC-SHA256, keyed with the secret, of "haybale needle magics 2" followed
+// by the counter (4 bytes, little-endian) is cut into eight little-endian
+// 32-bit words, and the first three words that are non-zero and differ from
+// each other and from the format-1 magics become, in order,
 //
 //	magic        where
 //	first        header magic of the first needle of each batch
@@ -60,8 +62,10 @@
 //	footer       footer magic of every needle
 //
 // Stored bytes therefore cannot pass for a needle of the volume unless their
-// writer knows the secret: recovery never indexes bytes inside another
-// needle's data, whatever they contain. The two header magics also mark
+// writer knows the magics (a blind guess of a header and footer magic pair
+// succeeds once in 2^63 tries): recovery never indexes bytes inside another
+// needle's data, whatever they contain. Raw needle bytes show the magics, so
+// they, like whole volume copies, must not leave the storage tier. The two header magics also mark
 // where each batch starts, so recovery can tell, after a damaged needle,
 // whether the next intact needle begins a new batch or finishes the damaged
 // one (Needle.BatchStart). Replicas of one volume share its secret, so their

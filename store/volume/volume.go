@@ -465,9 +465,9 @@ type Written struct {
 
 // Write appends the needles as one batch and returns once they are durable;
 // they land whole or not at all. AppendTime is set where zero; the batch
-// flags and BatchStart are set here. ctx is honoured until the batch is queued; after that
-// Write waits for the outcome, because the bytes may already be on their
-// way to the disk.
+// flags and BatchStart are set here. ctx is honoured until the batch is
+// queued; after that Write waits for the outcome, because the bytes may
+// already be on their way to the disk.
 func (v *Volume) Write(ctx context.Context, needles []*needle.Needle) ([]Written, error) {
 	if len(needles) == 0 {
 		return nil, fmt.Errorf("%w: empty batch", ErrInvalid)
