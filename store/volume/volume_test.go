@@ -10,8 +10,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/internal/vfs/errorfs"
@@ -653,10 +655,40 @@ func TestFaultInjection(t *testing.T) {
 func TestGroupCommit(t *testing.T) {
 	counter := &errorfs.Counter{}
 	mem := memFS(t)
-	fs := errorfs.Wrap(mem, counter)
-	v := create(t, fs, 17, Options{})
-	syncsBefore := counter.Count(errorfs.OpSync)
 	const writers, perWriter = 16, 25
+	// The first round's fdatasync waits, when that round holds a single
+	// batch, until two more batches are queued, so some round shares its
+	// sync however the goroutines are scheduled. A round holds more than
+	// one batch when it wrote more bytes than the largest batch.
+	largest := 0
+	for _, n := range photo(6, 6) { // key%7 == 6: the longest data
+		largest += needle.EncodedLen(len(n.Data))
+	}
+	var vp atomic.Pointer[Volume]
+	var gated atomic.Bool
+	gate := errorfs.InjectorFunc(func(op errorfs.Op) error {
+		v := vp.Load()
+		if op.Kind != errorfs.OpSync || !strings.HasSuffix(op.Path, ".dat") || v == nil || !gated.CompareAndSwap(false, true) {
+			return nil
+		}
+		fi, err := mem.Stat(op.Path)
+		if err != nil || fi.Size()-v.tail.Load() > int64(largest) {
+			return nil
+		}
+		for {
+			v.commit.mu.Lock()
+			queued := len(v.commit.queue)
+			v.commit.mu.Unlock()
+			if queued >= 2 {
+				return nil
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+	fs := errorfs.Wrap(mem, errorfs.Chain(counter, gate))
+	v := create(t, fs, 17, Options{})
+	vp.Store(v)
+	syncsBefore := counter.Count(errorfs.OpSync)
 	var wg sync.WaitGroup
 	for w := 0; w < writers; w++ {
 		wg.Add(1)
