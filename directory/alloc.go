@@ -3,6 +3,7 @@ package directory
 import (
 	"cmp"
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"maps"
@@ -12,6 +13,10 @@ import (
 
 	"golang.org/x/sync/errgroup"
 )
+
+// volumeSecretSize is the size of the needle secret drawn for each new
+// volume (see AllocateVolumeRequest.volume_secret).
+const volumeSecretSize = 8
 
 // allocTimeout bounds one volume allocation, all stores included.
 const allocTimeout = 30 * time.Second
@@ -165,6 +170,12 @@ func (d *Directory) allocateVolume(ctx context.Context) error {
 		return err
 	}
 	limit := d.opts.VolumeSizeLimit
+	// One needle secret for the volume, the same on every replica, so the
+	// replicas stay byte-identical.
+	secret := make([]byte, volumeSecretSize)
+	if _, err := crand.Read(secret); err != nil {
+		return fmt.Errorf("directory: volume secret: %w", err)
+	}
 	rec := VolumeRecord{SizeLimit: limit, Allocating: true, State: StateWritable, CreatedUnixNano: time.Now().UnixNano()}
 	for _, st := range stores {
 		rec.Replicas = append(rec.Replicas, ReplicaRecord{StoreID: st.ID, VolumeReport: VolumeReport{State: StateWritable, SizeLimit: limit}})
@@ -197,7 +208,7 @@ func (d *Directory) allocateVolume(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	for i, st := range stores {
 		g.Go(func() error {
-			r, err := d.stores.AllocateVolume(gctx, st, vid, limit)
+			r, err := d.stores.AllocateVolume(gctx, st, vid, limit, secret)
 			if err != nil {
 				return fmt.Errorf("store %s: %w", st.ID, err)
 			}

@@ -18,9 +18,10 @@ import (
 // (grpc.go) implements it over storepb; tests may fake it. It must be safe
 // for concurrent use.
 type StoreAPI interface {
-	// AllocateVolume creates volume vid with the size limit on st and
-	// returns the store's report of it.
-	AllocateVolume(ctx context.Context, st StoreRecord, vid uint32, sizeLimit uint64) (VolumeReport, error)
+	// AllocateVolume creates volume vid with the size limit and the needle
+	// secret on st and returns the store's report of it. Every replica of
+	// a volume gets the same secret, so the replicas stay byte-identical.
+	AllocateVolume(ctx context.Context, st StoreRecord, vid uint32, sizeLimit uint64, secret []byte) (VolumeReport, error)
 	// MarkReadOnly makes st's replica of vid read-only with reason.
 	MarkReadOnly(ctx context.Context, st StoreRecord, vid uint32, reason string) error
 }

@@ -362,12 +362,12 @@ func (s *grpcStores) client(addr string) (storepb.StoreClient, error) {
 }
 
 // AllocateVolume implements StoreAPI.
-func (s *grpcStores) AllocateVolume(ctx context.Context, st StoreRecord, vid uint32, sizeLimit uint64) (VolumeReport, error) {
+func (s *grpcStores) AllocateVolume(ctx context.Context, st StoreRecord, vid uint32, sizeLimit uint64, secret []byte) (VolumeReport, error) {
 	c, err := s.client(st.GRPCAddr)
 	if err != nil {
 		return VolumeReport{}, err
 	}
-	resp, err := c.AllocateVolume(ctx, &storepb.AllocateVolumeRequest{Vid: vid, SizeLimitBytes: sizeLimit})
+	resp, err := c.AllocateVolume(ctx, &storepb.AllocateVolumeRequest{Vid: vid, SizeLimitBytes: sizeLimit, VolumeSecret: secret})
 	if err != nil {
 		return VolumeReport{}, err
 	}

@@ -105,9 +105,10 @@ type fakeStore struct {
 	paused   atomic.Bool // no heartbeats while set
 	beats    atomic.Int64
 
-	mu   sync.Mutex
-	vols map[uint32]*storepb.VolumeInfo
-	cmds []*directorypb.StoreCommand
+	mu      sync.Mutex
+	vols    map[uint32]*storepb.VolumeInfo
+	secrets map[uint32][]byte // the needle secret each allocation carried
+	cmds    []*directorypb.StoreCommand
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -201,7 +202,18 @@ func (f *fakeStore) AllocateVolume(_ context.Context, req *storepb.AllocateVolum
 	}
 	v := &storepb.VolumeInfo{Vid: req.GetVid(), State: storepb.VolumeState_VOLUME_STATE_WRITABLE, SizeBytes: 64, SizeLimitBytes: req.GetSizeLimitBytes()}
 	f.vols[req.GetVid()] = v
+	if f.secrets == nil {
+		f.secrets = map[uint32][]byte{}
+	}
+	f.secrets[req.GetVid()] = req.GetVolumeSecret()
 	return &storepb.AllocateVolumeResponse{Volume: clone(v)}, nil
+}
+
+// secret returns the needle secret the allocation of vid carried.
+func (f *fakeStore) secret(vid uint32) []byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.secrets[vid]
 }
 
 func (f *fakeStore) MarkReadOnly(_ context.Context, req *storepb.MarkReadOnlyRequest) (*storepb.MarkReadOnlyResponse, error) {

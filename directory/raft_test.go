@@ -30,7 +30,7 @@ func newMemStores(ids ...string) *memStores {
 	return m
 }
 
-func (m *memStores) AllocateVolume(_ context.Context, st StoreRecord, vid uint32, limit uint64) (VolumeReport, error) {
+func (m *memStores) AllocateVolume(_ context.Context, st StoreRecord, vid uint32, limit uint64, _ []byte) (VolumeReport, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.vols[st.ID][vid]; ok {

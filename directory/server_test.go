@@ -1,6 +1,7 @@
 package directory
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -66,6 +67,16 @@ func TestAssign(t *testing.T) {
 	for _, f := range stores {
 		if _, ok := f.volume(resp.GetVid()); !ok {
 			t.Fatalf("store %s was not asked to create volume %d", f.id, resp.GetVid())
+		}
+	}
+	// Every replica got the same needle secret, so they stay identical.
+	first := stores[0].secret(resp.GetVid())
+	if len(first) != 8 || bytes.Equal(first, make([]byte, 8)) {
+		t.Fatalf("volume secret %x", first)
+	}
+	for _, f := range stores[1:] {
+		if got := f.secret(resp.GetVid()); !bytes.Equal(got, first) {
+			t.Fatalf("store %s got secret %x, store a %x", f.id, got, first)
 		}
 	}
 	signer, err := token.NewSigner(testSecret)

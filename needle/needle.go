@@ -7,7 +7,7 @@
 // the volume and are padded to a multiple of 8 bytes.
 //
 //	offset  size  field
-//	0       4     header magic (HeaderMagic)
+//	0       4     header magic (see Formats below)
 //	4       8     cookie
 //	12      8     key
 //	20      4     size code (the alternate key)
@@ -17,13 +17,15 @@
 //	28      8     append time, Unix nanoseconds
 //	36      4     data size N
 //	40      N     data
-//	40+N    4     footer magic (FooterMagic)
+//	40+N    4     footer magic (see Formats below)
 //	44+N    8     checksum: xxhash64 of bytes [4, 40+N)
 //	52+N    0..7  zero padding to the next multiple of 8
 //
 // The checksum covers every header field after the magic and the data, so a
 // needle whose key, cookie, size code, flags or length were damaged fails
-// verification just like one whose pixels were.
+// verification just like one whose pixels were. It is also the image's
+// public ETag; it does not cover the magics, so it means the same in both
+// formats and is equal on every replica.
 //
 // Flag bit 1 ("batch continues") groups the needles of one write request: it
 // is set on every needle of a batch but the last. Recovery treats a batch
@@ -33,12 +35,49 @@
 //
 // A tombstone is a needle with the tombstone flag, no data, and the key and
 // cookie of what it deletes. Size code SizeAll deletes every size of a photo.
+// A tombstone is always a batch of its own.
+//
+// # Formats
+//
+// The layout above is shared by both needle formats; they differ only in the
+// magics, which are outside the checksum. A volume's superblock names its
+// format (see package store/volume), and every needle of the volume uses it.
+//
+// Format 1 uses fixed magics: header "HAYN" (HeaderMagic), footer "NEND"
+// (FooterMagic). Anyone can write bytes that look like a format-1 needle, so
+// image data that holds such bytes could be taken for needles by a recovery
+// that searches for the next needle after damage. Format 1 is read (and
+// takes tombstones) but new volumes do not use it.
+//
+// Format 2 derives three magics from an 8-byte per-volume secret kept in the
+// volume's superblock and never served. For counter = 0, 1, ... the 32-byte
+// HMAC-SHA256, keyed with the secret, of "haybale needle magics 2" followed
+// by the counter (4 bytes, little-endian) is cut into eight little-endian
+// 32-bit words, and the first three words that are non-zero and differ from
+// each other and from the format-1 magics become, in order,
+//
+//	magic        where
+//	first        header magic of the first needle of each batch
+//	next         header magic of every other needle of a batch
+//	footer       footer magic of every needle
+//
+// Stored bytes therefore cannot pass for a needle of the volume unless their
+// writer knows the magics (a blind guess of a header and footer magic pair
+// succeeds once in 2^63 tries): recovery never indexes bytes inside another
+// needle's data, whatever they contain. Raw needle bytes show the magics, so
+// they, like whole volume copies, must not leave the storage tier. The two header magics also mark
+// where each batch starts, so recovery can tell, after a damaged needle,
+// whether the next intact needle begins a new batch or finishes the damaged
+// one (Needle.BatchStart). Replicas of one volume share its secret, so their
+// bytes stay identical.
 //
 // Decoding never panics: every length is checked before it is used, and every
 // malformed input is rejected with an error for which IsCorruption is true.
 package needle
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -47,12 +86,19 @@ import (
 )
 
 // Format constants. These are part of the on-disk format and must never
-// change for format version 1.
+// change.
 const (
-	// HeaderMagic starts every needle ("HAYN" in little-endian byte order).
+	// HeaderMagic starts every format-1 needle ("HAYN" in little-endian
+	// byte order).
 	HeaderMagic uint32 = 0x4e594148
-	// FooterMagic follows every needle's data ("NEND").
+	// FooterMagic follows every format-1 needle's data ("NEND").
 	FooterMagic uint32 = 0x444e454e
+	// Version1 and Version2 are the needle format versions (see the
+	// package doc); a volume's superblock carries the same number.
+	Version1 = 1
+	Version2 = 2
+	// SecretSize is the size of a format-2 volume secret.
+	SecretSize = 8
 	// HeaderSize is the number of bytes before the data.
 	HeaderSize = 40
 	// FooterSize is the footer magic plus the checksum.
@@ -97,6 +143,9 @@ var (
 	ErrMismatch = errors.New("needle: key or size code mismatch")
 	// ErrTooLarge is returned when encoding data over MaxDataSize.
 	ErrTooLarge = errors.New("needle: data too large")
+	// ErrSecret is returned by NewFormat2 for a secret that is not
+	// SecretSize bytes or is all zeros.
+	ErrSecret = errors.New("needle: bad volume secret")
 )
 
 // IsCorruption reports whether err says that stored bytes are damaged or
@@ -128,6 +177,10 @@ type Needle struct {
 	Data       []byte
 	// Checksum is the stored checksum; set by Decode and by Append.
 	Checksum uint64
+	// BatchStart marks the first needle of a batch. Format 2 records it
+	// in the header magic (outside the checksum); format 1 does not record
+	// it, and its decoder leaves it false.
+	BatchStart bool
 }
 
 // IsTombstone reports whether the needle deletes rather than stores.
@@ -142,6 +195,8 @@ type Header struct {
 	ContentType ContentType
 	AppendTime  int64
 	DataSize    uint32
+	// BatchStart: see Needle.BatchStart.
+	BatchStart bool
 }
 
 // EncodedLen returns the padded length in bytes of a needle holding
@@ -153,10 +208,131 @@ func EncodedLen(dataLen int) int {
 // Len returns the padded length of the needle described by h.
 func (h *Header) Len() int { return EncodedLen(int(h.DataSize)) }
 
+// Format frames the needles of one volume: it knows the magics that start
+// and end them (see the package doc). A Format is a small value, safe to
+// copy and to use concurrently. The zero Format is not usable: use Format1
+// or NewFormat2.
+type Format struct {
+	version uint32
+	first   uint32 // header magic of a batch's first needle (every needle in format 1)
+	next    uint32 // header magic of the other needles (= first in format 1)
+	footer  uint32
+}
+
+// Format1 returns the fixed-magic format of version-1 volumes.
+func Format1() Format {
+	return Format{version: Version1, first: HeaderMagic, next: HeaderMagic, footer: FooterMagic}
+}
+
+// format2Label is the HMAC message prefix the format-2 magics are derived
+// from. It is part of the on-disk format.
+const format2Label = "haybale needle magics 2"
+
+// NewFormat2 returns the format of a version-2 volume whose superblock holds
+// secret (SecretSize bytes, not all zero).
+func NewFormat2(secret []byte) (Format, error) {
+	if len(secret) != SecretSize {
+		return Format{}, fmt.Errorf("%w: %d bytes, want %d", ErrSecret, len(secret), SecretSize)
+	}
+	if allZero(secret) {
+		return Format{}, fmt.Errorf("%w: all zeros", ErrSecret)
+	}
+	var picked []uint32
+	for counter := uint32(0); len(picked) < 3; counter++ {
+		mac := hmac.New(sha256.New, secret)
+		mac.Write([]byte(format2Label))
+		mac.Write(binary.LittleEndian.AppendUint32(nil, counter))
+		sum := mac.Sum(nil)
+		for i := 0; i+4 <= len(sum) && len(picked) < 3; i += 4 {
+			w := binary.LittleEndian.Uint32(sum[i:])
+			if w != 0 && w != HeaderMagic && w != FooterMagic && !contains(picked, w) {
+				picked = append(picked, w)
+			}
+		}
+	}
+	return Format{version: Version2, first: picked[0], next: picked[1], footer: picked[2]}, nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func contains(ws []uint32, w uint32) bool {
+	for _, x := range ws {
+		if x == w {
+			return true
+		}
+	}
+	return false
+}
+
+// Version returns the format version, Version1 or Version2 (0 for the zero
+// Format).
+func (f Format) Version() int { return int(f.version) }
+
+// MarksBatchStart reports whether the format records which needle starts
+// each batch (format 2 does, format 1 does not).
+func (f Format) MarksBatchStart() bool { return f.first != f.next }
+
+// IsHeaderMagic reports whether b starts with one of the format's header
+// magics.
+func (f Format) IsHeaderMagic(b []byte) bool {
+	if len(b) < 4 || f.version == 0 {
+		return false
+	}
+	m := binary.LittleEndian.Uint32(b)
+	return m == f.first || m == f.next
+}
+
+// SetBatchStart rewrites the header magic of the encoded needle at the
+// start of b to say whether it starts a batch, as when a copy places it
+// first in a batch. The checksum does not cover the magic, so the needle
+// stays valid and its checksum unchanged. It does nothing in format 1 (or
+// to fewer than 4 bytes).
+func (f Format) SetBatchStart(b []byte, start bool) {
+	if !f.MarksBatchStart() || len(b) < 4 {
+		return
+	}
+	m := f.next
+	if start {
+		m = f.first
+	}
+	binary.LittleEndian.PutUint32(b, m)
+}
+
+// Append encodes n, padded, at the end of dst in format 1 and returns the
+// extended slice. It is Format1().Append.
+func Append(dst []byte, n *Needle) ([]byte, error) { return Format1().Append(dst, n) }
+
+// DecodeHeader decodes a format-1 needle header. It is
+// Format1().DecodeHeader.
+func DecodeHeader(b []byte) (Header, error) { return Format1().DecodeHeader(b) }
+
+// Decode decodes and verifies a format-1 needle. It is Format1().Decode.
+func Decode(b []byte) (Needle, error) { return Format1().Decode(b) }
+
+// Verify decodes a format-1 needle and checks its key and size code. It is
+// Format1().Verify.
+func Verify(b []byte, key uint64, size SizeCode) (Needle, error) {
+	return Format1().Verify(b, key, size)
+}
+
+// errZeroFormat is returned by the methods of the zero Format.
+var errZeroFormat = errors.New("needle: zero Format (use Format1 or NewFormat2)")
+
 // Append encodes n, padded, at the end of dst and returns the extended
-// slice. It sets n.Checksum. It fails only for data over MaxDataSize or an
-// unknown content type or flag.
-func Append(dst []byte, n *Needle) ([]byte, error) {
+// slice. It sets n.Checksum. In format 2, n.BatchStart picks the header
+// magic. It fails only for data over MaxDataSize or an unknown content type
+// or flag.
+func (f Format) Append(dst []byte, n *Needle) ([]byte, error) {
+	if f.version == 0 {
+		return dst, errZeroFormat
+	}
 	if len(n.Data) > MaxDataSize {
 		return dst, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(n.Data), MaxDataSize)
 	}
@@ -170,7 +346,11 @@ func Append(dst []byte, n *Needle) ([]byte, error) {
 	total := EncodedLen(len(n.Data))
 	dst = grow(dst, total)
 	b := dst[start : start+total]
-	binary.LittleEndian.PutUint32(b[0:], HeaderMagic)
+	magic := f.next
+	if n.BatchStart {
+		magic = f.first
+	}
+	binary.LittleEndian.PutUint32(b[0:], magic)
 	binary.LittleEndian.PutUint64(b[4:], n.Cookie)
 	binary.LittleEndian.PutUint64(b[12:], n.Key)
 	binary.LittleEndian.PutUint32(b[20:], uint32(n.Size))
@@ -181,7 +361,7 @@ func Append(dst []byte, n *Needle) ([]byte, error) {
 	binary.LittleEndian.PutUint32(b[36:], uint32(len(n.Data)))
 	copy(b[HeaderSize:], n.Data)
 	end := HeaderSize + len(n.Data)
-	binary.LittleEndian.PutUint32(b[end:], FooterMagic)
+	binary.LittleEndian.PutUint32(b[end:], f.footer)
 	n.Checksum = xxhash.Sum64(b[4:end])
 	binary.LittleEndian.PutUint64(b[end+4:], n.Checksum)
 	clear(b[end+FooterSize:])
@@ -201,14 +381,19 @@ func grow(b []byte, n int) []byte {
 // DecodeHeader decodes and sanity-checks the fixed header at the start of b.
 // It checks the magic, flags, reserved bytes, content type and data size,
 // but not the checksum (which needs the whole needle).
-func DecodeHeader(b []byte) (Header, error) {
+func (f Format) DecodeHeader(b []byte) (Header, error) {
 	var h Header
+	if f.version == 0 {
+		return h, errZeroFormat
+	}
 	if len(b) < HeaderSize {
 		return h, fmt.Errorf("%w: %d bytes, header needs %d", ErrShort, len(b), HeaderSize)
 	}
-	if m := binary.LittleEndian.Uint32(b[0:]); m != HeaderMagic {
+	m := binary.LittleEndian.Uint32(b[0:])
+	if m != f.first && m != f.next {
 		return h, fmt.Errorf("%w: header magic %#08x", ErrMagic, m)
 	}
+	h.BatchStart = m == f.first && f.first != f.next
 	h.Cookie = binary.LittleEndian.Uint64(b[4:])
 	h.Key = binary.LittleEndian.Uint64(b[12:])
 	h.Size = SizeCode(binary.LittleEndian.Uint32(b[20:]))
@@ -235,8 +420,8 @@ func DecodeHeader(b []byte) (Header, error) {
 // fields and checksum. b may be longer than the needle. The returned
 // needle's Data aliases b. Padding bytes are not checked: they are outside
 // the checksum and never served.
-func Decode(b []byte) (Needle, error) {
-	h, err := DecodeHeader(b)
+func (f Format) Decode(b []byte) (Needle, error) {
+	h, err := f.DecodeHeader(b)
 	if err != nil {
 		return Needle{}, err
 	}
@@ -244,7 +429,7 @@ func Decode(b []byte) (Needle, error) {
 	if len(b) < end+FooterSize {
 		return Needle{}, fmt.Errorf("%w: %d bytes, needle needs %d", ErrShort, len(b), end+FooterSize)
 	}
-	if m := binary.LittleEndian.Uint32(b[end:]); m != FooterMagic {
+	if m := binary.LittleEndian.Uint32(b[end:]); m != f.footer {
 		return Needle{}, fmt.Errorf("%w: footer magic %#08x", ErrMagic, m)
 	}
 	sum := binary.LittleEndian.Uint64(b[end+4:])
@@ -260,14 +445,15 @@ func Decode(b []byte) (Needle, error) {
 		AppendTime:  h.AppendTime,
 		Data:        b[HeaderSize:end:end],
 		Checksum:    sum,
+		BatchStart:  h.BatchStart,
 	}, nil
 }
 
 // Verify decodes b (see Decode) and checks that it is the needle for key
 // and size. It does not check the cookie: a wrong cookie is not corruption,
 // and callers answer it exactly like a missing image.
-func Verify(b []byte, key uint64, size SizeCode) (Needle, error) {
-	n, err := Decode(b)
+func (f Format) Verify(b []byte, key uint64, size SizeCode) (Needle, error) {
+	n, err := f.Decode(b)
 	if err != nil {
 		return n, err
 	}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -297,19 +298,26 @@ func (g *grpcService) AllocateVolume(ctx context.Context, req *storepb.AllocateV
 	if lim := req.GetSizeLimitBytes(); lim > uint64(volume.MaxSize) {
 		return nil, status.Errorf(codes.InvalidArgument, "size limit %d is over the %d maximum", lim, volume.MaxSize)
 	}
+	secret := req.GetVolumeSecret()
+	if len(secret) == 0 {
+		secret = nil // the store draws one
+	} else if len(secret) != volume.SecretSize || bytes.Equal(secret, make([]byte, volume.SecretSize)) {
+		return nil, status.Errorf(codes.InvalidArgument, "volume secret of %d bytes: want %d, not all zero", len(secret), volume.SecretSize)
+	}
 	g.allocMu.Lock()
 	defer g.allocMu.Unlock()
 	if v, err := g.srv.store.Volume(vid); err == nil {
 		// A retried allocation (its first answer lost) finds the volume it
 		// created still empty: that is success, not a conflict.
-		if st := v.Status(); st.Needles == 0 && st.Size == volume.SuperblockSize {
+		sb := v.Superblock()
+		if st := v.Status(); st.Needles == 0 && st.Size == volume.SuperblockSize && (secret == nil || bytes.Equal(sb.Secret[:], secret)) {
 			return &storepb.AllocateVolumeResponse{Volume: volumeInfo(st)}, nil
 		}
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %d already exists on this store and holds data", vid)
 	} else if !errors.Is(err, ErrVolumeNotHere) {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %d exists on this store but failed to open: %v", vid, err)
 	}
-	v, err := g.srv.store.CreateVolume(ctx, vid)
+	v, err := g.srv.store.CreateVolumeWithSecret(ctx, vid, secret)
 	if err != nil {
 		if errors.Is(err, volume.ErrExists) {
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %d: %v", vid, err)

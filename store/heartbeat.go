@@ -298,7 +298,11 @@ func (h *Heartbeater) apply(ctx context.Context, cmds []*directorypb.StoreComman
 			if vid == 0 {
 				continue
 			}
-			if _, err := h.store.CreateVolume(ctx, vid); err != nil {
+			secret := c.GetAllocateVolume().GetVolumeSecret()
+			if len(secret) == 0 {
+				secret = nil
+			}
+			if _, err := h.store.CreateVolumeWithSecret(ctx, vid, secret); err != nil {
 				h.opts.Logger.Error("directory command failed: allocate volume", "vid", vid, "err", err)
 			}
 		case c.GetMarkReadOnly() != nil:

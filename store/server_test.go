@@ -226,7 +226,16 @@ func TestGRPCRoundTripAndRestart(t *testing.T) {
 	if !bytes.Equal(rr.Needle.Data, photos[1].data[2]) || rr.Needle.Checksum != photos[1].sums[2] || int64(rr.Offset) != photos[1].offs[2] {
 		t.Fatalf("Read: checksum %x offset %d, want %x %d", rr.Needle.Checksum, rr.Offset, photos[1].sums[2], photos[1].offs[2])
 	}
-	if n, err := needle.Decode(rr.Raw); err != nil || n.Checksum != rr.Needle.Checksum {
+	v3, err := ts.srv.store.Volume(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := v3.Superblock()
+	format, err := sb.Format()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := format.Decode(rr.Raw); err != nil || n.Checksum != rr.Needle.Checksum {
 		t.Fatalf("Read raw: %v", err)
 	}
 

@@ -37,10 +37,13 @@
 // (the index hint) and, when an operator marked it read-only,
 // <vid>.readonly, and the store's ID in StoreIDFile ("store.id": the ID
 // and a newline). Files ending in .tmp are leftovers of an interrupted
-// atomic write and are removed at start-up.
+// atomic write and are removed at start-up. Files <vid>.dat.torn-* hold the
+// torn tail recovery moved out of a volume (see volume.TornPath); the store
+// ignores them and leaves them for an operator.
 package store
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -241,9 +244,19 @@ func (s *Store) Failed() map[uint32]error {
 	return m
 }
 
-// CreateVolume creates volume vid. Creating a volume the store already
-// holds returns it unchanged, so a retried allocation is harmless.
+// CreateVolume creates volume vid with a needle secret of its own (see
+// CreateVolumeWithSecret). Creating a volume the store already holds
+// returns it unchanged, so a retried allocation is harmless.
 func (s *Store) CreateVolume(ctx context.Context, vid uint32) (*volume.Volume, error) {
+	return s.CreateVolumeWithSecret(ctx, vid, nil)
+}
+
+// CreateVolumeWithSecret creates volume vid whose needle magics derive
+// from secret (volume.SecretSize bytes; nil draws a random one). Every
+// replica of a volume must get the same secret, so that the replicas stay
+// byte-identical. Creating a volume the store already holds returns it
+// unchanged, unless it has another secret than the one asked for.
+func (s *Store) CreateVolumeWithSecret(ctx context.Context, vid uint32, secret []byte) (*volume.Volume, error) {
 	// Creations are serialised among themselves, but the files are made
 	// (two fsyncs and a directory sync) outside s.mu, so reads of the
 	// other volumes go on meanwhile.
@@ -258,11 +271,16 @@ func (s *Store) CreateVolume(ctx context.Context, vid uint32) (*volume.Volume, e
 	case closed:
 		return nil, volume.ErrClosed
 	case exists:
+		if sb := v.Superblock(); secret != nil && !bytes.Equal(sb.Secret[:], secret) {
+			return nil, fmt.Errorf("store: %w: volume %d exists with another needle secret", volume.ErrExists, vid)
+		}
 		return v, nil
 	case failed:
 		return nil, fmt.Errorf("store: volume %d exists but failed to open: %w", vid, failedErr)
 	}
-	v, err := volume.Create(ctx, s.opts.Dir, vid, s.volumeOptions())
+	opts := s.volumeOptions()
+	opts.Secret = secret
+	v, err := volume.Create(ctx, s.opts.Dir, vid, opts)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"maps"
+	"math/rand/v2"
 	"os"
 	"path"
 	"path/filepath"
@@ -44,6 +45,9 @@ import (
 //   - A rename between two directories is durable in each directory when that
 //     directory is synced; if only the destination is synced, the clone holds
 //     the file under both names (as two independent copies).
+//
+// CrashCloneTorn models torn writes on top of that: the pages written since
+// a file's last Sync each reach the disk or not, independently.
 type MemFS struct {
 	mu struct {
 		sync.Mutex
@@ -77,9 +81,15 @@ type memNode struct {
 		// as both extend).
 		dirty     bool
 		dirtyFrom int
-		modTime   time.Time
+		// pages holds the index of every page (PageSize bytes) written or
+		// truncated since the last Sync; CrashCloneTorn tears them.
+		pages   map[int]bool
+		modTime time.Time
 	}
 }
+
+// PageSize is the unit of CrashCloneTorn's torn writes.
+const PageSize = 4096
 
 // NewMem returns an empty in-memory file system holding only its root
 // directory. Nothing in it is durable until synced.
@@ -114,18 +124,82 @@ func (m *MemFS) CrashClone() *MemFS {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	c := &MemFS{}
-	c.mu.root = m.mu.root.durableCloneLocked()
+	c.mu.root = m.mu.root.durableCloneLocked(nil)
 	return c
 }
 
-// durableCloneLocked returns a deep copy of the durable state of n. The
-// caller holds MemFS.mu.
-func (n *memNode) durableCloneLocked() *memNode {
+// CrashCloneTorn is CrashClone for a power cut in the middle of writing
+// back: directory entries survive as CrashClone says, but each file that
+// was written or truncated since its last Sync gets, chosen independently
+// by a PRNG seeded with seed (so a failing case can be replayed):
+//
+//   - its durable size or its live size;
+//   - for each page (PageSize bytes, at a multiple of PageSize) written or
+//     truncated since the last Sync, one of: the old page (its durable
+//     contents), the new page (its live contents), or a zeroed page (the
+//     bytes that changed since the last Sync read as zeros, as a block that
+//     was allocated but never written does).
+//
+// Bytes past the durable size that no page outcome supplies read as zeros.
+// Files are visited in name order, so equal seeds give equal clones of
+// equal file systems.
+func (m *MemFS) CrashCloneTorn(seed uint64) *MemFS {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := &MemFS{}
+	c.mu.root = m.mu.root.durableCloneLocked(rand.New(rand.NewPCG(seed, 0x746f726e)))
+	return c
+}
+
+// tornLocked returns what a torn write-back leaves of the file (see
+// CrashCloneTorn). The caller holds n.mu.
+func (n *memNode) tornLocked(r *rand.Rand) []byte {
+	synced, data := n.mu.synced, n.mu.data
+	if !n.mu.dirty {
+		return bytes.Clone(synced)
+	}
+	size := len(synced)
+	if len(data) != len(synced) && r.IntN(2) == 0 {
+		size = len(data)
+	}
+	out := make([]byte, size)
+	copy(out, synced)
+	for _, p := range slices.Sorted(maps.Keys(n.mu.pages)) {
+		lo := p * PageSize
+		if lo >= size {
+			continue
+		}
+		hi := min(lo+PageSize, size)
+		switch r.IntN(3) {
+		case 0: // old
+		case 1: // new
+			clear(out[lo:hi])
+			if lo < len(data) {
+				copy(out[lo:hi], data[lo:min(hi, len(data))])
+			}
+		case 2: // zeroed where it changed
+			for i := lo; i < hi; i++ {
+				if i >= len(synced) || i >= len(data) || data[i] != synced[i] {
+					out[i] = 0
+				}
+			}
+		}
+	}
+	return out
+}
+
+// durableCloneLocked returns a deep copy of the durable state of n, torn
+// by r when r is not nil (see CrashCloneTorn). The caller holds MemFS.mu.
+func (n *memNode) durableCloneLocked(r *rand.Rand) *memNode {
 	n.mu.RLock()
 	modTime := n.mu.modTime
 	var synced []byte
 	if !n.isDir {
-		synced = bytes.Clone(n.mu.synced)
+		if r != nil {
+			synced = n.tornLocked(r)
+		} else {
+			synced = bytes.Clone(n.mu.synced)
+		}
 	}
 	n.mu.RUnlock()
 
@@ -138,8 +212,9 @@ func (n *memNode) durableCloneLocked() *memNode {
 	}
 	c := newDirNode()
 	c.mu.modTime = modTime
-	for name, child := range n.synced {
-		cc := child.durableCloneLocked()
+	for _, name := range slices.Sorted(maps.Keys(n.synced)) {
+		child := n.synced[name]
+		cc := child.durableCloneLocked(r)
 		c.children[name] = cc
 		c.synced[name] = cc
 	}
@@ -407,6 +482,21 @@ func (n *memNode) truncateLocked(size int) {
 		clear(n.mu.data[old:])
 	}
 	n.markDirtyLocked(min(old, size))
+	n.markPagesLocked(min(old, size), max(old, size))
+}
+
+// markPagesLocked records that bytes [lo, hi) were written or truncated
+// since the last Sync. The caller holds n.mu.
+func (n *memNode) markPagesLocked(lo, hi int) {
+	if hi <= lo {
+		hi = lo + 1 // a truncation to the same size still touches its page
+	}
+	if n.mu.pages == nil {
+		n.mu.pages = map[int]bool{}
+	}
+	for p := lo / PageSize; p <= (hi-1)/PageSize; p++ {
+		n.mu.pages[p] = true
+	}
 }
 
 func (n *memNode) markDirtyLocked(from int) {
@@ -490,6 +580,7 @@ func (f *memFile) WriteAt(p []byte, off int64) (int, error) {
 	}
 	copy(f.node.mu.data[off:], p)
 	f.node.markDirtyLocked(int(off))
+	f.node.markPagesLocked(int(off), int(end))
 	return len(p), nil
 }
 
@@ -515,6 +606,7 @@ func (f *memFile) Sync() error {
 	lo := min(n.mu.dirtyFrom, len(n.mu.synced), len(n.mu.data))
 	n.mu.synced = append(n.mu.synced[:lo], n.mu.data[lo:]...)
 	n.mu.dirty = false
+	clear(n.mu.pages)
 	return nil
 }
 

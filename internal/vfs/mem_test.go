@@ -686,3 +686,79 @@ func TestMemConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestCrashCloneTorn appends four pages after a synced prefix and
+// overwrites a synced page, then takes torn clones: the synced prefix
+// survives every one, each written page comes back old, new or zeroed on
+// its own, the size is the durable or the live one, and a seed replays.
+func TestCrashCloneTorn(t *testing.T) {
+	fs := newDurableDir(t)
+	const ps = vfs.PageSize
+	prefix := bytes.Repeat([]byte("p"), 2*ps)
+	f := mustCreate(t, fs, "d/f", prefix)
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.SyncDir("d"); err != nil {
+		t.Fatal(err)
+	}
+	// Untouched since the sync: nothing to tear.
+	wantContents(t, fs.CrashCloneTorn(1), "d/f", prefix)
+	tail := bytes.Repeat([]byte("n"), 4*ps)
+	if _, err := f.WriteAt(tail, 2*ps); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("NEW"), 10); err != nil { // overwrites synced page 0
+		t.Fatal(err)
+	}
+	live, _ := contents(fs, "d/f")
+	outcomes := map[string]bool{}
+	sizes := map[int]bool{}
+	for seed := uint64(0); seed < 200; seed++ {
+		got, err := contents(fs.CrashCloneTorn(seed), "d/f")
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, _ := contents(fs.CrashCloneTorn(seed), "d/f")
+		if !bytes.Equal(got, again) {
+			t.Fatalf("seed %d does not replay", seed)
+		}
+		sizes[len(got)] = true
+		if len(got) != len(prefix) && len(got) != len(live) {
+			t.Fatalf("seed %d: size %d", seed, len(got))
+		}
+		// Page 0: old, new, or its changed bytes zeroed.
+		switch p0 := got[:ps]; {
+		case bytes.Equal(p0, prefix[:ps]):
+			outcomes["page 0 old"] = true
+		case bytes.Equal(p0, live[:ps]):
+			outcomes["page 0 new"] = true
+		case bytes.Equal(p0[:10], prefix[:10]) && bytes.Equal(p0[10:13], []byte{0, 0, 0}) && bytes.Equal(p0[13:], prefix[13:ps]):
+			outcomes["page 0 zeroed"] = true
+		default:
+			t.Fatalf("seed %d: page 0 is none of old, new, zeroed", seed)
+		}
+		if !bytes.Equal(got[ps:2*ps], prefix[ps:]) {
+			t.Fatalf("seed %d: synced, unwritten page 1 changed", seed)
+		}
+		// Appended pages: new, or zeros (old and zeroed alike).
+		for p := 2; p*ps < len(got); p++ {
+			pg := got[p*ps : (p+1)*ps]
+			switch {
+			case bytes.Equal(pg, live[p*ps:(p+1)*ps]):
+				outcomes["appended new"] = true
+			case bytes.Equal(pg, make([]byte, ps)):
+				outcomes["appended zero"] = true
+			default:
+				t.Fatalf("seed %d: page %d is neither new nor zero", seed, p)
+			}
+		}
+	}
+	if len(outcomes) != 5 || len(sizes) != 2 {
+		t.Fatalf("200 seeds gave only %v, sizes %v", outcomes, sizes)
+	}
+	// The plain clone is the durable state, and the original is untouched.
+	wantContents(t, fs.CrashClone(), "d/f", prefix)
+	wantContents(t, fs, "d/f", live)
+	f.Close()
+}

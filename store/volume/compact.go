@@ -98,7 +98,7 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 	newSuper.Generation++
 	datTmp := DatPath(v.dir, v.vid) + compactSuffix
 	idxTmp := IdxPath(v.dir, v.vid) + compactSuffix
-	b := &compactBuilder{fs: v.opts.FS, ix: newIndex()}
+	b := &compactBuilder{fs: v.opts.FS, format: v.format, ix: newIndex()}
 	defer b.abort(datTmp, idxTmp)
 	if err := b.create(datTmp, idxTmp, newSuper); err != nil {
 		return res, fmt.Errorf("volume %d: compact: %w", v.vid, err)
@@ -117,13 +117,13 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 	}
 	var pend []held
 	flush := func(intact bool) error {
-		for _, h := range pend {
+		for i, h := range pend {
 			var err error
 			if intact {
-				err = b.appendRaw(h.raw, &h.n)
+				err = b.appendRaw(h.raw, &h.n, i == 0)
 			} else {
 				n := h.n
-				n.Flags = 0
+				n.Flags, n.BatchStart = 0, true
 				err = b.appendNeedle(&n)
 			}
 			if err != nil {
@@ -171,7 +171,7 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 		}
 		continues := n.Flags&needle.FlagBatchContinues != 0
 		if !continues && len(pend) == 0 {
-			if err := b.appendRaw(buf, &n); err != nil {
+			if err := b.appendRaw(buf, &n, true); err != nil {
 				return res, fmt.Errorf("volume %d: compact: %w", v.vid, err)
 			}
 			continue
@@ -267,6 +267,7 @@ const sealedReason = "sealed"
 // compactBuilder writes a new volume and its idx.
 type compactBuilder struct {
 	fs       vfs.FS
+	format   needle.Format // the volume's needle format (its secret is kept)
 	dat, idx vfs.File
 	ix       *index
 	tail     int64
@@ -308,10 +309,15 @@ func (b *compactBuilder) add(e idxEntry) {
 }
 
 // appendRaw appends a needle's bytes as they are (raw is the whole padded
-// needle n was decoded from).
-func (b *compactBuilder) appendRaw(raw []byte, n *needle.Needle) error {
+// needle n was decoded from), except that its header magic is set to say
+// whether it starts its batch in the new file (start): a batch whose first
+// needles were deleted starts at its first live one. The magic is outside
+// the checksum, so the checksum does not change.
+func (b *compactBuilder) appendRaw(raw []byte, n *needle.Needle, start bool) error {
 	b.add(idxEntry{key: n.Key, size: uint32(n.Size), off: uint32(b.tail / needle.Alignment), length: uint32(len(raw) / needle.Alignment)})
+	at := len(b.pending)
 	b.pending = append(b.pending, raw...)
+	b.format.SetBatchStart(b.pending[at:], start)
 	if len(b.pending) >= compactFlush {
 		return b.flush()
 	}
@@ -320,7 +326,7 @@ func (b *compactBuilder) appendRaw(raw []byte, n *needle.Needle) error {
 
 func (b *compactBuilder) appendNeedle(n *needle.Needle) error {
 	var err error
-	if b.enc, err = needle.Append(b.enc[:0], n); err != nil {
+	if b.enc, err = b.format.Append(b.enc[:0], n); err != nil {
 		return err
 	}
 	b.add(idxEntry{key: n.Key, size: uint32(n.Size), off: uint32(b.tail / needle.Alignment), length: uint32(len(b.enc) / needle.Alignment)})
@@ -334,7 +340,7 @@ func (b *compactBuilder) appendNeedle(n *needle.Needle) error {
 // catchUp copies the whole needles in old[from, to) verbatim and returns
 // where it stopped. Everything there was acknowledged, so it must decode.
 func (b *compactBuilder) catchUp(old vfs.File, from, to int64) (int64, error) {
-	s := NewScanner(old, from, to)
+	s := NewScanner(old, b.format, from, to)
 	for {
 		n, err := s.Next()
 		if errors.Is(err, io.EOF) {

@@ -3,13 +3,17 @@ package volume
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/haybale/haybale/internal/vfs"
+	"github.com/haybale/haybale/internal/vfs/errorfs"
 	"github.com/haybale/haybale/needle"
 )
 
@@ -73,7 +77,7 @@ func TestCompactReclaimsDeleted(t *testing.T) {
 	// survives a restart and a power cut.
 	extra := photo(500, 5)
 	mustWrite(t, v, extra)
-	crashed := fs.CrashClone()
+	crashed := fs.CrashCloneTorn(rand.Uint64())
 	v.Close()
 	for _, f := range []vfs.FS{fs, crashed} {
 		v = reopen(t, f, 30)
@@ -246,7 +250,7 @@ func TestCompactCrashAtRandomMoments(t *testing.T) {
 			for k := range live {
 				keys = append(keys, k)
 			}
-			snaps = append(snaps, snapshot{fs.CrashClone(), keys})
+			snaps = append(snaps, snapshot{fs.CrashCloneTorn(rnd.Uint64()), keys})
 		}
 		mu.Unlock()
 	}
@@ -367,5 +371,124 @@ func TestCompactKeepsChecksums(t *testing.T) {
 	defer v.Close()
 	if got := v.Status().Images; got != 30*4-4-3 {
 		t.Fatalf("%d images after a scan of the compacted file, want %d", got, 30*4-4-3)
+	}
+}
+
+// TestCompactSwapFailures fails each step of the compaction swap (the idx
+// rename, the .dat rename, the directory sync) and cuts the power between
+// them, with torn writes: the volume keeps serving every acknowledged
+// needle, and every power-cut image opens to the old or the new volume,
+// whole.
+func TestCompactSwapFailures(t *testing.T) {
+	type cut struct {
+		name string
+		fs   *vfs.MemFS
+	}
+	steps := []struct {
+		name string
+		op   errorfs.OpKind
+		path string // substring of the op's new path (rename) or path
+	}{
+		{"idx rename", errorfs.OpRename, ".idx"},
+		{"dat rename", errorfs.OpRename, ".dat"},
+		{"directory sync", errorfs.OpSyncDir, testDir},
+	}
+	for _, step := range steps {
+		for _, fail := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/fail %v", step.name, fail), func(t *testing.T) {
+				seed := rand.Uint64()
+				t.Logf("torn-write seed %d", seed)
+				rnd := rand.New(rand.NewPCG(seed, 1))
+				mem := memFS(t)
+				var cuts []cut
+				var armed atomic.Bool
+				hook := errorfs.InjectorFunc(func(op errorfs.Op) error {
+					if !armed.Load() || op.Kind != step.op {
+						return nil
+					}
+					target := op.Path
+					if op.Kind == errorfs.OpRename {
+						target = op.NewPath
+						if strings.HasSuffix(target, compactSuffix) || !strings.HasSuffix(target, step.path) {
+							return nil
+						}
+					} else if !strings.Contains(target, step.path) {
+						return nil
+					}
+					// Power cuts just before this step: with the directory
+					// as last synced, and as a journal that had already
+					// committed the earlier renames would leave it.
+					cuts = append(cuts, cut{"before " + step.name, mem.CrashCloneTorn(rnd.Uint64())})
+					if err := mem.SyncDir(testDir); err != nil {
+						return err
+					}
+					cuts = append(cuts, cut{"before " + step.name + ", earlier renames durable", mem.CrashCloneTorn(rnd.Uint64())})
+					if fail {
+						return syscall.EIO
+					}
+					return nil
+				})
+				fs := errorfs.Wrap(mem, hook)
+				v := create(t, fs, 40, Options{})
+				var keep [][]*needle.Needle
+				for k := uint64(1); k <= 60; k++ {
+					ns := photo(k, k)
+					mustWrite(t, v, ns)
+					if k%3 == 0 {
+						if _, err := v.Delete(context.Background(), k, k, needle.SizeAll); err != nil {
+							t.Fatal(err)
+						}
+						continue
+					}
+					keep = append(keep, ns)
+				}
+				armed.Store(true)
+				_, err := v.Compact(context.Background(), CompactOptions{})
+				armed.Store(false)
+				if fail && step.op == errorfs.OpRename && err == nil {
+					t.Fatal("compaction with a failed rename succeeded")
+				}
+				if len(cuts) == 0 {
+					t.Fatal("the swap never reached the step")
+				}
+				// A failed directory sync leaves the renames' durability
+				// unknown: the volume serves on but takes no more writes.
+				if st, _ := v.State(); (fail && step.op == errorfs.OpSyncDir) != (st == StateFailed) {
+					t.Fatalf("state %v after the swap", st)
+				}
+				for _, ns := range keep {
+					for _, n := range ns {
+						expectRead(t, v, n)
+					}
+				}
+				if err := v.Check(); err != nil {
+					t.Fatal(err)
+				}
+				cuts = append(cuts, cut{"after the swap", mem.CrashCloneTorn(rnd.Uint64())})
+				v.Close()
+				cuts = append(cuts, cut{"clean restart", mem})
+				for _, c := range cuts {
+					cv, err := Open(context.Background(), testDir, 40, Options{FS: c.fs})
+					if err != nil {
+						t.Fatalf("%s: open: %v", c.name, err)
+					}
+					if err := cv.Check(); err != nil {
+						t.Fatalf("%s: %v", c.name, err)
+					}
+					if gen := cv.Superblock().Generation; gen > 1 {
+						t.Fatalf("%s: generation %d", c.name, gen)
+					}
+					for _, ns := range keep {
+						for _, n := range ns {
+							expectRead(t, cv, n)
+						}
+					}
+					if got := cv.Status().Images; got != 4*len(keep) {
+						t.Fatalf("%s: %d images, want %d", c.name, got, 4*len(keep))
+					}
+					cv.Close()
+				}
+			})
+		}
 	}
 }

@@ -52,70 +52,20 @@ func TestCrashKill9(t *testing.T) {
 	photos := map[uint64]bool{}  // keys written as four-needle batches
 	deleted := map[uint64]bool{} // keys whose delete was acknowledged
 	for cycle := 0; cycle < *crashCycles; cycle++ {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.v")
-		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, "HAYBALE_CRASH_FIRST_KEY="+strconv.Itoa(cycle*10_000_000+1))
-		stdout, err := cmd.StdoutPipe()
+		run, err := runCrashChild(dir, cycle*10_000_000+1, time.Duration(20+r.IntN(300))*time.Millisecond, nil)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("cycle %d: %v", cycle, err)
 		}
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		var mu sync.Mutex
-		got := map[uint64]uint64{}
-		photosGot := map[uint64]bool{}
-		delGot := map[uint64]bool{}
-		started := make(chan struct{})
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			sc := bufio.NewScanner(stdout)
-			once := sync.Once{}
-			for sc.Scan() {
-				f := strings.Fields(sc.Text())
-				if len(f) < 2 {
-					continue
-				}
-				once.Do(func() { close(started) })
-				k, _ := strconv.ParseUint(f[1], 10, 64)
-				mu.Lock()
-				switch {
-				case f[0] == "ack" && len(f) == 3:
-					c, _ := strconv.ParseUint(f[2], 16, 64)
-					got[k] = c
-				case f[0] == "photo":
-					photosGot[k] = true
-				case f[0] == "del":
-					delGot[k] = true
-				}
-				mu.Unlock()
-			}
-		}()
-		select {
-		case <-started:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			t.Fatal("child acknowledged nothing in 30s")
-		}
-		time.Sleep(time.Duration(20+r.IntN(300)) * time.Millisecond)
-		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		<-done
-		cmd.Wait()
-		mu.Lock()
-		for k, c := range got {
+		for k, c := range run.acked {
 			acked[k] = c
 		}
-		for k := range photosGot {
+		for k := range run.photos {
 			photos[k] = true
 		}
-		for k := range delGot {
+		for k := range run.deleted {
 			deleted[k] = true
 		}
-		n := len(got) + len(photosGot)
-		mu.Unlock()
+		n := len(run.acked) + len(run.photos)
 
 		v, err := Open(context.Background(), dir, 1, Options{})
 		if err != nil {
@@ -154,6 +104,105 @@ func TestCrashKill9(t *testing.T) {
 	}
 }
 
+// crashRun is what one crash child acknowledged before it was killed.
+type crashRun struct {
+	acked   map[uint64]uint64 // key -> checksum of a single-needle write
+	photos  map[uint64]bool   // keys written as four-needle batches
+	deleted map[uint64]bool   // keys whose delete was acknowledged
+}
+
+// runCrashChild starts a crash child on dir, lets it acknowledge writes
+// for about killAfter once it has acknowledged its first, kills it with
+// SIGKILL and returns what it acknowledged. It fails unless the child was
+// still running when the kill came: a child that stopped on its own (a
+// failed write, a panic, an early exit) makes the cycle prove nothing.
+func runCrashChild(dir string, firstKey int, killAfter time.Duration, env []string) (crashRun, error) {
+	run := crashRun{acked: map[uint64]uint64{}, photos: map[uint64]bool{}, deleted: map[uint64]bool{}}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.v")
+	cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, "HAYBALE_CRASH_FIRST_KEY="+strconv.Itoa(firstKey))
+	cmd.Env = append(cmd.Env, env...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return run, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return run, err
+	}
+	var mu sync.Mutex
+	started := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(stdout)
+		once := sync.Once{}
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			if len(f) < 2 {
+				continue
+			}
+			once.Do(func() { close(started) })
+			k, _ := strconv.ParseUint(f[1], 10, 64)
+			mu.Lock()
+			switch {
+			case f[0] == "ack" && len(f) == 3:
+				c, _ := strconv.ParseUint(f[2], 16, 64)
+				run.acked[k] = c
+			case f[0] == "photo":
+				run.photos[k] = true
+			case f[0] == "del":
+				run.deleted[k] = true
+			}
+			mu.Unlock()
+		}
+	}()
+	select {
+	case <-started:
+	case <-done:
+		// The child closed its output without acknowledging anything.
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		cmd.Wait()
+		return run, errors.New("child acknowledged nothing in 30s")
+	}
+	select {
+	case <-time.After(killAfter):
+	case <-done: // the child stopped on its own: Wait below reports how
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		return run, fmt.Errorf("kill: %w", err)
+	}
+	<-done
+	werr := cmd.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		return run, fmt.Errorf("the child was not killed: it stopped on its own (%v) after %d acknowledgements", werr, len(run.acked)+len(run.photos)+len(run.deleted))
+	}
+	return run, nil
+}
+
+// TestCrashHarnessDetectsEarlyExit makes the crash child exit by itself
+// after a few writes: the harness must report the cycle as failed rather
+// than check a volume that was never cut mid-write.
+func TestCrashHarnessDetectsEarlyExit(t *testing.T) {
+	if os.Getenv(crashChildEnv) != "" {
+		t.Skip("running as the crash child")
+	}
+	for _, code := range []string{"0", "3"} {
+		_, err := runCrashChild(t.TempDir(), 1, 30*time.Second, []string{crashExitEnv + "=" + code})
+		if err == nil {
+			t.Fatalf("child exiting with status %s after its first writes was taken for a kill", code)
+		}
+		t.Logf("exit %s: %v", code, err)
+	}
+}
+
+// crashExitEnv makes the crash child exit with the given status after its
+// first acknowledged writes, to test the harness.
+const crashExitEnv = "HAYBALE_VOLUME_CRASH_EXIT"
+
 // TestCrashChild is the child side of TestCrashKill9; it does nothing in a
 // normal run.
 func TestCrashChild(t *testing.T) {
@@ -162,6 +211,7 @@ func TestCrashChild(t *testing.T) {
 		t.Skip("only runs as TestCrashKill9's child")
 	}
 	first, _ := strconv.ParseUint(os.Getenv("HAYBALE_CRASH_FIRST_KEY"), 10, 64)
+	exitCode := os.Getenv(crashExitEnv)
 	ctx := context.Background()
 	v, err := Open(ctx, dir, 1, Options{})
 	if errors.Is(err, os.ErrNotExist) {
@@ -205,6 +255,11 @@ func TestCrashChild(t *testing.T) {
 					os.Exit(3)
 				}
 				say("ack %d %x\n", k, n.Checksum)
+				if exitCode != "" && k >= first+20 {
+					v.Close()
+					code, _ := strconv.Atoi(exitCode)
+					os.Exit(code)
+				}
 				if k%5 == 0 {
 					if _, err := v.Delete(ctx, k, k^0xc0ffee, needle.SizeAll); err != nil {
 						fmt.Fprintln(os.Stderr, "crash child delete:", err)

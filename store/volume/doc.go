@@ -10,13 +10,24 @@
 //
 //	offset  size  field
 //	0       8     magic "HAYBALEV"
-//	8       4     format version (1)
+//	8       4     format version: 1 or 2 (written: 2)
 //	12      4     vid
 //	16      8     creation time, Unix nanoseconds
 //	24      4     compaction generation (0 for a new volume)
-//	28      32    reserved, zero
+//	28      8     format 2: needle secret, not all zero; format 1: zero
+//	36      24    reserved, zero
 //	60      4     CRC-32C (Castagnoli) of bytes [0, 60)
 //
+// The format version is also the format of every needle in the volume (see
+// package needle). Format 2 derives the needle magics from the secret, which
+// is chosen once per logical volume (the directory sends the same one to
+// every replica; Create picks a random one when none is given) and is
+// copied with the superblock by compaction, replica sync and CopyTo, so the
+// replicas of a volume stay byte-identical. The secret never leaves the
+// storage tier: reads return needle data, never headers. Format-1 volumes
+// still open and serve reads, and take deletes (a tombstone is a batch of
+// its own and holds no data), but no longer take images: they open
+// read-only, so no new data lands where it could be mistaken for needles.
 // Offsets in the in-RAM index and the idx file are in 8-byte units held in a
 // uint32, so a volume holds at most 32 GiB (MaxSize).
 //
@@ -47,6 +58,28 @@
 // end of the last indexed needle to its end and indexes what it finds. An
 // idx whose header names another vid or generation is rebuilt from the .dat
 // alone.
+//
+// # Recovery
+//
+// The scan of the unindexed part of the .dat is strict about batches: a
+// batch lands whole or not at all, so a batch that damage touches is
+// dropped whole, and every other batch is kept whole, whichever needle of
+// its neighbour is damaged. After a damaged stretch the scan finds the next
+// needle by its header magic (in format 2 only the store can write those)
+// and asks it whether it starts a batch: a tombstone always does (it is a
+// batch of its own), and in format 2 the header magic says so; in format 1,
+// which does not record it, the damaged needles' own headers tell when they
+// still decode, and otherwise the next needle is taken to start a batch so
+// that no intact batch is lost. A needle that starts a batch while another
+// is open ends the open one as torn.
+//
+// Bytes after the last complete batch (a round that reached the disk only
+// in part, or a batch whose last needle is damaged, whose other needles may
+// have been acknowledged) are copied into <vid>.dat.torn-<offset>-<time>
+// (see TornPath) and made durable before they are cut off the .dat: no
+// byte that may have been acknowledged is ever thrown away. Damage followed
+// by valid needles is never cut: it stays in place, unindexed, until
+// compaction drops it.
 //
 // # Writes and group commit
 //

@@ -33,7 +33,7 @@ type FileReport struct {
 	Dead       int      `json:"dead"`       // deleted or overwritten needles, and tombstones
 	DeadBytes  int64    `json:"dead_bytes"`
 	Corrupt    []Damage `json:"corrupt,omitempty"`   // damaged stretches valid needles follow
-	TornTail   *Damage  `json:"torn_tail,omitempty"` // what recovery would cut off
+	TornTail   *Damage  `json:"torn_tail,omitempty"` // what recovery would move aside and cut off
 }
 
 // Healthy reports whether the file has no damage and no torn tail.
@@ -99,13 +99,17 @@ func InspectFile(ctx context.Context, path string, opts InspectOptions) (FileRep
 		return rep, fmt.Errorf("%s: %w", path, err)
 	}
 	rep.Vid, rep.Generation = super.Vid, super.Generation
+	format, err := super.Format()
+	if err != nil {
+		return rep, fmt.Errorf("%s: %w", path, err)
+	}
 	total := rep.Size - SuperblockSize
 	if opts.Each != nil {
 		total *= 2
 	}
 	ix := newIndex()
 	var read int64
-	res, err := walk(ctx, f, SuperblockSize, rep.Size, walkVisitor{
+	res, err := walk(ctx, f, format, SuperblockSize, rep.Size, walkVisitor{
 		batch: func(batch []idxEntry) {
 			for _, e := range batch {
 				rep.Needles++
@@ -146,7 +150,7 @@ func InspectFile(ctx context.Context, path string, opts InspectOptions) (FileRep
 	}
 
 	// Second pass: every intact needle with its live status.
-	s := NewScanner(f, SuperblockSize, res.validEnd)
+	s := NewScanner(f, format, SuperblockSize, res.validEnd)
 	half := total / 2
 	for i := 0; ; i++ {
 		if i%1024 == 0 {
@@ -199,9 +203,9 @@ func lockDir(fs vfs.FS, dir string) (io.Closer, error) {
 // Reindex rebuilds the idx of the volume file at path from the .dat alone
 // and atomically replaces the old idx (write a temporary file, sync,
 // rename, sync the directory). It does not change the .dat: a torn tail is
-// left for the store to cut when it opens the volume. It holds the data
-// directory's lock meanwhile, so it refuses to run under a running store.
-// It returns the number of idx records written.
+// left for the store to move aside and cut when it opens the volume. It
+// holds the data directory's lock meanwhile, so it refuses to run under a
+// running store. It returns the number of idx records written.
 func Reindex(ctx context.Context, path string, fs vfs.FS) (int, error) {
 	if fs == nil {
 		fs = vfs.Default
@@ -235,9 +239,13 @@ func Reindex(ctx context.Context, path string, fs vfs.FS) (int, error) {
 	if super.Vid != vid {
 		return 0, fmt.Errorf("%w: %s holds volume %d", ErrNotVolume, path, super.Vid)
 	}
+	format, err := super.Format()
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
 	recs := encodeIdxHeader(super.Vid, super.Generation)
 	count := 0
-	if _, err := walk(ctx, f, SuperblockSize, size, walkVisitor{
+	if _, err := walk(ctx, f, format, SuperblockSize, size, walkVisitor{
 		batch: func(batch []idxEntry) {
 			for _, e := range batch {
 				recs = appendIdxRecord(recs, e)

@@ -1,7 +1,6 @@
 package volume
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +19,7 @@ const scanChunk = 4 << 20
 // A Scanner is not safe for concurrent use.
 type Scanner struct {
 	f        vfs.File
+	format   needle.Format
 	end      int64
 	buf      []byte // holds file bytes [bufOff, bufOff+len(buf))
 	bufOff   int64
@@ -29,10 +29,10 @@ type Scanner struct {
 	needleAt int64
 }
 
-// NewScanner returns a scanner of f's needles from offset start (which must
-// be 8-byte aligned) up to end.
-func NewScanner(f vfs.File, start, end int64) *Scanner {
-	return &Scanner{f: f, end: end, pos: start, bufOff: start}
+// NewScanner returns a scanner of f's needles, framed in format, from
+// offset start (which must be 8-byte aligned) up to end.
+func NewScanner(f vfs.File, format needle.Format, start, end int64) *Scanner {
+	return &Scanner{f: f, format: format, end: end, pos: start, bufOff: start}
 }
 
 // window returns file bytes [off, off+n), or fewer when the region ends
@@ -76,7 +76,7 @@ func (s *Scanner) Next() (needle.Needle, error) {
 	if err != nil {
 		return needle.Needle{}, err
 	}
-	h, err := needle.DecodeHeader(hdr)
+	h, err := s.format.DecodeHeader(hdr)
 	if err != nil {
 		return needle.Needle{}, err
 	}
@@ -88,7 +88,7 @@ func (s *Scanner) Next() (needle.Needle, error) {
 	if len(b) < length {
 		return needle.Needle{}, fmt.Errorf("%w: needle at %d needs %d bytes, %d remain", needle.ErrShort, s.pos, length, len(b))
 	}
-	n, err := needle.Decode(b)
+	n, err := s.format.Decode(b)
 	if err != nil {
 		return needle.Needle{}, err
 	}
@@ -106,20 +106,43 @@ func (s *Scanner) Len() int { return s.length }
 // Pos returns the offset Next will decode from.
 func (s *Scanner) Pos() int64 { return s.pos }
 
+// headerChainEnd follows needle headers from off as long as they decode,
+// without checking checksums, and returns the offset where the chain
+// reaches to and the flags of its last header. It stops at limit, at the
+// first header that does not decode, or after maxHeaders headers; ok is
+// false when no header decoded.
+func (s *Scanner) headerChainEnd(off, limit int64) (end int64, flags uint8, ok bool, err error) {
+	const maxHeaders = 1 << 16
+	end = off
+	for i := 0; i < maxHeaders && end < limit; i++ {
+		b, err := s.window(end, needle.HeaderSize)
+		if err != nil {
+			return end, flags, ok, err
+		}
+		h, herr := s.format.DecodeHeader(b)
+		if herr != nil {
+			break
+		}
+		end += int64(h.Len())
+		flags, ok = h.Flags, true
+	}
+	return end, flags, ok, nil
+}
+
 // Resync searches forward from the current position (skipping at least 8
 // bytes) for the next offset where a whole, valid needle starts, and moves
 // there. It reports false, leaving the position unchanged, when no valid
-// needle follows before the end of the region.
+// needle follows before the end of the region. In a format-2 volume only
+// the store can write bytes that pass for a needle (see package needle), so
+// Resync never lands inside another needle's data.
 func (s *Scanner) Resync() (bool, error) {
-	var magic [4]byte
-	binary.LittleEndian.PutUint32(magic[:], needle.HeaderMagic)
 	start := s.pos
 	for off := start + needle.Alignment; off+needle.Overhead <= s.end; off += needle.Alignment {
 		b, err := s.window(off, 4)
 		if err != nil {
 			return false, err
 		}
-		if len(b) < 4 || [4]byte(b) != magic {
+		if !s.format.IsHeaderMagic(b) {
 			continue
 		}
 		s.pos = off

@@ -2,6 +2,7 @@ package volume
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -77,6 +78,11 @@ type Options struct {
 	SizeLimit int64
 	// Now returns the time stamped on appended needles; default time.Now.
 	Now func() time.Time
+	// Secret is the needle secret Create writes into a new volume's
+	// superblock: SecretSize bytes, not all zero, the same for every
+	// replica of the volume. Nil makes Create pick a random one. Open
+	// ignores it (the secret is read from the superblock).
+	Secret []byte
 }
 
 func (o Options) withDefaults() Options {
@@ -98,6 +104,7 @@ type Volume struct {
 	dir     string
 	vid     uint32
 	super   Superblock
+	format  needle.Format // the needle format named by super
 	dat     vfs.File
 	idxPath string
 
@@ -152,6 +159,16 @@ func Create(ctx context.Context, dir string, vid uint32, opts Options) (*Volume,
 		return nil, fmt.Errorf("%w: %s", ErrExists, path)
 	}
 	sb := Superblock{Version: FormatVersion, Vid: vid, Created: opts.Now().UnixNano()}
+	switch {
+	case opts.Secret == nil:
+		if _, err := rand.Read(sb.Secret[:]); err != nil {
+			return nil, fmt.Errorf("volume %d: create: secret: %w", vid, err)
+		}
+	case len(opts.Secret) != SecretSize || [SecretSize]byte(opts.Secret) == [SecretSize]byte{}:
+		return nil, fmt.Errorf("%w: volume secret of %d bytes, want %d not all zero", ErrInvalid, len(opts.Secret), SecretSize)
+	default:
+		sb.Secret = [SecretSize]byte(opts.Secret)
+	}
 	if err := vfs.WriteFileAtomic(opts.FS, path, sb.encode()); err != nil {
 		return nil, fmt.Errorf("volume %d: create: %w", vid, err)
 	}
@@ -159,8 +176,8 @@ func Create(ctx context.Context, dir string, vid uint32, opts Options) (*Volume,
 }
 
 // Open opens volume vid in dir and recovers it: it loads the idx hint,
-// scans and indexes the volume after the last indexed needle, and cuts off a
-// torn tail. See the package doc.
+// scans and indexes the volume after the last indexed needle, and moves a
+// torn tail aside before it cuts it off. See the package doc.
 func Open(ctx context.Context, dir string, vid uint32, opts Options) (*Volume, error) {
 	opts = opts.withDefaults()
 	v := &Volume{opts: opts, dir: dir, vid: vid, idxPath: IdxPath(dir, vid)}
@@ -192,9 +209,16 @@ func Open(ctx context.Context, dir string, vid uint32, opts Options) (*Volume, e
 	if v.tail.Load() >= opts.SizeLimit {
 		v.setState(StateReadOnly, "full")
 	}
+	if s, _ := v.State(); s == StateWritable && v.super.Version < FormatVersion {
+		v.setState(StateReadOnly, formatReadOnlyReason)
+	}
 	v.startCommitter()
 	return v, nil
 }
+
+// formatReadOnlyReason is why a format-1 volume takes no images (see the
+// package doc).
+const formatReadOnlyReason = "volume format 1: reads and deletes only"
 
 func readMarker(fs vfs.FS, path string) (string, error) {
 	f, err := fs.Open(path)
@@ -380,7 +404,7 @@ func (v *Volume) readAtLocked(off, length uint32, buf []byte) (needle.Needle, []
 		}
 		return needle.Needle{}, buf, err
 	}
-	n, derr := needle.Decode(buf)
+	n, derr := v.format.Decode(buf)
 	return n, buf, derr
 }
 
@@ -441,9 +465,9 @@ type Written struct {
 
 // Write appends the needles as one batch and returns once they are durable;
 // they land whole or not at all. AppendTime is set where zero; the batch
-// flags are set here. ctx is honoured until the batch is queued; after that
-// Write waits for the outcome, because the bytes may already be on their
-// way to the disk.
+// flags and BatchStart are set here. ctx is honoured until the batch is
+// queued; after that Write waits for the outcome, because the bytes may
+// already be on their way to the disk.
 func (v *Volume) Write(ctx context.Context, needles []*needle.Needle) ([]Written, error) {
 	if len(needles) == 0 {
 		return nil, fmt.Errorf("%w: empty batch", ErrInvalid)
@@ -471,9 +495,10 @@ func (v *Volume) Write(ctx context.Context, needles []*needle.Needle) ([]Written
 		if i < len(needles)-1 {
 			n.Flags |= needle.FlagBatchContinues
 		}
+		n.BatchStart = i == 0
 		start := len(p.buf)
 		var err error
-		if p.buf, err = needle.Append(p.buf, n); err != nil {
+		if p.buf, err = v.format.Append(p.buf, n); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 		}
 		p.ops[i] = idxEntry{key: n.Key, size: uint32(n.Size), off: uint32(start / 8), length: uint32((len(p.buf) - start) / 8)}
@@ -530,8 +555,8 @@ func (v *Volume) Delete(ctx context.Context, key, cookie uint64, size needle.Siz
 	if err != nil && !IsCorruption(err) {
 		return 0, fmt.Errorf("volume %d: %w", v.vid, err)
 	}
-	t := &needle.Needle{Key: key, Cookie: cookie, Size: size, Flags: needle.FlagTombstone, AppendTime: v.opts.Now().UnixNano()}
-	buf, err := needle.Append(nil, t)
+	t := &needle.Needle{Key: key, Cookie: cookie, Size: size, Flags: needle.FlagTombstone, AppendTime: v.opts.Now().UnixNano(), BatchStart: true}
+	buf, err := v.format.Append(nil, t)
 	if err != nil {
 		return 0, fmt.Errorf("volume %d: %w", v.vid, err)
 	}

@@ -694,8 +694,15 @@ type AllocateVolumeRequest struct {
 	// Size at which the volume turns read-only; 0 means the store's default. At
 	// most 32 GiB.
 	SizeLimitBytes uint64 `protobuf:"varint,2,opt,name=size_limit_bytes,json=sizeLimitBytes,proto3" json:"size_limit_bytes,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The volume's needle secret: 8 bytes, not all zero, from which the magics
+	// of its needles are derived, so that no stored bytes can pass for a
+	// needle. The directory draws one at random per new volume and sends the
+	// same one to every replica, which keeps the replicas byte-identical.
+	// Empty makes the store draw one (a volume with a single replica). It is
+	// never served back.
+	VolumeSecret  []byte `protobuf:"bytes,3,opt,name=volume_secret,json=volumeSecret,proto3" json:"volume_secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AllocateVolumeRequest) Reset() {
@@ -740,6 +747,13 @@ func (x *AllocateVolumeRequest) GetSizeLimitBytes() uint64 {
 		return x.SizeLimitBytes
 	}
 	return 0
+}
+
+func (x *AllocateVolumeRequest) GetVolumeSecret() []byte {
+	if x != nil {
+		return x.VolumeSecret
+	}
+	return nil
 }
 
 // AllocateVolumeResponse describes the new volume.
@@ -1564,10 +1578,11 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\fReadResponse\x12*\n" +
 	"\x06needle\x18\x01 \x01(\v2\x12.haybale.v1.NeedleR\x06needle\x12\x10\n" +
 	"\x03raw\x18\x02 \x01(\fR\x03raw\x12\x16\n" +
-	"\x06offset\x18\x03 \x01(\x04R\x06offset\"S\n" +
+	"\x06offset\x18\x03 \x01(\x04R\x06offset\"x\n" +
 	"\x15AllocateVolumeRequest\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12(\n" +
-	"\x10size_limit_bytes\x18\x02 \x01(\x04R\x0esizeLimitBytes\"H\n" +
+	"\x10size_limit_bytes\x18\x02 \x01(\x04R\x0esizeLimitBytes\x12#\n" +
+	"\rvolume_secret\x18\x03 \x01(\fR\fvolumeSecret\"H\n" +
 	"\x16AllocateVolumeResponse\x12.\n" +
 	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"'\n" +
 	"\x13VolumeStatusRequest\x12\x10\n" +
