@@ -109,11 +109,7 @@ func InspectFile(ctx context.Context, path string, opts InspectOptions) (FileRep
 		batch: func(batch []idxEntry) {
 			for _, e := range batch {
 				rep.Needles++
-				if e.tombstone {
-					ix.remove(e.key, e.size)
-				} else {
-					ix.put(e.key, e.size, e.off, e.length)
-				}
+				ix.apply(e)
 				read = e.end() - SuperblockSize
 			}
 			if opts.Progress != nil {

@@ -131,7 +131,7 @@ func TestCompactFileOffline(t *testing.T) {
 		t.Fatalf("%+v", res)
 	}
 	rep, err := InspectFile(context.Background(), DatPath(testDir, 42), InspectOptions{FS: fs})
-	if err != nil || !rep.Healthy() || rep.Dead != 0 || rep.Live != 200 || rep.Generation != 1 {
+	if err != nil || !rep.Healthy() || rep.Dead != 50 || rep.Live != 200 || rep.Generation != 1 {
 		t.Fatalf("%+v %v", rep, err)
 	}
 }
