@@ -78,41 +78,12 @@ func (v *Volume) Deleted(key uint64, size needle.SizeCode) bool {
 // size code (which the index knows) and a zero cookie and append time, so a
 // caller that carries tombstones elsewhere never drops a delete.
 func (v *Volume) Tombstones(ctx context.Context) ([]needle.Needle, error) {
-	v.mu.RLock()
-	var locs []excEntry
-	v.mu.index.eachTombstone(func(e excEntry) bool {
-		locs = append(locs, e)
-		return true
+	var out []needle.Needle
+	err := v.List(ctx, true, func(e ListEntry, _ int) error {
+		out = append(out, needle.Needle{Key: e.Key, Size: e.Size, Flags: needle.FlagTombstone, Cookie: e.Cookie, AppendTime: e.AppendTime, Checksum: e.Checksum})
+		return nil
 	})
-	v.mu.RUnlock()
-	out := make([]needle.Needle, 0, len(locs))
-	var buf []byte
-	for i, e := range locs {
-		if i%1024 == 0 {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-		}
-		v.mu.RLock()
-		if v.mu.closed {
-			v.mu.RUnlock()
-			return nil, ErrClosed
-		}
-		var n needle.Needle
-		var err error
-		n, buf, err = v.readAtLocked(e.off, e.length, buf)
-		v.mu.RUnlock()
-		switch {
-		case err == nil && n.IsTombstone() && n.Key == e.key && uint32(n.Size) == e.size:
-			n.Data = nil
-			out = append(out, n)
-		case err == nil || IsCorruption(err):
-			out = append(out, needle.Needle{Key: e.key, Size: needle.SizeCode(e.size), Flags: needle.FlagTombstone})
-		default:
-			return nil, fmt.Errorf("volume %d: read tombstone of key %x: %w", v.vid, e.key, err)
-		}
-	}
-	return out, nil
+	return out, err
 }
 
 // ApplyTombstones appends the given tombstones that the volume does not

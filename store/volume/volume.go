@@ -338,6 +338,24 @@ func (v *Volume) Close() error {
 	return nil
 }
 
+// Retire stops the volume taking writes and deletes (what is already queued
+// is committed first; later calls get ErrClosed), returns its tombstones (see
+// Tombstones) and closes it. A store replacing a copy of a volume carries
+// these tombstones over to the new copy, so no delete the old copy
+// acknowledged is lost. The volume is closed even when an error is
+// returned.
+func (v *Volume) Retire(ctx context.Context) ([]needle.Needle, error) {
+	v.stopCommitter()
+	ts, err := v.Tombstones(ctx)
+	if cerr := v.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("volume %d: retire: %w", v.vid, err)
+	}
+	return ts, nil
+}
+
 // Read returns the live needle for (key, size) if its cookie matches. It
 // costs exactly one pread. buf is used for the needle's bytes when large
 // enough, so callers can pool buffers; the returned needle's Data aliases

@@ -28,6 +28,7 @@ const (
 	Store_Compact_FullMethodName         = "/haybale.v1.Store/Compact"
 	Store_CopyVolume_FullMethodName      = "/haybale.v1.Store/CopyVolume"
 	Store_ReplicateVolume_FullMethodName = "/haybale.v1.Store/ReplicateVolume"
+	Store_ListNeedles_FullMethodName     = "/haybale.v1.Store/ListNeedles"
 )
 
 // StoreClient is the client API for Store service.
@@ -105,6 +106,17 @@ type StoreClient interface {
 	// had. It streams progress. Errors: UNAVAILABLE (source unreachable),
 	// DATA_LOSS (the source's copy is damaged), FAILED_PRECONDITION.
 	ReplicateVolume(ctx context.Context, in *ReplicateVolumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReplicateVolumeResponse], error)
+	// ListNeedles streams what a volume holds, for replica checks and replica
+	// sync: every live needle (key, size code, cookie, stored checksum, a hash
+	// of its content, append time) and every tombstone, in (key, size code)
+	// order, a batch of entries per message. Each live needle is read and
+	// verified, so a listing reads the whole volume; a damaged needle is
+	// listed with its error. Callers: operators (`haybale replica check`),
+	// the directory, and stores syncing a replica. It discloses cookies, so
+	// it is an administrative RPC like Read, never exposed to end users.
+	// Errors: NOT_FOUND (vid not on this store), FAILED_PRECONDITION (failed
+	// volume), INVALID_ARGUMENT (vid 0).
+	ListNeedles(ctx context.Context, in *ListNeedlesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListNeedlesResponse], error)
 }
 
 type storeClient struct {
@@ -223,6 +235,25 @@ func (c *storeClient) ReplicateVolume(ctx context.Context, in *ReplicateVolumeRe
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Store_ReplicateVolumeClient = grpc.ServerStreamingClient[ReplicateVolumeResponse]
 
+func (c *storeClient) ListNeedles(ctx context.Context, in *ListNeedlesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListNeedlesResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Store_ServiceDesc.Streams[2], Store_ListNeedles_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ListNeedlesRequest, ListNeedlesResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Store_ListNeedlesClient = grpc.ServerStreamingClient[ListNeedlesResponse]
+
 // StoreServer is the server API for Store service.
 // All implementations must embed UnimplementedStoreServer
 // for forward compatibility.
@@ -298,6 +329,17 @@ type StoreServer interface {
 	// had. It streams progress. Errors: UNAVAILABLE (source unreachable),
 	// DATA_LOSS (the source's copy is damaged), FAILED_PRECONDITION.
 	ReplicateVolume(*ReplicateVolumeRequest, grpc.ServerStreamingServer[ReplicateVolumeResponse]) error
+	// ListNeedles streams what a volume holds, for replica checks and replica
+	// sync: every live needle (key, size code, cookie, stored checksum, a hash
+	// of its content, append time) and every tombstone, in (key, size code)
+	// order, a batch of entries per message. Each live needle is read and
+	// verified, so a listing reads the whole volume; a damaged needle is
+	// listed with its error. Callers: operators (`haybale replica check`),
+	// the directory, and stores syncing a replica. It discloses cookies, so
+	// it is an administrative RPC like Read, never exposed to end users.
+	// Errors: NOT_FOUND (vid not on this store), FAILED_PRECONDITION (failed
+	// volume), INVALID_ARGUMENT (vid 0).
+	ListNeedles(*ListNeedlesRequest, grpc.ServerStreamingServer[ListNeedlesResponse]) error
 	mustEmbedUnimplementedStoreServer()
 }
 
@@ -334,6 +376,9 @@ func (UnimplementedStoreServer) CopyVolume(*CopyVolumeRequest, grpc.ServerStream
 }
 func (UnimplementedStoreServer) ReplicateVolume(*ReplicateVolumeRequest, grpc.ServerStreamingServer[ReplicateVolumeResponse]) error {
 	return status.Error(codes.Unimplemented, "method ReplicateVolume not implemented")
+}
+func (UnimplementedStoreServer) ListNeedles(*ListNeedlesRequest, grpc.ServerStreamingServer[ListNeedlesResponse]) error {
+	return status.Error(codes.Unimplemented, "method ListNeedles not implemented")
 }
 func (UnimplementedStoreServer) mustEmbedUnimplementedStoreServer() {}
 func (UnimplementedStoreServer) testEmbeddedByValue()               {}
@@ -504,6 +549,17 @@ func _Store_ReplicateVolume_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Store_ReplicateVolumeServer = grpc.ServerStreamingServer[ReplicateVolumeResponse]
 
+func _Store_ListNeedles_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ListNeedlesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(StoreServer).ListNeedles(m, &grpc.GenericServerStream[ListNeedlesRequest, ListNeedlesResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Store_ListNeedlesServer = grpc.ServerStreamingServer[ListNeedlesResponse]
+
 // Store_ServiceDesc is the grpc.ServiceDesc for Store service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -549,6 +605,11 @@ var Store_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ReplicateVolume",
 			Handler:       _Store_ReplicateVolume_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ListNeedles",
+			Handler:       _Store_ListNeedles_Handler,
 			ServerStreams: true,
 		},
 	},
