@@ -45,7 +45,7 @@ func TestCompactReclaimsDeleted(t *testing.T) {
 	}
 	// Tombstones are permanent: the 100 of them are copied too.
 	tombs := int64(100 * needle.EncodedLen(0))
-	if after.Size != SuperblockSize+before.LiveBytes+tombs || after.Deleted != tombs {
+	if after.Size != SuperblockSize+before.LiveBytes+tombs || after.Deleted != 0 || after.TombstoneBytes != tombs {
 		t.Fatalf("compacted size %d, want %d live bytes and %d of tombstones after the superblock", after.Size, before.LiveBytes, tombs)
 	}
 	if res.Reclaimed != before.Size-after.Size || res.Reclaimed < before.Size/3 {

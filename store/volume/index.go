@@ -148,6 +148,9 @@ type index struct {
 	// length. A tombstone is permanent: it removes the (key, size) whether
 	// its needle was appended before or after it (see apply).
 	tombs *btree.BTreeG[excEntry]
+	// tombUnits is the summed length of the tombstones in tombs: bytes
+	// that compaction keeps.
+	tombUnits uint64
 }
 
 // excEntry is one exception.
@@ -599,7 +602,7 @@ func (ix *index) merge() {
 	})
 	flush()
 	nx.live, nx.units = ix.live, ix.units
-	nx.tombs = ix.tombs
+	nx.tombs, nx.tombUnits = ix.tombs, ix.tombUnits
 	nx.excAtMerge = nx.exc.Len()
 	*ix = *nx
 }

@@ -40,7 +40,10 @@ const MaxAppendTimeAhead = time.Hour
 // tombstone freed.
 func (ix *index) apply(e idxEntry) uint64 {
 	if e.tombstone {
-		ix.tombs.ReplaceOrInsert(excEntry{key: e.key, size: e.size, off: e.off, length: e.length})
+		if old, ok := ix.tombs.ReplaceOrInsert(excEntry{key: e.key, size: e.size, off: e.off, length: e.length}); ok {
+			ix.tombUnits -= uint64(old.length)
+		}
+		ix.tombUnits += uint64(e.length)
 		return ix.removeLive(e.key, e.size)
 	}
 	if ix.deleted(e.key, e.size) {

@@ -267,7 +267,7 @@ type Status struct {
 	SizeLimit  int64
 	Images     int   // live (key, size) entries
 	LiveBytes  int64 // bytes of live needles
-	Deleted    int64 // bytes of dead needles, tombstones and damaged ranges
+	Deleted    int64 // bytes compaction reclaims (not TombstoneBytes)
 	Generation uint32
 	Created    time.Time
 	// Needles counts needles appended since open or found at open,
@@ -277,6 +277,10 @@ type Status struct {
 	Syncs   int64
 	// CorruptBytes counts bytes recovery skipped as damaged.
 	CorruptBytes int64
+
+	// TombstoneBytes counts the bytes of the tombstones in force, which
+	// compaction keeps (tombstones are permanent); Deleted leaves them out.
+	TombstoneBytes int64
 }
 
 // Status returns a snapshot of the volume's state and size.
@@ -284,11 +288,12 @@ func (v *Volume) Status() Status {
 	v.mu.RLock()
 	images := v.mu.index.len()
 	live := int64(v.mu.index.liveUnits()) * needle.Alignment
+	tombs := int64(v.mu.index.tombUnits) * needle.Alignment
 	super := v.super
 	v.mu.RUnlock()
 	s, reason := v.State()
 	size := v.tail.Load()
-	return Status{
+	st := Status{
 		Vid:          v.vid,
 		State:        s,
 		Reason:       reason,
@@ -296,13 +301,15 @@ func (v *Volume) Status() Status {
 		SizeLimit:    v.opts.SizeLimit,
 		Images:       images,
 		LiveBytes:    live,
-		Deleted:      max(size-SuperblockSize-live, 0),
+		Deleted:      max(size-SuperblockSize-live-tombs, 0),
 		Generation:   super.Generation,
 		Created:      time.Unix(0, super.Created),
 		Needles:      v.needles.Load(),
 		Syncs:        v.syncs.Load(),
 		CorruptBytes: v.corrupt.Load(),
 	}
+	st.TombstoneBytes = tombs
+	return st
 }
 
 // Close waits for writes in flight, syncs the idx and closes the files.

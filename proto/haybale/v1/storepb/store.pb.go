@@ -1017,8 +1017,9 @@ type VolumeInfo struct {
 	SizeLimitBytes uint64 `protobuf:"varint,5,opt,name=size_limit_bytes,json=sizeLimitBytes,proto3" json:"size_limit_bytes,omitempty"`
 	// Number of live images (needles not deleted or superseded).
 	NeedleCount uint64 `protobuf:"varint,6,opt,name=needle_count,json=needleCount,proto3" json:"needle_count,omitempty"`
-	// Bytes held by deleted or superseded needles and tombstones, reclaimable by
-	// compaction.
+	// Bytes held by deleted or superseded needles and superseded tombstones,
+	// reclaimable by compaction. The tombstones in force are not counted:
+	// tombstones are permanent and compaction keeps them.
 	DeletedBytes uint64 `protobuf:"varint,7,opt,name=deleted_bytes,json=deletedBytes,proto3" json:"deleted_bytes,omitempty"`
 	// Number of compactions the volume has gone through (from its superblock).
 	CompactionGeneration uint32 `protobuf:"varint,8,opt,name=compaction_generation,json=compactionGeneration,proto3" json:"compaction_generation,omitempty"`
