@@ -492,7 +492,9 @@ func (g *grpcService) ReplicateVolume(req *storepb.ReplicateVolumeRequest, strea
 // listBatch is how many entries one ListNeedlesResponse carries.
 const listBatch = 1024
 
-// ListNeedles implements storepb.StoreServer.
+// ListNeedles implements storepb.StoreServer. Callers: operators' replica
+// checks, the directory, and stores syncing a replica (it discloses
+// cookies, like Read).
 func (g *grpcService) ListNeedles(req *storepb.ListNeedlesRequest, stream storepb.Store_ListNeedlesServer) error {
 	v, err := g.volume(req.GetVid())
 	if err != nil {

@@ -9,7 +9,7 @@ import (
 	"github.com/haybale/haybale/needle"
 )
 
-// Tombstones are permanent.
+// Tombstones are permanent (see the package doc).
 //
 // A tombstone for (key, size) removes that image whether its needle was
 // appended before the tombstone or after it, and the removal holds across

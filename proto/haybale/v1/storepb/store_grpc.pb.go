@@ -47,8 +47,9 @@ const (
 //     deleted, or its cookie does not match (all three look the same).
 //   - UNAUTHENTICATED: the write token is missing, malformed, expired, or not
 //     valid for this vid and key range.
-//   - FAILED_PRECONDITION: a Write to a volume that is not writable, a Delete
-//     on a failed volume, or an AllocateVolume of a vid that already exists.
+//   - FAILED_PRECONDITION: a Write to a volume that is not writable or of an
+//     image that was deleted, a Delete on a failed volume, or an
+//     AllocateVolume of a vid that already exists.
 //   - RESOURCE_EXHAUSTED: the write would take the volume past its size limit.
 //   - INVALID_ARGUMENT: a malformed request (vid 0, key 0, unknown size code or
 //     content type, empty batch).
@@ -69,11 +70,18 @@ type StoreClient interface {
 	// Write appends a batch of needles to one volume. All needles of the batch
 	// become durable (fdatasync'ed) before the answer, and either all of them
 	// are acknowledged or none is. Writing a (key, size code) that already
-	// exists appends a new needle that supersedes the old one.
+	// exists appends a new needle that supersedes the old one; writing one
+	// that a tombstone deleted is FAILED_PRECONDITION (tombstones are
+	// permanent). Callers: clients and gateways with a write token from the
+	// directory's Assign, and operators' repair tools.
 	Write(ctx context.Context, in *WriteRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	// Delete appends a tombstone for one size of a photo, or for every size when
 	// size_code is 0xFFFFFFFF. Deleting what is not there succeeds with
-	// deleted_count 0, so retries are safe.
+	// deleted_count 0 and still appends the tombstone, so a write of that key
+	// landing later stays deleted; deleting what a tombstone already covers
+	// appends nothing, so retries are safe. Callers: clients and gateways with
+	// a token from the directory's AuthorizeDelete (or the write token of a
+	// write they abandon), and operators' repair tools.
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
 	// Read returns one whole, verified needle. It is meant for repair, replica
 	// checks and tools; images are served over HTTP.
@@ -270,8 +278,9 @@ type Store_ListNeedlesClient = grpc.ServerStreamingClient[ListNeedlesResponse]
 //     deleted, or its cookie does not match (all three look the same).
 //   - UNAUTHENTICATED: the write token is missing, malformed, expired, or not
 //     valid for this vid and key range.
-//   - FAILED_PRECONDITION: a Write to a volume that is not writable, a Delete
-//     on a failed volume, or an AllocateVolume of a vid that already exists.
+//   - FAILED_PRECONDITION: a Write to a volume that is not writable or of an
+//     image that was deleted, a Delete on a failed volume, or an
+//     AllocateVolume of a vid that already exists.
 //   - RESOURCE_EXHAUSTED: the write would take the volume past its size limit.
 //   - INVALID_ARGUMENT: a malformed request (vid 0, key 0, unknown size code or
 //     content type, empty batch).
@@ -292,11 +301,18 @@ type StoreServer interface {
 	// Write appends a batch of needles to one volume. All needles of the batch
 	// become durable (fdatasync'ed) before the answer, and either all of them
 	// are acknowledged or none is. Writing a (key, size code) that already
-	// exists appends a new needle that supersedes the old one.
+	// exists appends a new needle that supersedes the old one; writing one
+	// that a tombstone deleted is FAILED_PRECONDITION (tombstones are
+	// permanent). Callers: clients and gateways with a write token from the
+	// directory's Assign, and operators' repair tools.
 	Write(context.Context, *WriteRequest) (*WriteResponse, error)
 	// Delete appends a tombstone for one size of a photo, or for every size when
 	// size_code is 0xFFFFFFFF. Deleting what is not there succeeds with
-	// deleted_count 0, so retries are safe.
+	// deleted_count 0 and still appends the tombstone, so a write of that key
+	// landing later stays deleted; deleting what a tombstone already covers
+	// appends nothing, so retries are safe. Callers: clients and gateways with
+	// a token from the directory's AuthorizeDelete (or the write token of a
+	// write they abandon), and operators' repair tools.
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
 	// Read returns one whole, verified needle. It is meant for repair, replica
 	// checks and tools; images are served over HTTP.
