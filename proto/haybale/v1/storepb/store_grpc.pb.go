@@ -111,8 +111,13 @@ type StoreClient interface {
 	// the one on another store: it pulls the .dat with CopyVolume (resuming a
 	// partial earlier pull of the same generation), verifies every needle,
 	// rebuilds the idx, and serves the new copy in place of whatever copy it
-	// had. It streams progress. Errors: UNAVAILABLE (source unreachable),
-	// DATA_LOSS (the source's copy is damaged), FAILED_PRECONDITION.
+	// had. Deletes taken on either side while the pull runs survive the swap:
+	// the new copy gets every tombstone of the old local copy and of the
+	// source (listed with ListNeedles) before it serves, and the source's
+	// once more after. It streams progress. Callers: operators (`haybale
+	// replica sync`) and the directory. Errors: UNAVAILABLE (source
+	// unreachable), DATA_LOSS (the source's copy is damaged),
+	// FAILED_PRECONDITION.
 	ReplicateVolume(ctx context.Context, in *ReplicateVolumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReplicateVolumeResponse], error)
 	// ListNeedles streams what a volume holds, for replica checks and replica
 	// sync: every live needle (key, size code, cookie, stored checksum, a hash
@@ -342,8 +347,13 @@ type StoreServer interface {
 	// the one on another store: it pulls the .dat with CopyVolume (resuming a
 	// partial earlier pull of the same generation), verifies every needle,
 	// rebuilds the idx, and serves the new copy in place of whatever copy it
-	// had. It streams progress. Errors: UNAVAILABLE (source unreachable),
-	// DATA_LOSS (the source's copy is damaged), FAILED_PRECONDITION.
+	// had. Deletes taken on either side while the pull runs survive the swap:
+	// the new copy gets every tombstone of the old local copy and of the
+	// source (listed with ListNeedles) before it serves, and the source's
+	// once more after. It streams progress. Callers: operators (`haybale
+	// replica sync`) and the directory. Errors: UNAVAILABLE (source
+	// unreachable), DATA_LOSS (the source's copy is damaged),
+	// FAILED_PRECONDITION.
 	ReplicateVolume(*ReplicateVolumeRequest, grpc.ServerStreamingServer[ReplicateVolumeResponse]) error
 	// ListNeedles streams what a volume holds, for replica checks and replica
 	// sync: every live needle (key, size code, cookie, stored checksum, a hash
