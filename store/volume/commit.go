@@ -277,7 +277,7 @@ func (v *Volume) appendIdx(recs []byte) {
 func (v *Volume) deletedWrite(p *pending, roundTombs []idxEntry) error {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	if v.mu.index.tombs.Len() == 0 && len(roundTombs) == 0 {
+	if v.mu.index.tombs.len() == 0 && len(roundTombs) == 0 {
 		return nil
 	}
 	for _, op := range p.ops {

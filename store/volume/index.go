@@ -147,10 +147,7 @@ type index struct {
 	// 0xFFFFFFFF for a whole photo, with the tombstone needle's offset and
 	// length. A tombstone is permanent: it removes the (key, size) whether
 	// its needle was appended before or after it (see apply).
-	tombs *btree.BTreeG[excEntry]
-	// tombUnits is the summed length of the tombstones in tombs: bytes
-	// that compaction keeps.
-	tombUnits uint64
+	tombs *tombSet
 }
 
 // excEntry is one exception.
@@ -172,7 +169,7 @@ func excLess(a, b excEntry) bool {
 func newIndex() *index {
 	return &index{
 		exc:      btree.NewG[excEntry](excDegree, excLess),
-		tombs:    btree.NewG[excEntry](excDegree, excLess),
+		tombs:    newTombSet(),
 		mergeMin: defaultMergeMin,
 	}
 }
@@ -578,7 +575,7 @@ func (ix *index) memoryBytes() int {
 	for _, p := range ix.pages {
 		n += cap(p)
 	}
-	return n + (ix.exc.Len()+ix.tombs.Len())*excEntryBytes
+	return n + ix.exc.Len()*excEntryBytes + ix.tombs.memoryBytes()
 }
 
 // merge rebuilds the index from its live entries: photos whose sizes can
@@ -602,7 +599,7 @@ func (ix *index) merge() {
 	})
 	flush()
 	nx.live, nx.units = ix.live, ix.units
-	nx.tombs, nx.tombUnits = ix.tombs, ix.tombUnits
+	nx.tombs = ix.tombs
 	nx.excAtMerge = nx.exc.Len()
 	*ix = *nx
 }

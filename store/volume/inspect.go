@@ -132,8 +132,8 @@ func InspectFile(ctx context.Context, path string, opts InspectOptions) (FileRep
 	}
 	rep.Live = ix.len()
 	rep.LiveBytes = int64(ix.liveUnits()) * needle.Alignment
-	rep.Tombstones = ix.tombs.Len()
-	rep.TombstoneBytes = int64(ix.tombUnits) * needle.Alignment
+	rep.Tombstones = ix.tombs.len()
+	rep.TombstoneBytes = int64(ix.tombs.units) * needle.Alignment
 	rep.Dead = rep.Needles - rep.Live - rep.Tombstones
 	var damaged int64
 	for _, d := range rep.Corrupt {

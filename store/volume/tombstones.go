@@ -22,8 +22,8 @@ import (
 // yet: the write, if it lands later, is refused, and if its bytes are
 // already queued they stay dead.
 //
-// The index keeps each tombstone's place (24 bytes plus B-tree overhead per
-// deleted photo), so compaction and replica checks can read it back.
+// The index keeps each tombstone's place (about 24 bytes per deleted photo,
+// see tombSet), so compaction and replica checks can read it back.
 
 // ErrDeleted is returned by Write for a (key, size) that a tombstone in the
 // volume has deleted: deleted images are never written again.
@@ -40,10 +40,7 @@ const MaxAppendTimeAhead = time.Hour
 // tombstone freed.
 func (ix *index) apply(e idxEntry) uint64 {
 	if e.tombstone {
-		if old, ok := ix.tombs.ReplaceOrInsert(excEntry{key: e.key, size: e.size, off: e.off, length: e.length}); ok {
-			ix.tombUnits -= uint64(old.length)
-		}
-		ix.tombUnits += uint64(e.length)
+		ix.tombs.put(excEntry{key: e.key, size: e.size, off: e.off, length: e.length})
 		return ix.removeLive(e.key, e.size)
 	}
 	if ix.deleted(e.key, e.size) {
@@ -56,16 +53,16 @@ func (ix *index) apply(e idxEntry) uint64 {
 // deleted reports whether a tombstone covers (key, size): one for that size
 // or one for every size of key.
 func (ix *index) deleted(key uint64, size uint32) bool {
-	if ix.tombs.Len() == 0 {
+	if ix.tombs.len() == 0 {
 		return false
 	}
-	return ix.tombs.Has(excEntry{key: key, size: size}) || ix.tombs.Has(excEntry{key: key, size: allSizes})
+	return ix.tombs.has(key, size) || ix.tombs.has(key, allSizes)
 }
 
 // eachTombstone calls fn for every tombstone in (key, size) order until fn
 // returns false.
 func (ix *index) eachTombstone(fn func(e excEntry) bool) {
-	ix.tombs.Ascend(fn)
+	ix.tombs.ascend(fn)
 }
 
 // Deleted reports whether a tombstone in the volume covers (key, size);

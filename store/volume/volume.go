@@ -288,7 +288,7 @@ func (v *Volume) Status() Status {
 	v.mu.RLock()
 	images := v.mu.index.len()
 	live := int64(v.mu.index.liveUnits()) * needle.Alignment
-	tombs := int64(v.mu.index.tombUnits) * needle.Alignment
+	tombs := int64(v.mu.index.tombs.units) * needle.Alignment
 	super := v.super
 	v.mu.RUnlock()
 	s, reason := v.State()
