@@ -4,11 +4,16 @@
 // builds photo URLs. The gateway, the cache and the benchmarks use it.
 //
 // Writes go to every replica of the assigned volume in parallel and succeed
-// only when all acknowledge. When one fails, the client retries once on a
-// fresh assignment (another key, usually another volume) and then gives up
-// with ErrUnavailable; the needles the failed attempt left on some
-// replicas are tombstoned on a best-effort basis, so compaction reclaims
-// them.
+// only when all acknowledge. The client chooses the append time once for
+// all replicas, so they store byte-identical needles: the same ETag and
+// Last-Modified whichever replica answers. When one replica fails, the
+// client retries once on a fresh assignment (another key, usually another
+// volume) and then gives up with ErrUnavailable. The failed attempt's key is
+// tombstoned on every replica of its volume, not only on those that
+// acknowledged: a replica whose call was cancelled or whose answer was lost
+// may hold the needles, or get them later. A store keeps the tombstone of a
+// key it does not hold yet and refuses (or never indexes) a write of that
+// key that lands after it, so the abandoned photo cannot appear later.
 //
 // Reads look the volume's replicas up in the directory (answers are cached
 // for LookupTTL) and fetch the image over HTTP from the first replica that
@@ -26,7 +31,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"slices"
 	"sync"
 	"time"
 
@@ -282,14 +286,16 @@ func (c *Client) writeOnce(ctx context.Context, images []Image) (needle.PhotoID,
 	}
 	id := needle.PhotoID{Vid: a.Vid, Key: a.KeyStart, Cookie: cookie}
 	req := &storepb.WriteRequest{Vid: a.Vid, WriteToken: a.Token}
+	// One append time for every replica: they store identical bytes.
+	at := time.Now().UnixNano()
 	for _, im := range images {
 		req.Needles = append(req.Needles, &storepb.Needle{
 			Key: id.Key, Cookie: cookie, SizeCode: uint32(im.Size), ContentType: uint32(im.ContentType), Data: im.Data,
+			AppendTimeUnixNano: at,
 		})
 	}
-	acked := make([]bool, len(a.Replicas))
 	g, gctx := errgroup.WithContext(ctx)
-	for i, r := range a.Replicas {
+	for _, r := range a.Replicas {
 		g.Go(func() error {
 			sc, err := c.Store(r.GRPCAddr)
 			if err != nil {
@@ -298,44 +304,63 @@ func (c *Client) writeOnce(ctx context.Context, images []Image) (needle.PhotoID,
 			if _, err := sc.Write(gctx, req); err != nil {
 				return grpcErr(fmt.Sprintf("write %s to store %s", id, r.StoreID), err)
 			}
-			acked[i] = true
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
 		c.forget(a.Vid)
-		c.cleanup(id, a, acked)
+		c.cleanup(id, a)
 		return needle.PhotoID{}, err
 	}
 	return id, nil
 }
 
-// cleanup tombstones an abandoned write on the replicas that took it. The
-// write token allows data only, so it asks the directory for the photo's
-// delete token first.
-func (c *Client) cleanup(id needle.PhotoID, a Assignment, acked []bool) {
-	if !slices.Contains(acked, true) {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+// cleanupTimeout bounds the tombstoning of an abandoned write.
+const cleanupTimeout = 5 * time.Second
+
+// cleanup tombstones an abandoned write on every replica of its volume, in
+// parallel, trying each up to three times within cleanupTimeout. Every
+// replica, because one whose call failed may still have taken the write, or
+// may take it later: the store keeps the tombstone of a key it does not
+// hold yet, so such a late write stays deleted. The write token allows data
+// only, so it asks the directory for the photo's delete token first.
+func (c *Client) cleanup(id needle.PhotoID, a Assignment) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
 	auth, err := c.directory.AuthorizeDelete(ctx, &directorypb.AuthorizeDeleteRequest{PhotoId: id.String()})
 	if err != nil {
 		c.opts.Logger.Warn("could not remove an abandoned write", "photo", id.String(), "err", err)
 		return
 	}
-	for i, r := range a.Replicas {
-		if !acked[i] {
-			continue
-		}
-		sc, err := c.Store(r.GRPCAddr)
-		if err == nil {
-			_, err = sc.Delete(ctx, &storepb.DeleteRequest{Vid: id.Vid, Key: id.Key, Cookie: id.Cookie, SizeCode: uint32(needle.SizeAll), WriteToken: auth.GetWriteToken()})
-		}
-		if err != nil {
+	req := &storepb.DeleteRequest{Vid: id.Vid, Key: id.Key, Cookie: id.Cookie, SizeCode: uint32(needle.SizeAll),
+		WriteToken: auth.GetWriteToken(), AppendTimeUnixNano: time.Now().UnixNano()}
+	var wg sync.WaitGroup
+	for _, r := range a.Replicas {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			for attempt := 0; attempt < 3 && ctx.Err() == nil; attempt++ {
+				if attempt > 0 {
+					select {
+					case <-ctx.Done():
+					case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+					}
+				}
+				var sc storepb.StoreClient
+				if sc, err = c.Store(r.GRPCAddr); err == nil {
+					if _, err = sc.Delete(ctx, req); err == nil {
+						return
+					}
+				}
+				if code := status.Code(err); code == codes.InvalidArgument || code == codes.Unauthenticated || code == codes.NotFound {
+					break // retrying cannot help
+				}
+			}
 			c.opts.Logger.Warn("could not remove an abandoned write", "photo", id.String(), "store", r.StoreID, "err", err)
-		}
+		}()
 	}
+	wg.Wait()
 }
 
 // Lookup returns a volume's replicas (live ones first) and state, cached
@@ -456,6 +481,7 @@ func (c *Client) Delete(ctx context.Context, id needle.PhotoID) error {
 	}
 	replicas := replicasOf(auth.GetReplicas())
 	found := make([]bool, len(replicas))
+	at := time.Now().UnixNano() // one tombstone, byte-identical on every replica
 	g, gctx := errgroup.WithContext(ctx)
 	for i, r := range replicas {
 		g.Go(func() error {
@@ -465,6 +491,7 @@ func (c *Client) Delete(ctx context.Context, id needle.PhotoID) error {
 			}
 			resp, err := sc.Delete(gctx, &storepb.DeleteRequest{
 				Vid: id.Vid, Key: id.Key, Cookie: id.Cookie, SizeCode: uint32(needle.SizeAll), WriteToken: auth.GetWriteToken(),
+				AppendTimeUnixNano: at,
 			})
 			switch status.Code(err) {
 			case codes.OK:

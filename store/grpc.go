@@ -50,6 +50,7 @@ var Policy = rpc.Policy{
 	storepb.Store_Compact_FullMethodName:         {pki.RoleDirectory, pki.RoleOperator},
 	storepb.Store_CopyVolume_FullMethodName:      {pki.RoleDirectory, pki.RoleOperator, pki.RoleStore},
 	storepb.Store_ReplicateVolume_FullMethodName: {pki.RoleDirectory, pki.RoleOperator},
+	storepb.Store_ListNeedles_FullMethodName:     {pki.RoleDirectory, pki.RoleOperator, pki.RoleStore},
 }
 
 // newGRPCServer builds the gRPC server with the store service registered.
@@ -113,6 +114,8 @@ func volumeError(vid uint32, err error) error {
 		return status.Errorf(codes.ResourceExhausted, "volume %d is full: %v", vid, err)
 	case errors.Is(err, volume.ErrReadOnly):
 		return status.Errorf(codes.FailedPrecondition, "volume %d is read-only: %v", vid, err)
+	case errors.Is(err, volume.ErrDeleted):
+		return status.Errorf(codes.FailedPrecondition, "volume %d: %v; a deleted image is never written again", vid, err)
 	case errors.Is(err, volume.ErrInvalid):
 		return status.Errorf(codes.InvalidArgument, "%v", err)
 	case errors.Is(err, volume.ErrNotFound):
@@ -226,24 +229,37 @@ func (g *grpcService) Delete(ctx context.Context, req *storepb.DeleteRequest) (*
 	if err := g.authorizeDelete(req.GetWriteToken(), req.GetVid(), req.GetKey(), req.GetCookie()); err != nil {
 		return nil, err
 	}
-	v, err := g.volume(req.GetVid())
-	if err != nil {
-		return nil, err
-	}
-	// Count what the tombstone will remove. Another delete racing with
-	// this one may remove some first; the count is then an upper bound.
-	count := uint32(0)
-	for s := needle.SizeThumb; s <= needle.SizeOriginal; s++ {
-		if (size == needle.SizeAll || s == size) && v.Has(req.GetKey(), s) {
-			count++
+	var count uint32
+	var freed int64
+	var err error
+	// A volume closed under the delete by a replica sync's swap is
+	// replaced by its new copy: look it up again once.
+	for attempt := 0; attempt < 2; attempt++ {
+		var v *volume.Volume
+		if v, err = g.volume(req.GetVid()); err != nil {
+			return nil, err
+		}
+		// Count what the tombstone will remove. Another delete racing with
+		// this one may remove some first; the count is then an upper bound.
+		count = 0
+		for s := needle.SizeThumb; s <= needle.SizeOriginal; s++ {
+			if (size == needle.SizeAll || s == size) && v.Has(req.GetKey(), s) {
+				count++
+			}
+		}
+		freed, err = v.DeleteAt(ctx, req.GetKey(), req.GetCookie(), size, req.GetAppendTimeUnixNano())
+		if !errors.Is(err, volume.ErrClosed) {
+			break
 		}
 	}
-	freed, err := v.Delete(ctx, req.GetKey(), req.GetCookie(), size)
 	switch {
 	case errors.Is(err, volume.ErrNotFound):
 		return &storepb.DeleteResponse{}, nil
 	case err != nil:
 		return nil, volumeError(req.GetVid(), err)
+	}
+	if freed == 0 {
+		count = 0 // already deleted, or deleted meanwhile by another call
 	}
 	return &storepb.DeleteResponse{DeletedCount: count, FreedBytes: uint64(freed)}, nil
 }
@@ -507,4 +523,52 @@ func (g *grpcService) ReplicateVolume(req *storepb.ReplicateVolumeRequest, strea
 	}
 	vs := v.Status()
 	return stream.Send(&storepb.ReplicateVolumeResponse{Phase: "done", CopiedBytes: uint64(vs.Size), TotalBytes: uint64(vs.Size), Volume: volumeInfo(vs)})
+}
+
+// listBatch is how many entries one ListNeedlesResponse carries.
+const listBatch = 1024
+
+// ListNeedles implements storepb.StoreServer. Callers: operators' replica
+// checks, the directory, and stores syncing a replica (it discloses
+// cookies, like Read).
+func (g *grpcService) ListNeedles(req *storepb.ListNeedlesRequest, stream storepb.Store_ListNeedlesServer) error {
+	v, err := g.volume(req.GetVid())
+	if err != nil {
+		return err
+	}
+	resp := &storepb.ListNeedlesResponse{}
+	err = v.List(stream.Context(), req.GetTombstonesOnly(), func(e volume.ListEntry, total int) error {
+		resp.Total = uint64(total)
+		resp.Entries = append(resp.Entries, needleEntry(e))
+		if len(resp.Entries) < listBatch {
+			return nil
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+		resp = &storepb.ListNeedlesResponse{}
+		return nil
+	})
+	if err == nil && (len(resp.Entries) > 0 || resp.Total == 0) {
+		err = stream.Send(resp)
+	}
+	if err != nil {
+		if _, ok := status.FromError(err); ok {
+			return err
+		}
+		return volumeError(req.GetVid(), err)
+	}
+	return nil
+}
+
+// needleEntry converts a listed needle to its wire form.
+func needleEntry(e volume.ListEntry) *storepb.NeedleEntry {
+	pe := &storepb.NeedleEntry{
+		Key: e.Key, SizeCode: uint32(e.Size), Tombstone: e.Tombstone, Length: uint32(e.Length),
+		Cookie: e.Cookie, Checksum: e.Checksum, ContentHash: e.ContentHash, AppendTimeUnixNano: e.AppendTime,
+	}
+	if e.Damaged != nil {
+		pe.Damaged = e.Damaged.Error()
+	}
+	return pe
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/haybale/haybale/internal/vfs"
+	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 	"github.com/haybale/haybale/store/volume"
 )
@@ -27,11 +28,15 @@ const syncDir = ".sync"
 // the source does not verify.
 var ErrSourceDamaged = errors.New("store: the source's copy of the volume is damaged")
 
-// VolumeSource streams a volume's .dat, as the store's CopyVolume RPC does
-// (see volume.Volume.CopyTo for the contract).
+// VolumeSource is the store a replica sync copies from.
 type VolumeSource interface {
+	// CopyVolume streams a volume's .dat, as the store's CopyVolume RPC
+	// does (see volume.Volume.CopyTo for the contract).
 	CopyVolume(ctx context.Context, vid uint32, offset int64, generation uint32,
 		fn func(chunk []byte, off, total int64, gen uint32) error) error
+	// Tombstones returns every tombstone the volume holds now, as the
+	// store's ListNeedles RPC with tombstones_only lists them.
+	Tombstones(ctx context.Context, vid uint32) ([]needle.Needle, error)
 }
 
 // GRPCVolumeSource is a VolumeSource reading from another store's
@@ -63,6 +68,30 @@ func (g GRPCVolumeSource) CopyVolume(ctx context.Context, vid uint32, offset int
 	}
 }
 
+// Tombstones implements VolumeSource with ListNeedles.
+func (g GRPCVolumeSource) Tombstones(ctx context.Context, vid uint32) ([]needle.Needle, error) {
+	stream, err := g.Client.ListNeedles(ctx, &storepb.ListNeedlesRequest{Vid: vid, TombstonesOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	var out []needle.Needle
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range resp.GetEntries() {
+			if e.GetTombstone() {
+				out = append(out, needle.Needle{Key: e.GetKey(), Cookie: e.GetCookie(), Size: needle.SizeCode(e.GetSizeCode()),
+					Flags: needle.FlagTombstone, AppendTime: e.GetAppendTimeUnixNano()})
+			}
+		}
+	}
+}
+
 // ReplicateProgress is called by ReplicateVolume with its phase ("copy",
 // "verify") and the bytes held so far of the total.
 type ReplicateProgress func(phase string, done, total int64)
@@ -78,6 +107,15 @@ type ReplicateProgress func(phase string, done, total int64)
 // when the pull (or its last resumption) began; for a writable volume,
 // writes acknowledged after that are not in it, so sync read-only volumes
 // (the directory marks a volume read-only when a replica is missing).
+//
+// Read-only volumes still take deletes, on both sides, while the pull
+// runs. No delete is lost in the swap: before the new copy is renamed into
+// place it gets, durably, every tombstone the source holds by then and
+// every tombstone of the old local copy (which is retired first: deletes
+// queued on it are committed, later ones wait for the new copy); once the
+// new copy serves, the source's tombstones are fetched and applied once
+// more. Tombstones are permanent (see volume.Volume.Tombstones), so adding
+// them never undoes anything.
 func (s *Store) ReplicateVolume(ctx context.Context, vid uint32, source string, src VolumeSource, progress ReplicateProgress) (*volume.Volume, error) {
 	if progress == nil {
 		progress = func(string, int64, int64) {}
@@ -134,7 +172,37 @@ func (s *Store) ReplicateVolume(ctx context.Context, vid uint32, source string, 
 		return nil, fmt.Errorf("store: %w", err)
 	}
 
+	// The source's tombstones, including those taken since the pull's
+	// snapshot.
+	srcTombs, err := src.Tombstones(ctx, vid)
+	if err != nil {
+		return nil, fmt.Errorf("store: list the source's tombstones of volume %d: %w", vid, err)
+	}
+
 	// Swap it in.
+	v, err := s.swapIn(ctx, vid, stage, part, srcTombs)
+	if err != nil {
+		return nil, err
+	}
+	// Deletes the source took between the listing above and the swap.
+	if srcTombs, err = src.Tombstones(ctx, vid); err != nil {
+		return nil, fmt.Errorf("store: list the source's tombstones of volume %d after the swap: %w", vid, err)
+	}
+	if n, err := v.ApplyTombstones(ctx, srcTombs); err != nil {
+		return nil, fmt.Errorf("store: apply the source's tombstones to volume %d: %w", vid, err)
+	} else if n > 0 {
+		s.opts.Logger.Info("applied deletes the source took during the swap", "vid", vid, "tombstones", n)
+	}
+	s.opts.Logger.Info("volume replicated", "vid", vid, "images", v.Status().Images, "bytes", v.Status().Size)
+	return v, nil
+}
+
+// swapIn retires the open copy of volume vid (if any), adds to the staged
+// copy every tombstone of the old copy and of tombs, and puts the staged
+// copy in service in place of the old one. If the staged copy cannot take
+// the tombstones, the old copy is reopened and keeps serving.
+func (s *Store) swapIn(ctx context.Context, vid uint32, stage, part string, tombs []needle.Needle) (*volume.Volume, error) {
+	fs := s.opts.FS
 	s.createMu.Lock()
 	defer s.createMu.Unlock()
 	s.mu.Lock()
@@ -142,13 +210,22 @@ func (s *Store) ReplicateVolume(ctx context.Context, vid uint32, source string, 
 	if s.mu.closed {
 		return nil, volume.ErrClosed
 	}
-	if old, ok := s.mu.volumes[vid]; ok {
-		if err := old.Close(); err != nil {
-			s.opts.Logger.Warn("closing the replaced copy of a volume", "vid", vid, "err", err)
-		}
-		delete(s.mu.volumes, vid)
-	}
 	dat, idx := volume.DatPath(s.opts.Dir, vid), volume.IdxPath(s.opts.Dir, vid)
+	if old, ok := s.mu.volumes[vid]; ok {
+		delete(s.mu.volumes, vid)
+		oldTombs, err := old.Retire(ctx)
+		if err != nil {
+			s.reopenLocked(ctx, vid)
+			return nil, fmt.Errorf("store: take the deletes of the replaced copy of volume %d: %w", vid, err)
+		}
+		tombs = append(tombs, oldTombs...)
+	}
+	if err := applyStaged(ctx, stage, vid, s.volumeOptions(), tombs); err != nil {
+		if _, err := fs.Stat(dat); err == nil {
+			s.reopenLocked(ctx, vid)
+		}
+		return nil, fmt.Errorf("store: add the tombstones to the pulled copy of volume %d: %w", vid, err)
+	}
 	if err := fs.Remove(idx); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
@@ -171,8 +248,33 @@ func (s *Store) ReplicateVolume(ctx context.Context, vid uint32, source string, 
 	}
 	delete(s.mu.failed, vid)
 	s.mu.volumes[vid] = v
-	s.opts.Logger.Info("volume replicated", "vid", vid, "images", v.Status().Images, "bytes", v.Status().Size)
 	return v, nil
+}
+
+// applyStaged opens the staged copy of volume vid, appends the tombstones
+// it lacks durably, and closes it.
+func applyStaged(ctx context.Context, stage string, vid uint32, opts volume.Options, tombs []needle.Needle) error {
+	sv, err := volume.Open(ctx, stage, vid, opts)
+	if err != nil {
+		return err
+	}
+	_, err = sv.ApplyTombstones(ctx, tombs)
+	if cerr := sv.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// reopenLocked puts the copy of volume vid in the data folder back in
+// service after a failed swap. s.mu must be held.
+func (s *Store) reopenLocked(ctx context.Context, vid uint32) {
+	v, err := volume.Open(ctx, s.opts.Dir, vid, s.volumeOptions())
+	if err != nil {
+		s.mu.failed[vid] = err
+		s.opts.Logger.Error("cannot reopen a volume after a failed replica swap", "vid", vid, "err", err)
+		return
+	}
+	s.mu.volumes[vid] = v
 }
 
 // checkpointEvery is how many pulled bytes are synced between updates of

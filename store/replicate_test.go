@@ -38,6 +38,132 @@ func (s *volumeSource) CopyVolume(ctx context.Context, vid uint32, offset int64,
 	})
 }
 
+func (s *volumeSource) Tombstones(ctx context.Context, vid uint32) ([]needle.Needle, error) {
+	v, err := s.st.Volume(vid)
+	if err != nil {
+		return nil, err
+	}
+	return v.Tombstones(ctx)
+}
+
+// midPullSource runs during() once, after the first chunk of the pull has
+// been handed over.
+type midPullSource struct {
+	volumeSource
+	during func()
+}
+
+func (m *midPullSource) CopyVolume(ctx context.Context, vid uint32, offset int64, gen uint32, fn func([]byte, int64, int64, uint32) error) error {
+	chunks := 0
+	return m.volumeSource.CopyVolume(ctx, vid, offset, gen, func(c []byte, off, total int64, g uint32) error {
+		if err := fn(c, off, total, g); err != nil {
+			return err
+		}
+		if chunks++; chunks == 1 && m.during != nil {
+			m.during()
+			m.during = nil
+		}
+		return nil
+	})
+}
+
+// TestReplicateVolumeKeepsDeletesDuringPull deletes photos while a replica
+// sync pulls a read-only volume: on both replicas, on the syncing one only
+// and on the source only. None of them may be served by the new copy, and
+// none may come back after a restart.
+func TestReplicateVolumeKeepsDeletesDuringPull(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMem()
+	src, err := Open(ctx, Options{Dir: "/src", FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := Open(ctx, Options{Dir: "/dst", FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	data := func(k uint64) []byte { return bytes.Repeat([]byte{byte(k), 9, 3}, 30000) }
+	sv, err := src.CreateVolume(ctx, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dv, err := dst.CreateVolume(ctx, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := uint64(1); k <= 60; k++ {
+		for _, v := range []*volume.Volume{sv, dv} {
+			if _, err := v.Write(ctx, []*needle.Needle{{Key: k, Cookie: k, Size: needle.SizeLarge, Data: data(k), AppendTime: int64(k) << 30}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, v := range []*volume.Volume{sv, dv} {
+		if err := v.MarkReadOnly(ctx, "missing replica"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const both, dstOnly, srcOnly, notYet = 58, 59, 60, 70
+	mustDelete := func(v *volume.Volume, k uint64) {
+		t.Helper()
+		if _, err := v.Delete(ctx, k, k, needle.SizeAll); err != nil {
+			t.Fatal(err)
+		}
+	}
+	source := &midPullSource{volumeSource: volumeSource{st: src}, during: func() {
+		// The pull has a snapshot of the source: these land after it.
+		mustDelete(sv, both)
+		mustDelete(dv, both)
+		mustDelete(dv, dstOnly)
+		mustDelete(sv, srcOnly)
+		mustDelete(dv, notYet) // a key neither replica holds
+	}}
+	nv, err := dst.ReplicateVolume(ctx, 6, "src", source, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if source.during != nil {
+		t.Fatal("the deletes did not run during the pull")
+	}
+	check := func(what string, v *volume.Volume) {
+		t.Helper()
+		for k := uint64(1); k <= 60; k++ {
+			_, _, err := v.Read(k, k, needle.SizeLarge, nil)
+			switch k {
+			case both, dstOnly, srcOnly:
+				if !errors.Is(err, volume.ErrNotFound) {
+					t.Fatalf("%s: key %d deleted during the pull is served again: %v", what, k, err)
+				}
+			default:
+				if err != nil {
+					t.Fatalf("%s: key %d: %v", what, k, err)
+				}
+			}
+		}
+		if !v.Deleted(notYet, needle.SizeAll) {
+			t.Fatalf("%s: the delete of a key not yet written was lost", what)
+		}
+	}
+	check("after the sync", nv)
+	if err := nv.Check(); err != nil {
+		t.Fatal(err)
+	}
+	// The tombstones were made durable before the copy went in service.
+	dst.Close()
+	dst2, err := Open(ctx, Options{Dir: "/dst", FS: fs.CrashClone()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst2.Close()
+	v2, err := dst2.Volume(6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("after a power cut", v2)
+}
+
 func TestReplicateVolumeResumes(t *testing.T) {
 	ctx := context.Background()
 	fs := vfs.NewMem()

@@ -45,6 +45,20 @@ func (o Output) json(v any) error {
 // progress returns a callback for byte progress, and a function that ends
 // the display.
 func (o Output) progress(desc string) (func(done, total int64), func()) {
+	return o.progressOf(desc, true)
+}
+
+// progressCount is progress for a count of needles rather than
+// bytes.
+func (o Output) progressCount(desc string) (func(done, total int64), func()) {
+	return o.progressOf(desc, false)
+}
+
+func (o Output) progressOf(desc string, bytes bool) (func(done, total int64), func()) {
+	unit := "bytes"
+	if !bytes {
+		unit = "needles"
+	}
 	if o.Progress == nil {
 		return nil, func() {}
 	}
@@ -52,12 +66,17 @@ func (o Output) progress(desc string) (func(done, total int64), func()) {
 		var bar *progressbar.ProgressBar
 		return func(done, total int64) {
 				if bar == nil {
-					bar = progressbar.NewOptions64(total,
+					opts := []progressbar.Option{
 						progressbar.OptionSetWriter(o.Progress),
 						progressbar.OptionSetDescription(desc),
-						progressbar.OptionShowBytes(true),
-						progressbar.OptionThrottle(100*time.Millisecond),
-						progressbar.OptionClearOnFinish())
+						progressbar.OptionShowBytes(bytes),
+						progressbar.OptionThrottle(100 * time.Millisecond),
+						progressbar.OptionClearOnFinish(),
+					}
+					if !bytes {
+						opts = append(opts, progressbar.OptionShowCount())
+					}
+					bar = progressbar.NewOptions64(total, opts...)
 				}
 				bar.Set64(done)
 			}, func() {
@@ -74,7 +93,7 @@ func (o Output) progress(desc string) (func(done, total int64), func()) {
 		pct := done * 100 / total / 10 * 10
 		if pct != last {
 			last = pct
-			fmt.Fprintf(o.Progress, "%s: %d%% (%d of %d bytes)\n", desc, pct, done, total)
+			fmt.Fprintf(o.Progress, "%s: %d%% (%d of %d %s)\n", desc, pct, done, total, unit)
 		}
 	}, func() {}
 }

@@ -24,6 +24,7 @@ func Verify(ctx context.Context, path string, out Output) (volume.FileReport, er
 	out.printf("  needles:  %d (tombstones included)\n", rep.Needles)
 	out.printf("  live:     %d images, %d bytes\n", rep.Live, rep.LiveBytes)
 	out.printf("  deleted:  %d needles, %d bytes reclaimable by compaction\n", rep.Dead, rep.DeadBytes)
+	out.printf("  tombstones: %d, %d bytes (kept by compaction)\n", rep.Tombstones, rep.TombstoneBytes)
 	for _, d := range rep.Corrupt {
 		out.printf("  CORRUPT:  bytes [%d, %d): %s\n", d.Start, d.End, d.Cause)
 	}

@@ -16,9 +16,9 @@ import (
 )
 
 // exitCode maps an error to the process exit status: 2 when damaged data
-// was found, 1 for every other failure.
+// was found or replicas still differ, 1 for every other failure.
 func exitCode(err error) int {
-	if errors.Is(err, tools.ErrCorrupt) {
+	if errors.Is(err, tools.ErrCorrupt) || errors.Is(err, tools.ErrReplicasDiffer) {
 		return 2
 	}
 	return 1

@@ -142,9 +142,16 @@ func (v *Volume) commitGroup(group []*pending) {
 	start := v.tail.Load()
 	end := start
 	var accepted []*pending
+	var roundTombs []idxEntry // tombstones accepted in this round so far
 	for _, p := range group {
 		state, reason := v.State()
+		var deleted error
+		if !p.tombstoneOnly() {
+			deleted = v.deletedWrite(p, roundTombs)
+		}
 		switch {
+		case deleted != nil:
+			p.err = deleted
 		case state == StateFailed:
 			p.err = fmt.Errorf("%w: %s", ErrReadOnly, reason)
 		case state != StateWritable && !p.tombstoneOnly():
@@ -158,6 +165,11 @@ func (v *Volume) commitGroup(group []*pending) {
 			p.base = end
 			end += int64(len(p.buf))
 			accepted = append(accepted, p)
+			for _, op := range p.ops {
+				if op.tombstone {
+					roundTombs = append(roundTombs, op)
+				}
+			}
 		}
 	}
 	if len(accepted) == 0 {
@@ -200,11 +212,7 @@ func (v *Volume) commitGroup(group []*pending) {
 		for i := range p.ops {
 			op := &p.ops[i]
 			op.off += uint32(p.base / needle.Alignment)
-			if op.tombstone {
-				p.freed += v.mu.index.remove(op.key, op.size)
-			} else {
-				v.mu.index.put(op.key, op.size, op.off, op.length)
-			}
+			p.freed += v.mu.index.apply(*op)
 			recs = appendIdxRecord(recs, *op)
 		}
 	}
@@ -261,4 +269,27 @@ func (v *Volume) appendIdx(recs []byte) {
 		return
 	}
 	v.idxBytes += int64(n)
+}
+
+// deletedWrite returns ErrDeleted when a needle of p names a (key, size)
+// that a tombstone deletes: one already indexed, or one accepted earlier in
+// this round. Deleted images are never written again (see Tombstones).
+func (v *Volume) deletedWrite(p *pending, roundTombs []idxEntry) error {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if v.mu.index.tombs.len() == 0 && len(roundTombs) == 0 {
+		return nil
+	}
+	for _, op := range p.ops {
+		dead := v.mu.index.deleted(op.key, op.size)
+		for _, t := range roundTombs {
+			if t.key == op.key && (t.size == op.size || t.size == allSizes) {
+				dead = true
+			}
+		}
+		if dead {
+			return fmt.Errorf("%w: key %x size %v", ErrDeleted, op.key, needle.SizeCode(op.size))
+		}
+	}
+	return nil
 }

@@ -46,7 +46,8 @@ const compactSuffix = ".compact.tmp"
 //     entries. Writes then go on appending to the old file.
 //  2. Copy the live needles, in (key, size) order so the new index packs
 //     every photo, into <vid>.dat.compact.tmp behind a superblock with the
-//     next generation, writing the new idx beside it.
+//     next generation, writing the new idx beside it; then every tombstone
+//     (tombstones are permanent, see Tombstones).
 //  3. Copy the bytes appended meanwhile (needles and tombstones, verbatim),
 //     first without the commit lock, then the last stretch under it.
 //  4. Still under the commit lock: sync both new files, rename the idx and
@@ -85,6 +86,11 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 	v.mu.index.ascend(func(key uint64, size, off, length uint32) bool {
 		entries = append(entries, idxEntry{key: key, size: size, off: off, length: length})
 		total += int64(length) * needle.Alignment
+		return true
+	})
+	var tombs []excEntry
+	v.mu.index.eachTombstone(func(e excEntry) bool {
+		tombs = append(tombs, e)
 		return true
 	})
 	v.mu.RUnlock()
@@ -188,6 +194,19 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 	if err := flush(false); err != nil {
 		return res, fmt.Errorf("volume %d: compact: %w", v.vid, err)
 	}
+	// Tombstones are permanent (see Tombstones): copy every one, verbatim,
+	// so a write of a deleted key that lands later stays deleted and
+	// replicas still agree on what was deleted.
+	for i, e := range tombs {
+		if i%256 == 0 {
+			if err := ctx.Err(); err != nil {
+				return res, err
+			}
+		}
+		if err := v.copyTombstone(b, e, &buf); err != nil {
+			return res, fmt.Errorf("volume %d: compact: %w", v.vid, err)
+		}
+	}
 	if opts.Progress != nil {
 		opts.Progress(total, total)
 	}
@@ -261,6 +280,39 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 	return res, nil
 }
 
+// copyTombstone appends the tombstone at e to the new volume, byte for byte.
+// A damaged tombstone is written again from what the index knows (key and
+// size code, with a zero cookie and the current time): a delete is never
+// lost.
+func (v *Volume) copyTombstone(b *compactBuilder, e excEntry, buf *[]byte) error {
+	v.mu.RLock()
+	if v.mu.closed {
+		v.mu.RUnlock()
+		return ErrClosed
+	}
+	n, raw, err := v.readAtLocked(e.off, e.length, *buf)
+	v.mu.RUnlock()
+	*buf = raw
+	if err == nil && n.IsTombstone() && n.Key == e.key && uint32(n.Size) == e.size {
+		b.add(idxEntry{key: e.key, size: e.size, off: uint32(b.tail / needle.Alignment), length: uint32(len(raw) / needle.Alignment), tombstone: true})
+		b.pending = append(b.pending, raw...)
+	} else {
+		if err != nil && !IsCorruption(err) {
+			return fmt.Errorf("read tombstone of key %x: %w", e.key, err)
+		}
+		t := &needle.Needle{Key: e.key, Size: needle.SizeCode(e.size), Flags: needle.FlagTombstone, AppendTime: v.opts.Now().UnixNano(), BatchStart: true}
+		if b.enc, err = b.format.Append(b.enc[:0], t); err != nil {
+			return err
+		}
+		b.add(idxEntry{key: e.key, size: e.size, off: uint32(b.tail / needle.Alignment), length: uint32(len(b.enc) / needle.Alignment), tombstone: true})
+		b.pending = append(b.pending, b.enc...)
+	}
+	if len(b.pending) >= compactFlush {
+		return b.flush()
+	}
+	return nil
+}
+
 // sealedReason is the read-only marker's content for a sealed volume.
 const sealedReason = "sealed"
 
@@ -299,11 +351,7 @@ func (b *compactBuilder) create(datPath, idxPath string, sb Superblock) error {
 
 // add indexes a needle placed at the builder's tail.
 func (b *compactBuilder) add(e idxEntry) {
-	if e.tombstone {
-		b.ix.remove(e.key, e.size)
-	} else {
-		b.ix.put(e.key, e.size, e.off, e.length)
-	}
+	b.ix.apply(e)
 	b.recs = appendIdxRecord(b.recs, e)
 	b.tail += int64(e.length) * needle.Alignment
 }

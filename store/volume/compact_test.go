@@ -47,8 +47,10 @@ func TestCompactReclaimsDeleted(t *testing.T) {
 	if res.Generation != 1 || after.Generation != 1 || res.SizeAfter != after.Size {
 		t.Fatalf("generation/size: %+v %+v", res, after)
 	}
-	if after.Size != SuperblockSize+before.LiveBytes || after.Deleted != 0 {
-		t.Fatalf("compacted size %d, want %d live bytes after the superblock", after.Size, before.LiveBytes)
+	// Tombstones are permanent: the 100 of them are copied too.
+	tombs := int64(100 * needle.EncodedLen(0))
+	if after.Size != SuperblockSize+before.LiveBytes+tombs || after.Deleted != 0 || after.TombstoneBytes != tombs {
+		t.Fatalf("compacted size %d, want %d live bytes and %d of tombstones after the superblock", after.Size, before.LiveBytes, tombs)
 	}
 	if res.Reclaimed != before.Size-after.Size || res.Reclaimed < before.Size/3 {
 		t.Fatalf("reclaimed %d of %d", res.Reclaimed, before.Size)

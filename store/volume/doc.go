@@ -93,6 +93,19 @@
 // drops a batch whose end never reached the disk: a batch lands whole or not
 // at all.
 //
+// # Deletes
+//
+// Delete appends a tombstone needle. Tombstones are permanent: a tombstone
+// for (key, size) removes that image whether the image's needle lies before
+// or after it in the file, the index remembers every tombstone and where it
+// lies, Write refuses a deleted (key, size) (ErrDeleted), a delete of a key
+// the volume does not hold yet still appends its tombstone, and compaction
+// copies every tombstone verbatim. Keys are handed out once and never
+// reused, so this only ever keeps deleted what its writer gave up, even when
+// the write lands after the delete. Replica sync carries tombstones of both
+// sides over (Tombstones, ApplyTombstones, Retire), and List gives replica
+// checks every needle and tombstone.
+//
 // # Failures
 //
 // A failed write is never acknowledged and its bytes are never served: the

@@ -142,6 +142,12 @@ type index struct {
 
 	live  int    // live (key, size) entries, packed and exceptions
 	units uint64 // summed lengths of the live entries
+
+	// tombs holds the tombstones of the volume, by (key, size code), size
+	// 0xFFFFFFFF for a whole photo, with the tombstone needle's offset and
+	// length. A tombstone is permanent: it removes the (key, size) whether
+	// its needle was appended before or after it (see apply).
+	tombs *tombSet
 }
 
 // excEntry is one exception.
@@ -163,6 +169,7 @@ func excLess(a, b excEntry) bool {
 func newIndex() *index {
 	return &index{
 		exc:      btree.NewG[excEntry](excDegree, excLess),
+		tombs:    newTombSet(),
 		mergeMin: defaultMergeMin,
 	}
 }
@@ -384,11 +391,12 @@ func (ix *index) deleteExc(key uint64, size uint32) (freed uint64) {
 	return uint64(old.length)
 }
 
-// remove applies a tombstone: it removes the entry (key, size), or every
-// size of key when size is 0xFFFFFFFF, and returns the summed lengths, in
-// 8-byte units, of the entries it removed. A packed slot keeps its length
-// (the offsets of later slots depend on it); only its live bit is cleared.
-func (ix *index) remove(key uint64, size uint32) (freedUnits uint64) {
+// removeLive removes the live entry (key, size), or every size of key when
+// size is 0xFFFFFFFF, and returns the summed lengths, in 8-byte units, of the
+// entries it removed. A packed slot keeps its length (the offsets of later
+// slots depend on it); only its live bit is cleared. It does not record a
+// tombstone: apply does that.
+func (ix *index) removeLive(key uint64, size uint32) (freedUnits uint64) {
 	if r, ok := ix.find(key); ok {
 		b := ix.record(r)
 		m := recMask(b)
@@ -567,7 +575,7 @@ func (ix *index) memoryBytes() int {
 	for _, p := range ix.pages {
 		n += cap(p)
 	}
-	return n + ix.exc.Len()*excEntryBytes
+	return n + ix.exc.Len()*excEntryBytes + ix.tombs.memoryBytes()
 }
 
 // merge rebuilds the index from its live entries: photos whose sizes can
@@ -591,6 +599,7 @@ func (ix *index) merge() {
 	})
 	flush()
 	nx.live, nx.units = ix.live, ix.units
+	nx.tombs = ix.tombs
 	nx.excAtMerge = nx.exc.Len()
 	*ix = *nx
 }

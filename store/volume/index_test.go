@@ -50,7 +50,7 @@ func (m indexModel) len() int {
 	return n
 }
 
-func (m indexModel) remove(key uint64, size uint32) (freed uint64) {
+func (m indexModel) removeLive(key uint64, size uint32) (freed uint64) {
 	for sz, v := range m[key] {
 		if size == allSizes || size == sz {
 			freed += uint64(v.length)
@@ -350,14 +350,14 @@ func (s *indexSim) step() error {
 	case p < 62:
 		key, size := s.someKey(), s.someSize()
 		s.trace = append(s.trace, fmt.Sprintf("remove(%d, %d)", key, size))
-		got, want := s.ix.remove(key, size), s.m.remove(key, size)
+		got, want := s.ix.removeLive(key, size), s.m.removeLive(key, size)
 		if got != want {
 			return fmt.Errorf("remove(%d, %d) = %d, want %d", key, size, got, want)
 		}
 	case p < 66:
 		key := s.someKey()
 		s.trace = append(s.trace, fmt.Sprintf("remove(%d, all)", key))
-		got, want := s.ix.remove(key, allSizes), s.m.remove(key, allSizes)
+		got, want := s.ix.removeLive(key, allSizes), s.m.removeLive(key, allSizes)
 		if got != want {
 			return fmt.Errorf("remove(%d, all) = %d, want %d", key, got, want)
 		}
@@ -505,7 +505,7 @@ func TestIndexCases(t *testing.T) {
 			ix, m := newIndex(), indexModel{}
 			for i, o := range tc.ops {
 				if o.remove {
-					got, want := ix.remove(o.key, o.size), m.remove(o.key, o.size)
+					got, want := ix.removeLive(o.key, o.size), m.removeLive(o.key, o.size)
 					if got != want || got != o.freed {
 						t.Fatalf("op %d: remove(%d, %d) = %d; model %d, table %d", i, o.key, o.size, got, want, o.freed)
 					}
@@ -538,7 +538,7 @@ func TestIndexEmpty(t *testing.T) {
 	if _, _, ok := ix.get(1, 0); ok {
 		t.Error("get on an empty index found something")
 	}
-	if ix.remove(1, allSizes) != 0 || ix.len() != 0 || ix.liveUnits() != 0 {
+	if ix.removeLive(1, allSizes) != 0 || ix.len() != 0 || ix.liveUnits() != 0 {
 		t.Error("empty index reports entries")
 	}
 	ix.sizesOf(1, func(size, off, length uint32) { t.Error("sizesOf on an empty index called fn") })

@@ -30,10 +30,14 @@ type FileReport struct {
 	Needles    int      `json:"needles"`
 	Live       int      `json:"live"`       // live images
 	LiveBytes  int64    `json:"live_bytes"` // bytes of live needles
-	Dead       int      `json:"dead"`       // deleted or overwritten needles, and tombstones
+	Dead       int      `json:"dead"`       // reclaimable: deleted, overwritten, superseded tombstones
 	DeadBytes  int64    `json:"dead_bytes"`
 	Corrupt    []Damage `json:"corrupt,omitempty"`   // damaged stretches valid needles follow
 	TornTail   *Damage  `json:"torn_tail,omitempty"` // what recovery would move aside and cut off
+
+	// Tombstones in force (permanent: compaction keeps them).
+	Tombstones     int   `json:"tombstones"`
+	TombstoneBytes int64 `json:"tombstone_bytes"`
 }
 
 // Healthy reports whether the file has no damage and no torn tail.
@@ -113,11 +117,7 @@ func InspectFile(ctx context.Context, path string, opts InspectOptions) (FileRep
 		batch: func(batch []idxEntry) {
 			for _, e := range batch {
 				rep.Needles++
-				if e.tombstone {
-					ix.remove(e.key, e.size)
-				} else {
-					ix.put(e.key, e.size, e.off, e.length)
-				}
+				ix.apply(e)
 				read = e.end() - SuperblockSize
 			}
 			if opts.Progress != nil {
@@ -136,12 +136,14 @@ func InspectFile(ctx context.Context, path string, opts InspectOptions) (FileRep
 	}
 	rep.Live = ix.len()
 	rep.LiveBytes = int64(ix.liveUnits()) * needle.Alignment
-	rep.Dead = rep.Needles - rep.Live
+	rep.Tombstones = ix.tombs.len()
+	rep.TombstoneBytes = int64(ix.tombs.units) * needle.Alignment
+	rep.Dead = rep.Needles - rep.Live - rep.Tombstones
 	var damaged int64
 	for _, d := range rep.Corrupt {
 		damaged += d.End - d.Start
 	}
-	rep.DeadBytes = res.validEnd - SuperblockSize - rep.LiveBytes - damaged
+	rep.DeadBytes = res.validEnd - SuperblockSize - rep.LiveBytes - rep.TombstoneBytes - damaged
 	if opts.Progress != nil && opts.Each == nil {
 		opts.Progress(total, total)
 	}

@@ -27,10 +27,10 @@ func TestInspectFindsDamage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !clean.Healthy() || clean.Live != 20 || clean.Needles != 25 || clean.Dead != 5 {
+	if !clean.Healthy() || clean.Live != 20 || clean.Needles != 25 || clean.Dead != 4 || clean.Tombstones != 1 {
 		t.Fatalf("clean report %+v", clean)
 	}
-	if clean.LiveBytes+clean.DeadBytes != clean.Size-SuperblockSize {
+	if clean.LiveBytes+clean.DeadBytes+clean.TombstoneBytes != clean.Size-SuperblockSize {
 		t.Fatalf("live %d + dead %d != %d", clean.LiveBytes, clean.DeadBytes, clean.Size-SuperblockSize)
 	}
 
@@ -131,7 +131,7 @@ func TestCompactFileOffline(t *testing.T) {
 		t.Fatalf("%+v", res)
 	}
 	rep, err := InspectFile(context.Background(), DatPath(testDir, 42), InspectOptions{FS: fs})
-	if err != nil || !rep.Healthy() || rep.Dead != 0 || rep.Live != 200 || rep.Generation != 1 {
+	if err != nil || !rep.Healthy() || rep.Dead != 0 || rep.Tombstones != 50 || rep.Live != 200 || rep.Generation != 1 {
 		t.Fatalf("%+v %v", rep, err)
 	}
 }

@@ -99,11 +99,7 @@ load:
 			if !ok || e.end() > datSize {
 				break load // torn or damaged hint: the scan covers the rest
 			}
-			if e.tombstone {
-				ix.remove(e.key, e.size)
-			} else {
-				ix.put(e.key, e.size, e.off, e.length)
-			}
+			ix.apply(e)
 			v.needles.Add(1)
 			scanFrom = max(scanFrom, e.end())
 			pos += idxRecordSize
@@ -131,11 +127,7 @@ func (v *Volume) scanTail(ctx context.Context, from, size int64) error {
 		strict: true,
 		batch: func(batch []idxEntry) {
 			for _, e := range batch {
-				if e.tombstone {
-					ix.remove(e.key, e.size)
-				} else {
-					ix.put(e.key, e.size, e.off, e.length)
-				}
+				ix.apply(e)
 				recs = appendIdxRecord(recs, e)
 			}
 			v.needles.Add(int64(len(batch)))

@@ -291,7 +291,7 @@ type Status struct {
 	SizeLimit  int64
 	Images     int   // live (key, size) entries
 	LiveBytes  int64 // bytes of live needles
-	Deleted    int64 // bytes of dead needles, tombstones and damaged ranges
+	Deleted    int64 // bytes compaction reclaims (not TombstoneBytes)
 	Generation uint32
 	Created    time.Time
 	// Needles counts needles appended since open or found at open,
@@ -301,6 +301,10 @@ type Status struct {
 	Syncs   int64
 	// CorruptBytes counts bytes recovery skipped as damaged.
 	CorruptBytes int64
+
+	// TombstoneBytes counts the bytes of the tombstones in force, which
+	// compaction keeps (tombstones are permanent); Deleted leaves them out.
+	TombstoneBytes int64
 }
 
 // Status returns a snapshot of the volume's state and size.
@@ -308,11 +312,12 @@ func (v *Volume) Status() Status {
 	v.mu.RLock()
 	images := v.mu.index.len()
 	live := int64(v.mu.index.liveUnits()) * needle.Alignment
+	tombs := int64(v.mu.index.tombs.units) * needle.Alignment
 	super := v.super
 	v.mu.RUnlock()
 	s, reason := v.State()
 	size := v.tail.Load()
-	return Status{
+	st := Status{
 		Vid:          v.vid,
 		State:        s,
 		Reason:       reason,
@@ -320,13 +325,15 @@ func (v *Volume) Status() Status {
 		SizeLimit:    v.opts.SizeLimit,
 		Images:       images,
 		LiveBytes:    live,
-		Deleted:      max(size-SuperblockSize-live, 0),
+		Deleted:      max(size-SuperblockSize-live-tombs, 0),
 		Generation:   super.Generation,
 		Created:      time.Unix(0, super.Created),
 		Needles:      v.needles.Load(),
 		Syncs:        v.syncs.Load(),
 		CorruptBytes: v.corrupt.Load(),
 	}
+	st.TombstoneBytes = tombs
+	return st
 }
 
 // Close waits for writes in flight, syncs the idx and closes the files.
@@ -360,6 +367,24 @@ func (v *Volume) Close() error {
 		return fmt.Errorf("volume %d: close: %w", v.vid, err)
 	}
 	return nil
+}
+
+// Retire stops the volume taking writes and deletes (what is already queued
+// is committed first; later calls get ErrClosed), returns its tombstones (see
+// Tombstones) and closes it. A store replacing a copy of a volume carries
+// these tombstones over to the new copy, so no delete the old copy
+// acknowledged is lost. The volume is closed even when an error is
+// returned.
+func (v *Volume) Retire(ctx context.Context) ([]needle.Needle, error) {
+	v.stopCommitter()
+	ts, err := v.Tombstones(ctx)
+	if cerr := v.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("volume %d: retire: %w", v.vid, err)
+	}
+	return ts, nil
 }
 
 // Read returns the live needle for (key, size) if its cookie matches. It
@@ -464,15 +489,20 @@ type Written struct {
 }
 
 // Write appends the needles as one batch and returns once they are durable;
-// they land whole or not at all. AppendTime is set where zero; the batch
-// flags and BatchStart are set here. ctx is honoured until the batch is
-// queued; after that Write waits for the outcome, because the bytes may
-// already be on their way to the disk.
+// they land whole or not at all. The writer normally chooses AppendTime,
+// one for all the replicas of a write, so that they are byte-identical; it
+// is set to the store's clock where zero, and a negative one or one more
+// than MaxAppendTimeAhead ahead of the store's clock is refused
+// (ErrInvalid). The batch flags and BatchStart are set here. A batch naming
+// a (key, size) that a tombstone has deleted is refused with ErrDeleted.
+// ctx is honoured until the batch is queued; after that Write waits for the
+// outcome, because the bytes may already be on their way to the disk.
 func (v *Volume) Write(ctx context.Context, needles []*needle.Needle) ([]Written, error) {
 	if len(needles) == 0 {
 		return nil, fmt.Errorf("%w: empty batch", ErrInvalid)
 	}
-	now := v.opts.Now().UnixNano()
+	clock := v.opts.Now()
+	now := clock.UnixNano()
 	total := 0
 	for _, n := range needles {
 		switch {
@@ -482,6 +512,11 @@ func (v *Volume) Write(ctx context.Context, needles []*needle.Needle) ([]Written
 			return nil, fmt.Errorf("%w: size code %d", ErrInvalid, n.Size)
 		case n.IsTombstone():
 			return nil, fmt.Errorf("%w: tombstones are written by Delete", ErrInvalid)
+		}
+		if n.AppendTime != 0 {
+			if err := checkAppendTime(n.AppendTime, clock); err != nil {
+				return nil, err
+			}
 		}
 		total += needle.EncodedLen(len(n.Data))
 	}
@@ -518,18 +553,37 @@ func (v *Volume) Write(ctx context.Context, needles []*needle.Needle) ([]Written
 }
 
 // Delete appends a tombstone for (key, size) — size needle.SizeAll deletes
-// every size — and returns the bytes the deleted needles held, once the
-// tombstone is durable. A key with no live needle, or whose needle has
-// another cookie, returns ErrNotFound and writes nothing.
+// every size — stamped with the store's clock; see DeleteAt.
 func (v *Volume) Delete(ctx context.Context, key, cookie uint64, size needle.SizeCode) (int64, error) {
+	return v.DeleteAt(ctx, key, cookie, size, 0)
+}
+
+// DeleteAt appends a tombstone for (key, size) — size needle.SizeAll deletes
+// every size — with the given append time (0 for the store's clock; the
+// writer of a delete chooses one for all replicas, as for writes), and
+// returns the bytes the deleted needles held, once the tombstone is durable.
+//
+// Tombstones are permanent (see Tombstones): a key with no live needle still
+// gets its tombstone, so a write of it that lands later stays deleted. A
+// (key, size) that a tombstone already covers writes nothing and returns 0,
+// so retries do not grow the volume. A live needle whose cookie differs
+// from cookie returns ErrNotFound and writes nothing.
+func (v *Volume) DeleteAt(ctx context.Context, key, cookie uint64, size needle.SizeCode, appendTime int64) (int64, error) {
 	if !size.Valid() && size != needle.SizeAll {
 		return 0, fmt.Errorf("%w: size code %d", ErrInvalid, size)
+	}
+	if key == 0 {
+		return 0, fmt.Errorf("%w: key 0", ErrInvalid)
 	}
 	// Check the cookie against one stored needle of the photo.
 	v.mu.RLock()
 	if v.mu.closed {
 		v.mu.RUnlock()
 		return 0, ErrClosed
+	}
+	if v.mu.index.deleted(key, uint32(size)) {
+		v.mu.RUnlock()
+		return 0, nil
 	}
 	var first [2]uint32
 	found := false
@@ -544,23 +598,20 @@ func (v *Volume) Delete(ctx context.Context, key, cookie uint64, size needle.Siz
 		n, _, err = v.readAtLocked(first[0], first[1], nil)
 	}
 	v.mu.RUnlock()
-	if !found {
-		return 0, ErrNotFound
+	if found {
+		// A damaged needle cannot prove the cookie; deleting it is still
+		// allowed, so an operator can remove what cannot be read.
+		if err == nil && n.Cookie != cookie {
+			return 0, ErrNotFound
+		}
+		if err != nil && !IsCorruption(err) {
+			return 0, fmt.Errorf("volume %d: %w", v.vid, err)
+		}
 	}
-	// A damaged needle cannot prove the cookie; deleting it is still
-	// allowed, so an operator can remove what cannot be read.
-	if err == nil && n.Cookie != cookie {
-		return 0, ErrNotFound
-	}
-	if err != nil && !IsCorruption(err) {
-		return 0, fmt.Errorf("volume %d: %w", v.vid, err)
-	}
-	t := &needle.Needle{Key: key, Cookie: cookie, Size: size, Flags: needle.FlagTombstone, AppendTime: v.opts.Now().UnixNano(), BatchStart: true}
-	buf, err := v.format.Append(nil, t)
+	p, err := v.tombstone(key, cookie, size, appendTime)
 	if err != nil {
-		return 0, fmt.Errorf("volume %d: %w", v.vid, err)
+		return 0, err
 	}
-	p := &pending{buf: buf, ops: []idxEntry{{key: key, size: uint32(size), length: uint32(len(buf) / 8), tombstone: true}}}
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}

@@ -185,8 +185,9 @@ func TestTombstones(t *testing.T) {
 			if _, err := v.Delete(context.Background(), 11, 111, needle.SizeMedium); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := v.Delete(context.Background(), 11, 111, needle.SizeMedium); !errors.Is(err, ErrNotFound) {
-				t.Fatalf("second delete: %v", err)
+			size := v.Status().Size
+			if freed, err := v.Delete(context.Background(), 11, 111, needle.SizeMedium); err != nil || freed != 0 || v.Status().Size != size {
+				t.Fatalf("second delete: freed %d, %v; volume grew from %d to %d bytes", freed, err, size, v.Status().Size)
 			}
 			check := func(v *Volume) {
 				for _, n := range a {
@@ -215,12 +216,14 @@ func TestTombstones(t *testing.T) {
 			}
 			v = reopen(t, fs, 3)
 			check(v)
-			// A rewrite after a delete is visible again.
-			mustWrite(t, v, a[:1])
-			expectRead(t, v, a[0])
+			// Tombstones are permanent: a write of a deleted image is
+			// refused, and it stays deleted.
+			if _, err := v.Write(context.Background(), a[:1]); !errors.Is(err, ErrDeleted) {
+				t.Fatalf("rewrite after a delete: %v, want ErrDeleted", err)
+			}
 			v.Close()
 			v = reopen(t, fs, 3)
-			expectRead(t, v, a[0])
+			expectNotFound(t, v, a[0].Key, a[0].Cookie, a[0].Size)
 			v.Close()
 		})
 	}
@@ -736,6 +739,7 @@ func TestRandomOperations(t *testing.T) {
 		size needle.SizeCode
 	}
 	model := map[mkey]*needle.Needle{}
+	dead := map[mkey]bool{} // deleted (key, size): never written again
 	cookies := map[uint64]uint64{}
 	nextKey := uint64(1)
 	for step := 0; step < 3000; step++ {
@@ -753,9 +757,17 @@ func TestRandomOperations(t *testing.T) {
 				cookies[key] = cookie
 			}
 			ns := photo(key, cookie)
-			mustWrite(t, v, ns)
+			wantDeleted := false
 			for _, n := range ns {
-				model[mkey{key, n.Size}] = n
+				wantDeleted = wantDeleted || dead[mkey{key, n.Size}]
+			}
+			if _, err := v.Write(context.Background(), ns); wantDeleted != errors.Is(err, ErrDeleted) || (!wantDeleted && err != nil) {
+				t.Fatalf("step %d: write of key %d: %v (deleted: %v)", step, key, err, wantDeleted)
+			}
+			for _, n := range ns {
+				if !wantDeleted {
+					model[mkey{key, n.Size}] = n
+				}
 			}
 		case op < 50 && nextKey > 1: // rewrite one size
 			key := 1 + uint64(r.IntN(int(nextKey-1)))
@@ -765,7 +777,16 @@ func TestRandomOperations(t *testing.T) {
 			}
 			size := needle.SizeCode(r.IntN(5))
 			n := &needle.Needle{Key: key, Cookie: cookie, Size: size, ContentType: needle.TypeWebP, Data: []byte(fmt.Sprint("rewrite ", step))}
-			mustWrite(t, v, []*needle.Needle{n})
+			_, err := v.Write(context.Background(), []*needle.Needle{n})
+			if dead[mkey{key, size}] {
+				if !errors.Is(err, ErrDeleted) {
+					t.Fatalf("step %d: rewrite of deleted key %d size %v: %v", step, key, size, err)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
 			model[mkey{key, size}] = n
 		case op < 60 && nextKey > 1: // delete
 			key := 1 + uint64(r.IntN(int(nextKey-1)))
@@ -773,16 +794,21 @@ func TestRandomOperations(t *testing.T) {
 			if r.IntN(2) == 0 {
 				size = needle.SizeAll
 			}
-			has := false
+			var freed int64
 			for s := needle.SizeCode(0); s <= needle.SizeOriginal; s++ {
-				if _, ok := model[mkey{key, s}]; ok && (size == needle.SizeAll || s == size) {
-					has = true
-					delete(model, mkey{key, s})
+				if size == needle.SizeAll || s == size {
+					if n, ok := model[mkey{key, s}]; ok {
+						freed += int64(needle.EncodedLen(len(n.Data)))
+						delete(model, mkey{key, s})
+					}
+					// Tombstones are permanent, even for what is not
+					// there yet.
+					dead[mkey{key, s}] = true
 				}
 			}
-			_, err := v.Delete(context.Background(), key, cookies[key], size)
-			if has != (err == nil) {
-				t.Fatalf("step %d: delete key %d size %v: %v (model has it: %v)", step, key, size, err, has)
+			got, err := v.Delete(context.Background(), key, cookies[key], size)
+			if err != nil || got != freed {
+				t.Fatalf("step %d: delete key %d size %v: freed %d, %v; model freed %d", step, key, size, got, err, freed)
 			}
 		case op < 62: // power cut
 			crashed := mem.CrashCloneTorn(r.Uint64())

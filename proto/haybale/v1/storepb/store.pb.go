@@ -101,8 +101,12 @@ type Needle struct {
 	ContentType uint32 `protobuf:"varint,4,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	// The image bytes.
 	Data []byte `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
-	// Append time in Unix nanoseconds. On Write, 0 lets the store set it to the
-	// time of the append; replica sync and tools pass the original time.
+	// Append time in Unix nanoseconds. On Write, the writer chooses it once
+	// for all the replicas of a write, so that they store byte-identical
+	// needles (the same ETag and Last-Modified); repair tools pass the
+	// original time. 0 lets the store set it to the time of the append. A
+	// negative time or one more than an hour ahead of the store's clock is
+	// INVALID_ARGUMENT.
 	AppendTimeUnixNano int64 `protobuf:"varint,6,opt,name=append_time_unix_nano,json=appendTimeUnixNano,proto3" json:"append_time_unix_nano,omitempty"`
 	// xxhash64 of the needle's header fields after the magic and its data, as
 	// stored. Output only: set by Read, ignored by Write.
@@ -401,7 +405,11 @@ func (x *WriteResponse) GetVolumeSizeBytes() uint64 {
 	return 0
 }
 
-// DeleteRequest names the needles to tombstone.
+// DeleteRequest names the needles to tombstone. Tombstones are permanent: a
+// delete of a key the volume does not hold (yet) still writes its tombstone,
+// so a write of that key that lands later is refused or stays deleted, and a
+// deleted (key, size) is never written again (Write answers
+// FAILED_PRECONDITION).
 type DeleteRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Volume holding the photo.
@@ -414,9 +422,14 @@ type DeleteRequest struct {
 	SizeCode uint32 `protobuf:"varint,4,opt,name=size_code,json=sizeCode,proto3" json:"size_code,omitempty"`
 	// Delete token from the directory's AuthorizeDelete, naming this vid, key
 	// and cookie. (A write token is refused.)
-	WriteToken    string `protobuf:"bytes,5,opt,name=write_token,json=writeToken,proto3" json:"write_token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	WriteToken string `protobuf:"bytes,5,opt,name=write_token,json=writeToken,proto3" json:"write_token,omitempty"`
+	// Append time of the tombstone in Unix nanoseconds, chosen once by the
+	// writer for all replicas so that their tombstones are byte-identical; 0
+	// lets the store use its clock. A negative time or one more than an hour
+	// ahead of the store's clock is INVALID_ARGUMENT.
+	AppendTimeUnixNano int64 `protobuf:"varint,6,opt,name=append_time_unix_nano,json=appendTimeUnixNano,proto3" json:"append_time_unix_nano,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *DeleteRequest) Reset() {
@@ -482,6 +495,13 @@ func (x *DeleteRequest) GetWriteToken() string {
 		return x.WriteToken
 	}
 	return ""
+}
+
+func (x *DeleteRequest) GetAppendTimeUnixNano() int64 {
+	if x != nil {
+		return x.AppendTimeUnixNano
+	}
+	return 0
 }
 
 // DeleteResponse reports what a Delete removed.
@@ -1012,8 +1032,9 @@ type VolumeInfo struct {
 	SizeLimitBytes uint64 `protobuf:"varint,5,opt,name=size_limit_bytes,json=sizeLimitBytes,proto3" json:"size_limit_bytes,omitempty"`
 	// Number of live images (needles not deleted or superseded).
 	NeedleCount uint64 `protobuf:"varint,6,opt,name=needle_count,json=needleCount,proto3" json:"needle_count,omitempty"`
-	// Bytes held by deleted or superseded needles and tombstones, reclaimable by
-	// compaction.
+	// Bytes held by deleted or superseded needles and superseded tombstones,
+	// reclaimable by compaction. The tombstones in force are not counted:
+	// tombstones are permanent and compaction keeps them.
 	DeletedBytes uint64 `protobuf:"varint,7,opt,name=deleted_bytes,json=deletedBytes,proto3" json:"deleted_bytes,omitempty"`
 	// Number of compactions the volume has gone through (from its superblock).
 	CompactionGeneration uint32 `protobuf:"varint,8,opt,name=compaction_generation,json=compactionGeneration,proto3" json:"compaction_generation,omitempty"`
@@ -1528,6 +1549,239 @@ func (x *ReplicateVolumeResponse) GetVolume() *VolumeInfo {
 	return nil
 }
 
+// ListNeedlesRequest names the volume to list.
+type ListNeedlesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// List only the tombstones (cheap: no needle data is read).
+	TombstonesOnly bool `protobuf:"varint,2,opt,name=tombstones_only,json=tombstonesOnly,proto3" json:"tombstones_only,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ListNeedlesRequest) Reset() {
+	*x = ListNeedlesRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNeedlesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNeedlesRequest) ProtoMessage() {}
+
+func (x *ListNeedlesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNeedlesRequest.ProtoReflect.Descriptor instead.
+func (*ListNeedlesRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ListNeedlesRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *ListNeedlesRequest) GetTombstonesOnly() bool {
+	if x != nil {
+		return x.TombstonesOnly
+	}
+	return false
+}
+
+// NeedleEntry is one needle of a listing: a live image or a tombstone.
+type NeedleEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Photo key.
+	Key uint64 `protobuf:"fixed64,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Size code; 0xFFFFFFFF for a tombstone of every size of the photo.
+	SizeCode uint32 `protobuf:"varint,2,opt,name=size_code,json=sizeCode,proto3" json:"size_code,omitempty"`
+	// Cookie stored in the needle.
+	Cookie uint64 `protobuf:"fixed64,3,opt,name=cookie,proto3" json:"cookie,omitempty"`
+	// Checksum stored in the needle's footer (the image's ETag). It covers
+	// the batch flags, so the same image written in another batch differs.
+	Checksum uint64 `protobuf:"fixed64,4,opt,name=checksum,proto3" json:"checksum,omitempty"`
+	// xxhash64 of what the needle holds, independent of how it was batched:
+	// cookie, key, size code, content type, append time and data. Equal
+	// content hashes mean equal images.
+	ContentHash uint64 `protobuf:"fixed64,5,opt,name=content_hash,json=contentHash,proto3" json:"content_hash,omitempty"`
+	// Append time, Unix nanoseconds.
+	AppendTimeUnixNano int64 `protobuf:"varint,6,opt,name=append_time_unix_nano,json=appendTimeUnixNano,proto3" json:"append_time_unix_nano,omitempty"`
+	// The entry is a tombstone.
+	Tombstone bool `protobuf:"varint,7,opt,name=tombstone,proto3" json:"tombstone,omitempty"`
+	// Encoded length of the needle in bytes, padding included.
+	Length uint32 `protobuf:"varint,8,opt,name=length,proto3" json:"length,omitempty"`
+	// Set when the needle's bytes failed verification: why. Its other fields
+	// but key and size code are then zero.
+	Damaged       string `protobuf:"bytes,9,opt,name=damaged,proto3" json:"damaged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NeedleEntry) Reset() {
+	*x = NeedleEntry{}
+	mi := &file_haybale_v1_store_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NeedleEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NeedleEntry) ProtoMessage() {}
+
+func (x *NeedleEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NeedleEntry.ProtoReflect.Descriptor instead.
+func (*NeedleEntry) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *NeedleEntry) GetKey() uint64 {
+	if x != nil {
+		return x.Key
+	}
+	return 0
+}
+
+func (x *NeedleEntry) GetSizeCode() uint32 {
+	if x != nil {
+		return x.SizeCode
+	}
+	return 0
+}
+
+func (x *NeedleEntry) GetCookie() uint64 {
+	if x != nil {
+		return x.Cookie
+	}
+	return 0
+}
+
+func (x *NeedleEntry) GetChecksum() uint64 {
+	if x != nil {
+		return x.Checksum
+	}
+	return 0
+}
+
+func (x *NeedleEntry) GetContentHash() uint64 {
+	if x != nil {
+		return x.ContentHash
+	}
+	return 0
+}
+
+func (x *NeedleEntry) GetAppendTimeUnixNano() int64 {
+	if x != nil {
+		return x.AppendTimeUnixNano
+	}
+	return 0
+}
+
+func (x *NeedleEntry) GetTombstone() bool {
+	if x != nil {
+		return x.Tombstone
+	}
+	return false
+}
+
+func (x *NeedleEntry) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *NeedleEntry) GetDamaged() string {
+	if x != nil {
+		return x.Damaged
+	}
+	return ""
+}
+
+// ListNeedlesResponse is one batch of a listing.
+type ListNeedlesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Entries in (key, size code) order, live needles and tombstones merged.
+	Entries []*NeedleEntry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// Number of entries the whole listing holds (the same in every message),
+	// for progress.
+	Total         uint64 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNeedlesResponse) Reset() {
+	*x = ListNeedlesResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNeedlesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNeedlesResponse) ProtoMessage() {}
+
+func (x *ListNeedlesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNeedlesResponse.ProtoReflect.Descriptor instead.
+func (*ListNeedlesResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListNeedlesResponse) GetEntries() []*NeedleEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *ListNeedlesResponse) GetTotal() uint64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
 var File_haybale_v1_store_proto protoreflect.FileDescriptor
 
 const file_haybale_v1_store_proto_rawDesc = "" +
@@ -1556,14 +1810,15 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\x15append_time_unix_nano\x18\x06 \x01(\x03R\x12appendTimeUnixNano\"n\n" +
 	"\rWriteResponse\x121\n" +
 	"\aresults\x18\x01 \x03(\v2\x17.haybale.v1.WriteResultR\aresults\x12*\n" +
-	"\x11volume_size_bytes\x18\x02 \x01(\x04R\x0fvolumeSizeBytes\"\x89\x01\n" +
+	"\x11volume_size_bytes\x18\x02 \x01(\x04R\x0fvolumeSizeBytes\"\xbc\x01\n" +
 	"\rDeleteRequest\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\x06R\x03key\x12\x16\n" +
 	"\x06cookie\x18\x03 \x01(\x06R\x06cookie\x12\x1b\n" +
 	"\tsize_code\x18\x04 \x01(\rR\bsizeCode\x12\x1f\n" +
 	"\vwrite_token\x18\x05 \x01(\tR\n" +
-	"writeToken\"V\n" +
+	"writeToken\x121\n" +
+	"\x15append_time_unix_nano\x18\x06 \x01(\x03R\x12appendTimeUnixNano\"V\n" +
 	"\x0eDeleteResponse\x12#\n" +
 	"\rdeleted_count\x18\x01 \x01(\rR\fdeletedCount\x12\x1f\n" +
 	"\vfreed_bytes\x18\x02 \x01(\x04R\n" +
@@ -1642,14 +1897,30 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\fcopied_bytes\x18\x02 \x01(\x04R\vcopiedBytes\x12\x1f\n" +
 	"\vtotal_bytes\x18\x03 \x01(\x04R\n" +
 	"totalBytes\x12.\n" +
-	"\x06volume\x18\x04 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume*\xa9\x01\n" +
+	"\x06volume\x18\x04 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"O\n" +
+	"\x12ListNeedlesRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12'\n" +
+	"\x0ftombstones_only\x18\x02 \x01(\bR\x0etombstonesOnly\"\x96\x02\n" +
+	"\vNeedleEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x06R\x03key\x12\x1b\n" +
+	"\tsize_code\x18\x02 \x01(\rR\bsizeCode\x12\x16\n" +
+	"\x06cookie\x18\x03 \x01(\x06R\x06cookie\x12\x1a\n" +
+	"\bchecksum\x18\x04 \x01(\x06R\bchecksum\x12!\n" +
+	"\fcontent_hash\x18\x05 \x01(\x06R\vcontentHash\x121\n" +
+	"\x15append_time_unix_nano\x18\x06 \x01(\x03R\x12appendTimeUnixNano\x12\x1c\n" +
+	"\ttombstone\x18\a \x01(\bR\ttombstone\x12\x16\n" +
+	"\x06length\x18\b \x01(\rR\x06length\x12\x18\n" +
+	"\adamaged\x18\t \x01(\tR\adamaged\"^\n" +
+	"\x13ListNeedlesResponse\x121\n" +
+	"\aentries\x18\x01 \x03(\v2\x17.haybale.v1.NeedleEntryR\aentries\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\x04R\x05total*\xa9\x01\n" +
 	"\vVolumeState\x12\x1c\n" +
 	"\x18VOLUME_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VOLUME_STATE_WRITABLE\x10\x01\x12\x1a\n" +
 	"\x16VOLUME_STATE_READ_ONLY\x10\x02\x12\x17\n" +
 	"\x13VOLUME_STATE_SEALED\x10\x03\x12\x13\n" +
 	"\x0fVOLUME_STATE_EC\x10\x04\x12\x17\n" +
-	"\x13VOLUME_STATE_FAILED\x10\x052\xb1\x05\n" +
+	"\x13VOLUME_STATE_FAILED\x10\x052\x83\x06\n" +
 	"\x05Store\x12<\n" +
 	"\x05Write\x12\x18.haybale.v1.WriteRequest\x1a\x19.haybale.v1.WriteResponse\x12?\n" +
 	"\x06Delete\x12\x19.haybale.v1.DeleteRequest\x1a\x1a.haybale.v1.DeleteResponse\x129\n" +
@@ -1660,7 +1931,8 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\aCompact\x12\x1a.haybale.v1.CompactRequest\x1a\x1b.haybale.v1.CompactResponse\x12M\n" +
 	"\n" +
 	"CopyVolume\x12\x1d.haybale.v1.CopyVolumeRequest\x1a\x1e.haybale.v1.CopyVolumeResponse0\x01\x12\\\n" +
-	"\x0fReplicateVolume\x12\".haybale.v1.ReplicateVolumeRequest\x1a#.haybale.v1.ReplicateVolumeResponse0\x01B=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
+	"\x0fReplicateVolume\x12\".haybale.v1.ReplicateVolumeRequest\x1a#.haybale.v1.ReplicateVolumeResponse0\x01\x12P\n" +
+	"\vListNeedles\x12\x1e.haybale.v1.ListNeedlesRequest\x1a\x1f.haybale.v1.ListNeedlesResponse0\x01B=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
 
 var (
 	file_haybale_v1_store_proto_rawDescOnce sync.Once
@@ -1675,7 +1947,7 @@ func file_haybale_v1_store_proto_rawDescGZIP() []byte {
 }
 
 var file_haybale_v1_store_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_haybale_v1_store_proto_goTypes = []any{
 	(VolumeState)(0),                // 0: haybale.v1.VolumeState
 	(*Needle)(nil),                  // 1: haybale.v1.Needle
@@ -1699,6 +1971,9 @@ var file_haybale_v1_store_proto_goTypes = []any{
 	(*CopyVolumeResponse)(nil),      // 19: haybale.v1.CopyVolumeResponse
 	(*ReplicateVolumeRequest)(nil),  // 20: haybale.v1.ReplicateVolumeRequest
 	(*ReplicateVolumeResponse)(nil), // 21: haybale.v1.ReplicateVolumeResponse
+	(*ListNeedlesRequest)(nil),      // 22: haybale.v1.ListNeedlesRequest
+	(*NeedleEntry)(nil),             // 23: haybale.v1.NeedleEntry
+	(*ListNeedlesResponse)(nil),     // 24: haybale.v1.ListNeedlesResponse
 }
 var file_haybale_v1_store_proto_depIdxs = []int32{
 	1,  // 0: haybale.v1.WriteRequest.needles:type_name -> haybale.v1.Needle
@@ -1710,29 +1985,32 @@ var file_haybale_v1_store_proto_depIdxs = []int32{
 	0,  // 6: haybale.v1.VolumeInfo.state:type_name -> haybale.v1.VolumeState
 	15, // 7: haybale.v1.CompactResponse.volume:type_name -> haybale.v1.VolumeInfo
 	15, // 8: haybale.v1.ReplicateVolumeResponse.volume:type_name -> haybale.v1.VolumeInfo
-	2,  // 9: haybale.v1.Store.Write:input_type -> haybale.v1.WriteRequest
-	5,  // 10: haybale.v1.Store.Delete:input_type -> haybale.v1.DeleteRequest
-	7,  // 11: haybale.v1.Store.Read:input_type -> haybale.v1.ReadRequest
-	9,  // 12: haybale.v1.Store.AllocateVolume:input_type -> haybale.v1.AllocateVolumeRequest
-	11, // 13: haybale.v1.Store.VolumeStatus:input_type -> haybale.v1.VolumeStatusRequest
-	13, // 14: haybale.v1.Store.MarkReadOnly:input_type -> haybale.v1.MarkReadOnlyRequest
-	16, // 15: haybale.v1.Store.Compact:input_type -> haybale.v1.CompactRequest
-	18, // 16: haybale.v1.Store.CopyVolume:input_type -> haybale.v1.CopyVolumeRequest
-	20, // 17: haybale.v1.Store.ReplicateVolume:input_type -> haybale.v1.ReplicateVolumeRequest
-	4,  // 18: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
-	6,  // 19: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
-	8,  // 20: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
-	10, // 21: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
-	12, // 22: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
-	14, // 23: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
-	17, // 24: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
-	19, // 25: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
-	21, // 26: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
-	18, // [18:27] is the sub-list for method output_type
-	9,  // [9:18] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	23, // 9: haybale.v1.ListNeedlesResponse.entries:type_name -> haybale.v1.NeedleEntry
+	2,  // 10: haybale.v1.Store.Write:input_type -> haybale.v1.WriteRequest
+	5,  // 11: haybale.v1.Store.Delete:input_type -> haybale.v1.DeleteRequest
+	7,  // 12: haybale.v1.Store.Read:input_type -> haybale.v1.ReadRequest
+	9,  // 13: haybale.v1.Store.AllocateVolume:input_type -> haybale.v1.AllocateVolumeRequest
+	11, // 14: haybale.v1.Store.VolumeStatus:input_type -> haybale.v1.VolumeStatusRequest
+	13, // 15: haybale.v1.Store.MarkReadOnly:input_type -> haybale.v1.MarkReadOnlyRequest
+	16, // 16: haybale.v1.Store.Compact:input_type -> haybale.v1.CompactRequest
+	18, // 17: haybale.v1.Store.CopyVolume:input_type -> haybale.v1.CopyVolumeRequest
+	20, // 18: haybale.v1.Store.ReplicateVolume:input_type -> haybale.v1.ReplicateVolumeRequest
+	22, // 19: haybale.v1.Store.ListNeedles:input_type -> haybale.v1.ListNeedlesRequest
+	4,  // 20: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
+	6,  // 21: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
+	8,  // 22: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
+	10, // 23: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
+	12, // 24: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
+	14, // 25: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
+	17, // 26: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
+	19, // 27: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
+	21, // 28: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
+	24, // 29: haybale.v1.Store.ListNeedles:output_type -> haybale.v1.ListNeedlesResponse
+	20, // [20:30] is the sub-list for method output_type
+	10, // [10:20] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_haybale_v1_store_proto_init() }
@@ -1746,7 +2024,7 @@ func file_haybale_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haybale_v1_store_proto_rawDesc), len(file_haybale_v1_store_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ const (
 	Store_Compact_FullMethodName         = "/haybale.v1.Store/Compact"
 	Store_CopyVolume_FullMethodName      = "/haybale.v1.Store/CopyVolume"
 	Store_ReplicateVolume_FullMethodName = "/haybale.v1.Store/ReplicateVolume"
+	Store_ListNeedles_FullMethodName     = "/haybale.v1.Store/ListNeedles"
 )
 
 // StoreClient is the client API for Store service.
@@ -66,8 +67,9 @@ const (
 //     (or, for a delete, this key and cookie); or the store has no cluster
 //     secret and takes no writes at all.
 //   - PERMISSION_DENIED: the caller's role may not call the method.
-//   - FAILED_PRECONDITION: a Write to a volume that is not writable, a Delete
-//     on a failed volume, or an AllocateVolume of a vid that already exists.
+//   - FAILED_PRECONDITION: a Write to a volume that is not writable or of an
+//     image that was deleted, a Delete on a failed volume, or an
+//     AllocateVolume of a vid that already exists.
 //   - RESOURCE_EXHAUSTED: the write would take the volume past its size limit.
 //   - INVALID_ARGUMENT: a malformed request (vid 0, key 0, unknown size code or
 //     content type, empty batch).
@@ -88,15 +90,20 @@ type StoreClient interface {
 	// Write appends a batch of needles to one volume. All needles of the batch
 	// become durable (fdatasync'ed) before the answer, and either all of them
 	// are acknowledged or none is. Writing a (key, size code) that already
-	// exists appends a new needle that supersedes the old one. The write token
-	// must be a write token (from Assign) covering the vid and every key; it
-	// allows data needles only. Callers: gateway, operator.
+	// exists appends a new needle that supersedes the old one; writing one
+	// that a tombstone deleted is FAILED_PRECONDITION (tombstones are
+	// permanent). The write token must be a write token (from Assign)
+	// covering the vid and every key; it allows data needles only. Callers:
+	// gateway, operator (repair tools).
 	Write(ctx context.Context, in *WriteRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	// Delete appends a tombstone for one size of a photo, or for every size when
 	// size_code is 0xFFFFFFFF. Deleting what is not there succeeds with
-	// deleted_count 0, so retries are safe. The token must be a delete token
-	// (from AuthorizeDelete) naming this vid, key and cookie, and the stored
-	// needle must carry that cookie. Callers: gateway, operator.
+	// deleted_count 0 and still appends the tombstone, so a write of that key
+	// landing later stays deleted; deleting what a tombstone already covers
+	// appends nothing, so retries are safe. The token must be a delete token
+	// (from AuthorizeDelete) naming this vid, key and cookie, and a stored
+	// needle must carry that cookie. Callers: gateway, operator (repair
+	// tools).
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
 	// Read returns one whole, verified needle. It is meant for repair, replica
 	// checks and tools; images are served over HTTP. Callers: directory,
@@ -132,11 +139,26 @@ type StoreClient interface {
 	// the one on another store: it pulls the .dat with CopyVolume (resuming a
 	// partial earlier pull of the same generation), verifies every needle,
 	// rebuilds the idx, and serves the new copy in place of whatever copy it
-	// had. It streams progress. Errors: UNAVAILABLE (source unreachable),
-	// DATA_LOSS (the source's copy is damaged), FAILED_PRECONDITION. The
-	// source is dialed with TLS and must present a store certificate of the
-	// cluster (UNAVAILABLE otherwise). Callers: directory, operator.
+	// had. Deletes taken on either side while the pull runs survive the swap:
+	// the new copy gets every tombstone of the old local copy and of the
+	// source (listed with ListNeedles) before it serves, and the source's
+	// once more after. It streams progress. Errors: UNAVAILABLE (source
+	// unreachable), DATA_LOSS (the source's copy is damaged),
+	// FAILED_PRECONDITION. The source is dialed with TLS and must present a
+	// store certificate of the cluster (UNAVAILABLE otherwise). Callers:
+	// directory, operator (`haybale replica sync`).
 	ReplicateVolume(ctx context.Context, in *ReplicateVolumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReplicateVolumeResponse], error)
+	// ListNeedles streams what a volume holds, for replica checks and replica
+	// sync: every live needle (key, size code, cookie, stored checksum, a hash
+	// of its content, append time) and every tombstone, in (key, size code)
+	// order, a batch of entries per message. Each live needle is read and
+	// verified, so a listing reads the whole volume; a damaged needle is
+	// listed with its error. Callers: operators (`haybale replica check`),
+	// the directory, and stores syncing a replica. It discloses cookies, so
+	// it is an administrative RPC like Read, never exposed to end users.
+	// Errors: NOT_FOUND (vid not on this store), FAILED_PRECONDITION (failed
+	// volume), INVALID_ARGUMENT (vid 0).
+	ListNeedles(ctx context.Context, in *ListNeedlesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListNeedlesResponse], error)
 }
 
 type storeClient struct {
@@ -255,6 +277,25 @@ func (c *storeClient) ReplicateVolume(ctx context.Context, in *ReplicateVolumeRe
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Store_ReplicateVolumeClient = grpc.ServerStreamingClient[ReplicateVolumeResponse]
 
+func (c *storeClient) ListNeedles(ctx context.Context, in *ListNeedlesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListNeedlesResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Store_ServiceDesc.Streams[2], Store_ListNeedles_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ListNeedlesRequest, ListNeedlesResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Store_ListNeedlesClient = grpc.ServerStreamingClient[ListNeedlesResponse]
+
 // StoreServer is the server API for Store service.
 // All implementations must embed UnimplementedStoreServer
 // for forward compatibility.
@@ -291,8 +332,9 @@ type Store_ReplicateVolumeClient = grpc.ServerStreamingClient[ReplicateVolumeRes
 //     (or, for a delete, this key and cookie); or the store has no cluster
 //     secret and takes no writes at all.
 //   - PERMISSION_DENIED: the caller's role may not call the method.
-//   - FAILED_PRECONDITION: a Write to a volume that is not writable, a Delete
-//     on a failed volume, or an AllocateVolume of a vid that already exists.
+//   - FAILED_PRECONDITION: a Write to a volume that is not writable or of an
+//     image that was deleted, a Delete on a failed volume, or an
+//     AllocateVolume of a vid that already exists.
 //   - RESOURCE_EXHAUSTED: the write would take the volume past its size limit.
 //   - INVALID_ARGUMENT: a malformed request (vid 0, key 0, unknown size code or
 //     content type, empty batch).
@@ -313,15 +355,20 @@ type StoreServer interface {
 	// Write appends a batch of needles to one volume. All needles of the batch
 	// become durable (fdatasync'ed) before the answer, and either all of them
 	// are acknowledged or none is. Writing a (key, size code) that already
-	// exists appends a new needle that supersedes the old one. The write token
-	// must be a write token (from Assign) covering the vid and every key; it
-	// allows data needles only. Callers: gateway, operator.
+	// exists appends a new needle that supersedes the old one; writing one
+	// that a tombstone deleted is FAILED_PRECONDITION (tombstones are
+	// permanent). The write token must be a write token (from Assign)
+	// covering the vid and every key; it allows data needles only. Callers:
+	// gateway, operator (repair tools).
 	Write(context.Context, *WriteRequest) (*WriteResponse, error)
 	// Delete appends a tombstone for one size of a photo, or for every size when
 	// size_code is 0xFFFFFFFF. Deleting what is not there succeeds with
-	// deleted_count 0, so retries are safe. The token must be a delete token
-	// (from AuthorizeDelete) naming this vid, key and cookie, and the stored
-	// needle must carry that cookie. Callers: gateway, operator.
+	// deleted_count 0 and still appends the tombstone, so a write of that key
+	// landing later stays deleted; deleting what a tombstone already covers
+	// appends nothing, so retries are safe. The token must be a delete token
+	// (from AuthorizeDelete) naming this vid, key and cookie, and a stored
+	// needle must carry that cookie. Callers: gateway, operator (repair
+	// tools).
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
 	// Read returns one whole, verified needle. It is meant for repair, replica
 	// checks and tools; images are served over HTTP. Callers: directory,
@@ -357,11 +404,26 @@ type StoreServer interface {
 	// the one on another store: it pulls the .dat with CopyVolume (resuming a
 	// partial earlier pull of the same generation), verifies every needle,
 	// rebuilds the idx, and serves the new copy in place of whatever copy it
-	// had. It streams progress. Errors: UNAVAILABLE (source unreachable),
-	// DATA_LOSS (the source's copy is damaged), FAILED_PRECONDITION. The
-	// source is dialed with TLS and must present a store certificate of the
-	// cluster (UNAVAILABLE otherwise). Callers: directory, operator.
+	// had. Deletes taken on either side while the pull runs survive the swap:
+	// the new copy gets every tombstone of the old local copy and of the
+	// source (listed with ListNeedles) before it serves, and the source's
+	// once more after. It streams progress. Errors: UNAVAILABLE (source
+	// unreachable), DATA_LOSS (the source's copy is damaged),
+	// FAILED_PRECONDITION. The source is dialed with TLS and must present a
+	// store certificate of the cluster (UNAVAILABLE otherwise). Callers:
+	// directory, operator (`haybale replica sync`).
 	ReplicateVolume(*ReplicateVolumeRequest, grpc.ServerStreamingServer[ReplicateVolumeResponse]) error
+	// ListNeedles streams what a volume holds, for replica checks and replica
+	// sync: every live needle (key, size code, cookie, stored checksum, a hash
+	// of its content, append time) and every tombstone, in (key, size code)
+	// order, a batch of entries per message. Each live needle is read and
+	// verified, so a listing reads the whole volume; a damaged needle is
+	// listed with its error. Callers: operators (`haybale replica check`),
+	// the directory, and stores syncing a replica. It discloses cookies, so
+	// it is an administrative RPC like Read, never exposed to end users.
+	// Errors: NOT_FOUND (vid not on this store), FAILED_PRECONDITION (failed
+	// volume), INVALID_ARGUMENT (vid 0).
+	ListNeedles(*ListNeedlesRequest, grpc.ServerStreamingServer[ListNeedlesResponse]) error
 	mustEmbedUnimplementedStoreServer()
 }
 
@@ -398,6 +460,9 @@ func (UnimplementedStoreServer) CopyVolume(*CopyVolumeRequest, grpc.ServerStream
 }
 func (UnimplementedStoreServer) ReplicateVolume(*ReplicateVolumeRequest, grpc.ServerStreamingServer[ReplicateVolumeResponse]) error {
 	return status.Error(codes.Unimplemented, "method ReplicateVolume not implemented")
+}
+func (UnimplementedStoreServer) ListNeedles(*ListNeedlesRequest, grpc.ServerStreamingServer[ListNeedlesResponse]) error {
+	return status.Error(codes.Unimplemented, "method ListNeedles not implemented")
 }
 func (UnimplementedStoreServer) mustEmbedUnimplementedStoreServer() {}
 func (UnimplementedStoreServer) testEmbeddedByValue()               {}
@@ -568,6 +633,17 @@ func _Store_ReplicateVolume_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Store_ReplicateVolumeServer = grpc.ServerStreamingServer[ReplicateVolumeResponse]
 
+func _Store_ListNeedles_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ListNeedlesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(StoreServer).ListNeedles(m, &grpc.GenericServerStream[ListNeedlesRequest, ListNeedlesResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Store_ListNeedlesServer = grpc.ServerStreamingServer[ListNeedlesResponse]
+
 // Store_ServiceDesc is the grpc.ServiceDesc for Store service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -613,6 +689,11 @@ var Store_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ReplicateVolume",
 			Handler:       _Store_ReplicateVolume_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ListNeedles",
+			Handler:       _Store_ListNeedles_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -67,7 +67,7 @@ func TestWireNumbers(t *testing.T) {
 			"append_time_unix_nano": 6, "checksum": 7,
 		},
 		"WriteRequest":  {"vid": 1, "needles": 2, "write_token": 3},
-		"DeleteRequest": {"vid": 1, "key": 2, "cookie": 3, "size_code": 4, "write_token": 5},
+		"DeleteRequest": {"vid": 1, "key": 2, "cookie": 3, "size_code": 4, "write_token": 5, "append_time_unix_nano": 6},
 		"ReadRequest":   {"vid": 1, "key": 2, "cookie": 3, "size_code": 4, "include_raw": 5},
 		"VolumeInfo": {
 			"vid": 1, "state": 2, "read_only_reason": 3, "size_bytes": 4, "size_limit_bytes": 5,
@@ -98,8 +98,8 @@ func TestWireNumbers(t *testing.T) {
 }
 
 func TestStoreServiceMethods(t *testing.T) {
-	want := []string{"Write", "Delete", "Read", "AllocateVolume", "VolumeStatus", "MarkReadOnly", "Compact", "CopyVolume", "ReplicateVolume"}
-	serverStreaming := map[string]bool{"CopyVolume": true, "ReplicateVolume": true}
+	want := []string{"Write", "Delete", "Read", "AllocateVolume", "VolumeStatus", "MarkReadOnly", "Compact", "CopyVolume", "ReplicateVolume", "ListNeedles"}
+	serverStreaming := map[string]bool{"CopyVolume": true, "ReplicateVolume": true, "ListNeedles": true}
 
 	sd := storepb.File_haybale_v1_store_proto.Services().ByName("Store")
 	if sd == nil {
