@@ -500,4 +500,9 @@ func TestAuthorizeDelete(t *testing.T) {
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("unknown volume: %v", err)
 	}
+	// Stores keep tombstones of keys they do not hold yet: a delete token
+	// for a key never handed out would delete a future upload.
+	future := needle.PhotoID{Vid: a.GetVid(), Key: a.GetKeyStart() + 1<<40, Cookie: 42}
+	_, err = c.AuthorizeDelete(bg, &directorypb.AuthorizeDeleteRequest{PhotoId: future.String()})
+	wantCode(t, err, codes.InvalidArgument, "never assigned")
 }

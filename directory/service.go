@@ -251,6 +251,11 @@ func (d *Directory) AuthorizeDelete(photoID string) (DeleteGrant, error) {
 	if err != nil {
 		return DeleteGrant{}, err
 	}
+	// Stores keep the tombstone of a key they do not hold yet, so a token
+	// for a key never handed out would delete a future upload.
+	if id.Key > d.fsm.HighWater() {
+		return DeleteGrant{}, fmt.Errorf("%w: key %x was never assigned", ErrInvalidArgument, id.Key)
+	}
 	if _, _, err := d.leading(); err != nil {
 		return DeleteGrant{}, err
 	}
