@@ -29,7 +29,7 @@ var allowed = map[string]rule{
 	"internal/serve":               {thirdParty: []string{"google.golang.org/grpc"}},
 	"internal/token":               {thirdParty: []string{"github.com/golang-jwt/jwt/v5"}},
 	"store/volume":                 {project: []string{"needle", "internal/vfs"}, thirdParty: []string{"github.com/klauspost/reedsolomon", "github.com/google/btree", "github.com/cespare/xxhash/v2"}, noNetwork: true},
-	"resizer":                      {thirdParty: []string{"github.com/disintegration/imaging", "golang.org/x/image"}, noNetwork: true},
+	"resizer":                      {thirdParty: []string{"github.com/disintegration/imaging", "golang.org/x/image", "golang.org/x/sync/semaphore"}, noNetwork: true},
 	"proto":                        {},
 	"proto/haybale/v1/storepb":     {thirdParty: []string{"google.golang.org/grpc", "google.golang.org/protobuf"}},
 	"proto/haybale/v1/directorypb": {project: []string{"proto/haybale/v1/storepb"}, thirdParty: []string{"google.golang.org/grpc", "google.golang.org/protobuf"}},
