@@ -25,7 +25,7 @@ var allowed = map[string]rule{
 	"internal/vfs":                 {},
 	"internal/vfs/errorfs":         {project: []string{"internal/vfs"}},
 	"internal/lint":                {},
-	"internal/imagehttp":           {},
+	"internal/imagehttp":           {project: []string{"needle"}},
 	"internal/serve":               {thirdParty: []string{"google.golang.org/grpc"}},
 	"internal/token":               {thirdParty: []string{"github.com/golang-jwt/jwt/v5"}},
 	"store/volume":                 {project: []string{"needle", "internal/vfs"}, thirdParty: []string{"github.com/klauspost/reedsolomon", "github.com/google/btree", "github.com/cespare/xxhash/v2"}, noNetwork: true},
