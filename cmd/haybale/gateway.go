@@ -30,6 +30,7 @@ type gatewayFlags struct {
 	maxDecodes      int
 	recent          int
 	shutdownTimeout time.Duration
+	limits          uploadLimitFlags
 	log             logFlags
 }
 
@@ -42,13 +43,17 @@ func (f *gatewayFlags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.maxUpload, "max-upload", "largest accepted upload, e.g. 32MiB")
 	f.maxPixels = pixelCount(resizer.DefaultMaxPixels)
 	fs.Var(&f.maxPixels, "max-pixels", "largest accepted image in pixels (width×height from the header, checked before decoding), e.g. 80e6 or 80MP")
-	fs.IntVar(&f.maxDecodes, "max-decodes", 0, "images decoded and resized at once; each may need up to about 0.5 GB at the pixel limit (0: one per CPU)")
+	fs.IntVar(&f.maxDecodes, "max-decodes", 0, "images decoded and resized at once, within --decode-memory (0: one per CPU)")
 	fs.IntVar(&f.recent, "recent", gateway.DefaultRecentUploads, "recent uploads listed on the web page")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
+	f.limits.register(fs)
 	f.log.register(fs)
 }
 
 func (f *gatewayFlags) validate() error {
+	if err := f.limits.validate(); err != nil {
+		return err
+	}
 	switch {
 	case f.directory == "":
 		return fmt.Errorf("--directory is required")
@@ -107,6 +112,10 @@ func runGateway(ctx context.Context, f *gatewayFlags) error {
 	} else {
 		logger.Warn("no --api-key-file: anyone who reaches the gateway can upload and delete photos")
 	}
+	decodeMemory, err := f.limits.decodeBudget(logger)
+	if err != nil {
+		return err
+	}
 	cl, err := client.New(client.Options{Directory: f.directory, Logger: logger})
 	if err != nil {
 		return err
@@ -118,8 +127,11 @@ func runGateway(ctx context.Context, f *gatewayFlags) error {
 			MaxBytes:      int64(f.maxUpload),
 			MaxPixels:     int64(f.maxPixels),
 			MaxConcurrent: f.maxDecodes,
+			DecodeMemory:  decodeMemory,
 		}),
 		APIKey:         apiKey,
+		AllowedOrigins: f.limits.allowedOrigins,
+		Public:         reachableFromElsewhere(f.httpAddr),
 		CacheNodes:     f.cacheNodes,
 		MaxUploadBytes: int64(f.maxUpload),
 		RecentUploads:  f.recent,
