@@ -23,6 +23,9 @@ import (
 // what Process really allocates (every byte, garbage included, which bounds
 // the peak of live bytes) on each decoder path, bombs included.
 func TestMemoryEstimateBoundsAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("counts allocations, and the race detector makes it slow; it has no concurrency to check")
+	}
 	photo := photoLike(640, 480, 11)
 	convert := func(dst interface {
 		image.Image
@@ -131,7 +134,7 @@ func TestBombsOverTheBudget(t *testing.T) {
 // they all succeed, one at a time, and the memory charged never exceeds the
 // budget.
 func TestDecodeMemoryBudget(t *testing.T) {
-	bomb := imagetest.Bomb(1024, 1024, false)
+	bomb := imagetest.Bomb(640, 640, false)
 	probe, err := New(Options{}).Probe(bomb)
 	if err != nil {
 		t.Fatal(err)
