@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
@@ -59,6 +61,27 @@ func (f *uploadLimitFlags) decodeBudget(logger *slog.Logger) (int64, error) {
 	}
 	logger.Info("decode memory budget", "bytes", budget, "memory", total)
 	return budget, nil
+}
+
+// serverOrigins returns the origins whose pages may upload to `haybale
+// server`: --allowed-origins and the origin of --public-url, under which
+// browsers reach it (through a proxy that rewrites Host, say).
+func serverOrigins(allowed []string, publicURL string) []string {
+	out := slices.Clone(allowed)
+	if o := originOf(publicURL); o != "" {
+		out = append(out, o)
+	}
+	return out
+}
+
+// originOf returns the web origin (scheme://host[:port]) of an absolute
+// URL, or "" when it has none.
+func originOf(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Scheme == "" || u.Host == "" {
+		return ""
+	}
+	return u.Scheme + "://" + u.Host
 }
 
 // reachableFromElsewhere reports whether a listener on addr (host:port)

@@ -35,3 +35,13 @@ func TestReachableFromElsewhere(t *testing.T) {
 		}
 	}
 }
+
+func TestOriginOf(t *testing.T) {
+	for in, want := range map[string]string{
+		"http://localhost:8000": "http://localhost:8000", "https://photos.example.com/base/": "https://photos.example.com",
+	} {
+		if got := originOf(in); got != want {
+			t.Errorf("originOf(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

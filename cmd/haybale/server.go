@@ -279,7 +279,7 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 			DecodeMemory: decodeMemory,
 		}),
 		APIKey:         apiKey,
-		AllowedOrigins: f.limits.allowedOrigins,
+		AllowedOrigins: serverOrigins(f.limits.allowedOrigins, publicURL),
 		Public:         public,
 		// Deletes evict the photo from the cache through the front port
 		// itself; with one cache node it owns every photo, whatever the
