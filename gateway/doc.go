@@ -42,7 +42,7 @@
 //     up to 64 KiB of framing on top. A declared Content-Length over the
 //     limit is refused before anything is read. Over the limit is 413.
 //   - Upload bodies share a memory budget of Options.MaxConcurrentUploads
-//     times MaxUploadBytes, charged as bytes arrive: a body is read into
+//     (at least 2) times MaxUploadBytes, charged as bytes arrive: a body is read into
 //     chunks (16 KiB, then doubling up to 1 MiB), each charged before it
 //     is allocated, so a body holds what it has received plus at most one
 //     chunk; a body of several chunks is then copied into one buffer of
@@ -57,10 +57,10 @@
 //     connection's read deadline is set to the moment it would fall
 //     behind, so a stalled client is not waited for beyond it.
 //   - What bounds the harm of slow clients: the budget holds only bytes
-//     that arrived, so N clients delay another upload only once together
-//     they have sent nearly the whole budget (at least MaxConcurrentUploads
-//     − 1 bodies at the limit: 224 MiB of the default 256 MiB on 2 CPUs),
-//     and each holds its bytes at most UploadTimeout. Filling the budget
+//     that arrived, so N clients delay another upload of s bytes only once
+//     together they hold more than the budget minus 2s (its chunks and
+//     their copy): nearly all of the default 256 MiB on 2 CPUs for a photo
+//     of a few MB. Each holds its bytes at most UploadTimeout. Filling the budget
 //     therefore takes a sustained budget/UploadTimeout of upload bandwidth
 //     (about 2 MiB/s by default), with every client above MinUploadRate:
 //     a bandwidth flood, not a few slow connections. Slow clients that

@@ -73,10 +73,11 @@ type Options struct {
 	// resizer's MaxBytes (32 MiB unless configured otherwise).
 	MaxUploadBytes int64
 	// MaxConcurrentUploads sets the memory budget for upload bodies:
-	// MaxConcurrentUploads × (MaxUploadBytes+1) bytes, enough for that
-	// many bodies at the limit. An upload charges the bytes it has
-	// received, as they arrive (see the package doc). Default 4 ×
-	// GOMAXPROCS.
+	// MaxConcurrentUploads × (MaxUploadBytes+1) bytes (at least twice
+	// MaxUploadBytes+1, what one body at the limit needs for an instant
+	// while its chunks are copied into one buffer). An upload charges the
+	// bytes it has received, as they arrive (see the package doc).
+	// Default 4 × GOMAXPROCS.
 	MaxConcurrentUploads int
 	// MinUploadRate is the slowest an upload body may arrive, in bytes per
 	// second, averaged over each UploadRateWindow: a client that sends
@@ -120,8 +121,10 @@ type Gateway struct {
 	recent  *recentRing
 	budget  *semaphore.Weighted // bytes of upload bodies in memory
 	origins map[string]bool     // normalOrigin of each Options.AllowedOrigins
-	web     fs.FS
-	handler http.Handler
+	// bodyBytes is the part of budget charged now, for the metric.
+	bodyBytes atomic.Int64
+	web       fs.FS
+	handler   http.Handler
 	// draining makes /readyz answer 503; set by Server on shutdown.
 	draining atomic.Bool
 }
@@ -185,7 +188,10 @@ func New(opts Options) (*Gateway, error) {
 			return nil, fmt.Errorf("gateway: metrics: %w", err)
 		}
 	}
-	m, err := newMetrics(opts.Registry)
+	g := &Gateway{opts: opts}
+	m, err := newMetrics(opts.Registry,
+		func() float64 { return float64(g.bodyBytes.Load()) },
+		func() float64 { return float64(opts.Resizer.MemoryInUse()) })
 	if err != nil {
 		return nil, err
 	}
@@ -193,14 +199,13 @@ func New(opts Options) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: embedded web page: %w", err)
 	}
-	g := &Gateway{
-		opts:    opts,
-		metrics: m,
-		recent:  newRecentRing(opts.RecentUploads),
-		budget:  semaphore.NewWeighted(int64(opts.MaxConcurrentUploads) * (opts.MaxUploadBytes + 1)),
-		origins: origins,
-		web:     web,
-	}
+	g.metrics = m
+	g.recent = newRecentRing(opts.RecentUploads)
+	// A body of several chunks needs twice its size while it is copied
+	// into one buffer: one upload at the limit always fits.
+	g.budget = semaphore.NewWeighted(int64(max(opts.MaxConcurrentUploads, 2)) * (opts.MaxUploadBytes + 1))
+	g.origins = origins
+	g.web = web
 	g.handler = g.routes()
 	return g, nil
 }

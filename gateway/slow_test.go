@@ -281,3 +281,25 @@ func TestRecentOnPublicGateway(t *testing.T) {
 		t.Fatalf("a public gateway without a key listed %d photos", len(rr.Photos))
 	}
 }
+
+// TestUploadAtTheLimitWithOneSlot: with a budget of one upload, an upload
+// near the limit (many chunks, then their copy into one buffer) completes.
+func TestUploadAtTheLimitWithOneSlot(t *testing.T) {
+	photo := encodeJPEG(t, photoLike(900, 700, 6), 95)
+	e := startEnv(t, envOptions{stores: 1, replication: 1, gw: Options{
+		MaxConcurrentUploads: 1, MaxUploadBytes: int64(len(photo)) + 10, UploadRateWindow: time.Second,
+	}})
+	if len(photo) < 4*firstChunk {
+		t.Fatalf("photo of %d bytes spans too few chunks", len(photo))
+	}
+	e.mustUpload(t, photo, nil)
+	if n := e.gw.bodyBytes.Load(); n != 0 {
+		t.Errorf("%d bytes of the body budget still charged after the upload", n)
+	}
+	a := do(t, http.MethodGet, e.url+"/metrics", nil, nil)
+	for _, m := range []string{"haybale_gateway_upload_body_bytes 0", "haybale_gateway_decode_memory_bytes 0"} {
+		if !strings.Contains(string(a.body), m+"\n") {
+			t.Errorf("/metrics lacks %q", m)
+		}
+	}
+}

@@ -365,6 +365,7 @@ func (b *bodyReader) clearDeadline() { _ = b.rc.SetReadDeadline(time.Time{}) }
 func (b *bodyReader) charge(ctx context.Context, n int64) error {
 	if b.g.budget.TryAcquire(n) {
 		b.charged += n
+		b.g.bodyBytes.Add(n)
 		return nil
 	}
 	var cancel context.CancelFunc
@@ -378,6 +379,7 @@ func (b *bodyReader) charge(ctx context.Context, n int64) error {
 		return errBodyMemory
 	}
 	b.charged += n
+	b.g.bodyBytes.Add(n)
 	b.startWindow(time.Now())
 	return nil
 }
@@ -385,7 +387,13 @@ func (b *bodyReader) charge(ctx context.Context, n int64) error {
 // uncharge gives n bytes of the budget back.
 func (b *bodyReader) uncharge(n int64) {
 	b.charged -= n
-	b.g.budget.Release(n)
+	b.g.release(n)
+}
+
+// release gives n bytes of the body budget back.
+func (g *Gateway) release(n int64) {
+	g.bodyBytes.Add(-n)
+	g.budget.Release(n)
 }
 
 // readAll reads r (the body, or the part of it holding the image) to its
@@ -449,7 +457,7 @@ func (b *bodyReader) readAll(ctx context.Context, r io.Reader, limit int64) (dat
 	}
 	charged := b.charged
 	b.charged = 0
-	return data, func() { b.g.budget.Release(charged) }, nil
+	return data, func() { b.g.release(charged) }, nil
 }
 
 // bodyError maps an error reading the body to the upload's answer: 413
