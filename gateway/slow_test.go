@@ -303,3 +303,53 @@ func TestUploadAtTheLimitWithOneSlot(t *testing.T) {
 		}
 	}
 }
+
+// TestBodiesWaitingForEachOther: two bodies that each hold half the budget
+// and then need more (to copy their chunks into one buffer) cannot wait
+// for each other for ever: one at least is answered 503 after
+// UploadRateWindow, the budget returns, and uploads go on.
+func TestBodiesWaitingForEachOther(t *testing.T) {
+	photo := encodeJPEG(t, photoLike(900, 700, 7), 95)
+	e := startEnv(t, envOptions{stores: 1, replication: 1, gw: Options{
+		MaxConcurrentUploads: 2, MaxUploadBytes: int64(len(photo)), MinUploadRate: 1, UploadRateWindow: time.Second,
+	}})
+	addr := strings.TrimPrefix(e.url, "http://")
+	head := len(photo) * 9 / 10
+	conns := make([]net.Conn, 2)
+	for i := range conns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "POST /photos HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n", len(photo))
+		c.Write(photo[:head])
+		conns[i] = c
+	}
+	time.Sleep(300 * time.Millisecond) // both bodies hold half the budget
+	for _, c := range conns {
+		c.Write(photo[head:])
+		time.Sleep(300 * time.Millisecond) // the second waits less long
+	}
+	refused := 0
+	for _, c := range conns {
+		a := readAnswer(t, c)
+		switch a.status {
+		case http.StatusCreated:
+		case http.StatusServiceUnavailable:
+			refused++
+			if !strings.Contains(a.errorMessage(t), "no memory left") || a.header.Get("Retry-After") == "" {
+				t.Errorf("503 %q without the cause or Retry-After", a.body)
+			}
+		default:
+			t.Errorf("HTTP %d %q, want 201 or 503", a.status, a.body)
+		}
+	}
+	if refused == 0 {
+		t.Fatal("both bodies got their copy: the budget was larger than meant")
+	}
+	if n := e.gw.bodyBytes.Load(); n != 0 {
+		t.Errorf("%d bytes of the body budget still charged", n)
+	}
+	e.mustUpload(t, photo, nil)
+}

@@ -64,6 +64,9 @@ type uploadError struct {
 	status  int
 	outcome string
 	msg     string
+	// unread says the body was not read to its end (always so for 408
+	// and 413): the connection is closed rather than drained.
+	unread bool
 }
 
 func (e *uploadError) Error() string { return e.msg }
@@ -89,8 +92,7 @@ func (g *Gateway) handleUpload(w http.ResponseWriter, r *http.Request) {
 			g.opts.Logger.Error("upload failed", "err", err)
 		}
 		g.metrics.uploads[ue.outcome].Inc()
-		switch ue.status {
-		case http.StatusRequestEntityTooLarge, http.StatusRequestTimeout, http.StatusServiceUnavailable:
+		if ue.unread || ue.status == http.StatusRequestEntityTooLarge || ue.status == http.StatusRequestTimeout {
 			// The rest of the body is not wanted.
 			w.Header().Set("Connection", "close")
 		}
@@ -478,7 +480,9 @@ func bodyError(err error, limit int64) error {
 	case errors.Is(err, errUploadTimeout):
 		return reject(http.StatusRequestTimeout, outcomeTooSlow, "upload not complete within the time allowed")
 	case errors.Is(err, errBodyMemory):
-		return reject(http.StatusServiceUnavailable, outcomeUnavailable, "the gateway has no memory left for upload bodies; try again later")
+		ue := reject(http.StatusServiceUnavailable, outcomeUnavailable, "the gateway has no memory left for upload bodies; try again later")
+		ue.unread = true
+		return ue
 	}
 	return reject(http.StatusBadRequest, outcomeBadRequest, "reading the upload: %v", err)
 }
