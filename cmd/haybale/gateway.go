@@ -81,7 +81,10 @@ GET /photos/{id}, GET /photos/{id}/{size} (a redirect to the image URL) and
 DELETE /photos/{id}, and serves a web page at / to upload and browse photos.
 
 With --api-key-file, uploads and deletes need 'Authorization: Bearer <key>';
-reads never do. SIGTERM or Ctrl-C drains requests in flight.`,
+reads never do. Browser pages may upload only from the gateway's own origin
+or --allowed-origins. Each image is admitted to decoding by an estimate of
+its memory from its header, against --decode-memory; one over the whole
+budget is refused with 413. SIGTERM or Ctrl-C drains requests in flight.`,
 		Example: "  haybale gateway --directory dir1:7070 --http :8000 --api-key-file /etc/haybale/api-key --cache-nodes http://cache1:8100,http://cache2:8100",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
