@@ -504,8 +504,8 @@ func (c *Cache) load(k key, refused rule) (*entry, error) {
 // newEntry prepares a fetched image for serving, checking the metadata
 // the answers need.
 func newEntry(f *client.Fetched) (*entry, error) {
-	if f.ContentType == "" {
-		return nil, errors.New("no Content-Type")
+	if !imagehttp.IsImageContentType(f.ContentType) {
+		return nil, fmt.Errorf("Content-Type %q is not an image type", f.ContentType)
 	}
 	if len(f.ETag) < 2 || f.ETag[0] != '"' || f.ETag[len(f.ETag)-1] != '"' {
 		return nil, fmt.Errorf("bad ETag %q", f.ETag)

@@ -37,7 +37,11 @@
 // A miss fetches the whole image through client.Client.Read, which looks
 // the volume's replicas up in the directory (cached for the client's
 // LookupTTL) and fails over to the next replica on a connection error, a
-// timeout, a 5xx (including a store's "corrupt" answer) or a 404. Only one
+// timeout, a 5xx (including a store's "corrupt" answer), a 404, or an
+// answer whose Content-Type is not one of the image types (a store that
+// answers an HTML page is misbehaving, and the page is never forwarded:
+// the cache itself refuses any fetched answer without an image type, and
+// internal/imagehttp never serves one). Only one
 // fetch per image is in flight at a time (golang.org/x/sync/singleflight):
 // concurrent requests for the same image wait for it and share its bytes.
 // A fetch is not tied to the request that started it: it runs under the

@@ -18,7 +18,8 @@
 // Reads look the volume's replicas up in the directory (answers are cached
 // for LookupTTL) and fetch the image over HTTP from the first replica that
 // has it, moving on after a connection error, a timeout, a 5xx (including a
-// store's "corrupt" answer) or a 404 (a replica may have lost the volume).
+// store's "corrupt" answer), an answer whose Content-Type is not an image
+// type, or a 404 (a replica may have lost the volume).
 // Only when every replica answered 404 is the image reported missing.
 package client
 
@@ -457,6 +458,11 @@ func (c *Client) fetch(ctx context.Context, r Replica, path string) (*Fetched, e
 	case resp.StatusCode != http.StatusOK:
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
 		return nil, fmt.Errorf("store %s: HTTP %d %s", r.StoreID, resp.StatusCode, resp.Header.Get("X-Haybale-Error"))
+	}
+	// Only the image media types are images; a replica answering anything
+	// else (an HTML page, say) is misbehaving, and the next one is tried.
+	if ct := resp.Header.Get("Content-Type"); needle.ContentTypeFromMIME(ct) == needle.TypeUnknown {
+		return nil, fmt.Errorf("store %s: Content-Type %q is not an image type", r.StoreID, ct)
 	}
 	n := resp.ContentLength
 	if n < 0 || n > maxImageBytes {

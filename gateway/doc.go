@@ -15,11 +15,21 @@
 //	GET    /                    the web page (embedded; no external resources)
 //	GET    /healthz, /readyz, /metrics
 //
+// Who may call them: POST /photos and DELETE /photos/{id} anyone with the
+// API key (everyone when none is set), from no browser page but the
+// gateway's own and AllowedOrigins; /photos and /api/recent list photos
+// only to holders of the key (see below); the rest anyone who reaches the
+// port, as the image URLs are public. /metrics is meant for the operator's
+// monitoring.
+//
 // Every error answer is JSON {"error": "..."} with its status: 400 (empty
-// body, malformed photo ID or size), 401 (API key missing or wrong), 404,
-// 405 (with Allow), 413 (body or pixels over the limits), 415 (unsupported
+// body, malformed photo ID or size), 401 (API key missing or wrong), 403
+// (a browser request from another origin), 404, 405 (with Allow), 408 (an
+// upload slower than the minimum rate, or not done in time), 413 (body,
+// part headers, pixels or decode memory over the limits), 415 (unsupported
 // format), 422 (undecodable image), 503 (the cluster could not take or
-// serve the request) and 500 for what should never happen.
+// serve the request, or no memory is left for upload bodies; with
+// Retry-After) and 500 for what should never happen.
 //
 // # Decisions
 //
@@ -32,12 +42,45 @@
 //     up to 64 KiB of framing on top. A declared Content-Length over the
 //     limit is refused before anything is read. Over the limit is 413.
 //   - Upload bodies share a memory budget of Options.MaxConcurrentUploads
-//     times MaxUploadBytes: an upload charges its declared size (the limit
-//     when it declares none) before reading and allocates one buffer of at
-//     most that size, so a burst costs at most the budget on top of the
-//     resizer's own bounded pool; further uploads wait, honouring their
-//     context. A client that sends nothing for BodyIdleTimeout (15 s) is
-//     cut off, so stalled uploads cannot hold the budget.
+//     (at least 2) times MaxUploadBytes, charged as bytes arrive: a body is read into
+//     chunks (16 KiB, then doubling up to 1 MiB), each charged before it
+//     is allocated, so a body holds what it has received plus at most one
+//     chunk; a body of several chunks is then copied into one buffer of
+//     its exact size (charged too) and the chunks are freed. A body that
+//     holds nothing waits for the budget in arrival order; one that already
+//     holds some and cannot get more within UploadRateWindow is answered
+//     503 (Retry-After), so bodies waiting for each other cannot deadlock.
+//     The charge is released once the upload is resized.
+//   - A client must send at least MinUploadRate bytes (default 8 KiB/s)
+//     in every UploadRateWindow (10 s), and all of its body within
+//     UploadTimeout (2 min); otherwise it is cut off with 408. The
+//     connection's read deadline is set to the moment it would fall
+//     behind, so a stalled client is not waited for beyond it.
+//   - What bounds the harm of slow clients: the budget holds only bytes
+//     that arrived, so N clients delay another upload of s bytes only once
+//     together they hold more than the budget minus 2s (its chunks and
+//     their copy): nearly all of the default 256 MiB on 2 CPUs for a photo
+//     of a few MB. Each holds its bytes at most UploadTimeout. Filling the budget
+//     therefore takes a sustained budget/UploadTimeout of upload bandwidth
+//     (about 2 MiB/s by default), with every client above MinUploadRate:
+//     a bandwidth flood, not a few slow connections. Slow clients that
+//     have sent little hold a chunk of 16 KiB each (1 MiB for 64), outside
+//     the budget only their connection (about 10 KiB of buffers and a
+//     goroutine, as for any HTTP server).
+//   - A multipart body's part headers are capped at MaxPartHeaderBytes
+//     (16 KiB): the multipart reader is cut off once it has read that much
+//     looking for a part's headers, before it has buffered more (413).
+//   - Decoding is admitted by the resizer's decode memory budget (see
+//     resizer.Options.DecodeMemory): an image whose header promises more
+//     than the whole budget (a progressive JPEG bomb of a few hundred KB
+//     declaring 80 megapixels, say) is 413 before it is decoded.
+//   - Browser requests that change state (POST /photos, DELETE
+//     /photos/{id}) are checked against their Origin header: the
+//     gateway's own origin (the Origin's host and port equal the request's
+//     Host) and Options.AllowedOrigins pass, any other origin, "null"
+//     included, is 403 before the body is read. Requests without Origin
+//     (curl, scripts, servers) are not browsers' cross-site requests and
+//     pass; they still need the API key when one is set.
 //   - Nothing is written to the cluster for a rejected upload: the whole
 //     body is read and resized before the client is asked for an
 //     assignment. A cluster write failure after the client's one retry on a
@@ -64,7 +107,9 @@
 //     Options.RecentUploads entries (default 20) for the web page; it is
 //     lost on restart, and a delete through this gateway removes the photo
 //     from it. Their IDs carry the cookies, so with an API key configured
-//     the list is given only to requests that carry the key.
+//     the list is given only to requests that carry the key, and on a
+//     gateway reachable from other machines (Options.Public) without a key
+//     it is given to no one.
 //
 // Metrics live in Options.Registry (a registry of the gateway's own when
 // nil) and are served at /metrics: uploads by outcome, resize and store

@@ -10,7 +10,9 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -31,6 +33,13 @@ const (
 	DefaultRecentUploads = 20
 	// DefaultCacheTimeout bounds one cache invalidation request.
 	DefaultCacheTimeout = 2 * time.Second
+	// DefaultMinUploadRate is the slowest accepted upload, in bytes/s.
+	DefaultMinUploadRate = 8 << 10
+	// DefaultUploadRateWindow is the window the upload rate is measured
+	// over.
+	DefaultUploadRateWindow = 10 * time.Second
+	// DefaultUploadTimeout bounds reading one upload body.
+	DefaultUploadTimeout = 2 * time.Minute
 )
 
 // multipartSlack is how many bytes of multipart framing (boundaries, part
@@ -71,13 +80,35 @@ type Options struct {
 	// resizer's MaxBytes (32 MiB unless configured otherwise).
 	MaxUploadBytes int64
 	// MaxConcurrentUploads sets the memory budget for upload bodies:
-	// MaxConcurrentUploads × (MaxUploadBytes+1) bytes. An upload charges its
-	// declared size (or the limit when it declares none) before reading,
-	// and waits while the budget is spent. Default 4 × GOMAXPROCS.
+	// MaxConcurrentUploads × (MaxUploadBytes+1) bytes (at least twice
+	// MaxUploadBytes+1, what one body at the limit needs for an instant
+	// while its chunks are copied into one buffer). An upload charges the
+	// bytes it has received, as they arrive (see the package doc).
+	// Default 4 × GOMAXPROCS.
 	MaxConcurrentUploads int
-	// BodyIdleTimeout cuts an upload whose client sends nothing for this
-	// long, freeing its share of the budget; default 15 s.
-	BodyIdleTimeout time.Duration
+	// MinUploadRate is the slowest an upload body may arrive, in bytes per
+	// second, averaged over each UploadRateWindow: a client that sends
+	// less in a window is cut off with 408. Default DefaultMinUploadRate
+	// (8 KiB/s).
+	MinUploadRate int64
+	// UploadRateWindow is the window MinUploadRate is measured over; it
+	// is also how long a stalled client is waited for. Default
+	// DefaultUploadRateWindow (10 s).
+	UploadRateWindow time.Duration
+	// UploadTimeout bounds reading a whole upload body, from the end of
+	// the request headers; default DefaultUploadTimeout (2 min).
+	UploadTimeout time.Duration
+	// AllowedOrigins lists the origins ("https://photos.example.com"),
+	// besides the gateway's own, whose web pages may upload and delete
+	// through a browser. A POST or DELETE that carries an Origin header
+	// from elsewhere is 403; requests without one (curl, servers) are not
+	// affected.
+	AllowedOrigins []string
+	// Public says the gateway is reachable from other machines. The recent
+	// uploads (whose IDs carry the cookies) are then listed only to
+	// requests with the API key, and to none when no key is set. Without
+	// it, and without a key, anyone who reaches the gateway gets the list.
+	Public bool
 	// RecentUploads is the length of the recent-uploads ring; default
 	// DefaultRecentUploads (20).
 	RecentUploads int
@@ -96,8 +127,11 @@ type Gateway struct {
 	metrics *metrics
 	recent  *recentRing
 	budget  *semaphore.Weighted // bytes of upload bodies in memory
-	web     fs.FS
-	handler http.Handler
+	origins map[string]bool     // normalOrigin of each Options.AllowedOrigins
+	// bodyBytes is the part of budget charged now, for the metric.
+	bodyBytes atomic.Int64
+	web       fs.FS
+	handler   http.Handler
 	// draining makes /readyz answer 503; set by Server on shutdown.
 	draining atomic.Bool
 }
@@ -116,9 +150,24 @@ func New(opts Options) (*Gateway, error) {
 	if opts.MaxConcurrentUploads <= 0 {
 		opts.MaxConcurrentUploads = 4 * runtime.GOMAXPROCS(0)
 	}
-	if opts.BodyIdleTimeout <= 0 {
-		opts.BodyIdleTimeout = 15 * time.Second
+	if opts.MinUploadRate <= 0 {
+		opts.MinUploadRate = DefaultMinUploadRate
 	}
+	if opts.UploadRateWindow <= 0 {
+		opts.UploadRateWindow = DefaultUploadRateWindow
+	}
+	if opts.UploadTimeout <= 0 {
+		opts.UploadTimeout = DefaultUploadTimeout
+	}
+	origins := make(map[string]bool, len(opts.AllowedOrigins))
+	for _, o := range opts.AllowedOrigins {
+		n, ok := normalOrigin(o)
+		if !ok {
+			return nil, fmt.Errorf("gateway: allowed origin %q: want scheme://host[:port]", o)
+		}
+		origins[n] = true
+	}
+	opts.AllowedOrigins = append([]string(nil), opts.AllowedOrigins...)
 	if opts.RecentUploads <= 0 {
 		opts.RecentUploads = DefaultRecentUploads
 	}
@@ -150,7 +199,10 @@ func New(opts Options) (*Gateway, error) {
 			return nil, fmt.Errorf("gateway: metrics: %w", err)
 		}
 	}
-	m, err := newMetrics(opts.Registry)
+	g := &Gateway{opts: opts}
+	m, err := newMetrics(opts.Registry,
+		func() float64 { return float64(g.bodyBytes.Load()) },
+		func() float64 { return float64(opts.Resizer.MemoryInUse()) })
 	if err != nil {
 		return nil, err
 	}
@@ -158,13 +210,13 @@ func New(opts Options) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: embedded web page: %w", err)
 	}
-	g := &Gateway{
-		opts:    opts,
-		metrics: m,
-		recent:  newRecentRing(opts.RecentUploads),
-		budget:  semaphore.NewWeighted(int64(opts.MaxConcurrentUploads) * (opts.MaxUploadBytes + 1)),
-		web:     web,
-	}
+	g.metrics = m
+	g.recent = newRecentRing(opts.RecentUploads)
+	// A body of several chunks needs twice its size while it is copied
+	// into one buffer: one upload at the limit always fits.
+	g.budget = semaphore.NewWeighted(int64(max(opts.MaxConcurrentUploads, 2)) * (opts.MaxUploadBytes + 1))
+	g.origins = origins
+	g.web = web
 	g.handler = g.routes()
 	return g, nil
 }
@@ -247,6 +299,52 @@ func (g *Gateway) authorized(w http.ResponseWriter, r *http.Request) bool {
 	return false
 }
 
+// originAllowed reports whether a browser request comes from a page the
+// gateway trusts, answering 403 when it does not. A request without an
+// Origin header is not from a browser's cross-origin form or script and is
+// allowed; one with an Origin must name the gateway itself (the Origin's
+// host and port equal the request's Host) or one of AllowedOrigins.
+// "Origin: null" (sandboxed pages, local files) is never allowed.
+func (g *Gateway) originAllowed(w http.ResponseWriter, r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	if n, ok := normalOrigin(origin); ok {
+		if g.origins[n] {
+			return true
+		}
+		_, hostport, _ := strings.Cut(n, "://")
+		if hostport == normalHost(r.Host, strings.HasPrefix(n, "https://")) {
+			return true
+		}
+	}
+	w.Header().Set("Connection", "close") // the body is not read
+	writeError(w, http.StatusForbidden, "origin "+strconv.Quote(origin)+" may not upload or delete here")
+	return false
+}
+
+// normalOrigin returns an origin as "scheme://host[:port]" in lower case
+// without the scheme's default port, or false when it is not one.
+func normalOrigin(origin string) (string, bool) {
+	u, err := url.Parse(strings.TrimSpace(origin))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return "", false
+	}
+	return u.Scheme + "://" + normalHost(u.Host, u.Scheme == "https"), true
+}
+
+// normalHost lower-cases host[:port] and drops the default port of the
+// scheme.
+func normalHost(host string, https bool) string {
+	host = strings.ToLower(host)
+	if https {
+		return strings.TrimSuffix(host, ":443")
+	}
+	return strings.TrimSuffix(host, ":80")
+}
+
 // parseID reads the {id} path value, answering 400 when it is malformed.
 func parseID(w http.ResponseWriter, r *http.Request) (needle.PhotoID, bool) {
 	id, err := needle.ParsePhotoID(r.PathValue("id"))
@@ -314,6 +412,10 @@ type deleteResponse struct {
 }
 
 func (g *Gateway) handleDelete(w http.ResponseWriter, r *http.Request) {
+	if !g.originAllowed(w, r) {
+		g.metrics.deletes.WithLabelValues("forbidden").Inc()
+		return
+	}
 	if !g.authorized(w, r) {
 		g.metrics.deletes.WithLabelValues("unauthorized").Inc()
 		return
@@ -401,12 +503,13 @@ type recentResponse struct {
 
 // handleRecent lists the recent uploads. Their IDs carry the cookies that
 // keep image URLs unguessable, so with an API key configured only a
-// request with the key gets the list; others get an empty one (and what
-// the page needs to know).
+// request with the key gets the list, and a Public gateway without a key
+// lists them to no one; others get an empty list (and what the page needs
+// to know).
 func (g *Gateway) handleRecent(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	photos := []UploadResponse{}
-	if g.hasKey(r) {
+	if g.hasKey(r) && (g.opts.APIKey != "" || !g.opts.Public) {
 		photos = g.recent.list()
 	}
 	writeJSON(w, http.StatusOK, recentResponse{

@@ -20,10 +20,13 @@ type metrics struct {
 	invalidations *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+// newMetrics registers the gateway's collectors. bodyBytes and
+// decodeBytes read the memory charged now to the body budget and to the
+// resizer's decode budget.
+func newMetrics(reg prometheus.Registerer, bodyBytes, decodeBytes func() float64) (*metrics, error) {
 	uploads := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "haybale_gateway_uploads_total",
-		Help: "Uploads (POST /photos) by outcome: created, unauthorized, bad_request, too_large, unsupported, corrupt, unavailable, error.",
+		Help: "Uploads (POST /photos) by outcome: created, unauthorized, forbidden, bad_request, too_large, too_slow, unsupported, corrupt, unavailable, error.",
 	}, []string{"outcome"})
 	m := &metrics{
 		uploads: make(map[string]prometheus.Counter, len(uploadOutcomes)),
@@ -47,7 +50,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		deletes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "haybale_gateway_deletes_total",
-			Help: "Deletes (DELETE /photos/{id}) by outcome: ok, not_found, unauthorized, bad_request, error.",
+			Help: "Deletes (DELETE /photos/{id}) by outcome: ok, not_found, forbidden, unauthorized, bad_request, error.",
 		}, []string{"outcome"}),
 		invalidations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "haybale_gateway_cache_invalidations_total",
@@ -60,7 +63,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, o := range []string{"ok", "error"} {
 		m.invalidations.WithLabelValues(o)
 	}
-	for _, c := range []prometheus.Collector{uploads, m.resizeSeconds, m.writeSeconds, m.bytesIn, m.bytesOut, m.deletes, m.invalidations} {
+	budgets := []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "haybale_gateway_upload_body_bytes",
+			Help: "Bytes of upload bodies in memory, charged to the body budget.",
+		}, bodyBytes),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "haybale_gateway_decode_memory_bytes",
+			Help: "Estimated bytes of the images being decoded and resized, charged to the decode memory budget.",
+		}, decodeBytes),
+	}
+	for _, c := range append(budgets, uploads, m.resizeSeconds, m.writeSeconds, m.bytesIn, m.bytesOut, m.deletes, m.invalidations) {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway: metrics: %w", err)
 		}

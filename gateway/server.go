@@ -21,7 +21,9 @@ type ServerOptions struct {
 	// ReadHeaderTimeout bounds reading a request's headers; default 10 s.
 	ReadHeaderTimeout time.Duration
 	// ReadTimeout bounds reading a whole request, body included; default
-	// 2 min (32 MiB at about 2 Mbit/s).
+	// 2 min (32 MiB at about 2 Mbit/s). Upload bodies are paced by the
+	// Gateway's own limits instead (Options.MinUploadRate and
+	// UploadTimeout), which set the read deadline as they go.
 	ReadTimeout time.Duration
 	// WriteTimeout bounds a request from the end of its headers to the end
 	// of its answer, resizing and storing included; default 3 min.

@@ -8,6 +8,7 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/haybale/haybale/client"
@@ -44,6 +45,8 @@ const (
 	outcomeUnauthorized = "unauthorized"
 	outcomeBadRequest   = "bad_request"
 	outcomeTooLarge     = "too_large"
+	outcomeTooSlow      = "too_slow"
+	outcomeForbidden    = "forbidden"
 	outcomeUnsupported  = "unsupported"
 	outcomeCorrupt      = "corrupt"
 	outcomeUnavailable  = "unavailable"
@@ -51,7 +54,7 @@ const (
 )
 
 var uploadOutcomes = []string{
-	outcomeCreated, outcomeUnauthorized, outcomeBadRequest, outcomeTooLarge,
+	outcomeCreated, outcomeUnauthorized, outcomeForbidden, outcomeBadRequest, outcomeTooLarge, outcomeTooSlow,
 	outcomeUnsupported, outcomeCorrupt, outcomeUnavailable, outcomeError,
 }
 
@@ -61,6 +64,9 @@ type uploadError struct {
 	status  int
 	outcome string
 	msg     string
+	// unread says the body was not read to its end (always so for 408
+	// and 413): the connection is closed rather than drained.
+	unread bool
 }
 
 func (e *uploadError) Error() string { return e.msg }
@@ -70,6 +76,10 @@ func reject(status int, outcome, format string, args ...any) *uploadError {
 }
 
 func (g *Gateway) handleUpload(w http.ResponseWriter, r *http.Request) {
+	if !g.originAllowed(w, r) {
+		g.metrics.uploads[outcomeForbidden].Inc()
+		return
+	}
 	if !g.authorized(w, r) {
 		g.metrics.uploads[outcomeUnauthorized].Inc()
 		return
@@ -82,9 +92,12 @@ func (g *Gateway) handleUpload(w http.ResponseWriter, r *http.Request) {
 			g.opts.Logger.Error("upload failed", "err", err)
 		}
 		g.metrics.uploads[ue.outcome].Inc()
-		if ue.status == http.StatusRequestEntityTooLarge {
+		if ue.unread || ue.status == http.StatusRequestEntityTooLarge || ue.status == http.StatusRequestTimeout {
 			// The rest of the body is not wanted.
 			w.Header().Set("Connection", "close")
+		}
+		if ue.status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "5")
 		}
 		writeError(w, ue.status, ue.msg)
 		return
@@ -176,9 +189,32 @@ func resizeError(err error) error {
 	return fmt.Errorf("resize: %w", err)
 }
 
+// Limits of upload bodies that are not options.
+const (
+	// MaxPartHeaderBytes bounds the bytes a multipart body may spend on
+	// the headers of one part (and the boundary line before them): the
+	// multipart reader is cut off past it, before it has buffered more.
+	MaxPartHeaderBytes = 16 << 10
+	// firstChunk and maxChunk bound the chunks a body is read into: the
+	// first is small, so a client that has sent a few bytes holds a few
+	// KiB of the budget, and each next one doubles up to maxChunk.
+	firstChunk = 16 << 10
+	maxChunk   = 1 << 20
+)
+
+// Errors of reading a body, answered by bodyError.
+var (
+	errTooSlow          = errors.New("upload too slow")
+	errUploadTimeout    = errors.New("upload took too long")
+	errPartHeaderTooBig = errors.New("multipart part headers too large")
+	errBodyMemory       = errors.New("no memory for upload bodies")
+)
+
 // readBody returns the uploaded image: the raw body, or the multipart
-// field "file". Both are bounded by MaxUploadBytes. The bytes are charged
-// to the gateway's body budget until release is called.
+// field "file". Both are bounded by MaxUploadBytes and read at the pace
+// the client sets, as long as it keeps to MinUploadRate. The bytes are
+// charged to the gateway's body budget as they arrive, until release is
+// called.
 func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) (data []byte, release func(), err error) {
 	limit := g.opts.MaxUploadBytes
 	mediaType, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
@@ -190,17 +226,23 @@ func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) (data []byte,
 	if r.ContentLength > bodyLimit {
 		return nil, nil, tooLarge(limit)
 	}
-	body := &idleReader{r: http.MaxBytesReader(w, r.Body, bodyLimit), rc: http.NewResponseController(w), idle: g.opts.BodyIdleTimeout}
+	body := g.newBodyReader(w, http.MaxBytesReader(w, r.Body, bodyLimit))
+	// Once the body is read, the server's own read that watches for the
+	// client going away must not trip on the pacing deadline.
+	defer body.clearDeadline()
 	if !isMultipart {
-		return g.readAll(r.Context(), body, r.ContentLength, limit)
+		return body.readAll(r.Context(), body, limit)
 	}
 	boundary := params["boundary"]
 	if boundary == "" {
 		return nil, nil, reject(http.StatusBadRequest, outcomeBadRequest, "multipart/form-data without a boundary")
 	}
-	mr := multipart.NewReader(body, boundary)
+	headers := &capReader{r: body}
+	mr := multipart.NewReader(headers, boundary)
 	for {
+		headers.left = MaxPartHeaderBytes
 		part, err := mr.NextPart()
+		headers.left = -1
 		if errors.Is(err, io.EOF) {
 			return nil, nil, reject(http.StatusBadRequest, outcomeBadRequest, `multipart upload without a "file" field`)
 		}
@@ -214,74 +256,233 @@ func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) (data []byte,
 			}
 			continue
 		}
-		return g.readAll(r.Context(), part, -1, limit)
+		return body.readAll(r.Context(), part, limit)
 	}
 }
 
-// idleReader gives up on a client that sends nothing for idle: each read
-// gets a fresh deadline, so a slow but steady upload goes on while a
-// stalled one frees its share of the body budget.
-type idleReader struct {
+// capReader fails once more than left bytes are read through it, while
+// left is not negative. It caps what the multipart reader may read while
+// it looks for a part's headers.
+type capReader struct {
 	r    io.Reader
-	rc   *http.ResponseController
-	idle time.Duration
+	left int64
 }
 
-func (ir *idleReader) Read(p []byte) (int, error) {
-	if ir.idle > 0 {
-		// Not every ResponseWriter supports deadlines (httptest's
-		// recorder does not); the server's ReadTimeout still applies.
-		_ = ir.rc.SetReadDeadline(time.Now().Add(ir.idle))
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.left < 0 {
+		return c.r.Read(p)
 	}
-	return ir.r.Read(p)
+	if c.left == 0 {
+		return 0, errPartHeaderTooBig
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= int64(n)
+	return n, err
 }
 
-// readAll reads r to its end, failing with 413 beyond limit bytes. It
-// charges the body budget before it allocates: the declared size when
-// known (one buffer of exactly that size), else limit+1 (a buffer that
-// grows no further than that). Waiting for budget honours ctx.
-func (g *Gateway) readAll(ctx context.Context, r io.Reader, size, limit int64) ([]byte, func(), error) {
-	charge := limit + 1
-	if size >= 0 && size <= limit {
-		charge = size + 1
+// bodyReader reads one upload body at the pace of its client, within the
+// gateway's limits: at least MinUploadRate bytes per UploadRateWindow, all
+// of it within UploadTimeout. It sets the connection's read deadline to
+// the moment the client would fall behind, so a stalled client is cut off
+// by the deadline rather than waited for. It also keeps the body's charge
+// to the body budget. It is used by one request's goroutine.
+type bodyReader struct {
+	g  *Gateway
+	r  io.Reader
+	rc *http.ResponseController
+	// deadline ends the whole body (UploadTimeout after its start).
+	deadline time.Time
+	// The current pacing window ends at windowEnd; inWindow bytes
+	// arrived in it, quota are due by its end.
+	windowEnd time.Time
+	inWindow  int64
+	quota     int64
+	// charged is the part of the body budget this body holds.
+	charged int64
+}
+
+func (g *Gateway) newBodyReader(w http.ResponseWriter, r io.Reader) *bodyReader {
+	now := time.Now()
+	b := &bodyReader{
+		g: g, r: r, rc: http.NewResponseController(w),
+		deadline: now.Add(g.opts.UploadTimeout),
+		quota:    max(1, int64(float64(g.opts.MinUploadRate)*g.opts.UploadRateWindow.Seconds())),
 	}
-	if err := g.budget.Acquire(ctx, charge); err != nil {
-		return nil, nil, reject(http.StatusServiceUnavailable, outcomeUnavailable, "request cancelled while waiting for memory to read the upload")
+	b.startWindow(now)
+	return b
+}
+
+func (b *bodyReader) startWindow(now time.Time) {
+	b.windowEnd, b.inWindow = now.Add(b.g.opts.UploadRateWindow), 0
+}
+
+// Read reads from the body, failing with errTooSlow when the last window
+// ended short of its quota and with errUploadTimeout past the deadline.
+func (b *bodyReader) Read(p []byte) (int, error) {
+	now := time.Now()
+	if !now.Before(b.deadline) {
+		return 0, errUploadTimeout
 	}
-	release := func() { g.budget.Release(charge) }
-	buf := make([]byte, 0, min(charge, 256<<10))
+	if !now.Before(b.windowEnd) {
+		if b.inWindow < b.quota {
+			return 0, errTooSlow
+		}
+		b.startWindow(now)
+	}
+	// Short of the quota, the client has until the end of this window;
+	// with it met, until the end of the next one.
+	dl := b.windowEnd
+	if b.inWindow >= b.quota {
+		dl = dl.Add(b.g.opts.UploadRateWindow)
+	}
+	if dl.After(b.deadline) {
+		dl = b.deadline
+	}
+	// Not every ResponseWriter supports deadlines (httptest's recorder
+	// does not); the checks above still apply between reads.
+	_ = b.rc.SetReadDeadline(dl)
+	n, err := b.r.Read(p)
+	b.inWindow += int64(n)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		if !time.Now().Before(b.deadline) {
+			return n, errUploadTimeout
+		}
+		return n, errTooSlow
+	}
+	return n, err
+}
+
+// clearDeadline lifts the pacing deadline once the body is read.
+func (b *bodyReader) clearDeadline() { _ = b.rc.SetReadDeadline(time.Time{}) }
+
+// charge takes n more bytes of the body budget. A body that holds nothing
+// yet waits for it in arrival order until its deadline; a body that
+// already holds some waits at most one UploadRateWindow and then fails
+// with errBodyMemory, so bodies that each hold part of the budget and
+// want more cannot wait for each other for ever. The pacing window starts
+// afresh after a wait, which is not the client's doing.
+func (b *bodyReader) charge(ctx context.Context, n int64) error {
+	if b.g.budget.TryAcquire(n) {
+		b.charged += n
+		b.g.bodyBytes.Add(n)
+		return nil
+	}
+	var cancel context.CancelFunc
+	if b.charged == 0 {
+		ctx, cancel = context.WithDeadline(ctx, b.deadline)
+	} else {
+		ctx, cancel = context.WithTimeout(ctx, b.g.opts.UploadRateWindow)
+	}
+	defer cancel()
+	if err := b.g.budget.Acquire(ctx, n); err != nil {
+		return errBodyMemory
+	}
+	b.charged += n
+	b.g.bodyBytes.Add(n)
+	b.startWindow(time.Now())
+	return nil
+}
+
+// uncharge gives n bytes of the budget back.
+func (b *bodyReader) uncharge(n int64) {
+	b.charged -= n
+	b.g.release(n)
+}
+
+// release gives n bytes of the body budget back.
+func (g *Gateway) release(n int64) {
+	g.bodyBytes.Add(-n)
+	g.budget.Release(n)
+}
+
+// readAll reads r (the body, or the part of it holding the image) to its
+// end, failing with 413 beyond limit bytes. The bytes go into chunks,
+// each charged to the body budget before it is allocated, so the budget
+// holds what has arrived (and at most one chunk more); when the body
+// spans several chunks they are then copied into one buffer of its exact
+// size, charged the same way, and freed. The returned release gives back
+// the charge of the buffer.
+func (b *bodyReader) readAll(ctx context.Context, r io.Reader, limit int64) (data []byte, release func(), err error) {
+	var (
+		chunks [][]byte
+		total  int64
+		next   = int64(firstChunk)
+	)
+	defer func() {
+		if err != nil {
+			b.uncharge(b.charged)
+		}
+	}()
 	for {
-		if len(buf) == cap(buf) {
-			if int64(len(buf)) >= charge {
-				release()
+		if len(chunks) == 0 || len(chunks[len(chunks)-1]) == cap(chunks[len(chunks)-1]) {
+			if total > limit {
 				return nil, nil, tooLarge(limit)
 			}
-			nb := make([]byte, len(buf), min(2*int64(cap(buf)), charge))
-			copy(nb, buf)
-			buf = nb
+			n := min(next, limit+1-total)
+			if err := b.charge(ctx, n); err != nil {
+				return nil, nil, bodyError(err, limit)
+			}
+			chunks = append(chunks, make([]byte, 0, n))
+			next = min(2*next, maxChunk)
 		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
+		c := &chunks[len(chunks)-1]
+		n, err := r.Read((*c)[len(*c):cap(*c)])
+		*c = (*c)[:len(*c)+n]
+		total += int64(n)
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			release()
 			return nil, nil, bodyError(err, limit)
 		}
 	}
-	if int64(len(buf)) > limit {
-		release()
+	if total > limit {
 		return nil, nil, tooLarge(limit)
 	}
-	return buf, release, nil
+	if len(chunks) == 1 {
+		data = chunks[0]
+	} else {
+		if err := b.charge(ctx, total); err != nil {
+			return nil, nil, bodyError(err, limit)
+		}
+		data = make([]byte, 0, total)
+		var spent int64
+		for _, c := range chunks {
+			data = append(data, c...)
+			spent += int64(cap(c))
+		}
+		chunks = nil
+		b.uncharge(spent)
+	}
+	charged := b.charged
+	b.charged = 0
+	return data, func() { b.g.release(charged) }, nil
 }
 
 // bodyError maps an error reading the body to the upload's answer: 413
-// past the body limit, else 400 (a truncated or malformed body).
+// past the body limit or with oversized part headers, 408 for a client
+// too slow, 503 without memory for the body, else 400 (a truncated or
+// malformed body).
 func bodyError(err error, limit int64) error {
-	if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+	var ue *uploadError
+	switch mbe := (*http.MaxBytesError)(nil); {
+	case errors.As(err, &ue):
+		return ue
+	case errors.As(err, &mbe):
 		return tooLarge(limit)
+	case errors.Is(err, errPartHeaderTooBig):
+		return reject(http.StatusRequestEntityTooLarge, outcomeTooLarge, "multipart part headers over %d bytes", MaxPartHeaderBytes)
+	case errors.Is(err, errTooSlow):
+		return reject(http.StatusRequestTimeout, outcomeTooSlow, "upload too slow: the body must arrive at a steady minimum rate")
+	case errors.Is(err, errUploadTimeout):
+		return reject(http.StatusRequestTimeout, outcomeTooSlow, "upload not complete within the time allowed")
+	case errors.Is(err, errBodyMemory):
+		ue := reject(http.StatusServiceUnavailable, outcomeUnavailable, "the gateway has no memory left for upload bodies; try again later")
+		ue.unread = true
+		return ue
 	}
 	return reject(http.StatusBadRequest, outcomeBadRequest, "reading the upload: %v", err)
 }

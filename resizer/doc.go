@@ -27,15 +27,28 @@
 //     screen, for WebP the canvas) are checked before any full decode, because
 //     Go cannot recover from running out of memory. Larger images are
 //     [ErrTooLarge].
+//   - DecodeMemory, default 1 GiB (DefaultDecodeMemory): the memory budget of
+//     decoding and resizing, shared by every Process call on the Resizer (a
+//     golang.org/x/sync/semaphore weighted by bytes). Probe estimates from
+//     the header what the image needs at most ([Info].Memory): the decoded
+//     pixels at the decoder's bytes per sample, the decoder's transients
+//     (a progressive JPEG keeps 4 bytes of coefficients per sample; a CMYK
+//     or RGB JPEG is converted into a 4-byte copy; an interlaced PNG decodes
+//     seven passes first) and the resizing buffers; memory.go has the table.
+//     An image whose estimate exceeds the whole budget is [ErrTooLarge]
+//     before anything is decoded: a 469 KB progressive 8944×8944 4:4:4 JPEG
+//     asks for 1.2 GB (1.9 GB as CMYK) and is refused at the default. Others
+//     wait, in arrival order, until the images in progress leave room for
+//     their estimate, so the decodes of one Resizer never hold more than the
+//     budget. The estimate is checked against the bytes Process really
+//     allocates (TestMemoryEstimateBoundsAllocations); it is about twice
+//     that for large images and more for small ones, whose fixed costs
+//     dominate. Go's heap also holds garbage until the next collection, so
+//     give the process a soft memory limit (GOMEMLIMIT) near the budget
+//     plus its other needs.
 //   - MaxConcurrent, default runtime.NumCPU(): at most this many decodes (and
 //     the resizing and encoding that follow them) run at once; further calls
-//     wait, honouring their context. One slot holds the decoded image
-//     (1.5 bytes per pixel for a JPEG, 4 for 8-bit RGBA, 8 for a 16-bit PNG;
-//     a progressive JPEG also keeps about 6 bytes per pixel of coefficients
-//     while decoding) plus one partly reduced copy of at most 4 bytes per
-//     pixel, so at 80 MP a slot peaks near 0.5 GB for ordinary photos and
-//     near 1 GB for a 16-bit PNG. Size MaxConcurrent and MaxPixels to the
-//     memory available.
+//     wait, honouring their context. Memory is taken first, then a slot.
 //
 // # Errors
 //

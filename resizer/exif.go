@@ -10,6 +10,21 @@ import (
 type jpegHeader struct {
 	orientation int  // EXIF IFD0 Orientation, 1..8; 0 when absent or invalid
 	sof         byte // the SOFn marker (0xC0..0xCF), 0 when none was seen
+	// The frame, from the first SOFn: width, height and, per component,
+	// its identifier and sampling factors.
+	width, height int
+	comps         []jpegComponent
+	// jfif is set by an APP0 "JFIF" segment; adobe by an APP14 "Adobe"
+	// segment, whose colour transform is adobeTransform (0 = none: RGB or
+	// CMYK, 1 = YCbCr, 2 = YCCK).
+	jfif, adobe    bool
+	adobeTransform byte
+}
+
+// jpegComponent is one component of a JPEG frame header.
+type jpegComponent struct {
+	id   byte
+	h, v int // horizontal and vertical sampling factors, 1..4
 }
 
 // scanJPEG walks the marker segments of a JPEG from SOI up to the first SOS
@@ -57,10 +72,39 @@ func scanJPEG(data []byte) jpegHeader {
 		case marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC:
 			if h.sof == 0 {
 				h.sof = marker
+				h.parseSOF(payload)
 			}
+		case marker == 0xE0 && len(payload) >= 5 && string(payload[:5]) == "JFIF\x00":
+			h.jfif = true
+		case marker == 0xEE && len(payload) >= 12 && string(payload[:5]) == "Adobe":
+			h.adobe, h.adobeTransform = true, payload[11]
 		}
 	}
 	return h
+}
+
+// parseSOF reads a frame header payload:
+//
+//	offset  size  field
+//	0       1     sample precision (bits)
+//	1       2     height (uint16 big-endian)
+//	3       2     width (uint16 big-endian)
+//	5       1     number of components n
+//	6+3i    1     component i identifier
+//	7+3i    1     component i sampling factors, horizontal<<4 | vertical
+//	8+3i    1     component i quantization table
+//
+// A truncated payload leaves the frame unknown; the decoder reports it.
+func (h *jpegHeader) parseSOF(p []byte) {
+	if len(p) < 6 || len(p) < 6+3*int(p[5]) {
+		return
+	}
+	h.height = int(binary.BigEndian.Uint16(p[1:]))
+	h.width = int(binary.BigEndian.Uint16(p[3:]))
+	for i := range int(p[5]) {
+		c := p[6+3*i:]
+		h.comps = append(h.comps, jpegComponent{id: c[0], h: int(c[1] >> 4), v: int(c[1] & 0x0F)})
+	}
 }
 
 // unsupportedSOF names the JPEG coding process of an SOFn marker that Go's

@@ -13,14 +13,17 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/image/webp"
+	"golang.org/x/sync/semaphore"
 )
 
 // Defaults of Options.
 const (
-	DefaultMaxBytes  = 32 << 20   // 32 MiB
-	DefaultMaxPixels = 80_000_000 // 80 megapixels
+	DefaultMaxBytes     = 32 << 20   // 32 MiB
+	DefaultMaxPixels    = 80_000_000 // 80 megapixels
+	DefaultDecodeMemory = 1 << 30    // 1 GiB
 )
 
 // JPEGQuality is the quality of every JPEG output.
@@ -39,12 +42,26 @@ type Options struct {
 	// at once; further calls to Process wait for a slot. Default
 	// runtime.NumCPU().
 	MaxConcurrent int
+	// DecodeMemory is the memory budget of decoding and resizing, in
+	// bytes, shared by every call to Process on this Resizer. Each image
+	// is charged the estimate of Info.Memory, from its header, before it
+	// is decoded; an image whose estimate exceeds the whole budget is
+	// ErrTooLarge, others wait until the images in progress leave room.
+	// Use one Resizer per process so that the budget is the process's.
+	// Default DefaultDecodeMemory (1 GiB).
+	DecodeMemory int64
 }
 
 // Resizer decodes uploads and produces the four sizes. It is safe for
 // concurrent use; construct it with New.
 type Resizer struct {
 	opts Options
+	// memory is the decode memory budget, in bytes (Options.DecodeMemory).
+	// It is taken before a slot: a caller holding a slot never waits for
+	// memory, so the two cannot deadlock.
+	memory *semaphore.Weighted
+	// inUse is the part of the budget charged now, for MemoryInUse.
+	inUse atomic.Int64
 	// slots bounds concurrent decodes: a send takes a slot.
 	slots chan struct{}
 }
@@ -60,8 +77,19 @@ func New(opts Options) *Resizer {
 	if opts.MaxConcurrent <= 0 {
 		opts.MaxConcurrent = runtime.NumCPU()
 	}
-	return &Resizer{opts: opts, slots: make(chan struct{}, opts.MaxConcurrent)}
+	if opts.DecodeMemory <= 0 {
+		opts.DecodeMemory = DefaultDecodeMemory
+	}
+	return &Resizer{
+		opts:   opts,
+		memory: semaphore.NewWeighted(opts.DecodeMemory),
+		slots:  make(chan struct{}, opts.MaxConcurrent),
+	}
 }
+
+// MemoryInUse returns the bytes of the decode memory budget charged to the
+// images being decoded and resized now.
+func (r *Resizer) MemoryInUse() int64 { return r.inUse.Load() }
 
 // Options returns the options in effect, defaults filled in.
 func (r *Resizer) Options() Options { return r.opts }
@@ -128,6 +156,12 @@ type Info struct {
 	// Orientation is the JPEG EXIF orientation, 1..8; 1 when absent or
 	// invalid and for other formats.
 	Orientation int
+	// Memory is the estimate, from the header, of the bytes that decoding
+	// and resizing the image need at most: the decoded pixels with the
+	// decoder's own transients (a progressive JPEG's coefficients, a CMYK
+	// or RGB JPEG's converted copy, an interlaced PNG's passes) and the
+	// resizing buffers. See memory.go for the table it follows.
+	Memory int64
 }
 
 // storedSize returns the size of the image as stored, before orientation.
@@ -154,14 +188,15 @@ func (r *Resizer) Probe(data []byte) (info Info, err error) {
 		return Info{}, err
 	}
 	info = Info{Format: f, Orientation: 1}
+	var jh jpegHeader
 	switch f {
 	case JPEG:
-		h := scanJPEG(data)
-		if name := unsupportedSOF(h.sof); name != "" {
+		jh = scanJPEG(data)
+		if name := unsupportedSOF(jh.sof); name != "" {
 			return Info{}, fmt.Errorf("%w: %s", ErrUnsupported, name)
 		}
-		if h.orientation != 0 {
-			info.Orientation = h.orientation
+		if jh.orientation != 0 {
+			info.Orientation = jh.orientation
 		}
 	case WebP:
 		if webpAnimated(data) {
@@ -178,6 +213,11 @@ func (r *Resizer) Probe(data []byte) (info Info, err error) {
 	if px := int64(cfg.Width) * int64(cfg.Height); px > r.opts.MaxPixels {
 		return Info{}, fmt.Errorf("%w: image is %dx%d (%s MP), over the %s MP limit",
 			ErrTooLarge, cfg.Width, cfg.Height, megapixels(px), megapixels(r.opts.MaxPixels))
+	}
+	info.Memory = estimateMemory(f, data, &jh, cfg.Width, cfg.Height)
+	if info.Memory > r.opts.DecodeMemory {
+		return Info{}, fmt.Errorf("%w: decoding the %dx%d %s needs about %s, over the %s decode memory budget",
+			ErrTooLarge, cfg.Width, cfg.Height, f, mib(info.Memory), mib(r.opts.DecodeMemory))
 	}
 	info.Width, info.Height = cfg.Width, cfg.Height
 	if info.Orientation >= 5 {
@@ -220,8 +260,10 @@ type Result struct {
 }
 
 // Process decodes data, orients it upright and returns the four sizes. It
-// waits for a decode slot first (see Options.MaxConcurrent) and returns
-// ctx's error if ctx ends before one is free or while working. Rejected
+// charges the image's memory estimate (Info.Memory) to the decode memory
+// budget, then takes a decode slot (see Options.DecodeMemory and
+// MaxConcurrent), waiting for both in arrival order, and returns ctx's
+// error if ctx ends before they are free or while working. Rejected
 // inputs give an error wrapping ErrEmpty, ErrUnsupported, ErrTooLarge or
 // ErrCorrupt. Process never panics.
 func (r *Resizer) Process(ctx context.Context, data []byte) (res *Result, err error) {
@@ -234,10 +276,10 @@ func (r *Resizer) Process(ctx context.Context, data []byte) (res *Result, err er
 	if err != nil {
 		return nil, err
 	}
-	if err := r.acquire(ctx); err != nil {
+	if err := r.acquire(ctx, info.Memory); err != nil {
 		return nil, err
 	}
-	defer r.release()
+	defer r.release(info.Memory)
 	img, err := decode(info, data)
 	if err != nil {
 		return nil, err
@@ -248,20 +290,31 @@ func (r *Resizer) Process(ctx context.Context, data []byte) (res *Result, err er
 	return produce(ctx, img, info)
 }
 
-// acquire takes a decode slot, or returns ctx's error.
-func (r *Resizer) acquire(ctx context.Context) error {
+// acquire charges mem bytes to the decode memory budget and then takes a
+// decode slot, or returns ctx's error with nothing held.
+func (r *Resizer) acquire(ctx context.Context, mem int64) error {
 	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := r.memory.Acquire(ctx, mem); err != nil {
 		return err
 	}
 	select {
 	case r.slots <- struct{}{}:
+		r.inUse.Add(mem)
 		return nil
 	case <-ctx.Done():
+		r.memory.Release(mem)
 		return ctx.Err()
 	}
 }
 
-func (r *Resizer) release() { <-r.slots }
+// release gives back what acquire took.
+func (r *Resizer) release(mem int64) {
+	<-r.slots
+	r.inUse.Add(-mem)
+	r.memory.Release(mem)
+}
 
 // decodeConfig reads the header of data with the decoder of f.
 func decodeConfig(f Format, data []byte) (image.Config, error) {

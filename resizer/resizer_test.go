@@ -560,7 +560,7 @@ func TestContext(t *testing.T) {
 	}
 
 	// Hold the only slot: Process must give up when its deadline passes.
-	if err := r.acquire(context.Background()); err != nil {
+	if err := r.acquire(context.Background(), 1); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Millisecond)
@@ -568,7 +568,7 @@ func TestContext(t *testing.T) {
 	if _, err := r.Process(ctx, data); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("waiting for a slot: %v", err)
 	}
-	r.release()
+	r.release(1)
 	if _, err := r.Process(context.Background(), data); err != nil {
 		t.Errorf("after release: %v", err)
 	}
@@ -721,10 +721,10 @@ func TestEXIFParser(t *testing.T) {
 
 func TestOptionsDefaults(t *testing.T) {
 	got := New(Options{}).Options()
-	if got.MaxBytes != 32<<20 || got.MaxPixels != 80_000_000 || got.MaxConcurrent < 1 {
+	if got.MaxBytes != 32<<20 || got.MaxPixels != 80_000_000 || got.MaxConcurrent < 1 || got.DecodeMemory != 1<<30 {
 		t.Errorf("defaults %+v", got)
 	}
-	set := Options{MaxBytes: 1, MaxPixels: 2, MaxConcurrent: 3}
+	set := Options{MaxBytes: 1, MaxPixels: 2, MaxConcurrent: 3, DecodeMemory: 4}
 	if got := New(set).Options(); got != set {
 		t.Errorf("Options() = %+v, want %+v", got, set)
 	}

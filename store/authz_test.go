@@ -105,7 +105,7 @@ func TestRoleChecks(t *testing.T) {
 	ts, as := tlsStore(t, ca, "s1")
 	ctx := context.Background()
 	ts.allocate(t, 1)
-	if _, err := ts.client.Write(ctx, &storepb.WriteRequest{Vid: 1, WriteToken: "t", Needles: []*storepb.Needle{{Key: 4, Cookie: 9, Data: []byte("a")}}}); err != nil {
+	if _, err := ts.client.Write(ctx, &storepb.WriteRequest{Vid: 1, WriteToken: "t", Needles: []*storepb.Needle{{Key: 4, Cookie: 9, ContentType: uint32(needle.TypeJPEG), Data: []byte("a")}}}); err != nil {
 		t.Fatal(err)
 	}
 	before := volumeState(t, ts)
@@ -174,7 +174,7 @@ func TestReplicateRefusesRogueSource(t *testing.T) {
 	victim, _ := tlsStore(t, ca, "victim")
 	ctx := context.Background()
 	victim.allocate(t, 1)
-	if _, err := victim.client.Write(ctx, &storepb.WriteRequest{Vid: 1, WriteToken: "t", Needles: []*storepb.Needle{{Key: 4, Cookie: 9, Data: []byte("a")}}}); err != nil {
+	if _, err := victim.client.Write(ctx, &storepb.WriteRequest{Vid: 1, WriteToken: "t", Needles: []*storepb.Needle{{Key: 4, Cookie: 9, ContentType: uint32(needle.TypeJPEG), Data: []byte("a")}}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := victim.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1}); err != nil {

@@ -413,7 +413,7 @@ func TestWriteAuthorizer(t *testing.T) {
 	ts.allocate(t, 2)
 	write := func(vid uint32, token string) error {
 		_, err := ts.client.Write(ctx, &storepb.WriteRequest{Vid: vid, WriteToken: token, Needles: []*storepb.Needle{
-			{Key: 4, Cookie: 9, Data: []byte("a")}, {Key: 4, Cookie: 9, SizeCode: 1, Data: []byte("b")},
+			{Key: 4, Cookie: 9, ContentType: uint32(needle.TypeJPEG), Data: []byte("a")}, {Key: 4, Cookie: 9, SizeCode: 1, Data: []byte("b")},
 		}})
 		return err
 	}

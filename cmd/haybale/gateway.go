@@ -32,6 +32,7 @@ type gatewayFlags struct {
 	recent          int
 	shutdownTimeout time.Duration
 	tls             tlsFlags
+	limits          uploadLimitFlags
 	log             logFlags
 }
 
@@ -45,14 +46,18 @@ func (f *gatewayFlags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.maxUpload, "max-upload", "largest accepted upload, e.g. 32MiB")
 	f.maxPixels = pixelCount(resizer.DefaultMaxPixels)
 	fs.Var(&f.maxPixels, "max-pixels", "largest accepted image in pixels (width×height from the header, checked before decoding), e.g. 80e6 or 80MP")
-	fs.IntVar(&f.maxDecodes, "max-decodes", 0, "images decoded and resized at once; each may need up to about 0.5 GB at the pixel limit (0: one per CPU)")
+	fs.IntVar(&f.maxDecodes, "max-decodes", 0, "images decoded and resized at once, within --decode-memory (0: one per CPU)")
 	fs.IntVar(&f.recent, "recent", gateway.DefaultRecentUploads, "recent uploads listed on the web page")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
 	f.tls.register(fs)
+	f.limits.register(fs)
 	f.log.register(fs)
 }
 
 func (f *gatewayFlags) validate() error {
+	if err := f.limits.validate(); err != nil {
+		return err
+	}
 	switch {
 	case f.directory == "":
 		return fmt.Errorf("--directory is required")
@@ -82,7 +87,10 @@ GET /photos/{id}, GET /photos/{id}/{size} (a redirect to the image URL) and
 DELETE /photos/{id}, and serves a web page at / to upload and browse photos.
 
 With --api-key-file, uploads and deletes need 'Authorization: Bearer <key>';
-reads never do. SIGTERM or Ctrl-C drains requests in flight.`,
+reads never do. Browser pages may upload only from the gateway's own origin
+or --allowed-origins. Each image is admitted to decoding by an estimate of
+its memory from its header, against --decode-memory; one over the whole
+budget is refused with 413. SIGTERM or Ctrl-C drains requests in flight.`,
 		Example: "  haybale gateway --certs-dir /etc/haybale/gateway-gw1 --directory dir1:7070 --http :8000 --api-key-file /etc/haybale/api-key \\\n" +
 			"    --cache-nodes http://cache1:8100,http://cache2:8100 --cache-internal cache1:8101,cache2:8101",
 		Args: cobra.NoArgs,
@@ -113,6 +121,10 @@ func runGateway(ctx context.Context, f *gatewayFlags) error {
 	if apiKey == "" {
 		logger.Warn("no --api-key-file: anyone who reaches the gateway can upload and delete photos")
 	}
+	decodeMemory, err := f.limits.decodeBudget(logger)
+	if err != nil {
+		return err
+	}
 	var evictURLs []string
 	for _, a := range f.cacheInternal {
 		evictURLs = append(evictURLs, internalScheme(creds)+"://"+strings.TrimSpace(a))
@@ -130,8 +142,13 @@ func runGateway(ctx context.Context, f *gatewayFlags) error {
 		maxUpload:      int64(f.maxUpload),
 		maxPixels:      int64(f.maxPixels),
 		maxDecodes:     f.maxDecodes,
+		decodeMemory:   decodeMemory,
 		recent:         f.recent,
 		logger:         logger,
+		opts: gateway.Options{
+			AllowedOrigins: f.limits.allowedOrigins,
+			Public:         reachableFromElsewhere(f.httpAddr),
+		},
 	})
 	if err != nil {
 		g.stop()

@@ -46,12 +46,15 @@ type serverFlags struct {
 	maxUpload       byteSize
 	maxPixels       pixelCount
 	shutdownTimeout time.Duration
+	publicUploads   bool
+	limits          uploadLimitFlags
 	log             logFlags
 }
 
 func (f *serverFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.dir, "dir", "haybale-data", "data directory: the store's volumes in <dir>/store, the directory's state in <dir>/directory (created if missing)")
-	fs.StringVar(&f.httpAddr, "http", ":8000", "address of the front HTTP server: the web page, /photos, the images under /p/, /healthz, /metrics")
+	fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8000", "address of the front HTTP server: the web page, /photos, the images under /p/, /healthz, /metrics (another address than loopback needs --api-key-file or --public-uploads)")
+	fs.BoolVar(&f.publicUploads, "public-uploads", false, "let anyone who reaches a non-loopback --http upload and delete photos, without an API key")
 	fs.StringVar(&f.publicURL, "public-url", "", "base URL under which browsers reach the front server; image URLs point at it (default http://localhost:<port of --http>)")
 	fs.StringVar(&f.directoryHTTP, "directory-http", "127.0.0.1:0", "address of the directory's status page (port 0: any free port, printed at start)")
 	fs.StringVar(&f.apiKeyFile, "api-key-file", "", "file holding the API key that uploads and deletes must send as 'Authorization: Bearer <key>' (none: open)")
@@ -66,10 +69,14 @@ func (f *serverFlags) register(fs *pflag.FlagSet) {
 	f.maxPixels = pixelCount(resizer.DefaultMaxPixels)
 	fs.Var(&f.maxPixels, "max-pixels", "largest accepted image in pixels, e.g. 80MP")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
+	f.limits.register(fs)
 	f.log.register(fs)
 }
 
 func (f *serverFlags) validate() error {
+	if err := f.limits.validate(); err != nil {
+		return err
+	}
 	switch {
 	case f.dir == "":
 		return fmt.Errorf("--dir must not be empty")
@@ -99,12 +106,16 @@ and the images under /p/ (through the cache, which reads from the store);
 the directory's image URLs point at --public-url, the front port as browsers
 see it.
 
+The front port listens on 127.0.0.1 unless --http says otherwise; on any
+other address the server refuses to start without --api-key-file (uploads
+and deletes then need the key) or --public-uploads (anyone may upload).
+
 GET /healthz on the front port answers 200 once the store's volumes are
 loaded and the directory can assign keys, and 503 before that and while
 shutting down. Ctrl-C or SIGTERM drains requests in flight and closes
 everything cleanly; starting again over the same --dir serves every photo
 uploaded before.`,
-		Example: "  haybale server\n  haybale server --dir /srv/haybale --http :8000 --public-url https://photos.example.com",
+		Example: "  haybale server\n  haybale server --dir /srv/haybale --http :8000 --api-key-file /etc/haybale/api-key --public-url https://photos.example.com",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.validate(); err != nil {
@@ -149,6 +160,14 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 		return fmt.Errorf("--http: %w", err)
 	}
 	defer front.Close()
+	public := reachableFromElsewhere(front.Addr().String())
+	if public && apiKey == "" && !f.publicUploads {
+		return fmt.Errorf("--http %s is reachable from other machines, and anyone there could upload and delete photos: set --api-key-file, or pass --public-uploads to allow it", front.Addr())
+	}
+	decodeMemory, err := f.limits.decodeBudget(logger)
+	if err != nil {
+		return err
+	}
 	publicURL := strings.TrimSuffix(f.publicURL, "/")
 	if publicURL == "" {
 		publicURL = defaultPublicURL(front.Addr())
@@ -267,9 +286,14 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 		cacheHTTP:      internalHTTPClient(gwCreds, pki.RoleCache),
 		maxUpload:      int64(f.maxUpload),
 		maxPixels:      int64(f.maxPixels),
+		decodeMemory:   decodeMemory,
 		recent:         gateway.DefaultRecentUploads,
 		logger:         logger.With("role", "gateway"),
-		opts:           gateway.Options{Registry: reg},
+		opts: gateway.Options{
+			Registry:       reg,
+			AllowedOrigins: serverOrigins(f.limits.allowedOrigins, publicURL),
+			Public:         public,
+		},
 	})
 	if err != nil {
 		return err

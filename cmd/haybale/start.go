@@ -213,16 +213,17 @@ type gatewayRoleConfig struct {
 	maxUpload      int64
 	maxPixels      int64
 	maxDecodes     int
+	decodeMemory   int64
 	recent         int
 	logger         *slog.Logger
-	opts           gateway.Options // Registry and the rest; the fields above win
+	opts           gateway.Options // Registry, origins and the rest; the fields above win
 }
 
 // newGateway builds the gateway over cl.
 func newGateway(cl *client.Client, cfg gatewayRoleConfig) (*gateway.Gateway, error) {
 	o := cfg.opts
 	o.Client = cl
-	o.Resizer = resizer.New(resizer.Options{MaxBytes: cfg.maxUpload, MaxPixels: cfg.maxPixels, MaxConcurrent: cfg.maxDecodes})
+	o.Resizer = resizer.New(resizer.Options{MaxBytes: cfg.maxUpload, MaxPixels: cfg.maxPixels, MaxConcurrent: cfg.maxDecodes, DecodeMemory: cfg.decodeMemory})
 	o.APIKey = cfg.apiKey
 	o.CacheNodes = cfg.cacheNodes
 	o.CacheEvictURLs = cfg.cacheEvictURLs

@@ -4,6 +4,10 @@
 //
 // It owns the answer contract of DESIGN.md's "Store HTTP" section:
 //
+//   - Every image answer carries "X-Content-Type-Options: nosniff", and
+//     its Content-Type is one of image/jpeg, image/png, image/gif and
+//     image/webp: an image with any other type is refused with 502,
+//     "X-Haybale-Error: corrupt" (IsImageContentType), never served.
 //   - 200: Content-Type, Content-Length, ETag (the needle checksum as 16
 //     quoted lower-case hex digits, see AppendETag), Last-Modified (the
 //     append time in whole seconds), "Cache-Control: public,
@@ -24,8 +28,8 @@
 //     the image was not served add "Cache-Control: no-store" and an
 //     X-Haybale-Error header (Failure, and the Error* constants).
 //
-// The package imports only the standard library and allocates little: the
-// store's read path uses it without an allocation of its own beyond the
-// header values. Every function is safe for concurrent use; the package
+// The package imports only the standard library and package needle (for
+// the image media types), and allocates little: the store's read path
+// uses it without an allocation of its own beyond the header values. Every function is safe for concurrent use; the package
 // holds no mutable state.
 package imagehttp

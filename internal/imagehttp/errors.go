@@ -43,6 +43,7 @@ var (
 	bodyMethod   = []byte(`{"error":"method not allowed; use GET or HEAD"}` + "\n")
 	bodyRange    = []byte(`{"error":"range not satisfiable"}` + "\n")
 	bodyPrecond  = []byte(`{"error":"precondition failed"}` + "\n")
+	bodyNotImage = []byte(`{"error":"stored object is not an image"}` + "\n")
 )
 
 // NotFound writes the answer for a missing image (unknown key, wrong

@@ -155,3 +155,32 @@ func FuzzParseRange(f *testing.F) {
 		IfRangeHolds([]string{h}, etag, time.Unix(0, 0))
 	})
 }
+
+// TestServeOnlyImageTypes: every image answer carries nosniff, and an
+// image whose Content-Type is not an image type is never served.
+func TestServeOnlyImageTypes(t *testing.T) {
+	mod := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, ct := range []string{"image/jpeg", "image/png", "image/gif", "image/webp"} {
+		im := &Image{Data: []byte("pixels"), ContentType: []string{ct}, ETag: `"01"`, LastModified: mod.Format(http.TimeFormat), ModTime: mod}
+		for _, hdr := range []map[string]string{nil, {"Range": "bytes=0-1"}, {"If-None-Match": `"01"`}} {
+			r := httptest.NewRequest(http.MethodGet, "/p/x/t", nil)
+			for k, v := range hdr {
+				r.Header.Set(k, v)
+			}
+			w := httptest.NewRecorder()
+			code, _ := Serve(w, r, im)
+			if w.Header().Get("X-Content-Type-Options") != "nosniff" {
+				t.Errorf("%s %v: HTTP %d without nosniff", ct, hdr, code)
+			}
+		}
+	}
+	for _, ct := range []string{"text/html", "application/octet-stream", "image/svg+xml", "image/jpeg; charset=utf-8", ""} {
+		im := &Image{Data: []byte("<script>x</script>"), ContentType: []string{ct}, ETag: `"01"`}
+		w := httptest.NewRecorder()
+		code, written := Serve(w, httptest.NewRequest(http.MethodGet, "/p/x/t", nil), im)
+		if code != http.StatusBadGateway || written != 0 || w.Header().Get("Content-Type") != "application/json" ||
+			w.Header().Get(ErrorHeader) != ErrorCorrupt || bytes.Contains(w.Body.Bytes(), []byte("script")) {
+			t.Errorf("Content-Type %q: HTTP %d, %d bytes, header %v, body %q", ct, code, written, w.Header(), w.Body)
+		}
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/haybale/haybale/needle"
 )
 
 // Header values shared by every response. net/http only reads header
@@ -48,8 +50,17 @@ type Image struct {
 // Serve answers a GET or HEAD of an image: 200, 206, 304, 412 or 416 as
 // the package doc describes. It returns the status it answered with and
 // the number of body bytes written. The caller has checked the method.
+//
+// An image whose ContentType is not one of the image types
+// (IsImageContentType) is never served: the answer is the 502 of a
+// corrupt image, "X-Haybale-Error: corrupt", so that a cache or CDN tries
+// elsewhere.
 func Serve(w http.ResponseWriter, r *http.Request, im *Image) (code, written int) {
+	if len(im.ContentType) != 1 || !IsImageContentType(im.ContentType[0]) {
+		return Failure(w, http.StatusBadGateway, ErrorCorrupt, bodyNotImage), 0
+	}
 	hdr := w.Header()
+	hdr["X-Content-Type-Options"] = hdrNoSniff
 	// One allocation holds every per-response header value.
 	vals := make([]string, 4)
 	vals[0], vals[1] = im.ETag, im.LastModified
@@ -111,6 +122,13 @@ func Serve(w http.ResponseWriter, r *http.Request, im *Image) (code, written int
 		written, _ = w.Write(body)
 	}
 	return code, written
+}
+
+// IsImageContentType reports whether ct is exactly one of the media types
+// images are stored with (image/jpeg, image/png, image/gif, image/webp),
+// without parameters. Nothing else is ever served as an image.
+func IsImageContentType(ct string) bool {
+	return needle.ContentTypeFromMIME(ct) != needle.TypeUnknown
 }
 
 // AppendETag appends the entity tag of an image whose needle checksum is

