@@ -6,7 +6,11 @@ import (
 	"fmt"
 	"hash/crc32"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
+
+	"github.com/haybale/haybale/internal/vfs"
 )
 
 // EC format constants. They are part of EC format version 1.
@@ -242,4 +246,32 @@ func decodeECJRecord(b []byte) (ecjRecord, bool) {
 		cookie: binary.LittleEndian.Uint64(b[8:]),
 		size:   binary.LittleEndian.Uint32(b[16:]),
 	}, true
+}
+
+// ECVolumesIn returns the vids, in order, that have EC files (an ecx or
+// shards) in dir.
+func ECVolumesIn(fs vfs.FS, dir string) ([]uint32, error) {
+	if fs == nil {
+		fs = vfs.Default
+	}
+	names, err := fs.List(dir)
+	if err != nil {
+		return nil, err
+	}
+	var vids []uint32
+	for _, name := range names {
+		base, ext, ok := strings.Cut(name, ".")
+		if !ok || !(ext == "ecx" || ext == "ecj" || len(ext) == 4 && strings.HasPrefix(ext, "ec") && ext[2] >= '0' && ext[2] <= '9' && ext[3] >= '0' && ext[3] <= '9') {
+			continue
+		}
+		n, err := strconv.ParseUint(base, 10, 32)
+		if err != nil || strconv.FormatUint(n, 10) != base {
+			continue
+		}
+		if len(vids) == 0 || vids[len(vids)-1] != uint32(n) {
+			vids = append(vids, uint32(n))
+		}
+	}
+	slices.Sort(vids)
+	return slices.Compact(vids), nil
 }

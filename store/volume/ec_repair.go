@@ -470,7 +470,7 @@ func (e *ECVolume) writeStream(ctx context.Context, fs vfs.FS, path string, prog
 	defer e.mu.RUnlock()
 	for off := int64(SuperblockSize); off < e.geo.dataSize; {
 		n := int(min(int64(len(buf)), e.geo.dataSize-off))
-		if _, err := e.readRangeLocked(ctx, buf[:n], off, false); err != nil {
+		if _, err := e.readRangeLocked(ctx, buf[:n], off, [ECShards]bool{}); err != nil {
 			return err
 		}
 		if _, err := f.WriteAt(buf[:n], off); err != nil {
@@ -480,6 +480,34 @@ func (e *ECVolume) writeStream(ctx context.Context, fs vfs.FS, path string, prog
 		if progress != nil {
 			progress(off, e.geo.dataSize)
 		}
+	}
+	// A data shard's bytes may be damaged where it is still readable:
+	// check every live needle as written and repair the damaged ones.
+	var nbuf, rbuf []byte
+	var ferr error
+	e.mu.index.ascend(func(key uint64, size, off, length uint32) bool {
+		n := int(length) * needle.Alignment
+		if cap(nbuf) < n {
+			nbuf = make([]byte, n)
+		}
+		nbuf = nbuf[:n]
+		if ferr = readFull(f, nbuf, int64(off)*needle.Alignment); ferr != nil {
+			return false
+		}
+		if nd, err := needle.Decode(nbuf); err == nil {
+			if _, err := verifyRead(nd, key, needle.SizeCode(size)); err == nil {
+				return true
+			}
+		}
+		if _, rbuf, ferr = e.readEntryLocked(ctx, key, needle.SizeCode(size), off, length, rbuf); ferr != nil {
+			ferr = fmt.Errorf("needle key %x size %d: %w", key, size, ferr)
+			return false
+		}
+		_, ferr = f.WriteAt(rbuf, int64(off)*needle.Alignment)
+		return ferr == nil
+	})
+	if ferr != nil {
+		return ferr
 	}
 	if err := f.Sync(); err != nil {
 		return err

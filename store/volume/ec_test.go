@@ -369,6 +369,14 @@ func TestECReadsAroundDamagedShard(t *testing.T) {
 	if e.Status().Degraded == 0 {
 		t.Fatal("no read was rebuilt around the damaged shard")
 	}
+	// The damaged shard on top of any three lost ones: still every needle.
+	combinations(ECShards-1, 3, func(c []int) {
+		lost := make([]int, 3)
+		for k, i := range c {
+			lost[k] = i + 1
+		}
+		withLost(e, lost, func() { f.expectECReads(t, e) })
+	})
 	e.Close()
 
 	rep, err := VerifyEC(context.Background(), testDir, ecVid, ECFilesOptions{FS: f.fs})
@@ -477,6 +485,44 @@ func TestECDecode(t *testing.T) {
 	}
 	if _, err := DecodeEC(context.Background(), testDir, ecVid, out, ECFilesOptions{FS: f.fs}); !errors.Is(err, ErrExists) {
 		t.Fatalf("decode over an existing file: %v", err)
+	}
+}
+
+func TestECDecodeRepairsDamagedShard(t *testing.T) {
+	f := sealedVolume(t, 15, 10)
+	f.encode(t, f.fs)
+	orig := readWhole(t, f.fs, DatPath(testDir, ecVid))
+	sh, _ := f.fs.OpenReadWrite(ECShardPath(testDir, ecVid, 1))
+	size, _ := sh.Size()
+	for off := int64(ECHeaderSize); off < size; off += 61 {
+		sh.WriteAt([]byte{0x5A}, off)
+	}
+	sh.Close()
+	if _, err := DecodeEC(context.Background(), testDir, ecVid, "/out/7.dat", ECFilesOptions{FS: f.fs}); err != nil {
+		t.Fatal(err)
+	}
+	got := readWhole(t, f.fs, "/out/7.dat")
+	v, err := Open(context.Background(), "/out", ecVid, Options{FS: f.fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for _, want := range f.live {
+		expectRead(t, v, want)
+		e, _ := v.Locate(want.Key, want.Size)
+		if !bytes.Equal(got[e.Offset:e.Offset+int64(e.Length)], orig[e.Offset:e.Offset+int64(e.Length)]) {
+			t.Fatalf("key %x size %v: decoded bytes differ", want.Key, want.Size)
+		}
+	}
+	// Five shards lost: decode fails and writes nothing.
+	for _, i := range []int{0, 2, 3, 4, 5} {
+		f.fs.Remove(ECShardPath(testDir, ecVid, i))
+	}
+	if _, err := DecodeEC(context.Background(), testDir, ecVid, "/out2/7.dat", ECFilesOptions{FS: f.fs}); !errors.Is(err, ErrUnrecoverable) {
+		t.Fatalf("decode with 5 shards lost: %v", err)
+	}
+	if _, err := f.fs.Stat("/out2/7.dat"); err == nil {
+		t.Fatal("a failed decode left its output")
 	}
 }
 

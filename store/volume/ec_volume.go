@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -386,24 +385,21 @@ func (e *ECVolume) rebuildLocked(ctx context.Context, seg ecSegment, dst []byte,
 }
 
 // readRangeLocked reads the stream range [off, off+len(dst)): one pread per
-// block it touches on the data shard, or a rebuild when that shard cannot
-// be read (or forceRebuild). It reports how many segments it rebuilt.
-func (e *ECVolume) readRangeLocked(ctx context.Context, dst []byte, off int64, forceRebuild bool) (rebuilt int, err error) {
+// block it touches on the data shard, or a rebuild from other shards when
+// that shard cannot be read or is in skip. Shards in skip are never read.
+// It reports how many segments it rebuilt.
+func (e *ECVolume) readRangeLocked(ctx context.Context, dst []byte, off int64, skip [ECShards]bool) (rebuilt int, err error) {
 	var segBuf [4]ecSegment
 	segs := e.geo.segments(off, len(dst), segBuf[:0])
-	if len(segs) > 1 {
-		e.straddle.Add(1)
-	}
 	pos := 0
 	for _, s := range segs {
 		p := dst[pos : pos+s.n]
 		pos += s.n
-		if !forceRebuild {
+		if !skip[s.shard] {
 			if err := e.readShardLocked(ctx, s.shard, p, s.off); err == nil {
 				continue
 			}
 		}
-		var skip [ECShards]bool
 		if err := e.rebuildLocked(ctx, s, p, skip); err != nil {
 			return rebuilt, err
 		}
@@ -412,9 +408,21 @@ func (e *ECVolume) readRangeLocked(ctx context.Context, dst []byte, off int64, f
 	return rebuilt, nil
 }
 
+// decodeVerified decodes buf and checks it is the needle (key, size).
+func decodeVerified(buf []byte, key uint64, size needle.SizeCode) (needle.Needle, error) {
+	nd, err := needle.Decode(buf)
+	if err == nil {
+		nd, err = verifyRead(nd, key, size)
+	}
+	return nd, err
+}
+
 // readEntryLocked reads and verifies the needle the index places at off
-// (length units): healthy first, then rebuilt from the other shards when
-// the data shard cannot be read or its bytes fail verification.
+// (length units): healthy first, rebuilding what cannot be read; when the
+// bytes fail verification, some shard that served them is damaged, and
+// the needle is read again leaving out each shard in turn until it
+// verifies (one damaged shard is always found this way; rebuilding
+// tolerates it on top of up to three lost ones).
 func (e *ECVolume) readEntryLocked(ctx context.Context, key uint64, size needle.SizeCode, off, length uint32, buf []byte) (needle.Needle, []byte, error) {
 	n := int(length) * needle.Alignment
 	if cap(buf) < n {
@@ -422,22 +430,36 @@ func (e *ECVolume) readEntryLocked(ctx context.Context, key uint64, size needle.
 	}
 	buf = buf[:n]
 	e.reads.Add(1)
-	rebuilt, err := e.readRangeLocked(ctx, buf, int64(off)*needle.Alignment, false)
+	start := int64(off) * needle.Alignment
+	if len(e.geo.segments(start, n, nil)) > 1 {
+		e.straddle.Add(1)
+	}
+	rebuilt, err := e.readRangeLocked(ctx, buf, start, [ECShards]bool{})
 	if err != nil {
 		e.lost.Add(1)
 		return needle.Needle{}, buf, err
 	}
-	nd, derr := needle.Decode(buf)
-	if derr == nil {
-		nd, derr = verifyRead(nd, key, size)
-	}
-	if derr != nil && rebuilt == 0 && needle.IsCorruption(derr) {
-		// Some shard's bytes are damaged: rebuild around them.
-		if nd, err = e.repairLocked(ctx, key, size, buf, int64(off)*needle.Alignment); err != nil {
-			e.lost.Add(1)
-			return needle.Needle{}, buf, fmt.Errorf("%w (the stored bytes fail verification: %v)", err, derr)
+	nd, derr := decodeVerified(buf, key, size)
+	if derr != nil && needle.IsCorruption(derr) {
+		var lastErr error
+		for suspect := 0; suspect < ECShards && derr != nil; suspect++ {
+			var skip [ECShards]bool
+			skip[suspect] = true
+			if _, err := e.readRangeLocked(ctx, buf, start, skip); err != nil {
+				lastErr = err
+				continue
+			}
+			if nd, err = decodeVerified(buf, key, size); err == nil {
+				derr, rebuilt = nil, 1
+			}
 		}
-		rebuilt, derr = 1, nil
+		if derr != nil {
+			e.lost.Add(1)
+			if errors.Is(lastErr, ErrUnrecoverable) {
+				return needle.Needle{}, buf, fmt.Errorf("%w (the bytes read fail verification: %v)", lastErr, derr)
+			}
+			return needle.Needle{}, buf, fmt.Errorf("%w (no single damaged shard explains it)", derr)
+		}
 	}
 	if rebuilt > 0 {
 		e.degraded.Add(1)
@@ -446,48 +468,6 @@ func (e *ECVolume) readEntryLocked(ctx context.Context, key uint64, size needle.
 		return needle.Needle{}, buf, derr
 	}
 	return nd, buf, nil
-}
-
-// repairLocked rebuilds a needle whose healthy read failed verification,
-// assuming one data shard it was read from is damaged: for each such
-// shard in turn it rebuilds every range the needle has on that shard from
-// the other shards, until the needle verifies. buf holds the healthy read
-// and receives the repaired bytes.
-func (e *ECVolume) repairLocked(ctx context.Context, key uint64, size needle.SizeCode, buf []byte, off int64) (needle.Needle, error) {
-	segs := e.geo.segments(off, len(buf), nil)
-	saved := slices.Clone(buf)
-	var lastErr error
-	for suspect := 0; suspect < ECDataShards; suspect++ {
-		used := false
-		pos := 0
-		var err error
-		for _, s := range segs {
-			p := buf[pos : pos+s.n]
-			pos += s.n
-			if s.shard != suspect || err != nil {
-				continue
-			}
-			used = true
-			err = e.rebuildLocked(ctx, s, p, [ECShards]bool{})
-		}
-		if !used {
-			continue
-		}
-		if err == nil {
-			var nd needle.Needle
-			if nd, err = needle.Decode(buf); err == nil {
-				if nd, err = verifyRead(nd, key, size); err == nil {
-					return nd, nil
-				}
-			}
-		}
-		lastErr = err
-		copy(buf, saved)
-	}
-	if errors.Is(lastErr, ErrUnrecoverable) {
-		return needle.Needle{}, lastErr
-	}
-	return needle.Needle{}, needle.Corruptf("no single damaged shard explains the needle's damage: %v", lastErr)
 }
 
 // Read returns the live needle for (key, size) if its cookie matches, like

@@ -1,0 +1,96 @@
+package tools
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/haybale/haybale/store/volume"
+)
+
+func TestECEncodeVerifyRebuildDecode(t *testing.T) {
+	ctx := context.Background()
+	dir, warm := t.TempDir(), t.TempDir()
+	live := buildVolume(t, dir, 40, 900)
+	var out, prog bytes.Buffer
+	res, err := ECEncode(ctx, volume.DatPath(dir, 7), warm, ECEncodeOptions{LargeBlock: 8192, SmallBlock: 1024}, Output{W: &out, Progress: &prog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Needles != 4*len(live) || !strings.Contains(out.String(), "straddling:") || !strings.Contains(prog.String(), "100%") {
+		t.Fatalf("encode: %+v\n%s\n%s", res, out.String(), prog.String())
+	}
+	out.Reset()
+	if _, err := ECVerify(ctx, warm, 0, Output{W: &out}); err != nil || !strings.Contains(out.String(), "result:   ok") {
+		t.Fatalf("clean verify: %v\n%s", err, out.String())
+	}
+
+	// Lose two shards and damage a third: verify finds all three.
+	for _, i := range []int{4, 11} {
+		if err := os.Remove(volume.ECShardPath(warm, 7, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	orig, _ := os.ReadFile(volume.ECShardPath(warm, 7, 2))
+	damaged := slices.Clone(orig)
+	for i := volume.ECHeaderSize + 100; i < len(damaged); i += 4000 {
+		damaged[i] ^= 0xFF
+	}
+	os.WriteFile(volume.ECShardPath(warm, 7, 2), damaged, 0o644)
+	out.Reset()
+	reps, err := ECVerify(ctx, warm, 7, Output{W: &out, JSON: true})
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("verify of damaged shards: %v", err)
+	}
+	var js []volume.ECReport
+	if err := json.Unmarshal(out.Bytes(), &js); err != nil || len(js) != 1 {
+		t.Fatalf("json: %v\n%s", err, out.String())
+	}
+	if !slices.Equal(js[0].Missing, []int{4, 11}) || !slices.Equal(js[0].Damaged, []int{2}) || js[0].Unreadable != 0 || !reps[0].Recoverable() {
+		t.Fatalf("report %+v", js[0])
+	}
+
+	out.Reset()
+	rres, err := ECRebuild(ctx, warm, 0, Output{W: &out})
+	if err != nil || len(rres) != 1 || !slices.Equal(rres[0].Rebuilt, []int{2, 4, 11}) {
+		t.Fatalf("rebuild: %+v %v\n%s", rres, err, out.String())
+	}
+	if got, _ := os.ReadFile(volume.ECShardPath(warm, 7, 2)); !bytes.Equal(got, orig) {
+		t.Fatal("rebuilt shard 2 differs from the original")
+	}
+	if _, err := ECVerify(ctx, warm, 0, Output{W: &out}); err != nil {
+		t.Fatalf("verify after rebuild: %v", err)
+	}
+
+	// Decode into a fresh folder: every live image reads the same.
+	dec := t.TempDir()
+	out.Reset()
+	if _, err := ECDecode(ctx, warm, 0, volume.DatPath(dec, 7), Output{W: &out}); err != nil {
+		t.Fatalf("decode: %v\n%s", err, out.String())
+	}
+	checkLive(t, dec, live, 900)
+
+	// Five shards lost: verify and rebuild report damage (exit status 2).
+	for _, i := range []int{0, 1, 3, 5, 6} {
+		os.Remove(volume.ECShardPath(warm, 7, i))
+	}
+	if _, err := ECVerify(ctx, warm, 0, Output{W: &out}); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("verify with 5 lost: %v", err)
+	}
+	out.Reset()
+	if _, err := ECRebuild(ctx, warm, 0, Output{W: &out}); !errors.Is(err, ErrCorrupt) || !strings.Contains(out.String(), "cannot rebuild") {
+		t.Fatalf("rebuild with 5 lost: %v\n%s", err, out.String())
+	}
+	if _, err := ECDecode(ctx, warm, 0, filepath.Join(t.TempDir(), "7.dat"), Output{W: &out}); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("decode with 5 lost: %v", err)
+	}
+	if _, err := ECVerify(ctx, t.TempDir(), 0, Output{W: &out}); err == nil || errors.Is(err, ErrCorrupt) {
+		t.Fatalf("verify of a folder without EC files: %v", err)
+	}
+}
