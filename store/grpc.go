@@ -200,6 +200,11 @@ func (g *grpcService) Delete(ctx context.Context, req *storepb.DeleteRequest) (*
 		return nil, err
 	}
 	v, err := g.volume(req.GetVid())
+	if status.Code(err) == codes.NotFound {
+		if e, eerr := g.srv.store.ECVolume(req.GetVid()); eerr == nil {
+			return ecDelete(ctx, e, req.GetKey(), req.GetCookie(), size)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -231,6 +236,11 @@ func (g *grpcService) Read(ctx context.Context, req *storepb.ReadRequest) (*stor
 		return nil, status.Errorf(codes.InvalidArgument, "unknown size code %d", req.GetSizeCode())
 	}
 	v, err := g.volume(req.GetVid())
+	if status.Code(err) == codes.NotFound {
+		if e, eerr := g.srv.store.ECVolume(req.GetVid()); eerr == nil {
+			return g.ecRead(ctx, e, req)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -75,8 +75,8 @@ func (v *Volume) encodeEC(ctx context.Context, outDir string, opts ECEncodeOptio
 		opts.SmallBlock = DefaultECSmallBlock
 	}
 	if opts.LargeBlock < opts.SmallBlock || opts.LargeBlock > maxECBlock {
-		return ECEncodeResult{}, fmt.Errorf("volume %d: EC block sizes %d (large) and %d (small): large must be at least small and at most 1 TiB",
-			v.vid, opts.LargeBlock, opts.SmallBlock)
+		return ECEncodeResult{}, fmt.Errorf("volume %d: %w: EC block sizes %d (large) and %d (small): large must be at least small and at most 1 TiB",
+			v.vid, ErrInvalid, opts.LargeBlock, opts.SmallBlock)
 	}
 	// Hold the commit round for the whole encode: no tombstone can land in
 	// the .dat behind the snapshot the shards are made of.

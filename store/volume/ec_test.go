@@ -315,7 +315,7 @@ func TestECFiveLostIsUnrecoverableExactlyWhereHit(t *testing.T) {
 		combos++
 		withLost(e, lost, func() {
 			for _, want := range f.live {
-				en, _ := e.locate(want.Key, want.Size)
+				en, _ := e.Locate(want.Key, want.Size)
 				hit := false
 				for _, s := range e.geo.segments(en.Offset, en.Length, nil) {
 					hit = hit || slices.Contains(lost, s.shard)
@@ -339,14 +339,6 @@ func TestECFiveLostIsUnrecoverableExactlyWhereHit(t *testing.T) {
 	if combos != 2002 || readable == 0 || lostReads == 0 {
 		t.Fatalf("%d combinations, %d readable, %d unrecoverable", combos, readable, lostReads)
 	}
-}
-
-// locate returns where the live needle (key, size) lies in the stream.
-func (e *ECVolume) locate(key uint64, size needle.SizeCode) (Entry, bool) {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	off, length, ok := e.mu.index.get(key, uint32(size))
-	return Entry{Key: key, Size: size, Offset: int64(off) * 8, Length: int(length) * 8}, ok
 }
 
 func TestECReadsAroundDamagedShard(t *testing.T) {

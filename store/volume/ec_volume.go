@@ -282,6 +282,11 @@ func (e *ECVolume) Superblock() Superblock {
 	return sb
 }
 
+// HoldsShard reports whether shard i is held here and was usable at open.
+func (e *ECVolume) HoldsShard(i int) bool {
+	return i >= 0 && i < ECShards && e.shards[i] != nil
+}
+
 // ReadShard fills p with bytes [off, off+len(p)) of the data area of local
 // shard i. It is what a store serves to peers rebuilding a range.
 func (e *ECVolume) ReadShard(ctx context.Context, i int, p []byte, off int64) error {
@@ -504,6 +509,18 @@ func (e *ECVolume) Has(key uint64, size needle.SizeCode) bool {
 	defer e.mu.RUnlock()
 	_, _, ok := e.mu.index.get(key, uint32(size))
 	return ok && !e.mu.closed
+}
+
+// Locate returns where the live needle for (key, size) lies in the encoded
+// .dat, without reading it or checking its cookie.
+func (e *ECVolume) Locate(key uint64, size needle.SizeCode) (Entry, bool) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	off, length, ok := e.mu.index.get(key, uint32(size))
+	if !ok || e.mu.closed {
+		return Entry{}, false
+	}
+	return Entry{Key: key, Size: size, Offset: int64(off) * needle.Alignment, Length: int(length) * needle.Alignment}, true
 }
 
 // Entries calls fn for every live needle in (key, size) order, under the

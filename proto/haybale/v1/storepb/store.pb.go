@@ -1513,6 +1513,262 @@ func (x *ReplicateVolumeResponse) GetVolume() *VolumeInfo {
 	return nil
 }
 
+// EcShardReadRequest names a byte range of one shard.
+type EcShardReadRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// Shard index, 0..13 (0..9 data, 10..13 parity).
+	Shard uint32 `protobuf:"varint,2,opt,name=shard,proto3" json:"shard,omitempty"`
+	// Byte offset in the shard's data area.
+	Offset uint64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	// Number of bytes, at most 16 MiB.
+	Length        uint32 `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcShardReadRequest) Reset() {
+	*x = EcShardReadRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardReadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardReadRequest) ProtoMessage() {}
+
+func (x *EcShardReadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardReadRequest.ProtoReflect.Descriptor instead.
+func (*EcShardReadRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *EcShardReadRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *EcShardReadRequest) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *EcShardReadRequest) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *EcShardReadRequest) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+// EcShardReadResponse carries the bytes asked for.
+type EcShardReadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly the requested length.
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcShardReadResponse) Reset() {
+	*x = EcShardReadResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardReadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardReadResponse) ProtoMessage() {}
+
+func (x *EcShardReadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardReadResponse.ProtoReflect.Descriptor instead.
+func (*EcShardReadResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *EcShardReadResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// EcEncodeRequest names the sealed volume to encode.
+type EcEncodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// Large block size in bytes; 0 for the default (1 GiB).
+	LargeBlock uint64 `protobuf:"varint,2,opt,name=large_block,json=largeBlock,proto3" json:"large_block,omitempty"`
+	// Small block size in bytes; 0 for the default (1 MiB).
+	SmallBlock    uint64 `protobuf:"varint,3,opt,name=small_block,json=smallBlock,proto3" json:"small_block,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcEncodeRequest) Reset() {
+	*x = EcEncodeRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcEncodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcEncodeRequest) ProtoMessage() {}
+
+func (x *EcEncodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcEncodeRequest.ProtoReflect.Descriptor instead.
+func (*EcEncodeRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *EcEncodeRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *EcEncodeRequest) GetLargeBlock() uint64 {
+	if x != nil {
+		return x.LargeBlock
+	}
+	return 0
+}
+
+func (x *EcEncodeRequest) GetSmallBlock() uint64 {
+	if x != nil {
+		return x.SmallBlock
+	}
+	return 0
+}
+
+// EcEncodeResponse describes the EC volume written.
+type EcEncodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes of the encoded .dat.
+	DataSize uint64 `protobuf:"varint,1,opt,name=data_size,json=dataSize,proto3" json:"data_size,omitempty"`
+	// Bytes of each shard file, header included.
+	ShardSize uint64 `protobuf:"varint,2,opt,name=shard_size,json=shardSize,proto3" json:"shard_size,omitempty"`
+	// Live needles in the index.
+	Needles uint32 `protobuf:"varint,3,opt,name=needles,proto3" json:"needles,omitempty"`
+	// Live needles that straddle a block boundary.
+	Straddling    uint32 `protobuf:"varint,4,opt,name=straddling,proto3" json:"straddling,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcEncodeResponse) Reset() {
+	*x = EcEncodeResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcEncodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcEncodeResponse) ProtoMessage() {}
+
+func (x *EcEncodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcEncodeResponse.ProtoReflect.Descriptor instead.
+func (*EcEncodeResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *EcEncodeResponse) GetDataSize() uint64 {
+	if x != nil {
+		return x.DataSize
+	}
+	return 0
+}
+
+func (x *EcEncodeResponse) GetShardSize() uint64 {
+	if x != nil {
+		return x.ShardSize
+	}
+	return 0
+}
+
+func (x *EcEncodeResponse) GetNeedles() uint32 {
+	if x != nil {
+		return x.Needles
+	}
+	return 0
+}
+
+func (x *EcEncodeResponse) GetStraddling() uint32 {
+	if x != nil {
+		return x.Straddling
+	}
+	return 0
+}
+
 var File_haybale_v1_store_proto protoreflect.FileDescriptor
 
 const file_haybale_v1_store_proto_rawDesc = "" +
@@ -1626,14 +1882,35 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\fcopied_bytes\x18\x02 \x01(\x04R\vcopiedBytes\x12\x1f\n" +
 	"\vtotal_bytes\x18\x03 \x01(\x04R\n" +
 	"totalBytes\x12.\n" +
-	"\x06volume\x18\x04 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume*\xa9\x01\n" +
+	"\x06volume\x18\x04 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"l\n" +
+	"\x12EcShardReadRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x14\n" +
+	"\x05shard\x18\x02 \x01(\rR\x05shard\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x04 \x01(\rR\x06length\")\n" +
+	"\x13EcShardReadResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"e\n" +
+	"\x0fEcEncodeRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x1f\n" +
+	"\vlarge_block\x18\x02 \x01(\x04R\n" +
+	"largeBlock\x12\x1f\n" +
+	"\vsmall_block\x18\x03 \x01(\x04R\n" +
+	"smallBlock\"\x88\x01\n" +
+	"\x10EcEncodeResponse\x12\x1b\n" +
+	"\tdata_size\x18\x01 \x01(\x04R\bdataSize\x12\x1d\n" +
+	"\n" +
+	"shard_size\x18\x02 \x01(\x04R\tshardSize\x12\x18\n" +
+	"\aneedles\x18\x03 \x01(\rR\aneedles\x12\x1e\n" +
+	"\n" +
+	"straddling\x18\x04 \x01(\rR\n" +
+	"straddling*\xa9\x01\n" +
 	"\vVolumeState\x12\x1c\n" +
 	"\x18VOLUME_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VOLUME_STATE_WRITABLE\x10\x01\x12\x1a\n" +
 	"\x16VOLUME_STATE_READ_ONLY\x10\x02\x12\x17\n" +
 	"\x13VOLUME_STATE_SEALED\x10\x03\x12\x13\n" +
 	"\x0fVOLUME_STATE_EC\x10\x04\x12\x17\n" +
-	"\x13VOLUME_STATE_FAILED\x10\x052\xb1\x05\n" +
+	"\x13VOLUME_STATE_FAILED\x10\x052\xc8\x06\n" +
 	"\x05Store\x12<\n" +
 	"\x05Write\x12\x18.haybale.v1.WriteRequest\x1a\x19.haybale.v1.WriteResponse\x12?\n" +
 	"\x06Delete\x12\x19.haybale.v1.DeleteRequest\x1a\x1a.haybale.v1.DeleteResponse\x129\n" +
@@ -1644,7 +1921,9 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\aCompact\x12\x1a.haybale.v1.CompactRequest\x1a\x1b.haybale.v1.CompactResponse\x12M\n" +
 	"\n" +
 	"CopyVolume\x12\x1d.haybale.v1.CopyVolumeRequest\x1a\x1e.haybale.v1.CopyVolumeResponse0\x01\x12\\\n" +
-	"\x0fReplicateVolume\x12\".haybale.v1.ReplicateVolumeRequest\x1a#.haybale.v1.ReplicateVolumeResponse0\x01B=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
+	"\x0fReplicateVolume\x12\".haybale.v1.ReplicateVolumeRequest\x1a#.haybale.v1.ReplicateVolumeResponse0\x01\x12N\n" +
+	"\vEcShardRead\x12\x1e.haybale.v1.EcShardReadRequest\x1a\x1f.haybale.v1.EcShardReadResponse\x12E\n" +
+	"\bEcEncode\x12\x1b.haybale.v1.EcEncodeRequest\x1a\x1c.haybale.v1.EcEncodeResponseB=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
 
 var (
 	file_haybale_v1_store_proto_rawDescOnce sync.Once
@@ -1659,7 +1938,7 @@ func file_haybale_v1_store_proto_rawDescGZIP() []byte {
 }
 
 var file_haybale_v1_store_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_haybale_v1_store_proto_goTypes = []any{
 	(VolumeState)(0),                // 0: haybale.v1.VolumeState
 	(*Needle)(nil),                  // 1: haybale.v1.Needle
@@ -1683,6 +1962,10 @@ var file_haybale_v1_store_proto_goTypes = []any{
 	(*CopyVolumeResponse)(nil),      // 19: haybale.v1.CopyVolumeResponse
 	(*ReplicateVolumeRequest)(nil),  // 20: haybale.v1.ReplicateVolumeRequest
 	(*ReplicateVolumeResponse)(nil), // 21: haybale.v1.ReplicateVolumeResponse
+	(*EcShardReadRequest)(nil),      // 22: haybale.v1.EcShardReadRequest
+	(*EcShardReadResponse)(nil),     // 23: haybale.v1.EcShardReadResponse
+	(*EcEncodeRequest)(nil),         // 24: haybale.v1.EcEncodeRequest
+	(*EcEncodeResponse)(nil),        // 25: haybale.v1.EcEncodeResponse
 }
 var file_haybale_v1_store_proto_depIdxs = []int32{
 	1,  // 0: haybale.v1.WriteRequest.needles:type_name -> haybale.v1.Needle
@@ -1703,17 +1986,21 @@ var file_haybale_v1_store_proto_depIdxs = []int32{
 	16, // 15: haybale.v1.Store.Compact:input_type -> haybale.v1.CompactRequest
 	18, // 16: haybale.v1.Store.CopyVolume:input_type -> haybale.v1.CopyVolumeRequest
 	20, // 17: haybale.v1.Store.ReplicateVolume:input_type -> haybale.v1.ReplicateVolumeRequest
-	4,  // 18: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
-	6,  // 19: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
-	8,  // 20: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
-	10, // 21: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
-	12, // 22: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
-	14, // 23: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
-	17, // 24: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
-	19, // 25: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
-	21, // 26: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
-	18, // [18:27] is the sub-list for method output_type
-	9,  // [9:18] is the sub-list for method input_type
+	22, // 18: haybale.v1.Store.EcShardRead:input_type -> haybale.v1.EcShardReadRequest
+	24, // 19: haybale.v1.Store.EcEncode:input_type -> haybale.v1.EcEncodeRequest
+	4,  // 20: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
+	6,  // 21: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
+	8,  // 22: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
+	10, // 23: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
+	12, // 24: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
+	14, // 25: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
+	17, // 26: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
+	19, // 27: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
+	21, // 28: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
+	23, // 29: haybale.v1.Store.EcShardRead:output_type -> haybale.v1.EcShardReadResponse
+	25, // 30: haybale.v1.Store.EcEncode:output_type -> haybale.v1.EcEncodeResponse
+	20, // [20:31] is the sub-list for method output_type
+	9,  // [9:20] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -1730,7 +2017,7 @@ func file_haybale_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haybale_v1_store_proto_rawDesc), len(file_haybale_v1_store_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,8 @@ const (
 	Store_Compact_FullMethodName         = "/haybale.v1.Store/Compact"
 	Store_CopyVolume_FullMethodName      = "/haybale.v1.Store/CopyVolume"
 	Store_ReplicateVolume_FullMethodName = "/haybale.v1.Store/ReplicateVolume"
+	Store_EcShardRead_FullMethodName     = "/haybale.v1.Store/EcShardRead"
+	Store_EcEncode_FullMethodName        = "/haybale.v1.Store/EcEncode"
 )
 
 // StoreClient is the client API for Store service.
@@ -57,9 +59,7 @@ const (
 // method names):
 //
 //	// Erasure coding (10 data + 4 parity shards, f4-style warm storage).
-//	rpc EcEncode(EcEncodeRequest) returns (EcEncodeResponse);
 //	rpc EcShardCopy(EcShardCopyRequest) returns (stream EcShardChunk);
-//	rpc EcShardRead(EcShardReadRequest) returns (EcShardReadResponse);
 //	rpc EcShardMount(EcShardMountRequest) returns (EcShardMountResponse);
 //	rpc EcShardDelete(EcShardDeleteRequest) returns (EcShardDeleteResponse);
 //	rpc EcRebuild(EcRebuildRequest) returns (EcRebuildResponse);
@@ -105,6 +105,21 @@ type StoreClient interface {
 	// had. It streams progress. Errors: UNAVAILABLE (source unreachable),
 	// DATA_LOSS (the source's copy is damaged), FAILED_PRECONDITION.
 	ReplicateVolume(ctx context.Context, in *ReplicateVolumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReplicateVolumeResponse], error)
+	// EcShardRead returns a byte range of the data area of one shard of an EC
+	// volume this store holds (offsets count from the end of the shard
+	// header). Callers: stores rebuilding a range for a degraded read, and
+	// operator tools. Errors: NOT_FOUND (no such EC volume, or the shard is not
+	// held here), INVALID_ARGUMENT (shard outside 0..13, a range outside the
+	// shard or longer than 16 MiB), UNAVAILABLE (the shard cannot be read).
+	EcShardRead(ctx context.Context, in *EcShardReadRequest, opts ...grpc.CallOption) (*EcShardReadResponse, error)
+	// EcEncode erasure-codes a sealed volume of this store in place: it writes
+	// the 14 shards, the index and an empty deletion journal beside the .dat,
+	// serves the volume as an EC volume from then on (same image paths,
+	// headers and ETags), and removes the .dat and its idx. Callers: the
+	// directory and operator tools. Errors: NOT_FOUND, FAILED_PRECONDITION (the
+	// volume is writable or failed), ALREADY_EXISTS (EC files exist),
+	// INVALID_ARGUMENT (block sizes).
+	EcEncode(ctx context.Context, in *EcEncodeRequest, opts ...grpc.CallOption) (*EcEncodeResponse, error)
 }
 
 type storeClient struct {
@@ -223,6 +238,26 @@ func (c *storeClient) ReplicateVolume(ctx context.Context, in *ReplicateVolumeRe
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Store_ReplicateVolumeClient = grpc.ServerStreamingClient[ReplicateVolumeResponse]
 
+func (c *storeClient) EcShardRead(ctx context.Context, in *EcShardReadRequest, opts ...grpc.CallOption) (*EcShardReadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EcShardReadResponse)
+	err := c.cc.Invoke(ctx, Store_EcShardRead_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *storeClient) EcEncode(ctx context.Context, in *EcEncodeRequest, opts ...grpc.CallOption) (*EcEncodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EcEncodeResponse)
+	err := c.cc.Invoke(ctx, Store_EcEncode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StoreServer is the server API for Store service.
 // All implementations must embed UnimplementedStoreServer
 // for forward compatibility.
@@ -250,9 +285,7 @@ type Store_ReplicateVolumeClient = grpc.ServerStreamingClient[ReplicateVolumeRes
 // method names):
 //
 //	// Erasure coding (10 data + 4 parity shards, f4-style warm storage).
-//	rpc EcEncode(EcEncodeRequest) returns (EcEncodeResponse);
 //	rpc EcShardCopy(EcShardCopyRequest) returns (stream EcShardChunk);
-//	rpc EcShardRead(EcShardReadRequest) returns (EcShardReadResponse);
 //	rpc EcShardMount(EcShardMountRequest) returns (EcShardMountResponse);
 //	rpc EcShardDelete(EcShardDeleteRequest) returns (EcShardDeleteResponse);
 //	rpc EcRebuild(EcRebuildRequest) returns (EcRebuildResponse);
@@ -298,6 +331,21 @@ type StoreServer interface {
 	// had. It streams progress. Errors: UNAVAILABLE (source unreachable),
 	// DATA_LOSS (the source's copy is damaged), FAILED_PRECONDITION.
 	ReplicateVolume(*ReplicateVolumeRequest, grpc.ServerStreamingServer[ReplicateVolumeResponse]) error
+	// EcShardRead returns a byte range of the data area of one shard of an EC
+	// volume this store holds (offsets count from the end of the shard
+	// header). Callers: stores rebuilding a range for a degraded read, and
+	// operator tools. Errors: NOT_FOUND (no such EC volume, or the shard is not
+	// held here), INVALID_ARGUMENT (shard outside 0..13, a range outside the
+	// shard or longer than 16 MiB), UNAVAILABLE (the shard cannot be read).
+	EcShardRead(context.Context, *EcShardReadRequest) (*EcShardReadResponse, error)
+	// EcEncode erasure-codes a sealed volume of this store in place: it writes
+	// the 14 shards, the index and an empty deletion journal beside the .dat,
+	// serves the volume as an EC volume from then on (same image paths,
+	// headers and ETags), and removes the .dat and its idx. Callers: the
+	// directory and operator tools. Errors: NOT_FOUND, FAILED_PRECONDITION (the
+	// volume is writable or failed), ALREADY_EXISTS (EC files exist),
+	// INVALID_ARGUMENT (block sizes).
+	EcEncode(context.Context, *EcEncodeRequest) (*EcEncodeResponse, error)
 	mustEmbedUnimplementedStoreServer()
 }
 
@@ -334,6 +382,12 @@ func (UnimplementedStoreServer) CopyVolume(*CopyVolumeRequest, grpc.ServerStream
 }
 func (UnimplementedStoreServer) ReplicateVolume(*ReplicateVolumeRequest, grpc.ServerStreamingServer[ReplicateVolumeResponse]) error {
 	return status.Error(codes.Unimplemented, "method ReplicateVolume not implemented")
+}
+func (UnimplementedStoreServer) EcShardRead(context.Context, *EcShardReadRequest) (*EcShardReadResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EcShardRead not implemented")
+}
+func (UnimplementedStoreServer) EcEncode(context.Context, *EcEncodeRequest) (*EcEncodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EcEncode not implemented")
 }
 func (UnimplementedStoreServer) mustEmbedUnimplementedStoreServer() {}
 func (UnimplementedStoreServer) testEmbeddedByValue()               {}
@@ -504,6 +558,42 @@ func _Store_ReplicateVolume_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Store_ReplicateVolumeServer = grpc.ServerStreamingServer[ReplicateVolumeResponse]
 
+func _Store_EcShardRead_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EcShardReadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreServer).EcShardRead(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Store_EcShardRead_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreServer).EcShardRead(ctx, req.(*EcShardReadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Store_EcEncode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EcEncodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreServer).EcEncode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Store_EcEncode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreServer).EcEncode(ctx, req.(*EcEncodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Store_ServiceDesc is the grpc.ServiceDesc for Store service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -538,6 +628,14 @@ var Store_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Compact",
 			Handler:    _Store_Compact_Handler,
+		},
+		{
+			MethodName: "EcShardRead",
+			Handler:    _Store_EcShardRead_Handler,
+		},
+		{
+			MethodName: "EcEncode",
+			Handler:    _Store_EcEncode_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
