@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 	"github.com/haybale/haybale/store/volume"
 )
 
@@ -41,4 +42,42 @@ func percent(part, whole int) string {
 		return "0%"
 	}
 	return fmt.Sprintf("%.2f%%", 100*float64(part)/float64(whole))
+}
+
+// ECEncodeOnlineResult is what ECEncodeOnline reports.
+type ECEncodeOnlineResult struct {
+	Store      string `json:"store"`
+	Vid        uint32 `json:"vid"`
+	DataSize   uint64 `json:"data_size"`
+	ShardSize  uint64 `json:"shard_size"`
+	Needles    uint32 `json:"needles"`
+	Straddling uint32 `json:"straddling"`
+}
+
+// ECEncodeOnline asks the store at addr to erasure-code its sealed volume
+// vid in place (the EcEncode RPC): the store writes the shards beside the
+// .dat, serves the EC volume from then on on the same image paths, and
+// removes the .dat. Spreading the shards over other stores is not part of
+// it.
+func ECEncodeOnline(ctx context.Context, addr string, vid uint32, opts ECEncodeOptions, out Output) (ECEncodeOnlineResult, error) {
+	res := ECEncodeOnlineResult{Store: addr, Vid: vid}
+	if opts.LargeBlock < 0 || opts.SmallBlock < 0 {
+		return res, fmt.Errorf("block sizes must not be negative")
+	}
+	sc, closeFn, err := dialStore(addr)
+	if err != nil {
+		return res, err
+	}
+	defer closeFn()
+	resp, err := sc.EcEncode(ctx, &storepb.EcEncodeRequest{Vid: vid, LargeBlock: uint64(opts.LargeBlock), SmallBlock: uint64(opts.SmallBlock)})
+	if err != nil {
+		return res, fmt.Errorf("EC encode volume %d on %s: %w", vid, addr, err)
+	}
+	res.DataSize, res.ShardSize, res.Needles, res.Straddling = resp.GetDataSize(), resp.GetShardSize(), resp.GetNeedles(), resp.GetStraddling()
+	if err := out.json(res); err != nil {
+		return res, err
+	}
+	out.printf("volume %d on %s: encoded %d bytes into %d shards of %d bytes; %d needles, %d straddling a block\n",
+		vid, addr, res.DataSize, volume.ECShards, res.ShardSize, res.Needles, res.Straddling)
+	return res, nil
 }

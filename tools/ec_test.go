@@ -5,12 +5,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/haybale/haybale/client"
+	"github.com/haybale/haybale/internal/testcluster"
+	"github.com/haybale/haybale/needle"
+	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
 	"github.com/haybale/haybale/store/volume"
 )
 
@@ -92,5 +98,83 @@ func TestECEncodeVerifyRebuildDecode(t *testing.T) {
 	}
 	if _, err := ECVerify(ctx, t.TempDir(), 0, Output{W: &out}); err == nil || errors.Is(err, ErrCorrupt) {
 		t.Fatalf("verify of a folder without EC files: %v", err)
+	}
+}
+
+func TestECEncodeOnline(t *testing.T) {
+	ctx := context.Background()
+	c := testcluster.Start(t, testcluster.Options{Stores: 1})
+	cl, err := client.New(client.Options{Directory: c.DirAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ids := map[needle.PhotoID]int{}
+	for k := 0; k < 16; k++ {
+		ids[writeOnline(t, cl, k)] = k
+	}
+	var vid uint32
+	for id := range ids {
+		vid = id.Vid
+	}
+	s := c.Stores[0]
+	grpcAddr := s.Srv.GRPCAddr().String()
+	var out bytes.Buffer
+	if _, err := ECEncodeOnline(ctx, grpcAddr, vid, ECEncodeOptions{}, Output{W: &out}); err == nil {
+		t.Fatal("online encode of a writable volume succeeded")
+	}
+	if _, err := c.Directory.MarkReadOnly(ctx, &directorypb.DirectoryMarkReadOnlyRequest{Vid: vid, Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	c.Eventually("volume read-only on the store", func() error {
+		v, err := s.Srv.Store().Volume(vid)
+		if err != nil {
+			return err
+		}
+		if st, _ := v.State(); st == volume.StateWritable {
+			return errors.New("still writable")
+		}
+		return nil
+	})
+	if _, err := CompactOnline(ctx, grpcAddr, vid, Output{W: &out}); err != nil {
+		t.Fatal(err)
+	}
+	etags := map[string]string{}
+	for id := range ids {
+		if id.Vid != vid {
+			continue
+		}
+		for _, sz := range needle.PhotoSizes {
+			resp, err := http.Get("http://" + s.HTTPAddr() + needle.ImagePath(id, sz, ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			etags[needle.ImagePath(id, sz, "")] = resp.Header.Get("ETag")
+		}
+	}
+	res, err := ECEncodeOnline(ctx, grpcAddr, vid, ECEncodeOptions{LargeBlock: 64 << 10, SmallBlock: 4 << 10}, Output{W: &out, JSON: true})
+	if err != nil || res.Needles == 0 {
+		t.Fatalf("online encode: %+v %v", res, err)
+	}
+	if _, err := s.Srv.Store().ECVolume(vid); err != nil {
+		t.Fatal(err)
+	}
+	for id, k := range ids {
+		if id.Vid != vid {
+			continue
+		}
+		for i, im := range onlineImages(k) {
+			resp, err := http.Get("http://" + s.HTTPAddr() + needle.ImagePath(id, im.Size, ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || !bytes.Equal(b, onlineImages(k)[i].Data) ||
+				resp.Header.Get("ETag") != etags[needle.ImagePath(id, im.Size, "")] {
+				t.Fatalf("%v size %v after online encode: HTTP %d, ETag %s", id, im.Size, resp.StatusCode, resp.Header.Get("ETag"))
+			}
+		}
 	}
 }

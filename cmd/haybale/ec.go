@@ -28,27 +28,44 @@ Exit status: 0 when all is well, 1 on errors, 2 when damaged data was found
 		return tools.Output{W: c.OutOrStdout(), JSON: jsonOut, Progress: os.Stderr}
 	}
 
-	var encOut string
+	var encOut, storeAddr string
+	var encVid uint32
 	var large, small int64
 	encode := &cobra.Command{
-		Use:   "encode FILE.dat --out DIR",
-		Short: "Encode a volume file into 14 shards, an index and an empty journal",
+		Use:   "encode FILE.dat --out DIR | --store ADDR --vid N",
+		Short: "Encode a volume into 14 shards, an index and an empty journal (offline, or on a running store)",
 		Long: `Encodes the volume file (named <vid>.dat) into DIR. Data is laid out in rows of
 10 blocks of --large-block bytes while a full row remains, then of
 --small-block bytes; each row gets 4 parity blocks. The .dat is not changed;
-a crash leaves DIR without an .ecx (no EC volume) or with a complete one.`,
+a crash leaves DIR without an .ecx (no EC volume) or with a complete one.
+
+With --store and --vid the running store encodes its sealed volume in place,
+serves it as an EC volume from then on (same image paths and ETags) and
+removes the .dat.`,
 		Example: `  haybale ec encode data/7.dat --out warm/
-  haybale ec encode --json data/7.dat --out warm/ | jq .straddling`,
-		Args: cobra.ExactArgs(1),
+  haybale ec encode --json data/7.dat --out warm/ | jq .straddling
+  haybale ec encode --store store1:8081 --vid 7`,
 		RunE: func(c *cobra.Command, args []string) error {
-			_, err := tools.ECEncode(c.Context(), args[0], encOut, tools.ECEncodeOptions{LargeBlock: large, SmallBlock: small}, out(c))
+			opts := tools.ECEncodeOptions{LargeBlock: large, SmallBlock: small}
+			if storeAddr != "" || encVid != 0 {
+				if len(args) != 0 || encOut != "" || storeAddr == "" || encVid == 0 {
+					return fmt.Errorf("online encoding takes --store and --vid, and no file or --out")
+				}
+				_, err := tools.ECEncodeOnline(c.Context(), storeAddr, encVid, opts, out(c))
+				return err
+			}
+			if len(args) != 1 || encOut == "" {
+				return fmt.Errorf("give one FILE.dat and --out DIR, or --store and --vid")
+			}
+			_, err := tools.ECEncode(c.Context(), args[0], encOut, opts, out(c))
 			return err
 		},
 	}
 	encode.Flags().StringVar(&encOut, "out", "", "folder to write the EC files into")
+	encode.Flags().StringVar(&storeAddr, "store", "", "gRPC address of a running store, for online encoding")
+	encode.Flags().Uint32Var(&encVid, "vid", 0, "sealed volume to encode on --store")
 	encode.Flags().Int64Var(&large, "large-block", 1<<30, "large block size in bytes")
 	encode.Flags().Int64Var(&small, "small-block", 1<<20, "small block size in bytes")
-	encode.MarkFlagRequired("out")
 	cmd.AddCommand(encode)
 
 	verify := &cobra.Command{
