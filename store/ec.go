@@ -285,3 +285,25 @@ func (g *grpcService) ecRead(ctx context.Context, e *volume.ECVolume, req *store
 	}
 	return resp, nil
 }
+
+// ecVolumeInfo converts an EC volume's status to its wire form.
+func ecVolumeInfo(e *volume.ECVolume) *storepb.VolumeInfo {
+	st := e.Status()
+	sb := e.Superblock()
+	info := &storepb.VolumeInfo{
+		Vid:                  st.Vid,
+		State:                storepb.VolumeState_VOLUME_STATE_EC,
+		ReadOnlyReason:       "erasure-coded",
+		SizeBytes:            uint64(st.DataSize),
+		SizeLimitBytes:       uint64(st.DataSize),
+		NeedleCount:          uint64(st.Images),
+		DeletedBytes:         uint64(max(st.DataSize-volume.SuperblockSize-st.LiveBytes, 0)),
+		CompactionGeneration: st.Generation,
+		CreatedUnixNano:      sb.Created,
+		EcDeletedCount:       uint64(st.Deletes),
+	}
+	for _, i := range st.Local {
+		info.EcShardIds = append(info.EcShardIds, uint32(i))
+	}
+	return info
+}

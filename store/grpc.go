@@ -317,6 +317,9 @@ func (g *grpcService) VolumeStatus(ctx context.Context, req *storepb.VolumeStatu
 			return &storepb.VolumeStatusResponse{Volumes: []*storepb.VolumeInfo{volumeInfo(v.Status())}}, nil
 		}
 		if errors.Is(err, ErrVolumeNotHere) {
+			if e, eerr := st.ECVolume(vid); eerr == nil {
+				return &storepb.VolumeStatusResponse{Volumes: []*storepb.VolumeInfo{ecVolumeInfo(e)}}, nil
+			}
 			return nil, status.Errorf(codes.NotFound, "volume %d is not on this store", vid)
 		}
 		return &storepb.VolumeStatusResponse{Volumes: []*storepb.VolumeInfo{failedInfo(vid, err)}}, nil
@@ -325,6 +328,9 @@ func (g *grpcService) VolumeStatus(ctx context.Context, req *storepb.VolumeStatu
 	failed := st.Failed()
 	for _, v := range st.Volumes() {
 		resp.Volumes = append(resp.Volumes, volumeInfo(v.Status()))
+	}
+	for _, e := range st.ECVolumes() {
+		resp.Volumes = append(resp.Volumes, ecVolumeInfo(e))
 	}
 	for vid, err := range failed {
 		resp.Volumes = append(resp.Volumes, failedInfo(vid, err))

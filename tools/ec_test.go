@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"github.com/haybale/haybale/internal/testcluster"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
+	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 	"github.com/haybale/haybale/store/volume"
 )
 
@@ -176,5 +178,34 @@ func TestECEncodeOnline(t *testing.T) {
 				t.Fatalf("%v size %v after online encode: HTTP %d, ETag %s", id, im.Size, resp.StatusCode, resp.Header.Get("ETag"))
 			}
 		}
+	}
+	// The store reports the EC volume in its heartbeats: the directory
+	// switches the volume to EC, and clients read and delete through it.
+	c.Eventually("directory sees the EC volume", func() error {
+		resp, err := c.Directory.Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
+		if err != nil {
+			return err
+		}
+		if resp.GetState() != storepb.VolumeState_VOLUME_STATE_EC {
+			return fmt.Errorf("state %v", resp.GetState())
+		}
+		return nil
+	})
+	var gone needle.PhotoID
+	for id, k := range ids {
+		if id.Vid != vid {
+			continue
+		}
+		f, err := cl.Read(ctx, id, needle.SizeMedium)
+		if err != nil || !bytes.Equal(f.Data, onlineImages(k)[needle.SizeMedium].Data) {
+			t.Fatalf("client read of %v from the EC volume: %v", id, err)
+		}
+		gone = id
+	}
+	if err := cl.Delete(ctx, gone); err != nil {
+		t.Fatalf("client delete on the EC volume: %v", err)
+	}
+	if code, _ := httpGet(t, s.HTTPAddr(), gone, needle.SizeThumb); code != http.StatusNotFound {
+		t.Fatalf("deleted photo answers %d", code)
 	}
 }

@@ -1004,8 +1004,14 @@ type VolumeInfo struct {
 	CompactionGeneration uint32 `protobuf:"varint,8,opt,name=compaction_generation,json=compactionGeneration,proto3" json:"compaction_generation,omitempty"`
 	// Creation time of the volume, Unix nanoseconds (from its superblock).
 	CreatedUnixNano int64 `protobuf:"varint,9,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// For an erasure-coded volume (state EC; size_bytes is then the size of
+	// the encoded volume file): the shards this store holds and can read (0..9
+	// data, 10..13 parity).
+	EcShardIds []uint32 `protobuf:"varint,10,rep,packed,name=ec_shard_ids,json=ecShardIds,proto3" json:"ec_shard_ids,omitempty"`
+	// For an erasure-coded volume: the number of deletes in its journal.
+	EcDeletedCount uint64 `protobuf:"varint,11,opt,name=ec_deleted_count,json=ecDeletedCount,proto3" json:"ec_deleted_count,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *VolumeInfo) Reset() {
@@ -1097,6 +1103,20 @@ func (x *VolumeInfo) GetCompactionGeneration() uint32 {
 func (x *VolumeInfo) GetCreatedUnixNano() int64 {
 	if x != nil {
 		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *VolumeInfo) GetEcShardIds() []uint32 {
+	if x != nil {
+		return x.EcShardIds
+	}
+	return nil
+}
+
+func (x *VolumeInfo) GetEcDeletedCount() uint64 {
+	if x != nil {
+		return x.EcDeletedCount
 	}
 	return 0
 }
@@ -1833,7 +1853,7 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"F\n" +
 	"\x14MarkReadOnlyResponse\x12.\n" +
-	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"\x8f\x03\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"\xbb\x03\n" +
 	"\n" +
 	"VolumeInfo\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12-\n" +
@@ -1845,8 +1865,11 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\fneedle_count\x18\x06 \x01(\x04R\vneedleCount\x12#\n" +
 	"\rdeleted_bytes\x18\a \x01(\x04R\fdeletedBytes\x123\n" +
 	"\x15compaction_generation\x18\b \x01(\rR\x14compactionGeneration\x12*\n" +
-	"\x11created_unix_nano\x18\t \x01(\x03R\x0fcreatedUnixNanoJ\x04\b\n" +
-	"\x10\x10R\fec_shard_idsR\x10ec_deleted_count\"\"\n" +
+	"\x11created_unix_nano\x18\t \x01(\x03R\x0fcreatedUnixNano\x12 \n" +
+	"\fec_shard_ids\x18\n" +
+	" \x03(\rR\n" +
+	"ecShardIds\x12(\n" +
+	"\x10ec_deleted_count\x18\v \x01(\x04R\x0eecDeletedCountJ\x04\b\f\x10\x10\"\"\n" +
 	"\x0eCompactRequest\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\"\x9b\x02\n" +
 	"\x0fCompactResponse\x12.\n" +
