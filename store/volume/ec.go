@@ -175,6 +175,8 @@ func decodeECHeader(b []byte, magic string) (ecGeometry, uint32, error) {
 	g.small = int64(binary.LittleEndian.Uint64(b[40:]))
 	copy(g.super[:], b[60:124])
 	switch {
+	case string(b[50:60]) != string(make([]byte, 10)):
+		return g, 0, fmt.Errorf("%w: reserved bytes are not zero", ErrNotEC)
 	case b[48] != ECDataShards || b[49] != ECParityShards:
 		return g, 0, fmt.Errorf("%w: %d+%d shards, want %d+%d", ErrNotEC, b[48], b[49], ECDataShards, ECParityShards)
 	case g.small <= 0 || g.large < g.small || g.large > maxECBlock:
