@@ -128,6 +128,45 @@ func (s *Store) EncodeVolume(ctx context.Context, vid uint32, opts volume.ECEnco
 	return res, nil
 }
 
+// DecodeVolume turns the EC volume vid back into a plain, sealed volume in
+// place (see volume.ECVolume.DecodeTo): reads go on meanwhile, deletes
+// wait. Once the new .dat is renamed into place (the commit point) the
+// store serves it and removes the EC files; after a crash in between,
+// ResolveEC at start-up keeps the newer .dat.
+func (s *Store) DecodeVolume(ctx context.Context, vid uint32) (volume.ECDecodeResult, error) {
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
+	e, err := s.ECVolume(vid)
+	if err != nil {
+		return volume.ECDecodeResult{}, err
+	}
+	res, err := e.DecodeTo(ctx, volume.DatPath(s.opts.Dir, vid), nil)
+	if err != nil {
+		return res, err
+	}
+	v, err := volume.Open(ctx, s.opts.Dir, vid, s.volumeOptions())
+	if err != nil {
+		return res, fmt.Errorf("store: open the decoded volume %d: %w", vid, err)
+	}
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		v.Close()
+		return res, volume.ErrClosed
+	}
+	delete(s.mu.ec, vid)
+	s.mu.volumes[vid] = v
+	s.mu.Unlock()
+	if err := e.Close(); err != nil {
+		s.opts.Logger.Warn("closing the decoded EC volume", "vid", vid, "err", err)
+	}
+	if err := volume.RemoveEC(s.opts.FS, s.opts.Dir, vid); err != nil {
+		s.opts.Logger.Warn("cannot remove the decoded volume's EC files", "vid", vid, "err", err)
+	}
+	s.opts.Logger.Info("EC volume decoded", "vid", vid, "images", res.Images, "deletes", res.Deletes)
+	return res, nil
+}
+
 // StoreShardClient is the part of the store gRPC client ShardPeers uses.
 type StoreShardClient interface {
 	EcShardRead(ctx context.Context, req *storepb.EcShardReadRequest, opts ...grpc.CallOption) (*storepb.EcShardReadResponse, error)
@@ -306,4 +345,28 @@ func ecVolumeInfo(e *volume.ECVolume) *storepb.VolumeInfo {
 		info.EcShardIds = append(info.EcShardIds, uint32(i))
 	}
 	return info
+}
+
+// EcDecode implements storepb.StoreServer.
+func (g *grpcService) EcDecode(ctx context.Context, req *storepb.EcDecodeRequest) (*storepb.EcDecodeResponse, error) {
+	if req.GetVid() == 0 {
+		return nil, status.Error(codes.InvalidArgument, "vid 0")
+	}
+	res, err := g.srv.store.DecodeVolume(ctx, req.GetVid())
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrVolumeNotHere):
+		return nil, status.Errorf(codes.NotFound, "EC volume %d is not on this store", req.GetVid())
+	case errors.Is(err, volume.ErrUnrecoverable):
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	case errors.Is(err, volume.ErrExists):
+		return nil, status.Errorf(codes.AlreadyExists, "%v", err)
+	default:
+		return nil, volumeError(req.GetVid(), err)
+	}
+	v, err := g.srv.store.Volume(req.GetVid())
+	if err != nil {
+		return nil, volumeError(req.GetVid(), err)
+	}
+	return &storepb.EcDecodeResponse{Volume: volumeInfo(v.Status()), Deletes: uint32(res.Deletes), ReclaimedBytes: uint64(max(res.Reclaimed, 0))}, nil
 }

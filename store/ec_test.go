@@ -185,3 +185,64 @@ func TestECVolumeServedLikeThePlainOne(t *testing.T) {
 		t.Fatal("no read failed with 11 of 14 shards gone")
 	}
 }
+
+func TestECDecodeInPlace(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMem()
+	so := Options{Dir: "/data", FS: fs}
+	ts := startServer(t, so, ServerOptions{})
+	ts.allocate(t, 1)
+	r := rand.New(rand.NewPCG(14, 2))
+	var photos []*photo
+	for k := uint64(1); k <= 8; k++ {
+		p := randomPhoto(r, 1, 0x200+k, 150+int(k)*29)
+		ts.writePhoto(t, p)
+		photos = append(photos, p)
+	}
+	if _, err := ts.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.client.Compact(ctx, &storepb.CompactRequest{Vid: 1}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := ts.client.EcDecode(ctx, &storepb.EcDecodeRequest{Vid: 1})
+	wantCode(t, "EcDecode of a plain volume", err, codes.NotFound)
+	if _, err := ts.client.EcEncode(ctx, &storepb.EcEncodeRequest{Vid: 1, LargeBlock: 2048, SmallBlock: 256}); err != nil {
+		t.Fatal(err)
+	}
+	gone := photos[3]
+	if _, err := ts.client.Delete(ctx, &storepb.DeleteRequest{Vid: 1, Key: gone.id.Key, Cookie: gone.id.Cookie, SizeCode: uint32(needle.SizeAll)}); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string]answer{}
+	for _, p := range photos {
+		for s := needle.SizeThumb; s <= needle.SizeLarge; s++ {
+			before[p.path(s)] = ts.answerOf(t, p.path(s))
+		}
+	}
+	resp, err := ts.client.EcDecode(ctx, &storepb.EcDecodeRequest{Vid: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetDeletes() != 1 || resp.GetReclaimedBytes() == 0 || resp.GetVolume().GetState() != storepb.VolumeState_VOLUME_STATE_SEALED ||
+		resp.GetVolume().GetNeedleCount() != uint64(4*(len(photos)-1)) {
+		t.Fatalf("EcDecode: %+v", resp)
+	}
+	if _, err := fs.Stat(volume.ECIndexPath("/data", 1)); err == nil {
+		t.Fatal("the ecx is still there after the decode")
+	}
+	for _, ts := range []*testServer{ts, nil} {
+		if ts == nil {
+			ts = startServer(t, so, ServerOptions{})
+		}
+		for path, want := range before {
+			if got := ts.answerOf(t, path); !sameAnswer(got, want) {
+				t.Fatalf("%s after decode: %d %s, was %d %s", path, got.code, got.etag, want.code, want.etag)
+			}
+		}
+		if _, err := ts.srv.Store().Volume(1); err != nil {
+			t.Fatal(err)
+		}
+		ts.stop(t)
+	}
+}

@@ -158,7 +158,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	var vids []uint32
 	for _, name := range names {
 		if strings.HasSuffix(name, ".tmp") {
-			if err := opts.FS.Remove(filepath.Join(opts.Dir, name)); err != nil {
+			if err := volume.RemoveLeftover(opts.FS, filepath.Join(opts.Dir, name)); err != nil {
 				opts.Logger.Warn("cannot remove leftover temporary file", "file", name, "err", err)
 			}
 			continue

@@ -5,6 +5,10 @@ import (
 	"errors"
 	"fmt"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 	"github.com/haybale/haybale/store/volume"
 )
 
@@ -35,5 +39,41 @@ func ECDecode(ctx context.Context, dir string, vid uint32, outPath string, out O
 	out.printf("%s: EC volume %d decoded into %s\n", dir, res.Vid, outPath)
 	out.printf("  volume:   generation %d, %d bytes, %d live images\n", res.Generation, res.Size, res.Images)
 	out.printf("  journal:  %d deletes applied, %d bytes reclaimed\n", res.Deletes, res.Reclaimed)
+	return res, nil
+}
+
+// ECDecodeOnlineResult is what ECDecodeOnline reports.
+type ECDecodeOnlineResult struct {
+	Store     string `json:"store"`
+	Vid       uint32 `json:"vid"`
+	Size      uint64 `json:"size"`
+	Images    uint64 `json:"images"`
+	Deletes   uint32 `json:"deletes"`
+	Reclaimed uint64 `json:"reclaimed_bytes"`
+}
+
+// ECDecodeOnline asks the store at addr to turn its EC volume vid back into
+// a plain, sealed volume in place (the EcDecode RPC).
+func ECDecodeOnline(ctx context.Context, addr string, vid uint32, out Output) (ECDecodeOnlineResult, error) {
+	res := ECDecodeOnlineResult{Store: addr, Vid: vid}
+	sc, closeFn, err := dialStore(addr)
+	if err != nil {
+		return res, err
+	}
+	defer closeFn()
+	resp, err := sc.EcDecode(ctx, &storepb.EcDecodeRequest{Vid: vid})
+	if status.Code(err) == codes.DataLoss || status.Code(err) == codes.Unavailable {
+		return res, fmt.Errorf("%w: EC decode volume %d on %s: %w", ErrCorrupt, vid, addr, err)
+	}
+	if err != nil {
+		return res, fmt.Errorf("EC decode volume %d on %s: %w", vid, addr, err)
+	}
+	v := resp.GetVolume()
+	res.Size, res.Images, res.Deletes, res.Reclaimed = v.GetSizeBytes(), v.GetNeedleCount(), resp.GetDeletes(), resp.GetReclaimedBytes()
+	if err := out.json(res); err != nil {
+		return res, err
+	}
+	out.printf("volume %d on %s: decoded into a plain volume of %d bytes, %d images; %d journaled deletes applied, %d bytes reclaimed\n",
+		vid, addr, res.Size, res.Images, res.Deletes, res.Reclaimed)
 	return res, nil
 }

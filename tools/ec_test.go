@@ -208,4 +208,21 @@ func TestECEncodeOnline(t *testing.T) {
 	if code, _ := httpGet(t, s.HTTPAddr(), gone, needle.SizeThumb); code != http.StatusNotFound {
 		t.Fatalf("deleted photo answers %d", code)
 	}
+	// Decode back in place: a sealed plain volume without the deleted photo.
+	dres, err := ECDecodeOnline(ctx, grpcAddr, vid, Output{W: &out})
+	if err != nil || dres.Deletes != 1 || dres.Images != uint64(res.Needles)-4 {
+		t.Fatalf("online decode: %+v %v", dres, err)
+	}
+	for id, k := range ids {
+		if id.Vid != vid {
+			continue
+		}
+		code, b := httpGet(t, s.HTTPAddr(), id, needle.SizeLarge)
+		if id == gone && code != http.StatusNotFound || id != gone && (code != http.StatusOK || !bytes.Equal(b, onlineImages(k)[needle.SizeLarge].Data)) {
+			t.Fatalf("%v after online decode: HTTP %d", id, code)
+		}
+	}
+	if _, err := ECDecodeOnline(ctx, grpcAddr, vid, Output{W: &out}); err == nil || errors.Is(err, ErrCorrupt) {
+		t.Fatalf("second online decode: %v", err)
+	}
 }

@@ -89,22 +89,35 @@ removes the .dat.`,
 			return err
 		},
 	}
-	var decOut string
+	var decOut, decStore string
 	decode := &cobra.Command{
-		Use:   "decode DIR --out FILE.dat",
-		Short: "Turn an EC volume back into a plain volume file, applying its journaled deletes",
+		Use:   "decode DIR --out FILE.dat | --store ADDR --vid N",
+		Short: "Turn an EC volume back into a plain volume, applying its journaled deletes (offline, or on a running store)",
+		Long: `Rebuilds the volume file from the shards (rebuilding what lost or damaged
+shards cannot give), applies the deletion journal and compacts the deletes
+away. Offline it writes FILE.dat and leaves the EC files as they are; with
+--store and --vid the running store decodes its EC volume in place, serves
+the plain volume from then on and removes the EC files.`,
 		Example: `  haybale ec decode warm/ --out data/7.dat
-  haybale ec decode --vid 7 warm/ --out /tmp/7.dat`,
-		Args: cobra.ExactArgs(1),
+  haybale ec decode --vid 7 warm/ --out /tmp/7.dat
+  haybale ec decode --store store1:8081 --vid 7`,
 		RunE: func(c *cobra.Command, args []string) error {
-			if decOut == "" {
-				return fmt.Errorf("decode needs --out FILE.dat")
+			if decStore != "" {
+				if len(args) != 0 || decOut != "" || vid == 0 {
+					return fmt.Errorf("online decoding takes --store and --vid, and no folder or --out")
+				}
+				_, err := tools.ECDecodeOnline(c.Context(), decStore, vid, out(c))
+				return err
+			}
+			if len(args) != 1 || decOut == "" {
+				return fmt.Errorf("give one DIR and --out FILE.dat, or --store and --vid")
 			}
 			_, err := tools.ECDecode(c.Context(), args[0], vid, decOut, out(c))
 			return err
 		},
 	}
 	decode.Flags().StringVar(&decOut, "out", "", "volume file to write (name it <vid>.dat to get its .idx beside it)")
+	decode.Flags().StringVar(&decStore, "store", "", "gRPC address of a running store, for online decoding")
 	for _, sub := range []*cobra.Command{verify, rebuild, decode} {
 		sub.Flags().Uint32Var(&vid, "vid", 0, "EC volume to work on (default: every one in DIR; decode needs it when DIR holds several)")
 		cmd.AddCommand(sub)

@@ -372,12 +372,28 @@ type ECDecodeResult struct {
 // a batch that lost members to deletes, which compaction re-encodes.
 func DecodeEC(ctx context.Context, dir string, vid uint32, out string, opts ECFilesOptions) (ECDecodeResult, error) {
 	fs := opts.fs()
-	res := ECDecodeResult{Vid: vid}
 	lock, err := lockDir(fs, dir)
 	if err != nil {
-		return res, err
+		return ECDecodeResult{Vid: vid}, err
 	}
 	defer lock.Close()
+	e, err := OpenEC(ctx, dir, vid, ECOptions{FS: fs})
+	if err != nil {
+		return ECDecodeResult{Vid: vid}, err
+	}
+	defer e.Close()
+	return e.DecodeTo(ctx, out, opts.Progress)
+}
+
+// DecodeTo writes the volume back as a plain volume file at out (see
+// DecodeEC), while the EC volume goes on serving reads; deletes wait until
+// it is done, so none is missed. progress, when set, is called with the
+// stream bytes written so far and the stream's length.
+func (e *ECVolume) DecodeTo(ctx context.Context, out string, progress func(done, total int64)) (ECDecodeResult, error) {
+	fs, vid := e.opts.FS, e.vid
+	res := ECDecodeResult{Vid: vid}
+	e.jmu.Lock()
+	defer e.jmu.Unlock()
 	if _, err := fs.Stat(out); err == nil {
 		return res, fmt.Errorf("%w: %s", ErrExists, out)
 	}
@@ -385,24 +401,19 @@ func DecodeEC(ctx context.Context, dir string, vid uint32, out string, opts ECFi
 	if err := fs.MkdirAll(outDir, 0o755); err != nil {
 		return res, err
 	}
-	e, err := OpenEC(ctx, dir, vid, ECOptions{FS: fs})
-	if err != nil {
-		return res, err
-	}
-	defer e.Close()
-	recs, _, err := readJournal(fs, ECJournalPath(dir, vid), vid, e.geo.generation)
+	recs, _, err := readJournal(fs, ECJournalPath(e.dir, vid), vid, e.geo.generation)
 	if err != nil {
 		return res, err
 	}
 	tmpDir := filepath.Join(outDir, fmt.Sprintf(".%d%s", vid, ecDecodeTmpName))
-	if err := removeTree(fs, tmpDir); err != nil {
+	if err := RemoveLeftover(fs, tmpDir); err != nil {
 		return res, err
 	}
 	if err := fs.MkdirAll(tmpDir, 0o755); err != nil {
 		return res, err
 	}
-	defer removeTree(fs, tmpDir)
-	if err := e.writeStream(ctx, fs, DatPath(tmpDir, vid), opts.Progress); err != nil {
+	defer RemoveLeftover(fs, tmpDir)
+	if err := e.writeStream(ctx, fs, DatPath(tmpDir, vid), progress); err != nil {
 		return res, fmt.Errorf("EC volume %d: decode: %w", vid, err)
 	}
 	v, err := Open(ctx, tmpDir, vid, Options{FS: fs})
@@ -518,20 +529,27 @@ func (e *ECVolume) writeStream(ctx context.Context, fs vfs.FS, path string, prog
 	return fs.SyncDir(filepath.Dir(path))
 }
 
-// removeTree removes dir and the files in it (one level), if it exists.
-func removeTree(fs vfs.FS, dir string) error {
-	names, err := fs.List(dir)
+// RemoveLeftover removes a temporary file, or a temporary directory and
+// the files in it (one level), if it exists: what an interrupted decode
+// or atomic write leaves.
+func RemoveLeftover(fs vfs.FS, path string) error {
+	st, err := fs.Stat(path)
 	if err != nil {
 		return nil
 	}
-	for _, n := range names {
-		if err := fs.Remove(filepath.Join(dir, n)); err != nil {
+	if st.IsDir() {
+		names, err := fs.List(path)
+		if err != nil {
 			return err
 		}
+		for _, n := range names {
+			if err := fs.Remove(filepath.Join(path, n)); err != nil {
+				return err
+			}
+		}
 	}
-	return fs.Remove(dir)
+	return fs.Remove(path)
 }
-
 // ECForm says which form of a volume a directory holds.
 type ECForm int
 
@@ -589,6 +607,16 @@ func ResolveEC(fs vfs.FS, dir string, vid uint32) (ECForm, error) {
 		return FormDat, removeFiles(fs, dir, ecFiles(dir, vid, true))
 	}
 	return FormEC, removeFiles(fs, dir, []string{DatPath(dir, vid), IdxPath(dir, vid), readOnlyPath(dir, vid)})
+}
+
+// RemoveEC removes the EC files of volume vid (shards, journal, and the
+// ecx last) from dir and syncs it: after a decode into dir committed, they
+// are redundant.
+func RemoveEC(fs vfs.FS, dir string, vid uint32) error {
+	if fs == nil {
+		fs = vfs.Default
+	}
+	return removeFiles(fs, dir, ecFiles(dir, vid, true))
 }
 
 // RemoveDat removes the plain files of volume vid (.dat, .idx, read-only

@@ -1789,6 +1789,116 @@ func (x *EcEncodeResponse) GetStraddling() uint32 {
 	return 0
 }
 
+// EcDecodeRequest names the EC volume to decode.
+type EcDecodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid           uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcDecodeRequest) Reset() {
+	*x = EcDecodeRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcDecodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcDecodeRequest) ProtoMessage() {}
+
+func (x *EcDecodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcDecodeRequest.ProtoReflect.Descriptor instead.
+func (*EcDecodeRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *EcDecodeRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+// EcDecodeResponse describes the plain volume written.
+type EcDecodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The volume now in service.
+	Volume *VolumeInfo `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	// Journaled deletes applied.
+	Deletes uint32 `protobuf:"varint,2,opt,name=deletes,proto3" json:"deletes,omitempty"`
+	// Bytes the compaction of those deletes reclaimed.
+	ReclaimedBytes uint64 `protobuf:"varint,3,opt,name=reclaimed_bytes,json=reclaimedBytes,proto3" json:"reclaimed_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *EcDecodeResponse) Reset() {
+	*x = EcDecodeResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcDecodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcDecodeResponse) ProtoMessage() {}
+
+func (x *EcDecodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcDecodeResponse.ProtoReflect.Descriptor instead.
+func (*EcDecodeResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *EcDecodeResponse) GetVolume() *VolumeInfo {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+func (x *EcDecodeResponse) GetDeletes() uint32 {
+	if x != nil {
+		return x.Deletes
+	}
+	return 0
+}
+
+func (x *EcDecodeResponse) GetReclaimedBytes() uint64 {
+	if x != nil {
+		return x.ReclaimedBytes
+	}
+	return 0
+}
+
 var File_haybale_v1_store_proto protoreflect.FileDescriptor
 
 const file_haybale_v1_store_proto_rawDesc = "" +
@@ -1926,14 +2036,20 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\aneedles\x18\x03 \x01(\rR\aneedles\x12\x1e\n" +
 	"\n" +
 	"straddling\x18\x04 \x01(\rR\n" +
-	"straddling*\xa9\x01\n" +
+	"straddling\"#\n" +
+	"\x0fEcDecodeRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\"\x85\x01\n" +
+	"\x10EcDecodeResponse\x12.\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\x12\x18\n" +
+	"\adeletes\x18\x02 \x01(\rR\adeletes\x12'\n" +
+	"\x0freclaimed_bytes\x18\x03 \x01(\x04R\x0ereclaimedBytes*\xa9\x01\n" +
 	"\vVolumeState\x12\x1c\n" +
 	"\x18VOLUME_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VOLUME_STATE_WRITABLE\x10\x01\x12\x1a\n" +
 	"\x16VOLUME_STATE_READ_ONLY\x10\x02\x12\x17\n" +
 	"\x13VOLUME_STATE_SEALED\x10\x03\x12\x13\n" +
 	"\x0fVOLUME_STATE_EC\x10\x04\x12\x17\n" +
-	"\x13VOLUME_STATE_FAILED\x10\x052\xc8\x06\n" +
+	"\x13VOLUME_STATE_FAILED\x10\x052\x8f\a\n" +
 	"\x05Store\x12<\n" +
 	"\x05Write\x12\x18.haybale.v1.WriteRequest\x1a\x19.haybale.v1.WriteResponse\x12?\n" +
 	"\x06Delete\x12\x19.haybale.v1.DeleteRequest\x1a\x1a.haybale.v1.DeleteResponse\x129\n" +
@@ -1946,7 +2062,8 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"CopyVolume\x12\x1d.haybale.v1.CopyVolumeRequest\x1a\x1e.haybale.v1.CopyVolumeResponse0\x01\x12\\\n" +
 	"\x0fReplicateVolume\x12\".haybale.v1.ReplicateVolumeRequest\x1a#.haybale.v1.ReplicateVolumeResponse0\x01\x12N\n" +
 	"\vEcShardRead\x12\x1e.haybale.v1.EcShardReadRequest\x1a\x1f.haybale.v1.EcShardReadResponse\x12E\n" +
-	"\bEcEncode\x12\x1b.haybale.v1.EcEncodeRequest\x1a\x1c.haybale.v1.EcEncodeResponseB=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
+	"\bEcEncode\x12\x1b.haybale.v1.EcEncodeRequest\x1a\x1c.haybale.v1.EcEncodeResponse\x12E\n" +
+	"\bEcDecode\x12\x1b.haybale.v1.EcDecodeRequest\x1a\x1c.haybale.v1.EcDecodeResponseB=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
 
 var (
 	file_haybale_v1_store_proto_rawDescOnce sync.Once
@@ -1961,7 +2078,7 @@ func file_haybale_v1_store_proto_rawDescGZIP() []byte {
 }
 
 var file_haybale_v1_store_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_haybale_v1_store_proto_goTypes = []any{
 	(VolumeState)(0),                // 0: haybale.v1.VolumeState
 	(*Needle)(nil),                  // 1: haybale.v1.Needle
@@ -1989,6 +2106,8 @@ var file_haybale_v1_store_proto_goTypes = []any{
 	(*EcShardReadResponse)(nil),     // 23: haybale.v1.EcShardReadResponse
 	(*EcEncodeRequest)(nil),         // 24: haybale.v1.EcEncodeRequest
 	(*EcEncodeResponse)(nil),        // 25: haybale.v1.EcEncodeResponse
+	(*EcDecodeRequest)(nil),         // 26: haybale.v1.EcDecodeRequest
+	(*EcDecodeResponse)(nil),        // 27: haybale.v1.EcDecodeResponse
 }
 var file_haybale_v1_store_proto_depIdxs = []int32{
 	1,  // 0: haybale.v1.WriteRequest.needles:type_name -> haybale.v1.Needle
@@ -2000,33 +2119,36 @@ var file_haybale_v1_store_proto_depIdxs = []int32{
 	0,  // 6: haybale.v1.VolumeInfo.state:type_name -> haybale.v1.VolumeState
 	15, // 7: haybale.v1.CompactResponse.volume:type_name -> haybale.v1.VolumeInfo
 	15, // 8: haybale.v1.ReplicateVolumeResponse.volume:type_name -> haybale.v1.VolumeInfo
-	2,  // 9: haybale.v1.Store.Write:input_type -> haybale.v1.WriteRequest
-	5,  // 10: haybale.v1.Store.Delete:input_type -> haybale.v1.DeleteRequest
-	7,  // 11: haybale.v1.Store.Read:input_type -> haybale.v1.ReadRequest
-	9,  // 12: haybale.v1.Store.AllocateVolume:input_type -> haybale.v1.AllocateVolumeRequest
-	11, // 13: haybale.v1.Store.VolumeStatus:input_type -> haybale.v1.VolumeStatusRequest
-	13, // 14: haybale.v1.Store.MarkReadOnly:input_type -> haybale.v1.MarkReadOnlyRequest
-	16, // 15: haybale.v1.Store.Compact:input_type -> haybale.v1.CompactRequest
-	18, // 16: haybale.v1.Store.CopyVolume:input_type -> haybale.v1.CopyVolumeRequest
-	20, // 17: haybale.v1.Store.ReplicateVolume:input_type -> haybale.v1.ReplicateVolumeRequest
-	22, // 18: haybale.v1.Store.EcShardRead:input_type -> haybale.v1.EcShardReadRequest
-	24, // 19: haybale.v1.Store.EcEncode:input_type -> haybale.v1.EcEncodeRequest
-	4,  // 20: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
-	6,  // 21: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
-	8,  // 22: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
-	10, // 23: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
-	12, // 24: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
-	14, // 25: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
-	17, // 26: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
-	19, // 27: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
-	21, // 28: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
-	23, // 29: haybale.v1.Store.EcShardRead:output_type -> haybale.v1.EcShardReadResponse
-	25, // 30: haybale.v1.Store.EcEncode:output_type -> haybale.v1.EcEncodeResponse
-	20, // [20:31] is the sub-list for method output_type
-	9,  // [9:20] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	15, // 9: haybale.v1.EcDecodeResponse.volume:type_name -> haybale.v1.VolumeInfo
+	2,  // 10: haybale.v1.Store.Write:input_type -> haybale.v1.WriteRequest
+	5,  // 11: haybale.v1.Store.Delete:input_type -> haybale.v1.DeleteRequest
+	7,  // 12: haybale.v1.Store.Read:input_type -> haybale.v1.ReadRequest
+	9,  // 13: haybale.v1.Store.AllocateVolume:input_type -> haybale.v1.AllocateVolumeRequest
+	11, // 14: haybale.v1.Store.VolumeStatus:input_type -> haybale.v1.VolumeStatusRequest
+	13, // 15: haybale.v1.Store.MarkReadOnly:input_type -> haybale.v1.MarkReadOnlyRequest
+	16, // 16: haybale.v1.Store.Compact:input_type -> haybale.v1.CompactRequest
+	18, // 17: haybale.v1.Store.CopyVolume:input_type -> haybale.v1.CopyVolumeRequest
+	20, // 18: haybale.v1.Store.ReplicateVolume:input_type -> haybale.v1.ReplicateVolumeRequest
+	22, // 19: haybale.v1.Store.EcShardRead:input_type -> haybale.v1.EcShardReadRequest
+	24, // 20: haybale.v1.Store.EcEncode:input_type -> haybale.v1.EcEncodeRequest
+	26, // 21: haybale.v1.Store.EcDecode:input_type -> haybale.v1.EcDecodeRequest
+	4,  // 22: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
+	6,  // 23: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
+	8,  // 24: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
+	10, // 25: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
+	12, // 26: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
+	14, // 27: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
+	17, // 28: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
+	19, // 29: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
+	21, // 30: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
+	23, // 31: haybale.v1.Store.EcShardRead:output_type -> haybale.v1.EcShardReadResponse
+	25, // 32: haybale.v1.Store.EcEncode:output_type -> haybale.v1.EcEncodeResponse
+	27, // 33: haybale.v1.Store.EcDecode:output_type -> haybale.v1.EcDecodeResponse
+	22, // [22:34] is the sub-list for method output_type
+	10, // [10:22] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_haybale_v1_store_proto_init() }
@@ -2040,7 +2162,7 @@ func file_haybale_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haybale_v1_store_proto_rawDesc), len(file_haybale_v1_store_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

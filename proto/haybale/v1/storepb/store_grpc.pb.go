@@ -30,6 +30,7 @@ const (
 	Store_ReplicateVolume_FullMethodName = "/haybale.v1.Store/ReplicateVolume"
 	Store_EcShardRead_FullMethodName     = "/haybale.v1.Store/EcShardRead"
 	Store_EcEncode_FullMethodName        = "/haybale.v1.Store/EcEncode"
+	Store_EcDecode_FullMethodName        = "/haybale.v1.Store/EcDecode"
 )
 
 // StoreClient is the client API for Store service.
@@ -63,7 +64,6 @@ const (
 //	rpc EcShardMount(EcShardMountRequest) returns (EcShardMountResponse);
 //	rpc EcShardDelete(EcShardDeleteRequest) returns (EcShardDeleteResponse);
 //	rpc EcRebuild(EcRebuildRequest) returns (EcRebuildResponse);
-//	rpc EcDecode(EcDecodeRequest) returns (EcDecodeResponse);
 type StoreClient interface {
 	// Write appends a batch of needles to one volume. All needles of the batch
 	// become durable (fdatasync'ed) before the answer, and either all of them
@@ -120,6 +120,14 @@ type StoreClient interface {
 	// volume is writable or failed), ALREADY_EXISTS (EC files exist),
 	// INVALID_ARGUMENT (block sizes).
 	EcEncode(ctx context.Context, in *EcEncodeRequest, opts ...grpc.CallOption) (*EcEncodeResponse, error)
+	// EcDecode turns an EC volume of this store back into a plain, sealed
+	// volume in place: it rebuilds the volume file from the shards (this
+	// store's and, for the others, its peers'), applies the deletion journal
+	// and compacts its deletes away, serves the plain volume from then on, and
+	// removes the EC files. Reads go on meanwhile; deletes wait. Callers: the
+	// directory and operator tools. Errors: NOT_FOUND, UNAVAILABLE (too few
+	// shards readable), DATA_LOSS.
+	EcDecode(ctx context.Context, in *EcDecodeRequest, opts ...grpc.CallOption) (*EcDecodeResponse, error)
 }
 
 type storeClient struct {
@@ -258,6 +266,16 @@ func (c *storeClient) EcEncode(ctx context.Context, in *EcEncodeRequest, opts ..
 	return out, nil
 }
 
+func (c *storeClient) EcDecode(ctx context.Context, in *EcDecodeRequest, opts ...grpc.CallOption) (*EcDecodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EcDecodeResponse)
+	err := c.cc.Invoke(ctx, Store_EcDecode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StoreServer is the server API for Store service.
 // All implementations must embed UnimplementedStoreServer
 // for forward compatibility.
@@ -289,7 +307,6 @@ func (c *storeClient) EcEncode(ctx context.Context, in *EcEncodeRequest, opts ..
 //	rpc EcShardMount(EcShardMountRequest) returns (EcShardMountResponse);
 //	rpc EcShardDelete(EcShardDeleteRequest) returns (EcShardDeleteResponse);
 //	rpc EcRebuild(EcRebuildRequest) returns (EcRebuildResponse);
-//	rpc EcDecode(EcDecodeRequest) returns (EcDecodeResponse);
 type StoreServer interface {
 	// Write appends a batch of needles to one volume. All needles of the batch
 	// become durable (fdatasync'ed) before the answer, and either all of them
@@ -346,6 +363,14 @@ type StoreServer interface {
 	// volume is writable or failed), ALREADY_EXISTS (EC files exist),
 	// INVALID_ARGUMENT (block sizes).
 	EcEncode(context.Context, *EcEncodeRequest) (*EcEncodeResponse, error)
+	// EcDecode turns an EC volume of this store back into a plain, sealed
+	// volume in place: it rebuilds the volume file from the shards (this
+	// store's and, for the others, its peers'), applies the deletion journal
+	// and compacts its deletes away, serves the plain volume from then on, and
+	// removes the EC files. Reads go on meanwhile; deletes wait. Callers: the
+	// directory and operator tools. Errors: NOT_FOUND, UNAVAILABLE (too few
+	// shards readable), DATA_LOSS.
+	EcDecode(context.Context, *EcDecodeRequest) (*EcDecodeResponse, error)
 	mustEmbedUnimplementedStoreServer()
 }
 
@@ -388,6 +413,9 @@ func (UnimplementedStoreServer) EcShardRead(context.Context, *EcShardReadRequest
 }
 func (UnimplementedStoreServer) EcEncode(context.Context, *EcEncodeRequest) (*EcEncodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EcEncode not implemented")
+}
+func (UnimplementedStoreServer) EcDecode(context.Context, *EcDecodeRequest) (*EcDecodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EcDecode not implemented")
 }
 func (UnimplementedStoreServer) mustEmbedUnimplementedStoreServer() {}
 func (UnimplementedStoreServer) testEmbeddedByValue()               {}
@@ -594,6 +622,24 @@ func _Store_EcEncode_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Store_EcDecode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EcDecodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreServer).EcDecode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Store_EcDecode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreServer).EcDecode(ctx, req.(*EcDecodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Store_ServiceDesc is the grpc.ServiceDesc for Store service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -636,6 +682,10 @@ var Store_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EcEncode",
 			Handler:    _Store_EcEncode_Handler,
+		},
+		{
+			MethodName: "EcDecode",
+			Handler:    _Store_EcDecode_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
