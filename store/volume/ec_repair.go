@@ -550,6 +550,7 @@ func RemoveLeftover(fs vfs.FS, path string) error {
 	}
 	return fs.Remove(path)
 }
+
 // ECForm says which form of a volume a directory holds.
 type ECForm int
 
