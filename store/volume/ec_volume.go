@@ -355,6 +355,8 @@ func (e *ECVolume) rebuildLocked(ctx context.Context, seg ecSegment, dst []byte,
 	}
 	cands = append(local, remote...)
 	shards := make([][]byte, ECShards)
+	// One allocation holds the ranges of all the shards read.
+	pool := make([]byte, ECDataShards*len(dst))
 	got, next := 0, 0
 	var errs []error
 	for got < ECDataShards && next < len(cands) {
@@ -364,18 +366,31 @@ func (e *ECVolume) rebuildLocked(ctx context.Context, seg ecSegment, dst []byte,
 		bufs := make([][]byte, len(batch))
 		var wg sync.WaitGroup
 		for k, i := range batch {
-			bufs[k] = make([]byte, len(dst))
+			bufs[k] = pool[(got+k)*len(dst) : (got+k+1)*len(dst)]
+			if e.shards[i] != nil {
+				// A local pread from the page cache costs less than a
+				// goroutine; a miss falls back to the peers inside.
+				results[k] = e.readShardLocked(ctx, i, bufs[k], seg.off)
+				continue
+			}
 			wg.Go(func() { results[k] = e.readShardLocked(ctx, i, bufs[k], seg.off) })
 		}
 		wg.Wait()
+		ok := 0
 		for k, i := range batch {
 			if results[k] != nil {
 				errs = append(errs, results[k])
 				continue
 			}
-			shards[i] = bufs[k]
-			got++
+			// Keep the successful reads packed at the front of the pool.
+			slot := pool[(got+ok)*len(dst) : (got+ok+1)*len(dst)]
+			if &slot[0] != &bufs[k][0] {
+				copy(slot, bufs[k])
+			}
+			shards[i] = slot
+			ok++
 		}
+		got += ok
 	}
 	if got < ECDataShards {
 		return fmt.Errorf("%w: row %d of volume %d: %d shards readable: %w", ErrUnrecoverable, seg.row, e.vid, got, errors.Join(errs...))
