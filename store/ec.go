@@ -98,6 +98,7 @@ func (s *Store) EncodeVolume(ctx context.Context, vid uint32, opts volume.ECEnco
 	if err != nil {
 		return volume.ECEncodeResult{}, err
 	}
+	opts.Retire = true
 	res, err := v.EncodeEC(ctx, s.opts.Dir, opts)
 	if err != nil {
 		return res, err

@@ -145,6 +145,8 @@ func (v *Volume) commitGroup(group []*pending) {
 	for _, p := range group {
 		state, reason := v.State()
 		switch {
+		case v.retired.Load():
+			p.err = fmt.Errorf("%w: the volume is now held as EC shards", ErrClosed)
 		case state == StateFailed:
 			p.err = fmt.Errorf("%w: %s", ErrReadOnly, reason)
 		case state != StateWritable && !p.tombstoneOnly():

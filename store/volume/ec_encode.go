@@ -30,6 +30,11 @@ type ECEncodeOptions struct {
 	// Progress, when set, is called with the stream bytes encoded so far
 	// and the stream's length.
 	Progress func(done, total int64)
+	// Retire makes the volume refuse every append, deletes included, once
+	// the encode has committed (they fail with ErrClosed): for a caller that
+	// replaces the volume with its EC form, so that no delete lands in the
+	// .dat behind the encoded snapshot.
+	Retire bool
 }
 
 // ECEncodeResult reports what an encode wrote.
@@ -120,6 +125,10 @@ func (v *Volume) encodeEC(ctx context.Context, outDir string, opts ECEncodeOptio
 	}
 	if err := vfs.WriteFileAtomic(fs, ECIndexPath(outDir, v.vid), recs); err != nil {
 		return res, fmt.Errorf("volume %d: EC encode: write ecx: %w", v.vid, err)
+	}
+	if opts.Retire {
+		// Still under the round lock: no append slips in between.
+		v.retired.Store(true)
 	}
 	return res, nil
 }

@@ -387,7 +387,8 @@ func DecodeEC(ctx context.Context, dir string, vid uint32, out string, opts ECFi
 
 // DecodeTo writes the volume back as a plain volume file at out (see
 // DecodeEC), while the EC volume goes on serving reads; deletes wait until
-// it is done, so none is missed. progress, when set, is called with the
+// it is done, so none is missed, and fail with ErrClosed once it has
+// succeeded: they belong to the decoded volume. progress, when set, is called with the
 // stream bytes written so far and the stream's length.
 func (e *ECVolume) DecodeTo(ctx context.Context, out string, progress func(done, total int64)) (ECDecodeResult, error) {
 	fs, vid := e.opts.FS, e.vid
@@ -457,7 +458,11 @@ func (e *ECVolume) DecodeTo(ctx context.Context, out string, progress func(done,
 	if err := fs.Rename(DatPath(tmpDir, vid), out); err != nil {
 		return res, err
 	}
-	return res, fs.SyncDir(outDir)
+	if err := fs.SyncDir(outDir); err != nil {
+		return res, err
+	}
+	e.retired = true
+	return res, nil
 }
 
 // writeStream writes the encoded .dat, with the next compaction generation
@@ -570,7 +575,9 @@ const (
 // else the EC form wins (an encode committed) and the .dat, its idx and
 // its read-only mark are removed; shards and a journal without an ecx are
 // leftovers of an encode that never committed and are removed when the
-// .dat exists. A running store calls it at start-up, under its lock.
+// .dat exists; an ecx whose header cannot be read leaves the .dat in
+// service (and the EC files in place). A running store calls it at
+// start-up, under its lock.
 func ResolveEC(fs vfs.FS, dir string, vid uint32) (ECForm, error) {
 	if fs == nil {
 		fs = vfs.Default
@@ -597,12 +604,11 @@ func ResolveEC(fs vfs.FS, dir string, vid uint32) (ECForm, error) {
 	hdr := make([]byte, ECHeaderSize)
 	err = readFull(f, hdr, 0)
 	f.Close()
-	if err != nil {
-		return FormNone, fmt.Errorf("%s: %w", ECIndexPath(dir, vid), err)
-	}
-	g, _, err := decodeECHeader(hdr, ecxMagic)
-	if err != nil {
-		return FormNone, fmt.Errorf("%s: %w", ECIndexPath(dir, vid), err)
+	g, _, derr := decodeECHeader(hdr, ecxMagic)
+	if err != nil || derr != nil {
+		// This ecx cannot serve: keep the complete .dat, and leave the EC
+		// files for an operator to look at.
+		return FormDat, nil
 	}
 	if datGen > g.generation {
 		return FormDat, removeFiles(fs, dir, ecFiles(dir, vid, true))

@@ -809,3 +809,57 @@ func TestResolveEC(t *testing.T) {
 	}
 	f.expectOneForm(t, encoded, 0)
 }
+
+func TestECRetiresTheReplacedForm(t *testing.T) {
+	ctx := context.Background()
+	f := sealedVolume(t, 16, 6)
+	v := reopen(t, f.fs, ecVid)
+	defer v.Close()
+	n := f.live[0]
+	if _, err := v.EncodeEC(ctx, "/warm", ECEncodeOptions{LargeBlock: 4096, SmallBlock: 512}); err == nil {
+		t.Fatal("encode into a missing folder succeeded")
+	}
+	f.fs.MkdirAll("/warm", 0o755)
+	if _, err := v.EncodeEC(ctx, "/warm", testECBlocks); err != nil {
+		t.Fatal(err)
+	}
+	// Without Retire the volume goes on taking deletes.
+	if _, err := v.Delete(ctx, n.Key, n.Cookie, n.Size); err != nil {
+		t.Fatalf("delete after a plain encode: %v", err)
+	}
+	opts := testECBlocks
+	opts.Retire = true
+	if _, err := v.EncodeEC(ctx, testDir, opts); err != nil {
+		t.Fatal(err)
+	}
+	m := f.live[1]
+	if _, err := v.Delete(ctx, m.Key, m.Cookie, m.Size); !errors.Is(err, ErrClosed) {
+		t.Fatalf("delete after a retiring encode: %v", err)
+	}
+	expectRead(t, v, m)
+
+	e := openEC(t, f.fs)
+	if _, err := e.DecodeTo(ctx, "/out/7.dat", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Delete(ctx, m.Key, m.Cookie, m.Size); !errors.Is(err, ErrClosed) {
+		t.Fatalf("delete on a decoded EC volume: %v", err)
+	}
+	if _, _, err := e.Read(ctx, m.Key, m.Cookie, m.Size, nil); err != nil {
+		t.Fatalf("read on a decoded EC volume: %v", err)
+	}
+}
+
+func TestResolveECKeepsDatBesideDamagedIndex(t *testing.T) {
+	f := sealedVolume(t, 17, 4)
+	f.encode(t, f.fs)
+	ecx, _ := f.fs.OpenReadWrite(ECIndexPath(testDir, ecVid))
+	ecx.WriteAt([]byte{0xEE}, 30)
+	ecx.Close()
+	if form, err := ResolveEC(f.fs, testDir, ecVid); form != FormDat || err != nil {
+		t.Fatalf("damaged ecx beside a .dat: %v %v", form, err)
+	}
+	if _, err := f.fs.Stat(DatPath(testDir, ecVid)); err != nil {
+		t.Fatal(err)
+	}
+}

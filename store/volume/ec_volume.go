@@ -55,7 +55,10 @@ type ECVolume struct {
 		closed bool
 	}
 	// jmu serialises appends to the journal.
-	jmu      sync.Mutex
+	jmu sync.Mutex
+	// retired is set, under jmu, once a decode committed: deletes fail
+	// with ErrClosed from then on (they belong to the decoded volume).
+	retired  bool
 	ecj      vfs.File
 	ecjSize  int64 // guarded by jmu
 	deletes  atomic.Int64
@@ -560,6 +563,9 @@ func (e *ECVolume) Delete(ctx context.Context, key, cookie uint64, size needle.S
 	}
 	e.jmu.Lock()
 	defer e.jmu.Unlock()
+	if e.retired {
+		return 0, fmt.Errorf("%w: EC volume %d was decoded into a plain volume", ErrClosed, e.vid)
+	}
 	e.mu.RLock()
 	if e.mu.closed {
 		e.mu.RUnlock()
