@@ -122,10 +122,10 @@ type Volume struct {
 	// retired is set once an EC encode that replaces the volume committed:
 	// appends (deletes too) fail with ErrClosed from then on, so none lands
 	// behind the encoded snapshot.
-	retired atomic.Bool
-	idxBytes   int64    // guarded by the commit leader role
-	idx        vfs.File // guarded by the commit leader role
-	idxErr     error    // guarded by the commit leader role
+	retired  atomic.Bool
+	idxBytes int64    // guarded by the commit leader role
+	idx      vfs.File // guarded by the commit leader role
+	idxErr   error    // guarded by the commit leader role
 }
 
 // DatPath returns the path of volume vid's .dat file in dir.
