@@ -119,13 +119,14 @@ type Volume struct {
 	corrupt    atomic.Int64 // bytes skipped as corrupt by recovery
 	syncs      atomic.Int64 // group commits made durable
 	compacting atomic.Bool
+	idxBytes   int64    // guarded by the commit leader role
+	idx        vfs.File // guarded by the commit leader role
+	idxErr     error    // guarded by the commit leader role
+
 	// retired is set once an EC encode that replaces the volume committed:
 	// appends (deletes too) fail with ErrClosed from then on, so none lands
 	// behind the encoded snapshot.
-	retired  atomic.Bool
-	idxBytes int64    // guarded by the commit leader role
-	idx      vfs.File // guarded by the commit leader role
-	idxErr   error    // guarded by the commit leader role
+	retired atomic.Bool
 }
 
 // DatPath returns the path of volume vid's .dat file in dir.
