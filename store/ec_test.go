@@ -5,6 +5,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -244,5 +245,109 @@ func TestECDecodeInPlace(t *testing.T) {
 			t.Fatal(err)
 		}
 		ts.stop(t)
+	}
+}
+
+func TestECShardsPlacedOnThreeStores(t *testing.T) {
+	ctx := context.Background()
+	var a, b, c *testServer
+	holders := map[*testServer][]int{}
+	peersOf := func(self **testServer) ShardPeers {
+		return ShardPeers{Holders: func(vid uint32, shard int) []StoreShardClient {
+			var out []StoreShardClient
+			for ts, shards := range holders {
+				if ts != *self && slices.Contains(shards, shard) {
+					out = append(out, ts.client)
+				}
+			}
+			return out
+		}}
+	}
+	a = startServer(t, Options{Dir: "/data", FS: vfs.NewMem(), ShardPeers: peersOf(&a)}, ServerOptions{})
+	b = startServer(t, Options{Dir: "/data", FS: vfs.NewMem(), ShardPeers: peersOf(&b)}, ServerOptions{})
+	c = startServer(t, Options{Dir: "/data", FS: vfs.NewMem(), ShardPeers: peersOf(&c)}, ServerOptions{})
+	a.allocate(t, 1)
+	r := rand.New(rand.NewPCG(14, 3))
+	var photos []*photo
+	for k := uint64(1); k <= 10; k++ {
+		p := randomPhoto(r, 1, 0x300+k, 120+int(k)*31)
+		a.writePhoto(t, p)
+		photos = append(photos, p)
+	}
+	a.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1})
+	if _, err := a.client.Compact(ctx, &storepb.CompactRequest{Vid: 1}); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string]answer{}
+	for _, p := range photos {
+		for s := needle.SizeThumb; s <= needle.SizeLarge; s++ {
+			before[p.path(s)] = a.answerOf(t, p.path(s))
+		}
+	}
+	srcA := a.srv.GRPCAddr().String()
+	_, err := a.client.EcShardMount(ctx, &storepb.EcShardMountRequest{Vid: 1, Shards: []uint32{1}, SourceGrpcAddr: srcA})
+	wantCode(t, "mount over a plain volume", err, codes.FailedPrecondition)
+	if _, err := a.client.EcEncode(ctx, &storepb.EcEncodeRequest{Vid: 1, LargeBlock: 2048, SmallBlock: 256}); err != nil {
+		t.Fatal(err)
+	}
+	holders[a] = []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}
+
+	_, err = b.client.EcShardMount(ctx, &storepb.EcShardMountRequest{Vid: 1, Shards: []uint32{14}, SourceGrpcAddr: srcA})
+	wantCode(t, "mount of shard 14", err, codes.InvalidArgument)
+	_, err = b.client.EcShardMount(ctx, &storepb.EcShardMountRequest{Vid: 2, Shards: []uint32{1}, SourceGrpcAddr: srcA})
+	wantCode(t, "mount of a volume the source lacks", err, codes.Unavailable)
+	mb, err := b.client.EcShardMount(ctx, &storepb.EcShardMountRequest{Vid: 1, Shards: []uint32{5, 6, 7, 8, 9}, SourceGrpcAddr: srcA})
+	if err != nil || !slices.Equal(mb.GetVolume().GetEcShardIds(), []uint32{5, 6, 7, 8, 9}) {
+		t.Fatalf("mount on B: %v %v", mb, err)
+	}
+	holders[b] = []int{5, 6, 7, 8, 9}
+	if _, err := c.client.EcShardMount(ctx, &storepb.EcShardMountRequest{Vid: 1, Shards: []uint32{10, 11, 12, 13}, SourceGrpcAddr: srcA}); err != nil {
+		t.Fatal(err)
+	}
+	holders[c] = []int{10, 11, 12, 13}
+	da, err := a.client.EcShardDelete(ctx, &storepb.EcShardDeleteRequest{Vid: 1, Shards: []uint32{5, 6, 7, 8, 9, 10, 11, 12, 13}})
+	if err != nil || !slices.Equal(da.GetVolume().GetEcShardIds(), []uint32{0, 1, 2, 3, 4}) {
+		t.Fatalf("delete on A: %v %v", da, err)
+	}
+	holders[a] = []int{0, 1, 2, 3, 4}
+	_, err = a.client.EcShardRead(ctx, &storepb.EcShardReadRequest{Vid: 1, Shard: 7, Length: 8})
+	wantCode(t, "read of a shard given away", err, codes.NotFound)
+
+	for _, ts := range []*testServer{a, b, c} {
+		for path, want := range before {
+			if got := ts.answerOf(t, path); !sameAnswer(got, want) {
+				t.Fatalf("%s on %s: %d %s, was %d %s", path, ts.base, got.code, got.etag, want.code, want.etag)
+			}
+		}
+	}
+	// A loses shard 0: its needles are rebuilt from A's 1..4, B's and C's.
+	if _, err := a.client.EcShardDelete(ctx, &storepb.EcShardDeleteRequest{Vid: 1, Shards: []uint32{0}}); err != nil {
+		t.Fatal(err)
+	}
+	holders[a] = []int{1, 2, 3, 4}
+	for path, want := range before {
+		if got := a.answerOf(t, path); !sameAnswer(got, want) {
+			t.Fatalf("%s on A without shard 0: %d", path, got.code)
+		}
+	}
+	e, _ := a.srv.Store().ECVolume(1)
+	if e.Status().Degraded == 0 {
+		t.Fatal("no degraded read on A")
+	}
+	// With C down too, 9 shards are left: what lies on shard 0 is
+	// unavailable (503), everything else still reads.
+	c.stop(t)
+	unavailable := 0
+	for path, want := range before {
+		got := a.answerOf(t, path)
+		switch {
+		case got.code == http.StatusServiceUnavailable:
+			unavailable++
+		case !sameAnswer(got, want):
+			t.Fatalf("%s with C down: %d", path, got.code)
+		}
+	}
+	if unavailable == 0 || unavailable == len(before) {
+		t.Fatalf("%d of %d reads unavailable with 9 shards left", unavailable, len(before))
 	}
 }

@@ -97,7 +97,11 @@ func OpenEC(ctx context.Context, dir string, vid uint32, opts ECOptions) (*ECVol
 
 // loadECX reads, checks and indexes the ecx of vid.
 func loadECX(ctx context.Context, fs vfs.FS, dir string, vid uint32) (ecGeometry, *index, error) {
-	path := ECIndexPath(dir, vid)
+	return loadECXPath(ctx, fs, ECIndexPath(dir, vid), vid)
+}
+
+// loadECXPath reads, checks and indexes the ecx of vid at path.
+func loadECXPath(ctx context.Context, fs vfs.FS, path string, vid uint32) (ecGeometry, *index, error) {
 	f, err := fs.Open(path)
 	if err != nil {
 		return ecGeometry{}, nil, fmt.Errorf("EC volume %d: %w", vid, err)

@@ -1899,6 +1899,336 @@ func (x *EcDecodeResponse) GetReclaimedBytes() uint64 {
 	return 0
 }
 
+// EcShardCopyRequest names one file of an EC volume.
+type EcShardCopyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// "ecx" (the index), "ecj" (the journal), or "ec00" .. "ec13" (a shard).
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcShardCopyRequest) Reset() {
+	*x = EcShardCopyRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardCopyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardCopyRequest) ProtoMessage() {}
+
+func (x *EcShardCopyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardCopyRequest.ProtoReflect.Descriptor instead.
+func (*EcShardCopyRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *EcShardCopyRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *EcShardCopyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// EcShardCopyResponse is one piece of an EC file; the stream sends them in order.
+type EcShardCopyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Byte offset of data in the file.
+	Offset uint64 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	// The bytes.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// Size of the whole file.
+	TotalSize     uint64 `protobuf:"varint,3,opt,name=total_size,json=totalSize,proto3" json:"total_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcShardCopyResponse) Reset() {
+	*x = EcShardCopyResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardCopyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardCopyResponse) ProtoMessage() {}
+
+func (x *EcShardCopyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardCopyResponse.ProtoReflect.Descriptor instead.
+func (*EcShardCopyResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *EcShardCopyResponse) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *EcShardCopyResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *EcShardCopyResponse) GetTotalSize() uint64 {
+	if x != nil {
+		return x.TotalSize
+	}
+	return 0
+}
+
+// EcShardMountRequest names the shards to take over and where from.
+type EcShardMountRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// Shards to copy (0..13); may be empty to hold only the index and journal.
+	Shards []uint32 `protobuf:"varint,2,rep,packed,name=shards,proto3" json:"shards,omitempty"`
+	// gRPC address of a store holding those shards.
+	SourceGrpcAddr string `protobuf:"bytes,3,opt,name=source_grpc_addr,json=sourceGrpcAddr,proto3" json:"source_grpc_addr,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *EcShardMountRequest) Reset() {
+	*x = EcShardMountRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardMountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardMountRequest) ProtoMessage() {}
+
+func (x *EcShardMountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardMountRequest.ProtoReflect.Descriptor instead.
+func (*EcShardMountRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *EcShardMountRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *EcShardMountRequest) GetShards() []uint32 {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
+func (x *EcShardMountRequest) GetSourceGrpcAddr() string {
+	if x != nil {
+		return x.SourceGrpcAddr
+	}
+	return ""
+}
+
+// EcShardMountResponse describes the EC volume as this store now holds it.
+type EcShardMountResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The EC volume, with the shards held here.
+	Volume        *VolumeInfo `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcShardMountResponse) Reset() {
+	*x = EcShardMountResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardMountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardMountResponse) ProtoMessage() {}
+
+func (x *EcShardMountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardMountResponse.ProtoReflect.Descriptor instead.
+func (*EcShardMountResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *EcShardMountResponse) GetVolume() *VolumeInfo {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+// EcShardDeleteRequest names the shards to remove.
+type EcShardDeleteRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// Shards to remove (0..13).
+	Shards        []uint32 `protobuf:"varint,2,rep,packed,name=shards,proto3" json:"shards,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcShardDeleteRequest) Reset() {
+	*x = EcShardDeleteRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardDeleteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardDeleteRequest) ProtoMessage() {}
+
+func (x *EcShardDeleteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardDeleteRequest.ProtoReflect.Descriptor instead.
+func (*EcShardDeleteRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *EcShardDeleteRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *EcShardDeleteRequest) GetShards() []uint32 {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
+// EcShardDeleteResponse describes the EC volume as this store now holds it.
+type EcShardDeleteResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The EC volume, with the shards still held here.
+	Volume        *VolumeInfo `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcShardDeleteResponse) Reset() {
+	*x = EcShardDeleteResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardDeleteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardDeleteResponse) ProtoMessage() {}
+
+func (x *EcShardDeleteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardDeleteResponse.ProtoReflect.Descriptor instead.
+func (*EcShardDeleteResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *EcShardDeleteResponse) GetVolume() *VolumeInfo {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
 var File_haybale_v1_store_proto protoreflect.FileDescriptor
 
 const file_haybale_v1_store_proto_rawDesc = "" +
@@ -2042,14 +2372,33 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\x10EcDecodeResponse\x12.\n" +
 	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\x12\x18\n" +
 	"\adeletes\x18\x02 \x01(\rR\adeletes\x12'\n" +
-	"\x0freclaimed_bytes\x18\x03 \x01(\x04R\x0ereclaimedBytes*\xa9\x01\n" +
+	"\x0freclaimed_bytes\x18\x03 \x01(\x04R\x0ereclaimedBytes\":\n" +
+	"\x12EcShardCopyRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"`\n" +
+	"\x13EcShardCopyResponse\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1d\n" +
+	"\n" +
+	"total_size\x18\x03 \x01(\x04R\ttotalSize\"i\n" +
+	"\x13EcShardMountRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
+	"\x06shards\x18\x02 \x03(\rR\x06shards\x12(\n" +
+	"\x10source_grpc_addr\x18\x03 \x01(\tR\x0esourceGrpcAddr\"F\n" +
+	"\x14EcShardMountResponse\x12.\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"@\n" +
+	"\x14EcShardDeleteRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
+	"\x06shards\x18\x02 \x03(\rR\x06shards\"G\n" +
+	"\x15EcShardDeleteResponse\x12.\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume*\xa9\x01\n" +
 	"\vVolumeState\x12\x1c\n" +
 	"\x18VOLUME_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VOLUME_STATE_WRITABLE\x10\x01\x12\x1a\n" +
 	"\x16VOLUME_STATE_READ_ONLY\x10\x02\x12\x17\n" +
 	"\x13VOLUME_STATE_SEALED\x10\x03\x12\x13\n" +
 	"\x0fVOLUME_STATE_EC\x10\x04\x12\x17\n" +
-	"\x13VOLUME_STATE_FAILED\x10\x052\x8f\a\n" +
+	"\x13VOLUME_STATE_FAILED\x10\x052\x8a\t\n" +
 	"\x05Store\x12<\n" +
 	"\x05Write\x12\x18.haybale.v1.WriteRequest\x1a\x19.haybale.v1.WriteResponse\x12?\n" +
 	"\x06Delete\x12\x19.haybale.v1.DeleteRequest\x1a\x1a.haybale.v1.DeleteResponse\x129\n" +
@@ -2063,7 +2412,10 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\x0fReplicateVolume\x12\".haybale.v1.ReplicateVolumeRequest\x1a#.haybale.v1.ReplicateVolumeResponse0\x01\x12N\n" +
 	"\vEcShardRead\x12\x1e.haybale.v1.EcShardReadRequest\x1a\x1f.haybale.v1.EcShardReadResponse\x12E\n" +
 	"\bEcEncode\x12\x1b.haybale.v1.EcEncodeRequest\x1a\x1c.haybale.v1.EcEncodeResponse\x12E\n" +
-	"\bEcDecode\x12\x1b.haybale.v1.EcDecodeRequest\x1a\x1c.haybale.v1.EcDecodeResponseB=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
+	"\bEcDecode\x12\x1b.haybale.v1.EcDecodeRequest\x1a\x1c.haybale.v1.EcDecodeResponse\x12P\n" +
+	"\vEcShardCopy\x12\x1e.haybale.v1.EcShardCopyRequest\x1a\x1f.haybale.v1.EcShardCopyResponse0\x01\x12Q\n" +
+	"\fEcShardMount\x12\x1f.haybale.v1.EcShardMountRequest\x1a .haybale.v1.EcShardMountResponse\x12T\n" +
+	"\rEcShardDelete\x12 .haybale.v1.EcShardDeleteRequest\x1a!.haybale.v1.EcShardDeleteResponseB=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
 
 var (
 	file_haybale_v1_store_proto_rawDescOnce sync.Once
@@ -2078,7 +2430,7 @@ func file_haybale_v1_store_proto_rawDescGZIP() []byte {
 }
 
 var file_haybale_v1_store_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_haybale_v1_store_proto_goTypes = []any{
 	(VolumeState)(0),                // 0: haybale.v1.VolumeState
 	(*Needle)(nil),                  // 1: haybale.v1.Needle
@@ -2108,6 +2460,12 @@ var file_haybale_v1_store_proto_goTypes = []any{
 	(*EcEncodeResponse)(nil),        // 25: haybale.v1.EcEncodeResponse
 	(*EcDecodeRequest)(nil),         // 26: haybale.v1.EcDecodeRequest
 	(*EcDecodeResponse)(nil),        // 27: haybale.v1.EcDecodeResponse
+	(*EcShardCopyRequest)(nil),      // 28: haybale.v1.EcShardCopyRequest
+	(*EcShardCopyResponse)(nil),     // 29: haybale.v1.EcShardCopyResponse
+	(*EcShardMountRequest)(nil),     // 30: haybale.v1.EcShardMountRequest
+	(*EcShardMountResponse)(nil),    // 31: haybale.v1.EcShardMountResponse
+	(*EcShardDeleteRequest)(nil),    // 32: haybale.v1.EcShardDeleteRequest
+	(*EcShardDeleteResponse)(nil),   // 33: haybale.v1.EcShardDeleteResponse
 }
 var file_haybale_v1_store_proto_depIdxs = []int32{
 	1,  // 0: haybale.v1.WriteRequest.needles:type_name -> haybale.v1.Needle
@@ -2120,35 +2478,43 @@ var file_haybale_v1_store_proto_depIdxs = []int32{
 	15, // 7: haybale.v1.CompactResponse.volume:type_name -> haybale.v1.VolumeInfo
 	15, // 8: haybale.v1.ReplicateVolumeResponse.volume:type_name -> haybale.v1.VolumeInfo
 	15, // 9: haybale.v1.EcDecodeResponse.volume:type_name -> haybale.v1.VolumeInfo
-	2,  // 10: haybale.v1.Store.Write:input_type -> haybale.v1.WriteRequest
-	5,  // 11: haybale.v1.Store.Delete:input_type -> haybale.v1.DeleteRequest
-	7,  // 12: haybale.v1.Store.Read:input_type -> haybale.v1.ReadRequest
-	9,  // 13: haybale.v1.Store.AllocateVolume:input_type -> haybale.v1.AllocateVolumeRequest
-	11, // 14: haybale.v1.Store.VolumeStatus:input_type -> haybale.v1.VolumeStatusRequest
-	13, // 15: haybale.v1.Store.MarkReadOnly:input_type -> haybale.v1.MarkReadOnlyRequest
-	16, // 16: haybale.v1.Store.Compact:input_type -> haybale.v1.CompactRequest
-	18, // 17: haybale.v1.Store.CopyVolume:input_type -> haybale.v1.CopyVolumeRequest
-	20, // 18: haybale.v1.Store.ReplicateVolume:input_type -> haybale.v1.ReplicateVolumeRequest
-	22, // 19: haybale.v1.Store.EcShardRead:input_type -> haybale.v1.EcShardReadRequest
-	24, // 20: haybale.v1.Store.EcEncode:input_type -> haybale.v1.EcEncodeRequest
-	26, // 21: haybale.v1.Store.EcDecode:input_type -> haybale.v1.EcDecodeRequest
-	4,  // 22: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
-	6,  // 23: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
-	8,  // 24: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
-	10, // 25: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
-	12, // 26: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
-	14, // 27: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
-	17, // 28: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
-	19, // 29: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
-	21, // 30: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
-	23, // 31: haybale.v1.Store.EcShardRead:output_type -> haybale.v1.EcShardReadResponse
-	25, // 32: haybale.v1.Store.EcEncode:output_type -> haybale.v1.EcEncodeResponse
-	27, // 33: haybale.v1.Store.EcDecode:output_type -> haybale.v1.EcDecodeResponse
-	22, // [22:34] is the sub-list for method output_type
-	10, // [10:22] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	15, // 10: haybale.v1.EcShardMountResponse.volume:type_name -> haybale.v1.VolumeInfo
+	15, // 11: haybale.v1.EcShardDeleteResponse.volume:type_name -> haybale.v1.VolumeInfo
+	2,  // 12: haybale.v1.Store.Write:input_type -> haybale.v1.WriteRequest
+	5,  // 13: haybale.v1.Store.Delete:input_type -> haybale.v1.DeleteRequest
+	7,  // 14: haybale.v1.Store.Read:input_type -> haybale.v1.ReadRequest
+	9,  // 15: haybale.v1.Store.AllocateVolume:input_type -> haybale.v1.AllocateVolumeRequest
+	11, // 16: haybale.v1.Store.VolumeStatus:input_type -> haybale.v1.VolumeStatusRequest
+	13, // 17: haybale.v1.Store.MarkReadOnly:input_type -> haybale.v1.MarkReadOnlyRequest
+	16, // 18: haybale.v1.Store.Compact:input_type -> haybale.v1.CompactRequest
+	18, // 19: haybale.v1.Store.CopyVolume:input_type -> haybale.v1.CopyVolumeRequest
+	20, // 20: haybale.v1.Store.ReplicateVolume:input_type -> haybale.v1.ReplicateVolumeRequest
+	22, // 21: haybale.v1.Store.EcShardRead:input_type -> haybale.v1.EcShardReadRequest
+	24, // 22: haybale.v1.Store.EcEncode:input_type -> haybale.v1.EcEncodeRequest
+	26, // 23: haybale.v1.Store.EcDecode:input_type -> haybale.v1.EcDecodeRequest
+	28, // 24: haybale.v1.Store.EcShardCopy:input_type -> haybale.v1.EcShardCopyRequest
+	30, // 25: haybale.v1.Store.EcShardMount:input_type -> haybale.v1.EcShardMountRequest
+	32, // 26: haybale.v1.Store.EcShardDelete:input_type -> haybale.v1.EcShardDeleteRequest
+	4,  // 27: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
+	6,  // 28: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
+	8,  // 29: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
+	10, // 30: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
+	12, // 31: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
+	14, // 32: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
+	17, // 33: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
+	19, // 34: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
+	21, // 35: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
+	23, // 36: haybale.v1.Store.EcShardRead:output_type -> haybale.v1.EcShardReadResponse
+	25, // 37: haybale.v1.Store.EcEncode:output_type -> haybale.v1.EcEncodeResponse
+	27, // 38: haybale.v1.Store.EcDecode:output_type -> haybale.v1.EcDecodeResponse
+	29, // 39: haybale.v1.Store.EcShardCopy:output_type -> haybale.v1.EcShardCopyResponse
+	31, // 40: haybale.v1.Store.EcShardMount:output_type -> haybale.v1.EcShardMountResponse
+	33, // 41: haybale.v1.Store.EcShardDelete:output_type -> haybale.v1.EcShardDeleteResponse
+	27, // [27:42] is the sub-list for method output_type
+	12, // [12:27] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_haybale_v1_store_proto_init() }
@@ -2162,7 +2528,7 @@ func file_haybale_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haybale_v1_store_proto_rawDesc), len(file_haybale_v1_store_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

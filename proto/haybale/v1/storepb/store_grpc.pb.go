@@ -31,6 +31,9 @@ const (
 	Store_EcShardRead_FullMethodName     = "/haybale.v1.Store/EcShardRead"
 	Store_EcEncode_FullMethodName        = "/haybale.v1.Store/EcEncode"
 	Store_EcDecode_FullMethodName        = "/haybale.v1.Store/EcDecode"
+	Store_EcShardCopy_FullMethodName     = "/haybale.v1.Store/EcShardCopy"
+	Store_EcShardMount_FullMethodName    = "/haybale.v1.Store/EcShardMount"
+	Store_EcShardDelete_FullMethodName   = "/haybale.v1.Store/EcShardDelete"
 )
 
 // StoreClient is the client API for Store service.
@@ -60,9 +63,6 @@ const (
 // method names):
 //
 //	// Erasure coding (10 data + 4 parity shards, f4-style warm storage).
-//	rpc EcShardCopy(EcShardCopyRequest) returns (stream EcShardChunk);
-//	rpc EcShardMount(EcShardMountRequest) returns (EcShardMountResponse);
-//	rpc EcShardDelete(EcShardDeleteRequest) returns (EcShardDeleteResponse);
 //	rpc EcRebuild(EcRebuildRequest) returns (EcRebuildResponse);
 type StoreClient interface {
 	// Write appends a batch of needles to one volume. All needles of the batch
@@ -128,6 +128,25 @@ type StoreClient interface {
 	// directory and operator tools. Errors: NOT_FOUND, UNAVAILABLE (too few
 	// shards readable), DATA_LOSS.
 	EcDecode(ctx context.Context, in *EcDecodeRequest, opts ...grpc.CallOption) (*EcDecodeResponse, error)
+	// EcShardCopy streams one file of an EC volume this store holds (its
+	// index, its journal or one of its shards), in chunks of at most 1 MiB.
+	// Callers: stores taking over shards (EcShardMount). Errors: NOT_FOUND (no
+	// such EC volume, or the shard is not held here), INVALID_ARGUMENT (name).
+	EcShardCopy(ctx context.Context, in *EcShardCopyRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EcShardCopyResponse], error)
+	// EcShardMount makes this store a holder of some shards of an EC volume:
+	// it pulls them, with the index (and the journal, when it has none yet),
+	// from the store at source_grpc_addr with EcShardCopy, checks them, and
+	// serves the volume with every shard it then holds. Callers: the directory
+	// and operator tools placing shards. Errors: INVALID_ARGUMENT,
+	// FAILED_PRECONDITION (the store holds the volume as a plain volume),
+	// UNAVAILABLE (the source cannot be read).
+	EcShardMount(ctx context.Context, in *EcShardMountRequest, opts ...grpc.CallOption) (*EcShardMountResponse, error)
+	// EcShardDelete removes shards of an EC volume from this store (after they
+	// were placed on others); the index and journal stay, so the store still
+	// serves the volume, reading those shards from its peers. Callers: the
+	// directory and operator tools placing shards. Errors: NOT_FOUND,
+	// INVALID_ARGUMENT.
+	EcShardDelete(ctx context.Context, in *EcShardDeleteRequest, opts ...grpc.CallOption) (*EcShardDeleteResponse, error)
 }
 
 type storeClient struct {
@@ -276,6 +295,45 @@ func (c *storeClient) EcDecode(ctx context.Context, in *EcDecodeRequest, opts ..
 	return out, nil
 }
 
+func (c *storeClient) EcShardCopy(ctx context.Context, in *EcShardCopyRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EcShardCopyResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Store_ServiceDesc.Streams[2], Store_EcShardCopy_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[EcShardCopyRequest, EcShardCopyResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Store_EcShardCopyClient = grpc.ServerStreamingClient[EcShardCopyResponse]
+
+func (c *storeClient) EcShardMount(ctx context.Context, in *EcShardMountRequest, opts ...grpc.CallOption) (*EcShardMountResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EcShardMountResponse)
+	err := c.cc.Invoke(ctx, Store_EcShardMount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *storeClient) EcShardDelete(ctx context.Context, in *EcShardDeleteRequest, opts ...grpc.CallOption) (*EcShardDeleteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EcShardDeleteResponse)
+	err := c.cc.Invoke(ctx, Store_EcShardDelete_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StoreServer is the server API for Store service.
 // All implementations must embed UnimplementedStoreServer
 // for forward compatibility.
@@ -303,9 +361,6 @@ func (c *storeClient) EcDecode(ctx context.Context, in *EcDecodeRequest, opts ..
 // method names):
 //
 //	// Erasure coding (10 data + 4 parity shards, f4-style warm storage).
-//	rpc EcShardCopy(EcShardCopyRequest) returns (stream EcShardChunk);
-//	rpc EcShardMount(EcShardMountRequest) returns (EcShardMountResponse);
-//	rpc EcShardDelete(EcShardDeleteRequest) returns (EcShardDeleteResponse);
 //	rpc EcRebuild(EcRebuildRequest) returns (EcRebuildResponse);
 type StoreServer interface {
 	// Write appends a batch of needles to one volume. All needles of the batch
@@ -371,6 +426,25 @@ type StoreServer interface {
 	// directory and operator tools. Errors: NOT_FOUND, UNAVAILABLE (too few
 	// shards readable), DATA_LOSS.
 	EcDecode(context.Context, *EcDecodeRequest) (*EcDecodeResponse, error)
+	// EcShardCopy streams one file of an EC volume this store holds (its
+	// index, its journal or one of its shards), in chunks of at most 1 MiB.
+	// Callers: stores taking over shards (EcShardMount). Errors: NOT_FOUND (no
+	// such EC volume, or the shard is not held here), INVALID_ARGUMENT (name).
+	EcShardCopy(*EcShardCopyRequest, grpc.ServerStreamingServer[EcShardCopyResponse]) error
+	// EcShardMount makes this store a holder of some shards of an EC volume:
+	// it pulls them, with the index (and the journal, when it has none yet),
+	// from the store at source_grpc_addr with EcShardCopy, checks them, and
+	// serves the volume with every shard it then holds. Callers: the directory
+	// and operator tools placing shards. Errors: INVALID_ARGUMENT,
+	// FAILED_PRECONDITION (the store holds the volume as a plain volume),
+	// UNAVAILABLE (the source cannot be read).
+	EcShardMount(context.Context, *EcShardMountRequest) (*EcShardMountResponse, error)
+	// EcShardDelete removes shards of an EC volume from this store (after they
+	// were placed on others); the index and journal stay, so the store still
+	// serves the volume, reading those shards from its peers. Callers: the
+	// directory and operator tools placing shards. Errors: NOT_FOUND,
+	// INVALID_ARGUMENT.
+	EcShardDelete(context.Context, *EcShardDeleteRequest) (*EcShardDeleteResponse, error)
 	mustEmbedUnimplementedStoreServer()
 }
 
@@ -416,6 +490,15 @@ func (UnimplementedStoreServer) EcEncode(context.Context, *EcEncodeRequest) (*Ec
 }
 func (UnimplementedStoreServer) EcDecode(context.Context, *EcDecodeRequest) (*EcDecodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EcDecode not implemented")
+}
+func (UnimplementedStoreServer) EcShardCopy(*EcShardCopyRequest, grpc.ServerStreamingServer[EcShardCopyResponse]) error {
+	return status.Error(codes.Unimplemented, "method EcShardCopy not implemented")
+}
+func (UnimplementedStoreServer) EcShardMount(context.Context, *EcShardMountRequest) (*EcShardMountResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EcShardMount not implemented")
+}
+func (UnimplementedStoreServer) EcShardDelete(context.Context, *EcShardDeleteRequest) (*EcShardDeleteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EcShardDelete not implemented")
 }
 func (UnimplementedStoreServer) mustEmbedUnimplementedStoreServer() {}
 func (UnimplementedStoreServer) testEmbeddedByValue()               {}
@@ -640,6 +723,53 @@ func _Store_EcDecode_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Store_EcShardCopy_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(EcShardCopyRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(StoreServer).EcShardCopy(m, &grpc.GenericServerStream[EcShardCopyRequest, EcShardCopyResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Store_EcShardCopyServer = grpc.ServerStreamingServer[EcShardCopyResponse]
+
+func _Store_EcShardMount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EcShardMountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreServer).EcShardMount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Store_EcShardMount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreServer).EcShardMount(ctx, req.(*EcShardMountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Store_EcShardDelete_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EcShardDeleteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreServer).EcShardDelete(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Store_EcShardDelete_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreServer).EcShardDelete(ctx, req.(*EcShardDeleteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Store_ServiceDesc is the grpc.ServiceDesc for Store service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -687,6 +817,14 @@ var Store_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "EcDecode",
 			Handler:    _Store_EcDecode_Handler,
 		},
+		{
+			MethodName: "EcShardMount",
+			Handler:    _Store_EcShardMount_Handler,
+		},
+		{
+			MethodName: "EcShardDelete",
+			Handler:    _Store_EcShardDelete_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -697,6 +835,11 @@ var Store_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ReplicateVolume",
 			Handler:       _Store_ReplicateVolume_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "EcShardCopy",
+			Handler:       _Store_EcShardCopy_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -1,0 +1,193 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/haybale/haybale/proto/haybale/v1/storepb"
+	"github.com/haybale/haybale/store/volume"
+)
+
+// GRPCECFileSource is a volume.ECFileSource reading from another store's
+// EcShardCopy RPC.
+type GRPCECFileSource struct{ Client storepb.StoreClient }
+
+// CopyECFile implements volume.ECFileSource.
+func (g GRPCECFileSource) CopyECFile(ctx context.Context, vid uint32, name string, fn func(chunk []byte, off, total int64) error) error {
+	stream, err := g.Client.EcShardCopy(ctx, &storepb.EcShardCopyRequest{Vid: vid, Name: name})
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(c.GetData(), int64(c.GetOffset()), int64(c.GetTotalSize())); err != nil {
+			return err
+		}
+	}
+}
+
+// swapEC replaces the open EC volume vid (if any) by a fresh open of its
+// files, and closes the old one once its reads are done.
+func (s *Store) swapEC(ctx context.Context, vid uint32) (*volume.ECVolume, error) {
+	e, err := volume.OpenEC(ctx, s.opts.Dir, vid, s.ecOptions())
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		e.Close()
+		return nil, volume.ErrClosed
+	}
+	old := s.mu.ec[vid]
+	s.mu.ec[vid] = e
+	delete(s.mu.failed, vid)
+	s.mu.Unlock()
+	if old != nil {
+		if err := old.Close(); err != nil {
+			s.opts.Logger.Warn("closing the former EC volume", "vid", vid, "err", err)
+		}
+	}
+	return e, nil
+}
+
+// MountECShards makes this store a holder of the listed shards of EC
+// volume vid, copied from src with the index (and the journal when the
+// store has none yet), and serves the volume with every shard it then
+// holds. A store that holds vid as a plain volume refuses.
+func (s *Store) MountECShards(ctx context.Context, vid uint32, shards []int, src volume.ECFileSource) (*volume.ECVolume, error) {
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
+	if _, err := s.Volume(vid); err == nil {
+		return nil, fmt.Errorf("%w: volume %d is held here as a plain volume", volume.ErrExists, vid)
+	}
+	if err := volume.InstallEC(ctx, s.opts.FS, s.opts.Dir, vid, shards, src); err != nil {
+		return nil, err
+	}
+	e, err := s.swapEC(ctx, vid)
+	if err != nil {
+		return nil, err
+	}
+	s.opts.Logger.Info("EC shards mounted", "vid", vid, "shards", shards, "held", e.Status().Local)
+	return e, nil
+}
+
+// DeleteECShards removes the listed shards of EC volume vid from this
+// store; it keeps serving the volume from its other shards and its peers.
+func (s *Store) DeleteECShards(ctx context.Context, vid uint32, shards []int) (*volume.ECVolume, error) {
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
+	if _, err := s.ECVolume(vid); err != nil {
+		return nil, err
+	}
+	if err := volume.RemoveECShards(s.opts.FS, s.opts.Dir, vid, shards); err != nil {
+		return nil, err
+	}
+	e, err := s.swapEC(ctx, vid)
+	if err != nil {
+		return nil, err
+	}
+	s.opts.Logger.Info("EC shards removed", "vid", vid, "shards", shards, "held", e.Status().Local)
+	return e, nil
+}
+
+// shardList converts and checks the shard ids of a request.
+func shardList(ids []uint32) ([]int, error) {
+	var out []int
+	for _, id := range ids {
+		if id >= volume.ECShards {
+			return nil, status.Errorf(codes.InvalidArgument, "shard %d outside 0..%d", id, volume.ECShards-1)
+		}
+		out = append(out, int(id))
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// EcShardCopy implements storepb.StoreServer.
+func (g *grpcService) EcShardCopy(req *storepb.EcShardCopyRequest, stream storepb.Store_EcShardCopyServer) error {
+	e, err := g.srv.store.ECVolume(req.GetVid())
+	if err != nil {
+		if errors.Is(err, ErrVolumeNotHere) {
+			return status.Errorf(codes.NotFound, "EC volume %d is not on this store", req.GetVid())
+		}
+		return status.Errorf(codes.FailedPrecondition, "%v", err)
+	}
+	err = e.CopyFile(stream.Context(), req.GetName(), func(chunk []byte, off, total int64) error {
+		return stream.Send(&storepb.EcShardCopyResponse{Offset: uint64(off), Data: chunk, TotalSize: uint64(total)})
+	})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, volume.ErrECFileName):
+		return status.Errorf(codes.InvalidArgument, "%v", err)
+	case errors.Is(err, volume.ErrShardUnavailable):
+		return status.Errorf(codes.NotFound, "%v", err)
+	}
+	return volumeError(req.GetVid(), err)
+}
+
+// EcShardMount implements storepb.StoreServer.
+func (g *grpcService) EcShardMount(ctx context.Context, req *storepb.EcShardMountRequest) (*storepb.EcShardMountResponse, error) {
+	if req.GetVid() == 0 || req.GetSourceGrpcAddr() == "" {
+		return nil, status.Error(codes.InvalidArgument, "vid and source_grpc_addr are required")
+	}
+	shards, err := shardList(req.GetShards())
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(req.GetSourceGrpcAddr(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize)))
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "source %s: %v", req.GetSourceGrpcAddr(), err)
+	}
+	defer conn.Close()
+	e, err := g.srv.store.MountECShards(ctx, req.GetVid(), shards, GRPCECFileSource{Client: storepb.NewStoreClient(conn)})
+	if err != nil {
+		switch {
+		case errors.Is(err, volume.ErrExists):
+			return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
+		case errors.Is(err, volume.ErrNotEC):
+			return nil, status.Errorf(codes.DataLoss, "the copy from %s does not check: %v", req.GetSourceGrpcAddr(), err)
+		case status.Code(err) != codes.Unknown:
+			// The source answered with an error (or could not be reached).
+			return nil, status.Errorf(codes.Unavailable, "source %s: %v", req.GetSourceGrpcAddr(), err)
+		}
+		return nil, volumeError(req.GetVid(), err)
+	}
+	return &storepb.EcShardMountResponse{Volume: ecVolumeInfo(e)}, nil
+}
+
+// EcShardDelete implements storepb.StoreServer.
+func (g *grpcService) EcShardDelete(ctx context.Context, req *storepb.EcShardDeleteRequest) (*storepb.EcShardDeleteResponse, error) {
+	if req.GetVid() == 0 {
+		return nil, status.Error(codes.InvalidArgument, "vid 0")
+	}
+	shards, err := shardList(req.GetShards())
+	if err != nil {
+		return nil, err
+	}
+	e, err := g.srv.store.DeleteECShards(ctx, req.GetVid(), shards)
+	if err != nil {
+		if errors.Is(err, ErrVolumeNotHere) {
+			return nil, status.Errorf(codes.NotFound, "EC volume %d is not on this store", req.GetVid())
+		}
+		return nil, volumeError(req.GetVid(), err)
+	}
+	return &storepb.EcShardDeleteResponse{Volume: ecVolumeInfo(e)}, nil
+}
