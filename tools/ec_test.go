@@ -14,6 +14,9 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/haybale/haybale/client"
 	"github.com/haybale/haybale/internal/testcluster"
 	"github.com/haybale/haybale/needle"
@@ -224,5 +227,118 @@ func TestECEncodeOnline(t *testing.T) {
 	}
 	if _, err := ECDecodeOnline(ctx, grpcAddr, vid, Output{W: &out}); err == nil || errors.Is(err, ErrCorrupt) {
 		t.Fatalf("second online decode: %v", err)
+	}
+}
+
+func TestECShardsAcrossClusterStores(t *testing.T) {
+	ctx := context.Background()
+	c := testcluster.Start(t, testcluster.Options{Stores: 3, Replication: 1})
+	cl, err := client.New(client.Options{Directory: c.DirAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ids := map[needle.PhotoID]int{}
+	for k := 0; k < 24; k++ {
+		ids[writeOnline(t, cl, k)] = k
+	}
+	var vid uint32
+	for id := range ids {
+		vid = id.Vid
+	}
+	reps, _, err := cl.Lookup(ctx, vid)
+	if err != nil || len(reps) != 1 {
+		t.Fatalf("lookup: %v %v", reps, err)
+	}
+	var src *testcluster.Store
+	var others []*testcluster.Store
+	for _, s := range c.Stores {
+		if s.Srv.GRPCAddr().String() == reps[0].GRPCAddr {
+			src = s
+		} else {
+			others = append(others, s)
+		}
+	}
+	if src == nil {
+		t.Fatalf("no store at %s", reps[0].GRPCAddr)
+	}
+	srcAddr := src.Srv.GRPCAddr().String()
+	if _, err := c.Directory.MarkReadOnly(ctx, &directorypb.DirectoryMarkReadOnlyRequest{Vid: vid, Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	c.Eventually("volume read-only on the store", func() error {
+		v, err := src.Srv.Store().Volume(vid)
+		if err != nil {
+			return err
+		}
+		if st, _ := v.State(); st == volume.StateWritable {
+			return errors.New("still writable")
+		}
+		return nil
+	})
+	var out bytes.Buffer
+	if _, err := CompactOnline(ctx, srcAddr, vid, Output{W: &out}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ECEncodeOnline(ctx, srcAddr, vid, ECEncodeOptions{LargeBlock: 64 << 10, SmallBlock: 2 << 10}, Output{W: &out}); err != nil {
+		t.Fatal(err)
+	}
+	// Spread the shards 5/5/4 over the three stores.
+	sc := func(s *testcluster.Store) storepb.StoreClient {
+		conn, err := grpc.NewClient(s.Srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return storepb.NewStoreClient(conn)
+	}
+	for i, shards := range [][]uint32{{5, 6, 7, 8, 9}, {10, 11, 12, 13}} {
+		if _, err := sc(others[i]).EcShardMount(ctx, &storepb.EcShardMountRequest{Vid: vid, Shards: shards, SourceGrpcAddr: srcAddr}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := sc(src).EcShardDelete(ctx, &storepb.EcShardDeleteRequest{Vid: vid, Shards: []uint32{5, 6, 7, 8, 9, 10, 11, 12, 13}}); err != nil {
+		t.Fatal(err)
+	}
+	c.Eventually("directory sees three EC holders", func() error {
+		resp, err := c.Directory.Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
+		if err != nil {
+			return err
+		}
+		if resp.GetState() != storepb.VolumeState_VOLUME_STATE_EC || len(resp.GetReplicas()) != 3 {
+			return fmt.Errorf("state %v, %d holders", resp.GetState(), len(resp.GetReplicas()))
+		}
+		return nil
+	})
+	check := func(what string, stores []*testcluster.Store) {
+		t.Helper()
+		for id, k := range ids {
+			if id.Vid != vid {
+				continue
+			}
+			for _, s := range stores {
+				for i, im := range onlineImages(k) {
+					code, b := httpGet(t, s.HTTPAddr(), id, needle.SizeCode(i))
+					if code != http.StatusOK || !bytes.Equal(b, im.Data) {
+						t.Fatalf("%s: %v size %v on %s: HTTP %d", what, id, im.Size, s.HTTPAddr(), code)
+					}
+				}
+			}
+			f, err := cl.Read(ctx, id, needle.SizeSmall)
+			if err != nil || !bytes.Equal(f.Data, onlineImages(k)[needle.SizeSmall].Data) {
+				t.Fatalf("%s: client read of %v: %v", what, id, err)
+			}
+		}
+	}
+	check("spread over 3 stores", c.Stores)
+	// The store holding only parity goes down: nothing is lost.
+	others[1].Stop()
+	check("parity store down", []*testcluster.Store{src, others[0]})
+	e, err := others[0].Srv.Store().ECVolume(vid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := e.Status(); st.Reads == 0 || len(st.Local) != 5 {
+		t.Fatalf("holder of 5..9: %+v", st)
 	}
 }

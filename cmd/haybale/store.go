@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -81,11 +82,35 @@ func runStore(ctx context.Context, f *storeFlags) error {
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(ctx, store.Options{
+	// In a cluster, EC volumes read the shards this store lacks from the
+	// stores the directory names.
+	var self atomic.Pointer[string]
+	var peers *store.DirectoryShardPeers
+	if f.cluster.directory != "" {
+		peers, err = store.NewDirectoryShardPeers(store.DirectoryShardPeersOptions{
+			DirectoryAddr: f.cluster.directory,
+			Self: func() string {
+				if a := self.Load(); a != nil {
+					return *a
+				}
+				return ""
+			},
+			Logger: logger,
+		})
+		if err != nil {
+			return err
+		}
+		defer peers.Close()
+	}
+	sopts := store.Options{
 		Dir:             f.dir,
 		VolumeSizeLimit: int64(f.volumeSizeLimit),
 		Logger:          logger,
-	})
+	}
+	if peers != nil {
+		sopts.ShardPeers = peers
+	}
+	st, err := store.Open(ctx, sopts)
 	if err != nil {
 		return err
 	}
@@ -108,6 +133,8 @@ func runStore(ctx context.Context, f *storeFlags) error {
 		st.Close()
 		return err
 	}
+	selfAddr := advertiseAddr(srv.GRPCAddr())
+	self.Store(&selfAddr)
 	hbCtx, stopHeartbeats := context.WithCancel(ctx)
 	defer stopHeartbeats()
 	waitHeartbeats, err := f.cluster.startHeartbeater(hbCtx, st, srv, &hook, logger)
