@@ -181,4 +181,3 @@ func (p *DirectoryShardPeers) Close() error {
 	}
 	return errors.Join(errs...)
 }
-
