@@ -68,15 +68,52 @@ func (s *Store) swapEC(ctx context.Context, vid uint32) (*volume.ECVolume, error
 // MountECShards makes this store a holder of the listed shards of EC
 // volume vid, copied from src with the index (and the journal when the
 // store has none yet), and serves the volume with every shard it then
-// holds. A store that holds vid as a plain volume refuses.
+// holds. A plain replica of the same volume and generation held here is
+// replaced: it stops taking deletes, and its files are removed once the EC
+// form serves (after a crash in between, ResolveEC keeps the EC form). A
+// writable plain volume, or one of another generation, makes it refuse.
 func (s *Store) MountECShards(ctx context.Context, vid uint32, shards []int, src volume.ECFileSource) (*volume.ECVolume, error) {
 	s.createMu.Lock()
 	defer s.createMu.Unlock()
-	if _, err := s.Volume(vid); err == nil {
-		return nil, fmt.Errorf("%w: volume %d is held here as a plain volume", volume.ErrExists, vid)
+	plain, err := s.Volume(vid)
+	if err == nil {
+		if st, _ := plain.State(); st == volume.StateWritable {
+			return nil, fmt.Errorf("%w: volume %d is held here as a writable plain volume", volume.ErrExists, vid)
+		}
+	} else {
+		plain = nil
 	}
 	if err := volume.InstallEC(ctx, s.opts.FS, s.opts.Dir, vid, shards, src); err != nil {
 		return nil, err
+	}
+	if plain != nil {
+		e, err := volume.OpenEC(ctx, s.opts.Dir, vid, s.ecOptions())
+		if err == nil && e.Superblock().Generation != plain.Superblock().Generation {
+			e.Close()
+			err = fmt.Errorf("%w: the EC volume is of generation %d, the plain one here of %d",
+				volume.ErrExists, e.Superblock().Generation, plain.Superblock().Generation)
+		}
+		if err != nil {
+			// Leave the plain volume serving: the EC files must go.
+			if rerr := volume.RemoveEC(s.opts.FS, s.opts.Dir, vid); rerr != nil {
+				s.opts.Logger.Warn("cannot remove EC files beside a plain volume", "vid", vid, "err", rerr)
+			}
+			return nil, err
+		}
+		if err := plain.Retire(); err != nil {
+			e.Close()
+			return nil, err
+		}
+		s.mu.Lock()
+		delete(s.mu.volumes, vid)
+		s.mu.ec[vid] = e
+		s.mu.Unlock()
+		plain.Close()
+		if err := volume.RemoveDat(s.opts.FS, s.opts.Dir, vid); err != nil {
+			s.opts.Logger.Warn("cannot remove the replaced plain volume", "vid", vid, "err", err)
+		}
+		s.opts.Logger.Info("EC shards mounted in place of a plain replica", "vid", vid, "shards", shards)
+		return e, nil
 	}
 	e, err := s.swapEC(ctx, vid)
 	if err != nil {

@@ -285,8 +285,25 @@ func TestECShardsPlacedOnThreeStores(t *testing.T) {
 		}
 	}
 	srcA := a.srv.GRPCAddr().String()
-	_, err := a.client.EcShardMount(ctx, &storepb.EcShardMountRequest{Vid: 1, Shards: []uint32{1}, SourceGrpcAddr: srcA})
-	wantCode(t, "mount over a plain volume", err, codes.FailedPrecondition)
+	// B holds a plain replica, which the EC shards it takes over replace.
+	rs, err := b.client.ReplicateVolume(ctx, &storepb.ReplicateVolumeRequest{Vid: 1, SourceGrpcAddr: srcA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := rs.Recv()
+		if err != nil {
+			t.Fatalf("replicate to B: %v", err)
+		}
+		if m.GetPhase() == "done" {
+			break
+		}
+	}
+	if _, err := b.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.client.EcShardMount(ctx, &storepb.EcShardMountRequest{Vid: 1, Shards: []uint32{1}, SourceGrpcAddr: srcA})
+	wantCode(t, "mount from a store without the EC volume", err, codes.Unavailable)
 	if _, err := a.client.EcEncode(ctx, &storepb.EcEncodeRequest{Vid: 1, LargeBlock: 2048, SmallBlock: 256}); err != nil {
 		t.Fatal(err)
 	}
@@ -301,6 +318,12 @@ func TestECShardsPlacedOnThreeStores(t *testing.T) {
 		t.Fatalf("mount on B: %v %v", mb, err)
 	}
 	holders[b] = []int{5, 6, 7, 8, 9}
+	if _, err := b.srv.Store().Volume(1); err == nil {
+		t.Fatal("B still serves its plain replica")
+	}
+	if st, err := b.client.VolumeStatus(ctx, &storepb.VolumeStatusRequest{Vid: 1}); err != nil || st.GetVolumes()[0].GetState() != storepb.VolumeState_VOLUME_STATE_EC {
+		t.Fatalf("B's volume 1: %v %v", st, err)
+	}
 	if _, err := c.client.EcShardMount(ctx, &storepb.EcShardMountRequest{Vid: 1, Shards: []uint32{10, 11, 12, 13}, SourceGrpcAddr: srcA}); err != nil {
 		t.Fatal(err)
 	}

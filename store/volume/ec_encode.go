@@ -72,6 +72,18 @@ func (v *Volume) EncodeEC(ctx context.Context, outDir string, opts ECEncodeOptio
 	return v.encodeEC(ctx, outDir, opts)
 }
 
+// Retire makes the volume refuse every append from now on, deletes
+// included (they fail with ErrClosed): for a caller that replaces the
+// volume with its EC form. It waits for the round of appends in progress.
+func (v *Volume) Retire() error {
+	if err := v.lead(); err != nil {
+		return err
+	}
+	v.retired.Store(true)
+	v.commit.release()
+	return nil
+}
+
 func (v *Volume) encodeEC(ctx context.Context, outDir string, opts ECEncodeOptions) (ECEncodeResult, error) {
 	if opts.LargeBlock <= 0 {
 		opts.LargeBlock = DefaultECLargeBlock

@@ -136,10 +136,13 @@ type StoreClient interface {
 	// EcShardMount makes this store a holder of some shards of an EC volume:
 	// it pulls them, with the index (and the journal, when it has none yet),
 	// from the store at source_grpc_addr with EcShardCopy, checks them, and
-	// serves the volume with every shard it then holds. Callers: the directory
-	// and operator tools placing shards. Errors: INVALID_ARGUMENT,
-	// FAILED_PRECONDITION (the store holds the volume as a plain volume),
-	// UNAVAILABLE (the source cannot be read).
+	// serves the volume with every shard it then holds. A read-only plain
+	// replica of the same volume and generation on this store is replaced
+	// (its files removed). Callers: the directory and operator tools placing
+	// shards. Errors: INVALID_ARGUMENT, FAILED_PRECONDITION (the store holds
+	// the volume as a writable plain volume, or of another generation),
+	// UNAVAILABLE (the source cannot be read), DATA_LOSS (the copy does not
+	// check).
 	EcShardMount(ctx context.Context, in *EcShardMountRequest, opts ...grpc.CallOption) (*EcShardMountResponse, error)
 	// EcShardDelete removes shards of an EC volume from this store (after they
 	// were placed on others); the index and journal stay, so the store still
@@ -434,10 +437,13 @@ type StoreServer interface {
 	// EcShardMount makes this store a holder of some shards of an EC volume:
 	// it pulls them, with the index (and the journal, when it has none yet),
 	// from the store at source_grpc_addr with EcShardCopy, checks them, and
-	// serves the volume with every shard it then holds. Callers: the directory
-	// and operator tools placing shards. Errors: INVALID_ARGUMENT,
-	// FAILED_PRECONDITION (the store holds the volume as a plain volume),
-	// UNAVAILABLE (the source cannot be read).
+	// serves the volume with every shard it then holds. A read-only plain
+	// replica of the same volume and generation on this store is replaced
+	// (its files removed). Callers: the directory and operator tools placing
+	// shards. Errors: INVALID_ARGUMENT, FAILED_PRECONDITION (the store holds
+	// the volume as a writable plain volume, or of another generation),
+	// UNAVAILABLE (the source cannot be read), DATA_LOSS (the copy does not
+	// check).
 	EcShardMount(context.Context, *EcShardMountRequest) (*EcShardMountResponse, error)
 	// EcShardDelete removes shards of an EC volume from this store (after they
 	// were placed on others); the index and journal stay, so the store still
