@@ -342,3 +342,124 @@ func TestECShardsAcrossClusterStores(t *testing.T) {
 		t.Fatalf("holder of 5..9: %+v", st)
 	}
 }
+
+func TestPlaceShards(t *testing.T) {
+	var stores []placeStore
+	for i := 0; i < 20; i++ {
+		stores = append(stores, placeStore{id: fmt.Sprint("s", i), rack: fmt.Sprint("r", i%4), replica: i == 7 || i == 9})
+	}
+	order, shards := placeShards(stores, "s9")
+	if len(order) != volume.ECShards || order[0].id != "s9" {
+		t.Fatalf("order %v", order)
+	}
+	racks := map[string]int{}
+	for i, s := range order {
+		if len(shards[i]) != 1 {
+			t.Fatalf("store %s holds %v", s.id, shards[i])
+		}
+		racks[s.rack]++
+	}
+	// 14 stores over 4 racks: 4, 4, 3, 3; the replica s7 is among them.
+	if len(racks) != 4 || !slices.ContainsFunc(order, func(s placeStore) bool { return s.id == "s7" }) {
+		t.Fatalf("racks %v, order %v", racks, order)
+	}
+	if got := survivable([]int{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}); got != 4 {
+		t.Fatalf("14 stores survive %d losses", got)
+	}
+	if got := survivable([]int{5, 5, 4}); got != 0 {
+		t.Fatalf("5/5/4 survives %d losses", got)
+	}
+	if got := survivable([]int{2, 2, 2, 2, 2, 2, 2}); got != 2 {
+		t.Fatalf("7 stores of 2 survive %d losses", got)
+	}
+	order, shards = placeShards(stores[:3], "s1")
+	if order[0].id != "s1" || len(shards[0]) != 5 || len(shards[2]) != 4 {
+		t.Fatalf("3 stores: %v %v", order, shards)
+	}
+}
+
+func TestECEncodeCluster(t *testing.T) {
+	ctx := context.Background()
+	c := testcluster.Start(t, testcluster.Options{Stores: 3, Replication: 2})
+	cl, err := client.New(client.Options{Directory: c.DirAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ids := map[needle.PhotoID]int{}
+	for k := 0; k < 20; k++ {
+		ids[writeOnline(t, cl, k)] = k
+	}
+	var vid uint32
+	for id := range ids {
+		vid = id.Vid
+	}
+	var out bytes.Buffer
+	if _, err := ECEncodeCluster(ctx, c.DirAddr, vid, ECEncodeOptions{}, Output{W: &out}); err == nil {
+		t.Fatal("cluster encode of a writable volume succeeded")
+	}
+	if _, err := c.Directory.MarkReadOnly(ctx, &directorypb.DirectoryMarkReadOnlyRequest{Vid: vid, Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	reps, _, err := cl.Lookup(ctx, vid)
+	if err != nil || len(reps) != 2 {
+		t.Fatalf("lookup: %v %v", reps, err)
+	}
+	for _, r := range reps {
+		c.Eventually("replica read-only", func() error {
+			_, err := CompactOnline(ctx, r.GRPCAddr, vid, Output{W: &out})
+			return err
+		})
+	}
+	c.Eventually("volume sealed in the directory", func() error {
+		resp, err := c.Directory.Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
+		if err != nil {
+			return err
+		}
+		if resp.GetState() != storepb.VolumeState_VOLUME_STATE_SEALED {
+			return fmt.Errorf("state %v", resp.GetState())
+		}
+		return nil
+	})
+	res, err := ECEncodeCluster(ctx, c.DirAddr, vid, ECEncodeOptions{LargeBlock: 32 << 10, SmallBlock: 1 << 10}, Output{W: &out})
+	if err != nil {
+		t.Fatalf("cluster encode: %v\n%s", err, out.String())
+	}
+	if len(res.Shards) != 3 || res.SurvivesStores != 0 || res.SurvivesRacks != 0 || len(res.Shards[res.Source]) != 5 {
+		t.Fatalf("placement %+v", res)
+	}
+	c.Eventually("directory sees the EC volume on three stores", func() error {
+		resp, err := c.Directory.Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
+		if err != nil {
+			return err
+		}
+		if resp.GetState() != storepb.VolumeState_VOLUME_STATE_EC || len(resp.GetReplicas()) != 3 {
+			return fmt.Errorf("state %v, %d holders", resp.GetState(), len(resp.GetReplicas()))
+		}
+		return nil
+	})
+	for _, s := range c.Stores {
+		if _, err := s.Srv.Store().Volume(vid); err == nil {
+			t.Fatalf("store %s still holds a plain replica", s.HTTPAddr())
+		}
+		e, err := s.Srv.Store().ECVolume(vid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(e.Status().Local); n != 4 && n != 5 {
+			t.Fatalf("store %s holds shards %v", s.HTTPAddr(), e.Status().Local)
+		}
+		for id, k := range ids {
+			if id.Vid != vid {
+				continue
+			}
+			code, b := httpGet(t, s.HTTPAddr(), id, needle.SizeMedium)
+			if code != http.StatusOK || !bytes.Equal(b, onlineImages(k)[needle.SizeMedium].Data) {
+				t.Fatalf("%v on %s: HTTP %d", id, s.HTTPAddr(), code)
+			}
+		}
+	}
+	if _, err := ECEncodeCluster(ctx, c.DirAddr, vid, ECEncodeOptions{}, Output{W: &out}); err == nil {
+		t.Fatal("second cluster encode succeeded")
+	}
+}

@@ -28,11 +28,11 @@ Exit status: 0 when all is well, 1 on errors, 2 when damaged data was found
 		return tools.Output{W: c.OutOrStdout(), JSON: jsonOut, Progress: os.Stderr}
 	}
 
-	var encOut, storeAddr string
+	var encOut, storeAddr, dirAddr string
 	var encVid uint32
 	var large, small int64
 	encode := &cobra.Command{
-		Use:   "encode FILE.dat --out DIR | --store ADDR --vid N",
+		Use:   "encode FILE.dat --out DIR | --store ADDR --vid N | --directory ADDR --vid N",
 		Short: "Encode a volume into 14 shards, an index and an empty journal (offline, or on a running store)",
 		Long: `Encodes the volume file (named <vid>.dat) into DIR. Data is laid out in rows of
 10 blocks of --large-block bytes while a full row remains, then of
@@ -41,12 +41,26 @@ a crash leaves DIR without an .ecx (no EC volume) or with a complete one.
 
 With --store and --vid the running store encodes its sealed volume in place,
 serves it as an EC volume from then on (same image paths and ETags) and
-removes the .dat.`,
+removes the .dat.
+
+With --directory and --vid the cluster's sealed volume is encoded on one of
+its replicas and its 14 shards are spread over the live stores, on distinct
+racks as far as labels allow; the plain replicas are replaced. The report
+says how many store and rack losses the placement survives. Pause deletes
+meanwhile.`,
 		Example: `  haybale ec encode data/7.dat --out warm/
   haybale ec encode --json data/7.dat --out warm/ | jq .straddling
-  haybale ec encode --store store1:8081 --vid 7`,
+  haybale ec encode --store store1:8081 --vid 7
+  haybale ec encode --directory dir1:8080 --vid 7`,
 		RunE: func(c *cobra.Command, args []string) error {
 			opts := tools.ECEncodeOptions{LargeBlock: large, SmallBlock: small}
+			if dirAddr != "" {
+				if len(args) != 0 || encOut != "" || storeAddr != "" || encVid == 0 {
+					return fmt.Errorf("cluster encoding takes --directory and --vid, and no file, --out or --store")
+				}
+				_, err := tools.ECEncodeCluster(c.Context(), dirAddr, encVid, opts, out(c))
+				return err
+			}
 			if storeAddr != "" || encVid != 0 {
 				if len(args) != 0 || encOut != "" || storeAddr == "" || encVid == 0 {
 					return fmt.Errorf("online encoding takes --store and --vid, and no file or --out")
@@ -63,7 +77,8 @@ removes the .dat.`,
 	}
 	encode.Flags().StringVar(&encOut, "out", "", "folder to write the EC files into")
 	encode.Flags().StringVar(&storeAddr, "store", "", "gRPC address of a running store, for online encoding")
-	encode.Flags().Uint32Var(&encVid, "vid", 0, "sealed volume to encode on --store")
+	encode.Flags().StringVar(&dirAddr, "directory", "", "gRPC address of the directory, to encode a cluster's volume and place its shards")
+	encode.Flags().Uint32Var(&encVid, "vid", 0, "sealed volume to encode (with --store or --directory)")
 	encode.Flags().Int64Var(&large, "large-block", 1<<30, "large block size in bytes")
 	encode.Flags().Int64Var(&small, "small-block", 1<<20, "small block size in bytes")
 	cmd.AddCommand(encode)
