@@ -142,6 +142,25 @@ func (s *Store) DeleteECShards(ctx context.Context, vid uint32, shards []int) (*
 	return e, nil
 }
 
+// RebuildECShards regenerates the listed shards of EC volume vid on this
+// store from 10 others (local or its peers') and serves them.
+func (s *Store) RebuildECShards(ctx context.Context, vid uint32, shards []int) (*volume.ECVolume, error) {
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
+	e, err := s.ECVolume(vid)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.RebuildShards(ctx, shards, nil); err != nil {
+		return nil, err
+	}
+	if e, err = s.swapEC(ctx, vid); err != nil {
+		return nil, err
+	}
+	s.opts.Logger.Info("EC shards rebuilt", "vid", vid, "shards", shards, "held", e.Status().Local)
+	return e, nil
+}
+
 // shardList converts and checks the shard ids of a request.
 func shardList(ids []uint32) ([]int, error) {
 	var out []int
@@ -227,4 +246,25 @@ func (g *grpcService) EcShardDelete(ctx context.Context, req *storepb.EcShardDel
 		return nil, volumeError(req.GetVid(), err)
 	}
 	return &storepb.EcShardDeleteResponse{Volume: ecVolumeInfo(e)}, nil
+}
+
+// EcRebuild implements storepb.StoreServer.
+func (g *grpcService) EcRebuild(ctx context.Context, req *storepb.EcRebuildRequest) (*storepb.EcRebuildResponse, error) {
+	if req.GetVid() == 0 {
+		return nil, status.Error(codes.InvalidArgument, "vid 0")
+	}
+	shards, err := shardList(req.GetShards())
+	if err != nil {
+		return nil, err
+	}
+	e, err := g.srv.store.RebuildECShards(ctx, req.GetVid(), shards)
+	switch {
+	case err == nil:
+		return &storepb.EcRebuildResponse{Volume: ecVolumeInfo(e)}, nil
+	case errors.Is(err, ErrVolumeNotHere):
+		return nil, status.Errorf(codes.NotFound, "EC volume %d is not on this store", req.GetVid())
+	case errors.Is(err, volume.ErrUnrecoverable):
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	return nil, volumeError(req.GetVid(), err)
 }

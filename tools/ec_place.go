@@ -213,3 +213,144 @@ func ECEncodeCluster(ctx context.Context, dirAddr string, vid uint32, opts ECEnc
 		vid, res.Source, res.Needles, len(perStore), len(perRack), res.SurvivesStores, res.SurvivesRacks)
 	return res, nil
 }
+
+// ECRebuildClusterResult is what ECRebuildCluster reports.
+type ECRebuildClusterResult struct {
+	Vid uint32 `json:"vid"`
+	// Missing lists the shards no live holder had; Rebuilt maps the store
+	// ids that regenerated them to their shards.
+	Missing []int            `json:"missing"`
+	Rebuilt map[string][]int `json:"rebuilt"`
+}
+
+// ECRebuildCluster regenerates the shards of EC volume vid that no live
+// store holds (their holders are down or lost them), on live stores: ones
+// holding no shard of the volume first (on racks the volume does not use
+// yet, as far as labels allow), then the holders with the fewest shards. A
+// store that did not hold the volume first copies its index and journal
+// (EcShardMount), then rebuilds (EcRebuild) from 10 shards read from its
+// peers. More than 4 shards missing returns ErrCorrupt.
+func ECRebuildCluster(ctx context.Context, dirAddr string, vid uint32, out Output) (ECRebuildClusterResult, error) {
+	res := ECRebuildClusterResult{Vid: vid, Rebuilt: map[string][]int{}}
+	cl, err := client.New(client.Options{Directory: dirAddr})
+	if err != nil {
+		return res, err
+	}
+	defer cl.Close()
+	dir := cl.Directory()
+	look, err := dir.Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
+	if err != nil {
+		return res, fmt.Errorf("look volume %d up: %w", vid, err)
+	}
+	ls, err := dir.ListStores(ctx, &directorypb.ListStoresRequest{})
+	if err != nil {
+		return res, err
+	}
+	alive := map[string]*directorypb.StoreInfo{}
+	for _, s := range ls.GetStores() {
+		if s.GetState() == directorypb.StoreState_STORE_STATE_ALIVE {
+			alive[s.GetId()] = s
+		}
+	}
+	held := map[int]bool{}
+	count := map[string]int{}
+	usedRacks := map[string]bool{}
+	var source string
+	for _, r := range look.GetReplicas() {
+		s, ok := alive[r.GetStoreId()]
+		if !ok {
+			continue
+		}
+		sc, err := cl.Store(s.GetGrpcAddr())
+		if err != nil {
+			continue
+		}
+		st, err := sc.VolumeStatus(ctx, &storepb.VolumeStatusRequest{Vid: vid})
+		if err != nil || len(st.GetVolumes()) != 1 || st.GetVolumes()[0].GetState() != storepb.VolumeState_VOLUME_STATE_EC {
+			continue
+		}
+		count[s.GetId()] = len(st.GetVolumes()[0].GetEcShardIds())
+		usedRacks[s.GetRack()] = true
+		if source == "" {
+			source = s.GetGrpcAddr()
+		}
+		for _, i := range st.GetVolumes()[0].GetEcShardIds() {
+			held[int(i)] = true
+		}
+	}
+	if source == "" {
+		return res, fmt.Errorf("%w: no live store holds EC volume %d", ErrCorrupt, vid)
+	}
+	for i := 0; i < volume.ECShards; i++ {
+		if !held[i] {
+			res.Missing = append(res.Missing, i)
+		}
+	}
+	if len(res.Missing) == 0 {
+		if err := out.json(res); err != nil {
+			return res, err
+		}
+		out.printf("volume %d: every shard is held by a live store; nothing to rebuild\n", vid)
+		return res, nil
+	}
+	if len(res.Missing) > volume.ECParityShards {
+		return res, fmt.Errorf("%w: volume %d: shards %v are on no live store, at most %d can be rebuilt", ErrCorrupt, vid, res.Missing, volume.ECParityShards)
+	}
+	// Targets: stores without the volume (new racks first), then holders
+	// with the fewest shards.
+	var targets []*directorypb.StoreInfo
+	for _, s := range ls.GetStores() {
+		if _, holds := count[s.GetId()]; alive[s.GetId()] != nil && !holds {
+			targets = append(targets, s)
+		}
+	}
+	slices.SortStableFunc(targets, func(a, b *directorypb.StoreInfo) int {
+		ua, ub := usedRacks[a.GetRack()], usedRacks[b.GetRack()]
+		switch {
+		case ua == ub:
+			return 0
+		case !ua:
+			return -1
+		}
+		return 1
+	})
+	var holders []*directorypb.StoreInfo
+	for id := range count {
+		holders = append(holders, alive[id])
+	}
+	slices.SortFunc(holders, func(a, b *directorypb.StoreInfo) int {
+		return cmp.Or(cmp.Compare(count[a.GetId()], count[b.GetId()]), cmp.Compare(a.GetId(), b.GetId()))
+	})
+	targets = append(targets, holders...)
+	assign := map[*directorypb.StoreInfo][]uint32{}
+	var order []*directorypb.StoreInfo
+	for k, shard := range res.Missing {
+		t := targets[k%len(targets)]
+		if _, ok := assign[t]; !ok {
+			order = append(order, t)
+		}
+		assign[t] = append(assign[t], uint32(shard))
+	}
+	for _, t := range order {
+		sc, err := cl.Store(t.GetGrpcAddr())
+		if err != nil {
+			return res, err
+		}
+		if _, holds := count[t.GetId()]; !holds {
+			if _, err := sc.EcShardMount(ctx, &storepb.EcShardMountRequest{Vid: vid, SourceGrpcAddr: source}); err != nil {
+				return res, fmt.Errorf("copy the index of volume %d to %s: %w", vid, t.GetId(), err)
+			}
+		}
+		if _, err := sc.EcRebuild(ctx, &storepb.EcRebuildRequest{Vid: vid, Shards: assign[t]}); err != nil {
+			return res, fmt.Errorf("rebuild shards %v of volume %d on %s: %w", assign[t], vid, t.GetId(), err)
+		}
+		for _, sh := range assign[t] {
+			res.Rebuilt[t.GetId()] = append(res.Rebuilt[t.GetId()], int(sh))
+		}
+		out.printf("volume %d: rebuilt shards %v on store %s (rack %q)\n", vid, assign[t], t.GetId(), t.GetRack())
+	}
+	if err := out.json(res); err != nil {
+		return res, err
+	}
+	return res, nil
+}

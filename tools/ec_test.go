@@ -463,3 +463,174 @@ func TestECEncodeCluster(t *testing.T) {
 		t.Fatal("second cluster encode succeeded")
 	}
 }
+
+// TestECFourteenStores encodes a volume over 14 stores (one shard each),
+// stops 4 of them, reads every photo with its old ETag, rebuilds the lost
+// shards on the live stores, and stops 4 more.
+func TestECFourteenStores(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 14 stores")
+	}
+	ctx := context.Background()
+	c := testcluster.Start(t, testcluster.Options{Stores: 14, Replication: 1})
+	cl, err := client.New(client.Options{Directory: c.DirAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ids := map[needle.PhotoID]int{}
+	for k := 0; k < 12; k++ {
+		ids[writeOnline(t, cl, k)] = k
+	}
+	var vid uint32
+	for id := range ids {
+		vid = id.Vid
+	}
+	reps, _, err := cl.Lookup(ctx, vid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if _, err := c.Directory.MarkReadOnly(ctx, &directorypb.DirectoryMarkReadOnlyRequest{Vid: vid, Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	c.Eventually("replica compacted", func() error {
+		_, err := CompactOnline(ctx, reps[0].GRPCAddr, vid, Output{W: &out})
+		return err
+	})
+	etags := map[string]string{}
+	get := func(addr string, id needle.PhotoID, size needle.SizeCode) (int, string, []byte) {
+		resp, err := http.Get("http://" + addr + needle.ImagePath(id, size, ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header.Get("ETag"), b
+	}
+	byGRPC := map[string]*testcluster.Store{}
+	for _, s := range c.Stores {
+		byGRPC[s.Srv.GRPCAddr().String()] = s
+	}
+	for id := range ids {
+		if id.Vid == vid {
+			for _, sz := range needle.PhotoSizes {
+				_, etag, _ := get(byGRPC[reps[0].GRPCAddr].HTTPAddr(), id, sz)
+				etags[needle.ImagePath(id, sz, "")] = etag
+			}
+		}
+	}
+	c.Eventually("volume sealed", func() error {
+		resp, err := c.Directory.Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
+		if err != nil || resp.GetState() != storepb.VolumeState_VOLUME_STATE_SEALED {
+			return fmt.Errorf("%v %v", resp.GetState(), err)
+		}
+		return nil
+	})
+	res, err := ECEncodeCluster(ctx, c.DirAddr, vid, ECEncodeOptions{LargeBlock: 16 << 10, SmallBlock: 1 << 10}, Output{W: &out})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if len(res.Shards) != 14 || res.SurvivesStores != 4 {
+		t.Fatalf("placement %+v", res)
+	}
+	c.Eventually("EC on 14 stores", func() error {
+		resp, err := c.Directory.Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
+		if err != nil || resp.GetState() != storepb.VolumeState_VOLUME_STATE_EC || len(resp.GetReplicas()) != 14 {
+			return fmt.Errorf("%v, %d holders, %v", resp.GetState(), len(resp.GetReplicas()), err)
+		}
+		return nil
+	})
+	checkAll := func(what string, live []*testcluster.Store) {
+		t.Helper()
+		for id, k := range ids {
+			if id.Vid != vid {
+				continue
+			}
+			for i, im := range onlineImages(k) {
+				s := live[(int(id.Key)+i)%len(live)]
+				code, etag, b := get(s.HTTPAddr(), id, im.Size)
+				if code != http.StatusOK || !bytes.Equal(b, im.Data) || etag != etags[needle.ImagePath(id, im.Size, "")] {
+					t.Fatalf("%s: %v size %v on %s: HTTP %d ETag %s", what, id, im.Size, s.HTTPAddr(), code, etag)
+				}
+			}
+			// A failed read drops the client's cached lookup (from before
+			// the encode, when one store held the volume): the retry sees
+			// every holder.
+			f, err := cl.Read(ctx, id, needle.SizeThumb)
+			if err != nil {
+				f, err = cl.Read(ctx, id, needle.SizeThumb)
+			}
+			if err != nil || !bytes.Equal(f.Data, onlineImages(k)[needle.SizeThumb].Data) {
+				t.Fatalf("%s: client read of %v: %v", what, id, err)
+			}
+		}
+	}
+	checkAll("encoded", c.Stores)
+	// Kill the holders of 4 data shards.
+	holderOf := func(shard int) *testcluster.Store {
+		for id, sh := range res.Shards {
+			if slices.Contains(sh, shard) {
+				for _, s := range c.Stores {
+					if s.HB.StoreID() == id {
+						return s
+					}
+				}
+			}
+		}
+		t.Fatalf("no holder of shard %d", shard)
+		return nil
+	}
+	down := map[*testcluster.Store]bool{}
+	for _, sh := range []int{0, 2, 5, 9} {
+		s := holderOf(sh)
+		s.Stop()
+		down[s] = true
+	}
+	var live []*testcluster.Store
+	for _, s := range c.Stores {
+		if !down[s] {
+			live = append(live, s)
+		}
+	}
+	checkAll("4 stores down", live)
+	c.Eventually("directory sees 4 stores dead", func() error {
+		ls, err := c.Directory.ListStores(ctx, &directorypb.ListStoresRequest{})
+		if err != nil {
+			return err
+		}
+		dead := 0
+		for _, s := range ls.GetStores() {
+			if s.GetState() == directorypb.StoreState_STORE_STATE_DEAD {
+				dead++
+			}
+		}
+		if dead != 4 {
+			return fmt.Errorf("%d dead", dead)
+		}
+		return nil
+	})
+	rb, err := ECRebuildCluster(ctx, c.DirAddr, vid, Output{W: &out})
+	if err != nil || !slices.Equal(rb.Missing, []int{0, 2, 5, 9}) {
+		t.Fatalf("cluster rebuild: %+v %v\n%s", rb, err, out.String())
+	}
+	// Four more stores down, each holding one shard: 10 shards are left.
+	stopped := 0
+	var still []*testcluster.Store
+	for _, s := range live {
+		e, err := s.Srv.Store().ECVolume(vid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stopped < 4 && len(e.Status().Local) == 1 {
+			s.Stop()
+			stopped++
+			continue
+		}
+		still = append(still, s)
+	}
+	if stopped != 4 {
+		t.Fatalf("only %d single-shard stores to stop", stopped)
+	}
+	checkAll("rebuilt, then 4 more stores down", still)
+}

@@ -94,16 +94,32 @@ meanwhile.`,
 			return err
 		},
 	}
+	var rebuildDir string
 	rebuild := &cobra.Command{
-		Use:     "rebuild DIR",
-		Short:   "Regenerate the missing and damaged shards of the EC volumes in DIR",
-		Example: `  haybale ec rebuild warm/`,
-		Args:    cobra.ExactArgs(1),
+		Use:   "rebuild DIR | --directory ADDR --vid N",
+		Short: "Regenerate the missing and damaged shards of the EC volumes in DIR, or of a cluster's EC volume",
+		Long: `Offline, regenerates the missing and damaged shards of the EC volumes in DIR
+from the others. With --directory and --vid, regenerates the shards of the
+cluster's EC volume that no live store holds, on live stores (ones without
+the volume first), each rebuilding from 10 shards read from its peers.`,
+		Example: `  haybale ec rebuild warm/
+  haybale ec rebuild --directory dir1:8080 --vid 7`,
 		RunE: func(c *cobra.Command, args []string) error {
+			if rebuildDir != "" {
+				if len(args) != 0 || vid == 0 {
+					return fmt.Errorf("cluster rebuild takes --directory and --vid, and no folder")
+				}
+				_, err := tools.ECRebuildCluster(c.Context(), rebuildDir, vid, out(c))
+				return err
+			}
+			if len(args) != 1 {
+				return fmt.Errorf("give one DIR, or --directory and --vid")
+			}
 			_, err := tools.ECRebuild(c.Context(), args[0], vid, out(c))
 			return err
 		},
 	}
+	rebuild.Flags().StringVar(&rebuildDir, "directory", "", "gRPC address of the directory, to rebuild a cluster's EC volume")
 	var decOut, decStore string
 	decode := &cobra.Command{
 		Use:   "decode DIR --out FILE.dat | --store ADDR --vid N",

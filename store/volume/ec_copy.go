@@ -208,3 +208,92 @@ func RemoveECShards(fs vfs.FS, dir string, vid uint32, shards []int) error {
 	}
 	return removeFiles(fs, dir, paths)
 }
+
+// RebuildShards regenerates the listed shards of the volume into its
+// directory from the others, read locally or from the peers (the shards
+// need not have been held here), and returns once they are durable: each
+// is written under a temporary name, synced, and renamed into place. The
+// caller then reopens the volume to serve them. It needs 10 readable
+// shards for every stripe.
+func (e *ECVolume) RebuildShards(ctx context.Context, shards []int, progress func(done, total int64)) error {
+	fs, g := e.opts.FS, &e.geo
+	for _, i := range shards {
+		if i < 0 || i >= ECShards {
+			return fmt.Errorf("%w: shard %d", ErrECFileName, i)
+		}
+	}
+	if len(shards) == 0 {
+		return nil
+	}
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.mu.closed {
+		return ErrClosed
+	}
+	var files []vfs.File
+	var tmps []string
+	defer func() {
+		for _, f := range files {
+			if f != nil {
+				f.Close()
+			}
+		}
+		for _, p := range tmps {
+			fs.Remove(p)
+		}
+	}()
+	for _, i := range shards {
+		p := ECShardPath(e.dir, e.vid, i) + ecTmpSuffix
+		f, err := fs.Create(p)
+		if err != nil {
+			return err
+		}
+		files, tmps = append(files, f), append(tmps, p)
+		if _, err := f.WriteAt(encodeECHeader(ecShardMagic, g, uint32(i)), 0); err != nil {
+			return err
+		}
+	}
+	chunk := int(min(g.small, ecChunk))
+	out := make([]byte, chunk)
+	for r := int64(0); r < g.rows(); r++ {
+		block, _, rowShard := g.row(r)
+		for c := int64(0); c < block; c += int64(chunk) {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			n := int(min(int64(chunk), block-c))
+			for k, i := range shards {
+				var skip [ECShards]bool
+				for _, j := range shards {
+					skip[j] = true
+				}
+				if err := e.rebuildLocked(ctx, ecSegment{row: r, shard: i, off: rowShard + c, n: n}, out[:n], skip); err != nil {
+					return err
+				}
+				if _, err := files[k].WriteAt(out[:n], ECHeaderSize+rowShard+c); err != nil {
+					return err
+				}
+			}
+			if progress != nil {
+				progress(rowShard+c+int64(n), g.shardSize())
+			}
+		}
+	}
+	for k, f := range files {
+		if err := f.Sync(); err != nil {
+			return err
+		}
+		err := f.Close()
+		files[k] = nil
+		if err != nil {
+			return err
+		}
+	}
+	for k, i := range shards {
+		if err := fs.Rename(tmps[k], ECShardPath(e.dir, e.vid, i)); err != nil {
+			return err
+		}
+	}
+	tmps = nil
+	return fs.SyncDir(e.dir)
+}

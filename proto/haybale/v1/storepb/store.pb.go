@@ -2229,6 +2229,107 @@ func (x *EcShardDeleteResponse) GetVolume() *VolumeInfo {
 	return nil
 }
 
+// EcRebuildRequest names the shards to regenerate.
+type EcRebuildRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// Shards to regenerate on this store (0..13).
+	Shards        []uint32 `protobuf:"varint,2,rep,packed,name=shards,proto3" json:"shards,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcRebuildRequest) Reset() {
+	*x = EcRebuildRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcRebuildRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcRebuildRequest) ProtoMessage() {}
+
+func (x *EcRebuildRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcRebuildRequest.ProtoReflect.Descriptor instead.
+func (*EcRebuildRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *EcRebuildRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *EcRebuildRequest) GetShards() []uint32 {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
+// EcRebuildResponse describes the EC volume as this store now holds it.
+type EcRebuildResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The EC volume, with the shards held here.
+	Volume        *VolumeInfo `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcRebuildResponse) Reset() {
+	*x = EcRebuildResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcRebuildResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcRebuildResponse) ProtoMessage() {}
+
+func (x *EcRebuildResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcRebuildResponse.ProtoReflect.Descriptor instead.
+func (*EcRebuildResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *EcRebuildResponse) GetVolume() *VolumeInfo {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
 var File_haybale_v1_store_proto protoreflect.FileDescriptor
 
 const file_haybale_v1_store_proto_rawDesc = "" +
@@ -2391,6 +2492,11 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
 	"\x06shards\x18\x02 \x03(\rR\x06shards\"G\n" +
 	"\x15EcShardDeleteResponse\x12.\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"<\n" +
+	"\x10EcRebuildRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
+	"\x06shards\x18\x02 \x03(\rR\x06shards\"C\n" +
+	"\x11EcRebuildResponse\x12.\n" +
 	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume*\xa9\x01\n" +
 	"\vVolumeState\x12\x1c\n" +
 	"\x18VOLUME_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
@@ -2398,7 +2504,7 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\x16VOLUME_STATE_READ_ONLY\x10\x02\x12\x17\n" +
 	"\x13VOLUME_STATE_SEALED\x10\x03\x12\x13\n" +
 	"\x0fVOLUME_STATE_EC\x10\x04\x12\x17\n" +
-	"\x13VOLUME_STATE_FAILED\x10\x052\x8a\t\n" +
+	"\x13VOLUME_STATE_FAILED\x10\x052\xd4\t\n" +
 	"\x05Store\x12<\n" +
 	"\x05Write\x12\x18.haybale.v1.WriteRequest\x1a\x19.haybale.v1.WriteResponse\x12?\n" +
 	"\x06Delete\x12\x19.haybale.v1.DeleteRequest\x1a\x1a.haybale.v1.DeleteResponse\x129\n" +
@@ -2415,7 +2521,8 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\bEcDecode\x12\x1b.haybale.v1.EcDecodeRequest\x1a\x1c.haybale.v1.EcDecodeResponse\x12P\n" +
 	"\vEcShardCopy\x12\x1e.haybale.v1.EcShardCopyRequest\x1a\x1f.haybale.v1.EcShardCopyResponse0\x01\x12Q\n" +
 	"\fEcShardMount\x12\x1f.haybale.v1.EcShardMountRequest\x1a .haybale.v1.EcShardMountResponse\x12T\n" +
-	"\rEcShardDelete\x12 .haybale.v1.EcShardDeleteRequest\x1a!.haybale.v1.EcShardDeleteResponseB=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
+	"\rEcShardDelete\x12 .haybale.v1.EcShardDeleteRequest\x1a!.haybale.v1.EcShardDeleteResponse\x12H\n" +
+	"\tEcRebuild\x12\x1c.haybale.v1.EcRebuildRequest\x1a\x1d.haybale.v1.EcRebuildResponseB=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
 
 var (
 	file_haybale_v1_store_proto_rawDescOnce sync.Once
@@ -2430,7 +2537,7 @@ func file_haybale_v1_store_proto_rawDescGZIP() []byte {
 }
 
 var file_haybale_v1_store_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_haybale_v1_store_proto_goTypes = []any{
 	(VolumeState)(0),                // 0: haybale.v1.VolumeState
 	(*Needle)(nil),                  // 1: haybale.v1.Needle
@@ -2466,6 +2573,8 @@ var file_haybale_v1_store_proto_goTypes = []any{
 	(*EcShardMountResponse)(nil),    // 31: haybale.v1.EcShardMountResponse
 	(*EcShardDeleteRequest)(nil),    // 32: haybale.v1.EcShardDeleteRequest
 	(*EcShardDeleteResponse)(nil),   // 33: haybale.v1.EcShardDeleteResponse
+	(*EcRebuildRequest)(nil),        // 34: haybale.v1.EcRebuildRequest
+	(*EcRebuildResponse)(nil),       // 35: haybale.v1.EcRebuildResponse
 }
 var file_haybale_v1_store_proto_depIdxs = []int32{
 	1,  // 0: haybale.v1.WriteRequest.needles:type_name -> haybale.v1.Needle
@@ -2480,41 +2589,44 @@ var file_haybale_v1_store_proto_depIdxs = []int32{
 	15, // 9: haybale.v1.EcDecodeResponse.volume:type_name -> haybale.v1.VolumeInfo
 	15, // 10: haybale.v1.EcShardMountResponse.volume:type_name -> haybale.v1.VolumeInfo
 	15, // 11: haybale.v1.EcShardDeleteResponse.volume:type_name -> haybale.v1.VolumeInfo
-	2,  // 12: haybale.v1.Store.Write:input_type -> haybale.v1.WriteRequest
-	5,  // 13: haybale.v1.Store.Delete:input_type -> haybale.v1.DeleteRequest
-	7,  // 14: haybale.v1.Store.Read:input_type -> haybale.v1.ReadRequest
-	9,  // 15: haybale.v1.Store.AllocateVolume:input_type -> haybale.v1.AllocateVolumeRequest
-	11, // 16: haybale.v1.Store.VolumeStatus:input_type -> haybale.v1.VolumeStatusRequest
-	13, // 17: haybale.v1.Store.MarkReadOnly:input_type -> haybale.v1.MarkReadOnlyRequest
-	16, // 18: haybale.v1.Store.Compact:input_type -> haybale.v1.CompactRequest
-	18, // 19: haybale.v1.Store.CopyVolume:input_type -> haybale.v1.CopyVolumeRequest
-	20, // 20: haybale.v1.Store.ReplicateVolume:input_type -> haybale.v1.ReplicateVolumeRequest
-	22, // 21: haybale.v1.Store.EcShardRead:input_type -> haybale.v1.EcShardReadRequest
-	24, // 22: haybale.v1.Store.EcEncode:input_type -> haybale.v1.EcEncodeRequest
-	26, // 23: haybale.v1.Store.EcDecode:input_type -> haybale.v1.EcDecodeRequest
-	28, // 24: haybale.v1.Store.EcShardCopy:input_type -> haybale.v1.EcShardCopyRequest
-	30, // 25: haybale.v1.Store.EcShardMount:input_type -> haybale.v1.EcShardMountRequest
-	32, // 26: haybale.v1.Store.EcShardDelete:input_type -> haybale.v1.EcShardDeleteRequest
-	4,  // 27: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
-	6,  // 28: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
-	8,  // 29: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
-	10, // 30: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
-	12, // 31: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
-	14, // 32: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
-	17, // 33: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
-	19, // 34: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
-	21, // 35: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
-	23, // 36: haybale.v1.Store.EcShardRead:output_type -> haybale.v1.EcShardReadResponse
-	25, // 37: haybale.v1.Store.EcEncode:output_type -> haybale.v1.EcEncodeResponse
-	27, // 38: haybale.v1.Store.EcDecode:output_type -> haybale.v1.EcDecodeResponse
-	29, // 39: haybale.v1.Store.EcShardCopy:output_type -> haybale.v1.EcShardCopyResponse
-	31, // 40: haybale.v1.Store.EcShardMount:output_type -> haybale.v1.EcShardMountResponse
-	33, // 41: haybale.v1.Store.EcShardDelete:output_type -> haybale.v1.EcShardDeleteResponse
-	27, // [27:42] is the sub-list for method output_type
-	12, // [12:27] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	15, // 12: haybale.v1.EcRebuildResponse.volume:type_name -> haybale.v1.VolumeInfo
+	2,  // 13: haybale.v1.Store.Write:input_type -> haybale.v1.WriteRequest
+	5,  // 14: haybale.v1.Store.Delete:input_type -> haybale.v1.DeleteRequest
+	7,  // 15: haybale.v1.Store.Read:input_type -> haybale.v1.ReadRequest
+	9,  // 16: haybale.v1.Store.AllocateVolume:input_type -> haybale.v1.AllocateVolumeRequest
+	11, // 17: haybale.v1.Store.VolumeStatus:input_type -> haybale.v1.VolumeStatusRequest
+	13, // 18: haybale.v1.Store.MarkReadOnly:input_type -> haybale.v1.MarkReadOnlyRequest
+	16, // 19: haybale.v1.Store.Compact:input_type -> haybale.v1.CompactRequest
+	18, // 20: haybale.v1.Store.CopyVolume:input_type -> haybale.v1.CopyVolumeRequest
+	20, // 21: haybale.v1.Store.ReplicateVolume:input_type -> haybale.v1.ReplicateVolumeRequest
+	22, // 22: haybale.v1.Store.EcShardRead:input_type -> haybale.v1.EcShardReadRequest
+	24, // 23: haybale.v1.Store.EcEncode:input_type -> haybale.v1.EcEncodeRequest
+	26, // 24: haybale.v1.Store.EcDecode:input_type -> haybale.v1.EcDecodeRequest
+	28, // 25: haybale.v1.Store.EcShardCopy:input_type -> haybale.v1.EcShardCopyRequest
+	30, // 26: haybale.v1.Store.EcShardMount:input_type -> haybale.v1.EcShardMountRequest
+	32, // 27: haybale.v1.Store.EcShardDelete:input_type -> haybale.v1.EcShardDeleteRequest
+	34, // 28: haybale.v1.Store.EcRebuild:input_type -> haybale.v1.EcRebuildRequest
+	4,  // 29: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
+	6,  // 30: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
+	8,  // 31: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
+	10, // 32: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
+	12, // 33: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
+	14, // 34: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
+	17, // 35: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
+	19, // 36: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
+	21, // 37: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
+	23, // 38: haybale.v1.Store.EcShardRead:output_type -> haybale.v1.EcShardReadResponse
+	25, // 39: haybale.v1.Store.EcEncode:output_type -> haybale.v1.EcEncodeResponse
+	27, // 40: haybale.v1.Store.EcDecode:output_type -> haybale.v1.EcDecodeResponse
+	29, // 41: haybale.v1.Store.EcShardCopy:output_type -> haybale.v1.EcShardCopyResponse
+	31, // 42: haybale.v1.Store.EcShardMount:output_type -> haybale.v1.EcShardMountResponse
+	33, // 43: haybale.v1.Store.EcShardDelete:output_type -> haybale.v1.EcShardDeleteResponse
+	35, // 44: haybale.v1.Store.EcRebuild:output_type -> haybale.v1.EcRebuildResponse
+	29, // [29:45] is the sub-list for method output_type
+	13, // [13:29] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_haybale_v1_store_proto_init() }
@@ -2528,7 +2640,7 @@ func file_haybale_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haybale_v1_store_proto_rawDesc), len(file_haybale_v1_store_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,6 +34,7 @@ const (
 	Store_EcShardCopy_FullMethodName     = "/haybale.v1.Store/EcShardCopy"
 	Store_EcShardMount_FullMethodName    = "/haybale.v1.Store/EcShardMount"
 	Store_EcShardDelete_FullMethodName   = "/haybale.v1.Store/EcShardDelete"
+	Store_EcRebuild_FullMethodName       = "/haybale.v1.Store/EcRebuild"
 )
 
 // StoreClient is the client API for Store service.
@@ -63,7 +64,6 @@ const (
 // method names):
 //
 //	// Erasure coding (10 data + 4 parity shards, f4-style warm storage).
-//	rpc EcRebuild(EcRebuildRequest) returns (EcRebuildResponse);
 type StoreClient interface {
 	// Write appends a batch of needles to one volume. All needles of the batch
 	// become durable (fdatasync'ed) before the answer, and either all of them
@@ -150,6 +150,12 @@ type StoreClient interface {
 	// directory and operator tools placing shards. Errors: NOT_FOUND,
 	// INVALID_ARGUMENT.
 	EcShardDelete(ctx context.Context, in *EcShardDeleteRequest, opts ...grpc.CallOption) (*EcShardDeleteResponse, error)
+	// EcRebuild regenerates shards of an EC volume this store serves (it holds
+	// at least the index) from 10 others, read locally or from its peers, and
+	// serves them from then on: how lost shards come back on healthy stores.
+	// Callers: the directory and operator tools. Errors: NOT_FOUND,
+	// INVALID_ARGUMENT, UNAVAILABLE (fewer than 10 shards readable).
+	EcRebuild(ctx context.Context, in *EcRebuildRequest, opts ...grpc.CallOption) (*EcRebuildResponse, error)
 }
 
 type storeClient struct {
@@ -337,6 +343,16 @@ func (c *storeClient) EcShardDelete(ctx context.Context, in *EcShardDeleteReques
 	return out, nil
 }
 
+func (c *storeClient) EcRebuild(ctx context.Context, in *EcRebuildRequest, opts ...grpc.CallOption) (*EcRebuildResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EcRebuildResponse)
+	err := c.cc.Invoke(ctx, Store_EcRebuild_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StoreServer is the server API for Store service.
 // All implementations must embed UnimplementedStoreServer
 // for forward compatibility.
@@ -364,7 +380,6 @@ func (c *storeClient) EcShardDelete(ctx context.Context, in *EcShardDeleteReques
 // method names):
 //
 //	// Erasure coding (10 data + 4 parity shards, f4-style warm storage).
-//	rpc EcRebuild(EcRebuildRequest) returns (EcRebuildResponse);
 type StoreServer interface {
 	// Write appends a batch of needles to one volume. All needles of the batch
 	// become durable (fdatasync'ed) before the answer, and either all of them
@@ -451,6 +466,12 @@ type StoreServer interface {
 	// directory and operator tools placing shards. Errors: NOT_FOUND,
 	// INVALID_ARGUMENT.
 	EcShardDelete(context.Context, *EcShardDeleteRequest) (*EcShardDeleteResponse, error)
+	// EcRebuild regenerates shards of an EC volume this store serves (it holds
+	// at least the index) from 10 others, read locally or from its peers, and
+	// serves them from then on: how lost shards come back on healthy stores.
+	// Callers: the directory and operator tools. Errors: NOT_FOUND,
+	// INVALID_ARGUMENT, UNAVAILABLE (fewer than 10 shards readable).
+	EcRebuild(context.Context, *EcRebuildRequest) (*EcRebuildResponse, error)
 	mustEmbedUnimplementedStoreServer()
 }
 
@@ -505,6 +526,9 @@ func (UnimplementedStoreServer) EcShardMount(context.Context, *EcShardMountReque
 }
 func (UnimplementedStoreServer) EcShardDelete(context.Context, *EcShardDeleteRequest) (*EcShardDeleteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EcShardDelete not implemented")
+}
+func (UnimplementedStoreServer) EcRebuild(context.Context, *EcRebuildRequest) (*EcRebuildResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EcRebuild not implemented")
 }
 func (UnimplementedStoreServer) mustEmbedUnimplementedStoreServer() {}
 func (UnimplementedStoreServer) testEmbeddedByValue()               {}
@@ -776,6 +800,24 @@ func _Store_EcShardDelete_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Store_EcRebuild_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EcRebuildRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreServer).EcRebuild(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Store_EcRebuild_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreServer).EcRebuild(ctx, req.(*EcRebuildRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Store_ServiceDesc is the grpc.ServiceDesc for Store service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -830,6 +872,10 @@ var Store_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EcShardDelete",
 			Handler:    _Store_EcShardDelete_Handler,
+		},
+		{
+			MethodName: "EcRebuild",
+			Handler:    _Store_EcRebuild_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
