@@ -610,9 +610,16 @@ func TestECFourteenStores(t *testing.T) {
 		}
 		return nil
 	})
+	st, err := ECStatus(ctx, c.DirAddr, Output{W: &out})
+	if !errors.Is(err, ErrCorrupt) || len(st) != 1 || st[0].Health != "degraded" || !slices.Equal(st[0].Missing, []int{0, 2, 5, 9}) || len(st[0].Down) != 4 {
+		t.Fatalf("status with 4 stores down: %+v %v", st, err)
+	}
 	rb, err := ECRebuildCluster(ctx, c.DirAddr, vid, Output{W: &out})
 	if err != nil || !slices.Equal(rb.Missing, []int{0, 2, 5, 9}) {
 		t.Fatalf("cluster rebuild: %+v %v\n%s", rb, err, out.String())
+	}
+	if st, err := ECStatus(ctx, c.DirAddr, Output{W: io.Discard}); err != nil || len(st) != 1 || st[0].Health != "ok" {
+		t.Fatalf("status after the rebuild: %+v %v", st, err)
 	}
 	// Four more stores down, each holding one shard: 10 shards are left.
 	stopped := 0
@@ -632,5 +639,12 @@ func TestECFourteenStores(t *testing.T) {
 	if stopped != 4 {
 		t.Fatalf("only %d single-shard stores to stop", stopped)
 	}
+	c.Eventually("status with 4 more stores down", func() error {
+		st, err := ECStatus(ctx, c.DirAddr, Output{W: io.Discard})
+		if !errors.Is(err, ErrCorrupt) || len(st) != 1 || st[0].Health != "degraded" || len(st[0].Missing) != 4 {
+			return fmt.Errorf("%+v %v", st, err)
+		}
+		return nil
+	})
 	checkAll("rebuilt, then 4 more stores down", still)
 }

@@ -149,6 +149,22 @@ the plain volume from then on and removes the EC files.`,
 	}
 	decode.Flags().StringVar(&decOut, "out", "", "volume file to write (name it <vid>.dat to get its .idx beside it)")
 	decode.Flags().StringVar(&decStore, "store", "", "gRPC address of a running store, for online decoding")
+	var statusDir string
+	statusCmd := &cobra.Command{
+		Use:     "status --directory ADDR",
+		Short:   "Show each EC volume of a cluster: its shards, their holders, and what is missing",
+		Example: `  haybale ec status --directory dir1:8080`,
+		Args:    cobra.NoArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			if statusDir == "" {
+				return fmt.Errorf("status needs --directory")
+			}
+			_, err := tools.ECStatus(c.Context(), statusDir, out(c))
+			return err
+		},
+	}
+	statusCmd.Flags().StringVar(&statusDir, "directory", "", "gRPC address of the directory")
+	cmd.AddCommand(statusCmd)
 	for _, sub := range []*cobra.Command{verify, rebuild, decode} {
 		sub.Flags().Uint32Var(&vid, "vid", 0, "EC volume to work on (default: every one in DIR; decode needs it when DIR holds several)")
 		cmd.AddCommand(sub)
