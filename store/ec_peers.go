@@ -49,6 +49,7 @@ type DirectoryShardPeers struct {
 // shardMap is where the shards of one EC volume are, as last learned.
 type shardMap struct {
 	at      time.Time
+	forced  bool                      // learned because a read found no holder
 	holders [volume.ECShards][]string // gRPC addresses per shard
 }
 
@@ -100,7 +101,10 @@ func (p *DirectoryShardPeers) holders(ctx context.Context, vid uint32, shard int
 	p.mu.Lock()
 	m, ok := p.mu.shards[vid]
 	p.mu.Unlock()
-	if ok && !refresh && time.Since(m.at) < p.opts.TTL {
+	// A refresh asked for by a failed read follows another one by at least
+	// a second, so a shard lost for good does not turn every degraded read
+	// into a round of lookups.
+	if ok && (!refresh && time.Since(m.at) < p.opts.TTL || refresh && m.forced && time.Since(m.at) < time.Second) {
 		return m.holders[shard], nil
 	}
 	resp, err := directorypb.NewDirectoryClient(p.dir).Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
@@ -111,7 +115,7 @@ func (p *DirectoryShardPeers) holders(ctx context.Context, vid uint32, shard int
 	if p.opts.Self != nil {
 		self = p.opts.Self()
 	}
-	m = shardMap{at: time.Now()}
+	m = shardMap{at: time.Now(), forced: refresh}
 	for _, r := range resp.GetReplicas() {
 		addr := r.GetGrpcAddr()
 		if addr == "" || addr == self {

@@ -541,8 +541,7 @@ func TestECFourteenStores(t *testing.T) {
 		}
 		return nil
 	})
-	checkAll := func(what string, live []*testcluster.Store) {
-		t.Helper()
+	tryAll := func(live []*testcluster.Store) error {
 		for id, k := range ids {
 			if id.Vid != vid {
 				continue
@@ -551,8 +550,20 @@ func TestECFourteenStores(t *testing.T) {
 				s := live[(int(id.Key)+i)%len(live)]
 				code, etag, b := get(s.HTTPAddr(), id, im.Size)
 				if code != http.StatusOK || !bytes.Equal(b, im.Data) || etag != etags[needle.ImagePath(id, im.Size, "")] {
-					t.Fatalf("%s: %v size %v on %s: HTTP %d ETag %s", what, id, im.Size, s.HTTPAddr(), code, etag)
+					return fmt.Errorf("%v size %v on %s: HTTP %d ETag %s", id, im.Size, s.HTTPAddr(), code, etag)
 				}
+			}
+		}
+		return nil
+	}
+	checkAll := func(what string, live []*testcluster.Store) {
+		t.Helper()
+		if err := tryAll(live); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		for id, k := range ids {
+			if id.Vid != vid {
+				continue
 			}
 			// A failed read drops the client's cached lookup (from before
 			// the encode, when one store held the volume): the retry sees
@@ -646,5 +657,8 @@ func TestECFourteenStores(t *testing.T) {
 		}
 		return nil
 	})
+	// A store re-learns where shards are at most a second after its last
+	// look found one missing.
+	c.Eventually("every photo with 4 more stores down", func() error { return tryAll(still) })
 	checkAll("rebuilt, then 4 more stores down", still)
 }
