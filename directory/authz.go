@@ -12,7 +12,7 @@ import (
 var Policy = rpc.Policy{
 	directorypb.Directory_Assign_FullMethodName:          {pki.RoleGateway, pki.RoleOperator},
 	directorypb.Directory_AuthorizeDelete_FullMethodName: {pki.RoleGateway, pki.RoleOperator},
-	directorypb.Directory_Lookup_FullMethodName:          {pki.RoleGateway, pki.RoleCache, pki.RoleOperator},
+	directorypb.Directory_Lookup_FullMethodName:          {pki.RoleGateway, pki.RoleCache, pki.RoleOperator, pki.RoleStore},
 	directorypb.Directory_PhotoURLs_FullMethodName:       {pki.RoleGateway, pki.RoleOperator},
 	directorypb.Directory_ListStores_FullMethodName:      {pki.RoleOperator},
 	directorypb.Directory_ListVolumes_FullMethodName:     {pki.RoleOperator},

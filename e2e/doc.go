@@ -11,6 +11,12 @@
 //   - TestCluster runs a directory, three stores on three racks, a cache and
 //     a gateway as separate processes with replication 3, kills a store with
 //     SIGKILL and checks reads, refused uploads and the store's return.
+//   - TestECCluster runs a directory, 14 stores on 7 racks, a cache and a
+//     gateway, erasure-codes the volumes of some uploads with `haybale ec
+//     encode --directory`, kills 4 stores with SIGKILL, reads every image
+//     through the cache with its old ETag, rebuilds the lost shards with
+//     `haybale ec rebuild`, then kills more stores and reads every image
+//     from each survivor.
 //
 // A test whose external program (nginx, chromium) is not installed, or that
 // needs the photo corpus named by HAYBALE_PHOTOS when it is unset, skips

@@ -51,6 +51,15 @@ var Policy = rpc.Policy{
 	storepb.Store_CopyVolume_FullMethodName:      {pki.RoleDirectory, pki.RoleOperator, pki.RoleStore},
 	storepb.Store_ReplicateVolume_FullMethodName: {pki.RoleDirectory, pki.RoleOperator},
 	storepb.Store_ListNeedles_FullMethodName:     {pki.RoleDirectory, pki.RoleOperator, pki.RoleStore},
+	// Degraded reads of EC volumes read shard ranges from peer stores, and
+	// a store mounting shards copies them from another store.
+	storepb.Store_EcShardRead_FullMethodName:   {pki.RoleStore, pki.RoleDirectory, pki.RoleOperator},
+	storepb.Store_EcShardCopy_FullMethodName:   {pki.RoleStore, pki.RoleDirectory, pki.RoleOperator},
+	storepb.Store_EcEncode_FullMethodName:      {pki.RoleDirectory, pki.RoleOperator},
+	storepb.Store_EcDecode_FullMethodName:      {pki.RoleDirectory, pki.RoleOperator},
+	storepb.Store_EcShardMount_FullMethodName:  {pki.RoleDirectory, pki.RoleOperator},
+	storepb.Store_EcShardDelete_FullMethodName: {pki.RoleDirectory, pki.RoleOperator},
+	storepb.Store_EcRebuild_FullMethodName:     {pki.RoleDirectory, pki.RoleOperator},
 }
 
 // newGRPCServer builds the gRPC server with the store service registered.
@@ -233,10 +242,17 @@ func (g *grpcService) Delete(ctx context.Context, req *storepb.DeleteRequest) (*
 	var freed int64
 	var err error
 	// A volume closed under the delete by a replica sync's swap is
-	// replaced by its new copy: look it up again once.
+	// replaced by its new copy, and one an EC encode retired by its
+	// shards: look it up again once.
 	for attempt := 0; attempt < 2; attempt++ {
 		var v *volume.Volume
-		if v, err = g.volume(req.GetVid()); err != nil {
+		v, err = g.volume(req.GetVid())
+		if status.Code(err) == codes.NotFound {
+			if e, eerr := g.srv.store.ECVolume(req.GetVid()); eerr == nil {
+				return ecDelete(ctx, e, req.GetKey(), req.GetCookie(), size)
+			}
+		}
+		if err != nil {
 			return nil, err
 		}
 		// Count what the tombstone will remove. Another delete racing with
@@ -274,6 +290,11 @@ func (g *grpcService) Read(ctx context.Context, req *storepb.ReadRequest) (*stor
 		return nil, status.Errorf(codes.InvalidArgument, "unknown size code %d", req.GetSizeCode())
 	}
 	v, err := g.volume(req.GetVid())
+	if status.Code(err) == codes.NotFound {
+		if e, eerr := g.srv.store.ECVolume(req.GetVid()); eerr == nil {
+			return g.ecRead(ctx, e, req)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -357,6 +378,9 @@ func (g *grpcService) VolumeStatus(ctx context.Context, req *storepb.VolumeStatu
 			return &storepb.VolumeStatusResponse{Volumes: []*storepb.VolumeInfo{volumeInfo(v.Status())}}, nil
 		}
 		if errors.Is(err, ErrVolumeNotHere) {
+			if e, eerr := st.ECVolume(vid); eerr == nil {
+				return &storepb.VolumeStatusResponse{Volumes: []*storepb.VolumeInfo{ecVolumeInfo(e)}}, nil
+			}
 			return nil, status.Errorf(codes.NotFound, "volume %d is not on this store", vid)
 		}
 		return &storepb.VolumeStatusResponse{Volumes: []*storepb.VolumeInfo{failedInfo(vid, err)}}, nil
@@ -365,6 +389,9 @@ func (g *grpcService) VolumeStatus(ctx context.Context, req *storepb.VolumeStatu
 	failed := st.Failed()
 	for _, v := range st.Volumes() {
 		resp.Volumes = append(resp.Volumes, volumeInfo(v.Status()))
+	}
+	for _, e := range st.ECVolumes() {
+		resp.Volumes = append(resp.Volumes, ecVolumeInfo(e))
 	}
 	for vid, err := range failed {
 		resp.Volumes = append(resp.Volumes, failedInfo(vid, err))

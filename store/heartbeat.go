@@ -266,6 +266,9 @@ func (h *Heartbeater) report() (*directorypb.HeartbeatRequest, []*directorypb.Co
 	for _, v := range h.store.Volumes() {
 		req.Volumes = append(req.Volumes, volumeInfo(v.Status()))
 	}
+	for _, e := range h.store.ECVolumes() {
+		req.Volumes = append(req.Volumes, ecVolumeInfo(e))
+	}
 	for vid, err := range h.store.Failed() {
 		req.Volumes = append(req.Volumes, failedInfo(vid, err))
 	}

@@ -126,6 +126,10 @@ func (h *httpHandler) serveImage(w http.ResponseWriter, r *http.Request) int {
 		return imagehttp.BadPath(w, err)
 	}
 	v, err := h.srv.store.Volume(id.Vid)
+	var ev *volume.ECVolume
+	if errors.Is(err, ErrVolumeNotHere) {
+		ev, err = h.srv.store.ECVolume(id.Vid)
+	}
 	if err != nil {
 		if errors.Is(err, ErrVolumeNotHere) {
 			return imagehttp.Failure(w, http.StatusNotFound, ErrorVolumeNotHere, bodyNotHere)
@@ -135,7 +139,13 @@ func (h *httpHandler) serveImage(w http.ResponseWriter, r *http.Request) int {
 
 	pool := &h.pools[size]
 	bufp := pool.Get().(*[]byte)
-	n, buf, err := v.Read(id.Key, id.Cookie, size, *bufp)
+	var n needle.Needle
+	var buf []byte
+	if ev != nil {
+		n, buf, err = ev.Read(r.Context(), id.Key, id.Cookie, size, *bufp)
+	} else {
+		n, buf, err = v.Read(id.Key, id.Cookie, size, *bufp)
+	}
 	code := h.answerRead(w, r, id, size, n, err)
 	if cap(buf) > cap(*bufp) && cap(buf) <= maxPooledBuffer {
 		*bufp = buf[:0]
@@ -154,6 +164,11 @@ func (h *httpHandler) answerRead(w http.ResponseWriter, r *http.Request, id need
 		h.srv.reportCorrupt(id.Vid, id.Key, size, err)
 		return imagehttp.Failure(w, http.StatusInternalServerError, ErrorCorrupt, bodyCorrupt)
 	case errors.Is(err, volume.ErrClosed):
+		return imagehttp.Failure(w, http.StatusServiceUnavailable, ErrorVolumeUnavailable, bodyUnavailable)
+	case errors.Is(err, volume.ErrUnrecoverable):
+		// Too few shards of an EC volume answer now; another holder or a
+		// rebuild may serve it later.
+		h.srv.opts.Logger.Warn("EC read unrecoverable", "vid", id.Vid, "key", id.Key, "size", size.String(), "err", err)
 		return imagehttp.Failure(w, http.StatusServiceUnavailable, ErrorVolumeUnavailable, bodyUnavailable)
 	default:
 		h.srv.opts.Logger.Error("image read failed", "vid", id.Vid, "key", id.Key, "size", size.String(), "err", err)

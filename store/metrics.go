@@ -100,6 +100,11 @@ var (
 		"Size of the volume files, superblocks and dead space included.", nil, nil)
 	descDeletedBytes = prometheus.NewDesc("haybale_store_deleted_bytes",
 		"Bytes held by deleted or superseded needles, reclaimable by compaction.", nil, nil)
+	descECReads = prometheus.NewDesc("haybale_store_ec_reads_total",
+		"Needle reads of erasure-coded volumes, by kind: all, straddling (two preads: the needle crosses a block), degraded (bytes rebuilt from other shards), unrecoverable.",
+		[]string{"kind"}, nil)
+	descECShards = prometheus.NewDesc("haybale_store_ec_shards",
+		"Shards of erasure-coded volumes held by this store and readable.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
@@ -109,6 +114,8 @@ func (c volumeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descLiveBytes
 	ch <- descVolumeBytes
 	ch <- descDeletedBytes
+	ch <- descECReads
+	ch <- descECShards
 }
 
 // Collect implements prometheus.Collector.
@@ -127,6 +134,27 @@ func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
 		deleted += float64(s.Deleted)
 	}
 	states[volume.StateFailed.String()] += float64(len(c.st.Failed()))
+	states["ec"] = 0
+	var reads, straddling, degraded, lost, shards float64
+	for _, e := range c.st.ECVolumes() {
+		s := e.Status()
+		states["ec"]++
+		images += float64(s.Images)
+		live += float64(s.LiveBytes)
+		reads += float64(s.Reads)
+		straddling += float64(s.Straddling)
+		degraded += float64(s.Degraded)
+		lost += float64(s.Unrecoverable)
+		shards += float64(len(s.Local))
+	}
+	for kind, n := range map[string]float64{"all": reads, "straddling": straddling, "degraded": degraded, "unrecoverable": lost} {
+		m, err := prometheus.NewConstMetric(descECReads, prometheus.CounterValue, n, kind)
+		if err != nil {
+			m = prometheus.NewInvalidMetric(descECReads, err)
+		}
+		ch <- m
+	}
+	ch <- gauge(descECShards, shards)
 	for state, n := range states {
 		ch <- gauge(descVolumes, n, state)
 	}

@@ -36,10 +36,22 @@
 // A data directory holds, per volume, <vid>.dat (the needles), <vid>.idx
 // (the index hint) and, when an operator marked it read-only,
 // <vid>.readonly, and the store's ID in StoreIDFile ("store.id": the ID
-// and a newline). Files ending in .tmp are leftovers of an interrupted
-// atomic write and are removed at start-up. Files <vid>.dat.torn-* hold the
-// torn tail recovery moved out of a volume (see volume.TornPath); the store
-// ignores them and leaves them for an operator.
+// and a newline); an erasure-coded volume is held as <vid>.ecx (its index),
+// <vid>.ecj (its deletion journal) and the shards <vid>.ec00..ec13 this
+// store holds (see package volume). Files ending in .tmp are leftovers of
+// an interrupted atomic write and are removed at start-up. Files
+// <vid>.dat.torn-* hold the torn tail recovery moved out of a volume (see
+// volume.TornPath); the store ignores them and leaves them for an operator.
+//
+// # EC volumes
+//
+// An EC volume is served on the same image paths with the same headers and
+// ETags as before it was encoded. A read costs one pread on the needle's
+// data shard when this store holds it, else (or when that shard is
+// damaged) the needle's byte range is rebuilt from 10 other shards, read
+// locally or from peers through Options.ShardPeers (the EcShardRead RPC).
+// Too few readable shards answer 503 with X-Haybale-Error:
+// volume-unavailable, so caches fail over. Deletes go to the journal.
 package store
 
 import (
@@ -85,6 +97,10 @@ type Options struct {
 	OpenParallelism int
 	// Logger receives structured logs; default slog.Default().
 	Logger *slog.Logger
+	// ShardPeers reads the shards of EC volumes that this store does not
+	// hold (or cannot read), for degraded reads; nil reads local shards
+	// only. See ShardPeers in ec.go for one over gRPC.
+	ShardPeers volume.ShardReader
 }
 
 // Store holds the volumes of one data directory. It is safe for concurrent
@@ -99,7 +115,8 @@ type Store struct {
 	mu struct {
 		sync.RWMutex
 		volumes map[uint32]*volume.Volume
-		failed  map[uint32]error // volumes that could not be opened
+		ec      map[uint32]*volume.ECVolume // erasure-coded volumes
+		failed  map[uint32]error            // volumes that could not be opened
 		closed  bool
 	}
 }
@@ -123,6 +140,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	s := &Store{opts: opts}
 	s.mu.volumes = map[uint32]*volume.Volume{}
+	s.mu.ec = map[uint32]*volume.ECVolume{}
 	s.mu.failed = map[uint32]error{}
 	if err := opts.FS.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
@@ -149,7 +167,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	var vids []uint32
 	for _, name := range names {
 		if strings.HasSuffix(name, ".tmp") {
-			if err := opts.FS.Remove(filepath.Join(opts.Dir, name)); err != nil {
+			if err := volume.RemoveLeftover(opts.FS, filepath.Join(opts.Dir, name)); err != nil {
 				opts.Logger.Warn("cannot remove leftover temporary file", "file", name, "err", err)
 			}
 			continue
@@ -163,6 +181,12 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 			continue
 		}
 		vids = append(vids, uint32(vid))
+	}
+	// Settle the volumes a crash left in both plain and EC form, and open
+	// the EC volumes.
+	if vids, err = s.openECVolumes(ctx, vids); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("store: %w", err)
 	}
 
 	var mu sync.Mutex
@@ -306,6 +330,11 @@ func (s *Store) Close() error {
 	var errs []error
 	for _, v := range s.mu.volumes {
 		if err := v.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, e := range s.mu.ec {
+		if err := e.Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -1,6 +1,8 @@
 // Package tools holds haybale's operator commands as library functions, one
 // file per command: verifying, reindexing, compacting, dumping and exporting
-// volume files, and the online operations that go through a running store.
+// volume files, erasure coding them (encode, verify, rebuild, decode, and
+// placing and rebuilding shards in a cluster), and the online operations
+// that go through a running store.
 // cmd/haybale binds them to flags.
 //
 // Every command writes a human-readable report, or JSON when asked, to the

@@ -23,6 +23,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newVersionCmd(),
 		newVolumeCmd(),
+		newECCmd(),
 		newReplicaCmd(),
 		newStoreCmd(),
 		newDirectoryCmd(),

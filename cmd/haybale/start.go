@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/haybale/haybale/cache"
@@ -115,6 +116,9 @@ type storeRoleConfig struct {
 	advertise func(net.Addr) string
 	publicURL string
 	rack      string
+	// ecPeers reads the shards of EC volumes this store lacks from the
+	// peer stores the directory names (a cluster of several stores).
+	ecPeers bool
 	// minBackoff and maxBackoff bound the heartbeat retries; zero takes
 	// the heartbeater's defaults.
 	minBackoff, maxBackoff time.Duration
@@ -135,7 +139,30 @@ type storeRole struct {
 // directory when one is configured. On a TLS plane the store's ID is the
 // name its certificate gives.
 func startStore(ctx context.Context, g *group, cfg storeRoleConfig) (*storeRole, error) {
-	st, err := store.Open(ctx, store.Options{Dir: cfg.dir, VolumeSizeLimit: cfg.volumeSizeLimit, Logger: cfg.logger})
+	sopts := store.Options{Dir: cfg.dir, VolumeSizeLimit: cfg.volumeSizeLimit, Logger: cfg.logger}
+	// In a cluster, EC volumes read the shards this store lacks from the
+	// stores the directory names; the store's own address is learnt once
+	// its listeners are bound.
+	var self atomic.Pointer[string]
+	if cfg.ecPeers && cfg.directory != "" {
+		peers, err := store.NewDirectoryShardPeers(store.DirectoryShardPeersOptions{
+			DirectoryAddr: cfg.directory,
+			Credentials:   cfg.creds,
+			Self: func() string {
+				if a := self.Load(); a != nil {
+					return *a
+				}
+				return ""
+			},
+			Logger: cfg.logger,
+		})
+		if err != nil {
+			return nil, err
+		}
+		g.onStop(func() { peers.Close() })
+		sopts.ShardPeers = peers
+	}
+	st, err := store.Open(ctx, sopts)
 	if err != nil {
 		return nil, err
 	}
@@ -161,6 +188,10 @@ func startStore(ctx context.Context, g *group, cfg storeRoleConfig) (*storeRole,
 		return nil, err
 	}
 	r := &storeRole{st: st, srv: srv}
+	if cfg.advertise != nil {
+		selfAddr := cfg.advertise(srv.GRPCAddr())
+		self.Store(&selfAddr)
+	}
 	if cfg.directory == "" {
 		g.serve("store", srv.Serve)
 		return r, nil

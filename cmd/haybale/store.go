@@ -106,6 +106,7 @@ func runStore(ctx context.Context, f *storeFlags) error {
 		advertise:       advertiseAddr,
 		publicURL:       f.cluster.publicURL,
 		rack:            f.cluster.rack,
+		ecPeers:         true,
 	}); err != nil {
 		g.stop()
 		return err

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -185,7 +186,22 @@ func (c *Cluster) WaitAlive(n int) {
 
 func (s *Store) start() {
 	t, opts := s.c.t, s.c.opts
-	st, err := store.Open(context.Background(), store.Options{Dir: s.DataDir, VolumeSizeLimit: opts.VolumeSizeLimit, Logger: opts.Logger})
+	// EC volumes read the shards a store lacks from the holders the
+	// directory names.
+	var self atomic.Pointer[string]
+	peers, err := store.NewDirectoryShardPeers(store.DirectoryShardPeersOptions{
+		DirectoryAddr: s.c.DirAddr, Logger: opts.Logger,
+		Self: func() string {
+			if a := self.Load(); a != nil {
+				return *a
+			}
+			return ""
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(context.Background(), store.Options{Dir: s.DataDir, VolumeSizeLimit: opts.VolumeSizeLimit, Logger: opts.Logger, ShardPeers: peers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,6 +222,8 @@ func (s *Store) start() {
 		st.Close()
 		t.Fatal(err)
 	}
+	selfAddr := srv.GRPCAddr().String()
+	self.Store(&selfAddr)
 	hb, err = store.NewHeartbeater(st, store.HeartbeaterOptions{
 		DirectoryAddr: s.c.DirAddr, GRPCAddr: srv.GRPCAddr().String(), HTTPAddr: srv.HTTPAddr().String(),
 		Rack: s.Rack, Interval: opts.Heartbeat, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
@@ -228,6 +246,7 @@ func (s *Store) start() {
 		if err := <-serveDone; err != nil {
 			t.Errorf("store: %v", err)
 		}
+		peers.Close()
 	}
 	s.mu.Unlock()
 }

@@ -150,6 +150,8 @@ func (v *Volume) commitGroup(group []*pending) {
 			deleted = v.deletedWrite(p, roundTombs)
 		}
 		switch {
+		case v.retired.Load():
+			p.err = fmt.Errorf("%w: the volume is now held as EC shards", ErrClosed)
 		case deleted != nil:
 			p.err = deleted
 		case state == StateFailed:

@@ -1,6 +1,9 @@
 // Package volume owns one haybale volume: the append-only file of needles
 // <vid>.dat, its index hint file <vid>.idx, the compact in-RAM index, group
-// commit, start-up recovery and the read path. It has no network code.
+// commit, start-up recovery and the read path, and the erasure-coded (EC)
+// form of sealed volumes: shards, their index and deletion journal,
+// encode, healthy and degraded reads, verify, rebuild and decode. It has no
+// network code.
 //
 // # Volume file (<vid>.dat)
 //
@@ -124,5 +127,98 @@
 // and cookie. Damaged bytes yield an error for which IsCorruption is true
 // and are never returned; a wrong cookie reads exactly like a missing image.
 //
-// A Volume is safe for concurrent use.
+// # Erasure-coded volumes
+//
+// A sealed volume can be turned into an erasure-coded (EC) volume: the bytes
+// of its .dat file (superblock included) form the data stream, which is cut
+// into rows of ECDataShards blocks, and each row gets ECParityShards parity
+// blocks computed with Reed-Solomon (github.com/klauspost/reedsolomon, its
+// default Vandermonde-derived code over GF(2^8)). Shard i (0..13) holds block
+// i of every row: shards 0..9 hold the data, 10..13 the parity.
+//
+// Rows use large blocks (default 1 GiB) while at least a full large row of
+// the stream remains, then small blocks (default 1 MiB) for the tail; the
+// last small row is padded with zeros. With L the large and S the small
+// block size and D the stream length:
+//
+//	large rows  nL = floor(D / (10 L))
+//	small rows  nS = ceil((D - nL*10*L) / (10 S))
+//	stream offset of block i of large row r:  r*10*L + i*L
+//	stream offset of block i of small row s:  nL*10*L + s*10*S + i*S
+//	shard offset of large row r:  r*L
+//	shard offset of small row s:  nL*L + s*S
+//
+// Shard offsets count from the end of the shard header, in the shard's
+// "data area". A needle at stream offset o lies in one data block, or in two
+// (rarely more) when it straddles a block boundary. Reed-Solomon works byte
+// column by byte column, so any byte range of a block can be rebuilt from the
+// same range of any 10 other blocks of its row.
+//
+// # Files of an EC volume
+//
+// <vid>.ec00 .. <vid>.ec13 are the shards, <vid>.ecx the needle index,
+// <vid>.ecj the deletion journal. Integers are little-endian.
+//
+// Shard files and the ecx begin with the same 128-byte header:
+//
+//	offset  size  field
+//	0       8     magic: "HAYECSHD" in a shard, "HAYECIDX" in the ecx
+//	8       4     EC format version (1)
+//	12      4     vid
+//	16      4     compaction generation of the encoded .dat
+//	20      4     shard: the shard index 0..13; ecx: the number of records
+//	24      8     D: length of the data stream (the .dat's size)
+//	32      8     L: large block size in bytes
+//	40      8     S: small block size in bytes
+//	48      1     data shards (10)
+//	49      1     parity shards (4)
+//	50      10    reserved, zero
+//	60      64    the encoded .dat's superblock (stream bytes [0, 64))
+//	124     4     CRC-32C (Castagnoli) of bytes [0, 124)
+//
+// A shard's data area follows its header: nL*L + nS*S bytes, block after
+// block in row order. Every shard of a set carries the same header but for
+// the shard index.
+//
+// The ecx follows its header with one 24-byte record per live needle, in the
+// idx record format (key, size code, offset and length in 8-byte stream
+// units, CRC-32C; the tombstone bit is never set), sorted by (key, size
+// code), each pair at most once. It is written once, at encode time, and is
+// loaded into the same packed in-RAM index a volume uses.
+//
+// The ecj begins with a 24-byte header and holds one 24-byte record per
+// delete, appended and synced before the delete is acknowledged:
+//
+//	header  offset  size  field
+//	        0       8     magic "HAYECJNL"
+//	        8       4     EC format version (1)
+//	        12      4     vid
+//	        16      4     compaction generation
+//	        20      4     CRC-32C of bytes [0, 20)
+//
+//	record  offset  size  field
+//	        0       8     key
+//	        8       8     cookie
+//	        16      4     size code (0xFFFFFFFF: every size of the photo)
+//	        20      4     CRC-32C of bytes [0, 20)
+//
+// A torn or damaged last record is a delete that was never acknowledged: it
+// is cut off when the journal is opened. Space of deleted needles is
+// reclaimed only when the volume is decoded (or decoded and encoded again).
+//
+// # Commit points
+//
+// Encode writes every shard and the journal under temporary names, syncs
+// them, renames them into place, syncs the directory, and only then writes
+// the ecx atomically: the ecx is the commit point, so shard files without an
+// ecx are leftovers of an encode that did not finish and the .dat is still
+// the volume. Rebuild writes each regenerated shard under a temporary name
+// and renames it over the lost one. Decode builds the new .dat (with the
+// next compaction generation, the journal's deletes applied and compacted
+// away) in a temporary directory and renames it into place last. When a
+// directory holds both a .dat and an ecx for one vid, the .dat wins if its
+// generation is newer (a decode finished), else the EC form wins (an encode
+// finished): see ResolveEC.
+//
+// A Volume and an ECVolume are safe for concurrent use.
 package volume

@@ -129,6 +129,11 @@ type Volume struct {
 	idxBytes   int64    // guarded by the commit leader role
 	idx        vfs.File // guarded by the commit leader role
 	idxErr     error    // guarded by the commit leader role
+
+	// retired is set once an EC encode that replaces the volume committed:
+	// appends (deletes too) fail with ErrClosed from then on, so none lands
+	// behind the encoded snapshot.
+	retired atomic.Bool
 }
 
 // DatPath returns the path of volume vid's .dat file in dir.

@@ -1040,8 +1040,14 @@ type VolumeInfo struct {
 	CompactionGeneration uint32 `protobuf:"varint,8,opt,name=compaction_generation,json=compactionGeneration,proto3" json:"compaction_generation,omitempty"`
 	// Creation time of the volume, Unix nanoseconds (from its superblock).
 	CreatedUnixNano int64 `protobuf:"varint,9,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// For an erasure-coded volume (state EC; size_bytes is then the size of
+	// the encoded volume file): the shards this store holds and can read (0..9
+	// data, 10..13 parity).
+	EcShardIds []uint32 `protobuf:"varint,10,rep,packed,name=ec_shard_ids,json=ecShardIds,proto3" json:"ec_shard_ids,omitempty"`
+	// For an erasure-coded volume: the number of deletes in its journal.
+	EcDeletedCount uint64 `protobuf:"varint,11,opt,name=ec_deleted_count,json=ecDeletedCount,proto3" json:"ec_deleted_count,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *VolumeInfo) Reset() {
@@ -1133,6 +1139,20 @@ func (x *VolumeInfo) GetCompactionGeneration() uint32 {
 func (x *VolumeInfo) GetCreatedUnixNano() int64 {
 	if x != nil {
 		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *VolumeInfo) GetEcShardIds() []uint32 {
+	if x != nil {
+		return x.EcShardIds
+	}
+	return nil
+}
+
+func (x *VolumeInfo) GetEcDeletedCount() uint64 {
+	if x != nil {
+		return x.EcDeletedCount
 	}
 	return 0
 }
@@ -1782,6 +1802,803 @@ func (x *ListNeedlesResponse) GetTotal() uint64 {
 	return 0
 }
 
+// EcShardReadRequest names a byte range of one shard.
+type EcShardReadRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// Shard index, 0..13 (0..9 data, 10..13 parity).
+	Shard uint32 `protobuf:"varint,2,opt,name=shard,proto3" json:"shard,omitempty"`
+	// Byte offset in the shard's data area.
+	Offset uint64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	// Number of bytes, at most 16 MiB.
+	Length        uint32 `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcShardReadRequest) Reset() {
+	*x = EcShardReadRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardReadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardReadRequest) ProtoMessage() {}
+
+func (x *EcShardReadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardReadRequest.ProtoReflect.Descriptor instead.
+func (*EcShardReadRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *EcShardReadRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *EcShardReadRequest) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *EcShardReadRequest) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *EcShardReadRequest) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+// EcShardReadResponse carries the bytes asked for.
+type EcShardReadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly the requested length.
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcShardReadResponse) Reset() {
+	*x = EcShardReadResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardReadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardReadResponse) ProtoMessage() {}
+
+func (x *EcShardReadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardReadResponse.ProtoReflect.Descriptor instead.
+func (*EcShardReadResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *EcShardReadResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// EcEncodeRequest names the sealed volume to encode.
+type EcEncodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// Large block size in bytes; 0 for the default (1 GiB).
+	LargeBlock uint64 `protobuf:"varint,2,opt,name=large_block,json=largeBlock,proto3" json:"large_block,omitempty"`
+	// Small block size in bytes; 0 for the default (1 MiB).
+	SmallBlock    uint64 `protobuf:"varint,3,opt,name=small_block,json=smallBlock,proto3" json:"small_block,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcEncodeRequest) Reset() {
+	*x = EcEncodeRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcEncodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcEncodeRequest) ProtoMessage() {}
+
+func (x *EcEncodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcEncodeRequest.ProtoReflect.Descriptor instead.
+func (*EcEncodeRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *EcEncodeRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *EcEncodeRequest) GetLargeBlock() uint64 {
+	if x != nil {
+		return x.LargeBlock
+	}
+	return 0
+}
+
+func (x *EcEncodeRequest) GetSmallBlock() uint64 {
+	if x != nil {
+		return x.SmallBlock
+	}
+	return 0
+}
+
+// EcEncodeResponse describes the EC volume written.
+type EcEncodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes of the encoded .dat.
+	DataSize uint64 `protobuf:"varint,1,opt,name=data_size,json=dataSize,proto3" json:"data_size,omitempty"`
+	// Bytes of each shard file, header included.
+	ShardSize uint64 `protobuf:"varint,2,opt,name=shard_size,json=shardSize,proto3" json:"shard_size,omitempty"`
+	// Live needles in the index.
+	Needles uint32 `protobuf:"varint,3,opt,name=needles,proto3" json:"needles,omitempty"`
+	// Live needles that straddle a block boundary.
+	Straddling    uint32 `protobuf:"varint,4,opt,name=straddling,proto3" json:"straddling,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcEncodeResponse) Reset() {
+	*x = EcEncodeResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcEncodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcEncodeResponse) ProtoMessage() {}
+
+func (x *EcEncodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcEncodeResponse.ProtoReflect.Descriptor instead.
+func (*EcEncodeResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *EcEncodeResponse) GetDataSize() uint64 {
+	if x != nil {
+		return x.DataSize
+	}
+	return 0
+}
+
+func (x *EcEncodeResponse) GetShardSize() uint64 {
+	if x != nil {
+		return x.ShardSize
+	}
+	return 0
+}
+
+func (x *EcEncodeResponse) GetNeedles() uint32 {
+	if x != nil {
+		return x.Needles
+	}
+	return 0
+}
+
+func (x *EcEncodeResponse) GetStraddling() uint32 {
+	if x != nil {
+		return x.Straddling
+	}
+	return 0
+}
+
+// EcDecodeRequest names the EC volume to decode.
+type EcDecodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid           uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcDecodeRequest) Reset() {
+	*x = EcDecodeRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcDecodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcDecodeRequest) ProtoMessage() {}
+
+func (x *EcDecodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcDecodeRequest.ProtoReflect.Descriptor instead.
+func (*EcDecodeRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *EcDecodeRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+// EcDecodeResponse describes the plain volume written.
+type EcDecodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The volume now in service.
+	Volume *VolumeInfo `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	// Journaled deletes applied.
+	Deletes uint32 `protobuf:"varint,2,opt,name=deletes,proto3" json:"deletes,omitempty"`
+	// Bytes the compaction of those deletes reclaimed.
+	ReclaimedBytes uint64 `protobuf:"varint,3,opt,name=reclaimed_bytes,json=reclaimedBytes,proto3" json:"reclaimed_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *EcDecodeResponse) Reset() {
+	*x = EcDecodeResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcDecodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcDecodeResponse) ProtoMessage() {}
+
+func (x *EcDecodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcDecodeResponse.ProtoReflect.Descriptor instead.
+func (*EcDecodeResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *EcDecodeResponse) GetVolume() *VolumeInfo {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+func (x *EcDecodeResponse) GetDeletes() uint32 {
+	if x != nil {
+		return x.Deletes
+	}
+	return 0
+}
+
+func (x *EcDecodeResponse) GetReclaimedBytes() uint64 {
+	if x != nil {
+		return x.ReclaimedBytes
+	}
+	return 0
+}
+
+// EcShardCopyRequest names one file of an EC volume.
+type EcShardCopyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// "ecx" (the index), "ecj" (the journal), or "ec00" .. "ec13" (a shard).
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcShardCopyRequest) Reset() {
+	*x = EcShardCopyRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardCopyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardCopyRequest) ProtoMessage() {}
+
+func (x *EcShardCopyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardCopyRequest.ProtoReflect.Descriptor instead.
+func (*EcShardCopyRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *EcShardCopyRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *EcShardCopyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// EcShardCopyResponse is one piece of an EC file; the stream sends them in order.
+type EcShardCopyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Byte offset of data in the file.
+	Offset uint64 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	// The bytes.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// Size of the whole file.
+	TotalSize     uint64 `protobuf:"varint,3,opt,name=total_size,json=totalSize,proto3" json:"total_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcShardCopyResponse) Reset() {
+	*x = EcShardCopyResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardCopyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardCopyResponse) ProtoMessage() {}
+
+func (x *EcShardCopyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardCopyResponse.ProtoReflect.Descriptor instead.
+func (*EcShardCopyResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *EcShardCopyResponse) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *EcShardCopyResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *EcShardCopyResponse) GetTotalSize() uint64 {
+	if x != nil {
+		return x.TotalSize
+	}
+	return 0
+}
+
+// EcShardMountRequest names the shards to take over and where from.
+type EcShardMountRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// Shards to copy (0..13); may be empty to hold only the index and journal.
+	Shards []uint32 `protobuf:"varint,2,rep,packed,name=shards,proto3" json:"shards,omitempty"`
+	// gRPC address of a store holding those shards.
+	SourceGrpcAddr string `protobuf:"bytes,3,opt,name=source_grpc_addr,json=sourceGrpcAddr,proto3" json:"source_grpc_addr,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *EcShardMountRequest) Reset() {
+	*x = EcShardMountRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardMountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardMountRequest) ProtoMessage() {}
+
+func (x *EcShardMountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardMountRequest.ProtoReflect.Descriptor instead.
+func (*EcShardMountRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *EcShardMountRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *EcShardMountRequest) GetShards() []uint32 {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
+func (x *EcShardMountRequest) GetSourceGrpcAddr() string {
+	if x != nil {
+		return x.SourceGrpcAddr
+	}
+	return ""
+}
+
+// EcShardMountResponse describes the EC volume as this store now holds it.
+type EcShardMountResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The EC volume, with the shards held here.
+	Volume        *VolumeInfo `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcShardMountResponse) Reset() {
+	*x = EcShardMountResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardMountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardMountResponse) ProtoMessage() {}
+
+func (x *EcShardMountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardMountResponse.ProtoReflect.Descriptor instead.
+func (*EcShardMountResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *EcShardMountResponse) GetVolume() *VolumeInfo {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+// EcShardDeleteRequest names the shards to remove.
+type EcShardDeleteRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// Shards to remove (0..13).
+	Shards        []uint32 `protobuf:"varint,2,rep,packed,name=shards,proto3" json:"shards,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcShardDeleteRequest) Reset() {
+	*x = EcShardDeleteRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardDeleteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardDeleteRequest) ProtoMessage() {}
+
+func (x *EcShardDeleteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardDeleteRequest.ProtoReflect.Descriptor instead.
+func (*EcShardDeleteRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *EcShardDeleteRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *EcShardDeleteRequest) GetShards() []uint32 {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
+// EcShardDeleteResponse describes the EC volume as this store now holds it.
+type EcShardDeleteResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The EC volume, with the shards still held here.
+	Volume        *VolumeInfo `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcShardDeleteResponse) Reset() {
+	*x = EcShardDeleteResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcShardDeleteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcShardDeleteResponse) ProtoMessage() {}
+
+func (x *EcShardDeleteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcShardDeleteResponse.ProtoReflect.Descriptor instead.
+func (*EcShardDeleteResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *EcShardDeleteResponse) GetVolume() *VolumeInfo {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+// EcRebuildRequest names the shards to regenerate.
+type EcRebuildRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// Shards to regenerate on this store (0..13).
+	Shards        []uint32 `protobuf:"varint,2,rep,packed,name=shards,proto3" json:"shards,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcRebuildRequest) Reset() {
+	*x = EcRebuildRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcRebuildRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcRebuildRequest) ProtoMessage() {}
+
+func (x *EcRebuildRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcRebuildRequest.ProtoReflect.Descriptor instead.
+func (*EcRebuildRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *EcRebuildRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *EcRebuildRequest) GetShards() []uint32 {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
+// EcRebuildResponse describes the EC volume as this store now holds it.
+type EcRebuildResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The EC volume, with the shards held here.
+	Volume        *VolumeInfo `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcRebuildResponse) Reset() {
+	*x = EcRebuildResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcRebuildResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcRebuildResponse) ProtoMessage() {}
+
+func (x *EcRebuildResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcRebuildResponse.ProtoReflect.Descriptor instead.
+func (*EcRebuildResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *EcRebuildResponse) GetVolume() *VolumeInfo {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
 var File_haybale_v1_store_proto protoreflect.FileDescriptor
 
 const file_haybale_v1_store_proto_rawDesc = "" +
@@ -1848,7 +2665,7 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"F\n" +
 	"\x14MarkReadOnlyResponse\x12.\n" +
-	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"\x8f\x03\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"\xbb\x03\n" +
 	"\n" +
 	"VolumeInfo\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12-\n" +
@@ -1860,8 +2677,11 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\fneedle_count\x18\x06 \x01(\x04R\vneedleCount\x12#\n" +
 	"\rdeleted_bytes\x18\a \x01(\x04R\fdeletedBytes\x123\n" +
 	"\x15compaction_generation\x18\b \x01(\rR\x14compactionGeneration\x12*\n" +
-	"\x11created_unix_nano\x18\t \x01(\x03R\x0fcreatedUnixNanoJ\x04\b\n" +
-	"\x10\x10R\fec_shard_idsR\x10ec_deleted_count\"\"\n" +
+	"\x11created_unix_nano\x18\t \x01(\x03R\x0fcreatedUnixNano\x12 \n" +
+	"\fec_shard_ids\x18\n" +
+	" \x03(\rR\n" +
+	"ecShardIds\x12(\n" +
+	"\x10ec_deleted_count\x18\v \x01(\x04R\x0eecDeletedCountJ\x04\b\f\x10\x10\"\"\n" +
 	"\x0eCompactRequest\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\"\x9b\x02\n" +
 	"\x0fCompactResponse\x12.\n" +
@@ -1913,14 +2733,66 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\adamaged\x18\t \x01(\tR\adamaged\"^\n" +
 	"\x13ListNeedlesResponse\x121\n" +
 	"\aentries\x18\x01 \x03(\v2\x17.haybale.v1.NeedleEntryR\aentries\x12\x14\n" +
-	"\x05total\x18\x02 \x01(\x04R\x05total*\xa9\x01\n" +
+	"\x05total\x18\x02 \x01(\x04R\x05total\"l\n" +
+	"\x12EcShardReadRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x14\n" +
+	"\x05shard\x18\x02 \x01(\rR\x05shard\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x04 \x01(\rR\x06length\")\n" +
+	"\x13EcShardReadResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"e\n" +
+	"\x0fEcEncodeRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x1f\n" +
+	"\vlarge_block\x18\x02 \x01(\x04R\n" +
+	"largeBlock\x12\x1f\n" +
+	"\vsmall_block\x18\x03 \x01(\x04R\n" +
+	"smallBlock\"\x88\x01\n" +
+	"\x10EcEncodeResponse\x12\x1b\n" +
+	"\tdata_size\x18\x01 \x01(\x04R\bdataSize\x12\x1d\n" +
+	"\n" +
+	"shard_size\x18\x02 \x01(\x04R\tshardSize\x12\x18\n" +
+	"\aneedles\x18\x03 \x01(\rR\aneedles\x12\x1e\n" +
+	"\n" +
+	"straddling\x18\x04 \x01(\rR\n" +
+	"straddling\"#\n" +
+	"\x0fEcDecodeRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\"\x85\x01\n" +
+	"\x10EcDecodeResponse\x12.\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\x12\x18\n" +
+	"\adeletes\x18\x02 \x01(\rR\adeletes\x12'\n" +
+	"\x0freclaimed_bytes\x18\x03 \x01(\x04R\x0ereclaimedBytes\":\n" +
+	"\x12EcShardCopyRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"`\n" +
+	"\x13EcShardCopyResponse\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1d\n" +
+	"\n" +
+	"total_size\x18\x03 \x01(\x04R\ttotalSize\"i\n" +
+	"\x13EcShardMountRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
+	"\x06shards\x18\x02 \x03(\rR\x06shards\x12(\n" +
+	"\x10source_grpc_addr\x18\x03 \x01(\tR\x0esourceGrpcAddr\"F\n" +
+	"\x14EcShardMountResponse\x12.\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"@\n" +
+	"\x14EcShardDeleteRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
+	"\x06shards\x18\x02 \x03(\rR\x06shards\"G\n" +
+	"\x15EcShardDeleteResponse\x12.\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"<\n" +
+	"\x10EcRebuildRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
+	"\x06shards\x18\x02 \x03(\rR\x06shards\"C\n" +
+	"\x11EcRebuildResponse\x12.\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume*\xa9\x01\n" +
 	"\vVolumeState\x12\x1c\n" +
 	"\x18VOLUME_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VOLUME_STATE_WRITABLE\x10\x01\x12\x1a\n" +
 	"\x16VOLUME_STATE_READ_ONLY\x10\x02\x12\x17\n" +
 	"\x13VOLUME_STATE_SEALED\x10\x03\x12\x13\n" +
 	"\x0fVOLUME_STATE_EC\x10\x04\x12\x17\n" +
-	"\x13VOLUME_STATE_FAILED\x10\x052\x83\x06\n" +
+	"\x13VOLUME_STATE_FAILED\x10\x052\xa6\n" +
+	"\n" +
 	"\x05Store\x12<\n" +
 	"\x05Write\x12\x18.haybale.v1.WriteRequest\x1a\x19.haybale.v1.WriteResponse\x12?\n" +
 	"\x06Delete\x12\x19.haybale.v1.DeleteRequest\x1a\x1a.haybale.v1.DeleteResponse\x129\n" +
@@ -1932,7 +2804,14 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\n" +
 	"CopyVolume\x12\x1d.haybale.v1.CopyVolumeRequest\x1a\x1e.haybale.v1.CopyVolumeResponse0\x01\x12\\\n" +
 	"\x0fReplicateVolume\x12\".haybale.v1.ReplicateVolumeRequest\x1a#.haybale.v1.ReplicateVolumeResponse0\x01\x12P\n" +
-	"\vListNeedles\x12\x1e.haybale.v1.ListNeedlesRequest\x1a\x1f.haybale.v1.ListNeedlesResponse0\x01B=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
+	"\vListNeedles\x12\x1e.haybale.v1.ListNeedlesRequest\x1a\x1f.haybale.v1.ListNeedlesResponse0\x01\x12N\n" +
+	"\vEcShardRead\x12\x1e.haybale.v1.EcShardReadRequest\x1a\x1f.haybale.v1.EcShardReadResponse\x12E\n" +
+	"\bEcEncode\x12\x1b.haybale.v1.EcEncodeRequest\x1a\x1c.haybale.v1.EcEncodeResponse\x12E\n" +
+	"\bEcDecode\x12\x1b.haybale.v1.EcDecodeRequest\x1a\x1c.haybale.v1.EcDecodeResponse\x12P\n" +
+	"\vEcShardCopy\x12\x1e.haybale.v1.EcShardCopyRequest\x1a\x1f.haybale.v1.EcShardCopyResponse0\x01\x12Q\n" +
+	"\fEcShardMount\x12\x1f.haybale.v1.EcShardMountRequest\x1a .haybale.v1.EcShardMountResponse\x12T\n" +
+	"\rEcShardDelete\x12 .haybale.v1.EcShardDeleteRequest\x1a!.haybale.v1.EcShardDeleteResponse\x12H\n" +
+	"\tEcRebuild\x12\x1c.haybale.v1.EcRebuildRequest\x1a\x1d.haybale.v1.EcRebuildResponseB=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
 
 var (
 	file_haybale_v1_store_proto_rawDescOnce sync.Once
@@ -1947,7 +2826,7 @@ func file_haybale_v1_store_proto_rawDescGZIP() []byte {
 }
 
 var file_haybale_v1_store_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_haybale_v1_store_proto_goTypes = []any{
 	(VolumeState)(0),                // 0: haybale.v1.VolumeState
 	(*Needle)(nil),                  // 1: haybale.v1.Needle
@@ -1974,6 +2853,20 @@ var file_haybale_v1_store_proto_goTypes = []any{
 	(*ListNeedlesRequest)(nil),      // 22: haybale.v1.ListNeedlesRequest
 	(*NeedleEntry)(nil),             // 23: haybale.v1.NeedleEntry
 	(*ListNeedlesResponse)(nil),     // 24: haybale.v1.ListNeedlesResponse
+	(*EcShardReadRequest)(nil),      // 25: haybale.v1.EcShardReadRequest
+	(*EcShardReadResponse)(nil),     // 26: haybale.v1.EcShardReadResponse
+	(*EcEncodeRequest)(nil),         // 27: haybale.v1.EcEncodeRequest
+	(*EcEncodeResponse)(nil),        // 28: haybale.v1.EcEncodeResponse
+	(*EcDecodeRequest)(nil),         // 29: haybale.v1.EcDecodeRequest
+	(*EcDecodeResponse)(nil),        // 30: haybale.v1.EcDecodeResponse
+	(*EcShardCopyRequest)(nil),      // 31: haybale.v1.EcShardCopyRequest
+	(*EcShardCopyResponse)(nil),     // 32: haybale.v1.EcShardCopyResponse
+	(*EcShardMountRequest)(nil),     // 33: haybale.v1.EcShardMountRequest
+	(*EcShardMountResponse)(nil),    // 34: haybale.v1.EcShardMountResponse
+	(*EcShardDeleteRequest)(nil),    // 35: haybale.v1.EcShardDeleteRequest
+	(*EcShardDeleteResponse)(nil),   // 36: haybale.v1.EcShardDeleteResponse
+	(*EcRebuildRequest)(nil),        // 37: haybale.v1.EcRebuildRequest
+	(*EcRebuildResponse)(nil),       // 38: haybale.v1.EcRebuildResponse
 }
 var file_haybale_v1_store_proto_depIdxs = []int32{
 	1,  // 0: haybale.v1.WriteRequest.needles:type_name -> haybale.v1.Needle
@@ -1986,31 +2879,49 @@ var file_haybale_v1_store_proto_depIdxs = []int32{
 	15, // 7: haybale.v1.CompactResponse.volume:type_name -> haybale.v1.VolumeInfo
 	15, // 8: haybale.v1.ReplicateVolumeResponse.volume:type_name -> haybale.v1.VolumeInfo
 	23, // 9: haybale.v1.ListNeedlesResponse.entries:type_name -> haybale.v1.NeedleEntry
-	2,  // 10: haybale.v1.Store.Write:input_type -> haybale.v1.WriteRequest
-	5,  // 11: haybale.v1.Store.Delete:input_type -> haybale.v1.DeleteRequest
-	7,  // 12: haybale.v1.Store.Read:input_type -> haybale.v1.ReadRequest
-	9,  // 13: haybale.v1.Store.AllocateVolume:input_type -> haybale.v1.AllocateVolumeRequest
-	11, // 14: haybale.v1.Store.VolumeStatus:input_type -> haybale.v1.VolumeStatusRequest
-	13, // 15: haybale.v1.Store.MarkReadOnly:input_type -> haybale.v1.MarkReadOnlyRequest
-	16, // 16: haybale.v1.Store.Compact:input_type -> haybale.v1.CompactRequest
-	18, // 17: haybale.v1.Store.CopyVolume:input_type -> haybale.v1.CopyVolumeRequest
-	20, // 18: haybale.v1.Store.ReplicateVolume:input_type -> haybale.v1.ReplicateVolumeRequest
-	22, // 19: haybale.v1.Store.ListNeedles:input_type -> haybale.v1.ListNeedlesRequest
-	4,  // 20: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
-	6,  // 21: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
-	8,  // 22: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
-	10, // 23: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
-	12, // 24: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
-	14, // 25: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
-	17, // 26: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
-	19, // 27: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
-	21, // 28: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
-	24, // 29: haybale.v1.Store.ListNeedles:output_type -> haybale.v1.ListNeedlesResponse
-	20, // [20:30] is the sub-list for method output_type
-	10, // [10:20] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	15, // 10: haybale.v1.EcDecodeResponse.volume:type_name -> haybale.v1.VolumeInfo
+	15, // 11: haybale.v1.EcShardMountResponse.volume:type_name -> haybale.v1.VolumeInfo
+	15, // 12: haybale.v1.EcShardDeleteResponse.volume:type_name -> haybale.v1.VolumeInfo
+	15, // 13: haybale.v1.EcRebuildResponse.volume:type_name -> haybale.v1.VolumeInfo
+	2,  // 14: haybale.v1.Store.Write:input_type -> haybale.v1.WriteRequest
+	5,  // 15: haybale.v1.Store.Delete:input_type -> haybale.v1.DeleteRequest
+	7,  // 16: haybale.v1.Store.Read:input_type -> haybale.v1.ReadRequest
+	9,  // 17: haybale.v1.Store.AllocateVolume:input_type -> haybale.v1.AllocateVolumeRequest
+	11, // 18: haybale.v1.Store.VolumeStatus:input_type -> haybale.v1.VolumeStatusRequest
+	13, // 19: haybale.v1.Store.MarkReadOnly:input_type -> haybale.v1.MarkReadOnlyRequest
+	16, // 20: haybale.v1.Store.Compact:input_type -> haybale.v1.CompactRequest
+	18, // 21: haybale.v1.Store.CopyVolume:input_type -> haybale.v1.CopyVolumeRequest
+	20, // 22: haybale.v1.Store.ReplicateVolume:input_type -> haybale.v1.ReplicateVolumeRequest
+	22, // 23: haybale.v1.Store.ListNeedles:input_type -> haybale.v1.ListNeedlesRequest
+	25, // 24: haybale.v1.Store.EcShardRead:input_type -> haybale.v1.EcShardReadRequest
+	27, // 25: haybale.v1.Store.EcEncode:input_type -> haybale.v1.EcEncodeRequest
+	29, // 26: haybale.v1.Store.EcDecode:input_type -> haybale.v1.EcDecodeRequest
+	31, // 27: haybale.v1.Store.EcShardCopy:input_type -> haybale.v1.EcShardCopyRequest
+	33, // 28: haybale.v1.Store.EcShardMount:input_type -> haybale.v1.EcShardMountRequest
+	35, // 29: haybale.v1.Store.EcShardDelete:input_type -> haybale.v1.EcShardDeleteRequest
+	37, // 30: haybale.v1.Store.EcRebuild:input_type -> haybale.v1.EcRebuildRequest
+	4,  // 31: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
+	6,  // 32: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
+	8,  // 33: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
+	10, // 34: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
+	12, // 35: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
+	14, // 36: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
+	17, // 37: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
+	19, // 38: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
+	21, // 39: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
+	24, // 40: haybale.v1.Store.ListNeedles:output_type -> haybale.v1.ListNeedlesResponse
+	26, // 41: haybale.v1.Store.EcShardRead:output_type -> haybale.v1.EcShardReadResponse
+	28, // 42: haybale.v1.Store.EcEncode:output_type -> haybale.v1.EcEncodeResponse
+	30, // 43: haybale.v1.Store.EcDecode:output_type -> haybale.v1.EcDecodeResponse
+	32, // 44: haybale.v1.Store.EcShardCopy:output_type -> haybale.v1.EcShardCopyResponse
+	34, // 45: haybale.v1.Store.EcShardMount:output_type -> haybale.v1.EcShardMountResponse
+	36, // 46: haybale.v1.Store.EcShardDelete:output_type -> haybale.v1.EcShardDeleteResponse
+	38, // 47: haybale.v1.Store.EcRebuild:output_type -> haybale.v1.EcRebuildResponse
+	31, // [31:48] is the sub-list for method output_type
+	14, // [14:31] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_haybale_v1_store_proto_init() }
@@ -2024,7 +2935,7 @@ func file_haybale_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haybale_v1_store_proto_rawDesc), len(file_haybale_v1_store_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

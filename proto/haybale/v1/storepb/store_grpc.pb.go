@@ -29,6 +29,13 @@ const (
 	Store_CopyVolume_FullMethodName      = "/haybale.v1.Store/CopyVolume"
 	Store_ReplicateVolume_FullMethodName = "/haybale.v1.Store/ReplicateVolume"
 	Store_ListNeedles_FullMethodName     = "/haybale.v1.Store/ListNeedles"
+	Store_EcShardRead_FullMethodName     = "/haybale.v1.Store/EcShardRead"
+	Store_EcEncode_FullMethodName        = "/haybale.v1.Store/EcEncode"
+	Store_EcDecode_FullMethodName        = "/haybale.v1.Store/EcDecode"
+	Store_EcShardCopy_FullMethodName     = "/haybale.v1.Store/EcShardCopy"
+	Store_EcShardMount_FullMethodName    = "/haybale.v1.Store/EcShardMount"
+	Store_EcShardDelete_FullMethodName   = "/haybale.v1.Store/EcShardDelete"
+	Store_EcRebuild_FullMethodName       = "/haybale.v1.Store/EcRebuild"
 )
 
 // StoreClient is the client API for Store service.
@@ -79,13 +86,6 @@ const (
 // method names):
 //
 //	// Erasure coding (10 data + 4 parity shards, f4-style warm storage).
-//	rpc EcEncode(EcEncodeRequest) returns (EcEncodeResponse);
-//	rpc EcShardCopy(EcShardCopyRequest) returns (stream EcShardChunk);
-//	rpc EcShardRead(EcShardReadRequest) returns (EcShardReadResponse);
-//	rpc EcShardMount(EcShardMountRequest) returns (EcShardMountResponse);
-//	rpc EcShardDelete(EcShardDeleteRequest) returns (EcShardDeleteResponse);
-//	rpc EcRebuild(EcRebuildRequest) returns (EcRebuildResponse);
-//	rpc EcDecode(EcDecodeRequest) returns (EcDecodeResponse);
 type StoreClient interface {
 	// Write appends a batch of needles to one volume. All needles of the batch
 	// become durable (fdatasync'ed) before the answer, and either all of them
@@ -159,6 +159,57 @@ type StoreClient interface {
 	// Errors: NOT_FOUND (vid not on this store), FAILED_PRECONDITION (failed
 	// volume), INVALID_ARGUMENT (vid 0).
 	ListNeedles(ctx context.Context, in *ListNeedlesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListNeedlesResponse], error)
+	// EcShardRead returns a byte range of the data area of one shard of an EC
+	// volume this store holds (offsets count from the end of the shard
+	// header). Callers: stores rebuilding a range for a degraded read, and
+	// operator tools. Errors: NOT_FOUND (no such EC volume, or the shard is not
+	// held here), INVALID_ARGUMENT (shard outside 0..13, a range outside the
+	// shard or longer than 16 MiB), UNAVAILABLE (the shard cannot be read).
+	EcShardRead(ctx context.Context, in *EcShardReadRequest, opts ...grpc.CallOption) (*EcShardReadResponse, error)
+	// EcEncode erasure-codes a sealed volume of this store in place: it writes
+	// the 14 shards, the index and an empty deletion journal beside the .dat,
+	// serves the volume as an EC volume from then on (same image paths,
+	// headers and ETags), and removes the .dat and its idx. Callers: the
+	// directory and operator tools. Errors: NOT_FOUND, FAILED_PRECONDITION (the
+	// volume is writable or failed), ALREADY_EXISTS (EC files exist),
+	// INVALID_ARGUMENT (block sizes).
+	EcEncode(ctx context.Context, in *EcEncodeRequest, opts ...grpc.CallOption) (*EcEncodeResponse, error)
+	// EcDecode turns an EC volume of this store back into a plain, sealed
+	// volume in place: it rebuilds the volume file from the shards (this
+	// store's and, for the others, its peers'), applies the deletion journal
+	// and compacts its deletes away, serves the plain volume from then on, and
+	// removes the EC files. Reads go on meanwhile; deletes wait. Callers: the
+	// directory and operator tools. Errors: NOT_FOUND, UNAVAILABLE (too few
+	// shards readable), DATA_LOSS.
+	EcDecode(ctx context.Context, in *EcDecodeRequest, opts ...grpc.CallOption) (*EcDecodeResponse, error)
+	// EcShardCopy streams one file of an EC volume this store holds (its
+	// index, its journal or one of its shards), in chunks of at most 1 MiB.
+	// Callers: stores taking over shards (EcShardMount). Errors: NOT_FOUND (no
+	// such EC volume, or the shard is not held here), INVALID_ARGUMENT (name).
+	EcShardCopy(ctx context.Context, in *EcShardCopyRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EcShardCopyResponse], error)
+	// EcShardMount makes this store a holder of some shards of an EC volume:
+	// it pulls them, with the index (and the journal, when it has none yet),
+	// from the store at source_grpc_addr with EcShardCopy, checks them, and
+	// serves the volume with every shard it then holds. A read-only plain
+	// replica of the same volume and generation on this store is replaced
+	// (its files removed). Callers: the directory and operator tools placing
+	// shards. Errors: INVALID_ARGUMENT, FAILED_PRECONDITION (the store holds
+	// the volume as a writable plain volume, or of another generation),
+	// UNAVAILABLE (the source cannot be read), DATA_LOSS (the copy does not
+	// check).
+	EcShardMount(ctx context.Context, in *EcShardMountRequest, opts ...grpc.CallOption) (*EcShardMountResponse, error)
+	// EcShardDelete removes shards of an EC volume from this store (after they
+	// were placed on others); the index and journal stay, so the store still
+	// serves the volume, reading those shards from its peers. Callers: the
+	// directory and operator tools placing shards. Errors: NOT_FOUND,
+	// INVALID_ARGUMENT.
+	EcShardDelete(ctx context.Context, in *EcShardDeleteRequest, opts ...grpc.CallOption) (*EcShardDeleteResponse, error)
+	// EcRebuild regenerates shards of an EC volume this store serves (it holds
+	// at least the index) from 10 others, read locally or from its peers, and
+	// serves them from then on: how lost shards come back on healthy stores.
+	// Callers: the directory and operator tools. Errors: NOT_FOUND,
+	// INVALID_ARGUMENT, UNAVAILABLE (fewer than 10 shards readable).
+	EcRebuild(ctx context.Context, in *EcRebuildRequest, opts ...grpc.CallOption) (*EcRebuildResponse, error)
 }
 
 type storeClient struct {
@@ -296,6 +347,85 @@ func (c *storeClient) ListNeedles(ctx context.Context, in *ListNeedlesRequest, o
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Store_ListNeedlesClient = grpc.ServerStreamingClient[ListNeedlesResponse]
 
+func (c *storeClient) EcShardRead(ctx context.Context, in *EcShardReadRequest, opts ...grpc.CallOption) (*EcShardReadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EcShardReadResponse)
+	err := c.cc.Invoke(ctx, Store_EcShardRead_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *storeClient) EcEncode(ctx context.Context, in *EcEncodeRequest, opts ...grpc.CallOption) (*EcEncodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EcEncodeResponse)
+	err := c.cc.Invoke(ctx, Store_EcEncode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *storeClient) EcDecode(ctx context.Context, in *EcDecodeRequest, opts ...grpc.CallOption) (*EcDecodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EcDecodeResponse)
+	err := c.cc.Invoke(ctx, Store_EcDecode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *storeClient) EcShardCopy(ctx context.Context, in *EcShardCopyRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EcShardCopyResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Store_ServiceDesc.Streams[3], Store_EcShardCopy_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[EcShardCopyRequest, EcShardCopyResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Store_EcShardCopyClient = grpc.ServerStreamingClient[EcShardCopyResponse]
+
+func (c *storeClient) EcShardMount(ctx context.Context, in *EcShardMountRequest, opts ...grpc.CallOption) (*EcShardMountResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EcShardMountResponse)
+	err := c.cc.Invoke(ctx, Store_EcShardMount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *storeClient) EcShardDelete(ctx context.Context, in *EcShardDeleteRequest, opts ...grpc.CallOption) (*EcShardDeleteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EcShardDeleteResponse)
+	err := c.cc.Invoke(ctx, Store_EcShardDelete_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *storeClient) EcRebuild(ctx context.Context, in *EcRebuildRequest, opts ...grpc.CallOption) (*EcRebuildResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EcRebuildResponse)
+	err := c.cc.Invoke(ctx, Store_EcRebuild_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StoreServer is the server API for Store service.
 // All implementations must embed UnimplementedStoreServer
 // for forward compatibility.
@@ -344,13 +474,6 @@ type Store_ListNeedlesClient = grpc.ServerStreamingClient[ListNeedlesResponse]
 // method names):
 //
 //	// Erasure coding (10 data + 4 parity shards, f4-style warm storage).
-//	rpc EcEncode(EcEncodeRequest) returns (EcEncodeResponse);
-//	rpc EcShardCopy(EcShardCopyRequest) returns (stream EcShardChunk);
-//	rpc EcShardRead(EcShardReadRequest) returns (EcShardReadResponse);
-//	rpc EcShardMount(EcShardMountRequest) returns (EcShardMountResponse);
-//	rpc EcShardDelete(EcShardDeleteRequest) returns (EcShardDeleteResponse);
-//	rpc EcRebuild(EcRebuildRequest) returns (EcRebuildResponse);
-//	rpc EcDecode(EcDecodeRequest) returns (EcDecodeResponse);
 type StoreServer interface {
 	// Write appends a batch of needles to one volume. All needles of the batch
 	// become durable (fdatasync'ed) before the answer, and either all of them
@@ -424,6 +547,57 @@ type StoreServer interface {
 	// Errors: NOT_FOUND (vid not on this store), FAILED_PRECONDITION (failed
 	// volume), INVALID_ARGUMENT (vid 0).
 	ListNeedles(*ListNeedlesRequest, grpc.ServerStreamingServer[ListNeedlesResponse]) error
+	// EcShardRead returns a byte range of the data area of one shard of an EC
+	// volume this store holds (offsets count from the end of the shard
+	// header). Callers: stores rebuilding a range for a degraded read, and
+	// operator tools. Errors: NOT_FOUND (no such EC volume, or the shard is not
+	// held here), INVALID_ARGUMENT (shard outside 0..13, a range outside the
+	// shard or longer than 16 MiB), UNAVAILABLE (the shard cannot be read).
+	EcShardRead(context.Context, *EcShardReadRequest) (*EcShardReadResponse, error)
+	// EcEncode erasure-codes a sealed volume of this store in place: it writes
+	// the 14 shards, the index and an empty deletion journal beside the .dat,
+	// serves the volume as an EC volume from then on (same image paths,
+	// headers and ETags), and removes the .dat and its idx. Callers: the
+	// directory and operator tools. Errors: NOT_FOUND, FAILED_PRECONDITION (the
+	// volume is writable or failed), ALREADY_EXISTS (EC files exist),
+	// INVALID_ARGUMENT (block sizes).
+	EcEncode(context.Context, *EcEncodeRequest) (*EcEncodeResponse, error)
+	// EcDecode turns an EC volume of this store back into a plain, sealed
+	// volume in place: it rebuilds the volume file from the shards (this
+	// store's and, for the others, its peers'), applies the deletion journal
+	// and compacts its deletes away, serves the plain volume from then on, and
+	// removes the EC files. Reads go on meanwhile; deletes wait. Callers: the
+	// directory and operator tools. Errors: NOT_FOUND, UNAVAILABLE (too few
+	// shards readable), DATA_LOSS.
+	EcDecode(context.Context, *EcDecodeRequest) (*EcDecodeResponse, error)
+	// EcShardCopy streams one file of an EC volume this store holds (its
+	// index, its journal or one of its shards), in chunks of at most 1 MiB.
+	// Callers: stores taking over shards (EcShardMount). Errors: NOT_FOUND (no
+	// such EC volume, or the shard is not held here), INVALID_ARGUMENT (name).
+	EcShardCopy(*EcShardCopyRequest, grpc.ServerStreamingServer[EcShardCopyResponse]) error
+	// EcShardMount makes this store a holder of some shards of an EC volume:
+	// it pulls them, with the index (and the journal, when it has none yet),
+	// from the store at source_grpc_addr with EcShardCopy, checks them, and
+	// serves the volume with every shard it then holds. A read-only plain
+	// replica of the same volume and generation on this store is replaced
+	// (its files removed). Callers: the directory and operator tools placing
+	// shards. Errors: INVALID_ARGUMENT, FAILED_PRECONDITION (the store holds
+	// the volume as a writable plain volume, or of another generation),
+	// UNAVAILABLE (the source cannot be read), DATA_LOSS (the copy does not
+	// check).
+	EcShardMount(context.Context, *EcShardMountRequest) (*EcShardMountResponse, error)
+	// EcShardDelete removes shards of an EC volume from this store (after they
+	// were placed on others); the index and journal stay, so the store still
+	// serves the volume, reading those shards from its peers. Callers: the
+	// directory and operator tools placing shards. Errors: NOT_FOUND,
+	// INVALID_ARGUMENT.
+	EcShardDelete(context.Context, *EcShardDeleteRequest) (*EcShardDeleteResponse, error)
+	// EcRebuild regenerates shards of an EC volume this store serves (it holds
+	// at least the index) from 10 others, read locally or from its peers, and
+	// serves them from then on: how lost shards come back on healthy stores.
+	// Callers: the directory and operator tools. Errors: NOT_FOUND,
+	// INVALID_ARGUMENT, UNAVAILABLE (fewer than 10 shards readable).
+	EcRebuild(context.Context, *EcRebuildRequest) (*EcRebuildResponse, error)
 	mustEmbedUnimplementedStoreServer()
 }
 
@@ -463,6 +637,27 @@ func (UnimplementedStoreServer) ReplicateVolume(*ReplicateVolumeRequest, grpc.Se
 }
 func (UnimplementedStoreServer) ListNeedles(*ListNeedlesRequest, grpc.ServerStreamingServer[ListNeedlesResponse]) error {
 	return status.Error(codes.Unimplemented, "method ListNeedles not implemented")
+}
+func (UnimplementedStoreServer) EcShardRead(context.Context, *EcShardReadRequest) (*EcShardReadResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EcShardRead not implemented")
+}
+func (UnimplementedStoreServer) EcEncode(context.Context, *EcEncodeRequest) (*EcEncodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EcEncode not implemented")
+}
+func (UnimplementedStoreServer) EcDecode(context.Context, *EcDecodeRequest) (*EcDecodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EcDecode not implemented")
+}
+func (UnimplementedStoreServer) EcShardCopy(*EcShardCopyRequest, grpc.ServerStreamingServer[EcShardCopyResponse]) error {
+	return status.Error(codes.Unimplemented, "method EcShardCopy not implemented")
+}
+func (UnimplementedStoreServer) EcShardMount(context.Context, *EcShardMountRequest) (*EcShardMountResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EcShardMount not implemented")
+}
+func (UnimplementedStoreServer) EcShardDelete(context.Context, *EcShardDeleteRequest) (*EcShardDeleteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EcShardDelete not implemented")
+}
+func (UnimplementedStoreServer) EcRebuild(context.Context, *EcRebuildRequest) (*EcRebuildResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EcRebuild not implemented")
 }
 func (UnimplementedStoreServer) mustEmbedUnimplementedStoreServer() {}
 func (UnimplementedStoreServer) testEmbeddedByValue()               {}
@@ -644,6 +839,125 @@ func _Store_ListNeedles_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Store_ListNeedlesServer = grpc.ServerStreamingServer[ListNeedlesResponse]
 
+func _Store_EcShardRead_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EcShardReadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreServer).EcShardRead(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Store_EcShardRead_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreServer).EcShardRead(ctx, req.(*EcShardReadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Store_EcEncode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EcEncodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreServer).EcEncode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Store_EcEncode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreServer).EcEncode(ctx, req.(*EcEncodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Store_EcDecode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EcDecodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreServer).EcDecode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Store_EcDecode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreServer).EcDecode(ctx, req.(*EcDecodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Store_EcShardCopy_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(EcShardCopyRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(StoreServer).EcShardCopy(m, &grpc.GenericServerStream[EcShardCopyRequest, EcShardCopyResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Store_EcShardCopyServer = grpc.ServerStreamingServer[EcShardCopyResponse]
+
+func _Store_EcShardMount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EcShardMountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreServer).EcShardMount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Store_EcShardMount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreServer).EcShardMount(ctx, req.(*EcShardMountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Store_EcShardDelete_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EcShardDeleteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreServer).EcShardDelete(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Store_EcShardDelete_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreServer).EcShardDelete(ctx, req.(*EcShardDeleteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Store_EcRebuild_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EcRebuildRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreServer).EcRebuild(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Store_EcRebuild_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreServer).EcRebuild(ctx, req.(*EcRebuildRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Store_ServiceDesc is the grpc.ServiceDesc for Store service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -679,6 +993,30 @@ var Store_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Compact",
 			Handler:    _Store_Compact_Handler,
 		},
+		{
+			MethodName: "EcShardRead",
+			Handler:    _Store_EcShardRead_Handler,
+		},
+		{
+			MethodName: "EcEncode",
+			Handler:    _Store_EcEncode_Handler,
+		},
+		{
+			MethodName: "EcDecode",
+			Handler:    _Store_EcDecode_Handler,
+		},
+		{
+			MethodName: "EcShardMount",
+			Handler:    _Store_EcShardMount_Handler,
+		},
+		{
+			MethodName: "EcShardDelete",
+			Handler:    _Store_EcShardDelete_Handler,
+		},
+		{
+			MethodName: "EcRebuild",
+			Handler:    _Store_EcRebuild_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -694,6 +1032,11 @@ var Store_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ListNeedles",
 			Handler:       _Store_ListNeedles_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "EcShardCopy",
+			Handler:       _Store_EcShardCopy_Handler,
 			ServerStreams: true,
 		},
 	},
