@@ -65,7 +65,8 @@ type DirectoryClient interface {
 	// for data needles of those keys only. Callers: gateway, operator.
 	Assign(ctx context.Context, in *AssignRequest, opts ...grpc.CallOption) (*AssignResponse, error)
 	// Lookup answers which stores hold a volume and in what state it is.
-	// Callers: gateway, cache, operator.
+	// Callers: gateway, cache, operator, and stores finding the holders of an
+	// EC volume's shards for degraded reads.
 	Lookup(ctx context.Context, in *LookupRequest, opts ...grpc.CallOption) (*LookupResponse, error)
 	// ListStores describes every known store. Callers: operator.
 	ListStores(ctx context.Context, in *ListStoresRequest, opts ...grpc.CallOption) (*ListStoresResponse, error)
@@ -220,7 +221,8 @@ type DirectoryServer interface {
 	// for data needles of those keys only. Callers: gateway, operator.
 	Assign(context.Context, *AssignRequest) (*AssignResponse, error)
 	// Lookup answers which stores hold a volume and in what state it is.
-	// Callers: gateway, cache, operator.
+	// Callers: gateway, cache, operator, and stores finding the holders of an
+	// EC volume's shards for degraded reads.
 	Lookup(context.Context, *LookupRequest) (*LookupResponse, error)
 	// ListStores describes every known store. Callers: operator.
 	ListStores(context.Context, *ListStoresRequest) (*ListStoresResponse, error)
