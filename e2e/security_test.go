@@ -171,6 +171,26 @@ func TestClusterRefusesAttacks(t *testing.T) {
 	_, err = hb.Recv()
 	wantRefused(t, "heartbeat as another store", err, codes.PermissionDenied)
 
+	// 3b. An absurd vid: a store with a cluster certificate (a rogue or
+	// compromised machine) reports vid 4294967295, which would make the
+	// next vid wrap to 0 and stop uploads if it were adopted.
+	rogueStore := creds(t, c.issue("store", "store-mallory"))
+	hb, err = dirClientAs(t, rogueStore, c.dirGRPC).Heartbeat(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hb.Send(&directorypb.HeartbeatRequest{StoreId: "store-mallory", GrpcAddr: "127.0.0.1:1", HttpAddr: "127.0.0.1:2", FreeBytes: 1 << 40,
+		Volumes: []*storepb.VolumeInfo{{Vid: 4294967295, State: storepb.VolumeState_VOLUME_STATE_WRITABLE, SizeLimitBytes: 1 << 30}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hb.Recv(); err != nil {
+		t.Fatalf("heartbeat of a store with its own certificate: %v", err)
+	}
+	hb.CloseSend()
+	if lr, err := dirClientAs(t, operator, c.dirGRPC).Lookup(ctx, &directorypb.LookupRequest{Vid: 4294967295}); err == nil {
+		t.Errorf("the directory adopted vid 4294967295: %v", lr)
+	}
+
 	// 4. A forged delete token used for a write: a gateway may ask for the
 	// delete token of any photo ID, even with a made-up cookie, but the
 	// token allows tombstones of that exact photo only.
