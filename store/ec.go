@@ -308,22 +308,7 @@ func (g *grpcService) ecRead(ctx context.Context, e *volume.ECVolume, req *store
 		}
 		return nil, volumeError(req.GetVid(), err)
 	}
-	resp := &storepb.ReadResponse{Needle: &storepb.Needle{
-		Key:                n.Key,
-		Cookie:             n.Cookie,
-		SizeCode:           uint32(n.Size),
-		ContentType:        uint32(n.ContentType),
-		Data:               n.Data,
-		AppendTimeUnixNano: n.AppendTime,
-		Checksum:           n.Checksum,
-	}}
-	if req.GetIncludeRaw() {
-		resp.Raw = raw
-		if en, ok := e.Locate(n.Key, n.Size); ok {
-			resp.Offset = uint64(en.Offset)
-		}
-	}
-	return resp, nil
+	return readResponse(n, raw, req.GetIncludeRaw(), e.Locate), nil
 }
 
 // ecVolumeInfo converts an EC volume's status to its wire form.

@@ -305,6 +305,12 @@ func (g *grpcService) Read(ctx context.Context, req *storepb.ReadRequest) (*stor
 		}
 		return nil, volumeError(req.GetVid(), err)
 	}
+	return readResponse(n, raw, req.GetIncludeRaw(), v.Locate), nil
+}
+
+// readResponse is the answer to a Read of needle n: with includeRaw, also
+// its raw bytes and, when locate finds it, its offset.
+func readResponse(n needle.Needle, raw []byte, includeRaw bool, locate func(uint64, needle.SizeCode) (volume.Entry, bool)) *storepb.ReadResponse {
 	resp := &storepb.ReadResponse{Needle: &storepb.Needle{
 		Key:                n.Key,
 		Cookie:             n.Cookie,
@@ -314,13 +320,13 @@ func (g *grpcService) Read(ctx context.Context, req *storepb.ReadRequest) (*stor
 		AppendTimeUnixNano: n.AppendTime,
 		Checksum:           n.Checksum,
 	}}
-	if req.GetIncludeRaw() {
+	if includeRaw {
 		resp.Raw = raw
-		if e, ok := v.Locate(n.Key, n.Size); ok {
+		if e, ok := locate(n.Key, n.Size); ok {
 			resp.Offset = uint64(e.Offset)
 		}
 	}
-	return resp, nil
+	return resp
 }
 
 // AllocateVolume implements storepb.StoreServer. The volume gets the
