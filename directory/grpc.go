@@ -9,11 +9,11 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/haybale/haybale/internal/dirconn"
 	"github.com/haybale/haybale/internal/pki"
 	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
@@ -22,12 +22,12 @@ import (
 
 // NotLeaderReason is the errdetails.ErrorInfo reason of an UNAVAILABLE
 // answer from a node that does not lead; its metadata "leader" holds the
-// leader's gRPC address when known. Clients follow it.
-const NotLeaderReason = "NOT_LEADER"
+// leader's gRPC address when known. Clients follow it (internal/dirconn).
+const NotLeaderReason = dirconn.ReasonNotLeader
 
 // ErrorDomain is the errdetails.ErrorInfo domain of the directory's
 // errors.
-const ErrorDomain = "directory.haybale"
+const ErrorDomain = dirconn.Domain
 
 // statusOf maps the Directory's errors to gRPC status codes: the one place
 // where that mapping lives.
@@ -38,23 +38,22 @@ func statusOf(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	// Every UNAVAILABLE answer carries an ErrorInfo, so that a client can
+	// tell a node that cannot serve (try another) from one that answered.
 	var nl *NotLeaderError
 	switch {
 	case errors.As(err, &nl):
-		st := status.New(codes.Unavailable, err.Error())
-		if withInfo, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: NotLeaderReason, Domain: ErrorDomain,
-			Metadata: map[string]string{"leader": nl.Leader}}); derr == nil {
-			st = withInfo
-		}
-		return st.Err()
+		return dirconn.Status(err.Error(), dirconn.ReasonNotLeader, nl.Leader)
+	case errors.Is(err, ErrClosed):
+		return dirconn.Status(err.Error(), dirconn.ReasonShuttingDown, "")
 	case errors.Is(err, ErrInvalidArgument):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, ErrUnknownVolume), errors.Is(err, ErrUnknownStore):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, ErrKeysExhausted), errors.Is(err, ErrVidsExhausted):
 		return status.Error(codes.ResourceExhausted, err.Error())
-	case errors.Is(err, ErrUnavailable), errors.Is(err, ErrClosed):
-		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, ErrUnavailable):
+		return dirconn.Status(err.Error(), dirconn.ReasonUnavailable, "")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	}
@@ -63,18 +62,7 @@ func statusOf(err error) error {
 
 // NotLeader returns the leader's address when err is a directory's
 // not-leader answer (ok), the empty string when the leader is unknown.
-func NotLeader(err error) (leader string, ok bool) {
-	st, isStatus := status.FromError(err)
-	if !isStatus || st.Code() != codes.Unavailable {
-		return "", false
-	}
-	for _, d := range st.Details() {
-		if info, isInfo := d.(*errdetails.ErrorInfo); isInfo && info.GetReason() == NotLeaderReason && info.GetDomain() == ErrorDomain {
-			return info.GetMetadata()["leader"], true
-		}
-	}
-	return "", false
-}
+func NotLeader(err error) (leader string, ok bool) { return dirconn.NotLeader(err) }
 
 // newGRPCServer builds the gRPC server with the directory service
 // registered.
@@ -213,7 +201,7 @@ func (g *grpcService) Heartbeat(stream directorypb.Directory_HeartbeatServer) er
 		select {
 		case r = <-reqs:
 		case <-g.d.ctx.Done():
-			return status.Error(codes.Unavailable, "directory shutting down")
+			return dirconn.Status("directory shutting down", dirconn.ReasonShuttingDown, "")
 		case <-ctx.Done():
 			return ctx.Err()
 		}

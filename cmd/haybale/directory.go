@@ -198,7 +198,7 @@ type storeClusterFlags struct {
 }
 
 func (f *storeClusterFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.directory, "directory", "", "gRPC address HOST:PORT of the directory to join (none: run standalone)")
+	fs.StringVar(&f.directory, "directory", "", "gRPC address HOST:PORT of the directory to join, or of every node of a directory cluster, comma-separated (none: run standalone; heartbeats follow the leader)")
 	fs.StringVar(&f.rack, "rack", "", "rack label; replicas of a volume go to distinct racks")
 	fs.StringVar(&f.publicURL, "public-url", "", "base URL under which clients outside the cluster reach this store's HTTP server (default: its HTTP address)")
 	fs.StringVar(&f.secretFile, "secret-file", "", "file holding the cluster secret (the directory's), to check the write and delete tokens; required with --directory. Without it the store takes no writes or deletes")
