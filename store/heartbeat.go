@@ -76,8 +76,8 @@ type HeartbeaterOptions struct {
 // jitter when the stream breaks. With a directory cluster the stream goes
 // to the leader (internal/dirconn): a follower's not-leader answer sends
 // the next attempt to the leader it names at once, and an unreachable
-// node to the next one, so a failover needs no restart. It is safe for concurrent use; Run is
-// called once.
+// node to the next one, so a failover needs no restart. It is safe for
+// concurrent use; Run is called once.
 type Heartbeater struct {
 	opts  HeartbeaterOptions
 	store *Store

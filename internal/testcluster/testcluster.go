@@ -267,17 +267,15 @@ func (c *Cluster) Eventually(what string, cond func() error) {
 	}
 }
 
-// WaitAlive waits until n stores are registered and alive.
+// WaitAlive waits until n stores are registered and alive, as the
+// leading directory node sees them (a follower judges no liveness).
 func (c *Cluster) WaitAlive(n int) {
 	c.t.Helper()
 	c.Eventually(fmt.Sprintf("%d stores alive", n), func() error {
-		resp, err := c.Directory.ListStores(context.Background(), &directorypb.ListStoresRequest{})
-		if err != nil {
-			return err
-		}
+		leader := c.Leader()
 		alive := 0
-		for _, s := range resp.GetStores() {
-			if s.GetState() == directorypb.StoreState_STORE_STATE_ALIVE {
+		for _, s := range leader.Srv.Directory().Stores() {
+			if s.State == directory.StoreAlive {
 				alive++
 			}
 		}
