@@ -18,4 +18,7 @@ var Policy = rpc.Policy{
 	directorypb.Directory_ListVolumes_FullMethodName:     {pki.RoleOperator},
 	directorypb.Directory_MarkReadOnly_FullMethodName:    {pki.RoleOperator},
 	directorypb.Directory_Heartbeat_FullMethodName:       {pki.RoleStore},
+	directorypb.Directory_AddMember_FullMethodName:       {pki.RoleOperator},
+	directorypb.Directory_RemoveMember_FullMethodName:    {pki.RoleOperator},
+	directorypb.Directory_RemoveStore_FullMethodName:     {pki.RoleOperator},
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -48,6 +49,8 @@ func statusOf(err error) error {
 		return dirconn.Status(err.Error(), dirconn.ReasonShuttingDown, "")
 	case errors.Is(err, ErrInvalidArgument):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrNotClustered):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, ErrUnknownVolume), errors.Is(err, ErrUnknownStore):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, ErrKeysExhausted), errors.Is(err, ErrVidsExhausted):
@@ -64,14 +67,25 @@ func statusOf(err error) error {
 // not-leader answer (ok), the empty string when the leader is unknown.
 func NotLeader(err error) (leader string, ok bool) { return dirconn.NotLeader(err) }
 
+// Membership changes the raft configuration of a directory cluster; *Raft
+// implements it.
+type Membership interface {
+	// AddVoter adds node id at raft address addr (leader only).
+	AddVoter(id, addr string) error
+	// RemoveServer removes node id (leader only).
+	RemoveServer(id string) error
+	// Members lists the configuration.
+	Members() ([]Member, error)
+}
+
 // newGRPCServer builds the gRPC server with the directory service
-// registered.
-func newGRPCServer(d *Directory) (*grpc.Server, error) {
+// registered. members is nil on a single-node directory.
+func newGRPCServer(d *Directory, members Membership) (*grpc.Server, error) {
 	g, err := rpc.NewServer(d.opts.Credentials, Policy, rpc.ServerOptions{Unary: []grpc.UnaryServerInterceptor{unaryInterceptor(d)}})
 	if err != nil {
 		return nil, fmt.Errorf("directory: %w", err)
 	}
-	directorypb.RegisterDirectoryServer(g, &grpcService{d: d})
+	directorypb.RegisterDirectoryServer(g, &grpcService{d: d, members: members})
 	return g, nil
 }
 
@@ -94,7 +108,8 @@ func unaryInterceptor(d *Directory) grpc.UnaryServerInterceptor {
 // it converts messages and errors and decides nothing.
 type grpcService struct {
 	directorypb.UnimplementedDirectoryServer
-	d *Directory
+	d       *Directory
+	members Membership // nil on a single node
 }
 
 // Assign grants fresh keys with a write token. Callers: gateways and
@@ -224,6 +239,63 @@ func (g *grpcService) Heartbeat(stream directorypb.Directory_HeartbeatServer) er
 			return err
 		}
 	}
+}
+
+// AddMember adds a voter to the raft cluster. Callers: operators. Leader
+// only.
+func (g *grpcService) AddMember(_ context.Context, req *directorypb.AddMemberRequest) (*directorypb.AddMemberResponse, error) {
+	if g.members == nil {
+		return nil, statusOf(ErrNotClustered)
+	}
+	id, addr := req.GetId(), req.GetRaftAddr()
+	if id == "" || addr == "" {
+		return nil, statusOf(fmt.Errorf("%w: a member needs an id and a raft address", ErrInvalidArgument))
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, statusOf(fmt.Errorf("%w: raft address %q: %v", ErrInvalidArgument, clip(addr), err))
+	}
+	if err := g.members.AddVoter(id, addr); err != nil {
+		return nil, statusOf(err)
+	}
+	g.d.opts.Logger.Info("directory member added", "id", id, "raft_addr", addr)
+	ms, err := g.members.Members()
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	return &directorypb.AddMemberResponse{Members: membersPB(ms)}, nil
+}
+
+// RemoveMember removes a node from the raft cluster. Callers: operators.
+// Leader only.
+func (g *grpcService) RemoveMember(_ context.Context, req *directorypb.RemoveMemberRequest) (*directorypb.RemoveMemberResponse, error) {
+	if g.members == nil {
+		return nil, statusOf(ErrNotClustered)
+	}
+	if err := g.members.RemoveServer(req.GetId()); err != nil {
+		return nil, statusOf(err)
+	}
+	g.d.opts.Logger.Info("directory member removed", "id", req.GetId())
+	ms, err := g.members.Members()
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	return &directorypb.RemoveMemberResponse{Members: membersPB(ms)}, nil
+}
+
+// RemoveStore forgets a store. Callers: operators. Leader only.
+func (g *grpcService) RemoveStore(ctx context.Context, req *directorypb.RemoveStoreRequest) (*directorypb.RemoveStoreResponse, error) {
+	if err := g.d.RemoveStore(ctx, req.GetStoreId()); err != nil {
+		return nil, statusOf(err)
+	}
+	return &directorypb.RemoveStoreResponse{}, nil
+}
+
+func membersPB(ms []Member) []*directorypb.Member {
+	out := make([]*directorypb.Member, len(ms))
+	for i, m := range ms {
+		out[i] = &directorypb.Member{Id: m.ID, RaftAddr: m.RaftAddr, Voter: m.Voter, Leader: m.Leader, GrpcAddr: m.GRPCAddr, HttpAddr: m.HTTPAddr}
+	}
+	return out
 }
 
 func heartbeatFromPB(req *directorypb.HeartbeatRequest) Heartbeat {

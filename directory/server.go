@@ -91,7 +91,11 @@ func NewServer(opts Options) (_ *Server, err error) {
 	if s.d, err = NewDirectory(opts, s.fsm, log, s.stores); err != nil {
 		return nil, err
 	}
-	grpcSrv, err := newGRPCServer(s.d)
+	var members Membership
+	if s.raft != nil {
+		members = s.raft
+	}
+	grpcSrv, err := newGRPCServer(s.d, members)
 	if err != nil {
 		return nil, err
 	}

@@ -140,7 +140,7 @@ same file to the stores (--secret-file) so that they verify the tokens.`,
 		},
 	}
 	f.register(cmd.Flags())
-	cmd.AddCommand(newDirectoryMembersCmd())
+	cmd.AddCommand(newDirectoryMembersCmd(), newDirectoryAddCmd(), newDirectoryRemoveCmd())
 	return cmd
 }
 

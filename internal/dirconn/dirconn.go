@@ -358,11 +358,15 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			if parent.Err() != nil {
+			code := codes.Unavailable
+			switch {
+			case errors.Is(parent.Err(), context.Canceled):
 				return status.FromContextError(parent.Err()).Err()
+			case parent.Err() != nil:
+				code = codes.DeadlineExceeded
 			}
-			return status.Errorf(codes.Unavailable, "no directory node of %s served %s within %s; last answer from %s: %s",
-				strings.Join(c.Addrs(), ","), method, c.opts.FailoverTimeout, addr, status.Convert(err).Message())
+			return status.Errorf(code, "no node of the directory %s served the call in time; last answer from %s: %s",
+				strings.Join(c.Addrs(), ","), addr, status.Convert(err).Message())
 		case <-t.C:
 		}
 		wait = min(2*wait, c.opts.MaxBackoff)
