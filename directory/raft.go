@@ -101,7 +101,10 @@ type Raft struct {
 	transport raft.Transport
 	notify    chan bool
 	done      chan struct{}
-	wg        sync.WaitGroup
+	// staleAfter is how long a follower serves reads without hearing
+	// from the leader.
+	staleAfter time.Duration
+	wg         sync.WaitGroup
 
 	mu struct {
 		sync.Mutex
@@ -188,7 +191,7 @@ func OpenRaft(opts RaftOptions, fsm *FSM) (_ *Raft, err error) {
 	notify := make(chan bool, 16)
 	cfg.NotifyCh = notify
 
-	n := &Raft{fsm: fsm, opts: opts, notify: notify, done: make(chan struct{})}
+	n := &Raft{fsm: fsm, opts: opts, notify: notify, done: make(chan struct{}), staleAfter: 2 * cfg.HeartbeatTimeout}
 	var closers []func() error
 	defer func() {
 		if err != nil {
@@ -334,6 +337,28 @@ func (n *Raft) Leadership() (uint64, time.Time) {
 		return 0, time.Time{}
 	}
 	return n.mu.epoch, n.mu.since
+}
+
+// Fresh returns nil when this node's state may answer reads, and the
+// not-leader error to answer with otherwise: a leader must have applied
+// every entry earlier leaders committed (its leadership is ready); a
+// follower must have heard from the leader within two heartbeat timeouts
+// and applied every entry it knows committed. A node that just restarted
+// thus sends readers to the leader until it has caught up, rather than
+// answer "unknown volume" from an old snapshot.
+func (n *Raft) Fresh() error {
+	switch n.r.State() {
+	case raft.Leader:
+		if epoch, _ := n.Leadership(); epoch != 0 {
+			return nil
+		}
+	case raft.Follower:
+		last := n.r.LastContact()
+		if !last.IsZero() && time.Since(last) <= n.staleAfter && n.r.AppliedIndex() >= n.r.CommitIndex() {
+			return nil
+		}
+	}
+	return n.NotLeader()
 }
 
 // NotLeader implements Log: the leader named by its client address, as
