@@ -81,6 +81,12 @@ type RaftOptions struct {
 	// TrailingLogs is the number of entries kept after a snapshot, so that
 	// a follower slightly behind catches up from the log; default 10240.
 	TrailingLogs uint64
+	// Seed, when set, is the state of a single-node directory (LoadSeed)
+	// that this node commits as the cluster's first state when it first
+	// leads a cluster whose state is still empty, before it decides
+	// anything. Use it with a Bootstrap of this node alone, then add the
+	// other nodes; a node whose state is not empty ignores it.
+	Seed *SeedState
 	// Node is this node's client addresses, recorded in the state when it
 	// leads so that followers can name it. Set by NewServer.
 	Node NodeRecord
@@ -282,6 +288,12 @@ func (n *Raft) watchLeadership() {
 					n.opts.Logger.Warn("raft barrier after election failed", "err", err)
 					continue
 				}
+				if n.opts.Seed != nil && n.fsm.Empty() {
+					if err := n.seed(); err != nil {
+						n.opts.Logger.Warn("cannot commit the seed state; retrying", "err", err)
+						continue
+					}
+				}
 				n.mu.Lock()
 				n.mu.epochs++
 				n.mu.epoch, n.mu.since = n.mu.epochs, time.Now()
@@ -297,6 +309,27 @@ func (n *Raft) watchLeadership() {
 			}
 		}
 	}
+}
+
+// seed commits the seed state. It returns an error only when the entry
+// could not be committed; an FSM that refuses it (the state is not empty)
+// is logged.
+func (n *Raft) seed() error {
+	b, err := EncodeCommand(Command{Type: CmdSeed, Seed: n.opts.Seed})
+	if err != nil {
+		return err
+	}
+	f := n.r.Apply(b, 30*time.Second)
+	if err := f.Error(); err != nil {
+		return err
+	}
+	if ferr, _ := f.Response().(error); ferr != nil {
+		n.opts.Logger.Error("seed state refused", "err", ferr)
+		return nil
+	}
+	n.opts.Logger.Info("directory cluster seeded from a single-node state", "key_high_water", n.opts.Seed.HighWater,
+		"vid_mark", n.opts.Seed.VidMark, "stores", len(n.opts.Seed.Stores), "volumes", len(n.opts.Seed.Volumes))
+	return nil
 }
 
 // Apply implements Log: it commits cmd through raft and returns the FSM's
