@@ -79,13 +79,13 @@ type Membership interface {
 }
 
 // newGRPCServer builds the gRPC server with the directory service
-// registered. members is nil on a single-node directory.
-func newGRPCServer(d *Directory, members Membership) (*grpc.Server, error) {
+// registered. members and fwd are nil on a single-node directory.
+func newGRPCServer(d *Directory, members Membership, fwd *forwarder) (*grpc.Server, error) {
 	g, err := rpc.NewServer(d.opts.Credentials, Policy, rpc.ServerOptions{Unary: []grpc.UnaryServerInterceptor{unaryInterceptor(d)}})
 	if err != nil {
 		return nil, fmt.Errorf("directory: %w", err)
 	}
-	directorypb.RegisterDirectoryServer(g, &grpcService{d: d, members: members})
+	directorypb.RegisterDirectoryServer(g, &grpcService{d: d, members: members, fwd: fwd})
 	return g, nil
 }
 
@@ -104,31 +104,56 @@ func unaryInterceptor(d *Directory) grpc.UnaryServerInterceptor {
 	}
 }
 
+// forwardTo answers a call the Directory refused with err: when err is a
+// not-leader error naming the leader, and the call was not forwarded
+// already, the call is sent to the leader and its answer returned;
+// otherwise, or when the leader cannot be reached, err's status, which
+// names the leader for the client to follow.
+func forwardTo[Resp any](g *grpcService, ctx context.Context, err error, call func(directorypb.DirectoryClient, context.Context) (Resp, error)) (Resp, error) {
+	var zero Resp
+	c, fctx, ok := g.fwd.to(ctx, err)
+	if !ok {
+		return zero, statusOf(err)
+	}
+	resp, ferr := call(c, fctx)
+	if o, _ := dirconn.Classify(ferr); o == dirconn.Unreachable {
+		return zero, statusOf(err)
+	}
+	return resp, ferr
+}
+
 // grpcService implements directorypb.DirectoryServer over a Directory:
 // it converts messages and errors and decides nothing.
 type grpcService struct {
 	directorypb.UnimplementedDirectoryServer
 	d       *Directory
 	members Membership // nil on a single node
+	fwd     *forwarder // nil on a single node
 }
 
 // Assign grants fresh keys with a write token. Callers: gateways and
-// clients that upload. Leader only.
+// clients that upload. Served by the leader; a follower forwards it there
+// (forward.go), as a directory.
 func (g *grpcService) Assign(ctx context.Context, req *directorypb.AssignRequest) (*directorypb.AssignResponse, error) {
 	a, err := g.d.Assign(ctx, req.GetCount())
 	if err != nil {
-		return nil, statusOf(err)
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.AssignResponse, error) {
+			return c.Assign(fctx, req)
+		})
 	}
 	return &directorypb.AssignResponse{KeyStart: a.KeyStart, KeyCount: a.KeyCount, Vid: a.Vid, Replicas: replicasPB(a.Replicas),
 		WriteToken: a.WriteToken, TokenExpiryUnix: a.Expiry.Unix()}, nil
 }
 
-// Lookup describes a volume. Callers: caches, gateways, clients, tools.
-// Any node.
-func (g *grpcService) Lookup(_ context.Context, req *directorypb.LookupRequest) (*directorypb.LookupResponse, error) {
+// Lookup describes a volume. Callers: caches, gateways, clients, tools. Any
+// node with fresh state; a stale follower forwards it to the leader
+// (forward.go), as a directory.
+func (g *grpcService) Lookup(ctx context.Context, req *directorypb.LookupRequest) (*directorypb.LookupResponse, error) {
 	state, reps, err := g.d.Lookup(req.GetVid())
 	if err != nil {
-		return nil, statusOf(err)
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.LookupResponse, error) {
+			return c.Lookup(fctx, req)
+		})
 	}
 	return &directorypb.LookupResponse{Vid: req.GetVid(), State: volumeStatePB(state), Replicas: replicasPB(reps)}, nil
 }
@@ -153,31 +178,39 @@ func (g *grpcService) ListVolumes(context.Context, *directorypb.ListVolumesReque
 	return resp, nil
 }
 
-// MarkReadOnly makes a volume read-only. Callers: operators. Leader only.
+// MarkReadOnly makes a volume read-only. Callers: operators. Served by the
+// leader; a follower forwards it there (forward.go), as a directory.
 func (g *grpcService) MarkReadOnly(ctx context.Context, req *directorypb.DirectoryMarkReadOnlyRequest) (*directorypb.DirectoryMarkReadOnlyResponse, error) {
 	v, err := g.d.MarkReadOnly(ctx, req.GetVid(), req.GetReason())
 	if err != nil {
-		return nil, statusOf(err)
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.DirectoryMarkReadOnlyResponse, error) {
+			return c.MarkReadOnly(fctx, req)
+		})
 	}
 	return &directorypb.DirectoryMarkReadOnlyResponse{Volume: volumeViewPB(v)}, nil
 }
 
 // PhotoURLs builds a photo's image URLs. Callers: gateways, clients. Any
-// node.
-func (g *grpcService) PhotoURLs(_ context.Context, req *directorypb.PhotoURLsRequest) (*directorypb.PhotoURLsResponse, error) {
+// node with fresh state; a stale follower forwards it to the leader
+// (forward.go), as a directory.
+func (g *grpcService) PhotoURLs(ctx context.Context, req *directorypb.PhotoURLsRequest) (*directorypb.PhotoURLsResponse, error) {
 	id, urls, err := g.d.PhotoURLs(req.GetPhotoId())
 	if err != nil {
-		return nil, statusOf(err)
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.PhotoURLsResponse, error) {
+			return c.PhotoURLs(fctx, req)
+		})
 	}
 	return &directorypb.PhotoURLsResponse{PhotoId: id.String(), Urls: urls}, nil
 }
 
-// AuthorizeDelete issues a delete token. Callers: gateways, clients.
-// Leader only.
-func (g *grpcService) AuthorizeDelete(_ context.Context, req *directorypb.AuthorizeDeleteRequest) (*directorypb.AuthorizeDeleteResponse, error) {
+// AuthorizeDelete issues a delete token. Callers: gateways, clients. Served
+// by the leader; a follower forwards it there (forward.go), as a directory.
+func (g *grpcService) AuthorizeDelete(ctx context.Context, req *directorypb.AuthorizeDeleteRequest) (*directorypb.AuthorizeDeleteResponse, error) {
 	gr, err := g.d.AuthorizeDelete(req.GetPhotoId())
 	if err != nil {
-		return nil, statusOf(err)
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.AuthorizeDeleteResponse, error) {
+			return c.AuthorizeDelete(fctx, req)
+		})
 	}
 	return &directorypb.AuthorizeDeleteResponse{Vid: gr.Vid, Replicas: replicasPB(gr.Replicas), WriteToken: gr.WriteToken,
 		TokenExpiryUnix: gr.Expiry.Unix()}, nil
@@ -243,7 +276,7 @@ func (g *grpcService) Heartbeat(stream directorypb.Directory_HeartbeatServer) er
 
 // AddMember adds a voter to the raft cluster. Callers: operators. Leader
 // only.
-func (g *grpcService) AddMember(_ context.Context, req *directorypb.AddMemberRequest) (*directorypb.AddMemberResponse, error) {
+func (g *grpcService) AddMember(ctx context.Context, req *directorypb.AddMemberRequest) (*directorypb.AddMemberResponse, error) {
 	if g.members == nil {
 		return nil, statusOf(ErrNotClustered)
 	}
@@ -255,7 +288,9 @@ func (g *grpcService) AddMember(_ context.Context, req *directorypb.AddMemberReq
 		return nil, statusOf(fmt.Errorf("%w: raft address %q: %v", ErrInvalidArgument, clip(addr), err))
 	}
 	if err := g.members.AddVoter(id, addr); err != nil {
-		return nil, statusOf(err)
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.AddMemberResponse, error) {
+			return c.AddMember(fctx, req)
+		})
 	}
 	g.d.opts.Logger.Info("directory member added", "id", id, "raft_addr", addr)
 	ms, err := g.members.Members()
@@ -266,13 +301,16 @@ func (g *grpcService) AddMember(_ context.Context, req *directorypb.AddMemberReq
 }
 
 // RemoveMember removes a node from the raft cluster. Callers: operators.
-// Leader only.
-func (g *grpcService) RemoveMember(_ context.Context, req *directorypb.RemoveMemberRequest) (*directorypb.RemoveMemberResponse, error) {
+// Served by the leader; a follower forwards it there (forward.go), as a
+// directory.
+func (g *grpcService) RemoveMember(ctx context.Context, req *directorypb.RemoveMemberRequest) (*directorypb.RemoveMemberResponse, error) {
 	if g.members == nil {
 		return nil, statusOf(ErrNotClustered)
 	}
 	if err := g.members.RemoveServer(req.GetId()); err != nil {
-		return nil, statusOf(err)
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.RemoveMemberResponse, error) {
+			return c.RemoveMember(fctx, req)
+		})
 	}
 	g.d.opts.Logger.Info("directory member removed", "id", req.GetId())
 	ms, err := g.members.Members()
@@ -282,10 +320,13 @@ func (g *grpcService) RemoveMember(_ context.Context, req *directorypb.RemoveMem
 	return &directorypb.RemoveMemberResponse{Members: membersPB(ms)}, nil
 }
 
-// RemoveStore forgets a store. Callers: operators. Leader only.
+// RemoveStore forgets a store. Callers: operators. Served by the leader; a
+// follower forwards it there (forward.go), as a directory.
 func (g *grpcService) RemoveStore(ctx context.Context, req *directorypb.RemoveStoreRequest) (*directorypb.RemoveStoreResponse, error) {
 	if err := g.d.RemoveStore(ctx, req.GetStoreId()); err != nil {
-		return nil, statusOf(err)
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.RemoveStoreResponse, error) {
+			return c.RemoveStore(fctx, req)
+		})
 	}
 	return &directorypb.RemoveStoreResponse{}, nil
 }

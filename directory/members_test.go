@@ -8,8 +8,10 @@ import (
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/haybale/haybale/internal/dirconn"
 	"github.com/haybale/haybale/internal/pki"
 	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/internal/rpc/rpctest"
@@ -80,8 +82,8 @@ func TestMembershipRPCs(t *testing.T) {
 	}
 
 	for _, role := range pki.Roles {
-		if role == pki.RoleOperator {
-			continue
+		if role == pki.RoleOperator || role == pki.RoleDirectory {
+			continue // a directory may forward an operator's call
 		}
 		c := as(d1, role)
 		if _, err := c.AddMember(ctx, &directorypb.AddMemberRequest{Id: "d2", RaftAddr: string(a2)}); status.Code(err) != codes.PermissionDenied {
@@ -119,19 +121,35 @@ func TestMembershipRPCs(t *testing.T) {
 		}
 		return nil
 	})
-	// A follower does not change the membership: it names the leader.
-	if _, err := as(d2, pki.RoleOperator).RemoveMember(ctx, &directorypb.RemoveMemberRequest{Id: "d2"}); err == nil {
-		t.Error("a follower removed a member")
+	// A caller that follows the leader itself (internal/dirconn) gets the
+	// not-leader answer rather than a forwarded call.
+	follows := metadata.AppendToOutgoingContext(ctx, dirconn.FollowsLeaderKey, "1")
+	if _, err := as(d2, pki.RoleOperator).RemoveStore(follows, &directorypb.RemoveStoreRequest{StoreId: "caller"}); err == nil {
+		t.Error("a follower served RemoveStore for a caller that follows the leader")
 	} else if _, ok := NotLeader(err); !ok {
-		t.Errorf("RemoveMember on a follower: %v, want a not-leader answer", err)
+		t.Errorf("RemoveStore on a follower, from a caller that follows the leader: %v, want a not-leader answer", err)
+	}
+	if n := len(d1.FSM().Stores()); n != 1 {
+		t.Fatalf("%d stores after a call answered not-leader", n)
 	}
 	if _, err := op.RemoveMember(ctx, &directorypb.RemoveMemberRequest{Id: "d9"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("removing an unknown member: %v, want InvalidArgument", err)
 	}
-	rm, err := op.RemoveMember(ctx, &directorypb.RemoveMemberRequest{Id: "d2"})
-	if err != nil {
-		t.Fatal(err)
+	// A follower checks the caller's role, then forwards what only the
+	// leader may do to the leader.
+	if _, err := as(d2, pki.RoleGateway).RemoveMember(ctx, &directorypb.RemoveMemberRequest{Id: "d2"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a gateway removing a member through a follower: %v, want PermissionDenied", err)
 	}
+	if got := raftMembers(t, d1); !slices.Equal(got, []string{"d1", "d2"}) {
+		t.Fatalf("a refused call through a follower changed the members: %v", got)
+	}
+	// (retried while d2 has not yet heard from the leader since it joined)
+	var rm *directorypb.RemoveMemberResponse
+	waitFor(t, "RemoveMember through the follower", func() error {
+		var err error
+		rm, err = as(d2, pki.RoleOperator).RemoveMember(ctx, &directorypb.RemoveMemberRequest{Id: "d2"})
+		return err
+	})
 	if got := memberIDs(rm.GetMembers()); !slices.Equal(got, []string{"d1"}) {
 		t.Fatalf("members after RemoveMember: %v", got)
 	}

@@ -28,6 +28,7 @@ type Server struct {
 	raft   *Raft // nil on a single node
 	local  *localLog
 	stores *grpcStores
+	fwd    *forwarder // nil on a single node
 	grpcLn net.Listener
 	http   *serve.HTTP
 }
@@ -94,8 +95,10 @@ func NewServer(opts Options) (_ *Server, err error) {
 	var members Membership
 	if s.raft != nil {
 		members = s.raft
+		s.fwd = newForwarder(opts.Credentials, advertised(s.grpcLn.Addr(), opts.AdvertiseGRPC))
+		closers = append(closers, s.fwd.Close)
 	}
-	grpcSrv, err := newGRPCServer(s.d, members)
+	grpcSrv, err := newGRPCServer(s.d, members, s.fwd)
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +136,9 @@ func (s *Server) closeAll() error {
 	}
 	if s.local != nil {
 		s.local.closed.Store(true)
+	}
+	if s.fwd != nil {
+		errs = append(errs, s.fwd.Close())
 	}
 	errs = append(errs, s.stores.Close(), s.fsm.Close())
 	return errors.Join(errs...)

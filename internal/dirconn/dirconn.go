@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/haybale/haybale/internal/pki"
@@ -53,6 +54,12 @@ const (
 	// node would not help.
 	ReasonUnavailable = "UNAVAILABLE"
 )
+
+// FollowsLeaderKey is the gRPC metadata key a Conn sets on every call: it
+// tells a follower that the caller follows not-leader answers itself, so
+// the follower answers with one rather than forward the call to the leader
+// (which would hide the leader and cost every later call a hop).
+const FollowsLeaderKey = "haybale-follows-leader"
 
 // Status returns the UNAVAILABLE status the directory answers with, with
 // an ErrorInfo of reason and, for ReasonNotLeader, the leader's address.
@@ -330,6 +337,7 @@ func (c *Conn) observe(addr string, err error) (Outcome, string) {
 // Invoke implements grpc.ClientConnInterface: see Conn for the retry rule.
 func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
 	parent := ctx
+	ctx = metadata.AppendToOutgoingContext(ctx, FollowsLeaderKey, "1")
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opts.FailoverTimeout)
@@ -381,6 +389,7 @@ func (c *Conn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method stri
 	if err != nil {
 		return nil, err
 	}
+	ctx = metadata.AppendToOutgoingContext(ctx, FollowsLeaderKey, "1")
 	cs, err := cc.NewStream(ctx, desc, method, opts...)
 	if err != nil {
 		c.observe(addr, err)

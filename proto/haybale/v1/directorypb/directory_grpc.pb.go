@@ -61,7 +61,16 @@ const (
 //   - NOT_FOUND: an unknown vid or store.
 //   - INVALID_ARGUMENT: a malformed request (count 0, a bad photo ID).
 //   - UNAVAILABLE: no writable volume can take the assignment right now, or
-//     this directory is not the leader (retry, possibly elsewhere).
+//     this directory is not the leader (retry, possibly elsewhere). Every
+//     UNAVAILABLE the directory writes carries an errdetails.ErrorInfo of
+//     domain "directory.haybale": reason NOT_LEADER (metadata "leader": the
+//     leader's gRPC address, empty during an election), SHUTTING_DOWN or
+//     UNAVAILABLE.
+//
+// In a directory cluster, a follower forwards to the leader the calls it
+// cannot serve (the leader admits them from the directory role), unless
+// the call carries the metadata "haybale-follows-leader", which clients
+// that follow the leader themselves send; those get the NOT_LEADER answer.
 type DirectoryClient interface {
 	// Assign hands out a fresh range of photo keys on one writable volume,
 	// with the replicas to write to and a write token that those stores accept
@@ -263,7 +272,16 @@ func (c *directoryClient) RemoveStore(ctx context.Context, in *RemoveStoreReques
 //   - NOT_FOUND: an unknown vid or store.
 //   - INVALID_ARGUMENT: a malformed request (count 0, a bad photo ID).
 //   - UNAVAILABLE: no writable volume can take the assignment right now, or
-//     this directory is not the leader (retry, possibly elsewhere).
+//     this directory is not the leader (retry, possibly elsewhere). Every
+//     UNAVAILABLE the directory writes carries an errdetails.ErrorInfo of
+//     domain "directory.haybale": reason NOT_LEADER (metadata "leader": the
+//     leader's gRPC address, empty during an election), SHUTTING_DOWN or
+//     UNAVAILABLE.
+//
+// In a directory cluster, a follower forwards to the leader the calls it
+// cannot serve (the leader admits them from the directory role), unless
+// the call carries the metadata "haybale-follows-leader", which clients
+// that follow the leader themselves send; those get the NOT_LEADER answer.
 type DirectoryServer interface {
 	// Assign hands out a fresh range of photo keys on one writable volume,
 	// with the replicas to write to and a write token that those stores accept
