@@ -21,6 +21,12 @@
 // store's "corrupt" answer), an answer whose Content-Type is not an image
 // type, or a 404 (a replica may have lost the volume).
 // Only when every replica answered 404 is the image reported missing.
+//
+// The directory may be a cluster: Options.Directory lists its nodes, and
+// every directory call goes to the leader, found and followed by
+// internal/dirconn (a follower's not-leader answer names the leader; an
+// unreachable node is skipped; rounds are paced with backoff), so a
+// client keeps working across a leader failover without a restart.
 package client
 
 import (
@@ -40,6 +46,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/haybale/haybale/internal/dirconn"
 	"github.com/haybale/haybale/internal/pki"
 	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/needle"
@@ -61,7 +68,9 @@ var (
 
 // Options configure a Client.
 type Options struct {
-	// Directory is the directory's gRPC address (host:port). Required.
+	// Directory is the directory's gRPC address (host:port), or the
+	// comma-separated addresses of the nodes of a directory cluster.
+	// Required.
 	Directory string
 	// HTTPClient fetches images from stores; default: a client with a 10 s
 	// timeout per attempt.
@@ -75,6 +84,9 @@ type Options struct {
 	// DialOptions are added to every gRPC connection after the defaults
 	// of rpc.Dial (interceptors in tests).
 	DialOptions []grpc.DialOption
+	// FailoverTimeout bounds how long a directory call without a
+	// deadline keeps looking for the leader; default 30 s.
+	FailoverTimeout time.Duration
 	// LookupTTL is how long a volume's replica list is cached; default 30 s.
 	LookupTTL time.Duration
 	// Logger; default slog.Default().
@@ -84,7 +96,7 @@ type Options struct {
 // Client talks to a haybale cluster. It is safe for concurrent use.
 type Client struct {
 	opts      Options
-	dirConn   *grpc.ClientConn
+	dirConn   *dirconn.Conn
 	directory directorypb.DirectoryClient
 
 	mu struct {
@@ -113,8 +125,9 @@ type Replica struct {
 // New returns a client of the cluster whose directory is at
 // opts.Directory. Connections are made lazily.
 func New(opts Options) (*Client, error) {
-	if opts.Directory == "" {
-		return nil, errors.New("client: no directory address")
+	addrs, err := dirconn.SplitAddrs(opts.Directory)
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
 	}
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = &http.Client{Timeout: 10 * time.Second}
@@ -129,9 +142,10 @@ func New(opts Options) (*Client, error) {
 	c := &Client{opts: opts}
 	c.mu.conns = map[string]*grpc.ClientConn{}
 	c.mu.lookups = map[uint32]lookupEntry{}
-	conn, err := c.dial(opts.Directory, pki.RoleDirectory)
+	conn, err := dirconn.New(dirconn.Options{Addrs: addrs, Credentials: opts.Credentials, DialOptions: opts.DialOptions,
+		FailoverTimeout: opts.FailoverTimeout, Logger: opts.Logger})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("client: %w", err)
 	}
 	c.dirConn = conn
 	c.directory = directorypb.NewDirectoryClient(conn)
@@ -147,7 +161,8 @@ func (c *Client) dial(addr string, role pki.Role) (*grpc.ClientConn, error) {
 }
 
 // Directory returns the directory's gRPC client, for the calls this
-// package does not wrap.
+// package does not wrap. Its unary calls follow the leader as the
+// client's own do.
 func (c *Client) Directory() directorypb.DirectoryClient { return c.directory }
 
 // Store returns a gRPC client of the store at addr, sharing one connection

@@ -88,6 +88,18 @@ var directoryCalls = map[string]func(ctx context.Context, c directorypb.Director
 	directorypb.Directory_Heartbeat_FullMethodName: func(_ context.Context, c directorypb.DirectoryClient) error {
 		return heartbeatAs(c, "caller")
 	},
+	directorypb.Directory_AddMember_FullMethodName: func(ctx context.Context, c directorypb.DirectoryClient) error {
+		_, err := c.AddMember(ctx, &directorypb.AddMemberRequest{Id: "d2", RaftAddr: "127.0.0.1:7072"})
+		return err
+	},
+	directorypb.Directory_RemoveMember_FullMethodName: func(ctx context.Context, c directorypb.DirectoryClient) error {
+		_, err := c.RemoveMember(ctx, &directorypb.RemoveMemberRequest{Id: "d1"})
+		return err
+	},
+	directorypb.Directory_RemoveStore_FullMethodName: func(ctx context.Context, c directorypb.DirectoryClient) error {
+		_, err := c.RemoveStore(ctx, &directorypb.RemoveStoreRequest{StoreId: "caller"})
+		return err
+	},
 }
 
 // stateOf is what a refused call must not change.

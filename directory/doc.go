@@ -33,7 +33,11 @@
 // Only the leader decides: Assign, heartbeats, allocations, state changes
 // and delete tokens. A follower answers Lookup, PhotoURLs and the lists
 // from its own state (it hears no heartbeats, so it reports liveness as
-// unknown), and everything else with a NotLeaderError naming the leader's
+// unknown) as long as that state is fresh: it heard from the leader within
+// two heartbeat timeouts and applied all it knows committed (Raft.Fresh),
+// so a node that just restarted does not call a volume unknown from an old
+// snapshot. Otherwise, and for everything else, it answers with a
+// NotLeaderError naming the leader's
 // gRPC address, which the gRPC adapter sends as UNAVAILABLE with an
 // errdetails.ErrorInfo (reason NOT_LEADER, metadata "leader"). A new
 // leader first commits a barrier, so that it has applied every entry of

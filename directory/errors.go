@@ -24,6 +24,9 @@ var (
 	ErrNotLeader = errors.New("directory: not the leader")
 	// ErrClosed: the directory is shutting down.
 	ErrClosed = errors.New("directory: closed")
+	// ErrNotClustered: a membership change asked of a single-node
+	// directory (started without a raft id).
+	ErrNotClustered = errors.New("directory: a single-node directory has no members to change (start it with --raft-id)")
 )
 
 // NotLeaderError is returned by a node that does not lead for a request

@@ -10,6 +10,7 @@ import (
 	"io"
 	"maps"
 	"math"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -48,6 +49,10 @@ const (
 	// server id), so that every node can tell clients where the leader
 	// is.
 	CmdSetNode CommandType = "set_node"
+	// CmdSeed loads Seed, the state of a single-node directory, into a
+	// state that holds no key mark, store or volume yet: the first entry
+	// of a cluster made from a single directory.
+	CmdSeed CommandType = "seed"
 )
 
 // Command is one change of the directory's state. Only the fields of its
@@ -70,6 +75,66 @@ type Command struct {
 	StoreID string `json:"store_id,omitempty"`
 	// Node is a directory node's addresses (CmdSetNode).
 	Node *NodeRecord `json:"node,omitempty"`
+	// Seed is the state to start from (CmdSeed).
+	Seed *SeedState `json:"seed,omitempty"`
+}
+
+// SeedState is the state a directory cluster starts from when it is made
+// from a single-node directory: the key and vid marks, the stores and the
+// volumes (node records belong to the cluster and are not carried).
+type SeedState struct {
+	HighWater uint64         `json:"high_water"`
+	VidMark   uint32         `json:"vid_mark"`
+	Stores    []StoreRecord  `json:"stores"`
+	Volumes   []VolumeRecord `json:"volumes"`
+}
+
+// ErrNotEmpty is returned by FSM.Apply for a CmdSeed on a state that
+// already holds a key mark, a store or a volume.
+var ErrNotEmpty = errors.New("directory: the state is not empty; a seed applies only to a new cluster")
+
+// LoadSeed reads the state file of a single-node directory (StateFile in
+// its data folder, upgraded in place when it has an older version) and
+// returns it as a SeedState. The file must exist.
+func LoadSeed(path string) (*SeedState, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("directory: seed: %w", err)
+	}
+	f, err := OpenFSM(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	seed := f.Seed()
+	return &seed, nil
+}
+
+// Seed returns the state as a SeedState.
+func (f *FSM) Seed() SeedState {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s := SeedState{HighWater: f.mu.highWater, VidMark: f.mu.vidMark, Stores: []StoreRecord{}, Volumes: []VolumeRecord{}}
+	for _, st := range f.mu.stores {
+		s.Stores = append(s.Stores, st)
+	}
+	for _, v := range f.mu.volumes {
+		s.Volumes = append(s.Volumes, v.clone())
+	}
+	slices.SortFunc(s.Stores, func(a, b StoreRecord) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(s.Volumes, func(a, b VolumeRecord) int { return cmp.Compare(a.Vid, b.Vid) })
+	return s
+}
+
+// Empty reports whether the state holds no key mark, vid mark, store or
+// volume (node records aside).
+func (f *FSM) Empty() bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.emptyLocked()
+}
+
+func (f *FSM) emptyLocked() bool {
+	return f.mu.highWater == 0 && f.mu.vidMark == 0 && len(f.mu.stores) == 0 && len(f.mu.volumes) == 0
 }
 
 // EncodeCommand returns the serialized form of cmd, as the raft log
@@ -553,6 +618,22 @@ func (f *FSM) planLocked(cmd Command) (changes, error) {
 			}
 		}
 		slices.SortFunc(ch.volumes, func(a, b VolumeRecord) int { return cmp.Compare(a.Vid, b.Vid) })
+	case CmdSeed:
+		if cmd.Seed == nil {
+			return ch, errors.New("directory: seed without a state")
+		}
+		if !f.emptyLocked() {
+			return ch, ErrNotEmpty
+		}
+		ch.highWater, ch.vidMark = cmd.Seed.HighWater, cmd.Seed.VidMark
+		ch.stores = slices.Clone(cmd.Seed.Stores)
+		for _, v := range cmd.Seed.Volumes {
+			if v.Vid == 0 {
+				return ch, errors.New("directory: seed with a volume of vid 0")
+			}
+			ch.volumes = append(ch.volumes, v.clone())
+			ch.vidMark = max(ch.vidMark, v.Vid)
+		}
 	case CmdSetNode:
 		if cmd.Node == nil || cmd.Node.ID == "" {
 			return ch, errors.New("directory: set_node without a node id")

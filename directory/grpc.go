@@ -5,15 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"runtime/debug"
 	"sync"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/haybale/haybale/internal/dirconn"
 	"github.com/haybale/haybale/internal/pki"
 	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
@@ -22,12 +23,12 @@ import (
 
 // NotLeaderReason is the errdetails.ErrorInfo reason of an UNAVAILABLE
 // answer from a node that does not lead; its metadata "leader" holds the
-// leader's gRPC address when known. Clients follow it.
-const NotLeaderReason = "NOT_LEADER"
+// leader's gRPC address when known. Clients follow it (internal/dirconn).
+const NotLeaderReason = dirconn.ReasonNotLeader
 
 // ErrorDomain is the errdetails.ErrorInfo domain of the directory's
 // errors.
-const ErrorDomain = "directory.haybale"
+const ErrorDomain = dirconn.Domain
 
 // statusOf maps the Directory's errors to gRPC status codes: the one place
 // where that mapping lives.
@@ -38,23 +39,24 @@ func statusOf(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	// Every UNAVAILABLE answer carries an ErrorInfo, so that a client can
+	// tell a node that cannot serve (try another) from one that answered.
 	var nl *NotLeaderError
 	switch {
 	case errors.As(err, &nl):
-		st := status.New(codes.Unavailable, err.Error())
-		if withInfo, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: NotLeaderReason, Domain: ErrorDomain,
-			Metadata: map[string]string{"leader": nl.Leader}}); derr == nil {
-			st = withInfo
-		}
-		return st.Err()
+		return dirconn.Status(err.Error(), dirconn.ReasonNotLeader, nl.Leader)
+	case errors.Is(err, ErrClosed):
+		return dirconn.Status(err.Error(), dirconn.ReasonShuttingDown, "")
 	case errors.Is(err, ErrInvalidArgument):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrNotClustered):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, ErrUnknownVolume), errors.Is(err, ErrUnknownStore):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, ErrKeysExhausted), errors.Is(err, ErrVidsExhausted):
 		return status.Error(codes.ResourceExhausted, err.Error())
-	case errors.Is(err, ErrUnavailable), errors.Is(err, ErrClosed):
-		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, ErrUnavailable):
+		return dirconn.Status(err.Error(), dirconn.ReasonUnavailable, "")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	}
@@ -63,27 +65,27 @@ func statusOf(err error) error {
 
 // NotLeader returns the leader's address when err is a directory's
 // not-leader answer (ok), the empty string when the leader is unknown.
-func NotLeader(err error) (leader string, ok bool) {
-	st, isStatus := status.FromError(err)
-	if !isStatus || st.Code() != codes.Unavailable {
-		return "", false
-	}
-	for _, d := range st.Details() {
-		if info, isInfo := d.(*errdetails.ErrorInfo); isInfo && info.GetReason() == NotLeaderReason && info.GetDomain() == ErrorDomain {
-			return info.GetMetadata()["leader"], true
-		}
-	}
-	return "", false
+func NotLeader(err error) (leader string, ok bool) { return dirconn.NotLeader(err) }
+
+// Membership changes the raft configuration of a directory cluster; *Raft
+// implements it.
+type Membership interface {
+	// AddVoter adds node id at raft address addr (leader only).
+	AddVoter(id, addr string) error
+	// RemoveServer removes node id (leader only).
+	RemoveServer(id string) error
+	// Members lists the configuration.
+	Members() ([]Member, error)
 }
 
 // newGRPCServer builds the gRPC server with the directory service
-// registered.
-func newGRPCServer(d *Directory) (*grpc.Server, error) {
+// registered. members and fwd are nil on a single-node directory.
+func newGRPCServer(d *Directory, members Membership, fwd *forwarder) (*grpc.Server, error) {
 	g, err := rpc.NewServer(d.opts.Credentials, Policy, rpc.ServerOptions{Unary: []grpc.UnaryServerInterceptor{unaryInterceptor(d)}})
 	if err != nil {
 		return nil, fmt.Errorf("directory: %w", err)
 	}
-	directorypb.RegisterDirectoryServer(g, &grpcService{d: d})
+	directorypb.RegisterDirectoryServer(g, &grpcService{d: d, members: members, fwd: fwd})
 	return g, nil
 }
 
@@ -102,30 +104,56 @@ func unaryInterceptor(d *Directory) grpc.UnaryServerInterceptor {
 	}
 }
 
+// forwardTo answers a call the Directory refused with err: when err is a
+// not-leader error naming the leader, and the call was not forwarded
+// already, the call is sent to the leader and its answer returned;
+// otherwise, or when the leader cannot be reached, err's status, which
+// names the leader for the client to follow.
+func forwardTo[Resp any](g *grpcService, ctx context.Context, err error, call func(directorypb.DirectoryClient, context.Context) (Resp, error)) (Resp, error) {
+	var zero Resp
+	c, fctx, ok := g.fwd.to(ctx, err)
+	if !ok {
+		return zero, statusOf(err)
+	}
+	resp, ferr := call(c, fctx)
+	if o, _ := dirconn.Classify(ferr); o == dirconn.Unreachable {
+		return zero, statusOf(err)
+	}
+	return resp, ferr
+}
+
 // grpcService implements directorypb.DirectoryServer over a Directory:
 // it converts messages and errors and decides nothing.
 type grpcService struct {
 	directorypb.UnimplementedDirectoryServer
-	d *Directory
+	d       *Directory
+	members Membership // nil on a single node
+	fwd     *forwarder // nil on a single node
 }
 
 // Assign grants fresh keys with a write token. Callers: gateways and
-// clients that upload. Leader only.
+// clients that upload. Served by the leader; a follower forwards it there
+// (forward.go), as a directory.
 func (g *grpcService) Assign(ctx context.Context, req *directorypb.AssignRequest) (*directorypb.AssignResponse, error) {
 	a, err := g.d.Assign(ctx, req.GetCount())
 	if err != nil {
-		return nil, statusOf(err)
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.AssignResponse, error) {
+			return c.Assign(fctx, req)
+		})
 	}
 	return &directorypb.AssignResponse{KeyStart: a.KeyStart, KeyCount: a.KeyCount, Vid: a.Vid, Replicas: replicasPB(a.Replicas),
 		WriteToken: a.WriteToken, TokenExpiryUnix: a.Expiry.Unix()}, nil
 }
 
-// Lookup describes a volume. Callers: caches, gateways, clients, tools.
-// Any node.
-func (g *grpcService) Lookup(_ context.Context, req *directorypb.LookupRequest) (*directorypb.LookupResponse, error) {
+// Lookup describes a volume. Callers: caches, gateways, clients, tools. Any
+// node with fresh state; a stale follower forwards it to the leader
+// (forward.go), as a directory.
+func (g *grpcService) Lookup(ctx context.Context, req *directorypb.LookupRequest) (*directorypb.LookupResponse, error) {
 	state, reps, err := g.d.Lookup(req.GetVid())
 	if err != nil {
-		return nil, statusOf(err)
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.LookupResponse, error) {
+			return c.Lookup(fctx, req)
+		})
 	}
 	return &directorypb.LookupResponse{Vid: req.GetVid(), State: volumeStatePB(state), Replicas: replicasPB(reps)}, nil
 }
@@ -150,31 +178,39 @@ func (g *grpcService) ListVolumes(context.Context, *directorypb.ListVolumesReque
 	return resp, nil
 }
 
-// MarkReadOnly makes a volume read-only. Callers: operators. Leader only.
+// MarkReadOnly makes a volume read-only. Callers: operators. Served by the
+// leader; a follower forwards it there (forward.go), as a directory.
 func (g *grpcService) MarkReadOnly(ctx context.Context, req *directorypb.DirectoryMarkReadOnlyRequest) (*directorypb.DirectoryMarkReadOnlyResponse, error) {
 	v, err := g.d.MarkReadOnly(ctx, req.GetVid(), req.GetReason())
 	if err != nil {
-		return nil, statusOf(err)
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.DirectoryMarkReadOnlyResponse, error) {
+			return c.MarkReadOnly(fctx, req)
+		})
 	}
 	return &directorypb.DirectoryMarkReadOnlyResponse{Volume: volumeViewPB(v)}, nil
 }
 
 // PhotoURLs builds a photo's image URLs. Callers: gateways, clients. Any
-// node.
-func (g *grpcService) PhotoURLs(_ context.Context, req *directorypb.PhotoURLsRequest) (*directorypb.PhotoURLsResponse, error) {
+// node with fresh state; a stale follower forwards it to the leader
+// (forward.go), as a directory.
+func (g *grpcService) PhotoURLs(ctx context.Context, req *directorypb.PhotoURLsRequest) (*directorypb.PhotoURLsResponse, error) {
 	id, urls, err := g.d.PhotoURLs(req.GetPhotoId())
 	if err != nil {
-		return nil, statusOf(err)
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.PhotoURLsResponse, error) {
+			return c.PhotoURLs(fctx, req)
+		})
 	}
 	return &directorypb.PhotoURLsResponse{PhotoId: id.String(), Urls: urls}, nil
 }
 
-// AuthorizeDelete issues a delete token. Callers: gateways, clients.
-// Leader only.
-func (g *grpcService) AuthorizeDelete(_ context.Context, req *directorypb.AuthorizeDeleteRequest) (*directorypb.AuthorizeDeleteResponse, error) {
+// AuthorizeDelete issues a delete token. Callers: gateways, clients. Served
+// by the leader; a follower forwards it there (forward.go), as a directory.
+func (g *grpcService) AuthorizeDelete(ctx context.Context, req *directorypb.AuthorizeDeleteRequest) (*directorypb.AuthorizeDeleteResponse, error) {
 	gr, err := g.d.AuthorizeDelete(req.GetPhotoId())
 	if err != nil {
-		return nil, statusOf(err)
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.AuthorizeDeleteResponse, error) {
+			return c.AuthorizeDelete(fctx, req)
+		})
 	}
 	return &directorypb.AuthorizeDeleteResponse{Vid: gr.Vid, Replicas: replicasPB(gr.Replicas), WriteToken: gr.WriteToken,
 		TokenExpiryUnix: gr.Expiry.Unix()}, nil
@@ -213,7 +249,7 @@ func (g *grpcService) Heartbeat(stream directorypb.Directory_HeartbeatServer) er
 		select {
 		case r = <-reqs:
 		case <-g.d.ctx.Done():
-			return status.Error(codes.Unavailable, "directory shutting down")
+			return dirconn.Status("directory shutting down", dirconn.ReasonShuttingDown, "")
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -236,6 +272,71 @@ func (g *grpcService) Heartbeat(stream directorypb.Directory_HeartbeatServer) er
 			return err
 		}
 	}
+}
+
+// AddMember adds a voter to the raft cluster. Callers: operators. Leader
+// only.
+func (g *grpcService) AddMember(ctx context.Context, req *directorypb.AddMemberRequest) (*directorypb.AddMemberResponse, error) {
+	if g.members == nil {
+		return nil, statusOf(ErrNotClustered)
+	}
+	id, addr := req.GetId(), req.GetRaftAddr()
+	if id == "" || addr == "" {
+		return nil, statusOf(fmt.Errorf("%w: a member needs an id and a raft address", ErrInvalidArgument))
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, statusOf(fmt.Errorf("%w: raft address %q: %v", ErrInvalidArgument, clip(addr), err))
+	}
+	if err := g.members.AddVoter(id, addr); err != nil {
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.AddMemberResponse, error) {
+			return c.AddMember(fctx, req)
+		})
+	}
+	g.d.opts.Logger.Info("directory member added", "id", id, "raft_addr", addr)
+	ms, err := g.members.Members()
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	return &directorypb.AddMemberResponse{Members: membersPB(ms)}, nil
+}
+
+// RemoveMember removes a node from the raft cluster. Callers: operators.
+// Served by the leader; a follower forwards it there (forward.go), as a
+// directory.
+func (g *grpcService) RemoveMember(ctx context.Context, req *directorypb.RemoveMemberRequest) (*directorypb.RemoveMemberResponse, error) {
+	if g.members == nil {
+		return nil, statusOf(ErrNotClustered)
+	}
+	if err := g.members.RemoveServer(req.GetId()); err != nil {
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.RemoveMemberResponse, error) {
+			return c.RemoveMember(fctx, req)
+		})
+	}
+	g.d.opts.Logger.Info("directory member removed", "id", req.GetId())
+	ms, err := g.members.Members()
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	return &directorypb.RemoveMemberResponse{Members: membersPB(ms)}, nil
+}
+
+// RemoveStore forgets a store. Callers: operators. Served by the leader; a
+// follower forwards it there (forward.go), as a directory.
+func (g *grpcService) RemoveStore(ctx context.Context, req *directorypb.RemoveStoreRequest) (*directorypb.RemoveStoreResponse, error) {
+	if err := g.d.RemoveStore(ctx, req.GetStoreId()); err != nil {
+		return forwardTo(g, ctx, err, func(c directorypb.DirectoryClient, fctx context.Context) (*directorypb.RemoveStoreResponse, error) {
+			return c.RemoveStore(fctx, req)
+		})
+	}
+	return &directorypb.RemoveStoreResponse{}, nil
+}
+
+func membersPB(ms []Member) []*directorypb.Member {
+	out := make([]*directorypb.Member, len(ms))
+	for i, m := range ms {
+		out[i] = &directorypb.Member{Id: m.ID, RaftAddr: m.RaftAddr, Voter: m.Voter, Leader: m.Leader, GrpcAddr: m.GRPCAddr, HttpAddr: m.HTTPAddr}
+	}
+	return out
 }
 
 func heartbeatFromPB(req *directorypb.HeartbeatRequest) Heartbeat {

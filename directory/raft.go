@@ -81,6 +81,12 @@ type RaftOptions struct {
 	// TrailingLogs is the number of entries kept after a snapshot, so that
 	// a follower slightly behind catches up from the log; default 10240.
 	TrailingLogs uint64
+	// Seed, when set, is the state of a single-node directory (LoadSeed)
+	// that this node commits as the cluster's first state when it first
+	// leads a cluster whose state is still empty, before it decides
+	// anything. Use it with a Bootstrap of this node alone, then add the
+	// other nodes; a node whose state is not empty ignores it.
+	Seed *SeedState
 	// Node is this node's client addresses, recorded in the state when it
 	// leads so that followers can name it. Set by NewServer.
 	Node NodeRecord
@@ -101,7 +107,10 @@ type Raft struct {
 	transport raft.Transport
 	notify    chan bool
 	done      chan struct{}
-	wg        sync.WaitGroup
+	// staleAfter is how long a follower serves reads without hearing
+	// from the leader.
+	staleAfter time.Duration
+	wg         sync.WaitGroup
 
 	mu struct {
 		sync.Mutex
@@ -188,7 +197,7 @@ func OpenRaft(opts RaftOptions, fsm *FSM) (_ *Raft, err error) {
 	notify := make(chan bool, 16)
 	cfg.NotifyCh = notify
 
-	n := &Raft{fsm: fsm, opts: opts, notify: notify, done: make(chan struct{})}
+	n := &Raft{fsm: fsm, opts: opts, notify: notify, done: make(chan struct{}), staleAfter: 2 * cfg.HeartbeatTimeout}
 	var closers []func() error
 	defer func() {
 		if err != nil {
@@ -279,6 +288,12 @@ func (n *Raft) watchLeadership() {
 					n.opts.Logger.Warn("raft barrier after election failed", "err", err)
 					continue
 				}
+				if n.opts.Seed != nil && n.fsm.Empty() {
+					if err := n.seed(); err != nil {
+						n.opts.Logger.Warn("cannot commit the seed state; retrying", "err", err)
+						continue
+					}
+				}
 				n.mu.Lock()
 				n.mu.epochs++
 				n.mu.epoch, n.mu.since = n.mu.epochs, time.Now()
@@ -294,6 +309,27 @@ func (n *Raft) watchLeadership() {
 			}
 		}
 	}
+}
+
+// seed commits the seed state. It returns an error only when the entry
+// could not be committed; an FSM that refuses it (the state is not empty)
+// is logged.
+func (n *Raft) seed() error {
+	b, err := EncodeCommand(Command{Type: CmdSeed, Seed: n.opts.Seed})
+	if err != nil {
+		return err
+	}
+	f := n.r.Apply(b, 30*time.Second)
+	if err := f.Error(); err != nil {
+		return err
+	}
+	if ferr, _ := f.Response().(error); ferr != nil {
+		n.opts.Logger.Error("seed state refused", "err", ferr)
+		return nil
+	}
+	n.opts.Logger.Info("directory cluster seeded from a single-node state", "key_high_water", n.opts.Seed.HighWater,
+		"vid_mark", n.opts.Seed.VidMark, "stores", len(n.opts.Seed.Stores), "volumes", len(n.opts.Seed.Volumes))
+	return nil
 }
 
 // Apply implements Log: it commits cmd through raft and returns the FSM's
@@ -334,6 +370,28 @@ func (n *Raft) Leadership() (uint64, time.Time) {
 		return 0, time.Time{}
 	}
 	return n.mu.epoch, n.mu.since
+}
+
+// Fresh returns nil when this node's state may answer reads, and the
+// not-leader error to answer with otherwise: a leader must have applied
+// every entry earlier leaders committed (its leadership is ready); a
+// follower must have heard from the leader within two heartbeat timeouts
+// and applied every entry it knows committed. A node that just restarted
+// thus sends readers to the leader until it has caught up, rather than
+// answer "unknown volume" from an old snapshot.
+func (n *Raft) Fresh() error {
+	switch n.r.State() {
+	case raft.Leader:
+		if epoch, _ := n.Leadership(); epoch != 0 {
+			return nil
+		}
+	case raft.Follower:
+		last := n.r.LastContact()
+		if !last.IsZero() && time.Since(last) <= n.staleAfter && n.r.AppliedIndex() >= n.r.CommitIndex() {
+			return nil
+		}
+	}
+	return n.NotLeader()
 }
 
 // NotLeader implements Log: the leader named by its client address, as

@@ -472,3 +472,53 @@ func TestRaftNewNodeCatchesUpFromSnapshot(t *testing.T) {
 	}
 
 }
+
+// A follower cut off from the leader stops answering reads from its
+// state, which may be stale, and answers not-leader; once it hears from the
+// leader again it serves them.
+func TestRaftStaleFollowerRefusesReads(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	l := c.leader()
+	c.beat()
+	if _, err := l.d.Assign(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	vid := l.fsm.Volumes()[0].Vid
+	var f *testNode
+	for _, n := range c.nodes {
+		if n != l {
+			f = n
+			break
+		}
+	}
+	waitFor(t, "the follower serves lookups", func() error {
+		_, _, err := f.d.Lookup(vid)
+		return err
+	})
+	f.trans.DisconnectAll()
+	for _, n := range c.nodes {
+		if n != f {
+			n.trans.Disconnect(f.trans.LocalAddr())
+		}
+	}
+	waitFor(t, "the cut-off follower refuses lookups", func() error {
+		_, _, err := f.d.Lookup(vid)
+		if !errors.Is(err, ErrNotLeader) {
+			return fmt.Errorf("lookup on a cut-off follower: %v", err)
+		}
+		return nil
+	})
+	if _, _, err := f.d.PhotoURLs(fmt.Sprintf("%d-1-0000000000000001", vid)); !errors.Is(err, ErrNotLeader) {
+		t.Errorf("PhotoURLs on a cut-off follower: %v", err)
+	}
+	for _, n := range c.nodes {
+		if n != f {
+			n.trans.Connect(f.trans.LocalAddr(), f.trans)
+			f.trans.Connect(n.trans.LocalAddr(), n.trans)
+		}
+	}
+	waitFor(t, "the healed follower serves lookups", func() error {
+		_, _, err := f.d.Lookup(vid)
+		return err
+	})
+}

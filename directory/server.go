@@ -28,6 +28,7 @@ type Server struct {
 	raft   *Raft // nil on a single node
 	local  *localLog
 	stores *grpcStores
+	fwd    *forwarder // nil on a single node
 	grpcLn net.Listener
 	http   *serve.HTTP
 }
@@ -91,7 +92,13 @@ func NewServer(opts Options) (_ *Server, err error) {
 	if s.d, err = NewDirectory(opts, s.fsm, log, s.stores); err != nil {
 		return nil, err
 	}
-	grpcSrv, err := newGRPCServer(s.d)
+	var members Membership
+	if s.raft != nil {
+		members = s.raft
+		s.fwd = newForwarder(opts.Credentials, advertised(s.grpcLn.Addr(), opts.AdvertiseGRPC))
+		closers = append(closers, s.fwd.Close)
+	}
+	grpcSrv, err := newGRPCServer(s.d, members, s.fwd)
 	if err != nil {
 		return nil, err
 	}
@@ -129,6 +136,9 @@ func (s *Server) closeAll() error {
 	}
 	if s.local != nil {
 		s.local.closed.Store(true)
+	}
+	if s.fwd != nil {
+		errs = append(errs, s.fwd.Close())
 	}
 	errs = append(errs, s.stores.Close(), s.fsm.Close())
 	return errors.Join(errs...)

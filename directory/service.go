@@ -83,6 +83,21 @@ func (d *Directory) Assign(ctx context.Context, count uint32) (Assignment, error
 }
 
 // volume returns volume vid or an invalid-argument / unknown-volume error.
+// freshLog is a Log that can say whether this node's state may answer
+// reads (Raft); a Log without it always may.
+type freshLog interface {
+	Fresh() error
+}
+
+// fresh returns nil when this node may answer reads from its state, and
+// a *NotLeaderError otherwise.
+func (d *Directory) fresh() error {
+	if f, ok := d.log.(freshLog); ok {
+		return f.Fresh()
+	}
+	return nil
+}
+
 func (d *Directory) volume(vid uint32) (VolumeRecord, error) {
 	if vid == 0 {
 		return VolumeRecord{}, fmt.Errorf("%w: vid 0", ErrInvalidArgument)
@@ -95,8 +110,12 @@ func (d *Directory) volume(vid uint32) (VolumeRecord, error) {
 }
 
 // Lookup describes volume vid: its state and replicas, live ones first.
-// Any node answers from its state.
+// Any node whose state is fresh answers from it (see Raft.Fresh); a stale
+// one answers with a *NotLeaderError.
 func (d *Directory) Lookup(vid uint32) (VolumeState, []Replica, error) {
+	if err := d.fresh(); err != nil {
+		return 0, nil, err
+	}
 	v, err := d.volume(vid)
 	if err != nil {
 		return 0, nil, err
@@ -184,11 +203,14 @@ func (d *Directory) RemoveStore(ctx context.Context, id string) error {
 // URL when one is configured, else under the cache node that owns the
 // photo's key, else under a store holding a replica (a live one when there
 // is one, chosen by the photo's key so that a photo's URLs stay stable).
-// Any node answers from its state.
+// Any node whose state is fresh answers from it (see Raft.Fresh).
 func (d *Directory) PhotoURLs(photoID string) (needle.PhotoID, map[string]string, error) {
 	id, err := needle.ParsePhotoID(photoID)
 	if err != nil {
 		return needle.PhotoID{}, nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
+	}
+	if err := d.fresh(); err != nil {
+		return needle.PhotoID{}, nil, err
 	}
 	v, err := d.volume(id.Vid)
 	if err != nil {

@@ -17,7 +17,7 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/haybale/haybale/internal/pki"
+	"github.com/haybale/haybale/internal/dirconn"
 	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
@@ -36,7 +36,9 @@ const maxCorruptQueued = 1024
 // HeartbeaterOptions configure a Heartbeater. Zero values take the
 // documented defaults.
 type HeartbeaterOptions struct {
-	// DirectoryAddr is the directory's gRPC address, host:port. Required.
+	// DirectoryAddr is the directory's gRPC address, host:port, or the
+	// comma-separated addresses of the nodes of a directory cluster: the
+	// heartbeater reports to whichever leads. Required.
 	DirectoryAddr string
 	// StoreID is the store's stable id, kept in the data directory's
 	// StoreIDFile. Empty: the id in that file, generated on first use.
@@ -71,8 +73,11 @@ type HeartbeaterOptions struct {
 // sends a full report of the store (addresses, free space, every volume,
 // corrupt reads since the last report) every interval, carries out the
 // commands in the answers, and reconnects with exponential backoff and
-// jitter when the stream breaks. It is safe for concurrent use; Run is
-// called once.
+// jitter when the stream breaks. With a directory cluster the stream goes
+// to the leader (internal/dirconn): a follower's not-leader answer sends
+// the next attempt to the leader it names at once, and an unreachable
+// node to the next one, so a failover needs no restart. It is safe for
+// concurrent use; Run is called once.
 type Heartbeater struct {
 	opts  HeartbeaterOptions
 	store *Store
@@ -96,6 +101,9 @@ func NewHeartbeater(st *Store, opts HeartbeaterOptions) (*Heartbeater, error) {
 	}
 	if opts.DirectoryAddr == "" || opts.GRPCAddr == "" || opts.HTTPAddr == "" {
 		return nil, errors.New("store: NewHeartbeater: the directory, gRPC and HTTP addresses are required")
+	}
+	if _, err := dirconn.SplitAddrs(opts.DirectoryAddr); err != nil {
+		return nil, fmt.Errorf("store: NewHeartbeater: %w", err)
 	}
 	id, err := LoadOrCreateStoreID(st.FS(), st.Dir(), opts.StoreID)
 	if err != nil {
@@ -148,16 +156,16 @@ func (h *Heartbeater) ReportCorrupt(vid uint32, key uint64, size needle.SizeCode
 // Run heartbeats until ctx is cancelled; it returns nil then. Failures are
 // logged and retried.
 func (h *Heartbeater) Run(ctx context.Context) error {
-	conn, err := rpc.Dial(h.opts.Credentials, h.opts.DirectoryAddr, []pki.Role{pki.RoleDirectory})
+	conn, err := dirconn.New(dirconn.Options{Addrs: []string{h.opts.DirectoryAddr}, Credentials: h.opts.Credentials,
+		MinBackoff: h.opts.MinBackoff, MaxBackoff: h.opts.MaxBackoff, Logger: h.opts.Logger})
 	if err != nil {
 		return fmt.Errorf("store: directory %s: %w", h.opts.DirectoryAddr, err)
 	}
 	defer conn.Close()
 	defer h.compactions.Wait()
-	client := directorypb.NewDirectoryClient(conn)
 	backoff := h.opts.MinBackoff
 	for ctx.Err() == nil {
-		answered, err := h.session(ctx, client)
+		answered, err := h.session(ctx, conn)
 		if ctx.Err() != nil {
 			break
 		}
@@ -166,7 +174,15 @@ func (h *Heartbeater) Run(ctx context.Context) error {
 		}
 		// Full jitter over the upper half: [backoff/2, backoff).
 		wait := backoff/2 + time.Duration(mrand.Int64N(int64(backoff/2)+1))
-		h.opts.Logger.Warn("directory heartbeat failed; retrying", "directory", h.opts.DirectoryAddr, "err", err, "retry_in", wait)
+		if leader, ok := dirconn.NotLeader(err); ok && leader != "" {
+			// A follower named the leader: go there without growing the
+			// pause.
+			h.opts.Logger.Info("directory node does not lead; following the leader", "leader", leader)
+			wait = h.opts.MinBackoff / 2
+			backoff = h.opts.MinBackoff / 2
+		} else {
+			h.opts.Logger.Warn("directory heartbeat failed; retrying", "directory", conn.Current(), "err", err, "retry_in", wait)
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -180,7 +196,9 @@ func (h *Heartbeater) Run(ctx context.Context) error {
 
 // session runs one Heartbeat stream until it fails; answered reports
 // whether the directory answered at least once.
-func (h *Heartbeater) session(ctx context.Context, client directorypb.DirectoryClient) (answered bool, err error) {
+func (h *Heartbeater) session(ctx context.Context, conn *dirconn.Conn) (answered bool, err error) {
+	client := directorypb.NewDirectoryClient(conn)
+	current := conn.Current()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := client.Heartbeat(ctx)
@@ -204,7 +222,7 @@ func (h *Heartbeater) session(ctx context.Context, client directorypb.DirectoryC
 		}
 		watchdog.Reset(h.answerTimeout())
 		if !answered {
-			h.opts.Logger.Info("registered with the directory", "directory", h.opts.DirectoryAddr, "store", h.opts.StoreID)
+			h.opts.Logger.Info("registered with the directory", "directory", current, "store", h.opts.StoreID)
 		}
 		answered = true
 		interval := h.opts.Interval

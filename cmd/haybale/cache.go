@@ -34,7 +34,7 @@ type cacheFlags struct {
 }
 
 func (f *cacheFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.directory, "directory", "", "gRPC address HOST:PORT of the directory (required)")
+	fs.StringVar(&f.directory, "directory", "", "gRPC address HOST:PORT of the directory, or of every node of a directory cluster, comma-separated (required; the leader is found and followed)")
 	fs.StringVar(&f.httpAddr, "http", ":8100", "address of the public HTTP server (images, /healthz, /readyz)")
 	fs.StringVar(&f.internalAddr, "internal", ":8101", "address of the internal HTTP server, with mutual TLS: DELETE /p/<photo ID> for gateways, /metrics for operators")
 	f.capacity = byteSize(cache.DefaultCapacity)

@@ -37,6 +37,7 @@ type directoryFlags struct {
 	raftID            string
 	raftAddr          string
 	bootstrap         string
+	seedFrom          string
 	advertiseGRPC     string
 	advertiseHTTP     string
 	tls               tlsFlags
@@ -58,6 +59,7 @@ func (f *directoryFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.raftID, "raft-id", "", "this node's id in a directory cluster, e.g. d1 (none: a single directory on <dir>/"+directory.StateFile+")")
 	fs.StringVar(&f.raftAddr, "raft-addr", "", "host:port of this node's raft transport, reachable by the other directory nodes (with --raft-id)")
 	fs.StringVar(&f.bootstrap, "bootstrap", "", "start a new cluster with these voters, id@host:port comma-separated, this node included; give every founding node the same list (ignored once the node has raft state)")
+	fs.StringVar(&f.seedFrom, "seed-from", "", "state file of a single-node directory (its <dir>/"+directory.StateFile+", directory stopped) to start a new cluster from; needs --bootstrap listing this node alone; add the other nodes with `haybale directory add`")
 	fs.StringVar(&f.advertiseGRPC, "advertise-grpc", "", "gRPC address other machines reach this node at, named by followers when they point clients at the leader (default: the bound --grpc address)")
 	fs.StringVar(&f.advertiseHTTP, "advertise-http", "", "HTTP address other machines reach this node at (default: the bound --http address)")
 	f.tls.register(fs)
@@ -68,8 +70,8 @@ func (f *directoryFlags) register(fs *pflag.FlagSet) {
 // node.
 func (f *directoryFlags) raftOptions() (*directory.RaftOptions, error) {
 	if f.raftID == "" {
-		if f.raftAddr != "" || f.bootstrap != "" {
-			return nil, fmt.Errorf("--raft-addr and --bootstrap need --raft-id")
+		if f.raftAddr != "" || f.bootstrap != "" || f.seedFrom != "" {
+			return nil, fmt.Errorf("--raft-addr, --bootstrap and --seed-from need --raft-id")
 		}
 		return nil, nil
 	}
@@ -92,7 +94,18 @@ func (f *directoryFlags) raftOptions() (*directory.RaftOptions, error) {
 			return nil, fmt.Errorf("--bootstrap must list this node as %s@%s", f.raftID, f.raftAddr)
 		}
 	}
-	return &directory.RaftOptions{ID: f.raftID, Addr: f.raftAddr, Bootstrap: peers}, nil
+	ro := &directory.RaftOptions{ID: f.raftID, Addr: f.raftAddr, Bootstrap: peers}
+	if f.seedFrom != "" {
+		// The seeding node must lead the new cluster's first term, so the
+		// cluster starts as this node alone.
+		if len(peers) != 1 {
+			return nil, fmt.Errorf("--seed-from needs --bootstrap %s@%s (this node alone; add the others afterwards)", f.raftID, f.raftAddr)
+		}
+		if ro.Seed, err = directory.LoadSeed(f.seedFrom); err != nil {
+			return nil, fmt.Errorf("--seed-from: %w", err)
+		}
+	}
+	return ro, nil
 }
 
 func (f *directoryFlags) validate() error {
@@ -140,7 +153,7 @@ same file to the stores (--secret-file) so that they verify the tokens.`,
 		},
 	}
 	f.register(cmd.Flags())
-	cmd.AddCommand(newDirectoryMembersCmd())
+	cmd.AddCommand(newDirectoryMembersCmd(), newDirectoryAddCmd(), newDirectoryRemoveCmd())
 	return cmd
 }
 
@@ -198,7 +211,7 @@ type storeClusterFlags struct {
 }
 
 func (f *storeClusterFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.directory, "directory", "", "gRPC address HOST:PORT of the directory to join (none: run standalone)")
+	fs.StringVar(&f.directory, "directory", "", "gRPC address HOST:PORT of the directory to join, or of every node of a directory cluster, comma-separated (none: run standalone; heartbeats follow the leader)")
 	fs.StringVar(&f.rack, "rack", "", "rack label; replicas of a volume go to distinct racks")
 	fs.StringVar(&f.publicURL, "public-url", "", "base URL under which clients outside the cluster reach this store's HTTP server (default: its HTTP address)")
 	fs.StringVar(&f.secretFile, "secret-file", "", "file holding the cluster secret (the directory's), to check the write and delete tokens; required with --directory. Without it the store takes no writes or deletes")

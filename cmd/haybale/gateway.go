@@ -37,7 +37,7 @@ type gatewayFlags struct {
 }
 
 func (f *gatewayFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.directory, "directory", "", "gRPC address HOST:PORT of the directory (required)")
+	fs.StringVar(&f.directory, "directory", "", "gRPC address HOST:PORT of the directory, or of every node of a directory cluster, comma-separated (required; the leader is found and followed)")
 	fs.StringVar(&f.httpAddr, "http", ":8000", "address of the HTTP server (API, web page, /metrics, /healthz)")
 	fs.StringVar(&f.apiKeyFile, "api-key-file", "", "file holding the API key that uploads and deletes must send as 'Authorization: Bearer <key>' (none: open)")
 	fs.StringSliceVar(&f.cacheNodes, "cache-nodes", nil, "cache nodes (base URLs or host:port, comma-separated, listed exactly as the directory's --cache-nodes); deletes evict the photo from its owner")

@@ -75,6 +75,7 @@ Ctrl-C drains requests in flight, then syncs and closes the volumes.`,
 		},
 	}
 	f.register(cmd.Flags())
+	cmd.AddCommand(newStoreRemoveCmd())
 	return cmd
 }
 

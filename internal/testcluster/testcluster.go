@@ -1,24 +1,27 @@
 // Package testcluster starts a real haybale cluster inside a test process:
-// a directory and a number of stores with heartbeaters, all on 127.0.0.1:0,
-// with their data in the test's temporary folders. Tests of the client,
+// a directory (one node, or a raft cluster of several on in-memory raft
+// transports) and a number of stores with heartbeaters, all on
+// 127.0.0.1:0, with their data in the test's temporary folders. Tests of the client,
 // gateway and cache build on it; no production package may import it (the
 // layering test enforces that).
 package testcluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
+	"github.com/hashicorp/raft"
 
 	"github.com/haybale/haybale/directory"
-	"github.com/haybale/haybale/internal/rpc"
+	"github.com/haybale/haybale/internal/dirconn"
 	"github.com/haybale/haybale/internal/token"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
@@ -33,6 +36,10 @@ var defaultSecret = []byte("testcluster secret, long enough for a signer")
 type Options struct {
 	// Stores is how many stores to start; default 1.
 	Stores int
+	// Directories is how many directory nodes to start; default 1, a
+	// single-node directory. More start a raft cluster whose nodes talk
+	// over in-memory transports; DirAddr then lists every node.
+	Directories int
 	// Replication is the directory's replication factor; default Stores.
 	Replication int
 	// Secret is the cluster secret the directory signs tokens with and
@@ -55,15 +62,47 @@ type Options struct {
 
 // Cluster is a running directory and its stores.
 type Cluster struct {
-	t       testing.TB
-	opts    Options
-	Dir     *directory.Server
+	t    testing.TB
+	opts Options
+	// Dir is the first directory node; Dirs every node.
+	Dir  *directory.Server
+	Dirs []*DirNode
+	// DirAddr is the directory's gRPC address, or the comma-separated
+	// addresses of every node of a directory cluster (what the client and
+	// the heartbeaters take).
 	DirAddr string
 	Stores  []*Store
-	conn    *grpc.ClientConn
-	// Directory is a client of the directory's gRPC API.
+	conn    *dirconn.Conn
+	// Directory is a client of the directory's gRPC API; with a cluster
+	// it follows the leader.
 	Directory directorypb.DirectoryClient
-	stopDir   func()
+}
+
+// DirNode is one node of the directory.
+type DirNode struct {
+	ID   string
+	Srv  *directory.Server
+	Addr string
+	mu   sync.Mutex
+	stop func()
+}
+
+// Stop shuts the node down (as a crash would, for the others: its raft
+// transport stops answering). It is idempotent.
+func (n *DirNode) Stop() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.stop != nil {
+		n.stop()
+		n.stop = nil
+	}
+}
+
+// Stopped reports whether Stop was called.
+func (n *DirNode) Stopped() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.stop == nil
 }
 
 // Store is one running store of a cluster.
@@ -101,29 +140,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 		opts.Secret = defaultSecret
 	}
 	c := &Cluster{t: t, opts: opts}
-	dir, err := directory.NewServer(directory.Options{
-		Dir: t.TempDir(), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		Replication: opts.Replication, VolumeSizeLimit: uint64(opts.VolumeSizeLimit),
-		HeartbeatInterval: opts.Heartbeat, Secret: opts.Secret, MinWritable: 1, MinStoreFreeBytes: 1,
-		CacheNodes: opts.CacheNodes, CDNURL: opts.CDNURL, Logger: opts.Logger,
-		CompactThreshold: opts.CompactThreshold,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Dir = dir
-	c.DirAddr = dir.GRPCAddr().String()
-	done := make(chan error, 1)
-	go func() { done <- dir.Serve(context.Background()) }()
-	c.stopDir = func() {
-		if err := dir.Shutdown(context.Background()); err != nil {
-			t.Errorf("directory shutdown: %v", err)
-		}
-		if err := <-done; err != nil {
-			t.Errorf("directory: %v", err)
-		}
-	}
-	c.conn, err = rpc.Dial(rpc.Insecure(), c.DirAddr, nil)
+	c.startDirectories()
+	var err error
+	c.conn, err = dirconn.New(dirconn.Options{Addrs: []string{c.DirAddr}, Logger: opts.Logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,12 +158,98 @@ func Start(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
+// startDirectories starts opts.Directories directory nodes.
+func (c *Cluster) startDirectories() {
+	t, opts := c.t, c.opts
+	n := max(opts.Directories, 1)
+	var peers []directory.Peer
+	trans := make([]*raft.InmemTransport, n)
+	if n > 1 {
+		for i := range n {
+			addr, tr := raft.NewInmemTransport("")
+			trans[i] = tr
+			peers = append(peers, directory.Peer{ID: fmt.Sprintf("d%d", i+1), Addr: string(addr)})
+		}
+		for i := range trans {
+			for j := range trans {
+				if i != j {
+					trans[i].Connect(trans[j].LocalAddr(), trans[j])
+				}
+			}
+		}
+	}
+	var addrs []string
+	for i := range n {
+		o := directory.Options{
+			Dir: t.TempDir(), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+			Replication: opts.Replication, VolumeSizeLimit: uint64(opts.VolumeSizeLimit),
+			HeartbeatInterval: opts.Heartbeat, Secret: opts.Secret, MinWritable: 1, MinStoreFreeBytes: 1,
+			CacheNodes: opts.CacheNodes, CDNURL: opts.CDNURL, Logger: opts.Logger,
+			CompactThreshold: opts.CompactThreshold,
+		}
+		node := &DirNode{ID: fmt.Sprintf("d%d", i+1)}
+		if n > 1 {
+			o.Raft = &directory.RaftOptions{ID: node.ID, Transport: trans[i], InMemory: true, Bootstrap: peers,
+				HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond}
+		}
+		srv, err := directory.NewServer(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		node.Srv, node.Addr = srv, srv.GRPCAddr().String()
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(context.Background()) }()
+		tr := trans[i]
+		node.stop = func() {
+			if tr != nil {
+				// Cut the node off first, so the others see it vanish at
+				// once rather than step down in order.
+				tr.DisconnectAll()
+			}
+			if err := srv.Shutdown(context.Background()); err != nil {
+				t.Errorf("directory %s shutdown: %v", node.ID, err)
+			}
+			if err := <-done; err != nil {
+				t.Errorf("directory %s: %v", node.ID, err)
+			}
+		}
+		c.Dirs = append(c.Dirs, node)
+		addrs = append(addrs, node.Addr)
+	}
+	c.Dir = c.Dirs[0].Srv
+	c.DirAddr = strings.Join(addrs, ",")
+}
+
+// Leader waits until a running directory node leads and returns it.
+func (c *Cluster) Leader() *DirNode {
+	c.t.Helper()
+	var found *DirNode
+	c.Eventually("a directory leader", func() error {
+		for _, n := range c.Dirs {
+			if n.Stopped() {
+				continue
+			}
+			if r := n.Srv.Raft(); r == nil {
+				found = n
+				return nil
+			} else if epoch, _ := r.Leadership(); epoch != 0 {
+				found = n
+				return nil
+			}
+		}
+		return errors.New("no node leads")
+	})
+	return found
+}
+
 func (c *Cluster) stop() {
 	for _, s := range c.Stores {
 		s.Stop()
 	}
 	c.conn.Close()
-	c.stopDir()
+	for _, n := range c.Dirs {
+		n.Stop()
+	}
 }
 
 // Eventually polls cond until it returns nil, failing the test after 20 s.
@@ -163,17 +268,15 @@ func (c *Cluster) Eventually(what string, cond func() error) {
 	}
 }
 
-// WaitAlive waits until n stores are registered and alive.
+// WaitAlive waits until n stores are registered and alive, as the
+// leading directory node sees them (a follower judges no liveness).
 func (c *Cluster) WaitAlive(n int) {
 	c.t.Helper()
 	c.Eventually(fmt.Sprintf("%d stores alive", n), func() error {
-		resp, err := c.Directory.ListStores(context.Background(), &directorypb.ListStoresRequest{})
-		if err != nil {
-			return err
-		}
+		leader := c.Leader()
 		alive := 0
-		for _, s := range resp.GetStores() {
-			if s.GetState() == directorypb.StoreState_STORE_STATE_ALIVE {
+		for _, s := range leader.Srv.Directory().Stores() {
+			if s.State == directory.StoreAlive {
 				alive++
 			}
 		}

@@ -1487,6 +1487,373 @@ func (x *PhotoURLsResponse) GetUrls() map[string]string {
 	return nil
 }
 
+// AddMemberRequest names the node to add.
+type AddMemberRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node's raft server id (its --raft-id).
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The node's raft address, host:port (its --raft-addr).
+	RaftAddr      string `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddMemberRequest) Reset() {
+	*x = AddMemberRequest{}
+	mi := &file_haybale_v1_directory_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddMemberRequest) ProtoMessage() {}
+
+func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_directory_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddMemberRequest.ProtoReflect.Descriptor instead.
+func (*AddMemberRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *AddMemberRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AddMemberRequest) GetRaftAddr() string {
+	if x != nil {
+		return x.RaftAddr
+	}
+	return ""
+}
+
+// AddMemberResponse lists the members after the change.
+type AddMemberResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every member of the raft configuration.
+	Members       []*Member `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddMemberResponse) Reset() {
+	*x = AddMemberResponse{}
+	mi := &file_haybale_v1_directory_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddMemberResponse) ProtoMessage() {}
+
+func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_directory_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddMemberResponse.ProtoReflect.Descriptor instead.
+func (*AddMemberResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AddMemberResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+// RemoveMemberRequest names the node to remove.
+type RemoveMemberRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node's raft server id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveMemberRequest) Reset() {
+	*x = RemoveMemberRequest{}
+	mi := &file_haybale_v1_directory_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberRequest) ProtoMessage() {}
+
+func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_directory_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
+func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RemoveMemberRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// RemoveMemberResponse lists the members after the change.
+type RemoveMemberResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every member of the raft configuration.
+	Members       []*Member `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveMemberResponse) Reset() {
+	*x = RemoveMemberResponse{}
+	mi := &file_haybale_v1_directory_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberResponse) ProtoMessage() {}
+
+func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_directory_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
+func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RemoveMemberResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+// Member is one node of a directory cluster.
+type Member struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Raft server id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Raft address, host:port.
+	RaftAddr string `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	// Whether the node votes.
+	Voter bool `protobuf:"varint,3,opt,name=voter,proto3" json:"voter,omitempty"`
+	// Whether the node leads, as the answering node sees it.
+	Leader bool `protobuf:"varint,4,opt,name=leader,proto3" json:"leader,omitempty"`
+	// The node's gRPC address, once it led (empty before).
+	GrpcAddr string `protobuf:"bytes,5,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	// The node's HTTP address, once it led (empty before).
+	HttpAddr      string `protobuf:"bytes,6,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Member) Reset() {
+	*x = Member{}
+	mi := &file_haybale_v1_directory_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Member) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Member) ProtoMessage() {}
+
+func (x *Member) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_directory_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Member.ProtoReflect.Descriptor instead.
+func (*Member) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *Member) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Member) GetRaftAddr() string {
+	if x != nil {
+		return x.RaftAddr
+	}
+	return ""
+}
+
+func (x *Member) GetVoter() bool {
+	if x != nil {
+		return x.Voter
+	}
+	return false
+}
+
+func (x *Member) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *Member) GetGrpcAddr() string {
+	if x != nil {
+		return x.GrpcAddr
+	}
+	return ""
+}
+
+func (x *Member) GetHttpAddr() string {
+	if x != nil {
+		return x.HttpAddr
+	}
+	return ""
+}
+
+// RemoveStoreRequest names the store to forget.
+type RemoveStoreRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The store's id.
+	StoreId       string `protobuf:"bytes,1,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveStoreRequest) Reset() {
+	*x = RemoveStoreRequest{}
+	mi := &file_haybale_v1_directory_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveStoreRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveStoreRequest) ProtoMessage() {}
+
+func (x *RemoveStoreRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_directory_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveStoreRequest.ProtoReflect.Descriptor instead.
+func (*RemoveStoreRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RemoveStoreRequest) GetStoreId() string {
+	if x != nil {
+		return x.StoreId
+	}
+	return ""
+}
+
+// RemoveStoreResponse is empty: the store is forgotten.
+type RemoveStoreResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveStoreResponse) Reset() {
+	*x = RemoveStoreResponse{}
+	mi := &file_haybale_v1_directory_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveStoreResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveStoreResponse) ProtoMessage() {}
+
+func (x *RemoveStoreResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_directory_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveStoreResponse.ProtoReflect.Descriptor instead.
+func (*RemoveStoreResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{27}
+}
+
 var File_haybale_v1_directory_proto protoreflect.FileDescriptor
 
 const file_haybale_v1_directory_proto_rawDesc = "" +
@@ -1593,12 +1960,31 @@ const file_haybale_v1_directory_proto_rawDesc = "" +
 	"\x04urls\x18\x02 \x03(\v2'.haybale.v1.PhotoURLsResponse.UrlsEntryR\x04urls\x1a7\n" +
 	"\tUrlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*V\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"?\n" +
+	"\x10AddMemberRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\traft_addr\x18\x02 \x01(\tR\braftAddr\"A\n" +
+	"\x11AddMemberResponse\x12,\n" +
+	"\amembers\x18\x01 \x03(\v2\x12.haybale.v1.MemberR\amembers\"%\n" +
+	"\x13RemoveMemberRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"D\n" +
+	"\x14RemoveMemberResponse\x12,\n" +
+	"\amembers\x18\x01 \x03(\v2\x12.haybale.v1.MemberR\amembers\"\x9d\x01\n" +
+	"\x06Member\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x14\n" +
+	"\x05voter\x18\x03 \x01(\bR\x05voter\x12\x16\n" +
+	"\x06leader\x18\x04 \x01(\bR\x06leader\x12\x1b\n" +
+	"\tgrpc_addr\x18\x05 \x01(\tR\bgrpcAddr\x12\x1b\n" +
+	"\thttp_addr\x18\x06 \x01(\tR\bhttpAddr\"/\n" +
+	"\x12RemoveStoreRequest\x12\x19\n" +
+	"\bstore_id\x18\x01 \x01(\tR\astoreId\"\x15\n" +
+	"\x13RemoveStoreResponse*V\n" +
 	"\n" +
 	"StoreState\x12\x1b\n" +
 	"\x17STORE_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11STORE_STATE_ALIVE\x10\x01\x12\x14\n" +
-	"\x10STORE_STATE_DEAD\x10\x022\x83\x05\n" +
+	"\x10STORE_STATE_DEAD\x10\x022\xf0\x06\n" +
 	"\tDirectory\x12?\n" +
 	"\x06Assign\x12\x19.haybale.v1.AssignRequest\x1a\x1a.haybale.v1.AssignResponse\x12?\n" +
 	"\x06Lookup\x12\x19.haybale.v1.LookupRequest\x1a\x1a.haybale.v1.LookupResponse\x12K\n" +
@@ -1608,7 +1994,10 @@ const file_haybale_v1_directory_proto_rawDesc = "" +
 	"\fMarkReadOnly\x12(.haybale.v1.DirectoryMarkReadOnlyRequest\x1a).haybale.v1.DirectoryMarkReadOnlyResponse\x12L\n" +
 	"\tHeartbeat\x12\x1c.haybale.v1.HeartbeatRequest\x1a\x1d.haybale.v1.HeartbeatResponse(\x010\x01\x12H\n" +
 	"\tPhotoURLs\x12\x1c.haybale.v1.PhotoURLsRequest\x1a\x1d.haybale.v1.PhotoURLsResponse\x12Z\n" +
-	"\x0fAuthorizeDelete\x12\".haybale.v1.AuthorizeDeleteRequest\x1a#.haybale.v1.AuthorizeDeleteResponseBEZCgithub.com/haybale/haybale/proto/haybale/v1/directorypb;directorypbb\x06proto3"
+	"\x0fAuthorizeDelete\x12\".haybale.v1.AuthorizeDeleteRequest\x1a#.haybale.v1.AuthorizeDeleteResponse\x12H\n" +
+	"\tAddMember\x12\x1c.haybale.v1.AddMemberRequest\x1a\x1d.haybale.v1.AddMemberResponse\x12Q\n" +
+	"\fRemoveMember\x12\x1f.haybale.v1.RemoveMemberRequest\x1a .haybale.v1.RemoveMemberResponse\x12N\n" +
+	"\vRemoveStore\x12\x1e.haybale.v1.RemoveStoreRequest\x1a\x1f.haybale.v1.RemoveStoreResponseBEZCgithub.com/haybale/haybale/proto/haybale/v1/directorypb;directorypbb\x06proto3"
 
 var (
 	file_haybale_v1_directory_proto_rawDescOnce sync.Once
@@ -1623,7 +2012,7 @@ func file_haybale_v1_directory_proto_rawDescGZIP() []byte {
 }
 
 var file_haybale_v1_directory_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haybale_v1_directory_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_haybale_v1_directory_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_haybale_v1_directory_proto_goTypes = []any{
 	(StoreState)(0),                       // 0: haybale.v1.StoreState
 	(*Replica)(nil),                       // 1: haybale.v1.Replica
@@ -1647,51 +2036,66 @@ var file_haybale_v1_directory_proto_goTypes = []any{
 	(*AuthorizeDeleteResponse)(nil),       // 19: haybale.v1.AuthorizeDeleteResponse
 	(*PhotoURLsRequest)(nil),              // 20: haybale.v1.PhotoURLsRequest
 	(*PhotoURLsResponse)(nil),             // 21: haybale.v1.PhotoURLsResponse
-	nil,                                   // 22: haybale.v1.PhotoURLsResponse.UrlsEntry
-	(storepb.VolumeState)(0),              // 23: haybale.v1.VolumeState
-	(*storepb.VolumeInfo)(nil),            // 24: haybale.v1.VolumeInfo
-	(*storepb.AllocateVolumeRequest)(nil), // 25: haybale.v1.AllocateVolumeRequest
-	(*storepb.MarkReadOnlyRequest)(nil),   // 26: haybale.v1.MarkReadOnlyRequest
-	(*storepb.CompactRequest)(nil),        // 27: haybale.v1.CompactRequest
+	(*AddMemberRequest)(nil),              // 22: haybale.v1.AddMemberRequest
+	(*AddMemberResponse)(nil),             // 23: haybale.v1.AddMemberResponse
+	(*RemoveMemberRequest)(nil),           // 24: haybale.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),          // 25: haybale.v1.RemoveMemberResponse
+	(*Member)(nil),                        // 26: haybale.v1.Member
+	(*RemoveStoreRequest)(nil),            // 27: haybale.v1.RemoveStoreRequest
+	(*RemoveStoreResponse)(nil),           // 28: haybale.v1.RemoveStoreResponse
+	nil,                                   // 29: haybale.v1.PhotoURLsResponse.UrlsEntry
+	(storepb.VolumeState)(0),              // 30: haybale.v1.VolumeState
+	(*storepb.VolumeInfo)(nil),            // 31: haybale.v1.VolumeInfo
+	(*storepb.AllocateVolumeRequest)(nil), // 32: haybale.v1.AllocateVolumeRequest
+	(*storepb.MarkReadOnlyRequest)(nil),   // 33: haybale.v1.MarkReadOnlyRequest
+	(*storepb.CompactRequest)(nil),        // 34: haybale.v1.CompactRequest
 }
 var file_haybale_v1_directory_proto_depIdxs = []int32{
 	1,  // 0: haybale.v1.AssignResponse.replicas:type_name -> haybale.v1.Replica
-	23, // 1: haybale.v1.LookupResponse.state:type_name -> haybale.v1.VolumeState
+	30, // 1: haybale.v1.LookupResponse.state:type_name -> haybale.v1.VolumeState
 	1,  // 2: haybale.v1.LookupResponse.replicas:type_name -> haybale.v1.Replica
 	8,  // 3: haybale.v1.ListStoresResponse.stores:type_name -> haybale.v1.StoreInfo
 	0,  // 4: haybale.v1.StoreInfo.state:type_name -> haybale.v1.StoreState
 	11, // 5: haybale.v1.ListVolumesResponse.volumes:type_name -> haybale.v1.VolumeView
-	23, // 6: haybale.v1.VolumeView.state:type_name -> haybale.v1.VolumeState
+	30, // 6: haybale.v1.VolumeView.state:type_name -> haybale.v1.VolumeState
 	11, // 7: haybale.v1.DirectoryMarkReadOnlyResponse.volume:type_name -> haybale.v1.VolumeView
-	24, // 8: haybale.v1.HeartbeatRequest.volumes:type_name -> haybale.v1.VolumeInfo
+	31, // 8: haybale.v1.HeartbeatRequest.volumes:type_name -> haybale.v1.VolumeInfo
 	15, // 9: haybale.v1.HeartbeatRequest.corrupt:type_name -> haybale.v1.CorruptReport
 	17, // 10: haybale.v1.HeartbeatResponse.commands:type_name -> haybale.v1.StoreCommand
-	25, // 11: haybale.v1.StoreCommand.allocate_volume:type_name -> haybale.v1.AllocateVolumeRequest
-	26, // 12: haybale.v1.StoreCommand.mark_read_only:type_name -> haybale.v1.MarkReadOnlyRequest
-	27, // 13: haybale.v1.StoreCommand.compact:type_name -> haybale.v1.CompactRequest
+	32, // 11: haybale.v1.StoreCommand.allocate_volume:type_name -> haybale.v1.AllocateVolumeRequest
+	33, // 12: haybale.v1.StoreCommand.mark_read_only:type_name -> haybale.v1.MarkReadOnlyRequest
+	34, // 13: haybale.v1.StoreCommand.compact:type_name -> haybale.v1.CompactRequest
 	1,  // 14: haybale.v1.AuthorizeDeleteResponse.replicas:type_name -> haybale.v1.Replica
-	22, // 15: haybale.v1.PhotoURLsResponse.urls:type_name -> haybale.v1.PhotoURLsResponse.UrlsEntry
-	2,  // 16: haybale.v1.Directory.Assign:input_type -> haybale.v1.AssignRequest
-	4,  // 17: haybale.v1.Directory.Lookup:input_type -> haybale.v1.LookupRequest
-	6,  // 18: haybale.v1.Directory.ListStores:input_type -> haybale.v1.ListStoresRequest
-	9,  // 19: haybale.v1.Directory.ListVolumes:input_type -> haybale.v1.ListVolumesRequest
-	12, // 20: haybale.v1.Directory.MarkReadOnly:input_type -> haybale.v1.DirectoryMarkReadOnlyRequest
-	14, // 21: haybale.v1.Directory.Heartbeat:input_type -> haybale.v1.HeartbeatRequest
-	20, // 22: haybale.v1.Directory.PhotoURLs:input_type -> haybale.v1.PhotoURLsRequest
-	18, // 23: haybale.v1.Directory.AuthorizeDelete:input_type -> haybale.v1.AuthorizeDeleteRequest
-	3,  // 24: haybale.v1.Directory.Assign:output_type -> haybale.v1.AssignResponse
-	5,  // 25: haybale.v1.Directory.Lookup:output_type -> haybale.v1.LookupResponse
-	7,  // 26: haybale.v1.Directory.ListStores:output_type -> haybale.v1.ListStoresResponse
-	10, // 27: haybale.v1.Directory.ListVolumes:output_type -> haybale.v1.ListVolumesResponse
-	13, // 28: haybale.v1.Directory.MarkReadOnly:output_type -> haybale.v1.DirectoryMarkReadOnlyResponse
-	16, // 29: haybale.v1.Directory.Heartbeat:output_type -> haybale.v1.HeartbeatResponse
-	21, // 30: haybale.v1.Directory.PhotoURLs:output_type -> haybale.v1.PhotoURLsResponse
-	19, // 31: haybale.v1.Directory.AuthorizeDelete:output_type -> haybale.v1.AuthorizeDeleteResponse
-	24, // [24:32] is the sub-list for method output_type
-	16, // [16:24] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	29, // 15: haybale.v1.PhotoURLsResponse.urls:type_name -> haybale.v1.PhotoURLsResponse.UrlsEntry
+	26, // 16: haybale.v1.AddMemberResponse.members:type_name -> haybale.v1.Member
+	26, // 17: haybale.v1.RemoveMemberResponse.members:type_name -> haybale.v1.Member
+	2,  // 18: haybale.v1.Directory.Assign:input_type -> haybale.v1.AssignRequest
+	4,  // 19: haybale.v1.Directory.Lookup:input_type -> haybale.v1.LookupRequest
+	6,  // 20: haybale.v1.Directory.ListStores:input_type -> haybale.v1.ListStoresRequest
+	9,  // 21: haybale.v1.Directory.ListVolumes:input_type -> haybale.v1.ListVolumesRequest
+	12, // 22: haybale.v1.Directory.MarkReadOnly:input_type -> haybale.v1.DirectoryMarkReadOnlyRequest
+	14, // 23: haybale.v1.Directory.Heartbeat:input_type -> haybale.v1.HeartbeatRequest
+	20, // 24: haybale.v1.Directory.PhotoURLs:input_type -> haybale.v1.PhotoURLsRequest
+	18, // 25: haybale.v1.Directory.AuthorizeDelete:input_type -> haybale.v1.AuthorizeDeleteRequest
+	22, // 26: haybale.v1.Directory.AddMember:input_type -> haybale.v1.AddMemberRequest
+	24, // 27: haybale.v1.Directory.RemoveMember:input_type -> haybale.v1.RemoveMemberRequest
+	27, // 28: haybale.v1.Directory.RemoveStore:input_type -> haybale.v1.RemoveStoreRequest
+	3,  // 29: haybale.v1.Directory.Assign:output_type -> haybale.v1.AssignResponse
+	5,  // 30: haybale.v1.Directory.Lookup:output_type -> haybale.v1.LookupResponse
+	7,  // 31: haybale.v1.Directory.ListStores:output_type -> haybale.v1.ListStoresResponse
+	10, // 32: haybale.v1.Directory.ListVolumes:output_type -> haybale.v1.ListVolumesResponse
+	13, // 33: haybale.v1.Directory.MarkReadOnly:output_type -> haybale.v1.DirectoryMarkReadOnlyResponse
+	16, // 34: haybale.v1.Directory.Heartbeat:output_type -> haybale.v1.HeartbeatResponse
+	21, // 35: haybale.v1.Directory.PhotoURLs:output_type -> haybale.v1.PhotoURLsResponse
+	19, // 36: haybale.v1.Directory.AuthorizeDelete:output_type -> haybale.v1.AuthorizeDeleteResponse
+	23, // 37: haybale.v1.Directory.AddMember:output_type -> haybale.v1.AddMemberResponse
+	25, // 38: haybale.v1.Directory.RemoveMember:output_type -> haybale.v1.RemoveMemberResponse
+	28, // 39: haybale.v1.Directory.RemoveStore:output_type -> haybale.v1.RemoveStoreResponse
+	29, // [29:40] is the sub-list for method output_type
+	18, // [18:29] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_haybale_v1_directory_proto_init() }
@@ -1710,7 +2114,7 @@ func file_haybale_v1_directory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haybale_v1_directory_proto_rawDesc), len(file_haybale_v1_directory_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   22,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,9 @@ const (
 	Directory_Heartbeat_FullMethodName       = "/haybale.v1.Directory/Heartbeat"
 	Directory_PhotoURLs_FullMethodName       = "/haybale.v1.Directory/PhotoURLs"
 	Directory_AuthorizeDelete_FullMethodName = "/haybale.v1.Directory/AuthorizeDelete"
+	Directory_AddMember_FullMethodName       = "/haybale.v1.Directory/AddMember"
+	Directory_RemoveMember_FullMethodName    = "/haybale.v1.Directory/RemoveMember"
+	Directory_RemoveStore_FullMethodName     = "/haybale.v1.Directory/RemoveStore"
 )
 
 // DirectoryClient is the client API for Directory service.
@@ -58,7 +61,16 @@ const (
 //   - NOT_FOUND: an unknown vid or store.
 //   - INVALID_ARGUMENT: a malformed request (count 0, a bad photo ID).
 //   - UNAVAILABLE: no writable volume can take the assignment right now, or
-//     this directory is not the leader (retry, possibly elsewhere).
+//     this directory is not the leader (retry, possibly elsewhere). Every
+//     UNAVAILABLE the directory writes carries an errdetails.ErrorInfo of
+//     domain "directory.haybale": reason NOT_LEADER (metadata "leader": the
+//     leader's gRPC address, empty during an election), SHUTTING_DOWN or
+//     UNAVAILABLE.
+//
+// In a directory cluster, a follower forwards to the leader the calls it
+// cannot serve (the leader admits them from the directory role), unless
+// the call carries the metadata "haybale-follows-leader", which clients
+// that follow the leader themselves send; those get the NOT_LEADER answer.
 type DirectoryClient interface {
 	// Assign hands out a fresh range of photo keys on one writable volume,
 	// with the replicas to write to and a write token that those stores accept
@@ -92,6 +104,23 @@ type DirectoryClient interface {
 	// made-up cookie deletes nothing. Errors: InvalidArgument for a malformed
 	// photo ID, NotFound for an unknown volume. Callers: gateway, operator.
 	AuthorizeDelete(ctx context.Context, in *AuthorizeDeleteRequest, opts ...grpc.CallOption) (*AuthorizeDeleteResponse, error)
+	// AddMember adds a node to the directory's raft cluster as a voter; the
+	// node must run with its --raft-id and --raft-addr and no --bootstrap
+	// (it catches up from a snapshot and the log). Adding a member already
+	// present at the same address changes nothing. Errors:
+	// FAILED_PRECONDITION on a single-node directory. Leader only. Callers:
+	// operator.
+	AddMember(ctx context.Context, in *AddMemberRequest, opts ...grpc.CallOption) (*AddMemberResponse, error)
+	// RemoveMember removes a node from the directory's raft cluster; removing
+	// the leader makes it step down once the change is committed. Errors:
+	// INVALID_ARGUMENT for an id that is not a member, FAILED_PRECONDITION on
+	// a single-node directory. Leader only. Callers: operator.
+	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
+	// RemoveStore forgets a store: its record goes and it leaves the replica
+	// lists of its volumes (which then count as under-replicated). A store
+	// that heartbeats again registers anew. Errors: NOT_FOUND for an unknown
+	// store. Leader only. Callers: operator.
+	RemoveStore(ctx context.Context, in *RemoveStoreRequest, opts ...grpc.CallOption) (*RemoveStoreResponse, error)
 }
 
 type directoryClient struct {
@@ -185,6 +214,36 @@ func (c *directoryClient) AuthorizeDelete(ctx context.Context, in *AuthorizeDele
 	return out, nil
 }
 
+func (c *directoryClient) AddMember(ctx context.Context, in *AddMemberRequest, opts ...grpc.CallOption) (*AddMemberResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddMemberResponse)
+	err := c.cc.Invoke(ctx, Directory_AddMember_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *directoryClient) RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveMemberResponse)
+	err := c.cc.Invoke(ctx, Directory_RemoveMember_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *directoryClient) RemoveStore(ctx context.Context, in *RemoveStoreRequest, opts ...grpc.CallOption) (*RemoveStoreResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveStoreResponse)
+	err := c.cc.Invoke(ctx, Directory_RemoveStore_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DirectoryServer is the server API for Directory service.
 // All implementations must embed UnimplementedDirectoryServer
 // for forward compatibility.
@@ -214,7 +273,16 @@ func (c *directoryClient) AuthorizeDelete(ctx context.Context, in *AuthorizeDele
 //   - NOT_FOUND: an unknown vid or store.
 //   - INVALID_ARGUMENT: a malformed request (count 0, a bad photo ID).
 //   - UNAVAILABLE: no writable volume can take the assignment right now, or
-//     this directory is not the leader (retry, possibly elsewhere).
+//     this directory is not the leader (retry, possibly elsewhere). Every
+//     UNAVAILABLE the directory writes carries an errdetails.ErrorInfo of
+//     domain "directory.haybale": reason NOT_LEADER (metadata "leader": the
+//     leader's gRPC address, empty during an election), SHUTTING_DOWN or
+//     UNAVAILABLE.
+//
+// In a directory cluster, a follower forwards to the leader the calls it
+// cannot serve (the leader admits them from the directory role), unless
+// the call carries the metadata "haybale-follows-leader", which clients
+// that follow the leader themselves send; those get the NOT_LEADER answer.
 type DirectoryServer interface {
 	// Assign hands out a fresh range of photo keys on one writable volume,
 	// with the replicas to write to and a write token that those stores accept
@@ -248,6 +316,23 @@ type DirectoryServer interface {
 	// made-up cookie deletes nothing. Errors: InvalidArgument for a malformed
 	// photo ID, NotFound for an unknown volume. Callers: gateway, operator.
 	AuthorizeDelete(context.Context, *AuthorizeDeleteRequest) (*AuthorizeDeleteResponse, error)
+	// AddMember adds a node to the directory's raft cluster as a voter; the
+	// node must run with its --raft-id and --raft-addr and no --bootstrap
+	// (it catches up from a snapshot and the log). Adding a member already
+	// present at the same address changes nothing. Errors:
+	// FAILED_PRECONDITION on a single-node directory. Leader only. Callers:
+	// operator.
+	AddMember(context.Context, *AddMemberRequest) (*AddMemberResponse, error)
+	// RemoveMember removes a node from the directory's raft cluster; removing
+	// the leader makes it step down once the change is committed. Errors:
+	// INVALID_ARGUMENT for an id that is not a member, FAILED_PRECONDITION on
+	// a single-node directory. Leader only. Callers: operator.
+	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
+	// RemoveStore forgets a store: its record goes and it leaves the replica
+	// lists of its volumes (which then count as under-replicated). A store
+	// that heartbeats again registers anew. Errors: NOT_FOUND for an unknown
+	// store. Leader only. Callers: operator.
+	RemoveStore(context.Context, *RemoveStoreRequest) (*RemoveStoreResponse, error)
 	mustEmbedUnimplementedDirectoryServer()
 }
 
@@ -281,6 +366,15 @@ func (UnimplementedDirectoryServer) PhotoURLs(context.Context, *PhotoURLsRequest
 }
 func (UnimplementedDirectoryServer) AuthorizeDelete(context.Context, *AuthorizeDeleteRequest) (*AuthorizeDeleteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AuthorizeDelete not implemented")
+}
+func (UnimplementedDirectoryServer) AddMember(context.Context, *AddMemberRequest) (*AddMemberResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddMember not implemented")
+}
+func (UnimplementedDirectoryServer) RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveMember not implemented")
+}
+func (UnimplementedDirectoryServer) RemoveStore(context.Context, *RemoveStoreRequest) (*RemoveStoreResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveStore not implemented")
 }
 func (UnimplementedDirectoryServer) mustEmbedUnimplementedDirectoryServer() {}
 func (UnimplementedDirectoryServer) testEmbeddedByValue()                   {}
@@ -436,6 +530,60 @@ func _Directory_AuthorizeDelete_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Directory_AddMember_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddMemberRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DirectoryServer).AddMember(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Directory_AddMember_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DirectoryServer).AddMember(ctx, req.(*AddMemberRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Directory_RemoveMember_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveMemberRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DirectoryServer).RemoveMember(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Directory_RemoveMember_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DirectoryServer).RemoveMember(ctx, req.(*RemoveMemberRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Directory_RemoveStore_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveStoreRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DirectoryServer).RemoveStore(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Directory_RemoveStore_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DirectoryServer).RemoveStore(ctx, req.(*RemoveStoreRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Directory_ServiceDesc is the grpc.ServiceDesc for Directory service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -470,6 +618,18 @@ var Directory_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AuthorizeDelete",
 			Handler:    _Directory_AuthorizeDelete_Handler,
+		},
+		{
+			MethodName: "AddMember",
+			Handler:    _Directory_AddMember_Handler,
+		},
+		{
+			MethodName: "RemoveMember",
+			Handler:    _Directory_RemoveMember_Handler,
+		},
+		{
+			MethodName: "RemoveStore",
+			Handler:    _Directory_RemoveStore_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
