@@ -199,4 +199,3 @@ func cpuSeconds(b *testing.B, pids []string) float64 {
 	}
 	return ticks / 100 // USER_HZ
 }
-
