@@ -16,12 +16,19 @@ import (
 // a copy into the buffer.
 const fastWriteBuffer = 16 << 10
 
+// maxFastReadBuffer bounds the per-connection read buffer, which a
+// request's line and headers must fit in: fasthttp keeps it for the life
+// of a kept-alive connection, where net/http keeps 4 KiB and lets headers
+// grow to MaxHeaderBytes.
+const maxFastReadBuffer = 16 << 10
+
 // newFast returns the fasthttp server of opts.Fast, with h answering what
 // Fast declines. The options map onto fasthttp's as closely as they can:
 // ReadHeaderTimeout (or ReadTimeout, when longer) bounds reading a
 // request, IdleTimeout the wait for the next one on a kept-alive
-// connection, WriteTimeout writing the answer, and MaxHeaderBytes is the
-// read buffer a request's line and headers must fit in (431 otherwise).
+// connection, WriteTimeout writing the answer, and the read buffer a
+// request's line and headers must fit in (431 otherwise) is MaxHeaderBytes
+// up to 16 KiB.
 func newFast(h http.Handler, opts Options) *fasthttp.Server {
 	slow := fasthttpadaptor.NewFastHTTPHandler(h)
 	fast := opts.Fast
@@ -32,12 +39,10 @@ func newFast(h http.Handler, opts Options) *fasthttp.Server {
 				slow(ctx)
 			}
 		},
-		ReadTimeout:  readTimeout,
-		WriteTimeout: opts.WriteTimeout,
-		IdleTimeout:  opts.IdleTimeout,
-		// Request headers as large as net/http would take; the buffer is
-		// pooled between connections that are not reading.
-		ReadBufferSize:  opts.MaxHeaderBytes,
+		ReadTimeout:     readTimeout,
+		WriteTimeout:    opts.WriteTimeout,
+		IdleTimeout:     opts.IdleTimeout,
+		ReadBufferSize:  min(opts.MaxHeaderBytes, maxFastReadBuffer),
 		WriteBufferSize: fastWriteBuffer,
 		// The roles' answers carry the same headers as under net/http:
 		// no Server header, and a Content-Type only where the handler

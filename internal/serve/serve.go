@@ -64,7 +64,8 @@ type Options struct {
 	// sees them as net/http requests. It is for a role's hot path, where
 	// net/http's per-request cost is most of the work (the store's image
 	// GETs); fasthttp reuses the RequestCtx, so Fast must not keep it or
-	// anything from it after returning.
+	// anything from it after returning. Under fasthttp a request's line
+	// and headers must fit in min(MaxHeaderBytes, 16 KiB).
 	Fast func(ctx *fasthttp.RequestCtx) bool
 	// GRPC, when set, is served on GRPCListener beside the HTTP server and
 	// drained with it (GracefulStop, then Stop when time runs out).
