@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/textproto"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -43,9 +42,11 @@ const minDeletionMemory = 10 * time.Second
 
 // Options configure a Cache. Zero values take the documented defaults.
 type Options struct {
-	// Client fetches misses from the stores, with replica failover, and
-	// tells whether a volume is writable. Required. The Cache does not
-	// close it.
+	// Loader loads the images the cache does not hold. Required unless
+	// Client is set.
+	Loader Loader
+	// Client, when Loader is nil, loads misses from the stores with
+	// replica failover (ClientLoader). The Cache does not close it.
 	Client *client.Client
 	// Capacity bounds the bytes of cached images (plus a small overhead
 	// per entry); default DefaultCapacity.
@@ -87,11 +88,64 @@ type deletion struct {
 	at time.Time
 }
 
-// upstream is what the cache needs from the cluster; *client.Client
-// implements it.
-type upstream interface {
-	Read(ctx context.Context, id needle.PhotoID, size needle.SizeCode) (*client.Fetched, error)
-	VolumeWritable(ctx context.Context, vid uint32) (bool, error)
+// Loader loads an image the cache does not hold: the one thing a Cache
+// needs from the cluster (as groupcache's Getter). It is called by one
+// fetch per image at a time, under a context bounded by
+// Options.UpstreamTimeout, and must be safe for concurrent use.
+type Loader interface {
+	// Load returns the image, or an error: one wrapping ErrNotFound when
+	// the image does not exist (answered 404), any other when it could
+	// not be loaded (502, or 504 when ctx's deadline passed).
+	Load(ctx context.Context, id needle.PhotoID, size needle.SizeCode) (Loaded, error)
+}
+
+// LoaderFunc adapts a function to Loader.
+type LoaderFunc func(ctx context.Context, id needle.PhotoID, size needle.SizeCode) (Loaded, error)
+
+// Load calls f.
+func (f LoaderFunc) Load(ctx context.Context, id needle.PhotoID, size needle.SizeCode) (Loaded, error) {
+	return f(ctx, id, size)
+}
+
+// Loaded is an image as a Loader returns it: the bytes and the headers a
+// store answered them with, which the cache answers with too.
+type Loaded struct {
+	Data []byte
+	// ContentType, ETag (quoted) and LastModified (http.TimeFormat) are
+	// the store's header values; an image without all three is refused as
+	// a malformed answer.
+	ContentType  string
+	ETag         string
+	LastModified string
+	// Writable reports whether the image's volume takes writes, for the
+	// read-only admission rule (Options.AdmitReadOnly).
+	Writable bool
+	// Source names where the image came from (a store ID), for logs.
+	Source string
+}
+
+// ErrNotFound is wrapped by a Loader's error for an image that does not
+// exist.
+var ErrNotFound = errors.New("cache: image not found")
+
+// ClientLoader returns the Loader of a cluster client: client.Read with
+// its replica failover, and the volume's writability from the client's
+// lookup cache (no RPC after the read's lookup).
+func ClientLoader(cl *client.Client) Loader {
+	return LoaderFunc(func(ctx context.Context, id needle.PhotoID, size needle.SizeCode) (Loaded, error) {
+		f, err := cl.Read(ctx, id, size)
+		if errors.Is(err, client.ErrNotFound) {
+			return Loaded{}, fmt.Errorf("%w: %v", ErrNotFound, err)
+		}
+		if err != nil {
+			return Loaded{}, err
+		}
+		writable, err := cl.VolumeWritable(ctx, id.Vid)
+		return Loaded{
+			Data: f.Data, ContentType: f.ContentType, ETag: f.ETag, LastModified: f.LastModified,
+			Writable: err == nil && writable, Source: f.StoreID,
+		}, nil
+	})
 }
 
 // key names one cached image.
@@ -108,10 +162,12 @@ type entry struct {
 	etag         string
 	lastModified string
 	modTime      time.Time
+	// The same header values as bytes, for the fast hit path.
+	contentTypeB, etagB, lastModifiedB []byte
 }
 
 func (e *entry) weight() uint32 {
-	w := len(e.data) + len(e.etag) + len(e.lastModified) + len(e.contentType[0]) + entryOverhead
+	w := len(e.data) + 2*(len(e.etag)+len(e.lastModified)+len(e.contentType[0])) + entryOverhead
 	return uint32(min(w, math.MaxUint32))
 }
 
@@ -120,7 +176,7 @@ func (e *entry) weight() uint32 {
 // doc for the rules.
 type Cache struct {
 	opts      Options
-	up        upstream
+	loader    Loader
 	cdnHeader string // canonical form of opts.CDNHeader
 	self      int    // index of opts.Self in opts.Nodes; -1 without nodes
 	memory    time.Duration
@@ -143,15 +199,15 @@ type Cache struct {
 	}
 }
 
-// New returns a Cache in front of opts.Client's cluster.
+// New returns a Cache that loads its misses with opts.Loader, or from
+// opts.Client's cluster.
 func New(opts Options) (*Cache, error) {
-	if opts.Client == nil {
-		return nil, errors.New("cache: Options.Client is required")
+	if opts.Loader == nil {
+		if opts.Client == nil {
+			return nil, errors.New("cache: Options.Loader or Options.Client is required")
+		}
+		opts.Loader = ClientLoader(opts.Client)
 	}
-	return newCache(opts, opts.Client)
-}
-
-func newCache(opts Options, up upstream) (*Cache, error) {
 	if opts.Capacity < 0 {
 		return nil, fmt.Errorf("cache: negative capacity %d", opts.Capacity)
 	}
@@ -172,7 +228,7 @@ func newCache(opts Options, up upstream) (*Cache, error) {
 	}
 	c := &Cache{
 		opts:      opts,
-		up:        up,
+		loader:    opts.Loader,
 		cdnHeader: textproto.CanonicalMIMEHeaderKey(opts.CDNHeader),
 		self:      -1,
 		memory:    max(2*opts.UpstreamTimeout, minDeletionMemory),
@@ -273,68 +329,19 @@ func (c *Cache) insert(k key, e *entry) bool {
 	return true
 }
 
-// Handler returns the public http.Handler of the image path: GET and HEAD
-// of /p/...; other paths get the store's JSON 404, and DELETE is not
-// allowed (eviction is internal, see EvictHandler). Mount it at /p/ on a
-// shared mux, or use Server.
-func (c *Cache) Handler() http.Handler { return http.HandlerFunc(c.serveHTTP) }
-
-// EvictHandler returns the internal http.Handler of eviction: DELETE
-// /p/<photo ID>[/<size>[.<ext>]]. It checks no credential itself: serve it
-// only where the caller is authenticated (Server's internal listener
-// admits gateways only).
-func (c *Cache) EvictHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.HasPrefix(r.URL.Path, needle.ImagePathPrefix) {
-			imagehttp.NoRoute(w)
-			return
-		}
-		if r.Method != http.MethodDelete {
-			c.metrics.countStatus(imagehttp.MethodNotAllowed(w, "DELETE"))
-			return
-		}
-		c.metrics.countStatus(c.serveDelete(w, r))
-	})
-}
-
-func (c *Cache) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	if !strings.HasPrefix(r.URL.Path, needle.ImagePathPrefix) {
-		imagehttp.NoRoute(w)
-		return
-	}
-	start := time.Now()
-	code := c.serveImage(w, r)
-	c.metrics.countStatus(code)
-	c.metrics.latency.Observe(time.Since(start).Seconds())
-}
-
-// Static JSON bodies of the cache's own error answers.
-var (
-	bodyUpstream = []byte(`{"error":"no replica could serve the image"}` + "\n")
-	bodyTimeout  = []byte(`{"error":"the replicas did not answer in time"}` + "\n")
-)
-
-// serveImage answers one request under /p/ and returns its status.
-func (c *Cache) serveImage(w http.ResponseWriter, r *http.Request) int {
-	switch r.Method {
-	case http.MethodGet, http.MethodHead:
-	default:
-		return imagehttp.MethodNotAllowed(w, "GET, HEAD")
-	}
-	id, size, _, err := needle.ParseImagePath(r.URL.Path)
-	if err != nil {
-		return imagehttp.BadPath(w, err)
-	}
-	k := key{id, size}
+// get returns k's image: from memory, or loaded (see fetch), sharing the
+// load in flight for it. fromCDN tells whether the request came through a
+// CDN, for the cdn admission rule. It counts the hit or miss.
+func (c *Cache) get(k key, fromCDN bool) (*entry, error) {
 	if e, ok := c.entries.GetIfPresent(k); ok {
 		c.metrics.hits.Add(1)
-		return c.answer(w, r, e)
+		return e, nil
 	}
 	refused := ruleNone
 	switch {
-	case !c.Owns(id.Key):
+	case !c.Owns(k.id.Key):
 		refused = ruleNotOwner
-	case !c.opts.AdmitFromCDN && c.fromCDN(r):
+	case !c.opts.AdmitFromCDN && fromCDN:
 		refused = ruleCDN
 	}
 	e, fetched, err := c.fetch(k, refused)
@@ -343,55 +350,7 @@ func (c *Cache) serveImage(w http.ResponseWriter, r *http.Request) int {
 	} else {
 		c.metrics.hits.Add(1)
 	}
-	switch {
-	case err == nil:
-		return c.answer(w, r, e)
-	case errors.Is(err, errNotFound):
-		return imagehttp.NotFound(w)
-	case errors.Is(err, errTimeout):
-		return imagehttp.Failure(w, http.StatusGatewayTimeout, imagehttp.ErrorUpstreamTimeout, bodyTimeout)
-	default:
-		return imagehttp.Failure(w, http.StatusBadGateway, imagehttp.ErrorUpstreamUnavailable, bodyUpstream)
-	}
-}
-
-// answer serves a cached or fetched image.
-func (c *Cache) answer(w http.ResponseWriter, r *http.Request, e *entry) int {
-	im := imagehttp.Image{
-		Data:         e.data,
-		ContentType:  e.contentType,
-		ETag:         e.etag,
-		LastModified: e.lastModified,
-		ModTime:      e.modTime,
-	}
-	code, written := imagehttp.Serve(w, r, &im)
-	if written > 0 {
-		c.metrics.bytesServed.Add(float64(written))
-	}
-	return code
-}
-
-// fromCDN reports whether the request came through a CDN.
-func (c *Cache) fromCDN(r *http.Request) bool {
-	v := r.Header[c.cdnHeader]
-	return len(v) > 0 && v[0] != ""
-}
-
-// serveDelete answers DELETE /p/<photo ID>[/<size>[.<ext>]]: 204 after
-// evicting every size of the photo.
-func (c *Cache) serveDelete(w http.ResponseWriter, r *http.Request) int {
-	rest := strings.TrimPrefix(r.URL.Path, needle.ImagePathPrefix)
-	idPart, _, hasSize := strings.Cut(rest, "/")
-	id, err := needle.ParsePhotoID(idPart)
-	if err == nil && hasSize {
-		_, _, _, err = needle.ParseImagePath(r.URL.Path)
-	}
-	if err != nil {
-		return imagehttp.BadPath(w, err)
-	}
-	c.Invalidate(id)
-	w.WriteHeader(http.StatusNoContent)
-	return http.StatusNoContent
+	return e, err
 }
 
 // Errors of a fetch, mapped to answers by serveImage.
@@ -460,11 +419,11 @@ func (c *Cache) load(k key, refused rule) (*entry, error) {
 	ctx, cancel := context.WithTimeout(c.ctx, c.opts.UpstreamTimeout)
 	defer cancel()
 	start := time.Now()
-	f, err := c.up.Read(ctx, k.id, k.size)
+	f, err := c.loader.Load(ctx, k.id, k.size)
 	c.metrics.upstreamLatency.Observe(time.Since(start).Seconds())
 	if err != nil {
 		switch {
-		case errors.Is(err, client.ErrNotFound):
+		case errors.Is(err, ErrNotFound):
 			c.metrics.upstreamNotFound.Inc()
 			return nil, errNotFound
 		case errors.Is(ctx.Err(), context.DeadlineExceeded):
@@ -477,18 +436,15 @@ func (c *Cache) load(k key, refused rule) (*entry, error) {
 			return nil, fmt.Errorf("%w: %v", errUpstream, err)
 		}
 	}
-	e, err := newEntry(f)
+	e, err := newEntry(&f)
 	if err != nil {
 		c.metrics.upstreamErrors[upstreamBadAnswer].Inc()
-		c.opts.Logger.Warn("malformed image answer from a store", "photo", k.id.String(), "size", k.size.String(), "store", f.StoreID, "err", err)
+		c.opts.Logger.Warn("malformed image answer from a store", "photo", k.id.String(), "size", k.size.String(), "store", f.Source, "err", err)
 		return nil, fmt.Errorf("%w: %v", errUpstream, err)
 	}
 	r := refused
-	if r == ruleNone && !c.opts.AdmitReadOnly {
-		// The lookup Read just made is cached, so this is no RPC.
-		if ok, err := c.up.VolumeWritable(ctx, k.id.Vid); err != nil || !ok {
-			r = ruleReadOnly
-		}
+	if r == ruleNone && !c.opts.AdmitReadOnly && !f.Writable {
+		r = ruleReadOnly
 	}
 	if r == ruleNone && !c.insert(k, e) {
 		r = ruleDeleted
@@ -503,7 +459,7 @@ func (c *Cache) load(k key, refused rule) (*entry, error) {
 
 // newEntry prepares a fetched image for serving, checking the metadata
 // the answers need.
-func newEntry(f *client.Fetched) (*entry, error) {
+func newEntry(f *Loaded) (*entry, error) {
 	if !imagehttp.IsImageContentType(f.ContentType) {
 		return nil, fmt.Errorf("Content-Type %q is not an image type", f.ContentType)
 	}
@@ -520,5 +476,9 @@ func newEntry(f *client.Fetched) (*entry, error) {
 		etag:         f.ETag,
 		lastModified: f.LastModified,
 		modTime:      mod.UTC(),
+		// The header values of a plain hit, as bytes once.
+		contentTypeB:  []byte(f.ContentType),
+		etagB:         []byte(f.ETag),
+		lastModifiedB: []byte(f.LastModified),
 	}, nil
 }

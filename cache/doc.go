@@ -34,14 +34,17 @@
 //
 // # Misses
 //
-// A miss fetches the whole image through client.Client.Read, which looks
-// the volume's replicas up in the directory (cached for the client's
-// LookupTTL) and fails over to the next replica on a connection error, a
-// timeout, a 5xx (including a store's "corrupt" answer), a 404, or an
-// answer whose Content-Type is not one of the image types (a store that
-// answers an HTML page is misbehaving, and the page is never forwarded:
-// the cache itself refuses any fetched answer without an image type, and
-// internal/imagehttp never serves one). Only one
+// A miss loads the whole image through the cache's Loader, a one-method
+// interface (as groupcache's Getter) that anything able to produce an
+// image's bytes and headers can implement. A node in a cluster uses
+// ClientLoader: client.Client.Read, which looks the volume's replicas up
+// in the directory (cached for the client's LookupTTL) and fails over to
+// the next replica on a connection error, a timeout, a 5xx (including a
+// store's "corrupt" answer), a 404, or an answer whose Content-Type is not
+// one of the image types (a store that answers an HTML page is
+// misbehaving, and the page is never forwarded: the cache itself refuses
+// any loaded answer without an image type, and internal/imagehttp never
+// serves one). Only one
 // fetch per image is in flight at a time (golang.org/x/sync/singleflight):
 // concurrent requests for the same image wait for it and share its bytes.
 // A fetch is not tied to the request that started it: it runs under the
@@ -63,15 +66,28 @@
 //     owns. It still answers for the others, fetching without caching.
 //   - cdn: the request carries the Options.CDNHeader header (non-empty),
 //     so a CDN is caching the answer; switch off with AdmitFromCDN.
-//   - read-only: the image's volume is not writable. Recent uploads, which
-//     live on writable volumes, are the hot ones; switch off with
-//     AdmitReadOnly. The state comes from the client's lookup cache.
+//   - read-only: the image's volume is not writable (Loaded.Writable).
+//     Recent uploads, which live on writable volumes, are the hot ones;
+//     switch off with AdmitReadOnly. ClientLoader takes the state from
+//     the client's lookup cache.
 //   - deleted: the photo was invalidated while the fetch was in flight.
 //
 // Requests refused by the not-owner or cdn rule share fetches among
 // themselves but never with admitted ones, so the admitted fetch of an
 // image can put it in the cache before its flight ends: later requests
 // then hit rather than start a second fetch.
+//
+// # Engine and HTTP
+//
+// cache.go is the engine: lookup, admission, loading (one flight per
+// image) and invalidation. http.go answers the image path and eviction
+// over net/http with internal/imagehttp. fast.go answers the plain hit (a
+// GET or HEAD with no conditional or Range header, of a cached image) on
+// the public listener without net/http: Server serves that listener with
+// fasthttp (internal/serve, Options.Fast), writing the cached bytes and
+// the entry's prepared header values with no allocation; every other
+// request, misses included, goes to the net/http handler through
+// fasthttp's adaptor.
 //
 // # Memory
 //

@@ -34,7 +34,7 @@ func hitServer(b *testing.B, sizes []int, n int) (string, []string) {
 		paths = append(paths, needle.ImagePath(needle.PhotoID{Vid: simWritableVid, Key: key, Cookie: 7}, needle.SizeSmall, "jpg"))
 	}
 	up.buf = make([]byte, maxLen)
-	c, err := newCache(Options{Capacity: 1 << 30, Logger: slog.New(slog.DiscardHandler)}, up)
+	c, err := New(Options{Loader: up, Capacity: 1 << 30, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -145,6 +145,7 @@ func NewServer(c *Cache, opts ServerOptions) (*Server, error) {
 	}
 	s.http = serve.New(ln, handler, serve.Options{
 		Name: "cache", Logger: opts.Logger, ShutdownTimeout: opts.ShutdownTimeout,
+		Fast:              c.serveFast,
 		ReadHeaderTimeout: opts.ReadHeaderTimeout, WriteTimeout: opts.WriteTimeout, IdleTimeout: opts.IdleTimeout,
 		AfterDrain: func() error {
 			var err error

@@ -14,7 +14,6 @@ import (
 
 	"github.com/maypok86/otter/v2"
 
-	"github.com/haybale/haybale/client"
 	"github.com/haybale/haybale/needle"
 )
 
@@ -33,23 +32,20 @@ type fakeUpstream struct {
 	reads atomic.Int64
 }
 
-func (f *fakeUpstream) Read(_ context.Context, id needle.PhotoID, _ needle.SizeCode) (*client.Fetched, error) {
+func (f *fakeUpstream) Load(_ context.Context, id needle.PhotoID, _ needle.SizeCode) (Loaded, error) {
 	n, ok := f.lens[id.Key]
 	if !ok {
-		return nil, client.ErrNotFound
+		return Loaded{}, ErrNotFound
 	}
 	f.reads.Add(1)
-	return &client.Fetched{
+	return Loaded{
 		Data:         f.buf[:n],
 		ContentType:  "image/jpeg",
 		ETag:         `"00000000000000aa"`,
 		LastModified: "Mon, 02 Jan 2006 15:04:05 GMT",
-		StoreID:      "fake",
+		Writable:     id.Vid == simWritableVid,
+		Source:       "fake",
 	}, nil
-}
-
-func (f *fakeUpstream) VolumeWritable(_ context.Context, vid uint32) (bool, error) {
-	return vid == simWritableVid, nil
 }
 
 // The request mix of the store benchmark (bench/RESULTS.md, "Store GET"):
@@ -152,7 +148,8 @@ func (tr *simTrace) replay(tb testing.TB, opts Options) simResult {
 	up := &fakeUpstream{lens: tr.lens, buf: make([]byte, tr.maxSize)}
 	opts.Capacity = int64(simCacheShare * float64(tr.bytes))
 	opts.Logger = slog.New(slog.DiscardHandler)
-	c, err := newCache(opts, up)
+	opts.Loader = up
+	c, err := New(opts)
 	if err != nil {
 		tb.Fatal(err)
 	}

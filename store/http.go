@@ -63,22 +63,42 @@ const (
 
 var initialBufferSize = [numSizePools]int{8 << 10, 64 << 10, 256 << 10, 1 << 20, 1 << 20}
 
+// readBuf is a pooled read buffer. Close puts it back into its pool; the
+// fasthttp path hands it to the request so that it is closed once the
+// answer has been written from it.
+type readBuf struct {
+	b    []byte
+	pool *sync.Pool
+}
+
+// keep takes buf, which a read returned in place of rb.b, when it grew.
+func (rb *readBuf) keep(buf []byte) {
+	if cap(buf) > cap(rb.b) && cap(buf) <= maxPooledBuffer {
+		rb.b = buf[:0]
+	}
+}
+
+// Close returns rb to its pool.
+func (rb *readBuf) Close() error {
+	rb.pool.Put(rb)
+	return nil
+}
+
 // httpHandler serves the store's HTTP surface: images under /p/, /healthz,
 // /readyz and /metrics. It is safe for concurrent use.
 type httpHandler struct {
 	srv     *Server
 	metrics http.Handler
-	pools   [numSizePools]sync.Pool // of *[]byte
+	pools   [numSizePools]sync.Pool // of *readBuf
 }
 
 func newHTTPHandler(srv *Server) *httpHandler {
 	h := &httpHandler{srv: srv}
 	h.metrics = promhttp.HandlerFor(srv.metrics.registry, promhttp.HandlerOpts{Registry: srv.metrics.registry})
 	for i := range h.pools {
-		size := initialBufferSize[i]
-		h.pools[i].New = func() any {
-			b := make([]byte, 0, size)
-			return &b
+		size, pool := initialBufferSize[i], &h.pools[i]
+		pool.New = func() any {
+			return &readBuf{b: make([]byte, 0, size), pool: pool}
 		}
 	}
 	return h
@@ -137,20 +157,17 @@ func (h *httpHandler) serveImage(w http.ResponseWriter, r *http.Request) int {
 		return imagehttp.Failure(w, http.StatusServiceUnavailable, ErrorVolumeUnavailable, bodyUnavailable)
 	}
 
-	pool := &h.pools[size]
-	bufp := pool.Get().(*[]byte)
+	rb := h.pools[size].Get().(*readBuf)
 	var n needle.Needle
 	var buf []byte
 	if ev != nil {
-		n, buf, err = ev.Read(r.Context(), id.Key, id.Cookie, size, *bufp)
+		n, buf, err = ev.Read(r.Context(), id.Key, id.Cookie, size, rb.b)
 	} else {
-		n, buf, err = v.Read(id.Key, id.Cookie, size, *bufp)
+		n, buf, err = v.Read(id.Key, id.Cookie, size, rb.b)
 	}
 	code := h.answerRead(w, r, id, size, n, err)
-	if cap(buf) > cap(*bufp) && cap(buf) <= maxPooledBuffer {
-		*bufp = buf[:0]
-	}
-	pool.Put(bufp)
+	rb.keep(buf)
+	rb.Close()
 	return code
 }
 

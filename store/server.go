@@ -124,7 +124,8 @@ func NewServer(st *Store, opts ServerOptions) (*Server, error) {
 	if opts.MaxConns > 0 {
 		httpLn = netutil.LimitListener(httpLn, opts.MaxConns)
 	}
-	s.handler = newHTTPHandler(s)
+	h := newHTTPHandler(s)
+	s.handler = h
 	g, err := newGRPCServer(s)
 	if err != nil {
 		httpLn.Close()
@@ -134,6 +135,7 @@ func NewServer(st *Store, opts ServerOptions) (*Server, error) {
 	s.srv = serve.New(httpLn, s.handler, serve.Options{
 		Name: "store", Logger: opts.Logger, ShutdownTimeout: opts.ShutdownTimeout,
 		ReadHeaderTimeout: opts.ReadHeaderTimeout, WriteTimeout: opts.WriteTimeout, IdleTimeout: opts.IdleTimeout,
+		Fast: h.serveFast,
 		GRPC: g, GRPCListener: s.grpcLn,
 		AfterDrain: s.closeStore,
 	})

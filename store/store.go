@@ -22,6 +22,14 @@
 // disk read error). /healthz, /readyz and /metrics (Prometheus, in the
 // server's own registry) complete the surface.
 //
+// The HTTP listener is served by fasthttp (fast.go): a plain GET or HEAD
+// of an image, with no conditional or Range header, is read, verified and
+// answered there without a per-request allocation, the body written from
+// the pooled read buffer with the headers in one write (one writev for an
+// image larger than the connection's 16 KiB write buffer). Every other
+// request is handed to the net/http handler (http.go) through fasthttp's
+// adaptor, which answers as above; both paths give the same answers.
+//
 // # gRPC
 //
 // The storepb Store service, with the status codes store.proto lists,

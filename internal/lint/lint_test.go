@@ -26,7 +26,7 @@ var allowed = map[string]rule{
 	"internal/vfs/errorfs":         {project: []string{"internal/vfs"}},
 	"internal/lint":                {},
 	"internal/imagehttp":           {project: []string{"needle"}},
-	"internal/serve":               {thirdParty: []string{"google.golang.org/grpc"}},
+	"internal/serve":               {thirdParty: []string{"google.golang.org/grpc", "github.com/valyala/fasthttp"}},
 	"internal/token":               {thirdParty: []string{"github.com/golang-jwt/jwt/v5"}},
 	"internal/pki":                 {},
 	"internal/rpc":                 {project: []string{"internal/pki"}, thirdParty: []string{"google.golang.org/grpc"}},

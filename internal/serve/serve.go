@@ -4,6 +4,11 @@
 // cancelled or Shutdown is called, then requests in flight are drained for
 // a bounded time, the connections left are cut, and the role's own
 // clean-up runs once. A role serves HTTP, and optionally gRPC beside it.
+//
+// HTTP is served by net/http, or, for a role that sets Options.Fast (the
+// store's image reads), by fasthttp: the fast handler answers the requests
+// it owns and hands every other one to the role's http.Handler through
+// fasthttpadaptor, so the role keeps one handler for its other endpoints.
 package serve
 
 import (
@@ -17,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/valyala/fasthttp"
 	"google.golang.org/grpc"
 )
 
@@ -52,6 +58,15 @@ type Options struct {
 	// example to close what the handler used); its error is returned by
 	// Shutdown.
 	AfterDrain func() error
+	// Fast, when set, serves the HTTP connections with fasthttp instead of
+	// net/http. Fast is called for every request and reports whether it
+	// answered it; the requests it declines go to the http.Handler, which
+	// sees them as net/http requests. It is for a role's hot path, where
+	// net/http's per-request cost is most of the work (the store's image
+	// GETs); fasthttp reuses the RequestCtx, so Fast must not keep it or
+	// anything from it after returning. Under fasthttp a request's line
+	// and headers must fit in min(MaxHeaderBytes, 16 KiB).
+	Fast func(ctx *fasthttp.RequestCtx) bool
 	// GRPC, when set, is served on GRPCListener beside the HTTP server and
 	// drained with it (GracefulStop, then Stop when time runs out).
 	GRPC         *grpc.Server
@@ -86,6 +101,7 @@ type HTTP struct {
 	opts    Options
 	ln      net.Listener
 	httpSrv *http.Server
+	fastSrv *fasthttp.Server // instead of httpSrv when Options.Fast is set
 
 	serving      atomic.Bool
 	draining     atomic.Bool
@@ -99,6 +115,15 @@ type HTTP struct {
 // is served until Serve.
 func New(ln net.Listener, h http.Handler, opts Options) *HTTP {
 	opts = opts.withDefaults()
+	if opts.Fast != nil {
+		return &HTTP{
+			opts:         opts,
+			ln:           ln,
+			fastSrv:      newFast(h, opts),
+			stopping:     make(chan struct{}),
+			shutdownDone: make(chan struct{}),
+		}
+	}
 	return &HTTP{
 		opts: opts,
 		ln:   ln,
@@ -150,6 +175,10 @@ func (s *HTTP) Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
 	var wg sync.WaitGroup
 	wg.Go(func() {
+		if s.fastSrv != nil {
+			errc <- s.serveFast()
+			return
+		}
 		err := s.httpSrv.Serve(s.ln)
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
@@ -197,6 +226,10 @@ func (s *HTTP) Shutdown(ctx context.Context) error {
 		var err error
 		var wg sync.WaitGroup
 		wg.Go(func() {
+			if s.fastSrv != nil {
+				err = s.shutdownFast(ctx)
+				return
+			}
 			if herr := s.httpSrv.Shutdown(ctx); herr != nil {
 				// Out of time: cut the connections still busy.
 				err = fmt.Errorf("%s: drain: %w", s.opts.Name, herr)

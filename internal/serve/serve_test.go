@@ -8,9 +8,20 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 func TestServeDrainsAndCleansUpOnce(t *testing.T) {
+	t.Run("net/http", func(t *testing.T) { testServeDrains(t, nil) })
+	// With fasthttp, every request here is declined by the fast handler
+	// and answered by the net/http handler through the adaptor.
+	t.Run("fasthttp", func(t *testing.T) {
+		testServeDrains(t, func(*fasthttp.RequestCtx) bool { return false })
+	})
+}
+
+func testServeDrains(t *testing.T, fast func(*fasthttp.RequestCtx) bool) {
 	ln, err := Listen("test", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -25,7 +36,7 @@ func TestServeDrainsAndCleansUpOnce(t *testing.T) {
 		io.WriteString(w, "done")
 	})
 	var drained, cleaned atomic.Int32
-	s := New(ln, h, Options{Name: "test", OnDrain: func() { drained.Add(1) }, AfterDrain: func() error {
+	s := New(ln, h, Options{Name: "test", Fast: fast, OnDrain: func() { drained.Add(1) }, AfterDrain: func() error {
 		cleaned.Add(1)
 		return nil
 	}})
@@ -86,5 +97,54 @@ func TestShutdownBeforeServe(t *testing.T) {
 	}
 	if _, err := Listen("test", ""); err == nil {
 		t.Fatal("Listen without an address succeeded")
+	}
+}
+
+// TestFastHandlerAndFallback serves with a fast handler that answers one
+// path: it answers that one, and the net/http handler answers the rest
+// with its status, headers and body.
+func TestFastHandlerAndFallback(t *testing.T) {
+	ln, err := Listen("test", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Slow", r.Method+" "+r.URL.Path)
+		w.WriteHeader(http.StatusTeapot)
+		io.WriteString(w, "slow")
+	})
+	fast := func(ctx *fasthttp.RequestCtx) bool {
+		if string(ctx.Path()) != "/fast" {
+			return false
+		}
+		ctx.Response.Header.Set("X-Fast", "1")
+		ctx.SetBodyString("fast")
+		return true
+	}
+	s := New(ln, h, Options{Name: "test", Fast: fast})
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
+	}()
+	get := func(path string) (*http.Response, string) {
+		resp, err := http.Get("http://" + s.Addr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	if resp, body := get("/fast"); resp.StatusCode != http.StatusOK || body != "fast" || resp.Header.Get("X-Fast") != "1" ||
+		resp.Header.Get("Server") != "" || resp.Header.Get("Content-Type") != "" {
+		t.Errorf("/fast: %d %v %q", resp.StatusCode, resp.Header, body)
+	}
+	if resp, body := get("/other"); resp.StatusCode != http.StatusTeapot || body != "slow" || resp.Header.Get("X-Slow") != "GET /other" {
+		t.Errorf("/other: %d %v %q", resp.StatusCode, resp.Header, body)
 	}
 }

@@ -25,6 +25,9 @@ func TestDirectoryServiceMethods(t *testing.T) {
 		{"Heartbeat", kind{true, true}},
 		{"PhotoURLs", kind{}},
 		{"AuthorizeDelete", kind{}},
+		{"AddMember", kind{}},
+		{"RemoveMember", kind{}},
+		{"RemoveStore", kind{}},
 	}
 
 	sd := directorypb.File_haybale_v1_directory_proto.Services().ByName("Directory")

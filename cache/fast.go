@@ -1,0 +1,75 @@
+package cache
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/haybale/haybale/internal/imagehttp"
+	"github.com/haybale/haybale/needle"
+)
+
+// The fast hit path. The public listener is served with fasthttp
+// (internal/serve, Options.Fast), and a plain GET or HEAD of a cached image
+// (no conditional or Range header, a path net/http would see unchanged)
+// is answered here from the entry's prepared header values, without a
+// goroutine, header map or allocation per request. Everything else, misses
+// included, goes to the net/http handler through fasthttp's adaptor, so it
+// is answered exactly as before; a test compares the answers of both.
+
+// Header names and values of the fast path, as net/http writes them.
+var (
+	hdrNameETag         = []byte("Etag")
+	hdrNameLastModified = []byte("Last-Modified")
+	hdrNameCacheControl = []byte("Cache-Control")
+	hdrNameAcceptRanges = []byte("Accept-Ranges")
+	hdrNameNoSniff      = []byte("X-Content-Type-Options")
+	valNoSniff          = []byte("nosniff")
+	valImmutable        = []byte(imagehttp.CacheControlImmutable)
+	valBytes            = []byte("bytes")
+)
+
+// serveFast answers a plain GET or HEAD of a cached image and reports
+// whether it did. Callers: the cache's public listener (Server), for
+// every request; images are public.
+func (c *Cache) serveFast(ctx *fasthttp.RequestCtx) bool {
+	if !ctx.IsGet() && !ctx.IsHead() {
+		return false
+	}
+	uri := ctx.Request.Header.RequestURI()
+	if !imagehttp.PlainTarget(uri) {
+		return false
+	}
+	for _, name := range imagehttp.ConditionalHeaders {
+		if ctx.Request.Header.Peek(name) != nil {
+			return false
+		}
+	}
+	id, size, _, err := needle.ParseImagePath(string(uri))
+	if err != nil {
+		return false
+	}
+	start := time.Now()
+	e, ok := c.entries.GetIfPresent(key{id, size})
+	if !ok {
+		return false // a miss: loaded on the net/http path
+	}
+	c.metrics.hits.Add(1)
+	hdr := &ctx.Response.Header
+	hdr.SetCanonical(hdrNameETag, e.etagB)
+	hdr.SetCanonical(hdrNameLastModified, e.lastModifiedB)
+	hdr.SetCanonical(hdrNameCacheControl, valImmutable)
+	hdr.SetCanonical(hdrNameAcceptRanges, valBytes)
+	hdr.SetCanonical(hdrNameNoSniff, valNoSniff)
+	hdr.SetContentTypeBytes(e.contentTypeB)
+	// Entries are never modified, so the answer is written from the
+	// cached bytes themselves.
+	ctx.Response.SetBodyRaw(e.data)
+	if !ctx.IsHead() {
+		c.metrics.bytesServed.Add(float64(len(e.data)))
+	}
+	c.metrics.countStatus(http.StatusOK)
+	c.metrics.latency.Observe(time.Since(start).Seconds())
+	return true
+}

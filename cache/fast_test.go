@@ -1,0 +1,128 @@
+package cache
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"reflect"
+	"testing"
+
+	"github.com/haybale/haybale/needle"
+)
+
+// rawAnswer sends one raw HTTP/1.1 request to addr and reads the answer.
+func rawAnswer(t *testing.T, addr, method, target string, hdr map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: cache\r\n", method, target)
+	for k, v := range hdr {
+		fmt.Fprintf(&b, "%s: %s\r\n", k, v)
+	}
+	b.WriteString("\r\n")
+	if _, err := c.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(method, "http://cache"+target, nil)
+	resp, err := http.ReadResponse(bufio.NewReader(c), req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, target, err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading the body: %v", method, target, err)
+	}
+	resp.Header.Del("Date")
+	return resp, body
+}
+
+// TestFastHitAnswersAsMiss checks that the fast hit path answers exactly
+// as the net/http path: a miss (loaded through the Loader), the hit that
+// follows it (the fast path), and the same request answered by net/http
+// serving the cache's handler all carry the same status, headers (but
+// Date) and body; and that hits do not call the Loader.
+func TestFastHitAnswersAsMiss(t *testing.T) {
+	up := &fakeUpstream{lens: map[uint64]int{1: 5000, 2: 300000}, buf: make([]byte, 300000)}
+	for i := range up.buf {
+		up.buf[i] = byte(i * 7)
+	}
+	c, err := New(Options{Loader: up, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(c, ServerOptions{Addr: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	ref := &http.Server{Handler: c.Handler()}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ref.Serve(ln)
+	defer ref.Close()
+
+	fast := srv.Addr().String()
+	for _, k := range []uint64{1, 2} {
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			p := needle.ImagePath(needle.PhotoID{Vid: simWritableVid, Key: k, Cookie: 9}, needle.SizeSmall, "")
+			if method == http.MethodHead {
+				p = needle.ImagePath(needle.PhotoID{Vid: simWritableVid, Key: k, Cookie: 9}, needle.SizeMedium, "")
+			}
+			reads := up.reads.Load()
+			miss, missBody := rawAnswer(t, fast, method, p, nil)
+			if got := up.reads.Load() - reads; got != 1 {
+				t.Fatalf("%s %s: the miss made %d loads, want 1", method, p, got)
+			}
+			hit, hitBody := rawAnswer(t, fast, method, p, nil)
+			want, wantBody := rawAnswer(t, ln.Addr().String(), method, p, nil)
+			if got := up.reads.Load() - reads; got != 1 {
+				t.Errorf("%s %s: the hits made %d more loads, want none", method, p, got-1)
+			}
+			if miss.StatusCode != http.StatusOK {
+				t.Fatalf("%s %s: status %d", method, p, miss.StatusCode)
+			}
+			if method == http.MethodGet && !bytes.Equal(missBody, up.buf[:up.lens[k]]) {
+				t.Errorf("%s %s: the miss's body is not the image", method, p)
+			}
+			for name, a := range map[string]*http.Response{"fast hit": hit, "net/http hit": want} {
+				body := hitBody
+				if name == "net/http hit" {
+					body = wantBody
+				}
+				if a.StatusCode != miss.StatusCode || !reflect.DeepEqual(a.Header, miss.Header) || !bytes.Equal(body, missBody) {
+					t.Errorf("%s %s: %s %d %v (%d bytes), miss %d %v (%d bytes)", method, p, name,
+						a.StatusCode, a.Header, len(body), miss.StatusCode, miss.Header, len(missBody))
+				}
+			}
+		}
+	}
+	// A conditional hit and a 404 take the net/http path through the
+	// same server.
+	p := needle.ImagePath(needle.PhotoID{Vid: simWritableVid, Key: 1, Cookie: 9}, needle.SizeSmall, "")
+	if resp, _ := rawAnswer(t, fast, http.MethodGet, p, map[string]string{"If-None-Match": `"00000000000000aa"`}); resp.StatusCode != http.StatusNotModified {
+		t.Errorf("conditional hit: status %d, want 304", resp.StatusCode)
+	}
+	missing := needle.ImagePath(needle.PhotoID{Vid: simWritableVid, Key: 3, Cookie: 9}, needle.SizeSmall, "")
+	got, gotBody := rawAnswer(t, fast, http.MethodGet, missing, nil)
+	want, wantBody := rawAnswer(t, ln.Addr().String(), http.MethodGet, missing, nil)
+	if got.StatusCode != http.StatusNotFound || !reflect.DeepEqual(got.Header, want.Header) || !bytes.Equal(gotBody, wantBody) {
+		t.Errorf("missing image: %d %v %q, net/http %d %v %q", got.StatusCode, got.Header, gotBody, want.StatusCode, want.Header, wantBody)
+	}
+}

@@ -1,0 +1,201 @@
+package cache
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/haybale/haybale/needle"
+)
+
+// dirLoader loads images from static files laid out as a store's paths
+// (<dir>/p/<photo ID>/<size letter>), the export of `haybale bench
+// store-get --export`, with the headers a store would send.
+type dirLoader struct{ dir string }
+
+func (d dirLoader) Load(_ context.Context, id needle.PhotoID, size needle.SizeCode) (Loaded, error) {
+	data, err := os.ReadFile(filepath.Join(d.dir, "p", id.String(), size.Letter()))
+	if os.IsNotExist(err) {
+		return Loaded{}, ErrNotFound
+	}
+	if err != nil {
+		return Loaded{}, err
+	}
+	return Loaded{
+		Data: data, ContentType: "image/jpeg", ETag: fmt.Sprintf(`"%016x"`, len(data)),
+		LastModified: "Mon, 02 Jan 2006 15:04:05 GMT", Writable: true, Source: "files",
+	}, nil
+}
+
+// BenchmarkHitVsNginx compares cache hits with nginx serving the same
+// bytes from the page cache, side by side: set HAYBALE_BENCH_DIR to the
+// work directory of bench/serve-compare.sh (static/ and the paths-*.txt
+// request lists) and HAYBALE_NGINX_URL to the nginx it runs. The cache
+// loads every image of the request lists once, then wrk (-t2,
+// HAYBALE_WRK_DURATION, default 8s) runs against the cache and nginx in
+// turn, HAYBALE_BENCH_REPS times (default 3), for each row. It prints a
+// table of medians; CPU per request is the process's own (the cache
+// server; the idle test harness) and the nginx workers' from /proc.
+func BenchmarkHitVsNginx(b *testing.B) {
+	dir, nginx := os.Getenv("HAYBALE_BENCH_DIR"), os.Getenv("HAYBALE_NGINX_URL")
+	if dir == "" || nginx == "" {
+		b.Skip("HAYBALE_BENCH_DIR and HAYBALE_NGINX_URL are not set (bench/serve-compare.sh -k sets them)")
+	}
+	wrk, err := exec.LookPath("wrk")
+	if err != nil {
+		b.Skip("wrk is not installed")
+	}
+	dur := cmpOr(os.Getenv("HAYBALE_WRK_DURATION"), "8s")
+	reps, _ := strconv.Atoi(cmpOr(os.Getenv("HAYBALE_BENCH_REPS"), "3"))
+	nginxPIDs := strings.Fields(os.Getenv("HAYBALE_NGINX_PIDS"))
+
+	c, err := New(Options{Loader: dirLoader{filepath.Join(dir, "static")}, Capacity: 32 << 30, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv, err := NewServer(c, ServerOptions{Addr: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	base := "http://" + srv.Addr().String()
+
+	rows := []struct {
+		list  string
+		conns int
+	}{{"mix-uniform", 64}, {"mix-zipf", 64}, {"t", 64}, {"l", 64}}
+	// Warm: every image of every list, once.
+	seen := map[string]bool{}
+	for _, r := range rows {
+		f, err := os.Open(filepath.Join(dir, "paths-"+r.list+".txt"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			p := sc.Text()
+			if seen[p] {
+				continue
+			}
+			seen[p] = true
+			resp, err := http.Get(base + p)
+			if err != nil {
+				b.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				b.Fatalf("warming %s: status %d", p, resp.StatusCode)
+			}
+		}
+		f.Close()
+	}
+	rate := regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	total := regexp.MustCompile(`(\d+) requests in`)
+	run := func(url, list string, conns int, pids []string) (rps, cpuPerReq float64) {
+		t0 := cpuSeconds(b, pids)
+		cmd := exec.Command(wrk, "-t2", "-c"+strconv.Itoa(conns), "-d"+dur, "-s", "../bench/wrk-paths.lua", url)
+		cmd.Env = append(os.Environ(), "PATHS="+filepath.Join(dir, "paths-"+list+".txt"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			b.Fatalf("wrk: %v\n%s", err, out)
+		}
+		t1 := cpuSeconds(b, pids)
+		if strings.Contains(string(out), "Non-2xx") {
+			b.Errorf("wrk saw non-2xx answers:\n%s", out)
+		}
+		m, n := rate.FindSubmatch(out), total.FindSubmatch(out)
+		if m == nil || n == nil {
+			b.Fatalf("no rate in wrk's output:\n%s", out)
+		}
+		rps, _ = strconv.ParseFloat(string(m[1]), 64)
+		reqs, _ := strconv.ParseFloat(string(n[1]), 64)
+		return rps, (t1 - t0) / reqs * 1e6
+	}
+	self := []string{strconv.Itoa(os.Getpid())}
+	type sample struct{ cache, nginx, cacheCPU, nginxCPU []float64 }
+	results := make([]sample, len(rows))
+	for rep := range reps {
+		for i, r := range rows {
+			s := &results[i]
+			cacheFirst := rep%2 == 0
+			for k := range 2 {
+				if (k == 0) == cacheFirst {
+					rps, cpu := run(base, r.list, r.conns, self)
+					s.cache, s.cacheCPU = append(s.cache, rps), append(s.cacheCPU, cpu)
+				} else {
+					rps, cpu := run(nginx, r.list, r.conns, nginxPIDs)
+					s.nginx, s.nginxCPU = append(s.nginx, rps), append(s.nginxCPU, cpu)
+				}
+			}
+		}
+	}
+	fmt.Printf("\ncache hits against nginx, medians over %d reps, wrk -t2 -d%s\n\n", reps, dur)
+	fmt.Println("| rows | conns | cache req/s | nginx req/s | cache / nginx | cache CPU µs/req | nginx CPU µs/req | cache / nginx CPU |")
+	fmt.Println("|---|---|---|---|---|---|---|---|")
+	for i, r := range rows {
+		s := results[i]
+		ratio := func(a, b []float64) float64 {
+			q := make([]float64, len(a))
+			for j := range a {
+				q[j] = a[j] / b[j]
+			}
+			return median(q)
+		}
+		fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f |\n", r.list, r.conns, median(s.cache), median(s.nginx),
+			ratio(s.cache, s.nginx), median(s.cacheCPU), median(s.nginxCPU), ratio(s.cacheCPU, s.nginxCPU))
+	}
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// cpuSeconds returns the user+system CPU seconds of the processes.
+func cpuSeconds(b *testing.B, pids []string) float64 {
+	var ticks float64
+	for _, p := range pids {
+		stat, err := os.ReadFile("/proc/" + p + "/stat")
+		if err != nil {
+			b.Fatal(err)
+		}
+		// Fields after the command name, which is in parentheses.
+		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+		u, _ := strconv.ParseFloat(f[11], 64)
+		s, _ := strconv.ParseFloat(f[12], 64)
+		ticks += u + s
+	}
+	return ticks / 100 // USER_HZ
+}

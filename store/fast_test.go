@@ -1,0 +1,121 @@
+package store
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"reflect"
+	"testing"
+
+	"github.com/haybale/haybale/needle"
+)
+
+// rawAnswer sends one raw HTTP/1.1 request to addr and reads the answer.
+func rawAnswer(t *testing.T, addr, method, target string, hdr map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: store\r\n", method, target)
+	for k, v := range hdr {
+		fmt.Fprintf(&b, "%s: %s\r\n", k, v)
+	}
+	b.WriteString("\r\n")
+	if _, err := c.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(method, "http://store"+target, nil)
+	resp, err := http.ReadResponse(bufio.NewReader(c), req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, target, err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading the body: %v", method, target, err)
+	}
+	return resp, body
+}
+
+// TestFastPathAnswersAsNetHTTP sends the same requests to the store's
+// server (fasthttp, with its fast image path) and to net/http serving the
+// store's handler, and wants the same status, headers (but Date) and
+// bodies from both: plain GETs and HEADs answered by the fast path, and
+// everything it hands to the handler.
+func TestFastPathAnswersAsNetHTTP(t *testing.T) {
+	f := newHTTPFixture(t)
+	ref := &http.Server{Handler: f.ts.srv.handler}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ref.Serve(ln)
+	defer ref.Close()
+
+	etag := etagOf(f.jpeg.sums[needle.SizeSmall])
+	small := f.jpeg.path(needle.SizeSmall)
+	type request struct {
+		method, target string
+		hdr            map[string]string
+	}
+	var reqs []request
+	for _, p := range []*photo{f.jpeg, f.png, f.deleted, f.corrupt} {
+		for _, s := range needle.PhotoSizes {
+			reqs = append(reqs, request{http.MethodGet, p.path(s), nil}, request{http.MethodHead, p.path(s), nil})
+		}
+	}
+	wrongCookie := f.jpeg.id
+	wrongCookie.Cookie++
+	notHere := f.jpeg.id
+	notHere.Vid = 7
+	reqs = append(reqs,
+		request{http.MethodGet, needle.ImagePath(wrongCookie, needle.SizeThumb, ""), nil},
+		request{http.MethodGet, needle.ImagePath(needle.PhotoID{Vid: 1, Key: 99, Cookie: 1}, 0, ""), nil},
+		request{http.MethodGet, needle.ImagePath(notHere, needle.SizeThumb, ""), nil},
+		request{http.MethodHead, needle.ImagePath(notHere, needle.SizeThumb, ""), nil},
+		request{http.MethodGet, needle.ImagePath(f.jpeg.id, needle.SizeThumb, "jpg"), nil},
+		request{http.MethodGet, "/p/bad/t", nil},
+		request{http.MethodGet, "/p/", nil},
+		request{http.MethodGet, small + "?x=1", nil},
+		request{http.MethodGet, "/p/../healthz", nil},
+		request{http.MethodGet, "/p//" + small[3:], nil},
+		request{http.MethodGet, "/p/" + f.jpeg.id.String() + "%2Fs", nil},
+		request{http.MethodPost, small, nil},
+		request{http.MethodDelete, small, nil},
+		request{http.MethodGet, small, map[string]string{"If-None-Match": etag}},
+		request{http.MethodGet, small, map[string]string{"If-None-Match": `"other"`}},
+		request{http.MethodGet, small, map[string]string{"If-Match": `"other"`}},
+		request{http.MethodGet, small, map[string]string{"Range": "bytes=3-17"}},
+		request{http.MethodGet, small, map[string]string{"Range": "bytes=99999999-"}},
+		request{http.MethodGet, small, map[string]string{"if-none-match": etag}},
+		request{http.MethodGet, "/healthz", nil},
+		request{http.MethodGet, "/readyz", nil},
+		request{http.MethodGet, "/nope", nil},
+	)
+	for _, q := range reqs {
+		got, gotBody := rawAnswer(t, f.ts.srv.HTTPAddr().String(), q.method, q.target, q.hdr)
+		want, wantBody := rawAnswer(t, ln.Addr().String(), q.method, q.target, q.hdr)
+		got.Header.Del("Date")
+		want.Header.Del("Date")
+		if got.StatusCode != want.StatusCode || !reflect.DeepEqual(got.Header, want.Header) || !bytes.Equal(gotBody, wantBody) {
+			t.Errorf("%s %s %v:\n fast     %d %v %q\n net/http %d %v %q", q.method, q.target, q.hdr,
+				got.StatusCode, got.Header, clipBody(gotBody), want.StatusCode, want.Header, clipBody(wantBody))
+		}
+	}
+	// Both servers reported each corrupt read.
+	if n := f.corruptReports.Load(); n != 4 {
+		t.Errorf("%d corrupt reads reported, want 4 (a GET and a HEAD on each server)", n)
+	}
+}
+
+func clipBody(b []byte) []byte {
+	if len(b) > 80 {
+		return b[:80]
+	}
+	return b
+}
