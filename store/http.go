@@ -58,10 +58,21 @@ var (
 // then replaces the small one in the pool.
 const (
 	maxPooledBuffer = 8 << 20 // larger buffers are left to the GC
-	numSizePools    = int(needle.SizeOriginal) + 1
+	numSizePools    = len(needle.StoredSizes)
 )
 
-var initialBufferSize = [numSizePools]int{8 << 10, 64 << 10, 256 << 10, 1 << 20, 1 << 20}
+// initialBufferSize is the first buffer size of each pool, by the pool
+// index of sizePool.
+var initialBufferSize = [numSizePools]int{8 << 10, 64 << 10, 256 << 10, 1 << 20, 1 << 20, 8 << 10, 64 << 10, 256 << 10, 1 << 20}
+
+// sizePool returns the pool index of a valid size code: its place in
+// needle.StoredSizes.
+func sizePool(size needle.SizeCode) int {
+	if size.IsWebP() {
+		return int(needle.SizeOriginal) + 1 + int(size.Base())
+	}
+	return int(size)
+}
 
 // httpHandler serves the store's HTTP surface: images under /p/, /healthz,
 // /readyz and /metrics. It is safe for concurrent use.
@@ -116,15 +127,20 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveImage answers GET and HEAD /p/<photo ID>/<size>[.<ext>] and returns
-// the status it answered with.
+// the status it answered with. Public: anyone may call it (browsers, CDNs,
+// caches). The needle is chosen by imagehttp.Choose: ".webp" names the WebP
+// variant, a bare size follows the Accept header with "Vary: Accept".
 func (h *httpHandler) serveImage(w http.ResponseWriter, r *http.Request) int {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return imagehttp.MethodNotAllowed(w, "GET, HEAD")
 	}
-	id, size, _, err := needle.ParseImagePath(r.URL.Path)
+	id, size, ext, err := needle.ParseImagePath(r.URL.Path)
 	if err != nil {
 		return imagehttp.BadPath(w, err)
 	}
+	choice := imagehttp.Choose(r.Header, size, ext)
+	choice.SetVary(w)
+	size = choice.Size
 	v, err := h.srv.store.Volume(id.Vid)
 	if err != nil {
 		if errors.Is(err, ErrVolumeNotHere) {
@@ -133,9 +149,14 @@ func (h *httpHandler) serveImage(w http.ResponseWriter, r *http.Request) int {
 		return imagehttp.Failure(w, http.StatusServiceUnavailable, ErrorVolumeUnavailable, bodyUnavailable)
 	}
 
-	pool := &h.pools[size]
+	pool := &h.pools[sizePool(size)]
 	bufp := pool.Get().(*[]byte)
 	n, buf, err := v.Read(id.Key, id.Cookie, size, *bufp)
+	if errors.Is(err, volume.ErrNotFound) && choice.Fallback != size {
+		// A photo stored without its WebP variant: serve the size itself.
+		size = choice.Fallback
+		n, buf, err = v.Read(id.Key, id.Cookie, size, *bufp)
+	}
 	code := h.answerRead(w, r, id, size, n, err)
 	if cap(buf) > cap(*bufp) && cap(buf) <= maxPooledBuffer {
 		*bufp = buf[:0]
