@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/http"
@@ -108,10 +109,19 @@ type entry struct {
 	etag         string
 	lastModified string
 	modTime      time.Time
+	// noVariant marks an entry held under the key of a WebP variant the
+	// photo does not have: it shares the data of the size's own entry and
+	// answers bare paths only (the ".webp" path of such a photo is a 404),
+	// so that browsers that accept WebP do not send a store a request for
+	// the missing variant on every view of an older photo.
+	noVariant bool
 }
 
 func (e *entry) weight() uint32 {
-	w := len(e.data) + len(e.etag) + len(e.lastModified) + len(e.contentType[0]) + entryOverhead
+	w := len(e.etag) + len(e.lastModified) + len(e.contentType[0]) + entryOverhead
+	if !e.noVariant {
+		w += len(e.data) // the size's own entry counts the shared bytes
+	}
 	return uint32(min(w, math.MaxUint32))
 }
 
@@ -247,13 +257,13 @@ func (c *Cache) Invalidate(id needle.PhotoID) {
 	}
 	c.mu.deletedOrder = append(c.mu.deletedOrder[drop:], deletion{id, now})
 	c.mu.deleted[id] = now
-	for s := needle.SizeThumb; s <= needle.SizeOriginal; s++ {
+	for _, s := range needle.StoredSizes {
 		c.entries.Invalidate(key{id, s})
 	}
 	c.mu.Unlock()
 	// Requests from now on start fresh fetches instead of joining one
 	// that began before the delete.
-	for s := needle.SizeThumb; s <= needle.SizeOriginal; s++ {
+	for _, s := range needle.StoredSizes {
 		c.flights.Forget(flightKey(key{id, s}, true))
 		c.flights.Forget(flightKey(key{id, s}, false))
 	}
@@ -297,6 +307,84 @@ func (c *Cache) EvictHandler() http.Handler {
 	})
 }
 
+// MaxPushBytes bounds the image of one push (PUT on the internal
+// listener); pushes are meant for the small sizes of new photos.
+const MaxPushBytes = 4 << 20
+
+// PushHandler returns the internal http.Handler of pushes: PUT
+// /p/<photo ID>/<size>[.webp] with the image as the body and the
+// Content-Type, ETag and Last-Modified headers the stores serve it with.
+// It caches the image as if a miss had fetched it, so the first view of a
+// new photo is a hit. Callers: the gateway, right after it stored the
+// photo. It checks no credential itself: serve it only where the caller is
+// authenticated (Server's internal listener admits gateways only).
+//
+// Answers: 204 cached; 400 for a malformed path or headers (JSON error);
+// 413 for a body over MaxPushBytes; 421 when this node does not own the
+// photo's key (nothing cached); 409 when the photo was deleted within the
+// deletion memory (nothing cached).
+func (c *Cache) PushHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, needle.ImagePathPrefix) {
+			imagehttp.NoRoute(w)
+			return
+		}
+		if r.Method != http.MethodPut {
+			c.metrics.countStatus(imagehttp.MethodNotAllowed(w, "PUT"))
+			return
+		}
+		code := c.servePush(w, r)
+		c.metrics.countStatus(code)
+	})
+}
+
+// servePush answers one push and returns its status.
+func (c *Cache) servePush(w http.ResponseWriter, r *http.Request) int {
+	id, size, _, err := needle.ParseImagePath(r.URL.Path)
+	if err != nil {
+		return imagehttp.BadPath(w, err)
+	}
+	if r.ContentLength > MaxPushBytes {
+		w.Header().Set("Connection", "close")
+		return pushAnswer(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("pushed image over %d bytes", MaxPushBytes))
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxPushBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return pushAnswer(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("pushed image over %d bytes", MaxPushBytes))
+		}
+		return pushAnswer(w, http.StatusBadRequest, "reading the pushed image: "+err.Error())
+	}
+	if len(data) == 0 {
+		return pushAnswer(w, http.StatusBadRequest, "empty pushed image")
+	}
+	e, err := newEntry(&client.Fetched{
+		Data: data, ContentType: r.Header.Get("Content-Type"),
+		ETag: r.Header.Get("ETag"), LastModified: r.Header.Get("Last-Modified"),
+	})
+	if err != nil {
+		return pushAnswer(w, http.StatusBadRequest, "pushed image: "+err.Error())
+	}
+	if !c.Owns(id.Key) {
+		c.metrics.pushes[pushNotOwner].Inc()
+		return pushAnswer(w, http.StatusMisdirectedRequest, "this cache node does not own photo "+id.String())
+	}
+	if !c.insert(key{id, size}, e) {
+		c.metrics.pushes[pushDeleted].Inc()
+		return pushAnswer(w, http.StatusConflict, "photo "+id.String()+" was deleted")
+	}
+	c.metrics.pushes[pushCached].Inc()
+	w.WriteHeader(http.StatusNoContent)
+	return http.StatusNoContent
+}
+
+// pushAnswer writes a JSON error answer of a push and returns its status.
+func pushAnswer(w http.ResponseWriter, code int, msg string) int {
+	imagehttp.WriteJSON(w, code, map[string]any{"error": msg})
+	return code
+}
+
 func (c *Cache) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if !strings.HasPrefix(r.URL.Path, needle.ImagePathPrefix) {
 		imagehttp.NoRoute(w)
@@ -321,13 +409,21 @@ func (c *Cache) serveImage(w http.ResponseWriter, r *http.Request) int {
 	default:
 		return imagehttp.MethodNotAllowed(w, "GET, HEAD")
 	}
-	id, size, _, err := needle.ParseImagePath(r.URL.Path)
+	id, size, ext, err := needle.ParseImagePath(r.URL.Path)
 	if err != nil {
 		return imagehttp.BadPath(w, err)
 	}
-	k := key{id, size}
+	// Entries are keyed by the needle they hold: a size and its WebP
+	// variant are cached apart, and a bare path is answered from the one
+	// its Accept header chooses.
+	choice := imagehttp.Choose(r.Header, size, ext)
+	choice.SetVary(w)
+	k := key{id, choice.Size}
 	if e, ok := c.entries.GetIfPresent(k); ok {
 		c.metrics.hits.Add(1)
+		if e.noVariant && choice.Fallback == k.size {
+			return imagehttp.NotFound(w) // the photo has no such variant
+		}
 		return c.answer(w, r, e)
 	}
 	refused := ruleNone
@@ -338,6 +434,21 @@ func (c *Cache) serveImage(w http.ResponseWriter, r *http.Request) int {
 		refused = ruleCDN
 	}
 	e, fetched, err := c.fetch(k, refused)
+	if errors.Is(err, errNotFound) && choice.Fallback != k.size {
+		// A photo stored without its WebP variant: serve the size itself,
+		// and remember under the variant's key that it is missing.
+		variant := k
+		k.size = choice.Fallback
+		e, _, err = c.fetch(k, refused)
+		fetched = true
+		if err == nil {
+			if own, ok := c.entries.GetIfPresent(k); ok && own == e {
+				alias := *e
+				alias.noVariant = true
+				c.insert(variant, &alias)
+			}
+		}
+	}
 	if fetched {
 		c.metrics.misses.Add(1)
 	} else {
@@ -426,7 +537,7 @@ func flightKey(k key, admissible bool) string {
 	}
 	b = append(b, k.id.String()...)
 	b = append(b, '/')
-	b = append(b, k.size.Letter()...)
+	b = append(b, k.size.String()...)
 	return string(b)
 }
 
