@@ -8,7 +8,7 @@
 //	POST   /photos              upload; 201 {"id","width","height","urls","webp_urls","sizes"}
 //	GET    /photos              the most recent uploads (same as /api/recent)
 //	GET    /photos/{id}         200 {"id","urls","webp_urls"} when the photo exists, else 404
-//	GET    /photos/{id}/{size}  302 to the image URL of size t, s, m or l (".jpg" etc. allowed)
+//	GET    /photos/{id}/{size}  302 to the image URL of size t, s, m or l (".jpg" etc. allowed; ".webp" its WebP URL)
 //	DELETE /photos/{id}         tombstones on every replica; 200 {"id","deleted","cache_evicted"}
 //	GET    /api/recent          {"photos": recent upload answers, newest first,
 //	                             "max_upload_bytes", "api_key_required"}

@@ -434,7 +434,8 @@ func (g *Gateway) handleImage(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	letter, _, _ := strings.Cut(r.PathValue("size"), ".") // a cosmetic extension is allowed
+	// A cosmetic extension is allowed; ".webp" asks for the WebP variant.
+	letter, ext, _ := strings.Cut(r.PathValue("size"), ".")
 	size, err := needle.ParseSizeLetter(letter)
 	if err != nil || size > needle.SizeLarge {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown size %q: want t, s, m or l", r.PathValue("size")))
@@ -449,6 +450,9 @@ func (g *Gateway) handleImage(w http.ResponseWriter, r *http.Request) {
 	if u == "" {
 		writeError(w, http.StatusServiceUnavailable, "the directory gave no URL for size "+size.Letter())
 		return
+	}
+	if strings.EqualFold(ext, needle.WebPExt) {
+		u = webpURLs(urls, []needle.SizeCode{size})[size.Letter()]
 	}
 	http.Redirect(w, r, u, http.StatusFound)
 }

@@ -117,6 +117,12 @@ func TestUploadStoresWebPAndPushes(t *testing.T) {
 	if fmt.Sprint(info.WebPURLs) != fmt.Sprint(up.WebPURLs) || fmt.Sprint(info.URLs) != fmt.Sprint(up.URLs) {
 		t.Errorf("photo info %+v, upload answer %v %v", info, up.URLs, up.WebPURLs)
 	}
+	// The size redirect follows the extension.
+	for suffix, want := range map[string]string{"m.webp": up.WebPURLs["m"], "m.jpg": up.URLs["m"], "m": up.URLs["m"]} {
+		if a := do(t, http.MethodGet, e.url+"/photos/"+up.ID+"/"+suffix, nil, nil); a.status != http.StatusFound || a.header.Get("Location") != want {
+			t.Errorf("%s: HTTP %d Location %q, want %q", suffix, a.status, a.header.Get("Location"), want)
+		}
+	}
 
 	// A resizer output whose WebP is not a WebP file fails the upload,
 	// and nothing is written.
