@@ -164,10 +164,19 @@ type entry struct {
 	modTime      time.Time
 	// The same header values as bytes, for the fast hit path.
 	contentTypeB, etagB, lastModifiedB []byte
+	// noVariant marks an entry held under the key of a WebP variant the
+	// photo does not have: it shares the data of the size's own entry and
+	// answers bare paths only (the ".webp" path of such a photo is a 404),
+	// so that browsers that accept WebP do not send a store a request for
+	// the missing variant on every view of an older photo.
+	noVariant bool
 }
 
 func (e *entry) weight() uint32 {
-	w := len(e.data) + 2*(len(e.etag)+len(e.lastModified)+len(e.contentType[0])) + entryOverhead
+	w := 2*(len(e.etag)+len(e.lastModified)+len(e.contentType[0])) + entryOverhead
+	if !e.noVariant {
+		w += len(e.data) // the size's own entry counts the shared bytes
+	}
 	return uint32(min(w, math.MaxUint32))
 }
 
@@ -303,13 +312,13 @@ func (c *Cache) Invalidate(id needle.PhotoID) {
 	}
 	c.mu.deletedOrder = append(c.mu.deletedOrder[drop:], deletion{id, now})
 	c.mu.deleted[id] = now
-	for s := needle.SizeThumb; s <= needle.SizeOriginal; s++ {
+	for _, s := range needle.StoredSizes {
 		c.entries.Invalidate(key{id, s})
 	}
 	c.mu.Unlock()
 	// Requests from now on start fresh fetches instead of joining one
 	// that began before the delete.
-	for s := needle.SizeThumb; s <= needle.SizeOriginal; s++ {
+	for _, s := range needle.StoredSizes {
 		c.flights.Forget(flightKey(key{id, s}, true))
 		c.flights.Forget(flightKey(key{id, s}, false))
 	}
@@ -330,9 +339,13 @@ func (c *Cache) insert(k key, e *entry) bool {
 }
 
 // get returns k's image: from memory, or loaded (see fetch), sharing the
-// load in flight for it. fromCDN tells whether the request came through a
-// CDN, for the cdn admission rule. It counts the hit or miss.
-func (c *Cache) get(k key, fromCDN bool) (*entry, error) {
+// load in flight for it. When k's needle is missing and fallback is
+// another size (a bare size whose WebP variant the photo lacks), it
+// returns the fallback's image and remembers under k that the variant is
+// missing (an entry with noVariant set). fromCDN tells whether the request
+// came through a CDN, for the cdn admission rule. It counts the hit or
+// miss.
+func (c *Cache) get(k key, fallback needle.SizeCode, fromCDN bool) (*entry, error) {
 	if e, ok := c.entries.GetIfPresent(k); ok {
 		c.metrics.hits.Add(1)
 		return e, nil
@@ -345,6 +358,21 @@ func (c *Cache) get(k key, fromCDN bool) (*entry, error) {
 		refused = ruleCDN
 	}
 	e, fetched, err := c.fetch(k, refused)
+	if errors.Is(err, errNotFound) && fallback != k.size {
+		// A photo stored without its WebP variant: serve the size itself,
+		// and remember under the variant's key that it is missing.
+		variant := k
+		k.size = fallback
+		e, _, err = c.fetch(k, refused)
+		fetched = true
+		if err == nil {
+			if own, ok := c.entries.GetIfPresent(k); ok && own == e {
+				alias := *e
+				alias.noVariant = true
+				c.insert(variant, &alias)
+			}
+		}
+	}
 	if fetched {
 		c.metrics.misses.Add(1)
 	} else {
@@ -385,7 +413,7 @@ func flightKey(k key, admissible bool) string {
 	}
 	b = append(b, k.id.String()...)
 	b = append(b, '/')
-	b = append(b, k.size.Letter()...)
+	b = append(b, k.size.String()...)
 	return string(b)
 }
 

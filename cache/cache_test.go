@@ -822,6 +822,16 @@ func TestInternalListenerTLS(t *testing.T) {
 			t.Errorf("%s evicting: %d, want %d", role, a.code, want)
 		}
 	}
+	// Pushes of new images: gateways only.
+	pushHdr := map[string]string{"Content-Type": "image/jpeg", "ETag": `"0123456789abcdef"`, "Last-Modified": time.Now().UTC().Format(http.TimeFormat)}
+	for role, want := range map[pki.Role]int{pki.RoleGateway: 204, pki.RoleStore: 403, pki.RoleOperator: 403, pki.RoleCache: 403, pki.RoleDirectory: 403} {
+		if a := put(t, as(role), internal+"/p/1-5-0000000000000009/t", []byte("jpeg bytes"), pushHdr); a.code != want {
+			t.Errorf("%s pushing: %d, want %d", role, a.code, want)
+		}
+	}
+	if a := do(t, as(pki.RoleGateway), http.MethodPost, evict, nil); a.code != http.StatusMethodNotAllowed || a.hdr.Get("Allow") != "DELETE, PUT" {
+		t.Errorf("gateway POST on the internal image path: %v", a)
+	}
 	for role, want := range map[pki.Role]int{pki.RoleOperator: 200, pki.RoleGateway: 403, pki.RoleStore: 403} {
 		if a := do(t, as(role), http.MethodGet, internal+"/metrics", nil); a.code != want {
 			t.Errorf("%s reading metrics: %d, want %d", role, a.code, want)

@@ -18,6 +18,29 @@
 //   - the replicas did not answer within Options.UpstreamTimeout: 504,
 //     "X-Haybale-Error: upstream-timeout", the same otherwise.
 //
+// # Variants
+//
+// A size and its WebP variant are separate needles and separate entries:
+// the cache keys by the needle a request names (internal/imagehttp.Choose).
+// "<size>.webp" is the variant, any other extension the size itself, and a
+// bare "<size>" follows the Accept header, answering with "Vary: Accept"
+// as the store does. When a bare request chooses the variant and the photo
+// has none (an older photo), the size itself is served, and the entry is
+// remembered under the variant's key too (sharing its bytes, weighing only
+// its overhead), so later views of it reach no store; the ".webp" path of
+// such a photo stays a 404.
+//
+// # Pushes
+//
+// PUT /p/<photo ID>/<size>[.webp] on the internal listener (PushHandler;
+// gateways only, like eviction) puts an image the gateway has just stored
+// into the cache with the headers the stores serve it with, so that the
+// first view of a new photo is a hit: fresh uploads are the hot ones. A
+// push obeys ownership (421 on a node that does not own the key) and the
+// deletion memory (409), and is bounded by MaxPushBytes (413).
+//
+// # Eviction
+//
 // DELETE /p/<photo ID> (optionally followed by /<size>[.<ext>]) evicts
 // every size of the photo and answers 204, whether or not anything was
 // cached; the gateway sends it to the owning node after a photo delete.

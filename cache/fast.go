@@ -46,14 +46,21 @@ func (c *Cache) serveFast(ctx *fasthttp.RequestCtx) bool {
 			return false
 		}
 	}
-	id, size, _, err := needle.ParseImagePath(string(uri))
+	id, size, ext, err := needle.ParseImagePath(string(uri))
 	if err != nil {
+		return false
+	}
+	if imagehttp.Choose(nil, size, ext).Vary {
+		// A bare size chosen by Accept, answered with "Vary: Accept":
+		// the net/http path makes the choice.
 		return false
 	}
 	start := time.Now()
 	e, ok := c.entries.GetIfPresent(key{id, size})
-	if !ok {
-		return false // a miss: loaded on the net/http path
+	if !ok || e.noVariant {
+		// A miss is loaded on the net/http path, which also answers the
+		// 404 of a variant the photo does not have.
+		return false
 	}
 	c.metrics.hits.Add(1)
 	hdr := &ctx.Response.Header

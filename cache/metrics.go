@@ -21,6 +21,16 @@ const (
 
 var upstreamErrorNames = [numUpstreamErrors]string{"unavailable", "timeout", "bad-answer"}
 
+// Outcomes of a push, the result label of haybale_cache_pushes_total.
+const (
+	pushCached   = iota // the image was cached
+	pushNotOwner        // this node does not own the key
+	pushDeleted         // the photo was deleted recently
+	numPushResults
+)
+
+var pushResultNames = [numPushResults]string{"cached", "not-owner", "deleted"}
+
 // metrics holds the cache's collectors. Every field is safe for
 // concurrent use.
 type metrics struct {
@@ -41,6 +51,7 @@ type metrics struct {
 	upstreamLatency  prometheus.Histogram
 	upstreamErrors   [numUpstreamErrors]prometheus.Counter
 	upstreamNotFound prometheus.Counter
+	pushes           [numPushResults]prometheus.Counter
 }
 
 // imageStatuses are the statuses the image handler answers.
@@ -60,7 +71,7 @@ func newMetrics(c *Cache, reg *prometheus.Registry) (*metrics, error) {
 	}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "haybale_cache_http_requests_total",
-		Help: "Requests under /p/ answered (GET and HEAD on the public listener, DELETE on the internal one), by HTTP status code.",
+		Help: "Requests under /p/ answered (GET and HEAD on the public listener, DELETE and PUT on the internal one), by HTTP status code.",
 	}, []string{"code"})
 	m.byStatus = make(map[int]prometheus.Counter, len(imageStatuses))
 	for _, code := range imageStatuses {
@@ -141,7 +152,14 @@ func newMetrics(c *Cache, reg *prometheus.Registry) (*metrics, error) {
 		Name: "haybale_cache_upstream_not_found_total",
 		Help: "Fetches that every replica answered with 404.",
 	})
-	cs = append(cs, m.requests, m.latency, m.bytesServed, hits, misses, ratio, m.admissions, refused,
+	pushes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "haybale_cache_pushes_total",
+		Help: "Well-formed image pushes (PUT /p/... on the internal listener) by result: cached, not-owner, deleted.",
+	}, []string{"result"})
+	for i := range m.pushes {
+		m.pushes[i] = pushes.WithLabelValues(pushResultNames[i])
+	}
+	cs = append(cs, pushes, m.requests, m.latency, m.bytesServed, hits, misses, ratio, m.admissions, refused,
 		held, capacity, entries, m.evictions, m.invalidations, m.upstreamLatency, upErrs, m.upstreamNotFound)
 	for _, col := range cs {
 		if err := m.registry.Register(col); err != nil {

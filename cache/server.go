@@ -30,8 +30,9 @@ type ServerOptions struct {
 	// Options.Self) before the Cache is built.
 	Listener net.Listener
 	// InternalAddr is the address of the internal listener, which serves
-	// eviction (DELETE /p/<photo ID>, to gateways only) and /metrics (to
-	// operators only); neither is served on the public address. Empty
+	// eviction (DELETE /p/<photo ID>) and pushes (PUT /p/<photo
+	// ID>/<size>), to gateways only, and /metrics (to operators only);
+	// none is served on the public address. Empty
 	// (and no InternalListener): no internal listener.
 	InternalAddr string
 	// InternalListener, when set, is served instead of listening on
@@ -161,15 +162,16 @@ func NewServer(c *Cache, opts ServerOptions) (*Server, error) {
 }
 
 // InternalHandler returns the handler of a cache's internal listener:
-// eviction (DELETE /p/<photo ID>) for gateways and GET /metrics for
-// operators. With checkRoles, the listener must be TLS with verified
+// eviction (DELETE /p/<photo ID>, see EvictHandler) and pushes of new
+// images (PUT /p/<photo ID>/<size>[.webp], see PushHandler) for gateways,
+// and GET /metrics for operators. With checkRoles, the listener must be TLS with verified
 // client certificates from the cluster CA (pki.Node.ServerTLS): the
 // caller's role is read from its certificate, and a caller of another
 // role gets 403. Without, every caller is served: an --insecure cluster.
 func (c *Cache) InternalHandler(checkRoles bool) http.Handler {
 	reg := c.Registry()
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
-	evict := c.EvictHandler()
+	evict, push := c.EvictHandler(), c.PushHandler()
 	allowed := func(w http.ResponseWriter, r *http.Request, role pki.Role) bool {
 		if !checkRoles {
 			return true
@@ -188,8 +190,16 @@ func (c *Cache) InternalHandler(checkRoles bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case strings.HasPrefix(r.URL.Path, needle.ImagePathPrefix):
-			if allowed(w, r, pki.RoleGateway) {
+			if !allowed(w, r, pki.RoleGateway) {
+				return
+			}
+			switch r.Method {
+			case http.MethodDelete:
 				evict.ServeHTTP(w, r)
+			case http.MethodPut:
+				push.ServeHTTP(w, r)
+			default:
+				c.metrics.countStatus(imagehttp.MethodNotAllowed(w, "DELETE, PUT"))
 			}
 		case r.URL.Path == "/metrics":
 			if allowed(w, r, pki.RoleOperator) {

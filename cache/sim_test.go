@@ -1,12 +1,14 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"sort"
 	"sync/atomic"
@@ -297,5 +299,194 @@ func TestSimTraceShape(t *testing.T) {
 	// reaching the cache differs a little between replays.
 	if haystack.cacheHits == all.cacheHits {
 		t.Errorf("the admission rules made no difference: %+v, %+v", haystack, all)
+	}
+}
+
+// Parameters of the new-photo model of BenchmarkFirstViews.
+const (
+	simUploadEvery  = 100  // measured requests between two uploads
+	simFirstViews   = 10   // views followed per new photo
+	simViewSpacing  = 2000 // mean requests between two views of a new photo
+	simThumbViews   = 0.7  // share of the views that are of t (else s)
+	simNewPhotoSize = 5 << 10
+)
+
+// firstViews is what BenchmarkFirstViews measures over the first views of
+// new photos.
+type firstViews struct {
+	views, cdnHits, cacheReqs, cacheHits, storeReads int64
+	photos                                           int64
+}
+
+// newView is one scheduled view of a new photo.
+type newView struct {
+	at    int // trace position it comes before
+	photo int
+	size  needle.SizeCode
+	cdn   bool
+}
+
+// replayFirstViews replays tr through the CDN model and a cache (as
+// replay does) while new photos are uploaded, one every simUploadEvery
+// requests of the measured part, each viewed simFirstViews times at
+// exponentially spaced later moments (t or s; through the CDN or not, in
+// the trace's proportions). With push, each upload puts the photo's t and
+// s into the cache through the push handler, as the gateway does.
+func (tr *simTrace) replayFirstViews(tb testing.TB, opts Options, push bool) firstViews {
+	lens := make(map[uint64]int, len(tr.lens))
+	for k, v := range tr.lens {
+		lens[k] = v
+	}
+	up := &fakeUpstream{lens: lens, buf: make([]byte, max(tr.maxSize, simNewPhotoSize))}
+	opts.Capacity = int64(simCacheShare * float64(tr.bytes))
+	opts.Logger = slog.New(slog.DiscardHandler)
+	opts.Loader = up
+	c, err := New(opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	cdn := otter.Must(&otter.Options[int32, int32]{
+		MaximumWeight: uint64(simCDNCapacity * float64(tr.bytes)),
+		Weigher:       func(_ int32, n int32) uint32 { return uint32(n) },
+		Executor:      func(fn func()) { fn() },
+	})
+	r := rand.New(rand.NewPCG(7, 0xf1e5))
+	images := len(tr.paths)
+	// Schedule the uploads and their views.
+	var uploads []int // trace position of each upload
+	var views []newView
+	for at := tr.warmup; at < len(tr.reqs); at += simUploadEvery {
+		p := len(uploads)
+		uploads = append(uploads, at)
+		next := float64(at)
+		for range simFirstViews {
+			next += r.ExpFloat64() * simViewSpacing
+			size := needle.SizeSmall
+			if r.Float64() < simThumbViews {
+				size = needle.SizeThumb
+			}
+			views = append(views, newView{at: int(next), photo: p, size: size, cdn: r.Float64() < simCDNShare})
+		}
+	}
+	sort.SliceStable(views, func(a, b int) bool { return views[a].at < views[b].at })
+	idOf := func(p int) needle.PhotoID {
+		return needle.PhotoID{Vid: simWritableVid, Key: uint64(images + 1 + p), Cookie: 1}
+	}
+	h, pushH := c.Handler(), c.PushHandler()
+	w := &discardWriter{hdr: http.Header{}}
+	direct := http.Header{}
+	viaCDN := http.Header{DefaultCDNHeader: {"1"}}
+	req := &http.Request{Method: http.MethodGet, URL: &url.URL{}}
+	serve := func(path string, hdr http.Header) bool {
+		req.URL.Path, req.Header = path, hdr
+		clear(w.hdr)
+		before := up.reads.Load()
+		h.ServeHTTP(w, req)
+		if w.code != http.StatusOK {
+			tb.Fatalf("%s: status %d", path, w.code)
+		}
+		return up.reads.Load() == before
+	}
+	var res firstViews
+	nextUpload, nextView := 0, 0
+	body := make([]byte, simNewPhotoSize)
+	for i, img := range tr.reqs {
+		for nextUpload < len(uploads) && uploads[nextUpload] == i {
+			id := idOf(nextUpload)
+			up.lens[id.Key] = simNewPhotoSize
+			res.photos++
+			if push {
+				for _, s := range []needle.SizeCode{needle.SizeThumb, needle.SizeSmall} {
+					pr := httptest.NewRequest(http.MethodPut, needle.ImagePath(id, s, ""), bytes.NewReader(body))
+					pr.Header.Set("Content-Type", "image/jpeg")
+					pr.Header.Set("ETag", `"00000000000000bb"`)
+					pr.Header.Set("Last-Modified", "Mon, 02 Jan 2006 15:04:05 GMT")
+					pw := &discardWriter{hdr: http.Header{}}
+					pushH.ServeHTTP(pw, pr)
+					if pw.code != http.StatusNoContent {
+						tb.Fatalf("push: status %d", pw.code)
+					}
+				}
+			}
+			nextUpload++
+		}
+		for nextView < len(views) && views[nextView].at <= i {
+			v := views[nextView]
+			nextView++
+			res.views++
+			hdr := direct
+			if v.cdn {
+				ck := int32(images + 2*v.photo + int(v.size))
+				if _, ok := cdn.GetIfPresent(ck); ok {
+					res.cdnHits++
+					continue
+				}
+				cdn.Set(ck, simNewPhotoSize)
+				hdr = viaCDN
+			}
+			res.cacheReqs++
+			if serve(needle.ImagePath(idOf(v.photo), v.size, "jpg"), hdr) {
+				res.cacheHits++
+			} else {
+				res.storeReads++
+			}
+		}
+		// The background trace, as replay does.
+		hdr := direct
+		if tr.viaCDN[i] {
+			if _, ok := cdn.GetIfPresent(img); ok {
+				continue
+			}
+			cdn.Set(img, int32(tr.lens[uint64(img)+1]))
+			hdr = viaCDN
+		}
+		serve(tr.paths[img], hdr)
+	}
+	return res
+}
+
+// BenchmarkFirstViews measures how the first simFirstViews views of new
+// photos are served on the trace model of BenchmarkHitRatio (recent
+// images weighing 10 times old ones, the Haystack admission rules),
+// without and with the gateway's push of t and s at upload: one upload
+// every 100 requests, each new photo viewed 10 times at exponentially
+// spaced moments (mean 2,000 requests apart), 70% of the views of t, 70%
+// through the CDN. It reports the share of those views answered without a
+// store read (by the CDN or the cache), the cache's hit ratio on those
+// that reached it, and store reads per new photo. Run it once:
+// -benchtime 1x.
+func BenchmarkFirstViews(b *testing.B) {
+	tr := newSimTrace(1, simImages, simRequests, simWarmup, 10)
+	for _, push := range []bool{false, true} {
+		b.Run(fmt.Sprintf("push=%v", push), func(b *testing.B) {
+			var res firstViews
+			for b.Loop() {
+				res = tr.replayFirstViews(b, Options{}, push)
+			}
+			b.ReportMetric(float64(res.cdnHits+res.cacheHits)/float64(res.views), "first-views-hit-ratio")
+			b.ReportMetric(float64(res.cacheHits)/float64(res.cacheReqs), "cache-hit-ratio")
+			b.ReportMetric(float64(res.storeReads)/float64(res.photos), "store-reads/photo")
+		})
+	}
+}
+
+// TestFirstViewsPush checks, on a smaller trace, that pushing new photos
+// at upload turns their first views into hits: fewer of them reach a
+// store.
+func TestFirstViewsPush(t *testing.T) {
+	tr := newSimTrace(1, 10_000, 200_000, 50_000, 10)
+	without := tr.replayFirstViews(t, Options{}, false)
+	with := tr.replayFirstViews(t, Options{}, true)
+	if without.views == 0 || without.views != with.views || without.photos != with.photos {
+		t.Fatalf("replays differ: %+v, %+v", without, with)
+	}
+	if with.storeReads >= without.storeReads || with.cacheHits <= without.cacheHits {
+		t.Errorf("the push did not help: without %+v, with %+v", without, with)
+	}
+	// Without the push, every photo's first view that reaches the cache
+	// goes to a store.
+	if without.storeReads < without.photos/2 {
+		t.Errorf("without the push, only %d store reads for %d new photos", without.storeReads, without.photos)
 	}
 }

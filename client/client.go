@@ -30,6 +30,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -38,6 +39,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -255,29 +257,58 @@ type Image struct {
 // assigned volume and returns the photo's ID. See the package doc for the
 // retry rule.
 func (c *Client) WritePhoto(ctx context.Context, images []Image) (needle.PhotoID, error) {
+	st, err := c.StorePhoto(ctx, images)
+	return st.ID, err
+}
+
+// StoredPhoto is what StorePhoto returns: what the stores now serve.
+type StoredPhoto struct {
+	// ID is the new photo's ID.
+	ID needle.PhotoID
+	// AppendTime is the append time every replica stored (the images'
+	// Last-Modified, in whole seconds).
+	AppendTime time.Time
+	// Checksums holds each image's needle checksum (its ETag), by size.
+	Checksums map[needle.SizeCode]uint64
+}
+
+// StorePhoto is WritePhoto that also returns the append time and the
+// needle checksums the stores recorded, so that the caller can put the
+// images in a cache with the headers the stores serve them with. The
+// images are written in one batch in ascending size code order (sizes
+// before their WebP variants, as the store's index packs them); each size
+// code may appear once.
+func (c *Client) StorePhoto(ctx context.Context, images []Image) (StoredPhoto, error) {
 	if len(images) == 0 {
-		return needle.PhotoID{}, fmt.Errorf("%w: no images", ErrInvalid)
+		return StoredPhoto{}, fmt.Errorf("%w: no images", ErrInvalid)
 	}
+	seen := map[needle.SizeCode]bool{}
 	for _, im := range images {
 		if !im.Size.Valid() {
-			return needle.PhotoID{}, fmt.Errorf("%w: size code %d", ErrInvalid, im.Size)
+			return StoredPhoto{}, fmt.Errorf("%w: size code %d", ErrInvalid, im.Size)
 		}
+		if seen[im.Size] {
+			return StoredPhoto{}, fmt.Errorf("%w: size %v given twice", ErrInvalid, im.Size)
+		}
+		seen[im.Size] = true
 	}
+	images = slices.Clone(images)
+	slices.SortStableFunc(images, func(a, b Image) int { return cmp.Compare(a.Size, b.Size) })
 	var firstErr error
 	for attempt := 0; attempt < 2; attempt++ {
-		id, err := c.writeOnce(ctx, images)
+		st, err := c.writeOnce(ctx, images)
 		if err == nil {
-			return id, nil
+			return st, nil
 		}
 		if errors.Is(err, ErrInvalid) || ctx.Err() != nil {
-			return needle.PhotoID{}, err
+			return StoredPhoto{}, err
 		}
 		if firstErr == nil {
 			firstErr = err
 		}
 		c.opts.Logger.Warn("photo write failed; retrying on a fresh assignment", "attempt", attempt+1, "err", err)
 	}
-	return needle.PhotoID{}, fmt.Errorf("%w: write failed twice: %v", ErrUnavailable, firstErr)
+	return StoredPhoto{}, fmt.Errorf("%w: write failed twice: %v", ErrUnavailable, firstErr)
 }
 
 func newCookie() (uint64, error) {
@@ -288,17 +319,17 @@ func newCookie() (uint64, error) {
 	return binary.LittleEndian.Uint64(b[:]), nil
 }
 
-func (c *Client) writeOnce(ctx context.Context, images []Image) (needle.PhotoID, error) {
+func (c *Client) writeOnce(ctx context.Context, images []Image) (StoredPhoto, error) {
 	a, err := c.Assign(ctx, 1)
 	if err != nil {
-		return needle.PhotoID{}, err
+		return StoredPhoto{}, err
 	}
 	if len(a.Replicas) == 0 {
-		return needle.PhotoID{}, fmt.Errorf("%w: volume %d has no replicas", ErrUnavailable, a.Vid)
+		return StoredPhoto{}, fmt.Errorf("%w: volume %d has no replicas", ErrUnavailable, a.Vid)
 	}
 	cookie, err := newCookie()
 	if err != nil {
-		return needle.PhotoID{}, err
+		return StoredPhoto{}, err
 	}
 	id := needle.PhotoID{Vid: a.Vid, Key: a.KeyStart, Cookie: cookie}
 	req := &storepb.WriteRequest{Vid: a.Vid, WriteToken: a.Token}
@@ -311,24 +342,32 @@ func (c *Client) writeOnce(ctx context.Context, images []Image) (needle.PhotoID,
 		})
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	for _, r := range a.Replicas {
+	results := make([]*storepb.WriteResponse, len(a.Replicas))
+	for i, r := range a.Replicas {
 		g.Go(func() error {
 			sc, err := c.Store(r.GRPCAddr)
 			if err != nil {
 				return err
 			}
-			if _, err := sc.Write(gctx, req); err != nil {
+			resp, err := sc.Write(gctx, req)
+			if err != nil {
 				return grpcErr(fmt.Sprintf("write %s to store %s", id, r.StoreID), err)
 			}
+			results[i] = resp
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
 		c.forget(a.Vid)
 		c.cleanup(id, a)
-		return needle.PhotoID{}, err
+		return StoredPhoto{}, err
 	}
-	return id, nil
+	// Replicas store byte-identical needles: any one's checksums do.
+	st := StoredPhoto{ID: id, AppendTime: time.Unix(0, at).UTC(), Checksums: make(map[needle.SizeCode]uint64, len(images))}
+	for _, res := range results[0].GetResults() {
+		st.Checksums[needle.SizeCode(res.GetSizeCode())] = res.GetChecksum()
+	}
+	return st, nil
 }
 
 // cleanupTimeout bounds the tombstoning of an abandoned write.

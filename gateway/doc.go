@@ -5,10 +5,10 @@
 //
 // # Routes
 //
-//	POST   /photos              upload; 201 {"id","width","height","urls","sizes"}
+//	POST   /photos              upload; 201 {"id","width","height","urls","webp_urls","sizes"}
 //	GET    /photos              the most recent uploads (same as /api/recent)
-//	GET    /photos/{id}         200 {"id","urls"} when the photo exists, else 404
-//	GET    /photos/{id}/{size}  302 to the image URL of size t, s, m or l (".jpg" etc. allowed)
+//	GET    /photos/{id}         200 {"id","urls","webp_urls"} when the photo exists, else 404
+//	GET    /photos/{id}/{size}  302 to the image URL of size t, s, m or l (".jpg" etc. allowed; ".webp" its WebP URL)
 //	DELETE /photos/{id}         tombstones on every replica; 200 {"id","deleted","cache_evicted"}
 //	GET    /api/recent          {"photos": recent upload answers, newest first,
 //	                             "max_upload_bytes", "api_key_required"}
@@ -89,10 +89,27 @@
 //     "Authorization: Bearer <key>" (scheme case-insensitive, the key
 //     compared in constant time); reads never need it. A refused request is
 //     answered before its body is read.
-//   - GET /photos/{id} checks that the photo exists by reading its
-//     thumbnail (the smallest needle) through the client, with replica
-//     failover; GET /photos/{id}/{size} only redirects, leaving the 404 of
-//     a missing image to the server the URL points at.
+//   - WebP variants: when the resizer's output of a size has a WebP
+//     encoding (Options.WebPOf), it is stored as the size's WebP variant
+//     (size code 8 + the size's) in the same batch as the photo's other
+//     needles, and "webp_urls" maps each such size letter to its URL: the
+//     size's URL with the extension ".webp". "urls" keeps the JPEG or PNG.
+//     "sizes" gives each variant's bytes as "webp_bytes". The web page shows
+//     each size as a <picture> with a WebP <source>.
+//   - GET /photos/{id} checks that the photo exists by reading the WebP
+//     variant of its thumbnail, then (for a photo without variants) the
+//     thumbnail itself, through the client with replica failover; it lists
+//     "webp_urls" when the variant exists. GET /photos/{id}/{size} only
+//     redirects, leaving the 404 of a missing image to the server the URL
+//     points at.
+//   - After a successful upload, with CacheNodes set and NoCachePush
+//     false, the gateway pushes the photo's t and s and their WebP
+//     variants to the cache node that owns the photo (PUT <internal
+//     URL>/p/<photo ID>/<size>[.webp], with the Content-Type, ETag and
+//     Last-Modified the stores serve), in parallel and within
+//     CacheTimeout, before answering: a fresh upload is hot, and its first
+//     views are then cache hits. Failures are logged and counted; the
+//     upload still succeeds.
 //   - After a successful delete the gateway evicts the photo from the cache
 //     tier: it sends DELETE <node>/p/<photo ID> to the node that owns the
 //     photo, CacheNodes[needle.Owner(key, CacheNodes)], with a short
@@ -113,8 +130,8 @@
 //
 // Metrics live in Options.Registry (a registry of the gateway's own when
 // nil) and are served at /metrics: uploads by outcome, resize and store
-// write latency, bytes received and stored, deletes and cache
-// invalidations by result.
+// write latency, bytes received and stored, deletes, and cache
+// invalidations and pushes by result.
 //
 // A Gateway and its Handler are safe for concurrent use. Server runs the
 // handler on a listener with timeouts and a graceful shutdown.

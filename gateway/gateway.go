@@ -12,8 +12,10 @@ import (
 	"net/http"
 	"net/url"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -70,9 +72,20 @@ type Options struct {
 	// eviction only there, to gateways). Empty: evictions go to
 	// CacheNodes.
 	CacheEvictURLs []string
-	// CacheTimeout bounds one cache invalidation; default
-	// DefaultCacheTimeout (2 s).
+	// CacheTimeout bounds one cache invalidation, and the pushes of one
+	// new photo; default DefaultCacheTimeout (2 s).
 	CacheTimeout time.Duration
+	// NoCachePush turns off pushing new photos to the cache. By default,
+	// with CacheNodes set, the gateway puts the t and s sizes of each new
+	// photo, and their WebP variants, into the owning cache node's memory
+	// (PUT on its internal listener, as for evictions) before it answers
+	// the upload, so the first views are cache hits.
+	NoCachePush bool
+	// WebPOf returns the WebP encoding the resizer made of one output, or
+	// nil when it made none; the gateway stores it as the size's WebP
+	// variant (size codes 8..11) in the photo's batch and lists its URL in
+	// "webp_urls". nil: no output has a WebP encoding.
+	WebPOf func(im *resizer.Image) []byte
 	// CacheHTTPClient sends the cache invalidations; default a client
 	// without its own timeout (CacheTimeout applies).
 	CacheHTTPClient *http.Client
@@ -359,23 +372,60 @@ func parseID(w http.ResponseWriter, r *http.Request) (needle.PhotoID, bool) {
 type infoResponse struct {
 	ID   string            `json:"id"`
 	URLs map[string]string `json:"urls"`
+	// WebPURLs maps each size letter to the URL of its WebP variant;
+	// absent for a photo stored without variants.
+	WebPURLs map[string]string `json:"webp_urls,omitempty"`
 }
 
+// handleInfo answers GET /photos/{id}: the photo's ID and URLs, 404 when
+// it does not exist. Callers: anyone (the ID is the credential).
 func (g *Gateway) handleInfo(w http.ResponseWriter, r *http.Request) {
 	id, ok := parseID(w, r)
 	if !ok {
 		return
 	}
-	if _, err := g.opts.Client.Read(r.Context(), id, needle.SizeThumb); err != nil {
-		g.clusterError(w, r, "read "+id.String(), err)
-		return
+	// The thumbnail's WebP variant tells both that the photo exists and
+	// that it has variants: every size's variant is written in the same
+	// batch. Only a photo without variants costs a second read, and so
+	// does one whose variant no replica could be asked for (a replica
+	// down while the others answer 404 is not a proof either way): then
+	// the thumbnail itself decides, and the answer lists no WebP URLs.
+	hasWebP := true
+	if _, err := g.opts.Client.Read(r.Context(), id, needle.SizeThumbWebP); err != nil {
+		hasWebP = false
+		if _, err := g.opts.Client.Read(r.Context(), id, needle.SizeThumb); err != nil {
+			g.clusterError(w, r, "read "+id.String(), err)
+			return
+		}
 	}
 	urls, err := g.opts.Client.PhotoURLs(r.Context(), id)
 	if err != nil {
 		g.clusterError(w, r, "photo URLs of "+id.String(), err)
 		return
 	}
-	writeJSON(w, http.StatusOK, infoResponse{ID: id.String(), URLs: urls})
+	resp := infoResponse{ID: id.String(), URLs: urls}
+	if hasWebP {
+		resp.WebPURLs = webpURLs(urls, needle.PhotoSizes[:])
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// webpURLs returns the URL of the WebP variant of each of sizes, from the
+// URLs of the sizes themselves: the same path with the extension ".webp".
+func webpURLs(urls map[string]string, sizes []needle.SizeCode) map[string]string {
+	out := make(map[string]string, len(sizes))
+	for _, s := range sizes {
+		u := urls[s.Letter()]
+		if u == "" {
+			continue
+		}
+		slash := strings.LastIndexByte(u, '/')
+		if dot := strings.LastIndexByte(u, '.'); dot > slash {
+			u = u[:dot]
+		}
+		out[s.Letter()] = u + "." + needle.WebPExt
+	}
+	return out
 }
 
 func (g *Gateway) handleImage(w http.ResponseWriter, r *http.Request) {
@@ -383,7 +433,8 @@ func (g *Gateway) handleImage(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	letter, _, _ := strings.Cut(r.PathValue("size"), ".") // a cosmetic extension is allowed
+	// A cosmetic extension is allowed; ".webp" asks for the WebP variant.
+	letter, ext, _ := strings.Cut(r.PathValue("size"), ".")
 	size, err := needle.ParseSizeLetter(letter)
 	if err != nil || size > needle.SizeLarge {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown size %q: want t, s, m or l", r.PathValue("size")))
@@ -398,6 +449,9 @@ func (g *Gateway) handleImage(w http.ResponseWriter, r *http.Request) {
 	if u == "" {
 		writeError(w, http.StatusServiceUnavailable, "the directory gave no URL for size "+size.Letter())
 		return
+	}
+	if strings.EqualFold(ext, needle.WebPExt) {
+		u = webpURLs(urls, []needle.SizeCode{size})[size.Letter()]
 	}
 	http.Redirect(w, r, u, http.StatusFound)
 }
@@ -481,6 +535,74 @@ func (g *Gateway) invalidate(ctx context.Context, id needle.PhotoID) bool {
 	}
 	g.metrics.invalidations.WithLabelValues("ok").Inc()
 	return true
+}
+
+// cacheInternalURL returns the base URL of the internal listener of the
+// cache node that owns id.
+func (g *Gateway) cacheInternalURL(id needle.PhotoID) string {
+	owner := needle.Owner(id.Key, g.opts.CacheNodes)
+	if len(g.opts.CacheEvictURLs) > 0 {
+		return baseURL(g.opts.CacheEvictURLs[owner])
+	}
+	return baseURL(g.opts.CacheNodes[owner])
+}
+
+// pushedSizes are the sizes of a new photo pushed to the cache: those a
+// feed shows first.
+var pushedSizes = []needle.SizeCode{needle.SizeThumb, needle.SizeSmall, needle.SizeThumbWebP, needle.SizeSmallWebP}
+
+// push puts the t and s images of a photo just stored, and their WebP
+// variants, into the memory of the cache node that owns it, with the
+// headers the stores serve them with (PUT /p/<id>/<size>[.webp] on its
+// internal listener, which admits gateways only), all at once and within
+// CacheTimeout. It returns how many the node took. Failures are logged
+// and counted; they cost the first view a store read, nothing else.
+func (g *Gateway) push(ctx context.Context, st client.StoredPhoto, images []client.Image) int {
+	base := g.cacheInternalURL(st.ID)
+	lastMod := st.AppendTime.Truncate(time.Second).Format(http.TimeFormat)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.opts.CacheTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	var ok atomic.Int32
+	for _, im := range images {
+		sum, stored := st.Checksums[im.Size]
+		if !stored || !slices.Contains(pushedSizes, im.Size) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			u := base + needle.ImagePath(st.ID, im.Size, "")
+			err := func() error {
+				req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, bytes.NewReader(im.Data))
+				if err != nil {
+					return err
+				}
+				req.Header.Set("Content-Type", im.ContentType.MIME())
+				req.Header.Set("ETag", fmt.Sprintf(`"%016x"`, sum))
+				req.Header.Set("Last-Modified", lastMod)
+				resp, err := g.opts.CacheHTTPClient.Do(req)
+				if err != nil {
+					return err
+				}
+				defer resp.Body.Close()
+				if resp.StatusCode/100 != 2 {
+					return fmt.Errorf("HTTP %s", resp.Status)
+				}
+				return nil
+			}()
+			if err != nil {
+				g.metrics.pushes.WithLabelValues("error").Inc()
+				g.opts.Logger.Warn("cache push failed; the first view will read a store",
+					"photo", st.ID.String(), "size", im.Size.String(), "node", base, "err", err)
+				return
+			}
+			g.metrics.pushes.WithLabelValues("ok").Inc()
+			ok.Add(1)
+		}()
+	}
+	wg.Wait()
+	return int(ok.Load())
 }
 
 // baseURL turns "host:port" into "http://host:port" and drops a trailing

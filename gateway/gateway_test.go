@@ -408,7 +408,7 @@ func TestDeleteInvalidatesCache(t *testing.T) {
 		nodes = append(nodes, fmt.Sprintf("cache%d.example:8090", i))
 		internal = append(internal, srv.URL)
 	}
-	e := startEnv(t, envOptions{stores: 2, replication: 2, gw: Options{CacheNodes: nodes, CacheEvictURLs: internal}})
+	e := startEnv(t, envOptions{stores: 2, replication: 2, gw: Options{CacheNodes: nodes, CacheEvictURLs: internal, NoCachePush: true}})
 	up := e.mustUpload(t, encodePNG(t, photoLike(400, 300, 8)), nil)
 	keep := e.mustUpload(t, encodePNG(t, photoLike(300, 400, 9)), nil)
 	id := mustID(t, up.ID)

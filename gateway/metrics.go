@@ -18,6 +18,7 @@ type metrics struct {
 	bytesOut      prometheus.Counter
 	deletes       *prometheus.CounterVec
 	invalidations *prometheus.CounterVec
+	pushes        *prometheus.CounterVec
 }
 
 // newMetrics registers the gateway's collectors. bodyBytes and
@@ -56,12 +57,17 @@ func newMetrics(reg prometheus.Registerer, bodyBytes, decodeBytes func() float64
 			Name: "haybale_gateway_cache_invalidations_total",
 			Help: "Cache evictions sent to the owning cache node after a delete, by result: ok, error.",
 		}, []string{"result"}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "haybale_gateway_cache_pushes_total",
+			Help: "Images of new photos pushed to the owning cache node after an upload, by result: ok, error.",
+		}, []string{"result"}),
 	}
 	for _, o := range uploadOutcomes {
 		m.uploads[o] = uploads.WithLabelValues(o)
 	}
 	for _, o := range []string{"ok", "error"} {
 		m.invalidations.WithLabelValues(o)
+		m.pushes.WithLabelValues(o)
 	}
 	budgets := []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -73,7 +79,7 @@ func newMetrics(reg prometheus.Registerer, bodyBytes, decodeBytes func() float64
 			Help: "Estimated bytes of the images being decoded and resized, charged to the decode memory budget.",
 		}, decodeBytes),
 	}
-	for _, c := range append(budgets, uploads, m.resizeSeconds, m.writeSeconds, m.bytesIn, m.bytesOut, m.deletes, m.invalidations) {
+	for _, c := range append(budgets, uploads, m.resizeSeconds, m.writeSeconds, m.bytesIn, m.bytesOut, m.deletes, m.invalidations, m.pushes) {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway: metrics: %w", err)
 		}

@@ -23,8 +23,12 @@ type UploadResponse struct {
 	// Width and Height are those of the upright uploaded image.
 	Width  int `json:"width"`
 	Height int `json:"height"`
-	// URLs maps each size letter (t, s, m, l) to the image URL.
+	// URLs maps each size letter (t, s, m, l) to the image URL (JPEG or
+	// PNG).
 	URLs map[string]string `json:"urls"`
+	// WebPURLs maps each size letter to the URL of the size's WebP
+	// variant; absent when the photo was stored without variants.
+	WebPURLs map[string]string `json:"webp_urls,omitempty"`
 	// Sizes describes each stored size, keyed by letter.
 	Sizes map[string]SizeInfo `json:"sizes"`
 	// Uploaded is when the gateway stored the photo.
@@ -37,6 +41,8 @@ type SizeInfo struct {
 	Height      int    `json:"height"`
 	ContentType string `json:"content_type"`
 	Bytes       int    `json:"bytes"`
+	// WebPBytes is the size of the WebP variant; absent without one.
+	WebPBytes int `json:"webp_bytes,omitempty"`
 }
 
 // Upload outcomes, the label values of haybale_gateway_uploads_total.
@@ -126,21 +132,35 @@ func (g *Gateway) upload(w http.ResponseWriter, r *http.Request) (*UploadRespons
 	g.metrics.resizeSeconds.Observe(time.Since(start).Seconds())
 	data = nil // the images are all that is needed from here on
 
-	images := make([]client.Image, 0, len(res.Images))
+	images := make([]client.Image, 0, 2*len(res.Images))
 	stored := 0
 	sizes := make(map[string]SizeInfo, len(res.Images))
+	var withWebP []needle.SizeCode
 	for code, im := range res.Images {
 		ct := needle.ContentTypeFromMIME(im.ContentType)
 		if ct == needle.TypeUnknown {
 			return nil, fmt.Errorf("resizer produced content type %q", im.ContentType)
 		}
-		images = append(images, client.Image{Size: needle.SizeCode(code), ContentType: ct, Data: im.Data})
+		size := needle.SizeCode(code)
+		images = append(images, client.Image{Size: size, ContentType: ct, Data: im.Data})
 		stored += len(im.Data)
-		sizes[im.Letter] = SizeInfo{Width: im.Width, Height: im.Height, ContentType: im.ContentType, Bytes: len(im.Data)}
+		info := SizeInfo{Width: im.Width, Height: im.Height, ContentType: im.ContentType, Bytes: len(im.Data)}
+		if webp := g.webpOf(&res.Images[code]); webp != nil {
+			if !isWebP(webp) {
+				return nil, fmt.Errorf("resizer produced a WebP variant of size %s that is not a WebP file", im.Letter)
+			}
+			w, _ := size.WebP()
+			images = append(images, client.Image{Size: w, ContentType: needle.TypeWebP, Data: webp})
+			stored += len(webp)
+			info.WebPBytes = len(webp)
+			withWebP = append(withWebP, size)
+		}
+		sizes[im.Letter] = info
 	}
 
 	start = time.Now()
-	id, err := g.opts.Client.WritePhoto(ctx, images)
+	st, err := g.opts.Client.StorePhoto(ctx, images)
+	id := st.ID
 	if err != nil {
 		g.opts.Logger.Warn("photo write failed", "err", err)
 		if ctx.Err() != nil {
@@ -153,6 +173,9 @@ func (g *Gateway) upload(w http.ResponseWriter, r *http.Request) (*UploadRespons
 	}
 	g.metrics.writeSeconds.Observe(time.Since(start).Seconds())
 	g.metrics.bytesOut.Add(float64(stored))
+	if len(g.opts.CacheNodes) > 0 && !g.opts.NoCachePush {
+		g.push(ctx, st, images)
+	}
 
 	urls, err := g.opts.Client.PhotoURLs(ctx, id)
 	if err != nil {
@@ -166,10 +189,30 @@ func (g *Gateway) upload(w http.ResponseWriter, r *http.Request) (*UploadRespons
 		ID: id.String(), Width: res.Width, Height: res.Height,
 		URLs: urls, Sizes: sizes, Uploaded: time.Now().UTC().Truncate(time.Millisecond),
 	}
+	if len(withWebP) > 0 {
+		resp.WebPURLs = webpURLs(urls, withWebP)
+	}
 	g.recent.add(id, *resp)
 	g.opts.Logger.Info("photo uploaded", "photo", resp.ID, "format", string(res.Format),
 		"width", res.Width, "height", res.Height, "stored_bytes", stored)
 	return resp, nil
+}
+
+// webpOf returns the WebP encoding of one resizer output, nil without one.
+func (g *Gateway) webpOf(im *resizer.Image) []byte {
+	if g.opts.WebPOf == nil {
+		return nil
+	}
+	if b := g.opts.WebPOf(im); len(b) > 0 {
+		return b
+	}
+	return nil
+}
+
+// isWebP reports whether b starts like a WebP file: "RIFF", a length,
+// "WEBP".
+func isWebP(b []byte) bool {
+	return len(b) >= 12 && string(b[0:4]) == "RIFF" && string(b[8:12]) == "WEBP"
 }
 
 // resizeError maps a resizer error to the upload's answer.

@@ -17,31 +17,86 @@ const (
 	SizeMedium   SizeCode = 2 // m: fits inside 1080
 	SizeLarge    SizeCode = 3 // l: fits inside 2048
 	SizeOriginal SizeCode = 4 // o: the uploaded original, when kept
+
+	// WebP variants: the WebP encoding of a resized size, written in the
+	// same batch as the photo's other sizes. Each is WebPOffset plus the
+	// code of the size it encodes; its URL letter is that size's.
+	SizeThumbWebP  SizeCode = 8  // t.webp
+	SizeSmallWebP  SizeCode = 9  // s.webp
+	SizeMediumWebP SizeCode = 10 // m.webp
+	SizeLargeWebP  SizeCode = 11 // l.webp
+
 	// SizeAll in a tombstone deletes every size of the photo.
 	SizeAll SizeCode = 0xFFFFFFFF
 )
+
+// WebPOffset is the distance from a resized size's code to its WebP
+// variant's.
+const WebPOffset = 8
 
 // PhotoSizes lists the four resized sizes every photo has, in the order
 // they are written.
 var PhotoSizes = [4]SizeCode{SizeThumb, SizeSmall, SizeMedium, SizeLarge}
 
+// WebPSizes lists the WebP variants of PhotoSizes, in the order they are
+// written: after every size of PhotoSizes (see store/volume's index).
+var WebPSizes = [4]SizeCode{SizeThumbWebP, SizeSmallWebP, SizeMediumWebP, SizeLargeWebP}
+
+// StoredSizes lists every size code a needle may hold (every code Valid
+// accepts), in ascending order.
+var StoredSizes = [...]SizeCode{
+	SizeThumb, SizeSmall, SizeMedium, SizeLarge, SizeOriginal,
+	SizeThumbWebP, SizeSmallWebP, SizeMediumWebP, SizeLargeWebP,
+}
+
 const sizeLetters = "tsmlo"
 
-// Letter returns the size's URL letter ("t", "s", "m", "l", "o"), or ""
-// for a code without one.
+// IsWebP reports whether s is the WebP variant of a resized size.
+func (s SizeCode) IsWebP() bool { return s >= SizeThumbWebP && s <= SizeLargeWebP }
+
+// WebP returns the WebP variant of a resized size (t, s, m, l), s itself
+// when it is one already, and false for a size without a WebP variant.
+func (s SizeCode) WebP() (SizeCode, bool) {
+	switch {
+	case s <= SizeLarge:
+		return s + WebPOffset, true
+	case s.IsWebP():
+		return s, true
+	}
+	return s, false
+}
+
+// Base returns the size a WebP variant encodes, and s itself for every
+// other code.
+func (s SizeCode) Base() SizeCode {
+	if s.IsWebP() {
+		return s - WebPOffset
+	}
+	return s
+}
+
+// Letter returns the size's URL letter ("t", "s", "m", "l", "o"; a WebP
+// variant has the letter of the size it encodes), or "" for a code
+// without one.
 func (s SizeCode) Letter() string {
+	s = s.Base()
 	if s < SizeCode(len(sizeLetters)) {
 		return sizeLetters[s : s+1]
 	}
 	return ""
 }
 
-// Valid reports whether s names one stored size (SizeAll is not one).
-func (s SizeCode) Valid() bool { return s <= SizeOriginal }
+// Valid reports whether s names one stored size: 0..4 or a WebP variant
+// 8..11 (SizeAll is not one).
+func (s SizeCode) Valid() bool { return s <= SizeOriginal || s.IsWebP() }
 
-// String returns the letter, or the number for codes without one.
+// String returns the letter ("t", or "t.webp" for a WebP variant), or the
+// number for codes without one.
 func (s SizeCode) String() string {
 	if l := s.Letter(); l != "" {
+		if s.IsWebP() {
+			return l + ".webp"
+		}
 		return l
 	}
 	if s == SizeAll {
@@ -199,8 +254,16 @@ func clip(s string) string {
 // ImagePathPrefix starts every image path.
 const ImagePathPrefix = "/p/"
 
-// ImagePath returns "/p/<photo ID>/<letter>[.<ext>]"; ext may be empty.
+// WebPExt is the extension that names a size's WebP variant.
+const WebPExt = "webp"
+
+// ImagePath returns "/p/<photo ID>/<letter>[.<ext>]"; ext may be empty,
+// except for a WebP variant, whose path always ends in ".webp" (ext, when
+// given, must then be "webp" in any case).
 func ImagePath(id PhotoID, size SizeCode, ext string) string {
+	if ext == "" && size.IsWebP() {
+		ext = WebPExt
+	}
 	p := ImagePathPrefix + id.String() + "/" + size.Letter()
 	if ext != "" {
 		p += "." + ext
@@ -208,9 +271,18 @@ func ImagePath(id PhotoID, size SizeCode, ext string) string {
 	return p
 }
 
-// ParseImagePath parses "/p/<photo ID>/<letter>[.<ext>]". The extension is
-// cosmetic (Content-Type comes from the needle) but must be short and
-// alphanumeric; it is returned without the dot.
+// ParseImagePath parses "/p/<photo ID>/<letter>[.<ext>]". The extension
+// must be short and alphanumeric; it is returned without the dot. It
+// chooses the needle:
+//
+//   - ".webp" (in any case) after t, s, m or l names the size's WebP
+//     variant (size code 8 + the size's code);
+//   - any other extension is cosmetic, as it always was: "m.jpg", "m.png"
+//     and "m.jpeg" all name size m, whatever its Content-Type (which comes
+//     from the needle); so does "o.webp", as the original has no variant;
+//   - no extension names the size itself too; servers that hold WebP variants may
+//     answer such a bare path with either, by the request's Accept header
+//     (see internal/imagehttp.Choose).
 func ParseImagePath(p string) (id PhotoID, size SizeCode, ext string, err error) {
 	rest, ok := strings.CutPrefix(p, ImagePathPrefix)
 	if !ok {
@@ -229,6 +301,11 @@ func ParseImagePath(p string) (id PhotoID, size SizeCode, ext string, err error)
 	}
 	if size, err = ParseSizeLetter(letter); err != nil {
 		return id, 0, "", err
+	}
+	if strings.EqualFold(ext, WebPExt) {
+		if w, ok := size.WebP(); ok {
+			size = w
+		}
 	}
 	return id, size, ext, nil
 }

@@ -44,8 +44,13 @@ func TestImagePath(t *testing.T) {
 	}{
 		{"/p/7-1f4a9-8c3e77d2a1b0c4f5/m.jpg", SizeMedium, "jpg"},
 		{"/p/7-1f4a9-8c3e77d2a1b0c4f5/t", SizeThumb, ""},
-		{"/p/7-1f4a9-8c3e77d2a1b0c4f5/l.webp", SizeLarge, "webp"},
+		{"/p/7-1f4a9-8c3e77d2a1b0c4f5/l.webp", SizeLargeWebP, "webp"},
+		{"/p/7-1f4a9-8c3e77d2a1b0c4f5/t.WEBP", SizeThumbWebP, "WEBP"},
+		{"/p/7-1f4a9-8c3e77d2a1b0c4f5/s.jpeg", SizeSmall, "jpeg"},
+		{"/p/7-1f4a9-8c3e77d2a1b0c4f5/m.png", SizeMedium, "png"},
 		{"/p/7-1f4a9-8c3e77d2a1b0c4f5/o.PNG", SizeOriginal, "PNG"},
+		// The original has no WebP variant: its extension stays cosmetic.
+		{"/p/7-1f4a9-8c3e77d2a1b0c4f5/o.webp", SizeOriginal, "webp"},
 	}
 	for _, c := range cases {
 		gotID, size, ext, err := ParseImagePath(c.path)
@@ -61,6 +66,48 @@ func TestImagePath(t *testing.T) {
 	} {
 		if _, _, _, err := ParseImagePath(p); !errors.Is(err, ErrBadID) {
 			t.Errorf("ParseImagePath(%q) = %v, want ErrBadID", p, err)
+		}
+	}
+}
+
+func TestWebPSizeCodes(t *testing.T) {
+	id := PhotoID{Vid: 7, Key: 0x1f4a9, Cookie: 0x8c3e77d2a1b0c4f5}
+	for i, base := range PhotoSizes {
+		w, ok := base.WebP()
+		if !ok || w != WebPSizes[i] || w != base+8 || !w.IsWebP() || base.IsWebP() {
+			t.Fatalf("%v: WebP() = %v %v", base, w, ok)
+		}
+		if w.Base() != base || base.Base() != base || w.Letter() != base.Letter() || !w.Valid() {
+			t.Fatalf("%v: Base %v Letter %q Valid %v", w, w.Base(), w.Letter(), w.Valid())
+		}
+		if w.String() != base.Letter()+".webp" {
+			t.Fatalf("String = %q", w.String())
+		}
+		if w2, ok := w.WebP(); !ok || w2 != w {
+			t.Fatalf("%v.WebP() = %v %v", w, w2, ok)
+		}
+		if p := ImagePath(id, w, ""); p != "/p/7-1f4a9-8c3e77d2a1b0c4f5/"+base.Letter()+".webp" {
+			t.Fatalf("ImagePath = %q", p)
+		}
+	}
+	valid := 0
+	for c := SizeCode(0); c < 64; c++ {
+		if c.Valid() {
+			if valid >= len(StoredSizes) || StoredSizes[valid] != c {
+				t.Fatalf("StoredSizes %v does not list valid code %d in order", StoredSizes, c)
+			}
+			valid++
+		}
+	}
+	if valid != len(StoredSizes) {
+		t.Fatalf("StoredSizes %v lists codes that are not valid", StoredSizes)
+	}
+	if _, ok := SizeOriginal.WebP(); ok {
+		t.Fatal("the original has a WebP variant")
+	}
+	for _, c := range []SizeCode{5, 6, 7, 12, 13, 0xFFFFFFFE} {
+		if c.Valid() || c.IsWebP() || c.Letter() != "" {
+			t.Errorf("size code %d: Valid %v IsWebP %v Letter %q", c, c.Valid(), c.IsWebP(), c.Letter())
 		}
 	}
 }

@@ -23,7 +23,8 @@ import (
 // verified into a pooled buffer, and fasthttp writes the headers and that
 // buffer in one write, or one writev for an image larger than its write
 // buffer. Everything else, which is every request with a conditional or
-// Range header, any path that is not a plain /p/ path, and /healthz,
+// Range header, a bare size whose needle the Accept header chooses, any
+// path that is not a plain /p/ path, and /healthz,
 // /readyz and /metrics, goes to httpHandler.ServeHTTP through fasthttp's
 // net/http adaptor, so its semantics are exactly those of the net/http
 // path. The answers of both paths carry the same headers and bodies (a
@@ -84,9 +85,14 @@ func (h *httpHandler) serveFast(ctx *fasthttp.RequestCtx) bool {
 			return false
 		}
 	}
-	id, size, _, err := needle.ParseImagePath(string(uri))
+	id, size, ext, err := needle.ParseImagePath(string(uri))
 	if err != nil {
 		return false // the 400 answer names the error; net/http writes it
+	}
+	if imagehttp.Choose(nil, size, ext).Vary {
+		// A bare size chosen by Accept, answered with "Vary: Accept":
+		// net/http's path makes the choice.
+		return false
 	}
 	start := time.Now()
 	code := h.readFast(ctx, id, size)
@@ -118,7 +124,7 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, size
 		}
 		return fastFailure(ctx, http.StatusServiceUnavailable, ErrorVolumeUnavailable, bodyUnavailable)
 	}
-	rb := h.pools[size].Get().(*readBuf)
+	rb := h.pools[sizePool(size)].Get().(*readBuf)
 	var n needle.Needle
 	var buf []byte
 	if ev != nil {

@@ -258,7 +258,7 @@ func (g *grpcService) Delete(ctx context.Context, req *storepb.DeleteRequest) (*
 		// Count what the tombstone will remove. Another delete racing with
 		// this one may remove some first; the count is then an upper bound.
 		count = 0
-		for s := needle.SizeThumb; s <= needle.SizeOriginal; s++ {
+		for _, s := range needle.StoredSizes {
 			if (size == needle.SizeAll || s == size) && v.Has(req.GetKey(), s) {
 				count++
 			}

@@ -58,10 +58,21 @@ var (
 // then replaces the small one in the pool.
 const (
 	maxPooledBuffer = 8 << 20 // larger buffers are left to the GC
-	numSizePools    = int(needle.SizeOriginal) + 1
+	numSizePools    = len(needle.StoredSizes)
 )
 
-var initialBufferSize = [numSizePools]int{8 << 10, 64 << 10, 256 << 10, 1 << 20, 1 << 20}
+// initialBufferSize is the first buffer size of each pool, by the pool
+// index of sizePool.
+var initialBufferSize = [numSizePools]int{8 << 10, 64 << 10, 256 << 10, 1 << 20, 1 << 20, 8 << 10, 64 << 10, 256 << 10, 1 << 20}
+
+// sizePool returns the pool index of a valid size code: its place in
+// needle.StoredSizes.
+func sizePool(size needle.SizeCode) int {
+	if size.IsWebP() {
+		return int(needle.SizeOriginal) + 1 + int(size.Base())
+	}
+	return int(size)
+}
 
 // readBuf is a pooled read buffer. Close puts it back into its pool; the
 // fasthttp path hands it to the request so that it is closed once the
@@ -136,15 +147,20 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveImage answers GET and HEAD /p/<photo ID>/<size>[.<ext>] and returns
-// the status it answered with.
+// the status it answered with. Public: anyone may call it (browsers, CDNs,
+// caches). The needle is chosen by imagehttp.Choose: ".webp" names the WebP
+// variant, a bare size follows the Accept header with "Vary: Accept".
 func (h *httpHandler) serveImage(w http.ResponseWriter, r *http.Request) int {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return imagehttp.MethodNotAllowed(w, "GET, HEAD")
 	}
-	id, size, _, err := needle.ParseImagePath(r.URL.Path)
+	id, size, ext, err := needle.ParseImagePath(r.URL.Path)
 	if err != nil {
 		return imagehttp.BadPath(w, err)
 	}
+	choice := imagehttp.Choose(r.Header, size, ext)
+	choice.SetVary(w)
+	size = choice.Size
 	v, err := h.srv.store.Volume(id.Vid)
 	var ev *volume.ECVolume
 	if errors.Is(err, ErrVolumeNotHere) {
@@ -157,13 +173,19 @@ func (h *httpHandler) serveImage(w http.ResponseWriter, r *http.Request) int {
 		return imagehttp.Failure(w, http.StatusServiceUnavailable, ErrorVolumeUnavailable, bodyUnavailable)
 	}
 
-	rb := h.pools[size].Get().(*readBuf)
-	var n needle.Needle
-	var buf []byte
-	if ev != nil {
-		n, buf, err = ev.Read(r.Context(), id.Key, id.Cookie, size, rb.b)
-	} else {
-		n, buf, err = v.Read(id.Key, id.Cookie, size, rb.b)
+	rb := h.pools[sizePool(size)].Get().(*readBuf)
+	read := func(size needle.SizeCode) (needle.Needle, []byte, error) {
+		if ev != nil {
+			return ev.Read(r.Context(), id.Key, id.Cookie, size, rb.b)
+		}
+		return v.Read(id.Key, id.Cookie, size, rb.b)
+	}
+	n, buf, err := read(size)
+	if errors.Is(err, volume.ErrNotFound) && choice.Fallback != size {
+		// A photo stored without its WebP variant: serve the size itself.
+		rb.keep(buf)
+		size = choice.Fallback
+		n, buf, err = read(size)
 	}
 	code := h.answerRead(w, r, id, size, n, err)
 	rb.keep(buf)

@@ -315,7 +315,7 @@ func TestGRPCStatusCodes(t *testing.T) {
 	_, err = ts.client.Write(ctx, &storepb.WriteRequest{Vid: 1})
 	wantCode(t, "Write empty batch", err, codes.InvalidArgument)
 	wantCode(t, "Write key 0", one(1, &storepb.Needle{Key: 0, Data: []byte("x")}), codes.InvalidArgument)
-	wantCode(t, "Write bad size code", one(1, &storepb.Needle{Key: 1, SizeCode: 9, Data: []byte("x")}), codes.InvalidArgument)
+	wantCode(t, "Write bad size code", one(1, &storepb.Needle{Key: 1, SizeCode: 12, Data: []byte("x")}), codes.InvalidArgument)
 	wantCode(t, "Write bad content type", one(1, &storepb.Needle{Key: 1, ContentType: 300, Data: []byte("x")}), codes.InvalidArgument)
 	wantCode(t, "Write bad content type", one(1, &storepb.Needle{Key: 1, ContentType: 9, Data: []byte("x")}), codes.InvalidArgument)
 

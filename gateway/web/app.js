@@ -103,11 +103,16 @@
       const url = (photo.urls || {})[letter] || "/photos/" + photo.id + "/" + letter;
       node.querySelector(".thumb").href = url;
       const img = node.querySelector("img");
+      const webp = (photo.webp_urls || {})[letter];
+      const source = node.querySelector("source");
+      if (webp) source.srcset = webp; else source.remove();
       img.src = url;
       img.alt = NAMES[letter] + " size of photo " + photo.id;
       node.querySelector(".letter").textContent = letter;
       node.querySelector(".dims").textContent = info.width ? info.width + " × " + info.height : NAMES[letter];
-      node.querySelector(".bytes").textContent = info.bytes ? formatBytes(info.bytes) + " · " + info.content_type : "";
+      node.querySelector(".bytes").textContent = info.bytes
+        ? formatBytes(info.bytes) + " · " + info.content_type + (info.webp_bytes ? " · WebP " + formatBytes(info.webp_bytes) : "")
+        : "";
       const urlInput = node.querySelector(".url");
       urlInput.value = url;
       urlInput.addEventListener("focus", () => urlInput.select());
@@ -148,14 +153,23 @@
       const b = document.createElement("button");
       b.type = "button";
       b.title = p.id;
+      const pic = document.createElement("picture");
+      const webp = (p.webp_urls || {}).t;
+      if (webp) {
+        const source = document.createElement("source");
+        source.type = "image/webp";
+        source.srcset = webp;
+        pic.appendChild(source);
+      }
       const img = document.createElement("img");
       img.src = (p.urls || {}).t || "/photos/" + p.id + "/t";
       img.alt = "thumbnail of " + p.id;
       img.loading = "lazy";
+      pic.appendChild(img);
       const cap = document.createElement("span");
       cap.className = "cap";
       cap.textContent = p.width + " × " + p.height;
-      b.append(img, cap);
+      b.append(pic, cap);
       b.addEventListener("click", () => { show(p); result.scrollIntoView({ behavior: "smooth" }); });
       li.appendChild(b);
       recentEl.appendChild(li);

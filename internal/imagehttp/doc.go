@@ -20,6 +20,11 @@
 //     malformed one gives 416 with a JSON error (and "Content-Range: bytes
 //     */<size>" when unsatisfiable); several ranges, or another unit, give
 //     the whole body (200). If-Range is honoured.
+//   - The path names the needle: "<size>.webp" the size's WebP variant,
+//     any other extension the size itself; a bare "<size>" of t, s, m or l
+//     is the WebP variant when Accept lists image/webp (else, or when the
+//     photo has none, the size itself), and every answer to it, 404s
+//     included, carries "Vary: Accept" (Choose).
 //   - Every missing image (unknown key, wrong cookie, deleted) is the same
 //     404 with "Cache-Control: public, max-age=60" (NotFound).
 //   - A malformed image path is 400 with a JSON error naming the problem.

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/haybale/haybale/needle"
 )
 
 func TestParseRange(t *testing.T) {
@@ -181,6 +183,70 @@ func TestServeOnlyImageTypes(t *testing.T) {
 		if code != http.StatusBadGateway || written != 0 || w.Header().Get("Content-Type") != "application/json" ||
 			w.Header().Get(ErrorHeader) != ErrorCorrupt || bytes.Contains(w.Body.Bytes(), []byte("script")) {
 			t.Errorf("Content-Type %q: HTTP %d, %d bytes, header %v, body %q", ct, code, written, w.Header(), w.Body)
+		}
+	}
+}
+
+func TestAcceptsWebP(t *testing.T) {
+	cases := map[string]bool{
+		"": false,
+		"image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8": true, // Chrome
+		"image/webp,*/*":                        true,
+		"IMAGE/WEBP":                            true,
+		" image/webp ; q=0.5":                   true,
+		"image/webp;q=0":                        false,
+		"image/webp; q=0.000":                   false,
+		"image/webp;q=0.001":                    true,
+		"image/webp;q=1":                        true,
+		"image/webp;level=1":                    true,
+		"image/*,*/*;q=0.8":                     false, // accepts anything, but not WebP by name
+		"*/*":                                   false,
+		"image/jpeg":                            false,
+		"image/webpx":                           false,
+		"text/html, image/webp;q=0., image/png": false,
+	}
+	for accept, want := range cases {
+		h := http.Header{}
+		if accept != "" {
+			h.Set("Accept", accept)
+		}
+		if got := AcceptsWebP(h); got != want {
+			t.Errorf("AcceptsWebP(%q) = %v, want %v", accept, got, want)
+		}
+	}
+	// Several Accept lines count together.
+	if !AcceptsWebP(http.Header{"Accept": {"image/png", "image/webp"}}) {
+		t.Error("a second Accept line was not read")
+	}
+}
+
+func TestChoose(t *testing.T) {
+	webp := http.Header{"Accept": {"image/webp,image/*"}}
+	plain := http.Header{"Accept": {"image/*"}}
+	cases := []struct {
+		name     string
+		h        http.Header
+		size     needle.SizeCode
+		ext      string
+		want     Choice
+		wantVary string
+	}{
+		{"bare, WebP accepted", webp, needle.SizeSmall, "", Choice{needle.SizeSmallWebP, needle.SizeSmall, true}, "Accept"},
+		{"bare, WebP not accepted", plain, needle.SizeSmall, "", Choice{needle.SizeSmall, needle.SizeSmall, true}, "Accept"},
+		{"jpg, WebP accepted", webp, needle.SizeMedium, "jpg", Choice{needle.SizeMedium, needle.SizeMedium, false}, ""},
+		{"png", plain, needle.SizeLarge, "png", Choice{needle.SizeLarge, needle.SizeLarge, false}, ""},
+		{"webp, not accepted", plain, needle.SizeThumbWebP, "webp", Choice{needle.SizeThumbWebP, needle.SizeThumbWebP, false}, ""},
+		{"bare original", webp, needle.SizeOriginal, "", Choice{needle.SizeOriginal, needle.SizeOriginal, false}, ""},
+	}
+	for _, c := range cases {
+		got := Choose(c.h, c.size, c.ext)
+		if got != c.want {
+			t.Errorf("%s: Choose = %+v, want %+v", c.name, got, c.want)
+		}
+		rec := httptest.NewRecorder()
+		got.SetVary(rec)
+		if v := rec.Header().Get("Vary"); v != c.wantVary {
+			t.Errorf("%s: Vary %q, want %q", c.name, v, c.wantVary)
 		}
 	}
 }

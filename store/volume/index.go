@@ -5,6 +5,8 @@ import (
 	"math/bits"
 
 	"github.com/google/btree"
+
+	"github.com/haybale/haybale/needle"
 )
 
 // allSizes is the size code that names every size of a photo (a tombstone for
@@ -15,9 +17,12 @@ const allSizes = 0xFFFFFFFF
 // format: the index lives only in RAM and is rebuilt from the idx file and the
 // volume at start-up.
 const (
-	// packedSizes is the number of size codes a packed record has a slot for:
-	// 0..3 (t, s, m, l). Every other size code lives in the exception set.
+	// packedSizes is the number of slots of a packed record: the sizes t,
+	// s, m, l of lane 0, or their WebP variants in lane 1.
 	packedSizes = 4
+
+	// numLanes is the number of lanes of packed records (see index).
+	numLanes = 2
 
 	// recSize is the width in bytes of one packed record (see index).
 	recSize = 19
@@ -72,10 +77,20 @@ const (
 // # Packed records
 //
 // Keys arrive almost sorted and the sizes t, s, m, l of a photo are appended
-// together, one after another, in ascending size order. The index exploits
-// both: the common case is one fixed-width 19-byte record per photo (about
-// 4.8 bytes per stored image), kept in key order. All integers are
-// little-endian:
+// together, one after another, in ascending size order, followed (in the
+// same batch) by their WebP variants, size codes 8..11. The index exploits
+// both: the common case is one fixed-width 19-byte record per photo and
+// lane (about 4.8 bytes per stored image whether a photo has four or eight
+// needles), kept in key order.
+//
+// A lane is a sorted array of packed records with its own groups. Lane 0
+// has a slot for each of the size codes 0..3 (t, s, m, l), lane 1 for each
+// of 8..11 (their WebP variants, slot i holding size code 8+i); a photo
+// without WebP variants has no record in lane 1. Two lanes rather than one
+// record of eight slots (31 bytes) keep photos of four needles at 19 bytes:
+// one wide record would cost them 7.75 bytes per image. The record of each
+// lane is the same; "size i" below means slot i of its lane. All integers
+// are little-endian:
 //
 //	| offset | size | field                                                      |
 //	|--------|------|------------------------------------------------------------|
@@ -93,7 +108,7 @@ const (
 // sizes that are not adjacent in the file. Dead slots keep their length so
 // the offsets of later slots stay right.
 //
-// Records are grouped: a group is at most 64 consecutive records whose keys
+// Records are grouped: a group is at most 64 consecutive records of a lane whose keys
 // are all within 2^20-1 of the group's base key (the key of its first
 // record). For each group the index holds its base key (uint64) and the
 // number of its first record (uint32), about 0.05 bytes per image. Records
@@ -104,30 +119,24 @@ const (
 // Whatever does not fit the packed form is kept in an exception set, a B-tree
 // of (key, size, offset, length) ordered by (key, size): a key below the last
 // packed key, a size written again (its packed slot becomes dead), a size
-// appended later that does not follow the photo's last size in the file, size
-// codes 4 and above, and lengths of zero or of 2^24 units and more. For every
+// appended later that does not follow the photo's last size of its lane in
+// the file, size codes that no lane has a slot for (4, the original), and
+// lengths of zero or of 2^24 units and more. For every
 // (key, size) at most one of a live packed slot and an exception exists.
 // Lookups try the packed record, then the exceptions.
 //
-// When the exceptions added since the last merge outnumber an eighth of the
-// packed records (and at least mergeMin), the index is rebuilt in one O(n)
-// pass that merges the packed entries and the exceptions in key order,
-// packs every photo whose sizes can share a record and keeps the rest as
-// exceptions. A stream of out-of-order or random keys therefore still ends up
-// compact, and the cost of merging is amortised over the puts.
+// When the exceptions added since the last merge outnumber a sixteenth of
+// the packed records of both lanes (an eighth of the photos when every
+// photo has its WebP variants; and at least mergeMin), the index is rebuilt
+// in one O(n) pass that merges the packed entries and the exceptions in key
+// order, packs every photo whose sizes can share a record of each lane and
+// keeps the rest as exceptions. A stream of out-of-order or random keys
+// therefore still ends up compact, and the cost of merging is amortised
+// over the puts.
 type index struct {
-	// pages holds the packed records, pageRecords per page; every page but
-	// the last is full.
-	pages [][]byte
-	// nrec is the number of packed records.
-	nrec int
-	// lastKey is the key of record nrec-1 (meaningful when nrec > 0).
-	lastKey uint64
-
-	// bases[g] is the key of group g's first record and starts[g] its
-	// record number.
-	bases  []uint64
-	starts []uint32
+	// lanes holds the packed records: lanes[0] of size codes 0..3,
+	// lanes[1] of 8..11.
+	lanes [numLanes]lane
 
 	exc *btree.BTreeG[excEntry]
 	// excMaxKey is at least the largest key in exc (an upper bound: it is
@@ -148,6 +157,45 @@ type index struct {
 	// length. A tombstone is permanent: it removes the (key, size) whether
 	// its needle was appended before or after it (see apply).
 	tombs *tombSet
+}
+
+// lane is one sorted array of packed records and its groups.
+type lane struct {
+	// pages holds the packed records, pageRecords per page; every page but
+	// the last is full.
+	pages [][]byte
+	// nrec is the number of packed records.
+	nrec int
+	// lastKey is the key of record nrec-1 (meaningful when nrec > 0).
+	lastKey uint64
+
+	// bases[g] is the key of group g's first record and starts[g] its
+	// record number.
+	bases  []uint64
+	starts []uint32
+}
+
+// laneBase is the size code of slot 0 of each lane.
+var laneBase = [numLanes]uint32{0, uint32(needle.SizeThumbWebP)}
+
+// laneOf returns the lane and slot that have room for size code size, or
+// false when no lane has.
+func laneOf(size uint32) (ln int, slot uint32, ok bool) {
+	for i, b := range laneBase {
+		if size >= b && size-b < packedSizes {
+			return i, size - b, true
+		}
+	}
+	return 0, 0, false
+}
+
+// records returns the number of packed records of every lane.
+func (ix *index) records() int {
+	n := 0
+	for i := range ix.lanes {
+		n += ix.lanes[i].nrec
+	}
+	return n
 }
 
 // excEntry is one exception.
@@ -175,7 +223,7 @@ func newIndex() *index {
 }
 
 // record returns the bytes of packed record r.
-func (ix *index) record(r int) []byte {
+func (ix *lane) record(r int) []byte {
 	p := ix.pages[r>>pageShift]
 	o := (r & pageMask) * recSize
 	return p[o : o+recSize : o+recSize]
@@ -212,7 +260,7 @@ func slotOff(b []byte, size uint32) uint32 {
 }
 
 // find returns the number of the packed record holding key.
-func (ix *index) find(key uint64) (int, bool) {
+func (ix *lane) find(key uint64) (int, bool) {
 	if ix.nrec == 0 || key > ix.lastKey || key < ix.bases[0] {
 		return 0, false
 	}
@@ -258,7 +306,7 @@ func (ix *index) find(key uint64) (int, bool) {
 // appendRecord appends a packed record for key, which must be above every
 // packed key, and returns its bytes with the delta set and every other field
 // zero.
-func (ix *index) appendRecord(key uint64) []byte {
+func (ix *lane) appendRecord(key uint64) []byte {
 	r := ix.nrec
 	g := len(ix.bases) - 1
 	if g < 0 || r-int(ix.starts[g]) >= groupRecords || key-ix.bases[g] > maxDelta {
@@ -287,9 +335,22 @@ func (ix *index) appendRecord(key uint64) []byte {
 	return b
 }
 
-// packable reports whether an entry of this size and length can take a slot.
-func packable(size, length uint32) bool {
-	return size < packedSizes && length > 0 && length <= maxLen
+// packable returns the lane and slot an entry of this size and length can
+// take, or false when it can take none.
+func packable(size, length uint32) (ln int, slot uint32, ok bool) {
+	if length == 0 || length > maxLen {
+		return 0, 0, false
+	}
+	return laneOf(size)
+}
+
+// memoryBytes returns the capacity of the lane's pages and group arrays.
+func (ix *lane) memoryBytes() int {
+	n := cap(ix.pages)*24 + cap(ix.bases)*8 + cap(ix.starts)*4
+	for _, p := range ix.pages {
+		n += cap(p)
+	}
+	return n
 }
 
 // follows reports whether a slot of size at off can follow, in the same
@@ -344,34 +405,37 @@ func (ix *index) put(key uint64, size uint32, off, length uint32) {
 		return
 	}
 	// Drop the previous entry, wherever it is.
-	r, found := ix.find(key)
-	if found && size < packedSizes {
-		b := ix.record(r)
-		if m := recMask(b); m&(1<<size) != 0 {
-			setRecMask(b, m&^(1<<size))
-			ix.live--
-			ix.units -= uint64(recLen(b, size))
+	if ln, slot, ok := laneOf(size); ok {
+		p := &ix.lanes[ln]
+		if r, found := p.find(key); found {
+			b := p.record(r)
+			if m := recMask(b); m&(1<<slot) != 0 {
+				setRecMask(b, m&^(1<<slot))
+				ix.live--
+				ix.units -= uint64(recLen(b, slot))
+			}
 		}
 	}
 	ix.deleteExc(key, size)
 	ix.live++
 	ix.units += uint64(length)
 
-	if packable(size, length) {
-		if ix.nrec == 0 || key > ix.lastKey {
-			b := ix.appendRecord(key)
+	if ln, slot, ok := packable(size, length); ok {
+		p := &ix.lanes[ln]
+		if p.nrec == 0 || key > p.lastKey {
+			b := p.appendRecord(key)
 			binary.LittleEndian.PutUint32(b[3:7], off)
-			put24(b[7+3*size:], length)
-			setRecMask(b, 1<<size)
+			put24(b[7+3*slot:], length)
+			setRecMask(b, 1<<slot)
 			return
 		}
-		if key == ix.lastKey && extend(ix.record(ix.nrec-1), size, off, length) {
+		if key == p.lastKey && extend(p.record(p.nrec-1), slot, off, length) {
 			return
 		}
 	}
 	ix.exc.ReplaceOrInsert(excEntry{key: key, size: size, off: off, length: length})
 	ix.excMaxKey = max(ix.excMaxKey, key)
-	if ix.exc.Len()-ix.excAtMerge >= max(ix.nrec/8, ix.mergeMin) {
+	if ix.exc.Len()-ix.excAtMerge >= max(ix.records()/16, ix.mergeMin) {
 		ix.merge()
 	}
 }
@@ -397,25 +461,33 @@ func (ix *index) deleteExc(key uint64, size uint32) (freed uint64) {
 // slots depend on it); only its live bit is cleared. It does not record a
 // tombstone: apply does that.
 func (ix *index) removeLive(key uint64, size uint32) (freedUnits uint64) {
-	if r, ok := ix.find(key); ok {
-		b := ix.record(r)
+	sizeLane, sizeSlot, sizePacked := laneOf(size)
+	for ln := range ix.lanes {
+		p := &ix.lanes[ln]
+		if size != allSizes && (!sizePacked || sizeLane != ln) {
+			continue
+		}
+		r, ok := p.find(key)
+		if !ok {
+			continue
+		}
+		b := p.record(r)
 		m := recMask(b)
 		kill := m
 		if size != allSizes {
-			kill = 0
-			if size < packedSizes {
-				kill = m & (1 << size)
-			}
+			kill = m & (1 << sizeSlot)
 		}
+		var freed uint64
 		for i := uint32(0); i < packedSizes; i++ {
 			if kill&(1<<i) != 0 {
-				freedUnits += uint64(recLen(b, i))
+				freed += uint64(recLen(b, i))
 				ix.live--
 			}
 		}
 		if kill != 0 {
 			setRecMask(b, m&^kill)
-			ix.units -= freedUnits
+			ix.units -= freed
+			freedUnits += freed
 		}
 	}
 	if size != allSizes {
@@ -441,11 +513,12 @@ func (ix *index) removeLive(key uint64, size uint32) (freedUnits uint64) {
 // get returns the offset and length, in 8-byte units, of the needle (key,
 // size).
 func (ix *index) get(key uint64, size uint32) (off, length uint32, ok bool) {
-	if size < packedSizes {
-		if r, found := ix.find(key); found {
-			b := ix.record(r)
-			if recMask(b)&(1<<size) != 0 {
-				return slotOff(b, size), recLen(b, size), true
+	if ln, slot, packed := laneOf(size); packed {
+		p := &ix.lanes[ln]
+		if r, found := p.find(key); found {
+			b := p.record(r)
+			if recMask(b)&(1<<slot) != 0 {
+				return slotOff(b, slot), recLen(b, slot), true
 			}
 		}
 	}
@@ -459,10 +532,15 @@ func (ix *index) get(key uint64, size uint32) (off, length uint32, ok bool) {
 // sizesOf calls fn for every live size of key, in ascending size order. fn
 // must not modify the index.
 func (ix *index) sizesOf(key uint64, fn func(size, off, length uint32)) {
-	var packed [packedSizes]excEntry
+	// The lanes' entries, in size order: every size of lane 0 is below
+	// every size of lane 1.
+	var packed [numLanes * packedSizes]excEntry
 	n := 0
-	if r, found := ix.find(key); found {
-		n = unpack(ix.record(r), key, packed[:0])
+	for ln := range ix.lanes {
+		p := &ix.lanes[ln]
+		if r, found := p.find(key); found {
+			n += unpack(p.record(r), key, laneBase[ln], packed[n:n])
+		}
 	}
 	i := 0
 	if ix.exc.Len() > 0 && key <= ix.excMaxKey {
@@ -482,16 +560,17 @@ func (ix *index) sizesOf(key uint64, fn func(size, off, length uint32)) {
 	}
 }
 
-// unpack appends the live entries of record b, whose key is key, to dst in
-// size order and returns how many it appended.
-func unpack(b []byte, key uint64, dst []excEntry) int {
+// unpack appends the live entries of record b, whose key is key, in a lane
+// whose slot 0 is size code base, to dst in size order and returns how many
+// it appended.
+func unpack(b []byte, key uint64, base uint32, dst []excEntry) int {
 	mask := recMask(b)
 	off := recFirst(b)
 	n := 0
 	for i := uint32(0); i < packedSizes; i++ {
 		l := recLen(b, i)
 		if mask&(1<<i) != 0 {
-			dst = append(dst, excEntry{key: key, size: i, off: off, length: l})
+			dst = append(dst, excEntry{key: key, size: base + i, off: off, length: l})
 			n++
 		}
 		off += l
@@ -505,14 +584,16 @@ func (ix *index) len() int { return ix.live }
 // liveUnits returns the summed lengths, in 8-byte units, of the live entries.
 func (ix *index) liveUnits() uint64 { return ix.units }
 
-// packedIter walks the live packed entries in (key, size) order.
+// packedIter walks the live packed entries of one lane in (key, size)
+// order.
 type packedIter struct {
-	ix  *index
-	r   int // next record to unpack
-	g   int // group of record r
-	buf [packedSizes]excEntry
-	n   int // entries in buf
-	i   int // next entry of buf
+	ix   *lane
+	base uint32 // size code of the lane's slot 0
+	r    int    // next record to unpack
+	g    int    // group of record r
+	buf  [packedSizes]excEntry
+	n    int // entries in buf
+	i    int // next entry of buf
 }
 
 // next returns the next live packed entry.
@@ -525,7 +606,7 @@ func (it *packedIter) next() (excEntry, bool) {
 			it.g++
 		}
 		b := it.ix.record(it.r)
-		it.n = unpack(b, it.ix.bases[it.g]+uint64(recDelta(b)), it.buf[:0])
+		it.n = unpack(b, it.ix.bases[it.g]+uint64(recDelta(b)), it.base, it.buf[:0])
 		it.i = 0
 		it.r++
 	}
@@ -534,10 +615,43 @@ func (it *packedIter) next() (excEntry, bool) {
 	return e, true
 }
 
+// lanesIter walks the live packed entries of every lane in (key, size)
+// order.
+type lanesIter struct {
+	its [numLanes]packedIter
+	cur [numLanes]excEntry
+	ok  [numLanes]bool
+}
+
+func (ix *index) lanesIter() *lanesIter {
+	it := &lanesIter{}
+	for ln := range ix.lanes {
+		it.its[ln] = packedIter{ix: &ix.lanes[ln], base: laneBase[ln]}
+		it.cur[ln], it.ok[ln] = it.its[ln].next()
+	}
+	return it
+}
+
+// next returns the next live packed entry of any lane.
+func (it *lanesIter) next() (excEntry, bool) {
+	best := -1
+	for ln := range it.its {
+		if it.ok[ln] && (best < 0 || excLess(it.cur[ln], it.cur[best])) {
+			best = ln
+		}
+	}
+	if best < 0 {
+		return excEntry{}, false
+	}
+	e := it.cur[best]
+	it.cur[best], it.ok[best] = it.its[best].next()
+	return e, true
+}
+
 // each calls fn for every live entry in (key, size) order until fn returns
 // false, merging the packed entries with the exceptions.
 func (ix *index) each(fn func(e excEntry) bool) {
-	it := packedIter{ix: ix}
+	it := ix.lanesIter()
 	p, pok := it.next()
 	stopped := false
 	ix.exc.Ascend(func(e excEntry) bool {
@@ -571,9 +685,9 @@ func (ix *index) ascend(fn func(key uint64, size, off, length uint32) bool) {
 // memoryBytes returns the bytes the index holds: the capacity of its pages
 // and group arrays, and an estimate for the exception B-tree.
 func (ix *index) memoryBytes() int {
-	n := cap(ix.pages)*24 + cap(ix.bases)*8 + cap(ix.starts)*4
-	for _, p := range ix.pages {
-		n += cap(p)
+	n := 0
+	for ln := range ix.lanes {
+		n += ix.lanes[ln].memoryBytes()
 	}
 	return n + ix.exc.Len()*excEntryBytes + ix.tombs.memoryBytes()
 }
@@ -605,58 +719,62 @@ func (ix *index) merge() {
 }
 
 // pack adds the live entries of one key, in size order, to an index being
-// rebuilt: the largest set of them that can share a packed record goes into
-// one, the others become exceptions. Keys must come in ascending order.
+// rebuilt: in each lane, the largest set of them that can share a packed
+// record goes into one, the others become exceptions. Keys must come in
+// ascending order.
 func (ix *index) pack(entries []excEntry) {
 	if len(entries) == 0 {
 		return
 	}
-	var cand [packedSizes]excEntry
-	var candAt [packedSizes]int
-	n := 0
-	for i, e := range entries {
-		if packable(e.size, e.length) {
-			cand[n], candAt[n] = e, i
-			n++
-		}
-	}
-	// The largest subset of the candidates that fits one record.
-	chosen := uint8(0)
-	for c := n; c > 0 && chosen == 0; c-- {
-		for m := uint8(1); m < 1<<n; m++ {
-			if bits.OnesCount8(m) == c && fitsOneRecord(cand[:n], m) {
-				chosen = m
-				break
+	// packedAt has bit i set when entries[i] went into a record. A key has
+	// at most one entry per valid size code, far fewer than 64.
+	var packedAt uint64
+	for ln := range ix.lanes {
+		// The candidates of this lane, with their slot as size.
+		var cand [packedSizes]excEntry
+		var candAt [packedSizes]int
+		n := 0
+		for i, e := range entries {
+			if l, slot, ok := packable(e.size, e.length); ok && l == ln && n < packedSizes && i < 64 {
+				cand[n], candAt[n] = excEntry{key: e.key, size: slot, off: e.off, length: e.length}, i
+				n++
 			}
 		}
-	}
-	if chosen != 0 {
+		// The largest subset of the candidates that fits one record.
+		chosen := uint8(0)
+		for c := n; c > 0 && chosen == 0; c-- {
+			for m := uint8(1); m < 1<<n; m++ {
+				if bits.OnesCount8(m) == c && fitsOneRecord(cand[:n], m) {
+					chosen = m
+					break
+				}
+			}
+		}
+		if chosen == 0 {
+			continue
+		}
+		p := &ix.lanes[ln]
 		var b []byte
-		prevSize, prevEnd := uint32(0), uint64(0)
+		prevSlot, prevEnd := uint32(0), uint64(0)
 		for j := 0; j < n; j++ {
 			if chosen&(1<<j) == 0 {
 				continue
 			}
 			e := cand[j]
 			if b == nil {
-				b = ix.appendRecord(e.key)
+				b = p.appendRecord(e.key)
 				binary.LittleEndian.PutUint32(b[3:7], e.off)
-			} else if filler, _ := follows(prevSize, prevEnd, e.size, e.off); filler != 0 {
+			} else if filler, _ := follows(prevSlot, prevEnd, e.size, e.off); filler != 0 {
 				put24(b[7+3*(e.size-1):], filler)
 			}
 			put24(b[7+3*e.size:], e.length)
 			setRecMask(b, recMask(b)|1<<e.size)
-			prevSize, prevEnd = e.size, uint64(e.off)+uint64(e.length)
-		}
-	}
-	packedAt := [packedSizes]int{-1, -1, -1, -1}
-	for j := 0; j < n; j++ {
-		if chosen&(1<<j) != 0 {
-			packedAt[j] = candAt[j]
+			prevSlot, prevEnd = e.size, uint64(e.off)+uint64(e.length)
+			packedAt |= 1 << candAt[j]
 		}
 	}
 	for i, e := range entries {
-		if i == packedAt[0] || i == packedAt[1] || i == packedAt[2] || i == packedAt[3] {
+		if i < 64 && packedAt&(1<<i) != 0 {
 			continue
 		}
 		ix.exc.ReplaceOrInsert(e)

@@ -18,6 +18,9 @@ const benchPhotos = 1_000_000
 type photoWorkload struct {
 	rng  *rand.Rand
 	tail uint32 // next append offset, in 8-byte units
+	// webp adds the four WebP variants (size codes 8..11) after the four
+	// sizes of each photo, in the same batch: eight needles per photo.
+	webp bool
 }
 
 func newPhotoWorkload(seed uint64) *photoWorkload {
@@ -71,11 +74,18 @@ func (w *photoWorkload) keys(n int, outOfOrder float64) []uint64 {
 
 var benchSizeBytes = [4]float64{5 << 10, 30 << 10, 120 << 10, 400 << 10}
 
-// length returns the length in 8-byte units of a needle of size code size:
-// the image (0.5x to 1.5x the size's typical bytes) plus the needle's 52
-// bytes of header and footer, padded.
+// benchWebPRatio is the typical size of a WebP variant relative to its JPEG.
+const benchWebPRatio = 0.7
+
+// length returns the length in 8-byte units of a needle of size code size
+// (0..3, or a WebP variant 8..11): the image (0.5x to 1.5x the size's
+// typical bytes) plus the needle's 52 bytes of header and footer, padded.
 func (w *photoWorkload) length(size uint32) uint32 {
-	n := uint32(benchSizeBytes[size] * (0.5 + w.rng.Float64()))
+	typical := benchSizeBytes[size&3]
+	if size >= 8 {
+		typical *= benchWebPRatio
+	}
+	n := uint32(typical * (0.5 + w.rng.Float64()))
 	return (52 + n + 7) / 8
 }
 
@@ -88,6 +98,13 @@ func (w *photoWorkload) photo(ix *index, key uint64) {
 		l := w.length(size)
 		ix.put(key, size, w.tail, l)
 		w.tail += l
+	}
+	if w.webp {
+		for size := uint32(8); size < 12; size++ {
+			l := w.length(size)
+			ix.put(key, size, w.tail, l)
+			w.tail += l
+		}
 	}
 }
 
@@ -121,6 +138,9 @@ func buildIndexes(w *photoWorkload, keys []uint64, rewrites float64, splitVolume
 			// A recent photo of this index.
 			old := keys[i-w.rng.IntN(min(written, 10000))]
 			size := w.rng.Uint32N(4)
+			if w.webp && w.rng.IntN(2) == 0 {
+				size += 8
+			}
 			l := w.length(size)
 			ix.put(old, size, w.tail, l)
 			w.tail += l
@@ -130,8 +150,9 @@ func buildIndexes(w *photoWorkload, keys []uint64, rewrites float64, splitVolume
 }
 
 // BenchmarkIndexMemory reports the heap the index of 1,000,000 photos x 4
-// sizes holds, per image, measured as the growth of HeapAlloc after
-// runtime.GC. memoryBytes/image is what the index itself estimates.
+// sizes (x 8 with their WebP variants, the "webp" cases) holds, per image,
+// measured as the growth of HeapAlloc after runtime.GC. memoryBytes/image is
+// what the index itself estimates.
 func BenchmarkIndexMemory(b *testing.B) {
 	cases := []struct {
 		name       string
@@ -139,16 +160,21 @@ func BenchmarkIndexMemory(b *testing.B) {
 		rewrites   float64
 		split      bool
 		shuffle    bool
+		webp       bool
 	}{
 		{name: "in-order"},
 		{name: "in-order-32GiB-volumes", split: true},
 		{name: "ooo5-rewrite2", outOfOrder: 0.05, rewrites: 0.02},
 		{name: "shuffled", shuffle: true},
+		{name: "webp-in-order", webp: true},
+		{name: "webp-in-order-32GiB-volumes", split: true, webp: true},
+		{name: "webp-ooo5-rewrite2", outOfOrder: 0.05, rewrites: 0.02, webp: true},
 	}
 	for _, tc := range cases {
 		b.Run(tc.name, func(b *testing.B) {
 			for b.Loop() {
 				w := newPhotoWorkload(1)
+				w.webp = tc.webp
 				keys := w.keys(benchPhotos, tc.outOfOrder)
 				if tc.shuffle {
 					w.rng.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/haybale/haybale/needle"
 )
 
 var indexSeed = flag.Uint64("index.seed", 0, "seed of TestIndexModel; 0 picks one from the clock")
@@ -99,65 +101,14 @@ func sizesOfAll(ix *index, key uint64) []ientry {
 
 // checkIndex verifies the internal invariants of ix.
 func checkIndex(ix *index) error {
-	if ix.nrec*recSize != func() int {
-		n := 0
-		for i, p := range ix.pages {
-			if i < len(ix.pages)-1 && (len(p) != pageRecords*recSize || cap(p) != len(p)) {
-				return -1
-			}
-			n += len(p)
-		}
-		return n
-	}() {
-		return fmt.Errorf("pages do not hold exactly %d records", ix.nrec)
-	}
-	if len(ix.bases) != len(ix.starts) {
-		return fmt.Errorf("%d group bases, %d starts", len(ix.bases), len(ix.starts))
-	}
-	if ix.nrec > 0 && (len(ix.starts) == 0 || ix.starts[0] != 0) {
-		return fmt.Errorf("first group does not start at record 0")
-	}
 	live, units := 0, uint64(0)
-	g := 0
-	var prev uint64
-	for r := 0; r < ix.nrec; r++ {
-		for g+1 < len(ix.starts) && int(ix.starts[g+1]) <= r {
-			g++
+	for ln := range ix.lanes {
+		l, u, err := checkLane(ix, ln)
+		if err != nil {
+			return fmt.Errorf("lane %d: %w", ln, err)
 		}
-		b := ix.record(r)
-		if r == int(ix.starts[g]) && recDelta(b) != 0 {
-			return fmt.Errorf("record %d starts group %d with delta %d", r, g, recDelta(b))
-		}
-		if r-int(ix.starts[g]) >= groupRecords {
-			return fmt.Errorf("group %d has more than %d records", g, groupRecords)
-		}
-		key := ix.bases[g] + uint64(recDelta(b))
-		if r > 0 && key <= prev {
-			return fmt.Errorf("record %d key %d not above %d", r, key, prev)
-		}
-		prev = key
-		used := false
-		for s := uint32(0); s < packedSizes; s++ {
-			l := recLen(b, s)
-			used = used || l != 0
-			if recMask(b)&(1<<s) == 0 {
-				continue
-			}
-			if l == 0 {
-				return fmt.Errorf("key %d size %d live with length 0", key, s)
-			}
-			live++
-			units += uint64(l)
-			if _, ok := ix.exc.Get(excEntry{key: key, size: s}); ok {
-				return fmt.Errorf("key %d size %d both packed and exception", key, s)
-			}
-		}
-		if !used {
-			return fmt.Errorf("record %d (key %d) has no used slot", r, key)
-		}
-	}
-	if ix.nrec > 0 && prev != ix.lastKey {
-		return fmt.Errorf("lastKey %d, last record key %d", ix.lastKey, prev)
+		live += l
+		units += u
 	}
 	var err error
 	ix.exc.Ascend(func(e excEntry) bool {
@@ -180,6 +131,72 @@ func checkIndex(ix *index) error {
 		return fmt.Errorf("counted %d entries, %d units; counters say %d, %d", live, units, ix.live, ix.units)
 	}
 	return nil
+}
+
+// checkLane verifies the invariants of lane ln of ix and returns the
+// number and summed lengths of its live entries.
+func checkLane(ix *index, ln int) (live int, units uint64, err error) {
+	p := &ix.lanes[ln]
+	if p.nrec*recSize != func() int {
+		n := 0
+		for i, pg := range p.pages {
+			if i < len(p.pages)-1 && (len(pg) != pageRecords*recSize || cap(pg) != len(pg)) {
+				return -1
+			}
+			n += len(pg)
+		}
+		return n
+	}() {
+		return 0, 0, fmt.Errorf("pages do not hold exactly %d records", p.nrec)
+	}
+	if len(p.bases) != len(p.starts) {
+		return 0, 0, fmt.Errorf("%d group bases, %d starts", len(p.bases), len(p.starts))
+	}
+	if p.nrec > 0 && (len(p.starts) == 0 || p.starts[0] != 0) {
+		return 0, 0, fmt.Errorf("first group does not start at record 0")
+	}
+	g := 0
+	var prev uint64
+	for r := 0; r < p.nrec; r++ {
+		for g+1 < len(p.starts) && int(p.starts[g+1]) <= r {
+			g++
+		}
+		b := p.record(r)
+		if r == int(p.starts[g]) && recDelta(b) != 0 {
+			return 0, 0, fmt.Errorf("record %d starts group %d with delta %d", r, g, recDelta(b))
+		}
+		if r-int(p.starts[g]) >= groupRecords {
+			return 0, 0, fmt.Errorf("group %d has more than %d records", g, groupRecords)
+		}
+		key := p.bases[g] + uint64(recDelta(b))
+		if r > 0 && key <= prev {
+			return 0, 0, fmt.Errorf("record %d key %d not above %d", r, key, prev)
+		}
+		prev = key
+		used := false
+		for s := uint32(0); s < packedSizes; s++ {
+			l := recLen(b, s)
+			used = used || l != 0
+			if recMask(b)&(1<<s) == 0 {
+				continue
+			}
+			if l == 0 {
+				return 0, 0, fmt.Errorf("key %d slot %d live with length 0", key, s)
+			}
+			live++
+			units += uint64(l)
+			if _, ok := ix.exc.Get(excEntry{key: key, size: laneBase[ln] + s}); ok {
+				return 0, 0, fmt.Errorf("key %d size %d both packed and exception", key, laneBase[ln]+s)
+			}
+		}
+		if !used {
+			return 0, 0, fmt.Errorf("record %d (key %d) has no used slot", r, key)
+		}
+	}
+	if p.nrec > 0 && prev != p.lastKey {
+		return 0, 0, fmt.Errorf("lastKey %d, last record key %d", p.lastKey, prev)
+	}
+	return live, units, nil
 }
 
 // compareIndex checks every observable answer of ix against m.
@@ -277,11 +294,14 @@ func (s *indexSim) put(key uint64, size, off, length uint32) {
 func (s *indexSim) photo(key uint64) {
 	off := s.offset()
 	sizes := []uint32{0, 1, 2, 3}
+	if s.rng.IntN(2) == 0 {
+		sizes = append(sizes, 8, 9, 10, 11) // the WebP variants
+	}
 	if s.rng.IntN(8) == 0 {
 		sizes = sizes[:0]
-		for sz := uint32(0); sz < 5; sz++ {
+		for _, sz := range needle.StoredSizes {
 			if s.rng.IntN(2) == 0 {
-				sizes = append(sizes, sz)
+				sizes = append(sizes, uint32(sz))
 			}
 		}
 	}
@@ -308,6 +328,8 @@ func (s *indexSim) someSize() uint32 {
 		return allSizes - 1
 	case p < 5:
 		return 4
+	case p < 20:
+		return 8 + s.rng.Uint32N(4)
 	default:
 		return s.rng.Uint32N(4)
 	}
@@ -427,7 +449,7 @@ func TestIndexModel(t *testing.T) {
 			t.Fatalf("seed %d (run %d), at the end: %v", runSeed, run, err)
 		}
 		t.Logf("run %d: mergeMin %d, %d entries, %d records, %d exceptions, %d full checks",
-			run, ix.mergeMin, ix.len(), ix.nrec, ix.exc.Len(), merges)
+			run, ix.mergeMin, ix.len(), ix.records(), ix.exc.Len(), merges)
 		// A merge of the final state must not change any answer either.
 		s.ix.merge()
 		if err := compareIndex(s.ix, s.m); err != nil {
@@ -455,6 +477,11 @@ func TestIndexCases(t *testing.T) {
 	// photo appends t, s, m, l at off with lengths 10, 20, 30, 40.
 	photo := func(key uint64, off uint32) []op {
 		return []op{put(key, 0, off, 10), put(key, 1, off+10, 20), put(key, 2, off+30, 30), put(key, 3, off+60, 40)}
+	}
+	// webp appends t.webp, s.webp, m.webp, l.webp at off with lengths 5,
+	// 11, 17, 23.
+	webp := func(key uint64, off uint32) []op {
+		return []op{put(key, 8, off, 5), put(key, 9, off+5, 11), put(key, 10, off+16, 17), put(key, 11, off+33, 23)}
 	}
 	cat := func(parts ...[]op) []op { return slices.Concat(parts...) }
 
@@ -487,7 +514,17 @@ func TestIndexCases(t *testing.T) {
 		{name: "key 0 and the largest key", ops: cat(photo(0, 8), photo(math.MaxUint64, 108), []op{put(math.MaxUint64, 4, 208, 5), put(1, 0, 300, 5)}), recs: 2, exc: 2},
 		{name: "remove one size", ops: cat(photo(5, 8), []op{rm(5, 1, 20), rm(5, 1, 0)}), recs: 1},
 		{name: "remove all sizes", ops: cat(photo(5, 8), []op{put(5, 4, 108, 7), put(5, 1, 115, 3), rm(5, allSizes, 90), rm(5, allSizes, 0)}), recs: 1},
-		{name: "remove all sizes of the largest key", ops: []op{put(math.MaxUint64, 0, 8, 10), put(math.MaxUint64, 4, 18, 5), put(math.MaxUint64, 9, 23, 5), rm(math.MaxUint64, allSizes, 20)}, recs: 1},
+		{name: "remove all sizes of the largest key", ops: []op{put(math.MaxUint64, 0, 8, 10), put(math.MaxUint64, 4, 18, 5), put(math.MaxUint64, 9, 23, 5), rm(math.MaxUint64, allSizes, 20)}, recs: 2},
+		{name: "eight needles pack in two records", ops: cat(photo(5, 8), webp(5, 108), photo(9, 200), webp(9, 300)), recs: 4},
+		{name: "photos with and without WebP", ops: cat(photo(5, 8), photo(9, 108), webp(9, 208), photo(12, 300)), recs: 4},
+		{name: "WebP alone", ops: webp(5, 8), recs: 1},
+		{name: "WebP after a gap", ops: cat(photo(5, 8), webp(5, 500)), recs: 2},
+		{name: "WebP interleaved", ops: []op{put(5, 0, 8, 10), put(5, 8, 18, 4), put(5, 1, 22, 20), put(5, 9, 42, 4)}, recs: 2, exc: 2},
+		{name: "WebP rewritten", ops: cat(photo(5, 8), webp(5, 108), []op{put(5, 10, 300, 9)}), recs: 2, exc: 1},
+		{name: "WebP out of order", ops: cat(photo(9, 8), webp(9, 108), photo(5, 200), webp(5, 300)), recs: 2, exc: 8},
+		{name: "remove one WebP size", ops: cat(photo(5, 8), webp(5, 108), []op{rm(5, 9, 11), rm(5, 9, 0), rm(5, 1, 20)}), recs: 2},
+		{name: "remove all sizes with WebP", ops: cat(photo(5, 8), webp(5, 108), []op{put(5, 4, 200, 7), rm(5, allSizes, 163)}), recs: 2},
+		{name: "size codes between the lanes", ops: cat(photo(5, 8), []op{put(5, 5, 108, 3), put(5, 7, 111, 3), put(5, 12, 114, 3)}, webp(5, 117)), recs: 2, exc: 3},
 		{name: "remove missing", ops: cat(photo(5, 8), []op{rm(4, 0, 0), rm(6, allSizes, 0), rm(5, 4, 0), rm(5, 77, 0)}), recs: 1},
 		{name: "put after remove goes elsewhere", ops: cat(photo(5, 8), []op{rm(5, allSizes, 100), put(5, 2, 108, 9)}), recs: 1, exc: 1},
 		{name: "exception replaced by a packed slot", ops: []op{put(9, 1, 8, maxLen+1), put(9, 1, 8, 12)}, recs: 1},
@@ -522,8 +559,8 @@ func TestIndexCases(t *testing.T) {
 					t.Fatalf("sizesOf(%d) = %+v, want %+v", e.key, got, want)
 				}
 			}
-			if ix.exc.Len() != tc.exc || ix.nrec != tc.recs {
-				t.Errorf("%d exceptions and %d records, want %d and %d", ix.exc.Len(), ix.nrec, tc.exc, tc.recs)
+			if ix.exc.Len() != tc.exc || ix.records() != tc.recs {
+				t.Errorf("%d exceptions and %d records, want %d and %d", ix.exc.Len(), ix.records(), tc.exc, tc.recs)
 			}
 			ix.merge()
 			if err := compareIndex(ix, m); err != nil {
@@ -578,8 +615,8 @@ func TestIndexMergeCompacts(t *testing.T) {
 		t.Errorf("%d exceptions after %d shuffled photos; merges should keep them under %d", ix.exc.Len(), photos, photos/2)
 	}
 	ix.merge()
-	if ix.exc.Len() != 0 || ix.nrec != photos {
-		t.Errorf("after a merge: %d exceptions, %d records; want 0, %d", ix.exc.Len(), ix.nrec, photos)
+	if ix.exc.Len() != 0 || ix.records() != photos {
+		t.Errorf("after a merge: %d exceptions, %d records; want 0, %d", ix.exc.Len(), ix.records(), photos)
 	}
 	// Rewrite the thumbnail of every tenth photo: the other three sizes stay
 	// packed after a merge, the thumbnail is the only exception.
@@ -591,8 +628,8 @@ func TestIndexMergeCompacts(t *testing.T) {
 		}
 	}
 	ix.merge()
-	if want := photos / 10; ix.exc.Len() != want || ix.nrec != photos {
-		t.Errorf("after rewrites and a merge: %d exceptions, %d records; want %d, %d", ix.exc.Len(), ix.nrec, want, photos)
+	if want := photos / 10; ix.exc.Len() != want || ix.records() != photos {
+		t.Errorf("after rewrites and a merge: %d exceptions, %d records; want %d, %d", ix.exc.Len(), ix.records(), want, photos)
 	}
 	if err := compareIndex(ix, m); err != nil {
 		t.Fatal(err)

@@ -146,7 +146,8 @@ func TestWriteRejectsInvalid(t *testing.T) {
 	for name, ns := range map[string][]*needle.Needle{
 		"empty":     nil,
 		"key 0":     {{Key: 0, Size: needle.SizeThumb}},
-		"size code": {{Key: 1, Size: 9}},
+		"size code": {{Key: 1, Size: 12}},
+		"size code between the original and the WebP variants": {{Key: 1, Size: 5}},
 		"tombstone": {{Key: 1, Flags: needle.FlagTombstone}},
 		"too large": {{Key: 1, Data: make([]byte, needle.MaxDataSize+1)}},
 	} {
@@ -898,5 +899,52 @@ func TestPartiallyPersistedRound(t *testing.T) {
 	}
 	for _, n := range append(first, last...) {
 		expectRead(t, v, n)
+	}
+}
+
+// TestWebPVariantsPacked writes photos of eight needles (four sizes and
+// their WebP variants) in one batch each and checks that every needle reads
+// back, before and after a reopen from the idx file, and that the index
+// keeps them all in packed records, none in the exception tree.
+func TestWebPVariantsPacked(t *testing.T) {
+	fs := memFS(t)
+	v := create(t, fs, 1, Options{})
+	var all []*needle.Needle
+	for key := uint64(1); key <= 50; key++ {
+		ns := photo(key, key*31)
+		for i, size := range needle.WebPSizes {
+			data := bytes.Repeat([]byte{'W', byte(key), byte(size)}, 20*(i+1)+int(key%5))
+			ns = append(ns, &needle.Needle{Key: key, Cookie: key * 31, Size: size, ContentType: needle.TypeWebP, Data: data})
+		}
+		mustWrite(t, v, ns)
+		all = append(all, ns...)
+	}
+	check := func(v *Volume, when string) {
+		t.Helper()
+		for _, n := range all {
+			expectRead(t, v, n)
+		}
+		v.mu.RLock()
+		exc, recs, images := v.mu.index.exc.Len(), v.mu.index.records(), v.mu.index.len()
+		v.mu.RUnlock()
+		if exc != 0 || recs != 100 || images != len(all) {
+			t.Fatalf("%s: %d exceptions, %d packed records, %d images; want 0, 100, %d", when, exc, recs, images, len(all))
+		}
+	}
+	check(v, "after writes")
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	v = reopen(t, fs, 1)
+	defer v.Close()
+	check(v, "after reopen")
+	// Deleting the photo removes its WebP variants too.
+	if _, err := v.DeleteAt(context.Background(), 7, 7*31, needle.SizeAll, 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range needle.WebPSizes {
+		if _, _, err := v.Read(7, 7*31, size, nil); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("read of deleted %v: %v", size, err)
+		}
 	}
 }
