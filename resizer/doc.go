@@ -9,12 +9,19 @@
 // client-supplied Content-Type. Accepted: JPEG (baseline, extended sequential
 // or progressive Huffman; 1, 3 or 4 components; MPO and Ultra HDR files count
 // as JPEG because their first image is one), PNG (any depth, palette, alpha),
-// GIF (the first frame, drawn on the logical screen) and still WebP (lossy,
-// lossless, alpha). Everything else is [ErrUnsupported]: animated WebP, HEIC,
-// AVIF, TIFF, BMP, lossless, hierarchical and arithmetic-coded JPEG, text and
-// unknown bytes. Decoders are called explicitly (image/jpeg, image/png,
-// image/gif, golang.org/x/image/webp); the global image.RegisterFormat
-// registry is not consulted, so nothing depends on which packages were linked.
+// GIF (the first frame, drawn on the logical screen), still WebP (lossy,
+// lossless, alpha), HEIC and AVIF (the primary image, upright after its
+// irot and imir properties; an EXIF orientation inside a HEIF is not
+// applied). Everything else is [ErrUnsupported]: animated WebP, TIFF, BMP,
+// HEIF of other codecs, lossless, hierarchical and arithmetic-coded JPEG,
+// text and unknown bytes. Decoders are called explicitly (image/jpeg,
+// image/png, image/gif, golang.org/x/image/webp, github.com/gen2brain/heic
+// and github.com/gen2brain/avif, which run libheif and libavif compiled to
+// WebAssembly with wazero, so no cgo; the first HEIC or AVIF decode of a
+// process compiles the module, several seconds); the global
+// image.RegisterFormat registry is not consulted, so nothing depends on
+// which packages were linked. A HEIF's size is read from its primary item's
+// ispe box (heif.go), never by starting the decoder.
 //
 // # Limits
 //

@@ -111,3 +111,31 @@ func absDiff(a, b uint32) float64 {
 	}
 	return float64(b - a)
 }
+
+// heifHeader builds the header of a HEIF file of the given major brand
+// whose primary item (ID 1) has an ispe of w×h (none when w < 0) and an
+// irot of rot quarter turns (none when rot < 0), and no image data.
+func heifHeader(brand string, w, h, rot int) []byte {
+	bx := func(typ string, parts ...[]byte) []byte {
+		payload := bytes.Join(parts, nil)
+		out := binary.BigEndian.AppendUint32(nil, uint32(8+len(payload)))
+		return append(append(out, typ...), payload...)
+	}
+	u32 := func(v int) []byte { return binary.BigEndian.AppendUint32(nil, uint32(v)) }
+	var props [][]byte
+	var assoc []byte
+	if w >= 0 {
+		props = append(props, bx("ispe", u32(0), u32(w), u32(h)))
+		assoc = append(assoc, byte(len(props)))
+	}
+	if rot >= 0 {
+		props = append(props, bx("irot", []byte{byte(rot)}))
+		assoc = append(assoc, 0x80|byte(len(props)))
+	}
+	ipma := bx("ipma", u32(0), u32(1), []byte{0, 1, byte(len(assoc))}, assoc)
+	meta := bx("meta", u32(0),
+		bx("hdlr", u32(0), u32(0), []byte("pict"), make([]byte, 13)),
+		bx("pitm", u32(0), []byte{0, 1}),
+		bx("iprp", bx("ipco", props...), ipma))
+	return append(bx("ftyp", []byte(brand), u32(0), []byte("mif1"+brand)), meta...)
+}

@@ -28,6 +28,8 @@ import (
 //	WebP lossy                       1.5 (4:2:0, 16-pixel macroblocks)
 //	WebP lossless                    4                      + 4 (colour-indexed packing)
 //	WebP extended (alpha, ...)       1.5                    + 9 (a lossless alpha plane decoded as NRGBA)
+//	HEIC (WebAssembly libheif)       36 in all, + 4 × the file (measured; see heifMemory)
+//	AVIF (WebAssembly libavif)       72 in all, + 4 × the file (measured; see heifMemory)
 //
 // "Component sample" counts each component at its own sampling: a 4:2:0
 // Y'CbCr frame has 1.5 samples per pixel, a 4:4:4 one 3, CMYK 4. So the
@@ -78,6 +80,8 @@ func decodeMemory(f Format, data []byte, jh *jpegHeader, w, h int) int64 {
 		return 5 * px
 	case WebP:
 		return webpMemory(data, w, h)
+	case HEIC, AVIF:
+		return heifMemory(f, len(data), w, h)
 	}
 	return 0
 }

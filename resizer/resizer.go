@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/gen2brain/avif"
+	"github.com/gen2brain/heic"
 	"golang.org/x/image/webp"
 	"golang.org/x/sync/semaphore"
 )
@@ -154,7 +156,8 @@ type Info struct {
 	// orientation, which swaps them for orientations 5 to 8.
 	Width, Height int
 	// Orientation is the JPEG EXIF orientation, 1..8; 1 when absent or
-	// invalid and for other formats.
+	// invalid and for other formats. HEIC and AVIF are turned upright by
+	// their decoders (irot and imir), so theirs is 1 too.
 	Orientation int
 	// Memory is the estimate, from the header, of the bytes that decoding
 	// and resizing the image need at most: the decoded pixels with the
@@ -203,8 +206,19 @@ func (r *Resizer) Probe(data []byte) (info Info, err error) {
 			return Info{}, fmt.Errorf("%w: animated WebP", ErrUnsupported)
 		}
 	}
-	cfg, err := decodeConfig(f, data)
-	if err != nil {
+	var cfg image.Config
+	if f == HEIC || f == AVIF {
+		// The size comes from the ispe box: the decoders' own
+		// DecodeConfig would start the decoder.
+		hi, err := readHEIF(data)
+		if err != nil {
+			return Info{}, err
+		}
+		cfg.Width, cfg.Height = hi.width, hi.height
+		if hi.rotation%2 == 1 {
+			cfg.Width, cfg.Height = hi.height, hi.width
+		}
+	} else if cfg, err = decodeConfig(f, data); err != nil {
 		return Info{}, err
 	}
 	if cfg.Width <= 0 || cfg.Height <= 0 {
@@ -353,6 +367,10 @@ func decode(info Info, data []byte) (image.Image, error) {
 			return gif.Decode(rd)
 		case WebP:
 			return webp.Decode(rd)
+		case HEIC:
+			return heic.Decode(rd)
+		case AVIF:
+			return avif.Decode(rd)
 		}
 		return nil, fmt.Errorf("%w: %s", ErrUnsupported, info.Format)
 	})
