@@ -3,10 +3,13 @@ package resizer
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"image"
 	"image/jpeg"
 	"image/png"
 	"testing"
+
+	xwebp "golang.org/x/image/webp"
 
 	"github.com/haybale/haybale/internal/imagetest"
 )
@@ -55,7 +58,66 @@ func checkOutputs(t *testing.T, res *Result, want [NumSizes]image.Point) {
 		if bytes.Contains(img.Data, []byte("Exif\x00")) {
 			t.Errorf("%s: output contains an Exif header", img.Letter)
 		}
+		checkWebP(t, img)
 	}
+}
+
+// checkWebP verifies the WebP beside an output: present, decodable at the
+// output's size, lossy (VP8) for a JPEG and lossless (VP8L) for a PNG, and
+// made only of image chunks (no EXIF or XMP).
+func checkWebP(t *testing.T, img Image) {
+	t.Helper()
+	if img.WebP == nil {
+		t.Errorf("%s: no WebP output", img.Letter)
+		return
+	}
+	m, err := xwebp.Decode(bytes.NewReader(img.WebP))
+	if err != nil {
+		t.Fatalf("%s: WebP does not decode: %v", img.Letter, err)
+	}
+	if b := m.Bounds(); b.Dx() != img.Width || b.Dy() != img.Height {
+		t.Errorf("%s: WebP is %dx%d, want %dx%d", img.Letter, b.Dx(), b.Dy(), img.Width, img.Height)
+	}
+	chunks, err := webpChunks(img.WebP)
+	if err != nil {
+		t.Fatalf("%s: %v", img.Letter, err)
+	}
+	want := "VP8 "
+	if img.ContentType == "image/png" {
+		want = "VP8L"
+	}
+	found := false
+	for _, c := range chunks {
+		switch c {
+		case "VP8 ", "VP8L", "VP8X", "ALPH", "ICCP":
+		default:
+			t.Errorf("%s: WebP carries a %q chunk", img.Letter, c)
+		}
+		found = found || c == want
+	}
+	if !found {
+		t.Errorf("%s: WebP chunks %q lack %q", img.Letter, chunks, want)
+	}
+}
+
+// webpChunks lists the chunk FourCCs of a RIFF WebP file.
+func webpChunks(data []byte) ([]string, error) {
+	if len(data) < 12 || string(data[:4]) != "RIFF" || string(data[8:12]) != "WEBP" {
+		return nil, errors.New("not a RIFF WEBP file")
+	}
+	var out []string
+	for p := 12; p < len(data); {
+		if p+8 > len(data) {
+			return nil, errors.New("WebP chunk header cut short")
+		}
+		n := int(binary.LittleEndian.Uint32(data[p+4:]))
+		out = append(out, string(data[p:p+4]))
+		p += 8 + n + n&1
+		if p > len(data) {
+			return nil, errors.New("WebP chunk cut short")
+		}
+	}
+	return out, nil
 }
 
 // jpegMetadata returns a description of the first marker segment before the

@@ -17,6 +17,7 @@ import (
 
 	"github.com/gen2brain/avif"
 	"github.com/gen2brain/heic"
+	gwebp "github.com/gen2brain/webp"
 	"golang.org/x/image/webp"
 	"golang.org/x/sync/semaphore"
 )
@@ -30,6 +31,15 @@ const (
 
 // JPEGQuality is the quality of every JPEG output.
 const JPEGQuality = 85
+
+// WebPQuality is the quality of every lossy WebP output. It was chosen so
+// that the WebP's SSIM against the resized pixels matches the JPEG's at
+// JPEGQuality, measured on the photo corpus (TestWebPQualityMatchesJPEG,
+// bench/RESULTS.md).
+const WebPQuality = 82
+
+// webpMethod is libwebp's speed/size trade-off (0 fastest .. 6 smallest).
+const webpMethod = 4
 
 // Options configures a Resizer. A zero field takes its default.
 type Options struct {
@@ -52,6 +62,9 @@ type Options struct {
 	// Use one Resizer per process so that the budget is the process's.
 	// Default DefaultDecodeMemory (1 GiB).
 	DecodeMemory int64
+	// NoWebP turns off the WebP encoding made beside each JPEG or PNG
+	// output (Image.WebP stays nil). WebP outputs are made by default.
+	NoWebP bool
 }
 
 // Resizer decodes uploads and produces the four sizes. It is safe for
@@ -228,7 +241,7 @@ func (r *Resizer) Probe(data []byte) (info Info, err error) {
 		return Info{}, fmt.Errorf("%w: image is %dx%d (%s MP), over the %s MP limit",
 			ErrTooLarge, cfg.Width, cfg.Height, megapixels(px), megapixels(r.opts.MaxPixels))
 	}
-	info.Memory = estimateMemory(f, data, &jh, cfg.Width, cfg.Height)
+	info.Memory = estimateMemory(f, data, &jh, cfg.Width, cfg.Height, !r.opts.NoWebP)
 	if info.Memory > r.opts.DecodeMemory {
 		return Info{}, fmt.Errorf("%w: decoding the %dx%d %s needs about %s, over the %s decode memory budget",
 			ErrTooLarge, cfg.Width, cfg.Height, f, mib(info.Memory), mib(r.opts.DecodeMemory))
@@ -259,6 +272,10 @@ type Image struct {
 	ContentType string
 	// Data is the encoded image. It carries no metadata.
 	Data []byte
+	// WebP is the same pixels encoded as WebP: lossy at WebPQuality when
+	// Data is a JPEG, lossless (alpha kept) when Data is a PNG. It carries
+	// no metadata. Nil when Options.NoWebP is set.
+	WebP []byte
 }
 
 // Result is the outcome of Process.
@@ -301,7 +318,7 @@ func (r *Resizer) Process(ctx context.Context, data []byte) (res *Result, err er
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return produce(ctx, img, info)
+	return produce(ctx, img, info, !r.opts.NoWebP)
 }
 
 // acquire charges mem bytes to the decode memory budget and then takes a
@@ -414,7 +431,7 @@ func guard[T any](f Format, decode func() (T, error)) (v T, err error) {
 // m, l and the decoded image whose shorter side covers t. The orientation is
 // applied to each output, after resizing, so the big image is never rotated;
 // boxes are square, so the stored-space sizes are the upright ones swapped.
-func produce(ctx context.Context, img image.Image, info Info) (*Result, error) {
+func produce(ctx context.Context, img image.Image, info Info, withWebP bool) (*Result, error) {
 	opaque := isOpaque(img)
 	src := working(img, opaque)
 	dims := Dimensions(info.Width, info.Height)
@@ -440,7 +457,7 @@ func produce(ctx context.Context, img image.Image, info Info) (*Result, error) {
 					errs[code] = panicError(p)
 				}
 			}()
-			res.Images[code], errs[code] = encode(Specs()[code].Letter, orient(m, info.Orientation), opaque)
+			res.Images[code], errs[code] = encode(Specs()[code].Letter, orient(m, info.Orientation), opaque, withWebP)
 		}()
 	}
 
@@ -489,13 +506,15 @@ func produce(ctx context.Context, img image.Image, info Info) (*Result, error) {
 			res.Images[code] = res.Images[code+1]
 			res.Images[code].Letter = Specs()[code].Letter
 			res.Images[code].Data = bytes.Clone(res.Images[code+1].Data)
+			res.Images[code].WebP = bytes.Clone(res.Images[code+1].WebP)
 		}
 	}
 	return res, nil
 }
 
-// encode encodes img as JPEG (quality JPEGQuality) when opaque, else as PNG.
-func encode(letter string, img image.Image, opaque bool) (Image, error) {
+// encode encodes img as JPEG (quality JPEGQuality) when opaque, else as
+// PNG, and, when withWebP is set, as lossy (opaque) or lossless WebP.
+func encode(letter string, img image.Image, opaque, withWebP bool) (Image, error) {
 	var buf bytes.Buffer
 	out := Image{Letter: letter, Width: img.Bounds().Dx(), Height: img.Bounds().Dy()}
 	var err error
@@ -510,5 +529,13 @@ func encode(letter string, img image.Image, opaque bool) (Image, error) {
 		return Image{}, fmt.Errorf("resizer: encoding %s: %w", letter, err)
 	}
 	out.Data = buf.Bytes()
+	if withWebP {
+		var wb bytes.Buffer
+		opts := gwebp.Options{Quality: WebPQuality, Method: webpMethod, Lossless: !opaque}
+		if err := gwebp.Encode(&wb, img, opts); err != nil {
+			return Image{}, fmt.Errorf("resizer: encoding %s as WebP: %w", letter, err)
+		}
+		out.WebP = wb.Bytes()
+	}
 	return out, nil
 }
