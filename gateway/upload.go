@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,10 @@ type UploadResponse struct {
 	Sizes map[string]SizeInfo `json:"sizes"`
 	// Uploaded is when the gateway stored the photo.
 	Uploaded time.Time `json:"uploaded"`
+	// ThumbHash is the photo's ThumbHash placeholder, standard base64
+	// (about 25 bytes before encoding), for the page to paint while the
+	// images load. GET /photos/{id} gives the same value.
+	ThumbHash string `json:"thumbhash"`
 }
 
 // SizeInfo describes one stored size of a photo.
@@ -165,6 +170,7 @@ func (g *Gateway) upload(w http.ResponseWriter, r *http.Request) (*UploadRespons
 	resp := &UploadResponse{
 		ID: id.String(), Width: res.Width, Height: res.Height,
 		URLs: urls, Sizes: sizes, Uploaded: time.Now().UTC().Truncate(time.Millisecond),
+		ThumbHash: base64.StdEncoding.EncodeToString(res.ThumbHash),
 	}
 	g.recent.add(id, *resp)
 	g.opts.Logger.Info("photo uploaded", "photo", resp.ID, "format", string(res.Format),

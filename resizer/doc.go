@@ -76,10 +76,19 @@
 // been applied.
 //
 // Opaque images are encoded as baseline JPEG at quality 85, images with any
-// non-opaque pixel as PNG. The encoders write no metadata, so EXIF (GPS
-// included), XMP, ICC profiles and comments of the upload are never copied.
-// ICC profiles are ignored when decoding, so colours of wide-gamut sources
-// shift slightly.
+// non-opaque pixel as PNG. Beside each, unless Options.NoWebP is set, the
+// same pixels are encoded as WebP ([Image].WebP): lossy at [WebPQuality]
+// for a JPEG, lossless (alpha kept) for a PNG, with libwebp compiled to
+// WebAssembly (github.com/gen2brain/webp). The encoders write no metadata,
+// so EXIF (GPS included), XMP and comments of the upload are never copied.
+// The one exception is colour: an upload's ICC profile that is not sRGB
+// (a phone's Display P3, say) is carried into the JPEG (APP2) and lossy
+// WebP (ICCP) outputs, so colour-managed browsers show the upload's
+// colours; icc.go has the rule and the layouts.
+//
+// Each Result also carries a ThumbHash placeholder of the photo
+// ([Result].ThumbHash, internal/thumbhash), computed from the encoded s by
+// [Placeholder] so that it can be computed again from the stored s alone.
 //
 // # Speed
 //

@@ -7,11 +7,13 @@ import (
 	"image"
 	"image/jpeg"
 	"image/png"
+	"math"
 	"testing"
 
 	xwebp "golang.org/x/image/webp"
 
 	"github.com/haybale/haybale/internal/imagetest"
+	"github.com/haybale/haybale/internal/thumbhash"
 )
 
 // checkOutputs verifies the four outputs of res: letters, sizes, a single
@@ -59,6 +61,21 @@ func checkOutputs(t *testing.T, res *Result, want [NumSizes]image.Point) {
 			t.Errorf("%s: output contains an Exif header", img.Letter)
 		}
 		checkWebP(t, img)
+	}
+	// The placeholder records the upright aspect ratio, to the precision
+	// of its 7 (or 5) luminance terms on the longer side.
+	ratio, err := thumbhash.AspectRatio(res.ThumbHash)
+	if err != nil {
+		t.Fatalf("thumbhash %x: %v", res.ThumbHash, err)
+	}
+	l := res.Images[NumSizes-1]
+	// Beyond 5:1 the hash records its extreme, 5:1 or 7:1.
+	shape := float64(l.Width) / float64(l.Height)
+	if shape > 5 && ratio >= 5 || shape < 0.2 && ratio <= 0.2 {
+		return
+	}
+	if math.Abs(ratio-shape)/shape > 0.3 {
+		t.Errorf("thumbhash aspect ratio %.2f, image is %.2f", ratio, shape)
 	}
 }
 
@@ -128,6 +145,10 @@ func jpegMetadata(data []byte) string {
 		m := data[pos+1]
 		if m == 0xDA {
 			return ""
+		}
+		if m == 0xE2 && bytes.HasPrefix(data[pos+4:], []byte("ICC_PROFILE\x00")) {
+			pos += 2 + int(binary.BigEndian.Uint16(data[pos+2:]))
+			continue // the colour profile is carried on purpose (icc.go)
 		}
 		if m >= 0xE0 && m <= 0xEF {
 			return "an APP" + string(rune('0'+int(m-0xE0)%10)) + " segment"

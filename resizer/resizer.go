@@ -20,6 +20,8 @@ import (
 	gwebp "github.com/gen2brain/webp"
 	"golang.org/x/image/webp"
 	"golang.org/x/sync/semaphore"
+
+	"github.com/haybale/haybale/internal/thumbhash"
 )
 
 // Defaults of Options.
@@ -270,7 +272,9 @@ type Image struct {
 	Width, Height int
 	// ContentType is "image/jpeg" or "image/png".
 	ContentType string
-	// Data is the encoded image. It carries no metadata.
+	// Data is the encoded image. It carries no metadata but, for a JPEG,
+	// the upload's ICC colour profile when it has one that is not sRGB
+	// (see icc.go).
 	Data []byte
 	// WebP is the same pixels encoded as WebP: lossy at WebPQuality when
 	// Data is a JPEG, lossless (alpha kept) when Data is a PNG. It carries
@@ -288,6 +292,10 @@ type Result struct {
 	Orientation int
 	// Images holds the outputs, indexed by size code (0 = t ... 3 = l).
 	Images [NumSizes]Image
+	// ThumbHash is the ThumbHash placeholder of the upright image (about
+	// 25 bytes; see internal/thumbhash), made from s scaled to fit
+	// 100×100.
+	ThumbHash []byte
 }
 
 // Process decodes data, orients it upright and returns the four sizes. It
@@ -318,7 +326,7 @@ func (r *Resizer) Process(ctx context.Context, data []byte) (res *Result, err er
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return produce(ctx, img, info, !r.opts.NoWebP)
+	return produce(ctx, img, info, !r.opts.NoWebP, carriedICC(info.Format, data))
 }
 
 // acquire charges mem bytes to the decode memory budget and then takes a
@@ -431,7 +439,10 @@ func guard[T any](f Format, decode func() (T, error)) (v T, err error) {
 // m, l and the decoded image whose shorter side covers t. The orientation is
 // applied to each output, after resizing, so the big image is never rotated;
 // boxes are square, so the stored-space sizes are the upright ones swapped.
-func produce(ctx context.Context, img image.Image, info Info, withWebP bool) (*Result, error) {
+//
+// icc, when not nil, is the colour profile carried into the opaque
+// outputs (icc.go).
+func produce(ctx context.Context, img image.Image, info Info, withWebP bool, icc []byte) (*Result, error) {
 	opaque := isOpaque(img)
 	src := working(img, opaque)
 	dims := Dimensions(info.Width, info.Height)
@@ -457,7 +468,7 @@ func produce(ctx context.Context, img image.Image, info Info, withWebP bool) (*R
 					errs[code] = panicError(p)
 				}
 			}()
-			res.Images[code], errs[code] = encode(Specs()[code].Letter, orient(m, info.Orientation), opaque, withWebP)
+			res.Images[code], errs[code] = encode(Specs()[code].Letter, orient(m, info.Orientation), opaque, withWebP, icc)
 		}()
 	}
 
@@ -509,12 +520,48 @@ func produce(ctx context.Context, img image.Image, info Info, withWebP bool) (*R
 			res.Images[code].WebP = bytes.Clone(res.Images[code+1].WebP)
 		}
 	}
+	hash, err := Placeholder(res.Images[1].Data)
+	if err != nil {
+		return nil, fmt.Errorf("resizer: placeholder: %w", err)
+	}
+	res.ThumbHash = hash
 	return res, nil
 }
 
+// Placeholder returns the ThumbHash (internal/thumbhash) of a stored
+// output, normally s: the image decoded, scaled to fit 100×100 and
+// hashed. Process sets Result.ThumbHash from the s it encoded, so the
+// gateway can compute the same bytes again from the stored s alone. data
+// must be a JPEG or PNG output of at most 2048 pixels on each side.
+func Placeholder(data []byte) ([]byte, error) {
+	f, err := Sniff(data)
+	if err != nil {
+		return nil, err
+	}
+	if f != JPEG && f != PNG {
+		return nil, fmt.Errorf("%w: a placeholder is made from a JPEG or PNG output, not %s", ErrUnsupported, f)
+	}
+	cfg, err := decodeConfig(f, data)
+	if err != nil {
+		return nil, err
+	}
+	if box := Specs()[NumSizes-1].Box; cfg.Width < 1 || cfg.Height < 1 || cfg.Width > box || cfg.Height > box {
+		return nil, fmt.Errorf("%w: a placeholder is made from an output of at most %dx%d, not %dx%d",
+			ErrTooLarge, box, box, cfg.Width, cfg.Height)
+	}
+	img, err := decode(Info{Format: f, Width: cfg.Width, Height: cfg.Height, Orientation: 1}, data)
+	if err != nil {
+		return nil, err
+	}
+	src := working(img, isOpaque(img))
+	d := fit(cfg.Width, cfg.Height, thumbhash.MaxSide)
+	return thumbhash.Encode(resize(src, src.Bounds(), d.X, d.Y, catmullRom))
+}
+
 // encode encodes img as JPEG (quality JPEGQuality) when opaque, else as
-// PNG, and, when withWebP is set, as lossy (opaque) or lossless WebP.
-func encode(letter string, img image.Image, opaque, withWebP bool) (Image, error) {
+// PNG, and, when withWebP is set, as lossy (opaque) or lossless WebP. The
+// opaque encodings carry icc when it is not nil.
+func encode(letter string, img image.Image, opaque, withWebP bool, icc []byte) (Image, error) {
 	var buf bytes.Buffer
 	out := Image{Letter: letter, Width: img.Bounds().Dx(), Height: img.Bounds().Dy()}
 	var err error
@@ -529,6 +576,9 @@ func encode(letter string, img image.Image, opaque, withWebP bool) (Image, error
 		return Image{}, fmt.Errorf("resizer: encoding %s: %w", letter, err)
 	}
 	out.Data = buf.Bytes()
+	if opaque && icc != nil {
+		out.Data = jpegWithICC(out.Data, icc)
+	}
 	if withWebP {
 		var wb bytes.Buffer
 		opts := gwebp.Options{Quality: WebPQuality, Method: webpMethod, Lossless: !opaque}
@@ -536,6 +586,9 @@ func encode(letter string, img image.Image, opaque, withWebP bool) (Image, error
 			return Image{}, fmt.Errorf("resizer: encoding %s as WebP: %w", letter, err)
 		}
 		out.WebP = wb.Bytes()
+		if opaque && icc != nil {
+			out.WebP = webpWithICC(out.WebP, icc, out.Width, out.Height, false)
+		}
 	}
 	return out, nil
 }

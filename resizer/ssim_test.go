@@ -13,41 +13,113 @@ import (
 	"testing"
 
 	gwebp "github.com/gen2brain/webp"
-	xwebp "golang.org/x/image/webp"
 )
 
 // ssim returns the mean structural similarity of the luma of a and b (same
-// size), over 8×8 windows stepped by 4 pixels, with the constants of Wang
-// et al. (2004) for 8-bit samples. 1 means identical.
+// size) as Wang et al. (2004) define it: an 11×11 Gaussian window of
+// σ = 1.5 at every position where it fits, and their constants for 8-bit
+// samples. 1 means identical.
 func ssim(a, b image.Image) float64 {
 	ya, yb := luma(a), luma(b)
 	w, h := a.Bounds().Dx(), a.Bounds().Dy()
-	const win, step = 8, 4
-	const c1, c2 = (0.01 * 255) * (0.01 * 255), (0.03 * 255) * (0.03 * 255)
-	var sum float64
-	var n int
-	for y0 := 0; y0+win <= h; y0 += step {
-		for x0 := 0; x0+win <= w; x0 += step {
-			var sa, sb, saa, sbb, sab float64
-			for y := y0; y < y0+win; y++ {
-				for x := x0; x < x0+win; x++ {
-					pa, pb := ya[y*w+x], yb[y*w+x]
-					sa, sb = sa+pa, sb+pb
-					saa, sbb, sab = saa+pa*pa, sbb+pb*pb, sab+pa*pb
-				}
-			}
-			const k = win * win
-			ma, mb := sa/k, sb/k
-			va, vb, cov := saa/k-ma*ma, sbb/k-mb*mb, sab/k-ma*mb
-			sum += (2*ma*mb + c1) * (2*cov + c2) / ((ma*ma + mb*mb + c1) * (va + vb + c2))
-			n++
-		}
+	const r = 5
+	var g [2*r + 1]float64
+	var gs float64
+	for i := range g {
+		d := float64(i - r)
+		g[i] = math.Exp(-d * d / (2 * 1.5 * 1.5))
+		gs += g[i]
 	}
-	if n == 0 {
+	for i := range g {
+		g[i] /= gs
+	}
+	if w < 2*r+1 || h < 2*r+1 {
 		return 1
 	}
-	return sum / float64(n)
+	// blur filters the product of two luma maps with the window, on the
+	// positions where it fits.
+	ow, oh := w-2*r, h-2*r
+	blur := func(p, q []float64) []float64 {
+		tmp := make([]float64, ow*h)
+		for y := range h {
+			for x := range ow {
+				var s float64
+				for k, gk := range g {
+					i := y*w + x + k
+					s += gk * p[i] * q[i]
+				}
+				tmp[y*ow+x] = s
+			}
+		}
+		out := make([]float64, ow*oh)
+		for y := range oh {
+			for x := range ow {
+				var s float64
+				for k, gk := range g {
+					s += gk * tmp[(y+k)*ow+x]
+				}
+				out[y*ow+x] = s
+			}
+		}
+		return out
+	}
+	one := make([]float64, w*h)
+	for i := range one {
+		one[i] = 1
+	}
+	ma, mb := blur(ya, one), blur(yb, one)
+	saa, sbb, sab := blur(ya, ya), blur(yb, yb), blur(ya, yb)
+	const c1, c2 = (0.01 * 255) * (0.01 * 255), (0.03 * 255) * (0.03 * 255)
+	var sum float64
+	for i := range ma {
+		va, vb, cov := saa[i]-ma[i]*ma[i], sbb[i]-mb[i]*mb[i], sab[i]-ma[i]*mb[i]
+		sum += (2*ma[i]*mb[i] + c1) * (2*cov + c2) / ((ma[i]*ma[i] + mb[i]*mb[i] + c1) * (va + vb + c2))
+	}
+	return sum / float64(len(ma))
 }
+
+// decodeWebP decodes a WebP as a browser shows it. Both Go decoders
+// return a lossy WebP's planes as Y'CbCr, which Go converts to RGB as full
+// range (JFIF), but VP8 codes BT.601 limited range (Y' 16-235, Cb and Cr
+// 16-240): read that way the image loses contrast (about 0.02 of SSIM,
+// and a saturated red comes out as 238,14,13). This converts them with
+// libwebp's own limited-range matrix.
+func decodeWebP(data []byte) (image.Image, error) {
+	m, err := gwebp.Decode(bytes.NewReader(data))
+	if err != nil {
+		return nil, err
+	}
+	var yc *image.YCbCr
+	var alpha []uint8
+	switch v := m.(type) {
+	case *image.YCbCr:
+		yc = v
+	case *image.NYCbCrA:
+		yc, alpha = &v.YCbCr, v.A
+	default:
+		return m, nil
+	}
+	b := yc.Rect
+	out := image.NewNRGBA(b)
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			yy := 1.164 * (float64(yc.Y[yc.YOffset(x, y)]) - 16)
+			ci := yc.COffset(x, y)
+			cb, cr := float64(yc.Cb[ci])-128, float64(yc.Cr[ci])-128
+			o := out.PixOffset(x, y)
+			out.Pix[o] = clampF(yy + 1.596*cr)
+			out.Pix[o+1] = clampF(yy - 0.392*cb - 0.813*cr)
+			out.Pix[o+2] = clampF(yy + 2.017*cb)
+			out.Pix[o+3] = 255
+			if alpha != nil {
+				out.Pix[o+3] = alpha[(y-b.Min.Y)*yc.YStride+(x-b.Min.X)]
+			}
+		}
+	}
+	return out, nil
+}
+
+func clampF(v float64) uint8 { return uint8(max(0, min(255, math.Round(v)))) }
 
 // luma returns the BT.601 luma of img, row-major, 0..255.
 func luma(img image.Image) []float64 {
@@ -106,15 +178,14 @@ func reference(t *testing.T, data []byte, code int) (image.Image, Info) {
 
 // ssimFiles are the corpus photos the WebP quality is judged on: camera
 // JPEGs of several sizes and subjects, a PNG photo and a lossy WebP.
-var ssimFiles = []string{"Landscape_1.jpg", "Storm.jpg", "canon_hdr_NO.jpg", "Landscape_9.jpg",
-	"embedgravitybird.png", "4.webp", "Wine_by_Jakkub_Mede.jpg"}
+var ssimFiles = []string{"Landscape_1.jpg", "Storm.jpg", "Landscape_9.jpg", "embedgravitybird.png", "4.webp"}
 
 // TestWebPQualityMatchesJPEG checks, on corpus photos, that the lossy WebP
 // of each of s, m and l is at least as close to the source at that size
 // (SSIM) as the JPEG, less a small tolerance, and smaller in bytes over
 // all. It logs the figures bench/RESULTS.md reports. With
 // HAYBALE_WEBP_SWEEP=1 it also logs SSIM and bytes of m for WebP qualities
-// 70 to 90, which is how WebPQuality was chosen.
+// 66 to 90, which is how WebPQuality was chosen.
 func TestWebPQualityMatchesJPEG(t *testing.T) {
 	dir := photosDir(t)
 	if testing.Short() || raceEnabled {
@@ -143,7 +214,7 @@ func TestWebPQualityMatchesJPEG(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wm, err := xwebp.Decode(bytes.NewReader(out.WebP))
+			wm, err := decodeWebP(out.WebP)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -185,12 +256,12 @@ func TestWebPQualityMatchesJPEG(t *testing.T) {
 func sweep(t *testing.T, file string, ref image.Image, jpegLen int, jpegSSIM float64) {
 	var line bytes.Buffer
 	fmt.Fprintf(&line, "%s m JPEG q%d %d B %.4f; WebP:", file, JPEGQuality, jpegLen, jpegSSIM)
-	for q := 70; q <= 90; q += 4 {
+	for q := 66; q <= 90; q += 4 {
 		var buf bytes.Buffer
 		if err := gwebp.Encode(&buf, ref, gwebp.Options{Quality: q, Method: webpMethod}); err != nil {
 			t.Fatal(err)
 		}
-		m, err := xwebp.Decode(bytes.NewReader(buf.Bytes()))
+		m, err := decodeWebP(buf.Bytes())
 		if err != nil {
 			t.Fatal(err)
 		}
