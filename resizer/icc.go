@@ -13,8 +13,11 @@ import (
 // space, and the profile travels with them. Nothing else of the upload's
 // metadata is copied (no EXIF, GPS or XMP).
 //
-// The rule: the profile is carried when the upload embeds one of at most
-// MaxICCBytes whose description does not name sRGB. An sRGB profile is
+// The rule: the profile is carried when the upload embeds an RGB profile
+// (data colour space "RGB " at offset 16 of its header) of at most
+// MaxICCBytes whose description does not name sRGB. Gray and CMYK
+// profiles are dropped: the outputs are RGB (WebP always; a CMYK JPEG is
+// converted), and a gray profile would not fit the WebP. An sRGB profile is
 // what browsers assume without one, so it is dropped to keep small
 // outputs small (a camera's sRGB profile is about 3 KB; Apple's Display
 // P3 is 536 bytes). A larger profile is dropped too, and its colours
@@ -61,7 +64,7 @@ func carriedICC(f Format, data []byte) []byte {
 			icc = hi.icc
 		}
 	}
-	if len(icc) < 132 || len(icc) > MaxICCBytes || iccIsSRGB(icc) {
+	if len(icc) < 132 || len(icc) > MaxICCBytes || string(icc[16:20]) != "RGB " || iccIsSRGB(icc) {
 		return nil
 	}
 	return bytes.Clone(icc)

@@ -88,10 +88,14 @@ func TestDisplayP3ProfileCarried(t *testing.T) {
 }
 
 // TestSRGBProfileDropped checks that an sRGB profile, which browsers
-// assume anyway, is not copied, and that a malformed one is ignored.
+// assume anyway, is not copied, nor a gray one (the outputs are RGB), and
+// that a malformed one is ignored.
 func TestSRGBProfileDropped(t *testing.T) {
+	gray := testProfile("Dot Gain 20%")
+	copy(gray[16:], "GRAY")
 	for name, icc := range map[string][]byte{
 		"sRGB":      testProfile("sRGB IEC61966-2.1"),
+		"gray":      gray,
 		"too short": []byte("ICC"),
 		"too large": append(testProfile("Huge"), make([]byte, MaxICCBytes)...),
 	} {
