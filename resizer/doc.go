@@ -86,6 +86,12 @@
 // WebP (ICCP) outputs, so colour-managed browsers show the upload's
 // colours; icc.go has the rule and the layouts.
 //
+// A size that the upload already fits is the upload's own JPEG data,
+// stripped of its metadata, when the upload is upright and its
+// quantisation is at least as coarse as quality 85's ([Image].Source);
+// passthrough.go has the rule. Re-encoding it could only add bytes and a
+// generation of loss.
+//
 // Each Result also carries a ThumbHash placeholder of the photo
 // ([Result].ThumbHash, internal/thumbhash), computed from the encoded s by
 // [Placeholder] so that it can be computed again from the stored s alone.

@@ -276,6 +276,9 @@ type Image struct {
 	// the upload's ICC colour profile when it has one that is not sRGB
 	// (see icc.go).
 	Data []byte
+	// Source is true when Data is the upload's own JPEG data, stripped of
+	// its metadata, rather than a re-encoding (see passthrough.go).
+	Source bool
 	// WebP is the same pixels encoded as WebP: lossy at WebPQuality when
 	// Data is a JPEG, lossless (alpha kept) when Data is a PNG. It carries
 	// no metadata. Nil when Options.NoWebP is set.
@@ -326,7 +329,26 @@ func (r *Resizer) Process(ctx context.Context, data []byte) (res *Result, err er
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return produce(ctx, img, info, !r.opts.NoWebP, carriedICC(info.Format, data))
+	icc := carriedICC(info.Format, data)
+	var own []byte // the upload itself, stripped (passthrough.go)
+	if info.Format == JPEG {
+		jh := scanJPEG(data)
+		if own = strippedJPEG(data, &jh); own != nil && icc != nil {
+			own = jpegWithICC(own, icc)
+		}
+	}
+	res, err = produce(ctx, img, info, !r.opts.NoWebP, icc)
+	if err != nil || own == nil {
+		return res, err
+	}
+	for code := 1; code < NumSizes; code++ {
+		im := &res.Images[code]
+		if im.ContentType == "image/jpeg" && im.Width == info.Width && im.Height == info.Height && len(own) < len(im.Data) {
+			im.Data = bytes.Clone(own)
+			im.Source = true
+		}
+	}
+	return res, nil
 }
 
 // acquire charges mem bytes to the decode memory budget and then takes a
