@@ -70,10 +70,10 @@
 // The sizes follow the table in DESIGN.md (see [Spec]): t is a 150×150
 // centre-crop fill (a square of the shorter side when that is under 150), s,
 // m and l fit inside 480, 1080 and 2048. Nothing is upscaled, no side is ever
-// zero pixels, and an image already inside a box is re-encoded at its own
-// size. Width and height are those of the upright image, after the EXIF
-// orientation (JPEG APP1 "Exif", values 1 to 8; other values are ignored) has
-// been applied.
+// zero pixels, and an image already inside a box keeps its own size
+// (re-encoded, or its own data: see below). Width and height are those of
+// the upright image, after the EXIF orientation (JPEG APP1 "Exif", values 1
+// to 8; other values are ignored) has been applied.
 //
 // Opaque images are encoded as baseline JPEG at quality 85, images with any
 // non-opaque pixel as PNG. Beside each, unless Options.NoWebP is set, the
@@ -110,5 +110,7 @@
 // Each output is encoded while the next is being resized; an output equal
 // to the next larger one is encoded once. All four sizes of a 12 MP JPEG
 // take about 0.3 CPU-seconds, half of it in image/jpeg's decoder (see
-// BenchmarkResize12MP).
+// BenchmarkResize12MP). The WebP outputs cost several times that: libwebp
+// runs as WebAssembly, about 3.5 more CPU-seconds for a 12 MP photo
+// (BenchmarkWebPCost; Options.NoWebP turns them off).
 package resizer

@@ -209,6 +209,9 @@ func TestWebPQualityMatchesJPEG(t *testing.T) {
 			if out.ContentType != "image/jpeg" || code < NumSizes-1 && out.Width == res.Images[code+1].Width {
 				continue // the same bytes as the next size
 			}
+			if out.Source {
+				continue // the upload's own data, not an encoding to compare
+			}
 			ref, _ := reference(t, data, code)
 			jm, err := jpeg.Decode(bytes.NewReader(out.Data))
 			if err != nil {
