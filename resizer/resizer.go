@@ -239,6 +239,12 @@ func (r *Resizer) Probe(data []byte) (info Info, err error) {
 	if cfg.Width <= 0 || cfg.Height <= 0 {
 		return Info{}, fmt.Errorf("%w: %s header declares %dx%d pixels", ErrCorrupt, f, cfg.Width, cfg.Height)
 	}
+	// A HEIF declares each side in 32 bits, so the product could
+	// overflow: a side alone over the limit is refused first.
+	if int64(cfg.Width) > r.opts.MaxPixels || int64(cfg.Height) > r.opts.MaxPixels {
+		return Info{}, fmt.Errorf("%w: image is %dx%d, over the %s MP limit",
+			ErrTooLarge, cfg.Width, cfg.Height, megapixels(r.opts.MaxPixels))
+	}
 	if px := int64(cfg.Width) * int64(cfg.Height); px > r.opts.MaxPixels {
 		return Info{}, fmt.Errorf("%w: image is %dx%d (%s MP), over the %s MP limit",
 			ErrTooLarge, cfg.Width, cfg.Height, megapixels(px), megapixels(r.opts.MaxPixels))

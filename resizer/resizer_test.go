@@ -505,6 +505,7 @@ func TestErrors(t *testing.T) {
 		{"heic bomb", Options{}, heifHeader("heic", 50000, 50000, 1), ErrTooLarge, "image is 50000x50000 (2500 MP), over the 80 MP limit"},
 		{"avif bomb", Options{}, heifHeader("avif", 65535, 65535, -1), ErrTooLarge, "65535x65535"},
 		{"avif over the memory budget", Options{}, heifHeader("avif", 8000, 6000, -1), ErrTooLarge, "decode memory budget"},
+		{"heic of 32-bit sides", Options{}, heifHeader("heic", 1<<32-1, 1<<32-1, -1), ErrTooLarge, "image is 4294967295x4294967295, over the 80 MP limit"},
 		{"heic without ispe", Options{}, heifHeader("heic", -1, -1, 3), ErrCorrupt, "no image size (ispe)"},
 		{"heic truncated box", Options{}, heifHeader("heic", 10, 10, 1)[:60], ErrCorrupt, "HEIF box"},
 		{"heic header only", Options{}, heifHeader("heic", 100, 80, -1), ErrCorrupt, "heic"},
