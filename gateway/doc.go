@@ -5,9 +5,9 @@
 //
 // # Routes
 //
-//	POST   /photos              upload; 201 {"id","width","height","urls","sizes"}
+//	POST   /photos              upload; 201 {"id","width","height","urls","sizes","thumbhash"}
 //	GET    /photos              the most recent uploads (same as /api/recent)
-//	GET    /photos/{id}         200 {"id","urls"} when the photo exists, else 404
+//	GET    /photos/{id}         200 {"id","urls","thumbhash"} when the photo exists, else 404
 //	GET    /photos/{id}/{size}  302 to the image URL of size t, s, m or l (".jpg" etc. allowed)
 //	DELETE /photos/{id}         tombstones on every replica; 200 {"id","deleted","cache_evicted"}
 //	GET    /api/recent          {"photos": recent upload answers, newest first,
@@ -89,9 +89,11 @@
 //     "Authorization: Bearer <key>" (scheme case-insensitive, the key
 //     compared in constant time); reads never need it. A refused request is
 //     answered before its body is read.
-//   - GET /photos/{id} checks that the photo exists by reading its
-//     thumbnail (the smallest needle) through the client, with replica
-//     failover; GET /photos/{id}/{size} only redirects, leaving the 404 of
+//   - GET /photos/{id} checks that the photo exists by reading its s
+//     through the client, with replica failover, and computes the
+//     photo's ThumbHash placeholder from it (resizer.Placeholder, the
+//     same bytes as the upload answer's; about a millisecond), so the
+//     placeholder needs no storage of its own; GET /photos/{id}/{size} only redirects, leaving the 404 of
 //     a missing image to the server the URL points at.
 //   - After a successful delete the gateway evicts the photo from the cache
 //     tier: it sends DELETE <node>/p/<photo ID> to the node that owns the
