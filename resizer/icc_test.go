@@ -141,3 +141,40 @@ func TestICCReaders(t *testing.T) {
 		t.Error("a profile was found in an untagged file")
 	}
 }
+
+// TestWebPUploadColours checks that a lossy WebP upload keeps its
+// colours: a saturated red and a mid grey come out of the JPEG outputs as
+// they went into the WebP, not with the limited-range planes read as full
+// range (which gives about 238,14,13 and a shifted grey).
+func TestWebPUploadColours(t *testing.T) {
+	img := image.NewNRGBA(image.Rect(0, 0, 256, 128))
+	for y := range 128 {
+		for x := range 256 {
+			c := color.NRGBA{255, 0, 0, 255}
+			if x >= 128 {
+				c = color.NRGBA{64, 64, 64, 255}
+			}
+			img.SetNRGBA(x, y, c)
+		}
+	}
+	var wb bytes.Buffer
+	if err := gwebp.Encode(&wb, img, gwebp.Options{Quality: 95}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := New(Options{NoWebP: true}).Process(context.Background(), wb.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := jpeg.Decode(bytes.NewReader(res.Images[3].Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	red := color.NRGBAModel.Convert(m.At(32, 64)).(color.NRGBA)
+	grey := color.NRGBAModel.Convert(m.At(224, 64)).(color.NRGBA)
+	if red.R < 245 || red.G > 10 || red.B > 10 {
+		t.Errorf("red came out as %v, want 255,0,0 within 10", red)
+	}
+	if d := int(grey.R) - 64; d < -4 || d > 4 {
+		t.Errorf("grey 64 came out as %v", grey)
+	}
+}

@@ -441,6 +441,9 @@ func decode(info Info, data []byte) (image.Image, error) {
 		return nil, fmt.Errorf("%w: decoded %s is %dx%d, header says %dx%d",
 			ErrCorrupt, info.Format, img.Bounds().Dx(), img.Bounds().Dy(), w, h)
 	}
+	if info.Format == WebP {
+		webpFullRange(img)
+	}
 	return img, nil
 }
 
