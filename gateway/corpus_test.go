@@ -56,8 +56,8 @@ var corpus = []corpusCase{
 	{file: "harvesters.lossless.webp", w: 1165, h: 859},
 	{file: "5_webp_a.webp", w: 300, h: 300},
 	{file: "animated-loop-3.webp", status: http.StatusUnsupportedMediaType}, // 415 (422 allowed)
-	{file: "iphone_13_pro_max.HEIC", status: http.StatusUnsupportedMediaType},
-	{file: "avif-orientation-6.avif", status: http.StatusUnsupportedMediaType},
+	{file: "iphone_13_pro_max.HEIC", w: 3024, h: 4032, big: true},           // irot 270°
+	{file: "avif-orientation-6.avif", w: 3024, h: 4032, big: true},
 	{file: "tifftag-photoshop.tiff", status: http.StatusUnsupportedMediaType},
 	{file: "giant-image.jpg", status: http.StatusRequestEntityTooLarge}, // 280 MP (422 allowed)
 	{file: "testimgl.jpg", status: http.StatusUnsupportedMediaType},     // lossless JPEG (422 allowed)

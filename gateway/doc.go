@@ -5,9 +5,9 @@
 //
 // # Routes
 //
-//	POST   /photos              upload; 201 {"id","width","height","urls","webp_urls","sizes"}
+//	POST   /photos              upload; 201 {"id","width","height","urls","webp_urls","sizes","thumbhash"}
 //	GET    /photos              the most recent uploads (same as /api/recent)
-//	GET    /photos/{id}         200 {"id","urls","webp_urls"} when the photo exists, else 404
+//	GET    /photos/{id}         200 {"id","urls","webp_urls","thumbhash"} when the photo exists, else 404
 //	GET    /photos/{id}/{size}  302 to the image URL of size t, s, m or l (".jpg" etc. allowed; ".webp" its WebP URL)
 //	DELETE /photos/{id}         tombstones on every replica; 200 {"id","deleted","cache_evicted"}
 //	GET    /api/recent          {"photos": recent upload answers, newest first,
@@ -90,18 +90,21 @@
 //     compared in constant time); reads never need it. A refused request is
 //     answered before its body is read.
 //   - WebP variants: when the resizer's output of a size has a WebP
-//     encoding (Options.WebPOf), it is stored as the size's WebP variant
-//     (size code 8 + the size's) in the same batch as the photo's other
-//     needles, and "webp_urls" maps each such size letter to its URL: the
-//     size's URL with the extension ".webp". "urls" keeps the JPEG or PNG.
-//     "sizes" gives each variant's bytes as "webp_bytes". The web page shows
-//     each size as a <picture> with a WebP <source>.
-//   - GET /photos/{id} checks that the photo exists by reading the WebP
-//     variant of its thumbnail, then (for a photo without variants) the
-//     thumbnail itself, through the client with replica failover; it lists
-//     "webp_urls" when the variant exists. GET /photos/{id}/{size} only
-//     redirects, leaving the 404 of a missing image to the server the URL
-//     points at.
+//     encoding (resizer.Image.WebP, or Options.WebPOf when set), it is
+//     stored as the size's WebP variant (size code 8 + the size's) in the
+//     same batch as the photo's other needles, and "webp_urls" maps each
+//     such size letter to its URL: the size's URL with the extension
+//     ".webp". "urls" keeps the JPEG or PNG. "sizes" gives each variant's
+//     bytes as "webp_bytes". The web page shows each size as a <picture>
+//     with a WebP <source>.
+//   - GET /photos/{id} checks that the photo exists by reading its s
+//     through the client, with replica failover, and computes the photo's
+//     ThumbHash placeholder from it (resizer.Placeholder, the same bytes
+//     as the upload answer's; about a millisecond), so the placeholder
+//     needs no storage of its own. It then reads the WebP variant of the
+//     thumbnail and lists "webp_urls" when it exists. GET
+//     /photos/{id}/{size} only redirects, leaving the 404 of a missing
+//     image to the server the URL points at.
 //   - After a successful upload, with CacheNodes set and NoCachePush
 //     false, the gateway pushes the photo's t and s and their WebP
 //     variants to the cache node that owns the photo (PUT <internal

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -81,10 +82,11 @@ type Options struct {
 	// (PUT on its internal listener, as for evictions) before it answers
 	// the upload, so the first views are cache hits.
 	NoCachePush bool
-	// WebPOf returns the WebP encoding the resizer made of one output, or
-	// nil when it made none; the gateway stores it as the size's WebP
-	// variant (size codes 8..11) in the photo's batch and lists its URL in
-	// "webp_urls". nil: no output has a WebP encoding.
+	// WebPOf returns the WebP encoding of one resizer output, or nil for
+	// none; the gateway stores it as the size's WebP variant (size codes
+	// 8..11) in the photo's batch and lists its URL in "webp_urls". nil:
+	// the resizer's own encoding (resizer.Image.WebP), made unless its
+	// Options.NoWebP is set.
 	WebPOf func(im *resizer.Image) []byte
 	// CacheHTTPClient sends the cache invalidations; default a client
 	// without its own timeout (CacheTimeout applies).
@@ -375,6 +377,9 @@ type infoResponse struct {
 	// WebPURLs maps each size letter to the URL of its WebP variant;
 	// absent for a photo stored without variants.
 	WebPURLs map[string]string `json:"webp_urls,omitempty"`
+	// ThumbHash is the placeholder, standard base64, as in the upload
+	// answer; empty if it could not be computed.
+	ThumbHash string `json:"thumbhash"`
 }
 
 // handleInfo answers GET /photos/{id}: the photo's ID and URLs, 404 when
@@ -384,30 +389,35 @@ func (g *Gateway) handleInfo(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	// The thumbnail's WebP variant tells both that the photo exists and
-	// that it has variants: every size's variant is written in the same
-	// batch. Only a photo without variants costs a second read, and so
-	// does one whose variant no replica could be asked for (a replica
-	// down while the others answer 404 is not a proof either way): then
-	// the thumbnail itself decides, and the answer lists no WebP URLs.
-	hasWebP := true
-	if _, err := g.opts.Client.Read(r.Context(), id, needle.SizeThumbWebP); err != nil {
-		hasWebP = false
-		if _, err := g.opts.Client.Read(r.Context(), id, needle.SizeThumb); err != nil {
-			g.clusterError(w, r, "read "+id.String(), err)
-			return
-		}
+	// The photo's existence is checked by reading its s, from which the
+	// placeholder is computed again: the upload's ThumbHash is defined as
+	// that of the stored s (resizer.Placeholder), so it needs no storage
+	// of its own. Decoding a 480-pixel image and hashing it costs about a
+	// millisecond.
+	small, err := g.opts.Client.Read(r.Context(), id, needle.SizeSmall)
+	if err != nil {
+		g.clusterError(w, r, "read "+id.String(), err)
+		return
 	}
 	urls, err := g.opts.Client.PhotoURLs(r.Context(), id)
 	if err != nil {
 		g.clusterError(w, r, "photo URLs of "+id.String(), err)
 		return
 	}
-	resp := infoResponse{ID: id.String(), URLs: urls}
-	if hasWebP {
-		resp.WebPURLs = webpURLs(urls, needle.PhotoSizes[:])
+	info := infoResponse{ID: id.String(), URLs: urls}
+	if hash, err := resizer.Placeholder(small.Data); err != nil {
+		g.opts.Logger.Warn("placeholder of a stored photo failed", "photo", id.String(), "err", err)
+	} else {
+		info.ThumbHash = base64.StdEncoding.EncodeToString(hash)
 	}
-	writeJSON(w, http.StatusOK, resp)
+	// Every size's variant is written in the photo's batch, so the
+	// thumbnail's tells whether the photo has them. A failed probe (no
+	// variant, or no replica could be asked) lists none: "urls" serve
+	// either way.
+	if _, err := g.opts.Client.Read(r.Context(), id, needle.SizeThumbWebP); err == nil {
+		info.WebPURLs = webpURLs(urls, needle.PhotoSizes[:])
+	}
+	writeJSON(w, http.StatusOK, info)
 }
 
 // webpURLs returns the URL of the WebP variant of each of sizes, from the

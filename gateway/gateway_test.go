@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -504,6 +505,18 @@ func TestPhotoInfoAndRedirect(t *testing.T) {
 	if a.status != http.StatusOK || info.ID != up.ID || len(info.URLs) != 4 {
 		t.Fatalf("info: HTTP %d %s", a.status, a.body)
 	}
+	// The placeholder: present in both answers, the same, and recording
+	// the photo's landscape shape.
+	if info.ThumbHash == "" || info.ThumbHash != up.ThumbHash {
+		t.Errorf("thumbhash: info %q, upload %q", info.ThumbHash, up.ThumbHash)
+	}
+	hash, err := base64.StdEncoding.DecodeString(up.ThumbHash)
+	if err != nil {
+		t.Fatalf("thumbhash %q: %v", up.ThumbHash, err)
+	}
+	if len(hash) < 5 || len(hash) > 30 || hash[4]&0x80 == 0 { // bit 15 of the second header: landscape
+		t.Errorf("thumbhash %x: %d bytes, want about 25 and the landscape bit", hash, len(hash))
+	}
 	for _, letter := range []string{"t", "s", "m", "l"} {
 		if info.URLs[letter] != up.URLs[letter] || info.URLs[letter] == "" {
 			t.Errorf("%s: info URL %q, upload URL %q", letter, info.URLs[letter], up.URLs[letter])
@@ -687,7 +700,7 @@ func TestMetricsCountUpload(t *testing.T) {
 	up := e.mustUpload(t, data, nil)
 	stored := 0
 	for _, s := range up.Sizes {
-		stored += s.Bytes
+		stored += s.Bytes + s.WebPBytes
 	}
 	m := metricsText(t, e.url)
 	for _, want := range []string{

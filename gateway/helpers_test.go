@@ -273,7 +273,8 @@ func decodeImage(t testing.TB, contentType string, data []byte) image.Image {
 
 // metadata describes the first segment or chunk of a stored image that is
 // not needed to decode it (JPEG APPn or COM, PNG ancillary chunks other
-// than tRNS), or returns "".
+// than tRNS), or returns "". A JPEG's ICC profile (APP2 "ICC_PROFILE") is
+// not metadata: the resizer carries wide-gamut profiles on purpose.
 func metadata(contentType string, data []byte) string {
 	if bytes.Contains(data, []byte("Exif\x00")) {
 		return "an Exif header"
@@ -285,6 +286,7 @@ func metadata(contentType string, data []byte) string {
 			switch {
 			case m == 0xDA:
 				return ""
+			case m == 0xE2 && bytes.HasPrefix(data[pos+4:], []byte("ICC_PROFILE\x00")):
 			case m >= 0xE0 && m <= 0xEF:
 				return fmt.Sprintf("an APP%d segment", m-0xE0)
 			case m == 0xFE:

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +34,10 @@ type UploadResponse struct {
 	Sizes map[string]SizeInfo `json:"sizes"`
 	// Uploaded is when the gateway stored the photo.
 	Uploaded time.Time `json:"uploaded"`
+	// ThumbHash is the photo's ThumbHash placeholder, standard base64
+	// (about 25 bytes before encoding), for the page to paint while the
+	// images load. GET /photos/{id} gives the same value.
+	ThumbHash string `json:"thumbhash"`
 }
 
 // SizeInfo describes one stored size of a photo.
@@ -188,6 +193,7 @@ func (g *Gateway) upload(w http.ResponseWriter, r *http.Request) (*UploadRespons
 	resp := &UploadResponse{
 		ID: id.String(), Width: res.Width, Height: res.Height,
 		URLs: urls, Sizes: sizes, Uploaded: time.Now().UTC().Truncate(time.Millisecond),
+		ThumbHash: base64.StdEncoding.EncodeToString(res.ThumbHash),
 	}
 	if len(withWebP) > 0 {
 		resp.WebPURLs = webpURLs(urls, withWebP)
@@ -198,9 +204,13 @@ func (g *Gateway) upload(w http.ResponseWriter, r *http.Request) (*UploadRespons
 	return resp, nil
 }
 
-// webpOf returns the WebP encoding of one resizer output, nil without one.
+// webpOf returns the WebP encoding of one resizer output (Options.WebPOf
+// when set, else the resizer's own), nil without one.
 func (g *Gateway) webpOf(im *resizer.Image) []byte {
 	if g.opts.WebPOf == nil {
+		if len(im.WebP) > 0 {
+			return im.WebP
+		}
 		return nil
 	}
 	if b := g.opts.WebPOf(im); len(b) > 0 {

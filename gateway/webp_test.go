@@ -139,7 +139,7 @@ func TestUploadStoresWebPAndPushes(t *testing.T) {
 // TestUploadWithoutWebP checks photos stored without variants: no
 // "webp_urls" anywhere, and no variant needles.
 func TestUploadWithoutWebP(t *testing.T) {
-	e := startEnv(t, envOptions{stores: 1, replication: 1})
+	e := startEnv(t, envOptions{stores: 1, replication: 1, resizer: resizer.Options{NoWebP: true}})
 	up := e.mustUpload(t, encodeJPEG(t, photoLike(400, 300, 23), 90), nil)
 	if up.WebPURLs != nil || up.Sizes["t"].WebPBytes != 0 {
 		t.Errorf("upload answer lists WebP: %v %+v", up.WebPURLs, up.Sizes)

@@ -118,3 +118,39 @@ func BenchmarkResizeCorpus(b *testing.B) {
 	b.ReportMetric(n/wall.Seconds(), "photos/s")
 	b.ReportMetric(cpu.Seconds()/n, "cpu-s/photo")
 }
+
+// BenchmarkWebPCost measures the CPU seconds per upload with and without
+// the WebP outputs, on the 12 MP synthetic JPEG and on the mid-size
+// corpus photos (HAYBALE_PHOTOS) named below; the WebP runs start after
+// one warm-up encode, so the one-time WebAssembly compilation is not
+// counted.
+func BenchmarkWebPCost(b *testing.B) {
+	inputs := map[string][]byte{"12MP-synthetic": encodeJPEG(b, photoLike(4000, 3000, 1), 90)}
+	if dir := os.Getenv("HAYBALE_PHOTOS"); dir != "" {
+		for _, f := range []string{"Landscape_1.jpg", "Storm.jpg", "canon_hdr_NO.jpg", "4.webp"} {
+			data, err := os.ReadFile(filepath.Join(dir, f))
+			if err != nil {
+				b.Fatal(err)
+			}
+			inputs[f] = data
+		}
+	}
+	warm := New(Options{})
+	if _, err := warm.Process(context.Background(), encodeJPEG(b, photoLike(64, 64, 2), 90)); err != nil {
+		b.Fatal(err)
+	}
+	for name, data := range inputs {
+		for _, noWebP := range []bool{true, false} {
+			b.Run(fmt.Sprintf("%s/webp=%v", name, !noWebP), func(b *testing.B) {
+				r := New(Options{NoWebP: noWebP})
+				cpu0 := cpuTime(b)
+				for range b.N {
+					if _, err := r.Process(context.Background(), data); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric((cpuTime(b)-cpu0).Seconds()/float64(b.N), "cpu-s/photo")
+			})
+		}
+	}
+}

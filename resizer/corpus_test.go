@@ -69,9 +69,9 @@ var corpus = []corpusCase{
 	{file: "4.webp", w: 1024, h: 772, contentType: "image/jpeg"},
 	{file: "harvesters.lossless.webp", w: 1165, h: 859},
 	{file: "5_webp_a.webp", w: 300, h: 300, contentType: "image/png"},
-	{file: "animated-loop-3.webp", reject: ErrUnsupported}, // 415 (422 allowed)
-	{file: "iphone_13_pro_max.HEIC", reject: ErrUnsupported},
-	{file: "avif-orientation-6.avif", reject: ErrUnsupported},
+	{file: "animated-loop-3.webp", reject: ErrUnsupported},                                   // 415 (422 allowed)
+	{file: "iphone_13_pro_max.HEIC", w: 3024, h: 4032, contentType: "image/jpeg", big: true}, // irot 270°
+	{file: "avif-orientation-6.avif", w: 3024, h: 4032, contentType: "image/jpeg", big: true},
 	{file: "tifftag-photoshop.tiff", reject: ErrUnsupported},
 	{file: "giant-image.jpg", reject: ErrTooLarge},
 	{file: "testimgl.jpg", reject: ErrUnsupported}, // lossless JPEG: 415 (422 allowed)

@@ -9,12 +9,19 @@
 // client-supplied Content-Type. Accepted: JPEG (baseline, extended sequential
 // or progressive Huffman; 1, 3 or 4 components; MPO and Ultra HDR files count
 // as JPEG because their first image is one), PNG (any depth, palette, alpha),
-// GIF (the first frame, drawn on the logical screen) and still WebP (lossy,
-// lossless, alpha). Everything else is [ErrUnsupported]: animated WebP, HEIC,
-// AVIF, TIFF, BMP, lossless, hierarchical and arithmetic-coded JPEG, text and
-// unknown bytes. Decoders are called explicitly (image/jpeg, image/png,
-// image/gif, golang.org/x/image/webp); the global image.RegisterFormat
-// registry is not consulted, so nothing depends on which packages were linked.
+// GIF (the first frame, drawn on the logical screen), still WebP (lossy,
+// lossless, alpha), HEIC and AVIF (the primary image, upright after its
+// irot and imir properties; an EXIF orientation inside a HEIF is not
+// applied). Everything else is [ErrUnsupported]: animated WebP, TIFF, BMP,
+// HEIF of other codecs, lossless, hierarchical and arithmetic-coded JPEG,
+// text and unknown bytes. Decoders are called explicitly (image/jpeg,
+// image/png, image/gif, golang.org/x/image/webp, github.com/gen2brain/heic
+// and github.com/gen2brain/avif, which run libheif and libavif compiled to
+// WebAssembly with wazero, so no cgo; the first HEIC or AVIF decode of a
+// process compiles the module, several seconds); the global
+// image.RegisterFormat registry is not consulted, so nothing depends on
+// which packages were linked. A HEIF's size is read from its primary item's
+// ispe box (heif.go), never by starting the decoder.
 //
 // # Limits
 //
@@ -63,16 +70,31 @@
 // The sizes follow the table in DESIGN.md (see [Spec]): t is a 150×150
 // centre-crop fill (a square of the shorter side when that is under 150), s,
 // m and l fit inside 480, 1080 and 2048. Nothing is upscaled, no side is ever
-// zero pixels, and an image already inside a box is re-encoded at its own
-// size. Width and height are those of the upright image, after the EXIF
-// orientation (JPEG APP1 "Exif", values 1 to 8; other values are ignored) has
-// been applied.
+// zero pixels, and an image already inside a box keeps its own size
+// (re-encoded, or its own data: see below). Width and height are those of
+// the upright image, after the EXIF orientation (JPEG APP1 "Exif", values 1
+// to 8; other values are ignored) has been applied.
 //
 // Opaque images are encoded as baseline JPEG at quality 85, images with any
-// non-opaque pixel as PNG. The encoders write no metadata, so EXIF (GPS
-// included), XMP, ICC profiles and comments of the upload are never copied.
-// ICC profiles are ignored when decoding, so colours of wide-gamut sources
-// shift slightly.
+// non-opaque pixel as PNG. Beside each, unless Options.NoWebP is set, the
+// same pixels are encoded as WebP ([Image].WebP): lossy at [WebPQuality]
+// for a JPEG, lossless (alpha kept) for a PNG, with libwebp compiled to
+// WebAssembly (github.com/gen2brain/webp). The encoders write no metadata,
+// so EXIF (GPS included), XMP and comments of the upload are never copied.
+// The one exception is colour: an upload's ICC profile that is not sRGB
+// (a phone's Display P3, say) is carried into the JPEG (APP2) and lossy
+// WebP (ICCP) outputs, so colour-managed browsers show the upload's
+// colours; icc.go has the rule and the layouts.
+//
+// A size that the upload already fits is the upload's own JPEG data,
+// stripped of its metadata, when the upload is upright and its
+// quantisation is at least as coarse as quality 85's ([Image].Source);
+// passthrough.go has the rule. Re-encoding it could only add bytes and a
+// generation of loss.
+//
+// Each Result also carries a ThumbHash placeholder of the photo
+// ([Result].ThumbHash, internal/thumbhash), computed from the encoded s by
+// [Placeholder] so that it can be computed again from the stored s alone.
 //
 // # Speed
 //
@@ -88,5 +110,7 @@
 // Each output is encoded while the next is being resized; an output equal
 // to the next larger one is encoded once. All four sizes of a 12 MP JPEG
 // take about 0.3 CPU-seconds, half of it in image/jpeg's decoder (see
-// BenchmarkResize12MP).
+// BenchmarkResize12MP). The WebP outputs cost several times that: libwebp
+// runs as WebAssembly, about 3.5 more CPU-seconds for a 12 MP photo
+// (BenchmarkWebPCost; Options.NoWebP turns them off).
 package resizer

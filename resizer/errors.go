@@ -13,7 +13,7 @@ var (
 	// ErrEmpty is returned for an empty input (HTTP 400).
 	ErrEmpty = errors.New("resizer: empty image")
 	// ErrUnsupported is returned when the bytes are not an accepted format:
-	// an unknown or unaccepted signature (TIFF, HEIC, AVIF, BMP, text, ...),
+	// an unknown or unaccepted signature (TIFF, BMP, JPEG XL, text, ...),
 	// an animated WebP, or a JPEG or PNG feature Go cannot decode, such as
 	// lossless or arithmetic-coded JPEG (HTTP 415).
 	ErrUnsupported = errors.New("resizer: unsupported image format")

@@ -25,6 +25,7 @@ type jpegHeader struct {
 type jpegComponent struct {
 	id   byte
 	h, v int // horizontal and vertical sampling factors, 1..4
+	tq   int // quantization table selector, 0..3
 }
 
 // scanJPEG walks the marker segments of a JPEG from SOI up to the first SOS
@@ -103,7 +104,7 @@ func (h *jpegHeader) parseSOF(p []byte) {
 	h.width = int(binary.BigEndian.Uint16(p[3:]))
 	for i := range int(p[5]) {
 		c := p[6+3*i:]
-		h.comps = append(h.comps, jpegComponent{id: c[0], h: int(c[1] >> 4), v: int(c[1] & 0x0F)})
+		h.comps = append(h.comps, jpegComponent{id: c[0], h: int(c[1] >> 4), v: int(c[1] & 0x0F), tq: int(c[2] & 3)})
 	}
 }
 

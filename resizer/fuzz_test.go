@@ -40,3 +40,23 @@ func FuzzScanJPEG(f *testing.F) {
 		}
 	})
 }
+
+// FuzzHEIFHeader checks the HEIF box parser, the ICC readers and the
+// JPEG stripper on arbitrary bytes: no panic, and a size read from a HEIF
+// is never negative.
+func FuzzHEIFHeader(f *testing.F) {
+	f.Add(heifHeader("heic", 4032, 3024, 1))
+	f.Add(heifHeader("avif", 64, 48, -1))
+	f.Add(heifHeader("heic", -1, -1, 3))
+	f.Add(jpegWithICC([]byte{0xFF, 0xD8, 0xFF, 0xD9}, testProfile("Display P3")))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if hi, err := readHEIF(data); err == nil && (hi.width < 0 || hi.height < 0) {
+			t.Fatalf("negative size %dx%d", hi.width, hi.height)
+		}
+		for _, format := range []Format{JPEG, PNG, WebP, HEIC} {
+			carriedICC(format, data)
+		}
+		jh := scanJPEG(data)
+		strippedJPEG(data, &jh)
+	})
+}

@@ -167,3 +167,48 @@ func orient(img image.Image, orientation int) image.Image {
 	}
 	return &image.RGBA{Pix: out.Pix, Stride: out.Stride, Rect: out.Rect}
 }
+
+// webpFullRange rescales, in place, the Y'CbCr planes of a lossy WebP as
+// golang.org/x/image/webp returns them. VP8 codes BT.601 limited range
+// (Y' 16-235, Cb and Cr 16-240, as libwebp and browsers decode it), but
+// the planes come back as an image.YCbCr, which Go reads as full range
+// (JFIF): uncorrected, every WebP upload loses contrast and saturation (a
+// pure red comes out as 238,14,13). Lossless WebPs decode to RGBA and are
+// left alone.
+func webpFullRange(img image.Image) {
+	var m *image.YCbCr
+	switch v := img.(type) {
+	case *image.YCbCr:
+		m = v
+	case *image.NYCbCrA:
+		m = &v.YCbCr
+	default:
+		return
+	}
+	var luma, chroma [256]uint8
+	for i := range 256 {
+		luma[i] = uint8(max(0, min(255, ((i-16)*255*2+219)/(2*219))))
+		c := (i-128)*255*2 + 224*sign(i-128)
+		chroma[i] = uint8(max(0, min(255, 128+c/(2*224))))
+	}
+	for i, v := range m.Y {
+		m.Y[i] = luma[v]
+	}
+	for i, v := range m.Cb {
+		m.Cb[i] = chroma[v]
+	}
+	for i, v := range m.Cr {
+		m.Cr[i] = chroma[v]
+	}
+}
+
+// sign returns -1, 0 or 1.
+func sign(v int) int {
+	switch {
+	case v < 0:
+		return -1
+	case v > 0:
+		return 1
+	}
+	return 0
+}

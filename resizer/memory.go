@@ -28,6 +28,8 @@ import (
 //	WebP lossy                       1.5 (4:2:0, 16-pixel macroblocks)
 //	WebP lossless                    4                      + 4 (colour-indexed packing)
 //	WebP extended (alpha, ...)       1.5                    + 9 (a lossless alpha plane decoded as NRGBA)
+//	HEIC (WebAssembly libheif)       36 in all, + 4 × the file (measured; see heifMemory)
+//	AVIF (WebAssembly libavif)       72 in all, + 4 × the file (measured; see heifMemory)
 //
 // "Component sample" counts each component at its own sampling: a 4:2:0
 // Y'CbCr frame has 1.5 samples per pixel, a 4:4:4 one 3, CMYK 4. So the
@@ -61,8 +63,47 @@ const (
 // estimateMemory returns the bytes Process needs, at most, to decode the
 // image whose header is data (format f, frame w×h as stored) and resize it.
 // It never returns less than fixedOverhead.
-func estimateMemory(f Format, data []byte, jh *jpegHeader, w, h int) int64 {
-	return decodeMemory(f, data, jh, w, h) + resizeMemory(w, h) + fixedOverhead
+// withWebP adds the WebP encoders of every output (webpEncodeMemory).
+//
+// HEIC and AVIF are decoded in a WebAssembly module whose linear memory is
+// dropped when the decode returns, keeping only the decoded image (at most
+// 4 bytes per pixel): their decode peak does not overlap the resizing, so
+// theirs is the larger of the two phases.
+func estimateMemory(f Format, data []byte, jh *jpegHeader, w, h int, withWebP bool) int64 {
+	after := resizeMemory(w, h)
+	if withWebP {
+		after += webpEncodeMemory(w, h, !opaqueFormat(f, data))
+	}
+	if f == HEIC || f == AVIF {
+		return max(decodeMemory(f, data, jh, w, h), 4*int64(w)*int64(h)+after) + fixedOverhead
+	}
+	return decodeMemory(f, data, jh, w, h) + after + fixedOverhead
+}
+
+// opaqueFormat reports whether every image of format f is opaque, so its
+// outputs are JPEG and lossy WebP: JPEG; and a lossy WebP without VP8X.
+// Other formats may carry alpha and are charged for lossless WebP.
+func opaqueFormat(f Format, data []byte) bool {
+	return f == JPEG || f == WebP && len(data) >= 16 && string(data[12:16]) == "VP8 "
+}
+
+// webpEncodeMemory bounds what the WebP encoders of the four outputs of a
+// w×h source allocate. libwebp runs compiled to WebAssembly, one module
+// instance per encode whose linear memory grows by doubling; measured with
+// Go 1.26 (github.com/gen2brain/webp v0.5.5, method 4) on noisy images, a
+// lossy encode allocates about 8 MiB plus 67 bytes per pixel, a lossless
+// one about 27 MiB plus 145 bytes per pixel. The constants below add a
+// margin.
+func webpEncodeMemory(w, h int, lossless bool) int64 {
+	per, fixed := int64(72), int64(12<<20)
+	if lossless {
+		per, fixed = 160, 32<<20
+	}
+	var total int64
+	for _, d := range Dimensions(w, h) {
+		total += per*int64(d.X)*int64(d.Y) + fixed
+	}
+	return total
 }
 
 // decodeMemory returns the bytes the decoder of f allocates for a w×h
@@ -78,6 +119,8 @@ func decodeMemory(f Format, data []byte, jh *jpegHeader, w, h int) int64 {
 		return 5 * px
 	case WebP:
 		return webpMemory(data, w, h)
+	case HEIC, AVIF:
+		return heifMemory(f, len(data), w, h)
 	}
 	return 0
 }

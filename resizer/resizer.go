@@ -15,8 +15,13 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/gen2brain/avif"
+	"github.com/gen2brain/heic"
+	gwebp "github.com/gen2brain/webp"
 	"golang.org/x/image/webp"
 	"golang.org/x/sync/semaphore"
+
+	"github.com/haybale/haybale/internal/thumbhash"
 )
 
 // Defaults of Options.
@@ -28,6 +33,15 @@ const (
 
 // JPEGQuality is the quality of every JPEG output.
 const JPEGQuality = 85
+
+// WebPQuality is the quality of every lossy WebP output. It was chosen so
+// that the WebP's SSIM against the resized pixels matches the JPEG's at
+// JPEGQuality, measured on the photo corpus (TestWebPQualityMatchesJPEG,
+// bench/RESULTS.md).
+const WebPQuality = 82
+
+// webpMethod is libwebp's speed/size trade-off (0 fastest .. 6 smallest).
+const webpMethod = 4
 
 // Options configures a Resizer. A zero field takes its default.
 type Options struct {
@@ -50,6 +64,9 @@ type Options struct {
 	// Use one Resizer per process so that the budget is the process's.
 	// Default DefaultDecodeMemory (1 GiB).
 	DecodeMemory int64
+	// NoWebP turns off the WebP encoding made beside each JPEG or PNG
+	// output (Image.WebP stays nil). WebP outputs are made by default.
+	NoWebP bool
 }
 
 // Resizer decodes uploads and produces the four sizes. It is safe for
@@ -154,7 +171,8 @@ type Info struct {
 	// orientation, which swaps them for orientations 5 to 8.
 	Width, Height int
 	// Orientation is the JPEG EXIF orientation, 1..8; 1 when absent or
-	// invalid and for other formats.
+	// invalid and for other formats. HEIC and AVIF are turned upright by
+	// their decoders (irot and imir), so theirs is 1 too.
 	Orientation int
 	// Memory is the estimate, from the header, of the bytes that decoding
 	// and resizing the image need at most: the decoded pixels with the
@@ -203,18 +221,35 @@ func (r *Resizer) Probe(data []byte) (info Info, err error) {
 			return Info{}, fmt.Errorf("%w: animated WebP", ErrUnsupported)
 		}
 	}
-	cfg, err := decodeConfig(f, data)
-	if err != nil {
+	var cfg image.Config
+	if f == HEIC || f == AVIF {
+		// The size comes from the ispe box: the decoders' own
+		// DecodeConfig would start the decoder.
+		hi, err := readHEIF(data)
+		if err != nil {
+			return Info{}, err
+		}
+		cfg.Width, cfg.Height = hi.width, hi.height
+		if hi.rotation%2 == 1 {
+			cfg.Width, cfg.Height = hi.height, hi.width
+		}
+	} else if cfg, err = decodeConfig(f, data); err != nil {
 		return Info{}, err
 	}
 	if cfg.Width <= 0 || cfg.Height <= 0 {
 		return Info{}, fmt.Errorf("%w: %s header declares %dx%d pixels", ErrCorrupt, f, cfg.Width, cfg.Height)
 	}
+	// A HEIF declares each side in 32 bits, so the product could
+	// overflow: a side alone over the limit is refused first.
+	if int64(cfg.Width) > r.opts.MaxPixels || int64(cfg.Height) > r.opts.MaxPixels {
+		return Info{}, fmt.Errorf("%w: image is %dx%d, over the %s MP limit",
+			ErrTooLarge, cfg.Width, cfg.Height, megapixels(r.opts.MaxPixels))
+	}
 	if px := int64(cfg.Width) * int64(cfg.Height); px > r.opts.MaxPixels {
 		return Info{}, fmt.Errorf("%w: image is %dx%d (%s MP), over the %s MP limit",
 			ErrTooLarge, cfg.Width, cfg.Height, megapixels(px), megapixels(r.opts.MaxPixels))
 	}
-	info.Memory = estimateMemory(f, data, &jh, cfg.Width, cfg.Height)
+	info.Memory = estimateMemory(f, data, &jh, cfg.Width, cfg.Height, !r.opts.NoWebP)
 	if info.Memory > r.opts.DecodeMemory {
 		return Info{}, fmt.Errorf("%w: decoding the %dx%d %s needs about %s, over the %s decode memory budget",
 			ErrTooLarge, cfg.Width, cfg.Height, f, mib(info.Memory), mib(r.opts.DecodeMemory))
@@ -243,8 +278,17 @@ type Image struct {
 	Width, Height int
 	// ContentType is "image/jpeg" or "image/png".
 	ContentType string
-	// Data is the encoded image. It carries no metadata.
+	// Data is the encoded image. It carries no metadata but, for a JPEG,
+	// the upload's ICC colour profile when it has one that is not sRGB
+	// (see icc.go).
 	Data []byte
+	// Source is true when Data is the upload's own JPEG data, stripped of
+	// its metadata, rather than a re-encoding (see passthrough.go).
+	Source bool
+	// WebP is the same pixels encoded as WebP: lossy at WebPQuality when
+	// Data is a JPEG, lossless (alpha kept) when Data is a PNG. It carries
+	// no metadata. Nil when Options.NoWebP is set.
+	WebP []byte
 }
 
 // Result is the outcome of Process.
@@ -257,6 +301,10 @@ type Result struct {
 	Orientation int
 	// Images holds the outputs, indexed by size code (0 = t ... 3 = l).
 	Images [NumSizes]Image
+	// ThumbHash is the ThumbHash placeholder of the upright image (about
+	// 25 bytes; see internal/thumbhash), made from s scaled to fit
+	// 100×100.
+	ThumbHash []byte
 }
 
 // Process decodes data, orients it upright and returns the four sizes. It
@@ -287,7 +335,26 @@ func (r *Resizer) Process(ctx context.Context, data []byte) (res *Result, err er
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return produce(ctx, img, info)
+	icc := carriedICC(info.Format, data)
+	var own []byte // the upload itself, stripped (passthrough.go)
+	if info.Format == JPEG {
+		jh := scanJPEG(data)
+		if own = strippedJPEG(data, &jh); own != nil && icc != nil {
+			own = jpegWithICC(own, icc)
+		}
+	}
+	res, err = produce(ctx, img, info, !r.opts.NoWebP, icc)
+	if err != nil || own == nil {
+		return res, err
+	}
+	for code := 1; code < NumSizes; code++ {
+		im := &res.Images[code]
+		if im.ContentType == "image/jpeg" && im.Width == info.Width && im.Height == info.Height && len(own) < len(im.Data) {
+			im.Data = bytes.Clone(own)
+			im.Source = true
+		}
+	}
+	return res, nil
 }
 
 // acquire charges mem bytes to the decode memory budget and then takes a
@@ -353,6 +420,10 @@ func decode(info Info, data []byte) (image.Image, error) {
 			return gif.Decode(rd)
 		case WebP:
 			return webp.Decode(rd)
+		case HEIC:
+			return heic.Decode(rd)
+		case AVIF:
+			return avif.Decode(rd)
 		}
 		return nil, fmt.Errorf("%w: %s", ErrUnsupported, info.Format)
 	})
@@ -369,6 +440,9 @@ func decode(info Info, data []byte) (image.Image, error) {
 	if img.Bounds() != want {
 		return nil, fmt.Errorf("%w: decoded %s is %dx%d, header says %dx%d",
 			ErrCorrupt, info.Format, img.Bounds().Dx(), img.Bounds().Dy(), w, h)
+	}
+	if info.Format == WebP {
+		webpFullRange(img)
 	}
 	return img, nil
 }
@@ -396,7 +470,10 @@ func guard[T any](f Format, decode func() (T, error)) (v T, err error) {
 // m, l and the decoded image whose shorter side covers t. The orientation is
 // applied to each output, after resizing, so the big image is never rotated;
 // boxes are square, so the stored-space sizes are the upright ones swapped.
-func produce(ctx context.Context, img image.Image, info Info) (*Result, error) {
+//
+// icc, when not nil, is the colour profile carried into the opaque
+// outputs (icc.go).
+func produce(ctx context.Context, img image.Image, info Info, withWebP bool, icc []byte) (*Result, error) {
 	opaque := isOpaque(img)
 	src := working(img, opaque)
 	dims := Dimensions(info.Width, info.Height)
@@ -422,7 +499,7 @@ func produce(ctx context.Context, img image.Image, info Info) (*Result, error) {
 					errs[code] = panicError(p)
 				}
 			}()
-			res.Images[code], errs[code] = encode(Specs()[code].Letter, orient(m, info.Orientation), opaque)
+			res.Images[code], errs[code] = encode(Specs()[code].Letter, orient(m, info.Orientation), opaque, withWebP, icc)
 		}()
 	}
 
@@ -471,13 +548,51 @@ func produce(ctx context.Context, img image.Image, info Info) (*Result, error) {
 			res.Images[code] = res.Images[code+1]
 			res.Images[code].Letter = Specs()[code].Letter
 			res.Images[code].Data = bytes.Clone(res.Images[code+1].Data)
+			res.Images[code].WebP = bytes.Clone(res.Images[code+1].WebP)
 		}
 	}
+	hash, err := Placeholder(res.Images[1].Data)
+	if err != nil {
+		return nil, fmt.Errorf("resizer: placeholder: %w", err)
+	}
+	res.ThumbHash = hash
 	return res, nil
 }
 
-// encode encodes img as JPEG (quality JPEGQuality) when opaque, else as PNG.
-func encode(letter string, img image.Image, opaque bool) (Image, error) {
+// Placeholder returns the ThumbHash (internal/thumbhash) of a stored
+// output, normally s: the image decoded, scaled to fit 100×100 and
+// hashed. Process sets Result.ThumbHash from the s it encoded, so the
+// gateway can compute the same bytes again from the stored s alone. data
+// must be a JPEG or PNG output of at most 2048 pixels on each side.
+func Placeholder(data []byte) ([]byte, error) {
+	f, err := Sniff(data)
+	if err != nil {
+		return nil, err
+	}
+	if f != JPEG && f != PNG {
+		return nil, fmt.Errorf("%w: a placeholder is made from a JPEG or PNG output, not %s", ErrUnsupported, f)
+	}
+	cfg, err := decodeConfig(f, data)
+	if err != nil {
+		return nil, err
+	}
+	if box := Specs()[NumSizes-1].Box; cfg.Width < 1 || cfg.Height < 1 || cfg.Width > box || cfg.Height > box {
+		return nil, fmt.Errorf("%w: a placeholder is made from an output of at most %dx%d, not %dx%d",
+			ErrTooLarge, box, box, cfg.Width, cfg.Height)
+	}
+	img, err := decode(Info{Format: f, Width: cfg.Width, Height: cfg.Height, Orientation: 1}, data)
+	if err != nil {
+		return nil, err
+	}
+	src := working(img, isOpaque(img))
+	d := fit(cfg.Width, cfg.Height, thumbhash.MaxSide)
+	return thumbhash.Encode(resize(src, src.Bounds(), d.X, d.Y, catmullRom))
+}
+
+// encode encodes img as JPEG (quality JPEGQuality) when opaque, else as
+// PNG, and, when withWebP is set, as lossy (opaque) or lossless WebP. The
+// opaque encodings carry icc when it is not nil.
+func encode(letter string, img image.Image, opaque, withWebP bool, icc []byte) (Image, error) {
 	var buf bytes.Buffer
 	out := Image{Letter: letter, Width: img.Bounds().Dx(), Height: img.Bounds().Dy()}
 	var err error
@@ -492,5 +607,19 @@ func encode(letter string, img image.Image, opaque bool) (Image, error) {
 		return Image{}, fmt.Errorf("resizer: encoding %s: %w", letter, err)
 	}
 	out.Data = buf.Bytes()
+	if opaque && icc != nil {
+		out.Data = jpegWithICC(out.Data, icc)
+	}
+	if withWebP {
+		var wb bytes.Buffer
+		opts := gwebp.Options{Quality: WebPQuality, Method: webpMethod, Lossless: !opaque}
+		if err := gwebp.Encode(&wb, img, opts); err != nil {
+			return Image{}, fmt.Errorf("resizer: encoding %s as WebP: %w", letter, err)
+		}
+		out.WebP = wb.Bytes()
+		if opaque && icc != nil {
+			out.WebP = webpWithICC(out.WebP, icc, out.Width, out.Height, false)
+		}
+	}
 	return out, nil
 }

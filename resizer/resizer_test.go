@@ -499,8 +499,16 @@ func TestErrors(t *testing.T) {
 		{"text", Options{}, []byte("This is not an image.\n"), ErrUnsupported, "text"},
 		{"random", Options{}, random, ErrUnsupported, "no known image signature"},
 		{"tiff", Options{}, tiffFile, ErrUnsupported, "TIFF"},
-		{"heic", Options{}, heic, ErrUnsupported, "HEIF"},
-		{"avif", Options{}, avif, ErrUnsupported, "AVIF"},
+		{"heic without meta", Options{}, heic, ErrCorrupt, "without a meta box"},
+		{"avif without meta", Options{}, avif, ErrCorrupt, "without a meta box"},
+		{"heif of another codec", Options{}, heifHeader("mif1", 64, 64, -1), ErrUnsupported, "HEIF without an HEVC or AV1 brand"},
+		{"heic bomb", Options{}, heifHeader("heic", 50000, 50000, 1), ErrTooLarge, "image is 50000x50000 (2500 MP), over the 80 MP limit"},
+		{"avif bomb", Options{}, heifHeader("avif", 65535, 65535, -1), ErrTooLarge, "65535x65535"},
+		{"avif over the memory budget", Options{}, heifHeader("avif", 8000, 6000, -1), ErrTooLarge, "decode memory budget"},
+		{"heic of 32-bit sides", Options{}, heifHeader("heic", 1<<32-1, 1<<32-1, -1), ErrTooLarge, "image is 4294967295x4294967295, over the 80 MP limit"},
+		{"heic without ispe", Options{}, heifHeader("heic", -1, -1, 3), ErrCorrupt, "no image size (ispe)"},
+		{"heic truncated box", Options{}, heifHeader("heic", 10, 10, 1)[:60], ErrCorrupt, "HEIF box"},
+		{"heic header only", Options{}, heifHeader("heic", 100, 80, -1), ErrCorrupt, "heic"},
 		{"bmp", Options{}, append([]byte("BM"), make([]byte, 60)...), ErrUnsupported, "BMP"},
 		{"animated webp", Options{}, webpAnimatedFile, ErrUnsupported, "animated WebP"},
 		{"lossless jpeg", Options{}, patchSOF(t, jpg, 0xC3, -1, -1), ErrUnsupported, "lossless JPEG"},
@@ -727,5 +735,34 @@ func TestOptionsDefaults(t *testing.T) {
 	set := Options{MaxBytes: 1, MaxPixels: 2, MaxConcurrent: 3, DecodeMemory: 4}
 	if got := New(set).Options(); got != set {
 		t.Errorf("Options() = %+v, want %+v", got, set)
+	}
+}
+
+// TestProbeHEIFRotation checks that Probe reads a HEIF's size from its ispe
+// box and swaps it for a quarter-turn irot, without decoding.
+func TestProbeHEIFRotation(t *testing.T) {
+	r := New(Options{})
+	for _, c := range []struct {
+		brand     string
+		rot       int
+		w, h      int
+		wantFmt   Format
+		wantW, wH int
+	}{
+		{"heic", 1, 4032, 3024, HEIC, 3024, 4032},
+		{"heic", 3, 4032, 3024, HEIC, 3024, 4032},
+		{"heic", 2, 4032, 3024, HEIC, 4032, 3024},
+		{"avif", -1, 640, 480, AVIF, 640, 480},
+	} {
+		info, err := r.Probe(heifHeader(c.brand, c.w, c.h, c.rot))
+		if err != nil {
+			t.Fatalf("%s irot %d: %v", c.brand, c.rot, err)
+		}
+		if info.Format != c.wantFmt || info.Width != c.wantW || info.Height != c.wH || info.Orientation != 1 {
+			t.Errorf("%s irot %d: got %+v, want %s %dx%d orientation 1", c.brand, c.rot, info, c.wantFmt, c.wantW, c.wH)
+		}
+		if floor := heifMemory(c.wantFmt, 0, c.w, c.h); info.Memory < floor {
+			t.Errorf("%s: memory estimate %d under the decoder's %d", c.brand, info.Memory, floor)
+		}
 	}
 }

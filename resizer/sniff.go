@@ -15,12 +15,15 @@ const (
 	PNG  Format = "png"
 	GIF  Format = "gif"
 	WebP Format = "webp"
+	HEIC Format = "heic"
+	AVIF Format = "avif"
 )
 
 // Sniff returns the format of data judged from its leading bytes only. It
 // returns an error wrapping ErrEmpty for empty data and ErrUnsupported for
-// any other signature, naming it when it is a well-known one (TIFF, HEIC,
-// AVIF, ...). A recognised signature does not mean the rest decodes.
+// any other signature, naming it when it is a well-known one (TIFF, BMP,
+// JPEG XL, ...). HEIC and AVIF are ISO media files whose ftyp box names an
+// HEVC or AV1 brand, major or compatible. A recognised signature does not mean the rest decodes.
 func Sniff(data []byte) (Format, error) {
 	switch {
 	case len(data) == 0:
@@ -33,6 +36,8 @@ func Sniff(data []byte) (Format, error) {
 		return GIF, nil
 	case len(data) >= 12 && string(data[0:4]) == "RIFF" && string(data[8:12]) == "WEBP":
 		return WebP, nil
+	case heifBrand(data) != "":
+		return heifBrand(data), nil
 	}
 	return "", fmt.Errorf("%w: %s", ErrUnsupported, unsupportedName(data))
 }
@@ -47,8 +52,8 @@ func unsupportedName(data []byte) string {
 		switch string(head[8:12]) {
 		case "avif", "avis":
 			return "AVIF"
-		case "heic", "heix", "heim", "heis", "hevc", "hevx", "mif1", "msf1":
-			return "HEIF/HEIC"
+		case "mif1", "msf1":
+			return "HEIF without an HEVC or AV1 brand"
 		}
 		return fmt.Sprintf("ISO media (brand %q)", head[8:12])
 	case bytes.HasPrefix(head, []byte("BM")):

@@ -143,6 +143,7 @@ func runGateway(ctx context.Context, f *gatewayFlags) error {
 		maxPixels:      int64(f.maxPixels),
 		maxDecodes:     f.maxDecodes,
 		decodeMemory:   decodeMemory,
+		noWebP:         !f.limits.webp,
 		recent:         f.recent,
 		logger:         logger,
 		opts: gateway.Options{

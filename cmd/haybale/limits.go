@@ -21,10 +21,12 @@ const decodeMemoryShare = 0.5
 type uploadLimitFlags struct {
 	decodeMemory   byteSize
 	allowedOrigins []string
+	webp           bool
 }
 
 func (f *uploadLimitFlags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.decodeMemory, "decode-memory", "memory budget of decoding and resizing, e.g. 2GiB; each upload is charged an estimate from its header before decoding, and one over the whole budget is refused with 413 (0: half of the cgroup memory limit, or of RAM)")
+	fs.BoolVar(&f.webp, "webp", true, "encode every stored size as WebP too, beside its JPEG or PNG (--webp=false: JPEG/PNG only; the WebP encoder, libwebp in WebAssembly, multiplies the upload CPU by about 6, see bench/RESULTS.md)")
 	fs.StringSliceVar(&f.allowedOrigins, "allowed-origins", nil, "origins (https://host[:port], comma-separated) whose web pages may upload and delete through a browser, besides the gateway's own")
 }
 

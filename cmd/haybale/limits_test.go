@@ -45,3 +45,23 @@ func TestOriginOf(t *testing.T) {
 		}
 	}
 }
+
+// TestWebPFlag: WebP outputs are on unless --webp=false, for the gateway
+// and the all-in-one server alike.
+func TestWebPFlag(t *testing.T) {
+	var g gatewayFlags
+	fs := pflag.NewFlagSet("gateway", pflag.ContinueOnError)
+	g.register(fs)
+	if !g.limits.webp {
+		t.Error("gateway: WebP is off by default")
+	}
+	if err := fs.Parse([]string{"--webp=false"}); err != nil || g.limits.webp {
+		t.Errorf("gateway --webp=false: webp %v, err %v", g.limits.webp, err)
+	}
+	var s serverFlags
+	fs = pflag.NewFlagSet("server", pflag.ContinueOnError)
+	s.register(fs)
+	if err := fs.Parse([]string{"--webp=false"}); err != nil || s.limits.webp {
+		t.Errorf("server --webp=false: webp %v, err %v", s.limits.webp, err)
+	}
+}

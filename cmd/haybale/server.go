@@ -287,6 +287,7 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 		maxUpload:      int64(f.maxUpload),
 		maxPixels:      int64(f.maxPixels),
 		decodeMemory:   decodeMemory,
+		noWebP:         !f.limits.webp,
 		recent:         gateway.DefaultRecentUploads,
 		logger:         logger.With("role", "gateway"),
 		opts: gateway.Options{

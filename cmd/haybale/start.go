@@ -245,6 +245,7 @@ type gatewayRoleConfig struct {
 	maxPixels      int64
 	maxDecodes     int
 	decodeMemory   int64
+	noWebP         bool
 	recent         int
 	logger         *slog.Logger
 	opts           gateway.Options // Registry, origins and the rest; the fields above win
@@ -254,7 +255,7 @@ type gatewayRoleConfig struct {
 func newGateway(cl *client.Client, cfg gatewayRoleConfig) (*gateway.Gateway, error) {
 	o := cfg.opts
 	o.Client = cl
-	o.Resizer = resizer.New(resizer.Options{MaxBytes: cfg.maxUpload, MaxPixels: cfg.maxPixels, MaxConcurrent: cfg.maxDecodes, DecodeMemory: cfg.decodeMemory})
+	o.Resizer = resizer.New(resizer.Options{MaxBytes: cfg.maxUpload, MaxPixels: cfg.maxPixels, MaxConcurrent: cfg.maxDecodes, DecodeMemory: cfg.decodeMemory, NoWebP: cfg.noWebP})
 	o.APIKey = cfg.apiKey
 	o.CacheNodes = cfg.cacheNodes
 	o.CacheEvictURLs = cfg.cacheEvictURLs
