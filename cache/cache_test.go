@@ -451,7 +451,11 @@ func TestOneFetchForConcurrentGETs(t *testing.T) {
 	// Hold the store's answer a little so that most requests arrive while
 	// the fetch is in flight (the count must be 1 either way).
 	tr.delay = 100 * time.Millisecond
-	nd := e.startNode(cache.Options{}, nil, tr)
+	// Admission is not what this test is about: a store that a loaded
+	// machine starves past the test cluster's liveness window makes the
+	// volume read-only, and the read-only rule would then refuse to keep
+	// the image, so requests arriving after the fetch would fetch again.
+	nd := e.startNode(cache.Options{AdmitReadOnly: true}, nil, tr)
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1000}}
 	const n = 1000
 	start := make(chan struct{})
