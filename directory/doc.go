@@ -28,7 +28,12 @@
 // a member of a cluster of 1, 3 or 5 directories: commands are entries of
 // a hashicorp/raft log (raft-boltdb as log and stable store, raft's file
 // snapshot store), the FSM is held in memory on every node and rebuilt
-// from the last snapshot and the log after it.
+// from the last snapshot and the log after it. Raft between the nodes runs
+// over mutual TLS from the cluster CA (raftnet.go): a node accepts raft
+// connections only from a certificate of the directory role and dials only
+// peers presenting one, so no other role and nothing outside the cluster
+// can vote, append entries or install a snapshot. On an insecure plane
+// (`--insecure`) raft runs over plain TCP.
 //
 // Only the leader decides: Assign, heartbeats, allocations, state changes
 // and delete tokens. A follower answers Lookup, PhotoURLs and the lists
