@@ -86,7 +86,13 @@
 // more free space. It is recorded as allocating, created on each store with
 // Store.AllocateVolume, and made writable once all of them succeeded; a
 // failed allocation leaves it read-only, so its vid is never reused; so
-// does an allocation cut short by a crash or a failover. Vids come from
+// does an allocation cut short by a crash or a failover. A store's
+// heartbeat built before it acknowledged a new volume cannot hide it, however
+// late it arrives: stores stamp each report and each acknowledgement with
+// one strictly increasing report clock, and for that volume the directory
+// ignores the absence of it from a report stamped at or before the
+// acknowledgement (mergeAllocated; stores without a report clock get two
+// heartbeat intervals instead). Vids come from
 // the vid mark (the largest vid handed out) and never wrap: when the mark
 // reaches 4294967295, allocation fails. A vid reported by a store but
 // unknown to the directory is adopted only when it is at most the mark;
