@@ -204,7 +204,7 @@ func (d *Directory) allocateVolume(ctx context.Context) error {
 	}
 	vid := rec.Vid
 	defer d.setAllocating(vid, false)
-	infos := make([]VolumeReport, len(stores))
+	infos := make([]Allocated, len(stores))
 	g, gctx := errgroup.WithContext(ctx)
 	for i, st := range stores {
 		g.Go(func() error {
@@ -228,18 +228,27 @@ func (d *Directory) allocateVolume(ctx context.Context) error {
 		}
 		return fmt.Errorf("%w: allocate volume %d: %v", ErrUnavailable, vid, err)
 	}
-	// Make the new replicas visible before the stores' next heartbeats.
+	// Make the new replicas visible before the stores' next heartbeats,
+	// and keep reports built before the acknowledgements from hiding them
+	// (mergeAllocated). A store not heard from in this leadership yet gets
+	// an entry that counts for nothing until it reports.
 	d.live.Lock()
 	for i, st := range stores {
-		if ls, ok := d.live.stores[st.ID]; ok {
-			vols := maps.Clone(ls.vols)
-			vols[vid] = infos[i]
-			ls.vols = vols
-			if ls.allocated == nil {
-				ls.allocated = map[uint32]time.Time{}
-			}
-			ls.allocated[vid] = time.Now()
+		ls, ok := d.live.stores[st.ID]
+		if !ok {
+			ls = &liveStore{}
+			d.live.stores[st.ID] = ls
 		}
+		vols := maps.Clone(ls.vols)
+		if vols == nil {
+			vols = map[uint32]VolumeReport{}
+		}
+		vols[vid] = infos[i].VolumeReport
+		ls.vols = vols
+		if ls.allocated == nil {
+			ls.allocated = map[uint32]allocMark{}
+		}
+		ls.allocated[vid] = allocMark{at: time.Now(), acked: infos[i].Acknowledged}
 	}
 	d.live.Unlock()
 	if err := d.apply(ctx, Command{Type: CmdSetVolumeState, Vid: vid, State: StateWritable}); err != nil {

@@ -21,9 +21,19 @@ type StoreAPI interface {
 	// AllocateVolume creates volume vid with the size limit and the needle
 	// secret on st and returns the store's report of it. Every replica of
 	// a volume gets the same secret, so the replicas stay byte-identical.
-	AllocateVolume(ctx context.Context, st StoreRecord, vid uint32, sizeLimit uint64, secret []byte) (VolumeReport, error)
+	AllocateVolume(ctx context.Context, st StoreRecord, vid uint32, sizeLimit uint64, secret []byte) (Allocated, error)
 	// MarkReadOnly makes st's replica of vid read-only with reason.
 	MarkReadOnly(ctx context.Context, st StoreRecord, vid uint32, reason string) error
+}
+
+// Allocated is a store's answer to AllocateVolume: its report of the new
+// volume, and the store's report clock once the volume existed.
+type Allocated struct {
+	VolumeReport
+	// Acknowledged is the store's report clock (Heartbeat.Built) once the
+	// volume was listed: a report of that store built later lists it. 0
+	// from a store without a report clock.
+	Acknowledged int64
 }
 
 // Directory is the directory's domain logic: the state machine (FSM)

@@ -28,7 +28,12 @@
 // a member of a cluster of 1, 3 or 5 directories: commands are entries of
 // a hashicorp/raft log (raft-boltdb as log and stable store, raft's file
 // snapshot store), the FSM is held in memory on every node and rebuilt
-// from the last snapshot and the log after it.
+// from the last snapshot and the log after it. Raft between the nodes runs
+// over mutual TLS from the cluster CA (raftnet.go): a node accepts raft
+// connections only from a certificate of the directory role and dials only
+// peers presenting one, so no other role and nothing outside the cluster
+// can vote, append entries or install a snapshot. On an insecure plane
+// (`--insecure`) raft runs over plain TCP.
 //
 // Only the leader decides: Assign, heartbeats, allocations, state changes
 // and delete tokens. A follower answers Lookup, PhotoURLs and the lists
@@ -81,7 +86,13 @@
 // more free space. It is recorded as allocating, created on each store with
 // Store.AllocateVolume, and made writable once all of them succeeded; a
 // failed allocation leaves it read-only, so its vid is never reused; so
-// does an allocation cut short by a crash or a failover. Vids come from
+// does an allocation cut short by a crash or a failover. A store's
+// heartbeat built before it acknowledged a new volume cannot hide it, however
+// late it arrives: stores stamp each report and each acknowledgement with
+// one strictly increasing report clock, and for that volume the directory
+// ignores the absence of it from a report stamped at or before the
+// acknowledgement (mergeAllocated; stores without a report clock get two
+// heartbeat intervals instead). Vids come from
 // the vid mark (the largest vid handed out) and never wrap: when the mark
 // reaches 4294967295, allocation fails. A vid reported by a store but
 // unknown to the directory is adopted only when it is at most the mark;

@@ -341,7 +341,7 @@ func membersPB(ms []Member) []*directorypb.Member {
 
 func heartbeatFromPB(req *directorypb.HeartbeatRequest) Heartbeat {
 	hb := Heartbeat{StoreID: req.GetStoreId(), GRPCAddr: req.GetGrpcAddr(), HTTPAddr: req.GetHttpAddr(), PublicURL: req.GetPublicUrl(),
-		Rack: req.GetRack(), FreeBytes: req.GetFreeBytes()}
+		Rack: req.GetRack(), FreeBytes: req.GetFreeBytes(), Built: req.GetBuiltUnixNano()}
 	for _, v := range req.GetVolumes() {
 		hb.Volumes = append(hb.Volumes, volumeReportFromPB(v))
 	}
@@ -463,16 +463,16 @@ func (s *grpcStores) client(addr string) (storepb.StoreClient, error) {
 }
 
 // AllocateVolume implements StoreAPI.
-func (s *grpcStores) AllocateVolume(ctx context.Context, st StoreRecord, vid uint32, sizeLimit uint64, secret []byte) (VolumeReport, error) {
+func (s *grpcStores) AllocateVolume(ctx context.Context, st StoreRecord, vid uint32, sizeLimit uint64, secret []byte) (Allocated, error) {
 	c, err := s.client(st.GRPCAddr)
 	if err != nil {
-		return VolumeReport{}, err
+		return Allocated{}, err
 	}
 	resp, err := c.AllocateVolume(ctx, &storepb.AllocateVolumeRequest{Vid: vid, SizeLimitBytes: sizeLimit, VolumeSecret: secret})
 	if err != nil {
-		return VolumeReport{}, err
+		return Allocated{}, err
 	}
-	return volumeReportFromPB(resp.GetVolume()), nil
+	return Allocated{VolumeReport: volumeReportFromPB(resp.GetVolume()), Acknowledged: resp.GetAcknowledgedUnixNano()}, nil
 }
 
 // MarkReadOnly implements StoreAPI.

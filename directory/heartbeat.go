@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -21,6 +22,11 @@ type Heartbeat struct {
 	FreeBytes uint64
 	Volumes   []VolumeReport
 	Corrupt   []CorruptReport
+	// Built is when the store built the report by its report clock
+	// (Unix nanoseconds, strictly increasing over one store process's
+	// reports and allocation acknowledgements), taken before it read its
+	// volumes; 0 from a store without a report clock.
+	Built int64
 }
 
 // CorruptReport is a needle a store found corrupt.
@@ -67,9 +73,59 @@ type liveStore struct {
 	alive       bool // as last logged
 	persistedAt time.Time
 	fingerprint string // of the last persisted report
-	// allocated are volumes this node just created on the store, by time:
-	// a report the store built before it created one must not hide it.
-	allocated map[uint32]time.Time
+	// allocated are the volumes this node created on the store: a report
+	// the store built before it created one must not hide it (see
+	// mergeAllocated).
+	allocated map[uint32]allocMark
+}
+
+// allocMark is a volume this node created on a store.
+type allocMark struct {
+	at    time.Time // when the store acknowledged it, local clock
+	acked int64     // the store's report clock then (Allocated.Acknowledged), 0 if none
+}
+
+// mergeAllocated decides, for each volume this node created on the store
+// of ls, whether report vols (a report built at the store's clock built)
+// speaks for it, and where it does not, puts the volume back as this node
+// last knew it. ls is guarded by d.live, which is held.
+//
+// The rule: a store lists a volume in every report it builds after it
+// acknowledged the volume's creation, so a report with a report clock
+// above the acknowledgement's is the truth about the volume (listed, in
+// the state it reports; missing, lost). A report built at or before the
+// acknowledgement may predate the volume however late it arrives (slow
+// network, a loaded process, an older stream of the store): it speaks for
+// the volume only when it lists it. The mark stays while the store lists
+// the volume, so even a report of an earlier stream that lands after
+// later ones cannot hide it; it goes once a report built after the
+// acknowledgement no longer lists the volume.
+//
+// A store or an allocation without a report clock (0) falls back to time:
+// the report is ignored for the volume for two heartbeat intervals after
+// the acknowledgement, then taken as the truth.
+func (d *Directory) mergeAllocated(ls *liveStore, vols map[uint32]VolumeReport, built int64, now time.Time) {
+	for vid, m := range ls.allocated {
+		_, reported := vols[vid]
+		prev, had := ls.vols[vid]
+		if m.acked != 0 && built != 0 {
+			switch {
+			case built > m.acked:
+				if !reported {
+					delete(ls.allocated, vid)
+				}
+			case !reported && had:
+				vols[vid] = prev
+			}
+			continue
+		}
+		switch {
+		case reported || now.Sub(m.at) > 2*d.opts.HeartbeatInterval:
+			delete(ls.allocated, vid)
+		case had:
+			vols[vid] = prev
+		}
+	}
 }
 
 // maxStoreIDLen bounds a store id.
@@ -102,17 +158,11 @@ func (d *Directory) Heartbeat(ctx context.Context, hb Heartbeat) (HeartbeatAnswe
 	id := hb.StoreID
 
 	vols := make(map[uint32]VolumeReport, len(hb.Volumes))
-	reports := make([]VolumeReport, 0, len(hb.Volumes))
 	for _, v := range hb.Volumes {
-		if v.Vid == 0 {
-			continue
+		if v.Vid != 0 {
+			vols[v.Vid] = v
 		}
-		vols[v.Vid] = v
-		reports = append(reports, v)
 	}
-	slices.SortFunc(reports, func(a, b VolumeReport) int { return cmp.Compare(a.Vid, b.Vid) })
-	hb.Volumes = reports
-	fp := d.fingerprint(hb)
 
 	d.live.Lock()
 	ls, known := d.live.stores[id]
@@ -121,16 +171,12 @@ func (d *Directory) Heartbeat(ctx context.Context, hb Heartbeat) (HeartbeatAnswe
 		d.live.stores[id] = ls
 	}
 	wasAlive := known && ls.alive
-	for vid, at := range ls.allocated {
-		_, reported := vols[vid]
-		prev, had := ls.vols[vid]
-		switch {
-		case reported || now.Sub(at) > 2*d.opts.HeartbeatInterval:
-			delete(ls.allocated, vid)
-		case had:
-			vols[vid] = prev
-		}
-	}
+	// The report as this node takes it, kept live and persisted alike: a
+	// volume the store built the report too early to list stays.
+	d.mergeAllocated(ls, vols, hb.Built, now)
+	reports := slices.SortedFunc(maps.Values(vols), func(a, b VolumeReport) int { return cmp.Compare(a.Vid, b.Vid) })
+	hb.Volumes = reports
+	fp := d.fingerprint(hb)
 	ls.seen, ls.hb, ls.vols, ls.alive = now, hb, vols, true
 	persist := ls.fingerprint != fp || now.Sub(ls.persistedAt) >= d.opts.PersistInterval
 	if persist {

@@ -17,6 +17,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/haybale/haybale/internal/rpc"
 )
 
 // Peer is one member of a directory cluster: its raft server id and raft
@@ -61,9 +63,16 @@ type RaftOptions struct {
 	// may be given the same list. Nodes added later start without it and
 	// are added with Raft.AddVoter on the leader.
 	Bootstrap []Peer
-	// Transport, when set, replaces the TCP transport (tests use raft's
-	// in-memory transport).
+	// Transport, when set, replaces the network transport (tests use
+	// raft's in-memory transport).
 	Transport raft.Transport
+	// Credentials secure the raft transport. With TLS credentials, raft
+	// runs over mutual TLS from the cluster CA: this node accepts only
+	// peers whose certificate names the directory role, and dials only
+	// peers that present one valid for the address dialed. Insecure
+	// credentials (or nil) keep plain TCP, open to anyone who can reach
+	// Addr. Set by NewServer from Options.Credentials.
+	Credentials *rpc.Credentials
 	// InMemory keeps the log, the stable store and the snapshots in memory
 	// (tests only).
 	InMemory bool
@@ -229,12 +238,10 @@ func OpenRaft(opts RaftOptions, fsm *FSM) (_ *Raft, err error) {
 	}
 	n.transport = opts.Transport
 	if n.transport == nil {
-		tcp, err := raft.NewTCPTransportWithLogger(opts.Addr, nil, 3, 5*time.Second, cfg.Logger)
-		if err != nil {
-			return nil, fmt.Errorf("directory: raft transport on %s: %w", opts.Addr, err)
+		if n.transport, err = openTransport(opts, cfg.Logger); err != nil {
+			return nil, err
 		}
-		closers = append(closers, tcp.Close)
-		n.transport = tcp
+		closers = append(closers, n.transport.(io.Closer).Close)
 	}
 	if len(opts.Bootstrap) > 0 {
 		has, err := raft.HasExistingState(logs, stable, snaps)
@@ -256,6 +263,24 @@ func OpenRaft(opts RaftOptions, fsm *FSM) (_ *Raft, err error) {
 	}
 	n.wg.Go(n.watchLeadership)
 	return n, nil
+}
+
+// openTransport returns raft's network transport on opts.Addr: over
+// mutual TLS with TLS credentials, plain TCP on an insecure plane.
+func openTransport(opts RaftOptions, logger hclog.Logger) (*raft.NetworkTransport, error) {
+	creds := rpc.OrInsecure(opts.Credentials)
+	if creds.IsInsecure() {
+		tcp, err := raft.NewTCPTransportWithLogger(opts.Addr, nil, 3, 5*time.Second, logger)
+		if err != nil {
+			return nil, fmt.Errorf("directory: raft transport on %s: %w", opts.Addr, err)
+		}
+		return tcp, nil
+	}
+	stream, err := newTLSStreamLayer(opts.Addr, creds.Node(), opts.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("directory: raft transport on %s: %w", opts.Addr, err)
+	}
+	return raft.NewNetworkTransportWithLogger(stream, 3, 5*time.Second, logger), nil
 }
 
 func cmpDur(a, b time.Duration) time.Duration {

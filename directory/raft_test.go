@@ -20,6 +20,9 @@ import (
 type memStores struct {
 	mu   sync.Mutex
 	vols map[string]map[uint32]VolumeReport
+	// clock is the stores' report clock (one for all of them, which keeps
+	// each store's stamps increasing).
+	clock int64
 }
 
 func newMemStores(ids ...string) *memStores {
@@ -30,15 +33,16 @@ func newMemStores(ids ...string) *memStores {
 	return m
 }
 
-func (m *memStores) AllocateVolume(_ context.Context, st StoreRecord, vid uint32, limit uint64, _ []byte) (VolumeReport, error) {
+func (m *memStores) AllocateVolume(_ context.Context, st StoreRecord, vid uint32, limit uint64, _ []byte) (Allocated, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.vols[st.ID][vid]; ok {
-		return VolumeReport{}, fmt.Errorf("volume %d exists on %s", vid, st.ID)
+		return Allocated{}, fmt.Errorf("volume %d exists on %s", vid, st.ID)
 	}
 	r := VolumeReport{Vid: vid, State: StateWritable, SizeBytes: 8, SizeLimit: limit}
 	m.vols[st.ID][vid] = r
-	return r, nil
+	m.clock++
+	return Allocated{VolumeReport: r, Acknowledged: m.clock}, nil
 }
 
 func (m *memStores) MarkReadOnly(_ context.Context, st StoreRecord, vid uint32, reason string) error {
@@ -54,7 +58,8 @@ func (m *memStores) MarkReadOnly(_ context.Context, st StoreRecord, vid uint32, 
 func (m *memStores) heartbeat(id string) Heartbeat {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	hb := Heartbeat{StoreID: id, GRPCAddr: id + ":7080", HTTPAddr: id + ":7081", FreeBytes: 1 << 40}
+	m.clock++
+	hb := Heartbeat{StoreID: id, GRPCAddr: id + ":7080", HTTPAddr: id + ":7081", FreeBytes: 1 << 40, Built: m.clock}
 	for _, r := range m.vols[id] {
 		hb.Volumes = append(hb.Volumes, r)
 	}

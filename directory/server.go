@@ -82,6 +82,7 @@ func NewServer(opts Options) (_ *Server, err error) {
 		ro := *opts.Raft
 		ro.Dir = cmpOr(ro.Dir, filepath.Join(opts.Dir, "raft"))
 		ro.Logger = opts.Logger
+		ro.Credentials = opts.Credentials
 		ro.Node = NodeRecord{ID: ro.ID, GRPCAddr: advertised(s.grpcLn.Addr(), opts.AdvertiseGRPC), HTTPAddr: advertised(httpLn.Addr(), opts.AdvertiseHTTP)}
 		if s.raft, err = OpenRaft(ro, s.fsm); err != nil {
 			return nil, err

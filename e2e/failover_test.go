@@ -10,6 +10,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 )
 
 // dirNode is one directory process of a raft cluster and how to start it
@@ -34,6 +37,7 @@ type nodeStatus struct {
 	VidMark   uint32 `json:"vid_mark"`
 	Raft      *struct {
 		State   string `json:"state"`
+		Term    uint64 `json:"term"`
 		Applied uint64 `json:"applied_index"`
 		Members []struct {
 			ID string `json:"id"`
@@ -154,6 +158,7 @@ func TestDirectoryFailover(t *testing.T) {
 		waitHealthy(t, n.proc, "http://"+n.http+"/healthz")
 	}
 	leader := leaderOf(t, nodes)
+	refusePlainRaft(t, leader)
 
 	for i := range 3 {
 		s := &clusterStore{name: fmt.Sprintf("store%d", i), http: freePort(t), grpc: freePort(t)}
@@ -338,4 +343,49 @@ func waitCaughtUp(t *testing.T, leader, node *dirNode) {
 		}
 		return nil
 	})
+}
+
+// refusePlainRaft checks that the leader's raft port, which runs mutual
+// TLS, answers no raft request sent in plain TCP: a vote request with a
+// much higher term, which a reachable node would have to adopt, fails,
+// and the node's term stays below it.
+func refusePlainRaft(t *testing.T, leader *dirNode) {
+	t.Helper()
+	before := raftStatusOf(t, leader)
+	tr, err := raft.NewTCPTransportWithLogger("127.0.0.1:0", nil, 1, 2*time.Second, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	req := &raft.RequestVoteRequest{
+		RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("rogue"), Addr: []byte(tr.LocalAddr())},
+		Term:      before.Term + 100, LastLogIndex: 1 << 40, LastLogTerm: before.Term + 100, LeadershipTransfer: true,
+	}
+	var resp raft.RequestVoteResponse
+	if err := tr.RequestVote(raft.ServerID(leader.id), raft.ServerAddress(leader.raft), req, &resp); err == nil {
+		t.Fatalf("the leader's raft port answered a plain-TCP vote request (granted %v)", resp.Granted)
+	}
+	// A vote request that got through would have moved the node to its
+	// term; an ordinary election in the meantime moves it by one or two.
+	if after := raftStatusOf(t, leader); after.Term >= req.Term {
+		t.Fatalf("after a plain-TCP vote request for term %d the leader is %s in term %d (was term %d)", req.Term, after.State, after.Term, before.Term)
+	}
+}
+
+// raftStatus is a node's raft state and term.
+type raftStatus struct {
+	State string
+	Term  uint64
+}
+
+func raftStatusOf(t *testing.T, n *dirNode) raftStatus {
+	t.Helper()
+	st, err := statusOf(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Raft == nil {
+		t.Fatalf("%s: no raft status", n.id)
+	}
+	return raftStatus{State: st.Raft.State, Term: st.Raft.Term}
 }

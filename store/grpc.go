@@ -354,7 +354,7 @@ func (g *grpcService) AllocateVolume(ctx context.Context, req *storepb.AllocateV
 		// created still empty: that is success, not a conflict.
 		sb := v.Superblock()
 		if st := v.Status(); st.Needles == 0 && st.Size == volume.SuperblockSize && (secret == nil || bytes.Equal(sb.Secret[:], secret)) {
-			return &storepb.AllocateVolumeResponse{Volume: volumeInfo(st)}, nil
+			return &storepb.AllocateVolumeResponse{Volume: volumeInfo(st), AcknowledgedUnixNano: g.srv.store.ReportStamp()}, nil
 		}
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %d already exists on this store and holds data", vid)
 	} else if !errors.Is(err, ErrVolumeNotHere) {
@@ -371,7 +371,9 @@ func (g *grpcService) AllocateVolume(ctx context.Context, req *storepb.AllocateV
 		g.srv.opts.Logger.Warn("allocated volume with the store's size limit, not the requested one",
 			"vid", vid, "requested", lim, "limit", v.Status().SizeLimit)
 	}
-	return &storepb.AllocateVolumeResponse{Volume: volumeInfo(v.Status())}, nil
+	// Stamped once the volume is listed: every report stamped later lists
+	// it.
+	return &storepb.AllocateVolumeResponse{Volume: volumeInfo(v.Status()), AcknowledgedUnixNano: g.srv.store.ReportStamp()}, nil
 }
 
 // VolumeStatus implements storepb.StoreServer. Volumes that failed to open

@@ -276,6 +276,8 @@ func (h *Heartbeater) report() (*directorypb.HeartbeatRequest, []*directorypb.Co
 		Rack:      h.opts.Rack,
 		Corrupt:   corrupt,
 	}
+	// Stamped before the volumes are read: see Store.ReportStamp.
+	req.BuiltUnixNano = h.store.ReportStamp()
 	if free, err := freeBytes(h.store.Dir()); err == nil {
 		req.FreeBytes = free
 	} else {

@@ -77,6 +77,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -119,6 +120,8 @@ type Store struct {
 	lock  io.Closer // the data directory's lock, held while open
 	// createMu serialises volume creations and replica swaps.
 	createMu sync.Mutex
+	// reportClock is the last stamp ReportStamp returned.
+	reportClock atomic.Int64
 
 	mu struct {
 		sync.RWMutex
@@ -251,6 +254,23 @@ func (s *Store) Volume(vid uint32) (*volume.Volume, error) {
 		return nil, fmt.Errorf("store: volume %d failed to open: %w", vid, err)
 	}
 	return nil, fmt.Errorf("%w: %d", ErrVolumeNotHere, vid)
+}
+
+// ReportStamp returns the store's report clock: the time in Unix
+// nanoseconds, made strictly increasing over the calls of this process
+// (a wall clock stepping back does not make it repeat or go back). The
+// heartbeat stamps each report with it before reading the volumes, and
+// AllocateVolume answers with it once the new volume is listed, so a
+// report with a larger stamp than an allocation's was built after it and
+// lists the volume.
+func (s *Store) ReportStamp() int64 {
+	for {
+		last := s.reportClock.Load()
+		next := max(time.Now().UnixNano(), last+1)
+		if s.reportClock.CompareAndSwap(last, next) {
+			return next
+		}
+	}
 }
 
 // Volumes returns the open volumes ordered by vid.

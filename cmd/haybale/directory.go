@@ -57,7 +57,7 @@ func (f *directoryFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.heartbeatInterval, "heartbeat-interval", directory.DefaultHeartbeatInterval, "interval of store heartbeats; a store silent for 3 intervals is dead")
 	fs.Float64Var(&f.compactThreshold, "compact-threshold", 0, "fraction of a read-only volume's bytes that may be garbage before its stores are asked to compact it, e.g. 0.3 (0 = never)")
 	fs.StringVar(&f.raftID, "raft-id", "", "this node's id in a directory cluster, e.g. d1 (none: a single directory on <dir>/"+directory.StateFile+")")
-	fs.StringVar(&f.raftAddr, "raft-addr", "", "host:port of this node's raft transport, reachable by the other directory nodes (with --raft-id)")
+	fs.StringVar(&f.raftAddr, "raft-addr", "", "host:port of this node's raft transport, reachable by the other directory nodes (with --raft-id); mutual TLS with the directory certificates of --certs-dir, which must name this host")
 	fs.StringVar(&f.bootstrap, "bootstrap", "", "start a new cluster with these voters, id@host:port comma-separated, this node included; give every founding node the same list (ignored once the node has raft state)")
 	fs.StringVar(&f.seedFrom, "seed-from", "", "state file of a single-node directory (its <dir>/"+directory.StateFile+", directory stopped) to start a new cluster from; needs --bootstrap listing this node alone; add the other nodes with `haybale directory add`")
 	fs.StringVar(&f.advertiseGRPC, "advertise-grpc", "", "gRPC address other machines reach this node at, named by followers when they point clients at the leader (default: the bound --grpc address)")

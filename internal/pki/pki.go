@@ -516,6 +516,39 @@ func (n *Node) ServerTLS() *tls.Config {
 	}
 }
 
+// ServerTLSRequiring is ServerTLS that also requires the client's
+// certificate to name one of roles: a directory's raft listener admits
+// only directories. With no roles it is ServerTLS.
+func (n *Node) ServerTLSRequiring(roles ...Role) *tls.Config {
+	cfg := n.ServerTLS()
+	if len(roles) > 0 {
+		cfg.VerifyConnection = requireRole("client", roles)
+	}
+	return cfg
+}
+
+// requireRole returns a VerifyConnection hook that accepts a peer whose
+// verified certificate names one of roles; side names the peer ("client"
+// or "server") in the error.
+func requireRole(side string, roles []Role) func(tls.ConnectionState) error {
+	want := append([]Role(nil), roles...)
+	return func(cs tls.ConnectionState) error {
+		id, err := PeerIdentity(&cs)
+		if err != nil {
+			return err
+		}
+		for _, r := range want {
+			if id.Role == r {
+				return nil
+			}
+		}
+		if side == "server" {
+			return fmt.Errorf("pki: server %s is a %s, want %v", cs.ServerName, id, want)
+		}
+		return fmt.Errorf("pki: client %s may not connect here (want %v)", id, want)
+	}
+}
+
 // ClientTLS returns the TLS configuration of a client presenting n's
 // certificate and trusting only the cluster CA. The server's name is
 // checked against its certificate's hosts as usual.
@@ -532,21 +565,8 @@ func (n *Node) ClientTLS() *tls.Config {
 // server that is not a store of this cluster.
 func (n *Node) ClientTLSExpecting(roles ...Role) *tls.Config {
 	cfg := n.ClientTLS()
-	if len(roles) == 0 {
-		return cfg
-	}
-	want := append([]Role(nil), roles...)
-	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-		id, err := PeerIdentity(&cs)
-		if err != nil {
-			return err
-		}
-		for _, r := range want {
-			if id.Role == r {
-				return nil
-			}
-		}
-		return fmt.Errorf("pki: server %s is a %s, want %v", cs.ServerName, id, want)
+	if len(roles) > 0 {
+		cfg.VerifyConnection = requireRole("server", roles)
 	}
 	return cfg
 }

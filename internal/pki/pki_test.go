@@ -4,11 +4,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestIssueLoadAndIdentity(t *testing.T) {
@@ -125,5 +127,71 @@ func TestCertLifetimeCappedByCA(t *testing.T) {
 	}
 	if is.Cert.NotAfter.After(ca.Cert.NotAfter) {
 		t.Fatalf("certificate outlives its CA: %v > %v", is.Cert.NotAfter, ca.Cert.NotAfter)
+	}
+}
+
+// handshake runs a TLS handshake between client and server configurations
+// over an in-memory pipe and returns the server's error.
+func handshake(t *testing.T, server, client *tls.Config) error {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	done := make(chan error, 1)
+	go func() {
+		c := tls.Client(a, client)
+		err := c.Handshake()
+		if err == nil {
+			// TLS 1.3: the server's verdict on the client certificate
+			// arrives after the client's handshake; a read surfaces it.
+			a.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err = c.Read(make([]byte, 1))
+		}
+		done <- err
+	}()
+	s := tls.Server(b, server)
+	serr := s.Handshake()
+	if serr == nil {
+		s.Write([]byte{1})
+	}
+	s.Close()
+	<-done
+	return serr
+}
+
+func TestServerTLSRequiringRole(t *testing.T) {
+	ca, err := NewCA("test CA", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := func(role Role, name string) *Node {
+		is, err := ca.Issue(IssueOptions{Identity: Identity{Role: role, Name: name}, Hosts: []string{"127.0.0.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := ca.Node(is)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	server := node(RoleDirectory, "d1").ServerTLSRequiring(RoleDirectory)
+	client := func(n *Node) *tls.Config {
+		c := n.ClientTLS()
+		c.ServerName = "127.0.0.1"
+		return c
+	}
+	if err := handshake(t, server, client(node(RoleDirectory, "d2"))); err != nil {
+		t.Fatalf("a directory was refused: %v", err)
+	}
+	if err := handshake(t, server, client(node(RoleStore, "s1"))); err == nil || !strings.Contains(err.Error(), "store/s1") {
+		t.Fatalf("a store was admitted or refused for another reason: %v", err)
+	}
+	noCert := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: ca.Pool(), ServerName: "127.0.0.1"}
+	if err := handshake(t, server, noCert); err == nil {
+		t.Fatal("a client without a certificate was admitted")
+	}
+	if err := handshake(t, node(RoleDirectory, "d1").ServerTLSRequiring(), client(node(RoleStore, "s1"))); err != nil {
+		t.Fatalf("with no roles every cluster certificate is admitted: %v", err)
 	}
 }

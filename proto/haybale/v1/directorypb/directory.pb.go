@@ -922,7 +922,15 @@ type HeartbeatRequest struct {
 	// Every volume the store holds.
 	Volumes []*storepb.VolumeInfo `protobuf:"bytes,7,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	// Corrupt needles found since the previous heartbeat.
-	Corrupt       []*CorruptReport `protobuf:"bytes,8,rep,name=corrupt,proto3" json:"corrupt,omitempty"`
+	Corrupt []*CorruptReport `protobuf:"bytes,8,rep,name=corrupt,proto3" json:"corrupt,omitempty"`
+	// When the store built this report, by its report clock: Unix
+	// nanoseconds, strictly increasing over the reports and allocation
+	// acknowledgements (AllocateVolumeResponse.acknowledged_unix_nano) of one
+	// store process, and taken before the volumes are read. A report built
+	// at or before a volume's acknowledgement may predate the volume; the
+	// directory keeps its own view of that volume then. 0 from a store
+	// without a report clock.
+	BuiltUnixNano int64 `protobuf:"varint,9,opt,name=built_unix_nano,json=builtUnixNano,proto3" json:"built_unix_nano,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1011,6 +1019,13 @@ func (x *HeartbeatRequest) GetCorrupt() []*CorruptReport {
 		return x.Corrupt
 	}
 	return nil
+}
+
+func (x *HeartbeatRequest) GetBuiltUnixNano() int64 {
+	if x != nil {
+		return x.BuiltUnixNano
+	}
+	return 0
 }
 
 // CorruptReport records a needle that failed verification on a read.
@@ -1917,7 +1932,7 @@ const file_haybale_v1_directory_proto_rawDesc = "" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"O\n" +
 	"\x1dDirectoryMarkReadOnlyResponse\x12.\n" +
-	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeViewR\x06volume\"\xa0\x02\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeViewR\x06volume\"\xc8\x02\n" +
 	"\x10HeartbeatRequest\x12\x19\n" +
 	"\bstore_id\x18\x01 \x01(\tR\astoreId\x12\x1b\n" +
 	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x1b\n" +
@@ -1928,7 +1943,8 @@ const file_haybale_v1_directory_proto_rawDesc = "" +
 	"\n" +
 	"free_bytes\x18\x06 \x01(\x04R\tfreeBytes\x120\n" +
 	"\avolumes\x18\a \x03(\v2\x16.haybale.v1.VolumeInfoR\avolumes\x123\n" +
-	"\acorrupt\x18\b \x03(\v2\x19.haybale.v1.CorruptReportR\acorrupt\"\xae\x01\n" +
+	"\acorrupt\x18\b \x03(\v2\x19.haybale.v1.CorruptReportR\acorrupt\x12&\n" +
+	"\x0fbuilt_unix_nano\x18\t \x01(\x03R\rbuiltUnixNano\"\xae\x01\n" +
 	"\rCorruptReport\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\x04R\x03key\x12\x1b\n" +

@@ -780,9 +780,15 @@ func (x *AllocateVolumeRequest) GetVolumeSecret() []byte {
 type AllocateVolumeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The created volume.
-	Volume        *VolumeInfo `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Volume *VolumeInfo `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	// The store's report clock once the volume exists (see
+	// HeartbeatRequest.built_unix_nano): every heartbeat report the store
+	// builds after this answer has a larger built_unix_nano and lists the
+	// volume. The directory ignores, for this volume on this store, a report
+	// built at or before it. 0 from a store without a report clock.
+	AcknowledgedUnixNano int64 `protobuf:"varint,2,opt,name=acknowledged_unix_nano,json=acknowledgedUnixNano,proto3" json:"acknowledged_unix_nano,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *AllocateVolumeResponse) Reset() {
@@ -820,6 +826,13 @@ func (x *AllocateVolumeResponse) GetVolume() *VolumeInfo {
 		return x.Volume
 	}
 	return nil
+}
+
+func (x *AllocateVolumeResponse) GetAcknowledgedUnixNano() int64 {
+	if x != nil {
+		return x.AcknowledgedUnixNano
+	}
+	return 0
 }
 
 // VolumeStatusRequest selects the volumes to describe.
@@ -2654,9 +2667,10 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\x15AllocateVolumeRequest\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12(\n" +
 	"\x10size_limit_bytes\x18\x02 \x01(\x04R\x0esizeLimitBytes\x12#\n" +
-	"\rvolume_secret\x18\x03 \x01(\fR\fvolumeSecret\"H\n" +
+	"\rvolume_secret\x18\x03 \x01(\fR\fvolumeSecret\"~\n" +
 	"\x16AllocateVolumeResponse\x12.\n" +
-	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"'\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\x124\n" +
+	"\x16acknowledged_unix_nano\x18\x02 \x01(\x03R\x14acknowledgedUnixNano\"'\n" +
 	"\x13VolumeStatusRequest\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\"H\n" +
 	"\x14VolumeStatusResponse\x120\n" +
