@@ -189,6 +189,9 @@ type VolumeReport struct {
 	SizeLimit    uint64      `json:"size_limit"`
 	NeedleCount  uint64      `json:"needle_count"`
 	DeletedBytes uint64      `json:"deleted_bytes"`
+	// EcShards are the shards of an EC volume the store holds, ascending
+	// (none for a plain volume, or a holder keeping only the index).
+	EcShards []uint32 `json:"ec_shards,omitempty"`
 }
 
 // atLimit reports whether the volume reached the size limit (limit, or the
