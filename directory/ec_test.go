@@ -175,3 +175,36 @@ func TestECShardIDs(t *testing.T) {
 		t.Errorf("one shard per store: survives %d stores, want 4", got)
 	}
 }
+
+// A holder that stops reporting an EC volume gave it up and leaves its
+// holders; a plain replica that stops reporting is kept, marked missing;
+// once the holders left all report the decoded volume sealed, the volume
+// is sealed again.
+func TestFSMDropsECHolderThatGaveUp(t *testing.T) {
+	f := OpenMemoryFSM()
+	mustApply(t, f, Command{Type: CmdCreateVolume, Volume: &VolumeRecord{Vid: 3, State: StateEC,
+		Replicas: []ReplicaRecord{{StoreID: "a"}, {StoreID: "b"}, {StoreID: "c"}}}})
+	mustApply(t, f, Command{Type: CmdCreateVolume, Volume: &VolumeRecord{Vid: 4, State: sealed,
+		Replicas: []ReplicaRecord{{StoreID: "c"}}}})
+	ec := func(shards ...uint32) VolumeReport { return VolumeReport{Vid: 3, State: StateEC, EcShards: shards} }
+	mustApply(t, f, report("a", ec(0, 1, 2, 3, 4)))
+	mustApply(t, f, report("b", ec(5, 6, 7, 8, 9)))
+	mustApply(t, f, report("c", ec(10, 11, 12, 13), VolumeReport{Vid: 4, State: sealed}))
+	if v, _ := f.Volume(3); v.State != StateEC || len(v.Replicas) != 3 {
+		t.Fatalf("encoded volume %+v", v)
+	}
+	// a decodes: it reports the volume sealed; c gives both volumes up.
+	mustApply(t, f, report("a", VolumeReport{Vid: 3, State: sealed}))
+	mustApply(t, f, report("c"))
+	v, _ := f.Volume(3)
+	if v.State != StateEC || len(v.Replicas) != 2 || v.replica("c") >= 0 {
+		t.Fatalf("after c gave up the EC volume: %+v", v)
+	}
+	if v4, _ := f.Volume(4); len(v4.Replicas) != 1 || v4.Replicas[0].State != StateUnknown {
+		t.Fatalf("plain volume missing from c's report: %+v", v4)
+	}
+	mustApply(t, f, report("b"))
+	if v, _ = f.Volume(3); v.State != sealed || len(v.Replicas) != 1 || v.Replicas[0].StoreID != "a" {
+		t.Fatalf("after every holder gave up the EC volume: %+v", v)
+	}
+}
