@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -75,6 +76,11 @@ func TestECDecodeCluster(t *testing.T) {
 		t.Fatalf("placement %+v", enc)
 	}
 	c.Eventually("EC on 4 stores", lookState(storepb.VolumeState_VOLUME_STATE_EC, 4))
+	for _, s := range c.Stores {
+		if files, _ := filepath.Glob(filepath.Join(s.DataDir, fmt.Sprintf("%d.ecx", vid))); len(files) != 1 {
+			t.Fatalf("store %s has no EC index in %s", s.HB.StoreID(), s.DataDir)
+		}
+	}
 	// One photo deleted while erasure-coded: the journal has it.
 	var gone needle.PhotoID
 	for id := range ids {
@@ -113,6 +119,9 @@ func TestECDecodeCluster(t *testing.T) {
 		id := s.HB.StoreID()
 		if _, err := s.Srv.Store().ECVolume(vid); err == nil {
 			t.Errorf("store %s still holds EC volume %d", id, vid)
+		}
+		if left, _ := filepath.Glob(filepath.Join(s.DataDir, fmt.Sprintf("%d.ec*", vid))); len(left) > 0 {
+			t.Errorf("store %s keeps EC files %v", id, left)
 		}
 		_, err := s.Srv.Store().Volume(vid)
 		if holds := slices.Contains(res.Replicas, id); holds != (err == nil) {
