@@ -40,6 +40,17 @@ type ecHolder struct {
 	vol  *storepb.VolumeInfo
 }
 
+// aliveStores returns the stores the directory reports alive, by id.
+func aliveStores(ls *directorypb.ListStoresResponse) map[string]*directorypb.StoreInfo {
+	alive := map[string]*directorypb.StoreInfo{}
+	for _, s := range ls.GetStores() {
+		if s.GetState() == directorypb.StoreState_STORE_STATE_ALIVE {
+			alive[s.GetId()] = s
+		}
+	}
+	return alive
+}
+
 // liveHolders asks each live replica of a looked-up volume for its copy.
 // It returns those that answered, and the ids of the replicas that are
 // down, did not answer, or no longer hold the volume.
@@ -103,12 +114,7 @@ func ECDecodeCluster(ctx context.Context, creds *rpc.Credentials, dirAddr string
 	if err != nil {
 		return res, err
 	}
-	alive := map[string]*directorypb.StoreInfo{}
-	for _, s := range ls.GetStores() {
-		if s.GetState() == directorypb.StoreState_STORE_STATE_ALIVE {
-			alive[s.GetId()] = s
-		}
-	}
+	alive := aliveStores(ls)
 	if len(alive) < replicas {
 		return res, fmt.Errorf("volume %d: %d live store(s), fewer than the %d replicas asked for", vid, len(alive), replicas)
 	}
