@@ -189,6 +189,9 @@ type VolumeReport struct {
 	SizeLimit    uint64      `json:"size_limit"`
 	NeedleCount  uint64      `json:"needle_count"`
 	DeletedBytes uint64      `json:"deleted_bytes"`
+	// EcShards are the shards of an EC volume the store holds, ascending
+	// (none for a plain volume, or a holder keeping only the index).
+	EcShards []uint32 `json:"ec_shards,omitempty"`
 }
 
 // atLimit reports whether the volume reached the size limit (limit, or the
@@ -710,7 +713,11 @@ func (f *FSM) planReportLocked(cmd Command) (changes, error) {
 		ch.volumes = append(ch.volumes, v)
 	}
 	// Replicas of this store that it no longer reports are kept (removing a
-	// replica is a repair decision) but marked missing.
+	// replica is a repair decision) but marked missing; except a holder of
+	// an EC volume that reported it as EC last: it gave it up (its shards
+	// were placed elsewhere, or the volume was decoded and replicated), so
+	// it leaves the holders, and a volume whose remaining replicas all say
+	// sealed is sealed again.
 	if old, ok := f.mu.stores[st.ID]; ok {
 		for _, vid := range old.Vids {
 			if _, ok := reported[vid]; ok {
@@ -722,7 +729,14 @@ func (f *FSM) planReportLocked(cmd Command) (changes, error) {
 			}
 			if i := v.replica(st.ID); i >= 0 {
 				v = v.clone()
-				v.Replicas[i].VolumeReport = VolumeReport{Vid: vid, Reason: "missing from the store's report"}
+				if v.State == StateEC && v.Replicas[i].State == StateEC {
+					v.Replicas = slices.Delete(v.Replicas, i, i+1)
+					if len(v.Replicas) > 0 && !slices.ContainsFunc(v.Replicas, func(x ReplicaRecord) bool { return x.State != StateSealed }) {
+						v.State, v.Reason = StateSealed, ""
+					}
+				} else {
+					v.Replicas[i].VolumeReport = VolumeReport{Vid: vid, Reason: "missing from the store's report"}
+				}
 				ch.volumes = append(ch.volumes, v)
 			}
 		}

@@ -354,7 +354,8 @@ func heartbeatFromPB(req *directorypb.HeartbeatRequest) Heartbeat {
 
 func volumeReportFromPB(v *storepb.VolumeInfo) VolumeReport {
 	return VolumeReport{Vid: v.GetVid(), State: volumeStateFromPB(v.GetState()), Reason: v.GetReadOnlyReason(),
-		SizeBytes: v.GetSizeBytes(), SizeLimit: v.GetSizeLimitBytes(), NeedleCount: v.GetNeedleCount(), DeletedBytes: v.GetDeletedBytes()}
+		SizeBytes: v.GetSizeBytes(), SizeLimit: v.GetSizeLimitBytes(), NeedleCount: v.GetNeedleCount(), DeletedBytes: v.GetDeletedBytes(),
+		EcShards: ecShardIDs(v.GetEcShardIds())}
 }
 
 func heartbeatAnswerPB(a HeartbeatAnswer) *directorypb.HeartbeatResponse {

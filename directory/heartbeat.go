@@ -276,7 +276,7 @@ func (d *Directory) fingerprint(hb Heartbeat) string {
 		if v, ok := d.fsm.Volume(r.Vid); ok {
 			limit = v.SizeLimit
 		}
-		fmt.Fprintf(&b, "%d/%s/%q/%t;", r.Vid, r.State, r.Reason, r.atLimit(limit))
+		fmt.Fprintf(&b, "%d/%s/%q/%t/%v;", r.Vid, r.State, r.Reason, r.atLimit(limit), r.EcShards)
 	}
 	// A store the FSM does not hold (new, or removed) is recorded at once.
 	if _, ok := d.fsm.Store(hb.StoreID); !ok {

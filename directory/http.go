@@ -22,6 +22,15 @@ var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap
 		}
 		return now.Sub(t).Round(100*time.Millisecond).String() + " ago"
 	},
+	"ecVolumes": func(vols []VolumeStatus) []VolumeStatus {
+		var out []VolumeStatus
+		for _, v := range vols {
+			if v.EC != nil {
+				out = append(out, v)
+			}
+		}
+		return out
+	},
 }).Parse(statusHTML))
 
 // Status is the directory's state for people and scripts: GET
@@ -67,6 +76,8 @@ type VolumeStatus struct {
 	FillPercent    float64  `json:"fill_percent"`
 	NeedleCount    uint64   `json:"needle_count"`
 	DeletedBytes   uint64   `json:"deleted_bytes"`
+	// EC is where the shards of an EC volume are (nil for a plain one).
+	EC *ECShardStatus `json:"ec,omitempty"`
 }
 
 // Status returns the directory's current state as this node sees it.
@@ -98,6 +109,9 @@ func (d *Directory) Status() Status {
 			NeedleCount: view.NeedleCount, DeletedBytes: view.DeletedBytes}
 		if vs.SizeLimitBytes > 0 {
 			vs.FillPercent = min(100, 100*float64(vs.SizeBytes)/float64(vs.SizeLimitBytes))
+		}
+		if v.State == StateEC {
+			vs.EC = d.ecStatus(sn, v)
 		}
 		st.Volumes = append(st.Volumes, vs)
 	}

@@ -142,6 +142,34 @@ func (s *Store) DeleteECShards(ctx context.Context, vid uint32, shards []int) (*
 	return e, nil
 }
 
+// RemoveECVolume stops serving EC volume vid and removes all its files,
+// index and journal last: once a decoded copy of the volume serves
+// elsewhere, this store's EC form is redundant. Reads in flight finish on
+// the closed volume's files before it closes. After a crash part way, the
+// index remains and the store serves the volume as before (without the
+// removed shards) until it is asked again.
+func (s *Store) RemoveECVolume(ctx context.Context, vid uint32) error {
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
+	e, err := s.ECVolume(vid)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.mu.ec[vid] == e {
+		delete(s.mu.ec, vid)
+	}
+	s.mu.Unlock()
+	if err := e.Close(); err != nil {
+		s.opts.Logger.Warn("closing the removed EC volume", "vid", vid, "err", err)
+	}
+	if err := volume.RemoveEC(s.opts.FS, s.opts.Dir, vid); err != nil {
+		return fmt.Errorf("store: remove EC volume %d: %w", vid, err)
+	}
+	s.opts.Logger.Info("EC volume removed", "vid", vid)
+	return nil
+}
+
 // RebuildECShards regenerates the listed shards of EC volume vid on this
 // store from 10 others (local or its peers') and serves them.
 func (s *Store) RebuildECShards(ctx context.Context, vid uint32, shards []int) (*volume.ECVolume, error) {
@@ -232,6 +260,16 @@ func (g *grpcService) EcShardMount(ctx context.Context, req *storepb.EcShardMoun
 func (g *grpcService) EcShardDelete(ctx context.Context, req *storepb.EcShardDeleteRequest) (*storepb.EcShardDeleteResponse, error) {
 	if req.GetVid() == 0 {
 		return nil, status.Error(codes.InvalidArgument, "vid 0")
+	}
+	if req.GetRemoveVolume() {
+		err := g.srv.store.RemoveECVolume(ctx, req.GetVid())
+		if errors.Is(err, ErrVolumeNotHere) {
+			return nil, status.Errorf(codes.NotFound, "EC volume %d is not on this store", req.GetVid())
+		}
+		if err != nil {
+			return nil, volumeError(req.GetVid(), err)
+		}
+		return &storepb.EcShardDeleteResponse{}, nil
 	}
 	shards, err := shardList(req.GetShards())
 	if err != nil {

@@ -374,3 +374,61 @@ func TestECShardsPlacedOnThreeStores(t *testing.T) {
 		t.Fatalf("%d of %d reads unavailable with 9 shards left", unavailable, len(before))
 	}
 }
+
+// EcShardDelete with remove_volume removes every EC file of the volume,
+// index and journal included: the store no longer serves or reports it.
+func TestECRemoveVolume(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMem()
+	a := startServer(t, Options{Dir: "/data", FS: fs}, ServerOptions{})
+	a.allocate(t, 1)
+	a.allocate(t, 2)
+	r := rand.New(rand.NewPCG(5, 9))
+	var photos []*photo
+	for k := uint64(1); k <= 6; k++ {
+		p := randomPhoto(r, 1, 0x500+k, 100+int(k)*17)
+		a.writePhoto(t, p)
+		photos = append(photos, p)
+	}
+	plain := randomPhoto(r, 2, 0x600, 90)
+	a.writePhoto(t, plain)
+	a.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1})
+	if _, err := a.client.Compact(ctx, &storepb.CompactRequest{Vid: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.client.EcEncode(ctx, &storepb.EcEncodeRequest{Vid: 1, LargeBlock: 2048, SmallBlock: 256}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := a.client.EcShardDelete(ctx, &storepb.EcShardDeleteRequest{Vid: 2, RemoveVolume: true})
+	wantCode(t, "remove_volume of a plain volume", err, codes.NotFound)
+	if _, err := a.client.EcShardDelete(ctx, &storepb.EcShardDeleteRequest{Vid: 1, RemoveVolume: true}); err != nil {
+		t.Fatalf("remove EC volume 1: %v", err)
+	}
+	if _, err := a.srv.Store().ECVolume(1); err == nil {
+		t.Fatal("EC volume 1 still open")
+	}
+	for _, p := range []string{volume.ECIndexPath("/data", 1), volume.ECJournalPath("/data", 1), volume.ECShardPath("/data", 1, 0), volume.ECShardPath("/data", 1, 13)} {
+		if _, err := fs.Stat(p); err == nil {
+			t.Errorf("%s is still there", p)
+		}
+	}
+	for _, p := range photos {
+		if got := a.answerOf(t, p.path(needle.SizeThumb)); got.code != http.StatusNotFound {
+			t.Fatalf("%s after the removal: HTTP %d", p.path(needle.SizeThumb), got.code)
+		}
+	}
+	st, err := a.client.VolumeStatus(ctx, &storepb.VolumeStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range st.GetVolumes() {
+		if v.GetVid() == 1 {
+			t.Fatalf("volume 1 still listed: %v", v)
+		}
+	}
+	if got := a.answerOf(t, plain.path(needle.SizeThumb)); got.code != http.StatusOK {
+		t.Fatalf("plain volume 2: HTTP %d", got.code)
+	}
+	_, err = a.client.EcShardDelete(ctx, &storepb.EcShardDeleteRequest{Vid: 1, RemoveVolume: true})
+	wantCode(t, "second removal", err, codes.NotFound)
+}

@@ -247,35 +247,23 @@ func ECRebuildCluster(ctx context.Context, creds *rpc.Credentials, dirAddr strin
 	if err != nil {
 		return res, err
 	}
-	alive := map[string]*directorypb.StoreInfo{}
-	for _, s := range ls.GetStores() {
-		if s.GetState() == directorypb.StoreState_STORE_STATE_ALIVE {
-			alive[s.GetId()] = s
-		}
-	}
+	alive := aliveStores(ls)
 	held := map[int]bool{}
 	count := map[string]int{}
 	usedRacks := map[string]bool{}
 	var source string
-	for _, r := range look.GetReplicas() {
-		s, ok := alive[r.GetStoreId()]
-		if !ok {
+	answered, _ := liveHolders(ctx, cl, vid, look, alive)
+	for _, h := range answered {
+		if h.vol.GetState() != storepb.VolumeState_VOLUME_STATE_EC {
 			continue
 		}
-		sc, err := cl.Store(s.GetGrpcAddr())
-		if err != nil {
-			continue
-		}
-		st, err := sc.VolumeStatus(ctx, &storepb.VolumeStatusRequest{Vid: vid})
-		if err != nil || len(st.GetVolumes()) != 1 || st.GetVolumes()[0].GetState() != storepb.VolumeState_VOLUME_STATE_EC {
-			continue
-		}
-		count[s.GetId()] = len(st.GetVolumes()[0].GetEcShardIds())
+		s := h.info
+		count[s.GetId()] = len(h.vol.GetEcShardIds())
 		usedRacks[s.GetRack()] = true
 		if source == "" {
 			source = s.GetGrpcAddr()
 		}
-		for _, i := range st.GetVolumes()[0].GetEcShardIds() {
+		for _, i := range h.vol.GetEcShardIds() {
 			held[int(i)] = true
 		}
 	}

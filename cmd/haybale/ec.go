@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/haybale/haybale/directory"
 	"github.com/haybale/haybale/tools"
 )
 
@@ -136,19 +137,38 @@ the volume first), each rebuilding from 10 shards read from its peers.`,
 		},
 	}
 	rebuild.Flags().StringVar(&rebuildDir, "directory", "", "gRPC address of the directory, to rebuild a cluster's EC volume")
-	var decOut, decStore string
+	var decOut, decStore, decDir string
+	var decReplicas int
 	decode := &cobra.Command{
-		Use:   "decode DIR --out FILE.dat | --store ADDR --vid N",
+		Use:   "decode DIR --out FILE.dat | --store ADDR --vid N | --directory ADDR --vid N",
 		Short: "Turn an EC volume back into a plain volume, applying its journaled deletes (offline, or on a running store)",
 		Long: `Rebuilds the volume file from the shards (rebuilding what lost or damaged
 shards cannot give), applies the deletion journal and compacts the deletes
 away. Offline it writes FILE.dat and leaves the EC files as they are; with
 --store and --vid the running store decodes its EC volume in place, serves
-the plain volume from then on and removes the EC files.`,
+the plain volume from then on and removes the EC files. With --directory
+and --vid the cluster's EC volume becomes a replicated one again: the
+holder with the most shards decodes it, --replicas - 1 other stores (on
+other racks as far as labels allow) copy and seal it, and every other
+holder removes its EC files; the directory then records the volume sealed
+on those replicas. Holders that are down keep their files: run it again
+once they are back.`,
 		Example: `  haybale ec decode warm/ --out data/7.dat
   haybale ec decode --vid 7 warm/ --out /tmp/7.dat
-  haybale ec decode --certs-dir ca/operator-alice --store store1:8081 --vid 7`,
+  haybale ec decode --certs-dir ca/operator-alice --store store1:8081 --vid 7
+  haybale ec decode --certs-dir ca/operator-alice --directory dir1:7070 --vid 7 --replicas 3`,
 		RunE: func(c *cobra.Command, args []string) error {
+			if decDir != "" {
+				if len(args) != 0 || decOut != "" || decStore != "" || vid == 0 {
+					return fmt.Errorf("cluster decoding takes --directory and --vid, and no folder, --out or --store")
+				}
+				creds, err := tls.credentials()
+				if err != nil {
+					return err
+				}
+				_, err = tools.ECDecodeCluster(c.Context(), creds, decDir, vid, decReplicas, out(c))
+				return err
+			}
 			if decStore != "" {
 				if len(args) != 0 || decOut != "" || vid == 0 {
 					return fmt.Errorf("online decoding takes --store and --vid, and no folder or --out")
@@ -161,7 +181,7 @@ the plain volume from then on and removes the EC files.`,
 				return err
 			}
 			if len(args) != 1 || decOut == "" {
-				return fmt.Errorf("give one DIR and --out FILE.dat, or --store and --vid")
+				return fmt.Errorf("give one DIR and --out FILE.dat, --store and --vid, or --directory and --vid")
 			}
 			_, err := tools.ECDecode(c.Context(), args[0], vid, decOut, out(c))
 			return err
@@ -169,6 +189,8 @@ the plain volume from then on and removes the EC files.`,
 	}
 	decode.Flags().StringVar(&decOut, "out", "", "volume file to write (name it <vid>.dat to get its .idx beside it)")
 	decode.Flags().StringVar(&decStore, "store", "", "gRPC address of a running store, for online decoding")
+	decode.Flags().StringVar(&decDir, "directory", "", "gRPC address of the directory, to turn a cluster's EC volume back into a replicated one")
+	decode.Flags().IntVar(&decReplicas, "replicas", directory.DefaultReplication, "plain replicas to make (with --directory)")
 	var statusDir string
 	statusCmd := &cobra.Command{
 		Use:     "status --directory ADDR",

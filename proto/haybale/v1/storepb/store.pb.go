@@ -2416,7 +2416,10 @@ type EcShardDeleteRequest struct {
 	// Volume id.
 	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
 	// Shards to remove (0..13).
-	Shards        []uint32 `protobuf:"varint,2,rep,packed,name=shards,proto3" json:"shards,omitempty"`
+	Shards []uint32 `protobuf:"varint,2,rep,packed,name=shards,proto3" json:"shards,omitempty"`
+	// Remove the whole EC volume from this store (shards is then ignored):
+	// the store no longer holds or serves it.
+	RemoveVolume  bool `protobuf:"varint,3,opt,name=remove_volume,json=removeVolume,proto3" json:"remove_volume,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2465,10 +2468,18 @@ func (x *EcShardDeleteRequest) GetShards() []uint32 {
 	return nil
 }
 
+func (x *EcShardDeleteRequest) GetRemoveVolume() bool {
+	if x != nil {
+		return x.RemoveVolume
+	}
+	return false
+}
+
 // EcShardDeleteResponse describes the EC volume as this store now holds it.
 type EcShardDeleteResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The EC volume, with the shards still held here.
+	// The EC volume, with the shards still held here (unset after
+	// remove_volume).
 	Volume        *VolumeInfo `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2788,10 +2799,11 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\x06shards\x18\x02 \x03(\rR\x06shards\x12(\n" +
 	"\x10source_grpc_addr\x18\x03 \x01(\tR\x0esourceGrpcAddr\"F\n" +
 	"\x14EcShardMountResponse\x12.\n" +
-	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"@\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"e\n" +
 	"\x14EcShardDeleteRequest\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
-	"\x06shards\x18\x02 \x03(\rR\x06shards\"G\n" +
+	"\x06shards\x18\x02 \x03(\rR\x06shards\x12#\n" +
+	"\rremove_volume\x18\x03 \x01(\bR\fremoveVolume\"G\n" +
 	"\x15EcShardDeleteResponse\x12.\n" +
 	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"<\n" +
 	"\x10EcRebuildRequest\x12\x10\n" +

@@ -200,9 +200,11 @@ type StoreClient interface {
 	EcShardMount(ctx context.Context, in *EcShardMountRequest, opts ...grpc.CallOption) (*EcShardMountResponse, error)
 	// EcShardDelete removes shards of an EC volume from this store (after they
 	// were placed on others); the index and journal stay, so the store still
-	// serves the volume, reading those shards from its peers. Callers: the
-	// directory and operator tools placing shards. Errors: NOT_FOUND,
-	// INVALID_ARGUMENT.
+	// serves the volume, reading those shards from its peers. With
+	// remove_volume it removes every EC file of the volume, index and journal
+	// included, and stops serving it (once the volume was decoded and
+	// replicated elsewhere). Callers: the directory and operator tools placing
+	// shards or decoding a volume. Errors: NOT_FOUND, INVALID_ARGUMENT.
 	EcShardDelete(ctx context.Context, in *EcShardDeleteRequest, opts ...grpc.CallOption) (*EcShardDeleteResponse, error)
 	// EcRebuild regenerates shards of an EC volume this store serves (it holds
 	// at least the index) from 10 others, read locally or from its peers, and
@@ -588,9 +590,11 @@ type StoreServer interface {
 	EcShardMount(context.Context, *EcShardMountRequest) (*EcShardMountResponse, error)
 	// EcShardDelete removes shards of an EC volume from this store (after they
 	// were placed on others); the index and journal stay, so the store still
-	// serves the volume, reading those shards from its peers. Callers: the
-	// directory and operator tools placing shards. Errors: NOT_FOUND,
-	// INVALID_ARGUMENT.
+	// serves the volume, reading those shards from its peers. With
+	// remove_volume it removes every EC file of the volume, index and journal
+	// included, and stops serving it (once the volume was decoded and
+	// replicated elsewhere). Callers: the directory and operator tools placing
+	// shards or decoding a volume. Errors: NOT_FOUND, INVALID_ARGUMENT.
 	EcShardDelete(context.Context, *EcShardDeleteRequest) (*EcShardDeleteResponse, error)
 	// EcRebuild regenerates shards of an EC volume this store serves (it holds
 	// at least the index) from 10 others, read locally or from its peers, and
