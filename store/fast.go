@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"time"
@@ -128,7 +129,12 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, size
 	var n needle.Needle
 	var buf []byte
 	if ev != nil {
-		n, buf, err = ev.Read(ctx, id.Key, id.Cookie, size, rb.b)
+		// Not ctx itself: a fasthttp RequestCtx is reused once the handler
+		// returns, and a context derived from it would outlive it. A
+		// degraded read is bounded as a net/http answer is.
+		rctx, cancel := context.WithTimeout(context.Background(), h.srv.opts.WriteTimeout)
+		n, buf, err = ev.Read(rctx, id.Key, id.Cookie, size, rb.b)
+		cancel()
 	} else {
 		n, buf, err = v.Read(id.Key, id.Cookie, size, rb.b)
 	}
