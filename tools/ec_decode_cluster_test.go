@@ -10,9 +10,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/haybale/haybale/client"
 	"github.com/haybale/haybale/internal/rpc"
-	"github.com/haybale/haybale/internal/testcluster"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
@@ -24,20 +22,7 @@ import (
 // live photo reads byte-identical while the deleted one stays deleted.
 func TestECDecodeCluster(t *testing.T) {
 	ctx := context.Background()
-	c := testcluster.Start(t, testcluster.Options{Stores: 4, Replication: 2})
-	cl, err := client.New(client.Options{Directory: c.DirAddr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ids := map[needle.PhotoID]int{}
-	for k := 0; k < 16; k++ {
-		ids[writeOnline(t, cl, k)] = k
-	}
-	var vid uint32
-	for id := range ids {
-		vid = id.Vid
-	}
+	c, cl, ids, vid := clusterWithPhotos(t, 4, 2, 16)
 	var out bytes.Buffer
 	if _, err := ECDecodeCluster(ctx, rpc.Insecure(), c.DirAddr, vid, 2, Output{W: &out}); err == nil {
 		t.Fatal("decode of a writable volume succeeded")

@@ -233,20 +233,7 @@ func TestECEncodeOnline(t *testing.T) {
 
 func TestECShardsAcrossClusterStores(t *testing.T) {
 	ctx := context.Background()
-	c := testcluster.Start(t, testcluster.Options{Stores: 3, Replication: 1})
-	cl, err := client.New(client.Options{Directory: c.DirAddr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ids := map[needle.PhotoID]int{}
-	for k := 0; k < 24; k++ {
-		ids[writeOnline(t, cl, k)] = k
-	}
-	var vid uint32
-	for id := range ids {
-		vid = id.Vid
-	}
+	c, cl, ids, vid := clusterWithPhotos(t, 3, 1, 24)
 	reps, _, err := cl.Lookup(ctx, vid)
 	if err != nil || len(reps) != 1 {
 		t.Fatalf("lookup: %v %v", reps, err)
@@ -381,20 +368,7 @@ func TestPlaceShards(t *testing.T) {
 
 func TestECEncodeCluster(t *testing.T) {
 	ctx := context.Background()
-	c := testcluster.Start(t, testcluster.Options{Stores: 3, Replication: 2})
-	cl, err := client.New(client.Options{Directory: c.DirAddr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ids := map[needle.PhotoID]int{}
-	for k := 0; k < 20; k++ {
-		ids[writeOnline(t, cl, k)] = k
-	}
-	var vid uint32
-	for id := range ids {
-		vid = id.Vid
-	}
+	c, cl, ids, vid := clusterWithPhotos(t, 3, 2, 20)
 	var out bytes.Buffer
 	if _, err := ECEncodeCluster(ctx, rpc.Insecure(), c.DirAddr, vid, ECEncodeOptions{}, Output{W: &out}); err == nil {
 		t.Fatal("cluster encode of a writable volume succeeded")
@@ -473,20 +447,7 @@ func TestECFourteenStores(t *testing.T) {
 		t.Skip("starts 14 stores")
 	}
 	ctx := context.Background()
-	c := testcluster.Start(t, testcluster.Options{Stores: 14, Replication: 1})
-	cl, err := client.New(client.Options{Directory: c.DirAddr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ids := map[needle.PhotoID]int{}
-	for k := 0; k < 12; k++ {
-		ids[writeOnline(t, cl, k)] = k
-	}
-	var vid uint32
-	for id := range ids {
-		vid = id.Vid
-	}
+	c, cl, ids, vid := clusterWithPhotos(t, 14, 1, 12)
 	reps, _, err := cl.Lookup(ctx, vid)
 	if err != nil {
 		t.Fatal(err)
@@ -662,4 +623,27 @@ func TestECFourteenStores(t *testing.T) {
 	// look found one missing.
 	c.Eventually("every photo with 4 more stores down", func() error { return tryAll(still) })
 	checkAll("rebuilt, then 4 more stores down", still)
+}
+
+// clusterWithPhotos starts an in-process cluster of stores with the
+// replication factor, writes n photos through a client and returns the
+// cluster, the client (closed with the test), the photos with their index
+// and the vid of one of them.
+func clusterWithPhotos(t *testing.T, stores, replication, n int) (*testcluster.Cluster, *client.Client, map[needle.PhotoID]int, uint32) {
+	t.Helper()
+	c := testcluster.Start(t, testcluster.Options{Stores: stores, Replication: replication})
+	cl, err := client.New(client.Options{Directory: c.DirAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	ids := map[needle.PhotoID]int{}
+	for k := 0; k < n; k++ {
+		ids[writeOnline(t, cl, k)] = k
+	}
+	var vid uint32
+	for id := range ids {
+		vid = id.Vid
+	}
+	return c, cl, ids, vid
 }
