@@ -18,18 +18,6 @@ import (
 // included, goes to the net/http handler through fasthttp's adaptor, so it
 // is answered exactly as before; a test compares the answers of both.
 
-// Header names and values of the fast path, as net/http writes them.
-var (
-	hdrNameETag         = []byte("Etag")
-	hdrNameLastModified = []byte("Last-Modified")
-	hdrNameCacheControl = []byte("Cache-Control")
-	hdrNameAcceptRanges = []byte("Accept-Ranges")
-	hdrNameNoSniff      = []byte("X-Content-Type-Options")
-	valNoSniff          = []byte("nosniff")
-	valImmutable        = []byte(imagehttp.CacheControlImmutable)
-	valBytes            = []byte("bytes")
-)
-
 // serveFast answers a plain GET or HEAD of a cached image and reports
 // whether it did. Callers: the cache's public listener (Server), for
 // every request; images are public.
@@ -64,11 +52,11 @@ func (c *Cache) serveFast(ctx *fasthttp.RequestCtx) bool {
 	}
 	c.metrics.hits.Add(1)
 	hdr := &ctx.Response.Header
-	hdr.SetCanonical(hdrNameETag, e.etagB)
-	hdr.SetCanonical(hdrNameLastModified, e.lastModifiedB)
-	hdr.SetCanonical(hdrNameCacheControl, valImmutable)
-	hdr.SetCanonical(hdrNameAcceptRanges, valBytes)
-	hdr.SetCanonical(hdrNameNoSniff, valNoSniff)
+	hdr.SetCanonical(imagehttp.RawETag, e.etagB)
+	hdr.SetCanonical(imagehttp.RawLastModified, e.lastModifiedB)
+	hdr.SetCanonical(imagehttp.RawCacheControl, imagehttp.RawImmutable)
+	hdr.SetCanonical(imagehttp.RawAcceptRanges, imagehttp.RawBytes)
+	hdr.SetCanonical(imagehttp.RawNoSniffName, imagehttp.RawNoSniff)
 	hdr.SetContentTypeBytes(e.contentTypeB)
 	// Entries are never modified, so the answer is written from the
 	// cached bytes themselves.

@@ -31,21 +31,10 @@ import (
 // path. The answers of both paths carry the same headers and bodies (a
 // test compares them).
 
-// Header names and values of the fast path, as net/http writes them.
+// Header values of the store's fast answers that imagehttp does not
+// share, as net/http writes them.
 var (
-	hdrNameETag         = []byte("Etag")
-	hdrNameLastModified = []byte("Last-Modified")
-	hdrNameCacheControl = []byte("Cache-Control")
-	hdrNameAcceptRanges = []byte("Accept-Ranges")
-	hdrNameNoSniff      = []byte("X-Content-Type-Options")
-	hdrNameError        = []byte(ErrorHeader)
-
-	valImmutable = []byte(imagehttp.CacheControlImmutable)
-	valNotFound  = []byte(imagehttp.CacheControlNotFound)
-	valNoStore   = []byte("no-store")
-	valBytes     = []byte("bytes")
-	valNoSniff   = []byte("nosniff")
-	valJSON      = []byte("application/json")
+	valNoStore = []byte("no-store")
 
 	valErrors = map[string][]byte{
 		ErrorVolumeNotHere:     []byte(ErrorVolumeNotHere),
@@ -147,7 +136,7 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, size
 		}
 	case errors.Is(err, volume.ErrNotFound):
 		rb.Close()
-		ctx.Response.Header.SetCanonical(hdrNameCacheControl, valNotFound)
+		ctx.Response.Header.SetCanonical(imagehttp.RawCacheControl, imagehttp.RawCacheNotFound)
 		return fastStatic(ctx, http.StatusNotFound, bodyNotFound)
 	case volume.IsCorruption(err):
 		rb.Close()
@@ -172,11 +161,11 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, size
 	var lmBuf [len(http.TimeFormat) + 4]byte
 	modTime := time.Unix(0, n.AppendTime).UTC().Truncate(time.Second)
 	hdr := &ctx.Response.Header
-	hdr.SetCanonical(hdrNameETag, imagehttp.AppendETag(tagBuf[:0], n.Checksum))
-	hdr.SetCanonical(hdrNameLastModified, modTime.AppendFormat(lmBuf[:0], http.TimeFormat))
-	hdr.SetCanonical(hdrNameCacheControl, valImmutable)
-	hdr.SetCanonical(hdrNameAcceptRanges, valBytes)
-	hdr.SetCanonical(hdrNameNoSniff, valNoSniff)
+	hdr.SetCanonical(imagehttp.RawETag, imagehttp.AppendETag(tagBuf[:0], n.Checksum))
+	hdr.SetCanonical(imagehttp.RawLastModified, modTime.AppendFormat(lmBuf[:0], http.TimeFormat))
+	hdr.SetCanonical(imagehttp.RawCacheControl, imagehttp.RawImmutable)
+	hdr.SetCanonical(imagehttp.RawAcceptRanges, imagehttp.RawBytes)
+	hdr.SetCanonical(imagehttp.RawNoSniffName, imagehttp.RawNoSniff)
 	hdr.SetContentTypeBytes(mimeBytes[n.ContentType])
 	// The body is written from the pooled buffer after this returns; the
 	// request closes rb (returning it to its pool) when it is reset for
@@ -191,16 +180,16 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, size
 
 // fastFailure is imagehttp.Failure on the fast path.
 func fastFailure(ctx *fasthttp.RequestCtx, code int, reason string, body []byte) int {
-	ctx.Response.Header.SetCanonical(hdrNameCacheControl, valNoStore)
-	ctx.Response.Header.SetCanonical(hdrNameError, valErrors[reason])
+	ctx.Response.Header.SetCanonical(imagehttp.RawCacheControl, valNoStore)
+	ctx.Response.Header.SetCanonical(imagehttp.RawErrorHeaderName, valErrors[reason])
 	return fastStatic(ctx, code, body)
 }
 
 // fastStatic is imagehttp.WriteStatic on the fast path. A HEAD gets the
 // headers, Content-Length included, without the body.
 func fastStatic(ctx *fasthttp.RequestCtx, code int, body []byte) int {
-	ctx.Response.Header.SetContentTypeBytes(valJSON)
-	ctx.Response.Header.SetCanonical(hdrNameNoSniff, valNoSniff)
+	ctx.Response.Header.SetContentTypeBytes(imagehttp.RawJSONContentType)
+	ctx.Response.Header.SetCanonical(imagehttp.RawNoSniffName, imagehttp.RawNoSniff)
 	ctx.SetStatusCode(code)
 	ctx.Response.SetBodyRaw(body)
 	return code

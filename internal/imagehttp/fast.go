@@ -6,6 +6,22 @@ import "bytes"
 // answers a plain image GET or HEAD without net/http and hands everything
 // else to the net/http handler; these say which requests are plain.
 
+// The headers of an image answer as bytes, spelled as net/http writes
+// them, for the fast paths, which set headers from byte slices.
+var (
+	RawETag            = []byte("Etag")
+	RawLastModified    = []byte("Last-Modified")
+	RawCacheControl    = []byte("Cache-Control")
+	RawAcceptRanges    = []byte("Accept-Ranges")
+	RawNoSniffName     = []byte("X-Content-Type-Options")
+	RawNoSniff         = []byte("nosniff")
+	RawBytes           = []byte("bytes")
+	RawImmutable       = []byte(CacheControlImmutable)
+	RawCacheNotFound   = []byte(CacheControlNotFound)
+	RawJSONContentType = []byte("application/json")
+	RawErrorHeaderName = []byte(ErrorHeader)
+)
+
 // ConditionalHeaders are the request headers that make an image request
 // conditional or partial; Serve answers those.
 var ConditionalHeaders = [...]string{"If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "Range", "If-Range"}
