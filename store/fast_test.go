@@ -66,7 +66,11 @@ func TestFastPathAnswersAsNetHTTP(t *testing.T) {
 	var reqs []request
 	for _, p := range []*photo{f.jpeg, f.png, f.deleted, f.corrupt} {
 		for _, s := range needle.PhotoSizes {
-			reqs = append(reqs, request{http.MethodGet, p.path(s), nil}, request{http.MethodHead, p.path(s), nil})
+			// Bare sizes (chosen by Accept, answered by net/http) and
+			// sizes with an extension (answered by the fast path).
+			withExt := needle.ImagePath(p.id, s, "jpg")
+			reqs = append(reqs, request{http.MethodGet, p.path(s), nil}, request{http.MethodHead, p.path(s), nil},
+				request{http.MethodGet, withExt, nil}, request{http.MethodHead, withExt, nil})
 		}
 	}
 	wrongCookie := f.jpeg.id
@@ -78,6 +82,10 @@ func TestFastPathAnswersAsNetHTTP(t *testing.T) {
 		request{http.MethodGet, needle.ImagePath(needle.PhotoID{Vid: 1, Key: 99, Cookie: 1}, 0, ""), nil},
 		request{http.MethodGet, needle.ImagePath(notHere, needle.SizeThumb, ""), nil},
 		request{http.MethodHead, needle.ImagePath(notHere, needle.SizeThumb, ""), nil},
+		request{http.MethodGet, needle.ImagePath(wrongCookie, needle.SizeThumb, "jpg"), nil},
+		request{http.MethodGet, needle.ImagePath(needle.PhotoID{Vid: 1, Key: 99, Cookie: 1}, 0, "jpg"), nil},
+		request{http.MethodGet, needle.ImagePath(notHere, needle.SizeThumb, "jpg"), nil},
+		request{http.MethodHead, needle.ImagePath(notHere, needle.SizeThumb, "jpg"), nil},
 		request{http.MethodGet, needle.ImagePath(f.jpeg.id, needle.SizeThumb, "jpg"), nil},
 		request{http.MethodGet, "/p/bad/t", nil},
 		request{http.MethodGet, "/p/", nil},
@@ -108,8 +116,8 @@ func TestFastPathAnswersAsNetHTTP(t *testing.T) {
 		}
 	}
 	// Both servers reported each corrupt read.
-	if n := f.corruptReports.Load(); n != 4 {
-		t.Errorf("%d corrupt reads reported, want 4 (a GET and a HEAD on each server)", n)
+	if n := f.corruptReports.Load(); n != 8 {
+		t.Errorf("%d corrupt reads reported, want 8 (a GET and a HEAD, bare and with an extension, on each server)", n)
 	}
 }
 
