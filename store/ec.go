@@ -38,17 +38,52 @@ func (s *Store) openECVolumes(ctx context.Context, datVids []uint32) ([]uint32, 
 		switch form {
 		case volume.FormDat:
 			plain = append(plain, vid)
+		case volume.FormNone:
+			if slices.Contains(ecVids, vid) {
+				// Shards or a journal without an index (and no .dat): the
+				// index was lost. The EC sync fetches it from another
+				// holder, or regenerates it from the shards.
+				err := fmt.Errorf("%w: EC volume %d has files here but no index", errECIndexLost, vid)
+				s.opts.Logger.Error("EC volume has no index", "vid", vid)
+				s.mu.failed[vid] = err
+				s.mu.ecRepair[vid] = true
+			}
 		case volume.FormEC:
 			e, err := volume.OpenEC(ctx, s.opts.Dir, vid, s.ecOptions())
+			if err != nil && volume.ECIndexOK(ctx, s.opts.FS, s.opts.Dir, vid) == nil {
+				// A sound index: the journal's header may be damaged.
+				// Keep its intact records under a fresh header; the
+				// sync brings back what the damage took.
+				if kept, jerr := volume.RepairECJournal(ctx, s.opts.FS, s.opts.Dir, vid); jerr == nil {
+					if e2, err2 := volume.OpenEC(ctx, s.opts.Dir, vid, s.ecOptions()); err2 == nil {
+						s.opts.Logger.Warn("EC journal could not be loaded and was rewritten with its intact records", "vid", vid, "kept", kept, "err", err)
+						e, err = e2, nil
+					}
+				}
+			}
 			if err != nil {
 				if ctxErr := ctx.Err(); ctxErr != nil {
 					return nil, ctxErr
+				}
+				if ierr := volume.ECIndexOK(ctx, s.opts.FS, s.opts.Dir, vid); ierr != nil {
+					// Never served from a damaged index: the EC sync
+					// replaces it.
+					err = fmt.Errorf("%w: %w", errECIndexLost, ierr)
+					s.mu.ecRepair[vid] = true
 				}
 				s.opts.Logger.Error("EC volume failed to open", "vid", vid, "err", err)
 				s.mu.failed[vid] = err
 				continue
 			}
 			st := e.Status()
+			if st.JournalDamaged > 0 {
+				s.opts.Logger.Warn("EC journal had damaged records; they were dropped and come back from the other holders",
+					"vid", vid, "damaged_records", st.JournalDamaged)
+			}
+			if s.ecHolders() != nil {
+				// It may have missed deletes while it was down.
+				e.HoldUntilSynced()
+			}
 			s.opts.Logger.Info("EC volume opened", "vid", vid, "images", st.Images, "shards", st.Local, "damaged_shards", st.Damaged)
 			s.mu.ec[vid] = e
 		}
@@ -326,6 +361,7 @@ func ecVolumeInfo(e *volume.ECVolume) *storepb.VolumeInfo {
 		CompactionGeneration: st.Generation,
 		CreatedUnixNano:      sb.Created,
 		EcDeletedCount:       uint64(st.Deletes),
+		EcJournalDigest:      st.JournalDigest,
 	}
 	for _, i := range st.Local {
 		info.EcShardIds = append(info.EcShardIds, uint32(i))

@@ -60,6 +60,7 @@ var Policy = rpc.Policy{
 	storepb.Store_EcShardMount_FullMethodName:  {pki.RoleDirectory, pki.RoleOperator},
 	storepb.Store_EcShardDelete_FullMethodName: {pki.RoleDirectory, pki.RoleOperator},
 	storepb.Store_EcRebuild_FullMethodName:     {pki.RoleDirectory, pki.RoleOperator},
+	storepb.Store_EcIndexSync_FullMethodName:   {pki.RoleDirectory, pki.RoleOperator},
 }
 
 // newGRPCServer builds the gRPC server with the store service registered.

@@ -5,9 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	iofs "io/fs"
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
 )
 
@@ -236,4 +239,53 @@ func (e *ECVolume) JournalDeletes() ([]ECDelete, error) {
 	}
 	dels, _, _, err := ParseECJournal(b, e.vid)
 	return dels, err
+}
+
+// RepairECJournal rewrites the journal of EC volume vid in dir when it
+// cannot be loaded (its header is damaged, or names another volume or
+// generation): a fresh header for the ecx's volume and generation, then
+// every intact record of the old file (they are real deletes, and a delete
+// is never undone), written atomically. The records lost with the damage
+// come back from the other holders' journals. It returns how many records
+// it kept; a journal that loads is left alone (0, nil).
+func RepairECJournal(ctx context.Context, fs vfs.FS, dir string, vid uint32) (int, error) {
+	if fs == nil {
+		fs = vfs.Default
+	}
+	g, _, err := loadECX(ctx, fs, dir, vid)
+	if err != nil {
+		return 0, err
+	}
+	path := ECJournalPath(dir, vid)
+	if _, _, _, err := readJournal(fs, path, vid, g.generation); err == nil || errors.Is(err, iofs.ErrNotExist) {
+		return 0, nil
+	}
+	f, err := fs.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	size, err := f.Size()
+	if err == nil && size < ecjRecordSize {
+		size = ecjRecordSize
+	}
+	b := make([]byte, size)
+	if err == nil {
+		_, err = f.ReadAt(b, 0)
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+	}
+	f.Close()
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	recs, _, _ := parseJournalRecords(b[ecjRecordSize:])
+	out := encodeECJHeader(vid, g.generation)
+	for _, r := range recs {
+		out = appendECJRecord(out, r)
+	}
+	if err := vfs.WriteFileAtomic(fs, path, out); err != nil {
+		return 0, fmt.Errorf("%s: rewrite: %w", path, err)
+	}
+	return len(recs), nil
 }

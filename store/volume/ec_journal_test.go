@@ -248,7 +248,6 @@ func TestECJournalMergeCrashAtEveryStep(t *testing.T) {
 	}
 }
 
-
 // ecxSource serves the EC files of an open EC volume, as EcShardCopy does.
 type ecxSource struct{ e *ECVolume }
 

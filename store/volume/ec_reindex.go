@@ -262,3 +262,16 @@ func (s *ecStream) Close() error                       { return nil }
 func (s *ecStream) Sync() error                        { return errStreamReadOnly }
 func (s *ecStream) Truncate(int64) error               { return errStreamReadOnly }
 func (s *ecStream) Size() (int64, error)               { return s.e.geo.dataSize, nil }
+
+// RegenerateECXFiles is RegenerateECX for an offline tool: it takes the
+// data directory's lock meanwhile, so it refuses to run under a running
+// store, and reads local shards only.
+func RegenerateECXFiles(ctx context.Context, dir string, vid uint32, opts ECFilesOptions) (ECRegenResult, error) {
+	fs := opts.fs()
+	lock, err := lockDir(fs, dir)
+	if err != nil {
+		return ECRegenResult{Vid: vid}, err
+	}
+	defer lock.Close()
+	return RegenerateECX(ctx, dir, vid, ECOptions{FS: fs})
+}

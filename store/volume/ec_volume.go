@@ -75,11 +75,11 @@ type ECVolume struct {
 	// not take jmu.
 	deletes   atomic.Int64
 	digestSum atomic.Uint64
-	reads    atomic.Int64
-	preads   atomic.Int64
-	straddle atomic.Int64
-	degraded atomic.Int64
-	lost     atomic.Int64
+	reads     atomic.Int64
+	preads    atomic.Int64
+	straddle  atomic.Int64
+	degraded  atomic.Int64
+	lost      atomic.Int64
 }
 
 // OpenEC opens EC volume vid in dir: it loads and checks the ecx, applies

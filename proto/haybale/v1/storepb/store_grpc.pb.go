@@ -61,11 +61,18 @@ const (
 //	Delete            gateway, operator (and a delete token from AuthorizeDelete)
 //	Read              directory, operator
 //	AllocateVolume    directory, operator
-//	VolumeStatus      directory, operator, store (a replica pull checks its source)
+//	VolumeStatus      directory, operator, store (a replica pull checks its
+//	                  source; an EC holder compares journal digests)
 //	MarkReadOnly      directory, operator
 //	Compact           directory, operator
 //	CopyVolume        directory, operator, store (a store pulling a replica)
 //	ReplicateVolume   directory, operator
+//	ListNeedles       directory, operator, store
+//	EcShardRead       store (degraded reads), directory, operator
+//	EcShardCopy       store (mounts, journal syncs, index refetch), directory,
+//	                  operator
+//	EcEncode, EcDecode, EcShardMount, EcShardDelete, EcRebuild, EcIndexSync
+//	                  directory, operator
 //
 // Errors are gRPC status codes:
 //   - NOT_FOUND: the store does not hold the vid, or the needle is missing,
@@ -476,11 +483,18 @@ func (c *storeClient) EcIndexSync(ctx context.Context, in *EcIndexSyncRequest, o
 //	Delete            gateway, operator (and a delete token from AuthorizeDelete)
 //	Read              directory, operator
 //	AllocateVolume    directory, operator
-//	VolumeStatus      directory, operator, store (a replica pull checks its source)
+//	VolumeStatus      directory, operator, store (a replica pull checks its
+//	                  source; an EC holder compares journal digests)
 //	MarkReadOnly      directory, operator
 //	Compact           directory, operator
 //	CopyVolume        directory, operator, store (a store pulling a replica)
 //	ReplicateVolume   directory, operator
+//	ListNeedles       directory, operator, store
+//	EcShardRead       store (degraded reads), directory, operator
+//	EcShardCopy       store (mounts, journal syncs, index refetch), directory,
+//	                  operator
+//	EcEncode, EcDecode, EcShardMount, EcShardDelete, EcRebuild, EcIndexSync
+//	                  directory, operator
 //
 // Errors are gRPC status codes:
 //   - NOT_FOUND: the store does not hold the vid, or the needle is missing,
