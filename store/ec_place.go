@@ -11,8 +11,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/haybale/haybale/internal/pki"
-	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/internal/rpc"
+	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 	"github.com/haybale/haybale/store/volume"
 )
