@@ -259,14 +259,22 @@ func (g *grpcService) EcShardRead(ctx context.Context, req *storepb.EcShardReadR
 		return nil, status.Errorf(codes.InvalidArgument, "offset %d out of range", req.GetOffset())
 	}
 	e, err := g.srv.store.ECVolume(req.GetVid())
-	if err != nil {
-		if errors.Is(err, ErrVolumeNotHere) {
-			return nil, status.Errorf(codes.NotFound, "EC volume %d is not on this store", req.GetVid())
+	b := make([]byte, req.GetLength())
+	switch {
+	case err == nil:
+		err = e.ReadShard(ctx, int(req.GetShard()), b, int64(req.GetOffset()))
+	case g.srv.store.ecIndexLost(req.GetVid()):
+		// The index is lost here, the shards are not: peers regenerating
+		// the index read them.
+		err = volume.ReadShardFile(g.srv.store.opts.FS, g.srv.store.opts.Dir, req.GetVid(), int(req.GetShard()), b, int64(req.GetOffset()))
+		if errors.Is(err, volume.ErrShardUnavailable) {
+			return nil, status.Errorf(codes.NotFound, "%v", err)
 		}
+	case errors.Is(err, ErrVolumeNotHere):
+		return nil, status.Errorf(codes.NotFound, "EC volume %d is not on this store", req.GetVid())
+	default:
 		return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
 	}
-	b := make([]byte, req.GetLength())
-	err = e.ReadShard(ctx, int(req.GetShard()), b, int64(req.GetOffset()))
 	switch {
 	case err == nil:
 		return &storepb.EcShardReadResponse{Data: b}, nil

@@ -269,6 +269,14 @@ func (s *Store) restoreECIndex(ctx context.Context, vid uint32, peers []ECPeer) 
 	return e, how, nil
 }
 
+// ecIndexLost reports whether vid is an EC volume whose index is lost or
+// damaged here, to be restored by the sync.
+func (s *Store) ecIndexLost(vid uint32) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.mu.ecRepair[vid]
+}
+
 // ecSyncVids returns the EC volumes to sync: those served and those whose
 // index is to be restored.
 func (s *Store) ecSyncVids() []uint32 {

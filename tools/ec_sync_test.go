@@ -251,3 +251,48 @@ func TestECLostIndexRefetched(t *testing.T) {
 		eventuallyServed(t, c, "every photo served again", ids, nil)
 	}
 }
+
+// TestECAllIndexesLostRegenerated: every holder loses its ecx; at start-up
+// each regenerates it from the shards (its own and its peers'), byte for
+// byte the original, and the journaled deletes still hold.
+func TestECAllIndexesLostRegenerated(t *testing.T) {
+	ctx := context.Background()
+	c, _, ids, vid := encodedCluster(t)
+	want, err := os.ReadFile(volume.ECIndexPath(c.Stores[0].DataDir, vid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := map[needle.PhotoID]bool{}
+	for id := range ids {
+		for _, s := range c.Stores {
+			if _, err := ecVolumeOf(t, s, vid).Delete(ctx, id.Key, id.Cookie, needle.SizeAll); err != nil {
+				t.Fatal(err)
+			}
+		}
+		gone[id] = true
+		break
+	}
+	for _, s := range c.Stores {
+		s.Stop()
+		if err := os.Remove(volume.ECIndexPath(s.DataDir, vid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range c.Stores {
+		s.Restart()
+	}
+	c.Eventually("every ecx regenerated", func() error {
+		for i, s := range c.Stores {
+			got, err := os.ReadFile(volume.ECIndexPath(s.DataDir, vid))
+			if err != nil || !bytes.Equal(got, want) {
+				return fmt.Errorf("ecx of store %d not regenerated (%v)", i, err)
+			}
+			if _, err := s.Srv.Store().ECVolume(vid); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	eventuallyServed(t, c, "every photo served again, the deleted one 404", ids, gone)
+	sameJournals(t, c, vid, 1)
+}

@@ -275,3 +275,51 @@ func RegenerateECXFiles(ctx context.Context, dir string, vid uint32, opts ECFile
 	defer lock.Close()
 	return RegenerateECX(ctx, dir, vid, ECOptions{FS: fs})
 }
+
+// LocalShards returns the shards of EC volume vid in dir whose headers
+// read and belong to it, whether or not an ecx is there: what a store
+// whose index is lost can still serve to peers regenerating it.
+func LocalShards(fs vfs.FS, dir string, vid uint32) []int {
+	if fs == nil {
+		fs = vfs.Default
+	}
+	var out []int
+	for i := 0; i < ECShards; i++ {
+		if _, ok := shardGeometry(fs, dir, vid, i); ok {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// ReadShardFile fills p with bytes [off, off+len(p)) of the data area of
+// local shard i of EC volume vid in dir, checking the shard's header and
+// size, without an ecx: what a store whose index is lost serves to peers
+// regenerating it (EcShardRead).
+func ReadShardFile(fs vfs.FS, dir string, vid uint32, i int, p []byte, off int64) error {
+	if fs == nil {
+		fs = vfs.Default
+	}
+	if i < 0 || i >= ECShards {
+		return fmt.Errorf("%w: shard %d out of range", ErrShardUnavailable, i)
+	}
+	g, ok := shardGeometry(fs, dir, vid, i)
+	if !ok {
+		return fmt.Errorf("%w: shard %d of volume %d is not held here", ErrShardUnavailable, i, vid)
+	}
+	if off < 0 || off+int64(len(p)) > g.shardSize() {
+		return fmt.Errorf("%w: range [%d, %d) outside the shard's %d bytes", ErrInvalid, off, off+int64(len(p)), g.shardSize())
+	}
+	f, err := fs.Open(ECShardPath(dir, vid, i))
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrShardUnavailable, err)
+	}
+	defer f.Close()
+	if err := checkShard(f, &g, i); err != nil {
+		return fmt.Errorf("%w: shard %d of volume %d: %v", ErrShardUnavailable, i, vid, err)
+	}
+	if err := readFull(f, p, ECHeaderSize+off); err != nil {
+		return fmt.Errorf("%w: shard %d of volume %d: %v", ErrShardUnavailable, i, vid, err)
+	}
+	return nil
+}
