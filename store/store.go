@@ -60,6 +60,11 @@
 // locally or from peers through Options.ShardPeers (the EcShardRead RPC).
 // Too few readable shards answer 503 with X-Haybale-Error:
 // volume-unavailable, so caches fail over. Deletes go to the journal.
+// Every holder syncs its index and journal of each EC volume with the other
+// holders (ec_sync.go): at start-up, when it mounts shards, every
+// Options.ECSyncInterval and on EcIndexSync; until the first sync after it
+// opened or mounted the volume, reads answer 503 volume-unavailable, so a
+// holder back from downtime never serves a photo deleted meanwhile.
 package store
 
 import (

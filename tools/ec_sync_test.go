@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/haybale/haybale/client"
@@ -295,4 +296,54 @@ func TestECAllIndexesLostRegenerated(t *testing.T) {
 	})
 	eventuallyServed(t, c, "every photo served again, the deleted one 404", ids, gone)
 	sameJournals(t, c, vid, 1)
+}
+
+// TestECRebuildRegeneratesIndexOffline: haybale ec rebuild DIR rebuilds a
+// missing or damaged ecx from the shards (byte-identical) along with the
+// lost shards, and says so.
+func TestECRebuildRegeneratesIndexOffline(t *testing.T) {
+	ctx := context.Background()
+	dir, warm := t.TempDir(), t.TempDir()
+	buildVolume(t, dir, 30, 900)
+	var out bytes.Buffer
+	if _, err := ECEncode(ctx, volume.DatPath(dir, 7), warm, ECEncodeOptions{LargeBlock: 8192, SmallBlock: 1024}, Output{W: &out}); err != nil {
+		t.Fatal(err)
+	}
+	path := volume.ECIndexPath(warm, 7)
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, damage := range []func() error{
+		func() error { return os.Remove(path) },
+		func() error {
+			b := bytes.Clone(want)
+			b[len(b)-3] ^= 0x01
+			return os.WriteFile(path, b, 0o644)
+		},
+	} {
+		if err := damage(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(volume.ECShardPath(warm, 7, 3+i)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ECVerify(ctx, warm, 7, Output{W: &out}); err == nil {
+			t.Fatalf("case %d: verify passed without a sound ecx", i)
+		}
+		out.Reset()
+		res, err := ECRebuild(ctx, warm, 0, Output{W: &out, JSON: true})
+		if err != nil {
+			t.Fatalf("case %d: rebuild: %v\n%s", i, err, out.String())
+		}
+		if len(res) != 1 || res[0].IndexRegenerated == nil || res[0].IndexProblem == "" || !slices.Equal(res[0].Rebuilt, []int{3 + i}) {
+			t.Fatalf("case %d: rebuild %+v", i, res)
+		}
+		if got, _ := os.ReadFile(path); !bytes.Equal(got, want) {
+			t.Fatalf("case %d: regenerated ecx differs from the original", i)
+		}
+		if _, err := ECVerify(ctx, warm, 7, Output{W: &out}); err != nil {
+			t.Fatalf("case %d: verify after the rebuild: %v", i, err)
+		}
+	}
 }

@@ -418,3 +418,50 @@ func TestECRegenerateCrashAtEveryStep(t *testing.T) {
 		e.Close()
 	}
 }
+
+// TestECIndexInstallCrashAtEveryStep: a power cut at any step of a refetch
+// leaves the damaged ecx (never loaded) or the whole, correct one.
+func TestECIndexInstallCrashAtEveryStep(t *testing.T) {
+	ctx := context.Background()
+	f := sealedVolume(t, 27, 6)
+	f.encode(t, f.fs)
+	ecx := readFile(t, f.fs, ECIndexPath(testDir, ecVid))
+	src := openEC(t, f.fs.CrashClone())
+	damaged := slices.Clone(ecx)
+	damaged[ECHeaderSize+1] ^= 0x20
+	if err := vfs.WriteFileAtomic(f.fs, ECIndexPath(testDir, ecVid), damaged); err != nil {
+		t.Fatal(err)
+	}
+	base := f.fs.CrashClone()
+	total := mutations(base.CrashClone(), func(fs vfs.FS) {
+		if err := InstallECIndex(ctx, fs, testDir, ecVid, ecxSource{src}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	for step := 0; step <= total; step++ {
+		mem := base.CrashClone()
+		err := InstallECIndex(ctx, crashAfter(mem, step), testDir, ecVid, ecxSource{src})
+		if step == total && err != nil {
+			t.Fatalf("install with every step allowed: %v", err)
+		}
+		crashed := mem.CrashCloneTorn(uint64(step))
+		got := readFile(t, crashed, ECIndexPath(testDir, ecVid))
+		switch {
+		case bytes.Equal(got, ecx):
+			e, err := OpenEC(ctx, testDir, ecVid, ECOptions{FS: crashed})
+			if err != nil {
+				t.Fatalf("step %d: %v", step, err)
+			}
+			f.expectECReads(t, e)
+			e.Close()
+		case step == total:
+			t.Fatal("finished install left another ecx")
+		case bytes.Equal(got, damaged):
+			if _, err := OpenEC(ctx, testDir, ecVid, ECOptions{FS: crashed}); !IsCorruption(err) {
+				t.Fatalf("step %d: the damaged ecx opened: %v", step, err)
+			}
+		default:
+			t.Fatalf("step %d: an ecx that is neither the old nor the new one", step)
+		}
+	}
+}
