@@ -199,8 +199,8 @@ once they are back.`,
 	decode.Flags().IntVar(&decReplicas, "replicas", directory.DefaultReplication, "plain replicas to make (with --directory)")
 	var statusDir string
 	statusCmd := &cobra.Command{
-		Use:     "status --directory ADDR",
-		Short:   "Show each EC volume of a cluster: its shards, their holders, their journals, and what is missing",
+		Use:   "status --directory ADDR",
+		Short: "Show each EC volume of a cluster: its shards, their holders, their journals, and what is missing",
 		Long: `Shows, for each EC volume of the cluster, which live store holds which
 shards, the holders that are down or failed (an index lost, for example),
 the shards no live holder serves, and each holder's deletion journal: its
