@@ -55,8 +55,13 @@ func (s *Store) swapEC(ctx context.Context, vid uint32) (*volume.ECVolume, error
 		return nil, volume.ErrClosed
 	}
 	old := s.mu.ec[vid]
+	if old != nil && old.SyncPending() {
+		// Reopened from the same journal: still not synced.
+		e.HoldUntilSynced()
+	}
 	s.mu.ec[vid] = e
 	delete(s.mu.failed, vid)
+	delete(s.mu.ecRepair, vid)
 	s.mu.Unlock()
 	if old != nil {
 		if err := old.Close(); err != nil {

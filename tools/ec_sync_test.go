@@ -347,3 +347,45 @@ func TestECRebuildRegeneratesIndexOffline(t *testing.T) {
 		}
 	}
 }
+
+// TestECDecodeClusterKeepsEveryHoldersDeletes: a delete journaled by one
+// holder only is not undone when another holder decodes the volume.
+func TestECDecodeClusterKeepsEveryHoldersDeletes(t *testing.T) {
+	ctx := context.Background()
+	c, _, ids, vid := encodedCluster(t)
+	gone := map[needle.PhotoID]bool{}
+	for id := range ids {
+		// On every holder but the one with the most shards, which decodes.
+		most := 0
+		for i, s := range c.Stores {
+			if len(ecVolumeOf(t, s, vid).Status().Local) > len(ecVolumeOf(t, c.Stores[most], vid).Status().Local) {
+				most = i
+			}
+		}
+		h := (most + 1) % len(c.Stores)
+		if _, err := ecVolumeOf(t, c.Stores[h], vid).Delete(ctx, id.Key, id.Cookie, needle.SizeAll); err != nil {
+			t.Fatal(err)
+		}
+		gone[id] = true
+		break
+	}
+	var out bytes.Buffer
+	res, err := ECDecodeCluster(ctx, rpc.Insecure(), c.DirAddr, vid, 2, Output{W: &out})
+	if err != nil {
+		t.Fatalf("decode: %v\n%s", err, out.String())
+	}
+	for _, s := range c.Stores {
+		v, err := s.Srv.Store().Volume(vid)
+		if err != nil {
+			continue
+		}
+		for id := range ids {
+			if _, _, err := v.Read(id.Key, id.Cookie, needle.SizeSmall, nil); gone[id] != errors.Is(err, volume.ErrNotFound) {
+				t.Fatalf("decoded replica on %s: photo %v (deleted %v): %v", s.HTTPAddr(), id, gone[id], err)
+			}
+		}
+	}
+	if len(res.Replicas) != 2 {
+		t.Fatalf("decode placed %v", res.Replicas)
+	}
+}
