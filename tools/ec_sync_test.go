@@ -389,3 +389,31 @@ func TestECDecodeClusterKeepsEveryHoldersDeletes(t *testing.T) {
 		t.Fatalf("decode placed %v", res.Replicas)
 	}
 }
+
+// TestECLostJournalRefilled: a holder whose journal is lost starts with an
+// empty one, serves nothing until it synced, and then holds every delete
+// the others journaled.
+func TestECLostJournalRefilled(t *testing.T) {
+	ctx := context.Background()
+	c, _, ids, vid := encodedCluster(t)
+	gone := map[needle.PhotoID]bool{}
+	for id := range ids {
+		for _, s := range c.Stores {
+			if _, err := ecVolumeOf(t, s, vid).Delete(ctx, id.Key, id.Cookie, needle.SizeAll); err != nil {
+				t.Fatal(err)
+			}
+		}
+		gone[id] = true
+		if len(gone) == 2 {
+			break
+		}
+	}
+	s := c.Stores[1]
+	s.Stop()
+	if err := os.Remove(volume.ECJournalPath(s.DataDir, vid)); err != nil {
+		t.Fatal(err)
+	}
+	s.Restart()
+	eventuallyServed(t, c, "the holder without its journal never serves the deleted photos", ids, gone)
+	sameJournals(t, c, vid, 2)
+}

@@ -465,3 +465,40 @@ func TestECIndexInstallCrashAtEveryStep(t *testing.T) {
 		}
 	}
 }
+
+// TestRepairECJournalHeader: a journal whose header is damaged cannot be
+// loaded; RepairECJournal rewrites it with a fresh header and every intact
+// record, and leaves a sound journal alone.
+func TestRepairECJournalHeader(t *testing.T) {
+	ctx := context.Background()
+	f := sealedVolume(t, 28, 6)
+	f.encode(t, f.fs)
+	e := openEC(t, f.fs)
+	for _, n := range f.live[:3] {
+		if _, err := e.Delete(ctx, n.Key, n.Cookie, n.Size); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := e.JournalDigest()
+	e.Close()
+	if kept, err := RepairECJournal(ctx, f.fs, testDir, ecVid); err != nil || kept != 0 {
+		t.Fatalf("repair of a sound journal: %d %v", kept, err)
+	}
+	path := ECJournalPath(testDir, ecVid)
+	b := readFile(t, f.fs, path)
+	b[2] ^= 0xff
+	if err := vfs.WriteFileAtomic(f.fs, path, b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenEC(ctx, testDir, ecVid, ECOptions{FS: f.fs}); !errors.Is(err, ErrNotEC) {
+		t.Fatalf("journal with a damaged header opened: %v", err)
+	}
+	kept, err := RepairECJournal(ctx, f.fs, testDir, ecVid)
+	if err != nil || kept != 3 {
+		t.Fatalf("repair: %d %v", kept, err)
+	}
+	e = openEC(t, f.fs)
+	if got := e.JournalDigest(); got != want {
+		t.Fatalf("repaired journal %+v, want %+v", got, want)
+	}
+}
