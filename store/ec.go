@@ -323,7 +323,7 @@ func (g *grpcService) EcEncode(ctx context.Context, req *storepb.EcEncodeRequest
 // ecDelete journals a delete on an EC volume (see grpcService.Delete).
 func ecDelete(ctx context.Context, e *volume.ECVolume, key, cookie uint64, size needle.SizeCode) (*storepb.DeleteResponse, error) {
 	count := uint32(0)
-	for s := needle.SizeThumb; s <= needle.SizeOriginal; s++ {
+	for _, s := range needle.StoredSizes {
 		if (size == needle.SizeAll || s == size) && e.Has(key, s) {
 			count++
 		}

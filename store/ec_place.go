@@ -74,12 +74,14 @@ func (s *Store) swapEC(ctx context.Context, vid uint32) (*volume.ECVolume, error
 // MountECShards makes this store a holder of the listed shards of EC
 // volume vid, copied from src with the index (and the journal when the
 // store has none yet), and serves the volume with every shard it then
-// holds. A volume new to this store waits (HoldUntilSynced) for a sync of
+// holds. A plain replica of the same volume and generation held here is
+// replaced: it stops taking deletes, its tombstones of needles the EC
+// volume still holds live are journaled, and its files are removed once
+// the EC form serves (after a crash in between, ResolveEC keeps the EC
+// form). A writable plain volume, or one of another generation, makes it
+// refuse. A volume new to this store waits (HoldUntilSynced) for a sync of
 // its journal with the other holders (SyncEC; EcShardMount runs one at
-// once) before it serves reads, when the store has ECHolders. A plain replica of the same volume and generation held here is
-// replaced: it stops taking deletes, and its files are removed once the EC
-// form serves (after a crash in between, ResolveEC keeps the EC form). A
-// writable plain volume, or one of another generation, makes it refuse.
+// once) before it serves reads, when the store has ECHolders.
 func (s *Store) MountECShards(ctx context.Context, vid uint32, shards []int, src volume.ECFileSource) (*volume.ECVolume, error) {
 	s.createMu.Lock()
 	defer s.createMu.Unlock()
@@ -160,8 +162,8 @@ func journalTombstones(ctx context.Context, p *volume.Volume, e *volume.ECVolume
 	var dels []volume.ECDelete
 	for _, t := range ts {
 		live := false
-		for sz := needle.SizeThumb; sz <= needle.SizeOriginal && !live; sz++ {
-			live = (t.Size == needle.SizeAll || t.Size == sz) && e.Has(t.Key, sz)
+		for _, sz := range needle.StoredSizes {
+			live = live || (t.Size == needle.SizeAll || t.Size == sz) && e.Has(t.Key, sz)
 		}
 		if live {
 			dels = append(dels, volume.ECDelete{Key: t.Key, Cookie: t.Cookie, Size: t.Size})
