@@ -37,10 +37,13 @@ import (
 // Deletes are never undone, so every holder converges to the union of the
 // journals: once a sync ran, no read serves a needle that a reachable
 // holder journaled as deleted. A delete made while an encode places shards
-// reaches the holders the client knows of (the source's EC journal, or a
-// plain replica that the placement then replaces, whose tombstones the
-// mount journals); the syncs that follow spread it to every holder, so the
-// window the placement left closes at the first sync after it.
+// reaches the volume's former replicas, the ones the client knows of: the
+// source's EC journal, or a plain replica that the placement then
+// replaces (MountECShards journals its tombstones; once retired it refuses
+// deletes, which still reach the others). The sync each mount runs, the
+// one every holder runs when the placement ends (tools.ECEncodeCluster)
+// and the periodic ones spread it to every holder, so the window the
+// placement used to leave is closed.
 
 // errECIndexLost marks an EC volume whose index must be restored.
 var errECIndexLost = errors.New("store: EC index lost or damaged")
