@@ -120,8 +120,10 @@ type StoreClient interface {
 	// AllocateVolume creates a new, empty, writable volume on this store.
 	// Callers: directory, operator.
 	AllocateVolume(ctx context.Context, in *AllocateVolumeRequest, opts ...grpc.CallOption) (*AllocateVolumeResponse, error)
-	// VolumeStatus describes one volume, or all volumes of the store.
-	// Callers: directory, operator, store.
+	// VolumeStatus describes one volume, or all volumes of the store (an EC
+	// volume whose index is lost is FAILED, with the shards still held here).
+	// Callers: directory, operator, store (a replica pull checks its source;
+	// EC holders compare journal digests and learn where shards are).
 	VolumeStatus(ctx context.Context, in *VolumeStatusRequest, opts ...grpc.CallOption) (*VolumeStatusResponse, error)
 	// MarkReadOnly stops writes to a volume. Reads and deletes continue: a
 	// read-only, sealed or EC volume still records deletes, so removing a photo
@@ -542,8 +544,10 @@ type StoreServer interface {
 	// AllocateVolume creates a new, empty, writable volume on this store.
 	// Callers: directory, operator.
 	AllocateVolume(context.Context, *AllocateVolumeRequest) (*AllocateVolumeResponse, error)
-	// VolumeStatus describes one volume, or all volumes of the store.
-	// Callers: directory, operator, store.
+	// VolumeStatus describes one volume, or all volumes of the store (an EC
+	// volume whose index is lost is FAILED, with the shards still held here).
+	// Callers: directory, operator, store (a replica pull checks its source;
+	// EC holders compare journal digests and learn where shards are).
 	VolumeStatus(context.Context, *VolumeStatusRequest) (*VolumeStatusResponse, error)
 	// MarkReadOnly stops writes to a volume. Reads and deletes continue: a
 	// read-only, sealed or EC volume still records deletes, so removing a photo
