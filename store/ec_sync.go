@@ -114,6 +114,53 @@ const ecSyncTimeout = 30 * time.Second
 // not be restored; holders that do not answer are listed in Unreached and
 // do not fail it.
 func (s *Store) SyncEC(ctx context.Context, vid uint32) (ECSyncResult, error) {
+	return s.syncEC(ctx, vid, nil)
+}
+
+// peerStatuses caches, for one pass of SyncAllEC, each holder's status of
+// all its volumes: one VolumeStatus per holder and pass, not one per
+// holder and EC volume. It is safe for concurrent use.
+type peerStatuses struct {
+	mu    sync.Mutex
+	addrs map[string]*peerStatus
+}
+
+type peerStatus struct {
+	once sync.Once
+	vols map[uint32]*storepb.VolumeInfo
+	err  error
+}
+
+// info returns peer p's status of vid, asking p for all its volumes the
+// first time; (nil, nil) when p does not hold vid.
+func (c *peerStatuses) info(ctx context.Context, p ECPeer, vid uint32) (*storepb.VolumeInfo, error) {
+	c.mu.Lock()
+	if c.addrs == nil {
+		c.addrs = map[string]*peerStatus{}
+	}
+	ps := c.addrs[p.Addr]
+	if ps == nil {
+		ps = &peerStatus{}
+		c.addrs[p.Addr] = ps
+	}
+	c.mu.Unlock()
+	ps.once.Do(func() {
+		resp, err := p.Client.VolumeStatus(ctx, &storepb.VolumeStatusRequest{})
+		if err != nil {
+			ps.err = err
+			return
+		}
+		ps.vols = map[uint32]*storepb.VolumeInfo{}
+		for _, v := range resp.GetVolumes() {
+			ps.vols[v.GetVid()] = v
+		}
+	})
+	return ps.vols[vid], ps.err
+}
+
+// syncEC is SyncEC, reading the holders' statuses through cache when it
+// is not nil.
+func (s *Store) syncEC(ctx context.Context, vid uint32, cache *peerStatuses) (ECSyncResult, error) {
 	res := ECSyncResult{Vid: vid, Reached: []string{}}
 	finder := s.ecHolders()
 	if finder == nil {
@@ -136,7 +183,7 @@ func (s *Store) SyncEC(ctx context.Context, vid uint32) (ECSyncResult, error) {
 		}
 	}
 	for _, p := range peers {
-		added, err := s.mergeJournalFrom(ctx, e, p)
+		added, err := s.mergeJournalFrom(ctx, e, p, cache)
 		switch {
 		case err == nil:
 			res.Reached = append(res.Reached, p.Addr)
@@ -163,28 +210,39 @@ func (s *Store) SyncEC(ctx context.Context, vid uint32) (ECSyncResult, error) {
 var errNotHolder = errors.New("store: not an EC holder")
 
 // mergeJournalFrom merges the journal of peer p into e when their digests
-// differ, and returns how many deletes it added.
-func (s *Store) mergeJournalFrom(ctx context.Context, e *volume.ECVolume, p ECPeer) (int, error) {
+// differ, and returns how many deletes it added. The peer's status comes
+// from cache when it is not nil.
+func (s *Store) mergeJournalFrom(ctx context.Context, e *volume.ECVolume, p ECPeer, cache *peerStatuses) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, ecSyncTimeout)
 	defer cancel()
 	vid := e.Vid()
-	st, err := p.Client.VolumeStatus(ctx, &storepb.VolumeStatusRequest{Vid: vid})
-	if status.Code(err) == codes.NotFound {
+	var info *storepb.VolumeInfo
+	if cache != nil {
+		var err error
+		if info, err = cache.info(ctx, p, vid); err != nil {
+			return 0, err
+		}
+	} else {
+		st, err := p.Client.VolumeStatus(ctx, &storepb.VolumeStatusRequest{Vid: vid})
+		if status.Code(err) == codes.NotFound {
+			return 0, errNotHolder
+		}
+		if err != nil {
+			return 0, err
+		}
+		if len(st.GetVolumes()) == 1 {
+			info = st.GetVolumes()[0]
+		}
+	}
+	if info == nil || info.GetState() != storepb.VolumeState_VOLUME_STATE_EC {
 		return 0, errNotHolder
 	}
-	if err != nil {
-		return 0, err
-	}
-	if len(st.GetVolumes()) != 1 || st.GetVolumes()[0].GetState() != storepb.VolumeState_VOLUME_STATE_EC {
-		return 0, errNotHolder
-	}
-	info := st.GetVolumes()[0]
 	mine := e.JournalDigest()
 	if info.GetEcDeletedCount() == uint64(mine.Count) && info.GetEcJournalDigest() == mine.Sum {
 		return 0, nil
 	}
 	var b []byte
-	err = GRPCECFileSource{Client: p.Client}.CopyECFile(ctx, vid, "ecj", func(chunk []byte, off, total int64) error {
+	err := GRPCECFileSource{Client: p.Client}.CopyECFile(ctx, vid, "ecj", func(chunk []byte, off, total int64) error {
 		if off != int64(len(b)) || total > maxJournalBytes {
 			return fmt.Errorf("journal chunk at %d of %d bytes (have %d)", off, total, len(b))
 		}
@@ -297,9 +355,11 @@ func (s *Store) ecSyncVids() []uint32 {
 }
 
 // SyncAllEC syncs every EC volume of the store (see SyncEC), two at a
-// time, and returns the results of those it could sync.
+// time, asking each holder for its volumes' status once, and returns the
+// results of those it could sync.
 func (s *Store) SyncAllEC(ctx context.Context) []ECSyncResult {
 	vids := s.ecSyncVids()
+	cache := &peerStatuses{}
 	results := make([]ECSyncResult, len(vids))
 	ok := make([]bool, len(vids))
 	var wg sync.WaitGroup
@@ -308,7 +368,7 @@ func (s *Store) SyncAllEC(ctx context.Context) []ECSyncResult {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			res, err := s.SyncEC(ctx, vid)
+			res, err := s.syncEC(ctx, vid, cache)
 			if err != nil {
 				if ctx.Err() == nil && !errors.Is(err, volume.ErrClosed) {
 					s.opts.Logger.Warn("EC sync failed", "vid", vid, "err", err)
