@@ -208,3 +208,42 @@ func TestECVolumeHeldUntilSynced(t *testing.T) {
 		t.Fatalf("synced volume info %v", resp.GetVolume())
 	}
 }
+
+// TestECJournalHeaderRepairedAtOpen: a store whose EC journal has a
+// damaged header keeps its intact deletes under a fresh header when it
+// opens, rather than failing the volume or forgetting them.
+func TestECJournalHeaderRepairedAtOpen(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMem()
+	ts := startServer(t, Options{Dir: "/data", FS: fs}, ServerOptions{})
+	photos := sealedPhotos(t, ts, 4)
+	if _, err := ts.client.EcEncode(ctx, &storepb.EcEncodeRequest{Vid: 1, LargeBlock: 2048, SmallBlock: 256}); err != nil {
+		t.Fatal(err)
+	}
+	deleteOn(t, ts, photos[0])
+	ts.stop(t)
+	path := volume.ECJournalPath("/data", 1)
+	f, err := fs.OpenReadWrite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("XX"), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Sync()
+	f.Close()
+	ts = startServer(t, Options{Dir: "/data", FS: fs}, ServerOptions{})
+	e, err := ts.srv.Store().ECVolume(1)
+	if err != nil {
+		t.Fatalf("EC volume with a damaged journal header: %v", err)
+	}
+	if st := e.Status(); st.Deletes != 1 {
+		t.Fatalf("repaired journal holds %d deletes, want 1", st.Deletes)
+	}
+	if got := ts.answerOf(t, photos[0].path(needle.SizeSmall)); got.code != http.StatusNotFound {
+		t.Fatalf("deleted photo after the repair: %d", got.code)
+	}
+	if got := ts.answerOf(t, photos[1].path(needle.SizeSmall)); got.code != http.StatusOK {
+		t.Fatalf("live photo after the repair: %d", got.code)
+	}
+}
