@@ -542,7 +542,11 @@ func (c *Client) Delete(ctx context.Context, id needle.PhotoID) error {
 	replicas := replicasOf(auth.GetReplicas())
 	found := make([]bool, len(replicas))
 	at := time.Now().UnixNano() // one tombstone, byte-identical on every replica
-	g, gctx := errgroup.WithContext(ctx)
+	// Not errgroup.WithContext: a replica that is down must not cancel the
+	// delete on the others, which journal it (and give it to the down one
+	// when it is back, for an EC volume; replica sync does for a plain one).
+	var g errgroup.Group
+	gctx := ctx
 	for i, r := range replicas {
 		g.Go(func() error {
 			sc, err := c.Store(r.GRPCAddr)

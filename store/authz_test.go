@@ -133,6 +133,10 @@ var storeCalls = map[string]func(ctx context.Context, c storepb.StoreClient) err
 		_, err := c.EcRebuild(ctx, &storepb.EcRebuildRequest{Vid: 1, Shards: []uint32{0}})
 		return err
 	},
+	storepb.Store_EcIndexSync_FullMethodName: func(ctx context.Context, c storepb.StoreClient) error {
+		_, err := c.EcIndexSync(ctx, &storepb.EcIndexSyncRequest{Vid: 1})
+		return err
+	},
 }
 
 // drain receives a stream's messages to its end and returns its error (nil

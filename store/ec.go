@@ -38,17 +38,52 @@ func (s *Store) openECVolumes(ctx context.Context, datVids []uint32) ([]uint32, 
 		switch form {
 		case volume.FormDat:
 			plain = append(plain, vid)
+		case volume.FormNone:
+			if slices.Contains(ecVids, vid) {
+				// Shards or a journal without an index (and no .dat): the
+				// index was lost. The EC sync fetches it from another
+				// holder, or regenerates it from the shards.
+				err := fmt.Errorf("%w: EC volume %d has files here but no index", errECIndexLost, vid)
+				s.opts.Logger.Error("EC volume has no index", "vid", vid)
+				s.mu.failed[vid] = err
+				s.mu.ecRepair[vid] = true
+			}
 		case volume.FormEC:
 			e, err := volume.OpenEC(ctx, s.opts.Dir, vid, s.ecOptions())
+			if err != nil && volume.ECIndexOK(ctx, s.opts.FS, s.opts.Dir, vid) == nil {
+				// A sound index: the journal's header may be damaged.
+				// Keep its intact records under a fresh header; the
+				// sync brings back what the damage took.
+				if kept, jerr := volume.RepairECJournal(ctx, s.opts.FS, s.opts.Dir, vid); jerr == nil {
+					if e2, err2 := volume.OpenEC(ctx, s.opts.Dir, vid, s.ecOptions()); err2 == nil {
+						s.opts.Logger.Warn("EC journal could not be loaded and was rewritten with its intact records", "vid", vid, "kept", kept, "err", err)
+						e, err = e2, nil
+					}
+				}
+			}
 			if err != nil {
 				if ctxErr := ctx.Err(); ctxErr != nil {
 					return nil, ctxErr
+				}
+				if ierr := volume.ECIndexOK(ctx, s.opts.FS, s.opts.Dir, vid); ierr != nil {
+					// Never served from a damaged index: the EC sync
+					// replaces it.
+					err = fmt.Errorf("%w: %w", errECIndexLost, ierr)
+					s.mu.ecRepair[vid] = true
 				}
 				s.opts.Logger.Error("EC volume failed to open", "vid", vid, "err", err)
 				s.mu.failed[vid] = err
 				continue
 			}
 			st := e.Status()
+			if st.JournalDamaged > 0 {
+				s.opts.Logger.Warn("EC journal had damaged records; they were dropped and come back from the other holders",
+					"vid", vid, "damaged_records", st.JournalDamaged)
+			}
+			if s.ecHolders() != nil {
+				// It may have missed deletes while it was down.
+				e.HoldUntilSynced()
+			}
 			s.opts.Logger.Info("EC volume opened", "vid", vid, "images", st.Images, "shards", st.Local, "damaged_shards", st.Damaged)
 			s.mu.ec[vid] = e
 		}
@@ -224,14 +259,22 @@ func (g *grpcService) EcShardRead(ctx context.Context, req *storepb.EcShardReadR
 		return nil, status.Errorf(codes.InvalidArgument, "offset %d out of range", req.GetOffset())
 	}
 	e, err := g.srv.store.ECVolume(req.GetVid())
-	if err != nil {
-		if errors.Is(err, ErrVolumeNotHere) {
-			return nil, status.Errorf(codes.NotFound, "EC volume %d is not on this store", req.GetVid())
+	b := make([]byte, req.GetLength())
+	switch {
+	case err == nil:
+		err = e.ReadShard(ctx, int(req.GetShard()), b, int64(req.GetOffset()))
+	case g.srv.store.ecIndexLost(req.GetVid()):
+		// The index is lost here, the shards are not: peers regenerating
+		// the index read them.
+		err = volume.ReadShardFile(g.srv.store.opts.FS, g.srv.store.opts.Dir, req.GetVid(), int(req.GetShard()), b, int64(req.GetOffset()))
+		if errors.Is(err, volume.ErrShardUnavailable) {
+			return nil, status.Errorf(codes.NotFound, "%v", err)
 		}
+	case errors.Is(err, ErrVolumeNotHere):
+		return nil, status.Errorf(codes.NotFound, "EC volume %d is not on this store", req.GetVid())
+	default:
 		return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
 	}
-	b := make([]byte, req.GetLength())
-	err = e.ReadShard(ctx, int(req.GetShard()), b, int64(req.GetOffset()))
 	switch {
 	case err == nil:
 		return &storepb.EcShardReadResponse{Data: b}, nil
@@ -280,7 +323,7 @@ func (g *grpcService) EcEncode(ctx context.Context, req *storepb.EcEncodeRequest
 // ecDelete journals a delete on an EC volume (see grpcService.Delete).
 func ecDelete(ctx context.Context, e *volume.ECVolume, key, cookie uint64, size needle.SizeCode) (*storepb.DeleteResponse, error) {
 	count := uint32(0)
-	for s := needle.SizeThumb; s <= needle.SizeOriginal; s++ {
+	for _, s := range needle.StoredSizes {
 		if (size == needle.SizeAll || s == size) && e.Has(key, s) {
 			count++
 		}
@@ -326,6 +369,7 @@ func ecVolumeInfo(e *volume.ECVolume) *storepb.VolumeInfo {
 		CompactionGeneration: st.Generation,
 		CreatedUnixNano:      sb.Created,
 		EcDeletedCount:       uint64(st.Deletes),
+		EcJournalDigest:      st.JournalDigest,
 	}
 	for _, i := range st.Local {
 		info.EcShardIds = append(info.EcShardIds, uint32(i))

@@ -12,6 +12,7 @@ import (
 
 	"github.com/haybale/haybale/internal/pki"
 	"github.com/haybale/haybale/internal/rpc"
+	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
 	"github.com/haybale/haybale/store/volume"
 )
@@ -54,8 +55,13 @@ func (s *Store) swapEC(ctx context.Context, vid uint32) (*volume.ECVolume, error
 		return nil, volume.ErrClosed
 	}
 	old := s.mu.ec[vid]
+	if old != nil && old.SyncPending() {
+		// Reopened from the same journal: still not synced.
+		e.HoldUntilSynced()
+	}
 	s.mu.ec[vid] = e
 	delete(s.mu.failed, vid)
+	delete(s.mu.ecRepair, vid)
 	s.mu.Unlock()
 	if old != nil {
 		if err := old.Close(); err != nil {
@@ -69,9 +75,13 @@ func (s *Store) swapEC(ctx context.Context, vid uint32) (*volume.ECVolume, error
 // volume vid, copied from src with the index (and the journal when the
 // store has none yet), and serves the volume with every shard it then
 // holds. A plain replica of the same volume and generation held here is
-// replaced: it stops taking deletes, and its files are removed once the EC
-// form serves (after a crash in between, ResolveEC keeps the EC form). A
-// writable plain volume, or one of another generation, makes it refuse.
+// replaced: it stops taking deletes, its tombstones of needles the EC
+// volume still holds live are journaled, and its files are removed once
+// the EC form serves (after a crash in between, ResolveEC keeps the EC
+// form). A writable plain volume, or one of another generation, makes it
+// refuse. A volume new to this store waits (HoldUntilSynced) for a sync of
+// its journal with the other holders (SyncEC; EcShardMount runs one at
+// once) before it serves reads, when the store has ECHolders.
 func (s *Store) MountECShards(ctx context.Context, vid uint32, shards []int, src volume.ECFileSource) (*volume.ECVolume, error) {
 	s.createMu.Lock()
 	defer s.createMu.Unlock()
@@ -104,6 +114,18 @@ func (s *Store) MountECShards(ctx context.Context, vid uint32, shards []int, src
 			e.Close()
 			return nil, err
 		}
+		// A delete that reached this plain replica after the source took
+		// its snapshot, but not the source, must not be lost with the
+		// .dat: its tombstone goes into the EC journal.
+		if n, err := journalTombstones(ctx, plain, e); err != nil {
+			e.Close()
+			return nil, fmt.Errorf("store: journal the plain replica's deletes of volume %d: %w", vid, err)
+		} else if n > 0 {
+			s.opts.Logger.Info("deletes of the replaced plain replica journaled", "vid", vid, "deletes", n)
+		}
+		if s.ecHolders() != nil {
+			e.HoldUntilSynced()
+		}
 		s.mu.Lock()
 		delete(s.mu.volumes, vid)
 		s.mu.ec[vid] = e
@@ -115,12 +137,39 @@ func (s *Store) MountECShards(ctx context.Context, vid uint32, shards []int, src
 		s.opts.Logger.Info("EC shards mounted in place of a plain replica", "vid", vid, "shards", shards)
 		return e, nil
 	}
+	_, heldErr := s.ECVolume(vid)
+	wasHeld := heldErr == nil
 	e, err := s.swapEC(ctx, vid)
 	if err != nil {
 		return nil, err
 	}
+	if !wasHeld && s.ecHolders() != nil {
+		// The journal was copied from one holder: it serves once it
+		// holds the others' deletes too.
+		e.HoldUntilSynced()
+	}
 	s.opts.Logger.Info("EC shards mounted", "vid", vid, "shards", shards, "held", e.Status().Local)
 	return e, nil
+}
+
+// journalTombstones journals in e the deletes of the plain replica p that
+// remove needles e still holds live, and returns how many.
+func journalTombstones(ctx context.Context, p *volume.Volume, e *volume.ECVolume) (int, error) {
+	ts, err := p.Tombstones(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var dels []volume.ECDelete
+	for _, t := range ts {
+		live := false
+		for _, sz := range needle.StoredSizes {
+			live = live || (t.Size == needle.SizeAll || t.Size == sz) && e.Has(t.Key, sz)
+		}
+		if live {
+			dels = append(dels, volume.ECDelete{Key: t.Key, Cookie: t.Cookie, Size: t.Size})
+		}
+	}
+	return e.MergeJournal(ctx, dels)
 }
 
 // DeleteECShards removes the listed shards of EC volume vid from this
@@ -241,6 +290,14 @@ func (g *grpcService) EcShardMount(ctx context.Context, req *storepb.EcShardMoun
 	}
 	defer conn.Close()
 	e, err := g.srv.store.MountECShards(ctx, req.GetVid(), shards, GRPCECFileSource{Client: storepb.NewStoreClient(conn)})
+	if err == nil && g.srv.store.ecHolders() != nil {
+		// The journal came from one holder: merge the others' now. A
+		// failure is logged; the periodic sync retries.
+		if _, serr := g.srv.store.SyncEC(ctx, req.GetVid()); serr != nil {
+			g.srv.opts.Logger.Warn("EC sync after a mount failed; the periodic sync retries", "vid", req.GetVid(), "err", serr)
+		}
+		e, err = g.srv.store.ECVolume(req.GetVid())
+	}
 	if err != nil {
 		switch {
 		case errors.Is(err, volume.ErrExists):

@@ -60,6 +60,7 @@ var Policy = rpc.Policy{
 	storepb.Store_EcShardMount_FullMethodName:  {pki.RoleDirectory, pki.RoleOperator},
 	storepb.Store_EcShardDelete_FullMethodName: {pki.RoleDirectory, pki.RoleOperator},
 	storepb.Store_EcRebuild_FullMethodName:     {pki.RoleDirectory, pki.RoleOperator},
+	storepb.Store_EcIndexSync_FullMethodName:   {pki.RoleDirectory, pki.RoleOperator},
 }
 
 // newGRPCServer builds the gRPC server with the store service registered.
@@ -391,7 +392,7 @@ func (g *grpcService) VolumeStatus(ctx context.Context, req *storepb.VolumeStatu
 			}
 			return nil, status.Errorf(codes.NotFound, "volume %d is not on this store", vid)
 		}
-		return &storepb.VolumeStatusResponse{Volumes: []*storepb.VolumeInfo{failedInfo(vid, err)}}, nil
+		return &storepb.VolumeStatusResponse{Volumes: []*storepb.VolumeInfo{g.failedVolumeInfo(vid, err)}}, nil
 	}
 	resp := &storepb.VolumeStatusResponse{}
 	failed := st.Failed()
@@ -402,7 +403,7 @@ func (g *grpcService) VolumeStatus(ctx context.Context, req *storepb.VolumeStatu
 		resp.Volumes = append(resp.Volumes, ecVolumeInfo(e))
 	}
 	for vid, err := range failed {
-		resp.Volumes = append(resp.Volumes, failedInfo(vid, err))
+		resp.Volumes = append(resp.Volumes, g.failedVolumeInfo(vid, err))
 	}
 	sortInfos(resp.Volumes)
 	return resp, nil
@@ -439,6 +440,18 @@ func volumeInfo(s volume.Status) *storepb.VolumeInfo {
 	}
 	if s.State != volume.StateWritable {
 		info.ReadOnlyReason = s.Reason
+	}
+	return info
+}
+
+// failedVolumeInfo is failedInfo, with the shards still held here of an
+// EC volume whose index is lost: peers regenerating the index read them.
+func (g *grpcService) failedVolumeInfo(vid uint32, err error) *storepb.VolumeInfo {
+	info := failedInfo(vid, err)
+	if st := g.srv.store; st.ecIndexLost(vid) {
+		for _, i := range volume.LocalShards(st.opts.FS, st.opts.Dir, vid) {
+			info.EcShardIds = append(info.EcShardIds, uint32(i))
+		}
 	}
 	return info
 }

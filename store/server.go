@@ -161,7 +161,18 @@ func (s *Server) draining() bool { return s.srv.Draining() }
 func (s *Server) Serve(ctx context.Context) error {
 	s.opts.Logger.Info("store serving", "http", s.HTTPAddr().String(), "grpc", s.GRPCAddr().String(),
 		"volumes", len(s.store.Volumes()), "failed_volumes", len(s.store.Failed()))
-	return s.srv.Serve(ctx)
+	// EC volumes sync their indexes and journals with the other holders
+	// while the store serves (see ec_sync.go).
+	syncCtx, stopSync := context.WithCancel(ctx)
+	syncDone := make(chan struct{})
+	go func() {
+		defer close(syncDone)
+		s.store.runECSync(syncCtx)
+	}()
+	err := s.srv.Serve(ctx)
+	stopSync()
+	<-syncDone
+	return err
 }
 
 // Shutdown stops accepting connections, waits for requests in flight

@@ -60,6 +60,11 @@
 // locally or from peers through Options.ShardPeers (the EcShardRead RPC).
 // Too few readable shards answer 503 with X-Haybale-Error:
 // volume-unavailable, so caches fail over. Deletes go to the journal.
+// Every holder syncs its index and journal of each EC volume with the other
+// holders (ec_sync.go): at start-up, when it mounts shards, every
+// Options.ECSyncInterval and on EcIndexSync; until the first sync after it
+// opened or mounted the volume, reads answer 503 volume-unavailable, so a
+// holder back from downtime never serves a photo deleted meanwhile.
 package store
 
 import (
@@ -110,6 +115,14 @@ type Options struct {
 	// hold (or cannot read), for degraded reads; nil reads local shards
 	// only. See ShardPeers in ec.go for one over gRPC.
 	ShardPeers volume.ShardReader
+	// ECHolders names the other holders of each EC volume, for the sync of
+	// their indexes and deletion journals (see ec_sync.go); when nil and
+	// ShardPeers implements ECHolderFinder (DirectoryShardPeers does), it
+	// is used. Without one, EC volumes are not synced.
+	ECHolders ECHolderFinder
+	// ECSyncInterval is how often Server.Serve syncs every EC volume with
+	// its other holders; default 1 minute.
+	ECSyncInterval time.Duration
 }
 
 // Store holds the volumes of one data directory. It is safe for concurrent
@@ -128,7 +141,10 @@ type Store struct {
 		volumes map[uint32]*volume.Volume
 		ec      map[uint32]*volume.ECVolume // erasure-coded volumes
 		failed  map[uint32]error            // volumes that could not be opened
-		closed  bool
+		// ecRepair holds the EC volumes whose index is lost or damaged
+		// while other files of theirs remain: the EC sync restores it.
+		ecRepair map[uint32]bool
+		closed   bool
 	}
 }
 
@@ -149,10 +165,19 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if opts.OpenParallelism <= 0 {
 		opts.OpenParallelism = 2 * runtime.GOMAXPROCS(0)
 	}
+	if opts.ECHolders == nil {
+		if f, ok := opts.ShardPeers.(ECHolderFinder); ok {
+			opts.ECHolders = f
+		}
+	}
+	if opts.ECSyncInterval <= 0 {
+		opts.ECSyncInterval = time.Minute
+	}
 	s := &Store{opts: opts}
 	s.mu.volumes = map[uint32]*volume.Volume{}
 	s.mu.ec = map[uint32]*volume.ECVolume{}
 	s.mu.failed = map[uint32]error{}
+	s.mu.ecRepair = map[uint32]bool{}
 	if err := opts.FS.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}

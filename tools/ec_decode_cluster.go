@@ -81,7 +81,8 @@ func liveHolders(ctx context.Context, cl *client.Client, vid uint32, look *direc
 // ECDecodeCluster turns the EC volume vid of the cluster whose directory
 // is at dirAddr back into a replicated one with replicas copies: the live
 // holder with the most shards decodes it in place (EcDecode, reading the
-// other shards from its peers and applying the deletion journal), replicas
+// other shards from its peers and applying the deletion journal, once it
+// merged the other holders' with EcIndexSync), replicas
 // - 1 other live stores, on other racks as far as labels allow and former
 // holders first, pull verified copies of it (ReplicateVolume; a holder
 // chosen first gives up its EC files), and the remaining holders remove
@@ -151,6 +152,15 @@ func ECDecodeCluster(ctx context.Context, creds *rpc.Credentials, dirAddr string
 		sc, err := cl.Store(srcAddr)
 		if err != nil {
 			return res, err
+		}
+		// The decode applies the source's journal: it must hold every
+		// delete the other holders journaled.
+		sync, err := syncECHolder(ctx, cl, srcAddr, vid)
+		if err != nil {
+			return res, fmt.Errorf("volume %d: sync the journal of %s before decoding: %w", vid, res.Source, err)
+		}
+		if sync.AddedDeletes > 0 {
+			out.printf("volume %d: %d deletes journaled by other holders merged into %s before decoding\n", vid, sync.AddedDeletes, res.Source)
 		}
 		resp, err := sc.EcDecode(ctx, &storepb.EcDecodeRequest{Vid: vid})
 		if c := status.Code(err); c == codes.DataLoss || c == codes.Unavailable {

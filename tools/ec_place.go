@@ -102,8 +102,12 @@ func survivable(counts []int) int {
 // the shards it does not keep (EcShardDelete). The directory switches the
 // volume to EC once every holder reports it so. With fewer than 14 stores
 // some hold several shards; the report says how many store and rack losses
-// the placement survives. Deletes should wait while it runs: one made
-// during the copies may reach only some holders' journals.
+// the placement survives. A delete made while it runs reaches the volume's
+// former replicas (the source's EC journal, or a plain replica, whose
+// tombstones its mount journals); at the end every holder syncs its
+// journal with the others (EcIndexSync), and the stores' periodic syncs
+// spread any delete made later, so no holder keeps serving a deleted
+// photo.
 func ECEncodeCluster(ctx context.Context, creds *rpc.Credentials, dirAddr string, vid uint32, opts ECEncodeOptions, out Output) (ECPlacementResult, error) {
 	res := ECPlacementResult{Vid: vid, Shards: map[string][]int{}}
 	cl, err := client.New(client.Options{Directory: dirAddr, Credentials: creds})
@@ -195,6 +199,8 @@ func ECEncodeCluster(ctx context.Context, creds *rpc.Credentials, dirAddr string
 			return res, fmt.Errorf("drop the placed shards from %s: %w", res.Source, err)
 		}
 	}
+	// Every holder merges the deletes the others journaled meanwhile.
+	syncPlaced(ctx, cl, vid, order, out)
 	var perStore []int
 	perRack := map[string]int{}
 	for i, s := range order {
@@ -222,17 +228,26 @@ type ECRebuildClusterResult struct {
 	// ids that regenerated them to their shards.
 	Missing []int            `json:"missing"`
 	Rebuilt map[string][]int `json:"rebuilt"`
+	// Synced maps each live holder to what the sync of its index and
+	// journal did (EcIndexSync); SyncFailed the holders whose sync
+	// failed, with the reason. JournalsAgree is set when, at the end,
+	// every live holder holds the same deletes.
+	Synced        map[string]ECHolderSync `json:"synced"`
+	SyncFailed    map[string]string       `json:"sync_failed,omitempty"`
+	JournalsAgree bool                    `json:"journals_agree"`
 }
 
-// ECRebuildCluster regenerates the shards of EC volume vid that no live
-// store holds (their holders are down or lost them), on live stores: ones
+// ECRebuildCluster repairs EC volume vid: first every live holder syncs
+// its index and journal with the others (see syncECHolders), then the
+// shards that no live store holds (their holders are down or lost them)
+// are regenerated on live stores: ones
 // holding no shard of the volume first (on racks the volume does not use
 // yet, as far as labels allow), then the holders with the fewest shards. A
 // store that did not hold the volume first copies its index and journal
 // (EcShardMount), then rebuilds (EcRebuild) from 10 shards read from its
 // peers. More than 4 shards missing returns ErrCorrupt.
 func ECRebuildCluster(ctx context.Context, creds *rpc.Credentials, dirAddr string, vid uint32, out Output) (ECRebuildClusterResult, error) {
-	res := ECRebuildClusterResult{Vid: vid, Rebuilt: map[string][]int{}}
+	res := ECRebuildClusterResult{Vid: vid, Rebuilt: map[string][]int{}, Synced: map[string]ECHolderSync{}, SyncFailed: map[string]string{}}
 	cl, err := client.New(client.Options{Directory: dirAddr, Credentials: creds})
 	if err != nil {
 		return res, err
@@ -253,6 +268,8 @@ func ECRebuildCluster(ctx context.Context, creds *rpc.Credentials, dirAddr strin
 	usedRacks := map[string]bool{}
 	var source string
 	answered, _ := liveHolders(ctx, cl, vid, look, alive)
+	syncECHolders(ctx, cl, vid, answered, &res, out)
+	answered, _ = liveHolders(ctx, cl, vid, look, alive)
 	for _, h := range answered {
 		if h.vol.GetState() != storepb.VolumeState_VOLUME_STATE_EC {
 			continue
@@ -276,11 +293,12 @@ func ECRebuildCluster(ctx context.Context, creds *rpc.Credentials, dirAddr strin
 		}
 	}
 	if len(res.Missing) == 0 {
+		res.JournalsAgree = journalsAgree(ctx, cl, vid, look, alive)
 		if err := out.json(res); err != nil {
 			return res, err
 		}
 		out.printf("volume %d: every shard is held by a live store; nothing to rebuild\n", vid)
-		return res, nil
+		return res, syncFailure(vid, &res)
 	}
 	if len(res.Missing) > volume.ECParityShards {
 		return res, fmt.Errorf("%w: volume %d: shards %v are on no live store, at most %d can be rebuilt", ErrCorrupt, vid, res.Missing, volume.ECParityShards)
@@ -338,8 +356,9 @@ func ECRebuildCluster(ctx context.Context, creds *rpc.Credentials, dirAddr strin
 		}
 		out.printf("volume %d: rebuilt shards %v on store %s (rack %q)\n", vid, assign[t], t.GetId(), t.GetRack())
 	}
+	res.JournalsAgree = journalsAgree(ctx, cl, vid, look, alive)
 	if err := out.json(res); err != nil {
 		return res, err
 	}
-	return res, nil
+	return res, syncFailure(vid, &res)
 }

@@ -112,9 +112,15 @@ meanwhile.`,
 		Use:   "rebuild DIR | --directory ADDR --vid N",
 		Short: "Regenerate the missing and damaged shards of the EC volumes in DIR, or of a cluster's EC volume",
 		Long: `Offline, regenerates the missing and damaged shards of the EC volumes in DIR
-from the others. With --directory and --vid, regenerates the shards of the
-cluster's EC volume that no live store holds, on live stores (ones without
-the volume first), each rebuilding from 10 shards read from its peers.`,
+from the others; an index (.ecx) that is missing or damaged is first rebuilt
+from the shards (byte-identical to the one the encode wrote), and a journal
+whose header is damaged is rewritten with its intact deletes. With
+--directory and --vid, every live holder of the cluster's EC volume first
+syncs its index and deletion journal with the others (a lost index comes
+back from another holder or from the shards; every journal becomes the
+union of all, so no holder serves a photo another deleted), then the shards
+that no live store holds are regenerated on live stores (ones without the
+volume first), each rebuilding from 10 shards read from its peers.`,
 		Example: `  haybale ec rebuild warm/
   haybale ec rebuild --certs-dir ca/operator-alice --directory dir1:7070 --vid 7`,
 		RunE: func(c *cobra.Command, args []string) error {
@@ -193,8 +199,14 @@ once they are back.`,
 	decode.Flags().IntVar(&decReplicas, "replicas", directory.DefaultReplication, "plain replicas to make (with --directory)")
 	var statusDir string
 	statusCmd := &cobra.Command{
-		Use:     "status --directory ADDR",
-		Short:   "Show each EC volume of a cluster: its shards, their holders, and what is missing",
+		Use:   "status --directory ADDR",
+		Short: "Show each EC volume of a cluster: its shards, their holders, their journals, and what is missing",
+		Long: `Shows, for each EC volume of the cluster, which live store holds which
+shards, the holders that are down or failed (an index lost, for example),
+the shards no live holder serves, and each holder's deletion journal: its
+number of deletes and the digest of their set. When the journals differ, a
+holder missed deletes: the stores merge them at their next sync (every
+minute), or run haybale ec rebuild --directory ... --vid N.`,
 		Example: `  haybale ec status --certs-dir ca/operator-alice --directory dir1:7070`,
 		Args:    cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {

@@ -203,8 +203,23 @@
 //	        20      4     CRC-32C of bytes [0, 20)
 //
 // A torn or damaged last record is a delete that was never acknowledged: it
-// is cut off when the journal is opened. Space of deleted needles is
+// is cut off when the journal is opened. A damaged record followed by intact
+// ones is damage, not a torn append: the intact records are kept (a delete
+// is never undone) and the journal is rewritten without the damaged one,
+// which the other holders' journals give back. Space of deleted needles is
 // reclaimed only when the volume is decoded (or decoded and encoded again).
+//
+// Every holder keeps the whole ecx and ecj. The ecx is the same everywhere;
+// the journals converge: a holder that missed deletes (it was down) merges
+// the others' (MergeJournal), appending the records it lacks, and every
+// holder ends with the union. Journal records are compared as a set: two
+// journals hold the same deletes when their JournalDigest (count of
+// distinct records, and the sum modulo 2^64 of the xxHash64 of each
+// record's bytes [0, 20)) agree. A lost or damaged ecx is copied from
+// another holder (InstallECIndex), or rebuilt from the shards
+// (RegenerateECX): the data shards, row by row, are the encoded .dat, and
+// walking its needles as Reindex does gives back the same index, byte for
+// byte.
 //
 // # Commit points
 //

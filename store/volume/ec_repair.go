@@ -402,7 +402,7 @@ func (e *ECVolume) DecodeTo(ctx context.Context, out string, progress func(done,
 	if err := fs.MkdirAll(outDir, 0o755); err != nil {
 		return res, err
 	}
-	recs, _, err := readJournal(fs, ECJournalPath(e.dir, vid), vid, e.geo.generation)
+	recs, _, _, err := readJournal(fs, ECJournalPath(e.dir, vid), vid, e.geo.generation)
 	if err != nil {
 		return res, err
 	}

@@ -61,15 +61,25 @@ type ECVolume struct {
 	jmu sync.Mutex
 	// retired is set, under jmu, once a decode committed: deletes fail
 	// with ErrClosed from then on (they belong to the decoded volume).
-	retired  bool
-	ecj      vfs.File
-	ecjSize  int64 // guarded by jmu
-	deletes  atomic.Int64
-	reads    atomic.Int64
-	preads   atomic.Int64
-	straddle atomic.Int64
-	degraded atomic.Int64
-	lost     atomic.Int64
+	retired bool
+	ecj     vfs.File
+	ecjSize int64 // guarded by jmu
+	// journal is the set of the journal's records, guarded by jmu.
+	journal journalSet
+	// journalDamaged counts the damaged records dropped from the journal
+	// when it was opened (see openJournal).
+	journalDamaged int
+	// pending makes reads wait for a journal sync (HoldUntilSynced).
+	pending atomic.Bool
+	// deletes and digestSum mirror journal.digest, for readers that do
+	// not take jmu.
+	deletes   atomic.Int64
+	digestSum atomic.Uint64
+	reads     atomic.Int64
+	preads    atomic.Int64
+	straddle  atomic.Int64
+	degraded  atomic.Int64
+	lost      atomic.Int64
 }
 
 // OpenEC opens EC volume vid in dir: it loads and checks the ecx, applies
@@ -166,7 +176,11 @@ func loadECXPath(ctx context.Context, fs vfs.FS, path string, vid uint32) (ecGeo
 }
 
 // openJournal opens the ecj (creating it when missing), applies its records
-// and cuts a torn tail.
+// and cuts a torn tail. A damaged record followed by intact ones is not a
+// torn append but damage: the journal is rewritten atomically with its
+// intact records only (a delete is never undone by keeping them), the
+// dropped records are counted in Status().JournalDamaged for the store to
+// report, and a sync with the other holders brings them back.
 func (e *ECVolume) openJournal() error {
 	fs := e.opts.FS
 	path := ECJournalPath(e.dir, e.vid)
@@ -175,9 +189,20 @@ func (e *ECVolume) openJournal() error {
 			return fmt.Errorf("create journal: %w", err)
 		}
 	}
-	recs, size, err := readJournal(fs, path, e.vid, e.geo.generation)
+	recs, size, damaged, err := readJournal(fs, path, e.vid, e.geo.generation)
 	if err != nil {
 		return err
+	}
+	if damaged > 0 {
+		b := encodeECJHeader(e.vid, e.geo.generation)
+		for _, r := range recs {
+			b = appendECJRecord(b, r)
+		}
+		if err := vfs.WriteFileAtomic(fs, path, b); err != nil {
+			return fmt.Errorf("rewrite damaged journal: %w", err)
+		}
+		size = int64(len(b))
+		e.journalDamaged = damaged
 	}
 	f, err := fs.OpenReadWrite(path)
 	if err != nil {
@@ -194,47 +219,40 @@ func (e *ECVolume) openJournal() error {
 		}
 	}
 	for _, r := range recs {
+		e.journal.add(r)
 		e.mu.index.removeLive(r.key, r.size)
 	}
-	e.deletes.Store(int64(len(recs)))
+	e.publishDigest()
 	e.ecj, e.ecjSize = f, size
 	return nil
 }
 
-// readJournal returns the intact records of the ecj at path and the size of
-// its intact part.
-func readJournal(fs vfs.FS, path string, vid, generation uint32) ([]ecjRecord, int64, error) {
+// readJournal returns the intact records of the ecj at path, the size of
+// the prefix that ends with the last intact record, and how many damaged
+// records lie before it.
+func readJournal(fs vfs.FS, path string, vid, generation uint32) ([]ecjRecord, int64, int, error) {
 	f, err := fs.Open(path)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	defer f.Close()
 	size, err := f.Size()
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	b := make([]byte, size)
 	if err := readFull(f, b, 0); err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	jv, jg, err := decodeECJHeader(b)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%s: %w", path, err)
+		return nil, 0, 0, fmt.Errorf("%s: %w", path, err)
 	}
 	if jv != vid || jg != generation {
-		return nil, 0, fmt.Errorf("%s: %w: journal of volume %d generation %d", path, ErrNotEC, jv, jg)
+		return nil, 0, 0, fmt.Errorf("%s: %w: journal of volume %d generation %d", path, ErrNotEC, jv, jg)
 	}
-	var recs []ecjRecord
-	end := int64(ecjRecordSize)
-	for p := b[ecjRecordSize:]; len(p) >= ecjRecordSize; p = p[ecjRecordSize:] {
-		r, ok := decodeECJRecord(p)
-		if !ok {
-			break
-		}
-		recs = append(recs, r)
-		end += ecjRecordSize
-	}
-	return recs, end, nil
+	recs, end, damaged := parseJournalRecords(b[ecjRecordSize:])
+	return recs, ecjRecordSize + end, damaged, nil
 }
 
 // openShard opens local shard i and checks its header and size against g.
@@ -521,6 +539,9 @@ func (e *ECVolume) Read(ctx context.Context, key, cookie uint64, size needle.Siz
 	if e.mu.closed {
 		return needle.Needle{}, buf, ErrClosed
 	}
+	if e.pending.Load() {
+		return needle.Needle{}, buf, journalPendingError{e.vid}
+	}
 	off, length, ok := e.mu.index.get(key, uint32(size))
 	if !ok {
 		return needle.Needle{}, buf, ErrNotFound
@@ -624,10 +645,11 @@ func (e *ECVolume) Delete(ctx context.Context, key, cookie uint64, size needle.S
 		return 0, fmt.Errorf("EC volume %d: journal delete: %w", e.vid, err)
 	}
 	e.ecjSize += ecjRecordSize
-	e.deletes.Add(1)
 	e.mu.Lock()
+	e.journal.add(ecjRecord{key: key, cookie: cookie, size: uint32(size)})
 	freed := e.mu.index.removeLive(key, uint32(size))
 	e.mu.Unlock()
+	e.publishDigest()
 	return int64(freed) * needle.Alignment, nil
 }
 
@@ -639,7 +661,16 @@ type ECStatus struct {
 	ShardSize  int64  `json:"shard_size"`
 	Images     int    `json:"images"`     // live (key, size) entries
 	LiveBytes  int64  `json:"live_bytes"` // bytes of live needles
-	Deletes    int64  `json:"deletes"`    // journaled deletes
+	Deletes    int64  `json:"deletes"`    // journaled deletes (distinct)
+	// JournalDigest identifies the set of journaled deletes: holders
+	// whose digests agree hold the same deletes.
+	JournalDigest uint64 `json:"journal_digest"`
+	// JournalDamaged counts the damaged journal records dropped when the
+	// volume was opened: a sync with the other holders restores them.
+	JournalDamaged int `json:"journal_damaged,omitempty"`
+	// SyncPending is true while reads wait for the journal's first sync
+	// with the other holders.
+	SyncPending bool `json:"sync_pending,omitempty"`
 	// Local lists the shards held here and readable at open; Damaged the
 	// local shard files that were not usable, with the reason.
 	Local   []int          `json:"local"`
@@ -662,6 +693,7 @@ func (e *ECVolume) Status() ECStatus {
 	live := int64(e.mu.index.liveUnits()) * needle.Alignment
 	e.mu.RUnlock()
 	s := ECStatus{
+		JournalDigest: e.digestSum.Load(), JournalDamaged: e.journalDamaged, SyncPending: e.pending.Load(),
 		Vid: e.vid, Generation: e.geo.generation, DataSize: e.geo.dataSize,
 		ShardSize: ECHeaderSize + e.geo.shardSize(), Images: images, LiveBytes: live,
 		Deletes: e.deletes.Load(), Reads: e.reads.Load(), Preads: e.preads.Load(),

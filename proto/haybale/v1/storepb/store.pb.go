@@ -1059,8 +1059,13 @@ type VolumeInfo struct {
 	EcShardIds []uint32 `protobuf:"varint,10,rep,packed,name=ec_shard_ids,json=ecShardIds,proto3" json:"ec_shard_ids,omitempty"`
 	// For an erasure-coded volume: the number of deletes in its journal.
 	EcDeletedCount uint64 `protobuf:"varint,11,opt,name=ec_deleted_count,json=ecDeletedCount,proto3" json:"ec_deleted_count,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// For an erasure-coded volume: a digest of the set of deletes in its
+	// journal, independent of their order (the sum, modulo 2^64, of the
+	// xxHash64 of each record's key, cookie and size code). Two holders whose
+	// journals hold the same deletes report the same count and digest.
+	EcJournalDigest uint64 `protobuf:"fixed64,16,opt,name=ec_journal_digest,json=ecJournalDigest,proto3" json:"ec_journal_digest,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *VolumeInfo) Reset() {
@@ -1166,6 +1171,13 @@ func (x *VolumeInfo) GetEcShardIds() []uint32 {
 func (x *VolumeInfo) GetEcDeletedCount() uint64 {
 	if x != nil {
 		return x.EcDeletedCount
+	}
+	return 0
+}
+
+func (x *VolumeInfo) GetEcJournalDigest() uint64 {
+	if x != nil {
+		return x.EcJournalDigest
 	}
 	return 0
 }
@@ -2623,6 +2635,136 @@ func (x *EcRebuildResponse) GetVolume() *VolumeInfo {
 	return nil
 }
 
+// EcIndexSyncRequest names the EC volume whose index and journal to sync.
+type EcIndexSyncRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid           uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcIndexSyncRequest) Reset() {
+	*x = EcIndexSyncRequest{}
+	mi := &file_haybale_v1_store_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcIndexSyncRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcIndexSyncRequest) ProtoMessage() {}
+
+func (x *EcIndexSyncRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcIndexSyncRequest.ProtoReflect.Descriptor instead.
+func (*EcIndexSyncRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *EcIndexSyncRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+// EcIndexSyncResponse reports what the sync did.
+type EcIndexSyncResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The EC volume as this store now holds it.
+	Volume *VolumeInfo `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	// How the index was restored: "" (it was sound), "fetched" (copied from
+	// a holder) or "regenerated" (rebuilt from the shards).
+	IndexRestored string `protobuf:"bytes,2,opt,name=index_restored,json=indexRestored,proto3" json:"index_restored,omitempty"`
+	// Deletes appended to this store's journal.
+	AddedDeletes uint32 `protobuf:"varint,3,opt,name=added_deletes,json=addedDeletes,proto3" json:"added_deletes,omitempty"`
+	// Holders whose journals were read (store gRPC addresses).
+	Reached []string `protobuf:"bytes,4,rep,name=reached,proto3" json:"reached,omitempty"`
+	// Holders that could not be read; their deletes are merged by a later
+	// sync.
+	Unreached     []string `protobuf:"bytes,5,rep,name=unreached,proto3" json:"unreached,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcIndexSyncResponse) Reset() {
+	*x = EcIndexSyncResponse{}
+	mi := &file_haybale_v1_store_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcIndexSyncResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcIndexSyncResponse) ProtoMessage() {}
+
+func (x *EcIndexSyncResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_store_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcIndexSyncResponse.ProtoReflect.Descriptor instead.
+func (*EcIndexSyncResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_store_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *EcIndexSyncResponse) GetVolume() *VolumeInfo {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+func (x *EcIndexSyncResponse) GetIndexRestored() string {
+	if x != nil {
+		return x.IndexRestored
+	}
+	return ""
+}
+
+func (x *EcIndexSyncResponse) GetAddedDeletes() uint32 {
+	if x != nil {
+		return x.AddedDeletes
+	}
+	return 0
+}
+
+func (x *EcIndexSyncResponse) GetReached() []string {
+	if x != nil {
+		return x.Reached
+	}
+	return nil
+}
+
+func (x *EcIndexSyncResponse) GetUnreached() []string {
+	if x != nil {
+		return x.Unreached
+	}
+	return nil
+}
+
 var File_haybale_v1_store_proto protoreflect.FileDescriptor
 
 const file_haybale_v1_store_proto_rawDesc = "" +
@@ -2690,7 +2832,7 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"F\n" +
 	"\x14MarkReadOnlyResponse\x12.\n" +
-	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"\xbb\x03\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"\xe7\x03\n" +
 	"\n" +
 	"VolumeInfo\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12-\n" +
@@ -2706,7 +2848,8 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\fec_shard_ids\x18\n" +
 	" \x03(\rR\n" +
 	"ecShardIds\x12(\n" +
-	"\x10ec_deleted_count\x18\v \x01(\x04R\x0eecDeletedCountJ\x04\b\f\x10\x10\"\"\n" +
+	"\x10ec_deleted_count\x18\v \x01(\x04R\x0eecDeletedCount\x12*\n" +
+	"\x11ec_journal_digest\x18\x10 \x01(\x06R\x0fecJournalDigestJ\x04\b\f\x10\x10\"\"\n" +
 	"\x0eCompactRequest\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\"\x9b\x02\n" +
 	"\x0fCompactResponse\x12.\n" +
@@ -2810,14 +2953,22 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
 	"\x06shards\x18\x02 \x03(\rR\x06shards\"C\n" +
 	"\x11EcRebuildResponse\x12.\n" +
-	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume*\xa9\x01\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"&\n" +
+	"\x12EcIndexSyncRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\"\xc9\x01\n" +
+	"\x13EcIndexSyncResponse\x12.\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\x12%\n" +
+	"\x0eindex_restored\x18\x02 \x01(\tR\rindexRestored\x12#\n" +
+	"\radded_deletes\x18\x03 \x01(\rR\faddedDeletes\x12\x18\n" +
+	"\areached\x18\x04 \x03(\tR\areached\x12\x1c\n" +
+	"\tunreached\x18\x05 \x03(\tR\tunreached*\xa9\x01\n" +
 	"\vVolumeState\x12\x1c\n" +
 	"\x18VOLUME_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VOLUME_STATE_WRITABLE\x10\x01\x12\x1a\n" +
 	"\x16VOLUME_STATE_READ_ONLY\x10\x02\x12\x17\n" +
 	"\x13VOLUME_STATE_SEALED\x10\x03\x12\x13\n" +
 	"\x0fVOLUME_STATE_EC\x10\x04\x12\x17\n" +
-	"\x13VOLUME_STATE_FAILED\x10\x052\xa6\n" +
+	"\x13VOLUME_STATE_FAILED\x10\x052\xf6\n" +
 	"\n" +
 	"\x05Store\x12<\n" +
 	"\x05Write\x12\x18.haybale.v1.WriteRequest\x1a\x19.haybale.v1.WriteResponse\x12?\n" +
@@ -2837,7 +2988,8 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\vEcShardCopy\x12\x1e.haybale.v1.EcShardCopyRequest\x1a\x1f.haybale.v1.EcShardCopyResponse0\x01\x12Q\n" +
 	"\fEcShardMount\x12\x1f.haybale.v1.EcShardMountRequest\x1a .haybale.v1.EcShardMountResponse\x12T\n" +
 	"\rEcShardDelete\x12 .haybale.v1.EcShardDeleteRequest\x1a!.haybale.v1.EcShardDeleteResponse\x12H\n" +
-	"\tEcRebuild\x12\x1c.haybale.v1.EcRebuildRequest\x1a\x1d.haybale.v1.EcRebuildResponseB=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
+	"\tEcRebuild\x12\x1c.haybale.v1.EcRebuildRequest\x1a\x1d.haybale.v1.EcRebuildResponse\x12N\n" +
+	"\vEcIndexSync\x12\x1e.haybale.v1.EcIndexSyncRequest\x1a\x1f.haybale.v1.EcIndexSyncResponseB=Z;github.com/haybale/haybale/proto/haybale/v1/storepb;storepbb\x06proto3"
 
 var (
 	file_haybale_v1_store_proto_rawDescOnce sync.Once
@@ -2852,7 +3004,7 @@ func file_haybale_v1_store_proto_rawDescGZIP() []byte {
 }
 
 var file_haybale_v1_store_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_haybale_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_haybale_v1_store_proto_goTypes = []any{
 	(VolumeState)(0),                // 0: haybale.v1.VolumeState
 	(*Needle)(nil),                  // 1: haybale.v1.Needle
@@ -2893,6 +3045,8 @@ var file_haybale_v1_store_proto_goTypes = []any{
 	(*EcShardDeleteResponse)(nil),   // 36: haybale.v1.EcShardDeleteResponse
 	(*EcRebuildRequest)(nil),        // 37: haybale.v1.EcRebuildRequest
 	(*EcRebuildResponse)(nil),       // 38: haybale.v1.EcRebuildResponse
+	(*EcIndexSyncRequest)(nil),      // 39: haybale.v1.EcIndexSyncRequest
+	(*EcIndexSyncResponse)(nil),     // 40: haybale.v1.EcIndexSyncResponse
 }
 var file_haybale_v1_store_proto_depIdxs = []int32{
 	1,  // 0: haybale.v1.WriteRequest.needles:type_name -> haybale.v1.Needle
@@ -2909,45 +3063,48 @@ var file_haybale_v1_store_proto_depIdxs = []int32{
 	15, // 11: haybale.v1.EcShardMountResponse.volume:type_name -> haybale.v1.VolumeInfo
 	15, // 12: haybale.v1.EcShardDeleteResponse.volume:type_name -> haybale.v1.VolumeInfo
 	15, // 13: haybale.v1.EcRebuildResponse.volume:type_name -> haybale.v1.VolumeInfo
-	2,  // 14: haybale.v1.Store.Write:input_type -> haybale.v1.WriteRequest
-	5,  // 15: haybale.v1.Store.Delete:input_type -> haybale.v1.DeleteRequest
-	7,  // 16: haybale.v1.Store.Read:input_type -> haybale.v1.ReadRequest
-	9,  // 17: haybale.v1.Store.AllocateVolume:input_type -> haybale.v1.AllocateVolumeRequest
-	11, // 18: haybale.v1.Store.VolumeStatus:input_type -> haybale.v1.VolumeStatusRequest
-	13, // 19: haybale.v1.Store.MarkReadOnly:input_type -> haybale.v1.MarkReadOnlyRequest
-	16, // 20: haybale.v1.Store.Compact:input_type -> haybale.v1.CompactRequest
-	18, // 21: haybale.v1.Store.CopyVolume:input_type -> haybale.v1.CopyVolumeRequest
-	20, // 22: haybale.v1.Store.ReplicateVolume:input_type -> haybale.v1.ReplicateVolumeRequest
-	22, // 23: haybale.v1.Store.ListNeedles:input_type -> haybale.v1.ListNeedlesRequest
-	25, // 24: haybale.v1.Store.EcShardRead:input_type -> haybale.v1.EcShardReadRequest
-	27, // 25: haybale.v1.Store.EcEncode:input_type -> haybale.v1.EcEncodeRequest
-	29, // 26: haybale.v1.Store.EcDecode:input_type -> haybale.v1.EcDecodeRequest
-	31, // 27: haybale.v1.Store.EcShardCopy:input_type -> haybale.v1.EcShardCopyRequest
-	33, // 28: haybale.v1.Store.EcShardMount:input_type -> haybale.v1.EcShardMountRequest
-	35, // 29: haybale.v1.Store.EcShardDelete:input_type -> haybale.v1.EcShardDeleteRequest
-	37, // 30: haybale.v1.Store.EcRebuild:input_type -> haybale.v1.EcRebuildRequest
-	4,  // 31: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
-	6,  // 32: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
-	8,  // 33: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
-	10, // 34: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
-	12, // 35: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
-	14, // 36: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
-	17, // 37: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
-	19, // 38: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
-	21, // 39: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
-	24, // 40: haybale.v1.Store.ListNeedles:output_type -> haybale.v1.ListNeedlesResponse
-	26, // 41: haybale.v1.Store.EcShardRead:output_type -> haybale.v1.EcShardReadResponse
-	28, // 42: haybale.v1.Store.EcEncode:output_type -> haybale.v1.EcEncodeResponse
-	30, // 43: haybale.v1.Store.EcDecode:output_type -> haybale.v1.EcDecodeResponse
-	32, // 44: haybale.v1.Store.EcShardCopy:output_type -> haybale.v1.EcShardCopyResponse
-	34, // 45: haybale.v1.Store.EcShardMount:output_type -> haybale.v1.EcShardMountResponse
-	36, // 46: haybale.v1.Store.EcShardDelete:output_type -> haybale.v1.EcShardDeleteResponse
-	38, // 47: haybale.v1.Store.EcRebuild:output_type -> haybale.v1.EcRebuildResponse
-	31, // [31:48] is the sub-list for method output_type
-	14, // [14:31] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	15, // 14: haybale.v1.EcIndexSyncResponse.volume:type_name -> haybale.v1.VolumeInfo
+	2,  // 15: haybale.v1.Store.Write:input_type -> haybale.v1.WriteRequest
+	5,  // 16: haybale.v1.Store.Delete:input_type -> haybale.v1.DeleteRequest
+	7,  // 17: haybale.v1.Store.Read:input_type -> haybale.v1.ReadRequest
+	9,  // 18: haybale.v1.Store.AllocateVolume:input_type -> haybale.v1.AllocateVolumeRequest
+	11, // 19: haybale.v1.Store.VolumeStatus:input_type -> haybale.v1.VolumeStatusRequest
+	13, // 20: haybale.v1.Store.MarkReadOnly:input_type -> haybale.v1.MarkReadOnlyRequest
+	16, // 21: haybale.v1.Store.Compact:input_type -> haybale.v1.CompactRequest
+	18, // 22: haybale.v1.Store.CopyVolume:input_type -> haybale.v1.CopyVolumeRequest
+	20, // 23: haybale.v1.Store.ReplicateVolume:input_type -> haybale.v1.ReplicateVolumeRequest
+	22, // 24: haybale.v1.Store.ListNeedles:input_type -> haybale.v1.ListNeedlesRequest
+	25, // 25: haybale.v1.Store.EcShardRead:input_type -> haybale.v1.EcShardReadRequest
+	27, // 26: haybale.v1.Store.EcEncode:input_type -> haybale.v1.EcEncodeRequest
+	29, // 27: haybale.v1.Store.EcDecode:input_type -> haybale.v1.EcDecodeRequest
+	31, // 28: haybale.v1.Store.EcShardCopy:input_type -> haybale.v1.EcShardCopyRequest
+	33, // 29: haybale.v1.Store.EcShardMount:input_type -> haybale.v1.EcShardMountRequest
+	35, // 30: haybale.v1.Store.EcShardDelete:input_type -> haybale.v1.EcShardDeleteRequest
+	37, // 31: haybale.v1.Store.EcRebuild:input_type -> haybale.v1.EcRebuildRequest
+	39, // 32: haybale.v1.Store.EcIndexSync:input_type -> haybale.v1.EcIndexSyncRequest
+	4,  // 33: haybale.v1.Store.Write:output_type -> haybale.v1.WriteResponse
+	6,  // 34: haybale.v1.Store.Delete:output_type -> haybale.v1.DeleteResponse
+	8,  // 35: haybale.v1.Store.Read:output_type -> haybale.v1.ReadResponse
+	10, // 36: haybale.v1.Store.AllocateVolume:output_type -> haybale.v1.AllocateVolumeResponse
+	12, // 37: haybale.v1.Store.VolumeStatus:output_type -> haybale.v1.VolumeStatusResponse
+	14, // 38: haybale.v1.Store.MarkReadOnly:output_type -> haybale.v1.MarkReadOnlyResponse
+	17, // 39: haybale.v1.Store.Compact:output_type -> haybale.v1.CompactResponse
+	19, // 40: haybale.v1.Store.CopyVolume:output_type -> haybale.v1.CopyVolumeResponse
+	21, // 41: haybale.v1.Store.ReplicateVolume:output_type -> haybale.v1.ReplicateVolumeResponse
+	24, // 42: haybale.v1.Store.ListNeedles:output_type -> haybale.v1.ListNeedlesResponse
+	26, // 43: haybale.v1.Store.EcShardRead:output_type -> haybale.v1.EcShardReadResponse
+	28, // 44: haybale.v1.Store.EcEncode:output_type -> haybale.v1.EcEncodeResponse
+	30, // 45: haybale.v1.Store.EcDecode:output_type -> haybale.v1.EcDecodeResponse
+	32, // 46: haybale.v1.Store.EcShardCopy:output_type -> haybale.v1.EcShardCopyResponse
+	34, // 47: haybale.v1.Store.EcShardMount:output_type -> haybale.v1.EcShardMountResponse
+	36, // 48: haybale.v1.Store.EcShardDelete:output_type -> haybale.v1.EcShardDeleteResponse
+	38, // 49: haybale.v1.Store.EcRebuild:output_type -> haybale.v1.EcRebuildResponse
+	40, // 50: haybale.v1.Store.EcIndexSync:output_type -> haybale.v1.EcIndexSyncResponse
+	33, // [33:51] is the sub-list for method output_type
+	15, // [15:33] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_haybale_v1_store_proto_init() }
@@ -2961,7 +3118,7 @@ func file_haybale_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haybale_v1_store_proto_rawDesc), len(file_haybale_v1_store_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   38,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

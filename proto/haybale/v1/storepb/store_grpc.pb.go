@@ -36,6 +36,7 @@ const (
 	Store_EcShardMount_FullMethodName    = "/haybale.v1.Store/EcShardMount"
 	Store_EcShardDelete_FullMethodName   = "/haybale.v1.Store/EcShardDelete"
 	Store_EcRebuild_FullMethodName       = "/haybale.v1.Store/EcRebuild"
+	Store_EcIndexSync_FullMethodName     = "/haybale.v1.Store/EcIndexSync"
 )
 
 // StoreClient is the client API for Store service.
@@ -60,11 +61,18 @@ const (
 //	Delete            gateway, operator (and a delete token from AuthorizeDelete)
 //	Read              directory, operator
 //	AllocateVolume    directory, operator
-//	VolumeStatus      directory, operator, store (a replica pull checks its source)
+//	VolumeStatus      directory, operator, store (a replica pull checks its
+//	                  source; an EC holder compares journal digests)
 //	MarkReadOnly      directory, operator
 //	Compact           directory, operator
 //	CopyVolume        directory, operator, store (a store pulling a replica)
 //	ReplicateVolume   directory, operator
+//	ListNeedles       directory, operator, store
+//	EcShardRead       store (degraded reads), directory, operator
+//	EcShardCopy       store (mounts, journal syncs, index refetch), directory,
+//	                  operator
+//	EcEncode, EcDecode, EcShardMount, EcShardDelete, EcRebuild, EcIndexSync
+//	                  directory, operator
 //
 // Errors are gRPC status codes:
 //   - NOT_FOUND: the store does not hold the vid, or the needle is missing,
@@ -112,8 +120,10 @@ type StoreClient interface {
 	// AllocateVolume creates a new, empty, writable volume on this store.
 	// Callers: directory, operator.
 	AllocateVolume(ctx context.Context, in *AllocateVolumeRequest, opts ...grpc.CallOption) (*AllocateVolumeResponse, error)
-	// VolumeStatus describes one volume, or all volumes of the store.
-	// Callers: directory, operator, store.
+	// VolumeStatus describes one volume, or all volumes of the store (an EC
+	// volume whose index is lost is FAILED, with the shards still held here).
+	// Callers: directory, operator, store (a replica pull checks its source;
+	// EC holders compare journal digests and learn where shards are).
 	VolumeStatus(ctx context.Context, in *VolumeStatusRequest, opts ...grpc.CallOption) (*VolumeStatusResponse, error)
 	// MarkReadOnly stops writes to a volume. Reads and deletes continue: a
 	// read-only, sealed or EC volume still records deletes, so removing a photo
@@ -184,7 +194,9 @@ type StoreClient interface {
 	EcDecode(ctx context.Context, in *EcDecodeRequest, opts ...grpc.CallOption) (*EcDecodeResponse, error)
 	// EcShardCopy streams one file of an EC volume this store holds (its
 	// index, its journal or one of its shards), in chunks of at most 1 MiB.
-	// Callers: stores taking over shards (EcShardMount). Errors: NOT_FOUND (no
+	// Callers: stores taking over shards (EcShardMount), stores reading the
+	// other holders' journals or fetching a lost index (EcIndexSync and its
+	// periodic run), the directory and operator tools. Errors: NOT_FOUND (no
 	// such EC volume, or the shard is not held here), INVALID_ARGUMENT (name).
 	EcShardCopy(ctx context.Context, in *EcShardCopyRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EcShardCopyResponse], error)
 	// EcShardMount makes this store a holder of some shards of an EC volume:
@@ -212,6 +224,19 @@ type StoreClient interface {
 	// Callers: the directory and operator tools. Errors: NOT_FOUND,
 	// INVALID_ARGUMENT, UNAVAILABLE (fewer than 10 shards readable).
 	EcRebuild(ctx context.Context, in *EcRebuildRequest, opts ...grpc.CallOption) (*EcRebuildResponse, error)
+	// EcIndexSync brings this store's index and deletion journal of an EC
+	// volume in line with the other holders (the stores the directory lists
+	// for it): an index that is missing or damaged while shards remain here
+	// is copied from a holder (EcShardCopy) and checked, or, when no holder
+	// has one, regenerated from the shards; then every holder's journal is
+	// read and the deletes this store lacks are appended (synced) and applied.
+	// Deletes are never undone, so every holder converges to the union of the
+	// journals. Stores do the same at start-up, when they mount shards, and
+	// periodically. Callers: the directory and operator tools (`haybale ec
+	// rebuild`). Errors: INVALID_ARGUMENT (vid 0), NOT_FOUND (no index and no
+	// shard of the volume here), UNAVAILABLE (no index could be fetched or
+	// regenerated), DATA_LOSS (the local files cannot be repaired).
+	EcIndexSync(ctx context.Context, in *EcIndexSyncRequest, opts ...grpc.CallOption) (*EcIndexSyncResponse, error)
 }
 
 type storeClient struct {
@@ -428,6 +453,16 @@ func (c *storeClient) EcRebuild(ctx context.Context, in *EcRebuildRequest, opts 
 	return out, nil
 }
 
+func (c *storeClient) EcIndexSync(ctx context.Context, in *EcIndexSyncRequest, opts ...grpc.CallOption) (*EcIndexSyncResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EcIndexSyncResponse)
+	err := c.cc.Invoke(ctx, Store_EcIndexSync_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StoreServer is the server API for Store service.
 // All implementations must embed UnimplementedStoreServer
 // for forward compatibility.
@@ -450,11 +485,18 @@ func (c *storeClient) EcRebuild(ctx context.Context, in *EcRebuildRequest, opts 
 //	Delete            gateway, operator (and a delete token from AuthorizeDelete)
 //	Read              directory, operator
 //	AllocateVolume    directory, operator
-//	VolumeStatus      directory, operator, store (a replica pull checks its source)
+//	VolumeStatus      directory, operator, store (a replica pull checks its
+//	                  source; an EC holder compares journal digests)
 //	MarkReadOnly      directory, operator
 //	Compact           directory, operator
 //	CopyVolume        directory, operator, store (a store pulling a replica)
 //	ReplicateVolume   directory, operator
+//	ListNeedles       directory, operator, store
+//	EcShardRead       store (degraded reads), directory, operator
+//	EcShardCopy       store (mounts, journal syncs, index refetch), directory,
+//	                  operator
+//	EcEncode, EcDecode, EcShardMount, EcShardDelete, EcRebuild, EcIndexSync
+//	                  directory, operator
 //
 // Errors are gRPC status codes:
 //   - NOT_FOUND: the store does not hold the vid, or the needle is missing,
@@ -502,8 +544,10 @@ type StoreServer interface {
 	// AllocateVolume creates a new, empty, writable volume on this store.
 	// Callers: directory, operator.
 	AllocateVolume(context.Context, *AllocateVolumeRequest) (*AllocateVolumeResponse, error)
-	// VolumeStatus describes one volume, or all volumes of the store.
-	// Callers: directory, operator, store.
+	// VolumeStatus describes one volume, or all volumes of the store (an EC
+	// volume whose index is lost is FAILED, with the shards still held here).
+	// Callers: directory, operator, store (a replica pull checks its source;
+	// EC holders compare journal digests and learn where shards are).
 	VolumeStatus(context.Context, *VolumeStatusRequest) (*VolumeStatusResponse, error)
 	// MarkReadOnly stops writes to a volume. Reads and deletes continue: a
 	// read-only, sealed or EC volume still records deletes, so removing a photo
@@ -574,7 +618,9 @@ type StoreServer interface {
 	EcDecode(context.Context, *EcDecodeRequest) (*EcDecodeResponse, error)
 	// EcShardCopy streams one file of an EC volume this store holds (its
 	// index, its journal or one of its shards), in chunks of at most 1 MiB.
-	// Callers: stores taking over shards (EcShardMount). Errors: NOT_FOUND (no
+	// Callers: stores taking over shards (EcShardMount), stores reading the
+	// other holders' journals or fetching a lost index (EcIndexSync and its
+	// periodic run), the directory and operator tools. Errors: NOT_FOUND (no
 	// such EC volume, or the shard is not held here), INVALID_ARGUMENT (name).
 	EcShardCopy(*EcShardCopyRequest, grpc.ServerStreamingServer[EcShardCopyResponse]) error
 	// EcShardMount makes this store a holder of some shards of an EC volume:
@@ -602,6 +648,19 @@ type StoreServer interface {
 	// Callers: the directory and operator tools. Errors: NOT_FOUND,
 	// INVALID_ARGUMENT, UNAVAILABLE (fewer than 10 shards readable).
 	EcRebuild(context.Context, *EcRebuildRequest) (*EcRebuildResponse, error)
+	// EcIndexSync brings this store's index and deletion journal of an EC
+	// volume in line with the other holders (the stores the directory lists
+	// for it): an index that is missing or damaged while shards remain here
+	// is copied from a holder (EcShardCopy) and checked, or, when no holder
+	// has one, regenerated from the shards; then every holder's journal is
+	// read and the deletes this store lacks are appended (synced) and applied.
+	// Deletes are never undone, so every holder converges to the union of the
+	// journals. Stores do the same at start-up, when they mount shards, and
+	// periodically. Callers: the directory and operator tools (`haybale ec
+	// rebuild`). Errors: INVALID_ARGUMENT (vid 0), NOT_FOUND (no index and no
+	// shard of the volume here), UNAVAILABLE (no index could be fetched or
+	// regenerated), DATA_LOSS (the local files cannot be repaired).
+	EcIndexSync(context.Context, *EcIndexSyncRequest) (*EcIndexSyncResponse, error)
 	mustEmbedUnimplementedStoreServer()
 }
 
@@ -662,6 +721,9 @@ func (UnimplementedStoreServer) EcShardDelete(context.Context, *EcShardDeleteReq
 }
 func (UnimplementedStoreServer) EcRebuild(context.Context, *EcRebuildRequest) (*EcRebuildResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EcRebuild not implemented")
+}
+func (UnimplementedStoreServer) EcIndexSync(context.Context, *EcIndexSyncRequest) (*EcIndexSyncResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EcIndexSync not implemented")
 }
 func (UnimplementedStoreServer) mustEmbedUnimplementedStoreServer() {}
 func (UnimplementedStoreServer) testEmbeddedByValue()               {}
@@ -962,6 +1024,24 @@ func _Store_EcRebuild_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Store_EcIndexSync_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EcIndexSyncRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreServer).EcIndexSync(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Store_EcIndexSync_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreServer).EcIndexSync(ctx, req.(*EcIndexSyncRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Store_ServiceDesc is the grpc.ServiceDesc for Store service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1020,6 +1100,10 @@ var Store_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EcRebuild",
 			Handler:    _Store_EcRebuild_Handler,
+		},
+		{
+			MethodName: "EcIndexSync",
+			Handler:    _Store_EcIndexSync_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
