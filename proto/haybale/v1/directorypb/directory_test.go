@@ -28,6 +28,7 @@ func TestDirectoryServiceMethods(t *testing.T) {
 		{"AddMember", kind{}},
 		{"RemoveMember", kind{}},
 		{"RemoveStore", kind{}},
+		{"EcEncode", kind{false, true}},
 	}
 
 	sd := directorypb.File_haybale_v1_directory_proto.Services().ByName("Directory")

@@ -1059,8 +1059,14 @@ type VolumeInfo struct {
 	EcShardIds []uint32 `protobuf:"varint,10,rep,packed,name=ec_shard_ids,json=ecShardIds,proto3" json:"ec_shard_ids,omitempty"`
 	// For an erasure-coded volume: the number of deletes in its journal.
 	EcDeletedCount uint64 `protobuf:"varint,11,opt,name=ec_deleted_count,json=ecDeletedCount,proto3" json:"ec_deleted_count,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// When the volume's data file last changed, Unix nanoseconds: the last
+	// append (needles or tombstones) or the rewrite of a compaction, by the
+	// store's clock. The directory's erasure-coding policy encodes a volume
+	// once this is older than its quiet period. 0 when unknown (an EC
+	// volume, a failed one, or a store that does not report it).
+	LastAppendUnixNano int64 `protobuf:"varint,16,opt,name=last_append_unix_nano,json=lastAppendUnixNano,proto3" json:"last_append_unix_nano,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *VolumeInfo) Reset() {
@@ -1166,6 +1172,13 @@ func (x *VolumeInfo) GetEcShardIds() []uint32 {
 func (x *VolumeInfo) GetEcDeletedCount() uint64 {
 	if x != nil {
 		return x.EcDeletedCount
+	}
+	return 0
+}
+
+func (x *VolumeInfo) GetLastAppendUnixNano() int64 {
+	if x != nil {
+		return x.LastAppendUnixNano
 	}
 	return 0
 }
@@ -2690,7 +2703,7 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"F\n" +
 	"\x14MarkReadOnlyResponse\x12.\n" +
-	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"\xbb\x03\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"\xee\x03\n" +
 	"\n" +
 	"VolumeInfo\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12-\n" +
@@ -2706,7 +2719,8 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\fec_shard_ids\x18\n" +
 	" \x03(\rR\n" +
 	"ecShardIds\x12(\n" +
-	"\x10ec_deleted_count\x18\v \x01(\x04R\x0eecDeletedCountJ\x04\b\f\x10\x10\"\"\n" +
+	"\x10ec_deleted_count\x18\v \x01(\x04R\x0eecDeletedCount\x121\n" +
+	"\x15last_append_unix_nano\x18\x10 \x01(\x03R\x12lastAppendUnixNanoJ\x04\b\f\x10\x10\"\"\n" +
 	"\x0eCompactRequest\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\"\x9b\x02\n" +
 	"\x0fCompactResponse\x12.\n" +
