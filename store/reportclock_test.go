@@ -9,9 +9,9 @@ import (
 
 	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
-	"github.com/haybale/haybale/store/volume"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
+	"github.com/haybale/haybale/store/volume"
 )
 
 func lists(req *directorypb.HeartbeatRequest, vid uint32) bool {
