@@ -258,13 +258,17 @@ func (j *ecRun) run(ctx context.Context) (ECPlacement, error) {
 			continue
 		}
 		v, _ := j.d.volume(j.vid)
-		if err := j.d.stores.MarkReadOnly(ctx, r.st, j.vid, v.Reason); err != nil {
-			return p, j.storeErr(r.st, "mark read-only", err)
-		}
+		// The heartbeat answers ask the same of a replica still writing;
+		// the two calls may race on the store, so the outcome is what
+		// counts: the replica's state read afterwards.
+		markErr := j.d.stores.MarkReadOnly(ctx, r.st, j.vid, v.Reason)
 		if reps[i].rep, err = j.ecs.VolumeStatus(ctx, r.st, j.vid); err != nil {
 			return p, j.storeErr(r.st, "read the state of", err)
 		}
 		if reps[i].rep.State == StateWritable {
+			if markErr != nil {
+				return p, j.storeErr(r.st, "mark read-only", markErr)
+			}
 			return p, fmt.Errorf("%w: store %s still reports volume %d writable", ErrUnavailable, r.st.ID, j.vid)
 		}
 	}

@@ -82,8 +82,13 @@ func TestECPolicyEncodesQuietVolumes(t *testing.T) {
 				return err
 			}
 			if resp.GetState() != storepb.VolumeState_VOLUME_STATE_EC || len(resp.GetReplicas()) != 5 {
-				return fmt.Errorf("volume %d: %v on %d stores", vid, resp.GetState(), len(resp.GetReplicas()))
+				return fmt.Errorf("volume %d: %v on %d stores; policy %+v", vid, resp.GetState(), len(resp.GetReplicas()), c.Dir.Status().ECPolicy)
 			}
+		}
+		// The stores' reports can switch the record before the job
+		// ends: wait for it.
+		if p := c.Dir.Status().ECPolicy; p.Running != nil || len(p.Recent) < len(vids) {
+			return fmt.Errorf("policy %+v", p)
 		}
 		return nil
 	})
