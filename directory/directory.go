@@ -78,6 +78,9 @@ type Directory struct {
 		sync.Mutex
 		ecState
 	}
+	// ecAwait bounds the wait of an erasure-coding job for the new
+	// holders' heartbeats (ecRun.awaitHolders).
+	ecAwait time.Duration
 }
 
 // NewDirectory returns the directory over fsm, committing through log and
@@ -109,6 +112,7 @@ func NewDirectory(opts Options, fsm *FSM, log Log, stores StoreAPI) (*Directory,
 	d.inFlight.vids = map[uint32]bool{}
 	d.live.compactAsked = map[compactKey]time.Time{}
 	d.ec.failures = map[uint32]*ECBackoff{}
+	d.ecAwait = MissedHeartbeats * opts.HeartbeatInterval
 	d.metrics = newMetrics(d)
 	d.wg.Go(d.leaderLoop)
 	if opts.ECAfter > 0 {

@@ -409,6 +409,7 @@ func (j *ecRun) run(ctx context.Context) (ECPlacement, error) {
 	if err := j.switchToEC(ctx); err != nil {
 		return p, err
 	}
+	j.awaitHolders(ctx, p.Holders)
 	j.survival(&p)
 	j.step = ecStepDone
 	return p, nil
@@ -499,6 +500,30 @@ func (j *ecRun) switchToEC(ctx context.Context) error {
 	}
 	j.progress("volume %d: recorded as erasure-coded", j.vid)
 	return nil
+}
+
+// awaitHolders waits, for at most Directory.ecAwait (MissedHeartbeats
+// heartbeat intervals), until the record lists every holder of the placement as holding the EC
+// volume: the stores' heartbeats bring the new holders in, and until then
+// a store looking for the holders of a shard does not find them. When the
+// wait ends first, the heartbeats still bring them in later.
+func (j *ecRun) awaitHolders(ctx context.Context, holders []ECPlaced) {
+	deadline := time.Now().Add(j.d.ecAwait)
+	for {
+		v, _ := j.d.fsm.Volume(j.vid)
+		missing := slices.ContainsFunc(holders, func(h ECPlaced) bool {
+			i := v.replica(h.StoreID)
+			return i < 0 || v.Replicas[i].State != StateEC
+		})
+		if !missing || time.Now().After(deadline) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(min(j.d.opts.HeartbeatInterval/4, 100*time.Millisecond)):
+		}
+	}
 }
 
 // survival fills p's survivability from its holders.

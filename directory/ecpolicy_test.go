@@ -296,6 +296,8 @@ func newECTest(t *testing.T, stores ...string) *ecTest {
 		t.Fatal(err)
 	}
 	t.Cleanup(d.Close)
+	// The fake stores report only when a test says so.
+	d.ecAwait = 0
 	return &ecTest{t: t, d: d, f: f, log: lg, clock: clock}
 }
 

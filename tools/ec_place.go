@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"time"
 
 	"github.com/haybale/haybale/client"
 	"github.com/haybale/haybale/internal/rpc"
@@ -47,25 +48,38 @@ func ECEncodeCluster(ctx context.Context, creds *rpc.Credentials, dirAddr string
 		return res, err
 	}
 	defer cl.Close()
-	stream, err := cl.Directory().EcEncode(ctx, &directorypb.DirectoryEcEncodeRequest{Vid: vid,
-		LargeBlock: uint64(max(opts.LargeBlock, 0)), SmallBlock: uint64(max(opts.SmallBlock, 0))})
-	if err != nil {
-		return res, fmt.Errorf("EC encode volume %d: %w", vid, err)
-	}
+	req := &directorypb.DirectoryEcEncodeRequest{Vid: vid,
+		LargeBlock: uint64(max(opts.LargeBlock, 0)), SmallBlock: uint64(max(opts.SmallBlock, 0))}
 	var placed *directorypb.EcPlacement
-	for placed == nil {
-		m, err := stream.Recv()
-		if err == io.EOF {
-			return res, fmt.Errorf("EC encode volume %d: the directory ended the job without a placement", vid)
+	// A node that does not lead answers a stream before it sends anything:
+	// the client then knows the leader, and the call is made again. (A
+	// job already started elsewhere answers ABORTED; one cut short
+	// resumes.)
+	for attempt := 1; placed == nil; attempt++ {
+		got := 0
+		stream, err := cl.Directory().EcEncode(ctx, req)
+		for err == nil && placed == nil {
+			var m *directorypb.DirectoryEcEncodeResponse
+			if m, err = stream.Recv(); err == nil {
+				got++
+				if placed = m.GetPlacement(); placed == nil {
+					out.printf("%s\n", m.GetMessage())
+				}
+			}
 		}
-		if err != nil {
+		switch {
+		case placed != nil:
+		case err == io.EOF:
+			return res, fmt.Errorf("EC encode volume %d: the directory ended the job without a placement", vid)
+		case got == 0 && attempt < ecEncodeAttempts && client.DirectoryElsewhere(err):
+			select {
+			case <-ctx.Done():
+				return res, ctx.Err()
+			case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+			}
+		default:
 			return res, fmt.Errorf("EC encode volume %d: %w", vid, err)
 		}
-		if m.GetPlacement() != nil {
-			placed = m.GetPlacement()
-			break
-		}
-		out.printf("%s\n", m.GetMessage())
 	}
 	res.Source = placed.GetSourceStoreId()
 	res.Needles = int(placed.GetNeedles())
@@ -91,6 +105,10 @@ func ECEncodeCluster(ctx context.Context, creds *rpc.Credentials, dirAddr string
 		vid, res.Source, res.Needles, stores, len(racks), res.SurvivesStores, res.SurvivesRacks)
 	return res, nil
 }
+
+// ecEncodeAttempts bounds the calls ECEncodeCluster makes to find the
+// directory's leader.
+const ecEncodeAttempts = 5
 
 // ECRebuildClusterResult is what ECRebuildCluster reports.
 type ECRebuildClusterResult struct {

@@ -5,11 +5,19 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
 	"github.com/haybale/haybale/client"
+	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/internal/testcluster"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
@@ -114,4 +122,89 @@ func TestECPolicyEncodesQuietVolumes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestECEncodeThroughFollowers: in a directory cluster, EcEncode asked of
+// a follower is forwarded to the leader and its stream relayed, and
+// ECEncodeCluster given followers first finds the leader.
+func TestECEncodeThroughFollowers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a directory cluster")
+	}
+	ctx := context.Background()
+	c := testcluster.Start(t, testcluster.Options{Stores: 3, Replication: 2, Directories: 3})
+	cl, err := client.New(client.Options{Directory: c.DirAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	ids := map[needle.PhotoID]int{}
+	for k := 0; k < 6; k++ {
+		ids[writeOnline(t, cl, k)] = k
+	}
+	var vid uint32
+	for id := range ids {
+		vid = id.Vid
+	}
+	if _, err := c.Directory.MarkReadOnly(ctx, &directorypb.DirectoryMarkReadOnlyRequest{Vid: vid, Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	leader := c.Leader()
+	var followers []string
+	for _, n := range c.Dirs {
+		if n != leader {
+			followers = append(followers, n.Addr)
+		}
+	}
+	conn, err := grpc.NewClient(followers[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var stream directorypb.Directory_EcEncodeClient
+	var steps []string
+	var placed *directorypb.EcPlacement
+	// The follower may not know the leader at once after the election.
+	c.Eventually("EcEncode through a follower", func() error {
+		steps, placed = nil, nil
+		if stream, err = directorypb.NewDirectoryClient(conn).EcEncode(ctx, &directorypb.DirectoryEcEncodeRequest{Vid: vid, LargeBlock: 32 << 10, SmallBlock: 1 << 10}); err != nil {
+			return err
+		}
+		for {
+			m, err := stream.Recv()
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			steps = append(steps, m.GetStep())
+			if m.GetPlacement() != nil {
+				placed = m.GetPlacement()
+			}
+		}
+	})
+	if placed == nil || len(placed.GetHolders()) != 3 || placed.GetNeedles() != 4*uint32(len(ids)) || steps[len(steps)-1] != "done" {
+		t.Fatalf("steps %v, placement %v", steps, placed)
+	}
+	for _, step := range []string{"compact", "encode", "place", "verify", "switch"} {
+		if !slices.Contains(steps, step) {
+			t.Errorf("no %q step in %v", step, steps)
+		}
+	}
+	// Followers first: the call is redirected to the leader, which
+	// answers that the volume is erasure-coded already.
+	addrs := strings.Join(append(followers, leader.Addr), ",")
+	if _, err := ECEncodeCluster(ctx, rpc.Insecure(), addrs, vid, ECEncodeOptions{}, Output{W: io.Discard}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("encoding the EC volume again: %v, want FailedPrecondition", err)
+	}
+	// The job ended once the directory listed every holder.
+	resp, err := c.Directory.Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
+	if err != nil || resp.GetState() != storepb.VolumeState_VOLUME_STATE_EC || len(resp.GetReplicas()) != 3 {
+		t.Fatalf("lookup after the encode: %v %v", resp, err)
+	}
+	// The stores' degraded reads are not checked here: a store's shard
+	// peers dial the directory's address list as one address, so they do
+	// not find the holders in a directory cluster (see
+	// TestECPolicyEncodesQuietVolumes for reads after an encode).
 }
