@@ -3,6 +3,7 @@ package directory
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -48,7 +49,7 @@ type ECJobStatus struct {
 type ECJobRecord struct {
 	Vid      uint32    `json:"vid"`
 	Trigger  string    `json:"trigger"`
-	Result   string    `json:"result"` // "ok" or "failed"
+	Result   string    `json:"result"` // "ok", "failed" or "interrupted" (leadership lost)
 	Step     string    `json:"step"`   // the step it ended at
 	Error    string    `json:"error,omitempty"`
 	Started  time.Time `json:"started"`
@@ -129,6 +130,10 @@ func (d *Directory) ecEnd(vid uint32, trigger string, err error) {
 	case err == nil:
 		delete(d.ec.failures, vid)
 		rec.Step = ecStepDone
+	case errors.Is(err, ErrNotLeader):
+		// Whoever leads next resumes it.
+		rec.Result, rec.Error = "interrupted", err.Error()
+		delete(d.ec.failures, vid)
 	default:
 		rec.Result, rec.Error = "failed", err.Error()
 		b := d.ec.failures[vid]

@@ -33,10 +33,18 @@ func (c *fakeClock) advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// switchLog is a single-node log whose leadership a test turns off.
+// switchLog is a single-node log whose leadership a test turns off and
+// on again; each leadership gets a new epoch.
 type switchLog struct {
 	*localLog
 	follower atomic.Bool
+	epoch    atomic.Uint64
+}
+
+// lead makes the node lead again, in a new epoch.
+func (l *switchLog) lead() {
+	l.epoch.Add(1)
+	l.follower.Store(false)
 }
 
 func (l *switchLog) Apply(ctx context.Context, cmd Command) error {
@@ -50,7 +58,8 @@ func (l *switchLog) Leadership() (uint64, time.Time) {
 	if l.follower.Load() {
 		return 0, time.Time{}
 	}
-	return l.localLog.Leadership()
+	_, since := l.localLog.Leadership()
+	return l.epoch.Load(), since
 }
 
 func (l *switchLog) NotLeader() error { return &NotLeaderError{Leader: "elsewhere:7070"} }
@@ -287,6 +296,7 @@ func newECTest(t *testing.T, stores ...string) *ecTest {
 	t.Helper()
 	fsm := OpenMemoryFSM()
 	lg := &switchLog{localLog: newLocalLog(fsm)}
+	lg.epoch.Store(1)
 	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	f := newECFakes(stores...)
 	d, err := NewDirectory(Options{Secret: testSecret, HeartbeatInterval: time.Minute, VolumeSizeLimit: ecTestLimit,
@@ -467,6 +477,14 @@ func TestECPolicyEncodesOnce(t *testing.T) {
 	if v, _ := e.d.fsm.Volume(7); len(v.Replicas) != len(stores) {
 		t.Fatalf("record holders %+v", v.Replicas)
 	}
+	var page strings.Builder
+	if err := statusTemplate.Execute(&page, e.d.Status()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(page.String(), "Erasure-coding jobs") || !strings.Contains(page.String(), "quiet for 1h0m0s") ||
+		!strings.Contains(page.String(), "<td>policy</td><td class=\"ok\">ok</td>") {
+		t.Fatalf("the status page does not show the job:\n%s", page.String())
+	}
 }
 
 func TestECPolicyOnlyOnLeader(t *testing.T) {
@@ -488,7 +506,7 @@ func TestECPolicyOnlyOnLeader(t *testing.T) {
 		t.Fatalf("a follower acted: %v, volume %s", e.f.calls, e.state(3))
 	}
 	// Leading again, the volume qualifies.
-	e.log.follower.Store(false)
+	e.log.lead()
 	if got := e.d.ecCandidates(e.clock.now()); !slices.Equal(got, []uint32{3}) {
 		t.Fatalf("the leader's candidates %v", got)
 	}
@@ -636,5 +654,46 @@ func TestECPolicyOneJobAtATime(t *testing.T) {
 	}
 	if e.state(1) != StateEC || e.state(2) != StateReadOnly {
 		t.Fatalf("volumes %s and %s", e.state(1), e.state(2))
+	}
+}
+
+// A job whose node stops leading stops at its next step, leaving the
+// volume readable; the next leadership takes it up where the stores are
+// (the replicas sealed already are not compacted again).
+func TestECPolicyLeaderChangeMidJob(t *testing.T) {
+	stores := []string{"s1", "s2", "s3", "s4"}
+	e := newECTest(t, stores...)
+	e.addVolume(4, 950, e.clock.now(), "s1", "s2")
+	e.beat()
+	e.clock.advance(2 * ecTestAfter)
+	e.f.block, e.f.compacting = make(chan struct{}), make(chan struct{}, 2)
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.d.ecPolicyPass(context.Background())
+		done <- err
+	}()
+	<-e.f.compacting
+	e.log.follower.Store(true)
+	close(e.f.block)
+	if err := <-done; !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("job after the leadership ended: %v", err)
+	}
+	e.readable(4, "s1", "s2")
+	if e.f.count("encode") != 0 || e.state(4) == StateEC {
+		t.Fatalf("the job went on: %v", e.f.calls)
+	}
+	if st := e.d.ECStatus(); len(st.Backoff) != 0 || len(st.Recent) != 1 || st.Recent[0].Result != "interrupted" {
+		t.Fatalf("status %+v", st)
+	}
+	e.f.mu.Lock()
+	e.f.block = nil
+	e.f.mu.Unlock()
+	e.log.lead()
+	e.beat()
+	if vid, err := e.d.ecPolicyPass(context.Background()); vid != 4 || err != nil {
+		t.Fatalf("the next leadership's pass: %d %v", vid, err)
+	}
+	if e.state(4) != StateEC || e.f.count("compact") != 2 || e.f.count("encode") != 1 {
+		t.Fatalf("state %s, calls %v", e.state(4), e.f.calls)
 	}
 }
