@@ -106,7 +106,8 @@ type ECPlaced struct {
 // compact (every replica not sealed yet is compacted, which seals it),
 // encode (one replica encodes the volume in place: it then holds every
 // shard), place (the 14 shards go to distinct live stores, on distinct
-// racks as far as labels allow, copied from the encoder; replicas left out
+// racks as far as labels allow, copied from the encoder; a store that is
+// not a replica needs Options.MinStoreFreeBytes free; replicas left out
 // keep the index and journal, and every plain replica is replaced), verify
 // (every holder reports the shards placed on it), drop (the encoder
 // removes the shards it gave away), switch (the record becomes EC).
@@ -338,10 +339,13 @@ func (j *ecRun) run(ctx context.Context) (ECPlacement, error) {
 	for _, r := range reps {
 		isReplica[r.st.ID] = true
 	}
+	// Live stores with room for a new volume (MinStoreFreeBytes, as for
+	// allocations), and the replicas, which give their plain copies up.
 	var cands []placeStore
 	for _, st := range j.d.fsm.Stores() {
-		if sn.alive[st.ID] || st.ID == source.st.ID {
-			cands = append(cands, placeStore{id: st.ID, rack: sn.stores[st.ID].Rack, replica: isReplica[st.ID]})
+		fresh := sn.stores[st.ID]
+		if st.ID == source.st.ID || sn.alive[st.ID] && (isReplica[st.ID] || fresh.FreeBytes >= j.d.opts.MinStoreFreeBytes) {
+			cands = append(cands, placeStore{id: st.ID, rack: fresh.Rack, replica: isReplica[st.ID]})
 		}
 	}
 	order, shards := placeShards(cands, source.st.ID)

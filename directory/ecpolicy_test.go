@@ -79,6 +79,8 @@ type ecFakes struct {
 	// signalling compacting.
 	block      chan struct{}
 	compacting chan struct{}
+	// free overrides a store's reported free space (default 1 TiB).
+	free map[string]uint64
 }
 
 func newECFakes(stores ...string) *ecFakes {
@@ -334,6 +336,9 @@ func (e *ecTest) beat() {
 	var hbs []Heartbeat
 	for _, id := range slices.Sorted(maps.Keys(e.f.vols)) {
 		hb := Heartbeat{StoreID: id, GRPCAddr: id + ":7000", HTTPAddr: id + ":8000", Rack: "rack-" + id, FreeBytes: 1 << 40}
+		if free, ok := e.f.free[id]; ok {
+			hb.FreeBytes = free
+		}
 		for _, vid := range slices.Sorted(maps.Keys(e.f.vols[id])) {
 			r := *e.f.vols[id][vid]
 			r.EcShards = slices.Clone(r.EcShards)
@@ -695,5 +700,28 @@ func TestECPolicyLeaderChangeMidJob(t *testing.T) {
 	}
 	if e.state(4) != StateEC || e.f.count("compact") != 2 || e.f.count("encode") != 1 {
 		t.Fatalf("state %s, calls %v", e.state(4), e.f.calls)
+	}
+}
+
+// Shards go only to stores with room for a new volume, besides the
+// replicas, which give up their plain copies.
+func TestECPlacementSkipsFullStores(t *testing.T) {
+	e := newECTest(t, "s1", "s2", "s3", "s4")
+	e.f.free = map[string]uint64{"s2": 1 << 20, "s4": 1 << 20} // below the 1 GiB default
+	e.addVolume(6, 950, e.clock.now(), "s1", "s2")
+	e.beat()
+	p, err := e.d.EncodeEC(context.Background(), 6, ECEncodeOptions{Freeze: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holds := map[string]int{}
+	for _, h := range p.Holders {
+		holds[h.StoreID] = len(h.Shards)
+	}
+	if len(holds) != 3 || holds["s1"] != 5 || holds["s2"] != 5 || holds["s3"] != 4 {
+		t.Fatalf("placement %+v", p.Holders)
+	}
+	if _, ok := e.f.report("s4", 6); ok {
+		t.Fatal("the full store s4 got shards")
 	}
 }
