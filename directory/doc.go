@@ -118,8 +118,10 @@
 // are full and quiet by the last-append times the stores report, and takes
 // first the volumes some replicas already hold as EC. One job runs at a
 // time (ErrBusy otherwise); a failed policy job is retried after a backoff
-// that doubles per failure. The status page, /api/v1/status and /metrics
-// show the jobs.
+// that doubles per failure. From the encode step to the job's end,
+// AuthorizeDelete refuses the volume's photos: a delete then could miss
+// the holders the record does not list yet. The status page,
+// /api/v1/status and /metrics show the jobs.
 //
 // # URLs
 //

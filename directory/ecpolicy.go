@@ -105,6 +105,21 @@ func (d *Directory) ecRunningVid() uint32 {
 	return d.ec.running.Vid
 }
 
+// ecMovingVid returns the vid of the job that runs once it reaches the
+// encode step (the volume's holders change from then until the job ends),
+// 0 when none does.
+func (d *Directory) ecMovingVid() uint32 {
+	d.ec.Lock()
+	defer d.ec.Unlock()
+	if r := d.ec.running; r != nil {
+		switch r.Step {
+		case ecStepEncode, ecStepPlace, ecStepVerify, ecStepDrop, ecStepSwitch:
+			return r.Vid
+		}
+	}
+	return 0
+}
+
 func (d *Directory) ecSetStep(vid uint32, step string) {
 	d.ec.Lock()
 	defer d.ec.Unlock()

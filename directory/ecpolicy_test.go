@@ -1,6 +1,7 @@
 package directory
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -75,10 +76,11 @@ type ecFakes struct {
 	calls []string
 	// fail makes the next call named "<method> <store>" fail.
 	fail map[string]error
-	// block, when set, makes Compact wait for it to close, after
-	// signalling compacting.
+	// block, when set, makes Compact (or the method blockOn names) wait
+	// for it to close, after signalling compacting.
 	block      chan struct{}
 	compacting chan struct{}
+	blockOn    string
 	// free overrides a store's reported free space (default 1 TiB).
 	free map[string]uint64
 }
@@ -176,17 +178,26 @@ func (f *ecFakes) VolumeStatus(_ context.Context, st StoreRecord, vid uint32) (V
 	return r, nil
 }
 
-func (f *ecFakes) Compact(ctx context.Context, st StoreRecord, vid uint32) (VolumeReport, error) {
+// wait blocks a call of method while f.block is set for it.
+func (f *ecFakes) wait(ctx context.Context, method string) error {
 	f.mu.Lock()
-	block, compacting := f.block, f.compacting
+	block, compacting, on := f.block, f.compacting, f.blockOn
 	f.mu.Unlock()
-	if block != nil {
-		compacting <- struct{}{}
-		select {
-		case <-block:
-		case <-ctx.Done():
-			return VolumeReport{}, ctx.Err()
-		}
+	if block == nil || method != cmp.Or(on, "compact") {
+		return nil
+	}
+	compacting <- struct{}{}
+	select {
+	case <-block:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (f *ecFakes) Compact(ctx context.Context, st StoreRecord, vid uint32) (VolumeReport, error) {
+	if err := f.wait(ctx, "compact"); err != nil {
+		return VolumeReport{}, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -220,7 +231,10 @@ func (f *ecFakes) ECEncode(_ context.Context, st StoreRecord, vid uint32, _, _ u
 	return 40, nil
 }
 
-func (f *ecFakes) ECShardMount(_ context.Context, st StoreRecord, vid uint32, shards []uint32, source StoreRecord) (VolumeReport, error) {
+func (f *ecFakes) ECShardMount(ctx context.Context, st StoreRecord, vid uint32, shards []uint32, source StoreRecord) (VolumeReport, error) {
+	if err := f.wait(ctx, "mount"); err != nil {
+		return VolumeReport{}, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.call("mount", st.ID, vid); err != nil {
@@ -723,5 +737,41 @@ func TestECPlacementSkipsFullStores(t *testing.T) {
 	}
 	if _, ok := e.f.report("s4", 6); ok {
 		t.Fatal("the full store s4 got shards")
+	}
+}
+
+// While a job moves a volume's shards, delete tokens for its photos are
+// refused (a delete could miss the new holders); other volumes' are not.
+func TestECJobHoldsDeletes(t *testing.T) {
+	e := newECTest(t, "s1", "s2", "s3")
+	e.addVolume(1, 950, e.clock.now(), "s1")
+	e.addVolume(2, 950, e.clock.now(), "s2")
+	if err := e.d.fsm.Apply(Command{Type: CmdReserveKeys, HighWater: 100}); err != nil {
+		t.Fatal(err)
+	}
+	e.beat()
+	e.f.block, e.f.compacting, e.f.blockOn = make(chan struct{}), make(chan struct{}, 3), "mount"
+	photo := func(vid uint32) string { return fmt.Sprintf("%d-5-0000000000000009", vid) }
+	if _, err := e.d.AuthorizeDelete(photo(1)); err != nil {
+		t.Fatalf("delete before the job: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.d.EncodeEC(context.Background(), 1, ECEncodeOptions{Freeze: true})
+		done <- err
+	}()
+	<-e.f.compacting
+	if _, err := e.d.AuthorizeDelete(photo(1)); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("delete while the shards move: %v, want ErrUnavailable", err)
+	}
+	if _, err := e.d.AuthorizeDelete(photo(2)); err != nil {
+		t.Errorf("delete on another volume: %v", err)
+	}
+	close(e.f.block)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.AuthorizeDelete(photo(1)); err != nil {
+		t.Fatalf("delete after the job: %v", err)
 	}
 }

@@ -39,8 +39,8 @@ type ECPlacementResult struct {
 // too). It prints each step as the directory reports it. With fewer than
 // 14 stores some hold several shards; the report says how many store and
 // rack losses the placement survives. A writable volume is refused: mark
-// it read-only first. Deletes should wait while it runs: one made during
-// the copies may reach only some holders' journals.
+// it read-only first. While the shards move, the directory refuses delete
+// tokens for the volume's photos.
 func ECEncodeCluster(ctx context.Context, creds *rpc.Credentials, dirAddr string, vid uint32, opts ECEncodeOptions, out Output) (ECPlacementResult, error) {
 	res := ECPlacementResult{Vid: vid, Shards: map[string][]int{}}
 	cl, err := client.New(client.Options{Directory: dirAddr, Credentials: creds})

@@ -55,8 +55,8 @@ spreads the 14 shards over the live stores on distinct racks as far as
 labels allow, verifies every shard, records the volume as EC and replaces
 the plain replicas, printing each step. It is the job the directory's
 --ec-after policy runs by itself; one runs at a time. The report says how
-many store and rack losses the placement survives. Pause deletes
-meanwhile.`,
+many store and rack losses the placement survives. While the shards
+move, the directory refuses deletes of the volume's photos (retry them).`,
 		Example: `  haybale ec encode data/7.dat --out warm/
   haybale ec encode --json data/7.dat --out warm/ | jq .straddling
   haybale ec encode --certs-dir ca/operator-alice --store store1:8081 --vid 7

@@ -104,7 +104,9 @@ type DirectoryClient interface {
 	// names the photo's vid, key and cookie and allows tombstones only (no
 	// data); the stores check the cookie against the stored needle, so a
 	// made-up cookie deletes nothing. Errors: InvalidArgument for a malformed
-	// photo ID, NotFound for an unknown volume. Callers: gateway, operator.
+	// photo ID, NotFound for an unknown volume, UNAVAILABLE while an
+	// erasure-coding job encodes and places the volume (retry in a moment).
+	// Callers: gateway, operator.
 	AuthorizeDelete(ctx context.Context, in *AuthorizeDeleteRequest, opts ...grpc.CallOption) (*AuthorizeDeleteResponse, error)
 	// AddMember adds a node to the directory's raft cluster as a voter; the
 	// node must run with its --raft-id and --raft-addr and no --bootstrap
@@ -133,10 +135,12 @@ type DirectoryClient interface {
 	// stream sends a message per step and ends with the placement. A
 	// writable volume is refused (mark it read-only first). Errors:
 	// NOT_FOUND (unknown volume), FAILED_PRECONDITION (writable, already EC,
-	// a replica's store down), ABORTED (another erasure-coding job runs),
-	// UNAVAILABLE (a store failed a step: the volume stays readable in its
-	// old or its new form; run it again). Leader only; a follower forwards
-	// it. Callers: operator (`haybale ec encode --directory`).
+	// being allocated), ABORTED (another erasure-coding job runs),
+	// UNAVAILABLE (a replica's store is down, or a store failed a step: the
+	// volume stays readable in its old or its new form; run it again). Leader only; a follower forwards
+	// it. While it encodes and places the volume, AuthorizeDelete refuses
+	// the volume's photos. Callers: operator (`haybale ec encode
+	// --directory`).
 	EcEncode(ctx context.Context, in *DirectoryEcEncodeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DirectoryEcEncodeResponse], error)
 }
 
@@ -351,7 +355,9 @@ type DirectoryServer interface {
 	// names the photo's vid, key and cookie and allows tombstones only (no
 	// data); the stores check the cookie against the stored needle, so a
 	// made-up cookie deletes nothing. Errors: InvalidArgument for a malformed
-	// photo ID, NotFound for an unknown volume. Callers: gateway, operator.
+	// photo ID, NotFound for an unknown volume, UNAVAILABLE while an
+	// erasure-coding job encodes and places the volume (retry in a moment).
+	// Callers: gateway, operator.
 	AuthorizeDelete(context.Context, *AuthorizeDeleteRequest) (*AuthorizeDeleteResponse, error)
 	// AddMember adds a node to the directory's raft cluster as a voter; the
 	// node must run with its --raft-id and --raft-addr and no --bootstrap
@@ -380,10 +386,12 @@ type DirectoryServer interface {
 	// stream sends a message per step and ends with the placement. A
 	// writable volume is refused (mark it read-only first). Errors:
 	// NOT_FOUND (unknown volume), FAILED_PRECONDITION (writable, already EC,
-	// a replica's store down), ABORTED (another erasure-coding job runs),
-	// UNAVAILABLE (a store failed a step: the volume stays readable in its
-	// old or its new form; run it again). Leader only; a follower forwards
-	// it. Callers: operator (`haybale ec encode --directory`).
+	// being allocated), ABORTED (another erasure-coding job runs),
+	// UNAVAILABLE (a replica's store is down, or a store failed a step: the
+	// volume stays readable in its old or its new form; run it again). Leader only; a follower forwards
+	// it. While it encodes and places the volume, AuthorizeDelete refuses
+	// the volume's photos. Callers: operator (`haybale ec encode
+	// --directory`).
 	EcEncode(*DirectoryEcEncodeRequest, grpc.ServerStreamingServer[DirectoryEcEncodeResponse]) error
 	mustEmbedUnimplementedDirectoryServer()
 }
