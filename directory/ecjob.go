@@ -118,7 +118,9 @@ type ECPlaced struct {
 // failover): it reads where each replica is from the stores and resumes
 // from there (an encoder still holding every shard places them again; an
 // EC form already spread completes the replacement of the plain replicas).
-// Every replica's store must be alive.
+// Every replica's store must be alive. An EC volume is refused
+// (ErrWrongState) unless a job left its encoder holding every shard beside
+// the other holders (unfinishedPlacement): the job then finishes.
 func (d *Directory) EncodeEC(ctx context.Context, vid uint32, opts ECEncodeOptions) (ECPlacement, error) {
 	v, err := d.volume(vid)
 	if err != nil {
@@ -133,7 +135,7 @@ func (d *Directory) EncodeEC(ctx context.Context, vid uint32, opts ECEncodeOptio
 		return ECPlacement{}, fmt.Errorf("%w: this directory's store client cannot erasure-code", ErrUnavailable)
 	}
 	switch {
-	case v.State == StateEC:
+	case v.State == StateEC && !unfinishedPlacement(v):
 		return ECPlacement{}, fmt.Errorf("%w: volume %d is erasure-coded already", ErrWrongState, vid)
 	case v.Allocating:
 		return ECPlacement{}, fmt.Errorf("%w: volume %d is being allocated", ErrWrongState, vid)
@@ -159,6 +161,26 @@ func (d *Directory) EncodeEC(ctx context.Context, vid uint32, opts ECEncodeOptio
 	d.opts.Logger.Info("volume erasure-coded", "vid", vid, "trigger", opts.Trigger, "source", p.Source, "holders", len(p.Holders),
 		"survives_stores", p.SurvivesStores, "survives_racks", p.SurvivesRacks)
 	return p, nil
+}
+
+// unfinishedPlacement reports whether EC volume v is left as a job cut
+// short after its placement leaves it: one holder still reports every
+// shard (the encoder, which had not dropped what it gave away) while
+// others hold shards too. The stores' reports switch the record to EC
+// once every holder serves the EC form, which can happen before the job
+// ends; running the job again finishes it.
+func unfinishedPlacement(v VolumeRecord) bool {
+	full, other := false, false
+	for _, r := range v.Replicas {
+		switch {
+		case r.State != StateEC:
+		case len(r.EcShards) == ecShards:
+			full = true
+		case len(r.EcShards) > 0:
+			other = true
+		}
+	}
+	return full && other
 }
 
 // ecRun is one erasure-coding job.
@@ -310,6 +332,11 @@ func (j *ecRun) run(ctx context.Context) (ECPlacement, error) {
 				source = &reps[i]
 			}
 		}
+	}
+	if v, _ := j.d.volume(j.vid); v.State == StateEC && source == nil {
+		// The record's view of an unfinished placement was stale: the
+		// stores show it finished.
+		return p, fmt.Errorf("%w: volume %d is erasure-coded already", ErrWrongState, j.vid)
 	}
 	if len(holders) > 0 && source == nil {
 		// A previous run placed the shards and the encoder gave its

@@ -19,10 +19,11 @@ import (
 //     for ECAfter by the stores' last-append times. A replica that does not
 //     report a last-append time keeps the volume out: quietness cannot be
 //     told.
-//   - A volume that some replicas hold as EC while the record is not EC yet
-//     (a job cut short by a failure, a crash or a failover) is taken first,
-//     whatever its fill and quietness: the job resumes from where the
-//     stores are.
+//   - A volume that some replicas hold as EC while the record is not EC yet,
+//     or whose encoder still holds every shard beside other holders (a job
+//     cut short by a failure, a crash or a failover; see
+//     unfinishedPlacement), is taken first, whatever its fill and
+//     quietness: the job resumes from where the stores are.
 //   - One job runs at a time (with the operator's EcEncode too): a pass
 //     while a job runs starts none. A failed job leaves the volume readable
 //     and is retried after a backoff (ECRetry, doubling per failure up to
@@ -211,7 +212,7 @@ func (d *Directory) ecCandidates(now time.Time) []uint32 {
 	d.ec.Unlock()
 	var resume, fresh []uint32
 	for _, v := range sn.volumes {
-		if v.State == StateEC || v.Allocating || len(v.Replicas) == 0 {
+		if v.Allocating || len(v.Replicas) == 0 || v.State == StateEC && !unfinishedPlacement(v) {
 			continue
 		}
 		if next, ok := backoff[v.Vid]; ok && now.Before(next) {

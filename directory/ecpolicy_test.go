@@ -775,3 +775,39 @@ func TestECJobHoldsDeletes(t *testing.T) {
 		t.Fatalf("delete after the job: %v", err)
 	}
 }
+
+// The stores' reports switch the record to EC once every holder serves the
+// EC form, which can be before a job cut short dropped the encoder's
+// extra shards: the policy takes the volume up again and the job finishes
+// the drop; a volume fully placed is refused.
+func TestECPolicyFinishesUnfinishedDrop(t *testing.T) {
+	e := newECTest(t, "s1", "s2", "s3")
+	e.addVolume(8, 950, e.clock.now(), "s1", "s2", "s3")
+	placed := map[string][]uint32{"s1": allShards(), "s2": {1, 4, 7, 10, 13}, "s3": {2, 5, 8, 11}}
+	for s, sh := range placed {
+		e.f.set(s, 8, func(r *VolumeReport) { r.State, r.EcShards, r.LastAppendUnixNano = StateEC, sh, 0 })
+	}
+	e.beat()
+	if st := e.state(8); st != StateEC {
+		t.Fatalf("the reports made volume 8 %s", st)
+	}
+	if got := e.d.ecCandidates(e.clock.now()); !slices.Equal(got, []uint32{8}) {
+		t.Fatalf("candidates %v", got)
+	}
+	if vid, err := e.d.ecPolicyPass(context.Background()); vid != 8 || err != nil {
+		t.Fatalf("pass: %d %v", vid, err)
+	}
+	if r, _ := e.f.report("s1", 8); !slices.Equal(r.EcShards, []uint32{0, 3, 6, 9, 12}) {
+		t.Fatalf("the encoder holds %v", r.EcShards)
+	}
+	if e.f.count("encode") != 0 || e.f.count("compact") != 0 || e.f.count("drop") != 1 {
+		t.Fatalf("calls %v", e.f.calls)
+	}
+	e.beat()
+	if got := e.d.ecCandidates(e.clock.now()); len(got) != 0 {
+		t.Fatalf("candidates once finished: %v", got)
+	}
+	if _, err := e.d.EncodeEC(context.Background(), 8, ECEncodeOptions{}); !errors.Is(err, ErrWrongState) {
+		t.Fatalf("encoding the placed volume again: %v", err)
+	}
+}
