@@ -440,7 +440,7 @@ func (j *ecRun) run(ctx context.Context) (ECPlacement, error) {
 	if err := j.switchToEC(ctx); err != nil {
 		return p, err
 	}
-	j.awaitHolders(ctx, p.Holders)
+	j.awaitHolders(ctx, p.Holders, p.Source)
 	j.survival(&p)
 	j.step = ecStepDone
 	return p, nil
@@ -534,17 +534,27 @@ func (j *ecRun) switchToEC(ctx context.Context) error {
 }
 
 // awaitHolders waits, for at most Directory.ecAwait (MissedHeartbeats
-// heartbeat intervals), until the record lists every holder of the placement as holding the EC
-// volume: the stores' heartbeats bring the new holders in, and until then
-// a store looking for the holders of a shard does not find them. When the
-// wait ends first, the heartbeats still bring them in later.
-func (j *ecRun) awaitHolders(ctx context.Context, holders []ECPlaced) {
+// heartbeat intervals), until the record lists every holder of the
+// placement as holding the EC volume with its shards, and the encoder
+// without those it gave away: the stores' heartbeats bring the new holders
+// in (until then a store looking for the holders of a shard does not find
+// them) and the encoder's drop (until then the record looks like a job cut
+// short, see unfinishedPlacement). When the wait ends first, the
+// heartbeats still bring them in later.
+func (j *ecRun) awaitHolders(ctx context.Context, holders []ECPlaced, source string) {
 	deadline := time.Now().Add(j.d.ecAwait)
 	for {
 		v, _ := j.d.fsm.Volume(j.vid)
 		missing := slices.ContainsFunc(holders, func(h ECPlaced) bool {
 			i := v.replica(h.StoreID)
-			return i < 0 || v.Replicas[i].State != StateEC
+			if i < 0 || v.Replicas[i].State != StateEC {
+				return true
+			}
+			held := v.Replicas[i].EcShards
+			if h.StoreID == source && len(held) > len(h.Shards) {
+				return true
+			}
+			return slices.ContainsFunc(h.Shards, func(s uint32) bool { return !slices.Contains(held, s) })
 		})
 		if !missing || time.Now().After(deadline) {
 			return

@@ -50,7 +50,7 @@ type ECJobStatus struct {
 type ECJobRecord struct {
 	Vid      uint32    `json:"vid"`
 	Trigger  string    `json:"trigger"`
-	Result   string    `json:"result"` // "ok", "failed" or "interrupted" (leadership lost)
+	Result   string    `json:"result"` // "ok", "failed", "interrupted" (leadership lost) or "skipped" (not for encoding)
 	Step     string    `json:"step"`   // the step it ended at
 	Error    string    `json:"error,omitempty"`
 	Started  time.Time `json:"started"`
@@ -149,6 +149,11 @@ func (d *Directory) ecEnd(vid uint32, trigger string, err error) {
 	case errors.Is(err, ErrNotLeader):
 		// Whoever leads next resumes it.
 		rec.Result, rec.Error = "interrupted", err.Error()
+		delete(d.ec.failures, vid)
+	case errors.Is(err, ErrWrongState):
+		// The volume is not for encoding (EC already, as the stores
+		// showed): nothing to retry.
+		rec.Result, rec.Error = "skipped", err.Error()
 		delete(d.ec.failures, vid)
 	default:
 		rec.Result, rec.Error = "failed", err.Error()

@@ -41,7 +41,7 @@ func newMetrics(d *Directory) *metrics {
 			Name: "haybale_directory_compactions_asked_total", Help: "Compact commands sent to stores for volumes past the garbage threshold.",
 		}),
 		ecJobs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "haybale_directory_ec_jobs_total", Help: "Finished erasure-coding jobs by trigger (operator, policy) and result (ok, failed, interrupted).",
+			Name: "haybale_directory_ec_jobs_total", Help: "Finished erasure-coding jobs by trigger (operator, policy) and result (ok, failed, interrupted, skipped).",
 		}, []string{"trigger", "result"}),
 	}
 	ecRunning := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
