@@ -167,6 +167,18 @@ func (c *Client) dial(addr string, role pki.Role) (*grpc.ClientConn, error) {
 // client's own do.
 func (c *Client) Directory() directorypb.DirectoryClient { return c.directory }
 
+// DirectoryElsewhere reports whether err, the error of a call on
+// Directory(), says that another directory node may serve the call: the
+// node was not the leader (the client has learnt the leader from the
+// answer), was shutting down or could not be reached. Unary calls are
+// retried on the leader by the client itself; a caller of a streaming
+// call, which the client cannot replay, retries it when this is true and
+// the stream delivered nothing yet.
+func DirectoryElsewhere(err error) bool {
+	o, _ := dirconn.Classify(err)
+	return o != dirconn.Answered
+}
+
 // Store returns a gRPC client of the store at addr, sharing one connection
 // per address.
 func (c *Client) Store(addr string) (storepb.StoreClient, error) {

@@ -24,4 +24,5 @@ var Policy = rpc.Policy{
 	directorypb.Directory_AddMember_FullMethodName:       {pki.RoleOperator, pki.RoleDirectory},
 	directorypb.Directory_RemoveMember_FullMethodName:    {pki.RoleOperator, pki.RoleDirectory},
 	directorypb.Directory_RemoveStore_FullMethodName:     {pki.RoleOperator, pki.RoleDirectory},
+	directorypb.Directory_EcEncode_FullMethodName:        {pki.RoleOperator, pki.RoleDirectory},
 }

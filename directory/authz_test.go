@@ -100,6 +100,14 @@ var directoryCalls = map[string]func(ctx context.Context, c directorypb.Director
 		_, err := c.RemoveStore(ctx, &directorypb.RemoveStoreRequest{StoreId: "caller"})
 		return err
 	},
+	directorypb.Directory_EcEncode_FullMethodName: func(ctx context.Context, c directorypb.DirectoryClient) error {
+		stream, err := c.EcEncode(ctx, &directorypb.DirectoryEcEncodeRequest{Vid: 1})
+		if err != nil {
+			return err
+		}
+		_, err = stream.Recv()
+		return err
+	},
 }
 
 // stateOf is what a refused call must not change.
@@ -172,5 +180,46 @@ func TestStatusShowsInsecure(t *testing.T) {
 	secure := startDirectory(t, Options{Credentials: ca.Creds(t, pki.RoleDirectory, "dir")})
 	if secure.Status().Insecure || strings.Contains(page(secure), "Insecure cluster") {
 		t.Error("a TLS directory says it is insecure")
+	}
+}
+
+// Only operators (and directories forwarding for them) may erasure-code a
+// volume: any other caller is refused and the volume and its store are
+// left as they were.
+func TestEcEncodeRoles(t *testing.T) {
+	ca := rpctest.New(t)
+	s, as := tlsDirectory(t, ca)
+	ctx := context.Background()
+	// A sealed volume on a recorded store, ready to encode.
+	if err := s.FSM().Apply(Command{Type: CmdStoreReport, Store: &StoreRecord{ID: "s1", GRPCAddr: "127.0.0.1:1", HTTPAddr: "127.0.0.1:2"},
+		Volumes: []VolumeReport{{Vid: 1, State: StateSealed, SizeBytes: 100, SizeLimit: 1000}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.FSM().Apply(Command{Type: CmdCreateVolume, Volume: &VolumeRecord{Vid: 1, State: StateSealed, SizeLimit: 1000,
+		Replicas: []ReplicaRecord{{StoreID: "s1", VolumeReport: VolumeReport{Vid: 1, State: StateSealed}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	before := stateOf(s)
+	call := directoryCalls[directorypb.Directory_EcEncode_FullMethodName]
+	for _, role := range pki.Roles {
+		err := call(ctx, as(role, "caller"))
+		switch role {
+		case pki.RoleOperator, pki.RoleDirectory:
+			// Admitted: the replica's store does not answer, so the job
+			// stops at its first question.
+			if status.Code(err) != codes.Unavailable {
+				t.Errorf("%s: %v, want Unavailable (the replica's store does not answer)", role, err)
+			}
+		default:
+			if status.Code(err) != codes.PermissionDenied {
+				t.Errorf("%s: %v, want PermissionDenied", role, err)
+			}
+		}
+	}
+	if after := stateOf(s); after != before {
+		t.Fatalf("EcEncode calls changed the directory:\n%s\n%s", before, after)
+	}
+	if rec := s.d.ECStatus().Recent; len(rec) != 2 || rec[0].Trigger != ECTriggerOperator || rec[0].Result != "failed" {
+		t.Fatalf("jobs %+v: want the two admitted calls, failed", rec)
 	}
 }

@@ -71,6 +71,16 @@ type Directory struct {
 		// compactAsked is when each replica was last asked to compact.
 		compactAsked map[compactKey]time.Time
 	}
+
+	// ec holds the erasure-coding job that runs and the outcomes of the
+	// last ones (ecpolicy.go).
+	ec struct {
+		sync.Mutex
+		ecState
+	}
+	// ecAwait bounds the wait of an erasure-coding job for the new
+	// holders' heartbeats (ecRun.awaitHolders).
+	ecAwait time.Duration
 }
 
 // NewDirectory returns the directory over fsm, committing through log and
@@ -79,6 +89,9 @@ type Directory struct {
 // caller closes fsm and log after it.
 func NewDirectory(opts Options, fsm *FSM, log Log, stores StoreAPI) (*Directory, error) {
 	opts = opts.withDefaults()
+	if opts.ECFullPercent > 100 {
+		return nil, fmt.Errorf("directory: erasure-coding fill level %g%% is above 100%%", opts.ECFullPercent)
+	}
 	if opts.VolumeSizeLimit > DefaultVolumeSizeLimit {
 		return nil, fmt.Errorf("directory: volume size limit %d is above the maximum %d", opts.VolumeSizeLimit, uint64(DefaultVolumeSizeLimit))
 	}
@@ -98,8 +111,13 @@ func NewDirectory(opts Options, fsm *FSM, log Log, stores StoreAPI) (*Directory,
 	d.live.stores = map[string]*liveStore{}
 	d.inFlight.vids = map[uint32]bool{}
 	d.live.compactAsked = map[compactKey]time.Time{}
+	d.ec.failures = map[uint32]*ECBackoff{}
+	d.ecAwait = MissedHeartbeats * opts.HeartbeatInterval
 	d.metrics = newMetrics(d)
 	d.wg.Go(d.leaderLoop)
+	if opts.ECAfter > 0 {
+		d.wg.Go(d.ecPolicyLoop)
+	}
 	return d, nil
 }
 

@@ -100,6 +100,29 @@
 // and the status page, for an operator. RemoveStore forgets a store; a
 // store that stops heartbeating is never picked for a new volume.
 //
+// # Erasure coding
+//
+// The directory runs the one erasure-coding workflow of the cluster
+// (ecjob.go, Directory.EncodeEC), dialing the stores with its directory
+// certificate: freeze (read-only on every replica), compact the replicas
+// not sealed yet, encode on one replica, place the 14 shards on distinct
+// live stores (distinct racks as far as labels allow), verify that every
+// holder serves the shards placed on it, drop the encoder's extra shards,
+// and switch the record to EC; every plain replica is replaced (by shards,
+// or by the index and journal alone). Every step leaves the volume
+// readable, plain or EC, and a run resumes from where the stores are, so a
+// job cut short by a failure, a crash or a failover is finished by the next
+// run. Operators start it with the EcEncode RPC (leader only; followers
+// forward it), which refuses a writable volume; the automatic policy
+// (ecpolicy.go, Options.ECAfter and ECFullPercent) freezes the volumes that
+// are full and quiet by the last-append times the stores report, and takes
+// first the volumes some replicas already hold as EC. One job runs at a
+// time (ErrBusy otherwise); a failed policy job is retried after a backoff
+// that doubles per failure. From the encode step to the job's end,
+// AuthorizeDelete refuses the volume's photos: a delete then could miss
+// the holders the record does not list yet. The status page,
+// /api/v1/status and /metrics show the jobs.
+//
 // # URLs
 //
 // PhotoURLs answers <base>/p/<photo ID>/<letter>.jpg for each size, where

@@ -27,6 +27,14 @@ var (
 	// ErrNotClustered: a membership change asked of a single-node
 	// directory (started without a raft id).
 	ErrNotClustered = errors.New("directory: a single-node directory has no members to change (start it with --raft-id)")
+	// ErrWrongState: the volume is not in a state the request applies to
+	// (erasure-coding a writable or an EC volume).
+	ErrWrongState = errors.New("directory: the volume's state does not allow it")
+	// ErrBusy: another erasure-coding job runs; one runs at a time.
+	ErrBusy = errors.New("directory: another erasure-coding job runs")
+	// ErrNotOnStore: a store answered that it does not hold the volume
+	// (StoreAPI and ECStoreAPI methods).
+	ErrNotOnStore = errors.New("directory: the store does not hold the volume")
 )
 
 // NotLeaderError is returned by a node that does not lead for a request

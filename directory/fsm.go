@@ -192,6 +192,10 @@ type VolumeReport struct {
 	// EcShards are the shards of an EC volume the store holds, ascending
 	// (none for a plain volume, or a holder keeping only the index).
 	EcShards []uint32 `json:"ec_shards,omitempty"`
+	// LastAppendUnixNano is when the replica's data file last changed (an
+	// append, or a compaction's rewrite), by the store's clock; 0 when
+	// unknown. The erasure-coding policy reads it.
+	LastAppendUnixNano int64 `json:"last_append_unix_nano,omitempty"`
 }
 
 // atLimit reports whether the volume reached the size limit (limit, or the

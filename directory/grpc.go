@@ -49,8 +49,10 @@ func statusOf(err error) error {
 		return dirconn.Status(err.Error(), dirconn.ReasonShuttingDown, "")
 	case errors.Is(err, ErrInvalidArgument):
 		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, ErrNotClustered):
+	case errors.Is(err, ErrNotClustered), errors.Is(err, ErrWrongState):
 		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, ErrBusy):
+		return status.Error(codes.Aborted, err.Error())
 	case errors.Is(err, ErrUnknownVolume), errors.Is(err, ErrUnknownStore):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, ErrKeysExhausted), errors.Is(err, ErrVidsExhausted):
@@ -331,6 +333,61 @@ func (g *grpcService) RemoveStore(ctx context.Context, req *directorypb.RemoveSt
 	return &directorypb.RemoveStoreResponse{}, nil
 }
 
+// EcEncode erasure-codes a volume and places its shards (Directory.EncodeEC),
+// streaming a message per step and, last, the placement. Callers:
+// operators (`haybale ec encode --directory`). Served by the leader; a
+// follower forwards it there, as a directory, and relays the stream.
+func (g *grpcService) EcEncode(req *directorypb.DirectoryEcEncodeRequest, stream directorypb.Directory_EcEncodeServer) error {
+	ctx := stream.Context()
+	if req.GetLargeBlock() > 1<<40 || req.GetSmallBlock() > 1<<40 {
+		return statusOf(fmt.Errorf("%w: block sizes over 1 TiB", ErrInvalidArgument))
+	}
+	var sendErr error
+	p, err := g.d.EncodeEC(ctx, req.GetVid(), ECEncodeOptions{
+		LargeBlock: req.GetLargeBlock(), SmallBlock: req.GetSmallBlock(), Trigger: ECTriggerOperator,
+		Progress: func(pr ECProgress) {
+			if sendErr == nil {
+				sendErr = stream.Send(&directorypb.DirectoryEcEncodeResponse{Step: pr.Step, Message: pr.Message})
+			}
+		},
+	})
+	if err != nil {
+		c, fctx, ok := g.fwd.to(ctx, err)
+		if !ok {
+			return statusOf(err)
+		}
+		up, ferr := c.EcEncode(fctx, req)
+		for ferr == nil {
+			var m *directorypb.DirectoryEcEncodeResponse
+			if m, ferr = up.Recv(); ferr == nil {
+				ferr = stream.Send(m)
+			}
+		}
+		if ferr == io.EOF {
+			return nil
+		}
+		if o, _ := dirconn.Classify(ferr); o == dirconn.Unreachable {
+			return statusOf(err)
+		}
+		return ferr
+	}
+	if sendErr != nil {
+		// The caller went away; the job finished all the same.
+		return sendErr
+	}
+	return stream.Send(&directorypb.DirectoryEcEncodeResponse{Step: ecStepDone, Placement: ecPlacementPB(p),
+		Message: fmt.Sprintf("volume %d: erasure-coded", p.Vid)})
+}
+
+func ecPlacementPB(p ECPlacement) *directorypb.EcPlacement {
+	out := &directorypb.EcPlacement{Vid: p.Vid, SourceStoreId: p.Source, SurvivesStores: uint32(p.SurvivesStores),
+		SurvivesRacks: uint32(p.SurvivesRacks), Needles: uint32(p.Needles)}
+	for _, h := range p.Holders {
+		out.Holders = append(out.Holders, &directorypb.EcHolder{StoreId: h.StoreID, Rack: h.Rack, Shards: h.Shards})
+	}
+	return out
+}
+
 func membersPB(ms []Member) []*directorypb.Member {
 	out := make([]*directorypb.Member, len(ms))
 	for i, m := range ms {
@@ -355,7 +412,7 @@ func heartbeatFromPB(req *directorypb.HeartbeatRequest) Heartbeat {
 func volumeReportFromPB(v *storepb.VolumeInfo) VolumeReport {
 	return VolumeReport{Vid: v.GetVid(), State: volumeStateFromPB(v.GetState()), Reason: v.GetReadOnlyReason(),
 		SizeBytes: v.GetSizeBytes(), SizeLimit: v.GetSizeLimitBytes(), NeedleCount: v.GetNeedleCount(), DeletedBytes: v.GetDeletedBytes(),
-		EcShards: ecShardIDs(v.GetEcShardIds())}
+		EcShards: ecShardIDs(v.GetEcShardIds()), LastAppendUnixNano: v.GetLastAppendUnixNano()}
 }
 
 func heartbeatAnswerPB(a HeartbeatAnswer) *directorypb.HeartbeatResponse {
@@ -484,6 +541,97 @@ func (s *grpcStores) MarkReadOnly(ctx context.Context, st StoreRecord, vid uint3
 	}
 	_, err = c.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: vid, Reason: reason})
 	return err
+}
+
+// storeErr turns a store's NOT_FOUND answer into ErrNotOnStore.
+func storeErr(err error) error {
+	if status.Code(err) == codes.NotFound {
+		return fmt.Errorf("%w: %v", ErrNotOnStore, err)
+	}
+	return err
+}
+
+// VolumeStatus implements ECStoreAPI.
+func (s *grpcStores) VolumeStatus(ctx context.Context, st StoreRecord, vid uint32) (VolumeReport, error) {
+	c, err := s.client(st.GRPCAddr)
+	if err != nil {
+		return VolumeReport{}, err
+	}
+	resp, err := c.VolumeStatus(ctx, &storepb.VolumeStatusRequest{Vid: vid})
+	if err != nil {
+		return VolumeReport{}, storeErr(err)
+	}
+	for _, v := range resp.GetVolumes() {
+		if v.GetVid() == vid {
+			return volumeReportFromPB(v), nil
+		}
+	}
+	return VolumeReport{}, fmt.Errorf("%w: store %s does not list volume %d", ErrNotOnStore, st.ID, vid)
+}
+
+// Compact implements ECStoreAPI.
+func (s *grpcStores) Compact(ctx context.Context, st StoreRecord, vid uint32) (VolumeReport, error) {
+	c, err := s.client(st.GRPCAddr)
+	if err != nil {
+		return VolumeReport{}, err
+	}
+	resp, err := c.Compact(ctx, &storepb.CompactRequest{Vid: vid})
+	if err != nil {
+		return VolumeReport{}, storeErr(err)
+	}
+	return volumeReportFromPB(resp.GetVolume()), nil
+}
+
+// ECEncode implements ECStoreAPI.
+func (s *grpcStores) ECEncode(ctx context.Context, st StoreRecord, vid uint32, largeBlock, smallBlock uint64) (uint32, error) {
+	c, err := s.client(st.GRPCAddr)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.EcEncode(ctx, &storepb.EcEncodeRequest{Vid: vid, LargeBlock: largeBlock, SmallBlock: smallBlock})
+	if err != nil {
+		return 0, storeErr(err)
+	}
+	return resp.GetNeedles(), nil
+}
+
+// ECShardMount implements ECStoreAPI.
+func (s *grpcStores) ECShardMount(ctx context.Context, st StoreRecord, vid uint32, shards []uint32, source StoreRecord) (VolumeReport, error) {
+	c, err := s.client(st.GRPCAddr)
+	if err != nil {
+		return VolumeReport{}, err
+	}
+	resp, err := c.EcShardMount(ctx, &storepb.EcShardMountRequest{Vid: vid, Shards: shards, SourceGrpcAddr: source.GRPCAddr})
+	if err != nil {
+		return VolumeReport{}, storeErr(err)
+	}
+	return volumeReportFromPB(resp.GetVolume()), nil
+}
+
+// ECShardDelete implements ECStoreAPI.
+func (s *grpcStores) ECShardDelete(ctx context.Context, st StoreRecord, vid uint32, shards []uint32) (VolumeReport, error) {
+	c, err := s.client(st.GRPCAddr)
+	if err != nil {
+		return VolumeReport{}, err
+	}
+	resp, err := c.EcShardDelete(ctx, &storepb.EcShardDeleteRequest{Vid: vid, Shards: shards})
+	if err != nil {
+		return VolumeReport{}, storeErr(err)
+	}
+	return volumeReportFromPB(resp.GetVolume()), nil
+}
+
+// ECIndexSync implements ECStoreAPI.
+func (s *grpcStores) ECIndexSync(ctx context.Context, st StoreRecord, vid uint32) (int, error) {
+	c, err := s.client(st.GRPCAddr)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.EcIndexSync(ctx, &storepb.EcIndexSyncRequest{Vid: vid})
+	if err != nil {
+		return 0, storeErr(err)
+	}
+	return int(resp.GetAddedDeletes()), nil
 }
 
 // Close closes every connection.

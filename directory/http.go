@@ -47,6 +47,8 @@ type Status struct {
 	Raft      *RaftStatus    `json:"raft,omitempty"`
 	Stores    []StoreStatus  `json:"stores"`
 	Volumes   []VolumeStatus `json:"volumes"`
+	// ECPolicy is the erasure-coding policy and its jobs on this node.
+	ECPolicy ECPolicyStatus `json:"ec_policy"`
 }
 
 // StoreStatus describes one store in Status.
@@ -84,7 +86,7 @@ type VolumeStatus struct {
 func (d *Directory) Status() Status {
 	sn := d.snapshot()
 	st := Status{Time: sn.now.UTC(), Replication: d.opts.Replication, Insecure: d.opts.Credentials.IsInsecure(), HighWater: d.fsm.HighWater(), VidMark: d.fsm.VidMark(),
-		Leading: sn.leading, Stores: []StoreStatus{}, Volumes: []VolumeStatus{}}
+		Leading: sn.leading, Stores: []StoreStatus{}, Volumes: []VolumeStatus{}, ECPolicy: d.ECStatus()}
 	if r, ok := d.log.(*Raft); ok {
 		rs := r.Status()
 		st.Raft = &rs

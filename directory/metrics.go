@@ -15,6 +15,8 @@ type metrics struct {
 	allocations    *prometheus.CounterVec
 	// compactionsAsked counts compact commands sent to stores.
 	compactionsAsked prometheus.Counter
+	// ecJobs counts finished erasure-coding jobs by trigger and result.
+	ecJobs *prometheus.CounterVec
 }
 
 func newMetrics(d *Directory) *metrics {
@@ -38,8 +40,22 @@ func newMetrics(d *Directory) *metrics {
 		compactionsAsked: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "haybale_directory_compactions_asked_total", Help: "Compact commands sent to stores for volumes past the garbage threshold.",
 		}),
+		ecJobs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "haybale_directory_ec_jobs_total", Help: "Finished erasure-coding jobs by trigger (operator, policy) and result (ok, failed, interrupted, skipped).",
+		}, []string{"trigger", "result"}),
 	}
+	ecRunning := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "haybale_directory_ec_job_running_vid", Help: "The volume an erasure-coding job works on; 0 when none runs.",
+	}, func() float64 { return float64(d.ecRunningVid()) })
+	ecBackoff := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "haybale_directory_ec_backoff_volumes", Help: "Volumes whose last erasure-coding job failed, waiting to be tried again.",
+	}, func() float64 {
+		d.ec.Lock()
+		defer d.ec.Unlock()
+		return float64(len(d.ec.failures))
+	})
 	m.reg.MustRegister(m.grpcRequests, m.heartbeats, m.corruptReports, m.assignedKeys, m.allocations, m.compactionsAsked,
+		m.ecJobs, ecRunning, ecBackoff,
 		&stateCollector{d: d},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -21,6 +21,8 @@ const (
 	DefaultMinWritable       = 4
 	DefaultMinStoreFreeBytes = 1 << 30
 	DefaultPersistInterval   = time.Minute
+	DefaultECFullPercent     = 95
+	DefaultECRetry           = 10 * time.Minute
 	// MissedHeartbeats is the number of heartbeat intervals after which a
 	// silent store is dead.
 	MissedHeartbeats = 3
@@ -86,6 +88,24 @@ type Options struct {
 	// CompactRetry is how long the directory waits before asking a replica
 	// to compact the same volume again; default 1 hour.
 	CompactRetry time.Duration
+	// ECAfter, when above 0, turns the automatic erasure-coding policy on
+	// (see ecpolicy.go): the leader erasure-codes a volume once no replica
+	// was appended to for ECAfter and its largest replica reached
+	// ECFullPercent of the size limit. 0 (the default) turns it off.
+	ECAfter time.Duration
+	// ECFullPercent is the fill level, in percent of the size limit, a
+	// volume needs for the policy; default DefaultECFullPercent (95).
+	ECFullPercent float64
+	// ECRetry is the wait before the policy tries a volume again after a
+	// failed job, doubled per further failure up to a day; default 10
+	// minutes.
+	ECRetry time.Duration
+	// ECCheckInterval is how often the policy looks for volumes to
+	// encode; default the heartbeat interval.
+	ECCheckInterval time.Duration
+	// Clock is the erasure-coding policy's clock (quiet periods, backoff,
+	// job times); default time.Now. Tests move it instead of sleeping.
+	Clock func() time.Time
 	// KeepOriginals adds the original ("o") to PhotoURLs.
 	KeepOriginals bool
 	// AdvertiseGRPC and AdvertiseHTTP are the addresses other machines
@@ -142,6 +162,18 @@ func (o Options) withDefaults() Options {
 	}
 	if o.CompactRetry <= 0 {
 		o.CompactRetry = time.Hour
+	}
+	if o.ECFullPercent <= 0 {
+		o.ECFullPercent = DefaultECFullPercent
+	}
+	if o.ECRetry <= 0 {
+		o.ECRetry = DefaultECRetry
+	}
+	if o.ECCheckInterval <= 0 {
+		o.ECCheckInterval = o.HeartbeatInterval
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
 	}
 	o.Credentials = rpc.OrInsecure(o.Credentials)
 	if o.Logger == nil {

@@ -262,8 +262,10 @@ func baseURL(s string) string {
 // AuthorizeDelete issues a delete token for one photo (its vid, key and
 // cookie) and returns its replicas, so a client can write tombstones on
 // every replica. The token allows tombstones of that photo only, never
-// data, and the stores check the cookie against the stored needle. Leader
-// only.
+// data, and the stores check the cookie against the stored needle. While
+// an erasure-coding job encodes and places the photo's volume, it answers
+// ErrUnavailable: a delete then could miss the holders the directory does
+// not list yet. Leader only.
 func (d *Directory) AuthorizeDelete(photoID string) (DeleteGrant, error) {
 	id, err := needle.ParsePhotoID(photoID)
 	if err != nil {
@@ -280,6 +282,9 @@ func (d *Directory) AuthorizeDelete(photoID string) (DeleteGrant, error) {
 	}
 	if _, _, err := d.leading(); err != nil {
 		return DeleteGrant{}, err
+	}
+	if d.ecMovingVid() == v.Vid {
+		return DeleteGrant{}, fmt.Errorf("%w: volume %d is being erasure-coded and its holders change; retry in a moment", ErrUnavailable, v.Vid)
 	}
 	expiry := time.Now().Add(d.opts.TokenTTL)
 	tok, err := d.signer.Sign(token.Claims{Kind: token.KindDelete, Vid: v.Vid, KeyStart: id.Key, KeyCount: 1, Cookie: id.Cookie, Expiry: expiry})

@@ -284,7 +284,9 @@ func (h *Heartbeater) report() (*directorypb.HeartbeatRequest, []*directorypb.Co
 		h.opts.Logger.Warn("cannot read free disk space", "dir", h.store.Dir(), "err", err)
 	}
 	for _, v := range h.store.Volumes() {
-		req.Volumes = append(req.Volumes, volumeInfo(v.Status()))
+		info := volumeInfo(v.Status())
+		info.LastAppendUnixNano = h.store.lastAppend(info.GetVid())
+		req.Volumes = append(req.Volumes, info)
 	}
 	for _, e := range h.store.ECVolumes() {
 		req.Volumes = append(req.Volumes, ecVolumeInfo(e))
@@ -443,4 +445,18 @@ func readStoreID(fsys vfs.FS, path string) (string, error) {
 // without spaces (the rule the directory applies).
 func validStoreID(id string) bool {
 	return id != "" && len(id) <= 128 && !strings.ContainsFunc(id, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) })
+}
+
+// lastAppend returns when the data file of plain volume vid last changed
+// (an append of needles or tombstones, or a compaction's rewrite), Unix
+// nanoseconds, or 0 when it cannot be told. It is the modification time
+// of the .dat, which every append's write sets, so it survives restarts
+// without a record of its own; the directory's erasure-coding policy
+// reads it as the volume's last append.
+func (s *Store) lastAppend(vid uint32) int64 {
+	fi, err := s.opts.FS.Stat(volume.DatPath(s.opts.Dir, vid))
+	if err != nil {
+		return 0
+	}
+	return fi.ModTime().UnixNano()
 }

@@ -2,12 +2,16 @@ package store
 
 import (
 	"context"
+	"os"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/haybale/haybale/internal/vfs"
+	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
+	"github.com/haybale/haybale/store/volume"
 )
 
 func lists(req *directorypb.HeartbeatRequest, vid uint32) bool {
@@ -91,4 +95,48 @@ func TestReportStampStrictlyIncreases(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// lastAppendOf returns the last-append time a report gives volume vid.
+func lastAppendOf(req *directorypb.HeartbeatRequest, vid uint32) int64 {
+	for _, v := range req.GetVolumes() {
+		if v.GetVid() == vid {
+			return v.GetLastAppendUnixNano()
+		}
+	}
+	return -1
+}
+
+// TestReportLastAppend: the heartbeat gives each plain volume the time its
+// data file last changed, which an append moves forward.
+func TestReportLastAppend(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	ts := startServer(t, Options{Dir: dir, FS: vfs.Default}, ServerOptions{})
+	h, err := NewHeartbeater(ts.srv.store, HeartbeaterOptions{DirectoryAddr: "127.0.0.1:1", GRPCAddr: "g:1", HTTPAddr: "h:2", Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.client.AllocateVolume(ctx, &storepb.AllocateVolumeRequest{Vid: 5}); err != nil {
+		t.Fatal(err)
+	}
+	quiet := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	if err := os.Chtimes(volume.DatPath(dir, 5), quiet, quiet); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := h.report()
+	if got := lastAppendOf(req, 5); got != quiet.UnixNano() {
+		t.Fatalf("last append %d, want the file's %d", got, quiet.UnixNano())
+	}
+	v, err := ts.srv.store.Volume(5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Write(ctx, []*needle.Needle{{Key: 1, Cookie: 2, Size: needle.SizeLarge, Data: []byte("photo")}}); err != nil {
+		t.Fatal(err)
+	}
+	req, _ = h.report()
+	if got := lastAppendOf(req, 5); got <= quiet.UnixNano() {
+		t.Fatalf("last append %d after a write, not after %d", got, quiet.UnixNano())
+	}
 }

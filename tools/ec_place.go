@@ -4,7 +4,9 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"io"
 	"slices"
+	"time"
 
 	"github.com/haybale/haybale/client"
 	"github.com/haybale/haybale/internal/rpc"
@@ -27,87 +29,18 @@ type ECPlacementResult struct {
 	Needles        int `json:"needles"`
 }
 
-// placeStore is a candidate holder.
-type placeStore struct {
-	id, addr, rack string
-	replica        bool
-}
-
-// placeShards orders the candidates so that consecutive ones are on
-// distinct racks as far as labels allow (replica holders, and the source
-// first of all, first within their rack), takes at most 14, and gives
-// shard i to store i mod n.
-func placeShards(stores []placeStore, source string) ([]placeStore, [][]int) {
-	byRack := map[string][]placeStore{}
-	var racks []string
-	for _, s := range stores {
-		if _, ok := byRack[s.rack]; !ok {
-			racks = append(racks, s.rack)
-		}
-		byRack[s.rack] = append(byRack[s.rack], s)
-	}
-	rank := func(s placeStore) int {
-		switch {
-		case s.id == source:
-			return 0
-		case s.replica:
-			return 1
-		}
-		return 2
-	}
-	for _, r := range racks {
-		slices.SortStableFunc(byRack[r], func(a, b placeStore) int { return cmp.Compare(rank(a), rank(b)) })
-	}
-	// The source's rack first.
-	slices.SortStableFunc(racks, func(a, b string) int {
-		return cmp.Compare(rank(byRack[a][0]), rank(byRack[b][0]))
-	})
-	var order []placeStore
-	for len(order) < min(len(stores), volume.ECShards) {
-		for _, r := range racks {
-			if len(byRack[r]) > 0 && len(order) < volume.ECShards {
-				order = append(order, byRack[r][0])
-				byRack[r] = byRack[r][1:]
-			}
-		}
-	}
-	shards := make([][]int, len(order))
-	for i := 0; i < volume.ECShards; i++ {
-		shards[i%len(order)] = append(shards[i%len(order)], i)
-	}
-	return order, shards
-}
-
-// survivable returns how many of the groups (stores or racks) holding
-// counts shards can be lost, whichever they are, keeping at least 10.
-func survivable(counts []int) int {
-	slices.SortFunc(counts, func(a, b int) int { return cmp.Compare(b, a) })
-	lost, k := 0, 0
-	for _, c := range counts {
-		if lost+c > volume.ECParityShards {
-			break
-		}
-		lost += c
-		k++
-	}
-	return k
-}
-
-// ECEncodeCluster erasure-codes the sealed volume vid of the cluster whose
-// directory is at dirAddr and spreads its 14 shards over the live stores,
-// on distinct racks as far as labels allow: one replica holder encodes it
-// in place (EcEncode), the chosen stores copy their shards from it
-// (EcShardMount, which replaces the plain replicas they hold), replicas not
-// chosen keep the index and journal only, and the encoder then gives away
-// the shards it does not keep (EcShardDelete). The directory switches the
-// volume to EC once every holder reports it so. With fewer than 14 stores
-// some hold several shards; the report says how many store and rack losses
-// the placement survives. A delete made while it runs reaches the volume's
-// former replicas (the source's EC journal, or a plain replica, whose
-// tombstones its mount journals); at the end every holder syncs its
-// journal with the others (EcIndexSync), and the stores' periodic syncs
-// spread any delete made later, so no holder keeps serving a deleted
-// photo.
+// ECEncodeCluster erasure-codes the read-only or sealed volume vid of the
+// cluster whose directory is at dirAddr, through the directory's EcEncode
+// RPC: the directory (its leader) seals the replicas, has one of them
+// encode the volume, spreads the 14 shards over the live stores on
+// distinct racks as far as labels allow, verifies them, records the volume
+// as EC and replaces the plain replicas (see directory.Directory.EncodeEC,
+// the one implementation of the workflow, which the automatic policy runs
+// too). It prints each step as the directory reports it. With fewer than
+// 14 stores some hold several shards; the report says how many store and
+// rack losses the placement survives. A writable volume is refused: mark
+// it read-only first. While the shards move, the directory refuses delete
+// tokens for the volume's photos.
 func ECEncodeCluster(ctx context.Context, creds *rpc.Credentials, dirAddr string, vid uint32, opts ECEncodeOptions, out Output) (ECPlacementResult, error) {
 	res := ECPlacementResult{Vid: vid, Shards: map[string][]int{}}
 	cl, err := client.New(client.Options{Directory: dirAddr, Credentials: creds})
@@ -115,111 +48,67 @@ func ECEncodeCluster(ctx context.Context, creds *rpc.Credentials, dirAddr string
 		return res, err
 	}
 	defer cl.Close()
-	dir := cl.Directory()
-	look, err := dir.Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
-	if err != nil {
-		return res, fmt.Errorf("look volume %d up: %w", vid, err)
-	}
-	if st := look.GetState(); st != storepb.VolumeState_VOLUME_STATE_SEALED {
-		return res, fmt.Errorf("volume %d is %v: only a sealed volume (read-only and compacted on every replica) is encoded", vid, st)
-	}
-	if len(look.GetReplicas()) == 0 {
-		return res, fmt.Errorf("volume %d has no replica", vid)
-	}
-	replicas := map[string]bool{}
-	for _, r := range look.GetReplicas() {
-		replicas[r.GetStoreId()] = true
-	}
-	srcRep := look.GetReplicas()[0]
-	res.Source = srcRep.GetStoreId()
-	ls, err := dir.ListStores(ctx, &directorypb.ListStoresRequest{})
-	if err != nil {
-		return res, err
-	}
-	var cands []placeStore
-	for _, s := range ls.GetStores() {
-		if s.GetState() == directorypb.StoreState_STORE_STATE_ALIVE || s.GetId() == res.Source {
-			cands = append(cands, placeStore{id: s.GetId(), addr: s.GetGrpcAddr(), rack: s.GetRack(), replica: replicas[s.GetId()]})
-		}
-	}
-	src, err := cl.Store(srcRep.GetGrpcAddr())
-	if err != nil {
-		return res, err
-	}
-	enc, err := src.EcEncode(ctx, &storepb.EcEncodeRequest{Vid: vid, LargeBlock: uint64(max(opts.LargeBlock, 0)), SmallBlock: uint64(max(opts.SmallBlock, 0))})
-	if err != nil {
-		return res, fmt.Errorf("EC encode volume %d on %s: %w", vid, res.Source, err)
-	}
-	res.Needles = int(enc.GetNeedles())
-	order, shards := placeShards(cands, res.Source)
-	keep := map[int]bool{}
-	chosen := map[string]bool{}
-	for i, s := range order {
-		chosen[s.id] = true
-		res.Shards[s.id] = shards[i]
-		if s.id == res.Source {
-			for _, sh := range shards[i] {
-				keep[sh] = true
+	req := &directorypb.DirectoryEcEncodeRequest{Vid: vid,
+		LargeBlock: uint64(max(opts.LargeBlock, 0)), SmallBlock: uint64(max(opts.SmallBlock, 0))}
+	var placed *directorypb.EcPlacement
+	// A node that does not lead answers a stream before it sends anything:
+	// the client then knows the leader, and the call is made again. (A
+	// job already started elsewhere answers ABORTED; one cut short
+	// resumes.)
+	for attempt := 1; placed == nil; attempt++ {
+		got := 0
+		stream, err := cl.Directory().EcEncode(ctx, req)
+		for err == nil && placed == nil {
+			var m *directorypb.DirectoryEcEncodeResponse
+			if m, err = stream.Recv(); err == nil {
+				got++
+				if placed = m.GetPlacement(); placed == nil {
+					out.printf("%s\n", m.GetMessage())
+				}
 			}
 		}
-	}
-	// Replicas left out keep the index and journal: their plain copies go.
-	for _, s := range cands {
-		if s.replica && !chosen[s.id] && s.id != res.Source {
-			order = append(order, s)
-			shards = append(shards, nil)
-			res.Shards[s.id] = []int{}
+		switch {
+		case placed != nil:
+		case err == io.EOF:
+			return res, fmt.Errorf("EC encode volume %d: the directory ended the job without a placement", vid)
+		case got == 0 && attempt < ecEncodeAttempts && client.DirectoryElsewhere(err):
+			select {
+			case <-ctx.Done():
+				return res, ctx.Err()
+			case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+			}
+		default:
+			return res, fmt.Errorf("EC encode volume %d: %w", vid, err)
 		}
 	}
-	for i, s := range order {
-		if s.id == res.Source {
-			continue
+	res.Source = placed.GetSourceStoreId()
+	res.Needles = int(placed.GetNeedles())
+	res.SurvivesStores = int(placed.GetSurvivesStores())
+	res.SurvivesRacks = int(placed.GetSurvivesRacks())
+	racks := map[string]bool{}
+	stores := 0
+	for _, h := range placed.GetHolders() {
+		sh := []int{}
+		for _, s := range h.GetShards() {
+			sh = append(sh, int(s))
 		}
-		sc, err := cl.Store(s.addr)
-		if err != nil {
-			return res, err
-		}
-		ids := make([]uint32, len(shards[i]))
-		for k, sh := range shards[i] {
-			ids[k] = uint32(sh)
-		}
-		if _, err := sc.EcShardMount(ctx, &storepb.EcShardMountRequest{Vid: vid, Shards: ids, SourceGrpcAddr: srcRep.GetGrpcAddr()}); err != nil {
-			return res, fmt.Errorf("place shards %v of volume %d on %s: %w (the encoder %s still holds every shard)", shards[i], vid, s.id, err, res.Source)
-		}
-		out.printf("volume %d: shards %v on store %s (rack %q)\n", vid, shards[i], s.id, s.rack)
-	}
-	var drop []uint32
-	for i := 0; i < volume.ECShards; i++ {
-		if !keep[i] {
-			drop = append(drop, uint32(i))
+		res.Shards[h.GetStoreId()] = sh
+		if len(sh) > 0 {
+			stores++
+			racks[h.GetRack()] = true
 		}
 	}
-	if len(drop) > 0 {
-		if _, err := src.EcShardDelete(ctx, &storepb.EcShardDeleteRequest{Vid: vid, Shards: drop}); err != nil {
-			return res, fmt.Errorf("drop the placed shards from %s: %w", res.Source, err)
-		}
-	}
-	// Every holder merges the deletes the others journaled meanwhile.
-	syncPlaced(ctx, cl, vid, order, out)
-	var perStore []int
-	perRack := map[string]int{}
-	for i, s := range order {
-		perStore = append(perStore, len(shards[i]))
-		perRack[s.rack] += len(shards[i])
-	}
-	res.SurvivesStores = survivable(perStore)
-	var rc []int
-	for _, n := range perRack {
-		rc = append(rc, n)
-	}
-	res.SurvivesRacks = survivable(rc)
 	if err := out.json(res); err != nil {
 		return res, err
 	}
 	out.printf("volume %d: encoded on %s, %d needles; shards on %d stores in %d racks; survives the loss of any %d store(s), any %d rack(s)\n",
-		vid, res.Source, res.Needles, len(perStore), len(perRack), res.SurvivesStores, res.SurvivesRacks)
+		vid, res.Source, res.Needles, stores, len(racks), res.SurvivesStores, res.SurvivesRacks)
 	return res, nil
 }
+
+// ecEncodeAttempts bounds the calls ECEncodeCluster makes to find the
+// directory's leader.
+const ecEncodeAttempts = 5
 
 // ECRebuildClusterResult is what ECRebuildCluster reports.
 type ECRebuildClusterResult struct {

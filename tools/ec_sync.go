@@ -67,21 +67,6 @@ func syncECHolder(ctx context.Context, cl *client.Client, addr string, vid uint3
 	return ECHolderSync{IndexRestored: resp.GetIndexRestored(), AddedDeletes: int(resp.GetAddedDeletes()), Unreached: resp.GetUnreached()}, nil
 }
 
-// syncPlaced has every store a placement chose sync its journal with the
-// others; a failure is reported, not fatal: the stores' periodic sync
-// retries.
-func syncPlaced(ctx context.Context, cl *client.Client, vid uint32, placed []placeStore, out Output) {
-	for _, s := range placed {
-		sync, err := syncECHolder(ctx, cl, s.addr, vid)
-		switch {
-		case err != nil:
-			out.printf("volume %d: journal sync on %s failed (the store's periodic sync retries): %v\n", vid, s.id, err)
-		case sync.AddedDeletes > 0:
-			out.printf("volume %d: %d deletes made during the placement merged into %s\n", vid, sync.AddedDeletes, s.id)
-		}
-	}
-}
-
 // journalsAgree reports whether every live EC holder of vid holds the
 // same deletes.
 func journalsAgree(ctx context.Context, cl *client.Client, vid uint32, look *directorypb.LookupResponse, alive map[string]*directorypb.StoreInfo) bool {

@@ -169,7 +169,7 @@ func TestReplicaCheckFindsAndRepairs(t *testing.T) {
 	}
 	for _, d := range res.Volumes[0].Found {
 		if d.Kind != DiffContent || d.Repaired || !slices.Equal(d.Lack, []string{c.Stores[2].HB.StoreID()}) {
-			t.Fatalf("different images reported as %+v", d)
+			t.Fatalf("different images reported as %+v (kind %v repaired %v lack %v want %v)", d, d.Kind, d.Repaired, d.Lack, c.Stores[2].HB.StoreID())
 		}
 	}
 	if n, _, err := vols[2].Read(base+6, (base+6)*31, needle.SizeThumb, nil); err != nil || n.Data[0] != 7 {

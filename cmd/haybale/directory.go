@@ -34,6 +34,8 @@ type directoryFlags struct {
 	secretFile        string
 	heartbeatInterval time.Duration
 	compactThreshold  float64
+	ecAfter           time.Duration
+	ecFullPercent     float64
 	raftID            string
 	raftAddr          string
 	bootstrap         string
@@ -56,6 +58,8 @@ func (f *directoryFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.secretFile, "secret-file", "", "file holding the cluster secret that signs write tokens (default <dir>/secret, generated when absent)")
 	fs.DurationVar(&f.heartbeatInterval, "heartbeat-interval", directory.DefaultHeartbeatInterval, "interval of store heartbeats; a store silent for 3 intervals is dead")
 	fs.Float64Var(&f.compactThreshold, "compact-threshold", 0, "fraction of a read-only volume's bytes that may be garbage before its stores are asked to compact it, e.g. 0.3 (0 = never)")
+	fs.DurationVar(&f.ecAfter, "ec-after", 0, "erasure-code (RS 10+4) a volume once none of its replicas was appended to for this long and it is --ec-full-percent full, e.g. 168h; the leader seals, encodes and places one volume at a time (0 = never: operators run `haybale ec encode --directory`)")
+	fs.Float64Var(&f.ecFullPercent, "ec-full-percent", directory.DefaultECFullPercent, "fill level, in percent of --volume-size-limit, a volume needs before --ec-after encodes it")
 	fs.StringVar(&f.raftID, "raft-id", "", "this node's id in a directory cluster, e.g. d1 (none: a single directory on <dir>/"+directory.StateFile+")")
 	fs.StringVar(&f.raftAddr, "raft-addr", "", "host:port of this node's raft transport, reachable by the other directory nodes (with --raft-id); mutual TLS with the directory certificates of --certs-dir, which must name this host")
 	fs.StringVar(&f.bootstrap, "bootstrap", "", "start a new cluster with these voters, id@host:port comma-separated, this node included; give every founding node the same list (ignored once the node has raft state)")
@@ -120,6 +124,10 @@ func (f *directoryFlags) validate() error {
 		return fmt.Errorf("--heartbeat-interval %v: must be positive", f.heartbeatInterval)
 	case f.compactThreshold < 0 || f.compactThreshold >= 1:
 		return fmt.Errorf("--compact-threshold %v: must be 0 (off) or a fraction below 1", f.compactThreshold)
+	case f.ecAfter < 0:
+		return fmt.Errorf("--ec-after %v: must be 0 (off) or positive", f.ecAfter)
+	case f.ecFullPercent <= 0 || f.ecFullPercent > 100:
+		return fmt.Errorf("--ec-full-percent %v: must be above 0 and at most 100", f.ecFullPercent)
 	case f.cdnURL != "" && !strings.Contains(f.cdnURL, "://"):
 		return fmt.Errorf("--cdn-url %q: want an absolute URL such as https://cdn.example.com", f.cdnURL)
 	}
@@ -141,8 +149,16 @@ cluster of 1, 3 or 5 directories: the state is replicated by a raft log in
 Found a cluster by starting every node with the same --bootstrap list.
 The cluster secret that signs write
 tokens is read from --secret-file, or generated in <dir>/secret; give the
-same file to the stores (--secret-file) so that they verify the tokens.`,
+same file to the stores (--secret-file) so that they verify the tokens.
+
+With --ec-after the leader erasure-codes quiet volumes by itself: a volume
+whose replicas took no append for that long and that is --ec-full-percent
+full is made read-only, compacted (sealed), encoded into 14 Reed-Solomon
+shards on distinct stores and racks, verified, recorded as EC, and its plain
+replicas replaced; one volume at a time, retried with a growing backoff when
+a step fails. The status page and /metrics show the jobs.`,
 		Example: "  haybale directory --dir /srv/haybale-dir --grpc :7070 --http :7071 --replication 3 --cache-nodes cache1:8090,cache2:8090\n" +
+			"  haybale directory --dir /srv/haybale-dir --replication 3 --ec-after 168h --ec-full-percent 95\n" +
 			"  haybale directory --dir /srv/dir1 --raft-id d1 --raft-addr host1:7072 --advertise-grpc host1:7070 --bootstrap d1@host1:7072,d2@host2:7072,d3@host3:7072",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -190,6 +206,8 @@ func runDirectory(ctx context.Context, f *directoryFlags) error {
 		VolumeSizeLimit:   uint64(f.volumeSizeLimit),
 		HeartbeatInterval: f.heartbeatInterval,
 		CompactThreshold:  f.compactThreshold,
+		ECAfter:           f.ecAfter,
+		ECFullPercent:     f.ecFullPercent,
 		CDNURL:            f.cdnURL,
 		CacheNodes:        f.cacheNodes,
 		Secret:            secret,

@@ -48,11 +48,15 @@ With --store and --vid the running store encodes its sealed volume in place,
 serves it as an EC volume from then on (same image paths and ETags) and
 removes the .dat.
 
-With --directory and --vid the cluster's sealed volume is encoded on one of
-its replicas and its 14 shards are spread over the live stores, on distinct
-racks as far as labels allow; the plain replicas are replaced. The report
-says how many store and rack losses the placement survives. Pause deletes
-meanwhile.`,
+With --directory and --vid the directory's leader erasure-codes the cluster's
+read-only or sealed volume (mark a writable one read-only first): it
+compacts the replicas not sealed yet, has one of them encode the volume,
+spreads the 14 shards over the live stores on distinct racks as far as
+labels allow, verifies every shard, records the volume as EC and replaces
+the plain replicas, printing each step. It is the job the directory's
+--ec-after policy runs by itself; one runs at a time. The report says how
+many store and rack losses the placement survives. While the shards
+move, the directory refuses deletes of the volume's photos (retry them).`,
 		Example: `  haybale ec encode data/7.dat --out warm/
   haybale ec encode --json data/7.dat --out warm/ | jq .straddling
   haybale ec encode --certs-dir ca/operator-alice --store store1:8081 --vid 7
@@ -90,8 +94,8 @@ meanwhile.`,
 	}
 	encode.Flags().StringVar(&encOut, "out", "", "folder to write the EC files into")
 	encode.Flags().StringVar(&storeAddr, "store", "", "gRPC address of a running store, for online encoding")
-	encode.Flags().StringVar(&dirAddr, "directory", "", "gRPC address of the directory, to encode a cluster's volume and place its shards")
-	encode.Flags().Uint32Var(&encVid, "vid", 0, "sealed volume to encode (with --store or --directory)")
+	encode.Flags().StringVar(&dirAddr, "directory", "", "gRPC address of the directory, whose leader encodes the cluster's volume and places its shards")
+	encode.Flags().Uint32Var(&encVid, "vid", 0, "volume to encode (with --store: sealed; with --directory: read-only or sealed)")
 	encode.Flags().Int64Var(&large, "large-block", 1<<30, "large block size in bytes")
 	encode.Flags().Int64Var(&small, "small-block", 1<<20, "small block size in bytes")
 	cmd.AddCommand(encode)

@@ -53,6 +53,12 @@ type Options struct {
 	// CompactThreshold is passed to the directory (0 = no automatic
 	// compaction).
 	CompactThreshold float64
+	// ECAfter, ECFullPercent, ECCheckInterval and Clock are passed to the
+	// directory's erasure-coding policy (ECAfter 0 = off).
+	ECAfter         time.Duration
+	ECFullPercent   float64
+	ECCheckInterval time.Duration
+	Clock           func() time.Time
 	// CacheNodes and CDNURL are passed to the directory's URL policy.
 	CacheNodes []string
 	CDNURL     string
@@ -186,6 +192,7 @@ func (c *Cluster) startDirectories() {
 			HeartbeatInterval: opts.Heartbeat, Secret: opts.Secret, MinWritable: 1, MinStoreFreeBytes: 1,
 			CacheNodes: opts.CacheNodes, CDNURL: opts.CDNURL, Logger: opts.Logger,
 			CompactThreshold: opts.CompactThreshold,
+			ECAfter:          opts.ECAfter, ECFullPercent: opts.ECFullPercent, ECCheckInterval: opts.ECCheckInterval, Clock: opts.Clock,
 		}
 		node := &DirNode{ID: fmt.Sprintf("d%d", i+1)}
 		if n > 1 {

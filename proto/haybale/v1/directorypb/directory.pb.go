@@ -76,6 +76,295 @@ func (StoreState) EnumDescriptor() ([]byte, []int) {
 	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{0}
 }
 
+// DirectoryEcEncodeRequest names the volume to erasure-code.
+type DirectoryEcEncodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// Large block size in bytes; 0 for the store's default (1 GiB).
+	LargeBlock uint64 `protobuf:"varint,2,opt,name=large_block,json=largeBlock,proto3" json:"large_block,omitempty"`
+	// Small block size in bytes; 0 for the store's default (1 MiB).
+	SmallBlock    uint64 `protobuf:"varint,3,opt,name=small_block,json=smallBlock,proto3" json:"small_block,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DirectoryEcEncodeRequest) Reset() {
+	*x = DirectoryEcEncodeRequest{}
+	mi := &file_haybale_v1_directory_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DirectoryEcEncodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DirectoryEcEncodeRequest) ProtoMessage() {}
+
+func (x *DirectoryEcEncodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_directory_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DirectoryEcEncodeRequest.ProtoReflect.Descriptor instead.
+func (*DirectoryEcEncodeRequest) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DirectoryEcEncodeRequest) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *DirectoryEcEncodeRequest) GetLargeBlock() uint64 {
+	if x != nil {
+		return x.LargeBlock
+	}
+	return 0
+}
+
+func (x *DirectoryEcEncodeRequest) GetSmallBlock() uint64 {
+	if x != nil {
+		return x.SmallBlock
+	}
+	return 0
+}
+
+// DirectoryEcEncodeResponse is one message of an EcEncode stream: a step
+// done, or, last, the placement.
+type DirectoryEcEncodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The step: "freeze", "compact", "encode", "place", "verify", "drop",
+	// "switch" or "done".
+	Step string `protobuf:"bytes,1,opt,name=step,proto3" json:"step,omitempty"`
+	// What happened, for people.
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// Set on the last message ("done"): where the shards are.
+	Placement     *EcPlacement `protobuf:"bytes,3,opt,name=placement,proto3" json:"placement,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DirectoryEcEncodeResponse) Reset() {
+	*x = DirectoryEcEncodeResponse{}
+	mi := &file_haybale_v1_directory_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DirectoryEcEncodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DirectoryEcEncodeResponse) ProtoMessage() {}
+
+func (x *DirectoryEcEncodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_directory_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DirectoryEcEncodeResponse.ProtoReflect.Descriptor instead.
+func (*DirectoryEcEncodeResponse) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DirectoryEcEncodeResponse) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
+func (x *DirectoryEcEncodeResponse) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *DirectoryEcEncodeResponse) GetPlacement() *EcPlacement {
+	if x != nil {
+		return x.Placement
+	}
+	return nil
+}
+
+// EcPlacement is where an encoded volume's shards went.
+type EcPlacement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Volume id.
+	Vid uint32 `protobuf:"varint,1,opt,name=vid,proto3" json:"vid,omitempty"`
+	// The store that encoded the volume.
+	SourceStoreId string `protobuf:"bytes,2,opt,name=source_store_id,json=sourceStoreId,proto3" json:"source_store_id,omitempty"`
+	// Every holder: stores with shards, and former replicas that keep only
+	// the index and journal (no shards).
+	Holders []*EcHolder `protobuf:"bytes,3,rep,name=holders,proto3" json:"holders,omitempty"`
+	// How many stores can be lost, whichever they are, with every needle
+	// still readable.
+	SurvivesStores uint32 `protobuf:"varint,4,opt,name=survives_stores,json=survivesStores,proto3" json:"survives_stores,omitempty"`
+	// How many racks can be lost, whichever they are, with every needle
+	// still readable.
+	SurvivesRacks uint32 `protobuf:"varint,5,opt,name=survives_racks,json=survivesRacks,proto3" json:"survives_racks,omitempty"`
+	// Live needles in the index.
+	Needles       uint32 `protobuf:"varint,6,opt,name=needles,proto3" json:"needles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcPlacement) Reset() {
+	*x = EcPlacement{}
+	mi := &file_haybale_v1_directory_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcPlacement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcPlacement) ProtoMessage() {}
+
+func (x *EcPlacement) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_directory_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcPlacement.ProtoReflect.Descriptor instead.
+func (*EcPlacement) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *EcPlacement) GetVid() uint32 {
+	if x != nil {
+		return x.Vid
+	}
+	return 0
+}
+
+func (x *EcPlacement) GetSourceStoreId() string {
+	if x != nil {
+		return x.SourceStoreId
+	}
+	return ""
+}
+
+func (x *EcPlacement) GetHolders() []*EcHolder {
+	if x != nil {
+		return x.Holders
+	}
+	return nil
+}
+
+func (x *EcPlacement) GetSurvivesStores() uint32 {
+	if x != nil {
+		return x.SurvivesStores
+	}
+	return 0
+}
+
+func (x *EcPlacement) GetSurvivesRacks() uint32 {
+	if x != nil {
+		return x.SurvivesRacks
+	}
+	return 0
+}
+
+func (x *EcPlacement) GetNeedles() uint32 {
+	if x != nil {
+		return x.Needles
+	}
+	return 0
+}
+
+// EcHolder is one store holding an EC volume.
+type EcHolder struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Store id.
+	StoreId string `protobuf:"bytes,1,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	// Rack label; may be empty.
+	Rack string `protobuf:"bytes,2,opt,name=rack,proto3" json:"rack,omitempty"`
+	// Shards held (0..9 data, 10..13 parity), ascending; empty for a store
+	// keeping only the index and journal.
+	Shards        []uint32 `protobuf:"varint,3,rep,packed,name=shards,proto3" json:"shards,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EcHolder) Reset() {
+	*x = EcHolder{}
+	mi := &file_haybale_v1_directory_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EcHolder) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EcHolder) ProtoMessage() {}
+
+func (x *EcHolder) ProtoReflect() protoreflect.Message {
+	mi := &file_haybale_v1_directory_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EcHolder.ProtoReflect.Descriptor instead.
+func (*EcHolder) Descriptor() ([]byte, []int) {
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *EcHolder) GetStoreId() string {
+	if x != nil {
+		return x.StoreId
+	}
+	return ""
+}
+
+func (x *EcHolder) GetRack() string {
+	if x != nil {
+		return x.Rack
+	}
+	return ""
+}
+
+func (x *EcHolder) GetShards() []uint32 {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
 // Replica is a store holding a copy of a volume, with the addresses to reach
 // it.
 type Replica struct {
@@ -97,7 +386,7 @@ type Replica struct {
 
 func (x *Replica) Reset() {
 	*x = Replica{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[0]
+	mi := &file_haybale_v1_directory_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -109,7 +398,7 @@ func (x *Replica) String() string {
 func (*Replica) ProtoMessage() {}
 
 func (x *Replica) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[0]
+	mi := &file_haybale_v1_directory_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -122,7 +411,7 @@ func (x *Replica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replica.ProtoReflect.Descriptor instead.
 func (*Replica) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{0}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Replica) GetStoreId() string {
@@ -171,7 +460,7 @@ type AssignRequest struct {
 
 func (x *AssignRequest) Reset() {
 	*x = AssignRequest{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[1]
+	mi := &file_haybale_v1_directory_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -183,7 +472,7 @@ func (x *AssignRequest) String() string {
 func (*AssignRequest) ProtoMessage() {}
 
 func (x *AssignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[1]
+	mi := &file_haybale_v1_directory_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -196,7 +485,7 @@ func (x *AssignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignRequest.ProtoReflect.Descriptor instead.
 func (*AssignRequest) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{1}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AssignRequest) GetCount() uint32 {
@@ -228,7 +517,7 @@ type AssignResponse struct {
 
 func (x *AssignResponse) Reset() {
 	*x = AssignResponse{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[2]
+	mi := &file_haybale_v1_directory_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -240,7 +529,7 @@ func (x *AssignResponse) String() string {
 func (*AssignResponse) ProtoMessage() {}
 
 func (x *AssignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[2]
+	mi := &file_haybale_v1_directory_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -253,7 +542,7 @@ func (x *AssignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignResponse.ProtoReflect.Descriptor instead.
 func (*AssignResponse) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{2}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AssignResponse) GetKeyStart() uint64 {
@@ -309,7 +598,7 @@ type LookupRequest struct {
 
 func (x *LookupRequest) Reset() {
 	*x = LookupRequest{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[3]
+	mi := &file_haybale_v1_directory_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -321,7 +610,7 @@ func (x *LookupRequest) String() string {
 func (*LookupRequest) ProtoMessage() {}
 
 func (x *LookupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[3]
+	mi := &file_haybale_v1_directory_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -334,7 +623,7 @@ func (x *LookupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupRequest.ProtoReflect.Descriptor instead.
 func (*LookupRequest) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{3}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LookupRequest) GetVid() uint32 {
@@ -359,7 +648,7 @@ type LookupResponse struct {
 
 func (x *LookupResponse) Reset() {
 	*x = LookupResponse{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[4]
+	mi := &file_haybale_v1_directory_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -371,7 +660,7 @@ func (x *LookupResponse) String() string {
 func (*LookupResponse) ProtoMessage() {}
 
 func (x *LookupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[4]
+	mi := &file_haybale_v1_directory_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -384,7 +673,7 @@ func (x *LookupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupResponse.ProtoReflect.Descriptor instead.
 func (*LookupResponse) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{4}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LookupResponse) GetVid() uint32 {
@@ -417,7 +706,7 @@ type ListStoresRequest struct {
 
 func (x *ListStoresRequest) Reset() {
 	*x = ListStoresRequest{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[5]
+	mi := &file_haybale_v1_directory_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -429,7 +718,7 @@ func (x *ListStoresRequest) String() string {
 func (*ListStoresRequest) ProtoMessage() {}
 
 func (x *ListStoresRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[5]
+	mi := &file_haybale_v1_directory_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -442,7 +731,7 @@ func (x *ListStoresRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStoresRequest.ProtoReflect.Descriptor instead.
 func (*ListStoresRequest) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{5}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{9}
 }
 
 // ListStoresResponse describes the stores.
@@ -456,7 +745,7 @@ type ListStoresResponse struct {
 
 func (x *ListStoresResponse) Reset() {
 	*x = ListStoresResponse{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[6]
+	mi := &file_haybale_v1_directory_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +757,7 @@ func (x *ListStoresResponse) String() string {
 func (*ListStoresResponse) ProtoMessage() {}
 
 func (x *ListStoresResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[6]
+	mi := &file_haybale_v1_directory_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +770,7 @@ func (x *ListStoresResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStoresResponse.ProtoReflect.Descriptor instead.
 func (*ListStoresResponse) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{6}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListStoresResponse) GetStores() []*StoreInfo {
@@ -518,7 +807,7 @@ type StoreInfo struct {
 
 func (x *StoreInfo) Reset() {
 	*x = StoreInfo{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[7]
+	mi := &file_haybale_v1_directory_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -530,7 +819,7 @@ func (x *StoreInfo) String() string {
 func (*StoreInfo) ProtoMessage() {}
 
 func (x *StoreInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[7]
+	mi := &file_haybale_v1_directory_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -543,7 +832,7 @@ func (x *StoreInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreInfo.ProtoReflect.Descriptor instead.
 func (*StoreInfo) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{7}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StoreInfo) GetId() string {
@@ -618,7 +907,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[8]
+	mi := &file_haybale_v1_directory_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +919,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[8]
+	mi := &file_haybale_v1_directory_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +932,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{8}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{12}
 }
 
 // ListVolumesResponse describes the volumes.
@@ -657,7 +946,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[9]
+	mi := &file_haybale_v1_directory_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +958,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[9]
+	mi := &file_haybale_v1_directory_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +971,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{9}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeView {
@@ -718,7 +1007,7 @@ type VolumeView struct {
 
 func (x *VolumeView) Reset() {
 	*x = VolumeView{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[10]
+	mi := &file_haybale_v1_directory_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -730,7 +1019,7 @@ func (x *VolumeView) String() string {
 func (*VolumeView) ProtoMessage() {}
 
 func (x *VolumeView) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[10]
+	mi := &file_haybale_v1_directory_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -743,7 +1032,7 @@ func (x *VolumeView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeView.ProtoReflect.Descriptor instead.
 func (*VolumeView) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{10}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *VolumeView) GetVid() uint32 {
@@ -815,7 +1104,7 @@ type DirectoryMarkReadOnlyRequest struct {
 
 func (x *DirectoryMarkReadOnlyRequest) Reset() {
 	*x = DirectoryMarkReadOnlyRequest{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[11]
+	mi := &file_haybale_v1_directory_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +1116,7 @@ func (x *DirectoryMarkReadOnlyRequest) String() string {
 func (*DirectoryMarkReadOnlyRequest) ProtoMessage() {}
 
 func (x *DirectoryMarkReadOnlyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[11]
+	mi := &file_haybale_v1_directory_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +1129,7 @@ func (x *DirectoryMarkReadOnlyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryMarkReadOnlyRequest.ProtoReflect.Descriptor instead.
 func (*DirectoryMarkReadOnlyRequest) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{11}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DirectoryMarkReadOnlyRequest) GetVid() uint32 {
@@ -868,7 +1157,7 @@ type DirectoryMarkReadOnlyResponse struct {
 
 func (x *DirectoryMarkReadOnlyResponse) Reset() {
 	*x = DirectoryMarkReadOnlyResponse{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[12]
+	mi := &file_haybale_v1_directory_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +1169,7 @@ func (x *DirectoryMarkReadOnlyResponse) String() string {
 func (*DirectoryMarkReadOnlyResponse) ProtoMessage() {}
 
 func (x *DirectoryMarkReadOnlyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[12]
+	mi := &file_haybale_v1_directory_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +1182,7 @@ func (x *DirectoryMarkReadOnlyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryMarkReadOnlyResponse.ProtoReflect.Descriptor instead.
 func (*DirectoryMarkReadOnlyResponse) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{12}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DirectoryMarkReadOnlyResponse) GetVolume() *VolumeView {
@@ -937,7 +1226,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[13]
+	mi := &file_haybale_v1_directory_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -949,7 +1238,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[13]
+	mi := &file_haybale_v1_directory_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -962,7 +1251,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{13}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *HeartbeatRequest) GetStoreId() string {
@@ -1049,7 +1338,7 @@ type CorruptReport struct {
 
 func (x *CorruptReport) Reset() {
 	*x = CorruptReport{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[14]
+	mi := &file_haybale_v1_directory_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1350,7 @@ func (x *CorruptReport) String() string {
 func (*CorruptReport) ProtoMessage() {}
 
 func (x *CorruptReport) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[14]
+	mi := &file_haybale_v1_directory_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1363,7 @@ func (x *CorruptReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CorruptReport.ProtoReflect.Descriptor instead.
 func (*CorruptReport) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{14}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CorruptReport) GetVid() uint32 {
@@ -1132,7 +1421,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[15]
+	mi := &file_haybale_v1_directory_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1433,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[15]
+	mi := &file_haybale_v1_directory_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1446,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{15}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HeartbeatResponse) GetIntervalMs() uint32 {
@@ -1192,7 +1481,7 @@ type StoreCommand struct {
 
 func (x *StoreCommand) Reset() {
 	*x = StoreCommand{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[16]
+	mi := &file_haybale_v1_directory_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1204,7 +1493,7 @@ func (x *StoreCommand) String() string {
 func (*StoreCommand) ProtoMessage() {}
 
 func (x *StoreCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[16]
+	mi := &file_haybale_v1_directory_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1217,7 +1506,7 @@ func (x *StoreCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreCommand.ProtoReflect.Descriptor instead.
 func (*StoreCommand) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{16}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StoreCommand) GetCommand() isStoreCommand_Command {
@@ -1291,7 +1580,7 @@ type AuthorizeDeleteRequest struct {
 
 func (x *AuthorizeDeleteRequest) Reset() {
 	*x = AuthorizeDeleteRequest{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[17]
+	mi := &file_haybale_v1_directory_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +1592,7 @@ func (x *AuthorizeDeleteRequest) String() string {
 func (*AuthorizeDeleteRequest) ProtoMessage() {}
 
 func (x *AuthorizeDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[17]
+	mi := &file_haybale_v1_directory_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +1605,7 @@ func (x *AuthorizeDeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizeDeleteRequest.ProtoReflect.Descriptor instead.
 func (*AuthorizeDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{17}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AuthorizeDeleteRequest) GetPhotoId() string {
@@ -1344,7 +1633,7 @@ type AuthorizeDeleteResponse struct {
 
 func (x *AuthorizeDeleteResponse) Reset() {
 	*x = AuthorizeDeleteResponse{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[18]
+	mi := &file_haybale_v1_directory_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1645,7 @@ func (x *AuthorizeDeleteResponse) String() string {
 func (*AuthorizeDeleteResponse) ProtoMessage() {}
 
 func (x *AuthorizeDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[18]
+	mi := &file_haybale_v1_directory_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1658,7 @@ func (x *AuthorizeDeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizeDeleteResponse.ProtoReflect.Descriptor instead.
 func (*AuthorizeDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{18}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AuthorizeDeleteResponse) GetVid() uint32 {
@@ -1411,7 +1700,7 @@ type PhotoURLsRequest struct {
 
 func (x *PhotoURLsRequest) Reset() {
 	*x = PhotoURLsRequest{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[19]
+	mi := &file_haybale_v1_directory_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +1712,7 @@ func (x *PhotoURLsRequest) String() string {
 func (*PhotoURLsRequest) ProtoMessage() {}
 
 func (x *PhotoURLsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[19]
+	mi := &file_haybale_v1_directory_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +1725,7 @@ func (x *PhotoURLsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhotoURLsRequest.ProtoReflect.Descriptor instead.
 func (*PhotoURLsRequest) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{19}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PhotoURLsRequest) GetPhotoId() string {
@@ -1460,7 +1749,7 @@ type PhotoURLsResponse struct {
 
 func (x *PhotoURLsResponse) Reset() {
 	*x = PhotoURLsResponse{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[20]
+	mi := &file_haybale_v1_directory_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1472,7 +1761,7 @@ func (x *PhotoURLsResponse) String() string {
 func (*PhotoURLsResponse) ProtoMessage() {}
 
 func (x *PhotoURLsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[20]
+	mi := &file_haybale_v1_directory_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1485,7 +1774,7 @@ func (x *PhotoURLsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhotoURLsResponse.ProtoReflect.Descriptor instead.
 func (*PhotoURLsResponse) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{20}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PhotoURLsResponse) GetPhotoId() string {
@@ -1515,7 +1804,7 @@ type AddMemberRequest struct {
 
 func (x *AddMemberRequest) Reset() {
 	*x = AddMemberRequest{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[21]
+	mi := &file_haybale_v1_directory_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1527,7 +1816,7 @@ func (x *AddMemberRequest) String() string {
 func (*AddMemberRequest) ProtoMessage() {}
 
 func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[21]
+	mi := &file_haybale_v1_directory_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1540,7 +1829,7 @@ func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberRequest.ProtoReflect.Descriptor instead.
 func (*AddMemberRequest) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{21}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AddMemberRequest) GetId() string {
@@ -1568,7 +1857,7 @@ type AddMemberResponse struct {
 
 func (x *AddMemberResponse) Reset() {
 	*x = AddMemberResponse{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[22]
+	mi := &file_haybale_v1_directory_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1869,7 @@ func (x *AddMemberResponse) String() string {
 func (*AddMemberResponse) ProtoMessage() {}
 
 func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[22]
+	mi := &file_haybale_v1_directory_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1882,7 @@ func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberResponse.ProtoReflect.Descriptor instead.
 func (*AddMemberResponse) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{22}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AddMemberResponse) GetMembers() []*Member {
@@ -1614,7 +1903,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[23]
+	mi := &file_haybale_v1_directory_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1626,7 +1915,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[23]
+	mi := &file_haybale_v1_directory_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1639,7 +1928,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{23}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RemoveMemberRequest) GetId() string {
@@ -1660,7 +1949,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[24]
+	mi := &file_haybale_v1_directory_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1961,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[24]
+	mi := &file_haybale_v1_directory_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1974,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{24}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RemoveMemberResponse) GetMembers() []*Member {
@@ -1716,7 +2005,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[25]
+	mi := &file_haybale_v1_directory_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1728,7 +2017,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[25]
+	mi := &file_haybale_v1_directory_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1741,7 +2030,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{25}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Member) GetId() string {
@@ -1797,7 +2086,7 @@ type RemoveStoreRequest struct {
 
 func (x *RemoveStoreRequest) Reset() {
 	*x = RemoveStoreRequest{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[26]
+	mi := &file_haybale_v1_directory_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +2098,7 @@ func (x *RemoveStoreRequest) String() string {
 func (*RemoveStoreRequest) ProtoMessage() {}
 
 func (x *RemoveStoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[26]
+	mi := &file_haybale_v1_directory_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +2111,7 @@ func (x *RemoveStoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveStoreRequest.ProtoReflect.Descriptor instead.
 func (*RemoveStoreRequest) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{26}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RemoveStoreRequest) GetStoreId() string {
@@ -1841,7 +2130,7 @@ type RemoveStoreResponse struct {
 
 func (x *RemoveStoreResponse) Reset() {
 	*x = RemoveStoreResponse{}
-	mi := &file_haybale_v1_directory_proto_msgTypes[27]
+	mi := &file_haybale_v1_directory_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1853,7 +2142,7 @@ func (x *RemoveStoreResponse) String() string {
 func (*RemoveStoreResponse) ProtoMessage() {}
 
 func (x *RemoveStoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haybale_v1_directory_proto_msgTypes[27]
+	mi := &file_haybale_v1_directory_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1866,7 +2155,7 @@ func (x *RemoveStoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveStoreResponse.ProtoReflect.Descriptor instead.
 func (*RemoveStoreResponse) Descriptor() ([]byte, []int) {
-	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{27}
+	return file_haybale_v1_directory_proto_rawDescGZIP(), []int{31}
 }
 
 var File_haybale_v1_directory_proto protoreflect.FileDescriptor
@@ -1874,7 +2163,28 @@ var File_haybale_v1_directory_proto protoreflect.FileDescriptor
 const file_haybale_v1_directory_proto_rawDesc = "" +
 	"\n" +
 	"\x1ahaybale/v1/directory.proto\x12\n" +
-	"haybale.v1\x1a\x16haybale/v1/store.proto\"\x91\x01\n" +
+	"haybale.v1\x1a\x16haybale/v1/store.proto\"n\n" +
+	"\x18DirectoryEcEncodeRequest\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x1f\n" +
+	"\vlarge_block\x18\x02 \x01(\x04R\n" +
+	"largeBlock\x12\x1f\n" +
+	"\vsmall_block\x18\x03 \x01(\x04R\n" +
+	"smallBlock\"\x80\x01\n" +
+	"\x19DirectoryEcEncodeResponse\x12\x12\n" +
+	"\x04step\x18\x01 \x01(\tR\x04step\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x125\n" +
+	"\tplacement\x18\x03 \x01(\v2\x17.haybale.v1.EcPlacementR\tplacement\"\xe1\x01\n" +
+	"\vEcPlacement\x12\x10\n" +
+	"\x03vid\x18\x01 \x01(\rR\x03vid\x12&\n" +
+	"\x0fsource_store_id\x18\x02 \x01(\tR\rsourceStoreId\x12.\n" +
+	"\aholders\x18\x03 \x03(\v2\x14.haybale.v1.EcHolderR\aholders\x12'\n" +
+	"\x0fsurvives_stores\x18\x04 \x01(\rR\x0esurvivesStores\x12%\n" +
+	"\x0esurvives_racks\x18\x05 \x01(\rR\rsurvivesRacks\x12\x18\n" +
+	"\aneedles\x18\x06 \x01(\rR\aneedles\"Q\n" +
+	"\bEcHolder\x12\x19\n" +
+	"\bstore_id\x18\x01 \x01(\tR\astoreId\x12\x12\n" +
+	"\x04rack\x18\x02 \x01(\tR\x04rack\x12\x16\n" +
+	"\x06shards\x18\x03 \x03(\rR\x06shards\"\x91\x01\n" +
 	"\aReplica\x12\x19\n" +
 	"\bstore_id\x18\x01 \x01(\tR\astoreId\x12\x1b\n" +
 	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x1b\n" +
@@ -2000,7 +2310,7 @@ const file_haybale_v1_directory_proto_rawDesc = "" +
 	"StoreState\x12\x1b\n" +
 	"\x17STORE_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11STORE_STATE_ALIVE\x10\x01\x12\x14\n" +
-	"\x10STORE_STATE_DEAD\x10\x022\xf0\x06\n" +
+	"\x10STORE_STATE_DEAD\x10\x022\xcb\a\n" +
 	"\tDirectory\x12?\n" +
 	"\x06Assign\x12\x19.haybale.v1.AssignRequest\x1a\x1a.haybale.v1.AssignResponse\x12?\n" +
 	"\x06Lookup\x12\x19.haybale.v1.LookupRequest\x1a\x1a.haybale.v1.LookupResponse\x12K\n" +
@@ -2013,7 +2323,8 @@ const file_haybale_v1_directory_proto_rawDesc = "" +
 	"\x0fAuthorizeDelete\x12\".haybale.v1.AuthorizeDeleteRequest\x1a#.haybale.v1.AuthorizeDeleteResponse\x12H\n" +
 	"\tAddMember\x12\x1c.haybale.v1.AddMemberRequest\x1a\x1d.haybale.v1.AddMemberResponse\x12Q\n" +
 	"\fRemoveMember\x12\x1f.haybale.v1.RemoveMemberRequest\x1a .haybale.v1.RemoveMemberResponse\x12N\n" +
-	"\vRemoveStore\x12\x1e.haybale.v1.RemoveStoreRequest\x1a\x1f.haybale.v1.RemoveStoreResponseBEZCgithub.com/haybale/haybale/proto/haybale/v1/directorypb;directorypbb\x06proto3"
+	"\vRemoveStore\x12\x1e.haybale.v1.RemoveStoreRequest\x1a\x1f.haybale.v1.RemoveStoreResponse\x12Y\n" +
+	"\bEcEncode\x12$.haybale.v1.DirectoryEcEncodeRequest\x1a%.haybale.v1.DirectoryEcEncodeResponse0\x01BEZCgithub.com/haybale/haybale/proto/haybale/v1/directorypb;directorypbb\x06proto3"
 
 var (
 	file_haybale_v1_directory_proto_rawDescOnce sync.Once
@@ -2028,90 +2339,98 @@ func file_haybale_v1_directory_proto_rawDescGZIP() []byte {
 }
 
 var file_haybale_v1_directory_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haybale_v1_directory_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_haybale_v1_directory_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_haybale_v1_directory_proto_goTypes = []any{
 	(StoreState)(0),                       // 0: haybale.v1.StoreState
-	(*Replica)(nil),                       // 1: haybale.v1.Replica
-	(*AssignRequest)(nil),                 // 2: haybale.v1.AssignRequest
-	(*AssignResponse)(nil),                // 3: haybale.v1.AssignResponse
-	(*LookupRequest)(nil),                 // 4: haybale.v1.LookupRequest
-	(*LookupResponse)(nil),                // 5: haybale.v1.LookupResponse
-	(*ListStoresRequest)(nil),             // 6: haybale.v1.ListStoresRequest
-	(*ListStoresResponse)(nil),            // 7: haybale.v1.ListStoresResponse
-	(*StoreInfo)(nil),                     // 8: haybale.v1.StoreInfo
-	(*ListVolumesRequest)(nil),            // 9: haybale.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),           // 10: haybale.v1.ListVolumesResponse
-	(*VolumeView)(nil),                    // 11: haybale.v1.VolumeView
-	(*DirectoryMarkReadOnlyRequest)(nil),  // 12: haybale.v1.DirectoryMarkReadOnlyRequest
-	(*DirectoryMarkReadOnlyResponse)(nil), // 13: haybale.v1.DirectoryMarkReadOnlyResponse
-	(*HeartbeatRequest)(nil),              // 14: haybale.v1.HeartbeatRequest
-	(*CorruptReport)(nil),                 // 15: haybale.v1.CorruptReport
-	(*HeartbeatResponse)(nil),             // 16: haybale.v1.HeartbeatResponse
-	(*StoreCommand)(nil),                  // 17: haybale.v1.StoreCommand
-	(*AuthorizeDeleteRequest)(nil),        // 18: haybale.v1.AuthorizeDeleteRequest
-	(*AuthorizeDeleteResponse)(nil),       // 19: haybale.v1.AuthorizeDeleteResponse
-	(*PhotoURLsRequest)(nil),              // 20: haybale.v1.PhotoURLsRequest
-	(*PhotoURLsResponse)(nil),             // 21: haybale.v1.PhotoURLsResponse
-	(*AddMemberRequest)(nil),              // 22: haybale.v1.AddMemberRequest
-	(*AddMemberResponse)(nil),             // 23: haybale.v1.AddMemberResponse
-	(*RemoveMemberRequest)(nil),           // 24: haybale.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),          // 25: haybale.v1.RemoveMemberResponse
-	(*Member)(nil),                        // 26: haybale.v1.Member
-	(*RemoveStoreRequest)(nil),            // 27: haybale.v1.RemoveStoreRequest
-	(*RemoveStoreResponse)(nil),           // 28: haybale.v1.RemoveStoreResponse
-	nil,                                   // 29: haybale.v1.PhotoURLsResponse.UrlsEntry
-	(storepb.VolumeState)(0),              // 30: haybale.v1.VolumeState
-	(*storepb.VolumeInfo)(nil),            // 31: haybale.v1.VolumeInfo
-	(*storepb.AllocateVolumeRequest)(nil), // 32: haybale.v1.AllocateVolumeRequest
-	(*storepb.MarkReadOnlyRequest)(nil),   // 33: haybale.v1.MarkReadOnlyRequest
-	(*storepb.CompactRequest)(nil),        // 34: haybale.v1.CompactRequest
+	(*DirectoryEcEncodeRequest)(nil),      // 1: haybale.v1.DirectoryEcEncodeRequest
+	(*DirectoryEcEncodeResponse)(nil),     // 2: haybale.v1.DirectoryEcEncodeResponse
+	(*EcPlacement)(nil),                   // 3: haybale.v1.EcPlacement
+	(*EcHolder)(nil),                      // 4: haybale.v1.EcHolder
+	(*Replica)(nil),                       // 5: haybale.v1.Replica
+	(*AssignRequest)(nil),                 // 6: haybale.v1.AssignRequest
+	(*AssignResponse)(nil),                // 7: haybale.v1.AssignResponse
+	(*LookupRequest)(nil),                 // 8: haybale.v1.LookupRequest
+	(*LookupResponse)(nil),                // 9: haybale.v1.LookupResponse
+	(*ListStoresRequest)(nil),             // 10: haybale.v1.ListStoresRequest
+	(*ListStoresResponse)(nil),            // 11: haybale.v1.ListStoresResponse
+	(*StoreInfo)(nil),                     // 12: haybale.v1.StoreInfo
+	(*ListVolumesRequest)(nil),            // 13: haybale.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),           // 14: haybale.v1.ListVolumesResponse
+	(*VolumeView)(nil),                    // 15: haybale.v1.VolumeView
+	(*DirectoryMarkReadOnlyRequest)(nil),  // 16: haybale.v1.DirectoryMarkReadOnlyRequest
+	(*DirectoryMarkReadOnlyResponse)(nil), // 17: haybale.v1.DirectoryMarkReadOnlyResponse
+	(*HeartbeatRequest)(nil),              // 18: haybale.v1.HeartbeatRequest
+	(*CorruptReport)(nil),                 // 19: haybale.v1.CorruptReport
+	(*HeartbeatResponse)(nil),             // 20: haybale.v1.HeartbeatResponse
+	(*StoreCommand)(nil),                  // 21: haybale.v1.StoreCommand
+	(*AuthorizeDeleteRequest)(nil),        // 22: haybale.v1.AuthorizeDeleteRequest
+	(*AuthorizeDeleteResponse)(nil),       // 23: haybale.v1.AuthorizeDeleteResponse
+	(*PhotoURLsRequest)(nil),              // 24: haybale.v1.PhotoURLsRequest
+	(*PhotoURLsResponse)(nil),             // 25: haybale.v1.PhotoURLsResponse
+	(*AddMemberRequest)(nil),              // 26: haybale.v1.AddMemberRequest
+	(*AddMemberResponse)(nil),             // 27: haybale.v1.AddMemberResponse
+	(*RemoveMemberRequest)(nil),           // 28: haybale.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),          // 29: haybale.v1.RemoveMemberResponse
+	(*Member)(nil),                        // 30: haybale.v1.Member
+	(*RemoveStoreRequest)(nil),            // 31: haybale.v1.RemoveStoreRequest
+	(*RemoveStoreResponse)(nil),           // 32: haybale.v1.RemoveStoreResponse
+	nil,                                   // 33: haybale.v1.PhotoURLsResponse.UrlsEntry
+	(storepb.VolumeState)(0),              // 34: haybale.v1.VolumeState
+	(*storepb.VolumeInfo)(nil),            // 35: haybale.v1.VolumeInfo
+	(*storepb.AllocateVolumeRequest)(nil), // 36: haybale.v1.AllocateVolumeRequest
+	(*storepb.MarkReadOnlyRequest)(nil),   // 37: haybale.v1.MarkReadOnlyRequest
+	(*storepb.CompactRequest)(nil),        // 38: haybale.v1.CompactRequest
 }
 var file_haybale_v1_directory_proto_depIdxs = []int32{
-	1,  // 0: haybale.v1.AssignResponse.replicas:type_name -> haybale.v1.Replica
-	30, // 1: haybale.v1.LookupResponse.state:type_name -> haybale.v1.VolumeState
-	1,  // 2: haybale.v1.LookupResponse.replicas:type_name -> haybale.v1.Replica
-	8,  // 3: haybale.v1.ListStoresResponse.stores:type_name -> haybale.v1.StoreInfo
-	0,  // 4: haybale.v1.StoreInfo.state:type_name -> haybale.v1.StoreState
-	11, // 5: haybale.v1.ListVolumesResponse.volumes:type_name -> haybale.v1.VolumeView
-	30, // 6: haybale.v1.VolumeView.state:type_name -> haybale.v1.VolumeState
-	11, // 7: haybale.v1.DirectoryMarkReadOnlyResponse.volume:type_name -> haybale.v1.VolumeView
-	31, // 8: haybale.v1.HeartbeatRequest.volumes:type_name -> haybale.v1.VolumeInfo
-	15, // 9: haybale.v1.HeartbeatRequest.corrupt:type_name -> haybale.v1.CorruptReport
-	17, // 10: haybale.v1.HeartbeatResponse.commands:type_name -> haybale.v1.StoreCommand
-	32, // 11: haybale.v1.StoreCommand.allocate_volume:type_name -> haybale.v1.AllocateVolumeRequest
-	33, // 12: haybale.v1.StoreCommand.mark_read_only:type_name -> haybale.v1.MarkReadOnlyRequest
-	34, // 13: haybale.v1.StoreCommand.compact:type_name -> haybale.v1.CompactRequest
-	1,  // 14: haybale.v1.AuthorizeDeleteResponse.replicas:type_name -> haybale.v1.Replica
-	29, // 15: haybale.v1.PhotoURLsResponse.urls:type_name -> haybale.v1.PhotoURLsResponse.UrlsEntry
-	26, // 16: haybale.v1.AddMemberResponse.members:type_name -> haybale.v1.Member
-	26, // 17: haybale.v1.RemoveMemberResponse.members:type_name -> haybale.v1.Member
-	2,  // 18: haybale.v1.Directory.Assign:input_type -> haybale.v1.AssignRequest
-	4,  // 19: haybale.v1.Directory.Lookup:input_type -> haybale.v1.LookupRequest
-	6,  // 20: haybale.v1.Directory.ListStores:input_type -> haybale.v1.ListStoresRequest
-	9,  // 21: haybale.v1.Directory.ListVolumes:input_type -> haybale.v1.ListVolumesRequest
-	12, // 22: haybale.v1.Directory.MarkReadOnly:input_type -> haybale.v1.DirectoryMarkReadOnlyRequest
-	14, // 23: haybale.v1.Directory.Heartbeat:input_type -> haybale.v1.HeartbeatRequest
-	20, // 24: haybale.v1.Directory.PhotoURLs:input_type -> haybale.v1.PhotoURLsRequest
-	18, // 25: haybale.v1.Directory.AuthorizeDelete:input_type -> haybale.v1.AuthorizeDeleteRequest
-	22, // 26: haybale.v1.Directory.AddMember:input_type -> haybale.v1.AddMemberRequest
-	24, // 27: haybale.v1.Directory.RemoveMember:input_type -> haybale.v1.RemoveMemberRequest
-	27, // 28: haybale.v1.Directory.RemoveStore:input_type -> haybale.v1.RemoveStoreRequest
-	3,  // 29: haybale.v1.Directory.Assign:output_type -> haybale.v1.AssignResponse
-	5,  // 30: haybale.v1.Directory.Lookup:output_type -> haybale.v1.LookupResponse
-	7,  // 31: haybale.v1.Directory.ListStores:output_type -> haybale.v1.ListStoresResponse
-	10, // 32: haybale.v1.Directory.ListVolumes:output_type -> haybale.v1.ListVolumesResponse
-	13, // 33: haybale.v1.Directory.MarkReadOnly:output_type -> haybale.v1.DirectoryMarkReadOnlyResponse
-	16, // 34: haybale.v1.Directory.Heartbeat:output_type -> haybale.v1.HeartbeatResponse
-	21, // 35: haybale.v1.Directory.PhotoURLs:output_type -> haybale.v1.PhotoURLsResponse
-	19, // 36: haybale.v1.Directory.AuthorizeDelete:output_type -> haybale.v1.AuthorizeDeleteResponse
-	23, // 37: haybale.v1.Directory.AddMember:output_type -> haybale.v1.AddMemberResponse
-	25, // 38: haybale.v1.Directory.RemoveMember:output_type -> haybale.v1.RemoveMemberResponse
-	28, // 39: haybale.v1.Directory.RemoveStore:output_type -> haybale.v1.RemoveStoreResponse
-	29, // [29:40] is the sub-list for method output_type
-	18, // [18:29] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	3,  // 0: haybale.v1.DirectoryEcEncodeResponse.placement:type_name -> haybale.v1.EcPlacement
+	4,  // 1: haybale.v1.EcPlacement.holders:type_name -> haybale.v1.EcHolder
+	5,  // 2: haybale.v1.AssignResponse.replicas:type_name -> haybale.v1.Replica
+	34, // 3: haybale.v1.LookupResponse.state:type_name -> haybale.v1.VolumeState
+	5,  // 4: haybale.v1.LookupResponse.replicas:type_name -> haybale.v1.Replica
+	12, // 5: haybale.v1.ListStoresResponse.stores:type_name -> haybale.v1.StoreInfo
+	0,  // 6: haybale.v1.StoreInfo.state:type_name -> haybale.v1.StoreState
+	15, // 7: haybale.v1.ListVolumesResponse.volumes:type_name -> haybale.v1.VolumeView
+	34, // 8: haybale.v1.VolumeView.state:type_name -> haybale.v1.VolumeState
+	15, // 9: haybale.v1.DirectoryMarkReadOnlyResponse.volume:type_name -> haybale.v1.VolumeView
+	35, // 10: haybale.v1.HeartbeatRequest.volumes:type_name -> haybale.v1.VolumeInfo
+	19, // 11: haybale.v1.HeartbeatRequest.corrupt:type_name -> haybale.v1.CorruptReport
+	21, // 12: haybale.v1.HeartbeatResponse.commands:type_name -> haybale.v1.StoreCommand
+	36, // 13: haybale.v1.StoreCommand.allocate_volume:type_name -> haybale.v1.AllocateVolumeRequest
+	37, // 14: haybale.v1.StoreCommand.mark_read_only:type_name -> haybale.v1.MarkReadOnlyRequest
+	38, // 15: haybale.v1.StoreCommand.compact:type_name -> haybale.v1.CompactRequest
+	5,  // 16: haybale.v1.AuthorizeDeleteResponse.replicas:type_name -> haybale.v1.Replica
+	33, // 17: haybale.v1.PhotoURLsResponse.urls:type_name -> haybale.v1.PhotoURLsResponse.UrlsEntry
+	30, // 18: haybale.v1.AddMemberResponse.members:type_name -> haybale.v1.Member
+	30, // 19: haybale.v1.RemoveMemberResponse.members:type_name -> haybale.v1.Member
+	6,  // 20: haybale.v1.Directory.Assign:input_type -> haybale.v1.AssignRequest
+	8,  // 21: haybale.v1.Directory.Lookup:input_type -> haybale.v1.LookupRequest
+	10, // 22: haybale.v1.Directory.ListStores:input_type -> haybale.v1.ListStoresRequest
+	13, // 23: haybale.v1.Directory.ListVolumes:input_type -> haybale.v1.ListVolumesRequest
+	16, // 24: haybale.v1.Directory.MarkReadOnly:input_type -> haybale.v1.DirectoryMarkReadOnlyRequest
+	18, // 25: haybale.v1.Directory.Heartbeat:input_type -> haybale.v1.HeartbeatRequest
+	24, // 26: haybale.v1.Directory.PhotoURLs:input_type -> haybale.v1.PhotoURLsRequest
+	22, // 27: haybale.v1.Directory.AuthorizeDelete:input_type -> haybale.v1.AuthorizeDeleteRequest
+	26, // 28: haybale.v1.Directory.AddMember:input_type -> haybale.v1.AddMemberRequest
+	28, // 29: haybale.v1.Directory.RemoveMember:input_type -> haybale.v1.RemoveMemberRequest
+	31, // 30: haybale.v1.Directory.RemoveStore:input_type -> haybale.v1.RemoveStoreRequest
+	1,  // 31: haybale.v1.Directory.EcEncode:input_type -> haybale.v1.DirectoryEcEncodeRequest
+	7,  // 32: haybale.v1.Directory.Assign:output_type -> haybale.v1.AssignResponse
+	9,  // 33: haybale.v1.Directory.Lookup:output_type -> haybale.v1.LookupResponse
+	11, // 34: haybale.v1.Directory.ListStores:output_type -> haybale.v1.ListStoresResponse
+	14, // 35: haybale.v1.Directory.ListVolumes:output_type -> haybale.v1.ListVolumesResponse
+	17, // 36: haybale.v1.Directory.MarkReadOnly:output_type -> haybale.v1.DirectoryMarkReadOnlyResponse
+	20, // 37: haybale.v1.Directory.Heartbeat:output_type -> haybale.v1.HeartbeatResponse
+	25, // 38: haybale.v1.Directory.PhotoURLs:output_type -> haybale.v1.PhotoURLsResponse
+	23, // 39: haybale.v1.Directory.AuthorizeDelete:output_type -> haybale.v1.AuthorizeDeleteResponse
+	27, // 40: haybale.v1.Directory.AddMember:output_type -> haybale.v1.AddMemberResponse
+	29, // 41: haybale.v1.Directory.RemoveMember:output_type -> haybale.v1.RemoveMemberResponse
+	32, // 42: haybale.v1.Directory.RemoveStore:output_type -> haybale.v1.RemoveStoreResponse
+	2,  // 43: haybale.v1.Directory.EcEncode:output_type -> haybale.v1.DirectoryEcEncodeResponse
+	32, // [32:44] is the sub-list for method output_type
+	20, // [20:32] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_haybale_v1_directory_proto_init() }
@@ -2119,7 +2438,7 @@ func file_haybale_v1_directory_proto_init() {
 	if File_haybale_v1_directory_proto != nil {
 		return
 	}
-	file_haybale_v1_directory_proto_msgTypes[16].OneofWrappers = []any{
+	file_haybale_v1_directory_proto_msgTypes[20].OneofWrappers = []any{
 		(*StoreCommand_AllocateVolume)(nil),
 		(*StoreCommand_MarkReadOnly)(nil),
 		(*StoreCommand_Compact)(nil),
@@ -2130,7 +2449,7 @@ func file_haybale_v1_directory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haybale_v1_directory_proto_rawDesc), len(file_haybale_v1_directory_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   29,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	Directory_AddMember_FullMethodName       = "/haybale.v1.Directory/AddMember"
 	Directory_RemoveMember_FullMethodName    = "/haybale.v1.Directory/RemoveMember"
 	Directory_RemoveStore_FullMethodName     = "/haybale.v1.Directory/RemoveStore"
+	Directory_EcEncode_FullMethodName        = "/haybale.v1.Directory/EcEncode"
 )
 
 // DirectoryClient is the client API for Directory service.
@@ -53,6 +54,7 @@ const (
 //	ListStores        operator
 //	ListVolumes       operator
 //	MarkReadOnly      operator
+//	EcEncode          operator
 //	Heartbeat         store, and only for the store ID its certificate names
 //
 // Errors are gRPC status codes:
@@ -102,7 +104,9 @@ type DirectoryClient interface {
 	// names the photo's vid, key and cookie and allows tombstones only (no
 	// data); the stores check the cookie against the stored needle, so a
 	// made-up cookie deletes nothing. Errors: InvalidArgument for a malformed
-	// photo ID, NotFound for an unknown volume. Callers: gateway, operator.
+	// photo ID, NotFound for an unknown volume, UNAVAILABLE while an
+	// erasure-coding job encodes and places the volume (retry in a moment).
+	// Callers: gateway, operator.
 	AuthorizeDelete(ctx context.Context, in *AuthorizeDeleteRequest, opts ...grpc.CallOption) (*AuthorizeDeleteResponse, error)
 	// AddMember adds a node to the directory's raft cluster as a voter; the
 	// node must run with its --raft-id and --raft-addr and no --bootstrap
@@ -121,6 +125,23 @@ type DirectoryClient interface {
 	// that heartbeats again registers anew. Errors: NOT_FOUND for an unknown
 	// store. Leader only. Callers: operator.
 	RemoveStore(ctx context.Context, in *RemoveStoreRequest, opts ...grpc.CallOption) (*RemoveStoreResponse, error)
+	// EcEncode erasure-codes a volume and places its shards: the directory
+	// (its leader) seals the replicas (compacting those not sealed yet),
+	// has one replica encode the volume, places the 14 shards on distinct
+	// stores (distinct racks as far as labels allow), verifies that every
+	// shard is held where it was placed, switches the volume's record to EC
+	// and replaces the plain replicas. The same workflow runs the automatic
+	// policy (--ec-after, --ec-full-percent); one job runs at a time. The
+	// stream sends a message per step and ends with the placement. A
+	// writable volume is refused (mark it read-only first). Errors:
+	// NOT_FOUND (unknown volume), FAILED_PRECONDITION (writable, already EC,
+	// being allocated), ABORTED (another erasure-coding job runs),
+	// UNAVAILABLE (a replica's store is down, or a store failed a step: the
+	// volume stays readable in its old or its new form; run it again). Leader only; a follower forwards
+	// it. While it encodes and places the volume, AuthorizeDelete refuses
+	// the volume's photos. Callers: operator (`haybale ec encode
+	// --directory`).
+	EcEncode(ctx context.Context, in *DirectoryEcEncodeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DirectoryEcEncodeResponse], error)
 }
 
 type directoryClient struct {
@@ -244,6 +265,25 @@ func (c *directoryClient) RemoveStore(ctx context.Context, in *RemoveStoreReques
 	return out, nil
 }
 
+func (c *directoryClient) EcEncode(ctx context.Context, in *DirectoryEcEncodeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DirectoryEcEncodeResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Directory_ServiceDesc.Streams[1], Directory_EcEncode_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[DirectoryEcEncodeRequest, DirectoryEcEncodeResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Directory_EcEncodeClient = grpc.ServerStreamingClient[DirectoryEcEncodeResponse]
+
 // DirectoryServer is the server API for Directory service.
 // All implementations must embed UnimplementedDirectoryServer
 // for forward compatibility.
@@ -265,6 +305,7 @@ func (c *directoryClient) RemoveStore(ctx context.Context, in *RemoveStoreReques
 //	ListStores        operator
 //	ListVolumes       operator
 //	MarkReadOnly      operator
+//	EcEncode          operator
 //	Heartbeat         store, and only for the store ID its certificate names
 //
 // Errors are gRPC status codes:
@@ -314,7 +355,9 @@ type DirectoryServer interface {
 	// names the photo's vid, key and cookie and allows tombstones only (no
 	// data); the stores check the cookie against the stored needle, so a
 	// made-up cookie deletes nothing. Errors: InvalidArgument for a malformed
-	// photo ID, NotFound for an unknown volume. Callers: gateway, operator.
+	// photo ID, NotFound for an unknown volume, UNAVAILABLE while an
+	// erasure-coding job encodes and places the volume (retry in a moment).
+	// Callers: gateway, operator.
 	AuthorizeDelete(context.Context, *AuthorizeDeleteRequest) (*AuthorizeDeleteResponse, error)
 	// AddMember adds a node to the directory's raft cluster as a voter; the
 	// node must run with its --raft-id and --raft-addr and no --bootstrap
@@ -333,6 +376,23 @@ type DirectoryServer interface {
 	// that heartbeats again registers anew. Errors: NOT_FOUND for an unknown
 	// store. Leader only. Callers: operator.
 	RemoveStore(context.Context, *RemoveStoreRequest) (*RemoveStoreResponse, error)
+	// EcEncode erasure-codes a volume and places its shards: the directory
+	// (its leader) seals the replicas (compacting those not sealed yet),
+	// has one replica encode the volume, places the 14 shards on distinct
+	// stores (distinct racks as far as labels allow), verifies that every
+	// shard is held where it was placed, switches the volume's record to EC
+	// and replaces the plain replicas. The same workflow runs the automatic
+	// policy (--ec-after, --ec-full-percent); one job runs at a time. The
+	// stream sends a message per step and ends with the placement. A
+	// writable volume is refused (mark it read-only first). Errors:
+	// NOT_FOUND (unknown volume), FAILED_PRECONDITION (writable, already EC,
+	// being allocated), ABORTED (another erasure-coding job runs),
+	// UNAVAILABLE (a replica's store is down, or a store failed a step: the
+	// volume stays readable in its old or its new form; run it again). Leader only; a follower forwards
+	// it. While it encodes and places the volume, AuthorizeDelete refuses
+	// the volume's photos. Callers: operator (`haybale ec encode
+	// --directory`).
+	EcEncode(*DirectoryEcEncodeRequest, grpc.ServerStreamingServer[DirectoryEcEncodeResponse]) error
 	mustEmbedUnimplementedDirectoryServer()
 }
 
@@ -375,6 +435,9 @@ func (UnimplementedDirectoryServer) RemoveMember(context.Context, *RemoveMemberR
 }
 func (UnimplementedDirectoryServer) RemoveStore(context.Context, *RemoveStoreRequest) (*RemoveStoreResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveStore not implemented")
+}
+func (UnimplementedDirectoryServer) EcEncode(*DirectoryEcEncodeRequest, grpc.ServerStreamingServer[DirectoryEcEncodeResponse]) error {
+	return status.Error(codes.Unimplemented, "method EcEncode not implemented")
 }
 func (UnimplementedDirectoryServer) mustEmbedUnimplementedDirectoryServer() {}
 func (UnimplementedDirectoryServer) testEmbeddedByValue()                   {}
@@ -584,6 +647,17 @@ func _Directory_RemoveStore_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Directory_EcEncode_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(DirectoryEcEncodeRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(DirectoryServer).EcEncode(m, &grpc.GenericServerStream[DirectoryEcEncodeRequest, DirectoryEcEncodeResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Directory_EcEncodeServer = grpc.ServerStreamingServer[DirectoryEcEncodeResponse]
+
 // Directory_ServiceDesc is the grpc.ServiceDesc for Directory service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -638,6 +712,11 @@ var Directory_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Directory_Heartbeat_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "EcEncode",
+			Handler:       _Directory_EcEncode_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "haybale/v1/directory.proto",

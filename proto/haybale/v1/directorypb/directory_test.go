@@ -28,6 +28,7 @@ func TestDirectoryServiceMethods(t *testing.T) {
 		{"AddMember", kind{}},
 		{"RemoveMember", kind{}},
 		{"RemoveStore", kind{}},
+		{"EcEncode", kind{false, true}},
 	}
 
 	sd := directorypb.File_haybale_v1_directory_proto.Services().ByName("Directory")
@@ -83,6 +84,8 @@ func TestHeartbeatRoundTrip(t *testing.T) {
 			ReadOnlyReason: "full",
 			SizeBytes:      32 << 30,
 			NeedleCount:    4_000_000,
+			// Fields are compared after the round trip.
+			LastAppendUnixNano: 1_790_000_000_000_000_000,
 		}},
 		Corrupt: []*directorypb.CorruptReport{{Vid: 7, Key: 0x1f4a9, SizeCode: 2, Detail: "checksum mismatch"}},
 	}

@@ -1064,8 +1064,14 @@ type VolumeInfo struct {
 	// xxHash64 of each record's key, cookie and size code). Two holders whose
 	// journals hold the same deletes report the same count and digest.
 	EcJournalDigest uint64 `protobuf:"fixed64,16,opt,name=ec_journal_digest,json=ecJournalDigest,proto3" json:"ec_journal_digest,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// When the volume's data file last changed, Unix nanoseconds: the last
+	// append (needles or tombstones) or the rewrite of a compaction, by the
+	// store's clock. The directory's erasure-coding policy encodes a volume
+	// once this is older than its quiet period. 0 when unknown (an EC
+	// volume, a failed one, or a store that does not report it).
+	LastAppendUnixNano int64 `protobuf:"varint,17,opt,name=last_append_unix_nano,json=lastAppendUnixNano,proto3" json:"last_append_unix_nano,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *VolumeInfo) Reset() {
@@ -1178,6 +1184,13 @@ func (x *VolumeInfo) GetEcDeletedCount() uint64 {
 func (x *VolumeInfo) GetEcJournalDigest() uint64 {
 	if x != nil {
 		return x.EcJournalDigest
+	}
+	return 0
+}
+
+func (x *VolumeInfo) GetLastAppendUnixNano() int64 {
+	if x != nil {
+		return x.LastAppendUnixNano
 	}
 	return 0
 }
@@ -2832,7 +2845,7 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"F\n" +
 	"\x14MarkReadOnlyResponse\x12.\n" +
-	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"\xe7\x03\n" +
+	"\x06volume\x18\x01 \x01(\v2\x16.haybale.v1.VolumeInfoR\x06volume\"\x9a\x04\n" +
 	"\n" +
 	"VolumeInfo\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\x12-\n" +
@@ -2849,7 +2862,8 @@ const file_haybale_v1_store_proto_rawDesc = "" +
 	" \x03(\rR\n" +
 	"ecShardIds\x12(\n" +
 	"\x10ec_deleted_count\x18\v \x01(\x04R\x0eecDeletedCount\x12*\n" +
-	"\x11ec_journal_digest\x18\x10 \x01(\x06R\x0fecJournalDigestJ\x04\b\f\x10\x10\"\"\n" +
+	"\x11ec_journal_digest\x18\x10 \x01(\x06R\x0fecJournalDigest\x121\n" +
+	"\x15last_append_unix_nano\x18\x11 \x01(\x03R\x12lastAppendUnixNanoJ\x04\b\f\x10\x10\"\"\n" +
 	"\x0eCompactRequest\x12\x10\n" +
 	"\x03vid\x18\x01 \x01(\rR\x03vid\"\x9b\x02\n" +
 	"\x0fCompactResponse\x12.\n" +

@@ -72,7 +72,7 @@ func TestWireNumbers(t *testing.T) {
 		"VolumeInfo": {
 			"vid": 1, "state": 2, "read_only_reason": 3, "size_bytes": 4, "size_limit_bytes": 5,
 			"needle_count": 6, "deleted_bytes": 7, "compaction_generation": 8, "created_unix_nano": 9,
-			"ec_shard_ids": 10, "ec_deleted_count": 11, "ec_journal_digest": 16,
+			"ec_shard_ids": 10, "ec_deleted_count": 11, "ec_journal_digest": 16, "last_append_unix_nano": 17,
 		},
 	}
 	msgs := storepb.File_haybale_v1_store_proto.Messages()
