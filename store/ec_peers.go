@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/haybale/haybale/internal/dirconn"
 	"github.com/haybale/haybale/internal/pki"
 	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
@@ -19,7 +20,8 @@ import (
 
 // DirectoryShardPeersOptions configure DirectoryShardPeers.
 type DirectoryShardPeersOptions struct {
-	// DirectoryAddr is the directory's gRPC address. Required.
+	// DirectoryAddr is the directory's gRPC address, or the addresses of
+	// its nodes separated by commas. Required.
 	DirectoryAddr string
 	// Credentials secure the calls to the directory and the peer stores
 	// (this store's certificate on a TLS plane); nil means rpc.Insecure().
@@ -41,7 +43,7 @@ type DirectoryShardPeersOptions struct {
 // for concurrent use.
 type DirectoryShardPeers struct {
 	opts DirectoryShardPeersOptions
-	dir  *grpc.ClientConn
+	dir  *dirconn.Conn
 	mu   struct {
 		sync.Mutex
 		conns  map[string]*grpc.ClientConn
@@ -70,7 +72,9 @@ func NewDirectoryShardPeers(opts DirectoryShardPeersOptions) (*DirectoryShardPee
 		opts.Logger = slog.Default()
 	}
 	opts.Credentials = rpc.OrInsecure(opts.Credentials)
-	dir, err := rpc.Dial(opts.Credentials, opts.DirectoryAddr, []pki.Role{pki.RoleDirectory})
+	// Lookup is served by any directory node with fresh state; the
+	// connection moves to another node when one fails.
+	dir, err := dirconn.New(dirconn.Options{Addrs: []string{opts.DirectoryAddr}, Credentials: opts.Credentials, Logger: opts.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("store: directory %s: %w", opts.DirectoryAddr, err)
 	}

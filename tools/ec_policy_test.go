@@ -1,6 +1,7 @@
 package tools
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -234,8 +235,22 @@ func TestECEncodeThroughFollowers(t *testing.T) {
 		}
 		return nil
 	})
-	// The stores' degraded reads are not checked here: a store's shard
-	// peers dial the directory's address list as one address, so they do
-	// not find the holders in a directory cluster (see
-	// TestECPolicyEncodesQuietVolumes for reads after an encode).
+	// Every store serves every image of the volume, reading the shards it
+	// lacks from the holders the directory cluster names (its shard peers
+	// follow the cluster's nodes, not one address).
+	c.Eventually("every image of the EC volume from every store", func() error {
+		for _, s := range c.Stores {
+			for id, k := range ids {
+				if id.Vid != vid {
+					continue
+				}
+				for _, im := range onlineImages(k) {
+					if code, b := httpGet(t, s.HTTPAddr(), id, im.Size); code != http.StatusOK || !bytes.Equal(b, im.Data) {
+						return fmt.Errorf("%v/%v on %s: HTTP %d, %d bytes", id, im.Size, s.HTTPAddr(), code, len(b))
+					}
+				}
+			}
+		}
+		return nil
+	})
 }
