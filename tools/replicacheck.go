@@ -56,9 +56,9 @@ type ReplicaDifference struct {
 	// SizeCode is Size as a code (0xFFFFFFFF for "all").
 	SizeCode uint32 `json:"size_code"`
 	// Have and Lack are the store IDs that hold the needle or tombstone
-	// and those that do not (for DiffContent and DiffChecksum: the stores
-	// that hold each version, Have first; for DiffDamaged: Lack holds the
-	// damaged copies).
+	// and those that do not (for DiffContent and DiffChecksum: Have the
+	// stores holding the version most replicas hold, Lack the others; for
+	// DiffDamaged: Lack holds the damaged copies).
 	Have []string `json:"have"`
 	Lack []string `json:"lack"`
 	// Repaired says the repair wrote what was missing; RepairError why it
@@ -481,6 +481,9 @@ func compareKey(vid uint32, key uint64, reps []replica, views []*keyView) (diffs
 			diffs = append(diffs, ReplicaDifference{Vid: vid, Kind: DiffDamaged, Key: hex, Size: sizeName(s), SizeCode: s, Have: intact, Lack: damaged})
 		}
 		if len(order) > 1 {
+			// The version most replicas hold comes first (Have), the
+			// others after it, whatever order the directory lists them in.
+			slices.SortStableFunc(order, func(a, b [2]uint64) int { return cmp.Compare(len(versions[b]), len(versions[a])) })
 			kind := DiffChecksum
 			for _, ver := range order[1:] {
 				if ver[0] != order[0][0] {
