@@ -268,11 +268,13 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 	if oldIdx != nil {
 		oldIdx.Close()
 	}
+	v.markMu.Lock()
 	if s, _ := v.State(); s == StateReadOnly {
 		if err := vfs.WriteFileAtomic(v.opts.FS, readOnlyPath(v.dir, v.vid), []byte(sealedReason)); err == nil {
 			v.setState(StateSealed, sealedReason)
 		}
 	}
+	v.markMu.Unlock()
 	res.Generation = newSuper.Generation
 	res.SizeAfter = b.tail
 	res.Reclaimed = end - b.tail

@@ -292,6 +292,14 @@ func TestCompactSealsReadOnly(t *testing.T) {
 	if s, _ := v.State(); s != StateSealed {
 		t.Fatalf("compacted read-only volume is %v, want sealed", s)
 	}
+	// Marking a sealed volume read-only again keeps it sealed, across a
+	// restart too.
+	if err := v.MarkReadOnly(context.Background(), "again"); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := v.State(); s != StateSealed {
+		t.Fatalf("sealed volume marked read-only is %v", s)
+	}
 	v.Close()
 	v = reopen(t, fs, 33)
 	defer v.Close()

@@ -119,6 +119,10 @@ type Volume struct {
 		closed bool
 	}
 
+	// markMu serialises writes of the read-only marker file and the state
+	// changes that go with them (they share one temporary file name).
+	markMu sync.Mutex
+
 	state      atomic.Int32
 	reason     atomic.Pointer[string]
 	tail       atomic.Int64 // end of the last durable needle
@@ -270,13 +274,20 @@ func (v *Volume) fail(err error) {
 }
 
 // MarkReadOnly stops writes to the volume. The mark is kept in a marker
-// file, so it survives restarts. Marking a failed volume keeps it failed.
+// file, so it survives restarts. Marking a failed volume keeps it failed;
+// marking a sealed one changes nothing (it stays sealed). It is safe to
+// call concurrently.
 func (v *Volume) MarkReadOnly(ctx context.Context, reason string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if reason == "" {
 		reason = "marked read-only"
+	}
+	v.markMu.Lock()
+	defer v.markMu.Unlock()
+	if s, _ := v.State(); s == StateSealed {
+		return nil
 	}
 	if err := vfs.WriteFileAtomic(v.opts.FS, readOnlyPath(v.dir, v.vid), []byte(reason)); err != nil {
 		return fmt.Errorf("volume %d: mark read-only: %w", v.vid, err)

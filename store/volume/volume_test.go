@@ -510,6 +510,33 @@ func TestMarkReadOnlySurvivesRestart(t *testing.T) {
 	}
 }
 
+// TestMarkReadOnlyConcurrent: marks made at the same time (a heartbeat's
+// and an operator's) all succeed; they share the marker's temporary file.
+func TestMarkReadOnlyConcurrent(t *testing.T) {
+	v, err := Create(context.Background(), t.TempDir(), 12, Options{FS: vfs.Default})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for i := range 16 {
+		wg.Go(func() {
+			if err := v.MarkReadOnly(context.Background(), fmt.Sprintf("mark %d", i)); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if st, _ := v.State(); st != StateReadOnly {
+		t.Fatalf("state %v", st)
+	}
+}
+
 func TestOpenRejectsForeignFiles(t *testing.T) {
 	fs := memFS(t)
 	writeFile(t, fs, DatPath(testDir, 12), []byte("definitely not a volume superblock, and long enough to be read fully....."))
