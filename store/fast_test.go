@@ -8,8 +8,12 @@ import (
 	"net"
 	"net/http"
 	"reflect"
+	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 
+	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
 )
 
@@ -47,8 +51,34 @@ func rawAnswer(t *testing.T, addr, method, target string, hdr map[string]string)
 // store's handler, and wants the same status, headers (but Date) and
 // bodies from both: plain GETs and HEADs answered by the fast path, and
 // everything it hands to the handler.
+//
+// It runs over an in-memory file system (every read a pread into a pooled
+// buffer) and over the operating system's, with images of up to 300 KB:
+// there the volume file is mapped, the needles are in the page cache, and
+// the fast path answers from the mapping, the larger images with
+// sendfile.
 func TestFastPathAnswersAsNetHTTP(t *testing.T) {
-	f := newHTTPFixture(t)
+	t.Run("mem", func(t *testing.T) { testFastPathAnswersAsNetHTTP(t, newHTTPFixture(t)) })
+	t.Run("os", func(t *testing.T) {
+		f := newHTTPFixtureOn(t, vfs.Default, t.TempDir(), 128)
+		v := f.ts.srv.Store().mustVolume(t, 1)
+		if !v.Status().Mapped {
+			t.Fatal("the volume is not mapped")
+		}
+		testFastPathAnswersAsNetHTTP(t, f)
+		st := v.Status()
+		if st.MappedReads == 0 {
+			t.Errorf("no read was served from the mapping (%d preads)", st.Preads)
+		}
+		sent := scrapeCounter(t, f.ts.base, "haybale_store_http_bytes_sendfile_total")
+		if runtime.GOOS == "linux" && sent == 0 {
+			t.Error("no image was sent with sendfile")
+		}
+		t.Logf("%d mapped reads, %d preads, %.0f bytes sent with sendfile", st.MappedReads, st.Preads, sent)
+	})
+}
+
+func testFastPathAnswersAsNetHTTP(t *testing.T, f *httpFixture) {
 	ref := &http.Server{Handler: f.ts.srv.handler}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -71,6 +101,17 @@ func TestFastPathAnswersAsNetHTTP(t *testing.T) {
 			withExt := needle.ImagePath(p.id, s, "jpg")
 			reqs = append(reqs, request{http.MethodGet, p.path(s), nil}, request{http.MethodHead, p.path(s), nil},
 				request{http.MethodGet, withExt, nil}, request{http.MethodHead, withExt, nil})
+		}
+	}
+	// Bare sizes chosen by Accept, of a photo with WebP variants and of
+	// one without (which falls back to the size itself).
+	const chrome = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
+	for _, p := range []*photo{f.webp, f.jpeg} {
+		for _, s := range needle.PhotoSizes {
+			for _, accept := range []string{chrome, "image/webp;q=0", "image/jpeg", "IMAGE/WEBP ; q=0.5"} {
+				reqs = append(reqs, request{http.MethodGet, p.path(s), map[string]string{"Accept": accept}})
+			}
+			reqs = append(reqs, request{http.MethodHead, p.path(s), map[string]string{"Accept": chrome}})
 		}
 	}
 	wrongCookie := f.jpeg.id
@@ -119,6 +160,32 @@ func TestFastPathAnswersAsNetHTTP(t *testing.T) {
 	if n := f.corruptReports.Load(); n != 8 {
 		t.Errorf("%d corrupt reads reported, want 8 (a GET and a HEAD, bare and with an extension, on each server)", n)
 	}
+}
+
+// scrapeCounter returns the value of an unlabelled counter from a
+// server's /metrics.
+func scrapeCounter(t *testing.T, base, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in /metrics", name)
+	return 0
 }
 
 func clipBody(b []byte) []byte {
