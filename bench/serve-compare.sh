@@ -127,6 +127,9 @@ fi
 pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	# A store still exiting holds its directory's lock: the next run's
+	# store could not start.
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 	[ -f "$work/nginx/nginx.pid" ] && nginx -p "$work/nginx" -c "$work/nginx.conf" -s quit 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -138,10 +141,14 @@ start_store() {
 		--http $store_http --grpc $store_grpc --log-level warn >>"$work/store.log" 2>&1 &
 	store_pid=$!
 	pids+=("$store_pid")
-	for _ in $(seq 100); do
-		curl -sf "http://$store_http/readyz" >/dev/null 2>&1 && break
+	for _ in $(seq 300); do
+		curl -sf "http://$store_http/readyz" >/dev/null 2>&1 && return 0
+		kill -0 "$store_pid" 2>/dev/null || break
 		sleep 0.1
 	done
+	echo "serve-compare: the store did not become ready:" >&2
+	tail -5 "$work/store.log" >&2
+	exit 1
 }
 stop_store() {
 	kill "$store_pid" 2>/dev/null || true

@@ -21,14 +21,14 @@ import (
 // goroutine and a response writer per request, headers sorted and written
 // apart from the body) than the read and the checksum of the image. The
 // plain image GET or HEAD, which is nearly every request a store sees, is
-// answered here without allocating. A needle of a plain volume that is all
-// in the page cache is verified where it lies, through the volume file's
-// mapping (volume.ReadRef), and never copied into the process: an image of
-// sendfileMin bytes or more leaves with one write of the headers and one
-// sendfile(2) from the volume file, a smaller one with one write of the
-// headers and the image copied from the mapping. Any other needle (not
-// resident, or of an EC volume) is read with one pread and verified into a
-// pooled buffer, and fasthttp writes the headers and that buffer in one
+// answered here without allocating. A needle of a plain volume of
+// volume.MapMin bytes or more that is all in the page cache is verified
+// where it lies, through the volume file's mapping (volume.ReadRef), and
+// never copied into the process: an image of sendfileMin bytes or more
+// leaves with one write of the headers and one sendfile(2) from the volume
+// file, a smaller one with one write of the headers and the image copied
+// from the mapping. Any other needle (smaller, not resident, or of an EC
+// volume) is read with one pread and verified into a pooled buffer, and fasthttp writes the headers and that buffer in one
 // write, or one writev for an image larger than its write buffer. The
 // request holds the mapping (or the buffer) until its answer is written.
 // Everything else, which is every request with a conditional or

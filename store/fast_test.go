@@ -5,13 +5,16 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"reflect"
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
@@ -193,4 +196,63 @@ func clipBody(b []byte) []byte {
 		return b[:80]
 	}
 	return b
+}
+
+// TestFastPathSendfileSlowClient sends pipelined requests for a large
+// image (sent with sendfile), a thumbnail (written from the mapping) and
+// the large image again on one connection whose client reads slowly
+// through a small receive buffer, so that the socket fills and sendfile
+// has to wait for it: every answer arrives whole, in order, byte for
+// byte.
+func TestFastPathSendfileSlowClient(t *testing.T) {
+	ts := startServer(t, Options{Dir: t.TempDir(), FS: vfs.Default}, ServerOptions{})
+	ts.allocate(t, 1)
+	p := randomPhoto(rand.New(rand.NewPCG(3, 4)), 1, 0x77, 48<<10) // t: 48 KiB, l: 384 KiB
+	ts.writePhoto(t, p)
+	before := scrapeCounter(t, ts.base, "haybale_store_http_bytes_sendfile_total")
+
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	c, err := d.Dial("tcp", ts.srv.HTTPAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sizes := []needle.SizeCode{needle.SizeLarge, needle.SizeThumb, needle.SizeLarge}
+	var b bytes.Buffer
+	for _, s := range sizes {
+		fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: store\r\n\r\n", needle.ImagePath(p.id, s, "jpg"))
+	}
+	if _, err := c.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	// Let the server fill the socket before anything is read.
+	time.Sleep(100 * time.Millisecond)
+	br := bufio.NewReaderSize(c, 1024)
+	for i, s := range sizes {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, p.data[s]) {
+			t.Fatalf("answer %d (%v): status %d, %d bytes (want %d), equal %v, err %v",
+				i, s, resp.StatusCode, len(body), len(p.data[s]), bytes.Equal(body, p.data[s]), err)
+		}
+	}
+	sent := scrapeCounter(t, ts.base, "haybale_store_http_bytes_sendfile_total") - before
+	if len(p.data[needle.SizeThumb]) >= sendfileMin || len(p.data[needle.SizeLarge]) < sendfileMin {
+		t.Fatalf("the test wants a thumbnail under %d bytes and a large image over", sendfileMin)
+	}
+	if runtime.GOOS == "linux" && sent != float64(2*len(p.data[needle.SizeLarge])) {
+		t.Errorf("%.0f bytes sent with sendfile, want the two large answers' %d", sent, 2*len(p.data[needle.SizeLarge]))
+	}
 }

@@ -33,8 +33,8 @@ type httpFixture struct {
 	ts                          *testServer
 	jpeg, png, deleted, corrupt *photo
 	// webp has the four sizes and their WebP variants (fakeWebP).
-	webp *photo
-	corruptReports              atomic.Int64
+	webp           *photo
+	corruptReports atomic.Int64
 }
 
 func newHTTPFixture(t *testing.T) *httpFixture {
@@ -286,9 +286,10 @@ func TestHTTPCases(t *testing.T) {
 		"haybale_store_http_request_duration_seconds_bucket",
 		"haybale_store_http_bytes_served_total",
 		`haybale_store_volumes{state="writable"} 1`,
-		"haybale_store_images 12",
+		"haybale_store_images 20", // 3 photos of 4 sizes, one of 4 sizes and 4 WebP variants
+		"haybale_store_reads_total{kind=",
 		"haybale_store_image_bytes",
-		`haybale_store_grpc_requests_total{code="OK",method="/haybale.v1.Store/Write"} 4`,
+		`haybale_store_grpc_requests_total{code="OK",method="/haybale.v1.Store/Write"} 5`,
 	} {
 		if !bytes.Contains(metrics, []byte(want)) {
 			t.Errorf("/metrics lacks %s", want)

@@ -22,6 +22,14 @@ import (
 // Read: that reads exactly its pages in one request, where faults on the
 // mapping would read it a page at a time (the mapping is MADV_RANDOM, see
 // mapDat). Either way a read costs at most one disk read.
+//
+// A needle under MapMin bytes is read with pread in any case: asking
+// whether it is resident (a mincore call) and hashing it through the
+// mapping cost more than copying it (see bench/RESULTS.md, "Store GET").
+
+// MapMin is the smallest needle (header, data and footer, padded) that
+// ReadRef serves from the mapping; smaller ones cost one pread.
+const MapMin = 32 << 10
 
 // Ref is a verified needle returned by ReadRef. When Mapped is true its
 // Data aliases the volume's file mapping and stays valid until Release;
@@ -60,8 +68,9 @@ func (r *Ref) Release() {
 }
 
 // ReadRef returns the live needle for (key, size) if its cookie matches,
-// verified as by Read. A needle wholly in the page cache costs no pread
-// and no copy (Mapped is true); any other costs exactly one pread into buf
+// verified as by Read. A needle of MapMin bytes or more wholly in the page
+// cache costs no pread and no copy (Mapped is true); any other costs
+// exactly one pread into buf
 // (grown when too small and returned, as by Read). A damaged needle returns
 // an error for which IsCorruption is true, never its bytes.
 func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (Ref, []byte, error) {
@@ -76,7 +85,7 @@ func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (
 	}
 	start, n := int64(off)*needle.Alignment, int(length)*needle.Alignment
 	m := v.mu.dmap
-	if m != nil && m.covers(start, n) && m.resident(start, n) {
+	if m != nil && n >= MapMin && m.covers(start, n) && m.resident(start, n) {
 		nd, err := m.decode(v.format, start, n)
 		if !errors.Is(err, errMapFault) {
 			if err != nil {
