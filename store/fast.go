@@ -28,11 +28,12 @@ import (
 // leaves with one write of the headers and one sendfile(2) from the volume
 // file, a smaller one with one write of the headers and the image copied
 // from the mapping. Any other needle (smaller, not resident, or of an EC
-// volume) is read with one pread and verified into a pooled buffer, and fasthttp writes the headers and that buffer in one
-// write, or one writev for an image larger than its write buffer. The
-// request holds the mapping (or the buffer) until its answer is written.
-// Everything else, which is every request with a conditional or
-// Range header, any path that is not a plain /p/ path, and /healthz,
+// volume) is read with one pread and verified into a pooled buffer, and
+// fasthttp writes the headers and that buffer in one write, or one writev
+// for an image larger than its write buffer. The request holds the
+// mapping (or the buffer) until its answer is written. Everything else,
+// which is every request with a conditional or Range header, any path
+// that is not a plain /p/ path, and /healthz,
 // /readyz and /metrics, goes to httpHandler.ServeHTTP through fasthttp's
 // net/http adaptor, so its semantics are exactly those of the net/http
 // path. The answers of both paths carry the same headers and bodies (a
