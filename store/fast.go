@@ -21,7 +21,9 @@ import (
 // goroutine and a response writer per request, headers sorted and written
 // apart from the body) than the read and the checksum of the image. The
 // plain image GET or HEAD, which is nearly every request a store sees, is
-// answered here without allocating. A needle of a plain volume of
+// answered here with no allocation but the request path as a string (and,
+// for an answer sent with sendfile, the connection's raw handle). A
+// needle of a plain volume of
 // volume.MapMin bytes or more that is all in the page cache is verified
 // where it lies, through the volume file's mapping (volume.ReadRef), and
 // never copied into the process: an image of sendfileMin bytes or more
