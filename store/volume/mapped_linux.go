@@ -181,7 +181,13 @@ var errMapFault = errors.New("volume: fault reading the mapped file")
 // A fault on the mapping, which the runtime would otherwise turn into a
 // crash of the process (SIGBUS), is returned as errMapFault: the caller
 // then reads with pread, which reports an I/O error as an error.
-func (m *datMap) decode(f needle.Format, off int64, n int) (nd needle.Needle, err error) {
+func (m *datMap) decode(f needle.Format, off int64, n int) (needle.Needle, error) {
+	return m.decodeRaw(f.Decode, off, n)
+}
+
+// decodeRaw runs decode on [off, off+n) of the mapping, turning a fault
+// into errMapFault.
+func (m *datMap) decodeRaw(decode func([]byte) (needle.Needle, error), off int64, n int) (nd needle.Needle, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			if _, ok := r.(interface{ Addr() uintptr }); !ok {
@@ -191,5 +197,5 @@ func (m *datMap) decode(f needle.Format, off int64, n int) (nd needle.Needle, er
 		}
 	}()
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	return f.Decode(m.data[off : off+int64(n) : off+int64(n)])
+	return decode(m.data[off : off+int64(n) : off+int64(n)])
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -486,5 +487,30 @@ func BenchmarkVolumeReadCold(b *testing.B) {
 			b.ReportMetric(float64(disk)/float64(b.N), "disk-reads/read")
 			b.ReportMetric(float64(faults)/float64(b.N), "majflt/read")
 		})
+	}
+}
+
+// TestMappedFaultIsAnError: touching a mapped page the file does not back
+// (the file is shorter than the range read, as when the disk fails to page
+// it in) is returned as errMapFault, not a crash of the process.
+func TestMappedFaultIsAnError(t *testing.T) {
+	page := os.Getpagesize()
+	path := filepath.Join(t.TempDir(), "short")
+	if err := os.WriteFile(path, bytes.Repeat([]byte{7}, page), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := vfs.Default.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := mapDat(f, int64(3*page))
+	if err != nil || m == nil {
+		t.Fatalf("map: %v", err)
+	}
+	defer m.release()
+	// A decoder that reads the third page, which no byte of the file backs.
+	if _, err := m.decodeRaw(func(b []byte) (needle.Needle, error) { return needle.Needle{Key: uint64(b[2*page])}, nil }, 0, 3*page); !errors.Is(err, errMapFault) {
+		t.Fatalf("reading a page past the end of the file: %v, want errMapFault", err)
 	}
 }
