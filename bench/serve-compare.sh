@@ -14,9 +14,11 @@
 # Rows: the mix of all four sizes, uniform and Zipf, at 16 and 64
 # connections; thumbnails only and large images only, at 64.
 #
-# With -c it also compares cold reads: the volume files are dropped from
-# the page cache (posix_fadvise DONTNEED, through dd iflag=nocache) before
-# each run; wrk GETs images for 5 s in a random order that repeats none,
+# With -c it also compares cold reads: the store is restarted and the
+# volume files are dropped from the page cache (posix_fadvise DONTNEED,
+# through dd iflag=nocache) before each run (a process's own mapping keeps
+# the pages it touched cached through DONTNEED; the store is stopped before
+# fio runs); wrk GETs images for 5 s in a random order that repeats none,
 # then fio --rw=randread makes as many reads over the same volume files,
 # with the mean sizes of the four image sizes (bssplit) and the same queue
 # depth (psync, one job per connection).
@@ -125,20 +127,35 @@ fi
 pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	# A store still exiting holds its directory's lock: the next run's
+	# store could not start.
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 	[ -f "$work/nginx/nginx.pid" ] && nginx -p "$work/nginx" -c "$work/nginx.conf" -s quit 2>/dev/null || true
 }
 trap cleanup EXIT
 
 # The store, on the work directory's data (loaded now or earlier).
 [ -f "$work/secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/secret"
-"$bin" store --insecure --secret-file "$work/secret" --dir "$work/data" \
-	--http $store_http --grpc $store_grpc --log-level warn >"$work/store.log" 2>&1 &
-store_pid=$!
-pids+=("$store_pid")
-for _ in $(seq 100); do
-	curl -sf "http://$store_http/readyz" >/dev/null 2>&1 && break
-	sleep 0.1
-done
+start_store() {
+	"$bin" store --insecure --secret-file "$work/secret" --dir "$work/data" \
+		--http $store_http --grpc $store_grpc --log-level warn >>"$work/store.log" 2>&1 &
+	store_pid=$!
+	pids+=("$store_pid")
+	for _ in $(seq 300); do
+		curl -sf "http://$store_http/readyz" >/dev/null 2>&1 && return 0
+		kill -0 "$store_pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "serve-compare: the store did not become ready:" >&2
+	tail -5 "$work/store.log" >&2
+	exit 1
+}
+stop_store() {
+	kill "$store_pid" 2>/dev/null || true
+	wait "$store_pid" 2>/dev/null || true
+}
+: >"$work/store.log"
+start_store
 if [ ! -f "$work/manifest.txt" ]; then
 	echo "loading $photos photos x 4 sizes (and exporting them to $work/static)"
 	"$bin" bench store-get --insecure --secret-file "$work/secret" --grpc $store_grpc \
@@ -253,10 +270,17 @@ echo "|---|---|---|---|"
 for qd in 16 64; do
 	s_all="" f_all=""
 	for rep in $(seq "$reps"); do
+		# A fresh store each time: pages a process has mapped and touched
+		# stay cached through posix_fadvise(DONTNEED), so a store that
+		# served warm runs from its mapping would not start cold, and
+		# neither would fio after it.
+		stop_store
 		drop_cache
+		start_store
 		out=$(PATHS=paths-cold.txt wrk -t2 -c$qd -d5s -s "$here/wrk-paths.lua" "http://$store_http")
 		s=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
 		n=$(echo "$out" | awk '/requests in/ {print $1}')
+		stop_store
 		drop_cache
 		f=$(fio --name=cold --filename="$files" --rw=randread --bssplit="$bssplit" --ioengine=psync \
 			--numjobs=$qd --thread --group_reporting --randrepeat=0 --number_ios=$((n / qd + 1)) \

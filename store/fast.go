@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"time"
+	"unsafe"
 
 	"github.com/valyala/fasthttp"
 
@@ -20,12 +21,21 @@ import (
 // goroutine and a response writer per request, headers sorted and written
 // apart from the body) than the read and the checksum of the image. The
 // plain image GET or HEAD, which is nearly every request a store sees, is
-// answered here without allocating: the needle is read (one pread) and
-// verified into a pooled buffer, and fasthttp writes the headers and that
-// buffer in one write, or one writev for an image larger than its write
-// buffer. Everything else, which is every request with a conditional or
-// Range header, a bare size whose needle the Accept header chooses, any
-// path that is not a plain /p/ path, and /healthz,
+// answered here with no allocation but the request path as a string (and,
+// for an answer sent with sendfile, the connection's raw handle). A
+// needle of a plain volume of
+// volume.MapMin bytes or more that is all in the page cache is verified
+// where it lies, through the volume file's mapping (volume.ReadRef), and
+// never copied into the process: an image of sendfileMin bytes or more
+// leaves with one write of the headers and one sendfile(2) from the volume
+// file, a smaller one with one write of the headers and the image copied
+// from the mapping. Any other needle (smaller, not resident, or of an EC
+// volume) is read with one pread and verified into a pooled buffer, and
+// fasthttp writes the headers and that buffer in one write, or one writev
+// for an image larger than its write buffer. The request holds the
+// mapping (or the buffer) until its answer is written. Everything else,
+// which is every request with a conditional or Range header, any path
+// that is not a plain /p/ path, and /healthz,
 // /readyz and /metrics, goes to httpHandler.ServeHTTP through fasthttp's
 // net/http adaptor, so its semantics are exactly those of the net/http
 // path. The answers of both paths carry the same headers and bodies (a
@@ -54,6 +64,12 @@ var (
 	}()
 )
 
+// sendfileMin is the smallest image the fast path sends with sendfile(2)
+// from the volume file; smaller ones are copied with the headers into one
+// write, which costs less than a second system call and a packet of
+// headers of their own (see bench/RESULTS.md, "Store GET").
+const sendfileMin = 64 << 10
+
 // readBufKey is the request user value under which a read buffer waits
 // for the answer written from it.
 type readBufKey struct{}
@@ -79,15 +95,27 @@ func (h *httpHandler) serveFast(ctx *fasthttp.RequestCtx) bool {
 	if err != nil {
 		return false // the 400 answer names the error; net/http writes it
 	}
-	if imagehttp.Choose(nil, size, ext).Vary {
-		// A bare size chosen by Accept, answered with "Vary: Accept":
-		// net/http's path makes the choice.
-		return false
+	choice := imagehttp.Choose(nil, size, ext)
+	if choice.Vary {
+		// A bare size, chosen by Accept: its WebP variant when the
+		// request accepts WebP (the size itself when the photo has none),
+		// as imagehttp.Choose does for net/http.
+		for _, v := range ctx.Request.Header.PeekAll("Accept") {
+			// The string only lives for the call.
+			if imagehttp.AcceptValueWebP(unsafe.String(unsafe.SliceData(v), len(v))) {
+				choice.Size, _ = size.WebP()
+				break
+			}
+		}
 	}
 	start := time.Now()
-	code := h.readFast(ctx, id, size)
+	code := h.readFast(ctx, id, choice)
 	if code == declined {
 		return false
+	}
+	if choice.Vary {
+		// On every answer, failures included, as on the net/http path.
+		ctx.Response.Header.SetCanonical(imagehttp.RawVary, imagehttp.RawAccept)
 	}
 	h.srv.metrics.countStatus(code)
 	h.srv.metrics.latency.Observe(time.Since(start).Seconds())
@@ -102,7 +130,8 @@ const declined = -1
 // answerRead do on the net/http path, from a plain or an EC volume. A
 // needle whose content type is not an image type is declined: the
 // net/http path answers it as corrupt, never as an image.
-func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, size needle.SizeCode) int {
+func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, choice imagehttp.Choice) int {
+	size := choice.Size
 	v, err := h.srv.store.Volume(id.Vid)
 	var ev *volume.ECVolume
 	if errors.Is(err, ErrVolumeNotHere) {
@@ -116,18 +145,33 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, size
 	}
 	rb := h.pools[sizePool(size)].Get().(*readBuf)
 	var n needle.Needle
-	var buf []byte
-	if ev != nil {
-		// Not ctx itself: a fasthttp RequestCtx is reused once the handler
-		// returns, and a context derived from it would outlive it. A
-		// degraded read is bounded as a net/http answer is.
-		rctx, cancel := context.WithTimeout(context.Background(), h.srv.opts.WriteTimeout)
-		n, buf, err = ev.Read(rctx, id.Key, id.Cookie, size, rb.b)
-		cancel()
-	} else {
-		n, buf, err = v.Read(id.Key, id.Cookie, size, rb.b)
+	read := func(size needle.SizeCode) error {
+		var buf []byte
+		var err error
+		if ev != nil {
+			// Not ctx itself: a fasthttp RequestCtx is reused once the
+			// handler returns, and a context derived from it would
+			// outlive it. A degraded read is bounded as a net/http
+			// answer is.
+			rctx, cancel := context.WithTimeout(context.Background(), h.srv.opts.WriteTimeout)
+			n, buf, err = ev.Read(rctx, id.Key, id.Cookie, size, rb.b)
+			cancel()
+		} else {
+			// From the page cache without a copy when the needle is
+			// resident (rb then holds the mapping until the answer is
+			// written), or with one pread into rb.
+			rb.ref, buf, err = v.ReadRef(id.Key, id.Cookie, size, rb.b)
+			n = rb.ref.Needle
+		}
+		rb.keep(buf)
+		return err
 	}
-	rb.keep(buf)
+	err = read(size)
+	if errors.Is(err, volume.ErrNotFound) && choice.Fallback != size {
+		// A photo stored without its WebP variant: serve the size itself.
+		size = choice.Fallback
+		err = read(size)
+	}
 	switch {
 	case err == nil:
 		if mimeBytes[n.ContentType] == nil || !imagehttp.IsImageContentType(hdrMIME[n.ContentType][0]) {
@@ -167,11 +211,25 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, size
 	hdr.SetCanonical(imagehttp.RawAcceptRanges, imagehttp.RawBytes)
 	hdr.SetCanonical(imagehttp.RawNoSniffName, imagehttp.RawNoSniff)
 	hdr.SetContentTypeBytes(mimeBytes[n.ContentType])
-	// The body is written from the pooled buffer after this returns; the
-	// request closes rb (returning it to its pool) when it is reset for
-	// the next request on the connection, or released.
-	ctx.Response.SetBodyRaw(n.Data)
+	// The body is written after this returns, from the pooled buffer or
+	// the volume file; the request closes rb (releasing the file's mapping
+	// and returning rb to its pool) when it is reset for the next request
+	// on the connection, or released.
 	ctx.SetUserValue(readBufKey{}, rb)
+	if fd, off, ok := rb.ref.Source(); ok && len(n.Data) >= sendfileMin && !ctx.IsHead() {
+		if rc := rawConn(ctx.Conn()); rc != nil {
+			rb.send = sendBody{conn: rc, fd: fd, off: off, n: int64(len(n.Data))}
+			ctx.Response.ImmediateHeaderFlush = true
+			ctx.Response.SetBodyStream(&rb.send, len(n.Data))
+			h.srv.metrics.bytesServed.Add(float64(len(n.Data)))
+			h.srv.metrics.bytesSent.Add(float64(len(n.Data)))
+			return http.StatusOK
+		}
+	}
+	// Headers and body leave in one write (or one writev when the body
+	// is larger than the connection's write buffer), from the mapping
+	// when the needle was resident.
+	ctx.Response.SetBodyRaw(n.Data)
 	if !ctx.IsHead() {
 		h.srv.metrics.bytesServed.Add(float64(len(n.Data)))
 	}

@@ -5,11 +5,18 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"reflect"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
 )
 
@@ -47,8 +54,34 @@ func rawAnswer(t *testing.T, addr, method, target string, hdr map[string]string)
 // store's handler, and wants the same status, headers (but Date) and
 // bodies from both: plain GETs and HEADs answered by the fast path, and
 // everything it hands to the handler.
+//
+// It runs over an in-memory file system (every read a pread into a pooled
+// buffer) and over the operating system's, with images of up to 300 KB:
+// there the volume file is mapped, the needles are in the page cache, and
+// the fast path answers from the mapping, the larger images with
+// sendfile.
 func TestFastPathAnswersAsNetHTTP(t *testing.T) {
-	f := newHTTPFixture(t)
+	t.Run("mem", func(t *testing.T) { testFastPathAnswersAsNetHTTP(t, newHTTPFixture(t)) })
+	t.Run("os", func(t *testing.T) {
+		f := newHTTPFixtureOn(t, vfs.Default, t.TempDir(), 128)
+		v := f.ts.srv.Store().mustVolume(t, 1)
+		if !v.Status().Mapped {
+			t.Fatal("the volume is not mapped")
+		}
+		testFastPathAnswersAsNetHTTP(t, f)
+		st := v.Status()
+		if st.MappedReads == 0 {
+			t.Errorf("no read was served from the mapping (%d preads)", st.Preads)
+		}
+		sent := scrapeCounter(t, f.ts.base, "haybale_store_http_bytes_sendfile_total")
+		if runtime.GOOS == "linux" && sent == 0 {
+			t.Error("no image was sent with sendfile")
+		}
+		t.Logf("%d mapped reads, %d preads, %.0f bytes sent with sendfile", st.MappedReads, st.Preads, sent)
+	})
+}
+
+func testFastPathAnswersAsNetHTTP(t *testing.T, f *httpFixture) {
 	ref := &http.Server{Handler: f.ts.srv.handler}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -71,6 +104,17 @@ func TestFastPathAnswersAsNetHTTP(t *testing.T) {
 			withExt := needle.ImagePath(p.id, s, "jpg")
 			reqs = append(reqs, request{http.MethodGet, p.path(s), nil}, request{http.MethodHead, p.path(s), nil},
 				request{http.MethodGet, withExt, nil}, request{http.MethodHead, withExt, nil})
+		}
+	}
+	// Bare sizes chosen by Accept, of a photo with WebP variants and of
+	// one without (which falls back to the size itself).
+	const chrome = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
+	for _, p := range []*photo{f.webp, f.jpeg} {
+		for _, s := range needle.PhotoSizes {
+			for _, accept := range []string{chrome, "image/webp;q=0", "image/jpeg", "IMAGE/WEBP ; q=0.5"} {
+				reqs = append(reqs, request{http.MethodGet, p.path(s), map[string]string{"Accept": accept}})
+			}
+			reqs = append(reqs, request{http.MethodHead, p.path(s), map[string]string{"Accept": chrome}})
 		}
 	}
 	wrongCookie := f.jpeg.id
@@ -121,9 +165,94 @@ func TestFastPathAnswersAsNetHTTP(t *testing.T) {
 	}
 }
 
+// scrapeCounter returns the value of an unlabelled counter from a
+// server's /metrics.
+func scrapeCounter(t *testing.T, base, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in /metrics", name)
+	return 0
+}
+
 func clipBody(b []byte) []byte {
 	if len(b) > 80 {
 		return b[:80]
 	}
 	return b
+}
+
+// TestFastPathSendfileSlowClient sends pipelined requests for a large
+// image (sent with sendfile), a thumbnail (written from the mapping) and
+// the large image again on one connection whose client reads slowly
+// through a small receive buffer, so that the socket fills and sendfile
+// has to wait for it: every answer arrives whole, in order, byte for
+// byte.
+func TestFastPathSendfileSlowClient(t *testing.T) {
+	ts := startServer(t, Options{Dir: t.TempDir(), FS: vfs.Default}, ServerOptions{})
+	ts.allocate(t, 1)
+	p := randomPhoto(rand.New(rand.NewPCG(3, 4)), 1, 0x77, 48<<10) // t: 48 KiB, l: 384 KiB
+	ts.writePhoto(t, p)
+	before := scrapeCounter(t, ts.base, "haybale_store_http_bytes_sendfile_total")
+
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	c, err := d.Dial("tcp", ts.srv.HTTPAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sizes := []needle.SizeCode{needle.SizeLarge, needle.SizeThumb, needle.SizeLarge}
+	var b bytes.Buffer
+	for _, s := range sizes {
+		fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: store\r\n\r\n", needle.ImagePath(p.id, s, "jpg"))
+	}
+	if _, err := c.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	// Let the server fill the socket before anything is read.
+	time.Sleep(100 * time.Millisecond)
+	br := bufio.NewReaderSize(c, 1024)
+	for i, s := range sizes {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, p.data[s]) {
+			t.Fatalf("answer %d (%v): status %d, %d bytes (want %d), equal %v, err %v",
+				i, s, resp.StatusCode, len(body), len(p.data[s]), bytes.Equal(body, p.data[s]), err)
+		}
+	}
+	sent := scrapeCounter(t, ts.base, "haybale_store_http_bytes_sendfile_total") - before
+	if len(p.data[needle.SizeThumb]) >= sendfileMin || len(p.data[needle.SizeLarge]) < sendfileMin {
+		t.Fatalf("the test wants a thumbnail under %d bytes and a large image over", sendfileMin)
+	}
+	if runtime.GOOS == "linux" && sent != float64(2*len(p.data[needle.SizeLarge])) {
+		t.Errorf("%.0f bytes sent with sendfile, want the two large answers' %d", sent, 2*len(p.data[needle.SizeLarge]))
+	}
 }

@@ -80,6 +80,10 @@ func sizePool(size needle.SizeCode) int {
 type readBuf struct {
 	b    []byte
 	pool *sync.Pool
+	// ref holds the volume file's mapping while an answer is written
+	// from it (fast path); send is that answer's sendfile body.
+	ref  volume.Ref
+	send sendBody
 }
 
 // keep takes buf, which a read returned in place of rb.b, when it grew.
@@ -89,8 +93,11 @@ func (rb *readBuf) keep(buf []byte) {
 	}
 }
 
-// Close returns rb to its pool.
+// Close releases the mapping rb's answer was written from, if any, and
+// returns rb to its pool.
 func (rb *readBuf) Close() error {
+	rb.ref.Release()
+	rb.send = sendBody{}
 	rb.pool.Put(rb)
 	return nil
 }

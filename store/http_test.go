@@ -32,14 +32,22 @@ import (
 type httpFixture struct {
 	ts                          *testServer
 	jpeg, png, deleted, corrupt *photo
-	corruptReports              atomic.Int64
+	// webp has the four sizes and their WebP variants (fakeWebP).
+	webp           *photo
+	corruptReports atomic.Int64
 }
 
 func newHTTPFixture(t *testing.T) *httpFixture {
 	t.Helper()
-	fs := vfs.NewMem()
+	return newHTTPFixtureOn(t, vfs.NewMem(), "/data", 1)
+}
+
+// newHTTPFixtureOn is newHTTPFixture with the store's volumes in dir on
+// fs, and images scale times larger.
+func newHTTPFixtureOn(t *testing.T, fs vfs.FS, dir string, scale int) *httpFixture {
+	t.Helper()
 	f := &httpFixture{}
-	f.ts = startServer(t, Options{Dir: "/data", FS: fs}, ServerOptions{
+	f.ts = startServer(t, Options{Dir: dir, FS: fs}, ServerOptions{
 		OnCorrupt: func(vid uint32, key uint64, size needle.SizeCode, err error) {
 			if vid == 1 && key == f.corrupt.id.Key && size == needle.SizeMedium && volume.IsCorruption(err) {
 				f.corruptReports.Add(1)
@@ -48,19 +56,34 @@ func newHTTPFixture(t *testing.T) *httpFixture {
 	})
 	f.ts.allocate(t, 1)
 	r := rand.New(rand.NewPCG(5, 6))
-	f.jpeg = randomPhoto(r, 1, 0x1f4a9, 300)
-	f.png = randomPhoto(r, 1, 0x1f4aa, 200)
+	f.jpeg = randomPhoto(r, 1, 0x1f4a9, 300*scale)
+	f.png = randomPhoto(r, 1, 0x1f4aa, 200*scale)
 	f.png.ctype = needle.TypePNG
-	f.deleted = randomPhoto(r, 1, 0x1f4ab, 100)
-	f.corrupt = randomPhoto(r, 1, 0x1f4ac, 100)
+	f.deleted = randomPhoto(r, 1, 0x1f4ab, 100*scale)
+	f.corrupt = randomPhoto(r, 1, 0x1f4ac, 100*scale)
 	for _, p := range []*photo{f.jpeg, f.png, f.deleted, f.corrupt} {
 		f.ts.writePhoto(t, p)
+	}
+	f.webp = randomPhoto(r, 1, 0x1f4ad, 150*scale)
+	req := &storepb.WriteRequest{Vid: 1}
+	for i, d := range f.webp.data {
+		req.Needles = append(req.Needles, &storepb.Needle{
+			Key: f.webp.id.Key, Cookie: f.webp.id.Cookie, SizeCode: uint32(i), ContentType: uint32(needle.TypeJPEG), Data: d,
+		})
+	}
+	for i, size := range needle.WebPSizes {
+		req.Needles = append(req.Needles, &storepb.Needle{
+			Key: f.webp.id.Key, Cookie: f.webp.id.Cookie, SizeCode: uint32(size), ContentType: uint32(needle.TypeWebP), Data: fakeWebP(byte(i), (120*scale)<<i),
+		})
+	}
+	if _, err := f.ts.client.Write(context.Background(), req); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := f.ts.srv.Store().mustVolume(t, 1).Delete(context.Background(), f.deleted.id.Key, f.deleted.id.Cookie, needle.SizeAll); err != nil {
 		t.Fatal(err)
 	}
 	// Flip one data byte of the corrupt photo's medium size, on disk.
-	dat, err := fs.OpenReadWrite(volume.DatPath("/data", 1))
+	dat, err := fs.OpenReadWrite(volume.DatPath(dir, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,9 +286,10 @@ func TestHTTPCases(t *testing.T) {
 		"haybale_store_http_request_duration_seconds_bucket",
 		"haybale_store_http_bytes_served_total",
 		`haybale_store_volumes{state="writable"} 1`,
-		"haybale_store_images 12",
+		"haybale_store_images 20", // 3 photos of 4 sizes, one of 4 sizes and 4 WebP variants
+		"haybale_store_reads_total{kind=",
 		"haybale_store_image_bytes",
-		`haybale_store_grpc_requests_total{code="OK",method="/haybale.v1.Store/Write"} 4`,
+		`haybale_store_grpc_requests_total{code="OK",method="/haybale.v1.Store/Write"} 5`,
 	} {
 		if !bytes.Contains(metrics, []byte(want)) {
 			t.Errorf("/metrics lacks %s", want)

@@ -24,6 +24,7 @@ type metrics struct {
 	byStatus     map[int]prometheus.Counter
 	latency      prometheus.Histogram
 	bytesServed  prometheus.Counter
+	bytesSent    prometheus.Counter // of bytesServed, those sent with sendfile
 	corruptReads prometheus.Counter
 	grpcRequests *prometheus.CounterVec // by method and code
 }
@@ -55,6 +56,10 @@ func newMetrics(st *Store) (*metrics, error) {
 		Name: "haybale_store_http_bytes_served_total",
 		Help: "Image body bytes sent to clients.",
 	})
+	m.bytesSent = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "haybale_store_http_bytes_sendfile_total",
+		Help: "Of the image body bytes sent, those sent from the volume file with sendfile, never copied through the process.",
+	})
 	m.corruptReads = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "haybale_store_corrupt_reads_total",
 		Help: "Reads whose stored bytes failed verification (never served).",
@@ -64,7 +69,7 @@ func newMetrics(st *Store) (*metrics, error) {
 		Help: "gRPC calls answered, by method and status code.",
 	}, []string{"method", "code"})
 	for _, c := range []prometheus.Collector{
-		m.requests, m.latency, m.bytesServed, m.corruptReads, m.grpcRequests,
+		m.requests, m.latency, m.bytesServed, m.bytesSent, m.corruptReads, m.grpcRequests,
 		volumeCollector{st},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -103,6 +108,9 @@ var (
 	descECReads = prometheus.NewDesc("haybale_store_ec_reads_total",
 		"Needle reads of erasure-coded volumes, by kind: all, straddling (two preads: the needle crosses a block), degraded (bytes rebuilt from other shards), unrecoverable.",
 		[]string{"kind"}, nil)
+	descReads = prometheus.NewDesc("haybale_store_reads_total",
+		"Image reads of (not erasure-coded) volumes, by how they read: mapped (verified and served from the page cache through the file mapping, no pread), pread (one pread: the needle was not all in the page cache, or the file system cannot map).",
+		[]string{"kind"}, nil)
 	descECShards = prometheus.NewDesc("haybale_store_ec_shards",
 		"Shards of erasure-coded volumes held by this store and readable.", nil, nil)
 )
@@ -115,6 +123,7 @@ func (c volumeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descVolumeBytes
 	ch <- descDeletedBytes
 	ch <- descECReads
+	ch <- descReads
 	ch <- descECShards
 }
 
@@ -124,10 +133,12 @@ func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range []volume.State{volume.StateWritable, volume.StateReadOnly, volume.StateSealed, volume.StateFailed} {
 		states[s.String()] = 0
 	}
-	var images, live, size, deleted float64
+	var images, live, size, deleted, mapped, preads float64
 	for _, v := range c.st.Volumes() {
 		s := v.Status()
 		states[s.State.String()]++
+		mapped += float64(s.MappedReads)
+		preads += float64(s.Preads)
 		images += float64(s.Images)
 		live += float64(s.LiveBytes)
 		size += float64(s.Size)
@@ -151,6 +162,13 @@ func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
 		m, err := prometheus.NewConstMetric(descECReads, prometheus.CounterValue, n, kind)
 		if err != nil {
 			m = prometheus.NewInvalidMetric(descECReads, err)
+		}
+		ch <- m
+	}
+	for kind, n := range map[string]float64{"mapped": mapped, "pread": preads} {
+		m, err := prometheus.NewConstMetric(descReads, prometheus.CounterValue, n, kind)
+		if err != nil {
+			m = prometheus.NewInvalidMetric(descReads, err)
 		}
 		ch <- m
 	}

@@ -5,8 +5,11 @@
 //
 // # HTTP
 //
-// GET and HEAD /p/<photo ID>/<size>[.<ext>] cost one pread into a buffer
-// pooled per size code. 200 answers carry Content-Type (from the needle),
+// GET and HEAD /p/<photo ID>/<size>[.<ext>] cost at most one disk read: a
+// plain GET or HEAD of a needle of volume.MapMin bytes or more that is
+// all in the page cache is verified through the volume file's mapping and
+// sent from it, with sendfile from 64 KiB (store/fast.go); any other read
+// costs one pread into a buffer pooled per size code. 200 answers carry Content-Type (from the needle),
 // Content-Length, ETag (the quoted 16-digit hex checksum), Last-Modified
 // (the append time), Cache-Control: public, max-age=31536000, immutable
 // and Accept-Ranges: bytes. Preconditions follow RFC 9110 (If-Match,

@@ -20,6 +20,8 @@ var (
 	RawCacheNotFound   = []byte(CacheControlNotFound)
 	RawJSONContentType = []byte("application/json")
 	RawErrorHeaderName = []byte(ErrorHeader)
+	RawVary            = []byte("Vary")
+	RawAccept          = []byte("Accept")
 )
 
 // ConditionalHeaders are the request headers that make an image request

@@ -66,16 +66,26 @@ func (c Choice) SetVary(w http.ResponseWriter) {
 // quality above zero.
 func AcceptsWebP(h http.Header) bool {
 	for _, v := range h["Accept"] {
-		for v != "" {
-			var item string
-			item, v, _ = strings.Cut(v, ",")
-			mediaType, params, _ := strings.Cut(item, ";")
-			if !strings.EqualFold(strings.TrimSpace(mediaType), "image/webp") {
-				continue
-			}
-			if qualityAboveZero(params) {
-				return true
-			}
+		if AcceptValueWebP(v) {
+			return true
+		}
+	}
+	return false
+}
+
+// AcceptValueWebP reports whether one Accept header value lists image/webp
+// with a quality above zero; a request accepts WebP when any of its Accept
+// headers does (AcceptsWebP).
+func AcceptValueWebP(v string) bool {
+	for v != "" {
+		var item string
+		item, v, _ = strings.Cut(v, ",")
+		mediaType, params, _ := strings.Cut(item, ";")
+		if !strings.EqualFold(strings.TrimSpace(mediaType), "image/webp") {
+			continue
+		}
+		if qualityAboveZero(params) {
+			return true
 		}
 	}
 	return false

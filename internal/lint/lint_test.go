@@ -32,7 +32,7 @@ var allowed = map[string]rule{
 	"internal/rpc":                 {project: []string{"internal/pki"}, thirdParty: []string{"google.golang.org/grpc"}},
 	"internal/rpc/rpctest":         {project: []string{"internal/pki", "internal/rpc"}},
 	"internal/dirconn":             {project: []string{"internal/pki", "internal/rpc"}, thirdParty: []string{"google.golang.org/grpc", "google.golang.org/genproto/googleapis/rpc/errdetails"}},
-	"store/volume":                 {project: []string{"needle", "internal/vfs"}, thirdParty: []string{"github.com/klauspost/reedsolomon", "github.com/google/btree", "github.com/cespare/xxhash/v2"}, noNetwork: true},
+	"store/volume":                 {project: []string{"needle", "internal/vfs"}, thirdParty: []string{"github.com/klauspost/reedsolomon", "github.com/google/btree", "github.com/cespare/xxhash/v2", "golang.org/x/sys/unix"}, noNetwork: true},
 	"resizer":                      {project: []string{"internal/thumbhash"}, thirdParty: []string{"github.com/disintegration/imaging", "golang.org/x/image", "golang.org/x/sync/semaphore", "github.com/gen2brain/heic", "github.com/gen2brain/avif", "github.com/gen2brain/webp"}, noNetwork: true},
 	"internal/thumbhash":           {noNetwork: true},
 	"proto":                        {},

@@ -77,3 +77,12 @@ func (osFS) List(dir string) ([]string, error) {
 	sort.Strings(names)
 	return names, nil
 }
+
+// OSFile returns the *os.File under a File of the operating system's file
+// system (Default), for the uses the File interface does not cover, such
+// as mapping it into memory; ok is false for any other File (MemFS, a
+// wrapping FS).
+func OSFile(f File) (file *os.File, ok bool) {
+	o, ok := f.(osFile)
+	return o.File, ok
+}

@@ -249,21 +249,31 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 		// this process can go on with the new ones.
 		v.fail(fmt.Errorf("sync directory after compaction swap: %w", err))
 	}
+	newMap := v.mapCurrent(b.dat, b.tail)
 	v.mu.Lock()
 	if v.mu.closed {
 		// Close cannot run while this holds the round lock, so this is
 		// only defensive; the new files stay in place and are complete.
 		v.mu.Unlock()
+		if newMap != nil {
+			newMap.release()
+		}
 		return res, ErrClosed
 	}
-	oldDat, oldIdx := v.dat, v.idx
+	oldDat, oldIdx, oldMap := v.dat, v.idx, v.mu.dmap
 	v.dat, v.idx, v.idxBytes, v.idxErr = b.dat, b.idx, b.idxBytes, nil
+	v.mu.dmap = newMap
 	v.mu.index = b.ix
 	v.super = newSuper
 	v.tail.Store(b.tail)
 	v.needles.Store((b.idxBytes - idxRecordSize) / idxRecordSize)
 	v.mu.Unlock()
 	b.dat, b.idx = nil, nil // now owned by the volume
+	if oldMap != nil {
+		// The old generation stays mapped until the answers being written
+		// from it release their Refs.
+		oldMap.release()
+	}
 	oldDat.Close()
 	if oldIdx != nil {
 		oldIdx.Close()

@@ -127,6 +127,22 @@
 // and cookie. Damaged bytes yield an error for which IsCorruption is true
 // and are never returned; a wrong cookie reads exactly like a missing image.
 //
+// ReadRef, the serving path, checks the same and costs at most one disk
+// read as well, but copies nothing when it can: on Linux each generation of
+// the .dat is mapped read-only (shared, MADV_RANDOM) over the volume's
+// whole possible extent, with a read-only file description of its own
+// (marked POSIX_FADV_RANDOM). A needle whose pages are all in the page
+// cache (mincore) is verified where it lies in the mapping and returned as
+// a Ref: its bytes, and the descriptor and offset from which a server
+// sends them with sendfile. Any other needle is read with one pread on
+// that descriptor, which reads exactly its pages (no readahead), into the
+// caller's buffer; faults on the mapping never read the disk on purpose.
+// A Ref holds its generation's mapping and descriptor: a compaction's swap
+// or Close drops the volume's hold, and the last Ref released unmaps and
+// closes, so bytes are never pulled from under an answer being written.
+// A fault on the mapping (an I/O error) is caught and the read retried
+// with pread, which reports it as an error.
+//
 // # Erasure-coded volumes
 //
 // A sealed volume can be turned into an erasure-coded (EC) volume: the bytes

@@ -117,6 +117,9 @@ type Volume struct {
 		sync.RWMutex
 		index  *index
 		closed bool
+		// dmap maps the current .dat for ReadRef; nil where the file
+		// system cannot map (then reads use pread). See mapped_linux.go.
+		dmap *datMap
 	}
 
 	// markMu serialises writes of the read-only marker file and the state
@@ -133,6 +136,9 @@ type Volume struct {
 	idxBytes   int64    // guarded by the commit leader role
 	idx        vfs.File // guarded by the commit leader role
 	idxErr     error    // guarded by the commit leader role
+
+	preads      atomic.Int64 // image reads that read the .dat (Read, ReadRef)
+	mappedReads atomic.Int64 // image reads ReadRef served from the mapping
 
 	// retired is set once an EC encode that replaces the volume committed:
 	// appends (deletes too) fail with ErrClosed from then on, so none lands
@@ -207,6 +213,7 @@ func Open(ctx context.Context, dir string, vid uint32, opts Options) (*Volume, e
 		}
 		return nil, fmt.Errorf("volume %d: %w", vid, err)
 	}
+	v.mu.dmap = v.mapCurrent(v.dat, v.tail.Load())
 	v.setState(StateWritable, "")
 	if reason, err := readMarker(opts.FS, readOnlyPath(dir, vid)); err == nil {
 		if reason == sealedReason {
@@ -321,6 +328,17 @@ type Status struct {
 	// TombstoneBytes counts the bytes of the tombstones in force, which
 	// compaction keeps (tombstones are permanent); Deleted leaves them out.
 	TombstoneBytes int64
+
+	// Preads counts the image reads since open that read the .dat with a
+	// pread (one each); MappedReads those ReadRef served from the page
+	// cache through the mapping, without one.
+	Preads      int64
+	MappedReads int64
+
+	// Mapped reports whether the volume file is mapped for ReadRef, which
+	// then serves needles in the page cache without a pread; it is false
+	// on file systems that cannot map (and if mapping failed).
+	Mapped bool
 }
 
 // Status returns a snapshot of the volume's state and size.
@@ -330,6 +348,7 @@ func (v *Volume) Status() Status {
 	live := int64(v.mu.index.liveUnits()) * needle.Alignment
 	tombs := int64(v.mu.index.tombs.units) * needle.Alignment
 	super := v.super
+	mapped := v.mu.dmap != nil
 	v.mu.RUnlock()
 	s, reason := v.State()
 	size := v.tail.Load()
@@ -349,6 +368,9 @@ func (v *Volume) Status() Status {
 		CorruptBytes: v.corrupt.Load(),
 	}
 	st.TombstoneBytes = tombs
+	st.Mapped = mapped
+	st.Preads = v.preads.Load()
+	st.MappedReads = v.mappedReads.Load()
 	return st
 }
 
@@ -375,6 +397,12 @@ func (v *Volume) Close() error {
 		if cerr := v.idx.Close(); err == nil {
 			err = cerr
 		}
+	}
+	if v.mu.dmap != nil {
+		// Answers still being written from the mapping keep it (and its
+		// own descriptor) until they release their Refs.
+		v.mu.dmap.release()
+		v.mu.dmap = nil
 	}
 	if cerr := v.dat.Close(); err == nil {
 		err = cerr
@@ -418,6 +446,7 @@ func (v *Volume) Read(key, cookie uint64, size needle.SizeCode, buf []byte) (nee
 	if !ok {
 		return needle.Needle{}, buf, ErrNotFound
 	}
+	v.preads.Add(1)
 	n, buf, err := v.readAtLocked(off, length, buf)
 	if err != nil {
 		return needle.Needle{}, buf, fmt.Errorf("volume %d: key %x size %v: %w", v.vid, key, size, err)
@@ -433,12 +462,18 @@ func (v *Volume) Read(key, cookie uint64, size needle.SizeCode, buf []byte) (nee
 
 // readAtLocked reads the needle at off (8-byte units) with one pread.
 func (v *Volume) readAtLocked(off, length uint32, buf []byte) (needle.Needle, []byte, error) {
+	return v.readFromLocked(v.dat, off, length, buf)
+}
+
+// readFromLocked reads the needle at off (8-byte units) from r, one of the
+// current .dat's descriptors, with one pread.
+func (v *Volume) readFromLocked(r io.ReaderAt, off, length uint32, buf []byte) (needle.Needle, []byte, error) {
 	size := int(length) * needle.Alignment
 	if cap(buf) < size {
 		buf = make([]byte, size)
 	}
 	buf = buf[:size]
-	got, err := v.dat.ReadAt(buf, int64(off)*needle.Alignment)
+	got, err := r.ReadAt(buf, int64(off)*needle.Alignment)
 	if got < size {
 		if err == nil || errors.Is(err, io.EOF) {
 			return needle.Needle{}, buf, needle.Corruptf("needle at %d: read %d of %d bytes", int64(off)*8, got, size)

@@ -1,0 +1,201 @@
+package volume
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/haybale/haybale/internal/vfs"
+	"github.com/haybale/haybale/needle"
+)
+
+// datMap is a read-only shared mapping of one generation of a volume's .dat
+// file, with a read-only descriptor of its own: the server sends a mapped
+// needle's bytes from it with sendfile(2), and ReadRef reads a needle that
+// is not resident from it with pread(2). It is a file description of its
+// own (the file reopened through /proc/self/fd), marked
+// POSIX_FADV_RANDOM: a pread of a needle then reads exactly the needle's
+// pages, where the kernel would otherwise read ahead (the device's
+// readahead window, often megabytes) whenever two reads happen to touch
+// neighbouring needles or the start of the file. The volume's own
+// descriptor, which recovery and compaction read sequentially, keeps its
+// readahead.
+//
+// The .dat is append-only and a needle is never rewritten in place (a
+// compaction builds a new file and swaps it in), so bytes the index points
+// at never change under a reader. The mapping covers the volume's whole
+// possible extent (its size limit, or its size when larger) from the
+// start, so it never has to grow; only offsets below the durable tail are
+// ever touched, and a page past the end of the file is never faulted.
+//
+// A datMap is reference-counted: the volume holds one reference while the
+// generation is current, and every Ref that points into it holds one until
+// it is released. The last release unmaps it and closes the descriptor, so
+// a compaction's swap or Close never pulls the bytes from under an answer
+// still being written from them.
+type datMap struct {
+	data []byte
+	fd   int
+	refs atomic.Int64
+}
+
+// mapDat maps the file under f (which must be a file of the operating
+// system's file system; see vfs.OSFile) for reads of up to extent bytes.
+// It returns nil, nil when f is not such a file: the volume then reads with
+// pread only.
+func mapDat(f vfs.File, extent int64) (*datMap, error) {
+	osf, ok := vfs.OSFile(f)
+	if !ok {
+		return nil, nil
+	}
+	rc, err := osf.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("map: %w", err)
+	}
+	fd := -1
+	var oerr error
+	// Reopen the very file f has open (a rename may have replaced its
+	// name), as a new file description.
+	if err := rc.Control(func(s uintptr) {
+		fd, oerr = unix.Open("/proc/self/fd/"+strconv.Itoa(int(s)), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	}); err != nil {
+		return nil, fmt.Errorf("map: %w", err)
+	}
+	if oerr != nil {
+		return nil, fmt.Errorf("map: reopen: %w", oerr)
+	}
+	if err := unix.Fadvise(fd, 0, 0, unix.FADV_RANDOM); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("map: fadvise: %w", err)
+	}
+	page := int64(os.Getpagesize())
+	extent = (extent + page - 1) &^ (page - 1)
+	data, err := unix.Mmap(fd, 0, int(extent), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("map %d bytes: %w", extent, err)
+	}
+	// No readahead on faults: a page that is not resident is read by
+	// pread (see ReadRef), and the device's readahead window (often
+	// megabytes) would otherwise be read around a fault that slips
+	// through between the residency check and the hash.
+	if err := unix.Madvise(data, unix.MADV_RANDOM); err != nil {
+		unix.Munmap(data)
+		unix.Close(fd)
+		return nil, fmt.Errorf("map: madvise: %w", err)
+	}
+	m := &datMap{data: data, fd: fd}
+	m.refs.Store(1)
+	return m, nil
+}
+
+// acquire takes a reference. The caller must already hold one, or hold
+// the volume's lock while the volume's reference is alive.
+func (m *datMap) acquire() { m.refs.Add(1) }
+
+// release drops a reference; the last one unmaps and closes.
+func (m *datMap) release() {
+	if n := m.refs.Add(-1); n > 0 {
+		return
+	} else if n < 0 {
+		panic("volume: datMap released more often than acquired")
+	}
+	unix.Munmap(m.data)
+	unix.Close(m.fd)
+}
+
+// covers reports whether [off, off+n) lies inside the mapping.
+func (m *datMap) covers(off int64, n int) bool {
+	return off >= 0 && off+int64(n) <= int64(len(m.data))
+}
+
+// residentChunk is how many pages one mincore call asks about; the vector
+// lives on the stack.
+const residentChunk = 256
+
+// resident reports whether every page of [off, off+n) is in the page
+// cache, with mincore(2): then hashing and sending them reads no disk.
+// A range that is not wholly resident is read with one pread instead,
+// which reads exactly the missing pages in one request, where faults on
+// the mapping would read them page by page.
+func (m *datMap) resident(off int64, n int) bool {
+	page := int64(os.Getpagesize())
+	start := off &^ (page - 1)
+	end := off + int64(n)
+	var vec [residentChunk]byte
+	for start < end {
+		chunk := min(end-start, residentChunk*page)
+		pages := int((chunk + page - 1) / page)
+		if !mincore(m.data[start:start+chunk], vec[:pages]) {
+			return false
+		}
+		for _, v := range vec[:pages] {
+			if v&1 == 0 {
+				return false
+			}
+		}
+		start += chunk
+	}
+	return true
+}
+
+// mincore reports into vec, one byte per page of b (which must start on a
+// page), whether the page is resident (bit 0); false if the call failed.
+func mincore(b, vec []byte) bool {
+	_, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)), uintptr(unsafe.Pointer(unsafe.SliceData(vec))))
+	return errno == 0
+}
+
+// ReadAt reads len(b) bytes at off with one pread (more only if the
+// kernel returns less, as at the end of the file).
+func (m *datMap) ReadAt(b []byte, off int64) (int, error) {
+	got := 0
+	for got < len(b) {
+		n, err := unix.Pread(m.fd, b[got:], off+int64(got))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return got, &os.PathError{Op: "pread", Path: "volume file", Err: err}
+		}
+		if n == 0 {
+			return got, io.EOF
+		}
+		got += n
+	}
+	return got, nil
+}
+
+// errMapFault is returned by decode when touching the mapping faulted (an
+// I/O error paging it in, or a file shorter than the index says).
+var errMapFault = errors.New("volume: fault reading the mapped file")
+
+// decode decodes and verifies the needle at [off, off+n) of the mapping.
+// A fault on the mapping, which the runtime would otherwise turn into a
+// crash of the process (SIGBUS), is returned as errMapFault: the caller
+// then reads with pread, which reports an I/O error as an error.
+func (m *datMap) decode(f needle.Format, off int64, n int) (needle.Needle, error) {
+	return m.decodeRaw(f.Decode, off, n)
+}
+
+// decodeRaw runs decode on [off, off+n) of the mapping, turning a fault
+// into errMapFault.
+func (m *datMap) decodeRaw(decode func([]byte) (needle.Needle, error), off int64, n int) (nd needle.Needle, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(interface{ Addr() uintptr }); !ok {
+				panic(r)
+			}
+			nd, err = needle.Needle{}, fmt.Errorf("%w at %d: %v", errMapFault, off, r)
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	return decode(m.data[off : off+int64(n) : off+int64(n)])
+}

@@ -1,0 +1,33 @@
+//go:build !linux
+
+package volume
+
+import (
+	"errors"
+
+	"github.com/haybale/haybale/internal/vfs"
+	"github.com/haybale/haybale/needle"
+)
+
+// datMap maps a volume's file on Linux (see mapped_linux.go). Elsewhere
+// volumes read with pread only: mapDat maps nothing, so no datMap exists
+// and none of its methods is ever called.
+type datMap struct {
+	data []byte
+	fd   int
+}
+
+func mapDat(vfs.File, int64) (*datMap, error) { return nil, nil }
+
+func (*datMap) acquire()                 { panic("volume: no mappings on this system") }
+func (*datMap) release()                 { panic("volume: no mappings on this system") }
+func (*datMap) covers(int64, int) bool   { return false }
+func (*datMap) resident(int64, int) bool { return false }
+
+func (*datMap) ReadAt([]byte, int64) (int, error) { return 0, errMapFault }
+
+var errMapFault = errors.New("volume: fault reading the mapped file")
+
+func (*datMap) decode(needle.Format, int64, int) (needle.Needle, error) {
+	return needle.Needle{}, errMapFault
+}

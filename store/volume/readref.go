@@ -1,0 +1,134 @@
+package volume
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/haybale/haybale/internal/vfs"
+	"github.com/haybale/haybale/needle"
+)
+
+// The zero-copy read path.
+//
+// Read copies a needle out of the page cache into the caller's buffer (one
+// pread), hashes it there, and the server copies it once more into the
+// socket. ReadRef serves a needle whose pages are all in the page cache
+// from a read-only mapping of the .dat instead: it verifies the needle
+// (magics, key, size, cookie, checksum) where it lies in the page cache,
+// and hands back the needle's place in the file, from which a server sends
+// it with sendfile(2) or writes it straight from the mapping. A needle not
+// wholly resident is read with one pread into the caller's buffer, as by
+// Read: that reads exactly its pages in one request, where faults on the
+// mapping would read it a page at a time (the mapping is MADV_RANDOM, see
+// mapDat). Either way a read costs at most one disk read.
+//
+// A needle under MapMin bytes is read with pread in any case: asking
+// whether it is resident (a mincore call) and hashing it through the
+// mapping cost more than copying it (see bench/RESULTS.md, "Store GET").
+
+// MapMin is the smallest needle (header, data and footer, padded) that
+// ReadRef serves from the mapping; smaller ones cost one pread.
+const MapMin = 32 << 10
+
+// Ref is a verified needle returned by ReadRef. When Mapped is true its
+// Data aliases the volume's file mapping and stays valid until Release;
+// otherwise it aliases the buffer ReadRef returned. Release must be called
+// once the needle's bytes are no longer used (it is a no-op for a needle
+// read into a buffer); a Ref must not be copied after use begins.
+type Ref struct {
+	Needle needle.Needle
+	m      *datMap
+	off    int64 // offset of Needle.Data in the file, when mapped
+}
+
+// Mapped reports whether the needle's bytes are those of the file mapping
+// (and the page cache) rather than a copy in the caller's buffer.
+func (r *Ref) Mapped() bool { return r.m != nil }
+
+// Source returns the descriptor and offset of the needle's data in the
+// volume file, for sendfile(2); ok is false when the needle was read into
+// a buffer. The descriptor belongs to the Ref: it stays open until Release
+// and must not be closed or have its file offset used (it is shared with
+// other readers; use positional calls only).
+func (r *Ref) Source() (fd int, off int64, ok bool) {
+	if r.m == nil {
+		return -1, 0, false
+	}
+	return r.m.fd, r.off, true
+}
+
+// Release ends the Ref's use of the volume file's mapping. Calling it
+// again, or on a Ref read into a buffer, does nothing.
+func (r *Ref) Release() {
+	if r.m != nil {
+		r.m.release()
+		r.m = nil
+	}
+}
+
+// ReadRef returns the live needle for (key, size) if its cookie matches,
+// verified as by Read. A needle of MapMin bytes or more wholly in the page
+// cache costs no pread and no copy (Mapped is true); any other costs
+// exactly one pread into buf
+// (grown when too small and returned, as by Read). A damaged needle returns
+// an error for which IsCorruption is true, never its bytes.
+func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (Ref, []byte, error) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if v.mu.closed {
+		return Ref{}, buf, ErrClosed
+	}
+	off, length, ok := v.mu.index.get(key, uint32(size))
+	if !ok {
+		return Ref{}, buf, ErrNotFound
+	}
+	start, n := int64(off)*needle.Alignment, int(length)*needle.Alignment
+	m := v.mu.dmap
+	if m != nil && n >= MapMin && m.covers(start, n) && m.resident(start, n) {
+		nd, err := m.decode(v.format, start, n)
+		if !errors.Is(err, errMapFault) {
+			if err != nil {
+				return Ref{}, buf, fmt.Errorf("volume %d: key %x size %v: %w", v.vid, key, size, err)
+			}
+			if nd, err = verifyRead(nd, key, size); err != nil {
+				return Ref{}, buf, fmt.Errorf("volume %d at offset %d: %w", v.vid, start, err)
+			}
+			if nd.Cookie != cookie {
+				return Ref{}, buf, ErrNotFound
+			}
+			m.acquire()
+			v.mappedReads.Add(1)
+			return Ref{Needle: nd, m: m, off: start + needle.HeaderSize}, buf, nil
+		}
+		// A fault (an I/O error paging the range in): pread says what
+		// the disk says, as an error.
+	}
+	v.preads.Add(1)
+	var r io.ReaderAt = v.dat
+	if m != nil {
+		r = m // no readahead around the needle (see mapDat)
+	}
+	nd, buf, err := v.readFromLocked(r, off, length, buf)
+	if err != nil {
+		return Ref{}, buf, fmt.Errorf("volume %d: key %x size %v: %w", v.vid, key, size, err)
+	}
+	if nd, err = verifyRead(nd, key, size); err != nil {
+		return Ref{}, buf, fmt.Errorf("volume %d at offset %d: %w", v.vid, start, err)
+	}
+	if nd.Cookie != cookie {
+		return Ref{}, buf, ErrNotFound
+	}
+	return Ref{Needle: nd}, buf, nil
+}
+
+// mapCurrent maps dat, a .dat of tail bytes, for ReadRef, or returns nil
+// when it cannot be mapped (a file system of no real files, or a failed
+// mmap): the volume then reads with pread, which is correct, only slower.
+func (v *Volume) mapCurrent(dat vfs.File, tail int64) *datMap {
+	m, err := mapDat(dat, max(v.opts.SizeLimit, tail))
+	if err != nil {
+		return nil
+	}
+	return m
+}
