@@ -35,20 +35,37 @@ const (
 	// (24 bits: 128 MiB). Longer needles are exceptions.
 	maxLen = 1<<24 - 1
 
-	// groupRecords is the most records a group spans. A lookup binary-searches
-	// the group bases, then the key deltas inside one group.
+	// groupRecords is the most records appends put in a group. A lookup
+	// binary-searches the group bases, then the key deltas inside one
+	// group.
 	groupRecords = 64
 
-	// pageShift sets the size of a full page: 1<<pageShift records. Records
-	// live in pages of fixed size so that appending never copies the whole
-	// index nor leaves half of a large doubled slice unused; only the last
-	// page grows (by doubling, from firstPageRecords) until it is full. A full
-	// page is 155,648 bytes, exactly 19 runtime pages of 8 KiB, so the
-	// allocator rounds nothing up.
-	pageShift        = 13
-	pageRecords      = 1 << pageShift
-	pageMask         = pageRecords - 1
-	firstPageRecords = 64
+	// maxGroupRecords is the most records a group spans once records have
+	// been inserted into it (see insertRecord); a merge regroups them by
+	// groupRecords.
+	maxGroupRecords = 2 * groupRecords
+
+	// insertWindow is the most records an insertion moves: a key that
+	// arrives late (below the last packed key) is inserted in place only
+	// when at most this many records follow it. Concurrent writers make
+	// keys arrive a few photos late; later than this, a key becomes an
+	// exception.
+	insertWindow = 256
+
+	// pageShift sets the size of a page: 1<<pageShift records. Records
+	// live in pages of fixed size, mapped outside the Go heap (see
+	// offheap.go), so that appending never copies the index nor leaves
+	// half of a doubled array unused: a page is mapped whole when its
+	// first record is appended, and the kernel backs it 4 KiB at a time as
+	// records are written. A page is 155,648 bytes, exactly 38 pages of
+	// 4 KiB, so nothing is rounded up.
+	pageShift   = 13
+	pageRecords = 1 << pageShift
+	pageMask    = pageRecords - 1
+	pageBytes   = pageRecords * recSize
+
+	// osPage is the granularity at which the kernel backs mapped memory.
+	osPage = 4096
 
 	// excDegree is the degree of the exception B-tree.
 	excDegree = 16
@@ -162,8 +179,10 @@ type index struct {
 // lane is one sorted array of packed records and its groups.
 type lane struct {
 	// pages holds the packed records, pageRecords per page; every page but
-	// the last is full.
+	// the last is full. Each page is a block of mem, pageBytes long, sliced
+	// to the records it holds.
 	pages [][]byte
+	mem   *offHeap
 	// nrec is the number of packed records.
 	nrec int
 	// lastKey is the key of record nrec-1 (meaningful when nrec > 0).
@@ -317,15 +336,12 @@ func (ix *lane) appendRecord(key uint64) []byte {
 	p := r >> pageShift
 	o := (r & pageMask) * recSize
 	if p == len(ix.pages) {
-		ix.pages = append(ix.pages, make([]byte, 0, firstPageRecords*recSize))
+		if ix.mem == nil {
+			ix.mem = newOffHeap()
+		}
+		ix.pages = append(ix.pages, ix.mem.alloc(pageBytes)[:0])
 	}
-	page := ix.pages[p]
-	if o+recSize > cap(page) {
-		grown := make([]byte, len(page), min(2*cap(page), pageRecords*recSize))
-		copy(grown, page)
-		page = grown
-	}
-	page = page[:o+recSize]
+	page := ix.pages[p][:o+recSize]
 	ix.pages[p] = page
 	b := page[o : o+recSize : o+recSize]
 	clear(b)
@@ -333,6 +349,67 @@ func (ix *lane) appendRecord(key uint64) []byte {
 	ix.nrec++
 	ix.lastKey = key
 	return b
+}
+
+// insertRecord inserts a packed record for key, which must be below the
+// last packed key and have no record, and returns its bytes with the delta
+// set and every other field zero. It does so only when key is within
+// maxDelta above the base of the group it falls in, that group holds fewer
+// than maxGroupRecords records and at most insertWindow records follow the
+// new one; otherwise it returns false and changes nothing.
+func (ix *lane) insertRecord(key uint64) ([]byte, bool) {
+	if ix.nrec == 0 || key >= ix.lastKey || key < ix.bases[0] {
+		return nil, false
+	}
+	// The last group whose base is <= key, among the groups that start
+	// within the window.
+	g := len(ix.bases) - 1
+	for g > 0 && ix.bases[g] > key {
+		if ix.nrec-int(ix.starts[g]) > insertWindow {
+			return nil, false
+		}
+		g--
+	}
+	d := key - ix.bases[g]
+	end := ix.nrec
+	if g+1 < len(ix.starts) {
+		end = int(ix.starts[g+1])
+	}
+	if d > maxDelta || end-int(ix.starts[g]) >= maxGroupRecords {
+		return nil, false
+	}
+	delta := uint32(d)
+	// The first record of the group whose delta is above delta.
+	l, h := int(ix.starts[g]), end
+	for l < h {
+		m := int(uint(l+h) >> 1)
+		if recDelta(ix.record(m)) < delta {
+			l = m + 1
+		} else {
+			h = m
+		}
+	}
+	if ix.nrec-l > insertWindow {
+		return nil, false
+	}
+	// Grow by one record and move records l.. up by one.
+	r := ix.nrec
+	p := r >> pageShift
+	if p == len(ix.pages) {
+		ix.pages = append(ix.pages, ix.mem.alloc(pageBytes)[:0])
+	}
+	ix.pages[p] = ix.pages[p][:(r&pageMask)*recSize+recSize]
+	ix.nrec++
+	for ; r > l; r-- {
+		copy(ix.record(r), ix.record(r-1))
+	}
+	for j := g + 1; j < len(ix.starts); j++ {
+		ix.starts[j]++
+	}
+	b := ix.record(l)
+	clear(b)
+	put24(b, delta)
+	return b, true
 }
 
 // packable returns the lane and slot an entry of this size and length can
@@ -344,13 +421,27 @@ func packable(size, length uint32) (ln int, slot uint32, ok bool) {
 	return laneOf(size)
 }
 
-// memoryBytes returns the capacity of the lane's pages and group arrays.
+// memoryBytes returns the bytes the lane holds: its group arrays and page
+// list on the heap, and the part of its pages the records have touched
+// (whole 4 KiB pages: what the kernel backs).
 func (ix *lane) memoryBytes() int {
-	n := cap(ix.pages)*24 + cap(ix.bases)*8 + cap(ix.starts)*4
+	return cap(ix.pages)*24 + cap(ix.bases)*8 + cap(ix.starts)*4 + ix.pageBytes()
+}
+
+// pageBytes returns the touched part of the lane's pages, in whole 4 KiB
+// pages.
+func (ix *lane) pageBytes() int {
+	n := 0
 	for _, p := range ix.pages {
-		n += cap(p)
+		n += (len(p) + osPage - 1) / osPage * osPage
 	}
 	return n
+}
+
+// release frees the lane's pages and empties it.
+func (ix *lane) release() {
+	ix.mem.free()
+	*ix = lane{}
 }
 
 // follows reports whether a slot of size at off can follow, in the same
@@ -429,7 +520,14 @@ func (ix *index) put(key uint64, size uint32, off, length uint32) {
 			setRecMask(b, 1<<slot)
 			return
 		}
-		if key == p.lastKey && extend(p.record(p.nrec-1), slot, off, length) {
+		if r, found := p.find(key); found {
+			if extend(p.record(r), slot, off, length) {
+				return
+			}
+		} else if b, ok := p.insertRecord(key); ok {
+			binary.LittleEndian.PutUint32(b[3:7], off)
+			put24(b[7+3*slot:], length)
+			setRecMask(b, 1<<slot)
 			return
 		}
 	}
@@ -715,7 +813,24 @@ func (ix *index) merge() {
 	nx.live, nx.units = ix.live, ix.units
 	nx.tombs = ix.tombs
 	nx.excAtMerge = nx.exc.Len()
+	for ln := range ix.lanes {
+		ix.lanes[ln].release()
+	}
 	*ix = *nx
+}
+
+// release frees the memory the index holds outside the Go heap and empties
+// it, keeping its counters (live images and units, which Status reports
+// after a close). The volume calls it under its write lock when it closes
+// or swaps in a compacted index; an index that is dropped without it is
+// freed by a cleanup once unreachable (see offheap.go).
+func (ix *index) release() {
+	for ln := range ix.lanes {
+		ix.lanes[ln].release()
+	}
+	ix.exc.Clear(false)
+	ix.excMaxKey, ix.excAtMerge = 0, 0
+	ix.tombs.release()
 }
 
 // pack adds the live entries of one key, in size order, to an index being
