@@ -74,6 +74,12 @@ type StoreMemoryConfig struct {
 	HTTPAddr, GRPCAddr string
 	// Env is added to the store's environment (GOGC=..., GOMEMLIMIT=...).
 	Env []string
+	// Reuse measures the data an earlier run left in Dir/data (run with
+	// the same Images, Volumes, PhotosPerWrite and DeleteFraction) instead
+	// of loading: the empty store is measured on Dir/empty, then the
+	// store is started on Dir/data and measured after open and with
+	// reads.
+	Reuse bool
 	// Out receives progress and the results; default os.Stdout.
 	Out io.Writer
 }
@@ -142,6 +148,10 @@ type MemorySample struct {
 	// mapped outside the Go heap (haybale_store_index_mapped_bytes, 0
 	// when the store does not report it).
 	HeapAlloc, HeapInuse, NextGC, IndexMapped int64
+	// HeapRetained is heap memory free but not returned to the system
+	// (heap_idle - heap_released); StackInuse the goroutine stacks;
+	// Goroutines their number.
+	HeapRetained, StackInuse, Goroutines int64
 }
 
 // StoreMemoryResult is what RunStoreMemory measured: the empty store, then
@@ -169,7 +179,14 @@ func RunStoreMemory(ctx context.Context, cfg StoreMemoryConfig) (StoreMemoryResu
 	fmt.Fprintf(cfg.Out, "store-memory: %d photos x 4 needles of %d bytes in %d volumes, %d writers, %d photos per Write; load average %s\n",
 		photos, cfg.DataBytes, cfg.Volumes, cfg.Writers, cfg.PhotosPerWrite, loadAvg())
 
-	st, err := startStore(ctx, &cfg)
+	dataDir, emptyDir := filepath.Join(cfg.Dir, "data"), filepath.Join(cfg.Dir, "data")
+	if cfg.Reuse {
+		emptyDir = filepath.Join(cfg.Dir, "empty")
+		if err := os.RemoveAll(emptyDir); err != nil {
+			return res, fmt.Errorf("bench: %w", err)
+		}
+	}
+	st, err := startStore(ctx, &cfg, emptyDir)
 	if err != nil {
 		return res, err
 	}
@@ -192,22 +209,32 @@ func RunStoreMemory(ctx context.Context, cfg StoreMemoryConfig) (StoreMemoryResu
 		mib(res.Empty.RSS), mib(res.Empty.Anon), mib(res.Empty.File), mib(res.Empty.HeapAlloc))
 
 	ids := memPhotoIDs(photos, cfg.Volumes, cfg.PhotosPerWrite)
-	start := time.Now()
-	if err := memLoad(ctx, &cfg, client, ids); err != nil {
-		return res, err
-	}
-	res.Load = time.Since(start)
 	res.Loaded = 4 * photos
-	fmt.Fprintf(cfg.Out, "loaded %d images in %v (%.0f images/s)\n", res.Loaded, res.Load.Round(time.Millisecond), float64(res.Loaded)/res.Load.Seconds())
 	live := res.Loaded
-	s, err := st.sampleAfter(ctx, cfg.Settle, "after load", live)
-	if err != nil {
-		return res, err
-	}
-	res.Phases = append(res.Phases, s)
-
 	deleted := 0
-	if cfg.DeleteFraction > 0 {
+	var s MemorySample
+	if cfg.Reuse {
+		for i := range ids {
+			if memDeleted(i, deleteEvery(cfg.DeleteFraction)) {
+				deleted++
+			}
+		}
+		live -= 4 * deleted
+		fmt.Fprintf(cfg.Out, "measuring the %d images (%d photos deleted) in %s\n", res.Loaded, deleted, dataDir)
+	} else {
+		start := time.Now()
+		if err := memLoad(ctx, &cfg, client, ids); err != nil {
+			return res, err
+		}
+		res.Load = time.Since(start)
+		fmt.Fprintf(cfg.Out, "loaded %d images in %v (%.0f images/s)\n", res.Loaded, res.Load.Round(time.Millisecond), float64(res.Loaded)/res.Load.Seconds())
+		if s, err = st.sampleAfter(ctx, cfg.Settle, "after load", live); err != nil {
+			return res, err
+		}
+		res.Phases = append(res.Phases, s)
+	}
+
+	if cfg.DeleteFraction > 0 && !cfg.Reuse {
 		if deleted, err = memDelete(ctx, &cfg, client, ids); err != nil {
 			return res, err
 		}
@@ -221,8 +248,8 @@ func RunStoreMemory(ctx context.Context, cfg StoreMemoryConfig) (StoreMemoryResu
 	if err := st.stop(); err != nil {
 		return res, err
 	}
-	start = time.Now()
-	if st, err = startStore(ctx, &cfg); err != nil {
+	start := time.Now()
+	if st, err = startStore(ctx, &cfg, dataDir); err != nil {
 		return res, err
 	}
 	defer st.kill()
@@ -279,6 +306,15 @@ func PrintStoreMemory(w io.Writer, res StoreMemoryResult) {
 		fmt.Fprintf(tw, "| %s\t %d\t %.1f\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t\n", s.Phase, s.Images, mib(s.RSS),
 			per(s.RSS, e.RSS), per(s.Anon, e.Anon), per(s.File, e.File), per(s.PeakRSS, e.RSS),
 			per(s.HeapAlloc, e.HeapAlloc), per(s.HeapInuse, e.HeapInuse), per(s.IndexMapped, e.IndexMapped))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nwhere the rest goes (MiB; empty store first)\n\n")
+	tw = tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
+	fmt.Fprintln(tw, "| phase\t RSS\t anon\t index mapped\t heap_inuse\t heap free, not returned\t stacks\t goroutines\t")
+	fmt.Fprintln(tw, "|---\t---\t---\t---\t---\t---\t---\t---\t")
+	for _, s := range append([]MemorySample{e}, res.Phases...) {
+		fmt.Fprintf(tw, "| %s\t %.1f\t %.1f\t %.1f\t %.1f\t %.1f\t %.1f\t %d\t\n", s.Phase, mib(s.RSS), mib(s.Anon),
+			mib(s.IndexMapped), mib(s.HeapInuse), mib(s.HeapRetained), mib(s.StackInuse), s.Goroutines)
 	}
 	tw.Flush()
 }
@@ -443,10 +479,10 @@ type memStore struct {
 	samplerDone chan struct{}
 }
 
-// startStore starts `haybale store` on cfg.Dir/data and waits until it is
-// ready.
-func startStore(ctx context.Context, cfg *StoreMemoryConfig) (*memStore, error) {
-	if err := os.MkdirAll(filepath.Join(cfg.Dir, "data"), 0o755); err != nil {
+// startStore starts `haybale store` on the data directory dir and waits
+// until it is ready.
+func startStore(ctx context.Context, cfg *StoreMemoryConfig, dir string) (*memStore, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	log, err := os.OpenFile(filepath.Join(cfg.Dir, "store.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -454,7 +490,7 @@ func startStore(ctx context.Context, cfg *StoreMemoryConfig) (*memStore, error) 
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	cmd := exec.Command(cfg.Binary, "store", "--insecure", "--secret-file", cfg.SecretFile,
-		"--dir", filepath.Join(cfg.Dir, "data"), "--http", cfg.HTTPAddr, "--grpc", cfg.GRPCAddr, "--log-level", "warn")
+		"--dir", dir, "--http", cfg.HTTPAddr, "--grpc", cfg.GRPCAddr, "--log-level", "warn")
 	cmd.Env = append(os.Environ(), cfg.Env...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
@@ -541,11 +577,14 @@ func (s *memStore) sample(phase string, images int) (MemorySample, error) {
 	out := MemorySample{
 		Phase: phase, Images: images,
 		RSS: st["VmRSS"], Anon: st["RssAnon"], File: st["RssFile"], SmapsAnon: smaps["Anonymous"],
-		PeakRSS:     max(s.peak.Swap(0), st["VmRSS"]),
-		HeapAlloc:   int64(m["go_memstats_heap_alloc_bytes"]),
-		HeapInuse:   int64(m["go_memstats_heap_inuse_bytes"]),
-		NextGC:      int64(m["go_memstats_next_gc_bytes"]),
-		IndexMapped: int64(m["haybale_store_index_mapped_bytes"]),
+		PeakRSS:      max(s.peak.Swap(0), st["VmRSS"]),
+		HeapAlloc:    int64(m["go_memstats_heap_alloc_bytes"]),
+		HeapInuse:    int64(m["go_memstats_heap_inuse_bytes"]),
+		NextGC:       int64(m["go_memstats_next_gc_bytes"]),
+		IndexMapped:  int64(m["haybale_store_index_mapped_bytes"]),
+		HeapRetained: int64(m["go_memstats_heap_idle_bytes"] - m["go_memstats_heap_released_bytes"]),
+		StackInuse:   int64(m["go_memstats_stack_inuse_bytes"]),
+		Goroutines:   int64(m["go_goroutines"]),
 	}
 	return out, nil
 }

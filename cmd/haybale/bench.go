@@ -175,7 +175,7 @@ It prints every figure as bytes per image above the empty store's.`,
 					defer os.RemoveAll(dir)
 				}
 				cfg.Dir = dir
-			} else if names, err := os.ReadDir(filepath.Join(cfg.Dir, "data")); err == nil && len(names) > 0 {
+			} else if names, err := os.ReadDir(filepath.Join(cfg.Dir, "data")); err == nil && len(names) > 0 && !cfg.Reuse {
 				return fmt.Errorf("--dir %s: its data directory is not empty; give a new directory", cfg.Dir)
 			}
 			cfg.SecretFile = filepath.Join(cfg.Dir, "secret")
@@ -214,5 +214,6 @@ It prints every figure as bytes per image above the empty store's.`,
 	f.StringVar(&cfg.HTTPAddr, "http", "127.0.0.1:18280", "the store's HTTP address")
 	f.StringVar(&cfg.GRPCAddr, "grpc", "127.0.0.1:18281", "the store's gRPC address")
 	f.StringSliceVar(&cfg.Env, "env", nil, "environment variables for the store, e.g. GOGC=50")
+	f.BoolVar(&cfg.Reuse, "reuse", false, "measure the data an earlier run left in --dir (same --images, --volumes, --photos-per-write, --delete) instead of loading: after open and with reads")
 	return cmd
 }

@@ -125,17 +125,29 @@ const (
 // sizes that are not adjacent in the file. Dead slots keep their length so
 // the offsets of later slots stay right.
 //
-// Records are grouped: a group is at most 64 consecutive records of a lane whose keys
-// are all within 2^20-1 of the group's base key (the key of its first
-// record). For each group the index holds its base key (uint64) and the
-// number of its first record (uint32), about 0.05 bytes per image. Records
-// live in pages of 8192 records (155,648 bytes).
+// Records are grouped: a group is at most 64 consecutive records of a lane
+// whose keys are all within 2^20-1 of the group's base key (the key of its
+// first record) when appended; insertions (below) may grow it to 128. For
+// each group the index holds its base key (uint64) and the number of its
+// first record (uint32), about 0.05 bytes per image. Records live in pages
+// of 8192 records (155,648 bytes), mapped outside the Go heap (see
+// offheap.go).
+//
+// # Late keys
+//
+// Writers that run concurrently make a volume receive some keys a few
+// photos late, below the last packed key. Such a key gets a record
+// inserted in place, the records after it moved up by one, when it falls
+// in a group (at or above its base, within 2^20-1 of it) that holds fewer
+// than 128 records and at most 256 records follow it (see insertRecord);
+// later sizes of the photo then extend that record as they would the last
+// one.
 //
 // # Exceptions
 //
 // Whatever does not fit the packed form is kept in an exception set, a B-tree
 // of (key, size, offset, length) ordered by (key, size): a key below the last
-// packed key, a size written again (its packed slot becomes dead), a size
+// packed key that cannot be inserted, a size written again (its packed slot becomes dead), a size
 // appended later that does not follow the photo's last size of its lane in
 // the file, size codes that no lane has a slot for (4, the original), and
 // lengths of zero or of 2^24 units and more. For every
