@@ -161,7 +161,10 @@ const (
 // order, packs every photo whose sizes can share a record of each lane and
 // keeps the rest as exceptions. A stream of out-of-order or random keys
 // therefore still ends up compact, and the cost of merging is amortised
-// over the puts.
+// over the puts. Likewise, when the records whose every slot was removed
+// (deleted photos) reach a sixteenth of the packed records, a merge drops
+// them: a deleted photo then costs its tombstone only (see tombSet), not a
+// dead record beside it.
 type index struct {
 	// lanes holds the packed records: lanes[0] of size codes 0..3,
 	// lanes[1] of 8..11.
@@ -174,6 +177,9 @@ type index struct {
 	// excAtMerge is the exception count after the last merge, lowered by
 	// removals.
 	excAtMerge int
+	// deadRecs counts the packed records removeLive emptied (every live
+	// bit cleared) since the last merge.
+	deadRecs int
 	// mergeMin is the least number of exceptions added since the last merge
 	// that triggers a merge. Tests lower it.
 	mergeMin int
@@ -598,7 +604,14 @@ func (ix *index) removeLive(key uint64, size uint32) (freedUnits uint64) {
 			setRecMask(b, m&^kill)
 			ix.units -= freed
 			freedUnits += freed
+			if m&^kill == 0 {
+				ix.deadRecs++
+			}
 		}
+	}
+	if ix.deadRecs >= max(ix.records()/16, ix.mergeMin) {
+		// Once the removal is complete, exceptions included.
+		defer ix.merge()
 	}
 	if size != allSizes {
 		return freedUnits + ix.deleteExc(key, size)

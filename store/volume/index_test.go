@@ -682,3 +682,49 @@ func TestIndexAscendStops(t *testing.T) {
 		}
 	}
 }
+
+// TestIndexMergeDropsDeadRecords deletes a quarter of the photos, in any
+// order: merges drop the records left without a live slot, so the packed
+// records stay within a sixteenth of the live photos, and every lookup
+// still agrees with the model.
+func TestIndexMergeDropsDeadRecords(t *testing.T) {
+	const photos = 20000
+	ix, m := newIndex(), indexModel{}
+	ix.mergeMin = 100
+	w := newPhotoWorkload(6)
+	w.webp = true
+	keys := w.keys(photos, 0)
+	for _, k := range keys {
+		for _, sz := range []uint32{0, 1, 2, 3, 8, 9, 10, 11} {
+			l := w.length(sz)
+			ix.put(k, sz, w.tail, l)
+			m.put(k, sz, w.tail, l)
+			w.tail += l
+		}
+	}
+	doomed := slices.Clone(keys[:photos/4])
+	w.rng.Shuffle(len(doomed), func(i, j int) { doomed[i], doomed[j] = doomed[j], doomed[i] })
+	for i, k := range doomed {
+		size := uint32(allSizes)
+		if i%10 == 0 {
+			// Some photos lose their sizes one by one.
+			for _, sz := range []uint32{0, 1, 2, 3, 8, 9, 10} {
+				if got, want := ix.removeLive(k, sz), m.removeLive(k, sz); got != want {
+					t.Fatalf("removeLive(%d, %d) = %d, model %d", k, sz, got, want)
+				}
+			}
+			size = 11
+		}
+		if got, want := ix.removeLive(k, size), m.removeLive(k, size); got != want {
+			t.Fatalf("removeLive(%d, %d) = %d, model %d", k, size, got, want)
+		}
+	}
+	if err := compareIndex(ix, m); err != nil {
+		t.Fatal(err)
+	}
+	live := 2 * (photos - photos/4) // records of the photos left: two lanes each
+	if ix.records() > live+live/16+1 {
+		t.Errorf("%d packed records for %d live ones: dead records were not dropped", ix.records(), live)
+	}
+	ix.release()
+}

@@ -113,7 +113,8 @@ func TestIndexMemoryFreedByCompaction(t *testing.T) {
 	v.mu.RLock()
 	old := v.mu.index
 	v.mu.RUnlock()
-	if lanePages(old) != 2 || old.tombs.len() != (photos+1)/2 {
+	// The deletes' merges dropped the emptied records: one page is left.
+	if lanePages(old) != 1 || old.tombs.len() != (photos+1)/2 {
 		t.Fatalf("before compaction: %d pages, %d tombstones", lanePages(old), old.tombs.len())
 	}
 	stop := make(chan struct{})
