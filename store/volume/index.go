@@ -162,9 +162,10 @@ const (
 // keeps the rest as exceptions. A stream of out-of-order or random keys
 // therefore still ends up compact, and the cost of merging is amortised
 // over the puts. Likewise, when the records whose every slot was removed
-// (deleted photos) reach a sixteenth of the packed records, a merge drops
-// them: a deleted photo then costs its tombstone only (see tombSet), not a
-// dead record beside it.
+// (deleted photos) reach a sixteenth of the packed records (and
+// mergeMin), they are dropped in place (see dropDead): a deleted photo
+// then costs its tombstone only (see tombSet), not a dead record beside
+// it.
 type index struct {
 	// lanes holds the packed records: lanes[0] of size codes 0..3,
 	// lanes[1] of 8..11.
@@ -611,7 +612,7 @@ func (ix *index) removeLive(key uint64, size uint32) (freedUnits uint64) {
 	}
 	if ix.deadRecs >= max(ix.records()/16, ix.mergeMin) {
 		// Once the removal is complete, exceptions included.
-		defer ix.merge()
+		defer ix.dropDead()
 	}
 	if size != allSizes {
 		return freedUnits + ix.deleteExc(key, size)
@@ -842,6 +843,59 @@ func (ix *index) merge() {
 		ix.lanes[ln].release()
 	}
 	*ix = *nx
+}
+
+// dropDead removes, in place, the packed records that have no live slot,
+// in every lane. Unlike a merge it allocates no second copy of the
+// records, so deletes never double the index's memory even for a moment.
+func (ix *index) dropDead() {
+	for ln := range ix.lanes {
+		ix.lanes[ln].dropDead()
+	}
+	ix.deadRecs = 0
+}
+
+// dropDead removes the records with no live slot, sliding the others down
+// and regrouping them as appendRecord groups them, and frees the pages
+// left empty.
+func (ix *lane) dropDead() {
+	bases := make([]uint64, 0, len(ix.bases))
+	starts := make([]uint32, 0, len(ix.starts))
+	w, g := 0, 0
+	var lastKey uint64
+	for r := 0; r < ix.nrec; r++ {
+		for g+1 < len(ix.starts) && int(ix.starts[g+1]) <= r {
+			g++
+		}
+		b := ix.record(r)
+		mask := recMask(b)
+		if mask == 0 {
+			continue
+		}
+		key := ix.bases[g] + uint64(recDelta(b))
+		ng := len(bases) - 1
+		if ng < 0 || w-int(starts[ng]) >= groupRecords || key-bases[ng] > maxDelta {
+			bases = append(bases, key)
+			starts = append(starts, uint32(w))
+			ng++
+		}
+		dst := ix.record(w) // w <= r: a record already read
+		copy(dst, b)
+		put24(dst, uint32(key-bases[ng])|mask<<deltaBits)
+		lastKey = key
+		w++
+	}
+	keep := (w + pageRecords - 1) >> pageShift
+	for p := keep; p < len(ix.pages); p++ {
+		ix.mem.release(ix.pages[p])
+		ix.pages[p] = nil
+	}
+	ix.pages = ix.pages[:keep]
+	if keep > 0 {
+		ix.pages[keep-1] = ix.pages[keep-1][:(w-(keep-1)*pageRecords)*recSize]
+	}
+	ix.nrec, ix.lastKey = w, lastKey
+	ix.bases, ix.starts = bases, starts
 }
 
 // release frees the memory the index holds outside the Go heap and empties

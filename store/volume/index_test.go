@@ -726,5 +726,9 @@ func TestIndexMergeDropsDeadRecords(t *testing.T) {
 	if ix.records() > live+live/16+1 {
 		t.Errorf("%d packed records for %d live ones: dead records were not dropped", ix.records(), live)
 	}
+	// 20,000 photos took 3 pages per lane; 15,000 fit in 2.
+	if got := lanePages(ix); got != 4 {
+		t.Errorf("%d pages after the deletes, want 4: emptied pages were not freed", got)
+	}
 	ix.release()
 }
