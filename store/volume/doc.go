@@ -122,7 +122,7 @@
 //
 // # Index memory
 //
-// The in-RAM index (index.go) costs about 4.8 bytes per image: one 19-byte
+// The in-RAM index (index.go) costs about 4.5 bytes per image: one 18-byte
 // record per photo, plus 14 bytes per deleted photo for its tombstone
 // (tombset.go). Both arrays are mapped outside the Go heap (offheap.go), so
 // the collector neither scans them nor lets GOGC headroom double them, and

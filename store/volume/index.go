@@ -25,15 +25,17 @@ const (
 	numLanes = 2
 
 	// recSize is the width in bytes of one packed record (see index).
-	recSize = 19
+	recSize = 18
 
 	// deltaBits is the width of a record's key delta from its group's base key.
 	deltaBits = 20
 	maxDelta  = 1<<deltaBits - 1
 
-	// maxLen is the largest length, in 8-byte units, a packed slot holds
-	// (24 bits: 128 MiB). Longer needles are exceptions.
-	maxLen = 1<<24 - 1
+	// lenBits is the width of a slot's length; maxLen is the largest
+	// length, in 8-byte units, a packed slot holds (22 bits: 32 MiB, more
+	// than any resized image). Longer needles are exceptions.
+	lenBits = 22
+	maxLen  = 1<<lenBits - 1
 
 	// groupRecords is the most records appends put in a group. A lookup
 	// binary-searches the group bases, then the key deltas inside one
@@ -57,7 +59,7 @@ const (
 	// offheap.go), so that appending never copies the index nor leaves
 	// half of a doubled array unused: a page is mapped whole when its
 	// first record is appended, and the kernel backs it 4 KiB at a time as
-	// records are written. A page is 155,648 bytes, exactly 38 pages of
+	// records are written. A page is 147,456 bytes, exactly 36 pages of
 	// 4 KiB, so nothing is rounded up.
 	pageShift   = 13
 	pageRecords = 1 << pageShift
@@ -96,16 +98,16 @@ const (
 // Keys arrive almost sorted and the sizes t, s, m, l of a photo are appended
 // together, one after another, in ascending size order, followed (in the
 // same batch) by their WebP variants, size codes 8..11. The index exploits
-// both: the common case is one fixed-width 19-byte record per photo and
-// lane (about 4.8 bytes per stored image whether a photo has four or eight
+// both: the common case is one fixed-width 18-byte record per photo and
+// lane (about 4.5 bytes per stored image whether a photo has four or eight
 // needles), kept in key order.
 //
 // A lane is a sorted array of packed records with its own groups. Lane 0
 // has a slot for each of the size codes 0..3 (t, s, m, l), lane 1 for each
 // of 8..11 (their WebP variants, slot i holding size code 8+i); a photo
 // without WebP variants has no record in lane 1. Two lanes rather than one
-// record of eight slots (31 bytes) keep photos of four needles at 19 bytes:
-// one wide record would cost them 7.75 bytes per image. The record of each
+// record of eight slots (29 bytes) keep photos of four needles at 18 bytes:
+// one wide record would cost them 7.25 bytes per image. The record of each
 // lane is the same; "size i" below means slot i of its lane. All integers
 // are little-endian:
 //
@@ -114,10 +116,9 @@ const (
 //	| 0      | 3    | bits 0..19: key - group base key; bits 20..23: live mask,  |
 //	|        |      | bit i set when size i is live                              |
 //	| 3      | 4    | first offset: offset of the lowest used slot               |
-//	| 7      | 3    | length of size 0 (t); 0 = slot unused                      |
-//	| 10     | 3    | length of size 1 (s)                                       |
-//	| 13     | 3    | length of size 2 (m)                                       |
-//	| 16     | 3    | length of size 3 (l)                                       |
+//	| 7      | 11   | four lengths of 22 bits, in 8-byte units, size i at bits   |
+//	|        |      | 22i..22i+21 of these 88 bits: size 0 (t), 1 (s), 2 (m),    |
+//	|        |      | 3 (l); 0 = slot unused                                     |
 //
 // The offset of size i is the first offset plus the lengths of the slots
 // before i. A slot whose live bit is clear but whose length is not zero is
@@ -130,7 +131,7 @@ const (
 // first record) when appended; insertions (below) may grow it to 128. For
 // each group the index holds its base key (uint64) and the number of its
 // first record (uint32), about 0.05 bytes per image. Records live in pages
-// of 8192 records (155,648 bytes), mapped outside the Go heap (see
+// of 8192 records (147,456 bytes), mapped outside the Go heap (see
 // offheap.go).
 //
 // # Late keys
@@ -150,7 +151,7 @@ const (
 // packed key that cannot be inserted, a size written again (its packed slot becomes dead), a size
 // appended later that does not follow the photo's last size of its lane in
 // the file, size codes that no lane has a slot for (4, the original), and
-// lengths of zero or of 2^24 units and more. For every
+// lengths of zero or of 2^22 units (32 MiB) and more. For every
 // (key, size) at most one of a live packed slot and an exception exists.
 // Lookups try the packed record, then the exceptions.
 //
@@ -281,7 +282,24 @@ func recDelta(b []byte) uint32 { return get24(b) & maxDelta }
 func recMask(b []byte) uint32  { return get24(b) >> deltaBits }
 func recFirst(b []byte) uint32 { return binary.LittleEndian.Uint32(b[3:7]) }
 func recLen(b []byte, size uint32) uint32 {
-	return get24(b[7+3*size:])
+	bit := lenBits * size
+	o, sh := 7+bit/8, bit%8
+	if sh+lenBits <= 24 {
+		return get24(b[o:]) >> sh & maxLen
+	}
+	return binary.LittleEndian.Uint32(b[o:]) >> sh & maxLen
+}
+
+// setRecLen sets the length of slot size of record b; length must be at
+// most maxLen.
+func setRecLen(b []byte, size, length uint32) {
+	bit := lenBits * size
+	o, sh := 7+bit/8, bit%8
+	if sh+lenBits <= 24 {
+		put24(b[o:], get24(b[o:])&^(maxLen<<sh)|length<<sh)
+		return
+	}
+	binary.LittleEndian.PutUint32(b[o:], binary.LittleEndian.Uint32(b[o:])&^(maxLen<<sh)|length<<sh)
 }
 
 func setRecMask(b []byte, mask uint32) {
@@ -500,9 +518,9 @@ func extend(b []byte, size, off, length uint32) bool {
 		return false
 	}
 	if filler != 0 {
-		put24(b[7+3*(size-1):], filler)
+		setRecLen(b, size-1, filler)
 	}
-	put24(b[7+3*size:], length)
+	setRecLen(b, size, length)
 	setRecMask(b, recMask(b)|1<<size)
 	return true
 }
@@ -535,7 +553,7 @@ func (ix *index) put(key uint64, size uint32, off, length uint32) {
 		if p.nrec == 0 || key > p.lastKey {
 			b := p.appendRecord(key)
 			binary.LittleEndian.PutUint32(b[3:7], off)
-			put24(b[7+3*slot:], length)
+			setRecLen(b, slot, length)
 			setRecMask(b, 1<<slot)
 			return
 		}
@@ -545,7 +563,7 @@ func (ix *index) put(key uint64, size uint32, off, length uint32) {
 			}
 		} else if b, ok := p.insertRecord(key); ok {
 			binary.LittleEndian.PutUint32(b[3:7], off)
-			put24(b[7+3*slot:], length)
+			setRecLen(b, slot, length)
 			setRecMask(b, 1<<slot)
 			return
 		}
@@ -959,9 +977,9 @@ func (ix *index) pack(entries []excEntry) {
 				b = p.appendRecord(e.key)
 				binary.LittleEndian.PutUint32(b[3:7], e.off)
 			} else if filler, _ := follows(prevSlot, prevEnd, e.size, e.off); filler != 0 {
-				put24(b[7+3*(e.size-1):], filler)
+				setRecLen(b, e.size-1, filler)
 			}
-			put24(b[7+3*e.size:], e.length)
+			setRecLen(b, e.size, e.length)
 			setRecMask(b, recMask(b)|1<<e.size)
 			prevSlot, prevEnd = e.size, uint64(e.off)+uint64(e.length)
 			packedAt |= 1 << candAt[j]

@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"encoding/binary"
 	"flag"
 	"fmt"
 	"maps"
@@ -507,7 +508,7 @@ func TestIndexCases(t *testing.T) {
 		{name: "odd size codes", ops: []op{put(5, 7, 8, 10), put(5, allSizes-1, 18, 10)}, exc: 2},
 		{name: "put for all sizes is ignored", ops: []op{put(5, allSizes, 8, 10)}},
 		{name: "length zero", ops: []op{put(5, 0, 8, 0), put(5, 1, 8, 10)}, recs: 1, exc: 1},
-		{name: "length of 24 bits", ops: []op{put(5, 0, 8, maxLen), put(5, 1, 8+maxLen, maxLen+1)}, recs: 1, exc: 1},
+		{name: "longest packed length", ops: []op{put(5, 0, 8, maxLen), put(5, 1, 8+maxLen, maxLen+1)}, recs: 1, exc: 1},
 		{name: "offset at the end of the range", ops: []op{put(5, 0, math.MaxUint32-5, 10), put(5, 1, 4, 10)}, recs: 1, exc: 1},
 		{name: "key gap of the delta width", ops: cat(photo(5, 8), photo(5+maxDelta, 108), photo(5+maxDelta+1, 208)), recs: 3},
 		{name: "key gap of 2^40", ops: cat(photo(5, 8), photo(5+1<<40, 108), photo(6+1<<40, 208)), recs: 3},
@@ -731,4 +732,36 @@ func TestIndexMergeDropsDeadRecords(t *testing.T) {
 		t.Errorf("%d pages after the deletes, want 4: emptied pages were not freed", got)
 	}
 	ix.release()
+}
+
+// TestRecordLengths sets the four 22-bit lengths of a record in random
+// order to random values, the extremes included, and reads every field
+// back: no length spills into its neighbours, the key delta, the live mask
+// or the first offset.
+func TestRecordLengths(t *testing.T) {
+	r := rand.New(rand.NewPCG(8, 9))
+	b := make([]byte, recSize)
+	for step := range 20000 {
+		var want [packedSizes]uint32
+		delta, mask, first := r.Uint32N(maxDelta+1), r.Uint32N(16), r.Uint32()
+		put24(b, delta|mask<<deltaBits)
+		binary.LittleEndian.PutUint32(b[3:7], first)
+		for _, i := range r.Perm(packedSizes) {
+			switch r.IntN(3) {
+			case 0:
+				want[i] = maxLen
+			case 1:
+				want[i] = r.Uint32N(maxLen + 1)
+			}
+			setRecLen(b, uint32(i), want[i])
+		}
+		for i := range uint32(packedSizes) {
+			if got := recLen(b, i); got != want[i] {
+				t.Fatalf("step %d: length %d = %d, want %d", step, i, got, want[i])
+			}
+		}
+		if recDelta(b) != delta || recMask(b) != mask || recFirst(b) != first {
+			t.Fatalf("step %d: delta %d mask %d first %d, want %d %d %d", step, recDelta(b), recMask(b), recFirst(b), delta, mask, first)
+		}
+	}
 }
