@@ -71,6 +71,10 @@ func newMetrics(st *Store) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.requests, m.latency, m.bytesServed, m.bytesSent, m.corruptReads, m.grpcRequests,
 		volumeCollector{st},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "haybale_store_index_mapped_bytes",
+			Help: "Memory the volume indexes hold outside the Go heap (mapped; resident only where written).",
+		}, func() float64 { return float64(volume.IndexMappedBytes()) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {

@@ -80,6 +80,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -254,6 +255,11 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		s.Close()
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	// Loading the volumes left garbage (read buffers, index arrays that
+	// grew or were merged); the indexes themselves live outside the heap.
+	// Collect it and give the memory back to the system now, rather than
+	// carry it for the life of the process.
+	debug.FreeOSMemory()
 	s.ready.Store(true)
 	return s, nil
 }

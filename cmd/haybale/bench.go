@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -17,7 +19,7 @@ func newBenchCmd() *cobra.Command {
 		Short: "Load generators and benchmarks",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(newBenchStoreGetCmd(), newBenchPathsCmd(), newBenchUploadCmd())
+	cmd.AddCommand(newBenchStoreGetCmd(), newBenchPathsCmd(), newBenchUploadCmd(), newBenchStoreMemoryCmd())
 	return cmd
 }
 
@@ -137,5 +139,81 @@ func newBenchPathsCmd() *cobra.Command {
 	f.Float64Var(&zipfS, "zipf-s", 1.1, "Zipf exponent (> 1)")
 	f.IntVar(&n, "n", 200000, "number of paths")
 	f.Uint64Var(&seed, "seed", 1, "seed of the draw")
+	return cmd
+}
+
+func newBenchStoreMemoryCmd() *cobra.Command {
+	var cfg bench.StoreMemoryConfig
+	var keep bool
+	cmd := &cobra.Command{
+		Use:   "store-memory",
+		Short: "Measure a store process's RSS and Go heap per stored image: after a load, after a restart, with reads",
+		Long: `store-memory starts ` + "`haybale store`" + ` (this binary, or --haybale) as a child process
+on an empty data directory, loads --images images over gRPC with parallel
+writers, and samples the process's memory: VmRSS, RssAnon and RssFile from
+/proc/PID/status (and smaps_rollup), the Go heap and the volume indexes'
+mapped memory from the store's /metrics. It then restarts the store and
+samples again after the volumes are open, and once more with reads running.
+It prints every figure as bytes per image above the empty store's.`,
+		Example: `  haybale bench store-memory --images 4000000
+  haybale bench store-memory --images 4000000 --delete 0.25`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfg.Binary == "" {
+				exe, err := os.Executable()
+				if err != nil {
+					return fmt.Errorf("cannot find this binary to start the store: %w (give --haybale)", err)
+				}
+				cfg.Binary = exe
+			}
+			if cfg.Dir == "" {
+				dir, err := os.MkdirTemp("", "haybale-store-memory-")
+				if err != nil {
+					return err
+				}
+				if !keep {
+					defer os.RemoveAll(dir)
+				}
+				cfg.Dir = dir
+			} else if names, err := os.ReadDir(filepath.Join(cfg.Dir, "data")); err == nil && len(names) > 0 && !cfg.Reuse {
+				return fmt.Errorf("--dir %s: its data directory is not empty; give a new directory", cfg.Dir)
+			}
+			cfg.SecretFile = filepath.Join(cfg.Dir, "secret")
+			secret, err := token.LoadOrCreateSecret(cfg.SecretFile)
+			if err != nil {
+				return err
+			}
+			signer, err := token.NewSigner(secret)
+			if err != nil {
+				return err
+			}
+			cfg.SignWrite = func(vid uint32, keyStart, keyCount uint64) (string, error) {
+				return signer.Sign(token.Claims{Kind: token.KindWrite, Vid: vid, KeyStart: keyStart, KeyCount: keyCount, Expiry: time.Now().Add(time.Hour)})
+			}
+			cfg.SignDelete = func(vid uint32, key, cookie uint64) (string, error) {
+				return signer.Sign(token.Claims{Kind: token.KindDelete, Vid: vid, KeyStart: key, KeyCount: 1, Cookie: cookie, Expiry: time.Now().Add(time.Hour)})
+			}
+			cfg.Out = cmd.OutOrStdout()
+			_, err = bench.RunStoreMemory(cmd.Context(), cfg)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Binary, "haybale", "", "haybale binary to run the store with (default: this binary)")
+	f.StringVar(&cfg.Dir, "dir", "", "work directory for the store's data and log (default: a new temporary directory, removed afterwards)")
+	f.BoolVar(&keep, "keep", false, "keep the temporary work directory")
+	f.IntVar(&cfg.Images, "images", 4_000_000, "images to load (4 per photo)")
+	f.IntVar(&cfg.Volumes, "volumes", 4, "volumes to spread the photos over")
+	f.IntVar(&cfg.Writers, "writers", 16, "concurrent gRPC writes")
+	f.IntVar(&cfg.PhotosPerWrite, "photos-per-write", 4, "photos (4 needles each, consecutive keys) per Write request")
+	f.IntVar(&cfg.DataBytes, "data-bytes", 100, "data bytes of every needle")
+	f.Float64Var(&cfg.DeleteFraction, "delete", 0, "fraction of the photos to delete after the load (one tombstone each)")
+	f.IntVar(&cfg.Readers, "readers", 16, "concurrent image GETs in the read phase")
+	f.DurationVar(&cfg.ReadDuration, "read-duration", 10*time.Second, "length of the read phase")
+	f.DurationVar(&cfg.Settle, "settle", 2*time.Second, "wait after each phase before sampling")
+	f.StringVar(&cfg.HTTPAddr, "http", "127.0.0.1:18280", "the store's HTTP address")
+	f.StringVar(&cfg.GRPCAddr, "grpc", "127.0.0.1:18281", "the store's gRPC address")
+	f.StringSliceVar(&cfg.Env, "env", nil, "environment variables for the store, e.g. GOGC=50")
+	f.BoolVar(&cfg.Reuse, "reuse", false, "measure the data an earlier run left in --dir (same --images, --volumes, --photos-per-write, --delete) instead of loading: after open and with reads")
 	return cmd
 }

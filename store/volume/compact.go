@@ -263,6 +263,9 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 	oldDat, oldIdx, oldMap := v.dat, v.idx, v.mu.dmap
 	v.dat, v.idx, v.idxBytes, v.idxErr = b.dat, b.idx, b.idxBytes, nil
 	v.mu.dmap = newMap
+	// The old index's memory is freed now, under the write lock, so no
+	// reader can be using it.
+	v.mu.index.release()
 	v.mu.index = b.ix
 	v.super = newSuper
 	v.tail.Store(b.tail)

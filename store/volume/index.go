@@ -25,30 +25,49 @@ const (
 	numLanes = 2
 
 	// recSize is the width in bytes of one packed record (see index).
-	recSize = 19
+	recSize = 18
 
 	// deltaBits is the width of a record's key delta from its group's base key.
 	deltaBits = 20
 	maxDelta  = 1<<deltaBits - 1
 
-	// maxLen is the largest length, in 8-byte units, a packed slot holds
-	// (24 bits: 128 MiB). Longer needles are exceptions.
-	maxLen = 1<<24 - 1
+	// lenBits is the width of a slot's length; maxLen is the largest
+	// length, in 8-byte units, a packed slot holds (22 bits: 32 MiB, more
+	// than any resized image). Longer needles are exceptions.
+	lenBits = 22
+	maxLen  = 1<<lenBits - 1
 
-	// groupRecords is the most records a group spans. A lookup binary-searches
-	// the group bases, then the key deltas inside one group.
+	// groupRecords is the most records appends put in a group. A lookup
+	// binary-searches the group bases, then the key deltas inside one
+	// group.
 	groupRecords = 64
 
-	// pageShift sets the size of a full page: 1<<pageShift records. Records
-	// live in pages of fixed size so that appending never copies the whole
-	// index nor leaves half of a large doubled slice unused; only the last
-	// page grows (by doubling, from firstPageRecords) until it is full. A full
-	// page is 155,648 bytes, exactly 19 runtime pages of 8 KiB, so the
-	// allocator rounds nothing up.
-	pageShift        = 13
-	pageRecords      = 1 << pageShift
-	pageMask         = pageRecords - 1
-	firstPageRecords = 64
+	// maxGroupRecords is the most records a group spans once records have
+	// been inserted into it (see insertRecord); a merge regroups them by
+	// groupRecords.
+	maxGroupRecords = 2 * groupRecords
+
+	// insertWindow is the most records an insertion moves: a key that
+	// arrives late (below the last packed key) is inserted in place only
+	// when at most this many records follow it. Concurrent writers make
+	// keys arrive a few photos late; later than this, a key becomes an
+	// exception.
+	insertWindow = 256
+
+	// pageShift sets the size of a page: 1<<pageShift records. Records
+	// live in pages of fixed size, mapped outside the Go heap (see
+	// offheap.go), so that appending never copies the index nor leaves
+	// half of a doubled array unused: a page is mapped whole when its
+	// first record is appended, and the kernel backs it 4 KiB at a time as
+	// records are written. A page is 147,456 bytes, exactly 36 pages of
+	// 4 KiB, so nothing is rounded up.
+	pageShift   = 13
+	pageRecords = 1 << pageShift
+	pageMask    = pageRecords - 1
+	pageBytes   = pageRecords * recSize
+
+	// osPage is the granularity at which the kernel backs mapped memory.
+	osPage = 4096
 
 	// excDegree is the degree of the exception B-tree.
 	excDegree = 16
@@ -79,16 +98,16 @@ const (
 // Keys arrive almost sorted and the sizes t, s, m, l of a photo are appended
 // together, one after another, in ascending size order, followed (in the
 // same batch) by their WebP variants, size codes 8..11. The index exploits
-// both: the common case is one fixed-width 19-byte record per photo and
-// lane (about 4.8 bytes per stored image whether a photo has four or eight
+// both: the common case is one fixed-width 18-byte record per photo and
+// lane (about 4.5 bytes per stored image whether a photo has four or eight
 // needles), kept in key order.
 //
 // A lane is a sorted array of packed records with its own groups. Lane 0
 // has a slot for each of the size codes 0..3 (t, s, m, l), lane 1 for each
 // of 8..11 (their WebP variants, slot i holding size code 8+i); a photo
 // without WebP variants has no record in lane 1. Two lanes rather than one
-// record of eight slots (31 bytes) keep photos of four needles at 19 bytes:
-// one wide record would cost them 7.75 bytes per image. The record of each
+// record of eight slots (29 bytes) keep photos of four needles at 18 bytes:
+// one wide record would cost them 7.25 bytes per image. The record of each
 // lane is the same; "size i" below means slot i of its lane. All integers
 // are little-endian:
 //
@@ -97,10 +116,9 @@ const (
 //	| 0      | 3    | bits 0..19: key - group base key; bits 20..23: live mask,  |
 //	|        |      | bit i set when size i is live                              |
 //	| 3      | 4    | first offset: offset of the lowest used slot               |
-//	| 7      | 3    | length of size 0 (t); 0 = slot unused                      |
-//	| 10     | 3    | length of size 1 (s)                                       |
-//	| 13     | 3    | length of size 2 (m)                                       |
-//	| 16     | 3    | length of size 3 (l)                                       |
+//	| 7      | 11   | four lengths of 22 bits, in 8-byte units, size i at bits   |
+//	|        |      | 22i..22i+21 of these 88 bits: size 0 (t), 1 (s), 2 (m),    |
+//	|        |      | 3 (l); 0 = slot unused                                     |
 //
 // The offset of size i is the first offset plus the lengths of the slots
 // before i. A slot whose live bit is clear but whose length is not zero is
@@ -108,20 +126,32 @@ const (
 // sizes that are not adjacent in the file. Dead slots keep their length so
 // the offsets of later slots stay right.
 //
-// Records are grouped: a group is at most 64 consecutive records of a lane whose keys
-// are all within 2^20-1 of the group's base key (the key of its first
-// record). For each group the index holds its base key (uint64) and the
-// number of its first record (uint32), about 0.05 bytes per image. Records
-// live in pages of 8192 records (155,648 bytes).
+// Records are grouped: a group is at most 64 consecutive records of a lane
+// whose keys are all within 2^20-1 of the group's base key (the key of its
+// first record) when appended; insertions (below) may grow it to 128. For
+// each group the index holds its base key (uint64) and the number of its
+// first record (uint32), about 0.05 bytes per image. Records live in pages
+// of 8192 records (147,456 bytes), mapped outside the Go heap (see
+// offheap.go).
+//
+// # Late keys
+//
+// Writers that run concurrently make a volume receive some keys a few
+// photos late, below the last packed key. Such a key gets a record
+// inserted in place, the records after it moved up by one, when it falls
+// in a group (at or above its base, within 2^20-1 of it) that holds fewer
+// than 128 records and at most 256 records follow it (see insertRecord);
+// later sizes of the photo then extend that record as they would the last
+// one.
 //
 // # Exceptions
 //
 // Whatever does not fit the packed form is kept in an exception set, a B-tree
 // of (key, size, offset, length) ordered by (key, size): a key below the last
-// packed key, a size written again (its packed slot becomes dead), a size
+// packed key that cannot be inserted, a size written again (its packed slot becomes dead), a size
 // appended later that does not follow the photo's last size of its lane in
 // the file, size codes that no lane has a slot for (4, the original), and
-// lengths of zero or of 2^24 units and more. For every
+// lengths of zero or of 2^22 units (32 MiB) and more. For every
 // (key, size) at most one of a live packed slot and an exception exists.
 // Lookups try the packed record, then the exceptions.
 //
@@ -132,7 +162,11 @@ const (
 // order, packs every photo whose sizes can share a record of each lane and
 // keeps the rest as exceptions. A stream of out-of-order or random keys
 // therefore still ends up compact, and the cost of merging is amortised
-// over the puts.
+// over the puts. Likewise, when the records whose every slot was removed
+// (deleted photos) reach a sixteenth of the packed records (and
+// mergeMin), they are dropped in place (see dropDead): a deleted photo
+// then costs its tombstone only (see tombSet), not a dead record beside
+// it.
 type index struct {
 	// lanes holds the packed records: lanes[0] of size codes 0..3,
 	// lanes[1] of 8..11.
@@ -145,6 +179,9 @@ type index struct {
 	// excAtMerge is the exception count after the last merge, lowered by
 	// removals.
 	excAtMerge int
+	// deadRecs counts the packed records removeLive emptied (every live
+	// bit cleared) since the last merge.
+	deadRecs int
 	// mergeMin is the least number of exceptions added since the last merge
 	// that triggers a merge. Tests lower it.
 	mergeMin int
@@ -162,8 +199,10 @@ type index struct {
 // lane is one sorted array of packed records and its groups.
 type lane struct {
 	// pages holds the packed records, pageRecords per page; every page but
-	// the last is full.
+	// the last is full. Each page is a block of mem, pageBytes long, sliced
+	// to the records it holds.
 	pages [][]byte
+	mem   *offHeap
 	// nrec is the number of packed records.
 	nrec int
 	// lastKey is the key of record nrec-1 (meaningful when nrec > 0).
@@ -243,7 +282,24 @@ func recDelta(b []byte) uint32 { return get24(b) & maxDelta }
 func recMask(b []byte) uint32  { return get24(b) >> deltaBits }
 func recFirst(b []byte) uint32 { return binary.LittleEndian.Uint32(b[3:7]) }
 func recLen(b []byte, size uint32) uint32 {
-	return get24(b[7+3*size:])
+	bit := lenBits * size
+	o, sh := 7+bit/8, bit%8
+	if sh+lenBits <= 24 {
+		return get24(b[o:]) >> sh & maxLen
+	}
+	return binary.LittleEndian.Uint32(b[o:]) >> sh & maxLen
+}
+
+// setRecLen sets the length of slot size of record b; length must be at
+// most maxLen.
+func setRecLen(b []byte, size, length uint32) {
+	bit := lenBits * size
+	o, sh := 7+bit/8, bit%8
+	if sh+lenBits <= 24 {
+		put24(b[o:], get24(b[o:])&^(maxLen<<sh)|length<<sh)
+		return
+	}
+	binary.LittleEndian.PutUint32(b[o:], binary.LittleEndian.Uint32(b[o:])&^(maxLen<<sh)|length<<sh)
 }
 
 func setRecMask(b []byte, mask uint32) {
@@ -317,15 +373,12 @@ func (ix *lane) appendRecord(key uint64) []byte {
 	p := r >> pageShift
 	o := (r & pageMask) * recSize
 	if p == len(ix.pages) {
-		ix.pages = append(ix.pages, make([]byte, 0, firstPageRecords*recSize))
+		if ix.mem == nil {
+			ix.mem = newOffHeap()
+		}
+		ix.pages = append(ix.pages, ix.mem.alloc(pageBytes)[:0])
 	}
-	page := ix.pages[p]
-	if o+recSize > cap(page) {
-		grown := make([]byte, len(page), min(2*cap(page), pageRecords*recSize))
-		copy(grown, page)
-		page = grown
-	}
-	page = page[:o+recSize]
+	page := ix.pages[p][:o+recSize]
 	ix.pages[p] = page
 	b := page[o : o+recSize : o+recSize]
 	clear(b)
@@ -333,6 +386,67 @@ func (ix *lane) appendRecord(key uint64) []byte {
 	ix.nrec++
 	ix.lastKey = key
 	return b
+}
+
+// insertRecord inserts a packed record for key, which must be below the
+// last packed key and have no record, and returns its bytes with the delta
+// set and every other field zero. It does so only when key is within
+// maxDelta above the base of the group it falls in, that group holds fewer
+// than maxGroupRecords records and at most insertWindow records follow the
+// new one; otherwise it returns false and changes nothing.
+func (ix *lane) insertRecord(key uint64) ([]byte, bool) {
+	if ix.nrec == 0 || key >= ix.lastKey || key < ix.bases[0] {
+		return nil, false
+	}
+	// The last group whose base is <= key, among the groups that start
+	// within the window.
+	g := len(ix.bases) - 1
+	for g > 0 && ix.bases[g] > key {
+		if ix.nrec-int(ix.starts[g]) > insertWindow {
+			return nil, false
+		}
+		g--
+	}
+	d := key - ix.bases[g]
+	end := ix.nrec
+	if g+1 < len(ix.starts) {
+		end = int(ix.starts[g+1])
+	}
+	if d > maxDelta || end-int(ix.starts[g]) >= maxGroupRecords {
+		return nil, false
+	}
+	delta := uint32(d)
+	// The first record of the group whose delta is above delta.
+	l, h := int(ix.starts[g]), end
+	for l < h {
+		m := int(uint(l+h) >> 1)
+		if recDelta(ix.record(m)) < delta {
+			l = m + 1
+		} else {
+			h = m
+		}
+	}
+	if ix.nrec-l > insertWindow {
+		return nil, false
+	}
+	// Grow by one record and move records l.. up by one.
+	r := ix.nrec
+	p := r >> pageShift
+	if p == len(ix.pages) {
+		ix.pages = append(ix.pages, ix.mem.alloc(pageBytes)[:0])
+	}
+	ix.pages[p] = ix.pages[p][:(r&pageMask)*recSize+recSize]
+	ix.nrec++
+	for ; r > l; r-- {
+		copy(ix.record(r), ix.record(r-1))
+	}
+	for j := g + 1; j < len(ix.starts); j++ {
+		ix.starts[j]++
+	}
+	b := ix.record(l)
+	clear(b)
+	put24(b, delta)
+	return b, true
 }
 
 // packable returns the lane and slot an entry of this size and length can
@@ -344,13 +458,27 @@ func packable(size, length uint32) (ln int, slot uint32, ok bool) {
 	return laneOf(size)
 }
 
-// memoryBytes returns the capacity of the lane's pages and group arrays.
+// memoryBytes returns the bytes the lane holds: its group arrays and page
+// list on the heap, and the part of its pages the records have touched
+// (whole 4 KiB pages: what the kernel backs).
 func (ix *lane) memoryBytes() int {
-	n := cap(ix.pages)*24 + cap(ix.bases)*8 + cap(ix.starts)*4
+	return cap(ix.pages)*24 + cap(ix.bases)*8 + cap(ix.starts)*4 + ix.pageBytes()
+}
+
+// pageBytes returns the touched part of the lane's pages, in whole 4 KiB
+// pages.
+func (ix *lane) pageBytes() int {
+	n := 0
 	for _, p := range ix.pages {
-		n += cap(p)
+		n += (len(p) + osPage - 1) / osPage * osPage
 	}
 	return n
+}
+
+// release frees the lane's pages and empties it.
+func (ix *lane) release() {
+	ix.mem.free()
+	*ix = lane{}
 }
 
 // follows reports whether a slot of size at off can follow, in the same
@@ -390,9 +518,9 @@ func extend(b []byte, size, off, length uint32) bool {
 		return false
 	}
 	if filler != 0 {
-		put24(b[7+3*(size-1):], filler)
+		setRecLen(b, size-1, filler)
 	}
-	put24(b[7+3*size:], length)
+	setRecLen(b, size, length)
 	setRecMask(b, recMask(b)|1<<size)
 	return true
 }
@@ -425,11 +553,18 @@ func (ix *index) put(key uint64, size uint32, off, length uint32) {
 		if p.nrec == 0 || key > p.lastKey {
 			b := p.appendRecord(key)
 			binary.LittleEndian.PutUint32(b[3:7], off)
-			put24(b[7+3*slot:], length)
+			setRecLen(b, slot, length)
 			setRecMask(b, 1<<slot)
 			return
 		}
-		if key == p.lastKey && extend(p.record(p.nrec-1), slot, off, length) {
+		if r, found := p.find(key); found {
+			if extend(p.record(r), slot, off, length) {
+				return
+			}
+		} else if b, ok := p.insertRecord(key); ok {
+			binary.LittleEndian.PutUint32(b[3:7], off)
+			setRecLen(b, slot, length)
+			setRecMask(b, 1<<slot)
 			return
 		}
 	}
@@ -488,7 +623,14 @@ func (ix *index) removeLive(key uint64, size uint32) (freedUnits uint64) {
 			setRecMask(b, m&^kill)
 			ix.units -= freed
 			freedUnits += freed
+			if m&^kill == 0 {
+				ix.deadRecs++
+			}
 		}
+	}
+	if ix.deadRecs >= max(ix.records()/16, ix.mergeMin) {
+		// Once the removal is complete, exceptions included.
+		defer ix.dropDead()
 	}
 	if size != allSizes {
 		return freedUnits + ix.deleteExc(key, size)
@@ -715,7 +857,77 @@ func (ix *index) merge() {
 	nx.live, nx.units = ix.live, ix.units
 	nx.tombs = ix.tombs
 	nx.excAtMerge = nx.exc.Len()
+	for ln := range ix.lanes {
+		ix.lanes[ln].release()
+	}
 	*ix = *nx
+}
+
+// dropDead removes, in place, the packed records that have no live slot,
+// in every lane. Unlike a merge it allocates no second copy of the
+// records, so deletes never double the index's memory even for a moment.
+func (ix *index) dropDead() {
+	for ln := range ix.lanes {
+		ix.lanes[ln].dropDead()
+	}
+	ix.deadRecs = 0
+}
+
+// dropDead removes the records with no live slot, sliding the others down
+// and regrouping them as appendRecord groups them, and frees the pages
+// left empty.
+func (ix *lane) dropDead() {
+	bases := make([]uint64, 0, len(ix.bases))
+	starts := make([]uint32, 0, len(ix.starts))
+	w, g := 0, 0
+	var lastKey uint64
+	for r := 0; r < ix.nrec; r++ {
+		for g+1 < len(ix.starts) && int(ix.starts[g+1]) <= r {
+			g++
+		}
+		b := ix.record(r)
+		mask := recMask(b)
+		if mask == 0 {
+			continue
+		}
+		key := ix.bases[g] + uint64(recDelta(b))
+		ng := len(bases) - 1
+		if ng < 0 || w-int(starts[ng]) >= groupRecords || key-bases[ng] > maxDelta {
+			bases = append(bases, key)
+			starts = append(starts, uint32(w))
+			ng++
+		}
+		dst := ix.record(w) // w <= r: a record already read
+		copy(dst, b)
+		put24(dst, uint32(key-bases[ng])|mask<<deltaBits)
+		lastKey = key
+		w++
+	}
+	keep := (w + pageRecords - 1) >> pageShift
+	for p := keep; p < len(ix.pages); p++ {
+		ix.mem.release(ix.pages[p])
+		ix.pages[p] = nil
+	}
+	ix.pages = ix.pages[:keep]
+	if keep > 0 {
+		ix.pages[keep-1] = ix.pages[keep-1][:(w-(keep-1)*pageRecords)*recSize]
+	}
+	ix.nrec, ix.lastKey = w, lastKey
+	ix.bases, ix.starts = bases, starts
+}
+
+// release frees the memory the index holds outside the Go heap and empties
+// it, keeping its counters (live images and units, which Status reports
+// after a close). The volume calls it under its write lock when it closes
+// or swaps in a compacted index; an index that is dropped without it is
+// freed by a cleanup once unreachable (see offheap.go).
+func (ix *index) release() {
+	for ln := range ix.lanes {
+		ix.lanes[ln].release()
+	}
+	ix.exc.Clear(false)
+	ix.excMaxKey, ix.excAtMerge = 0, 0
+	ix.tombs.release()
 }
 
 // pack adds the live entries of one key, in size order, to an index being
@@ -765,9 +977,9 @@ func (ix *index) pack(entries []excEntry) {
 				b = p.appendRecord(e.key)
 				binary.LittleEndian.PutUint32(b[3:7], e.off)
 			} else if filler, _ := follows(prevSlot, prevEnd, e.size, e.off); filler != 0 {
-				put24(b[7+3*(e.size-1):], filler)
+				setRecLen(b, e.size-1, filler)
 			}
-			put24(b[7+3*e.size:], e.length)
+			setRecLen(b, e.size, e.length)
 			setRecMask(b, recMask(b)|1<<e.size)
 			prevSlot, prevEnd = e.size, uint64(e.off)+uint64(e.length)
 			packedAt |= 1 << candAt[j]

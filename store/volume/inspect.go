@@ -112,6 +112,7 @@ func InspectFile(ctx context.Context, path string, opts InspectOptions) (FileRep
 		total *= 2
 	}
 	ix := newIndex()
+	defer ix.release()
 	var read int64
 	res, err := walk(ctx, f, format, SuperblockSize, rep.Size, walkVisitor{
 		batch: func(batch []idxEntry) {

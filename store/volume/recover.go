@@ -11,8 +11,10 @@ import (
 	"github.com/haybale/haybale/needle"
 )
 
-// idxLoadChunk is how many idx records Open reads at a time.
-const idxLoadChunk = 64 << 10
+// idxLoadChunk is how many idx records Open reads, or the tail scan
+// writes, at a time: the only buffer loading needs besides the index, so
+// that a volume of any size loads in a fixed amount of transient memory.
+const idxLoadChunk = 16 << 10
 
 // recover reads the superblock, loads the idx hint and indexes the tail of
 // the .dat the idx does not cover. It runs before the volume is shared.
@@ -120,6 +122,12 @@ load:
 // damaged, whose other needles may have been acknowledged) is moved aside
 // into a file of its own (see TornPath) before it is cut off the .dat, so no
 // byte that may have been acknowledged is ever lost.
+//
+// The idx records of the tail are appended as the scan goes, a chunk at a
+// time, not gathered for the whole tail: a volume whose idx is lost is
+// rebuilt in a fixed amount of memory besides its index. They are all for
+// complete batches before the torn tail, so writing them before the tail
+// is moved aside changes nothing a later open reads.
 func (v *Volume) scanTail(ctx context.Context, from, size int64) error {
 	var recs []byte
 	ix := v.mu.index
@@ -131,6 +139,10 @@ func (v *Volume) scanTail(ctx context.Context, from, size int64) error {
 				recs = appendIdxRecord(recs, e)
 			}
 			v.needles.Add(int64(len(batch)))
+			if len(recs) >= idxLoadChunk*idxRecordSize {
+				v.appendIdx(recs)
+				recs = recs[:0]
+			}
 		},
 		damage: func(start, end int64, _ error) { v.corrupt.Add(end - start) },
 	})

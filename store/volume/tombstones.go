@@ -22,7 +22,7 @@ import (
 // yet: the write, if it lands later, is refused, and if its bytes are
 // already queued they stay dead.
 //
-// The index keeps each tombstone's place (about 24 bytes per deleted photo,
+// The index keeps each tombstone's place (a 14-byte record per deleted photo,
 // see tombSet), so compaction and replica checks can read it back.
 
 // ErrDeleted is returned by Write for a (key, size) that a tombstone in the

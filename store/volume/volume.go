@@ -389,6 +389,9 @@ func (v *Volume) Close() error {
 		return nil
 	}
 	v.mu.closed = true
+	// No reader holds the index now (they hold the read lock), and every
+	// later one sees closed, or an empty index.
+	v.mu.index.release()
 	var err error
 	if v.idx != nil {
 		if v.idxErr == nil {
