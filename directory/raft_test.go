@@ -436,7 +436,12 @@ func TestRaftRestartFromSnapshotAndLog(t *testing.T) {
 
 // A node added after the log was compacted catches up from a snapshot.
 func TestRaftNewNodeCatchesUpFromSnapshot(t *testing.T) {
-	tweak := func(o *RaftOptions) { o.TrailingLogs = 5; o.SnapshotThreshold = 10 }
+	tweak := func(o *RaftOptions) {
+		o.TrailingLogs, o.SnapshotThreshold = 5, 10
+		// The steps below talk to one leader: timeouts that a loaded
+		// machine does not turn into an election.
+		o.HeartbeatTimeout, o.ElectionTimeout, o.LeaderLeaseTimeout = time.Second, time.Second, 500*time.Millisecond
+	}
 	c := newTestCluster(t, 3, tweak)
 	l := c.leader()
 	for i := range 60 {
@@ -444,8 +449,21 @@ func TestRaftNewNodeCatchesUpFromSnapshot(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := l.raft.Snapshot(); err != nil {
-		t.Fatal(err)
+	// Every node compacts its log, so whichever node leads when the new
+	// one joins (leadership may move on a loaded machine) has to send it a
+	// snapshot.
+	waitFor(t, "every node applied the commands", func() error {
+		for _, n := range c.nodes {
+			if got := n.fsm.HighWater(); got != 600 {
+				return fmt.Errorf("%s: high water %d", n.id, got)
+			}
+		}
+		return nil
+	})
+	for _, n := range c.nodes {
+		if err := n.raft.Snapshot(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	addr, tr := raft.NewInmemTransport("")
 	for _, n := range c.nodes {
@@ -456,15 +474,18 @@ func TestRaftNewNodeCatchesUpFromSnapshot(t *testing.T) {
 	if err := l.raft.AddVoter("d4", string(addr)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the new node catches up", func() error {
+	// The state machine holds the snapshot's state a moment before raft
+	// records the install, so wait for both: a node that caught up from
+	// the log instead never shows a snapshot index, and the wait fails.
+	waitFor(t, "the new node catches up from a snapshot", func() error {
 		if nn.fsm.HighWater() != 600 {
 			return fmt.Errorf("high water %d", nn.fsm.HighWater())
 		}
+		if idx := nn.raft.Raw().Stats()["last_snapshot_index"]; idx == "0" {
+			return fmt.Errorf("no snapshot installed: %v", nn.raft.Raw().Stats())
+		}
 		return nil
 	})
-	if idx := nn.raft.Raw().Stats()["last_snapshot_index"]; idx == "0" {
-		t.Fatal("the new node did not install a snapshot")
-	}
 	members, err := l.raft.Members()
 	if err != nil || len(members) != 4 {
 		t.Fatalf("members %+v, %v", members, err)

@@ -55,6 +55,11 @@ func startTLSCluster(t *testing.T, ca *pki.CA) []*tlsRaftNode {
 	for _, n := range nodes {
 		ro := raftOptions(n.id, n.trans, "")
 		ro.Bootstrap = peers
+		// Real sockets, TLS handshakes and a loaded machine (the race
+		// detector, parallel packages): timeouts that no stall of a few
+		// hundred milliseconds turns into an election, since the tests
+		// check that the leader and term stay as they were.
+		ro.HeartbeatTimeout, ro.ElectionTimeout, ro.LeaderLeaseTimeout = time.Second, time.Second, 500*time.Millisecond
 		var err error
 		if n.raft, err = OpenRaft(ro, n.fsm); err != nil {
 			t.Fatal(err)
