@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
 )
 
@@ -31,26 +32,54 @@ func (p *pending) tombstoneOnly() bool {
 	return true
 }
 
-// commitQueue implements group commit. Writers queue batches and wait; one
-// committer goroutine per volume takes everything queued, commits it as one
-// round (pwrite, one fdatasync, index), wakes exactly the writers of that
-// round, and takes the next round, which holds everything that arrived
-// meanwhile. Only the committer (or whoever holds round) touches the file
-// tail, the idx file and the idx state.
+// commitQueue implements group commit as a two-stage pipeline. Writers
+// queue batches and wait. The committer goroutine takes everything queued
+// as one round, places it at the end of the bytes written so far and
+// pwrites it, then hands the round to the syncer goroutine, which
+// fdatasyncs, publishes the round's needles to the index, appends their idx
+// records and wakes exactly the writers of that round. While the syncer
+// waits for the disk, the committer already writes the next round (which
+// holds everything that arrived meanwhile): the disk does not wait for the
+// copy into the page cache and the copy does not wait for the disk.
+//
+// The pipeline is one round deep: the hand-over blocks until the syncer
+// has answered the round before, so at most one round is being written
+// while at most one other is being synced. Rounds reach the syncer in file
+// order and are answered in that order, each after an fdatasync that began
+// once its bytes were written. Only the committer (or whoever holds round)
+// writes the file tail; only the syncer, or whoever holds round once lead
+// has drained the pipeline, touches the idx file and its state.
 type commitQueue struct {
-	// round is held by the committer for each round, and by lead to stop
-	// appends (compaction's last catch-up and swap, Sync).
+	// round is held by the committer while it places and writes a round,
+	// and by lead to stop appends (compaction's last catch-up and swap,
+	// Sync, EC encode, Close).
 	round sync.Mutex
+	// Guarded by round:
+	next      int64      // where the next round starts; 0: at the durable tail
+	lastTombs []idxEntry // tombstones of the last round handed over, maybe not yet indexed
+	// inflight counts the rounds handed to the syncer and not yet
+	// answered. Add is called under round, and so is Wait (by lead).
+	inflight sync.WaitGroup
 
 	mu      sync.Mutex
 	queue   []*pending
 	closing bool
 
 	kick    chan struct{} // wakes the committer; capacity 1
-	stopped chan struct{} // closed when the committer has exited
+	stopped chan struct{} // closed when the committer and the syncer have exited
 }
 
-// startCommitter starts the volume's committer goroutine; Close stops it.
+// round is one group of batches on its way through the pipeline.
+type round struct {
+	group    []*pending // every batch taken from the queue, in queue order
+	accepted []*pending // the batches placed in the file, in file order
+	dat      vfs.File   // the file they were written to
+	end      int64      // end of the round's bytes
+	written  bool       // every pwrite of the round succeeded
+}
+
+// startCommitter starts the volume's committer and syncer goroutines;
+// Close stops them.
 func (v *Volume) startCommitter() {
 	v.commit.kick = make(chan struct{}, 1)
 	v.commit.stopped = make(chan struct{})
@@ -64,11 +93,19 @@ func (q *commitQueue) wake() {
 	}
 }
 
-// committer commits rounds until the volume closes; it exits once closing
-// is set and the queue is empty, so every queued batch gets an answer.
+// committer places and writes rounds until the volume closes; it exits
+// once closing is set and the queue is empty, after the syncer has answered
+// every round, so every queued batch gets an answer.
 func (v *Volume) committer() {
 	q := &v.commit
-	defer close(q.stopped)
+	rounds := make(chan *round) // unbuffered: the pipeline is one round deep
+	synced := make(chan struct{})
+	go v.syncer(rounds, synced)
+	defer func() {
+		close(rounds)
+		<-synced
+		close(q.stopped)
+	}()
 	for range q.kick {
 		for {
 			q.mu.Lock()
@@ -82,12 +119,26 @@ func (v *Volume) committer() {
 				break
 			}
 			q.round.Lock()
-			v.commitGroup(group)
+			r := v.writeRound(group)
+			q.inflight.Add(1)
 			q.round.Unlock()
-			for _, p := range group {
-				close(p.done)
-			}
+			rounds <- r
 		}
+	}
+}
+
+// syncer makes the rounds it is handed durable, publishes them and answers
+// their writers, in order. After an fdatasync fails, no later round is
+// trusted: the kernel may have dropped dirty pages they depend on.
+func (v *Volume) syncer(rounds <-chan *round, synced chan<- struct{}) {
+	defer close(synced)
+	var broken error
+	for r := range rounds {
+		v.syncRound(r, &broken)
+		for _, p := range r.group {
+			close(p.done)
+		}
+		v.commit.inflight.Done()
 	}
 }
 
@@ -119,10 +170,16 @@ func (v *Volume) submit(p *pending) (int64, error) {
 }
 
 // lead stops appends until release: it takes the round lock between two
-// rounds of the committer.
+// rounds of the committer and waits until the syncer has answered every
+// round written, so the holder sees no byte in flight: v.tail is the end
+// of the file's needles, and the .dat, the idx and their state are its own.
 func (v *Volume) lead() error {
 	q := &v.commit
 	q.round.Lock()
+	q.inflight.Wait()
+	// The holder may move the tail (compaction): the next round starts at
+	// whatever durable tail it leaves, and every tombstone is indexed.
+	q.next, q.lastTombs = 0, nil
 	q.mu.Lock()
 	closing := q.closing
 	q.mu.Unlock()
@@ -136,13 +193,20 @@ func (v *Volume) lead() error {
 // release lets appends go on after lead.
 func (q *commitQueue) release() { q.round.Unlock() }
 
-// commitGroup writes, syncs and indexes one round of batches. It runs only
-// in the committer, under the round lock.
-func (v *Volume) commitGroup(group []*pending) {
-	start := v.tail.Load()
-	end := start
-	var accepted []*pending
-	var roundTombs []idxEntry // tombstones accepted in this round so far
+// writeRound places one round of batches after the bytes written so far and
+// writes them. It runs only in the committer, under the round lock, while
+// the syncer may be syncing the round before.
+func (v *Volume) writeRound(group []*pending) *round {
+	q := &v.commit
+	start := q.next
+	if start == 0 {
+		start = v.tail.Load()
+	}
+	r := &round{group: group, dat: v.dat, end: start}
+	// Tombstones of the round the syncer may still be syncing are not in
+	// the index yet: check writes against them too.
+	roundTombs := append([]idxEntry(nil), q.lastTombs...)
+	ownTombs := len(roundTombs)
 	for _, p := range group {
 		state, reason := v.State()
 		var deleted error
@@ -158,15 +222,15 @@ func (v *Volume) commitGroup(group []*pending) {
 			p.err = fmt.Errorf("%w: %s", ErrReadOnly, reason)
 		case state != StateWritable && !p.tombstoneOnly():
 			p.err = fmt.Errorf("%w: %s", ErrReadOnly, reason)
-		case end+int64(len(p.buf)) > v.opts.SizeLimit && !p.tombstoneOnly():
+		case r.end+int64(len(p.buf)) > v.opts.SizeLimit && !p.tombstoneOnly():
 			v.setState(StateReadOnly, "full")
 			p.err = fmt.Errorf("%w: %d bytes do not fit under the %d-byte limit", ErrFull, len(p.buf), v.opts.SizeLimit)
-		case end+int64(len(p.buf)) > MaxSize:
+		case r.end+int64(len(p.buf)) > MaxSize:
 			p.err = fmt.Errorf("%w: volume at its %d-byte format limit", ErrFull, MaxSize)
 		default:
-			p.base = end
-			end += int64(len(p.buf))
-			accepted = append(accepted, p)
+			p.base = r.end
+			r.end += int64(len(p.buf))
+			r.accepted = append(r.accepted, p)
 			for _, op := range p.ops {
 				if op.tombstone {
 					roundTombs = append(roundTombs, op)
@@ -174,43 +238,65 @@ func (v *Volume) commitGroup(group []*pending) {
 			}
 		}
 	}
-	if len(accepted) == 0 {
-		return
+	q.lastTombs = nil
+	if len(r.accepted) == 0 {
+		return r
 	}
-	failAll := func(err error) {
-		for _, p := range accepted {
-			p.err = err
-		}
-	}
-	for _, w := range coalesce(accepted, start, end) {
-		n, err := v.dat.WriteAt(w.buf, w.off)
+	for _, w := range coalesce(r.accepted, start, r.end) {
+		n, err := r.dat.WriteAt(w.buf, w.off)
 		if err == nil && n < len(w.buf) {
 			err = errors.New("short write")
 		}
 		if err != nil {
 			werr := fmt.Errorf("write at %d: %w", w.off, err)
 			// Nothing of this round was acknowledged: cut it off so the
-			// next round starts on a clean tail.
-			if terr := v.dat.Truncate(start); terr != nil {
+			// next round starts on a clean tail. The round before, which
+			// may be syncing, ends at start and is not touched.
+			if terr := r.dat.Truncate(start); terr != nil {
 				v.fail(fmt.Errorf("%v; truncate back to %d: %w", werr, start, terr))
 			}
-			failAll(werr)
-			return
+			for _, p := range r.accepted {
+				p.err = werr
+			}
+			q.next = start
+			return r
 		}
 	}
-	if err := v.dat.Sync(); err != nil {
-		serr := fmt.Errorf("fdatasync: %w", err)
-		v.fail(serr)
-		failAll(serr)
+	r.written = true
+	q.next = r.end
+	q.lastTombs = roundTombs[ownTombs:]
+	return r
+}
+
+// syncRound makes a written round durable, then publishes it to the index
+// and appends its idx hints. It runs only in the syncer. broken holds the
+// error of the first failed fdatasync: the round after it fails too.
+func (v *Volume) syncRound(r *round, broken *error) {
+	if !r.written {
+		return // nothing accepted, or the pwrite failed: errors are set
+	}
+	if *broken != nil {
+		for _, p := range r.accepted {
+			p.err = fmt.Errorf("written after a failed %w", *broken)
+		}
 		return
 	}
-	v.tail.Store(end)
+	if err := r.dat.Sync(); err != nil {
+		serr := fmt.Errorf("fdatasync: %w", err)
+		v.fail(serr)
+		*broken = serr
+		for _, p := range r.accepted {
+			p.err = serr
+		}
+		return
+	}
+	v.tail.Store(r.end)
 	v.syncs.Add(1)
 
 	// Durable: publish to the index, then append the idx hints.
 	var recs []byte
 	v.mu.Lock()
-	for _, p := range accepted {
+	for _, p := range r.accepted {
 		for i := range p.ops {
 			op := &p.ops[i]
 			op.off += uint32(p.base / needle.Alignment)
@@ -221,7 +307,7 @@ func (v *Volume) commitGroup(group []*pending) {
 	v.mu.Unlock()
 	v.needles.Add(int64(len(recs) / idxRecordSize))
 	v.appendIdx(recs)
-	if end >= v.opts.SizeLimit {
+	if r.end >= v.opts.SizeLimit {
 		if s, _ := v.State(); s == StateWritable {
 			v.setState(StateReadOnly, "full")
 		}

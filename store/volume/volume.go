@@ -126,9 +126,9 @@ type Volume struct {
 	corrupt    atomic.Int64 // bytes skipped as corrupt by recovery
 	syncs      atomic.Int64 // group commits made durable
 	compacting atomic.Bool
-	idxBytes   int64    // guarded by the commit leader role
-	idx        vfs.File // guarded by the commit leader role
-	idxErr     error    // guarded by the commit leader role
+	idxBytes   int64    // owned by the syncer, or by lead's holder
+	idx        vfs.File // owned by the syncer, or by lead's holder
+	idxErr     error    // owned by the syncer, or by lead's holder
 
 	// retired is set once an EC encode that replaces the volume committed:
 	// appends (deletes too) fail with ErrClosed from then on, so none lands

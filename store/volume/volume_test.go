@@ -661,25 +661,33 @@ func TestGroupCommit(t *testing.T) {
 	mem := memFS(t)
 	const writers, perWriter = 16, 25
 	// The first round's fdatasync waits, when that round holds a single
-	// batch, until two more batches are queued, so some round shares its
-	// sync however the goroutines are scheduled. A round holds more than
-	// one batch when it wrote more bytes than the largest batch.
+	// batch, until a later round was written with more than one batch or
+	// two more batches are queued (the committer takes them as one round),
+	// so some round shares its sync however the goroutines are scheduled.
+	// A round holds more than one batch when its pwrite is longer than the
+	// largest batch.
 	largest := 0
 	for _, n := range photo(6, 6) { // key%7 == 6: the longest data
 		largest += needle.EncodedLen(len(n.Data))
 	}
 	var vp atomic.Pointer[Volume]
-	var gated atomic.Bool
+	var gated, sharedLater atomic.Bool
+	var firstRound atomic.Int64 // length of the first round's pwrite
 	gate := errorfs.InjectorFunc(func(op errorfs.Op) error {
 		v := vp.Load()
-		if op.Kind != errorfs.OpSync || !strings.HasSuffix(op.Path, ".dat") || v == nil || !gated.CompareAndSwap(false, true) {
+		if v == nil || !strings.HasSuffix(op.Path, ".dat") {
 			return nil
 		}
-		fi, err := mem.Stat(op.Path)
-		if err != nil || fi.Size()-v.tail.Load() > int64(largest) {
+		if op.Kind == errorfs.OpWrite {
+			if !firstRound.CompareAndSwap(0, int64(op.Len)) && op.Len > largest {
+				sharedLater.Store(true)
+			}
 			return nil
 		}
-		for {
+		if op.Kind != errorfs.OpSync || !gated.CompareAndSwap(false, true) || firstRound.Load() > int64(largest) {
+			return nil
+		}
+		for !sharedLater.Load() {
 			v.commit.mu.Lock()
 			queued := len(v.commit.queue)
 			v.commit.mu.Unlock()
@@ -688,6 +696,7 @@ func TestGroupCommit(t *testing.T) {
 			}
 			time.Sleep(time.Millisecond)
 		}
+		return nil
 	})
 	fs := errorfs.Wrap(mem, errorfs.Chain(counter, gate))
 	v := create(t, fs, 17, Options{})
