@@ -33,32 +33,36 @@ func (p *pending) tombstoneOnly() bool {
 }
 
 // commitQueue implements group commit as a two-stage pipeline. Writers
-// queue batches and wait. The committer goroutine takes everything queued
-// as one round, places it at the end of the bytes written so far and
-// pwrites it, then hands the round to the syncer goroutine, which
-// fdatasyncs, publishes the round's needles to the index, appends their idx
-// records and wakes exactly the writers of that round. While the syncer
-// waits for the disk, the committer already writes the next round (which
-// holds everything that arrived meanwhile): the disk does not wait for the
-// copy into the page cache and the copy does not wait for the disk.
+// queue batches and wait. The committer goroutine places queued batches at
+// the end of the bytes written so far and pwrites them into the open
+// round; the syncer goroutine fdatasyncs a round, publishes its needles to
+// the index, appends their idx records and wakes exactly the writers of
+// that round. While the syncer waits for the disk, the committer writes
+// the batches that arrive into the open round, and hands it over once the
+// syncer is free: the disk does not wait for the copy into the page cache,
+// the copy does not wait for the disk, and a round still holds everything
+// that arrived while the round before was syncing.
 //
-// The pipeline is one round deep: the hand-over blocks until the syncer
-// has answered the round before, so at most one round is being written
-// while at most one other is being synced. Rounds reach the syncer in file
-// order and are answered in that order, each after an fdatasync that began
-// once its bytes were written. Only the committer (or whoever holds round)
-// writes the file tail; only the syncer, or whoever holds round once lead
-// has drained the pipeline, touches the idx file and its state.
+// The pipeline is one round deep: at most one round is syncing while the
+// next is open. Rounds reach the syncer in file order and are answered in
+// that order, each after an fdatasync that began once its bytes were
+// written. Only the committer (or whoever holds round) writes the file
+// tail; only the syncer, or whoever holds round once lead has drained the
+// pipeline, touches the idx file and its state.
 type commitQueue struct {
-	// round is held by the committer while it places and writes a round,
+	// round is held by the committer while it places and writes batches,
 	// and by lead to stop appends (compaction's last catch-up and swap,
-	// Sync, EC encode, Close).
+	// Sync, EC encode, Close). The committer never waits for it while its
+	// open round holds batches, which lead waits for: it hands the open
+	// round over first.
 	round sync.Mutex
-	// Guarded by round:
-	next      int64      // where the next round starts; 0: at the durable tail
-	lastTombs []idxEntry // tombstones of the last round handed over, maybe not yet indexed
-	// inflight counts the rounds handed to the syncer and not yet
-	// answered. Add is called under round, and so is Wait (by lead).
+	// leads counts lead calls, guarded by round: a holder may move the
+	// tail (compaction), so the committer places its next round at the
+	// durable tail when leads has changed.
+	leads uint64
+	// inflight counts the rounds holding placed batches that the syncer has
+	// not answered yet. Add is called under round, and so is Wait (by
+	// lead).
 	inflight sync.WaitGroup
 
 	mu      sync.Mutex
@@ -72,10 +76,10 @@ type commitQueue struct {
 // round is one group of batches on its way through the pipeline.
 type round struct {
 	group    []*pending // every batch taken from the queue, in queue order
-	accepted []*pending // the batches placed in the file, in file order
+	accepted []*pending // the batches written to the file, in file order
+	tombs    []idxEntry // the tombstones among them
 	dat      vfs.File   // the file they were written to
 	end      int64      // end of the round's bytes
-	written  bool       // every pwrite of the round succeeded
 }
 
 // startCommitter starts the volume's committer and syncer goroutines;
@@ -93,44 +97,76 @@ func (q *commitQueue) wake() {
 	}
 }
 
-// committer places and writes rounds until the volume closes; it exits
-// once closing is set and the queue is empty, after the syncer has answered
+// committer places and writes batches until the volume closes; it exits
+// once closing is set and nothing is queued, after the syncer has answered
 // every round, so every queued batch gets an answer.
 func (v *Volume) committer() {
 	q := &v.commit
-	rounds := make(chan *round) // unbuffered: the pipeline is one round deep
+	rounds := make(chan *round)
+	ready := make(chan struct{}, 1) // the syncer answered the round handed over
 	synced := make(chan struct{})
-	go v.syncer(rounds, synced)
+	go v.syncer(rounds, ready, synced)
 	defer func() {
 		close(rounds)
 		<-synced
 		close(q.stopped)
 	}()
-	for range q.kick {
-		for {
-			q.mu.Lock()
-			group, closing := q.queue, q.closing
-			q.queue = nil
-			q.mu.Unlock()
-			if len(group) == 0 {
-				if closing {
-					return
-				}
-				break
+	var (
+		idle      = true // the syncer waits for a round
+		open      *round // placed batches not handed over yet
+		taken     []*pending
+		lastTombs []idxEntry // tombstones of the round handed over last
+		next      int64      // where the next batch goes
+		leads     uint64     // q.leads when next was set
+	)
+	for {
+		q.mu.Lock()
+		taken = append(taken, q.queue...)
+		q.queue = nil
+		closing := q.closing
+		q.mu.Unlock()
+		if len(taken) > 0 {
+			// With batches placed in the open round, lead waits for it
+			// to be handed over: do not wait for the round lock then.
+			locked := open != nil && q.round.TryLock()
+			if open == nil {
+				q.round.Lock()
+				locked = true
 			}
-			q.round.Lock()
-			r := v.writeRound(group)
-			q.inflight.Add(1)
-			q.round.Unlock()
-			rounds <- r
+			if locked {
+				if q.leads != leads || next == 0 {
+					next, leads = v.tail.Load(), q.leads
+				}
+				if open == nil {
+					open = &round{dat: v.dat, end: next}
+					q.inflight.Add(1)
+				}
+				next = v.place(open, taken, lastTombs)
+				taken = nil
+				q.round.Unlock()
+			}
+		}
+		if open != nil && idle {
+			rounds <- open
+			lastTombs, open, idle = open.tombs, nil, false
+			continue
+		}
+		if open == nil && len(taken) == 0 && closing {
+			return
+		}
+		select {
+		case <-q.kick:
+		case <-ready:
+			idle = true
 		}
 	}
 }
 
 // syncer makes the rounds it is handed durable, publishes them and answers
-// their writers, in order. After an fdatasync fails, no later round is
-// trusted: the kernel may have dropped dirty pages they depend on.
-func (v *Volume) syncer(rounds <-chan *round, synced chan<- struct{}) {
+// their writers, in order, and says on ready when it is done with each.
+// After an fdatasync fails, no later round is trusted: the kernel may have
+// dropped dirty pages they depend on.
+func (v *Volume) syncer(rounds <-chan *round, ready chan<- struct{}, synced chan<- struct{}) {
 	defer close(synced)
 	var broken error
 	for r := range rounds {
@@ -139,6 +175,7 @@ func (v *Volume) syncer(rounds <-chan *round, synced chan<- struct{}) {
 			close(p.done)
 		}
 		v.commit.inflight.Done()
+		ready <- struct{}{}
 	}
 }
 
@@ -170,16 +207,15 @@ func (v *Volume) submit(p *pending) (int64, error) {
 }
 
 // lead stops appends until release: it takes the round lock between two
-// rounds of the committer and waits until the syncer has answered every
-// round written, so the holder sees no byte in flight: v.tail is the end
-// of the file's needles, and the .dat, the idx and their state are its own.
+// placements of the committer and waits until the syncer has answered
+// every round with placed batches, so the holder sees no byte in flight:
+// v.tail is the end of the file's needles, and the .dat, the idx and their
+// state are its own.
 func (v *Volume) lead() error {
 	q := &v.commit
 	q.round.Lock()
 	q.inflight.Wait()
-	// The holder may move the tail (compaction): the next round starts at
-	// whatever durable tail it leaves, and every tombstone is indexed.
-	q.next, q.lastTombs = 0, nil
+	q.leads++
 	q.mu.Lock()
 	closing := q.closing
 	q.mu.Unlock()
@@ -193,25 +229,23 @@ func (v *Volume) lead() error {
 // release lets appends go on after lead.
 func (q *commitQueue) release() { q.round.Unlock() }
 
-// writeRound places one round of batches after the bytes written so far and
-// writes them. It runs only in the committer, under the round lock, while
-// the syncer may be syncing the round before.
-func (v *Volume) writeRound(group []*pending) *round {
-	q := &v.commit
-	start := q.next
-	if start == 0 {
-		start = v.tail.Load()
-	}
-	r := &round{group: group, dat: v.dat, end: start}
-	// Tombstones of the round the syncer may still be syncing are not in
-	// the index yet: check writes against them too.
-	roundTombs := append([]idxEntry(nil), q.lastTombs...)
-	ownTombs := len(roundTombs)
-	for _, p := range group {
+// place checks the batches taken from the queue, adds them to the open
+// round r and writes the accepted ones right after its bytes; it returns
+// where the next batch goes. lastTombs are the tombstones of the round
+// handed over before r, which may not be in the index yet. It runs only in
+// the committer, under the round lock, while the syncer may be syncing the
+// round before.
+func (v *Volume) place(r *round, taken []*pending, lastTombs []idxEntry) int64 {
+	r.group = append(r.group, taken...)
+	start := r.end
+	// Writes are checked against the tombstones not yet in the index too.
+	tombs := append(append([]idxEntry(nil), lastTombs...), r.tombs...)
+	var accepted []*pending
+	for _, p := range taken {
 		state, reason := v.State()
 		var deleted error
 		if !p.tombstoneOnly() {
-			deleted = v.deletedWrite(p, roundTombs)
+			deleted = v.deletedWrite(p, tombs)
 		}
 		switch {
 		case v.retired.Load():
@@ -230,50 +264,49 @@ func (v *Volume) writeRound(group []*pending) *round {
 		default:
 			p.base = r.end
 			r.end += int64(len(p.buf))
-			r.accepted = append(r.accepted, p)
+			accepted = append(accepted, p)
 			for _, op := range p.ops {
 				if op.tombstone {
-					roundTombs = append(roundTombs, op)
+					tombs = append(tombs, op)
 				}
 			}
 		}
 	}
-	q.lastTombs = nil
-	if len(r.accepted) == 0 {
-		return r
+	if len(accepted) == 0 {
+		return r.end
 	}
-	for _, w := range coalesce(r.accepted, start, r.end) {
+	for _, w := range coalesce(accepted, start, r.end) {
 		n, err := r.dat.WriteAt(w.buf, w.off)
 		if err == nil && n < len(w.buf) {
 			err = errors.New("short write")
 		}
 		if err != nil {
 			werr := fmt.Errorf("write at %d: %w", w.off, err)
-			// Nothing of this round was acknowledged: cut it off so the
-			// next round starts on a clean tail. The round before, which
-			// may be syncing, ends at start and is not touched.
+			// Nothing written here was acknowledged: cut it off so the
+			// next batches start on a clean tail. What the round holds
+			// already, and the round before, which may be syncing, end
+			// at start and are not touched.
 			if terr := r.dat.Truncate(start); terr != nil {
 				v.fail(fmt.Errorf("%v; truncate back to %d: %w", werr, start, terr))
 			}
-			for _, p := range r.accepted {
+			for _, p := range accepted {
 				p.err = werr
 			}
-			q.next = start
-			return r
+			r.end = start
+			return start
 		}
 	}
-	r.written = true
-	q.next = r.end
-	q.lastTombs = roundTombs[ownTombs:]
-	return r
+	r.accepted = append(r.accepted, accepted...)
+	r.tombs = tombs[len(lastTombs):]
+	return r.end
 }
 
 // syncRound makes a written round durable, then publishes it to the index
 // and appends its idx hints. It runs only in the syncer. broken holds the
 // error of the first failed fdatasync: the round after it fails too.
 func (v *Volume) syncRound(r *round, broken *error) {
-	if !r.written {
-		return // nothing accepted, or the pwrite failed: errors are set
+	if len(r.accepted) == 0 {
+		return // nothing written: every batch has its error
 	}
 	if *broken != nil {
 		for _, p := range r.accepted {

@@ -661,42 +661,45 @@ func TestGroupCommit(t *testing.T) {
 	mem := memFS(t)
 	const writers, perWriter = 16, 25
 	// The first round's fdatasync waits, when that round holds a single
-	// batch, until a later round was written with more than one batch or
-	// two more batches are queued (the committer takes them as one round),
-	// so some round shares its sync however the goroutines are scheduled.
-	// A round holds more than one batch when its pwrite is longer than the
-	// largest batch.
+	// batch, until two more batches are written or queued: while a round
+	// syncs, the committer writes the batches that arrive into the next
+	// round, or they wait in the queue to be taken together, so some round
+	// shares its sync however the goroutines are scheduled. A round holds
+	// more than one batch when its pwrite is longer than the largest batch.
 	largest := 0
 	for _, n := range photo(6, 6) { // key%7 == 6: the longest data
 		largest += needle.EncodedLen(len(n.Data))
 	}
 	var vp atomic.Pointer[Volume]
-	var gated, sharedLater atomic.Bool
-	var firstRound atomic.Int64 // length of the first round's pwrite
+	var gated atomic.Bool
+	var firstRound atomic.Int64   // the first round's pwrite length
+	var laterBatches atomic.Int64 // batches written after it: two for a pwrite longer than one
 	gate := errorfs.InjectorFunc(func(op errorfs.Op) error {
 		v := vp.Load()
 		if v == nil || !strings.HasSuffix(op.Path, ".dat") {
 			return nil
 		}
 		if op.Kind == errorfs.OpWrite {
-			if !firstRound.CompareAndSwap(0, int64(op.Len)) && op.Len > largest {
-				sharedLater.Store(true)
+			if !firstRound.CompareAndSwap(0, int64(op.Len)) {
+				laterBatches.Add(1)
+				if op.Len > largest {
+					laterBatches.Add(1)
+				}
 			}
 			return nil
 		}
 		if op.Kind != errorfs.OpSync || !gated.CompareAndSwap(false, true) || firstRound.Load() > int64(largest) {
 			return nil
 		}
-		for !sharedLater.Load() {
+		for {
 			v.commit.mu.Lock()
 			queued := len(v.commit.queue)
 			v.commit.mu.Unlock()
-			if queued >= 2 {
+			if int64(queued)+laterBatches.Load() >= 2 {
 				return nil
 			}
 			time.Sleep(time.Millisecond)
 		}
-		return nil
 	})
 	fs := errorfs.Wrap(mem, errorfs.Chain(counter, gate))
 	v := create(t, fs, 17, Options{})
