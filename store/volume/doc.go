@@ -88,15 +88,17 @@
 //
 // Write appends a batch of needles and returns only after they are durable
 // (fdatasync). Concurrent writers share syncs: each volume has one committer
-// goroutine that takes every queued batch as one round and writes it (one
-// pwrite for a small round), and one syncer goroutine that fdatasyncs the
-// round, publishes its needles to the index and wakes exactly the writers
-// of that round; batches that arrive during a round form the next one. The
-// two are pipelined one round deep: while the syncer waits for the disk,
-// the committer writes the next round behind it. Each round is
-// acknowledged after an fdatasync that began once its bytes were written,
-// rounds are acknowledged in file order, and a write refused because of a
-// tombstone of the round still syncing is answered after that round.
+// goroutine that writes queued batches at the end of the file (one pwrite
+// for what it takes at once, when small) into the open round, and one
+// syncer goroutine that fdatasyncs a round, publishes its needles to the
+// index and wakes exactly the writers of that round. The two are pipelined
+// one round deep: while the syncer waits for the disk, the committer writes
+// the batches that arrive into the next round, which it hands over as soon
+// as the syncer is free, so a round holds everything that arrived while the
+// round before was syncing. Each round is acknowledged after an fdatasync
+// that began once its bytes were written, rounds are acknowledged in file
+// order, and a write refused because of a tombstone of the round still
+// syncing is answered after that round.
 // Every needle of a batch but the last carries the "batch continues" flag,
 // so recovery drops a batch whose end never reached the disk: a batch lands
 // whole or not at all.
