@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
 )
 
@@ -31,26 +32,58 @@ func (p *pending) tombstoneOnly() bool {
 	return true
 }
 
-// commitQueue implements group commit. Writers queue batches and wait; one
-// committer goroutine per volume takes everything queued, commits it as one
-// round (pwrite, one fdatasync, index), wakes exactly the writers of that
-// round, and takes the next round, which holds everything that arrived
-// meanwhile. Only the committer (or whoever holds round) touches the file
-// tail, the idx file and the idx state.
+// commitQueue implements group commit as a two-stage pipeline. Writers
+// queue batches and wait. The committer goroutine places queued batches at
+// the end of the bytes written so far and pwrites them into the open
+// round; the syncer goroutine fdatasyncs a round, publishes its needles to
+// the index, appends their idx records and wakes exactly the writers of
+// that round. While the syncer waits for the disk, the committer writes
+// the batches that arrive into the open round, and hands it over once the
+// syncer is free: the disk does not wait for the copy into the page cache,
+// the copy does not wait for the disk, and a round still holds everything
+// that arrived while the round before was syncing.
+//
+// The pipeline is one round deep: at most one round is syncing while the
+// next is open. Rounds reach the syncer in file order and are answered in
+// that order, each after an fdatasync that began once its bytes were
+// written. Only the committer (or whoever holds round) writes the file
+// tail; only the syncer, or whoever holds round once lead has drained the
+// pipeline, touches the idx file and its state.
 type commitQueue struct {
-	// round is held by the committer for each round, and by lead to stop
-	// appends (compaction's last catch-up and swap, Sync).
+	// round is held by the committer while it places and writes batches,
+	// and by lead to stop appends (compaction's last catch-up and swap,
+	// Sync, EC encode, Close). The committer never waits for it while its
+	// open round holds batches, which lead waits for: it hands the open
+	// round over first.
 	round sync.Mutex
+	// leads counts lead calls, guarded by round: a holder may move the
+	// tail (compaction), so the committer places its next round at the
+	// durable tail when leads has changed.
+	leads uint64
+	// inflight counts the rounds holding placed batches that the syncer has
+	// not answered yet. Add is called under round, and so is Wait (by
+	// lead).
+	inflight sync.WaitGroup
 
 	mu      sync.Mutex
 	queue   []*pending
 	closing bool
 
 	kick    chan struct{} // wakes the committer; capacity 1
-	stopped chan struct{} // closed when the committer has exited
+	stopped chan struct{} // closed when the committer and the syncer have exited
 }
 
-// startCommitter starts the volume's committer goroutine; Close stops it.
+// round is one group of batches on its way through the pipeline.
+type round struct {
+	group    []*pending // every batch taken from the queue, in queue order
+	accepted []*pending // the batches written to the file, in file order
+	tombs    []idxEntry // the tombstones among them
+	dat      vfs.File   // the file they were written to
+	end      int64      // end of the round's bytes
+}
+
+// startCommitter starts the volume's committer and syncer goroutines;
+// Close stops them.
 func (v *Volume) startCommitter() {
 	v.commit.kick = make(chan struct{}, 1)
 	v.commit.stopped = make(chan struct{})
@@ -64,30 +97,85 @@ func (q *commitQueue) wake() {
 	}
 }
 
-// committer commits rounds until the volume closes; it exits once closing
-// is set and the queue is empty, so every queued batch gets an answer.
+// committer places and writes batches until the volume closes; it exits
+// once closing is set and nothing is queued, after the syncer has answered
+// every round, so every queued batch gets an answer.
 func (v *Volume) committer() {
 	q := &v.commit
-	defer close(q.stopped)
-	for range q.kick {
-		for {
-			q.mu.Lock()
-			group, closing := q.queue, q.closing
-			q.queue = nil
-			q.mu.Unlock()
-			if len(group) == 0 {
-				if closing {
-					return
-				}
-				break
+	rounds := make(chan *round)
+	ready := make(chan struct{}, 1) // the syncer answered the round handed over
+	synced := make(chan struct{})
+	go v.syncer(rounds, ready, synced)
+	defer func() {
+		close(rounds)
+		<-synced
+		close(q.stopped)
+	}()
+	var (
+		idle      = true // the syncer waits for a round
+		open      *round // placed batches not handed over yet
+		taken     []*pending
+		lastTombs []idxEntry // tombstones of the round handed over last
+		next      int64      // where the next batch goes
+		leads     uint64     // q.leads when next was set
+	)
+	for {
+		q.mu.Lock()
+		taken = append(taken, q.queue...)
+		q.queue = nil
+		closing := q.closing
+		q.mu.Unlock()
+		if len(taken) > 0 {
+			// With batches placed in the open round, lead waits for it
+			// to be handed over: do not wait for the round lock then.
+			locked := open != nil && q.round.TryLock()
+			if open == nil {
+				q.round.Lock()
+				locked = true
 			}
-			q.round.Lock()
-			v.commitGroup(group)
-			q.round.Unlock()
-			for _, p := range group {
-				close(p.done)
+			if locked {
+				if q.leads != leads || next == 0 {
+					next, leads = v.tail.Load(), q.leads
+				}
+				if open == nil {
+					open = &round{dat: v.dat, end: next}
+					q.inflight.Add(1)
+				}
+				next = v.place(open, taken, lastTombs)
+				taken = nil
+				q.round.Unlock()
 			}
 		}
+		if open != nil && idle {
+			rounds <- open
+			lastTombs, open, idle = open.tombs, nil, false
+			continue
+		}
+		if open == nil && len(taken) == 0 && closing {
+			return
+		}
+		select {
+		case <-q.kick:
+		case <-ready:
+			idle = true
+		}
+	}
+}
+
+// syncer makes the rounds it is handed durable, publishes them and answers
+// their writers, in order, and says on ready when it is done with each.
+// After an fdatasync fails, no later round is trusted: the kernel may have
+// dropped dirty pages they depend on.
+func (v *Volume) syncer(rounds <-chan *round, ready chan<- struct{}, synced chan<- struct{}) {
+	defer close(synced)
+	var broken error
+	for r := range rounds {
+		v.syncRound(r, &broken)
+		for _, p := range r.group {
+			close(p.done)
+		}
+		v.commit.inflight.Done()
+		ready <- struct{}{}
 	}
 }
 
@@ -119,10 +207,15 @@ func (v *Volume) submit(p *pending) (int64, error) {
 }
 
 // lead stops appends until release: it takes the round lock between two
-// rounds of the committer.
+// placements of the committer and waits until the syncer has answered
+// every round with placed batches, so the holder sees no byte in flight:
+// v.tail is the end of the file's needles, and the .dat, the idx and their
+// state are its own.
 func (v *Volume) lead() error {
 	q := &v.commit
 	q.round.Lock()
+	q.inflight.Wait()
+	q.leads++
 	q.mu.Lock()
 	closing := q.closing
 	q.mu.Unlock()
@@ -136,18 +229,23 @@ func (v *Volume) lead() error {
 // release lets appends go on after lead.
 func (q *commitQueue) release() { q.round.Unlock() }
 
-// commitGroup writes, syncs and indexes one round of batches. It runs only
-// in the committer, under the round lock.
-func (v *Volume) commitGroup(group []*pending) {
-	start := v.tail.Load()
-	end := start
+// place checks the batches taken from the queue, adds them to the open
+// round r and writes the accepted ones right after its bytes; it returns
+// where the next batch goes. lastTombs are the tombstones of the round
+// handed over before r, which may not be in the index yet. It runs only in
+// the committer, under the round lock, while the syncer may be syncing the
+// round before.
+func (v *Volume) place(r *round, taken []*pending, lastTombs []idxEntry) int64 {
+	r.group = append(r.group, taken...)
+	start := r.end
+	// Writes are checked against the tombstones not yet in the index too.
+	tombs := append(append([]idxEntry(nil), lastTombs...), r.tombs...)
 	var accepted []*pending
-	var roundTombs []idxEntry // tombstones accepted in this round so far
-	for _, p := range group {
+	for _, p := range taken {
 		state, reason := v.State()
 		var deleted error
 		if !p.tombstoneOnly() {
-			deleted = v.deletedWrite(p, roundTombs)
+			deleted = v.deletedWrite(p, tombs)
 		}
 		switch {
 		case v.retired.Load():
@@ -158,59 +256,80 @@ func (v *Volume) commitGroup(group []*pending) {
 			p.err = fmt.Errorf("%w: %s", ErrReadOnly, reason)
 		case state != StateWritable && !p.tombstoneOnly():
 			p.err = fmt.Errorf("%w: %s", ErrReadOnly, reason)
-		case end+int64(len(p.buf)) > v.opts.SizeLimit && !p.tombstoneOnly():
+		case r.end+int64(len(p.buf)) > v.opts.SizeLimit && !p.tombstoneOnly():
 			v.setState(StateReadOnly, "full")
 			p.err = fmt.Errorf("%w: %d bytes do not fit under the %d-byte limit", ErrFull, len(p.buf), v.opts.SizeLimit)
-		case end+int64(len(p.buf)) > MaxSize:
+		case r.end+int64(len(p.buf)) > MaxSize:
 			p.err = fmt.Errorf("%w: volume at its %d-byte format limit", ErrFull, MaxSize)
 		default:
-			p.base = end
-			end += int64(len(p.buf))
+			p.base = r.end
+			r.end += int64(len(p.buf))
 			accepted = append(accepted, p)
 			for _, op := range p.ops {
 				if op.tombstone {
-					roundTombs = append(roundTombs, op)
+					tombs = append(tombs, op)
 				}
 			}
 		}
 	}
 	if len(accepted) == 0 {
-		return
+		return r.end
 	}
-	failAll := func(err error) {
-		for _, p := range accepted {
-			p.err = err
-		}
-	}
-	for _, w := range coalesce(accepted, start, end) {
-		n, err := v.dat.WriteAt(w.buf, w.off)
+	for _, w := range coalesce(accepted, start, r.end) {
+		n, err := r.dat.WriteAt(w.buf, w.off)
 		if err == nil && n < len(w.buf) {
 			err = errors.New("short write")
 		}
 		if err != nil {
 			werr := fmt.Errorf("write at %d: %w", w.off, err)
-			// Nothing of this round was acknowledged: cut it off so the
-			// next round starts on a clean tail.
-			if terr := v.dat.Truncate(start); terr != nil {
+			// Nothing written here was acknowledged: cut it off so the
+			// next batches start on a clean tail. What the round holds
+			// already, and the round before, which may be syncing, end
+			// at start and are not touched.
+			if terr := r.dat.Truncate(start); terr != nil {
 				v.fail(fmt.Errorf("%v; truncate back to %d: %w", werr, start, terr))
 			}
-			failAll(werr)
-			return
+			for _, p := range accepted {
+				p.err = werr
+			}
+			r.end = start
+			return start
 		}
 	}
-	if err := v.dat.Sync(); err != nil {
-		serr := fmt.Errorf("fdatasync: %w", err)
-		v.fail(serr)
-		failAll(serr)
+	r.accepted = append(r.accepted, accepted...)
+	r.tombs = tombs[len(lastTombs):]
+	return r.end
+}
+
+// syncRound makes a written round durable, then publishes it to the index
+// and appends its idx hints. It runs only in the syncer. broken holds the
+// error of the first failed fdatasync: the round after it fails too.
+func (v *Volume) syncRound(r *round, broken *error) {
+	if len(r.accepted) == 0 {
+		return // nothing written: every batch has its error
+	}
+	if *broken != nil {
+		for _, p := range r.accepted {
+			p.err = fmt.Errorf("written after a failed %w", *broken)
+		}
 		return
 	}
-	v.tail.Store(end)
+	if err := r.dat.Sync(); err != nil {
+		serr := fmt.Errorf("fdatasync: %w", err)
+		v.fail(serr)
+		*broken = serr
+		for _, p := range r.accepted {
+			p.err = serr
+		}
+		return
+	}
+	v.tail.Store(r.end)
 	v.syncs.Add(1)
 
 	// Durable: publish to the index, then append the idx hints.
 	var recs []byte
 	v.mu.Lock()
-	for _, p := range accepted {
+	for _, p := range r.accepted {
 		for i := range p.ops {
 			op := &p.ops[i]
 			op.off += uint32(p.base / needle.Alignment)
@@ -221,7 +340,7 @@ func (v *Volume) commitGroup(group []*pending) {
 	v.mu.Unlock()
 	v.needles.Add(int64(len(recs) / idxRecordSize))
 	v.appendIdx(recs)
-	if end >= v.opts.SizeLimit {
+	if r.end >= v.opts.SizeLimit {
 		if s, _ := v.State(); s == StateWritable {
 			v.setState(StateReadOnly, "full")
 		}

@@ -88,13 +88,20 @@
 //
 // Write appends a batch of needles and returns only after they are durable
 // (fdatasync). Concurrent writers share syncs: each volume has one committer
-// goroutine that takes every queued batch as one round, writes it (one
-// pwrite for a small round), syncs once, publishes the needles to the index
-// and wakes exactly the writers of that round; batches that arrive during a
-// round form the next one. Every needle
-// of a batch but the last carries the "batch continues" flag, so recovery
-// drops a batch whose end never reached the disk: a batch lands whole or not
-// at all.
+// goroutine that writes queued batches at the end of the file (one pwrite
+// for what it takes at once, when small) into the open round, and one
+// syncer goroutine that fdatasyncs a round, publishes its needles to the
+// index and wakes exactly the writers of that round. The two are pipelined
+// one round deep: while the syncer waits for the disk, the committer writes
+// the batches that arrive into the next round, which it hands over as soon
+// as the syncer is free, so a round holds everything that arrived while the
+// round before was syncing. Each round is acknowledged after an fdatasync
+// that began once its bytes were written, rounds are acknowledged in file
+// order, and a write refused because of a tombstone of the round still
+// syncing is answered after that round.
+// Every needle of a batch but the last carries the "batch continues" flag,
+// so recovery drops a batch whose end never reached the disk: a batch lands
+// whole or not at all.
 //
 // # Deletes
 //
@@ -113,12 +120,15 @@
 //
 // A failed write is never acknowledged and its bytes are never served: the
 // index learns of a needle only after the sync that made it durable. When a
-// pwrite fails (ENOSPC, EIO, short write) the volume truncates the file back
-// to its last durable end and stays writable; if that truncate fails too, or
-// when fdatasync fails (after which the kernel may have dropped the dirty
-// pages, so no later sync can be trusted), the volume turns read-only with
-// state StateFailed: it keeps serving every needle acknowledged before, and
-// refuses writes until it is reopened, when recovery re-verifies the tail.
+// pwrite fails (ENOSPC, EIO, short write) only its round fails: the volume
+// truncates the file back to the end of the round before (which may still
+// be syncing) and stays writable; if that truncate fails too, or when
+// fdatasync fails (after which the kernel may have dropped the dirty pages,
+// so no later sync can be trusted), the volume turns read-only with state
+// StateFailed. A failed fdatasync fails its round and the round already
+// written behind it, which is never synced. A failed volume keeps serving
+// every needle acknowledged before, and refuses writes until it is
+// reopened, when recovery re-verifies the tail.
 //
 // # Index memory
 //

@@ -133,9 +133,9 @@ type Volume struct {
 	corrupt    atomic.Int64 // bytes skipped as corrupt by recovery
 	syncs      atomic.Int64 // group commits made durable
 	compacting atomic.Bool
-	idxBytes   int64    // guarded by the commit leader role
-	idx        vfs.File // guarded by the commit leader role
-	idxErr     error    // guarded by the commit leader role
+	idxBytes   int64    // owned by the syncer, or by lead's holder
+	idx        vfs.File // owned by the syncer, or by lead's holder
+	idxErr     error    // owned by the syncer, or by lead's holder
 
 	preads      atomic.Int64 // image reads that read the .dat (Read, ReadRef)
 	mappedReads atomic.Int64 // image reads ReadRef served from the mapping

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -37,7 +38,8 @@ var benchPhotoSizes = [4]int{5 << 10, 30 << 10, 120 << 10, 400 << 10}
 // BenchmarkVolumeAppend measures parallel writers on a real file, with
 // fdatasync before each acknowledgement (durable) and without (nosync), for
 // small needles and for whole photos (four needles of typical sizes). The
-// durable/nosync ratio shows what group commit recovers.
+// durable/nosync ratio shows what group commit recovers. writers=N runs
+// exactly N goroutines, each writing in a closed loop.
 func BenchmarkVolumeAppend(b *testing.B) {
 	payloads := map[string][]int{"needle=1KiB": {1 << 10}, "photo=4sizes": benchPhotoSizes[:]}
 	for _, name := range []string{"needle=1KiB", "photo=4sizes"} {
@@ -65,22 +67,31 @@ func BenchmarkVolumeAppend(b *testing.B) {
 						bytesPerOp += s
 					}
 					b.SetBytes(int64(bytesPerOp))
-					b.SetParallelism(max(writers/2, 1)) // GOMAXPROCS is 2 here
 					b.ResetTimer()
 					start := time.Now()
-					b.RunParallel(func(pb *testing.PB) {
-						for pb.Next() {
-							k := key.Add(1)
-							ns := make([]*needle.Needle, len(sizes))
-							for i, s := range sizes {
-								ns[i] = &needle.Needle{Key: k, Cookie: k, Size: needle.SizeCode(i), ContentType: needle.TypeJPEG, Data: data[:s]}
+					// Exactly writers goroutines, each writing in a closed
+					// loop (RunParallel would start a multiple of
+					// GOMAXPROCS).
+					var ops atomic.Int64
+					var wg sync.WaitGroup
+					for w := 0; w < writers; w++ {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							for ops.Add(1) <= int64(b.N) {
+								k := key.Add(1)
+								ns := make([]*needle.Needle, len(sizes))
+								for i, s := range sizes {
+									ns[i] = &needle.Needle{Key: k, Cookie: k, Size: needle.SizeCode(i), ContentType: needle.TypeJPEG, Data: data[:s]}
+								}
+								if _, err := v.Write(context.Background(), ns); err != nil {
+									b.Error(err)
+									return
+								}
 							}
-							if _, err := v.Write(context.Background(), ns); err != nil {
-								b.Error(err)
-								return
-							}
-						}
-					})
+						}()
+					}
+					wg.Wait()
 					sec := time.Since(start).Seconds()
 					st := v.Status()
 					b.ReportMetric(float64(st.Needles)/float64(max(st.Syncs, 1))/float64(len(sizes)), "writes/sync")

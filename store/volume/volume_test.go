@@ -688,29 +688,41 @@ func TestGroupCommit(t *testing.T) {
 	mem := memFS(t)
 	const writers, perWriter = 16, 25
 	// The first round's fdatasync waits, when that round holds a single
-	// batch, until two more batches are queued, so some round shares its
-	// sync however the goroutines are scheduled. A round holds more than
-	// one batch when it wrote more bytes than the largest batch.
+	// batch, until two more batches are written or queued: while a round
+	// syncs, the committer writes the batches that arrive into the next
+	// round, or they wait in the queue to be taken together, so some round
+	// shares its sync however the goroutines are scheduled. A round holds
+	// more than one batch when its pwrite is longer than the largest batch.
 	largest := 0
 	for _, n := range photo(6, 6) { // key%7 == 6: the longest data
 		largest += needle.EncodedLen(len(n.Data))
 	}
 	var vp atomic.Pointer[Volume]
 	var gated atomic.Bool
+	var firstRound atomic.Int64   // the first round's pwrite length
+	var laterBatches atomic.Int64 // batches written after it: two for a pwrite longer than one
 	gate := errorfs.InjectorFunc(func(op errorfs.Op) error {
 		v := vp.Load()
-		if op.Kind != errorfs.OpSync || !strings.HasSuffix(op.Path, ".dat") || v == nil || !gated.CompareAndSwap(false, true) {
+		if v == nil || !strings.HasSuffix(op.Path, ".dat") {
 			return nil
 		}
-		fi, err := mem.Stat(op.Path)
-		if err != nil || fi.Size()-v.tail.Load() > int64(largest) {
+		if op.Kind == errorfs.OpWrite {
+			if !firstRound.CompareAndSwap(0, int64(op.Len)) {
+				laterBatches.Add(1)
+				if op.Len > largest {
+					laterBatches.Add(1)
+				}
+			}
+			return nil
+		}
+		if op.Kind != errorfs.OpSync || !gated.CompareAndSwap(false, true) || firstRound.Load() > int64(largest) {
 			return nil
 		}
 		for {
 			v.commit.mu.Lock()
 			queued := len(v.commit.queue)
 			v.commit.mu.Unlock()
-			if queued >= 2 {
+			if int64(queued)+laterBatches.Load() >= 2 {
 				return nil
 			}
 			time.Sleep(time.Millisecond)
