@@ -21,8 +21,9 @@ import (
 // goroutine and a response writer per request, headers sorted and written
 // apart from the body) than the read and the checksum of the image. The
 // plain image GET or HEAD, which is nearly every request a store sees, is
-// answered here with no allocation but the request path as a string (and,
-// for an answer sent with sendfile, the connection's raw handle). A
+// answered here with no allocation (but, for an answer sent with sendfile,
+// the connection's raw handle; and a read buffer while the pools learn the
+// sizes of the images served, see http.go). A
 // needle of a plain volume of
 // volume.MapMin bytes or more that is all in the page cache is verified
 // where it lies, through the volume file's mapping (volume.ReadRef), and
@@ -30,7 +31,8 @@ import (
 // leaves with one write of the headers and one sendfile(2) from the volume
 // file, a smaller one with one write of the headers and the image copied
 // from the mapping. Any other needle (smaller, not resident, or of an EC
-// volume) is read with one pread and verified into a pooled buffer, and
+// volume) is read with one pread and verified into a pooled buffer (of the
+// needle's length rounded up to volume.ReadBufferClass), and
 // fasthttp writes the headers and that buffer in one write, or one writev
 // for an image larger than its write buffer. The request holds the
 // mapping (or the buffer) until its answer is written. Everything else,
@@ -91,7 +93,9 @@ func (h *httpHandler) serveFast(ctx *fasthttp.RequestCtx) bool {
 			return false
 		}
 	}
-	id, size, ext, err := needle.ParseImagePath(string(uri))
+	// The string (and ext, a part of it) only lives for the call: the
+	// request's bytes, not a copy, so that a GET allocates nothing.
+	id, size, ext, err := needle.ParseImagePath(unsafe.String(unsafe.SliceData(uri), len(uri)))
 	if err != nil {
 		return false // the 400 answer names the error; net/http writes it
 	}

@@ -53,17 +53,18 @@ var (
 
 // Buffer pooling. Reads go into buffers pooled per size code: the sizes of
 // one code are alike (thumbnails are small, large images are large), so a
-// pool's buffers soon fit its images and a GET allocates no buffer. A read
-// that outgrows the pooled buffer gets a new one from the volume, which
-// then replaces the small one in the pool.
+// pool's buffers soon fit its images and a GET allocates no buffer. A pool
+// starts with no buffer at all: a read that finds none, or one too small,
+// gets a new one from the volume, sized by the needle's length as the
+// index gives it and rounded up to volume.ReadBufferClass, which then
+// replaces the smaller one in the pool. So a pool holds buffers of the
+// largest needle of its kind read lately, rounded up to a class, and no
+// more: concurrent reads of small images hold small buffers. Needles the
+// fast path serves from the volume file's mapping use no buffer.
 const (
 	maxPooledBuffer = 8 << 20 // larger buffers are left to the GC
 	numSizePools    = len(needle.StoredSizes)
 )
-
-// initialBufferSize is the first buffer size of each pool, by the pool
-// index of sizePool.
-var initialBufferSize = [numSizePools]int{8 << 10, 64 << 10, 256 << 10, 1 << 20, 1 << 20, 8 << 10, 64 << 10, 256 << 10, 1 << 20}
 
 // sizePool returns the pool index of a valid size code: its place in
 // needle.StoredSizes.
@@ -114,10 +115,8 @@ func newHTTPHandler(srv *Server) *httpHandler {
 	h := &httpHandler{srv: srv}
 	h.metrics = promhttp.HandlerFor(srv.metrics.registry, promhttp.HandlerOpts{Registry: srv.metrics.registry})
 	for i := range h.pools {
-		size, pool := initialBufferSize[i], &h.pools[i]
-		pool.New = func() any {
-			return &readBuf{b: make([]byte, 0, size), pool: pool}
-		}
+		pool := &h.pools[i]
+		pool.New = func() any { return &readBuf{pool: pool} }
 	}
 	return h
 }

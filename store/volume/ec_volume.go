@@ -481,10 +481,7 @@ func (e *ECVolume) decodeVerified(buf []byte, key uint64, size needle.SizeCode) 
 // tolerates it on top of up to three lost ones).
 func (e *ECVolume) readEntryLocked(ctx context.Context, key uint64, size needle.SizeCode, off, length uint32, buf []byte) (needle.Needle, []byte, error) {
 	n := int(length) * needle.Alignment
-	if cap(buf) < n {
-		buf = make([]byte, n)
-	}
-	buf = buf[:n]
+	buf = readBuffer(buf, n)
 	e.reads.Add(1)
 	start := int64(off) * needle.Alignment
 	if len(e.geo.segments(start, n, nil)) > 1 {

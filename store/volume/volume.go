@@ -434,9 +434,28 @@ func (v *Volume) Retire(ctx context.Context) ([]needle.Needle, error) {
 	return ts, nil
 }
 
+// ReadBufferClass is the granularity of the buffers reads allocate. A read
+// whose needle does not fit in the caller's buffer allocates one of the
+// needle's length rounded up to a multiple of ReadBufferClass and returns
+// it, so that a caller pooling buffers (one pool per kind of image) soon
+// holds buffers that fit every needle of its kind: needles of nearby
+// lengths share a class, and a buffer is replaced only when a needle of a
+// larger class than any before comes. Callers need no buffer up front.
+const ReadBufferClass = 4 << 10
+
+// readBuffer returns buf resliced to n bytes, or a new buffer of n bytes
+// and a capacity of n rounded up to ReadBufferClass when buf is too small.
+func readBuffer(buf []byte, n int) []byte {
+	if cap(buf) >= n {
+		return buf[:n]
+	}
+	return make([]byte, n, (n+ReadBufferClass-1)/ReadBufferClass*ReadBufferClass)
+}
+
 // Read returns the live needle for (key, size) if its cookie matches. It
 // costs exactly one pread. buf is used for the needle's bytes when large
-// enough, so callers can pool buffers; the returned needle's Data aliases
+// enough, so callers can pool buffers; otherwise a new one is allocated
+// (see ReadBufferClass) and returned. The returned needle's Data aliases
 // the returned buffer. A damaged needle returns an error for which
 // IsCorruption is true, never its bytes.
 func (v *Volume) Read(key, cookie uint64, size needle.SizeCode, buf []byte) (needle.Needle, []byte, error) {
@@ -472,10 +491,7 @@ func (v *Volume) readAtLocked(off, length uint32, buf []byte) (needle.Needle, []
 // current .dat's descriptors, with one pread.
 func (v *Volume) readFromLocked(r io.ReaderAt, off, length uint32, buf []byte) (needle.Needle, []byte, error) {
 	size := int(length) * needle.Alignment
-	if cap(buf) < size {
-		buf = make([]byte, size)
-	}
-	buf = buf[:size]
+	buf = readBuffer(buf, size)
 	got, err := r.ReadAt(buf, int64(off)*needle.Alignment)
 	if got < size {
 		if err == nil || errors.Is(err, io.EOF) {
