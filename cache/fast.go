@@ -3,6 +3,7 @@ package cache
 import (
 	"net/http"
 	"time"
+	"unsafe"
 
 	"github.com/valyala/fasthttp"
 
@@ -38,20 +39,32 @@ func (c *Cache) serveFast(ctx *fasthttp.RequestCtx) bool {
 	if err != nil {
 		return false
 	}
-	if imagehttp.Choose(nil, size, ext).Vary {
-		// A bare size chosen by Accept, answered with "Vary: Accept":
-		// the net/http path makes the choice.
-		return false
+	choice := imagehttp.Choose(nil, size, ext)
+	if choice.Vary {
+		// A bare size, chosen by Accept: its WebP variant when the
+		// request accepts WebP, as imagehttp.Choose does for net/http.
+		for _, v := range ctx.Request.Header.PeekAll("Accept") {
+			// The string only lives for the call.
+			if imagehttp.AcceptValueWebP(unsafe.String(unsafe.SliceData(v), len(v))) {
+				choice.Size, _ = size.WebP()
+				break
+			}
+		}
 	}
 	start := time.Now()
-	e, ok := c.entries.GetIfPresent(key{id, size})
-	if !ok || e.noVariant {
+	e, ok := c.entries.GetIfPresent(key{id, choice.Size})
+	if !ok || (e.noVariant && choice.Fallback == choice.Size) {
 		// A miss is loaded on the net/http path, which also answers the
-		// 404 of a variant the photo does not have.
+		// 404 of a variant the photo does not have. (A bare size whose
+		// variant the photo lacks is a hit: the entry under the
+		// variant's key holds the size itself.)
 		return false
 	}
 	c.metrics.hits.Add(1)
 	hdr := &ctx.Response.Header
+	if choice.Vary {
+		hdr.SetCanonical(imagehttp.RawVary, imagehttp.RawAccept)
+	}
 	hdr.SetCanonical(imagehttp.RawETag, e.etagB)
 	hdr.SetCanonical(imagehttp.RawLastModified, e.lastModifiedB)
 	hdr.SetCanonical(imagehttp.RawCacheControl, imagehttp.RawImmutable)

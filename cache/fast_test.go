@@ -115,6 +115,34 @@ func TestFastHitAnswersAsMiss(t *testing.T) {
 			}
 		}
 	}
+	// Bare sizes, chosen by Accept: a hit on the fast path answers as the
+	// miss did and as net/http does, "Vary: Accept" included; with WebP
+	// accepted, the variant (which the upstream lacks) falls back to the
+	// size itself, and the alias the miss left is a hit too.
+	for i, accept := range []map[string]string{nil, {"Accept": "image/webp,*/*;q=0.8"}, {"Accept": "image/avif, image/webp;q=0"}} {
+		p := needle.ImagePath(needle.PhotoID{Vid: simWritableVid, Key: 1, Cookie: 9}, needle.SizeThumb+needle.SizeCode(i%2), "")
+		reads := up.reads.Load()
+		miss, missBody := rawAnswer(t, fast, http.MethodGet, p, accept)
+		loads := up.reads.Load() - reads
+		hit, hitBody := rawAnswer(t, fast, http.MethodGet, p, accept)
+		want, wantBody := rawAnswer(t, ln.Addr().String(), http.MethodGet, p, accept)
+		if got := up.reads.Load() - reads; got != loads {
+			t.Errorf("bare %s with %v: the hits made %d more loads, want none", p, accept, got-loads)
+		}
+		if miss.StatusCode != http.StatusOK || miss.Header.Get("Vary") != "Accept" {
+			t.Fatalf("bare %s with %v: status %d, Vary %q", p, accept, miss.StatusCode, miss.Header.Get("Vary"))
+		}
+		for name, a := range map[string]*http.Response{"fast hit": hit, "net/http hit": want} {
+			body := hitBody
+			if name == "net/http hit" {
+				body = wantBody
+			}
+			if a.StatusCode != miss.StatusCode || !reflect.DeepEqual(a.Header, miss.Header) || !bytes.Equal(body, missBody) {
+				t.Errorf("bare %s with %v: %s %d %v (%d bytes), miss %d %v (%d bytes)", p, accept, name,
+					a.StatusCode, a.Header, len(body), miss.StatusCode, miss.Header, len(missBody))
+			}
+		}
+	}
 	// A conditional hit and a 404 take the net/http path through the
 	// same server.
 	p := needle.ImagePath(needle.PhotoID{Vid: simWritableVid, Key: 1, Cookie: 9}, needle.SizeSmall, "")
