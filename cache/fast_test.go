@@ -1,46 +1,23 @@
 package cache
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"reflect"
 	"testing"
 
+	"github.com/haybale/haybale/internal/imagetest"
 	"github.com/haybale/haybale/needle"
 )
 
-// rawAnswer sends one raw HTTP/1.1 request to addr and reads the answer.
+// rawAnswer sends one raw HTTP/1.1 request to addr and reads the answer,
+// without its Date header.
 func rawAnswer(t *testing.T, addr, method, target string, hdr map[string]string) (*http.Response, []byte) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: cache\r\n", method, target)
-	for k, v := range hdr {
-		fmt.Fprintf(&b, "%s: %s\r\n", k, v)
-	}
-	b.WriteString("\r\n")
-	if _, err := c.Write(b.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	req, _ := http.NewRequest(method, "http://cache"+target, nil)
-	resp, err := http.ReadResponse(bufio.NewReader(c), req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, target, err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading the body: %v", method, target, err)
-	}
+	resp, body := imagetest.RawAnswer(t, addr, method, target, hdr)
 	resp.Header.Del("Date")
 	return resp, body
 }

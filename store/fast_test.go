@@ -16,38 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/haybale/haybale/internal/imagetest"
 	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
 )
-
-// rawAnswer sends one raw HTTP/1.1 request to addr and reads the answer.
-func rawAnswer(t *testing.T, addr, method, target string, hdr map[string]string) (*http.Response, []byte) {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: store\r\n", method, target)
-	for k, v := range hdr {
-		fmt.Fprintf(&b, "%s: %s\r\n", k, v)
-	}
-	b.WriteString("\r\n")
-	if _, err := c.Write(b.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	req, _ := http.NewRequest(method, "http://store"+target, nil)
-	resp, err := http.ReadResponse(bufio.NewReader(c), req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, target, err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading the body: %v", method, target, err)
-	}
-	return resp, body
-}
 
 // TestFastPathAnswersAsNetHTTP sends the same requests to the store's
 // server (fasthttp, with its fast image path) and to net/http serving the
@@ -150,8 +122,8 @@ func testFastPathAnswersAsNetHTTP(t *testing.T, f *httpFixture) {
 		request{http.MethodGet, "/nope", nil},
 	)
 	for _, q := range reqs {
-		got, gotBody := rawAnswer(t, f.ts.srv.HTTPAddr().String(), q.method, q.target, q.hdr)
-		want, wantBody := rawAnswer(t, ln.Addr().String(), q.method, q.target, q.hdr)
+		got, gotBody := imagetest.RawAnswer(t, f.ts.srv.HTTPAddr().String(), q.method, q.target, q.hdr)
+		want, wantBody := imagetest.RawAnswer(t, ln.Addr().String(), q.method, q.target, q.hdr)
 		got.Header.Del("Date")
 		want.Header.Del("Date")
 		if got.StatusCode != want.StatusCode || !reflect.DeepEqual(got.Header, want.Header) || !bytes.Equal(gotBody, wantBody) {
