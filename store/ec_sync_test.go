@@ -52,12 +52,7 @@ func sealedPhotos(t *testing.T, ts *testServer, n int) []*photo {
 	ctx := context.Background()
 	ts.allocate(t, 1)
 	r := rand.New(rand.NewPCG(14, 9))
-	var photos []*photo
-	for k := 1; k <= n; k++ {
-		p := randomPhoto(r, 1, 0x500+uint64(k), 100+k*29)
-		ts.writePhoto(t, p)
-		photos = append(photos, p)
-	}
+	photos := ts.writeRandomPhotos(t, r, 1, n, 0x500, 100, 29)
 	if _, err := ts.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1, Reason: "full"}); err != nil {
 		t.Fatal(err)
 	}

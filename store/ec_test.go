@@ -60,12 +60,7 @@ func TestECVolumeServedLikeThePlainOne(t *testing.T) {
 	ts := startServer(t, so, ServerOptions{})
 	ts.allocate(t, 1)
 	r := rand.New(rand.NewPCG(14, 1))
-	var photos []*photo
-	for k := uint64(1); k <= 12; k++ {
-		p := randomPhoto(r, 1, 0x100+k, 100+int(k)*37)
-		ts.writePhoto(t, p)
-		photos = append(photos, p)
-	}
+	photos := ts.writeRandomPhotos(t, r, 1, 12, 0x100, 100, 37)
 	enc := &storepb.EcEncodeRequest{Vid: 1, LargeBlock: 4096, SmallBlock: 512}
 	_, err := ts.client.EcEncode(ctx, enc)
 	wantCode(t, "EcEncode of a writable volume", err, codes.FailedPrecondition)
@@ -194,12 +189,7 @@ func TestECDecodeInPlace(t *testing.T) {
 	ts := startServer(t, so, ServerOptions{})
 	ts.allocate(t, 1)
 	r := rand.New(rand.NewPCG(14, 2))
-	var photos []*photo
-	for k := uint64(1); k <= 8; k++ {
-		p := randomPhoto(r, 1, 0x200+k, 150+int(k)*29)
-		ts.writePhoto(t, p)
-		photos = append(photos, p)
-	}
+	photos := ts.writeRandomPhotos(t, r, 1, 8, 0x200, 150, 29)
 	if _, err := ts.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -268,12 +258,7 @@ func TestECShardsPlacedOnThreeStores(t *testing.T) {
 	c = startServer(t, Options{Dir: "/data", FS: vfs.NewMem(), ShardPeers: peersOf(&c)}, ServerOptions{})
 	a.allocate(t, 1)
 	r := rand.New(rand.NewPCG(14, 3))
-	var photos []*photo
-	for k := uint64(1); k <= 10; k++ {
-		p := randomPhoto(r, 1, 0x300+k, 120+int(k)*31)
-		a.writePhoto(t, p)
-		photos = append(photos, p)
-	}
+	photos := a.writeRandomPhotos(t, r, 1, 10, 0x300, 120, 31)
 	a.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1})
 	if _, err := a.client.Compact(ctx, &storepb.CompactRequest{Vid: 1}); err != nil {
 		t.Fatal(err)
@@ -384,12 +369,7 @@ func TestECRemoveVolume(t *testing.T) {
 	a.allocate(t, 1)
 	a.allocate(t, 2)
 	r := rand.New(rand.NewPCG(5, 9))
-	var photos []*photo
-	for k := uint64(1); k <= 6; k++ {
-		p := randomPhoto(r, 1, 0x500+k, 100+int(k)*17)
-		a.writePhoto(t, p)
-		photos = append(photos, p)
-	}
+	photos := a.writeRandomPhotos(t, r, 1, 6, 0x500, 100, 17)
 	plain := randomPhoto(r, 2, 0x600, 90)
 	a.writePhoto(t, plain)
 	a.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1})

@@ -142,6 +142,20 @@ func randomPhoto(r *rand.Rand, vid uint32, key uint64, base int) *photo {
 	return p
 }
 
+// writeRandomPhotos writes n random photos into volume vid, photo k
+// (1..n) under key keyBase+k with base size sizeBase+k*sizeStep (see
+// randomPhoto), and returns them in key order.
+func (ts *testServer) writeRandomPhotos(t testing.TB, r *rand.Rand, vid uint32, n int, keyBase uint64, sizeBase, sizeStep int) []*photo {
+	t.Helper()
+	var photos []*photo
+	for k := 1; k <= n; k++ {
+		p := randomPhoto(r, vid, keyBase+uint64(k), sizeBase+k*sizeStep)
+		ts.writePhoto(t, p)
+		photos = append(photos, p)
+	}
+	return photos
+}
+
 // writePhoto writes the four sizes of p in one Write.
 func (ts *testServer) writePhoto(t testing.TB, p *photo) {
 	t.Helper()
