@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/haybale/haybale/needle"
@@ -25,8 +26,9 @@ import (
 //	paths.txt            one image path per line, in the plan's order (wrk)
 //	fio-<Q>.job          a fio job file: Q psync jobs, one iolog each
 //	iolog-<Q>-<J>.log    job J's reads: images J, J+Q, J+2Q, ... of the plan
-//	plan.txt             "images N", "needle_bytes N", "data_bytes N" and
-//	                     "page_bytes N" lines: the plan's totals
+//	plan.txt             the plan's totals, "name N" lines: images,
+//	                     needle_bytes, data_bytes, page_bytes and
+//	                     size_digits (see the methods of the same names)
 //
 // An iolog is fio's version 2 format: a header line, then "<file> add" and
 // "<file> open" for each volume file the job reads, one "<file> read
@@ -209,6 +211,18 @@ func (p *ColdPlan) DataBytes() int64 {
 	return n
 }
 
+// SizeDigits is the sum of the decimal digits of the images' sizes: the
+// bytes their Content-Length header values add up to, which with one
+// answer's header block tells what one 200 of the right length per image
+// adds up to, to the byte.
+func (p *ColdPlan) SizeDigits() int64 {
+	var n int64
+	for _, im := range p.Images {
+		n += int64(len(strconv.FormatInt(im.DataSize, 10)))
+	}
+	return n
+}
+
 // PageBytes is the size of the distinct pages of pageSize bytes the
 // plan's ranges touch: what a cold run with no readahead reads from the
 // disk, each page once.
@@ -327,8 +341,8 @@ func WriteColdPlan(dir string, p *ColdPlan, jobs []int) error {
 		}
 	}
 	return write("plan.txt", func(w io.Writer) error {
-		_, err := fmt.Fprintf(w, "images %d\nneedle_bytes %d\ndata_bytes %d\npage_bytes %d\n",
-			len(p.Images), p.NeedleBytes(), p.DataBytes(), p.PageBytes(int64(os.Getpagesize())))
+		_, err := fmt.Fprintf(w, "images %d\nneedle_bytes %d\ndata_bytes %d\npage_bytes %d\nsize_digits %d\n",
+			len(p.Images), p.NeedleBytes(), p.DataBytes(), p.PageBytes(int64(os.Getpagesize())), p.SizeDigits())
 		return err
 	})
 }

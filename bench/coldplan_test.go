@@ -273,8 +273,12 @@ func TestWriteColdPlan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantTotals := fmt.Sprintf("images %d\nneedle_bytes %d\ndata_bytes %d\npage_bytes %d\n",
-		len(paths), p.NeedleBytes(), p.DataBytes(), p.PageBytes(int64(os.Getpagesize())))
+	var digits int
+	for _, path := range paths {
+		digits += len(strconv.Itoa(int(want[path][1] - 54)))
+	}
+	wantTotals := fmt.Sprintf("images %d\nneedle_bytes %d\ndata_bytes %d\npage_bytes %d\nsize_digits %d\n",
+		len(paths), p.NeedleBytes(), p.DataBytes(), p.PageBytes(int64(os.Getpagesize())), digits)
 	if string(totals) != wantTotals {
 		t.Fatalf("plan.txt:\n%s\nwant:\n%s", totals, wantTotals)
 	}
