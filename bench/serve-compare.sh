@@ -30,11 +30,12 @@
 # the iologs. The store's rate is images / (last answer - first request);
 # every image must be answered, with no error, and the bytes wrk read
 # must be, to the byte, one 200 of the image's size per image (one
-# answer's header block, read after the run, tells the header bytes). Next to each figure: the bytes read from the volume files' block
-# device during that side (/proc/diskstats), against the bytes of the
-# distinct pages the needles span: a side that read much less from the
-# disk was not cold, and the script says so. The side that goes first
-# alternates between reps.
+# answer's header block, read after the run, tells the header bytes).
+# Next to each figure: the bytes read from the volume files' block device
+# during that side (/proc/diskstats), against the bytes of the distinct
+# pages the needles span (a side that read much less from the disk was
+# not cold, and the script says so), the disk's reads, and how many were
+# in flight on average. The side that goes first alternates between reps.
 #
 # With -k it also compares cache hits with nginx over the same bytes and
 # request lists (BenchmarkHitVsNginx in cache/, run with go test from this
