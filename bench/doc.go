@@ -9,6 +9,11 @@
 // measured with the same bytes, paths and request mix; bench/RESULTS.md
 // records the figures and the exact commands.
 //
+// NewColdPlan and WriteColdPlan turn volume dumps into a cold-read plan:
+// every image once, in a random order, as request paths and as fio iologs
+// of the same needles, so that bench/serve-compare.sh -c can compare a
+// store's cold GETs with fio's reads of exactly the same byte ranges.
+//
 // The run functions are safe to call concurrently with each other; each
 // run's workers share nothing but atomic counters.
 package bench

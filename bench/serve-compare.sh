@@ -14,14 +14,28 @@
 # Rows: the mix of all four sizes, uniform and Zipf, at 16 and 64
 # connections; thumbnails only and large images only, at 64.
 #
-# With -c it also compares cold reads: the store is restarted and the
-# volume files are dropped from the page cache (posix_fadvise DONTNEED,
-# through dd iflag=nocache) before each run (a process's own mapping keeps
-# the pages it touched cached through DONTNEED; the store is stopped before
-# fio runs); wrk GETs images for 5 s in a random order that repeats none,
-# then fio --rw=randread makes as many reads over the same volume files,
-# with the mean sizes of the four image sizes (bssplit) and the same queue
-# depth (psync, one job per connection).
+# With -c it also compares cold reads with fio, both sides reading exactly
+# the same byte ranges, each once, from a cold page cache, at the same
+# concurrency. `haybale bench cold-plan` lists every image of the volume
+# files (or a random sample, -C) once, in a random order, as the paths for
+# wrk and, for each queue depth Q, as Q fio iologs of the same needles
+# (job j reads the needles of images j, j+Q, ... of the list, whole,
+# psync, buffered, POSIX_FADV_RANDOM as the store's read descriptor).
+# Before each side the store is stopped and the volume files are dropped
+# from the page cache (posix_fadvise DONTNEED, through dd iflag=nocache; a
+# process's own mapping keeps the pages it touched cached through DONTNEED,
+# hence the stop); then a fresh store is sent every path once by wrk with
+# bench/wrk-once.lua over Q connections (the two threads take alternate
+# paths, each thread's connections the thread's next path), or fio replays
+# the iologs. The store's rate is images / (last answer - first request);
+# every image must be answered, with no error, and the bytes wrk read
+# must be, to the byte, one 200 of the image's size per image (one
+# answer's header block, read after the run, tells the header bytes).
+# Next to each figure: the bytes read from the volume files' block device
+# during that side (/proc/diskstats), against the bytes of the distinct
+# pages the needles span (a side that read much less from the disk was
+# not cold, and the script says so), the disk's reads, and how many were
+# in flight on average. The side that goes first alternates between reps.
 #
 # With -k it also compares cache hits with nginx over the same bytes and
 # request lists (BenchmarkHitVsNginx in cache/, run with go test from this
@@ -33,6 +47,7 @@
 #
 # Usage: bench/serve-compare.sh [-w WORKDIR] [-b HAYBALE] [-n PHOTOS]
 #                               [-r REPS] [-d DURATION] [-q ROWS] [-c] [-k] [-S]
+#                               [-C IMAGES] [-Q DEPTHS]
 #   -w  work directory, kept between runs (default /tmp/haybale-serve-bench);
 #       a corpus loaded there earlier is reused
 #   -b  haybale binary (default: built from this tree into the work directory)
@@ -42,6 +57,9 @@
 #   -q  rows to run, a space-separated subset of
 #       "mix-uniform:16 mix-uniform:64 mix-zipf:16 mix-zipf:64 t:64 l:64"
 #   -c  also run the cold-read comparison with fio
+#   -C  cold reads of a random sample of this many images (default: every
+#       image once)
+#   -Q  queue depths of the cold reads (default "16 64")
 #   -k  also run the cache-hit comparison
 #   -S  skip the store rows (with -c or -k)
 #   -T FILE  only print the table of a results file of an earlier run
@@ -55,10 +73,12 @@ reps=3
 dur=10s
 rows="mix-uniform:16 mix-uniform:64 mix-zipf:16 mix-zipf:64 t:64 l:64"
 cold=0
+coldsample=0
+colddepths="16 64"
 cache=0
 storerows=1
 tableonly=
-while getopts "w:b:n:r:d:q:ckST:h" opt; do
+while getopts "w:b:n:r:d:q:ckST:C:Q:h" opt; do
 	case $opt in
 	w) work=$OPTARG ;;
 	b) bin=$OPTARG ;;
@@ -67,6 +87,8 @@ while getopts "w:b:n:r:d:q:ckST:h" opt; do
 	d) dur=$OPTARG ;;
 	q) rows=$OPTARG ;;
 	c) cold=1 ;;
+	C) coldsample=$OPTARG ;;
+	Q) colddepths=$OPTARG ;;
 	k) cache=1 ;;
 	S) storerows=0 ;;
 	T) tableonly=$OPTARG ;;
@@ -251,44 +273,161 @@ if ! command -v fio >/dev/null; then
 	exit 0
 fi
 
-# Cold reads. Every image once, in random order, so no run reads an image
-# twice; the page cache is dropped for the volume files before each run.
-# fio then makes as many reads as the store answered (split over its
-# jobs), with the mean sizes of the four image sizes, so both read the
-# same amount of data from a cold cache; a time-based fio run would soon
-# read the whole corpus again from the cache it warmed.
-drop_cache() { for f in data/*.dat; do dd if="$f" iflag=nocache count=0 status=none; done; }
-shuf paths-mix-uniform.txt | awk '!seen[$0]++' >paths-cold.txt
-sizes=$(awk '{s[$2] += $1; n[$2]++} END {for (k in s) printf "%s:%d\n", k, s[k] / n[k]}' \
-	<(find static -type f -name '[tslm]' -printf '%s %f\n'))
-bssplit=$(echo "$sizes" | awk -F: '{printf "%s%d/25", (NR > 1 ? ":" : ""), $2}')
-files=$(ls data/*.dat | paste -sd:)
+# Cold reads: the plan (paths for wrk, iologs for fio) from the volume
+# files' dumps. Only a haybale with `bench cold-plan` writes it: the one
+# given with -b if it has the command, else one built from this tree.
+tool=$bin
+if ! "$bin" bench --help 2>/dev/null | grep -q "^  cold-plan "; then
+	tool=$work/haybale-cold-plan
+	echo "building haybale from this tree into $tool ($bin has no bench cold-plan)"
+	(cd "$here/.." && go build -o "$tool" ./cmd/haybale)
+fi
+rm -rf cold
+seed=$RANDOM
+sample=()
+[ "$coldsample" -gt 0 ] && sample=(--sample "$coldsample")
+# shellcheck disable=SC2086
+"$tool" bench cold-plan --dir cold --manifest manifest.txt "${sample[@]}" \
+	--jobs "$(echo $colddepths | tr ' ' ,)" --seed "$seed" data/*.dat >/dev/null
+plan() { awk -v k="$1" '$1 == k {print $2}' cold/plan.txt; }
+images=$(plan images)
+page_bytes=$(plan page_bytes)
+data_bytes=$(plan data_bytes)
+
+# disk_read: the block device holding the volume files, from
+# /proc/diskstats: "reads-completed bytes-read ms-spent-reading uptime-ms"
+# (empty when it has no line there, e.g. on tmpfs).
+dev=$(stat -c '%Hd %Ld' -- "$(ls data/*.dat | head -1)")
+disk_read() {
+	awk -v ma="${dev% *}" -v mi="${dev#* }" -v up="$(cut -d' ' -f1 /proc/uptime)" \
+		'$1 == ma && $2 == mi {printf "%d %.0f %d %.0f\n", $4, $6 * 512, $7, up * 1000}' /proc/diskstats
+}
+[ -n "$(disk_read)" ] || echo "serve-compare: the volume files' device ($dev) has no line in /proc/diskstats; no check that the runs are cold"
+drop_cache() {
+	local f
+	for f in data/*.dat; do dd if="$f" iflag=nocache count=0 status=none; done
+}
+# disk_delta BEFORE AFTER: sets disk (bytes read between two disk_read
+# figures, empty without diskstats) and diskline, which says how they
+# compare with the plan's pages (a side that read much less than them
+# was not cold), in how many reads, and how many were in flight on
+# average (the time the reads spent in the device and its queue over the
+# wall time: the queue depth the disk saw).
+disk_delta() {
+	disk= diskline="disk n/a"
+	[ -n "$1" ] && [ -n "$2" ] || return 0
+	# shellcheck disable=SC2086
+	set -- $1 $2
+	disk=$(($6 - $2))
+	diskline=$(awk -v n=$(($5 - $1)) -v d="$disk" -v ms=$(($7 - $3)) -v wall="$(($8 - $4))" -v p="$page_bytes" 'BEGIN {
+		r = d / p
+		printf "disk %.0f MB = %.2fx the pages", d / 1e6, r
+		if (r < 0.8) printf " NOT COLD: read from the page cache"
+		else if (r > 1.25) printf " (more than the pages: readahead, or other reads on the disk)"
+		if (n > 0 && wall > 0) printf ", %d reads of %.0f KB, %.1f in flight", n, d / n / 1e3, ms / wall
+	}')
+}
+
+# cold_store QD: stop the store, drop, start it, GET every path once over
+# QD connections; sets rate and disk, prints a line on stderr. (Not in a
+# subshell: it restarts the store, whose pid the script keeps.)
+cold_store() {
+	local qd=$1 t=2 d0 d1 wpid once
+	[ "$qd" -lt $t ] && t=$qd
+	stop_store
+	drop_cache
+	start_store
+	rm -f cold/done.*
+	d0=$(disk_read)
+	PATHS=cold/paths.txt DONE=$work/cold/done wrk -t$t -c"$qd" -d600s -s "$here/wrk-once.lua" \
+		"http://$store_http" -- "$qd" $t >cold/wrk.out &
+	wpid=$!
+	while [ "$(find cold -maxdepth 1 -name 'done.*' | wc -l)" -lt $t ] && kill -0 $wpid 2>/dev/null; do sleep 0.1; done
+	kill -INT $wpid 2>/dev/null || true
+	wait $wpid || true
+	d1=$(disk_read)
+	once=$(awk '$1 == "once:"' cold/wrk.out)
+	# What one 200 of the right length per image adds up to, headers
+	# included: the store's header block varies only in the Content-Length
+	# digits, so one answer's block (read now, after the run) minus its
+	# digits, per image, plus the plan's digits and bytes.
+	local cl want
+	curl -s -D cold/header.txt -o /dev/null "http://$store_http$(head -1 cold/paths.txt)"
+	cl=$(awk 'tolower($1) == "content-length:" {print $2}' cold/header.txt | tr -d '\r')
+	want=$((data_bytes + images * ($(wc -c <cold/header.txt) - ${#cl}) + $(plan size_digits)))
+	# once: requests N answers N status_errors N socket_errors N timeouts N bytes N elapsed_s S rate R
+	# shellcheck disable=SC2086
+	set -- $once
+	if [ "$#" -ne 17 ] || [ "$3" != "$images" ] || [ "$5" != "$images" ] || [ "$7" != 0 ] || [ "$9" != 0 ] ||
+		[ "${13}" != "$want" ] || [ "${15}" = unfinished ]; then
+		echo "serve-compare: the store's cold run did not answer every image once with a 200 of the right length: ${once:-no summary} (want $images requests and answers, no errors, $want bytes)" >&2
+		cat cold/wrk.out >&2
+		exit 1
+	fi
+	rate=${17}
+	disk_delta "$d0" "$d1"
+	echo "    store: $rate req/s, $images answers, no error, $((want / 1000000)) MB read as expected (bodies and headers) in ${15} s; $diskline" >&2
+}
+
+# cold_fio QD: stop the store, drop, replay the QD iologs; sets rate and
+# disk, prints a line on stderr.
+cold_fio() {
+	local qd=$1 d0 d1 out
+	stop_store
+	drop_cache
+	d0=$(disk_read)
+	if ! out=$(fio --output-format=terse --terse-version=3 "cold/fio-$qd.job" 2>&1); then
+		echo "serve-compare: fio failed: $out" >&2
+		exit 1
+	fi
+	d1=$(disk_read)
+	# terse v3: 5 error, 6 read KiB, 8 read IOPS, 9 read runtime (ms).
+	set -- $(echo "$out" | awk -F';' '{print $5, $6, $8, $9}')
+	if [ "$#" -ne 4 ] || [ "$1" != 0 ] || ! awk -v kb="$2" -v b="$(plan needle_bytes)" 'BEGIN {exit !(b - kb * 1024 >= 0 && b - kb * 1024 < 1024)}'; then
+		echo "serve-compare: fio's cold run failed or did not read the plan's $(plan needle_bytes) bytes: $out" >&2
+		exit 1
+	fi
+	rate=$3
+	disk_delta "$d0" "$d1"
+	echo "    fio: $rate reads/s, $images reads, $(($2 * 1024 / 1000000)) MB in $4 ms; $diskline" >&2
+}
+
 echo
-echo "cold reads: the volume files dropped from the page cache before each run; mean sizes $(echo $sizes)"
-echo "| qd | store req/s | fio reads/s | store / fio |"
-echo "|---|---|---|---|"
-for qd in 16 64; do
-	s_all="" f_all=""
-	for rep in $(seq "$reps"); do
-		# A fresh store each time: pages a process has mapped and touched
-		# stay cached through posix_fadvise(DONTNEED), so a store that
-		# served warm runs from its mapping would not start cold, and
-		# neither would fio after it.
-		stop_store
-		drop_cache
-		start_store
-		out=$(PATHS=paths-cold.txt wrk -t2 -c$qd -d5s -s "$here/wrk-paths.lua" "http://$store_http")
-		s=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-		n=$(echo "$out" | awk '/requests in/ {print $1}')
-		stop_store
-		drop_cache
-		f=$(fio --name=cold --filename="$files" --rw=randread --bssplit="$bssplit" --ioengine=psync \
-			--numjobs=$qd --thread --group_reporting --randrepeat=0 --number_ios=$((n / qd + 1)) \
-			--invalidate=1 --output-format=terse --terse-version=3 | awk -F';' '{print $8}')
-		s_all="$s_all $s" f_all="$f_all $f"
-		echo "  rep $rep qd $qd: store $s req/s ($n reads), fio $f reads/s" >&2
+echo "cold reads: $images images ($(awk -v b="$(plan needle_bytes)" 'BEGIN {printf "%.0f", b / 1e6}') MB of needles, $(awk -v b="$page_bytes" 'BEGIN {printf "%.0f", b / 1e6}') MB of pages) in $(ls data/*.dat | wc -l) volume files, each once in a random order (seed $seed), from a cold page cache; $reps reps"
+coldres=$work/cold-results.txt
+: >"$coldres"
+for rep in $(seq "$reps"); do
+	for qd in $colddepths; do
+		load=$(cut -d' ' -f1 /proc/loadavg)
+		echo "  rep $rep qd $qd (load average $load):" >&2
+		if [ $((rep % 2)) -eq 1 ]; then
+			cold_store "$qd"
+			store_res="$rate ${disk:-0}"
+			cold_fio "$qd"
+			fio_res="$rate ${disk:-0}"
+		else
+			cold_fio "$qd"
+			fio_res="$rate ${disk:-0}"
+			cold_store "$qd"
+			store_res="$rate ${disk:-0}"
+		fi
+		echo "$rep $qd $store_res $fio_res $load" >>"$coldres"
 	done
-	sm=$(echo $s_all | tr ' ' '\n' | median)
-	fm=$(echo $f_all | tr ' ' '\n' | median)
-	printf "| %d | %.0f | %.0f | %.2f |\n" $qd "$sm" "$fm" "$(awk -v s="$sm" -v f="$fm" 'BEGIN {print s / f}')"
 done
+# Each line: rep, qd, store req/s, store disk bytes, fio reads/s, fio disk
+# bytes, load average before the rep.
+echo
+echo "medians over $reps reps (store / fio: the median of the per-rep ratios; disk: bytes read from the disk during the side, over the bytes of the needles' pages)"
+echo
+echo "| qd | store req/s | fio reads/s | store / fio | store disk / pages | fio disk / pages | load average |"
+echo "|---|---|---|---|---|---|---|"
+for qd in $colddepths; do
+	col() { awk -v q="$qd" -v f="$1" '$2 == q {print $f}' "$coldres"; }
+	printf "| %d | %.0f | %.0f | %.2f | %.2f | %.2f | %s |\n" "$qd" "$(col 3 | median)" "$(col 5 | median)" \
+		"$(awk -v q="$qd" '$2 == q {printf "%.4f\n", $3 / $5}' "$coldres" | median)" \
+		"$(awk -v q="$qd" -v p="$page_bytes" '$2 == q {printf "%.4f\n", $4 / p}' "$coldres" | median)" \
+		"$(awk -v q="$qd" -v p="$page_bytes" '$2 == q {printf "%.4f\n", $6 / p}' "$coldres" | median)" \
+		"$(col 7 | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {print (lo == hi ? lo : lo "-" hi)}')"
+done
+awk -v p="$page_bytes" '$4 / p < 0.8 || $6 / p < 0.8 {
+	printf "serve-compare: rep %d qd %d was not cold: the %s read %.2fx the pages from the disk\n", $1, $2, ($4 / p < 0.8 ? "store" : "fio"), ($4 / p < 0.8 ? $4 : $6) / p }' "$coldres"

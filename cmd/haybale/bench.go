@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/haybale/haybale/bench"
 	"github.com/haybale/haybale/internal/token"
+	"github.com/haybale/haybale/tools"
 )
 
 func newBenchCmd() *cobra.Command {
@@ -19,7 +21,7 @@ func newBenchCmd() *cobra.Command {
 		Short: "Load generators and benchmarks",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(newBenchStoreGetCmd(), newBenchPathsCmd(), newBenchUploadCmd(), newBenchStoreMemoryCmd())
+	cmd.AddCommand(newBenchStoreGetCmd(), newBenchPathsCmd(), newBenchColdPlanCmd(), newBenchUploadCmd(), newBenchStoreMemoryCmd())
 	return cmd
 }
 
@@ -139,6 +141,80 @@ func newBenchPathsCmd() *cobra.Command {
 	f.Float64Var(&zipfS, "zipf-s", 1.1, "Zipf exponent (> 1)")
 	f.IntVar(&n, "n", 200000, "number of paths")
 	f.Uint64Var(&seed, "seed", 1, "seed of the draw")
+	return cmd
+}
+
+func newBenchColdPlanCmd() *cobra.Command {
+	var (
+		dir      string
+		manifest string
+		sample   int
+		jobs     []int
+		seed     uint64
+	)
+	cmd := &cobra.Command{
+		Use:   "cold-plan FILE.dat...",
+		Short: "Write a cold-read plan: every image once in random order, as wrk paths and as fio iologs of the same needles",
+		Long: `cold-plan lists every live image of the volume files (as ` + "`haybale volume dump --json`" + `
+does), or of the photos in --manifest, or a random --sample of them, each
+once, in a random order, and writes into --dir:
+
+  paths.txt          the image paths, one per line, in that order (for wrk)
+  fio-<Q>.job        for each queue depth Q in --jobs, Q psync jobs
+  iolog-<Q>-<J>.log  job J's reads (fio iolog v2): the needles of images
+                     J, J+Q, J+2Q, ... of the list, whole, in list order
+  plan.txt           the totals: images, needle bytes, data bytes and the
+                     bytes of the distinct pages the needles touch
+
+so that a store and fio read exactly the same byte ranges, each once.
+bench/serve-compare.sh -c runs both from it.`,
+		Example: `  haybale bench cold-plan --dir /tmp/cold --manifest manifest.txt data/*.dat
+  fio /tmp/cold/fio-16.job`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if dir == "" {
+				return fmt.Errorf("--dir is required")
+			}
+			cfg := bench.ColdPlanConfig{Sample: sample, Seed: seed}
+			if manifest != "" {
+				ids, err := bench.ReadManifest(manifest)
+				if err != nil {
+					return err
+				}
+				if len(ids) == 0 {
+					return fmt.Errorf("manifest %s lists no photos", manifest)
+				}
+				cfg.Photos = ids
+			}
+			for _, dat := range args {
+				abs, err := filepath.Abs(dat)
+				if err != nil {
+					return err
+				}
+				var dump bytes.Buffer
+				if err := tools.Dump(cmd.Context(), abs, tools.Output{W: &dump, JSON: true}); err != nil {
+					return fmt.Errorf("dump %s: %w", dat, err)
+				}
+				cfg.Volumes = append(cfg.Volumes, bench.ColdVolume{DatPath: abs, Dump: &dump})
+			}
+			plan, err := bench.NewColdPlan(cfg)
+			if err != nil {
+				return err
+			}
+			if err := bench.WriteColdPlan(dir, plan, jobs); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%d images, %.1f MB of needles (%.1f MB of image data) in %d volume files; plan in %s\n",
+				len(plan.Images), float64(plan.NeedleBytes())/1e6, float64(plan.DataBytes())/1e6, len(args), dir)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "dir", "", "directory to write the plan's files into (required)")
+	f.StringVar(&manifest, "manifest", "", "only the photos of this manifest (written by store-get); each must be in the volume files")
+	f.IntVar(&sample, "sample", 0, "a random sample of this many images (0: every image)")
+	f.IntSliceVar(&jobs, "jobs", []int{16, 64}, "queue depths to write fio jobs for")
+	f.Uint64Var(&seed, "seed", 1, "seed of the order and the sample")
 	return cmd
 }
 
