@@ -5,16 +5,20 @@ package cache
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/haybale/haybale/internal/pki"
+	"github.com/haybale/haybale/internal/rpc/rpctest"
 	"github.com/haybale/haybale/needle"
 )
 
@@ -422,5 +426,47 @@ func TestLargeHitCork(t *testing.T) {
 		if a.live.Load() != 0 {
 			t.Errorf("written %v: Close did not release the slot", write)
 		}
+	}
+}
+
+// TestLargeHitOverTLS serves the public listener over TLS: a hit of an
+// image in the memfd is copied from the mapping and encrypted, never sent
+// with sendfile, and carries the image.
+func TestLargeHitOverTLS(t *testing.T) {
+	c := newLargeCache(t, 16<<20)
+	ca := rpctest.New(t)
+	cfg := ca.Node(t, pki.RoleCache, "cache1").ServerTLS().Clone()
+	cfg.ClientAuth = tls.NoClientCert
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(c, ServerOptions{Listener: tls.NewListener(ln, cfg), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer func() { cancel(); <-done }()
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: ca.Node(t, pki.RoleOperator, "reader").ClientTLSExpecting(pki.RoleCache)}}
+	id := needle.PhotoID{Vid: 1, Key: 4, Cookie: 1}
+	url := "https://" + srv.Addr().String() + needle.ImagePath(id, needle.SizeLarge, "jpg")
+	for i := range 3 {
+		resp, err := hc.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, largeImage(id.Key)) {
+			t.Fatalf("GET %d over TLS: %d, %d bytes, %v", i, resp.StatusCode, len(body), err)
+		}
+	}
+	if e, ok := c.entries.GetIfPresent(key{id, needle.SizeLarge}); !ok || e.slot == nil {
+		t.Fatal("the image is not in the memfd")
+	}
+	if hits, sent := c.metrics.hits.Load(), gathered(t, c, "haybale_cache_http_bytes_sendfile_total"); hits != 2 || sent != 0 {
+		t.Errorf("%d hits, %v bytes sent with sendfile; want 2 hits, none sent with sendfile", hits, sent)
 	}
 }
