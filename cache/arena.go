@@ -30,7 +30,9 @@ import (
 // free list its range is hole-punched (fallocate PUNCH_HOLE|KEEP_SIZE),
 // which drops the pages from the file (a socket that holds one keeps it,
 // with its old contents), and the next image written there gets fresh
-// zeroed pages.
+// zeroed pages. The mapping asks for base pages only (MADV_NOHUGEPAGE; no
+// memfd where the system forces huge shmem pages): punching part of a
+// huge page that a socket still holds would zero it in place.
 //
 // Lifetime. A slot is reference-counted. The cache holds one reference
 // for each otter entry that points at it (the image's own entry, and the

@@ -1,11 +1,14 @@
 package cache
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -26,6 +29,12 @@ func arenaExtent(capacity int64) int64 {
 // The mapping and the file are released once the arena is unreachable
 // (no entry, answer or cache points at it any more).
 func newArena(capacity int64, minLen int) (*arena, error) {
+	if strconv.IntSize < 64 {
+		return nil, errors.New("the memfd's extent needs a 64-bit address space")
+	}
+	if b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/shmem_enabled"); err == nil && strings.Contains(string(b), "[force]") {
+		return nil, errors.New("shmem transparent huge pages are forced (shmem_enabled is force): slots cannot own their pages")
+	}
 	extent := arenaExtent(capacity)
 	fd, err := unix.MemfdCreate("haybale-cache", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
@@ -43,6 +52,14 @@ func newArena(capacity int64, minLen int) (*arena, error) {
 	if err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("memfd: mapping %d bytes: %w", extent, err)
+	}
+	// Base pages only: a slot must own its pages (see arena.go), and the
+	// hole punch of part of a huge page that a socket still references
+	// zeroes that part in place instead of dropping it.
+	if err := unix.Madvise(mem, unix.MADV_NOHUGEPAGE); err != nil {
+		unix.Munmap(mem)
+		unix.Close(fd)
+		return nil, fmt.Errorf("memfd: madvise(MADV_NOHUGEPAGE): %w", err)
 	}
 	a := &arena{
 		mem: mem, fd: fd, min: minLen,
