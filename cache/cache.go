@@ -441,8 +441,8 @@ func (c *Cache) get(k key, fallback needle.SizeCode, fromCDN bool) (*entry, erro
 // fetchAcquired is fetch, with the entry returned acquired. A flight that
 // found k cached shares that entry with every request waiting for it; if
 // it was evicted (its slot freed) before this one took its reference, k
-// is loaded again for this request alone: load returns the loaded bytes,
-// which are in Go memory.
+// is loaded again outside the flight (and admitted again): load returns
+// the loaded bytes, which are in Go memory and need no reference.
 func (c *Cache) fetchAcquired(k key, refused rule) (*entry, bool, error) {
 	e, fetched, err := c.fetch(k, refused)
 	if err != nil || e.acquire() {

@@ -139,6 +139,7 @@
 //
 // A Cache is safe for concurrent use. Its fields are immutable after New
 // except the otter cache and singleflight group (internally synchronized),
-// the metrics (atomic) and the deletion records (under mu). A Server is
+// the metrics (atomic), the deletion records (under mu) and the memfd's
+// allocator (its own mutex; slot reference counts are atomic). A Server is
 // safe for concurrent use; Serve is called once.
 package cache
