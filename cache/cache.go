@@ -80,6 +80,12 @@ type Options struct {
 	// Registry receives the cache's metrics. Default: a registry of the
 	// cache's own, which also holds the Go and process collectors.
 	Registry *prometheus.Registry
+	// MemfdMin is the smallest image kept, once cached, in the cache's
+	// memfd rather than in Go memory, and sent with sendfile(2) on a hit
+	// over plain TCP (see arena.go); default DefaultMemfdMin. Negative
+	// keeps every image in Go memory. Where memfd_create or the mapping is
+	// not available, every image stays in Go memory (New logs it).
+	MemfdMin int
 }
 
 // deletion records when a photo was invalidated.
@@ -170,6 +176,22 @@ type entry struct {
 	// so that browsers that accept WebP do not send a store a request for
 	// the missing variant on every view of an older photo.
 	noVariant bool
+	// slot, when set, holds data in the cache's memfd. Only entries in
+	// otter have one (a noVariant entry shares its size's); an answer
+	// reads data only between acquire and release.
+	slot *slot
+}
+
+// acquire takes an answer's reference to e's bytes and reports whether it
+// did: false when e's memfd slot was just freed (e was evicted), which
+// the caller treats as a miss. An entry in Go memory needs none.
+func (e *entry) acquire() bool { return e.slot == nil || e.slot.acquire() }
+
+// release drops the reference acquire took.
+func (e *entry) release() {
+	if e.slot != nil {
+		e.slot.release()
+	}
 }
 
 func (e *entry) weight() uint32 {
@@ -191,6 +213,7 @@ type Cache struct {
 	memory    time.Duration
 
 	entries *otter.Cache[key, *entry]
+	arena   *arena // nil: every image in Go memory
 	flights singleflight.Group
 	metrics *metrics
 
@@ -261,6 +284,9 @@ func New(opts Options) (*Cache, error) {
 			if e.Cause == otter.CauseOverflow {
 				c.metrics.evictions.Inc()
 			}
+			if e.Value.slot != nil {
+				e.Value.slot.drop()
+			}
 		},
 		// Maintenance and deletion events run on the calling goroutine:
 		// the cache starts no goroutine that Close would have to wait for.
@@ -268,6 +294,15 @@ func New(opts Options) (*Cache, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
+	}
+	if opts.MemfdMin >= 0 {
+		if opts.MemfdMin == 0 {
+			opts.MemfdMin = DefaultMemfdMin
+			c.opts.MemfdMin = opts.MemfdMin
+		}
+		if c.arena, err = newArena(opts.Capacity, opts.MemfdMin); err != nil {
+			opts.Logger.Warn("large images stay in Go memory: no memfd", "err", err)
+		}
 	}
 	if c.metrics, err = newMetrics(c, opts.Registry); err != nil {
 		return nil, err
@@ -327,14 +362,32 @@ func (c *Cache) Invalidate(id needle.PhotoID) {
 
 // insert caches e under k unless the photo was invalidated within the
 // deletion memory, and reports whether it did. The check and the insert
-// are atomic with respect to Invalidate.
+// are atomic with respect to Invalidate. e itself is never modified: an
+// image of MemfdMin bytes or more is cached as a copy of e whose bytes
+// are in the memfd (e keeps its own, for the answers of the fetch that
+// loaded it). When e has a slot already (a noVariant entry sharing its
+// size's), the caller's reference to it passes to the cache.
 func (c *Cache) insert(k key, e *entry) bool {
+	if e.slot == nil && !e.noVariant && c.arena != nil && len(e.data) >= c.arena.min {
+		if s := c.arena.store(e.data); s != nil {
+			large := *e
+			large.data, large.slot = s.data(), s
+			e = &large
+		}
+	}
+	if e.slot != nil {
+		e.slot.hold()
+	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if at, ok := c.mu.deleted[k.id]; ok && time.Since(at) <= c.memory {
+		c.mu.Unlock()
+		if e.slot != nil {
+			e.slot.drop()
+		}
 		return false
 	}
 	c.entries.Set(k, e)
+	c.mu.Unlock()
 	return true
 }
 
@@ -344,9 +397,10 @@ func (c *Cache) insert(k key, e *entry) bool {
 // returns the fallback's image and remembers under k that the variant is
 // missing (an entry with noVariant set). fromCDN tells whether the request
 // came through a CDN, for the cdn admission rule. It counts the hit or
-// miss.
+// miss. The entry returned is acquired: the caller calls its release once
+// the answer is written.
 func (c *Cache) get(k key, fallback needle.SizeCode, fromCDN bool) (*entry, error) {
-	if e, ok := c.entries.GetIfPresent(k); ok {
+	if e, ok := c.entries.GetIfPresent(k); ok && e.acquire() {
 		c.metrics.hits.Add(1)
 		return e, nil
 	}
@@ -357,17 +411,20 @@ func (c *Cache) get(k key, fallback needle.SizeCode, fromCDN bool) (*entry, erro
 	case !c.opts.AdmitFromCDN && fromCDN:
 		refused = ruleCDN
 	}
-	e, fetched, err := c.fetch(k, refused)
+	e, fetched, err := c.fetchAcquired(k, refused)
 	if errors.Is(err, errNotFound) && fallback != k.size {
 		// A photo stored without its WebP variant: serve the size itself,
 		// and remember under the variant's key that it is missing.
 		variant := k
 		k.size = fallback
-		e, _, err = c.fetch(k, refused)
+		e, _, err = c.fetchAcquired(k, refused)
 		fetched = true
 		if err == nil {
-			if own, ok := c.entries.GetIfPresent(k); ok && own == e {
-				alias := *e
+			// The size's own entry, if this fetch (or an earlier one)
+			// cached it; the alias shares its bytes, and its slot with one
+			// reference of its own.
+			if own, ok := c.entries.GetIfPresent(k); ok && own.etag == e.etag && own.acquire() {
+				alias := *own
 				alias.noVariant = true
 				c.insert(variant, &alias)
 			}
@@ -379,6 +436,20 @@ func (c *Cache) get(k key, fallback needle.SizeCode, fromCDN bool) (*entry, erro
 		c.metrics.hits.Add(1)
 	}
 	return e, err
+}
+
+// fetchAcquired is fetch, with the entry returned acquired. A flight that
+// found k cached shares that entry with every request waiting for it; if
+// it was evicted (its slot freed) before this one took its reference, k
+// is loaded again outside the flight (and admitted again): load returns
+// the loaded bytes, which are in Go memory and need no reference.
+func (c *Cache) fetchAcquired(k key, refused rule) (*entry, bool, error) {
+	e, fetched, err := c.fetch(k, refused)
+	if err != nil || e.acquire() {
+		return e, fetched, err
+	}
+	e, err = c.load(k, refused)
+	return e, true, err
 }
 
 // Errors of a fetch, mapped to answers by serveImage.

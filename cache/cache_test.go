@@ -251,7 +251,9 @@ func (n *node) metric(t *testing.T, sample string) float64 {
 // and body must be the same all three times.
 func TestHitAndMissAnswerLikeTheStore(t *testing.T) {
 	e := newEnv(t, 1)
-	p := e.write(20000)
+	// The large image, 400 KB, is cached in the memfd: its hits are sent
+	// with sendfile on the fast path, or read from the mapping.
+	p := e.write(400000)
 	storeBase := "http://" + e.c.Stores[0].HTTPAddr()
 	hc := &http.Client{}
 	ref := do(t, hc, http.MethodGet, storeBase+p.path(needle.SizeThumb), nil)
@@ -272,6 +274,10 @@ func TestHitAndMissAnswerLikeTheStore(t *testing.T) {
 	}{
 		{"GET", "GET", p.path(needle.SizeThumb), nil, 200, true},
 		{"GET large, other extension", "GET", needle.ImagePath(p.id, needle.SizeLarge, "png"), nil, 200, true},
+		{"GET large", "GET", p.path(needle.SizeLarge), nil, 200, true},
+		{"HEAD large", "HEAD", p.path(needle.SizeLarge), nil, 200, true},
+		{"Range large", "GET", p.path(needle.SizeLarge), map[string]string{"Range": "bytes=70000-140000"}, 206, true},
+		{"If-None-Match other, large", "GET", p.path(needle.SizeLarge), map[string]string{"If-None-Match": `"0"`}, 200, true},
 		{"HEAD", "HEAD", p.path(needle.SizeThumb), nil, 200, true},
 		{"If-None-Match", "GET", p.path(needle.SizeThumb), map[string]string{"If-None-Match": etag}, 304, true},
 		{"If-None-Match other", "GET", p.path(needle.SizeThumb), map[string]string{"If-None-Match": `"0"`}, 200, true},
@@ -576,7 +582,9 @@ func wantFailure(t *testing.T, a answer, code int, reason string) {
 // answers its request but does not put the photo back.
 func TestDeleteInvalidates(t *testing.T) {
 	e := newEnv(t, 1)
-	p := e.write(4000)
+	// The medium and large images (100 and 400 KB) are cached in the
+	// memfd, the others in Go memory.
+	p := e.write(400000)
 	storeBase := "http://" + e.c.Stores[0].HTTPAddr()
 	nd := e.startNode(cache.Options{}, nil, nil)
 	for _, s := range needle.PhotoSizes {
@@ -587,6 +595,9 @@ func TestDeleteInvalidates(t *testing.T) {
 	}
 	if got := nd.tr.count.Load(); got != 4 {
 		t.Fatalf("%d store reads for 4 images read twice, want 4", got)
+	}
+	if got := nd.metric(t, "haybale_cache_memfd_slots"); got != 2 {
+		t.Fatalf("%v images in the memfd, want 2", got)
 	}
 	if err := e.cl.Delete(bg, p.id); err != nil {
 		t.Fatal(err)
@@ -606,6 +617,9 @@ func TestDeleteInvalidates(t *testing.T) {
 	}
 	if got := nd.metric(t, "haybale_cache_invalidations_total"); got != 2 {
 		t.Errorf("invalidations %v, want 2", got)
+	}
+	if slots, b := nd.metric(t, "haybale_cache_memfd_slots"), nd.metric(t, "haybale_cache_memfd_bytes"); slots != 0 || b != 0 {
+		t.Errorf("after the delete the memfd holds %v images, %v bytes; want none", slots, b)
 	}
 	// Malformed invalidations are 400.
 	for _, path := range []string{"/p/nope", "/p/" + p.id.String() + "/zz"} {

@@ -108,7 +108,8 @@
 // GET or HEAD with no conditional or Range header, of a cached image) on
 // the public listener without net/http: Server serves that listener with
 // fasthttp (internal/serve, Options.Fast), writing the cached bytes and
-// the entry's prepared header values with no allocation; every other
+// the entry's prepared header values with no allocation (a large image
+// in the memfd with sendfile, see Memory); every other
 // request, misses included, goes to the net/http handler through
 // fasthttp's adaptor.
 //
@@ -120,10 +121,25 @@
 // victims. Otter runs its maintenance on the calling goroutine, so the
 // cache starts no goroutine of its own.
 //
+// An image of Options.MemfdMin bytes or more (64 KiB by default) is kept,
+// once admitted, in the cache's memfd rather than in Go memory (arena.go):
+// one sparse memfd_create file, mapped once, in page-aligned slots. Its
+// entry's bytes are a slice of the mapping, so every answer reads it as
+// any other; a plain hit over TCP sends it with sendfile(2) under TCP_CORK
+// (as nginx's sendfile and tcp_nopush), with no copy through the process.
+// The weights, and so the capacity, are the same either way; the memfd's
+// pages count in the process's RSS and in haybale_cache_memfd_bytes. Slots
+// are reference-counted by the entries and the answers in flight, and a
+// freed slot is hole-punched before it is reused, so that an evicted
+// image's pages still in a socket's send queue are never overwritten.
+// Without memfd_create (outside Linux, or where it fails) every image
+// stays in Go memory.
+//
 // # Concurrency
 //
 // A Cache is safe for concurrent use. Its fields are immutable after New
 // except the otter cache and singleflight group (internally synchronized),
-// the metrics (atomic) and the deletion records (under mu). A Server is
+// the metrics (atomic), the deletion records (under mu) and the memfd's
+// allocator (its own mutex; slot reference counts are atomic). A Server is
 // safe for concurrent use; Serve is called once.
 package cache

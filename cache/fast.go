@@ -60,6 +60,9 @@ func (c *Cache) serveFast(ctx *fasthttp.RequestCtx) bool {
 		// variant's key holds the size itself.)
 		return false
 	}
+	if !e.acquire() {
+		return false // evicted this instant: a miss
+	}
 	c.metrics.hits.Add(1)
 	hdr := &ctx.Response.Header
 	if choice.Vary {
@@ -71,13 +74,42 @@ func (c *Cache) serveFast(ctx *fasthttp.RequestCtx) bool {
 	hdr.SetCanonical(imagehttp.RawAcceptRanges, imagehttp.RawBytes)
 	hdr.SetCanonical(imagehttp.RawNoSniffName, imagehttp.RawNoSniff)
 	hdr.SetContentTypeBytes(e.contentTypeB)
-	// Entries are never modified, so the answer is written from the
-	// cached bytes themselves.
-	ctx.Response.SetBodyRaw(e.data)
 	if !ctx.IsHead() {
 		c.metrics.bytesServed.Add(float64(len(e.data)))
+	}
+	switch {
+	case e.slot == nil:
+		// Entries are never modified, so the answer is written from the
+		// cached bytes themselves.
+		ctx.Response.SetBodyRaw(e.data)
+	case ctx.IsHead():
+		c.answerFromMapping(ctx, e)
+	default:
+		// Over plain TCP, the headers under TCP_CORK and the image with
+		// sendfile from the memfd; the body's Close, once the answer is
+		// written, uncorks and releases the slot.
+		if h := newLargeHit(ctx.Conn(), e.slot); h != nil {
+			ctx.Response.ImmediateHeaderFlush = true
+			ctx.Response.SetBodyStream(h, len(e.data))
+			c.metrics.bytesSent.Add(float64(len(e.data)))
+		} else {
+			c.answerFromMapping(ctx, e)
+		}
 	}
 	c.metrics.countStatus(http.StatusOK)
 	c.metrics.latency.Observe(time.Since(start).Seconds())
 	return true
+}
+
+// slotKey is the request user value under which a fast answer written
+// from the memfd's mapping holds its slot.
+type slotKey struct{}
+
+// answerFromMapping answers with e's bytes copied from the memfd's mapping
+// (a HEAD, which sends none, or a TLS connection, which must encrypt
+// them). The request releases the slot when it is reset for the next
+// request on the connection, or released: after the answer was written.
+func (c *Cache) answerFromMapping(ctx *fasthttp.RequestCtx, e *entry) {
+	ctx.SetUserValue(slotKey{}, (*slotRelease)(e.slot))
+	ctx.Response.SetBodyRaw(e.data)
 }

@@ -92,6 +92,14 @@ func TestFastHitAnswersAsMiss(t *testing.T) {
 			}
 		}
 	}
+	// The large image's hits were answered from the memfd, its GET with
+	// sendfile.
+	if e, ok := c.entries.GetIfPresent(key{needle.PhotoID{Vid: simWritableVid, Key: 2, Cookie: 9}, needle.SizeSmall}); !ok || e.slot == nil {
+		t.Errorf("the %d-byte image is not cached in the memfd", up.lens[2])
+	}
+	if got := gathered(t, c, "haybale_cache_http_bytes_sendfile_total"); got != float64(up.lens[2]) {
+		t.Errorf("bytes sent with sendfile: %v, want %d (the one large GET hit)", got, up.lens[2])
+	}
 	// Bare sizes, chosen by Accept: a hit on the fast path answers as the
 	// miss did and as net/http does, "Vary: Accept" included; with WebP
 	// accepted, the variant (which the upstream lacks) falls back to the
@@ -132,4 +140,27 @@ func TestFastHitAnswersAsMiss(t *testing.T) {
 	if got.StatusCode != http.StatusNotFound || !reflect.DeepEqual(got.Header, want.Header) || !bytes.Equal(gotBody, wantBody) {
 		t.Errorf("missing image: %d %v %q, net/http %d %v %q", got.StatusCode, got.Header, gotBody, want.StatusCode, want.Header, wantBody)
 	}
+}
+
+// gathered returns the value of the cache's unlabelled metric name.
+func gathered(t *testing.T, c *Cache, name string) float64 {
+	t.Helper()
+	mfs, err := c.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name || len(mf.GetMetric()) != 1 {
+			continue
+		}
+		m := mf.GetMetric()[0]
+		switch {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue()
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }

@@ -158,6 +158,9 @@ func (c *Cache) serveImage(w http.ResponseWriter, r *http.Request) int {
 	e, err := c.get(key{id, choice.Size}, choice.Fallback, c.fromCDN(r))
 	switch {
 	case err == nil:
+		// The answer is written (net/http copies it into the connection's
+		// buffers or the socket) before the bytes are released.
+		defer e.release()
 		if e.noVariant && choice.Fallback == choice.Size {
 			return imagehttp.NotFound(w) // the photo has no such variant
 		}

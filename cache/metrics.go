@@ -44,6 +44,7 @@ type metrics struct {
 	byStatus         map[int]prometheus.Counter
 	latency          prometheus.Histogram
 	bytesServed      prometheus.Counter
+	bytesSent        prometheus.Counter // of bytesServed, those sent with sendfile
 	admissions       prometheus.Counter
 	refused          [numRules]prometheus.Counter
 	evictions        prometheus.Counter
@@ -85,6 +86,10 @@ func newMetrics(c *Cache, reg *prometheus.Registry) (*metrics, error) {
 	m.bytesServed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "haybale_cache_http_bytes_served_total",
 		Help: "Image body bytes sent to clients.",
+	})
+	m.bytesSent = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "haybale_cache_http_bytes_sendfile_total",
+		Help: "Of the image body bytes sent, those sent from the cache's memfd with sendfile, never copied through the process.",
 	})
 	hits := prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "haybale_cache_hits_total",
@@ -159,7 +164,8 @@ func newMetrics(c *Cache, reg *prometheus.Registry) (*metrics, error) {
 	for i := range m.pushes {
 		m.pushes[i] = pushes.WithLabelValues(pushResultNames[i])
 	}
-	cs = append(cs, pushes, m.requests, m.latency, m.bytesServed, hits, misses, ratio, m.admissions, refused,
+	cs = append(cs, memfdCollectors(c)...)
+	cs = append(cs, pushes, m.requests, m.latency, m.bytesServed, m.bytesSent, hits, misses, ratio, m.admissions, refused,
 		held, capacity, entries, m.evictions, m.invalidations, m.upstreamLatency, upErrs, m.upstreamNotFound)
 	for _, col := range cs {
 		if err := m.registry.Register(col); err != nil {
@@ -176,4 +182,40 @@ func (m *metrics) countStatus(code int) {
 		return
 	}
 	m.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+}
+
+// memfdCollectors returns the metrics of the cache's memfd (see arena.go);
+// without one they read 0.
+func memfdCollectors(c *Cache) []prometheus.Collector {
+	a := c.arena
+	read := func(f func(a *arena) float64) func() float64 {
+		return func() float64 {
+			if a == nil {
+				return 0
+			}
+			return f(a)
+		}
+	}
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "haybale_cache_memfd_bytes",
+			Help: "Memory of the images kept in the cache's memfd (whole pages), included in the process's RSS; answers still sending a released image's pages included.",
+		}, read(func(a *arena) float64 { return float64(a.bytes.Load()) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "haybale_cache_memfd_slots",
+			Help: "Images in the cache's memfd, cached or still being sent after their eviction.",
+		}, read(func(a *arena) float64 { return float64(a.live.Load()) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "haybale_cache_memfd_slots_releasing",
+			Help: "Images of the memfd no longer cached that answers in flight still read; freed when the last one is written.",
+		}, read(func(a *arena) float64 { return float64(max(a.live.Load()-a.cached.Load(), 0)) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "haybale_cache_memfd_no_slot_total",
+			Help: "Images of MemfdMin bytes or more cached in Go memory because the memfd's extent had no free slot.",
+		}, read(func(a *arena) float64 { return float64(a.noSlot.Load()) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "haybale_cache_memfd_punch_failures_total",
+			Help: "Freed memfd slots whose hole punch failed; they are never reused.",
+		}, read(func(a *arena) float64 { return float64(a.punchFail.Load()) })),
+	}
 }

@@ -236,7 +236,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		internal = a.String()
 	}
 	s.opts.Logger.Info("cache serving", "http", s.Addr().String(), "internal", internal, "internal_tls", s.opts.InternalTLS != nil,
-		"capacity", s.cache.opts.Capacity, "nodes", len(s.cache.opts.Nodes), "self", s.cache.opts.Self)
+		"capacity", s.cache.opts.Capacity, "memfd", s.cache.arena != nil, "memfd_min", s.cache.opts.MemfdMin, "nodes", len(s.cache.opts.Nodes), "self", s.cache.opts.Self)
 	if s.internal == nil {
 		return s.http.Serve(ctx)
 	}

@@ -19,6 +19,7 @@ type cacheFlags struct {
 	httpAddr        string
 	internalAddr    string
 	capacity        byteSize
+	memfdMin        byteSize
 	nodes           []string
 	self            string
 	cdnHeader       string
@@ -39,6 +40,8 @@ func (f *cacheFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.internalAddr, "internal", ":8101", "address of the internal HTTP server, with mutual TLS: DELETE /p/<photo ID> for gateways, /metrics for operators")
 	f.capacity = byteSize(cache.DefaultCapacity)
 	fs.Var(&f.capacity, "capacity", "memory for cached images, e.g. 4GiB or 512MB")
+	f.memfdMin = byteSize(cache.DefaultMemfdMin)
+	fs.Var(&f.memfdMin, "memfd-min", "smallest image kept in the cache's memfd and sent with sendfile on a hit (0: every image in Go memory, written by copy)")
 	fs.StringSliceVar(&f.nodes, "nodes", nil, "every cache node (base URLs or host:port, comma-separated, written exactly as the directory's --cache-nodes); each node caches only the photos it owns")
 	fs.StringVar(&f.self, "self", "", "this node's entry in --nodes (required with --nodes)")
 	fs.StringVar(&f.cdnHeader, "cdn-header", cache.DefaultCDNHeader, "request header that marks traffic coming through a CDN")
@@ -121,6 +124,7 @@ func runCache(ctx context.Context, f *cacheFlags) error {
 	}
 	c, err := newCache(cl, cache.Options{
 		Capacity:        int64(f.capacity),
+		MemfdMin:        memfdMin(f.memfdMin),
 		CDNHeader:       f.cdnHeader,
 		AdmitFromCDN:    f.admitCDN,
 		AdmitReadOnly:   f.admitReadOnly,
@@ -151,4 +155,13 @@ func runCache(ctx context.Context, f *cacheFlags) error {
 	}
 	g.serve("cache", srv.Serve)
 	return g.run(ctx)
+}
+
+// memfdMin maps --memfd-min to cache.Options.MemfdMin, where 0 means the
+// default and a negative value none.
+func memfdMin(b byteSize) int {
+	if b == 0 {
+		return -1
+	}
+	return int(min(b, 1<<40))
 }
