@@ -121,7 +121,7 @@ func runGateway(ctx context.Context, f *gatewayFlags) error {
 	if apiKey == "" {
 		logger.Warn("no --api-key-file: anyone who reaches the gateway can upload and delete photos")
 	}
-	decodeMemory, err := f.limits.decodeBudget(logger)
+	decodeMemory, err := f.limits.decodeBudget(logger, 0)
 	if err != nil {
 		return err
 	}

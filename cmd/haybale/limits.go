@@ -40,17 +40,22 @@ func (f *uploadLimitFlags) validate() error {
 // decodeBudget returns --decode-memory, or its default: decodeMemoryShare
 // of the cgroup memory limit where there is one, else of the machine's
 // RAM. It also gives the Go runtime a soft memory limit (GOMEMLIMIT, unless
-// the environment sets one) of 90% of that memory, so that garbage left
-// by finished decodes is collected before it adds up to an out-of-memory
-// kill.
-func (f *uploadLimitFlags) decodeBudget(logger *slog.Logger) (int64, error) {
+// the environment sets one) of 90% of that memory less offHeap, so that
+// garbage left by finished decodes is collected before it adds up to an
+// out-of-memory kill. offHeap is memory the process may hold outside the
+// Go heap (the images a cache in the same process keeps in its memfd);
+// at most half of the 90% is set aside for it.
+func (f *uploadLimitFlags) decodeBudget(logger *slog.Logger, offHeap int64) (int64, error) {
 	total, err := memlimit.ApplyFallback(memlimit.FromCgroup, memlimit.FromSystem)()
 	if err != nil || total == 0 {
 		total = 0
 		logger.Warn("cannot read the memory limit of this process", "err", err)
 	}
 	if total > 0 {
-		if _, err := memlimit.Set(memlimit.WithRatio(0.9), memlimit.WithProvider(memlimit.Limit(total))); err != nil {
+		// Never below half of the 90%: the heap needs room of its own.
+		outside := min(uint64(max(offHeap, 0)), uint64(float64(total)*0.45))
+		soft := uint64(float64(total)*0.9) - outside
+		if _, err := memlimit.Set(memlimit.WithRatio(1), memlimit.WithProvider(memlimit.Limit(soft))); err != nil {
 			logger.Warn("cannot set the Go soft memory limit", "err", err)
 		}
 	}

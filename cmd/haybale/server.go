@@ -164,7 +164,7 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 	if public && apiKey == "" && !f.publicUploads {
 		return fmt.Errorf("--http %s is reachable from other machines, and anyone there could upload and delete photos: set --api-key-file, or pass --public-uploads to allow it", front.Addr())
 	}
-	decodeMemory, err := f.limits.decodeBudget(logger)
+	decodeMemory, err := f.limits.decodeBudget(logger, int64(f.cacheCapacity))
 	if err != nil {
 		return err
 	}
