@@ -85,24 +85,20 @@ func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (
 	}
 	start, n := int64(off)*needle.Alignment, int(length)*needle.Alignment
 	m := v.mu.dmap
-	if m != nil && n >= MapMin && m.covers(start, n) && m.resident(start, n) {
-		nd, err := m.decode(v.format, start, n)
-		if !errors.Is(err, errMapFault) {
-			if err != nil {
-				return Ref{}, buf, fmt.Errorf("volume %d: key %x size %v: %w", v.vid, key, size, err)
-			}
-			if nd, err = verifyRead(nd, key, size); err != nil {
-				return Ref{}, buf, fmt.Errorf("volume %d at offset %d: %w", v.vid, start, err)
-			}
-			if nd.Cookie != cookie {
-				return Ref{}, buf, ErrNotFound
-			}
-			m.acquire()
-			v.mappedReads.Add(1)
-			return Ref{Needle: nd, m: m, off: start + needle.HeaderSize}, buf, nil
+	if m != nil && n >= MapMin && m.covers(start, n) {
+		var ref Ref
+		var ok bool
+		var err error
+		if v.opts.Pins != nil {
+			ref, ok, err = v.readPinned(v.opts.Pins, m, key, cookie, size, start, n)
+		} else if m.resident(start, n) {
+			ref, ok, err = v.readMapped(m, key, cookie, size, start, n)
 		}
-		// A fault (an I/O error paging the range in): pread says what
-		// the disk says, as an error.
+		if ok {
+			return ref, buf, err
+		}
+		// Not all resident, or a fault (an I/O error paging the range
+		// in): pread says what the disk says, as an error.
 	}
 	v.preads.Add(1)
 	var r io.ReaderAt = v.dat
@@ -120,6 +116,28 @@ func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (
 		return Ref{}, buf, ErrNotFound
 	}
 	return Ref{Needle: nd}, buf, nil
+}
+
+// readMapped verifies the needle at [start, start+n) of m, all resident,
+// where it lies in the page cache. ok is false when touching it faulted:
+// the caller then reads it with a pread. The caller holds v.mu shared.
+func (v *Volume) readMapped(m *datMap, key, cookie uint64, size needle.SizeCode, start int64, n int) (ref Ref, ok bool, err error) {
+	nd, err := m.decode(v.format, start, n)
+	if errors.Is(err, errMapFault) {
+		return Ref{}, false, nil
+	}
+	if err != nil {
+		return Ref{}, true, fmt.Errorf("volume %d: key %x size %v: %w", v.vid, key, size, err)
+	}
+	if nd, err = verifyRead(nd, key, size); err != nil {
+		return Ref{}, true, fmt.Errorf("volume %d at offset %d: %w", v.vid, start, err)
+	}
+	if nd.Cookie != cookie {
+		return Ref{}, true, ErrNotFound
+	}
+	m.acquire()
+	v.mappedReads.Add(1)
+	return Ref{Needle: nd, m: m, off: start + needle.HeaderSize}, true, nil
 }
 
 // mapCurrent maps dat, a .dat of tail bytes, for ReadRef, or returns nil

@@ -25,8 +25,14 @@ import (
 // and 400 KB, varied), with random bytes; it returns the needles written.
 func osVolume(t testing.TB, photos int) (*Volume, string, []*needle.Needle) {
 	t.Helper()
+	return osVolumeWith(t, photos, Options{FS: vfs.Default})
+}
+
+// osVolumeWith is osVolume with the volume's options.
+func osVolumeWith(t testing.TB, photos int, opts Options) (*Volume, string, []*needle.Needle) {
+	t.Helper()
 	dir := t.TempDir()
-	v, err := Create(context.Background(), dir, 3, Options{FS: vfs.Default})
+	v, err := Create(context.Background(), dir, 3, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
