@@ -23,7 +23,6 @@ func newPins(t testing.TB, max int) *Pins {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ps.Close() })
 	return ps
 }
 
@@ -209,14 +208,14 @@ func TestPinsReverify(t *testing.T) {
 	if p == nil {
 		t.Fatal("no verified mapping after a read")
 	}
-	if ok, err := ps.presentRange(p.data); err != nil || !ok {
+	if ok, err := present(p.data); err != nil || !ok {
 		t.Fatalf("pages of a just verified mapping not present (%v)", err)
 	}
 
 	// Unmapped, still in the page cache: verified again through the
 	// verified mapping, no pread; then a hit again.
 	evictPin(t, p, path, false)
-	if ok, _ := ps.presentRange(p.data); ok {
+	if ok, _ := present(p.data); ok {
 		t.Fatal("MADV_DONTNEED left the pages present")
 	}
 	readPinnedOnce(t, v, n)
@@ -474,6 +473,67 @@ func BenchmarkReadRefPinned(b *testing.B) {
 					b.Fatal(err)
 				}
 				ref.Release()
+			}
+		})
+	}
+}
+
+// TestPagemapPresence: both ways of asking /proc/self/pagemap (the
+// PAGEMAP_SCAN ioctl where the kernel has it, and a pread of the entries)
+// see every page of a verified mapping present once verified, and see one
+// page taken out of the page tables.
+func TestPagemapPresence(t *testing.T) {
+	ps := newPins(t, 4)
+	v, _, all := osVolumeWith(t, 1, Options{FS: vfs.Default, Pins: ps})
+	defer v.Close()
+	n := all[3]
+	readPinnedOnce(t, v, n)
+	p := pinOf(t, v, n)
+	page := os.Getpagesize()
+	if len(p.data) < 64*page {
+		t.Fatalf("a 400 KB needle maps %d bytes", len(p.data))
+	}
+	ways := map[string]func([]byte) (bool, error){"pread": presentPread}
+	if pagemap.scan {
+		ways["PAGEMAP_SCAN"] = presentScan
+	} else {
+		t.Log("the kernel has no PAGEMAP_SCAN; checking pread only")
+	}
+	for name, f := range ways {
+		if ok, err := f(p.data); err != nil || !ok {
+			t.Fatalf("%s: a verified mapping's pages not all present (%v)", name, err)
+		}
+	}
+	if err := unix.Madvise(p.data[50*page:51*page], unix.MADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	for name, f := range ways {
+		if ok, err := f(p.data); err != nil || ok {
+			t.Fatalf("%s: one page taken out, yet all present (%v)", name, err)
+		}
+		if ok, err := f(p.data[:50*page]); err != nil || !ok {
+			t.Fatalf("%s: the pages before the one taken out not present (%v)", name, err)
+		}
+	}
+}
+
+// BenchmarkPagemapPresence measures the two ways of asking whether the
+// pages of a verified 400 KB needle are present.
+func BenchmarkPagemapPresence(b *testing.B) {
+	ps := newPins(b, 4)
+	v, _, all := osVolumeWith(b, 1, Options{FS: vfs.Default, Pins: ps})
+	defer v.Close()
+	readPinnedOnce(b, v, all[3])
+	p := pinOf(b, v, all[3])
+	for name, f := range map[string]func([]byte) (bool, error){"pread": presentPread, "scan": presentScan} {
+		if name == "scan" && !pagemap.scan {
+			continue
+		}
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if ok, err := f(p.data); err != nil || !ok {
+					b.Fatal("not present", err)
+				}
 			}
 		})
 	}

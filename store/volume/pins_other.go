@@ -28,9 +28,6 @@ func NewPins(int) (*Pins, error) {
 	return nil, errors.New("volume: verified mappings need Linux")
 }
 
-// Close does nothing.
-func (*Pins) Close() error { return nil }
-
 // Stats returns zero counters.
 func (*Pins) Stats() PinStats { return PinStats{} }
 
