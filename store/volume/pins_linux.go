@@ -235,7 +235,7 @@ func present(b []byte) (bool, error) {
 // returns.
 type pmScanArg struct {
 	size, flags, start, end, walkEnd, vec, vecLen, maxPages uint64
-	categoryInverted, categoryMask, categoryAnyofMask        uint64
+	categoryInverted, categoryMask, categoryAnyofMask       uint64
 	returnMask                                              uint64
 }
 
