@@ -1,0 +1,139 @@
+package store
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (server, client *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted net.Conn
+	var aerr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		accepted, aerr = ln.Accept()
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if aerr != nil {
+		t.Fatal(aerr)
+	}
+	t.Cleanup(func() { accepted.Close(); c.Close() })
+	return accepted.(*net.TCPConn), c.(*net.TCPConn)
+}
+
+// corkOf reads TCP_CORK of the socket under rc.
+func corkOf(t *testing.T, rc syscall.RawConn) int {
+	t.Helper()
+	var v int
+	var serr error
+	if err := rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_CORK) }); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	return v
+}
+
+// TestSendBodyCorks: a sendfile answer corks the socket for its headers
+// and uncorks it once the body is sent (or, when the body is never sent,
+// when the request closes its read buffer); the bytes the client gets are
+// the headers and then exactly the file's range.
+func TestSendBodyCorks(t *testing.T) {
+	body := make([]byte, 300<<10)
+	for i := range body {
+		body[i] = byte(i * 7)
+	}
+	path := filepath.Join(t.TempDir(), "dat")
+	if err := os.WriteFile(path, append([]byte("superblock"), body...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	server, client := tcpPair(t)
+	rc := rawConn(server)
+	if rc == nil {
+		t.Fatal("no raw access to a TCP connection")
+	}
+	if corkOf(t, rc) != 0 {
+		t.Fatal("a new connection is corked")
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b := make([]byte, 0, len(body)+100)
+		buf := make([]byte, 64<<10)
+		for len(b) < len("HEADERS\r\n\r\n")+len(body) {
+			n, err := client.Read(buf)
+			b = append(b, buf[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		got <- b
+	}()
+
+	s := sendBody{conn: rc, fd: int(f.Fd()), off: int64(len("superblock")), n: int64(len(body))}
+	s.cork()
+	if corkOf(t, rc) != 1 || !s.corked {
+		t.Fatal("cork did not set TCP_CORK")
+	}
+	if _, err := server.Write([]byte("HEADERS\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.WriteTo(io.Discard)
+	if err != nil || n != int64(len(body)) {
+		t.Fatalf("WriteTo: %d bytes, %v; want %d", n, err, len(body))
+	}
+	if corkOf(t, rc) != 0 || s.corked {
+		t.Fatal("the socket is still corked after the body was sent")
+	}
+	if b := <-got; !bytes.Equal(b, append([]byte("HEADERS\r\n\r\n"), body...)) {
+		t.Fatalf("the client got %d bytes, not the headers and the body", len(b))
+	}
+
+	// The body never sent: the read buffer's close uncorks.
+	rb := &readBuf{pool: &sync.Pool{}}
+	rb.send = sendBody{conn: rc, fd: int(f.Fd()), n: 1}
+	rb.send.cork()
+	if corkOf(t, rc) != 1 {
+		t.Fatal("cork did not set TCP_CORK")
+	}
+	rb.Close()
+	if corkOf(t, rc) != 0 {
+		t.Fatal("the socket is still corked after the request closed its read buffer")
+	}
+
+	// A failed sendfile (the file ends early) uncorks too.
+	s = sendBody{conn: rc, fd: int(f.Fd()), off: int64(len("superblock") + len(body) - 10), n: 20}
+	s.cork()
+	if _, err := s.WriteTo(io.Discard); err == nil {
+		t.Fatal("a body past the end of the file was sent")
+	}
+	if corkOf(t, rc) != 0 {
+		t.Fatal("the socket is still corked after a failed sendfile")
+	}
+}
