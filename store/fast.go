@@ -26,8 +26,9 @@ import (
 // sizes of the images served, see http.go). A
 // needle of a plain volume of
 // volume.MapMin bytes or more that is all in the page cache is verified
-// where it lies, through the volume file's mapping (volume.ReadRef), and
-// never copied into the process: an image of sendfileMin bytes or more
+// where it lies, through the volume file's mapping (volume.ReadRef; a
+// needle verified before whose pages have not left memory since is not
+// hashed again, see volume.Pins), and never copied into the process: an image of sendfileMin bytes or more
 // leaves with one write of the headers, into a corked socket, and one
 // sendfile(2) from the volume file, so that the headers ride in the body's
 // first packet; a smaller one with one write of the headers and the image copied

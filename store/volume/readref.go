@@ -23,6 +23,11 @@ import (
 // mapping would read it a page at a time (the mapping is MADV_RANDOM, see
 // mapDat). Either way a read costs at most one disk read.
 //
+// A volume opened with Options.Pins also keeps, for each large needle it
+// verified, a mapping of that needle's own pages, and answers a later read
+// of the needle without hashing it while every page of that mapping is
+// still present (see pins_linux.go).
+//
 // A needle under MapMin bytes is read with pread in any case: asking
 // whether it is resident (a mincore call) and hashing it through the
 // mapping cost more than copying it (see bench/RESULTS.md, "Store GET").
@@ -68,8 +73,9 @@ func (r *Ref) Release() {
 }
 
 // ReadRef returns the live needle for (key, size) if its cookie matches,
-// verified as by Read. A needle of MapMin bytes or more wholly in the page
-// cache costs no pread and no copy (Mapped is true); any other costs
+// verified as by Read (or, with Options.Pins, verified before and not
+// reloaded from the disk since). A needle of MapMin bytes or more wholly in
+// the page cache costs no pread and no copy (Mapped is true); any other costs
 // exactly one pread into buf
 // (grown when too small and returned, as by Read). A damaged needle returns
 // an error for which IsCorruption is true, never its bytes.
