@@ -463,6 +463,38 @@ func (ps *Pins) dropMap(m *datMap) {
 	}
 }
 
+// dropAt drops the verified mapping of the needle at off of m, if any.
+func (ps *Pins) dropAt(m *datMap, off int64) {
+	ps.mu.Lock()
+	p := ps.mu.byKey[pinKey{m, off}]
+	free := false
+	if p != nil {
+		ps.removeLocked(p)
+		ps.dropped.Add(1)
+		free = p.holders == 0
+	}
+	ps.mu.Unlock()
+	if free {
+		ps.unmap(p)
+	}
+}
+
+// dropPinsLocked drops the verified mappings of the live needles of key a
+// tombstone for (key, size) deletes (size allSizes: every size). Reads
+// never serve a deleted needle (the index goes first); this frees its
+// mapping now rather than when CLOCK comes to it. The caller holds v.mu.
+func (v *Volume) dropPinsLocked(key uint64, size uint32) {
+	ps, m := v.opts.Pins, v.mu.dmap
+	if ps == nil || m == nil {
+		return
+	}
+	v.mu.index.sizesOf(key, func(s, off, _ uint32) {
+		if size == allSizes || s == size {
+			ps.dropAt(m, int64(off)*needle.Alignment)
+		}
+	})
+}
+
 // verify decodes and verifies the needle through its verified mapping (the
 // only thing that ever touches it), as datMap.decode does.
 func (p *pin) verify(f needle.Format) (needle.Needle, error) {

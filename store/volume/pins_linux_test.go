@@ -370,6 +370,38 @@ func TestPinsSwapAndClose(t *testing.T) {
 	}
 }
 
+// TestPinsDelete: deleting a pinned needle (one size, or the whole photo)
+// drops its verified mapping, and the needle is not found.
+func TestPinsDelete(t *testing.T) {
+	ps := newPins(t, 16)
+	v, _, all := osVolumeWith(t, 2, Options{FS: vfs.Default, Pins: ps})
+	defer v.Close()
+	large := largeNeedles(all) // photo 1: large[0:2]; photo 2: large[2:4]
+	for _, n := range large {
+		readPinnedOnce(t, v, n)
+	}
+	for i, c := range []struct {
+		n    *needle.Needle
+		size needle.SizeCode
+		gone []*needle.Needle
+	}{
+		{large[0], large[0].Size, large[:1]},
+		{large[2], needle.SizeAll, large[2:4]},
+	} {
+		if _, err := v.Delete(context.Background(), c.n.Key, c.n.Cookie, c.size); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range c.gone {
+			if _, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("delete %d: read of a deleted needle: %v, want ErrNotFound", i, err)
+			}
+		}
+	}
+	if st := ps.Stats(); st.Cached != 1 || st.Live != 1 || st.Dropped != 3 || pinOf(t, v, large[1]) == nil {
+		t.Fatalf("after deleting three pinned needles of four: %+v", st)
+	}
+}
+
 // TestPinsBound: the cache never holds more than its bound, and concurrent
 // readers with a bound far under the needles read (evicting all the time)
 // always get the right bytes: a mapping being checked or verified is never

@@ -33,6 +33,8 @@ func (*Pins) Stats() PinStats { return PinStats{} }
 
 func (*Pins) dropMap(*datMap) {}
 
+func (*Volume) dropPinsLocked(uint64, uint32) {}
+
 func (v *Volume) readPinned(*Pins, *datMap, uint64, uint64, needle.SizeCode, int64, int) (Ref, bool, error) {
 	return Ref{}, false, nil
 }
