@@ -119,7 +119,7 @@ var (
 		"Reads of large needles through verified mappings, by outcome: hit (every verified page still mapped: served without hashing), reverified (a page had been unmapped: hashed again through the mapping); and mappings evicted (to keep the bound) or dropped (pages gone from memory, damage, compaction or close).",
 		[]string{"kind"}, nil)
 	descPinsLive = prometheus.NewDesc("haybale_store_verified_mappings",
-		"Verified mappings of large needles mapped now (each a mapping of the process).", nil, nil)
+		"Verified mappings of large needles mapped now (each takes two mappings of the process: its own and a guard page).", nil, nil)
 	descECShards = prometheus.NewDesc("haybale_store_ec_shards",
 		"Shards of erasure-coded volumes held by this store and readable.", nil, nil)
 )

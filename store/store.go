@@ -130,7 +130,8 @@ type Options struct {
 	// VerifiedMappings bounds how many large needles, once verified, keep
 	// a mapping of their own so that later reads of them skip the
 	// checksum while their pages have not left memory (see volume.Pins);
-	// each is a mapping of the process, counted against vm.max_map_count.
+	// each takes two mappings of the process, counted against
+	// vm.max_map_count.
 	// Zero means volume.DefaultVerifiedMappings; a negative value turns
 	// them off (every read hashes).
 	VerifiedMappings int

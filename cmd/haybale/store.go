@@ -39,7 +39,7 @@ func (f *storeFlags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.volumeSizeLimit, "volume-size-limit", "size at which a volume turns read-only, e.g. 32GiB or 500MB (at most 32GiB)")
 	fs.IntVar(&f.maxConns, "max-conns", 0, "maximum HTTP connections served at once (0: no limit)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
-	fs.IntVar(&f.verifiedMaps, "verified-mappings", volume.DefaultVerifiedMappings, "large images kept mapped once verified, so rereads skip the checksum while their pages stay in memory; each is a mapping of the process (at most half of vm.max_map_count; 0: off, every read hashes)")
+	fs.IntVar(&f.verifiedMaps, "verified-mappings", volume.DefaultVerifiedMappings, "large images kept mapped once verified, so rereads skip the checksum while their pages stay in memory; each takes two mappings of the process (together at most half of vm.max_map_count; 0: off, every read hashes)")
 	f.cluster.register(fs)
 	f.tls.register(fs)
 	f.log.register(fs)

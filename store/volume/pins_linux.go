@@ -56,9 +56,10 @@ import (
 // rewritten, and compaction writes a new file and swaps it in (the swap
 // drops every verified mapping of the old file).
 //
-// Each verified mapping is a mapping (a VMA) of the process; the kernel
-// allows vm.max_map_count of them (65530 by default) and the Go runtime
-// uses some. Pins holds at most its bound and evicts with CLOCK; a mapping
+// Each verified mapping takes two mappings (VMAs) of the process, its own
+// and a guard page's that keeps it apart from the next (see mapNeedle);
+// the kernel allows vm.max_map_count of them (65530 by default) and the Go
+// runtime uses some. Pins holds at most its bound and evicts with CLOCK; a mapping
 // being checked or verified is held, and eviction unmaps it only once its
 // holders are done.
 
@@ -98,7 +99,9 @@ type pinKey struct {
 // datMap's descriptor, and the needle's decoded header fields.
 type pin struct {
 	key  pinKey
-	data []byte        // the mapping, from the page holding the needle's start
+	base unsafe.Pointer // the guard page, then the mapping (see mapNeedle)
+	span uintptr        // of both
+	data []byte         // the mapping, from the page holding the needle's start
 	skip int           // where the needle starts in data
 	n    int           // the needle's length, padded, as the index says
 	hdr  needle.Needle // its decoded fields; Data is nil
@@ -133,16 +136,18 @@ type PinStats struct {
 }
 
 // NewPins returns a cache of at most max verified mappings. It fails when
-// max is not positive, when it is more than half the kernel's
-// vm.max_map_count (the process needs mappings of its own), or when
+// max is not positive, when the 2*max mappings they take (see mapNeedle)
+// are more than half the kernel's vm.max_map_count (the process needs
+// mappings of its own), or when
 // /proc/self/pagemap cannot say which pages are present.
 func NewPins(max int) (*Pins, error) {
 	if max <= 0 {
 		return nil, fmt.Errorf("volume: %d verified mappings: want at least 1", max)
 	}
 	if b, err := os.ReadFile("/proc/sys/vm/max_map_count"); err == nil {
-		if limit, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && max > limit/2 {
-			return nil, fmt.Errorf("volume: %d verified mappings is more than half of vm.max_map_count (%d)", max, limit)
+		// Each takes two mappings: its own and its guard page's.
+		if limit, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && 2*max > limit/2 {
+			return nil, fmt.Errorf("volume: %d verified mappings (two mappings each) is more than half of vm.max_map_count (%d)", max, limit)
 		}
 	}
 	if err := openPagemap(); err != nil {
@@ -350,29 +355,45 @@ func (ps *Pins) removeLocked(p *pin) {
 // mapNeedle maps the pages of the needle at [off, off+n) of m's file into
 // a verified mapping of its own, held by the caller (its holders is 1) and
 // not yet in the cache. Nothing has touched its pages yet.
+//
+// The mapping lies just above a guard page of its own (anonymous,
+// PROT_NONE), so that it is a mapping (VMA) apart from every other: two
+// verified mappings of consecutive pages of the file placed next to each
+// other in memory would otherwise be merged by the kernel into one, and a
+// fault while verifying one would map pages of the other (the kernel maps
+// up to 64 KiB of resident pages around a fault, within one VMA), making
+// them present without their own verification.
 func (ps *Pins) mapNeedle(m *datMap, off int64, n int) (*pin, error) {
 	start := off &^ (ps.page - 1)
 	end := (off + int64(n) + ps.page - 1) &^ (ps.page - 1)
-	data, err := unix.Mmap(m.fd, start, int(end-start), unix.PROT_READ, unix.MAP_SHARED)
+	size := uintptr(end - start)
+	span := size + uintptr(ps.page)
+	base, err := unix.MmapPtr(-1, 0, nil, span, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
+		return nil, fmt.Errorf("map needle: reserve: %w", err)
+	}
+	at := unsafe.Add(base, ps.page)
+	if _, err := unix.MmapPtr(m.fd, start, at, size, unix.PROT_READ, unix.MAP_SHARED|unix.MAP_FIXED); err != nil {
+		unix.MunmapPtr(base, span)
 		return nil, fmt.Errorf("map needle: %w", err)
 	}
+	data := unsafe.Slice((*byte)(at), size)
 	// A page that leaves the page cache between the residency check and
 	// the hash is faulted in alone, without readahead (as on the big
 	// mapping, see mapDat).
 	if err := unix.Madvise(data, unix.MADV_RANDOM); err != nil {
-		unix.Munmap(data)
+		unix.MunmapPtr(base, span)
 		return nil, fmt.Errorf("map needle: madvise: %w", err)
 	}
 	m.acquire() // the mapping's descriptor stays open while it is mapped
 	ps.live.Add(1)
-	return &pin{key: pinKey{m, off}, data: data, skip: int(off - start), n: n, holders: 1}, nil
+	return &pin{key: pinKey{m, off}, base: base, span: span, data: data, skip: int(off - start), n: n, holders: 1}, nil
 }
 
-// unmap unmaps p and ends its hold on its file.
+// unmap unmaps p (and its guard page) and ends its hold on its file.
 func (ps *Pins) unmap(p *pin) {
-	unix.Munmap(p.data)
-	p.data = nil
+	unix.MunmapPtr(p.base, p.span)
+	p.data, p.base = nil, nil
 	p.key.m.release()
 	ps.live.Add(-1)
 }

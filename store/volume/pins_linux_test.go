@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -569,4 +570,56 @@ func BenchmarkPagemapPresence(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestPinsStayApart: verified mappings of needles that fill whole,
+// consecutive pages of the file, mapped one after another (so that the
+// kernel places them next to each other), each remain a mapping (VMA) of
+// their own: merged, a fault while verifying one would map the pages of
+// the next without its verification (see mapNeedle).
+func TestPinsStayApart(t *testing.T) {
+	ps := newPins(t, 16)
+	dir := t.TempDir()
+	v, err := Create(context.Background(), dir, 3, Options{FS: vfs.Default, Pins: ps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	page := os.Getpagesize()
+	// The first needle ends on a page boundary (the superblock comes
+	// first), the others are whole pages.
+	lens := []int{10*page - SuperblockSize - needle.Overhead, 10*page - needle.Overhead, 10*page - needle.Overhead, 10*page - needle.Overhead}
+	var ns []*needle.Needle
+	for i, n := range lens {
+		ns = append(ns, &needle.Needle{Key: uint64(i + 1), Cookie: 5, Size: needle.SizeLarge, ContentType: needle.TypeJPEG, Data: bytes.Repeat([]byte{byte(i)}, n)})
+	}
+	if _, err := v.Write(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	for i := len(ns) - 1; i >= 0; i-- { // mappings are placed top-down
+		readPinnedOnce(t, v, ns[i])
+	}
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	adjacent := 0
+	var prev *pin
+	for _, n := range ns {
+		p := pinOf(t, v, n)
+		if p == nil {
+			t.Fatal("not pinned")
+		}
+		lo := uintptr(unsafe.Pointer(unsafe.SliceData(p.data)))
+		hi := lo + uintptr(len(p.data))
+		want := strconv.FormatUint(uint64(lo), 16) + "-" + strconv.FormatUint(uint64(hi), 16) + " "
+		if !bytes.Contains(maps, []byte("\n"+want)) && !bytes.HasPrefix(maps, []byte(want)) {
+			t.Errorf("key %d: no mapping of exactly its pages (%s) in /proc/self/maps", n.Key, want)
+		}
+		if prev != nil && uintptr(unsafe.Pointer(unsafe.SliceData(prev.data)))+uintptr(len(prev.data)) == uintptr(p.base) {
+			adjacent++ // nothing but p's guard page between them
+		}
+		prev = p
+	}
+	t.Logf("%d of %d verified mappings placed right below the next needle's guard page", adjacent, len(ns)-1)
 }
