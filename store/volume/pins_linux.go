@@ -102,9 +102,9 @@ type pin struct {
 	base unsafe.Pointer // the guard page, then the mapping (see mapNeedle)
 	span uintptr        // of both
 	data []byte         // the mapping, from the page holding the needle's start
-	skip int           // where the needle starts in data
-	n    int           // the needle's length, padded, as the index says
-	hdr  needle.Needle // its decoded fields; Data is nil
+	skip int            // where the needle starts in data
+	n    int            // the needle's length, padded, as the index says
+	hdr  needle.Needle  // its decoded fields; Data is nil
 	// dataLen is the length of the needle's data.
 	dataLen int
 
