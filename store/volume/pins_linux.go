@@ -108,6 +108,11 @@ type pin struct {
 	// dataLen is the length of the needle's data.
 	dataLen int
 
+	// seq is even while the pages of the mapping that are present are
+	// those the last verification hashed, odd while a read verifies it
+	// again (taking it with a compare-and-swap from even).
+	seq atomic.Uint64
+
 	// Guarded by Pins.mu.
 	holders int
 	used    bool // the CLOCK reference bit
@@ -540,16 +545,27 @@ func (v *Volume) readPinned(ps *Pins, m *datMap, key, cookie uint64, size needle
 		}
 	}
 	if p != nil {
-		all, perr := present(p.data)
-		if perr == nil && all {
-			ps.hits.Add(1)
-			return v.pinnedRef(m, p.hdr, p.dataLen, start, cookie)
+		// A verification of p in progress (odd seq) faults its pages in
+		// before it has hashed them: its pages present mean nothing until
+		// it is done, so seq is read before and after the presence check.
+		seq := p.seq.Load()
+		if seq%2 == 0 {
+			all, perr := present(p.data)
+			if perr == nil && all && p.seq.Load() == seq {
+				ps.hits.Add(1)
+				return v.pinnedRef(m, p.hdr, p.dataLen, start, cookie)
+			}
 		}
-		// A page was unmapped since the last verification: it may have
-		// been read again from the disk.
+		// A page was unmapped since the last verification (it may have
+		// been read again from the disk), or a verification is running.
 		if !m.resident(start, n) {
 			ps.drop(p)
 			return Ref{}, false, nil // one pread, as without the cache
+		}
+		if seq%2 != 0 || !p.seq.CompareAndSwap(seq, seq+1) {
+			// Another read is verifying p: verify apart from it, through
+			// the file's mapping, as without the cache.
+			return v.readMapped(m, key, cookie, size, start, n)
 		}
 		nd, err := p.verify(v.format)
 		if errors.Is(err, errMapFault) {
@@ -561,9 +577,10 @@ func (v *Volume) readPinned(ps *Pins, m *datMap, key, cookie uint64, size needle
 			nd, err = verifyRead(nd, key, size)
 		}
 		if err != nil {
-			ps.drop(p)
+			ps.drop(p) // and never trusted again: seq stays odd
 			return Ref{}, true, fmt.Errorf("volume %d at offset %d: %w", v.vid, start, err)
 		}
+		p.seq.Store(seq + 2)
 		return v.pinnedRef(m, withoutData(nd), len(nd.Data), start, cookie)
 	}
 	if !m.resident(start, n) {

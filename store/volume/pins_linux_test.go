@@ -228,6 +228,17 @@ func TestPinsReverify(t *testing.T) {
 		t.Fatalf("after the reverification: %+v, want a hit", st)
 	}
 
+	// While another read verifies the mapping again (its sequence odd),
+	// its pages present prove nothing: the needle is verified apart,
+	// through the file's mapping, neither a hit nor a reverification.
+	seq := p.seq.Load()
+	p.seq.Store(seq + 1)
+	readPinnedOnce(t, v, n)
+	if st := ps.Stats(); st.Hits != 1 || st.Reverified != 1 || v.Status().Preads != 0 {
+		t.Fatalf("during another read's verification: %+v, want neither a hit nor a reverification", st)
+	}
+	p.seq.Store(seq)
+
 	// Out of the page cache: one pread, the stale mapping dropped; the
 	// next read maps and verifies afresh.
 	evictPin(t, p, path, true)
