@@ -49,7 +49,14 @@ func TestFastPathAnswersAsNetHTTP(t *testing.T) {
 		if runtime.GOOS == "linux" && sent == 0 {
 			t.Error("no image was sent with sendfile")
 		}
-		t.Logf("%d mapped reads, %d preads, %.0f bytes sent with sendfile", st.MappedReads, st.Preads, sent)
+		// The same large images were read again and again: from their
+		// verified mappings after the first read, and the answers above
+		// were still those of net/http.
+		hits := scrapeCounter(t, f.ts.base, `haybale_store_verified_mappings_total{kind="hit"}`)
+		if ps := f.ts.srv.Store().VerifiedMappings(); runtime.GOOS == "linux" && (hits == 0 || float64(ps.Hits) != hits || ps.Live == 0) {
+			t.Errorf("verified mappings: %+v, %.0f hits on the metrics page; want hits", ps, hits)
+		}
+		t.Logf("%d mapped reads, %d preads, %.0f bytes sent with sendfile, %.0f verified mapping hits", st.MappedReads, st.Preads, sent, hits)
 	})
 }
 

@@ -115,6 +115,11 @@ var (
 	descReads = prometheus.NewDesc("haybale_store_reads_total",
 		"Image reads of (not erasure-coded) volumes, by how they read: mapped (verified and served from the page cache through the file mapping, no pread), pread (one pread: the needle was not all in the page cache, or the file system cannot map).",
 		[]string{"kind"}, nil)
+	descPins = prometheus.NewDesc("haybale_store_verified_mappings_total",
+		"Reads of large needles through verified mappings, by outcome: hit (every verified page still mapped: served without hashing), reverified (a page had been unmapped: hashed again through the mapping); and mappings evicted (to keep the bound) or dropped (pages gone from memory, damage, compaction or close).",
+		[]string{"kind"}, nil)
+	descPinsLive = prometheus.NewDesc("haybale_store_verified_mappings",
+		"Verified mappings of large needles mapped now (each takes two mappings of the process: its own and a guard page).", nil, nil)
 	descECShards = prometheus.NewDesc("haybale_store_ec_shards",
 		"Shards of erasure-coded volumes held by this store and readable.", nil, nil)
 )
@@ -129,6 +134,8 @@ func (c volumeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descECReads
 	ch <- descReads
 	ch <- descECShards
+	ch <- descPins
+	ch <- descPinsLive
 }
 
 // Collect implements prometheus.Collector.
@@ -177,6 +184,15 @@ func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- m
 	}
 	ch <- gauge(descECShards, shards)
+	ps := c.st.VerifiedMappings()
+	for kind, n := range map[string]int64{"hit": ps.Hits, "reverified": ps.Reverified, "evicted": ps.Evicted, "dropped": ps.Dropped} {
+		m, err := prometheus.NewConstMetric(descPins, prometheus.CounterValue, float64(n), kind)
+		if err != nil {
+			m = prometheus.NewInvalidMetric(descPins, err)
+		}
+		ch <- m
+	}
+	ch <- gauge(descPinsLive, float64(ps.Live))
 	for state, n := range states {
 		ch <- gauge(descVolumes, n, state)
 	}

@@ -127,6 +127,14 @@ type Options struct {
 	// ECSyncInterval is how often Server.Serve syncs every EC volume with
 	// its other holders; default 1 minute.
 	ECSyncInterval time.Duration
+	// VerifiedMappings bounds how many large needles, once verified, keep
+	// a mapping of their own so that later reads of them skip the
+	// checksum while their pages have not left memory (see volume.Pins);
+	// each takes two mappings of the process, counted against
+	// vm.max_map_count.
+	// Zero means volume.DefaultVerifiedMappings; a negative value turns
+	// them off (every read hashes).
+	VerifiedMappings int
 }
 
 // Store holds the volumes of one data directory. It is safe for concurrent
@@ -135,6 +143,9 @@ type Store struct {
 	opts  Options
 	ready atomic.Bool
 	lock  io.Closer // the data directory's lock, held while open
+	// pins keeps the verified mappings of every plain volume's large
+	// needles; nil when they are off (or the system has none).
+	pins *volume.Pins
 	// createMu serialises volume creations and replica swaps.
 	createMu sync.Mutex
 	// reportClock is the last stamp ReportStamp returned.
@@ -178,6 +189,21 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		opts.ECSyncInterval = time.Minute
 	}
 	s := &Store{opts: opts}
+	switch n := opts.VerifiedMappings; {
+	case n > 0:
+		// Asked for: a bound the system cannot give is an error.
+		pins, err := volume.NewPins(n)
+		if err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
+		s.pins = pins
+	case n == 0:
+		pins, err := volume.NewPins(volume.DefaultVerifiedMappings)
+		if err != nil {
+			opts.Logger.Info("large needles are verified on every read", "reason", err)
+		}
+		s.pins = pins
+	}
 	s.mu.volumes = map[uint32]*volume.Volume{}
 	s.mu.ec = map[uint32]*volume.ECVolume{}
 	s.mu.failed = map[uint32]error{}
@@ -265,8 +291,12 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 }
 
 func (s *Store) volumeOptions() volume.Options {
-	return volume.Options{FS: s.opts.FS, SizeLimit: s.opts.VolumeSizeLimit}
+	return volume.Options{FS: s.opts.FS, SizeLimit: s.opts.VolumeSizeLimit, Pins: s.pins}
 }
+
+// VerifiedMappings returns the counters of the store's verified mappings
+// (all zero when they are off).
+func (s *Store) VerifiedMappings() volume.PinStats { return s.pins.Stats() }
 
 // Ready reports whether every volume has been loaded.
 func (s *Store) Ready() bool { return s.ready.Load() }

@@ -106,9 +106,11 @@ type storeRoleConfig struct {
 	volumeSizeLimit int64
 	maxConns        int
 	shutdownTimeout time.Duration
-	authorizer      store.WriteAuthorizer
-	creds           *rpc.Credentials
-	logger          *slog.Logger
+	// verifiedMaps is store.Options.VerifiedMappings (0: the default).
+	verifiedMaps int
+	authorizer   store.WriteAuthorizer
+	creds        *rpc.Credentials
+	logger       *slog.Logger
 	// directory is the directory's gRPC address to join; empty runs the
 	// store standalone.
 	directory string
@@ -139,7 +141,7 @@ type storeRole struct {
 // directory when one is configured. On a TLS plane the store's ID is the
 // name its certificate gives.
 func startStore(ctx context.Context, g *group, cfg storeRoleConfig) (*storeRole, error) {
-	sopts := store.Options{Dir: cfg.dir, VolumeSizeLimit: cfg.volumeSizeLimit, Logger: cfg.logger}
+	sopts := store.Options{Dir: cfg.dir, VolumeSizeLimit: cfg.volumeSizeLimit, Logger: cfg.logger, VerifiedMappings: cfg.verifiedMaps}
 	// In a cluster, EC volumes read the shards this store lacks from the
 	// stores the directory names; the store's own address is learnt once
 	// its listeners are bound.

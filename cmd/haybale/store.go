@@ -25,6 +25,7 @@ type storeFlags struct {
 	volumeSizeLimit byteSize
 	maxConns        int
 	shutdownTimeout time.Duration
+	verifiedMaps    int
 	cluster         storeClusterFlags
 	tls             tlsFlags
 	log             logFlags
@@ -38,6 +39,7 @@ func (f *storeFlags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.volumeSizeLimit, "volume-size-limit", "size at which a volume turns read-only, e.g. 32GiB or 500MB (at most 32GiB)")
 	fs.IntVar(&f.maxConns, "max-conns", 0, "maximum HTTP connections served at once (0: no limit)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
+	fs.IntVar(&f.verifiedMaps, "verified-mappings", volume.DefaultVerifiedMappings, "large images kept mapped once verified, so rereads skip the checksum while their pages stay in memory; each takes two mappings of the process (together at most half of vm.max_map_count; 0: off, every read hashes)")
 	f.cluster.register(fs)
 	f.tls.register(fs)
 	f.log.register(fs)
@@ -51,6 +53,8 @@ func (f *storeFlags) validate() error {
 		return fmt.Errorf("--volume-size-limit %v: must be more than 0 and at most %v", f.volumeSizeLimit, byteSize(volume.MaxSize))
 	case f.maxConns < 0:
 		return fmt.Errorf("--max-conns %d: must not be negative", f.maxConns)
+	case f.verifiedMaps < 0:
+		return fmt.Errorf("--verified-mappings %d: must not be negative (0 turns them off)", f.verifiedMaps)
 	}
 	return nil
 }
@@ -100,6 +104,7 @@ func runStore(ctx context.Context, f *storeFlags) error {
 		volumeSizeLimit: int64(f.volumeSizeLimit),
 		maxConns:        f.maxConns,
 		shutdownTimeout: f.shutdownTimeout,
+		verifiedMaps:    verifiedMappingsOption(f.verifiedMaps),
 		authorizer:      authorizer,
 		creds:           creds,
 		logger:          logger,
@@ -113,6 +118,15 @@ func runStore(ctx context.Context, f *storeFlags) error {
 		return err
 	}
 	return g.run(ctx)
+}
+
+// verifiedMappingsOption turns --verified-mappings (0: off) into
+// store.Options.VerifiedMappings (0: the default, negative: off).
+func verifiedMappingsOption(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // logFlags choose the structured logger.

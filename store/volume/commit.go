@@ -333,6 +333,9 @@ func (v *Volume) syncRound(r *round, broken *error) {
 		for i := range p.ops {
 			op := &p.ops[i]
 			op.off += uint32(p.base / needle.Alignment)
+			if op.tombstone {
+				v.dropPinsLocked(op.key, op.size)
+			}
 			p.freed += v.mu.index.apply(*op)
 			recs = appendIdxRecord(recs, *op)
 		}

@@ -274,7 +274,9 @@ func (v *Volume) Compact(ctx context.Context, opts CompactOptions) (res CompactR
 	b.dat, b.idx = nil, nil // now owned by the volume
 	if oldMap != nil {
 		// The old generation stays mapped until the answers being written
-		// from it release their Refs.
+		// from it release their Refs; its verified mappings go now, so its
+		// descriptor closes with the last answer.
+		v.opts.Pins.dropMap(oldMap)
 		oldMap.release()
 	}
 	oldDat.Close()

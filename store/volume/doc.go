@@ -165,6 +165,18 @@
 // A fault on the mapping (an I/O error) is caught and the read retried
 // with pread, which reports it as an error.
 //
+// With Options.Pins (a store's default), a needle of MapMin bytes or more
+// verified in the page cache also keeps a read-only mapping of its own
+// pages, touched by nothing but its own verification, and its decoded
+// header; a later read of it skips the checksum when /proc/self/pagemap
+// says that every page of that mapping is still present: a mapped page
+// cannot have been dropped and read again from the disk since it was
+// hashed. A page missing means verifying again (through that mapping when
+// the needle is resident, else with one pread). The argument, its limits
+// (it guards against the disk, not against writes into the file through
+// the page cache, which the store never makes) and the bound on mappings
+// are in pins_linux.go.
+//
 // # Erasure-coded volumes
 //
 // A sealed volume can be turned into an erasure-coded (EC) volume: the bytes

@@ -187,7 +187,13 @@ func (m *datMap) decode(f needle.Format, off int64, n int) (needle.Needle, error
 
 // decodeRaw runs decode on [off, off+n) of the mapping, turning a fault
 // into errMapFault.
-func (m *datMap) decodeRaw(decode func([]byte) (needle.Needle, error), off int64, n int) (nd needle.Needle, err error) {
+func (m *datMap) decodeRaw(decode func([]byte) (needle.Needle, error), off int64, n int) (needle.Needle, error) {
+	return decodeMapped(decode, m.data[off:off+int64(n):off+int64(n)], off)
+}
+
+// decodeMapped runs decode on b, mapped bytes of the file at offset off,
+// turning a fault into errMapFault.
+func decodeMapped(decode func([]byte) (needle.Needle, error), b []byte, off int64) (nd needle.Needle, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			if _, ok := r.(interface{ Addr() uintptr }); !ok {
@@ -197,5 +203,5 @@ func (m *datMap) decodeRaw(decode func([]byte) (needle.Needle, error), off int64
 		}
 	}()
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	return decode(m.data[off : off+int64(n) : off+int64(n)])
+	return decode(b)
 }

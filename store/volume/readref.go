@@ -23,6 +23,11 @@ import (
 // mapping would read it a page at a time (the mapping is MADV_RANDOM, see
 // mapDat). Either way a read costs at most one disk read.
 //
+// A volume opened with Options.Pins also keeps, for each large needle it
+// verified, a mapping of that needle's own pages, and answers a later read
+// of the needle without hashing it while every page of that mapping is
+// still present (see pins_linux.go).
+//
 // A needle under MapMin bytes is read with pread in any case: asking
 // whether it is resident (a mincore call) and hashing it through the
 // mapping cost more than copying it (see bench/RESULTS.md, "Store GET").
@@ -68,8 +73,9 @@ func (r *Ref) Release() {
 }
 
 // ReadRef returns the live needle for (key, size) if its cookie matches,
-// verified as by Read. A needle of MapMin bytes or more wholly in the page
-// cache costs no pread and no copy (Mapped is true); any other costs
+// verified as by Read (or, with Options.Pins, verified before and not
+// reloaded from the disk since). A needle of MapMin bytes or more wholly in
+// the page cache costs no pread and no copy (Mapped is true); any other costs
 // exactly one pread into buf
 // (grown when too small and returned, as by Read). A damaged needle returns
 // an error for which IsCorruption is true, never its bytes.
@@ -85,24 +91,20 @@ func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (
 	}
 	start, n := int64(off)*needle.Alignment, int(length)*needle.Alignment
 	m := v.mu.dmap
-	if m != nil && n >= MapMin && m.covers(start, n) && m.resident(start, n) {
-		nd, err := m.decode(v.format, start, n)
-		if !errors.Is(err, errMapFault) {
-			if err != nil {
-				return Ref{}, buf, fmt.Errorf("volume %d: key %x size %v: %w", v.vid, key, size, err)
-			}
-			if nd, err = verifyRead(nd, key, size); err != nil {
-				return Ref{}, buf, fmt.Errorf("volume %d at offset %d: %w", v.vid, start, err)
-			}
-			if nd.Cookie != cookie {
-				return Ref{}, buf, ErrNotFound
-			}
-			m.acquire()
-			v.mappedReads.Add(1)
-			return Ref{Needle: nd, m: m, off: start + needle.HeaderSize}, buf, nil
+	if m != nil && n >= MapMin && m.covers(start, n) {
+		var ref Ref
+		var ok bool
+		var err error
+		if v.opts.Pins != nil {
+			ref, ok, err = v.readPinned(v.opts.Pins, m, key, cookie, size, start, n)
+		} else if m.resident(start, n) {
+			ref, ok, err = v.readMapped(m, key, cookie, size, start, n)
 		}
-		// A fault (an I/O error paging the range in): pread says what
-		// the disk says, as an error.
+		if ok {
+			return ref, buf, err
+		}
+		// Not all resident, or a fault (an I/O error paging the range
+		// in): pread says what the disk says, as an error.
 	}
 	v.preads.Add(1)
 	var r io.ReaderAt = v.dat
@@ -120,6 +122,28 @@ func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (
 		return Ref{}, buf, ErrNotFound
 	}
 	return Ref{Needle: nd}, buf, nil
+}
+
+// readMapped verifies the needle at [start, start+n) of m, all resident,
+// where it lies in the page cache. ok is false when touching it faulted:
+// the caller then reads it with a pread. The caller holds v.mu shared.
+func (v *Volume) readMapped(m *datMap, key, cookie uint64, size needle.SizeCode, start int64, n int) (ref Ref, ok bool, err error) {
+	nd, err := m.decode(v.format, start, n)
+	if errors.Is(err, errMapFault) {
+		return Ref{}, false, nil
+	}
+	if err != nil {
+		return Ref{}, true, fmt.Errorf("volume %d: key %x size %v: %w", v.vid, key, size, err)
+	}
+	if nd, err = verifyRead(nd, key, size); err != nil {
+		return Ref{}, true, fmt.Errorf("volume %d at offset %d: %w", v.vid, start, err)
+	}
+	if nd.Cookie != cookie {
+		return Ref{}, true, ErrNotFound
+	}
+	m.acquire()
+	v.mappedReads.Add(1)
+	return Ref{Needle: nd, m: m, off: start + needle.HeaderSize}, true, nil
 }
 
 // mapCurrent maps dat, a .dat of tail bytes, for ReadRef, or returns nil

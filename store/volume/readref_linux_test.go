@@ -25,8 +25,14 @@ import (
 // and 400 KB, varied), with random bytes; it returns the needles written.
 func osVolume(t testing.TB, photos int) (*Volume, string, []*needle.Needle) {
 	t.Helper()
+	return osVolumeWith(t, photos, Options{FS: vfs.Default})
+}
+
+// osVolumeWith is osVolume with the volume's options.
+func osVolumeWith(t testing.TB, photos int, opts Options) (*Volume, string, []*needle.Needle) {
+	t.Helper()
 	dir := t.TempDir()
-	v, err := Create(context.Background(), dir, 3, Options{FS: vfs.Default})
+	v, err := Create(context.Background(), dir, 3, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,15 +288,21 @@ func pageSpan(off int64, n int) int64 {
 // page cache costs: one pread, reading from storage the needle's own pages
 // and no more (no readahead around it, no page-by-page faults on the
 // mapping: no major faults at all); and, once the file is in the page
-// cache, that a read costs no pread and reads nothing from storage. The
+// cache, that a read costs no pread and reads nothing from storage; with
+// verified mappings, that a read of a pinned needle costs none either. The
 // device's read count is logged, not checked: other processes share it.
 func TestReadRefColdOneRead(t *testing.T) {
+	t.Run("hashed", func(t *testing.T) { testReadRefColdOneRead(t, Options{FS: vfs.Default}) })
+	t.Run("pinned", func(t *testing.T) { testReadRefColdOneRead(t, Options{FS: vfs.Default, Pins: newPins(t, 1024)}) })
+}
+
+func testReadRefColdOneRead(t *testing.T, opts Options) {
 	v, dir, all := osVolume(t, 12)
 	if err := v.Close(); err != nil {
 		t.Fatal(err)
 	}
 	path := DatPath(dir, 3)
-	v, err := Open(context.Background(), dir, 3, Options{FS: vfs.Default})
+	v, err := Open(context.Background(), dir, 3, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -365,6 +377,24 @@ func TestReadRefColdOneRead(t *testing.T) {
 	}
 	if c1.readBytes != c0.readBytes || c1.majflt != c0.majflt {
 		t.Errorf("warm: %d bytes read from storage and %d major faults, want none", c1.readBytes-c0.readBytes, c1.majflt-c0.majflt)
+	}
+	if opts.Pins == nil {
+		return
+	}
+	// Pinned: every large needle read again from its verified mapping,
+	// no pread, nothing read from storage.
+	hits := opts.Pins.Stats().Hits
+	for _, n := range all {
+		ref := readRef(t, v, n)
+		ref.Release()
+	}
+	c2 := readIOCounters(t, path)
+	st2 := v.Status()
+	if got := opts.Pins.Stats().Hits - hits; got != int64(len(all))-small || st2.Preads-st1.Preads != small {
+		t.Errorf("pinned: %d hits and %d preads, want %d and %d", got, st2.Preads-st1.Preads, int64(len(all))-small, small)
+	}
+	if c2.readBytes != c1.readBytes || c2.majflt != c1.majflt {
+		t.Errorf("pinned: %d bytes read from storage and %d major faults, want none", c2.readBytes-c1.readBytes, c2.majflt-c1.majflt)
 	}
 }
 

@@ -83,6 +83,11 @@ type Options struct {
 	// replica of the volume. Nil makes Create pick a random one. Open
 	// ignores it (the secret is read from the superblock).
 	Secret []byte
+	// Pins, when set, keeps verified mappings of the volume's large
+	// needles, so that ReadRef answers a needle whose verified pages are
+	// still mapped without hashing it again (see pins_linux.go). Nil
+	// verifies every read. One Pins may serve many volumes.
+	Pins *Pins
 }
 
 func (o Options) withDefaults() Options {
@@ -403,7 +408,10 @@ func (v *Volume) Close() error {
 	}
 	if v.mu.dmap != nil {
 		// Answers still being written from the mapping keep it (and its
-		// own descriptor) until they release their Refs.
+		// own descriptor) until they release their Refs; the verified
+		// mappings of its needles go now (no read holds one: reads hold
+		// v.mu).
+		v.opts.Pins.dropMap(v.mu.dmap)
 		v.mu.dmap.release()
 		v.mu.dmap = nil
 	}

@@ -1,0 +1,633 @@
+package volume
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/haybale/haybale/needle"
+)
+
+// Verified mappings.
+//
+// ReadRef verifies a large needle in the page cache by hashing it where it
+// lies; for a 400 KB image that hash costs more than everything else the
+// store does to answer it. The checksum is there to catch what the disk
+// gives back wrong, and a page the disk has not given back since the
+// needle was verified cannot have changed. Pins keeps, for each large
+// needle verified, a small read-only mapping of its own of just that
+// needle's pages (its "verified mapping"), and answers a later read of the
+// needle without hashing when every page of that mapping is still present
+// in the process's page tables.
+//
+// Why a present page is a verified page. A page of the page cache that is
+// mapped into a process cannot leave the page cache, be read again from
+// the disk, or be replaced by another page without first being unmapped
+// from every process that maps it: reclaim, truncation, hole punching and
+// invalidation all unmap a page before they drop it, and migration copies
+// its bytes to the new page (the mapping is briefly a migration entry,
+// which /proc/self/pagemap reports as not present). A page once unmapped
+// comes back into a mapping only through a fault on that mapping. The
+// verified mapping of a needle is touched by nothing but the needle's own
+// verification: the answer is sent from the volume file (sendfile) or
+// written from the volume's big mapping (datMap), never from the verified
+// mapping, and no neighbour's verification reaches it (each needle has a
+// mapping of its own). So when /proc/self/pagemap says that every page of
+// the verified mapping is present, each of them is the very page the last
+// verification hashed, and the page cache serves those bytes to sendfile
+// and to the big mapping. When any page is missing, the page may have been
+// dropped and read again from the disk since (for this needle or for a
+// neighbour sharing the page): the needle is verified again, through its
+// verified mapping when all of it is in the page cache, or with one pread
+// (as without verified mappings) otherwise, and the stale mapping dropped.
+//
+// The limits. This guards against the disk, not against a process that
+// writes into the volume file through the page cache (write(2) or a
+// writable shared mapping change a page in place, mapped or not). The
+// store itself never does: a .dat is append-only, a needle is never
+// rewritten, and compaction writes a new file and swaps it in (the swap
+// drops every verified mapping of the old file).
+//
+// Each verified mapping takes two mappings (VMAs) of the process, its own
+// and a guard page's that keeps it apart from the next (see mapNeedle);
+// the kernel allows vm.max_map_count of them (65530 by default) and the Go
+// runtime uses some. Pins holds at most its bound and evicts with CLOCK; a mapping
+// being checked or verified is held, and eviction unmaps it only once its
+// holders are done.
+
+// DefaultVerifiedMappings is the store's default bound on verified
+// mappings.
+const DefaultVerifiedMappings = 8192
+
+// Pins keeps the verified mappings of the large needles of every volume
+// opened with it (Options.Pins), up to a bound shared by all of them. It is
+// safe for concurrent use.
+type Pins struct {
+	max  int
+	page int64
+
+	mu struct {
+		sync.Mutex
+		byKey map[pinKey]*pin
+		ring  []*pin // the CLOCK ring; nil slots are free
+		hand  int
+	}
+
+	hits       atomic.Int64
+	reverified atomic.Int64
+	evicted    atomic.Int64
+	dropped    atomic.Int64
+	live       atomic.Int64
+}
+
+// pinKey names a needle of one generation of a volume's file: the mapping
+// of that generation (a compaction maps a new one) and the needle's offset.
+type pinKey struct {
+	m   *datMap
+	off int64
+}
+
+// pin is a verified mapping: the needle's pages, mapped read-only from the
+// datMap's descriptor, and the needle's decoded header fields.
+type pin struct {
+	key  pinKey
+	base unsafe.Pointer // the guard page, then the mapping (see mapNeedle)
+	span uintptr        // of both
+	data []byte         // the mapping, from the page holding the needle's start
+	skip int            // where the needle starts in data
+	n    int            // the needle's length, padded, as the index says
+	hdr  needle.Needle  // its decoded fields; Data is nil
+	// dataLen is the length of the needle's data.
+	dataLen int
+
+	// seq is even while the pages of the mapping that are present are
+	// those the last verification hashed, odd while a read verifies it
+	// again (taking it with a compare-and-swap from even).
+	seq atomic.Uint64
+
+	// Guarded by Pins.mu.
+	holders int
+	used    bool // the CLOCK reference bit
+	dead    bool // out of the cache; unmapped when holders reaches 0
+	slot    int
+}
+
+// PinStats are the counters of a Pins.
+type PinStats struct {
+	// Hits counts reads answered from a verified mapping whose pages were
+	// all present, without hashing.
+	Hits int64
+	// Reverified counts reads that found a page of the verified mapping
+	// missing and verified the needle again through it.
+	Reverified int64
+	// Evicted counts verified mappings evicted to respect the bound.
+	Evicted int64
+	// Dropped counts verified mappings dropped because their pages had
+	// left the page cache (the read was a pread), failed verification, or
+	// belonged to a file that was swapped out by a compaction or closed.
+	Dropped int64
+	// Cached is the number of verified mappings held now; Live the
+	// number mapped now (Cached, and evicted ones an answer still holds).
+	Cached int
+	Live   int64
+}
+
+// NewPins returns a cache of at most max verified mappings. It fails when
+// max is not positive, when the 2*max mappings they take (see mapNeedle)
+// are more than half the kernel's vm.max_map_count (the process needs
+// mappings of its own), or when
+// /proc/self/pagemap cannot say which pages are present.
+func NewPins(max int) (*Pins, error) {
+	if max <= 0 {
+		return nil, fmt.Errorf("volume: %d verified mappings: want at least 1", max)
+	}
+	if b, err := os.ReadFile("/proc/sys/vm/max_map_count"); err == nil {
+		// Each takes two mappings: its own and its guard page's.
+		if limit, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && 2*max > limit/2 {
+			return nil, fmt.Errorf("volume: %d verified mappings (two mappings each) is more than half of vm.max_map_count (%d)", max, limit)
+		}
+	}
+	if err := openPagemap(); err != nil {
+		return nil, fmt.Errorf("volume: verified mappings: %w", err)
+	}
+	ps := &Pins{max: max, page: int64(os.Getpagesize())}
+	ps.mu.byKey = make(map[pinKey]*pin)
+	return ps, nil
+}
+
+// Stats returns the cache's counters.
+func (ps *Pins) Stats() PinStats {
+	if ps == nil {
+		return PinStats{}
+	}
+	ps.mu.Lock()
+	cached := len(ps.mu.byKey)
+	ps.mu.Unlock()
+	return PinStats{
+		Hits:       ps.hits.Load(),
+		Reverified: ps.reverified.Load(),
+		Evicted:    ps.evicted.Load(),
+		Dropped:    ps.dropped.Load(),
+		Cached:     cached,
+		Live:       ps.live.Load(),
+	}
+}
+
+// pagemap is the process's descriptor of /proc/self/pagemap, opened once
+// and kept for the life of the process (it describes the process itself,
+// whatever cache asks). scan is set when the kernel has the PAGEMAP_SCAN
+// ioctl (Linux 6.7): it answers "is any page of this range not present" in
+// one call, without copying an entry per page to user space, about four
+// times faster than a pread of the entries for a 400 KB needle (see
+// bench/RESULTS.md, "Store GET").
+var pagemap struct {
+	once sync.Once
+	fd   int
+	scan bool
+	err  error
+}
+
+// openPagemap opens /proc/self/pagemap (once) and checks on a page of its
+// own that it reports present pages as present, and absent ones as absent.
+func openPagemap() error {
+	pagemap.once.Do(func() {
+		fd, err := unix.Open("/proc/self/pagemap", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			pagemap.err = fmt.Errorf("open /proc/self/pagemap: %w", err)
+			return
+		}
+		page := os.Getpagesize()
+		probe, err := unix.Mmap(-1, 0, 2*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			unix.Close(fd)
+			pagemap.err = fmt.Errorf("probe /proc/self/pagemap: %w", err)
+			return
+		}
+		defer unix.Munmap(probe)
+		probe[0] = 1 // the first page present, the second never touched
+		pagemap.fd = fd
+		in, inErr := presentScan(probe[:page])
+		out, outErr := presentScan(probe[page:])
+		pagemap.scan = inErr == nil && outErr == nil && in && !out
+		if pagemap.scan {
+			return
+		}
+		in, inErr = presentPread(probe[:page])
+		out, outErr = presentPread(probe[page:])
+		if inErr != nil || outErr != nil || !in || out {
+			unix.Close(fd)
+			pagemap.fd = -1
+			pagemap.err = fmt.Errorf("/proc/self/pagemap does not report which pages are present (%v, %v)", inErr, outErr)
+		}
+	})
+	return pagemap.err
+}
+
+// present reports whether every page of b (page-aligned, of a mapping of
+// the process) is present in the process's page tables.
+func present(b []byte) (bool, error) {
+	if pagemap.scan {
+		return presentScan(b)
+	}
+	return presentPread(b)
+}
+
+// pmScanArg is struct pm_scan_arg of <linux/fs.h>, the argument of the
+// PAGEMAP_SCAN ioctl; pageRegion is struct page_region, one range it
+// returns.
+type pmScanArg struct {
+	size, flags, start, end, walkEnd, vec, vecLen, maxPages uint64
+	categoryInverted, categoryMask, categoryAnyofMask       uint64
+	returnMask                                              uint64
+}
+
+type pageRegion struct{ start, end, categories uint64 }
+
+const (
+	// pagemapScan is PAGEMAP_SCAN, _IOWR('f', 16, struct pm_scan_arg).
+	pagemapScan = 0xc0606610
+	// pageIsPresent is PAGE_IS_PRESENT, the category of present pages.
+	pageIsPresent = 1 << 3
+)
+
+// presentScan asks PAGEMAP_SCAN for the first page of b that is not
+// present (the present category inverted), and reports whether there is
+// none.
+func presentScan(b []byte) (bool, error) {
+	var r pageRegion
+	start := uint64(uintptr(unsafe.Pointer(unsafe.SliceData(b))))
+	arg := pmScanArg{
+		size:             uint64(unsafe.Sizeof(pmScanArg{})),
+		start:            start,
+		end:              start + uint64(len(b)),
+		vec:              uint64(uintptr(unsafe.Pointer(&r))),
+		vecLen:           1,
+		maxPages:         1,
+		categoryInverted: pageIsPresent,
+		categoryMask:     pageIsPresent,
+		returnMask:       pageIsPresent,
+	}
+	n, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(pagemap.fd), pagemapScan, uintptr(unsafe.Pointer(&arg)))
+	if errno != 0 {
+		return false, fmt.Errorf("PAGEMAP_SCAN: %w", errno)
+	}
+	return n == 0, nil
+}
+
+// pagemapChunk is how many pagemap entries one pread reads; the buffer
+// lives on the stack.
+const pagemapChunk = 256
+
+// presentPread reads the /proc/self/pagemap entries of the pages of b and
+// reports whether bit 63 ("present") is set in each. The entries of
+// consecutive pages are consecutive, so one pread reads those of a whole
+// needle (up to pagemapChunk pages).
+func presentPread(b []byte) (bool, error) {
+	var buf [pagemapChunk * 8]byte
+	page := int64(os.Getpagesize())
+	first := int64(uintptr(unsafe.Pointer(unsafe.SliceData(b)))) / page
+	pages := (int64(len(b)) + page - 1) / page
+	for done := int64(0); done < pages; {
+		k := min(pages-done, pagemapChunk)
+		got, err := unix.Pread(pagemap.fd, buf[:k*8], (first+done)*8)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || int64(got) != k*8 {
+			return false, fmt.Errorf("read /proc/self/pagemap: %d of %d bytes: %v", got, k*8, err)
+		}
+		for i := range k {
+			if binary.LittleEndian.Uint64(buf[i*8:])>>63 == 0 {
+				return false, nil
+			}
+		}
+		done += k
+	}
+	return true, nil
+}
+
+// get returns the verified mapping of the needle at off of m, held, or
+// nil.
+func (ps *Pins) get(m *datMap, off int64) *pin {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	p := ps.mu.byKey[pinKey{m, off}]
+	if p != nil {
+		p.holders++
+		p.used = true
+	}
+	return p
+}
+
+// release ends a holder's use of p; the last holder of a dead mapping
+// unmaps it.
+func (ps *Pins) release(p *pin) {
+	ps.mu.Lock()
+	p.holders--
+	last := p.dead && p.holders == 0
+	ps.mu.Unlock()
+	if last {
+		ps.unmap(p)
+	}
+}
+
+// drop takes p (held by the caller) out of the cache; the caller's release
+// unmaps it.
+func (ps *Pins) drop(p *pin) {
+	ps.mu.Lock()
+	if !p.dead {
+		ps.removeLocked(p)
+		ps.dropped.Add(1)
+	}
+	ps.mu.Unlock()
+}
+
+// removeLocked takes p out of the map and the ring.
+func (ps *Pins) removeLocked(p *pin) {
+	delete(ps.mu.byKey, p.key)
+	ps.mu.ring[p.slot] = nil
+	p.dead = true
+}
+
+// mapNeedle maps the pages of the needle at [off, off+n) of m's file into
+// a verified mapping of its own, held by the caller (its holders is 1) and
+// not yet in the cache. Nothing has touched its pages yet.
+//
+// The mapping lies just above a guard page of its own (anonymous,
+// PROT_NONE), so that it is a mapping (VMA) apart from every other: two
+// verified mappings of consecutive pages of the file placed next to each
+// other in memory would otherwise be merged by the kernel into one, and a
+// fault while verifying one would map pages of the other (the kernel maps
+// up to 64 KiB of resident pages around a fault, within one VMA), making
+// them present without their own verification.
+func (ps *Pins) mapNeedle(m *datMap, off int64, n int) (*pin, error) {
+	start := off &^ (ps.page - 1)
+	end := (off + int64(n) + ps.page - 1) &^ (ps.page - 1)
+	size := uintptr(end - start)
+	span := size + uintptr(ps.page)
+	base, err := unix.MmapPtr(-1, 0, nil, span, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, fmt.Errorf("map needle: reserve: %w", err)
+	}
+	at := unsafe.Add(base, ps.page)
+	if _, err := unix.MmapPtr(m.fd, start, at, size, unix.PROT_READ, unix.MAP_SHARED|unix.MAP_FIXED); err != nil {
+		unix.MunmapPtr(base, span)
+		return nil, fmt.Errorf("map needle: %w", err)
+	}
+	data := unsafe.Slice((*byte)(at), size)
+	// A page that leaves the page cache between the residency check and
+	// the hash is faulted in alone, without readahead (as on the big
+	// mapping, see mapDat).
+	if err := unix.Madvise(data, unix.MADV_RANDOM); err != nil {
+		unix.MunmapPtr(base, span)
+		return nil, fmt.Errorf("map needle: madvise: %w", err)
+	}
+	m.acquire() // the mapping's descriptor stays open while it is mapped
+	ps.live.Add(1)
+	return &pin{key: pinKey{m, off}, base: base, span: span, data: data, skip: int(off - start), n: n, holders: 1}, nil
+}
+
+// unmap unmaps p (and its guard page) and ends its hold on its file.
+func (ps *Pins) unmap(p *pin) {
+	unix.MunmapPtr(p.base, p.span)
+	p.data, p.base = nil, nil
+	p.key.m.release()
+	ps.live.Add(-1)
+}
+
+// insert puts p (held by the caller, just verified) into the cache,
+// evicting with CLOCK when the cache is full. It reports false when p could
+// not go in (another read of the needle cached one first, or every cached
+// mapping is held): p is then dead, and the caller's release unmaps it.
+func (ps *Pins) insert(p *pin) bool {
+	var victim *pin
+	ps.mu.Lock()
+	ok := ps.insertLocked(p, &victim)
+	if !ok {
+		p.dead = true
+	}
+	ps.mu.Unlock()
+	if victim != nil {
+		ps.unmap(victim)
+	}
+	return ok
+}
+
+func (ps *Pins) insertLocked(p *pin, victim **pin) bool {
+	if _, ok := ps.mu.byKey[p.key]; ok {
+		return false
+	}
+	ring := ps.mu.ring
+	slot := -1
+	if len(ring) < ps.max {
+		slot = len(ring)
+		ps.mu.ring = append(ring, nil)
+	} else {
+		// Two turns of the hand clear every reference bit once; a
+		// mapping held by a read is passed over.
+		for range 2*len(ring) + 1 {
+			i := ps.mu.hand
+			ps.mu.hand = (i + 1) % len(ring)
+			c := ring[i]
+			if c == nil {
+				slot = i
+				break
+			}
+			if c.holders > 0 {
+				continue
+			}
+			if c.used {
+				c.used = false
+				continue
+			}
+			ps.removeLocked(c)
+			ps.evicted.Add(1)
+			*victim = c // not held: unmapped by the caller, outside the lock
+			slot = i
+			break
+		}
+		if slot < 0 {
+			return false
+		}
+	}
+	p.slot = slot
+	ps.mu.ring[slot] = p
+	ps.mu.byKey[p.key] = p
+	return true
+}
+
+// dropMap drops every verified mapping of m's file (a compaction swapped
+// it out, or its volume closed); those a read holds are unmapped when it
+// is done. Then m's descriptor is closed by its last release.
+func (ps *Pins) dropMap(m *datMap) {
+	if ps == nil || m == nil {
+		return
+	}
+	var free []*pin
+	ps.mu.Lock()
+	for k, p := range ps.mu.byKey {
+		if k.m != m {
+			continue
+		}
+		ps.removeLocked(p)
+		ps.dropped.Add(1)
+		if p.holders == 0 {
+			free = append(free, p)
+		}
+	}
+	ps.mu.Unlock()
+	for _, p := range free {
+		ps.unmap(p)
+	}
+}
+
+// dropAt drops the verified mapping of the needle at off of m, if any.
+func (ps *Pins) dropAt(m *datMap, off int64) {
+	ps.mu.Lock()
+	p := ps.mu.byKey[pinKey{m, off}]
+	free := false
+	if p != nil {
+		ps.removeLocked(p)
+		ps.dropped.Add(1)
+		free = p.holders == 0
+	}
+	ps.mu.Unlock()
+	if free {
+		ps.unmap(p)
+	}
+}
+
+// dropPinsLocked drops the verified mappings of the live needles of key a
+// tombstone for (key, size) deletes (size allSizes: every size). Reads
+// never serve a deleted needle (the index goes first); this frees its
+// mapping now rather than when CLOCK comes to it. The caller holds v.mu.
+func (v *Volume) dropPinsLocked(key uint64, size uint32) {
+	ps, m := v.opts.Pins, v.mu.dmap
+	if ps == nil || m == nil {
+		return
+	}
+	v.mu.index.sizesOf(key, func(s, off, _ uint32) {
+		if size == allSizes || s == size {
+			ps.dropAt(m, int64(off)*needle.Alignment)
+		}
+	})
+}
+
+// verify decodes and verifies the needle through its verified mapping (the
+// only thing that ever touches it), as datMap.decode does.
+func (p *pin) verify(f needle.Format) (needle.Needle, error) {
+	return decodeMapped(f.Decode, p.data[p.skip:p.skip+p.n:p.skip+p.n], p.key.off)
+}
+
+// readPinned reads the needle at [start, start+n) of m (n at least MapMin,
+// inside the mapping) through the cache of verified mappings. ok is false
+// when the needle must be read with a pread (it is not all in the page
+// cache, or touching it faulted); otherwise the returned Ref and error are
+// ReadRef's answer. The caller holds v.mu shared.
+func (v *Volume) readPinned(ps *Pins, m *datMap, key, cookie uint64, size needle.SizeCode, start int64, n int) (ref Ref, ok bool, err error) {
+	p := ps.get(m, start)
+	if p != nil {
+		defer ps.release(p)
+		if p.n != n || p.hdr.Key != key || p.hdr.Size != size {
+			// The index names another needle at this offset of this
+			// file: it cannot happen (a file is append-only), but a
+			// mapping that does not match is never trusted.
+			ps.drop(p)
+			p = nil
+		}
+	}
+	if p != nil {
+		// A verification of p in progress (odd seq) faults its pages in
+		// before it has hashed them: its pages present mean nothing until
+		// it is done, so seq is read before and after the presence check.
+		seq := p.seq.Load()
+		if seq%2 == 0 {
+			all, perr := present(p.data)
+			if perr == nil && all && p.seq.Load() == seq {
+				ps.hits.Add(1)
+				return v.pinnedRef(m, p.hdr, p.dataLen, start, cookie)
+			}
+		}
+		// A page was unmapped since the last verification (it may have
+		// been read again from the disk), or a verification is running.
+		if !m.resident(start, n) {
+			ps.drop(p)
+			return Ref{}, false, nil // one pread, as without the cache
+		}
+		if seq%2 != 0 || !p.seq.CompareAndSwap(seq, seq+1) {
+			// Another read is verifying p: verify apart from it, through
+			// the file's mapping, as without the cache.
+			return v.readMapped(m, key, cookie, size, start, n)
+		}
+		nd, err := p.verify(v.format)
+		if errors.Is(err, errMapFault) {
+			ps.drop(p)
+			return Ref{}, false, nil
+		}
+		ps.reverified.Add(1)
+		if err == nil {
+			nd, err = verifyRead(nd, key, size)
+		}
+		if err != nil {
+			ps.drop(p) // and never trusted again: seq stays odd
+			return Ref{}, true, fmt.Errorf("volume %d at offset %d: %w", v.vid, start, err)
+		}
+		p.seq.Store(seq + 2)
+		return v.pinnedRef(m, withoutData(nd), len(nd.Data), start, cookie)
+	}
+	if !m.resident(start, n) {
+		return Ref{}, false, nil
+	}
+	p, err = ps.mapNeedle(m, start, n)
+	if err != nil {
+		// No mapping to spare (vm.max_map_count): verify through the
+		// file's mapping, as without the cache.
+		return v.readMapped(m, key, cookie, size, start, n)
+	}
+	defer ps.release(p)
+	nd, err := p.verify(v.format)
+	if errors.Is(err, errMapFault) {
+		p.dead = true // never cached; released above
+		return Ref{}, false, nil
+	}
+	if err == nil {
+		nd, err = verifyRead(nd, key, size)
+	}
+	if err != nil {
+		p.dead = true
+		return Ref{}, true, fmt.Errorf("volume %d at offset %d: %w", v.vid, start, err)
+	}
+	p.hdr, p.dataLen = withoutData(nd), len(nd.Data)
+	ps.insert(p)
+	return v.pinnedRef(m, p.hdr, p.dataLen, start, cookie)
+}
+
+// withoutData returns nd with its Data cleared, as a verified mapping
+// keeps it.
+func withoutData(nd needle.Needle) needle.Needle {
+	nd.Data = nil
+	return nd
+}
+
+// pinnedRef answers a read of the verified needle hdr at start of m: its
+// data are those of the file's mapping (never of the verified mapping,
+// which only verification touches).
+func (v *Volume) pinnedRef(m *datMap, hdr needle.Needle, dataLen int, start int64, cookie uint64) (Ref, bool, error) {
+	if hdr.Cookie != cookie {
+		return Ref{}, true, ErrNotFound
+	}
+	at := start + needle.HeaderSize
+	end := at + int64(dataLen)
+	hdr.Data = m.data[at:end:end]
+	m.acquire()
+	v.mappedReads.Add(1)
+	return Ref{Needle: hdr, m: m, off: at}, true, nil
+}

@@ -1,0 +1,636 @@
+package volume
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"reflect"
+	"strconv"
+	"sync"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/haybale/haybale/internal/vfs"
+	"github.com/haybale/haybale/needle"
+)
+
+// newPins returns a cache of max verified mappings, closed with the test.
+func newPins(t testing.TB, max int) *Pins {
+	t.Helper()
+	ps, err := NewPins(max)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
+// largeNeedles returns the needles of all that ReadRef serves from the
+// mapping.
+func largeNeedles(all []*needle.Needle) []*needle.Needle {
+	var large []*needle.Needle
+	for _, n := range all {
+		if needle.EncodedLen(len(n.Data)) >= MapMin {
+			large = append(large, n)
+		}
+	}
+	return large
+}
+
+// pinOf returns the cached verified mapping of want, or nil.
+func pinOf(t testing.TB, v *Volume, want *needle.Needle) *pin {
+	t.Helper()
+	e, ok := v.Locate(want.Key, want.Size)
+	if !ok {
+		t.Fatalf("locate key %x size %v", want.Key, want.Size)
+	}
+	v.mu.RLock()
+	m := v.mu.dmap
+	v.mu.RUnlock()
+	ps := v.opts.Pins
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.mu.byKey[pinKey{m, e.Offset}]
+}
+
+// readPinnedOnce reads want with ReadRef, checks its bytes and fields
+// against the needle written, releases it and returns the needle read
+// (without its data).
+func readPinnedOnce(t testing.TB, v *Volume, want *needle.Needle) needle.Needle {
+	t.Helper()
+	ref := readRef(t, v, want)
+	defer ref.Release()
+	if !ref.Mapped() {
+		t.Fatalf("key %x size %v: resident, yet not mapped", want.Key, want.Size)
+	}
+	fd, off, _ := ref.Source()
+	got := make([]byte, len(want.Data))
+	if _, err := unix.Pread(fd, got, off); err != nil || !bytes.Equal(got, want.Data) {
+		t.Fatalf("key %x size %v: the source does not hold the needle's data (%v)", want.Key, want.Size, err)
+	}
+	nd := ref.Needle
+	nd.Data = nil
+	if nd.Key != want.Key || nd.Size != want.Size || nd.Cookie != want.Cookie || nd.ContentType != want.ContentType || nd.Checksum == 0 || nd.AppendTime == 0 {
+		t.Fatalf("key %x size %v: fields %+v", want.Key, want.Size, nd)
+	}
+	return nd
+}
+
+// flipByte flips one byte of the volume file at off through the page
+// cache (as another process writing the file would), and makes it durable.
+func flipByte(t testing.TB, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := []byte{0}
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPinsSecondReadDoesNotHash: the second read of a large needle is
+// answered from its verified mapping (a hit, no hash) with the same bytes
+// and fields as the first. That it is not hashed shows through a change
+// made through the page cache (the case verified mappings leave out of
+// scope, see pins_linux.go): with verified mappings the changed byte is
+// served, without them every read hashes and the change is caught.
+func TestPinsSecondReadDoesNotHash(t *testing.T) {
+	ps := newPins(t, 64)
+	v, dir, all := osVolumeWith(t, 2, Options{FS: vfs.Default, Pins: ps})
+	large := largeNeedles(all)
+	for i, n := range large {
+		first := readPinnedOnce(t, v, n)
+		if st := ps.Stats(); st.Hits != int64(i) || st.Cached != i+1 || st.Live != int64(i+1) {
+			t.Fatalf("after the first read of needle %d: %+v", i, st)
+		}
+		second := readPinnedOnce(t, v, n)
+		if st := ps.Stats(); st.Hits != int64(i+1) || st.Reverified != 0 {
+			t.Fatalf("the second read of needle %d was not a hit: %+v", i, st)
+		}
+		if !reflect.DeepEqual(first, second) {
+			t.Fatalf("needle %d: first read %+v, second %+v", i, first, second)
+		}
+	}
+	if st := v.Status(); st.MappedReads != int64(2*len(large)) || st.Preads != 0 {
+		t.Fatalf("%d mapped reads and %d preads, want %d and 0", st.MappedReads, st.Preads, 2*len(large))
+	}
+
+	n := large[0]
+	e, _ := v.Locate(n.Key, n.Size)
+	flipByte(t, DatPath(dir, 3), e.Offset+needle.HeaderSize+10)
+	ref, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil)
+	if err != nil {
+		t.Fatalf("a pinned needle changed through the page cache: %v, want it served unhashed", err)
+	}
+	if ref.Needle.Data[10] == n.Data[10] {
+		t.Fatal("the changed byte is not in the answer")
+	}
+	ref.Release()
+
+	// The same change, seen by a volume that hashes every read.
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st := ps.Stats(); st.Live != 0 || st.Cached != 0 {
+		t.Fatalf("after close: %+v, want no mapping", st)
+	}
+	v, err = Open(context.Background(), dir, 3, Options{FS: vfs.Default})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for range 2 {
+		if _, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil); !IsCorruption(err) {
+			t.Fatalf("without verified mappings, a changed needle read: %v, want corruption", err)
+		}
+	}
+	readPinnedOnce(t, v, large[1])
+	readPinnedOnce(t, v, large[1])
+	if st := v.Status(); st.MappedReads != 2 || ps.Stats().Hits != int64(len(large)+1) {
+		t.Fatalf("without verified mappings: %d mapped reads (want 2), pins %+v", st.MappedReads, ps.Stats())
+	}
+}
+
+// evictPin takes the pages of p out of the process's page tables (as
+// reclaim does first) and, when fromCache is set, drops them from the page
+// cache too (as reclaim then does): the test's own reads of the answers
+// mapped them in the volume's file mapping too, so they leave that one
+// first.
+func evictPin(t testing.TB, p *pin, path string, fromCache bool) {
+	t.Helper()
+	if err := unix.Madvise(p.data, unix.MADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	if !fromCache {
+		return
+	}
+	page := int64(os.Getpagesize())
+	start := p.key.off &^ (page - 1)
+	if err := unix.Madvise(p.key.m.data[start:start+int64(len(p.data))], unix.MADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Fadvise(int(f.Fd()), start, int64(len(p.data)), unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	if p.key.m.resident(p.key.off, p.n) {
+		t.Fatal("the needle's pages are still in the page cache after POSIX_FADV_DONTNEED")
+	}
+}
+
+// TestPinsReverify: a verified mapping with a page gone from the page
+// tables is verified again (through itself when the needle is all in the
+// page cache, with one pread and the mapping dropped when it is not), and
+// bytes changed on disk while the pages were out answer corrupt.
+func TestPinsReverify(t *testing.T) {
+	ps := newPins(t, 64)
+	v, dir, all := osVolumeWith(t, 2, Options{FS: vfs.Default, Pins: ps})
+	defer v.Close()
+	path := DatPath(dir, 3)
+	n := largeNeedles(all)[1]
+	readPinnedOnce(t, v, n)
+	p := pinOf(t, v, n)
+	if p == nil {
+		t.Fatal("no verified mapping after a read")
+	}
+	if ok, err := present(p.data); err != nil || !ok {
+		t.Fatalf("pages of a just verified mapping not present (%v)", err)
+	}
+
+	// Unmapped, still in the page cache: verified again through the
+	// verified mapping, no pread; then a hit again.
+	evictPin(t, p, path, false)
+	if ok, _ := present(p.data); ok {
+		t.Fatal("MADV_DONTNEED left the pages present")
+	}
+	readPinnedOnce(t, v, n)
+	if st := ps.Stats(); st.Reverified != 1 || st.Hits != 0 || v.Status().Preads != 0 {
+		t.Fatalf("after the pages were unmapped: %+v, %d preads; want 1 reverification, 0 preads", st, v.Status().Preads)
+	}
+	readPinnedOnce(t, v, n)
+	if st := ps.Stats(); st.Reverified != 1 || st.Hits != 1 {
+		t.Fatalf("after the reverification: %+v, want a hit", st)
+	}
+
+	// While another read verifies the mapping again (its sequence odd),
+	// its pages present prove nothing: the needle is verified apart,
+	// through the file's mapping, neither a hit nor a reverification.
+	seq := p.seq.Load()
+	p.seq.Store(seq + 1)
+	readPinnedOnce(t, v, n)
+	if st := ps.Stats(); st.Hits != 1 || st.Reverified != 1 || v.Status().Preads != 0 {
+		t.Fatalf("during another read's verification: %+v, want neither a hit nor a reverification", st)
+	}
+	p.seq.Store(seq)
+
+	// Out of the page cache: one pread, the stale mapping dropped; the
+	// next read maps and verifies afresh.
+	evictPin(t, p, path, true)
+	if nd := readRef(t, v, n); nd.Mapped() {
+		t.Fatal("a needle out of the page cache was served from the mapping")
+	}
+	if st := ps.Stats(); st.Dropped != 1 || st.Cached != 0 || st.Live != 0 || v.Status().Preads != 1 {
+		t.Fatalf("after a read of evicted pages: %+v, %d preads; want the mapping dropped and 1 pread", st, v.Status().Preads)
+	}
+	readPinnedOnce(t, v, n)
+	if p = pinOf(t, v, n); p == nil {
+		t.Fatal("no verified mapping after a read of the resident needle")
+	}
+
+	// Changed while out of the page cache, then back in it (written
+	// through a fresh descriptor): caught by the reverification.
+	evictPin(t, p, path, true)
+	e, _ := v.Locate(n.Key, n.Size)
+	flipByte(t, path, e.Offset+needle.HeaderSize+int64(len(n.Data))/2)
+	if _, err := os.ReadFile(path); err != nil { // all of it back in the page cache
+		t.Fatal(err)
+	}
+	if _, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil); !IsCorruption(err) {
+		t.Fatalf("changed on disk while out, back in the page cache: %v, want corruption", err)
+	}
+	if st := ps.Stats(); st.Reverified != 2 || st.Cached != 0 || st.Live != 0 {
+		t.Fatalf("after a corrupt reverification: %+v, want the mapping dropped", st)
+	}
+
+	// Changed while out, still out: the pread catches it.
+	readCorrupt := func() {
+		t.Helper()
+		if _, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil); !IsCorruption(err) {
+			t.Fatalf("a changed needle: %v, want corruption", err)
+		}
+	}
+	flipByte(t, path, e.Offset+needle.HeaderSize+int64(len(n.Data))/2) // back as written
+	readPinnedOnce(t, v, n)
+	p = pinOf(t, v, n)
+	evictPin(t, p, path, true)
+	flipByte(t, path, e.Offset+needle.HeaderSize+3)
+	dropCache(t, path)
+	if p.key.m.resident(e.Offset, p.n) {
+		t.Fatal("the needle is still in the page cache after POSIX_FADV_DONTNEED")
+	}
+	preads := v.Status().Preads
+	readCorrupt()
+	if v.Status().Preads != preads+1 {
+		t.Fatal("a needle out of the page cache was not read with a pread")
+	}
+	if st := ps.Stats(); st.Cached != 0 || st.Live != 0 {
+		t.Fatalf("a corrupt needle kept a verified mapping: %+v", st)
+	}
+	readCorrupt() // and never pinned since
+}
+
+// TestPinsDamagedBeforeFirstRead: a needle damaged on disk before it was
+// ever verified answers corrupt, every time, and is never pinned.
+func TestPinsDamagedBeforeFirstRead(t *testing.T) {
+	v, dir, all := osVolume(t, 1)
+	n := largeNeedles(all)[0]
+	e, _ := v.Locate(n.Key, n.Size)
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	flipByte(t, DatPath(dir, 3), e.Offset+needle.HeaderSize+1000)
+	ps := newPins(t, 8)
+	v, err := Open(context.Background(), dir, 3, Options{FS: vfs.Default, Pins: ps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for range 3 {
+		if _, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil); !IsCorruption(err) {
+			t.Fatalf("damaged needle: %v, want corruption", err)
+		}
+	}
+	if st := ps.Stats(); st.Cached != 0 || st.Live != 0 || st.Hits != 0 {
+		t.Fatalf("a damaged needle was pinned: %+v", st)
+	}
+	if _, _, err := v.ReadRef(n.Key, n.Cookie+1, n.Size, nil); !IsCorruption(err) {
+		t.Fatalf("damaged needle, wrong cookie: %v, want corruption (verified before the cookie)", err)
+	}
+}
+
+// TestPinsSwapAndClose: a compaction swap drops every verified mapping of
+// the old file (its descriptor closes with the last answer written from
+// it), and Close drops those of the current one.
+func TestPinsSwapAndClose(t *testing.T) {
+	ps := newPins(t, 64)
+	v, dir, all := osVolumeWith(t, 3, Options{FS: vfs.Default, Pins: ps})
+	large := largeNeedles(all)
+	for _, n := range large {
+		readPinnedOnce(t, v, n)
+	}
+	if st := ps.Stats(); st.Cached != len(large) || st.Live != int64(len(large)) {
+		t.Fatalf("%+v, want %d mappings", ps.Stats(), len(large))
+	}
+	v.mu.RLock()
+	old := v.mu.dmap
+	v.mu.RUnlock()
+	held := readRef(t, v, large[0]) // an answer still being written
+	if _, err := v.Delete(context.Background(), all[0].Key, all[0].Cookie, needle.SizeAll); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Compact(context.Background(), CompactOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if st := ps.Stats(); st.Cached != 0 || st.Live != 0 {
+		t.Fatalf("after the swap: %+v, want no mapping", st)
+	}
+	if got := old.refs.Load(); got != 1 {
+		t.Fatalf("the old file has %d references with one answer left, want 1", got)
+	}
+	oldFd := old.fd
+	held.Release()
+	if got := old.refs.Load(); got != 0 {
+		t.Fatalf("the old file has %d references after the last answer, want 0", got)
+	}
+	if _, err := unix.FcntlInt(uintptr(oldFd), unix.F_GETFD, 0); !errors.Is(err, unix.EBADF) {
+		// The number may have been reused by another descriptor since;
+		// then it must not be a descriptor of the old file.
+		if target, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(oldFd)); target == DatPath(dir, 3)+" (deleted)" {
+			t.Fatalf("the old file's descriptor %d is still open", oldFd)
+		}
+	}
+	for _, n := range large[2:] { // large[0] and large[1] were deleted
+		readPinnedOnce(t, v, n)
+	}
+	if st := ps.Stats(); st.Cached != len(large)-2 {
+		t.Fatalf("after reads of the new file: %+v", st)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st := ps.Stats(); st.Cached != 0 || st.Live != 0 {
+		t.Fatalf("after close: %+v, want no mapping", st)
+	}
+	if got := mapsOf(t, dir); got != 0 {
+		t.Fatalf("%d mappings of the volume's files after close, want 0", got)
+	}
+}
+
+// TestPinsDelete: deleting a pinned needle (one size, or the whole photo)
+// drops its verified mapping, and the needle is not found.
+func TestPinsDelete(t *testing.T) {
+	ps := newPins(t, 16)
+	v, _, all := osVolumeWith(t, 2, Options{FS: vfs.Default, Pins: ps})
+	defer v.Close()
+	large := largeNeedles(all) // photo 1: large[0:2]; photo 2: large[2:4]
+	for _, n := range large {
+		readPinnedOnce(t, v, n)
+	}
+	for i, c := range []struct {
+		n    *needle.Needle
+		size needle.SizeCode
+		gone []*needle.Needle
+	}{
+		{large[0], large[0].Size, large[:1]},
+		{large[2], needle.SizeAll, large[2:4]},
+	} {
+		if _, err := v.Delete(context.Background(), c.n.Key, c.n.Cookie, c.size); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range c.gone {
+			if _, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("delete %d: read of a deleted needle: %v, want ErrNotFound", i, err)
+			}
+		}
+	}
+	if st := ps.Stats(); st.Cached != 1 || st.Live != 1 || st.Dropped != 3 || pinOf(t, v, large[1]) == nil {
+		t.Fatalf("after deleting three pinned needles of four: %+v", st)
+	}
+}
+
+// TestPinsBound: the cache never holds more than its bound, and concurrent
+// readers with a bound far under the needles read (evicting all the time)
+// always get the right bytes: a mapping being checked or verified is never
+// unmapped under its reader (run with -race).
+func TestPinsBound(t *testing.T) {
+	ps := newPins(t, 2)
+	v, _, all := osVolumeWith(t, 4, Options{FS: vfs.Default, Pins: ps})
+	defer v.Close()
+	large := largeNeedles(all)
+	if len(large) < 6 {
+		t.Fatalf("%d large needles", len(large))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 150 {
+				n := large[(g+i*(g+1))%len(large)]
+				ref, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if !bytes.Equal(ref.Needle.Data, n.Data) {
+					ref.Release()
+					errs <- errors.New("wrong bytes")
+					return
+				}
+				ref.Release()
+				if st := ps.Stats(); st.Cached > 2 {
+					errs <- errors.New("over the bound")
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	st := ps.Stats()
+	if st.Cached > 2 || st.Live > 2 || st.Evicted == 0 {
+		t.Fatalf("after concurrent reads with a bound of 2: %+v", st)
+	}
+	t.Logf("%+v", st)
+}
+
+// TestPinsEvictsUnheldOnly: CLOCK passes over a mapping that is held, and
+// a full cache of held mappings takes no more.
+func TestPinsEvictsUnheldOnly(t *testing.T) {
+	ps := newPins(t, 1)
+	v, _, all := osVolumeWith(t, 1, Options{FS: vfs.Default, Pins: ps})
+	defer v.Close()
+	large := largeNeedles(all)
+	readPinnedOnce(t, v, large[0])
+	p := pinOf(t, v, large[0])
+	held := ps.get(p.key.m, p.key.off)
+	readPinnedOnce(t, v, large[1])
+	if pinOf(t, v, large[0]) != held || pinOf(t, v, large[1]) != nil || ps.Stats().Evicted != 0 {
+		t.Fatalf("a held mapping was evicted: %+v", ps.Stats())
+	}
+	if st := ps.Stats(); st.Live != 1 {
+		t.Fatalf("the mapping that did not fit is still mapped: %+v", st)
+	}
+	ps.release(held)
+	readPinnedOnce(t, v, large[1])
+	if pinOf(t, v, large[1]) == nil || pinOf(t, v, large[0]) != nil || held.data != nil {
+		t.Fatalf("the released mapping was not evicted for the new one: %+v", ps.Stats())
+	}
+	if st := ps.Stats(); st.Evicted != 1 || st.Live != 1 {
+		t.Fatalf("%+v, want 1 eviction and 1 mapping", st)
+	}
+}
+
+// BenchmarkReadRefPinned measures ReadRef of a resident 400 KB needle with
+// a verified mapping (no hash) and without (hashed through the mapping).
+func BenchmarkReadRefPinned(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		pins int
+	}{{"hashed", 0}, {"pinned", 16}} {
+		b.Run(c.name, func(b *testing.B) {
+			opts := Options{FS: vfs.Default}
+			if c.pins > 0 {
+				opts.Pins = newPins(b, c.pins)
+			}
+			v, _, all := osVolumeWith(b, 1, opts)
+			defer v.Close()
+			n := all[3]
+			warm := readRef(b, v, n)
+			warm.Release()
+			b.SetBytes(int64(len(n.Data)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				ref, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil)
+				if err != nil || !ref.Mapped() {
+					b.Fatal(err)
+				}
+				ref.Release()
+			}
+		})
+	}
+}
+
+// TestPagemapPresence: both ways of asking /proc/self/pagemap (the
+// PAGEMAP_SCAN ioctl where the kernel has it, and a pread of the entries)
+// see every page of a verified mapping present once verified, and see one
+// page taken out of the page tables.
+func TestPagemapPresence(t *testing.T) {
+	ps := newPins(t, 4)
+	v, _, all := osVolumeWith(t, 1, Options{FS: vfs.Default, Pins: ps})
+	defer v.Close()
+	n := all[3]
+	readPinnedOnce(t, v, n)
+	p := pinOf(t, v, n)
+	page := os.Getpagesize()
+	if len(p.data) < 64*page {
+		t.Fatalf("a 400 KB needle maps %d bytes", len(p.data))
+	}
+	ways := map[string]func([]byte) (bool, error){"pread": presentPread}
+	if pagemap.scan {
+		ways["PAGEMAP_SCAN"] = presentScan
+	} else {
+		t.Log("the kernel has no PAGEMAP_SCAN; checking pread only")
+	}
+	for name, f := range ways {
+		if ok, err := f(p.data); err != nil || !ok {
+			t.Fatalf("%s: a verified mapping's pages not all present (%v)", name, err)
+		}
+	}
+	if err := unix.Madvise(p.data[50*page:51*page], unix.MADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	for name, f := range ways {
+		if ok, err := f(p.data); err != nil || ok {
+			t.Fatalf("%s: one page taken out, yet all present (%v)", name, err)
+		}
+		if ok, err := f(p.data[:50*page]); err != nil || !ok {
+			t.Fatalf("%s: the pages before the one taken out not present (%v)", name, err)
+		}
+	}
+}
+
+// BenchmarkPagemapPresence measures the two ways of asking whether the
+// pages of a verified 400 KB needle are present.
+func BenchmarkPagemapPresence(b *testing.B) {
+	ps := newPins(b, 4)
+	v, _, all := osVolumeWith(b, 1, Options{FS: vfs.Default, Pins: ps})
+	defer v.Close()
+	readPinnedOnce(b, v, all[3])
+	p := pinOf(b, v, all[3])
+	for name, f := range map[string]func([]byte) (bool, error){"pread": presentPread, "scan": presentScan} {
+		if name == "scan" && !pagemap.scan {
+			continue
+		}
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if ok, err := f(p.data); err != nil || !ok {
+					b.Fatal("not present", err)
+				}
+			}
+		})
+	}
+}
+
+// TestPinsStayApart: verified mappings of needles that fill whole,
+// consecutive pages of the file, mapped one after another (so that the
+// kernel places them next to each other), each remain a mapping (VMA) of
+// their own: merged, a fault while verifying one would map the pages of
+// the next without its verification (see mapNeedle).
+func TestPinsStayApart(t *testing.T) {
+	ps := newPins(t, 16)
+	dir := t.TempDir()
+	v, err := Create(context.Background(), dir, 3, Options{FS: vfs.Default, Pins: ps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	page := os.Getpagesize()
+	// The first needle ends on a page boundary (the superblock comes
+	// first), the others are whole pages.
+	lens := []int{10*page - SuperblockSize - needle.Overhead, 10*page - needle.Overhead, 10*page - needle.Overhead, 10*page - needle.Overhead}
+	var ns []*needle.Needle
+	for i, n := range lens {
+		ns = append(ns, &needle.Needle{Key: uint64(i + 1), Cookie: 5, Size: needle.SizeLarge, ContentType: needle.TypeJPEG, Data: bytes.Repeat([]byte{byte(i)}, n)})
+	}
+	if _, err := v.Write(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	for i := len(ns) - 1; i >= 0; i-- { // mappings are placed top-down
+		readPinnedOnce(t, v, ns[i])
+	}
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	adjacent := 0
+	var prev *pin
+	for _, n := range ns {
+		p := pinOf(t, v, n)
+		if p == nil {
+			t.Fatal("not pinned")
+		}
+		lo := uintptr(unsafe.Pointer(unsafe.SliceData(p.data)))
+		hi := lo + uintptr(len(p.data))
+		want := strconv.FormatUint(uint64(lo), 16) + "-" + strconv.FormatUint(uint64(hi), 16) + " "
+		if !bytes.Contains(maps, []byte("\n"+want)) && !bytes.HasPrefix(maps, []byte(want)) {
+			t.Errorf("key %d: no mapping of exactly its pages (%s) in /proc/self/maps", n.Key, want)
+		}
+		if prev != nil && uintptr(unsafe.Pointer(unsafe.SliceData(prev.data)))+uintptr(len(prev.data)) == uintptr(p.base) {
+			adjacent++ // nothing but p's guard page between them
+		}
+		prev = p
+	}
+	t.Logf("%d of %d verified mappings placed right below the next needle's guard page", adjacent, len(ns)-1)
+}
