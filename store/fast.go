@@ -28,11 +28,10 @@ import (
 // volume.MapMin bytes or more that is all in the page cache is verified
 // where it lies, through the volume file's mapping (volume.ReadRef; a
 // needle verified before whose pages have not left memory since is not
-// hashed again, see volume.Pins), and never copied into the process: an image of sendfileMin bytes or more
-// leaves with one write of the headers, into a corked socket, and one
-// sendfile(2) from the volume file, so that the headers ride in the body's
-// first packet; a smaller one with one write of the headers and the image copied
-// from the mapping. Any other needle (smaller, not resident, or of an EC
+// hashed again, see volume.Pins), and never copied into the process: an
+// image of sendfileMin bytes or more leaves with one write of the headers
+// and one sendfile(2) from the volume file, a smaller one with one write of
+// the headers and the image copied from the mapping. Any other needle (smaller, not resident, or of an EC
 // volume) is read with one pread and verified into a pooled buffer (of the
 // needle's length rounded up to volume.ReadBufferClass), and
 // fasthttp writes the headers and that buffer in one write, or one writev
@@ -225,8 +224,6 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, choi
 	if fd, off, ok := rb.ref.Source(); ok && len(n.Data) >= sendfileMin && !ctx.IsHead() {
 		if rc := rawConn(ctx.Conn()); rc != nil {
 			rb.send = sendBody{conn: rc, fd: fd, off: off, n: int64(len(n.Data))}
-			// The headers wait in the socket for the body's first packet.
-			rb.send.cork()
 			ctx.Response.ImmediateHeaderFlush = true
 			ctx.Response.SetBodyStream(&rb.send, len(n.Data))
 			h.srv.metrics.bytesServed.Add(float64(len(n.Data)))

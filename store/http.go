@@ -94,11 +94,9 @@ func (rb *readBuf) keep(buf []byte) {
 	}
 }
 
-// Close uncorks the connection if the answer's body was never sent (see
-// sendBody), releases the mapping rb's answer was written from, if any,
-// and returns rb to its pool.
+// Close releases the mapping rb's answer was written from, if any, and
+// returns rb to its pool.
 func (rb *readBuf) Close() error {
-	rb.send.uncork()
 	rb.ref.Release()
 	rb.send = sendBody{}
 	rb.pool.Put(rb)

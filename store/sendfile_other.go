@@ -18,9 +18,6 @@ type sendBody struct {
 	n    int64
 }
 
-func (s *sendBody) cork()   {}
-func (s *sendBody) uncork() {}
-
 func (s *sendBody) Read([]byte) (int, error)         { return 0, io.ErrNoProgress }
 func (s *sendBody) SupportsBodyWriteTo() bool        { return false }
 func (s *sendBody) WriteTo(io.Writer) (int64, error) { return 0, io.ErrNoProgress }
