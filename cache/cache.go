@@ -195,9 +195,11 @@ func (e *entry) release() {
 }
 
 func (e *entry) weight() uint32 {
-	w := 2*(len(e.etag)+len(e.lastModified)+len(e.contentType[0])) + entryOverhead
+	// In int64, so that the bound is also a value of the type on 32-bit
+	// platforms.
+	w := int64(2*(len(e.etag)+len(e.lastModified)+len(e.contentType[0])) + entryOverhead)
 	if !e.noVariant {
-		w += len(e.data) // the size's own entry counts the shared bytes
+		w += int64(len(e.data)) // the size's own entry counts the shared bytes
 	}
 	return uint32(min(w, math.MaxUint32))
 }
