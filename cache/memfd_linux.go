@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/haybale/haybale/internal/serve"
 )
 
 // arenaExtent is the virtual size of a cache's memfd and its mapping:
@@ -105,25 +107,11 @@ type largeHit struct {
 
 var largeHits = sync.Pool{New: func() any { return new(largeHit) }}
 
-// rawConn returns the descriptor access of a plain TCP connection, or nil
-// for any other (a TLS connection must encrypt what it sends).
-func rawConn(c net.Conn) syscall.RawConn {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return nil
-	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return rc
-}
-
 // newLargeHit returns the body of a sendfile answer of s over conn, with
 // the socket corked, or nil when conn is not a plain TCP connection. The
 // answer's reference to s passes to the body.
 func newLargeHit(conn net.Conn, s *slot) *largeHit {
-	rc := rawConn(conn)
+	rc := serve.RawTCP(conn)
 	if rc == nil {
 		return nil
 	}
@@ -160,35 +148,9 @@ func (h *largeHit) SupportsBodyWriteTo() bool { return true }
 // uncorks the socket. w, fasthttp's buffered writer, was flushed before
 // (ImmediateHeaderFlush) and is not used.
 func (h *largeHit) WriteTo(io.Writer) (int64, error) {
-	n := int64(h.s.n)
-	var sent int64
-	var serr error
-	err := h.conn.Write(func(sock uintptr) bool {
-		for sent < n {
-			off := h.s.off + sent
-			k, err := unix.Sendfile(int(sock), h.s.a.fd, &off, int(n-sent))
-			if k > 0 {
-				sent += int64(k)
-			}
-			switch {
-			case err == unix.EAGAIN:
-				return false // wait until the socket takes more
-			case err == unix.EINTR:
-			case err != nil:
-				serr = err
-				return true
-			case k == 0:
-				serr = io.ErrUnexpectedEOF
-				return true
-			}
-		}
-		if h.corked && unix.SetsockoptInt(int(sock), unix.IPPROTO_TCP, unix.TCP_CORK, 0) == nil {
-			h.corked = false
-		}
-		return true
-	})
-	if err == nil {
-		err = serr
+	sent, err := serve.SendFile(h.conn, h.s.a.fd, h.s.off, int64(h.s.n))
+	if err == nil && h.corked && setCork(h.conn, false) == nil {
+		h.corked = false
 	}
 	return sent, err
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/haybale/haybale/internal/pki"
 	"github.com/haybale/haybale/internal/rpc/rpctest"
+	"github.com/haybale/haybale/internal/serve"
 	"github.com/haybale/haybale/needle"
 )
 
@@ -384,7 +385,7 @@ func TestLargeHitCork(t *testing.T) {
 	}
 	defer server.Close()
 	cork := func() int {
-		rc := rawConn(server)
+		rc := serve.RawTCP(server)
 		var v int
 		var gerr error
 		if err := rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_CORK) }); err != nil || gerr != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/haybale/haybale/internal/imagehttp"
+	"github.com/haybale/haybale/internal/serve"
 	"github.com/haybale/haybale/needle"
 	"github.com/haybale/haybale/store/volume"
 )
@@ -222,7 +223,7 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, choi
 	// on the connection, or released.
 	ctx.SetUserValue(readBufKey{}, rb)
 	if fd, off, ok := rb.ref.Source(); ok && len(n.Data) >= sendfileMin && !ctx.IsHead() {
-		if rc := rawConn(ctx.Conn()); rc != nil {
+		if rc := serve.RawTCP(ctx.Conn()); rc != nil {
 			rb.send = sendBody{conn: rc, fd: fd, off: off, n: int64(len(n.Data))}
 			ctx.Response.ImmediateHeaderFlush = true
 			ctx.Response.SetBodyStream(&rb.send, len(n.Data))

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/haybale/haybale/internal/serve"
 )
 
 // tcpPair returns the two ends of a loopback TCP connection.
@@ -57,7 +59,7 @@ func TestSendBody(t *testing.T) {
 	defer f.Close()
 
 	server, client := tcpPair(t)
-	rc := rawConn(server)
+	rc := serve.RawTCP(server)
 	if rc == nil {
 		t.Fatal("no raw access to a TCP connection")
 	}

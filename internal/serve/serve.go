@@ -9,6 +9,8 @@
 // store's image reads), by fasthttp: the fast handler answers the requests
 // it owns and hands every other one to the role's http.Handler through
 // fasthttpadaptor, so the role keeps one handler for its other endpoints.
+// The fast handlers of the store and the cache send large images from a
+// file with SendFile over the plain TCP connections RawTCP gives access to.
 package serve
 
 import (
