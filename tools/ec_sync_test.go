@@ -34,29 +34,7 @@ func encodedCluster(t *testing.T) (*testcluster.Cluster, *client.Client, map[nee
 		}
 	}
 	var out bytes.Buffer
-	if _, err := c.Directory.MarkReadOnly(ctx, &directorypb.DirectoryMarkReadOnlyRequest{Vid: vid, Reason: "test"}); err != nil {
-		t.Fatal(err)
-	}
-	reps, _, err := cl.Lookup(ctx, vid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range reps {
-		c.Eventually("replica sealed", func() error {
-			_, err := CompactOnline(ctx, rpc.Insecure(), r.GRPCAddr, vid, Output{W: &out})
-			return err
-		})
-	}
-	c.Eventually("volume sealed in the directory", func() error {
-		resp, err := c.Directory.Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
-		if err != nil {
-			return err
-		}
-		if resp.GetState() != storepb.VolumeState_VOLUME_STATE_SEALED {
-			return fmt.Errorf("state %v", resp.GetState())
-		}
-		return nil
-	})
+	sealVolume(t, c, cl, vid, &out)
 	if _, err := ECEncodeCluster(ctx, rpc.Insecure(), c.DirAddr, vid, ECEncodeOptions{LargeBlock: 32 << 10, SmallBlock: 1 << 10}, Output{W: &out}); err != nil {
 		t.Fatalf("cluster encode: %v\n%s", err, out.String())
 	}

@@ -338,29 +338,9 @@ func TestECEncodeCluster(t *testing.T) {
 	if _, err := ECEncodeCluster(ctx, rpc.Insecure(), c.DirAddr, vid, ECEncodeOptions{}, Output{W: &out}); err == nil {
 		t.Fatal("cluster encode of a writable volume succeeded")
 	}
-	if _, err := c.Directory.MarkReadOnly(ctx, &directorypb.DirectoryMarkReadOnlyRequest{Vid: vid, Reason: "test"}); err != nil {
-		t.Fatal(err)
+	if reps := sealVolume(t, c, cl, vid, &out); len(reps) != 2 {
+		t.Fatalf("lookup: %v", reps)
 	}
-	reps, _, err := cl.Lookup(ctx, vid)
-	if err != nil || len(reps) != 2 {
-		t.Fatalf("lookup: %v %v", reps, err)
-	}
-	for _, r := range reps {
-		c.Eventually("replica read-only", func() error {
-			_, err := CompactOnline(ctx, rpc.Insecure(), r.GRPCAddr, vid, Output{W: &out})
-			return err
-		})
-	}
-	c.Eventually("volume sealed in the directory", func() error {
-		resp, err := c.Directory.Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
-		if err != nil {
-			return err
-		}
-		if resp.GetState() != storepb.VolumeState_VOLUME_STATE_SEALED {
-			return fmt.Errorf("state %v", resp.GetState())
-		}
-		return nil
-	})
 	res, err := ECEncodeCluster(ctx, rpc.Insecure(), c.DirAddr, vid, ECEncodeOptions{LargeBlock: 32 << 10, SmallBlock: 1 << 10}, Output{W: &out})
 	if err != nil {
 		t.Fatalf("cluster encode: %v\n%s", err, out.String())
@@ -611,4 +591,36 @@ func clusterWithPhotos(t *testing.T, stores, replication, n int) (*testcluster.C
 		vid = id.Vid
 	}
 	return c, cl, ids, vid
+}
+
+// sealVolume marks vid read-only in the directory, compacts every replica
+// until it is sealed, waits for the directory to see it sealed and
+// returns its replicas.
+func sealVolume(t *testing.T, c *testcluster.Cluster, cl *client.Client, vid uint32, out *bytes.Buffer) []client.Replica {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := c.Directory.MarkReadOnly(ctx, &directorypb.DirectoryMarkReadOnlyRequest{Vid: vid, Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	reps, _, err := cl.Lookup(ctx, vid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range reps {
+		c.Eventually("replica sealed", func() error {
+			_, err := CompactOnline(ctx, rpc.Insecure(), r.GRPCAddr, vid, Output{W: out})
+			return err
+		})
+	}
+	c.Eventually("volume sealed in the directory", func() error {
+		resp, err := c.Directory.Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
+		if err != nil {
+			return err
+		}
+		if resp.GetState() != storepb.VolumeState_VOLUME_STATE_SEALED {
+			return fmt.Errorf("state %v", resp.GetState())
+		}
+		return nil
+	})
+	return reps
 }
