@@ -84,22 +84,7 @@ func TestECDeletesDuringPlacementReachEveryHolder(t *testing.T) {
 	a, b, c = start(&a), start(&b), start(&c)
 	photos := sealedPhotos(t, a, 8)
 	srcA := a.srv.GRPCAddr().String()
-	rs, err := b.client.ReplicateVolume(ctx, &storepb.ReplicateVolumeRequest{Vid: 1, SourceGrpcAddr: srcA})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		m, err := rs.Recv()
-		if err != nil {
-			t.Fatalf("replicate to B: %v", err)
-		}
-		if m.GetPhase() == "done" {
-			break
-		}
-	}
-	if _, err := b.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1}); err != nil {
-		t.Fatal(err)
-	}
+	b.readOnlyCopyOf(t, 1, srcA)
 	if _, err := a.client.EcEncode(ctx, &storepb.EcEncodeRequest{Vid: 1, LargeBlock: 2048, SmallBlock: 256}); err != nil {
 		t.Fatal(err)
 	}

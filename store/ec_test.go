@@ -271,23 +271,8 @@ func TestECShardsPlacedOnThreeStores(t *testing.T) {
 	}
 	srcA := a.srv.GRPCAddr().String()
 	// B holds a plain replica, which the EC shards it takes over replace.
-	rs, err := b.client.ReplicateVolume(ctx, &storepb.ReplicateVolumeRequest{Vid: 1, SourceGrpcAddr: srcA})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		m, err := rs.Recv()
-		if err != nil {
-			t.Fatalf("replicate to B: %v", err)
-		}
-		if m.GetPhase() == "done" {
-			break
-		}
-	}
-	if _, err := b.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1}); err != nil {
-		t.Fatal(err)
-	}
-	_, err = c.client.EcShardMount(ctx, &storepb.EcShardMountRequest{Vid: 1, Shards: []uint32{1}, SourceGrpcAddr: srcA})
+	b.readOnlyCopyOf(t, 1, srcA)
+	_, err := c.client.EcShardMount(ctx, &storepb.EcShardMountRequest{Vid: 1, Shards: []uint32{1}, SourceGrpcAddr: srcA})
 	wantCode(t, "mount from a store without the EC volume", err, codes.Unavailable)
 	if _, err := a.client.EcEncode(ctx, &storepb.EcEncodeRequest{Vid: 1, LargeBlock: 2048, SmallBlock: 256}); err != nil {
 		t.Fatal(err)
@@ -411,4 +396,27 @@ func TestECRemoveVolume(t *testing.T) {
 	}
 	_, err = a.client.EcShardDelete(ctx, &storepb.EcShardDeleteRequest{Vid: 1, RemoveVolume: true})
 	wantCode(t, "second removal", err, codes.NotFound)
+}
+
+// readOnlyCopyOf has s replicate volume vid from the store at src over
+// gRPC, then marks its copy read-only.
+func (s *testServer) readOnlyCopyOf(t *testing.T, vid uint32, src string) {
+	t.Helper()
+	ctx := context.Background()
+	rs, err := s.client.ReplicateVolume(ctx, &storepb.ReplicateVolumeRequest{Vid: vid, SourceGrpcAddr: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := rs.Recv()
+		if err != nil {
+			t.Fatalf("replicate volume %d from %s: %v", vid, src, err)
+		}
+		if m.GetPhase() == "done" {
+			break
+		}
+	}
+	if _, err := s.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: vid}); err != nil {
+		t.Fatal(err)
+	}
 }
