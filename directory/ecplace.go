@@ -1,8 +1,7 @@
 package directory
 
 import (
-	"cmp"
-	"slices"
+	"github.com/haybale/haybale/internal/placement"
 )
 
 // placeStore is a candidate holder of an EC volume's shards.
@@ -17,39 +16,7 @@ type placeStore struct {
 // shard i to store i mod n. A store without a rack label counts as a rack
 // of its own only by its empty label: stores sharing a label share a rack.
 func placeShards(stores []placeStore, source string) ([]placeStore, [][]uint32) {
-	byRack := map[string][]placeStore{}
-	var racks []string
-	for _, s := range stores {
-		if _, ok := byRack[s.rack]; !ok {
-			racks = append(racks, s.rack)
-		}
-		byRack[s.rack] = append(byRack[s.rack], s)
-	}
-	rank := func(s placeStore) int {
-		switch {
-		case s.id == source:
-			return 0
-		case s.replica:
-			return 1
-		}
-		return 2
-	}
-	for _, r := range racks {
-		slices.SortStableFunc(byRack[r], func(a, b placeStore) int { return cmp.Compare(rank(a), rank(b)) })
-	}
-	// The source's rack first.
-	slices.SortStableFunc(racks, func(a, b string) int {
-		return cmp.Compare(rank(byRack[a][0]), rank(byRack[b][0]))
-	})
-	var order []placeStore
-	for len(order) < min(len(stores), ecShards) {
-		for _, r := range racks {
-			if len(byRack[r]) > 0 && len(order) < ecShards {
-				order = append(order, byRack[r][0])
-				byRack[r] = byRack[r][1:]
-			}
-		}
-	}
+	order := placement.RackOrder(stores, source, ecShards, func(s placeStore) (string, string, bool) { return s.id, s.rack, s.replica })
 	if len(order) == 0 {
 		return nil, nil
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/haybale/haybale/client"
+	"github.com/haybale/haybale/internal/placement"
 	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/proto/haybale/v1/directorypb"
 	"github.com/haybale/haybale/proto/haybale/v1/storepb"
@@ -182,7 +183,7 @@ func ECDecodeCluster(ctx context.Context, creds *rpc.Credentials, dirAddr string
 			cands = append(cands, placeStore{id: id, addr: s.GetGrpcAddr(), rack: s.GetRack(), replica: plain[id] || ec[id]})
 		}
 	}
-	order := rackOrder(cands, res.Source)
+	order := placement.RackOrder(cands, res.Source, 0, func(s placeStore) (string, string, bool) { return s.id, s.rack, s.replica })
 	// Plain copies first among the chosen: they need no copy.
 	rest := order[1:]
 	slices.SortStableFunc(rest, func(a, b placeStore) int {
@@ -278,44 +279,4 @@ func b2i(b bool) int {
 type placeStore struct {
 	id, addr, rack string
 	replica        bool
-}
-
-// rackOrder orders the candidates so that consecutive ones are on
-// distinct racks as far as labels allow: the source first of all, then
-// the stores holding the volume, first within their rack. (The directory
-// places EC shards by the same rule.)
-func rackOrder(stores []placeStore, source string) []placeStore {
-	byRack := map[string][]placeStore{}
-	var racks []string
-	for _, s := range stores {
-		if _, ok := byRack[s.rack]; !ok {
-			racks = append(racks, s.rack)
-		}
-		byRack[s.rack] = append(byRack[s.rack], s)
-	}
-	rank := func(s placeStore) int {
-		switch {
-		case s.id == source:
-			return 0
-		case s.replica:
-			return 1
-		}
-		return 2
-	}
-	for _, r := range racks {
-		slices.SortStableFunc(byRack[r], func(a, b placeStore) int { return cmp.Compare(rank(a), rank(b)) })
-	}
-	slices.SortStableFunc(racks, func(a, b string) int {
-		return cmp.Compare(rank(byRack[a][0]), rank(byRack[b][0]))
-	})
-	var order []placeStore
-	for len(order) < len(stores) {
-		for _, r := range racks {
-			if len(byRack[r]) > 0 {
-				order = append(order, byRack[r][0])
-				byRack[r] = byRack[r][1:]
-			}
-		}
-	}
-	return order
 }
