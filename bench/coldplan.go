@@ -53,6 +53,9 @@ type ColdVolume struct {
 	// DatPath is the volume file, as fio opens it (an absolute path, so
 	// that fio can run from any directory).
 	DatPath string
+	// Size is the volume file's size in bytes; zero when not known. The
+	// direct iologs keep their reads inside it (see ColdImage.Aligned).
+	Size int64
 	// Dump holds the dump's JSON lines, one needle each.
 	Dump io.Reader
 }
@@ -68,6 +71,8 @@ type ColdImage struct {
 	Length int64
 	// DataSize is the image's byte count: the length of a GET's body.
 	DataSize int64
+	// FileSize is the size of File, zero when not known.
+	FileSize int64
 }
 
 // ColdPlanConfig configures NewColdPlan.
@@ -162,7 +167,7 @@ func NewColdPlan(cfg ColdPlanConfig) (*ColdPlan, error) {
 			}
 			where[path] = v.DatPath
 			found[id] = true
-			images = append(images, ColdImage{Path: path, File: v.DatPath, Offset: *d.Offset, Length: *d.Length, DataSize: *d.DataSize})
+			images = append(images, ColdImage{Path: path, File: v.DatPath, Offset: *d.Offset, Length: *d.Length, DataSize: *d.DataSize, FileSize: v.Size})
 		}
 		if err := sc.Err(); err != nil {
 			return nil, fmt.Errorf("cold plan: dump of %s: %w", v.DatPath, err)
@@ -235,10 +240,20 @@ func (p *ColdPlan) SizeDigits() int64 {
 }
 
 // Aligned returns the image with its range rounded out to multiples of
-// align: what a direct read of its needle reads.
+// align: what a direct read of its needle reads. The store's direct read
+// of a needle at the end of a file whose size is not a multiple of align
+// reads to the end of the file (a short read); fio fails on a short read
+// (EIO), so when FileSize is known such a range ends at the last whole
+// block of the file instead, moved back a block if nothing were left: fio
+// then reads up to align-1 bytes less than the store for that one needle
+// of the file, never more.
 func (im ColdImage) Aligned(align int64) ColdImage {
 	lo := im.Offset / align * align
 	hi := (im.Offset + im.Length + align - 1) / align * align
+	if im.FileSize > 0 && hi > im.FileSize {
+		hi = max(im.FileSize/align*align, align)
+		lo = min(lo, hi-align)
+	}
 	im.Offset, im.Length = lo, hi-lo
 	return im
 }

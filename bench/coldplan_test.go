@@ -195,21 +195,25 @@ func TestWriteIolog(t *testing.T) {
 }
 
 // TestAligned: a range is rounded out to the alignment at both ends, an
-// aligned one kept; the plan's aligned bytes add them up.
+// aligned one kept, one past the end of its file cut at the file's last
+// whole block; the plan's aligned bytes add them up.
 func TestAligned(t *testing.T) {
 	p := &ColdPlan{Images: []ColdImage{
-		{File: "a", Offset: 5368, Length: 28552}, // 4096..36864
-		{File: "a", Offset: 8192, Length: 4096},  // aligned
-		{File: "a", Offset: 64, Length: 8},       // 0..4096
+		{File: "a", Offset: 5368, Length: 28552},                  // 4096..36864
+		{File: "a", Offset: 8192, Length: 4096},                   // aligned
+		{File: "a", Offset: 64, Length: 8},                        // 0..4096
+		{File: "b", Offset: 9000, Length: 200, FileSize: 9200},    // past the end: 4096..8192
+		{File: "b", Offset: 20480, Length: 9000, FileSize: 29480}, // 20480..28672
+		{File: "b", Offset: 64, Length: 8, FileSize: 100000},      // inside: 0..4096
 	}}
-	want := [][2]int64{{4096, 32768}, {8192, 4096}, {0, 4096}}
+	want := [][2]int64{{4096, 32768}, {8192, 4096}, {0, 4096}, {4096, 4096}, {20480, 8192}, {0, 4096}}
 	for i, im := range p.Images {
 		a := im.Aligned(4096)
 		if a.Offset != want[i][0] || a.Length != want[i][1] || a.File != im.File {
 			t.Fatalf("%+v aligned: %d, %d; want %v", im, a.Offset, a.Length, want[i])
 		}
 	}
-	if got := p.AlignedBytes(4096); got != 32768+4096+4096 {
+	if got := p.AlignedBytes(4096); got != 32768+4096+4096+4096+8192+4096 {
 		t.Fatalf("aligned bytes %d", got)
 	}
 }
