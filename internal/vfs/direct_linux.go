@@ -4,8 +4,7 @@ import (
 	"io"
 	"os"
 	"strconv"
-
-	"golang.org/x/sys/unix"
+	"syscall"
 )
 
 // OpenDirect opens the file f has open once more, read-only, as a file
@@ -35,7 +34,7 @@ func OpenDirect(f File) (File, error) {
 	fd := -1
 	var oerr error
 	if err := rc.Control(func(s uintptr) {
-		fd, oerr = unix.Open("/proc/self/fd/"+strconv.Itoa(int(s)), unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+		fd, oerr = syscall.Open("/proc/self/fd/"+strconv.Itoa(int(s)), syscall.O_RDONLY|syscall.O_DIRECT|syscall.O_CLOEXEC, 0)
 	}); err != nil {
 		return nil, err
 	}
@@ -56,8 +55,8 @@ type directFile struct {
 
 func (f directFile) ReadAt(b []byte, off int64) (int, error) {
 	for {
-		n, err := unix.Pread(f.fd, b, off)
-		if err == unix.EINTR {
+		n, err := syscall.Pread(f.fd, b, off)
+		if err == syscall.EINTR {
 			continue
 		}
 		if err != nil {
