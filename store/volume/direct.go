@@ -2,6 +2,7 @@ package volume
 
 import (
 	"io"
+	"runtime"
 	"sync/atomic"
 	"unsafe"
 
@@ -56,6 +57,7 @@ const DefaultDirectWindow = 1 << 16
 type DirectReads struct {
 	seen []atomic.Uint32 // fingerprint (never 0) of the needle last sent direct in the slot, or 0
 	mask uint64
+	bufs *directBufs // buffers to read into (see directbuf.go)
 }
 
 // NewDirectReads returns a policy whose window is slots needles (rounded up
@@ -70,7 +72,9 @@ func NewDirectReads(slots int) *DirectReads {
 	for n < slots {
 		n <<= 1
 	}
-	return &DirectReads{seen: make([]atomic.Uint32, n), mask: uint64(n - 1)}
+	d := &DirectReads{seen: make([]atomic.Uint32, n), mask: uint64(n - 1), bufs: &directBufs{maxSlabs: DirectBufferBytes / directSlab}}
+	runtime.AddCleanup(d, (*directBufs).unmapAll, d.bufs)
+	return d
 }
 
 // Window returns the number of slots of the table.
@@ -127,13 +131,19 @@ func directBuffer(buf []byte, span int) ([]byte, int) {
 
 // alignGap is how many bytes from the start of b (not empty) the first
 // address aligned to vfs.DirectAlign lies.
-func alignGap(b []byte) int {
-	return int(-uintptr(unsafe.Pointer(unsafe.SliceData(b))) & (vfs.DirectAlign - 1))
+func alignGap(b []byte) int { return alignTo(b, vfs.DirectAlign) }
+
+// alignTo is how many bytes from the start of b (not empty) the first
+// address aligned to align (a power of two) lies.
+func alignTo(b []byte, align int) int {
+	return int(-uintptr(unsafe.Pointer(unsafe.SliceData(b))) & uintptr(align-1))
 }
 
 // readDirectLocked reads the needle at off (8-byte units) from d, the
 // current .dat opened by vfs.OpenDirect, with one read of its range
-// rounded out to vfs.DirectAlign, into buf (see directBuffer); the needle's
+// rounded out to vfs.DirectAlign: into a buffer of the policy's pool and
+// then into buf (grown when too small, as by Read) when one is free and
+// large enough, else straight into buf (see directBuffer). The needle's
 // Data aliases the returned buffer. The caller holds v.mu shared.
 func (v *Volume) readDirectLocked(d vfs.File, off, length uint32, buf []byte) (needle.Needle, []byte, error) {
 	const align = vfs.DirectAlign
@@ -141,6 +151,24 @@ func (v *Volume) readDirectLocked(d vfs.File, off, length uint32, buf []byte) (n
 	lo := start &^ (align - 1)
 	hi := (start + int64(size) + align - 1) &^ (align - 1)
 	head := int(start - lo)
+	if pool := v.opts.Direct.bufs; hi-lo <= directSlot {
+		if slot := pool.get(); slot != nil {
+			got, err := d.ReadAt(slot[:hi-lo], lo)
+			buf = readBuffer(buf, size)
+			if got >= head+size {
+				copy(buf, slot[head:head+size])
+			}
+			pool.put(slot)
+			if got < head+size {
+				if err == nil || err == io.EOF {
+					return needle.Needle{}, buf, needle.Corruptf("needle at %d: read %d of %d bytes", start, max(got-head, 0), size)
+				}
+				return needle.Needle{}, buf, err
+			}
+			nd, derr := v.format.Decode(buf)
+			return nd, buf, derr
+		}
+	}
 	buf, at := directBuffer(buf, int(hi-lo))
 	got, err := d.ReadAt(buf[at:], lo)
 	if got < head+size {

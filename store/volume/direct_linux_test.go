@@ -385,3 +385,54 @@ func TestDirectBuffer(t *testing.T) {
 		}
 	}
 }
+
+// TestDirectReadBufferPool: a cold needle is read through a buffer of the
+// pool, which is then free again; with every buffer of the pool taken, or
+// for a needle larger than a buffer, the read goes straight into the
+// caller's buffer, aligned; the bytes are the needle's either way.
+func TestDirectReadBufferPool(t *testing.T) {
+	v, dir, all := directVolume(t, 3, 0, Options{})
+	path := DatPath(dir, 3)
+	pool := v.opts.Direct.bufs
+	readCold(t, v, path, all[0], true)
+	pool.mu.Lock()
+	slabs, free := len(pool.slabs), len(pool.free)
+	pool.mu.Unlock()
+	if slabs != 1 || free != directSlab/directSlot {
+		t.Fatalf("after one direct read: %d regions, %d free buffers; want 1 and %d", slabs, free, directSlab/directSlot)
+	}
+
+	// Every buffer taken: the read goes into the caller's buffer.
+	var taken [][]byte
+	for b := pool.get(); b != nil; b = pool.get() {
+		taken = append(taken, b)
+	}
+	if len(taken) != DirectBufferBytes/directSlot {
+		t.Fatalf("%d buffers in the pool, want %d", len(taken), DirectBufferBytes/directSlot)
+	}
+	for _, n := range all[1:4] {
+		if d, _ := readCold(t, v, path, n, true); d.DirectReads != 1 {
+			t.Fatalf("pool empty, key %x size %v: %d direct reads, want 1", n.Key, n.Size, d.DirectReads)
+		}
+	}
+	for _, b := range taken {
+		pool.put(b)
+	}
+
+	// A needle larger than a buffer of the pool.
+	big := &needle.Needle{Key: 99, Cookie: 5, Size: needle.SizeLarge, ContentType: needle.TypeJPEG, Data: make([]byte, directSlot+5000)}
+	for i := range big.Data {
+		big.Data[i] = byte(i*13 + i>>9)
+	}
+	mustWrite(t, v, []*needle.Needle{big})
+	if d, _ := readCold(t, v, path, big, true); d.DirectReads != 1 {
+		t.Fatalf("needle of %d bytes: %d direct reads, want 1", len(big.Data), d.DirectReads)
+	}
+	if b, _ := os.ReadFile("/proc/self/smaps_rollup"); len(b) > 0 {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "AnonHugePages:") {
+				t.Logf("process: %s", l)
+			}
+		}
+	}
+}
