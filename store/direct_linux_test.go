@@ -27,7 +27,7 @@ func TestFastGETColdReadsDirect(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 5))
 	var photos []*photo
 	for k := uint64(1); k <= 4; k++ {
-		p := randomPhoto(r, 1, k, 3000+r.IntN(3000)) // 3..6 KB thumbnails, large images 8 times that
+		p := randomPhoto(r, 1, k, 40000+r.IntN(3000)) // 40..43 KB thumbnails, large images 8 times that: all over volume.MapMin
 		ts.writePhoto(t, p)
 		photos = append(photos, p)
 	}

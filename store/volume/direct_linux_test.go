@@ -90,11 +90,13 @@ func readCold(t *testing.T, v *Volume, path string, n *needle.Needle, drop bool)
 	return d, c1.readBytes - c0.readBytes
 }
 
-// TestDirectColdRead: a needle not in the page cache is read with exactly
-// one pread, from the direct descriptor, reads no more than its own pages
-// from storage, and leaves the page cache without them; read cold a second
-// time within the window it is read buffered and stays in the page cache;
-// a needle in the page cache is never read direct.
+// TestDirectColdRead: a needle of MapMin bytes or more not in the page
+// cache is read with exactly one pread, from the direct descriptor, reads
+// no more than its own pages from storage, and leaves the page cache
+// without them; read cold a second time within the window it is read
+// buffered and stays in the page cache; a needle in the page cache is
+// never read direct; a smaller needle is read buffered, cold or not (its
+// residency is not asked).
 func TestDirectColdRead(t *testing.T) {
 	t.Run("hashed", func(t *testing.T) { testDirectColdRead(t, Options{}) })
 	t.Run("pinned", func(t *testing.T) { testDirectColdRead(t, Options{Pins: newPins(t, 1024)}) })
@@ -105,8 +107,21 @@ func testDirectColdRead(t *testing.T, opts Options) {
 	path := DatPath(dir, 3)
 	rand.New(rand.NewPCG(3, 4)).Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
 	var read, span int64
+	var large []*needle.Needle
 	for _, n := range all {
 		e, _ := v.Locate(n.Key, n.Size)
+		if e.Length < MapMin {
+			d, _ := readCold(t, v, path, n, true)
+			if d.Preads != 1 || d.DirectReads != 0 || d.ColdBufferedReads != 0 {
+				t.Fatalf("cold key %x size %v (%d bytes, under MapMin): %d preads, %d direct, %d cold buffered; want one buffered pread",
+					n.Key, n.Size, e.Length, d.Preads, d.DirectReads, d.ColdBufferedReads)
+			}
+			if in, pages := residentPages(t, path, e.Offset, e.Length); in != pages {
+				t.Fatalf("cold key %x size %v (under MapMin): %d of its %d pages in the page cache after a buffered read", n.Key, n.Size, in, pages)
+			}
+			continue
+		}
+		large = append(large, n)
 		d, got := readCold(t, v, path, n, true)
 		if d.Preads != 1 || d.DirectReads != 1 || d.MappedReads != 0 || d.ColdBufferedReads != 0 {
 			t.Fatalf("cold key %x size %v (%d bytes): %d preads, %d direct, %d mapped, %d cold buffered; want one direct pread",
@@ -122,10 +137,13 @@ func testDirectColdRead(t *testing.T, opts Options) {
 		span += pageSpan(e.Offset, e.Length)
 	}
 	t.Logf("direct: %d bytes read from storage for %d bytes of needle pages", read, span)
+	if len(large) == 0 || len(large) == len(all) {
+		t.Fatalf("%d of %d needles of MapMin bytes or more: want some of each", len(large), len(all))
+	}
 
 	// The second cold read of each, within the window: buffered, and then
 	// resident.
-	for _, n := range all {
+	for _, n := range large {
 		e, _ := v.Locate(n.Key, n.Size)
 		d, _ := readCold(t, v, path, n, true)
 		if d.Preads != 1 || d.DirectReads != 0 || d.ColdBufferedReads != 1 {
@@ -165,9 +183,13 @@ func TestDirectReadPlacement(t *testing.T) {
 	path := DatPath(dir, 3)
 	var unaligned, tail *needle.Needle
 	var tailEnd int64
+	var large []*needle.Needle
 	for _, n := range all {
 		e, _ := v.Locate(n.Key, n.Size)
-		if e.Offset%vfs.DirectAlign != 0 && (e.Offset+int64(e.Length))%vfs.DirectAlign != 0 && unaligned == nil {
+		if e.Length >= MapMin {
+			large = append(large, n)
+		}
+		if e.Length >= MapMin && e.Offset%vfs.DirectAlign != 0 && (e.Offset+int64(e.Length))%vfs.DirectAlign != 0 && unaligned == nil {
 			unaligned = n
 		}
 		if end := e.Offset + int64(e.Length); end > tailEnd {
@@ -177,8 +199,8 @@ func TestDirectReadPlacement(t *testing.T) {
 	if unaligned == nil {
 		t.Fatal("no needle unaligned at both ends")
 	}
-	if size := v.Status().Size; size != tailEnd || size%vfs.DirectAlign == 0 {
-		t.Fatalf("file of %d bytes, last needle ending at %d: want the needle at the tail, the size unaligned", size, tailEnd)
+	if size := v.Status().Size; size != tailEnd || size%vfs.DirectAlign == 0 || needle.EncodedLen(len(tail.Data)) < MapMin {
+		t.Fatalf("file of %d bytes, last needle ending at %d (%d bytes): want a large needle at the tail, the size unaligned", size, tailEnd, len(tail.Data))
 	}
 	for _, n := range []*needle.Needle{unaligned, tail} {
 		if d, _ := readCold(t, v, path, n, true); d.DirectReads != 1 {
@@ -188,7 +210,7 @@ func TestDirectReadPlacement(t *testing.T) {
 
 	// A pooled buffer starting 8 bytes past an aligned address, with room
 	// for the range after its first aligned address: used as it is.
-	n := all[len(all)/2]
+	n := large[len(large)/2]
 	e, _ := v.Locate(n.Key, n.Size)
 	pool := make([]byte, e.Length+3*vfs.DirectAlign)
 	pool = pool[8+alignGap(pool):]
@@ -211,8 +233,8 @@ func TestDirectReadPlacement(t *testing.T) {
 	if !v.Status().Direct {
 		t.Fatalf("after compaction: not direct: %s", v.Status().DirectOff)
 	}
-	for _, n := range all {
-		if n == unaligned || n == tail || n == all[len(all)/2] {
+	for _, n := range large {
+		if n == unaligned || n == tail || n == large[len(large)/2] {
 			continue // read direct before, within the window: buffered now
 		}
 		if d, _ := readCold(t, v, path, n, true); d.DirectReads != 1 {
@@ -232,8 +254,14 @@ func TestDirectReadDetectsDamage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	var large []*needle.Needle
+	for _, n := range all {
+		if needle.EncodedLen(len(n.Data)) >= MapMin {
+			large = append(large, n)
+		}
+	}
 	for i, where := range []string{"header", "data", "footer"} {
-		n := all[i]
+		n := large[i]
 		e, _ := v.Locate(n.Key, n.Size)
 		at := e.Offset + 2 // the magic
 		switch where {
@@ -394,7 +422,13 @@ func TestDirectReadBufferPool(t *testing.T) {
 	v, dir, all := directVolume(t, 3, 0, Options{})
 	path := DatPath(dir, 3)
 	pool := v.opts.Direct.bufs
-	readCold(t, v, path, all[0], true)
+	var large []*needle.Needle
+	for _, n := range all {
+		if needle.EncodedLen(len(n.Data)) >= MapMin {
+			large = append(large, n)
+		}
+	}
+	readCold(t, v, path, large[0], true)
 	pool.mu.Lock()
 	slabs, free := len(pool.slabs), len(pool.free)
 	pool.mu.Unlock()
@@ -410,7 +444,7 @@ func TestDirectReadBufferPool(t *testing.T) {
 	if len(taken) != DirectBufferBytes/directSlot {
 		t.Fatalf("%d buffers in the pool, want %d", len(taken), DirectBufferBytes/directSlot)
 	}
-	for _, n := range all[1:4] {
+	for _, n := range large[1:4] {
 		if d, _ := readCold(t, v, path, n, true); d.DirectReads != 1 {
 			t.Fatalf("pool empty, key %x size %v: %d direct reads, want 1", n.Key, n.Size, d.DirectReads)
 		}

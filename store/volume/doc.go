@@ -178,11 +178,11 @@
 // are in pins_linux.go.
 //
 // With Options.Direct (a store's default, haybale store --direct-reads), a
-// needle not wholly in the page cache (mincore on the mapping, asked for
-// needles under MapMin bytes too) is read instead with one pread on a
-// third descriptor of the generation, opened with O_DIRECT: its range
-// rounded out to 4 KiB (vfs.DirectAlign) goes from the device into an
-// aligned buffer, no page-cache page is allocated, filled or copied, and
+// needle of MapMin bytes or more not wholly in the page cache is read
+// instead with one pread on a third descriptor of the generation, opened
+// with O_DIRECT: its range rounded out to 4 KiB (vfs.DirectAlign) goes
+// from the device into an aligned buffer (one of a small pool in huge
+// pages, then copied), no page-cache page is allocated or filled, and
 // the needle stays out of the page cache, which one-off reads of cold
 // needles would otherwise churn. A fixed table of fingerprints
 // (DirectReads, 4 bytes a slot for the whole store) remembers the needles

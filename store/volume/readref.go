@@ -78,9 +78,11 @@ func (r *Ref) Release() {
 // the page cache costs no pread and no copy (Mapped is true); any other costs
 // exactly one pread into buf
 // (grown when too small and returned, as by Read). With Options.Direct, a
-// needle not wholly in the page cache is read with O_DIRECT instead,
+// needle of MapMin bytes or more not wholly in the page cache is read with
+// O_DIRECT instead,
 // unless the policy keeps it (see direct.go); buf then holds the needle's
-// range rounded out to vfs.DirectAlign, and Data lies inside it. A damaged
+// range rounded out to vfs.DirectAlign, and Data lies inside it, or, read
+// through the policy's pool, the needle alone, as by Read. A damaged
 // needle returns an error for which IsCorruption is true, never its bytes.
 func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (Ref, []byte, error) {
 	v.mu.RLock()
@@ -94,9 +96,8 @@ func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (
 	}
 	start, n := int64(off)*needle.Alignment, int(length)*needle.Alignment
 	m := v.mu.dmap
-	// cold is known when the page cache was asked about the needle: true
-	// when a page of it is missing.
-	cold, known := false, false
+	// cold: the page cache, asked about the needle, lacks a page of it.
+	cold := false
 	if m != nil && n >= MapMin && m.covers(start, n) {
 		var ref Ref
 		var ok bool
@@ -112,21 +113,16 @@ func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (
 		// Not all resident (or, rarely, a fault: an I/O error paging the
 		// range in, which a read reports as an error): one pread, direct
 		// or buffered.
-		cold, known = true, true
+		cold = true
 	}
 	v.preads.Add(1)
-	if m != nil && m.direct != nil && m.covers(start, n) {
-		if !known {
-			cold = !m.resident(start, n)
-		}
-		if cold && v.opts.Direct.direct(v.vid, key, size) {
+	if cold && m.direct != nil {
+		if v.opts.Direct.direct(v.vid, key, size) {
 			v.directReads.Add(1)
 			nd, buf, err := v.readDirectLocked(m.direct, off, length, buf)
 			return v.checkRead(nd, buf, err, key, cookie, size, start)
 		}
-		if cold {
-			v.coldBuffered.Add(1)
-		}
+		v.coldBuffered.Add(1)
 	}
 	var r io.ReaderAt = v.dat
 	if m != nil {

@@ -88,9 +88,10 @@ type Options struct {
 	// still mapped without hashing it again (see pins_linux.go). Nil
 	// verifies every read. One Pins may serve many volumes.
 	Pins *Pins
-	// Direct, when set, reads needles that are not in the page cache with
-	// O_DIRECT, leaving the page cache as it was, except a needle read
-	// cold again soon, which is read buffered and stays (see direct.go).
+	// Direct, when set, makes ReadRef read needles of MapMin bytes or
+	// more that are not in the page cache with O_DIRECT, leaving the page
+	// cache as it was, except a needle read cold again soon, which is read
+	// buffered and stays (see direct.go).
 	// Nil reads every needle through the page cache. It needs the
 	// volume's mapping (Status.Mapped) and a file system that takes
 	// O_DIRECT; without them reads are buffered (Status.Direct is false,
