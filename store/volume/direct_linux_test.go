@@ -6,8 +6,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -468,5 +471,82 @@ func TestDirectReadBufferPool(t *testing.T) {
 				t.Logf("process: %s", l)
 			}
 		}
+	}
+}
+
+// BenchmarkDirectReadMemory reads a large file (HAYBALE_DIRECT_FILE, e.g. a
+// volume of the benchmark corpus; skipped without it), dropped from the
+// page cache first, in 144 KiB ranges in a random order, each once, from 16
+// goroutines, three ways: buffered (POSIX_FADV_RANDOM, as the volume's read
+// descriptor), direct into ordinary aligned buffers, and direct into
+// buffers of the huge-page pool; it reports reads/s and MB/s. Run:
+// HAYBALE_DIRECT_FILE=/tmp/serve-quiet/data/2.dat go test -run XXX -bench DirectReadMemory -benchtime 1x ./store/volume/
+func BenchmarkDirectReadMemory(b *testing.B) {
+	path := os.Getenv("HAYBALE_DIRECT_FILE")
+	if path == "" {
+		b.Skip("HAYBALE_DIRECT_FILE names no file to read")
+	}
+	const span, readers = 144 << 10, 16
+	for _, mode := range []string{"buffered", "direct", "direct-hugepages"} {
+		b.Run(mode, func(b *testing.B) {
+			for b.Loop() {
+				f, err := vfs.Default.Open(path)
+				if err != nil {
+					b.Fatal(err)
+				}
+				osf, _ := vfs.OSFile(f)
+				if err := unix.Fadvise(int(osf.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+					b.Fatal(err)
+				}
+				if err := unix.Fadvise(int(osf.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
+					b.Fatal(err)
+				}
+				var r vfs.File = f
+				if mode != "buffered" {
+					if r, err = vfs.OpenDirect(f); err != nil {
+						b.Fatal(err)
+					}
+				}
+				size, _ := f.Size()
+				order := rand.Perm(int(size / span))
+				pool := &directBufs{maxSlabs: readers * directSlot / directSlab}
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				start := time.Now()
+				for range readers {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						var buf []byte
+						switch mode {
+						case "direct-hugepages":
+							buf = pool.get()[:span]
+						default:
+							buf, _ = directBuffer(nil, span)
+							buf = buf[alignGap(buf):]
+						}
+						for {
+							i := next.Add(1) - 1
+							if int(i) >= len(order) {
+								return
+							}
+							if _, err := r.ReadAt(buf, int64(order[i])*span); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				el := time.Since(start)
+				pool.unmapAll()
+				if r != f {
+					r.Close()
+				}
+				f.Close()
+				b.ReportMetric(float64(len(order))/el.Seconds(), "reads/s")
+				b.ReportMetric(float64(len(order))*span/1e6/el.Seconds(), "MB/s")
+			}
+		})
 	}
 }
