@@ -45,8 +45,8 @@ import (
 // The policy keeps hot needles in memory: DirectReads remembers the
 // needles it sent direct in a table of a fixed size, and a needle read cold
 // again while it is still remembered is read buffered, so its pages stay
-// in the page cache for the reads after it (a hot thumbnail that was
-// evicted comes back after its second miss).
+// in the page cache for the reads after it (a hot image that was evicted
+// comes back after its second miss).
 
 // DefaultDirectWindow is the number of slots NewDirectReads uses when asked
 // for none: 64Ki slots of 4 bytes, 256 KiB for the whole store.
@@ -54,9 +54,10 @@ const DefaultDirectWindow = 1 << 16
 
 // DirectReads is the policy of the volumes that read cold needles direct
 // (see Options.Direct): a table of fingerprints of the needles recently
-// read direct, of a size fixed when it is made. It holds no pointer to any
-// volume and costs no memory per image. One DirectReads may serve many
-// volumes, concurrently.
+// read direct, of a size fixed when it is made, and the pool of buffers
+// the reads go through (at most DirectBufferBytes, mapped as reads need
+// them; see directbuf.go). It holds no pointer to any volume and costs no
+// memory per image. One DirectReads may serve many volumes, concurrently.
 type DirectReads struct {
 	seen []atomic.Uint32 // fingerprint (never 0) of the needle last sent direct in the slot, or 0
 	mask uint64
