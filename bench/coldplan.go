@@ -24,17 +24,28 @@ import (
 // drives wrk and fio with:
 //
 //	paths.txt            one image path per line, in the plan's order (wrk)
-//	fio-<Q>.job          a fio job file: Q psync jobs, one iolog each
+//	fio-<Q>.job          a fio job file: Q psync jobs, one iolog each,
+//	                     buffered reads
 //	iolog-<Q>-<J>.log    job J's reads: images J, J+Q, J+2Q, ... of the plan
+//	fio-<Q>-direct.job   the same jobs reading with O_DIRECT (direct=1)
+//	iolog-direct-<Q>-<J>.log
+//	                     job J's reads, each rounded out to DirectAlign
 //	plan.txt             the plan's totals, "name N" lines: images,
-//	                     needle_bytes, data_bytes, page_bytes and
-//	                     size_digits (see the methods of the same names)
+//	                     needle_bytes, data_bytes, page_bytes,
+//	                     size_digits and aligned_bytes (see the methods
+//	                     of the same names)
 //
 // An iolog is fio's version 2 format: a header line, then "<file> add" and
 // "<file> open" for each volume file the job reads, one "<file> read
 // <offset> <length>" line per image, and "<file> close" at the end. Every
 // read is the whole needle (header, data, footer and padding), as the
-// store's one pread of a needle not in the page cache reads it.
+// store's one pread of a needle not in the page cache reads it; in the
+// direct iologs the needle's range rounded out to DirectAlign, as the
+// store's direct read of it (see store/volume, direct.go).
+
+// DirectAlign is the alignment to which the store rounds a direct read of
+// a needle (internal/vfs.DirectAlign), and the direct iologs each read.
+const DirectAlign = 4096
 
 // ColdVolume is one volume file and the JSON lines `haybale volume dump
 // --json` printed for it.
@@ -42,6 +53,9 @@ type ColdVolume struct {
 	// DatPath is the volume file, as fio opens it (an absolute path, so
 	// that fio can run from any directory).
 	DatPath string
+	// Size is the volume file's size in bytes; zero when not known. The
+	// direct iologs keep their reads inside it (see ColdImage.Aligned).
+	Size int64
 	// Dump holds the dump's JSON lines, one needle each.
 	Dump io.Reader
 }
@@ -57,6 +71,8 @@ type ColdImage struct {
 	Length int64
 	// DataSize is the image's byte count: the length of a GET's body.
 	DataSize int64
+	// FileSize is the size of File, zero when not known.
+	FileSize int64
 }
 
 // ColdPlanConfig configures NewColdPlan.
@@ -151,7 +167,7 @@ func NewColdPlan(cfg ColdPlanConfig) (*ColdPlan, error) {
 			}
 			where[path] = v.DatPath
 			found[id] = true
-			images = append(images, ColdImage{Path: path, File: v.DatPath, Offset: *d.Offset, Length: *d.Length, DataSize: *d.DataSize})
+			images = append(images, ColdImage{Path: path, File: v.DatPath, Offset: *d.Offset, Length: *d.Length, DataSize: *d.DataSize, FileSize: v.Size})
 		}
 		if err := sc.Err(); err != nil {
 			return nil, fmt.Errorf("cold plan: dump of %s: %w", v.DatPath, err)
@@ -223,6 +239,36 @@ func (p *ColdPlan) SizeDigits() int64 {
 	return n
 }
 
+// Aligned returns the image with its range rounded out to multiples of
+// align: what a direct read of its needle reads. The store's direct read
+// of a needle at the end of a file whose size is not a multiple of align
+// reads to the end of the file (a short read); fio fails on a short read
+// (EIO), so when FileSize is known such a range ends at the last whole
+// block of the file instead, moved back a block if nothing were left: fio
+// then reads up to align-1 bytes less than the store for that one needle
+// of the file, never more.
+func (im ColdImage) Aligned(align int64) ColdImage {
+	lo := im.Offset / align * align
+	hi := (im.Offset + im.Length + align - 1) / align * align
+	if im.FileSize > 0 && hi > im.FileSize {
+		hi = max(im.FileSize/align*align, align)
+		lo = min(lo, hi-align)
+	}
+	im.Offset, im.Length = lo, hi-lo
+	return im
+}
+
+// AlignedBytes is the sum of the lengths of the images' ranges rounded out
+// to align: what one direct read of each range returns (at most; less for
+// a range ending past the end of its file).
+func (p *ColdPlan) AlignedBytes(align int64) int64 {
+	var n int64
+	for _, im := range p.Images {
+		n += im.Aligned(align).Length
+	}
+	return n
+}
+
 // PageBytes is the size of the distinct pages of pageSize bytes the
 // plan's ranges touch: what a cold run with no readahead reads from the
 // disk, each page once.
@@ -275,15 +321,22 @@ func WriteIolog(w io.Writer, images []ColdImage) error {
 }
 
 // WriteFioJob writes a fio job file with one psync job per iolog. The
-// jobs read through the page cache as the store does (buffered, with
-// POSIX_FADV_RANDOM, as the store's read descriptor is marked), and leave
-// the cache as they find it (invalidate=0: the caller drops the volume
-// files before the run, once; a job dropping them when it opens its files
-// would drop pages other jobs have read).
-func WriteFioJob(w io.Writer, iologs []string) error {
+// jobs read through the page cache as the store's buffered reads do
+// (buffered, with POSIX_FADV_RANDOM, as the store's read descriptor is
+// marked), or, with direct, bypassing it with O_DIRECT as the store's
+// direct reads of cold needles do (the iologs' ranges must then be
+// aligned: see ColdImage.Aligned). They leave the cache as they find it
+// (invalidate=0: the caller drops the volume files before the run, once;
+// a job dropping them when it opens its files would drop pages other jobs
+// have read).
+func WriteFioJob(w io.Writer, iologs []string, direct bool) error {
 	bw := bufio.NewWriter(w)
+	d := 0
+	if direct {
+		d = 1
+	}
 	fmt.Fprintf(bw, "# %d jobs, each replaying its iolog once: the needles of a cold-read plan.\n", len(iologs))
-	fmt.Fprint(bw, "[global]\nioengine=psync\nthread\ndirect=0\ninvalidate=0\nfadvise_hint=random\ngroup_reporting\n")
+	fmt.Fprintf(bw, "[global]\nioengine=psync\nthread\ndirect=%d\ninvalidate=0\nfadvise_hint=random\ngroup_reporting\n", d)
 	for j, l := range iologs {
 		if strings.ContainsAny(l, "\r\n") {
 			return fmt.Errorf("fio job: iolog path %q has a line break", l)
@@ -328,21 +381,33 @@ func WriteColdPlan(dir string, p *ColdPlan, jobs []int) error {
 		if q <= 0 || q > len(p.Images) {
 			return fmt.Errorf("queue depth %d: want 1 to %d, the plan's images", q, len(p.Images))
 		}
-		var logs []string
+		var logs, direct []string
 		for j, part := range p.Split(q) {
 			name := fmt.Sprintf("iolog-%d-%d.log", q, j)
 			if err := write(name, func(w io.Writer) error { return WriteIolog(w, part) }); err != nil {
 				return err
 			}
 			logs = append(logs, filepath.Join(abs, name))
+			aligned := make([]ColdImage, len(part))
+			for i, im := range part {
+				aligned[i] = im.Aligned(DirectAlign)
+			}
+			name = fmt.Sprintf("iolog-direct-%d-%d.log", q, j)
+			if err := write(name, func(w io.Writer) error { return WriteIolog(w, aligned) }); err != nil {
+				return err
+			}
+			direct = append(direct, filepath.Join(abs, name))
 		}
-		if err := write(fmt.Sprintf("fio-%d.job", q), func(w io.Writer) error { return WriteFioJob(w, logs) }); err != nil {
+		if err := write(fmt.Sprintf("fio-%d.job", q), func(w io.Writer) error { return WriteFioJob(w, logs, false) }); err != nil {
+			return err
+		}
+		if err := write(fmt.Sprintf("fio-%d-direct.job", q), func(w io.Writer) error { return WriteFioJob(w, direct, true) }); err != nil {
 			return err
 		}
 	}
 	return write("plan.txt", func(w io.Writer) error {
-		_, err := fmt.Fprintf(w, "images %d\nneedle_bytes %d\ndata_bytes %d\npage_bytes %d\nsize_digits %d\n",
-			len(p.Images), p.NeedleBytes(), p.DataBytes(), p.PageBytes(int64(os.Getpagesize())), p.SizeDigits())
+		_, err := fmt.Fprintf(w, "images %d\nneedle_bytes %d\ndata_bytes %d\npage_bytes %d\nsize_digits %d\naligned_bytes %d\n",
+			len(p.Images), p.NeedleBytes(), p.DataBytes(), p.PageBytes(int64(os.Getpagesize())), p.SizeDigits(), p.AlignedBytes(DirectAlign))
 		return err
 	})
 }

@@ -194,6 +194,30 @@ func TestWriteIolog(t *testing.T) {
 	}
 }
 
+// TestAligned: a range is rounded out to the alignment at both ends, an
+// aligned one kept, one past the end of its file cut at the file's last
+// whole block; the plan's aligned bytes add them up.
+func TestAligned(t *testing.T) {
+	p := &ColdPlan{Images: []ColdImage{
+		{File: "a", Offset: 5368, Length: 28552},                  // 4096..36864
+		{File: "a", Offset: 8192, Length: 4096},                   // aligned
+		{File: "a", Offset: 64, Length: 8},                        // 0..4096
+		{File: "b", Offset: 9000, Length: 200, FileSize: 9200},    // past the end: 4096..8192
+		{File: "b", Offset: 20480, Length: 9000, FileSize: 29480}, // 20480..28672
+		{File: "b", Offset: 64, Length: 8, FileSize: 100000},      // inside: 0..4096
+	}}
+	want := [][2]int64{{4096, 32768}, {8192, 4096}, {0, 4096}, {4096, 4096}, {20480, 8192}, {0, 4096}}
+	for i, im := range p.Images {
+		a := im.Aligned(4096)
+		if a.Offset != want[i][0] || a.Length != want[i][1] || a.File != im.File {
+			t.Fatalf("%+v aligned: %d, %d; want %v", im, a.Offset, a.Length, want[i])
+		}
+	}
+	if got := p.AlignedBytes(4096); got != 32768+4096+4096+4096+8192+4096 {
+		t.Fatalf("aligned bytes %d", got)
+	}
+}
+
 // TestPageBytes: each page a range touches counts once, shared pages
 // included, per file.
 func TestPageBytes(t *testing.T) {
@@ -239,6 +263,37 @@ func TestWriteColdPlan(t *testing.T) {
 		if n := strings.Count(string(job), "read_iolog="); n != q {
 			t.Fatalf("fio-%d.job: %d jobs", q, n)
 		}
+		if !strings.Contains(string(job), "\ndirect=0\n") {
+			t.Fatalf("fio-%d.job does not read buffered:\n%s", q, job)
+		}
+		djob, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("fio-%d-direct.job", q)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(djob), "\ndirect=1\n") || strings.Count(string(djob), "read_iolog=") != q {
+			t.Fatalf("fio-%d-direct.job:\n%s", q, djob)
+		}
+		for j := range q {
+			log, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("iolog-direct-%d-%d.log", q, j)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			k := 0
+			for _, l := range strings.Split(strings.TrimSpace(string(log)), "\n") {
+				f := strings.Fields(l)
+				if len(f) != 4 || f[1] != "read" {
+					continue
+				}
+				path := paths[j+k*q]
+				off, _ := strconv.ParseInt(f[2], 10, 64)
+				length, _ := strconv.ParseInt(f[3], 10, 64)
+				wo, wl := want[path][0], want[path][1]
+				if off%DirectAlign != 0 || length%DirectAlign != 0 || off > wo || off+length < wo+wl || off+length-(wo+wl) >= DirectAlign || wo-off >= DirectAlign {
+					t.Fatalf("q %d direct job %d read %d: %s, want %s's needle (%d, %d bytes) rounded out to %d", q, j, k, l, path, wo, wl, DirectAlign)
+				}
+				k++
+			}
+		}
 		reads := 0
 		for j := range q {
 			name := filepath.Join(dir, fmt.Sprintf("iolog-%d-%d.log", q, j))
@@ -277,8 +332,8 @@ func TestWriteColdPlan(t *testing.T) {
 	for _, path := range paths {
 		digits += len(strconv.Itoa(int(want[path][1] - 54)))
 	}
-	wantTotals := fmt.Sprintf("images %d\nneedle_bytes %d\ndata_bytes %d\npage_bytes %d\nsize_digits %d\n",
-		len(paths), p.NeedleBytes(), p.DataBytes(), p.PageBytes(int64(os.Getpagesize())), digits)
+	wantTotals := fmt.Sprintf("images %d\nneedle_bytes %d\ndata_bytes %d\npage_bytes %d\nsize_digits %d\naligned_bytes %d\n",
+		len(paths), p.NeedleBytes(), p.DataBytes(), p.PageBytes(int64(os.Getpagesize())), digits, p.AlignedBytes(DirectAlign))
 	if string(totals) != wantTotals {
 		t.Fatalf("plan.txt:\n%s\nwant:\n%s", totals, wantTotals)
 	}

@@ -35,7 +35,14 @@
 # during that side (/proc/diskstats), against the bytes of the distinct
 # pages the needles span (a side that read much less from the disk was
 # not cold, and the script says so), the disk's reads, and how many were
-# in flight on average. The side that goes first alternates between reps.
+# in flight on average, and its CPU per image (the store process from
+# /proc/PID/stat, fio from its rusage). The side that goes first
+# alternates between reps.
+#
+# With -D the fio side runs twice: buffered, as above, and with direct=1
+# (O_DIRECT, as the store reads a needle not in the page cache), each
+# iolog range rounded out to 4 KiB as the store rounds its direct reads;
+# the table then gives the store against each and against the better.
 #
 # With -k it also compares cache hits with nginx over the same bytes and
 # request lists (BenchmarkHitVsNginx in cache/, run with go test from this
@@ -47,7 +54,7 @@
 #
 # Usage: bench/serve-compare.sh [-w WORKDIR] [-b HAYBALE] [-n PHOTOS]
 #                               [-r REPS] [-d DURATION] [-q ROWS] [-c] [-k] [-S]
-#                               [-C IMAGES] [-Q DEPTHS]
+#                               [-C IMAGES] [-Q DEPTHS] [-D]
 #   -w  work directory, kept between runs (default /tmp/haybale-serve-bench);
 #       a corpus loaded there earlier is reused
 #   -b  haybale binary (default: built from this tree into the work directory)
@@ -60,6 +67,7 @@
 #   -C  cold reads of a random sample of this many images (default: every
 #       image once)
 #   -Q  queue depths of the cold reads (default "16 64")
+#   -D  also run fio with direct=1 on the cold reads (see above)
 #   -k  also run the cache-hit comparison
 #   -S  skip the store rows (with -c or -k)
 #   -T FILE  only print the table of a results file of an earlier run
@@ -75,10 +83,11 @@ rows="mix-uniform:16 mix-uniform:64 mix-zipf:16 mix-zipf:64 t:64 l:64"
 cold=0
 coldsample=0
 colddepths="16 64"
+colddirect=0
 cache=0
 storerows=1
 tableonly=
-while getopts "w:b:n:r:d:q:ckST:C:Q:h" opt; do
+while getopts "w:b:n:r:d:q:ckST:C:Q:Dh" opt; do
 	case $opt in
 	w) work=$OPTARG ;;
 	b) bin=$OPTARG ;;
@@ -89,6 +98,7 @@ while getopts "w:b:n:r:d:q:ckST:C:Q:h" opt; do
 	c) cold=1 ;;
 	C) coldsample=$OPTARG ;;
 	Q) colddepths=$OPTARG ;;
+	D) colddirect=1 ;;
 	k) cache=1 ;;
 	S) storerows=0 ;;
 	T) tableonly=$OPTARG ;;
@@ -332,13 +342,14 @@ disk_delta() {
 # QD connections; sets rate and disk, prints a line on stderr. (Not in a
 # subshell: it restarts the store, whose pid the script keeps.)
 cold_store() {
-	local qd=$1 t=2 d0 d1 wpid once
+	local qd=$1 t=2 d0 d1 c0 c1 wpid once
 	[ "$qd" -lt $t ] && t=$qd
 	stop_store
 	drop_cache
 	start_store
 	rm -f cold/done.*
 	d0=$(disk_read)
+	c0=$(cpu_ticks "$store_pid")
 	PATHS=cold/paths.txt DONE=$work/cold/done wrk -t$t -c"$qd" -d600s -s "$here/wrk-once.lua" \
 		"http://$store_http" -- "$qd" $t >cold/wrk.out &
 	wpid=$!
@@ -346,6 +357,8 @@ cold_store() {
 	kill -INT $wpid 2>/dev/null || true
 	wait $wpid || true
 	d1=$(disk_read)
+	c1=$(cpu_ticks "$store_pid")
+	cpu=$(awk -v t=$((c1 - c0)) -v hz="$hz" -v n="$images" 'BEGIN {printf "%.0f", t * 1e6 / hz / n}')
 	once=$(awk '$1 == "once:"' cold/wrk.out)
 	# What one 200 of the right length per image adds up to, headers
 	# included: the store's header block varies only in the Content-Length
@@ -366,30 +379,36 @@ cold_store() {
 	fi
 	rate=${17}
 	disk_delta "$d0" "$d1"
-	echo "    store: $rate req/s, $images answers, no error, $((want / 1000000)) MB read as expected (bodies and headers) in ${15} s; $diskline" >&2
+	echo "    store: $rate req/s, $images answers, no error, $((want / 1000000)) MB read as expected (bodies and headers) in ${15} s; $cpu µs CPU per image; $diskline" >&2
 }
 
-# cold_fio QD: stop the store, drop, replay the QD iologs; sets rate and
-# disk, prints a line on stderr.
+# cold_fio QD [direct]: stop the store, drop, replay the QD iologs
+# (buffered, or with "direct" the aligned ones with O_DIRECT); sets rate,
+# disk and cpu, prints a line on stderr.
 cold_fio() {
-	local qd=$1 d0 d1 out
+	local qd=$1 d0 d1 out job=cold/fio-$1.job bytes kind=fio
+	bytes=$(plan needle_bytes)
+	if [ "${2:-}" = direct ]; then
+		job=cold/fio-$qd-direct.job bytes=$(plan aligned_bytes) kind="fio direct"
+	fi
 	stop_store
 	drop_cache
 	d0=$(disk_read)
-	if ! out=$(fio --output-format=terse --terse-version=3 "cold/fio-$qd.job" 2>&1); then
+	if ! out=$(/usr/bin/time -f "rusage %U %S" fio --output-format=terse --terse-version=3 "$job" 2>&1); then
 		echo "serve-compare: fio failed: $out" >&2
 		exit 1
 	fi
 	d1=$(disk_read)
+	cpu=$(echo "$out" | awk -v n="$images" '$1 == "rusage" {printf "%.0f", ($2 + $3) * 1e6 / n}')
 	# terse v3: 5 error, 6 read KiB, 8 read IOPS, 9 read runtime (ms).
-	set -- $(echo "$out" | awk -F';' '{print $5, $6, $8, $9}')
-	if [ "$#" -ne 4 ] || [ "$1" != 0 ] || ! awk -v kb="$2" -v b="$(plan needle_bytes)" 'BEGIN {exit !(b - kb * 1024 >= 0 && b - kb * 1024 < 1024)}'; then
-		echo "serve-compare: fio's cold run failed or did not read the plan's $(plan needle_bytes) bytes: $out" >&2
+	set -- $(echo "$out" | awk -F';' 'NF > 9 {print $5, $6, $8, $9}')
+	if [ "$#" -ne 4 ] || [ "$1" != 0 ] || ! awk -v kb="$2" -v b="$bytes" 'BEGIN {exit !(b - kb * 1024 >= 0 && b - kb * 1024 < 1024)}'; then
+		echo "serve-compare: $kind's cold run failed or did not read the plan's $bytes bytes: $out" >&2
 		exit 1
 	fi
 	rate=$3
 	disk_delta "$d0" "$d1"
-	echo "    fio: $rate reads/s, $images reads, $(($2 * 1024 / 1000000)) MB in $4 ms; $diskline" >&2
+	echo "    $kind: $rate reads/s, $images reads, $(($2 * 1024 / 1000000)) MB in $4 ms; $cpu µs CPU per read; $diskline" >&2
 }
 
 echo
@@ -400,34 +419,60 @@ for rep in $(seq "$reps"); do
 	for qd in $colddepths; do
 		load=$(cut -d' ' -f1 /proc/loadavg)
 		echo "  rep $rep qd $qd (load average $load):" >&2
+		fiod_res="0 0 0"
+		fio_sides() {
+			cold_fio "$qd"
+			fio_res="$rate ${disk:-0}" fio_cpu=$cpu
+			if [ $colddirect = 1 ]; then
+				cold_fio "$qd" direct
+				fiod_res="$rate ${disk:-0} $cpu"
+			fi
+		}
 		if [ $((rep % 2)) -eq 1 ]; then
 			cold_store "$qd"
-			store_res="$rate ${disk:-0}"
-			cold_fio "$qd"
-			fio_res="$rate ${disk:-0}"
+			store_res="$rate ${disk:-0}" store_cpu=$cpu
+			fio_sides
 		else
-			cold_fio "$qd"
-			fio_res="$rate ${disk:-0}"
+			fio_sides
 			cold_store "$qd"
-			store_res="$rate ${disk:-0}"
+			store_res="$rate ${disk:-0}" store_cpu=$cpu
 		fi
-		echo "$rep $qd $store_res $fio_res $load" >>"$coldres"
+		echo "$rep $qd $store_res $fio_res $load $store_cpu $fio_cpu $fiod_res" >>"$coldres"
 	done
 done
 # Each line: rep, qd, store req/s, store disk bytes, fio reads/s, fio disk
-# bytes, load average before the rep.
+# bytes, load average before the rep, store CPU µs per image, fio CPU µs
+# per read, and fio direct's reads/s, disk bytes and CPU µs per read (0
+# without -D).
 echo
-echo "medians over $reps reps (store / fio: the median of the per-rep ratios; disk: bytes read from the disk during the side, over the bytes of the needles' pages)"
+echo "medians over $reps reps (store / fio: the median of the per-rep ratios; disk: bytes read from the disk during the side, over the bytes of the needles' pages; CPU: µs per image, the store process alone, not wrk)"
 echo
-echo "| qd | store req/s | fio reads/s | store / fio | store disk / pages | fio disk / pages | load average |"
-echo "|---|---|---|---|---|---|---|"
-for qd in $colddepths; do
-	col() { awk -v q="$qd" -v f="$1" '$2 == q {print $f}' "$coldres"; }
-	printf "| %d | %.0f | %.0f | %.2f | %.2f | %.2f | %s |\n" "$qd" "$(col 3 | median)" "$(col 5 | median)" \
-		"$(awk -v q="$qd" '$2 == q {printf "%.4f\n", $3 / $5}' "$coldres" | median)" \
-		"$(awk -v q="$qd" -v p="$page_bytes" '$2 == q {printf "%.4f\n", $4 / p}' "$coldres" | median)" \
-		"$(awk -v q="$qd" -v p="$page_bytes" '$2 == q {printf "%.4f\n", $6 / p}' "$coldres" | median)" \
-		"$(col 7 | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {print (lo == hi ? lo : lo "-" hi)}')"
-done
+loads() { awk -v q="$1" '$2 == q {print $7}' "$coldres" | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {print (lo == hi ? lo : lo "-" hi)}'; }
+ratio_med() { awk -v q="$1" -v e="$2" '$2 == q {split(e, f, "/"); printf "%.4f\n", $(f[1]) / $(f[2])}' "$coldres" | median; }
+if [ $colddirect = 0 ]; then
+	echo "| qd | store req/s | fio reads/s | store / fio | store disk / pages | fio disk / pages | store CPU | fio CPU | load average |"
+	echo "|---|---|---|---|---|---|---|---|---|"
+	for qd in $colddepths; do
+		col() { awk -v q="$qd" -v f="$1" '$2 == q {print $f}' "$coldres"; }
+		printf "| %d | %.0f | %.0f | %.2f | %.2f | %.2f | %.0f | %.0f | %s |\n" "$qd" "$(col 3 | median)" "$(col 5 | median)" \
+			"$(ratio_med "$qd" 3/5)" \
+			"$(awk -v q="$qd" -v p="$page_bytes" '$2 == q {printf "%.4f\n", $4 / p}' "$coldres" | median)" \
+			"$(awk -v q="$qd" -v p="$page_bytes" '$2 == q {printf "%.4f\n", $6 / p}' "$coldres" | median)" \
+			"$(col 8 | median)" "$(col 9 | median)" "$(loads "$qd")"
+	done
+else
+	echo "| qd | store req/s | fio reads/s (buffered) | fio reads/s (direct) | store / fio buffered | store / fio direct | store / better fio | disk / pages: store, fio, fio direct | CPU: store, fio, fio direct | load average |"
+	echo "|---|---|---|---|---|---|---|---|---|---|"
+	for qd in $colddepths; do
+		col() { awk -v q="$qd" -v f="$1" '$2 == q {print $f}' "$coldres"; }
+		pages() { awk -v q="$qd" -v p="$page_bytes" -v f="$1" '$2 == q {printf "%.4f\n", $f / p}' "$coldres" | median; }
+		printf "| %d | %.0f | %.0f | %.0f | %.2f | %.2f | **%.2f** | %.2f, %.2f, %.2f | %.0f, %.0f, %.0f | %s |\n" "$qd" \
+			"$(col 3 | median)" "$(col 5 | median)" "$(col 10 | median)" \
+			"$(ratio_med "$qd" 3/5)" "$(ratio_med "$qd" 3/10)" \
+			"$(awk -v q="$qd" '$2 == q {printf "%.4f\n", $3 / ($5 > $10 ? $5 : $10)}' "$coldres" | median)" \
+			"$(pages 4)" "$(pages 6)" "$(pages 11)" \
+			"$(col 8 | median)" "$(col 9 | median)" "$(col 12 | median)" "$(loads "$qd")"
+	done
+fi
 awk -v p="$page_bytes" '$4 / p < 0.8 || $6 / p < 0.8 {
 	printf "serve-compare: rep %d qd %d was not cold: the %s read %.2fx the pages from the disk\n", $1, $2, ($4 / p < 0.8 ? "store" : "fio"), ($4 / p < 0.8 ? $4 : $6) / p }' "$coldres"

@@ -115,6 +115,9 @@ var (
 	descReads = prometheus.NewDesc("haybale_store_reads_total",
 		"Image reads of (not erasure-coded) volumes, by how they read: mapped (verified and served from the page cache through the file mapping, no pread), pread (one pread: the needle was not all in the page cache, or the file system cannot map).",
 		[]string{"kind"}, nil)
+	descColdReads = prometheus.NewDesc("haybale_store_cold_reads_total",
+		"Image reads of (not erasure-coded) volumes, with direct reads on, of needles not in the page cache, by how they read: direct (O_DIRECT, leaving the page cache as it was), buffered (read cold again within the policy's window: kept in the page cache). Each is one of the pread reads of haybale_store_reads_total.",
+		[]string{"kind"}, nil)
 	descPins = prometheus.NewDesc("haybale_store_verified_mappings_total",
 		"Reads of large needles through verified mappings, by outcome: hit (every verified page still mapped: served without hashing), reverified (a page had been unmapped: hashed again through the mapping); and mappings evicted (to keep the bound) or dropped (pages gone from memory, damage, compaction or close).",
 		[]string{"kind"}, nil)
@@ -133,6 +136,7 @@ func (c volumeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descDeletedBytes
 	ch <- descECReads
 	ch <- descReads
+	ch <- descColdReads
 	ch <- descECShards
 	ch <- descPins
 	ch <- descPinsLive
@@ -144,12 +148,14 @@ func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range []volume.State{volume.StateWritable, volume.StateReadOnly, volume.StateSealed, volume.StateFailed} {
 		states[s.String()] = 0
 	}
-	var images, live, size, deleted, mapped, preads float64
+	var images, live, size, deleted, mapped, preads, direct, coldBuffered float64
 	for _, v := range c.st.Volumes() {
 		s := v.Status()
 		states[s.State.String()]++
 		mapped += float64(s.MappedReads)
 		preads += float64(s.Preads)
+		direct += float64(s.DirectReads)
+		coldBuffered += float64(s.ColdBufferedReads)
 		images += float64(s.Images)
 		live += float64(s.LiveBytes)
 		size += float64(s.Size)
@@ -180,6 +186,13 @@ func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
 		m, err := prometheus.NewConstMetric(descReads, prometheus.CounterValue, n, kind)
 		if err != nil {
 			m = prometheus.NewInvalidMetric(descReads, err)
+		}
+		ch <- m
+	}
+	for kind, n := range map[string]float64{"direct": direct, "buffered": coldBuffered} {
+		m, err := prometheus.NewConstMetric(descColdReads, prometheus.CounterValue, n, kind)
+		if err != nil {
+			m = prometheus.NewInvalidMetric(descColdReads, err)
 		}
 		ch <- m
 	}

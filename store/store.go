@@ -135,6 +135,15 @@ type Options struct {
 	// Zero means volume.DefaultVerifiedMappings; a negative value turns
 	// them off (every read hashes).
 	VerifiedMappings int
+	// DirectReads reads the needles of plain volumes of volume.MapMin
+	// bytes or more that are not in the page cache with O_DIRECT, leaving the page cache to the needles read
+	// more than once (see volume.Options.Direct). DirectWindow is the
+	// policy's window: a needle read cold again within about that many
+	// cold reads is read buffered and stays in memory; zero means
+	// volume.DefaultDirectWindow. The table takes 4 bytes a slot for the
+	// whole store, not per image.
+	DirectReads  bool
+	DirectWindow int
 }
 
 // Store holds the volumes of one data directory. It is safe for concurrent
@@ -146,6 +155,11 @@ type Store struct {
 	// pins keeps the verified mappings of every plain volume's large
 	// needles; nil when they are off (or the system has none).
 	pins *volume.Pins
+	// direct is the policy of direct reads of cold needles, shared by
+	// every plain volume; nil when off. directOnce logs, once, that a
+	// volume cannot read direct.
+	direct     *volume.DirectReads
+	directOnce sync.Once
 	// createMu serialises volume creations and replica swaps.
 	createMu sync.Mutex
 	// reportClock is the last stamp ReportStamp returned.
@@ -203,6 +217,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 			opts.Logger.Info("large needles are verified on every read", "reason", err)
 		}
 		s.pins = pins
+	}
+	if opts.DirectReads {
+		s.direct = volume.NewDirectReads(opts.DirectWindow)
 	}
 	s.mu.volumes = map[uint32]*volume.Volume{}
 	s.mu.ec = map[uint32]*volume.ECVolume{}
@@ -273,6 +290,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 			}
 			st := v.Status()
 			opts.Logger.Info("volume opened", "vid", vid, "state", st.State.String(), "images", st.Images, "bytes", st.Size)
+			s.noteDirect(vid, st)
 			s.mu.volumes[vid] = v
 			return nil
 		})
@@ -291,7 +309,19 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 }
 
 func (s *Store) volumeOptions() volume.Options {
-	return volume.Options{FS: s.opts.FS, SizeLimit: s.opts.VolumeSizeLimit, Pins: s.pins}
+	return volume.Options{FS: s.opts.FS, SizeLimit: s.opts.VolumeSizeLimit, Pins: s.pins, Direct: s.direct}
+}
+
+// noteDirect logs, the first time only, that a volume asked to read cold
+// needles direct reads them through the page cache, and why (a file
+// system that refuses O_DIRECT, or one that cannot be mapped).
+func (s *Store) noteDirect(vid uint32, st volume.Status) {
+	if s.direct == nil || st.Direct {
+		return
+	}
+	s.directOnce.Do(func() {
+		s.opts.Logger.Warn("cold images are read through the page cache, not direct", "vid", vid, "reason", st.DirectOff)
+	})
 }
 
 // VerifiedMappings returns the counters of the store's verified mappings
@@ -408,6 +438,7 @@ func (s *Store) CreateVolumeWithSecret(ctx context.Context, vid uint32, secret [
 	}
 	s.mu.volumes[vid] = v
 	s.opts.Logger.Info("volume created", "vid", vid)
+	s.noteDirect(vid, v.Status())
 	return v, nil
 }
 

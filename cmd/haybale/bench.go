@@ -195,7 +195,11 @@ bench/serve-compare.sh -c runs both from it.`,
 				if err := tools.Dump(cmd.Context(), abs, tools.Output{W: &dump, JSON: true}); err != nil {
 					return fmt.Errorf("dump %s: %w", dat, err)
 				}
-				cfg.Volumes = append(cfg.Volumes, bench.ColdVolume{DatPath: abs, Dump: &dump})
+				fi, err := os.Stat(abs)
+				if err != nil {
+					return err
+				}
+				cfg.Volumes = append(cfg.Volumes, bench.ColdVolume{DatPath: abs, Size: fi.Size(), Dump: &dump})
 			}
 			plan, err := bench.NewColdPlan(cfg)
 			if err != nil {

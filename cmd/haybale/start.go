@@ -108,6 +108,10 @@ type storeRoleConfig struct {
 	shutdownTimeout time.Duration
 	// verifiedMaps is store.Options.VerifiedMappings (0: the default).
 	verifiedMaps int
+	// directReads and directWindow are store.Options.DirectReads and
+	// DirectWindow.
+	directReads  bool
+	directWindow int
 	authorizer   store.WriteAuthorizer
 	creds        *rpc.Credentials
 	logger       *slog.Logger
@@ -141,7 +145,7 @@ type storeRole struct {
 // directory when one is configured. On a TLS plane the store's ID is the
 // name its certificate gives.
 func startStore(ctx context.Context, g *group, cfg storeRoleConfig) (*storeRole, error) {
-	sopts := store.Options{Dir: cfg.dir, VolumeSizeLimit: cfg.volumeSizeLimit, Logger: cfg.logger, VerifiedMappings: cfg.verifiedMaps}
+	sopts := store.Options{Dir: cfg.dir, VolumeSizeLimit: cfg.volumeSizeLimit, Logger: cfg.logger, VerifiedMappings: cfg.verifiedMaps, DirectReads: cfg.directReads, DirectWindow: cfg.directWindow}
 	// In a cluster, EC volumes read the shards this store lacks from the
 	// stores the directory names; the store's own address is learnt once
 	// its listeners are bound.

@@ -26,6 +26,8 @@ type storeFlags struct {
 	maxConns        int
 	shutdownTimeout time.Duration
 	verifiedMaps    int
+	directReads     bool
+	directWindow    int
 	cluster         storeClusterFlags
 	tls             tlsFlags
 	log             logFlags
@@ -40,6 +42,8 @@ func (f *storeFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.maxConns, "max-conns", 0, "maximum HTTP connections served at once (0: no limit)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
 	fs.IntVar(&f.verifiedMaps, "verified-mappings", volume.DefaultVerifiedMappings, "large images kept mapped once verified, so rereads skip the checksum while their pages stay in memory; each takes two mappings of the process (together at most half of vm.max_map_count; 0: off, every read hashes)")
+	fs.BoolVar(&f.directReads, "direct-reads", true, "read images of 32 KiB or more that are not in the page cache with O_DIRECT, leaving the page cache to images read more than once (file systems that refuse O_DIRECT read through the page cache, with a warning in the log)")
+	fs.IntVar(&f.directWindow, "direct-window", volume.DefaultDirectWindow, "with --direct-reads, an image read from the disk again within this many such reads is read through the page cache and stays in memory (4 bytes each, for the whole store)")
 	f.cluster.register(fs)
 	f.tls.register(fs)
 	f.log.register(fs)
@@ -55,6 +59,8 @@ func (f *storeFlags) validate() error {
 		return fmt.Errorf("--max-conns %d: must not be negative", f.maxConns)
 	case f.verifiedMaps < 0:
 		return fmt.Errorf("--verified-mappings %d: must not be negative (0 turns them off)", f.verifiedMaps)
+	case f.directWindow <= 0 || f.directWindow > maxDirectWindow:
+		return fmt.Errorf("--direct-window %d: must be more than 0 and at most %d", f.directWindow, maxDirectWindow)
 	}
 	return nil
 }
@@ -105,6 +111,8 @@ func runStore(ctx context.Context, f *storeFlags) error {
 		maxConns:        f.maxConns,
 		shutdownTimeout: f.shutdownTimeout,
 		verifiedMaps:    verifiedMappingsOption(f.verifiedMaps),
+		directReads:     f.directReads,
+		directWindow:    f.directWindow,
 		authorizer:      authorizer,
 		creds:           creds,
 		logger:          logger,
@@ -119,6 +127,9 @@ func runStore(ctx context.Context, f *storeFlags) error {
 	}
 	return g.run(ctx)
 }
+
+// maxDirectWindow bounds --direct-window: 16 MiB of table.
+const maxDirectWindow = 1 << 22
 
 // verifiedMappingsOption turns --verified-mappings (0: off) into
 // store.Options.VerifiedMappings (0: the default, negative: off).

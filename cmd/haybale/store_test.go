@@ -36,3 +36,30 @@ func TestStoreVerifiedMappingsFlag(t *testing.T) {
 		t.Fatalf("--verified-mappings -3: %v, want an error naming the flag", err)
 	}
 }
+
+// TestStoreDirectReadsFlag: --direct-reads is on by default with the
+// default window, can be turned off, and a window out of bounds is refused
+// with the flag's name.
+func TestStoreDirectReadsFlag(t *testing.T) {
+	parse := func(args ...string) (*storeFlags, error) {
+		var f storeFlags
+		fs := pflag.NewFlagSet("store", pflag.ContinueOnError)
+		f.register(fs)
+		if err := fs.Parse(append([]string{"--dir", t.TempDir()}, args...)); err != nil {
+			return nil, err
+		}
+		return &f, f.validate()
+	}
+	f, err := parse()
+	if err != nil || !f.directReads || f.directWindow != volume.DefaultDirectWindow {
+		t.Fatalf("default: %v, direct %v, window %d", err, f.directReads, f.directWindow)
+	}
+	if f, err := parse("--direct-reads=false"); err != nil || f.directReads {
+		t.Fatalf("--direct-reads=false: %v, direct %v", err, f != nil && f.directReads)
+	}
+	for _, w := range []string{"0", "-1", "100000000"} {
+		if _, err := parse("--direct-window", w); err == nil || !strings.Contains(err.Error(), "--direct-window") {
+			t.Fatalf("--direct-window %s: %v, want an error naming the flag", w, err)
+		}
+	}
+}

@@ -108,3 +108,15 @@ func WriteFileAtomic(fs FS, path string, data []byte) error {
 	}
 	return fs.SyncDir(filepath.Dir(path))
 }
+
+// ErrNoDirect is returned by OpenDirect for a file it cannot open for
+// direct reads: one of a file system other than the operating system's
+// (MemFS, a wrapping FS), or any file on a system without O_DIRECT.
+var ErrNoDirect = errors.New("vfs: direct reads not supported for this file")
+
+// DirectAlign is the alignment OpenDirect's reads keep, by which the engine rounds them out: their offset,
+// length and buffer address are multiples of it. A page is a multiple of
+// the logical block size (512 or 4096 bytes) of every block device and
+// file system that takes O_DIRECT, and rounding a read out to 4 KiB reads
+// no page the buffered read of the same range would not.
+const DirectAlign = 4096

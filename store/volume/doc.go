@@ -177,6 +177,20 @@
 // the page cache, which the store never makes) and the bound on mappings
 // are in pins_linux.go.
 //
+// With Options.Direct (a store's default, haybale store --direct-reads), a
+// needle of MapMin bytes or more not wholly in the page cache is read
+// instead with one pread on a third descriptor of the generation, opened
+// with O_DIRECT: its range rounded out to 4 KiB (vfs.DirectAlign) goes
+// from the device into an aligned buffer (one of a small pool in huge
+// pages, then copied), no page-cache page is allocated or filled, and
+// the needle stays out of the page cache, which one-off reads of cold
+// needles would otherwise churn. A fixed table of fingerprints
+// (DirectReads, 4 bytes a slot for the whole store) remembers the needles
+// read direct; one read cold again while still remembered is read buffered
+// and stays resident, so needles read again and again live in memory. A
+// file system that refuses O_DIRECT (or cannot be mapped) reads buffered;
+// Status says why. See direct.go.
+//
 // # Erasure-coded volumes
 //
 // A sealed volume can be turned into an erasure-coded (EC) volume: the bytes

@@ -43,7 +43,11 @@ import (
 type datMap struct {
 	data []byte
 	fd   int
-	refs atomic.Int64
+	// direct is the file opened once more for direct reads (see
+	// direct.go), closed with the mapping; nil when the volume does not
+	// read direct or the file system refused it.
+	direct vfs.File
+	refs   atomic.Int64
 }
 
 // mapDat maps the file under f (which must be a file of the operating
@@ -109,6 +113,9 @@ func (m *datMap) release() {
 	}
 	unix.Munmap(m.data)
 	unix.Close(m.fd)
+	if m.direct != nil {
+		m.direct.Close()
+	}
 }
 
 // covers reports whether [off, off+n) lies inside the mapping.

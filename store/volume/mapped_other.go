@@ -13,8 +13,9 @@ import (
 // volumes read with pread only: mapDat maps nothing, so no datMap exists
 // and none of its methods is ever called.
 type datMap struct {
-	data []byte
-	fd   int
+	data   []byte
+	fd     int
+	direct vfs.File
 }
 
 func mapDat(vfs.File, int64) (*datMap, error) { return nil, nil }

@@ -77,8 +77,13 @@ func (r *Ref) Release() {
 // reloaded from the disk since). A needle of MapMin bytes or more wholly in
 // the page cache costs no pread and no copy (Mapped is true); any other costs
 // exactly one pread into buf
-// (grown when too small and returned, as by Read). A damaged needle returns
-// an error for which IsCorruption is true, never its bytes.
+// (grown when too small and returned, as by Read). With Options.Direct, a
+// needle of MapMin bytes or more not wholly in the page cache is read with
+// O_DIRECT instead,
+// unless the policy keeps it (see direct.go); buf then holds the needle's
+// range rounded out to vfs.DirectAlign, and Data lies inside it, or, read
+// through the policy's pool, the needle alone, as by Read. A damaged
+// needle returns an error for which IsCorruption is true, never its bytes.
 func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (Ref, []byte, error) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
@@ -91,6 +96,8 @@ func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (
 	}
 	start, n := int64(off)*needle.Alignment, int(length)*needle.Alignment
 	m := v.mu.dmap
+	// cold: the page cache, asked about the needle, lacks a page of it.
+	cold := false
 	if m != nil && n >= MapMin && m.covers(start, n) {
 		var ref Ref
 		var ok bool
@@ -103,15 +110,31 @@ func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (
 		if ok {
 			return ref, buf, err
 		}
-		// Not all resident, or a fault (an I/O error paging the range
-		// in): pread says what the disk says, as an error.
+		// Not all resident (or, rarely, a fault: an I/O error paging the
+		// range in, which a read reports as an error): one pread, direct
+		// or buffered.
+		cold = true
 	}
 	v.preads.Add(1)
+	if cold && m.direct != nil {
+		if v.opts.Direct.direct(v.vid, key, size) {
+			v.directReads.Add(1)
+			nd, buf, err := v.readDirectLocked(m.direct, off, length, buf)
+			return v.checkRead(nd, buf, err, key, cookie, size, start)
+		}
+		v.coldBuffered.Add(1)
+	}
 	var r io.ReaderAt = v.dat
 	if m != nil {
 		r = m // no readahead around the needle (see mapDat)
 	}
 	nd, buf, err := v.readFromLocked(r, off, length, buf)
+	return v.checkRead(nd, buf, err, key, cookie, size, start)
+}
+
+// checkRead turns what a pread of the needle for (key, size) at start
+// decoded into ReadRef's answer. The caller holds v.mu shared.
+func (v *Volume) checkRead(nd needle.Needle, buf []byte, err error, key, cookie uint64, size needle.SizeCode, start int64) (Ref, []byte, error) {
 	if err != nil {
 		return Ref{}, buf, fmt.Errorf("volume %d: key %x size %v: %w", v.vid, key, size, err)
 	}
@@ -151,8 +174,26 @@ func (v *Volume) readMapped(m *datMap, key, cookie uint64, size needle.SizeCode,
 // mmap): the volume then reads with pread, which is correct, only slower.
 func (v *Volume) mapCurrent(dat vfs.File, tail int64) *datMap {
 	m, err := mapDat(dat, max(v.opts.SizeLimit, tail))
-	if err != nil {
+	if err != nil || m == nil {
+		if v.opts.Direct != nil {
+			why := "the volume file cannot be mapped to ask the page cache what it holds"
+			v.directOff.Store(&why)
+		}
 		return nil
+	}
+	if v.opts.Direct != nil {
+		d, err := openDirect(dat)
+		if err != nil {
+			why := err.Error()
+			v.directOff.Store(&why)
+		} else {
+			m.direct = d
+			v.directOff.Store(nil)
+		}
 	}
 	return m
 }
+
+// openDirect opens a .dat for direct reads; a variable so that tests can
+// make a file system refuse them.
+var openDirect = vfs.OpenDirect

@@ -88,6 +88,15 @@ type Options struct {
 	// still mapped without hashing it again (see pins_linux.go). Nil
 	// verifies every read. One Pins may serve many volumes.
 	Pins *Pins
+	// Direct, when set, makes ReadRef read needles of MapMin bytes or
+	// more that are not in the page cache with O_DIRECT, leaving the page
+	// cache as it was, except a needle read cold again soon, which is read
+	// buffered and stays (see direct.go).
+	// Nil reads every needle through the page cache. It needs the
+	// volume's mapping (Status.Mapped) and a file system that takes
+	// O_DIRECT; without them reads are buffered (Status.Direct is false,
+	// DirectOff says why). One DirectReads may serve many volumes.
+	Direct *DirectReads
 }
 
 func (o Options) withDefaults() Options {
@@ -142,8 +151,14 @@ type Volume struct {
 	idx        vfs.File // owned by the syncer, or by lead's holder
 	idxErr     error    // owned by the syncer, or by lead's holder
 
-	preads      atomic.Int64 // image reads that read the .dat (Read, ReadRef)
-	mappedReads atomic.Int64 // image reads ReadRef served from the mapping
+	preads       atomic.Int64 // image reads that read the .dat (Read, ReadRef)
+	mappedReads  atomic.Int64 // image reads ReadRef served from the mapping
+	directReads  atomic.Int64 // preads of ReadRef that bypassed the page cache
+	coldBuffered atomic.Int64 // preads of ReadRef of cold needles kept buffered by the policy
+	// directOff says why a volume asked to read direct does not (the
+	// error of the last attempt to open the direct descriptor); nil when
+	// it does or was not asked to.
+	directOff atomic.Pointer[string]
 
 	// retired is set once an EC encode that replaces the volume committed:
 	// appends (deletes too) fail with ErrClosed from then on, so none lands
@@ -344,6 +359,19 @@ type Status struct {
 	// then serves needles in the page cache without a pread; it is false
 	// on file systems that cannot map (and if mapping failed).
 	Mapped bool
+
+	// DirectReads counts the image reads since open that read a needle
+	// not in the page cache with O_DIRECT (one pread each, counted in
+	// Preads too); ColdBufferedReads those of needles not in the page
+	// cache that the policy read buffered, to keep them there (see
+	// Options.Direct).
+	DirectReads       int64
+	ColdBufferedReads int64
+
+	// Direct reports whether the volume reads cold needles direct;
+	// DirectOff says why not when Options.Direct asked for it.
+	Direct    bool
+	DirectOff string
 }
 
 // Status returns a snapshot of the volume's state and size.
@@ -354,6 +382,7 @@ func (v *Volume) Status() Status {
 	tombs := int64(v.mu.index.tombs.units) * needle.Alignment
 	super := v.super
 	mapped := v.mu.dmap != nil
+	direct := mapped && v.mu.dmap.direct != nil
 	v.mu.RUnlock()
 	s, reason := v.State()
 	size := v.tail.Load()
@@ -376,6 +405,12 @@ func (v *Volume) Status() Status {
 	st.Mapped = mapped
 	st.Preads = v.preads.Load()
 	st.MappedReads = v.mappedReads.Load()
+	st.DirectReads = v.directReads.Load()
+	st.ColdBufferedReads = v.coldBuffered.Load()
+	st.Direct = direct
+	if p := v.directOff.Load(); p != nil && !direct {
+		st.DirectOff = *p
+	}
 	return st
 }
 

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package vfs
+
+// OpenDirect reads bypassing the page cache on Linux only; elsewhere it
+// fails with ErrNoDirect.
+func OpenDirect(File) (File, error) { return nil, ErrNoDirect }
