@@ -115,6 +115,7 @@ func scanRequestHeaders(h *fasthttp.RequestHeader) (conditional, acceptsWebP boo
 				acceptsWebP = imagehttp.AcceptValueWebP(unsafe.String(unsafe.SliceData(v), len(v)))
 			}
 		case len("Range"), len("If-Match"), len("If-None-Match"), len("If-Modified-Since"), len("If-Unmodified-Since"):
+			// (If-Range has the length of If-Match.)
 			for _, name := range imagehttp.ConditionalHeaders {
 				if len(name) == len(k) && bytes.EqualFold(k, []byte(name)) {
 					return true, false
