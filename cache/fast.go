@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"net/http"
 	"time"
 	"unsafe"
@@ -26,32 +27,30 @@ func (c *Cache) serveFast(ctx *fasthttp.RequestCtx) bool {
 	if !ctx.IsGet() && !ctx.IsHead() {
 		return false
 	}
+	// When the server began to handle the request: fasthttp read the
+	// clock then (or reads it now, with LazyRequestTime).
+	start := ctx.Time()
 	uri := ctx.Request.Header.RequestURI()
 	if !imagehttp.PlainTarget(uri) {
 		return false
 	}
-	for _, name := range imagehttp.ConditionalHeaders {
-		if ctx.Request.Header.Peek(name) != nil {
-			return false
-		}
+	conditional, acceptsWebP := scanRequestHeaders(&ctx.Request.Header)
+	if conditional {
+		return false
 	}
-	id, size, ext, err := needle.ParseImagePath(string(uri))
+	// The path string lives only for the call: ParseImagePath keeps none
+	// of it, and ext is read by Choose alone. A conversion would cost an
+	// allocation per hit.
+	id, size, ext, err := needle.ParseImagePath(unsafe.String(unsafe.SliceData(uri), len(uri)))
 	if err != nil {
 		return false
 	}
 	choice := imagehttp.Choose(nil, size, ext)
-	if choice.Vary {
+	if choice.Vary && acceptsWebP {
 		// A bare size, chosen by Accept: its WebP variant when the
 		// request accepts WebP, as imagehttp.Choose does for net/http.
-		for _, v := range ctx.Request.Header.PeekAll("Accept") {
-			// The string only lives for the call.
-			if imagehttp.AcceptValueWebP(unsafe.String(unsafe.SliceData(v), len(v))) {
-				choice.Size, _ = size.WebP()
-				break
-			}
-		}
+		choice.Size, _ = size.WebP()
 	}
-	start := time.Now()
 	e, ok := c.entries.GetIfPresent(key{id, choice.Size})
 	if !ok || (e.noVariant && choice.Fallback == choice.Size) {
 		// A miss is loaded on the net/http path, which also answers the
@@ -100,6 +99,35 @@ func (c *Cache) serveFast(ctx *fasthttp.RequestCtx) bool {
 	c.metrics.latency.Observe(time.Since(start).Seconds())
 	return true
 }
+
+// scanRequestHeaders reports, in one pass over the request's headers,
+// whether any makes the request conditional or partial
+// (imagehttp.ConditionalHeaders: net/http answers those) and whether an
+// Accept header accepts WebP (imagehttp.AcceptValueWebP). Names are
+// matched without regard to case, as net/http's canonical names are.
+func scanRequestHeaders(h *fasthttp.RequestHeader) (conditional, acceptsWebP bool) {
+	for k, v := range h.All() {
+		switch len(k) {
+		case len("Accept"):
+			// Every Accept header counts, as for imagehttp.Choose. The
+			// string only lives for the call.
+			if !acceptsWebP && bytes.EqualFold(k, rawAccept) {
+				acceptsWebP = imagehttp.AcceptValueWebP(unsafe.String(unsafe.SliceData(v), len(v)))
+			}
+		case len("Range"), len("If-Match"), len("If-None-Match"), len("If-Modified-Since"), len("If-Unmodified-Since"):
+			// (If-Range has the length of If-Match.)
+			for _, name := range imagehttp.ConditionalHeaders {
+				if len(name) == len(k) && bytes.EqualFold(k, []byte(name)) {
+					return true, false
+				}
+			}
+		}
+	}
+	return false, acceptsWebP
+}
+
+// rawAccept is the Accept header's name.
+var rawAccept = []byte("Accept")
 
 // slotKey is the request user value under which a fast answer written
 // from the memfd's mapping holds its slot.

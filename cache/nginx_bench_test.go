@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/haybale/haybale/needle"
 )
@@ -60,53 +61,15 @@ func BenchmarkHitVsNginx(b *testing.B) {
 	reps, _ := strconv.Atoi(cmpOr(os.Getenv("HAYBALE_BENCH_REPS"), "3"))
 	nginxPIDs := strings.Fields(os.Getenv("HAYBALE_NGINX_PIDS"))
 
-	c, err := New(Options{Loader: dirLoader{filepath.Join(dir, "static")}, Capacity: 32 << 30, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv, err := NewServer(c, ServerOptions{Addr: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	base := "http://" + srv.Addr().String()
-
 	rows := []struct {
 		list  string
 		conns int
 	}{{"mix-uniform", 64}, {"mix-zipf", 64}, {"t", 64}, {"l", 64}}
-	// Warm: every image of every list, once.
-	seen := map[string]bool{}
-	for _, r := range rows {
-		f, err := os.Open(filepath.Join(dir, "paths-"+r.list+".txt"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			p := sc.Text()
-			if seen[p] {
-				continue
-			}
-			seen[p] = true
-			resp, err := http.Get(base + p)
-			if err != nil {
-				b.Fatal(err)
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				b.Fatalf("warming %s: status %d", p, resp.StatusCode)
-			}
-		}
-		f.Close()
+	lists := make([]string, len(rows))
+	for i, r := range rows {
+		lists[i] = r.list
 	}
+	base := "http://" + serveBenchCorpus(b, dir, "127.0.0.1:0", lists)
 	rate := regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 	total := regexp.MustCompile(`(\d+) requests in`)
 	run := func(url, list string, conns int, pids []string) (rps, cpuPerReq float64) {
@@ -162,6 +125,78 @@ func BenchmarkHitVsNginx(b *testing.B) {
 		fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f |\n", r.list, r.conns, median(s.cache), median(s.nginx),
 			ratio(s.cache, s.nginx), median(s.cacheCPU), median(s.nginxCPU), ratio(s.cacheCPU, s.nginxCPU))
 	}
+}
+
+// serveBenchCorpus starts a cache server on addr whose Loader reads the
+// files of the work directory of bench/serve-compare.sh, loads every image
+// of the request lists (paths-<list>.txt) once, and returns its address.
+// The server stops when the test ends.
+func serveBenchCorpus(tb testing.TB, dir, addr string, lists []string) string {
+	tb.Helper()
+	c, err := New(Options{Loader: dirLoader{filepath.Join(dir, "static")}, Capacity: 32 << 30, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv, err := NewServer(c, ServerOptions{Addr: addr, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	base := "http://" + srv.Addr().String()
+	// Warm: every image of every list, once.
+	seen := map[string]bool{}
+	for _, list := range lists {
+		f, err := os.Open(filepath.Join(dir, "paths-"+list+".txt"))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			p := sc.Text()
+			if seen[p] {
+				continue
+			}
+			seen[p] = true
+			resp, err := http.Get(base + p)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				tb.Fatalf("warming %s: status %d", p, resp.StatusCode)
+			}
+		}
+		f.Close()
+	}
+	return srv.Addr().String()
+}
+
+// TestServeBenchCorpus serves the cache of BenchmarkHitVsNginx, warmed, for
+// a while, so that a profiler or a system-call count can watch its hits
+// under wrk: set HAYBALE_BENCH_DIR, HAYBALE_SERVE_FOR (a duration),
+// HAYBALE_SERVE_ADDR (default 127.0.0.1:18300) and HAYBALE_SERVE_LISTS
+// (request lists to warm, default "t l mix-uniform"). It prints "ready"
+// once warm. Skipped unless HAYBALE_SERVE_FOR is set.
+func TestServeBenchCorpus(t *testing.T) {
+	dir, hold := os.Getenv("HAYBALE_BENCH_DIR"), os.Getenv("HAYBALE_SERVE_FOR")
+	if dir == "" || hold == "" {
+		t.Skip("HAYBALE_BENCH_DIR and HAYBALE_SERVE_FOR are not set")
+	}
+	d, err := time.ParseDuration(hold)
+	if err != nil {
+		t.Fatalf("HAYBALE_SERVE_FOR: %v", err)
+	}
+	addr := serveBenchCorpus(t, dir, cmpOr(os.Getenv("HAYBALE_SERVE_ADDR"), "127.0.0.1:18300"),
+		strings.Fields(cmpOr(os.Getenv("HAYBALE_SERVE_LISTS"), "t l mix-uniform")))
+	fmt.Println("ready", addr)
+	time.Sleep(d)
 }
 
 func cmpOr(a, b string) string {
