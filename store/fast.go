@@ -225,7 +225,10 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, choi
 	if fd, off, ok := rb.ref.Source(); ok && len(n.Data) >= sendfileMin && !ctx.IsHead() {
 		if rc := serve.RawTCP(ctx.Conn()); rc != nil {
 			rb.send = sendBody{conn: rc, fd: fd, off: off, n: int64(len(n.Data))}
+			// The headers are flushed on their own, with MSG_MORE, so
+			// that they leave in the segments of the body's first bytes.
 			ctx.Response.ImmediateHeaderFlush = true
+			serve.MoreFollows(ctx.Conn())
 			ctx.Response.SetBodyStream(&rb.send, len(n.Data))
 			h.srv.metrics.bytesServed.Add(float64(len(n.Data)))
 			h.srv.metrics.bytesSent.Add(float64(len(n.Data)))

@@ -69,6 +69,13 @@ type Options struct {
 	// anything from it after returning. Under fasthttp a request's line
 	// and headers must fit in min(MaxHeaderBytes, 16 KiB).
 	Fast func(ctx *fasthttp.RequestCtx) bool
+	// MoreWrites, with Fast, hands Fast its plain TCP connections in a
+	// form MoreFollows can mark, so that an answer's headers can leave
+	// with MSG_MORE ahead of a body sent with SendFile (on Linux; nothing
+	// elsewhere). fasthttp then writes a body larger than its write
+	// buffer through the buffer (two writes) instead of one writev with
+	// the headers.
+	MoreWrites bool
 	// GRPC, when set, is served on GRPCListener beside the HTTP server and
 	// drained with it (GracefulStop, then Stop when time runs out).
 	GRPC         *grpc.Server
@@ -118,6 +125,9 @@ type HTTP struct {
 func New(ln net.Listener, h http.Handler, opts Options) *HTTP {
 	opts = opts.withDefaults()
 	if opts.Fast != nil {
+		if opts.MoreWrites {
+			ln = moreListen(ln)
+		}
 		return &HTTP{
 			opts:         opts,
 			ln:           ln,
