@@ -30,9 +30,10 @@ import (
 // where it lies, through the volume file's mapping (volume.ReadRef; a
 // needle verified before whose pages have not left memory since is not
 // hashed again, see volume.Pins), and never copied into the process: an
-// image of sendfileMin bytes or more leaves with one write of the headers
-// and one sendfile(2) from the volume file, a smaller one with one write of
-// the headers and the image copied from the mapping. Any other needle (smaller, not resident, or of an EC
+// image of sendfileMin bytes or more leaves with one write of the headers,
+// sent with MSG_MORE so that they share the body's first segment
+// (serve.MoreFollows), and one sendfile(2) from the volume file, a smaller
+// one with one write of the headers and the image copied from the mapping. Any other needle (smaller, not resident, or of an EC
 // volume) is read with one pread and verified into a pooled buffer (of the
 // needle's length rounded up to volume.ReadBufferClass), and
 // fasthttp writes the headers and that buffer in one write, or one writev

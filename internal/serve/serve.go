@@ -10,7 +10,10 @@
 // it owns and hands every other one to the role's http.Handler through
 // fasthttpadaptor, so the role keeps one handler for its other endpoints.
 // The fast handlers of the store and the cache send large images from a
-// file with SendFile over the plain TCP connections RawTCP gives access to.
+// file with SendFile over the plain TCP connections RawTCP gives access to;
+// on a server of Options.MoreWrites (the store's), MoreFollows has the
+// headers written before such a body leave with MSG_MORE, in the body's
+// first segment.
 package serve
 
 import (
