@@ -30,10 +30,9 @@ import (
 // where it lies, through the volume file's mapping (volume.ReadRef; a
 // needle verified before whose pages have not left memory since is not
 // hashed again, see volume.Pins), and never copied into the process: an
-// image of sendfileMin bytes or more leaves with one write of the headers,
-// sent with MSG_MORE so that they share the body's first segment
-// (serve.MoreFollows), and one sendfile(2) from the volume file, a smaller
-// one with one write of the headers and the image copied from the mapping. Any other needle (smaller, not resident, or of an EC
+// image of sendfileMin bytes or more leaves with one write of the headers
+// and one sendfile(2) from the volume file, a smaller one with one write of
+// the headers and the image copied from the mapping. Any other needle (smaller, not resident, or of an EC
 // volume) is read with one pread and verified into a pooled buffer (of the
 // needle's length rounded up to volume.ReadBufferClass), and
 // fasthttp writes the headers and that buffer in one write, or one writev
@@ -226,10 +225,7 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, choi
 	if fd, off, ok := rb.ref.Source(); ok && len(n.Data) >= sendfileMin && !ctx.IsHead() {
 		if rc := serve.RawTCP(ctx.Conn()); rc != nil {
 			rb.send = sendBody{conn: rc, fd: fd, off: off, n: int64(len(n.Data))}
-			// The headers are flushed on their own, with MSG_MORE, so
-			// that they leave in the segments of the body's first bytes.
 			ctx.Response.ImmediateHeaderFlush = true
-			serve.MoreFollows(ctx.Conn())
 			ctx.Response.SetBodyStream(&rb.send, len(n.Data))
 			h.srv.metrics.bytesServed.Add(float64(len(n.Data)))
 			h.srv.metrics.bytesSent.Add(float64(len(n.Data)))

@@ -13,9 +13,8 @@ import (
 // process. It is only built for a plain TCP connection (serve.RawTCP is
 // nil for any other, and everywhere but on Linux). fasthttp
 // flushes the headers (Response.ImmediateHeaderFlush) before it calls
-// WriteTo, in one write with MSG_MORE (serve.MoreFollows) that the kernel
-// holds until the body fills the segment; WriteTo then writes to the
-// connection's descriptor directly, under the connection's write deadline.
+// WriteTo, which then writes to the connection's descriptor directly,
+// under the connection's write deadline.
 type sendBody struct {
 	conn syscall.RawConn
 	fd   int   // the volume file, held open by the request's volume.Ref

@@ -135,7 +135,7 @@ func NewServer(st *Store, opts ServerOptions) (*Server, error) {
 	s.srv = serve.New(httpLn, s.handler, serve.Options{
 		Name: "store", Logger: opts.Logger, ShutdownTimeout: opts.ShutdownTimeout,
 		ReadHeaderTimeout: opts.ReadHeaderTimeout, WriteTimeout: opts.WriteTimeout, IdleTimeout: opts.IdleTimeout,
-		Fast: h.serveFast, MoreWrites: true,
+		Fast: h.serveFast,
 		GRPC: g, GRPCListener: s.grpcLn,
 		AfterDrain: s.closeStore,
 	})

@@ -15,9 +15,7 @@ import (
 // fastWriteBuffer is the per-connection write buffer of the fasthttp
 // server. A response that fits (headers and a thumbnail) leaves in one
 // write; a larger one is sent with one writev of headers and body, without
-// a copy into the buffer, on a plain *net.TCPConn (fasthttp only writes
-// vectors to its own connection types), and through the buffer on a
-// connection of Options.MoreWrites.
+// a copy into the buffer.
 const fastWriteBuffer = 16 << 10
 
 // maxFastReadBuffer bounds the per-connection read buffer, which a

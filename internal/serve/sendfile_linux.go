@@ -12,9 +12,6 @@ import (
 // SendFile, or nil for any other (a TLS connection must encrypt what it
 // sends, so its bytes never go out with sendfile).
 func RawTCP(c net.Conn) syscall.RawConn {
-	if mc, ok := c.(*moreConn); ok {
-		return mc.rc
-	}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return nil

@@ -16,10 +16,3 @@ func RawTCP(net.Conn) syscall.RawConn { return nil }
 func SendFile(syscall.RawConn, int, int64, int64) (int64, error) {
 	return 0, errors.New("serve: sendfile is Linux only")
 }
-
-// moreListen returns ln as it is outside Linux.
-func moreListen(ln net.Listener) net.Listener { return ln }
-
-// MoreFollows is Linux only: elsewhere it leaves c as it is and reports
-// false.
-func MoreFollows(net.Conn) bool { return false }

@@ -10,10 +10,7 @@
 // it owns and hands every other one to the role's http.Handler through
 // fasthttpadaptor, so the role keeps one handler for its other endpoints.
 // The fast handlers of the store and the cache send large images from a
-// file with SendFile over the plain TCP connections RawTCP gives access to;
-// on a server of Options.MoreWrites (the store's), MoreFollows has the
-// headers written before such a body leave with MSG_MORE, in the body's
-// first segment.
+// file with SendFile over the plain TCP connections RawTCP gives access to.
 package serve
 
 import (
@@ -72,13 +69,6 @@ type Options struct {
 	// anything from it after returning. Under fasthttp a request's line
 	// and headers must fit in min(MaxHeaderBytes, 16 KiB).
 	Fast func(ctx *fasthttp.RequestCtx) bool
-	// MoreWrites, with Fast, hands Fast its plain TCP connections in a
-	// form MoreFollows can mark, so that an answer's headers can leave
-	// with MSG_MORE ahead of a body sent with SendFile (on Linux; nothing
-	// elsewhere). fasthttp then writes a body larger than its write
-	// buffer through the buffer (two writes) instead of one writev with
-	// the headers.
-	MoreWrites bool
 	// GRPC, when set, is served on GRPCListener beside the HTTP server and
 	// drained with it (GracefulStop, then Stop when time runs out).
 	GRPC         *grpc.Server
@@ -128,9 +118,6 @@ type HTTP struct {
 func New(ln net.Listener, h http.Handler, opts Options) *HTTP {
 	opts = opts.withDefaults()
 	if opts.Fast != nil {
-		if opts.MoreWrites {
-			ln = moreListen(ln)
-		}
 		return &HTTP{
 			opts:         opts,
 			ln:           ln,
