@@ -9,8 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	"golang.org/x/net/netutil"
-
 	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/internal/serve"
 	"github.com/haybale/haybale/needle"
@@ -121,9 +119,6 @@ func NewServer(st *Store, opts ServerOptions) (*Server, error) {
 		httpLn.Close()
 		return nil, fmt.Errorf("store: gRPC listener: %w", err)
 	}
-	if opts.MaxConns > 0 {
-		httpLn = netutil.LimitListener(httpLn, opts.MaxConns)
-	}
 	h := newHTTPHandler(s)
 	s.handler = h
 	g, err := newGRPCServer(s)
@@ -138,6 +133,7 @@ func NewServer(st *Store, opts ServerOptions) (*Server, error) {
 		Fast: h.serveFast,
 		GRPC: g, GRPCListener: s.grpcLn,
 		AfterDrain: s.closeStore,
+		MaxConns:   opts.MaxConns,
 	})
 	return s, nil
 }

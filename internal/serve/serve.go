@@ -73,6 +73,11 @@ type Options struct {
 	// drained with it (GracefulStop, then Stop when time runs out).
 	GRPC         *grpc.Server
 	GRPCListener net.Listener
+	// MaxConns bounds the HTTP connections served at once; further ones
+	// wait in the kernel's accept queue until one ends. 0 means no bound.
+	// The served connections are the listener's own, not wrappers, so
+	// the fast path's writev and sendfile still apply to them.
+	MaxConns int
 }
 
 func (o Options) withDefaults() Options {
@@ -117,19 +122,41 @@ type HTTP struct {
 // is served until Serve.
 func New(ln net.Listener, h http.Handler, opts Options) *HTTP {
 	opts = opts.withDefaults()
+	var limit *limitListener
+	if opts.MaxConns > 0 {
+		limit = newLimitListener(ln, opts.MaxConns)
+		ln = limit
+	}
 	if opts.Fast != nil {
+		fs := newFast(h, opts)
+		if limit != nil {
+			fs.ConnState = func(_ net.Conn, st fasthttp.ConnState) {
+				if st == fasthttp.StateClosed || st == fasthttp.StateHijacked {
+					limit.connEnded()
+				}
+			}
+		}
 		return &HTTP{
 			opts:         opts,
 			ln:           ln,
-			fastSrv:      newFast(h, opts),
+			fastSrv:      fs,
 			stopping:     make(chan struct{}),
 			shutdownDone: make(chan struct{}),
+		}
+	}
+	var connState func(net.Conn, http.ConnState)
+	if limit != nil {
+		connState = func(_ net.Conn, st http.ConnState) {
+			if st == http.StateClosed || st == http.StateHijacked {
+				limit.connEnded()
+			}
 		}
 	}
 	return &HTTP{
 		opts: opts,
 		ln:   ln,
 		httpSrv: &http.Server{
+			ConnState:         connState,
 			Handler:           h,
 			ReadHeaderTimeout: opts.ReadHeaderTimeout,
 			ReadTimeout:       opts.ReadTimeout,
