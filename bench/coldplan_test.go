@@ -274,24 +274,13 @@ func TestWriteColdPlan(t *testing.T) {
 			t.Fatalf("fio-%d-direct.job:\n%s", q, djob)
 		}
 		for j := range q {
-			log, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("iolog-direct-%d-%d.log", q, j)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			k := 0
-			for _, l := range strings.Split(strings.TrimSpace(string(log)), "\n") {
-				f := strings.Fields(l)
-				if len(f) != 4 || f[1] != "read" {
-					continue
-				}
+			for k, r := range iologReads(t, filepath.Join(dir, fmt.Sprintf("iolog-direct-%d-%d.log", q, j))) {
 				path := paths[j+k*q]
-				off, _ := strconv.ParseInt(f[2], 10, 64)
-				length, _ := strconv.ParseInt(f[3], 10, 64)
+				off, length := r.off, r.length
 				wo, wl := want[path][0], want[path][1]
 				if off%DirectAlign != 0 || length%DirectAlign != 0 || off > wo || off+length < wo+wl || off+length-(wo+wl) >= DirectAlign || wo-off >= DirectAlign {
-					t.Fatalf("q %d direct job %d read %d: %s, want %s's needle (%d, %d bytes) rounded out to %d", q, j, k, l, path, wo, wl, DirectAlign)
+					t.Fatalf("q %d direct job %d read %d: %s, want %s's needle (%d, %d bytes) rounded out to %d", q, j, k, r.line, path, wo, wl, DirectAlign)
 				}
-				k++
 			}
 		}
 		reads := 0
@@ -300,25 +289,14 @@ func TestWriteColdPlan(t *testing.T) {
 			if !strings.Contains(string(job), "read_iolog="+name+"\n") {
 				t.Fatalf("fio-%d.job does not name %s", q, name)
 			}
-			log, err := os.ReadFile(name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			k := 0
-			for _, l := range strings.Split(strings.TrimSpace(string(log)), "\n") {
-				f := strings.Fields(l)
-				if len(f) != 4 || f[1] != "read" {
-					continue
-				}
+			rs := iologReads(t, name)
+			for k, r := range rs {
 				path := paths[j+k*q]
-				off, _ := strconv.ParseInt(f[2], 10, 64)
-				length, _ := strconv.ParseInt(f[3], 10, 64)
-				if f[0] != file[path] || off != want[path][0] || length != want[path][1] {
-					t.Fatalf("q %d job %d read %d: %s, want %s's needle in %s at %d, %d bytes", q, j, k, l, path, file[path], want[path][0], want[path][1])
+				if r.file != file[path] || r.off != want[path][0] || r.length != want[path][1] {
+					t.Fatalf("q %d job %d read %d: %s, want %s's needle in %s at %d, %d bytes", q, j, k, r.line, path, file[path], want[path][0], want[path][1])
 				}
-				k++
 			}
-			reads += k
+			reads += len(rs)
 		}
 		if reads != len(paths) {
 			t.Fatalf("q %d: %d reads for %d paths", q, reads, len(paths))
@@ -381,4 +359,32 @@ func TestColdPlanErrors(t *testing.T) {
 			t.Fatalf("%s is not of photo %s", im.Path, only)
 		}
 	}
+}
+
+// iologRead is one read line of a fio iolog: "file read offset length".
+type iologRead struct {
+	line        string
+	file        string
+	off, length int64
+}
+
+// iologReads returns the read lines of the iolog at name, in order (the
+// header and the open and close lines are skipped).
+func iologReads(t *testing.T, name string) []iologRead {
+	t.Helper()
+	log, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs []iologRead
+	for _, l := range strings.Split(strings.TrimSpace(string(log)), "\n") {
+		f := strings.Fields(l)
+		if len(f) != 4 || f[1] != "read" {
+			continue
+		}
+		off, _ := strconv.ParseInt(f[2], 10, 64)
+		length, _ := strconv.ParseInt(f[3], 10, 64)
+		rs = append(rs, iologRead{line: l, file: f[0], off: off, length: length})
+	}
+	return rs
 }

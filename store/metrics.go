@@ -176,34 +176,18 @@ func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
 		shards += float64(len(s.Local))
 	}
 	for kind, n := range map[string]float64{"all": reads, "straddling": straddling, "degraded": degraded, "unrecoverable": lost} {
-		m, err := prometheus.NewConstMetric(descECReads, prometheus.CounterValue, n, kind)
-		if err != nil {
-			m = prometheus.NewInvalidMetric(descECReads, err)
-		}
-		ch <- m
+		ch <- counter(descECReads, n, kind)
 	}
 	for kind, n := range map[string]float64{"mapped": mapped, "pread": preads} {
-		m, err := prometheus.NewConstMetric(descReads, prometheus.CounterValue, n, kind)
-		if err != nil {
-			m = prometheus.NewInvalidMetric(descReads, err)
-		}
-		ch <- m
+		ch <- counter(descReads, n, kind)
 	}
 	for kind, n := range map[string]float64{"direct": direct, "buffered": coldBuffered} {
-		m, err := prometheus.NewConstMetric(descColdReads, prometheus.CounterValue, n, kind)
-		if err != nil {
-			m = prometheus.NewInvalidMetric(descColdReads, err)
-		}
-		ch <- m
+		ch <- counter(descColdReads, n, kind)
 	}
 	ch <- gauge(descECShards, shards)
 	ps := c.st.VerifiedMappings()
 	for kind, n := range map[string]int64{"hit": ps.Hits, "reverified": ps.Reverified, "evicted": ps.Evicted, "dropped": ps.Dropped} {
-		m, err := prometheus.NewConstMetric(descPins, prometheus.CounterValue, float64(n), kind)
-		if err != nil {
-			m = prometheus.NewInvalidMetric(descPins, err)
-		}
-		ch <- m
+		ch <- counter(descPins, float64(n), kind)
 	}
 	ch <- gauge(descPinsLive, float64(ps.Live))
 	for state, n := range states {
@@ -218,7 +202,16 @@ func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
 // gauge builds a gauge sample; a malformed one (which would be a bug
 // here) is reported to the scraper rather than crashing the server.
 func gauge(desc *prometheus.Desc, v float64, labels ...string) prometheus.Metric {
-	m, err := prometheus.NewConstMetric(desc, prometheus.GaugeValue, v, labels...)
+	return sample(desc, prometheus.GaugeValue, v, labels)
+}
+
+// counter builds a counter sample, as gauge does a gauge.
+func counter(desc *prometheus.Desc, v float64, labels ...string) prometheus.Metric {
+	return sample(desc, prometheus.CounterValue, v, labels)
+}
+
+func sample(desc *prometheus.Desc, t prometheus.ValueType, v float64, labels []string) prometheus.Metric {
+	m, err := prometheus.NewConstMetric(desc, t, v, labels...)
 	if err != nil {
 		return prometheus.NewInvalidMetric(desc, err)
 	}

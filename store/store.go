@@ -136,8 +136,9 @@ type Options struct {
 	// them off (every read hashes).
 	VerifiedMappings int
 	// DirectReads reads the needles of plain volumes of volume.MapMin
-	// bytes or more that are not in the page cache with O_DIRECT, leaving the page cache to the needles read
-	// more than once (see volume.Options.Direct). DirectWindow is the
+	// bytes or more that are not in the page cache with O_DIRECT, leaving
+	// the page cache to the needles read more than once (see
+	// volume.Options.Direct). DirectWindow is the
 	// policy's window: a needle read cold again within about that many
 	// cold reads is read buffered and stays in memory; zero means
 	// volume.DefaultDirectWindow. The table takes 4 bytes a slot for the

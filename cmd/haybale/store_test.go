@@ -13,26 +13,17 @@ import (
 // store's default bound, 0 turns verified mappings off (a negative store
 // option), and a negative value is refused with the flag's name.
 func TestStoreVerifiedMappingsFlag(t *testing.T) {
-	parse := func(args ...string) (*storeFlags, error) {
-		var f storeFlags
-		fs := pflag.NewFlagSet("store", pflag.ContinueOnError)
-		f.register(fs)
-		if err := fs.Parse(append([]string{"--dir", t.TempDir()}, args...)); err != nil {
-			return nil, err
-		}
-		return &f, f.validate()
-	}
-	f, err := parse()
+	f, err := parseStoreFlags(t)
 	if err != nil || f.verifiedMaps != volume.DefaultVerifiedMappings || verifiedMappingsOption(f.verifiedMaps) != volume.DefaultVerifiedMappings {
 		t.Fatalf("default: %v, %d", err, f.verifiedMaps)
 	}
-	if f, err := parse("--verified-mappings", "0"); err != nil || verifiedMappingsOption(f.verifiedMaps) >= 0 {
+	if f, err := parseStoreFlags(t, "--verified-mappings", "0"); err != nil || verifiedMappingsOption(f.verifiedMaps) >= 0 {
 		t.Fatalf("--verified-mappings 0: %v, store option %d, want negative (off)", err, verifiedMappingsOption(f.verifiedMaps))
 	}
-	if f, err := parse("--verified-mappings", "100"); err != nil || verifiedMappingsOption(f.verifiedMaps) != 100 {
+	if f, err := parseStoreFlags(t, "--verified-mappings", "100"); err != nil || verifiedMappingsOption(f.verifiedMaps) != 100 {
 		t.Fatalf("--verified-mappings 100: %v", err)
 	}
-	if _, err := parse("--verified-mappings", "-3"); err == nil || !strings.Contains(err.Error(), "--verified-mappings") {
+	if _, err := parseStoreFlags(t, "--verified-mappings", "-3"); err == nil || !strings.Contains(err.Error(), "--verified-mappings") {
 		t.Fatalf("--verified-mappings -3: %v, want an error naming the flag", err)
 	}
 }
@@ -41,25 +32,28 @@ func TestStoreVerifiedMappingsFlag(t *testing.T) {
 // default window, can be turned off, and a window out of bounds is refused
 // with the flag's name.
 func TestStoreDirectReadsFlag(t *testing.T) {
-	parse := func(args ...string) (*storeFlags, error) {
-		var f storeFlags
-		fs := pflag.NewFlagSet("store", pflag.ContinueOnError)
-		f.register(fs)
-		if err := fs.Parse(append([]string{"--dir", t.TempDir()}, args...)); err != nil {
-			return nil, err
-		}
-		return &f, f.validate()
-	}
-	f, err := parse()
+	f, err := parseStoreFlags(t)
 	if err != nil || !f.directReads || f.directWindow != volume.DefaultDirectWindow {
 		t.Fatalf("default: %v, direct %v, window %d", err, f.directReads, f.directWindow)
 	}
-	if f, err := parse("--direct-reads=false"); err != nil || f.directReads {
+	if f, err := parseStoreFlags(t, "--direct-reads=false"); err != nil || f.directReads {
 		t.Fatalf("--direct-reads=false: %v, direct %v", err, f != nil && f.directReads)
 	}
 	for _, w := range []string{"0", "-1", "100000000"} {
-		if _, err := parse("--direct-window", w); err == nil || !strings.Contains(err.Error(), "--direct-window") {
+		if _, err := parseStoreFlags(t, "--direct-window", w); err == nil || !strings.Contains(err.Error(), "--direct-window") {
 			t.Fatalf("--direct-window %s: %v, want an error naming the flag", w, err)
 		}
 	}
+}
+
+// parseStoreFlags parses `haybale store` flags (with a --dir of its own
+// before args) and validates them.
+func parseStoreFlags(t *testing.T, args ...string) (*storeFlags, error) {
+	var f storeFlags
+	fs := pflag.NewFlagSet("store", pflag.ContinueOnError)
+	f.register(fs)
+	if err := fs.Parse(append([]string{"--dir", t.TempDir()}, args...)); err != nil {
+		return nil, err
+	}
+	return &f, f.validate()
 }

@@ -114,8 +114,9 @@ func WriteFileAtomic(fs FS, path string, data []byte) error {
 // (MemFS, a wrapping FS), or any file on a system without O_DIRECT.
 var ErrNoDirect = errors.New("vfs: direct reads not supported for this file")
 
-// DirectAlign is the alignment OpenDirect's reads keep, by which the engine rounds them out: their offset,
-// length and buffer address are multiples of it. A page is a multiple of
+// DirectAlign is the alignment OpenDirect's reads keep, to which the
+// engine rounds them out: their offset, length and buffer address are
+// multiples of it. A page is a multiple of
 // the logical block size (512 or 4096 bytes) of every block device and
 // file system that takes O_DIRECT, and rounding a read out to 4 KiB reads
 // no page the buffered read of the same range would not.

@@ -159,14 +159,12 @@ func (v *Volume) readDirectLocked(d vfs.File, off, length uint32, buf []byte) (n
 		if slot := pool.get(); slot != nil {
 			got, err := d.ReadAt(slot[:hi-lo], lo)
 			buf = readBuffer(buf, size)
-			if got >= head+size {
+			err = shortDirectRead(got-head, size, start, err)
+			if err == nil {
 				copy(buf, slot[head:head+size])
 			}
 			pool.put(slot)
-			if got < head+size {
-				if err == nil || err == io.EOF {
-					return needle.Needle{}, buf, needle.Corruptf("needle at %d: read %d of %d bytes", start, max(got-head, 0), size)
-				}
+			if err != nil {
 				return needle.Needle{}, buf, err
 			}
 			nd, derr := v.format.Decode(buf)
@@ -175,14 +173,23 @@ func (v *Volume) readDirectLocked(d vfs.File, off, length uint32, buf []byte) (n
 	}
 	buf, at := directBuffer(buf, int(hi-lo))
 	got, err := d.ReadAt(buf[at:], lo)
-	if got < head+size {
-		// A range running past the end of the file is read to the end:
-		// short only when the file is shorter than the index says.
-		if err == nil || err == io.EOF {
-			return needle.Needle{}, buf, needle.Corruptf("needle at %d: read %d of %d bytes", start, max(got-head, 0), size)
-		}
+	if err := shortDirectRead(got-head, size, start, err); err != nil {
 		return needle.Needle{}, buf, err
 	}
 	nd, derr := v.format.Decode(buf[at+head : at+head+size : at+head+size])
 	return nd, buf, derr
+}
+
+// shortDirectRead is the error of a direct read that brought got bytes of
+// the needle of size bytes at start: nil when it brought them all. A range
+// running past the end of the file is read to the end (io.EOF), so a read
+// is short only when the file is shorter than the index says: corruption.
+func shortDirectRead(got, size int, start int64, err error) error {
+	if got >= size {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		return needle.Corruptf("needle at %d: read %d of %d bytes", start, max(got, 0), size)
+	}
+	return err
 }
