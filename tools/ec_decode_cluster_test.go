@@ -27,19 +27,7 @@ func TestECDecodeCluster(t *testing.T) {
 	if _, err := ECDecodeCluster(ctx, rpc.Insecure(), c.DirAddr, vid, 2, Output{W: &out}); err == nil {
 		t.Fatal("decode of a writable volume succeeded")
 	}
-	if _, err := c.Directory.MarkReadOnly(ctx, &directorypb.DirectoryMarkReadOnlyRequest{Vid: vid, Reason: "test"}); err != nil {
-		t.Fatal(err)
-	}
-	reps, _, err := cl.Lookup(ctx, vid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range reps {
-		c.Eventually("replica read-only", func() error {
-			_, err := CompactOnline(ctx, rpc.Insecure(), r.GRPCAddr, vid, Output{W: &out})
-			return err
-		})
-	}
+	sealVolume(t, c, cl, vid, &out)
 	lookState := func(want storepb.VolumeState, holders int) func() error {
 		return func() error {
 			resp, err := c.Directory.Lookup(ctx, &directorypb.LookupRequest{Vid: vid})
