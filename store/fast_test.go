@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/haybale/haybale/internal/evloop"
 	"github.com/haybale/haybale/internal/imagetest"
 	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
@@ -33,9 +34,27 @@ import (
 // the fast path answers from the mapping, the larger images with
 // sendfile.
 func TestFastPathAnswersAsNetHTTP(t *testing.T) {
-	t.Run("mem", func(t *testing.T) { testFastPathAnswersAsNetHTTP(t, newHTTPFixture(t)) })
-	t.Run("os", func(t *testing.T) {
-		f := newHTTPFixtureOn(t, vfs.Default, t.TempDir(), 128)
+	for _, loop := range []bool{false, true} {
+		name := ""
+		if loop {
+			name = "loop-"
+		}
+		t.Run(name+"mem", func(t *testing.T) {
+			f := newHTTPFixtureWith(t, vfs.NewMem(), "/data", 1, loop)
+			if got := f.ts.srv.srv.EventLoop(); got != (loop && evloop.Supported) {
+				t.Fatalf("served on event loops: %v, want %v", got, loop)
+			}
+			testFastPathAnswersAsNetHTTP(t, f)
+		})
+		t.Run(name+"os", func(t *testing.T) { testFastPathAnswersAsNetHTTPOS(t, loop) })
+	}
+}
+
+// testFastPathAnswersAsNetHTTPOS is the "os" case of
+// TestFastPathAnswersAsNetHTTP, on fasthttp or on the event loops.
+func testFastPathAnswersAsNetHTTPOS(t *testing.T, loop bool) {
+	{
+		f := newHTTPFixtureWith(t, vfs.Default, t.TempDir(), 128, loop)
 		v := f.ts.srv.Store().mustVolume(t, 1)
 		if !v.Status().Mapped {
 			t.Fatal("the volume is not mapped")
@@ -57,7 +76,7 @@ func TestFastPathAnswersAsNetHTTP(t *testing.T) {
 			t.Errorf("verified mappings: %+v, %.0f hits on the metrics page; want hits", ps, hits)
 		}
 		t.Logf("%d mapped reads, %d preads, %.0f bytes sent with sendfile, %.0f verified mapping hits", st.MappedReads, st.Preads, sent, hits)
-	})
+	}
 }
 
 func testFastPathAnswersAsNetHTTP(t *testing.T, f *httpFixture) {

@@ -46,8 +46,16 @@ func newHTTPFixture(t *testing.T) *httpFixture {
 // fs, and images scale times larger.
 func newHTTPFixtureOn(t *testing.T, fs vfs.FS, dir string, scale int) *httpFixture {
 	t.Helper()
+	return newHTTPFixtureWith(t, fs, dir, scale, false)
+}
+
+// newHTTPFixtureWith is newHTTPFixtureOn with the HTTP connections served
+// on event loops when eventLoop is set.
+func newHTTPFixtureWith(t *testing.T, fs vfs.FS, dir string, scale int, eventLoop bool) *httpFixture {
+	t.Helper()
 	f := &httpFixture{}
 	f.ts = startServer(t, Options{Dir: dir, FS: fs}, ServerOptions{
+		EventLoop: eventLoop,
 		OnCorrupt: func(vid uint32, key uint64, size needle.SizeCode, err error) {
 			if vid == 1 && key == f.corrupt.id.Key && size == needle.SizeMedium && volume.IsCorruption(err) {
 				f.corruptReports.Add(1)

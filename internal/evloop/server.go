@@ -1,0 +1,185 @@
+// Package evloop serves HTTP/1.1 on event loops: one epoll loop per core
+// reads, parses and answers the requests of the connections handed to
+// it, with no goroutine per connection. It owns the loops, the HTTP/1.1
+// framing (keep-alive, Connection: close, HTTP/1.0, HEAD, pipelining,
+// 400 and 431 answers), the per-connection limits and timeouts, and the
+// writing of answers (writev of queued answers, sendfile(2) of file
+// bodies); what a request is answered with belongs to the Handler.
+//
+// A request the Handler answers at once is answered on the loop. One
+// whose answer may wait (a read from the disk) is answered by the Handler
+// on a goroutine of a bounded pool, and one it declines by the fallback
+// http.Handler there too; while a connection waits for such an answer the
+// loop reads and parses nothing more of it, so answers leave in the order
+// of the requests. A request that announces a body is refused (413): the
+// servers this package fronts take none on this listener.
+//
+// Limits against hostile clients: a request's line and headers must
+// arrive within ReadHeaderTimeout and fit in MaxHeaderBytes (431
+// otherwise); a kept-alive connection idle for IdleTimeout is closed; an
+// answer not taken by the client within WriteTimeout closes the
+// connection; and a connection with more than MaxQueued bytes of answers
+// waiting is not read until they drain, so neither what a client sends
+// nor what it refuses to read grows a buffer past a bound.
+//
+// The loops run on Linux (epoll); Supported is false elsewhere.
+package evloop
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Options configure a Server. Zero values take the documented defaults.
+type Options struct {
+	// Loops is the number of event loops; default GOMAXPROCS.
+	Loops int
+	// Workers bounds the goroutines that answer requests off the loops
+	// (reads that may wait for the disk, and the fallback handler);
+	// default 256.
+	Workers int
+	// ReadHeaderTimeout bounds the arrival of a request's line and
+	// headers from their first byte; default 10 s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a kept-alive connection idle this long; default
+	// 120 s.
+	IdleTimeout time.Duration
+	// WriteTimeout bounds how long an answer at the head of a
+	// connection's queue may take to be written; default none.
+	WriteTimeout time.Duration
+	// MaxHeaderBytes bounds a request's line and headers; default 16 KiB,
+	// and no more than 64 KiB.
+	MaxHeaderBytes int
+	// MaxQueued is how many bytes of answers may wait on a connection
+	// before the loop stops reading its requests; default 256 KiB.
+	MaxQueued int
+	// Logger receives the loops' warnings; default slog.Default().
+	Logger *slog.Logger
+	// OnClose, when set, is called once for each connection given to
+	// Enroll when it ends (closed, or refused by Enroll).
+	OnClose func()
+}
+
+func (o Options) withDefaults() Options {
+	if o.Loops <= 0 {
+		o.Loops = runtime.GOMAXPROCS(0)
+	}
+	if o.Workers <= 0 {
+		o.Workers = 256
+	}
+	if o.ReadHeaderTimeout <= 0 {
+		o.ReadHeaderTimeout = 10 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 120 * time.Second
+	}
+	if o.MaxHeaderBytes <= 0 {
+		o.MaxHeaderBytes = 16 << 10
+	}
+	o.MaxHeaderBytes = min(o.MaxHeaderBytes, 64<<10)
+	if o.MaxQueued <= 0 {
+		o.MaxQueued = 256 << 10
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// ErrClosed is returned by Enroll once Shutdown has started.
+var ErrClosed = errors.New("evloop: server shut down")
+
+// Server runs the loops. It is safe for concurrent use.
+type Server struct {
+	opts     Options
+	handler  Handler
+	fallback http.Handler
+	loops    []*loop
+	next     atomic.Uint32 // round robin over the loops
+	draining atomic.Bool
+	stopped  sync.WaitGroup // the loops' goroutines
+
+	jmu      sync.Mutex
+	jobs     []*job
+	running  int
+	workers  sync.WaitGroup
+	shutOnce sync.Once
+}
+
+// job is a request answered off the loop.
+type job struct {
+	c        *conn
+	req      *Request
+	fallback bool // for the fallback handler, not Blocked
+	ans      Answer
+}
+
+// submit queues j for a worker, starting one if fewer than Workers run.
+func (s *Server) submit(j *job) {
+	s.jmu.Lock()
+	s.jobs = append(s.jobs, j)
+	if s.running < s.opts.Workers {
+		s.running++
+		s.workers.Add(1)
+		go s.work()
+	}
+	s.jmu.Unlock()
+}
+
+// work answers queued jobs until there are none.
+func (s *Server) work() {
+	defer s.workers.Done()
+	for {
+		s.jmu.Lock()
+		if len(s.jobs) == 0 {
+			s.running--
+			s.jmu.Unlock()
+			return
+		}
+		j := s.jobs[0]
+		s.jobs[0] = nil
+		s.jobs = s.jobs[1:]
+		s.jmu.Unlock()
+		s.answer(j)
+		j.c.l.complete(j)
+	}
+}
+
+// answer answers j: the Handler allowed to block, or the fallback.
+func (s *Server) answer(j *job) {
+	defer func() {
+		if p := recover(); p != nil {
+			// As net/http does for a handler that panics: log it and
+			// end the connection without an answer.
+			s.opts.Logger.Error("evloop: handler panic", "panic", p, "target", string(j.req.Target))
+			j.ans.release()
+			j.ans.reset()
+			j.ans.Status = -1
+		}
+	}()
+	if !j.fallback {
+		switch s.handler(j.req, &j.ans, true) {
+		case Answered:
+			return
+		case Blocked:
+			j.ans.release()
+			s.opts.Logger.Error("evloop: handler blocked off the loop", "target", string(j.req.Target))
+			errorAnswer(&j.ans, http.StatusInternalServerError, "internal error")
+			return
+		}
+		j.ans.release()
+	}
+	// A fallback answer is bounded as the answer it is written in.
+	ctx, cancel := context.WithCancel(context.Background())
+	if s.opts.WriteTimeout > 0 {
+		ctx, cancel = context.WithTimeout(context.Background(), s.opts.WriteTimeout)
+	}
+	defer cancel()
+	serveFallback(s.fallback, j.req, j.c.remote, ctx, &j.ans)
+}
