@@ -495,7 +495,11 @@ func (c *conn) pump() {
 		if c.parse() {
 			progress = true
 		}
+		full := c.paused()
 		c.flush()
+		if full && !c.paused() {
+			progress = true // written below the bound: parse on
+		}
 		if c.closed || !progress || c.paused() {
 			break
 		}
@@ -665,7 +669,7 @@ func (c *conn) offload(req *Request, fallback bool) {
 // queue puts a's answer to req at the end of c's queue.
 func (c *conn) queue(req *Request, a *Answer) {
 	l := c.l
-	closeConn := req.close || a.closeConn
+	closeConn := req.close || a.closeConn || l.srv.draining.Load()
 	start := len(c.arena)
 	if req.Minor == 0 {
 		c.arena = append(c.arena, "HTTP/1.0 "...)
