@@ -9,8 +9,8 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/internal/evloop"
+	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/internal/serve"
 	"github.com/haybale/haybale/needle"
 )
