@@ -203,7 +203,12 @@ func clipBody(b []byte) []byte {
 // has to wait for it: every answer arrives whole, in order, byte for
 // byte.
 func TestFastPathSendfileSlowClient(t *testing.T) {
-	ts := startServer(t, Options{Dir: t.TempDir(), FS: vfs.Default}, ServerOptions{})
+	t.Run("fasthttp", func(t *testing.T) { testSendfileSlowClient(t, false) })
+	t.Run("loop", func(t *testing.T) { testSendfileSlowClient(t, true) })
+}
+
+func testSendfileSlowClient(t *testing.T, loop bool) {
+	ts := startServer(t, Options{Dir: t.TempDir(), FS: vfs.Default}, ServerOptions{EventLoop: loop})
 	ts.allocate(t, 1)
 	p := randomPhoto(rand.New(rand.NewPCG(3, 4)), 1, 0x77, 48<<10) // t: 48 KiB, l: 384 KiB
 	ts.writePhoto(t, p)
@@ -249,6 +254,16 @@ func TestFastPathSendfileSlowClient(t *testing.T) {
 	sent := scrapeCounter(t, ts.base, "haybale_store_http_bytes_sendfile_total") - before
 	if len(p.data[needle.SizeThumb]) >= sendfileMin || len(p.data[needle.SizeLarge]) < sendfileMin {
 		t.Fatalf("the test wants a thumbnail under %d bytes and a large image over", sendfileMin)
+	}
+	large := float64(len(p.data[needle.SizeLarge]))
+	if loop && evloop.Supported {
+		// The first large answer leaves with sendfile; the second, parsed
+		// while the first was still queued, most likely from the mapping
+		// with the answers before it.
+		if sent != large && sent != 2*large {
+			t.Errorf("%.0f bytes sent with sendfile, want one or both large answers' (%.0f each)", sent, large)
+		}
+		return
 	}
 	if runtime.GOOS == "linux" && sent != float64(2*len(p.data[needle.SizeLarge])) {
 		t.Errorf("%.0f bytes sent with sendfile, want the two large answers' %d", sent, 2*len(p.data[needle.SizeLarge]))

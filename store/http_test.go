@@ -374,9 +374,14 @@ func TestConditionalAndRangeMatchServeContent(t *testing.T) {
 
 // TestOnePreadPerGET counts the file reads behind each request.
 func TestOnePreadPerGET(t *testing.T) {
+	t.Run("fasthttp", func(t *testing.T) { testOnePreadPerGET(t, false) })
+	t.Run("loop", func(t *testing.T) { testOnePreadPerGET(t, true) })
+}
+
+func testOnePreadPerGET(t *testing.T, loop bool) {
 	counter := &errorfs.Counter{}
 	fs := errorfs.Wrap(vfs.NewMem(), counter)
-	ts := startServer(t, Options{Dir: "/data", FS: fs}, ServerOptions{})
+	ts := startServer(t, Options{Dir: "/data", FS: fs}, ServerOptions{EventLoop: loop})
 	ts.allocate(t, 1)
 	r := rand.New(rand.NewPCG(7, 8))
 	p := randomPhoto(r, 1, 1, 50<<10) // sizes up to 400 KiB
