@@ -111,7 +111,7 @@ func errorAnswer(a *Answer, code int, msg string) {
 
 // serveFallback answers req with h, as net/http would: the handler's
 // answer is buffered whole, then written with a Content-Length.
-func serveFallback(h http.Handler, req *Request, remote string, ctx context.Context, a *Answer) {
+func serveFallback(ctx context.Context, h http.Handler, req *Request, remote string, a *Answer) {
 	hr, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(req.raw)))
 	if err != nil {
 		errorAnswer(a, http.StatusBadRequest, "malformed request")

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -19,6 +20,95 @@ import (
 
 // Supported reports whether event loops run on this system.
 const Supported = true
+
+// Server runs the loops. It is safe for concurrent use.
+type Server struct {
+	opts     Options
+	handler  Handler
+	fallback http.Handler
+	loops    []*loop
+	next     atomic.Uint32 // round robin over the loops
+	draining atomic.Bool
+	stopped  sync.WaitGroup // the loops' goroutines
+
+	jmu      sync.Mutex
+	jobs     []*job
+	running  int
+	workers  sync.WaitGroup
+	shutOnce sync.Once
+}
+
+// job is a request answered off the loop.
+type job struct {
+	c        *conn
+	req      *Request
+	fallback bool // for the fallback handler, not Blocked
+	ans      Answer
+}
+
+// submit queues j for a worker, starting one if fewer than Workers run.
+func (s *Server) submit(j *job) {
+	s.jmu.Lock()
+	s.jobs = append(s.jobs, j)
+	if s.running < s.opts.Workers {
+		s.running++
+		s.workers.Add(1)
+		go s.work()
+	}
+	s.jmu.Unlock()
+}
+
+// work answers queued jobs until there are none.
+func (s *Server) work() {
+	defer s.workers.Done()
+	for {
+		s.jmu.Lock()
+		if len(s.jobs) == 0 {
+			s.running--
+			s.jmu.Unlock()
+			return
+		}
+		j := s.jobs[0]
+		s.jobs[0] = nil
+		s.jobs = s.jobs[1:]
+		s.jmu.Unlock()
+		s.answer(j)
+		j.c.l.complete(j)
+	}
+}
+
+// answer answers j: the Handler allowed to block, or the fallback.
+func (s *Server) answer(j *job) {
+	defer func() {
+		if p := recover(); p != nil {
+			// As net/http does for a handler that panics: log it and
+			// end the connection without an answer.
+			s.opts.Logger.Error("evloop: handler panic", "panic", p, "target", string(j.req.Target))
+			j.ans.release()
+			j.ans.reset()
+			j.ans.Status = -1
+		}
+	}()
+	if !j.fallback {
+		switch s.handler(j.req, &j.ans, true) {
+		case Answered:
+			return
+		case Blocked:
+			j.ans.release()
+			s.opts.Logger.Error("evloop: handler blocked off the loop", "target", string(j.req.Target))
+			errorAnswer(&j.ans, http.StatusInternalServerError, "internal error")
+			return
+		}
+		j.ans.release()
+	}
+	// A fallback answer is bounded as the answer it is written in.
+	ctx, cancel := context.WithCancel(context.Background())
+	if s.opts.WriteTimeout > 0 {
+		ctx, cancel = context.WithTimeout(context.Background(), s.opts.WriteTimeout)
+	}
+	defer cancel()
+	serveFallback(ctx, s.fallback, j.req, j.c.remote, &j.ans)
+}
 
 const (
 	// maxIovec bounds the buffers of one writev.
@@ -543,12 +633,12 @@ func (c *conn) read() bool {
 	got := false
 	for c.readable && !c.paused() && !c.eof {
 		if len(c.in) == cap(c.in) {
-			switch max := c.l.srv.opts.MaxHeaderBytes; {
+			switch limit := c.l.srv.opts.MaxHeaderBytes; {
 			case c.r > 0:
 				n := copy(c.in, c.in[c.r:])
 				c.in, c.r = c.in[:n], 0
-			case cap(c.in) < max:
-				grown := make([]byte, len(c.in), min(2*cap(c.in), max))
+			case cap(c.in) < limit:
+				grown := make([]byte, len(c.in), min(2*cap(c.in), limit))
 				copy(grown, c.in)
 				c.in = grown
 			default:
@@ -587,7 +677,7 @@ var crlf2 = []byte("\r\n\r\n")
 // reports whether it answered any.
 func (c *conn) parse() bool {
 	l := c.l
-	any := false
+	parsed := false
 	for !c.paused() && !c.closed {
 		data := c.in[c.r:]
 		for len(data) >= 2 && data[0] == '\r' && data[1] == '\n' {
@@ -598,16 +688,16 @@ func (c *conn) parse() bool {
 			break
 		}
 		end := bytes.Index(data, crlf2)
-		max := l.srv.opts.MaxHeaderBytes
-		if end < 0 && len(data) < max && !c.eof {
+		limit := l.srv.opts.MaxHeaderBytes
+		if end < 0 && len(data) < limit && !c.eof {
 			break // not all here yet
 		}
-		any = true
+		parsed = true
 		a := &l.ans
 		a.reset()
 		req := &l.req
 		switch {
-		case end < 0 && len(data) >= max, end+4 > max:
+		case end < 0 && len(data) >= limit, end+4 > limit:
 			c.failed(a, http.StatusRequestHeaderFieldsTooLarge, "request line and headers too large")
 			return true
 		case end < 0:
@@ -646,7 +736,7 @@ func (c *conn) parse() bool {
 			c.offload(req, true)
 		}
 	}
-	return any
+	return parsed
 }
 
 // failed queues an error answer that ends c, and drops what was not

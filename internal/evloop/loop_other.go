@@ -14,6 +14,9 @@ const Supported = false
 
 var errUnsupported = errors.New("evloop: event loops need Linux (epoll)")
 
+// Server would run the loops; there are none on this system.
+type Server struct{}
+
 // New fails: event loops need Linux.
 func New(Handler, http.Handler, Options) (*Server, error) { return nil, errUnsupported }
 

@@ -26,13 +26,9 @@
 package evloop
 
 import (
-	"context"
 	"errors"
 	"log/slog"
-	"net/http"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -94,92 +90,3 @@ func (o Options) withDefaults() Options {
 
 // ErrClosed is returned by Enroll once Shutdown has started.
 var ErrClosed = errors.New("evloop: server shut down")
-
-// Server runs the loops. It is safe for concurrent use.
-type Server struct {
-	opts     Options
-	handler  Handler
-	fallback http.Handler
-	loops    []*loop
-	next     atomic.Uint32 // round robin over the loops
-	draining atomic.Bool
-	stopped  sync.WaitGroup // the loops' goroutines
-
-	jmu      sync.Mutex
-	jobs     []*job
-	running  int
-	workers  sync.WaitGroup
-	shutOnce sync.Once
-}
-
-// job is a request answered off the loop.
-type job struct {
-	c        *conn
-	req      *Request
-	fallback bool // for the fallback handler, not Blocked
-	ans      Answer
-}
-
-// submit queues j for a worker, starting one if fewer than Workers run.
-func (s *Server) submit(j *job) {
-	s.jmu.Lock()
-	s.jobs = append(s.jobs, j)
-	if s.running < s.opts.Workers {
-		s.running++
-		s.workers.Add(1)
-		go s.work()
-	}
-	s.jmu.Unlock()
-}
-
-// work answers queued jobs until there are none.
-func (s *Server) work() {
-	defer s.workers.Done()
-	for {
-		s.jmu.Lock()
-		if len(s.jobs) == 0 {
-			s.running--
-			s.jmu.Unlock()
-			return
-		}
-		j := s.jobs[0]
-		s.jobs[0] = nil
-		s.jobs = s.jobs[1:]
-		s.jmu.Unlock()
-		s.answer(j)
-		j.c.l.complete(j)
-	}
-}
-
-// answer answers j: the Handler allowed to block, or the fallback.
-func (s *Server) answer(j *job) {
-	defer func() {
-		if p := recover(); p != nil {
-			// As net/http does for a handler that panics: log it and
-			// end the connection without an answer.
-			s.opts.Logger.Error("evloop: handler panic", "panic", p, "target", string(j.req.Target))
-			j.ans.release()
-			j.ans.reset()
-			j.ans.Status = -1
-		}
-	}()
-	if !j.fallback {
-		switch s.handler(j.req, &j.ans, true) {
-		case Answered:
-			return
-		case Blocked:
-			j.ans.release()
-			s.opts.Logger.Error("evloop: handler blocked off the loop", "target", string(j.req.Target))
-			errorAnswer(&j.ans, http.StatusInternalServerError, "internal error")
-			return
-		}
-		j.ans.release()
-	}
-	// A fallback answer is bounded as the answer it is written in.
-	ctx, cancel := context.WithCancel(context.Background())
-	if s.opts.WriteTimeout > 0 {
-		ctx, cancel = context.WithTimeout(context.Background(), s.opts.WriteTimeout)
-	}
-	defer cancel()
-	serveFallback(s.fallback, j.req, j.c.remote, ctx, &j.ans)
-}
