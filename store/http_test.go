@@ -130,7 +130,11 @@ func wantJSONError(t *testing.T, resp *http.Response, body []byte) {
 }
 
 func TestHTTPCases(t *testing.T) {
-	f := newHTTPFixture(t)
+	t.Run("fasthttp", func(t *testing.T) { testHTTPCases(t, newHTTPFixture(t)) })
+	t.Run("loop", func(t *testing.T) { testHTTPCases(t, newHTTPFixtureWith(t, vfs.NewMem(), "/data", 1, true)) })
+}
+
+func testHTTPCases(t *testing.T, f *httpFixture) {
 	ts := f.ts
 	jpegT := f.jpeg.data[needle.SizeThumb]
 	jpegL := f.jpeg.data[needle.SizeLarge]
@@ -507,8 +511,13 @@ func (b *blockingReads) MaybeError(op errorfs.Op) error {
 // is in flight: the GET completes, new connections are refused, and the
 // store is closed after it.
 func TestShutdownDrains(t *testing.T) {
+	t.Run("fasthttp", func(t *testing.T) { testShutdownDrains(t, false) })
+	t.Run("loop", func(t *testing.T) { testShutdownDrains(t, true) })
+}
+
+func testShutdownDrains(t *testing.T, loop bool) {
 	inj := &blockingReads{entered: make(chan struct{}, 1), release: make(chan struct{})}
-	ts := startServer(t, Options{Dir: "/data", FS: errorfs.Wrap(vfs.NewMem(), inj)}, ServerOptions{})
+	ts := startServer(t, Options{Dir: "/data", FS: errorfs.Wrap(vfs.NewMem(), inj)}, ServerOptions{EventLoop: loop})
 	ts.allocate(t, 1)
 	p := randomPhoto(rand.New(rand.NewPCG(1, 1)), 1, 1, 4000)
 	ts.writePhoto(t, p)
@@ -570,7 +579,12 @@ func TestShutdownDrains(t *testing.T) {
 // TestBadConnections sends garbage to both ports and checks the server
 // still answers.
 func TestBadConnections(t *testing.T) {
-	ts := startServer(t, Options{Dir: "/d", FS: vfs.NewMem()}, ServerOptions{ReadHeaderTimeout: 300 * time.Millisecond})
+	t.Run("fasthttp", func(t *testing.T) { testBadConnections(t, false) })
+	t.Run("loop", func(t *testing.T) { testBadConnections(t, true) })
+}
+
+func testBadConnections(t *testing.T, loop bool) {
+	ts := startServer(t, Options{Dir: "/d", FS: vfs.NewMem()}, ServerOptions{ReadHeaderTimeout: 300 * time.Millisecond, EventLoop: loop})
 	ts.allocate(t, 1)
 	garbage := [][]byte{
 		[]byte("GARBAGE\r\n\r\n"),

@@ -80,7 +80,7 @@ type Options struct {
 	// requests it owns on the loops, and the http.Handler the others off
 	// them. Fast is then unused. The loops apply ReadHeaderTimeout,
 	// IdleTimeout, WriteTimeout (from an answer's turn to be written),
-	// MaxHeaderBytes (up to 64 KiB) and MaxConns.
+	// MaxHeaderBytes (up to 16 KiB, as under fasthttp) and MaxConns.
 	Loop evloop.Handler
 	// GRPC, when set, is served on GRPCListener beside the HTTP server and
 	// drained with it (GracefulStop, then Stop when time runs out).
@@ -150,9 +150,11 @@ func New(ln net.Listener, h http.Handler, opts Options) *HTTP {
 			ReadHeaderTimeout: opts.ReadHeaderTimeout,
 			IdleTimeout:       opts.IdleTimeout,
 			WriteTimeout:      opts.WriteTimeout,
-			MaxHeaderBytes:    opts.MaxHeaderBytes,
-			Logger:            opts.Logger,
-			OnClose:           onClose,
+			// As under fasthttp: a request's line and headers fit in
+			// 16 KiB, so that a connection's read buffer stays small.
+			MaxHeaderBytes: min(opts.MaxHeaderBytes, maxFastReadBuffer),
+			Logger:         opts.Logger,
+			OnClose:        onClose,
 		})
 		if err == nil {
 			return &HTTP{
