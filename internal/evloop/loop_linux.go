@@ -102,11 +102,12 @@ func (s *Server) answer(j *job) {
 		j.ans.release()
 	}
 	// A fallback answer is bounded as the answer it is written in.
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx := context.Background()
 	if s.opts.WriteTimeout > 0 {
-		ctx, cancel = context.WithTimeout(context.Background(), s.opts.WriteTimeout)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.opts.WriteTimeout)
+		defer cancel()
 	}
-	defer cancel()
 	serveFallback(ctx, s.fallback, j.req, j.c.remote, &j.ans)
 }
 
@@ -166,6 +167,7 @@ type conn struct {
 	arena  []byte
 
 	readable bool // the socket may hold bytes not read yet
+	hup      bool // the client closed its side: its end is to be read
 	busy     bool // a request is answered off the loop
 	closing  bool // close once the queue is written
 	eof      bool // the client closed its side
@@ -242,6 +244,7 @@ func newLoop(s *Server, tick time.Duration) (*loop, error) {
 // descriptor), to a loop, which serves it from then on; c itself is
 // closed. On error c is closed too.
 func (s *Server) Enroll(c net.Conn) error {
+	remote := c.RemoteAddr().String()
 	fd, err := takeFD(c)
 	if err != nil || s.draining.Load() {
 		if err == nil {
@@ -254,7 +257,7 @@ func (s *Server) Enroll(c net.Conn) error {
 		return err
 	}
 	l := s.loops[int(s.next.Add(1))%len(s.loops)]
-	cn := &conn{l: l, fd: fd, remote: c.RemoteAddr().String(), readable: true}
+	cn := &conn{l: l, fd: fd, remote: remote, readable: true}
 	l.mu.Lock()
 	if l.exited {
 		l.mu.Unlock()
@@ -412,6 +415,9 @@ func (l *loop) run() {
 			}
 			if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLRDHUP) != 0 {
 				c.readable = true
+			}
+			if ev.Events&(unix.EPOLLHUP|unix.EPOLLRDHUP) != 0 {
+				c.hup = true // read to the end: a short read is not all
 			}
 			c.pump()
 		}
@@ -663,7 +669,7 @@ func (c *conn) read() bool {
 			c.in = c.in[:len(c.in)+n]
 			c.lastActive = c.l.now
 			got = true
-			if n < len(free) {
+			if n < len(free) && !c.hup {
 				c.readable = false // drained; the next edge says when more came
 			}
 		}

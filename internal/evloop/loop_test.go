@@ -456,3 +456,19 @@ func TestShutdownCutsWhenOutOfTime(t *testing.T) {
 		t.Errorf("%d connections ended, want 1", n)
 	}
 }
+
+func TestHalfClosedClient(t *testing.T) {
+	f := newFixture(t, Options{})
+	c := f.dial(t, 0)
+	// Two requests and the client's end in one go: both are answered,
+	// then the connection closes (not after the idle timeout).
+	io.WriteString(c, "GET /img/3 HTTP/1.1\r\nHost: x\r\n\r\nGET /block/4 HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.(*net.TCPConn).CloseWrite()
+	br := bufio.NewReader(c)
+	for _, want := range []string{"abc", "abcd"} {
+		if _, b := readAnswer(t, br, "GET"); string(b) != want {
+			t.Fatalf("got %q, want %q", b, want)
+		}
+	}
+	waitEOF(t, br)
+}
