@@ -168,6 +168,7 @@ type conn struct {
 
 	readable bool // the socket may hold bytes not read yet
 	hup      bool // the client closed its side: its end is to be read
+	started  bool // the client has sent something
 	busy     bool // a request is answered off the loop
 	closing  bool // close once the queue is written
 	eof      bool // the client closed its side
@@ -567,7 +568,14 @@ func (l *loop) scan(drain bool) {
 				l.close(c) // too slow to send its request
 			}
 		default:
-			if drain || l.now.Sub(c.lastActive) > o.IdleTimeout {
+			// A new connection must start its first request within
+			// ReadHeaderTimeout, as under net/http; a kept-alive one may
+			// then wait IdleTimeout for its next.
+			limit := o.IdleTimeout
+			if !c.started {
+				limit = o.ReadHeaderTimeout
+			}
+			if drain || l.now.Sub(c.lastActive) > limit {
 				l.close(c)
 			}
 		}
@@ -668,6 +676,7 @@ func (c *conn) read() bool {
 		default:
 			c.in = c.in[:len(c.in)+n]
 			c.lastActive = c.l.now
+			c.started = true
 			got = true
 			if n < len(free) && !c.hup {
 				c.readable = false // drained; the next edge says when more came

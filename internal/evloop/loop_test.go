@@ -307,6 +307,13 @@ func TestSlowlorisClosed(t *testing.T) {
 	waitEOF(t, c)
 }
 
+func TestSilentConnectionClosed(t *testing.T) {
+	// A connection that never sends a request is closed after the
+	// read-header timeout, not the (long) idle timeout.
+	f := newFixture(t, Options{ReadHeaderTimeout: 100 * time.Millisecond, IdleTimeout: time.Hour})
+	waitEOF(t, f.dial(t, 0))
+}
+
 func TestIdleClosed(t *testing.T) {
 	f := newFixture(t, Options{IdleTimeout: 100 * time.Millisecond})
 	c := f.dial(t, 0)

@@ -41,7 +41,8 @@ type Options struct {
 	// default 256.
 	Workers int
 	// ReadHeaderTimeout bounds the arrival of a request's line and
-	// headers from their first byte; default 10 s.
+	// headers from their first byte, and the wait for the first request
+	// of a new connection; default 10 s.
 	ReadHeaderTimeout time.Duration
 	// IdleTimeout closes a kept-alive connection idle this long; default
 	// 120 s.
