@@ -43,7 +43,7 @@ var allowed = map[string]rule{
 	"store":                        {project: []string{"store/volume", "needle", "internal/vfs", "internal/token", "internal/imagehttp", "internal/serve", "internal/evloop", "internal/rpc", "internal/pki", "internal/dirconn", "proto/*"}, thirdParty: anyThirdParty},
 	"directory":                    {project: []string{"needle", "internal/placement", "internal/token", "internal/serve", "internal/rpc", "internal/pki", "internal/dirconn", "proto/*"}, thirdParty: anyThirdParty},
 	"client":                       {project: []string{"needle", "internal/token", "internal/rpc", "internal/pki", "internal/dirconn", "proto/*"}, thirdParty: anyThirdParty},
-	"cache":                        {project: []string{"needle", "client", "internal/imagehttp", "internal/serve", "internal/pki", "proto/*"}, thirdParty: anyThirdParty},
+	"cache":                        {project: []string{"needle", "client", "internal/imagehttp", "internal/serve", "internal/evloop", "internal/pki", "proto/*"}, thirdParty: anyThirdParty},
 	"gateway":                      {project: []string{"resizer", "client", "needle", "internal/serve", "proto/*"}, thirdParty: anyThirdParty},
 	"tools":                        {project: []string{"store/volume", "internal/placement", "client", "needle", "internal/vfs", "internal/rpc", "internal/pki", "proto/*"}, thirdParty: anyThirdParty},
 	"bench":                        {project: []string{"client", "needle", "internal/rpc", "internal/pki", "proto/*"}, thirdParty: anyThirdParty},
