@@ -11,8 +11,11 @@
 // on a goroutine of a bounded pool, and one it declines by the fallback
 // http.Handler there too; while a connection waits for such an answer the
 // loop reads and parses nothing more of it, so answers leave in the order
-// of the requests. A request that announces a body is refused (413): the
-// servers this package fronts take none on this listener.
+// of the requests. The fallback's answer is buffered whole and sent with
+// the headers net/http would add (Date, a sniffed Content-Type) and
+// always a Content-Length (where net/http would send a long body of
+// unknown length chunked). A request that announces a body is refused
+// (413): the servers this package fronts take none on this listener.
 //
 // Limits against hostile clients: a request's line and headers must
 // arrive within ReadHeaderTimeout and fit in MaxHeaderBytes (431
