@@ -873,7 +873,8 @@ func (c *conn) flush() {
 		}
 		iov := c.l.iov[:0]
 		total := 0
-		for i := c.head; i < len(c.out) && len(iov) < maxIovec && !c.out[i].file; i++ {
+		i := c.head
+		for ; i < len(c.out) && len(iov) < maxIovec && !c.out[i].file; i++ {
 			if b := c.out[i].b; len(b) > 0 {
 				v := unix.Iovec{Base: &b[0]}
 				v.SetLen(len(b))
@@ -885,7 +886,19 @@ func (c *conn) flush() {
 			c.advance()
 			continue
 		}
-		r, _, e := unix.Syscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		var r uintptr
+		var e syscall.Errno
+		if i < len(c.out) && c.out[i].file && c.out[i].n > 0 {
+			// A file body follows: MSG_MORE holds these bytes (its
+			// headers) until sendfile's fill the segment, so that they do
+			// not leave in a small packet of their own (nginx corks the
+			// socket for the same).
+			msg := unix.Msghdr{Iov: &iov[0]}
+			msg.SetIovlen(len(iov))
+			r, _, e = unix.Syscall(unix.SYS_SENDMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_MORE|unix.MSG_NOSIGNAL)
+		} else {
+			r, _, e = unix.Syscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		}
 		clear(iov) // no pointer into the answers stays behind
 		switch {
 		case e == unix.EAGAIN:
