@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/haybale/haybale/internal/evloop"
 	"github.com/haybale/haybale/internal/imagetest"
 	"github.com/haybale/haybale/needle"
 )
@@ -28,6 +29,11 @@ func rawAnswer(t *testing.T, addr, method, target string, hdr map[string]string)
 // serving the cache's handler all carry the same status, headers (but
 // Date) and body; and that hits do not call the Loader.
 func TestFastHitAnswersAsMiss(t *testing.T) {
+	t.Run("fasthttp", func(t *testing.T) { testFastHitAnswersAsMiss(t, false) })
+	t.Run("loop", func(t *testing.T) { testFastHitAnswersAsMiss(t, true) })
+}
+
+func testFastHitAnswersAsMiss(t *testing.T, loop bool) {
 	up := &fakeUpstream{lens: map[uint64]int{1: 5000, 2: 300000}, buf: make([]byte, 300000)}
 	for i := range up.buf {
 		up.buf[i] = byte(i * 7)
@@ -36,9 +42,12 @@ func TestFastHitAnswersAsMiss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := NewServer(c, ServerOptions{Addr: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler)})
+	srv, err := NewServer(c, ServerOptions{Addr: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler), EventLoop: loop})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := srv.http.EventLoop(); got != (loop && evloop.Supported) {
+		t.Fatalf("served on event loops: %v, want %v", got, loop)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

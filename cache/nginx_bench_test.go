@@ -47,7 +47,8 @@ func (d dirLoader) Load(_ context.Context, id needle.PhotoID, size needle.SizeCo
 // HAYBALE_WRK_DURATION, default 8s) runs against the cache and nginx in
 // turn, HAYBALE_BENCH_REPS times (default 3), for each row. It prints a
 // table of medians; CPU per request is the process's own (the cache
-// server; the idle test harness) and the nginx workers' from /proc.
+// server; the idle test harness) and the nginx workers' from /proc. With
+// HAYBALE_EVENT_LOOP set, the cache serves on event loops.
 func BenchmarkHitVsNginx(b *testing.B) {
 	dir, nginx := os.Getenv("HAYBALE_BENCH_DIR"), os.Getenv("HAYBALE_NGINX_URL")
 	if dir == "" || nginx == "" {
@@ -137,7 +138,7 @@ func serveBenchCorpus(tb testing.TB, dir, addr string, lists []string) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv, err := NewServer(c, ServerOptions{Addr: addr, Logger: slog.New(slog.DiscardHandler)})
+	srv, err := NewServer(c, ServerOptions{Addr: addr, Logger: slog.New(slog.DiscardHandler), EventLoop: os.Getenv("HAYBALE_EVENT_LOOP") != ""})
 	if err != nil {
 		tb.Fatal(err)
 	}

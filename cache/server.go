@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/haybale/haybale/internal/evloop"
 	"github.com/haybale/haybale/internal/imagehttp"
 	"github.com/haybale/haybale/internal/pki"
 	"github.com/haybale/haybale/internal/serve"
@@ -57,6 +58,11 @@ type ServerOptions struct {
 	// IdleTimeout closes keep-alive connections idle this long; default
 	// 120 s.
 	IdleTimeout time.Duration
+	// EventLoop serves the public listener on event loops, one per core,
+	// which answer plain hits without a goroutine per connection (see
+	// loop.go), instead of with fasthttp. Where event loops cannot run
+	// (not Linux) fasthttp serves.
+	EventLoop bool
 }
 
 func (o ServerOptions) withDefaults() ServerOptions {
@@ -144,9 +150,14 @@ func NewServer(c *Cache, opts ServerOptions) (*Server, error) {
 			ReadHeaderTimeout: opts.ReadHeaderTimeout, WriteTimeout: opts.WriteTimeout, IdleTimeout: opts.IdleTimeout,
 		})
 	}
+	var loop evloop.Handler
+	if opts.EventLoop {
+		loop = c.serveLoop
+	}
 	s.http = serve.New(ln, handler, serve.Options{
 		Name: "cache", Logger: opts.Logger, ShutdownTimeout: opts.ShutdownTimeout,
 		Fast:              c.serveFast,
+		Loop:              loop,
 		ReadHeaderTimeout: opts.ReadHeaderTimeout, WriteTimeout: opts.WriteTimeout, IdleTimeout: opts.IdleTimeout,
 		AfterDrain: func() error {
 			var err error

@@ -78,65 +78,123 @@ const sendfileMin = 64 << 10
 // for the answer written from it.
 type readBufKey struct{}
 
-// serveFast answers a plain GET or HEAD of an image and reports whether it
-// did; it declines every other request. Callers: the store's HTTP server
-// (internal/serve) for every request; the images are public, as on the
-// net/http path.
-func (h *httpHandler) serveFast(ctx *fasthttp.RequestCtx) bool {
-	if !ctx.IsGet() && !ctx.IsHead() {
-		return false
+// imageRequest is what the fast paths ask of a request: fasthttp's
+// (fastRequest) and the event loops' (loopRequest).
+type imageRequest interface {
+	getOrHead() bool
+	target() []byte
+	has(name string) bool
+	acceptsWebP() bool
+}
+
+// plainImage reports whether r is a plain image GET or HEAD, which the
+// fast paths answer, and which image it asks for. Every other request
+// (another method or path, a target net/http would clean, a conditional
+// or Range header, a path that does not parse) is declined, for the
+// net/http handler.
+func plainImage[R imageRequest](r R) (id needle.PhotoID, choice imagehttp.Choice, ok bool) {
+	if !r.getOrHead() {
+		return id, choice, false
 	}
-	uri := ctx.Request.Header.RequestURI()
+	uri := r.target()
 	if !imagehttp.PlainTarget(uri) {
-		return false
+		return id, choice, false
 	}
 	for _, name := range imagehttp.ConditionalHeaders {
-		if ctx.Request.Header.Peek(name) != nil {
-			return false
+		if r.has(name) {
+			return id, choice, false
 		}
 	}
 	// The string (and ext, a part of it) only lives for the call: the
 	// request's bytes, not a copy, so that a GET allocates nothing.
 	id, size, ext, err := needle.ParseImagePath(unsafe.String(unsafe.SliceData(uri), len(uri)))
 	if err != nil {
-		return false // the 400 answer names the error; net/http writes it
+		return id, choice, false // the 400 answer names the error; net/http writes it
 	}
-	choice := imagehttp.Choose(nil, size, ext)
-	if choice.Vary {
+	choice = imagehttp.Choose(nil, size, ext)
+	if choice.Vary && r.acceptsWebP() {
 		// A bare size, chosen by Accept: its WebP variant when the
 		// request accepts WebP (the size itself when the photo has none),
 		// as imagehttp.Choose does for net/http.
-		for _, v := range ctx.Request.Header.PeekAll("Accept") {
-			// The string only lives for the call.
-			if imagehttp.AcceptValueWebP(unsafe.String(unsafe.SliceData(v), len(v))) {
-				choice.Size, _ = size.WebP()
-				break
-			}
+		choice.Size, _ = size.WebP()
+	}
+	return id, choice, true
+}
+
+// acceptValueWebP is imagehttp.AcceptValueWebP of a header value's bytes.
+func acceptValueWebP(v []byte) bool {
+	// The string only lives for the call.
+	return imagehttp.AcceptValueWebP(unsafe.String(unsafe.SliceData(v), len(v)))
+}
+
+// fastRequest is a fasthttp request as plainImage sees it.
+type fastRequest struct{ ctx *fasthttp.RequestCtx }
+
+func (r fastRequest) getOrHead() bool      { return r.ctx.IsGet() || r.ctx.IsHead() }
+func (r fastRequest) target() []byte       { return r.ctx.Request.Header.RequestURI() }
+func (r fastRequest) has(name string) bool { return r.ctx.Request.Header.Peek(name) != nil }
+func (r fastRequest) acceptsWebP() bool {
+	for _, v := range r.ctx.Request.Header.PeekAll("Accept") {
+		if acceptValueWebP(v) {
+			return true
 		}
 	}
-	start := time.Now()
-	code := h.readFast(ctx, id, choice)
-	if code == declined {
+	return false
+}
+
+// serveFast answers a plain GET or HEAD of an image and reports whether it
+// did; it declines every other request. Callers: the store's HTTP server
+// (internal/serve) for every request; the images are public, as on the
+// net/http path.
+func (h *httpHandler) serveFast(ctx *fasthttp.RequestCtx) bool {
+	id, choice, ok := plainImage(fastRequest{ctx})
+	if !ok {
 		return false
 	}
+	start := time.Now()
+	img := h.readImage(id, choice, true)
+	if img.code == declined {
+		return false
+	}
+	h.writeFast(ctx, &img)
 	if choice.Vary {
 		// On every answer, failures included, as on the net/http path.
 		ctx.Response.Header.SetCanonical(imagehttp.RawVary, imagehttp.RawAccept)
 	}
-	h.srv.metrics.countStatus(code)
+	h.srv.metrics.countStatus(img.code)
 	h.srv.metrics.latency.Observe(time.Since(start).Seconds())
 	return true
 }
 
-// declined is readFast's answer for a read it leaves to the net/http path,
-// which answers it in full.
-const declined = -1
+// Outcomes of readImage that are not a status: a read it leaves to the
+// net/http path, which answers it in full, and one it would have to wait
+// for the disk for, when it may not.
+const (
+	declined = -1
+	blocked  = -2
+)
 
-// readFast reads, verifies and answers one image, as serveImage and
-// answerRead do on the net/http path, from a plain or an EC volume. A
-// needle whose content type is not an image type is declined: the
-// net/http path answers it as corrupt, never as an image.
-func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, choice imagehttp.Choice) int {
+// imageRead is what readImage found: a status and what the answer is
+// made of, which each fast path writes as the net/http path would.
+type imageRead struct {
+	code int
+	// An image (code 200): the verified needle, and the buffer or mapping
+	// its bytes lie in, which must be closed once they are written.
+	n  needle.Needle
+	rb *readBuf
+	// An error answer: its X-Haybale-Error (none for the 404 of a
+	// missing image, which is cached a little) and its JSON body.
+	reason string
+	body   []byte
+}
+
+// readImage reads and verifies one image, as serveImage and answerRead
+// do on the net/http path, from a plain or an EC volume. A needle whose
+// content type is not an image type is declined: the net/http path
+// answers it as corrupt, never as an image. With mayBlock false it reads
+// only what it can without waiting for the disk (or for the peers of an
+// EC volume), and answers blocked otherwise, having read nothing.
+func (h *httpHandler) readImage(id needle.PhotoID, choice imagehttp.Choice, mayBlock bool) imageRead {
 	size := choice.Size
 	v, err := h.srv.store.Volume(id.Vid)
 	var ev *volume.ECVolume
@@ -145,28 +203,35 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, choi
 	}
 	if err != nil {
 		if errors.Is(err, ErrVolumeNotHere) {
-			return fastFailure(ctx, http.StatusNotFound, ErrorVolumeNotHere, bodyNotHere)
+			return imageRead{code: http.StatusNotFound, reason: ErrorVolumeNotHere, body: bodyNotHere}
 		}
-		return fastFailure(ctx, http.StatusServiceUnavailable, ErrorVolumeUnavailable, bodyUnavailable)
+		return imageRead{code: http.StatusServiceUnavailable, reason: ErrorVolumeUnavailable, body: bodyUnavailable}
+	}
+	if ev != nil && !mayBlock {
+		return imageRead{code: blocked}
 	}
 	rb := h.pools[sizePool(size)].Get().(*readBuf)
 	var n needle.Needle
 	read := func(size needle.SizeCode) error {
 		var buf []byte
 		var err error
-		if ev != nil {
-			// Not ctx itself: a fasthttp RequestCtx is reused once the
-			// handler returns, and a context derived from it would
-			// outlive it. A degraded read is bounded as a net/http
+		switch {
+		case ev != nil:
+			// Not a request's context: a fasthttp RequestCtx is reused
+			// once the handler returns, and a context derived from it
+			// would outlive it. A degraded read is bounded as a net/http
 			// answer is.
 			rctx, cancel := context.WithTimeout(context.Background(), h.srv.opts.WriteTimeout)
 			n, buf, err = ev.Read(rctx, id.Key, id.Cookie, size, rb.b)
 			cancel()
-		} else {
+		case mayBlock:
 			// From the page cache without a copy when the needle is
 			// resident (rb then holds the mapping until the answer is
 			// written), or with one pread into rb.
 			rb.ref, buf, err = v.ReadRef(id.Key, id.Cookie, size, rb.b)
+			n = rb.ref.Needle
+		default:
+			rb.ref, buf, err = v.TryReadRef(id.Key, id.Cookie, size, rb.b)
 			n = rb.ref.Needle
 		}
 		rb.keep(buf)
@@ -178,41 +243,57 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, choi
 		size = choice.Fallback
 		err = read(size)
 	}
+	if err != nil {
+		rb.Close()
+	}
 	switch {
 	case err == nil:
 		if mimeBytes[n.ContentType] == nil || !imagehttp.IsImageContentType(hdrMIME[n.ContentType][0]) {
 			rb.Close()
-			return declined
+			return imageRead{code: declined}
 		}
+		return imageRead{code: http.StatusOK, n: n, rb: rb}
+	case errors.Is(err, volume.ErrWouldBlock):
+		return imageRead{code: blocked}
 	case errors.Is(err, volume.ErrNotFound):
-		rb.Close()
-		ctx.Response.Header.SetCanonical(imagehttp.RawCacheControl, imagehttp.RawCacheNotFound)
-		return fastStatic(ctx, http.StatusNotFound, bodyNotFound)
+		return imageRead{code: http.StatusNotFound, body: bodyNotFound}
 	case volume.IsCorruption(err):
-		rb.Close()
 		h.srv.reportCorrupt(id.Vid, id.Key, size, err)
-		return fastFailure(ctx, http.StatusInternalServerError, ErrorCorrupt, bodyCorrupt)
+		return imageRead{code: http.StatusInternalServerError, reason: ErrorCorrupt, body: bodyCorrupt}
 	case errors.Is(err, volume.ErrClosed):
-		rb.Close()
-		return fastFailure(ctx, http.StatusServiceUnavailable, ErrorVolumeUnavailable, bodyUnavailable)
+		return imageRead{code: http.StatusServiceUnavailable, reason: ErrorVolumeUnavailable, body: bodyUnavailable}
 	case errors.Is(err, volume.ErrUnrecoverable):
 		// Too few shards of an EC volume answer now; another holder or a
 		// rebuild may serve it later.
-		rb.Close()
 		h.srv.opts.Logger.Warn("EC read unrecoverable", "vid", id.Vid, "key", id.Key, "size", size.String(), "err", err)
-		return fastFailure(ctx, http.StatusServiceUnavailable, ErrorVolumeUnavailable, bodyUnavailable)
+		return imageRead{code: http.StatusServiceUnavailable, reason: ErrorVolumeUnavailable, body: bodyUnavailable}
 	default:
-		rb.Close()
 		h.srv.opts.Logger.Error("image read failed", "vid", id.Vid, "key", id.Key, "size", size.String(), "err", err)
-		return fastFailure(ctx, http.StatusInternalServerError, ErrorRead, bodyReadError)
+		return imageRead{code: http.StatusInternalServerError, reason: ErrorRead, body: bodyReadError}
 	}
+}
 
+// writeFast writes img's answer into a fasthttp response.
+func (h *httpHandler) writeFast(ctx *fasthttp.RequestCtx, img *imageRead) {
+	if img.code != http.StatusOK {
+		if img.reason != "" {
+			ctx.Response.Header.SetCanonical(imagehttp.RawCacheControl, valNoStore)
+			ctx.Response.Header.SetCanonical(imagehttp.RawErrorHeaderName, valErrors[img.reason])
+		} else {
+			ctx.Response.Header.SetCanonical(imagehttp.RawCacheControl, imagehttp.RawCacheNotFound)
+		}
+		ctx.Response.Header.SetContentTypeBytes(imagehttp.RawJSONContentType)
+		ctx.Response.Header.SetCanonical(imagehttp.RawNoSniffName, imagehttp.RawNoSniff)
+		ctx.SetStatusCode(img.code)
+		ctx.Response.SetBodyRaw(img.body)
+		return
+	}
+	n, rb := &img.n, img.rb
 	var tagBuf [18]byte
 	var lmBuf [len(http.TimeFormat) + 4]byte
-	modTime := time.Unix(0, n.AppendTime).UTC().Truncate(time.Second)
 	hdr := &ctx.Response.Header
 	hdr.SetCanonical(imagehttp.RawETag, imagehttp.AppendETag(tagBuf[:0], n.Checksum))
-	hdr.SetCanonical(imagehttp.RawLastModified, modTime.AppendFormat(lmBuf[:0], http.TimeFormat))
+	hdr.SetCanonical(imagehttp.RawLastModified, appendLastModified(lmBuf[:0], n))
 	hdr.SetCanonical(imagehttp.RawCacheControl, imagehttp.RawImmutable)
 	hdr.SetCanonical(imagehttp.RawAcceptRanges, imagehttp.RawBytes)
 	hdr.SetCanonical(imagehttp.RawNoSniffName, imagehttp.RawNoSniff)
@@ -229,7 +310,7 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, choi
 			ctx.Response.SetBodyStream(&rb.send, len(n.Data))
 			h.srv.metrics.bytesServed.Add(float64(len(n.Data)))
 			h.srv.metrics.bytesSent.Add(float64(len(n.Data)))
-			return http.StatusOK
+			return
 		}
 	}
 	// Headers and body leave in one write (or one writev when the body
@@ -239,22 +320,9 @@ func (h *httpHandler) readFast(ctx *fasthttp.RequestCtx, id needle.PhotoID, choi
 	if !ctx.IsHead() {
 		h.srv.metrics.bytesServed.Add(float64(len(n.Data)))
 	}
-	return http.StatusOK
 }
 
-// fastFailure is imagehttp.Failure on the fast path.
-func fastFailure(ctx *fasthttp.RequestCtx, code int, reason string, body []byte) int {
-	ctx.Response.Header.SetCanonical(imagehttp.RawCacheControl, valNoStore)
-	ctx.Response.Header.SetCanonical(imagehttp.RawErrorHeaderName, valErrors[reason])
-	return fastStatic(ctx, code, body)
-}
-
-// fastStatic is imagehttp.WriteStatic on the fast path. A HEAD gets the
-// headers, Content-Length included, without the body.
-func fastStatic(ctx *fasthttp.RequestCtx, code int, body []byte) int {
-	ctx.Response.Header.SetContentTypeBytes(imagehttp.RawJSONContentType)
-	ctx.Response.Header.SetCanonical(imagehttp.RawNoSniffName, imagehttp.RawNoSniff)
-	ctx.SetStatusCode(code)
-	ctx.Response.SetBodyRaw(body)
-	return code
+// appendLastModified appends n's Last-Modified value.
+func appendLastModified(b []byte, n *needle.Needle) []byte {
+	return time.Unix(0, n.AppendTime).UTC().Truncate(time.Second).AppendFormat(b, http.TimeFormat)
 }

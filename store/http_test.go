@@ -46,8 +46,16 @@ func newHTTPFixture(t *testing.T) *httpFixture {
 // fs, and images scale times larger.
 func newHTTPFixtureOn(t *testing.T, fs vfs.FS, dir string, scale int) *httpFixture {
 	t.Helper()
+	return newHTTPFixtureWith(t, fs, dir, scale, false)
+}
+
+// newHTTPFixtureWith is newHTTPFixtureOn with the HTTP connections served
+// on event loops when eventLoop is set.
+func newHTTPFixtureWith(t *testing.T, fs vfs.FS, dir string, scale int, eventLoop bool) *httpFixture {
+	t.Helper()
 	f := &httpFixture{}
 	f.ts = startServer(t, Options{Dir: dir, FS: fs}, ServerOptions{
+		EventLoop: eventLoop,
 		OnCorrupt: func(vid uint32, key uint64, size needle.SizeCode, err error) {
 			if vid == 1 && key == f.corrupt.id.Key && size == needle.SizeMedium && volume.IsCorruption(err) {
 				f.corruptReports.Add(1)
@@ -122,7 +130,11 @@ func wantJSONError(t *testing.T, resp *http.Response, body []byte) {
 }
 
 func TestHTTPCases(t *testing.T) {
-	f := newHTTPFixture(t)
+	t.Run("fasthttp", func(t *testing.T) { testHTTPCases(t, newHTTPFixture(t)) })
+	t.Run("loop", func(t *testing.T) { testHTTPCases(t, newHTTPFixtureWith(t, vfs.NewMem(), "/data", 1, true)) })
+}
+
+func testHTTPCases(t *testing.T, f *httpFixture) {
 	ts := f.ts
 	jpegT := f.jpeg.data[needle.SizeThumb]
 	jpegL := f.jpeg.data[needle.SizeLarge]
@@ -366,9 +378,14 @@ func TestConditionalAndRangeMatchServeContent(t *testing.T) {
 
 // TestOnePreadPerGET counts the file reads behind each request.
 func TestOnePreadPerGET(t *testing.T) {
+	t.Run("fasthttp", func(t *testing.T) { testOnePreadPerGET(t, false) })
+	t.Run("loop", func(t *testing.T) { testOnePreadPerGET(t, true) })
+}
+
+func testOnePreadPerGET(t *testing.T, loop bool) {
 	counter := &errorfs.Counter{}
 	fs := errorfs.Wrap(vfs.NewMem(), counter)
-	ts := startServer(t, Options{Dir: "/data", FS: fs}, ServerOptions{})
+	ts := startServer(t, Options{Dir: "/data", FS: fs}, ServerOptions{EventLoop: loop})
 	ts.allocate(t, 1)
 	r := rand.New(rand.NewPCG(7, 8))
 	p := randomPhoto(r, 1, 1, 50<<10) // sizes up to 400 KiB
@@ -494,8 +511,13 @@ func (b *blockingReads) MaybeError(op errorfs.Op) error {
 // is in flight: the GET completes, new connections are refused, and the
 // store is closed after it.
 func TestShutdownDrains(t *testing.T) {
+	t.Run("fasthttp", func(t *testing.T) { testShutdownDrains(t, false) })
+	t.Run("loop", func(t *testing.T) { testShutdownDrains(t, true) })
+}
+
+func testShutdownDrains(t *testing.T, loop bool) {
 	inj := &blockingReads{entered: make(chan struct{}, 1), release: make(chan struct{})}
-	ts := startServer(t, Options{Dir: "/data", FS: errorfs.Wrap(vfs.NewMem(), inj)}, ServerOptions{})
+	ts := startServer(t, Options{Dir: "/data", FS: errorfs.Wrap(vfs.NewMem(), inj)}, ServerOptions{EventLoop: loop})
 	ts.allocate(t, 1)
 	p := randomPhoto(rand.New(rand.NewPCG(1, 1)), 1, 1, 4000)
 	ts.writePhoto(t, p)
@@ -557,7 +579,12 @@ func TestShutdownDrains(t *testing.T) {
 // TestBadConnections sends garbage to both ports and checks the server
 // still answers.
 func TestBadConnections(t *testing.T) {
-	ts := startServer(t, Options{Dir: "/d", FS: vfs.NewMem()}, ServerOptions{ReadHeaderTimeout: 300 * time.Millisecond})
+	t.Run("fasthttp", func(t *testing.T) { testBadConnections(t, false) })
+	t.Run("loop", func(t *testing.T) { testBadConnections(t, true) })
+}
+
+func testBadConnections(t *testing.T, loop bool) {
+	ts := startServer(t, Options{Dir: "/d", FS: vfs.NewMem()}, ServerOptions{ReadHeaderTimeout: 300 * time.Millisecond, EventLoop: loop})
 	ts.allocate(t, 1)
 	garbage := [][]byte{
 		[]byte("GARBAGE\r\n\r\n"),

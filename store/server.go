@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/haybale/haybale/internal/evloop"
 	"github.com/haybale/haybale/internal/rpc"
 	"github.com/haybale/haybale/internal/serve"
 	"github.com/haybale/haybale/needle"
@@ -26,6 +27,11 @@ type ServerOptions struct {
 	// MaxConns bounds the HTTP connections served at once; further ones
 	// wait in the kernel's accept queue. 0 means no bound.
 	MaxConns int
+	// EventLoop serves the HTTP connections on event loops, one per core,
+	// which answer plain image GETs and HEADs without a goroutine per
+	// connection (see loop.go), instead of with fasthttp. Where event
+	// loops cannot run (not Linux) fasthttp serves.
+	EventLoop bool
 	// Logger receives structured logs; default slog.Default().
 	Logger *slog.Logger
 	// Authorizer checks the write token of every Write and the delete
@@ -127,10 +133,15 @@ func NewServer(st *Store, opts ServerOptions) (*Server, error) {
 		s.grpcLn.Close()
 		return nil, err
 	}
+	var loop evloop.Handler
+	if opts.EventLoop {
+		loop = h.serveLoop
+	}
 	s.srv = serve.New(httpLn, s.handler, serve.Options{
 		Name: "store", Logger: opts.Logger, ShutdownTimeout: opts.ShutdownTimeout,
 		ReadHeaderTimeout: opts.ReadHeaderTimeout, WriteTimeout: opts.WriteTimeout, IdleTimeout: opts.IdleTimeout,
 		Fast: h.serveFast,
+		Loop: loop,
 		GRPC: g, GRPCListener: s.grpcLn,
 		AfterDrain: s.closeStore,
 		MaxConns:   opts.MaxConns,

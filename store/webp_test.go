@@ -22,7 +22,12 @@ func fakeWebP(seed byte, n int) []byte {
 // and its WebP variant: by extension, and for a bare size by Accept with
 // "Vary: Accept"; and that photos without variants keep being served.
 func TestHTTPWebPVariants(t *testing.T) {
-	ts := startServer(t, Options{Dir: "/data", FS: vfs.NewMem()}, ServerOptions{})
+	t.Run("fasthttp", func(t *testing.T) { testHTTPWebPVariants(t, false) })
+	t.Run("loop", func(t *testing.T) { testHTTPWebPVariants(t, true) })
+}
+
+func testHTTPWebPVariants(t *testing.T, loop bool) {
+	ts := startServer(t, Options{Dir: "/data", FS: vfs.NewMem()}, ServerOptions{EventLoop: loop})
 	ts.allocate(t, 1)
 	r := rand.New(rand.NewPCG(7, 8))
 	withWebP := randomPhoto(r, 1, 0x100, 100)

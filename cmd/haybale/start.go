@@ -105,6 +105,8 @@ type storeRoleConfig struct {
 	grpcAddr        string
 	volumeSizeLimit int64
 	maxConns        int
+	// eventLoop is store.ServerOptions.EventLoop.
+	eventLoop       bool
 	shutdownTimeout time.Duration
 	// verifiedMaps is store.Options.VerifiedMappings (0: the default).
 	verifiedMaps int
@@ -183,6 +185,7 @@ func startStore(ctx context.Context, g *group, cfg storeRoleConfig) (*storeRole,
 		HTTPAddr:        cfg.httpAddr,
 		GRPCAddr:        cfg.grpcAddr,
 		MaxConns:        cfg.maxConns,
+		EventLoop:       cfg.eventLoop,
 		Logger:          cfg.logger,
 		ShutdownTimeout: cfg.shutdownTimeout,
 		Authorizer:      cfg.authorizer,

@@ -24,6 +24,7 @@ type storeFlags struct {
 	grpcAddr        string
 	volumeSizeLimit byteSize
 	maxConns        int
+	eventLoop       bool
 	shutdownTimeout time.Duration
 	verifiedMaps    int
 	directReads     bool
@@ -40,6 +41,7 @@ func (f *storeFlags) register(fs *pflag.FlagSet) {
 	f.volumeSizeLimit = byteSize(volume.MaxSize)
 	fs.Var(&f.volumeSizeLimit, "volume-size-limit", "size at which a volume turns read-only, e.g. 32GiB or 500MB (at most 32GiB)")
 	fs.IntVar(&f.maxConns, "max-conns", 0, "maximum HTTP connections served at once (0: no limit)")
+	fs.BoolVar(&f.eventLoop, "event-loop", true, "serve HTTP on event loops, one per core, answering image GETs without a goroutine per connection (Linux only; --event-loop=false: fasthttp)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
 	fs.IntVar(&f.verifiedMaps, "verified-mappings", volume.DefaultVerifiedMappings, "large images kept mapped once verified, so rereads skip the checksum while their pages stay in memory; each takes two mappings of the process (together at most half of vm.max_map_count; 0: off, every read hashes)")
 	fs.BoolVar(&f.directReads, "direct-reads", true, "read images of 32 KiB or more that are not in the page cache with O_DIRECT, leaving the page cache to images read more than once (file systems that refuse O_DIRECT read through the page cache, with a warning in the log)")
@@ -109,6 +111,7 @@ func runStore(ctx context.Context, f *storeFlags) error {
 		grpcAddr:        f.grpcAddr,
 		volumeSizeLimit: int64(f.volumeSizeLimit),
 		maxConns:        f.maxConns,
+		eventLoop:       f.eventLoop,
 		shutdownTimeout: f.shutdownTimeout,
 		verifiedMaps:    verifiedMappingsOption(f.verifiedMaps),
 		directReads:     f.directReads,

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/haybale/haybale/internal/evloop"
 )
 
 // TestMaxConns: with Options.MaxConns 2, a third connection is not served
@@ -20,11 +22,14 @@ import (
 // listener's own TCP connection (RawTCP works on it, for writev and
 // sendfile), which a wrapping limiter would hide.
 func TestMaxConns(t *testing.T) {
-	t.Run("net/http", func(t *testing.T) { testMaxConns(t, false) })
-	t.Run("fasthttp", func(t *testing.T) { testMaxConns(t, true) })
+	t.Run("net/http", func(t *testing.T) { testMaxConns(t, false, false) })
+	t.Run("fasthttp", func(t *testing.T) { testMaxConns(t, true, false) })
+	if evloop.Supported {
+		t.Run("evloop", func(t *testing.T) { testMaxConns(t, false, true) })
+	}
 }
 
-func testMaxConns(t *testing.T, fastMode bool) {
+func testMaxConns(t *testing.T, fastMode, loopMode bool) {
 	ln, err := Listen("test", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +47,21 @@ func testMaxConns(t *testing.T, fastMode bool) {
 			return true
 		}
 	}
-	s := New(ln, h, Options{Name: "test", Fast: fast, MaxConns: 2})
+	var loopAnswers atomic.Int64
+	var loop evloop.Handler
+	if loopMode {
+		loop = func(req *evloop.Request, a *evloop.Answer, _ bool) evloop.Result {
+			loopAnswers.Add(1)
+			a.Status = http.StatusOK
+			a.HeaderInt("Content-Length", 2)
+			a.Body = []byte("ok")
+			return evloop.Answered
+		}
+	}
+	s := New(ln, h, Options{Name: "test", Fast: fast, Loop: loop, MaxConns: 2})
+	if s.EventLoop() != loopMode {
+		t.Fatalf("served on event loops: %v, want %v", s.EventLoop(), loopMode)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ctx) }()
@@ -111,6 +130,9 @@ func testMaxConns(t *testing.T, fastMode bool) {
 			t.Fatalf("connection %d after the others closed: answer %q", i, got)
 		}
 		d.Close()
+	}
+	if loopMode && loopAnswers.Load() != 11 {
+		t.Errorf("the loop answered %d requests, want 11", loopAnswers.Load())
 	}
 	if fastMode {
 		if fastAnswers.Load() != 11 || notRaw.Load() != 0 {

@@ -11,6 +11,10 @@
 // fasthttpadaptor, so the role keeps one handler for its other endpoints.
 // The fast handlers of the store and the cache send large images from a
 // file with SendFile over the plain TCP connections RawTCP gives access to.
+//
+// A role that sets Options.Loop serves HTTP on event loops instead
+// (internal/evloop): this package still binds and accepts (so MaxConns
+// works as before) and hands each connection to a loop.
 package serve
 
 import (
@@ -26,6 +30,8 @@ import (
 
 	"github.com/valyala/fasthttp"
 	"google.golang.org/grpc"
+
+	"github.com/haybale/haybale/internal/evloop"
 )
 
 // ErrClosed is returned by Serve when Shutdown ran before it.
@@ -69,6 +75,13 @@ type Options struct {
 	// anything from it after returning. Under fasthttp a request's line
 	// and headers must fit in min(MaxHeaderBytes, 16 KiB).
 	Fast func(ctx *fasthttp.RequestCtx) bool
+	// Loop, when set (and evloop.Supported), serves the HTTP connections
+	// on event loops (internal/evloop) instead: Loop answers the
+	// requests it owns on the loops, and the http.Handler the others off
+	// them. Fast is then unused. The loops apply ReadHeaderTimeout,
+	// IdleTimeout, WriteTimeout (from an answer's turn to be written),
+	// MaxHeaderBytes (up to 16 KiB, as under fasthttp) and MaxConns.
+	Loop evloop.Handler
 	// GRPC, when set, is served on GRPCListener beside the HTTP server and
 	// drained with it (GracefulStop, then Stop when time runs out).
 	GRPC         *grpc.Server
@@ -109,6 +122,7 @@ type HTTP struct {
 	ln      net.Listener
 	httpSrv *http.Server
 	fastSrv *fasthttp.Server // instead of httpSrv when Options.Fast is set
+	loopSrv *evloop.Server   // instead of both when Options.Loop is set
 
 	serving      atomic.Bool
 	draining     atomic.Bool
@@ -126,6 +140,32 @@ func New(ln net.Listener, h http.Handler, opts Options) *HTTP {
 	if opts.MaxConns > 0 {
 		limit = newLimitListener(ln, opts.MaxConns)
 		ln = limit
+	}
+	if opts.Loop != nil && evloop.Supported {
+		var onClose func()
+		if limit != nil {
+			onClose = limit.connEnded
+		}
+		ls, err := evloop.New(opts.Loop, h, evloop.Options{
+			ReadHeaderTimeout: opts.ReadHeaderTimeout,
+			IdleTimeout:       opts.IdleTimeout,
+			WriteTimeout:      opts.WriteTimeout,
+			// As under fasthttp: a request's line and headers fit in
+			// 16 KiB, so that a connection's read buffer stays small.
+			MaxHeaderBytes: min(opts.MaxHeaderBytes, maxFastReadBuffer),
+			Logger:         opts.Logger,
+			OnClose:        onClose,
+		})
+		if err == nil {
+			return &HTTP{
+				opts:         opts,
+				ln:           ln,
+				loopSrv:      ls,
+				stopping:     make(chan struct{}),
+				shutdownDone: make(chan struct{}),
+			}
+		}
+		opts.Logger.Warn(opts.Name+": event loops unavailable; serving with fasthttp", "err", err)
 	}
 	if opts.Fast != nil {
 		fs := newFast(h, opts)
@@ -204,6 +244,10 @@ func (s *HTTP) Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
 	var wg sync.WaitGroup
 	wg.Go(func() {
+		if s.loopSrv != nil {
+			errc <- s.serveLoop()
+			return
+		}
 		if s.fastSrv != nil {
 			errc <- s.serveFast()
 			return
@@ -255,6 +299,10 @@ func (s *HTTP) Shutdown(ctx context.Context) error {
 		var err error
 		var wg sync.WaitGroup
 		wg.Go(func() {
+			if s.loopSrv != nil {
+				err = s.shutdownLoop(ctx)
+				return
+			}
 			if s.fastSrv != nil {
 				err = s.shutdownFast(ctx)
 				return

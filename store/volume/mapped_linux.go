@@ -180,6 +180,31 @@ func (m *datMap) ReadAt(b []byte, off int64) (int, error) {
 	return got, nil
 }
 
+// nowaitReader reads a mapped volume's file with preadv2(2) and
+// RWF_NOWAIT: a read that would wait for the disk fails with
+// ErrWouldBlock (a read that finds only some of its pages too).
+type nowaitReader struct{ m *datMap }
+
+func (r nowaitReader) ReadAt(b []byte, off int64) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	iov := unix.Iovec{Base: &b[0]}
+	iov.SetLen(len(b))
+	for {
+		n, _, e := unix.Syscall6(unix.SYS_PREADV2, uintptr(r.m.fd), uintptr(unsafe.Pointer(&iov)), 1, uintptr(off), 0, unix.RWF_NOWAIT)
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e == unix.EAGAIN || e == unix.EOPNOTSUPP || e == 0 && int(n) < len(b):
+			return 0, ErrWouldBlock
+		case e != 0:
+			return 0, &os.PathError{Op: "preadv2", Path: "volume file", Err: e}
+		}
+		return int(n), nil
+	}
+}
+
 // errMapFault is returned by decode when touching the mapping faulted (an
 // I/O error paging it in, or a file shorter than the index says).
 var errMapFault = errors.New("volume: fault reading the mapped file")

@@ -32,3 +32,8 @@ var errMapFault = errors.New("volume: fault reading the mapped file")
 func (*datMap) decode(needle.Format, int64, int) (needle.Needle, error) {
 	return needle.Needle{}, errMapFault
 }
+
+// nowaitReader is never used where volumes are not mapped.
+type nowaitReader struct{ m *datMap }
+
+func (nowaitReader) ReadAt([]byte, int64) (int, error) { return 0, ErrWouldBlock }

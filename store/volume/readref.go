@@ -85,6 +85,29 @@ func (r *Ref) Release() {
 // through the policy's pool, the needle alone, as by Read. A damaged
 // needle returns an error for which IsCorruption is true, never its bytes.
 func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (Ref, []byte, error) {
+	return v.readRef(key, cookie, size, buf, false)
+}
+
+// ErrWouldBlock is returned by TryReadRef for a needle it cannot read
+// without waiting for the disk.
+var ErrWouldBlock = errors.New("volume: the read would wait for the disk")
+
+// TryReadRef is ReadRef for a caller that must not wait for the disk (an
+// event loop): it returns ErrWouldBlock, having read nothing, where
+// ReadRef would wait for a page not in the page cache, or read with
+// O_DIRECT. A needle in the page cache is read as by ReadRef: from the
+// mapping, or with one pread that asks the kernel not to wait
+// (preadv2(2) with RWF_NOWAIT); when that pread finds a page missing,
+// the kernel starts reading the needle's pages, which the caller's
+// ReadRef then waits for, so the needle is still read from the disk once.
+// A volume on a file system of no real files (which never waits) reads as
+// by ReadRef.
+func (v *Volume) TryReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (Ref, []byte, error) {
+	return v.readRef(key, cookie, size, buf, true)
+}
+
+// readRef is ReadRef, or TryReadRef when nowait is set.
+func (v *Volume) readRef(key, cookie uint64, size needle.SizeCode, buf []byte, nowait bool) (Ref, []byte, error) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	if v.mu.closed {
@@ -114,6 +137,23 @@ func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (
 		// range in, which a read reports as an error): one pread, direct
 		// or buffered.
 		cold = true
+	}
+	if nowait {
+		switch {
+		case cold && m.direct != nil:
+			return Ref{}, buf, ErrWouldBlock
+		case m != nil:
+			nd, got, err := v.readFromLocked(nowaitReader{m}, off, length, buf)
+			if errors.Is(err, ErrWouldBlock) {
+				return Ref{}, got, err
+			}
+			v.preads.Add(1)
+			return v.checkRead(nd, got, err, key, cookie, size, start)
+		default:
+			if _, ok := vfs.OSFile(v.dat); ok {
+				return Ref{}, buf, ErrWouldBlock // a file that could not be mapped
+			}
+		}
 	}
 	v.preads.Add(1)
 	if cold && m.direct != nil {

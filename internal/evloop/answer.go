@@ -1,0 +1,194 @@
+package evloop
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"strconv"
+)
+
+// Result is what a Handler did with a request.
+type Result int
+
+const (
+	// Answered: the Answer is filled in; the loop writes it.
+	Answered Result = iota
+	// Blocked: answering would wait for the disk (or the network); the
+	// loop calls the Handler again off the loop, with mayBlock true, and
+	// the Answer it was given is dropped.
+	Blocked
+	// Declined: the request is not the Handler's; the fallback
+	// http.Handler answers it off the loop.
+	Declined
+)
+
+// Handler answers a request on a loop. It is called on the loop with
+// mayBlock false, where it must not wait for anything (it returns
+// Blocked instead), and again off the loop with mayBlock true for a
+// request it returned Blocked for, where it must not return Blocked. It
+// must not keep req, or anything from it, after returning.
+type Handler func(req *Request, a *Answer, mayBlock bool) Result
+
+// Answer is a Handler's answer: a status, header fields, and a body
+// that is either bytes or a range of a file sent with sendfile(2). The
+// loop writes the status line, the Date field (unless the Handler set
+// one) and the Connection field; the Handler writes every other field,
+// Content-Length included.
+type Answer struct {
+	// Status is the answer's status code.
+	Status int
+	// Body is written after the header; the Handler leaves it empty for a
+	// HEAD. It must stay valid until Done is closed.
+	Body []byte
+	// Done, when set, is closed exactly once, when the answer's bytes are
+	// all written or the connection is gone, whichever comes first.
+	Done io.Closer
+
+	hdr        []byte
+	file       bool
+	fd         int
+	off, n     int64
+	sendfileOK bool
+	noDate     bool
+	closeConn  bool
+}
+
+// Header adds the header field name: value.
+func (a *Answer) Header(name string, value []byte) {
+	a.hdr = append(a.hdr, name...)
+	a.hdr = append(a.hdr, ':', ' ')
+	a.hdr = append(a.hdr, value...)
+	a.hdr = append(a.hdr, '\r', '\n')
+}
+
+// HeaderInt adds the header field name: v, in decimal.
+func (a *Answer) HeaderInt(name string, v int64) {
+	a.hdr = append(a.hdr, name...)
+	a.hdr = append(a.hdr, ':', ' ')
+	a.hdr = strconv.AppendInt(a.hdr, v, 10)
+	a.hdr = append(a.hdr, '\r', '\n')
+}
+
+// CanSendFile reports whether the connection has nothing queued before
+// this answer, when a body is best sent with SendFile.
+func (a *Answer) CanSendFile() bool { return a.sendfileOK }
+
+// SendFile makes the body the n bytes of the file fd from offset off,
+// sent with sendfile(2) without moving the file's own offset (so fd may
+// be shared). fd must stay open until Done is closed.
+func (a *Answer) SendFile(fd int, off, n int64) {
+	a.file, a.fd, a.off, a.n = true, fd, off, n
+	a.Body = nil
+}
+
+// release closes Done, if set, once.
+func (a *Answer) release() {
+	if a.Done != nil {
+		a.Done.Close()
+		a.Done = nil
+	}
+}
+
+// reset empties a for the next answer, keeping its header buffer.
+func (a *Answer) reset() {
+	*a = Answer{hdr: a.hdr[:0]}
+}
+
+// errorAnswer fills a with a JSON error answer that ends the connection,
+// as the store's other error answers are written.
+func errorAnswer(a *Answer, code int, msg string) {
+	a.reset()
+	a.Status = code
+	body := `{"error":"` + msg + `"}` + "\n"
+	a.Header("Content-Type", []byte("application/json"))
+	a.Header("X-Content-Type-Options", []byte("nosniff"))
+	a.HeaderInt("Content-Length", int64(len(body)))
+	a.Body = []byte(body)
+	a.closeConn = true
+}
+
+// serveFallback answers req with h, as net/http would: the handler's
+// answer is buffered whole, then written with a Content-Length.
+func serveFallback(ctx context.Context, h http.Handler, req *Request, remote string, a *Answer) {
+	hr, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(req.raw)))
+	if err != nil {
+		errorAnswer(a, http.StatusBadRequest, "malformed request")
+		return
+	}
+	hr.RemoteAddr = remote
+	hr = hr.WithContext(ctx)
+	w := &bufferedWriter{h: make(http.Header)}
+	h.ServeHTTP(w, hr)
+	w.answer(a, req.IsHead())
+}
+
+// bufferedWriter is the http.ResponseWriter of a fallback request: it
+// keeps the answer until the handler returns.
+type bufferedWriter struct {
+	h           http.Header
+	code        int
+	body        []byte
+	wroteHeader bool
+}
+
+func (w *bufferedWriter) Header() http.Header { return w.h }
+
+func (w *bufferedWriter) WriteHeader(code int) {
+	if w.wroteHeader || code < 200 {
+		return // informational answers are not sent
+	}
+	w.code, w.wroteHeader = code, true
+}
+
+func (w *bufferedWriter) Write(b []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	if bodyAllowed(w.code) {
+		w.body = append(w.body, b...)
+	}
+	return len(b), nil
+}
+
+// bodyAllowed reports whether an answer of code may have a body.
+func bodyAllowed(code int) bool {
+	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
+}
+
+// answer writes w's answer into a, adding what net/http adds: a sniffed
+// Content-Type and the Content-Length (always a length: the body is
+// whole).
+func (w *bufferedWriter) answer(a *Answer, head bool) {
+	a.reset()
+	if !w.wroteHeader {
+		w.code = http.StatusOK
+	}
+	a.Status = w.code
+	h := w.h
+	if _, ok := h["Date"]; ok {
+		a.noDate = true
+	}
+	if bodyAllowed(w.code) {
+		if _, ok := h["Content-Type"]; !ok && len(w.body) > 0 && h.Get("Content-Encoding") == "" {
+			h.Set("Content-Type", http.DetectContentType(w.body))
+		}
+		if h.Get("Content-Length") == "" && (!head || len(w.body) > 0) {
+			h.Set("Content-Length", strconv.Itoa(len(w.body)))
+		}
+		if !head {
+			a.Body = w.body
+		}
+	}
+	h.Del("Transfer-Encoding")
+	for _, v := range h["Connection"] {
+		forEachToken([]byte(v), func(tok []byte) {
+			if equalFold(tok, "close") {
+				a.closeConn = true
+			}
+		})
+	}
+	h.Del("Connection")
+	buf := bytes.NewBuffer(a.hdr)
+	h.Write(buf) // sorted by name, values cleaned of line breaks
+	a.hdr = buf.Bytes()
+}

@@ -1,0 +1,943 @@
+package evloop
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Supported reports whether event loops run on this system.
+const Supported = true
+
+// Server runs the loops. It is safe for concurrent use.
+type Server struct {
+	opts     Options
+	handler  Handler
+	fallback http.Handler
+	loops    []*loop
+	next     atomic.Uint32 // round robin over the loops
+	draining atomic.Bool
+	stopped  sync.WaitGroup // the loops' goroutines
+
+	jmu      sync.Mutex
+	jobs     []*job
+	running  int
+	workers  sync.WaitGroup
+	shutOnce sync.Once
+}
+
+// job is a request answered off the loop.
+type job struct {
+	c        *conn
+	req      *Request
+	fallback bool // for the fallback handler, not Blocked
+	ans      Answer
+}
+
+// submit queues j for a worker, starting one if fewer than Workers run.
+func (s *Server) submit(j *job) {
+	s.jmu.Lock()
+	s.jobs = append(s.jobs, j)
+	if s.running < s.opts.Workers {
+		s.running++
+		s.workers.Add(1)
+		go s.work()
+	}
+	s.jmu.Unlock()
+}
+
+// work answers queued jobs until there are none.
+func (s *Server) work() {
+	defer s.workers.Done()
+	for {
+		s.jmu.Lock()
+		if len(s.jobs) == 0 {
+			s.running--
+			s.jmu.Unlock()
+			return
+		}
+		j := s.jobs[0]
+		s.jobs[0] = nil
+		s.jobs = s.jobs[1:]
+		s.jmu.Unlock()
+		s.answer(j)
+		j.c.l.complete(j)
+	}
+}
+
+// answer answers j: the Handler allowed to block, or the fallback.
+func (s *Server) answer(j *job) {
+	defer func() {
+		if p := recover(); p != nil {
+			// As net/http does for a handler that panics: log it and
+			// end the connection without an answer.
+			s.opts.Logger.Error("evloop: handler panic", "panic", p, "target", string(j.req.Target))
+			j.ans.release()
+			j.ans.reset()
+			j.ans.Status = -1
+		}
+	}()
+	if !j.fallback {
+		switch s.handler(j.req, &j.ans, true) {
+		case Answered:
+			return
+		case Blocked:
+			j.ans.release()
+			s.opts.Logger.Error("evloop: handler blocked off the loop", "target", string(j.req.Target))
+			errorAnswer(&j.ans, http.StatusInternalServerError, "internal error")
+			return
+		}
+		j.ans.release()
+	}
+	// A fallback answer is bounded as the answer it is written in.
+	ctx := context.Background()
+	if s.opts.WriteTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.opts.WriteTimeout)
+		defer cancel()
+	}
+	serveFallback(ctx, s.fallback, j.req, j.c.remote, &j.ans)
+}
+
+const (
+	// maxIovec bounds the buffers of one writev.
+	maxIovec = 64
+	// lingerTime is how long a connection closed by the server after an
+	// answer (an error, or Connection: close) still reads and drops what
+	// the client sends, so that the client reads the answer instead of a
+	// reset (as net/http waits before closing).
+	lingerTime = 500 * time.Millisecond
+	// readBufferStart is a connection's read buffer at first; it doubles
+	// up to MaxHeaderBytes only for a request whose headers need it.
+	readBufferStart = 4 << 10
+)
+
+// loop is one event loop: an epoll instance, the connections it serves,
+// and an eventfd by which other goroutines hand it work.
+type loop struct {
+	srv    *Server
+	epfd   int
+	evfd   int
+	conns  []*conn // by descriptor
+	n      int     // live connections
+	events [128]unix.EpollEvent
+	req    Request
+	ans    Answer
+	iov    [maxIovec]unix.Iovec
+	now    time.Time
+	date   []byte // "Date: ...\r\n", of now's second
+	dsec   int64
+	tick   time.Duration
+	last   time.Time // of the last timeout scan
+
+	mu       sync.Mutex // guards what follows
+	woken    bool       // the eventfd was written and not yet read
+	done     []*job
+	enrolled []*conn
+	drain    bool // close idle connections, end the others after their answers
+	kill     bool // close every connection now
+	stop     bool // end the loop once it has no connection
+	exited   bool // the loop has ended: its descriptors are closed
+	empty    chan struct{}
+}
+
+// conn is a connection of a loop. Only its loop touches it, but for the
+// fields a job reads (the request's bytes, remote) while busy.
+type conn struct {
+	l      *loop
+	fd     int
+	remote string
+	in     []byte // the read buffer: in[r:] is not parsed yet
+	r      int
+	out    []segment // answers queued, from outHead on
+	head   int
+	queued int64 // bytes in out
+	arena  []byte
+
+	readable bool // the socket may hold bytes not read yet
+	hup      bool // the client closed its side: its end is to be read
+	started  bool // the client has sent something
+	busy     bool // a request is answered off the loop
+	closing  bool // close once the queue is written
+	eof      bool // the client closed its side
+	closed   bool
+	linger   time.Time // when set, the connection is lingering until then
+
+	reqStart   time.Time // first byte of the request being read
+	lastActive time.Time
+	writeStart time.Time // the answer at the head of the queue
+}
+
+// segment is a part of a queued answer: bytes, or a file range sent with
+// sendfile. done is set on the last segment of an answer.
+type segment struct {
+	b    []byte
+	file bool
+	fd   int
+	off  int64
+	n    int64
+	done io.Closer
+}
+
+// New starts the loops of a server answering with h on the loops and
+// with fallback off them for what h declines.
+func New(h Handler, fallback http.Handler, opts Options) (*Server, error) {
+	opts = opts.withDefaults()
+	s := &Server{opts: opts, handler: h, fallback: fallback}
+	tick := time.Second
+	for _, d := range []time.Duration{opts.ReadHeaderTimeout, opts.IdleTimeout, opts.WriteTimeout} {
+		if d > 0 {
+			tick = min(tick, d/4)
+		}
+	}
+	tick = max(tick, 5*time.Millisecond)
+	for range opts.Loops {
+		l, err := newLoop(s, tick)
+		if err != nil {
+			for _, l := range s.loops {
+				l.stopNow()
+			}
+			s.stopped.Wait()
+			return nil, err
+		}
+		s.loops = append(s.loops, l)
+		s.stopped.Add(1)
+		go func() {
+			defer s.stopped.Done()
+			l.run()
+		}()
+	}
+	return s, nil
+}
+
+func newLoop(s *Server, tick time.Duration) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("evloop: epoll_create: %w", err)
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("evloop: eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, fmt.Errorf("evloop: epoll_ctl: %w", err)
+	}
+	return &loop{srv: s, epfd: epfd, evfd: evfd, tick: tick, empty: make(chan struct{}, 1)}, nil
+}
+
+// Enroll hands c, a *net.TCPConn (or another connection with a
+// descriptor), to a loop, which serves it from then on; c itself is
+// closed. On error c is closed too.
+func (s *Server) Enroll(c net.Conn) error {
+	remote := c.RemoteAddr().String()
+	fd, err := takeFD(c)
+	if err != nil || s.draining.Load() {
+		if err == nil {
+			unix.Close(fd)
+			err = ErrClosed
+		}
+		if s.opts.OnClose != nil {
+			s.opts.OnClose()
+		}
+		return err
+	}
+	l := s.loops[int(s.next.Add(1))%len(s.loops)]
+	cn := &conn{l: l, fd: fd, remote: remote, readable: true}
+	l.mu.Lock()
+	if l.exited {
+		l.mu.Unlock()
+		unix.Close(fd)
+		if s.opts.OnClose != nil {
+			s.opts.OnClose()
+		}
+		return ErrClosed
+	}
+	l.enrolled = append(l.enrolled, cn)
+	l.wakeLocked()
+	l.mu.Unlock()
+	return nil
+}
+
+// takeFD returns a non-blocking duplicate of c's descriptor and closes c.
+func takeFD(c net.Conn) (int, error) {
+	defer c.Close()
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("evloop: a %T has no descriptor", c)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, fmt.Errorf("evloop: %w", err)
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) {
+		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, fmt.Errorf("evloop: %w", err)
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("evloop: dup: %w", derr)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("evloop: %w", err)
+	}
+	return fd, nil
+}
+
+// Shutdown stops taking connections, closes the idle ones, lets the
+// others finish the answers they owe (each then closes), and waits for
+// them until ctx ends, when it closes the rest. It then stops the loops
+// and waits for the answers still being made off the loops. It is safe
+// to call more than once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var err error
+	s.shutOnce.Do(func() {
+		s.draining.Store(true)
+		for _, l := range s.loops {
+			l.mu.Lock()
+			l.drain = true
+			l.wakeLocked()
+			l.mu.Unlock()
+		}
+		for _, l := range s.loops {
+			select {
+			case <-l.empty:
+			case <-ctx.Done():
+				err = fmt.Errorf("evloop: drain: %w", ctx.Err())
+			}
+			if err != nil {
+				break
+			}
+		}
+		for _, l := range s.loops {
+			l.stopNow()
+		}
+		s.stopped.Wait()
+		// Answers still made off the loops are dropped as they finish
+		// (their connections are closed); wait for them so that nothing
+		// the handlers use is closed under them.
+		s.workers.Wait()
+	})
+	return err
+}
+
+// stopNow closes every connection of l and ends it.
+func (l *loop) stopNow() {
+	l.mu.Lock()
+	l.kill, l.stop = true, true
+	l.wakeLocked()
+	l.mu.Unlock()
+}
+
+// wakeLocked makes the loop look at its queues; l.mu is held.
+func (l *loop) wakeLocked() {
+	if l.woken {
+		return
+	}
+	l.woken = true
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	unix.Write(l.evfd, one[:])
+}
+
+// complete hands the loop an answer made off it.
+func (l *loop) complete(j *job) {
+	l.mu.Lock()
+	if l.exited {
+		l.mu.Unlock()
+		j.ans.release()
+		return
+	}
+	l.done = append(l.done, j)
+	l.wakeLocked()
+	l.mu.Unlock()
+}
+
+// run is the loop.
+func (l *loop) run() {
+	defer func() {
+		l.mu.Lock()
+		l.exited = true
+		unix.Close(l.epfd)
+		unix.Close(l.evfd)
+		for _, j := range l.done {
+			j.ans.release()
+		}
+		for _, c := range l.enrolled {
+			unix.Close(c.fd)
+			l.ended()
+		}
+		l.done, l.enrolled = nil, nil
+		l.mu.Unlock()
+	}()
+	var done []*job
+	var enrolled []*conn
+	for {
+		n, err := unix.EpollWait(l.epfd, l.events[:], int(l.tick/time.Millisecond))
+		if err != nil && err != unix.EINTR {
+			l.srv.opts.Logger.Error("evloop: epoll_wait failed; closing the loop's connections", "err", err)
+			l.mu.Lock()
+			l.kill, l.stop = true, true
+			l.mu.Unlock()
+			n = 0
+		}
+		l.setNow(time.Now())
+		for i := range n {
+			ev := &l.events[i]
+			fd := int(ev.Fd)
+			if fd == l.evfd {
+				continue // handled below, whatever else happened
+			}
+			if fd >= len(l.conns) || l.conns[fd] == nil {
+				continue
+			}
+			c := l.conns[fd]
+			if ev.Events&unix.EPOLLERR != 0 {
+				l.close(c)
+				continue
+			}
+			if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLRDHUP) != 0 {
+				c.readable = true
+			}
+			if ev.Events&(unix.EPOLLHUP|unix.EPOLLRDHUP) != 0 {
+				c.hup = true // read to the end: a short read is not all
+			}
+			c.pump()
+		}
+		l.mu.Lock()
+		if l.woken {
+			var b [8]byte
+			unix.Read(l.evfd, b[:])
+			l.woken = false
+		}
+		done, l.done = l.done, done[:0]
+		enrolled, l.enrolled = l.enrolled, enrolled[:0]
+		drain, kill, stop := l.drain, l.kill, l.stop
+		l.mu.Unlock()
+		for _, c := range enrolled {
+			l.add(c, drain || kill)
+		}
+		clear(enrolled)
+		for _, j := range done {
+			l.finish(j)
+		}
+		clear(done)
+		if kill {
+			for _, c := range l.conns {
+				if c != nil {
+					l.close(c)
+				}
+			}
+		}
+		if l.now.Sub(l.last) >= l.tick || drain {
+			l.last = l.now
+			l.scan(drain)
+		}
+		if drain && l.n == 0 {
+			select {
+			case l.empty <- struct{}{}:
+			default:
+			}
+		}
+		if stop && l.n == 0 {
+			return
+		}
+	}
+}
+
+// setNow sets the loop's clock and, each second, its Date field.
+func (l *loop) setNow(now time.Time) {
+	l.now = now
+	if sec := now.Unix(); sec != l.dsec || l.date == nil {
+		l.dsec = sec
+		l.date = append(l.date[:0], "Date: "...)
+		l.date = now.UTC().AppendFormat(l.date, http.TimeFormat)
+		l.date = append(l.date, '\r', '\n')
+	}
+}
+
+// add starts serving c, or closes it when the server is shutting down.
+func (l *loop) add(c *conn, refuse bool) {
+	if refuse {
+		unix.Close(c.fd)
+		l.ended()
+		return
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(c.fd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
+		l.srv.opts.Logger.Warn("evloop: epoll_ctl failed; connection closed", "err", err)
+		unix.Close(c.fd)
+		l.ended()
+		return
+	}
+	for c.fd >= len(l.conns) {
+		l.conns = append(l.conns, make([]*conn, len(l.conns)+64)...)
+	}
+	l.conns[c.fd] = c
+	l.n++
+	c.lastActive = l.now
+	c.in = make([]byte, 0, readBufferStart)
+	c.pump()
+}
+
+// ended reports a connection's end to the server's owner.
+func (l *loop) ended() {
+	if f := l.srv.opts.OnClose; f != nil {
+		f()
+	}
+}
+
+// close closes c at once, dropping what it had queued.
+func (l *loop) close(c *conn) {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	for i := c.head; i < len(c.out); i++ {
+		c.out[i].release()
+	}
+	c.out, c.head, c.queued = nil, 0, 0
+	l.conns[c.fd] = nil
+	unix.Close(c.fd) // also leaves the epoll set
+	l.n--
+	l.ended()
+}
+
+// finish queues the answer of a job, or drops it when its connection is
+// gone.
+func (l *loop) finish(j *job) {
+	c := j.c
+	if c.closed {
+		j.ans.release()
+		return
+	}
+	c.busy = false
+	c.lastActive = l.now
+	if j.ans.Status < 0 { // the handler panicked
+		l.close(c)
+		return
+	}
+	c.queue(j.req, &j.ans)
+	c.pump()
+}
+
+// scan applies the timeouts, and while draining closes idle connections
+// and ends the others after their answers.
+func (l *loop) scan(drain bool) {
+	o := &l.srv.opts
+	for _, c := range l.conns {
+		if c == nil {
+			continue
+		}
+		switch {
+		case !c.linger.IsZero():
+			if l.now.After(c.linger) {
+				l.close(c)
+			}
+		case c.busy:
+			if drain {
+				c.closing = true
+			}
+		case c.head < len(c.out):
+			if drain {
+				c.closing = true
+			}
+			if o.WriteTimeout > 0 && l.now.Sub(c.writeStart) > o.WriteTimeout {
+				l.close(c) // a client that does not read its answers
+			}
+		case c.r < len(c.in):
+			if drain || l.now.Sub(c.reqStart) > o.ReadHeaderTimeout {
+				l.close(c) // too slow to send its request
+			}
+		default:
+			// A new connection must start its first request within
+			// ReadHeaderTimeout, as under net/http; a kept-alive one may
+			// then wait IdleTimeout for its next.
+			limit := o.IdleTimeout
+			if !c.started {
+				limit = o.ReadHeaderTimeout
+			}
+			if drain || l.now.Sub(c.lastActive) > limit {
+				l.close(c)
+			}
+		}
+	}
+}
+
+// paused reports whether c's requests wait: for an answer made off the
+// loop, for its queued answers to drain, or for its end.
+func (c *conn) paused() bool {
+	return c.busy || c.closing || c.queued > int64(c.l.srv.opts.MaxQueued)
+}
+
+// pump reads, parses, answers and writes what c allows now.
+func (c *conn) pump() {
+	for !c.closed {
+		if !c.linger.IsZero() {
+			c.discard()
+			return
+		}
+		progress := c.read()
+		if c.parse() {
+			progress = true
+		}
+		full := c.paused()
+		c.flush()
+		if full && !c.paused() {
+			progress = true // written below the bound: parse on
+		}
+		if c.closed || !progress || c.paused() {
+			break
+		}
+	}
+	if c.closed || c.busy || c.head < len(c.out) {
+		return
+	}
+	if c.closing {
+		// The last answer is written: stop sending, and drop what the
+		// client still sends for a while, so that it reads the answer.
+		unix.Shutdown(c.fd, unix.SHUT_WR)
+		c.linger = c.l.now.Add(lingerTime)
+		c.r, c.in = 0, c.in[:0]
+		c.discard()
+		return
+	}
+	if c.eof {
+		c.l.close(c)
+	}
+}
+
+// discard reads and drops what a lingering connection's client sends,
+// closing the connection at its end.
+func (c *conn) discard() {
+	for c.readable {
+		n, err := unix.Read(c.fd, c.in[:cap(c.in)])
+		switch {
+		case err == unix.EINTR:
+		case err == unix.EAGAIN:
+			c.readable = false
+		case err != nil || n == 0:
+			c.l.close(c)
+			return
+		}
+	}
+}
+
+// read reads what the socket holds into c's buffer, unless c is paused
+// or the buffer is full. It reports whether it read anything.
+func (c *conn) read() bool {
+	got := false
+	for c.readable && !c.paused() && !c.eof {
+		if len(c.in) == cap(c.in) {
+			switch limit := c.l.srv.opts.MaxHeaderBytes; {
+			case c.r > 0:
+				n := copy(c.in, c.in[c.r:])
+				c.in, c.r = c.in[:n], 0
+			case cap(c.in) < limit:
+				grown := make([]byte, len(c.in), min(2*cap(c.in), limit))
+				copy(grown, c.in)
+				c.in = grown
+			default:
+				return got // a request too large: parse answers 431
+			}
+		}
+		if c.r == len(c.in) {
+			c.reqStart = c.l.now
+		}
+		free := c.in[len(c.in):cap(c.in)]
+		n, err := unix.Read(c.fd, free)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			c.readable = false
+		case err != nil:
+			c.readable, c.eof = false, true
+		case n == 0:
+			c.readable, c.eof = false, true
+		default:
+			c.in = c.in[:len(c.in)+n]
+			c.lastActive = c.l.now
+			c.started = true
+			got = true
+			if n < len(free) && !c.hup {
+				c.readable = false // drained; the next edge says when more came
+			}
+		}
+	}
+	return got
+}
+
+var crlf2 = []byte("\r\n\r\n")
+
+// parse answers the complete requests in c's buffer, until c pauses. It
+// reports whether it answered any.
+func (c *conn) parse() bool {
+	l := c.l
+	parsed := false
+	for !c.paused() && !c.closed {
+		data := c.in[c.r:]
+		for len(data) >= 2 && data[0] == '\r' && data[1] == '\n' {
+			data, c.r = data[2:], c.r+2 // empty lines before a request
+		}
+		if len(data) == 0 {
+			c.in, c.r = c.in[:0], 0
+			break
+		}
+		end := bytes.Index(data, crlf2)
+		limit := l.srv.opts.MaxHeaderBytes
+		if end < 0 && len(data) < limit && !c.eof {
+			break // not all here yet
+		}
+		parsed = true
+		a := &l.ans
+		a.reset()
+		req := &l.req
+		switch {
+		case end < 0 && len(data) >= limit, end+4 > limit:
+			c.failed(a, http.StatusRequestHeaderFieldsTooLarge, "request line and headers too large")
+			return true
+		case end < 0:
+			c.failed(a, http.StatusBadRequest, "malformed request") // cut short by the client's end
+			return true
+		}
+		raw := data[:end+4]
+		c.r += end + 4
+		if c.r < len(c.in) {
+			c.reqStart = l.now // the next request's first bytes are here
+		}
+		if err := req.parse(raw); err != nil {
+			if err == errTooLarge {
+				c.failed(a, http.StatusRequestHeaderFieldsTooLarge, err.Error())
+			} else {
+				c.failed(a, http.StatusBadRequest, err.Error())
+			}
+			return true
+		}
+		if req.body {
+			c.failed(a, http.StatusRequestEntityTooLarge, "request bodies are not accepted")
+			return true
+		}
+		if l.srv.draining.Load() {
+			req.close = true // as net/http answers after Shutdown
+		}
+		a.sendfileOK = c.head == len(c.out)
+		switch l.srv.handler(req, a, false) {
+		case Answered:
+			c.queue(req, a)
+		case Blocked:
+			a.release()
+			c.offload(req, false)
+		default:
+			a.release()
+			c.offload(req, true)
+		}
+	}
+	return parsed
+}
+
+// failed queues an error answer that ends c, and drops what was not
+// parsed.
+func (c *conn) failed(a *Answer, code int, msg string) {
+	errorAnswer(a, code, msg)
+	c.queue(&Request{Minor: 1, close: true}, a)
+	c.in, c.r = c.in[:0], 0
+}
+
+// offload has req answered off the loop; c reads nothing more until the
+// answer is queued.
+func (c *conn) offload(req *Request, fallback bool) {
+	c.busy = true
+	j := &job{c: c, req: req.clone(), fallback: fallback}
+	j.ans.sendfileOK = c.head == len(c.out)
+	c.l.srv.submit(j)
+}
+
+// queue puts a's answer to req at the end of c's queue.
+func (c *conn) queue(req *Request, a *Answer) {
+	l := c.l
+	closeConn := req.close || a.closeConn || l.srv.draining.Load()
+	start := len(c.arena)
+	if req.Minor == 0 {
+		c.arena = append(c.arena, "HTTP/1.0 "...)
+	} else {
+		c.arena = append(c.arena, "HTTP/1.1 "...)
+	}
+	c.arena = appendStatus(c.arena, a.Status)
+	if !a.noDate {
+		c.arena = append(c.arena, l.date...)
+	}
+	c.arena = append(c.arena, a.hdr...)
+	switch {
+	case closeConn && req.Minor == 1:
+		c.arena = append(c.arena, "Connection: close\r\n"...)
+	case !closeConn && req.Minor == 0:
+		c.arena = append(c.arena, "Connection: keep-alive\r\n"...)
+	}
+	c.arena = append(c.arena, '\r', '\n')
+	if c.head == len(c.out) {
+		c.writeStart = l.now
+	}
+	hdr := c.arena[start:len(c.arena):len(c.arena)]
+	done := a.Done
+	a.Done = nil
+	c.push(segment{b: hdr}, nil)
+	switch {
+	case a.file:
+		c.push(segment{file: true, fd: a.fd, off: a.off, n: a.n}, done)
+	case len(a.Body) > 0:
+		c.push(segment{b: a.Body}, done)
+	default:
+		c.out[len(c.out)-1].done = done
+	}
+	if closeConn {
+		c.closing = true
+	}
+}
+
+// push appends s, whose end is that of the answer done belongs to.
+func (c *conn) push(s segment, done io.Closer) {
+	s.done = done
+	if s.file {
+		c.queued += s.n
+	} else {
+		c.queued += int64(len(s.b))
+	}
+	c.out = append(c.out, s)
+}
+
+// release releases what s holds.
+func (s *segment) release() {
+	if s.done != nil {
+		s.done.Close()
+		s.done = nil
+	}
+	s.b = nil
+}
+
+// appendStatus appends "<code> <reason>\r\n", as net/http writes it.
+func appendStatus(b []byte, code int) []byte {
+	b = strconv.AppendInt(b, int64(code), 10)
+	b = append(b, ' ')
+	if text := http.StatusText(code); text != "" {
+		b = append(b, text...)
+	} else {
+		b = append(b, "status code "...)
+		b = strconv.AppendInt(b, int64(code), 10)
+	}
+	return append(b, '\r', '\n')
+}
+
+// flush writes c's queue until it is empty or the socket is full.
+func (c *conn) flush() {
+	for c.head < len(c.out) && !c.closed {
+		s := &c.out[c.head]
+		if s.file {
+			for s.n > 0 {
+				k, err := unix.Sendfile(c.fd, s.fd, &s.off, int(min(s.n, 1<<30)))
+				if k > 0 {
+					s.n -= int64(k)
+					c.queued -= int64(k)
+				}
+				switch {
+				case err == unix.EAGAIN:
+					return // the EPOLLOUT edge resumes it
+				case err == unix.EINTR:
+				case err != nil || k == 0:
+					// A client gone, or a file shorter than its index
+					// says: the answer cannot be completed.
+					c.l.close(c)
+					return
+				}
+			}
+			c.advance()
+			continue
+		}
+		iov := c.l.iov[:0]
+		total := 0
+		i := c.head
+		for ; i < len(c.out) && len(iov) < maxIovec && !c.out[i].file; i++ {
+			if b := c.out[i].b; len(b) > 0 {
+				v := unix.Iovec{Base: &b[0]}
+				v.SetLen(len(b))
+				iov = append(iov, v)
+				total += len(b)
+			}
+		}
+		if total == 0 {
+			c.advance()
+			continue
+		}
+		var r uintptr
+		var e syscall.Errno
+		if i < len(c.out) && c.out[i].file && c.out[i].n > 0 {
+			// A file body follows: MSG_MORE holds these bytes (its
+			// headers) until sendfile's fill the segment, so that they do
+			// not leave in a small packet of their own (nginx corks the
+			// socket for the same).
+			msg := unix.Msghdr{Iov: &iov[0]}
+			msg.SetIovlen(len(iov))
+			r, _, e = unix.Syscall(unix.SYS_SENDMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_MORE|unix.MSG_NOSIGNAL)
+		} else {
+			r, _, e = unix.Syscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		}
+		clear(iov) // no pointer into the answers stays behind
+		switch {
+		case e == unix.EAGAIN:
+			return
+		case e == unix.EINTR:
+			continue
+		case e != 0:
+			c.l.close(c)
+			return
+		}
+		n := int(r)
+		c.queued -= int64(n)
+		for n > 0 {
+			s := &c.out[c.head]
+			if n < len(s.b) {
+				s.b = s.b[n:]
+				break
+			}
+			n -= len(s.b)
+			c.advance()
+		}
+		if int(r) < total {
+			return // the socket is full; the EPOLLOUT edge resumes it
+		}
+	}
+	if c.head == len(c.out) && c.head > 0 {
+		clear(c.out)
+		c.out, c.head = c.out[:0], 0
+		c.arena = c.arena[:0]
+		c.lastActive = c.l.now
+	}
+}
+
+// advance ends the segment at the head of c's queue.
+func (c *conn) advance() {
+	s := &c.out[c.head]
+	if s.done != nil {
+		c.writeStart = c.l.now // the next answer's write starts
+	}
+	s.release()
+	c.head++
+}

@@ -1,0 +1,30 @@
+//go:build !linux
+
+package evloop
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+)
+
+// Supported reports whether event loops run on this system.
+const Supported = false
+
+var errUnsupported = errors.New("evloop: event loops need Linux (epoll)")
+
+// Server would run the loops; there are none on this system.
+type Server struct{}
+
+// New fails: event loops need Linux.
+func New(Handler, http.Handler, Options) (*Server, error) { return nil, errUnsupported }
+
+// Enroll fails: there are no loops on this system.
+func (s *Server) Enroll(c net.Conn) error {
+	c.Close()
+	return errUnsupported
+}
+
+// Shutdown has nothing to stop on this system.
+func (s *Server) Shutdown(context.Context) error { return nil }

@@ -1,0 +1,96 @@
+// Package evloop serves HTTP/1.1 on event loops: one epoll loop per core
+// reads, parses and answers the requests of the connections handed to
+// it, with no goroutine per connection. It owns the loops, the HTTP/1.1
+// framing (keep-alive, Connection: close, HTTP/1.0, HEAD, pipelining,
+// 400 and 431 answers), the per-connection limits and timeouts, and the
+// writing of answers (writev of queued answers, sendfile(2) of file
+// bodies); what a request is answered with belongs to the Handler.
+//
+// A request the Handler answers at once is answered on the loop. One
+// whose answer may wait (a read from the disk) is answered by the Handler
+// on a goroutine of a bounded pool, and one it declines by the fallback
+// http.Handler there too; while a connection waits for such an answer the
+// loop reads and parses nothing more of it, so answers leave in the order
+// of the requests. The fallback's answer is buffered whole and sent with
+// the headers net/http would add (Date, a sniffed Content-Type) and
+// always a Content-Length (where net/http would send a long body of
+// unknown length chunked). A request that announces a body is refused
+// (413): the servers this package fronts take none on this listener.
+//
+// Limits against hostile clients: a request's line and headers must
+// arrive within ReadHeaderTimeout and fit in MaxHeaderBytes (431
+// otherwise); a kept-alive connection idle for IdleTimeout is closed; an
+// answer not taken by the client within WriteTimeout closes the
+// connection; and a connection with more than MaxQueued bytes of answers
+// waiting is not read until they drain, so neither what a client sends
+// nor what it refuses to read grows a buffer past a bound.
+//
+// The loops run on Linux (epoll); Supported is false elsewhere.
+package evloop
+
+import (
+	"errors"
+	"log/slog"
+	"runtime"
+	"time"
+)
+
+// Options configure a Server. Zero values take the documented defaults.
+type Options struct {
+	// Loops is the number of event loops; default GOMAXPROCS.
+	Loops int
+	// Workers bounds the goroutines that answer requests off the loops
+	// (reads that may wait for the disk, and the fallback handler);
+	// default 256.
+	Workers int
+	// ReadHeaderTimeout bounds the arrival of a request's line and
+	// headers from their first byte, and the wait for the first request
+	// of a new connection; default 10 s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a kept-alive connection idle this long; default
+	// 120 s.
+	IdleTimeout time.Duration
+	// WriteTimeout bounds how long an answer at the head of a
+	// connection's queue may take to be written; default none.
+	WriteTimeout time.Duration
+	// MaxHeaderBytes bounds a request's line and headers; default 16 KiB,
+	// and no more than 64 KiB.
+	MaxHeaderBytes int
+	// MaxQueued is how many bytes of answers may wait on a connection
+	// before the loop stops reading its requests; default 256 KiB.
+	MaxQueued int
+	// Logger receives the loops' warnings; default slog.Default().
+	Logger *slog.Logger
+	// OnClose, when set, is called once for each connection given to
+	// Enroll when it ends (closed, or refused by Enroll).
+	OnClose func()
+}
+
+func (o Options) withDefaults() Options {
+	if o.Loops <= 0 {
+		o.Loops = runtime.GOMAXPROCS(0)
+	}
+	if o.Workers <= 0 {
+		o.Workers = 256
+	}
+	if o.ReadHeaderTimeout <= 0 {
+		o.ReadHeaderTimeout = 10 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 120 * time.Second
+	}
+	if o.MaxHeaderBytes <= 0 {
+		o.MaxHeaderBytes = 16 << 10
+	}
+	o.MaxHeaderBytes = min(o.MaxHeaderBytes, 64<<10)
+	if o.MaxQueued <= 0 {
+		o.MaxQueued = 256 << 10
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// ErrClosed is returned by Enroll once Shutdown has started.
+var ErrClosed = errors.New("evloop: server shut down")

@@ -1,0 +1,183 @@
+//go:build linux
+
+package store
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/haybale/haybale/internal/imagetest"
+	"github.com/haybale/haybale/internal/vfs"
+	"github.com/haybale/haybale/needle"
+	"github.com/haybale/haybale/store/volume"
+)
+
+// TestLoopCorpusAnswersAsNetHTTP stores every photo of the corpus
+// (HAYBALE_PHOTOS) under each size, and wants the same answers, byte for
+// byte but the Date, from the event loops and from net/http: GET and HEAD,
+// with an extension and bare, whole and as a large image sent with
+// sendfile.
+func TestLoopCorpusAnswersAsNetHTTP(t *testing.T) {
+	dir := os.Getenv("HAYBALE_PHOTOS")
+	if dir == "" {
+		t.Skip("HAYBALE_PHOTOS is not set; set it to the photo corpus folder (CI: ../shared/photos) to run this")
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	types := map[string]needle.ContentType{".jpg": needle.TypeJPEG, ".jpeg": needle.TypeJPEG, ".png": needle.TypePNG, ".webp": needle.TypeWebP, ".gif": needle.TypeGIF}
+	ts := startServer(t, Options{Dir: t.TempDir(), FS: vfs.Default}, ServerOptions{EventLoop: true})
+	ts.allocate(t, 1)
+	if !ts.srv.srv.EventLoop() {
+		t.Fatal("not served on event loops")
+	}
+	var photos []*photo
+	r := rand.New(rand.NewPCG(9, 9))
+	for i, e := range entries {
+		ct, ok := types[strings.ToLower(filepath.Ext(e.Name()))]
+		if !ok {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &photo{id: needle.PhotoID{Vid: 1, Key: uint64(1000 + i), Cookie: r.Uint64()}, ctype: ct}
+		for s := range p.data {
+			// Every size: the photo cut to a quarter, a half, three
+			// quarters and whole, so that sizes both sides of the
+			// sendfile and mapping thresholds are served.
+			p.data[s] = b[:len(b)*(s+1)/4]
+		}
+		ts.writePhoto(t, p)
+		photos = append(photos, p)
+	}
+	if len(photos) == 0 {
+		t.Fatalf("no photo in %s", dir)
+	}
+	ref := &http.Server{Handler: ts.srv.handler}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ref.Serve(ln)
+	defer ref.Close()
+	for _, p := range photos {
+		for _, s := range needle.PhotoSizes {
+			for _, target := range []string{p.path(s), needle.ImagePath(p.id, s, "jpg")} {
+				for _, method := range []string{http.MethodGet, http.MethodHead} {
+					got, gotBody := imagetest.RawAnswer(t, ts.srv.HTTPAddr().String(), method, target, nil)
+					want, wantBody := imagetest.RawAnswer(t, ln.Addr().String(), method, target, nil)
+					got.Header.Del("Date")
+					want.Header.Del("Date")
+					if got.StatusCode != want.StatusCode || !reflect.DeepEqual(got.Header, want.Header) || !bytes.Equal(gotBody, wantBody) {
+						t.Errorf("%s %s:\n loop     %d %v %d bytes\n net/http %d %v %d bytes", method, target,
+							got.StatusCode, got.Header, len(gotBody), want.StatusCode, want.Header, len(wantBody))
+					}
+					if method == http.MethodGet && got.StatusCode == http.StatusOK && !bytes.Equal(gotBody, p.data[s]) {
+						t.Errorf("%s %s: not the stored bytes", method, target)
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestLoopColdReadsOffTheLoop reads needles not in the page cache
+// through the event loops: each is read off the loop, once (with O_DIRECT
+// the first time, buffered when read again within the window, as on the
+// fasthttp path), and answered whole.
+func TestLoopColdReadsOffTheLoop(t *testing.T) {
+	dir := t.TempDir()
+	ts := startServer(t, Options{Dir: dir, DirectReads: true}, ServerOptions{EventLoop: true})
+	ts.allocate(t, 1)
+	r := rand.New(rand.NewPCG(5, 6))
+	var photos []*photo
+	for k := uint64(1); k <= 3; k++ {
+		p := randomPhoto(r, 1, k, 40000+r.IntN(3000)) // every size over volume.MapMin
+		ts.writePhoto(t, p)
+		photos = append(photos, p)
+	}
+	v, err := ts.srv.store.Volume(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := v.Status(); !st.Direct {
+		t.Fatalf("volume does not read direct: %s", st.DirectOff)
+	}
+	drop := func() {
+		f, err := os.Open(volume.DatPath(dir, 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for round, want := range []string{"direct", "buffered"} {
+		st0 := v.Status()
+		for _, p := range photos {
+			for i, size := range needle.PhotoSizes {
+				drop()
+				resp, body := ts.do(t, http.MethodGet, needle.ImagePath(p.id, size, "jpg"), nil)
+				if resp.StatusCode != http.StatusOK || !bytes.Equal(body, p.data[i]) {
+					t.Fatalf("round %d: %v: %d, %d bytes", round, size, resp.StatusCode, len(body))
+				}
+			}
+		}
+		st := v.Status()
+		n := int64(len(photos) * len(needle.PhotoSizes))
+		direct, buffered := st.DirectReads-st0.DirectReads, st.ColdBufferedReads-st0.ColdBufferedReads
+		if st.Preads-st0.Preads != n || (want == "direct" && direct != n) || (want == "buffered" && buffered != n) {
+			t.Fatalf("round %d: %d preads, %d direct, %d buffered for %d cold GETs, want all %s", round, st.Preads-st0.Preads, direct, buffered, n, want)
+		}
+	}
+}
+
+// TestLoopMetricsCounted wants the image answers of the event loops
+// counted by status, timed, and their bytes counted, as on the other
+// paths.
+func TestLoopMetricsCounted(t *testing.T) {
+	f := newHTTPFixtureWith(t, vfs.Default, t.TempDir(), 128, true)
+	count := func(name string) float64 { return scrapeCounter(t, f.ts.base, name) }
+	ok0, nf0 := count(`haybale_store_http_requests_total{code="200"}`), count(`haybale_store_http_requests_total{code="404"}`)
+	lat0 := count("haybale_store_http_request_duration_seconds_count")
+	served0, sent0 := count("haybale_store_http_bytes_served_total"), count("haybale_store_http_bytes_sendfile_total")
+	for _, s := range needle.PhotoSizes {
+		f.ts.do(t, http.MethodGet, needle.ImagePath(f.jpeg.id, s, "jpg"), nil)
+	}
+	f.ts.do(t, http.MethodGet, needle.ImagePath(needle.PhotoID{Vid: 1, Key: 99, Cookie: 1}, 0, "jpg"), nil)
+	if d := count(`haybale_store_http_requests_total{code="200"}`) - ok0; d != 4 {
+		t.Errorf("%v answers 200 counted, want 4", d)
+	}
+	if d := count(`haybale_store_http_requests_total{code="404"}`) - nf0; d != 1 {
+		t.Errorf("%v answers 404 counted, want 1", d)
+	}
+	if d := count("haybale_store_http_request_duration_seconds_count") - lat0; d != 5 {
+		t.Errorf("%v answers timed, want 5", d)
+	}
+	var total, large float64
+	for i := range needle.PhotoSizes {
+		total += float64(len(f.jpeg.data[i]))
+		if len(f.jpeg.data[i]) >= sendfileMin {
+			large += float64(len(f.jpeg.data[i]))
+		}
+	}
+	if d := count("haybale_store_http_bytes_served_total") - served0; d != total {
+		t.Errorf("%v bytes served counted, want %v", d, total)
+	}
+	if d := count("haybale_store_http_bytes_sendfile_total") - sent0; d != large || large == 0 {
+		t.Errorf("%v bytes sent with sendfile counted, want %v", d, large)
+	}
+}

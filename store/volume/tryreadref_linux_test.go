@@ -1,0 +1,81 @@
+package volume
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"testing"
+
+	"github.com/haybale/haybale/needle"
+)
+
+// TestTryReadRef: a needle in the page cache is read by TryReadRef as by
+// ReadRef (from the mapping, or with one pread that does not wait); a
+// needle not in it is refused with ErrWouldBlock, having counted no read,
+// and ReadRef then reads it from storage once: the pages the refused
+// read asked the kernel for and the read that waited for them add up to
+// the needle's own pages, not twice as many. With direct reads, a cold
+// needle of MapMin bytes or more is refused before anything is asked of
+// the kernel.
+func TestTryReadRef(t *testing.T) {
+	t.Run("buffered", func(t *testing.T) {
+		v, dir, all := osVolume(t, 3)
+		testTryReadRef(t, v, DatPath(dir, 3), all)
+	})
+	t.Run("direct", func(t *testing.T) {
+		v, dir, all := directVolume(t, 3, 0, Options{})
+		testTryReadRef(t, v, DatPath(dir, 3), all)
+	})
+}
+
+func testTryReadRef(t *testing.T, v *Volume, path string, all []*needle.Needle) {
+	page := int64(os.Getpagesize())
+	refused := 0
+	for _, n := range all {
+		dropCache(t, path)
+		e, _ := v.Locate(n.Key, n.Size)
+		if in, pages := residentPages(t, path, e.Offset, e.Length); in == pages {
+			// Its pages stay cached, held by the volume's mapping where
+			// a read touched a neighbour sharing a page: nothing to wait
+			// for.
+			continue
+		}
+		st0, c0 := v.Status(), readIOCounters(t, path)
+		_, _, err := v.TryReadRef(n.Key, n.Cookie, n.Size, nil)
+		if !errors.Is(err, ErrWouldBlock) {
+			t.Fatalf("key %x size %v not in the page cache: %v, want ErrWouldBlock", n.Key, n.Size, err)
+		}
+		refused++
+		if st := v.Status(); st.Preads != st0.Preads || st.MappedReads != st0.MappedReads || st.DirectReads != st0.DirectReads {
+			t.Fatalf("key %x size %v: a refused read was counted: %+v then %+v", n.Key, n.Size, st0, st)
+		}
+		ref, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil)
+		if err != nil || !bytes.Equal(ref.Needle.Data, n.Data) {
+			t.Fatalf("key %x size %v read after the refusal: err %v", n.Key, n.Size, err)
+		}
+		ref.Release()
+		span := (e.Offset+int64(e.Length)+page-1)&^(page-1) - e.Offset&^(page-1)
+		if got := readIOCounters(t, path).readBytes - c0.readBytes; got > span+2*page {
+			t.Errorf("key %x size %v: %d bytes read from storage for a needle spanning %d", n.Key, n.Size, got, span)
+		}
+	}
+	if refused < len(all)/2 {
+		t.Fatalf("only %d of %d needles out of the page cache were refused", refused, len(all))
+	}
+	// All in the page cache: read as by ReadRef, and counted once.
+	if _, err := os.ReadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range all {
+		st0 := v.Status()
+		ref, _, err := v.TryReadRef(n.Key, n.Cookie, n.Size, nil)
+		if err != nil || !bytes.Equal(ref.Needle.Data, n.Data) {
+			t.Fatalf("key %x size %v in the page cache: err %v", n.Key, n.Size, err)
+		}
+		ref.Release()
+		st1 := v.Status()
+		if reads := st1.Preads - st0.Preads + st1.MappedReads - st0.MappedReads; reads != 1 {
+			t.Fatalf("key %x size %v in the page cache: %d reads counted, want 1", n.Key, n.Size, reads)
+		}
+	}
+}
