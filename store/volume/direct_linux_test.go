@@ -731,3 +731,116 @@ func TestDirectReadLendsConcurrently(t *testing.T) {
 		t.Fatalf("after every Release: %d of %d free, %d lent", free, mapped, lent)
 	}
 }
+
+// readColdPlain is readCold through Read, the net/http and gRPC path.
+func readColdPlain(t *testing.T, v *Volume, path string, n *needle.Needle, drop bool) (d Status, read int64) {
+	t.Helper()
+	if drop {
+		dropCache(t, path)
+	}
+	st0, c0 := v.Status(), readIOCounters(t, path)
+	got, _, err := v.Read(n.Key, n.Cookie, n.Size, nil)
+	c1, st1 := readIOCounters(t, path), v.Status()
+	if err != nil {
+		t.Fatalf("key %x size %v: %v", n.Key, n.Size, err)
+	}
+	if !bytes.Equal(got.Data, n.Data) || got.ContentType != n.ContentType || got.Cookie != n.Cookie {
+		t.Fatalf("key %x size %v: wrong bytes", n.Key, n.Size)
+	}
+	d.Preads = st1.Preads - st0.Preads
+	d.MappedReads = st1.MappedReads - st0.MappedReads
+	d.DirectReads = st1.DirectReads - st0.DirectReads
+	d.ColdBufferedReads = st1.ColdBufferedReads - st0.ColdBufferedReads
+	return d, c1.readBytes - c0.readBytes
+}
+
+// TestDirectColdReadPlain: Read takes the cold policy of ReadRef: a cold
+// needle of MapMin bytes or more is read with one direct pread of no more
+// than its pages, which stay out of the page cache; read cold again within
+// the window, buffered, and then resident; resident, or under MapMin, one
+// buffered pread. Nothing of the pool stays taken. Damage answers corrupt.
+func TestDirectColdReadPlain(t *testing.T) {
+	v, dir, all := directVolume(t, 6, 0, Options{})
+	path := DatPath(dir, 3)
+	pool := v.opts.Direct.bufs
+	var large []*needle.Needle
+	for _, n := range all {
+		e, _ := v.Locate(n.Key, n.Size)
+		if e.Length < MapMin {
+			d, _ := readColdPlain(t, v, path, n, true)
+			if d.Preads != 1 || d.DirectReads != 0 || d.ColdBufferedReads != 0 {
+				t.Fatalf("cold key %x size %v (under MapMin): %d preads, %d direct, %d cold buffered; want one buffered pread", n.Key, n.Size, d.Preads, d.DirectReads, d.ColdBufferedReads)
+			}
+			continue
+		}
+		large = append(large, n)
+		d, got := readColdPlain(t, v, path, n, true)
+		if d.Preads != 1 || d.DirectReads != 1 || d.ColdBufferedReads != 0 || d.MappedReads != 0 {
+			t.Fatalf("cold key %x size %v: %d preads, %d direct, %d cold buffered, %d mapped; want one direct pread", n.Key, n.Size, d.Preads, d.DirectReads, d.ColdBufferedReads, d.MappedReads)
+		}
+		if in, _ := residentPages(t, path, e.Offset, e.Length); in != 0 {
+			t.Fatalf("cold key %x size %v: %d pages resident after a direct Read, want none", n.Key, n.Size, in)
+		}
+		if got > pageSpan(e.Offset, e.Length)+metadataSlack {
+			t.Errorf("cold key %x size %v: %d bytes read from storage for %d bytes of pages", n.Key, n.Size, got, pageSpan(e.Offset, e.Length))
+		}
+	}
+	if len(large) == 0 {
+		t.Fatal("no needle of MapMin bytes or more")
+	}
+	if mapped, free, lent := poolState(pool); lent != 0 || free != mapped {
+		t.Fatalf("after direct Reads: %d of %d buffers free, %d lent", free, mapped, lent)
+	}
+	for _, n := range large {
+		e, _ := v.Locate(n.Key, n.Size)
+		d, _ := readColdPlain(t, v, path, n, true)
+		if d.Preads != 1 || d.DirectReads != 0 || d.ColdBufferedReads != 1 {
+			t.Fatalf("second cold Read of key %x size %v: %d preads, %d direct, %d cold buffered; want one buffered", n.Key, n.Size, d.Preads, d.DirectReads, d.ColdBufferedReads)
+		}
+		if in, pages := residentPages(t, path, e.Offset, e.Length); in != pages {
+			t.Fatalf("second cold Read of key %x size %v: %d of %d pages resident, want all", n.Key, n.Size, in, pages)
+		}
+		d, _ = readColdPlain(t, v, path, n, false)
+		if d.Preads != 1 || d.DirectReads != 0 || d.ColdBufferedReads != 0 {
+			t.Fatalf("resident key %x size %v: %d preads, %d direct, %d cold buffered; want one buffered pread", n.Key, n.Size, d.Preads, d.DirectReads, d.ColdBufferedReads)
+		}
+	}
+
+	// Damage: corrupt from a direct Read.
+	n := large[len(large)-1]
+	e, _ := v.Locate(n.Key, n.Size)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := []byte{0}
+	at := e.Offset + needle.HeaderSize + int64(len(n.Data)/2)
+	if _, err := f.ReadAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 1
+	if _, err := f.WriteAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	dropCache(t, path)
+	// Its second cold read above took it out of the policy's window: the
+	// next cold read goes direct, the one after buffered; both see the
+	// damage.
+	for _, want := range []int64{1, 0} {
+		dropCache(t, path)
+		st0 := v.Status()
+		if _, _, err := v.Read(n.Key, n.Cookie, n.Size, nil); !IsCorruption(err) {
+			t.Fatalf("damaged: %v, want corruption", err)
+		}
+		if d := v.Status().DirectReads - st0.DirectReads; d != want {
+			t.Fatalf("damaged: %d direct reads, want %d", d, want)
+		}
+	}
+	if mapped, free, lent := poolState(pool); lent != 0 || free != mapped {
+		t.Fatalf("after a damaged direct Read: %d of %d buffers free, %d lent", free, mapped, lent)
+	}
+}
