@@ -182,14 +182,17 @@
 // instead with one pread on a third descriptor of the generation, opened
 // with O_DIRECT: its range rounded out to 4 KiB (vfs.DirectAlign) goes
 // from the device into an aligned buffer (one of a small pool in huge
-// pages, then copied), no page-cache page is allocated or filled, and
-// the needle stays out of the page cache, which one-off reads of cold
-// needles would otherwise churn. A fixed table of fingerprints
+// pages, where ReadRef verifies it and lends the buffer to the Ref until
+// Release; Read copies it out), no page-cache page is allocated or
+// filled, and the needle stays out of the page cache, which one-off reads
+// of cold needles would otherwise churn. A fixed table of fingerprints
 // (DirectReads, 4 bytes a slot for the whole store) remembers the needles
 // read direct; one read cold again while still remembered is read buffered
 // and stays resident, so needles read again and again live in memory. A
 // file system that refuses O_DIRECT (or cannot be mapped) reads buffered;
-// Status says why. See direct.go.
+// Status says why. See direct.go. EC volumes read the segments of a cold
+// needle on their local shards the same way (ECOptions.Direct): one
+// aligned direct read per segment, copied out; rebuilds stay buffered.
 //
 // # Erasure-coded volumes
 //
