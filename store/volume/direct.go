@@ -84,6 +84,11 @@ func NewDirectReads(slots int) *DirectReads {
 // Window returns the number of slots of the table.
 func (d *DirectReads) Window() int { return len(d.seen) }
 
+// Lent returns how many buffers of the pool are lent now to Refs of cold
+// needles read direct (see Ref.Lent): answers being written from them, or
+// Refs not yet released.
+func (d *DirectReads) Lent() int { return int(d.bufs.lent.Load()) }
+
 // direct reports whether the cold needle (vid, key, size) is read direct:
 // true the first time, and remembered; false when it was read direct
 // within the window, and forgotten (the buffered read keeps it resident).
