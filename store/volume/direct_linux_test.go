@@ -844,3 +844,40 @@ func TestDirectColdReadPlain(t *testing.T) {
 		t.Fatalf("after a damaged direct Read: %d of %d buffers free, %d lent", free, mapped, lent)
 	}
 }
+
+// TestColdBufferedReadThroughRing: a needle read through the page cache
+// whose pages are not all there (a needle under MapMin, cold) waits for
+// the disk through the process's io_uring, blocking no thread: one read
+// through the ring, one pread counted, its own pages and no more read from
+// storage; resident, it is copied at once, nothing through the ring.
+func TestColdBufferedReadThroughRing(t *testing.T) {
+	if on, why := vfs.RingStatus(); !on {
+		t.Skip(why)
+	}
+	v, dir, all := osVolume(t, 3)
+	path := DatPath(dir, 3)
+	small := 0
+	for _, n := range all {
+		e, _ := v.Locate(n.Key, n.Size)
+		if e.Length >= MapMin {
+			continue
+		}
+		small++
+		dropCache(t, path)
+		r0 := vfs.RingReads()
+		d, got := readCold(t, v, path, n, false)
+		if r := vfs.RingReads() - r0; r != 1 || d.Preads != 1 {
+			t.Fatalf("cold key %x size %v: %d reads through the ring, %d preads; want 1 and 1", n.Key, n.Size, r, d.Preads)
+		}
+		if got > pageSpan(e.Offset, e.Length)+metadataSlack {
+			t.Errorf("cold key %x size %v: %d bytes read from storage for %d bytes of pages", n.Key, n.Size, got, pageSpan(e.Offset, e.Length))
+		}
+		r0 = vfs.RingReads()
+		if d, got := readCold(t, v, path, n, false); vfs.RingReads() != r0 || d.Preads != 1 || got != 0 {
+			t.Fatalf("resident key %x size %v: %d reads through the ring, %d preads, %d bytes from storage; want none, 1, none", n.Key, n.Size, vfs.RingReads()-r0, d.Preads, got)
+		}
+	}
+	if small == 0 {
+		t.Fatal("no needle under MapMin")
+	}
+}
