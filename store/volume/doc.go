@@ -190,7 +190,14 @@
 // read direct; one read cold again while still remembered is read buffered
 // and stays resident, so needles read again and again live in memory. A
 // file system that refuses O_DIRECT (or cannot be mapped) reads buffered;
-// Status says why. See direct.go. EC volumes read the segments of a cold
+// Status says why. See direct.go.
+//
+// A read that waits for the disk blocks no thread: direct reads, and
+// buffered reads of needles not in the page cache (tried first with
+// RWF_NOWAIT, which copies resident pages at once and starts reading the
+// missing ones), wait through the process's io_uring, whose completions
+// wake the reader through the netpoller (vfs.RingPread); where io_uring
+// cannot be had, they are preads. EC volumes read the segments of a cold
 // needle on their local shards the same way (ECOptions.Direct): one
 // aligned direct read per segment, copied out; rebuilds stay buffered.
 //
