@@ -18,7 +18,9 @@ import (
 // TestFastGETColdReadsDirect: with direct reads on, GETs of images not in
 // the page cache answer their bytes, each read direct (one pread) into the
 // pooled read buffers, and /metrics counts them; read cold again, they are
-// read buffered.
+// read buffered. An image read direct is answered from the buffer of the
+// direct-read pool it was read into, lent to the request until the request
+// is reset, and back in the pool then.
 func TestFastGETColdReadsDirect(t *testing.T) {
 	dir := t.TempDir()
 	ts := startServer(t, Options{Dir: dir, DirectReads: true}, ServerOptions{})
@@ -66,9 +68,37 @@ func TestFastGETColdReadsDirect(t *testing.T) {
 			t.Fatalf("round %d: %d preads, %d direct, %d buffered for %d cold GETs, want all %s", round, st.Preads-st0.Preads, direct, buffered, n, want)
 		}
 	}
+	// A cold image read direct is answered from the pool's buffer it was
+	// read into, lent to the request until its answer is written (the
+	// request reset, its user values closed); then it is back.
+	if n := ts.srv.store.direct.Lent(); n != 0 {
+		t.Fatalf("%d direct-read buffers lent with no request open, want 0", n)
+	}
+	p := photos[0]
+	for i, size := range needle.PhotoSizes {
+		drop()
+		st0 := v.Status()
+		ctx.Request.Header.SetMethod(http.MethodGet)
+		ctx.Request.SetRequestURI(needle.ImagePath(p.id, size, "jpg"))
+		if !h.serveFast(&ctx) || ctx.Response.StatusCode() != http.StatusOK || !bytes.Equal(ctx.Response.Body(), p.data[i]) {
+			t.Fatalf("GET of size %v: status %d, %d bytes, want 200 and the image", size, ctx.Response.StatusCode(), len(ctx.Response.Body()))
+		}
+		if d := v.Status().DirectReads - st0.DirectReads; d != 1 {
+			t.Fatalf("GET of size %v: %d direct reads, want 1", size, d)
+		}
+		if lent := ts.srv.store.direct.Lent(); lent != 1 {
+			t.Fatalf("GET of size %v: %d buffers lent while the request is open, want 1", size, lent)
+		}
+		ctx.Request.Reset() // as fasthttp does once the answer is written
+		ctx.Response.Reset()
+		if lent := ts.srv.store.direct.Lent(); lent != 0 {
+			t.Fatalf("GET of size %v: %d buffers still lent after the request closed, want 0", size, lent)
+		}
+	}
+
 	_, metrics := ts.do(t, http.MethodGet, "/metrics", nil)
 	for _, want := range []string{
-		fmt.Sprintf(`haybale_store_cold_reads_total{kind="direct"} %d`, gets/2),
+		fmt.Sprintf(`haybale_store_cold_reads_total{kind="direct"} %d`, gets/2+int64(len(needle.PhotoSizes))),
 		fmt.Sprintf(`haybale_store_cold_reads_total{kind="buffered"} %d`, gets/2),
 	} {
 		if !bytes.Contains(metrics, []byte(want)) {

@@ -92,7 +92,7 @@ func (s *Store) openECVolumes(ctx context.Context, datVids []uint32) ([]uint32, 
 }
 
 func (s *Store) ecOptions() volume.ECOptions {
-	return volume.ECOptions{FS: s.opts.FS, Peers: s.opts.ShardPeers}
+	return volume.ECOptions{FS: s.opts.FS, Peers: s.opts.ShardPeers, Direct: s.direct}
 }
 
 // ECVolume returns the open EC volume vid.

@@ -116,7 +116,7 @@ var (
 		"Image reads of (not erasure-coded) volumes, by how they read: mapped (verified and served from the page cache through the file mapping, no pread), pread (one pread: the needle was not all in the page cache, or the file system cannot map).",
 		[]string{"kind"}, nil)
 	descColdReads = prometheus.NewDesc("haybale_store_cold_reads_total",
-		"Image reads of (not erasure-coded) volumes, with direct reads on, of needles not in the page cache, by how they read: direct (O_DIRECT, leaving the page cache as it was), buffered (read cold again within the policy's window: kept in the page cache). Each is one of the pread reads of haybale_store_reads_total.",
+		"Image reads, with direct reads on, of needles not in the page cache, by how they read: direct (O_DIRECT, leaving the page cache as it was), buffered (read cold again within the policy's window: kept in the page cache). Each is one of the pread reads of haybale_store_reads_total, or, of an erasure-coded volume, one of haybale_store_ec_reads_total (one pread per shard segment).",
 		[]string{"kind"}, nil)
 	descPins = prometheus.NewDesc("haybale_store_verified_mappings_total",
 		"Reads of large needles through verified mappings, by outcome: hit (every verified page still mapped: served without hashing), reverified (a page had been unmapped: hashed again through the mapping); and mappings evicted (to keep the bound) or dropped (pages gone from memory, damage, compaction or close).",
@@ -173,6 +173,8 @@ func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
 		straddling += float64(s.Straddling)
 		degraded += float64(s.Degraded)
 		lost += float64(s.Unrecoverable)
+		direct += float64(s.DirectReads)
+		coldBuffered += float64(s.ColdBufferedReads)
 		shards += float64(len(s.Local))
 	}
 	for kind, n := range map[string]float64{"all": reads, "straddling": straddling, "degraded": degraded, "unrecoverable": lost} {

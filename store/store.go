@@ -135,8 +135,9 @@ type Options struct {
 	// Zero means volume.DefaultVerifiedMappings; a negative value turns
 	// them off (every read hashes).
 	VerifiedMappings int
-	// DirectReads reads the needles of plain volumes of volume.MapMin
-	// bytes or more that are not in the page cache with O_DIRECT, leaving
+	// DirectReads reads the needles of plain and EC volumes of
+	// volume.MapMin bytes or more that are not in the page cache with
+	// O_DIRECT, leaving
 	// the page cache to the needles read more than once (see
 	// volume.Options.Direct). DirectWindow is the
 	// policy's window: a needle read cold again within about that many

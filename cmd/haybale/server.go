@@ -47,6 +47,7 @@ type serverFlags struct {
 	maxPixels       pixelCount
 	shutdownTimeout time.Duration
 	publicUploads   bool
+	directReads     bool
 	limits          uploadLimitFlags
 	log             logFlags
 }
@@ -69,6 +70,7 @@ func (f *serverFlags) register(fs *pflag.FlagSet) {
 	f.maxPixels = pixelCount(resizer.DefaultMaxPixels)
 	fs.Var(&f.maxPixels, "max-pixels", "largest accepted image in pixels, e.g. 80MP")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
+	fs.BoolVar(&f.directReads, "direct-reads", true, "the store reads images of 32 KiB or more that are not in the page cache with O_DIRECT, leaving the page cache to images read more than once, as haybale store does (file systems that refuse O_DIRECT read through the page cache, with a warning in the log)")
 	f.limits.register(fs)
 	f.log.register(fs)
 }
@@ -225,6 +227,7 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 		grpcAddr:        "127.0.0.1:0",
 		volumeSizeLimit: int64(f.volumeSizeLimit),
 		shutdownTimeout: f.shutdownTimeout,
+		directReads:     f.directReads,
 		authorizer:      signer,
 		logger:          logger.With("role", "store"),
 		directory:       dirAddr,

@@ -264,3 +264,22 @@ func mustHost(t *testing.T, hostport string) string {
 	}
 	return h
 }
+
+// TestServerDirectReadsFlag: `haybale server` reads cold images direct by
+// default, as `haybale store` does, and --direct-reads=false turns it off.
+func TestServerDirectReadsFlag(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{{nil, true}, {[]string{"--direct-reads=false"}, false}} {
+		var f serverFlags
+		fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
+		f.register(fs)
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		if f.directReads != c.want {
+			t.Fatalf("%v: direct reads %v, want %v", c.args, f.directReads, c.want)
+		}
+	}
+}

@@ -16,8 +16,10 @@ import (
 // reopened through /proc/self/fd, so it is the very file f has open even
 // if its name was replaced since.
 //
-// Its ReadAt reads with exactly one pread; fewer bytes than asked for
-// means the end of the file (io.EOF). Its WriteAt fails (read-only).
+// Its ReadAt reads with exactly one read, through io_uring where the
+// system offers it (see uring_linux.go), else pread; fewer bytes than
+// asked for means the end of the file (io.EOF). Its WriteAt fails
+// (read-only).
 //
 // It fails with ErrNoDirect when f is not a file of the operating system's
 // file system (Default), and with the open's error (EINVAL on a file
@@ -54,6 +56,18 @@ type directFile struct {
 }
 
 func (f directFile) ReadAt(b []byte, off int64) (int, error) {
+	if n, ok, err := RingPread(f.fd, b, off); ok {
+		// Through the process's ring, blocking no thread (uring_linux.go);
+		// without one, or refused by it, pread below.
+		switch {
+		case err != nil:
+			return 0, &os.PathError{Op: "pread", Path: f.Name(), Err: err}
+		case n < len(b):
+			return n, io.EOF
+		default:
+			return n, nil
+		}
+	}
 	for {
 		n, err := syscall.Pread(f.fd, b, off)
 		if err == syscall.EINTR {

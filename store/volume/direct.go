@@ -76,13 +76,18 @@ func NewDirectReads(slots int) *DirectReads {
 	for n < slots {
 		n <<= 1
 	}
-	d := &DirectReads{seen: make([]atomic.Uint32, n), mask: uint64(n - 1), bufs: &directBufs{maxSlabs: DirectBufferBytes / directSlab}}
+	d := &DirectReads{seen: make([]atomic.Uint32, n), mask: uint64(n - 1), bufs: newDirectBufs()}
 	runtime.AddCleanup(d, (*directBufs).unmapAll, d.bufs)
 	return d
 }
 
 // Window returns the number of slots of the table.
 func (d *DirectReads) Window() int { return len(d.seen) }
+
+// Lent returns how many buffers of the pool are lent now to Refs of cold
+// needles read direct (see Ref.Lent): answers being written from them, or
+// Refs not yet released.
+func (d *DirectReads) Lent() int { return int(d.bufs.lent.Load()) }
 
 // direct reports whether the cold needle (vid, key, size) is read direct:
 // true the first time, and remembered; false when it was read direct
@@ -145,39 +150,45 @@ func alignTo(b []byte, align int) int {
 
 // readDirectLocked reads the needle at off (8-byte units) from d, the
 // current .dat opened by vfs.OpenDirect, with one read of its range
-// rounded out to vfs.DirectAlign: into a buffer of the policy's pool and
-// then into buf (grown when too small, as by Read) when one is free and
-// large enough, else straight into buf (see directBuffer). The needle's
-// Data aliases the returned buffer. The caller holds v.mu shared.
-func (v *Volume) readDirectLocked(d vfs.File, off, length uint32, buf []byte) (needle.Needle, []byte, error) {
+// rounded out to vfs.DirectAlign, into a buffer of the policy's pool when
+// one is free and large enough, else straight into buf (see
+// directBuffer). Read into the pool's buffer, the needle is decoded where
+// it lies and that buffer returned as slot, lent (the caller hands it to
+// the Ref or gives it back with giveBack on every path) when lend is true
+// and the pool lends it; otherwise the needle is copied into buf (grown
+// when too small, as by Read) and slot is nil. The needle's Data aliases
+// slot or the returned buffer. The caller holds v.mu shared.
+func (v *Volume) readDirectLocked(d vfs.File, off, length uint32, buf []byte, lend bool) (nd needle.Needle, out, slot []byte, err error) {
 	const align = vfs.DirectAlign
 	start, size := int64(off)*needle.Alignment, int(length)*needle.Alignment
 	lo := start &^ (align - 1)
 	hi := (start + int64(size) + align - 1) &^ (align - 1)
 	head := int(start - lo)
 	if pool := v.opts.Direct.bufs; hi-lo <= directSlot {
-		if slot := pool.get(); slot != nil {
-			got, err := d.ReadAt(slot[:hi-lo], lo)
+		if b := pool.get(); b != nil {
+			got, err := d.ReadAt(b[:hi-lo], lo)
+			if err = shortDirectRead(got-head, size, start, err); err != nil {
+				pool.put(b)
+				return needle.Needle{}, buf, nil, err
+			}
+			if lend && pool.lend() {
+				nd, err := v.format.Decode(b[head : head+size : head+size])
+				return nd, buf, b, err
+			}
 			buf = readBuffer(buf, size)
-			err = shortDirectRead(got-head, size, start, err)
-			if err == nil {
-				copy(buf, slot[head:head+size])
-			}
-			pool.put(slot)
-			if err != nil {
-				return needle.Needle{}, buf, err
-			}
-			nd, derr := v.format.Decode(buf)
-			return nd, buf, derr
+			copy(buf, b[head:head+size])
+			pool.put(b)
+			nd, err := v.format.Decode(buf)
+			return nd, buf, nil, err
 		}
 	}
 	buf, at := directBuffer(buf, int(hi-lo))
 	got, err := d.ReadAt(buf[at:], lo)
 	if err := shortDirectRead(got-head, size, start, err); err != nil {
-		return needle.Needle{}, buf, err
+		return needle.Needle{}, buf, nil, err
 	}
-	nd, derr := v.format.Decode(buf[at+head : at+head+size : at+head+size])
-	return nd, buf, derr
+	nd, err = v.format.Decode(buf[at+head : at+head+size : at+head+size])
+	return nd, buf, nil, err
 }
 
 // shortDirectRead is the error of a direct read that brought got bytes of

@@ -550,3 +550,334 @@ func BenchmarkDirectReadMemory(b *testing.B) {
 		})
 	}
 }
+
+// poolState returns how many buffers the pool has mapped, how many are
+// free, and how many are lent.
+func poolState(p *directBufs) (mapped, free, lent int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.slabs) * (directSlab / directSlot), len(p.free), int(p.lent.Load())
+}
+
+// TestDirectReadLends: a cold needle read direct is verified in the pool's
+// buffer, which the Ref is lent (no copy into the caller's buffer, which is
+// returned as it was) until Release gives it back, once; with half the
+// pool lent, a read copies out and lends nothing; a read that fails
+// (corrupt, a wrong cookie, a file shorter than the index says) gives its
+// buffer back.
+func TestDirectReadLends(t *testing.T) {
+	v, dir, all := directVolume(t, 8, 0, Options{})
+	path := DatPath(dir, 3)
+	pool := v.opts.Direct.bufs
+	var large []*needle.Needle
+	for _, n := range all {
+		if needle.EncodedLen(len(n.Data)) >= MapMin {
+			large = append(large, n)
+		}
+	}
+	if len(large) < 6 {
+		t.Fatalf("%d needles of MapMin bytes or more, want 6", len(large))
+	}
+
+	dropCache(t, path)
+	caller := make([]byte, 0, 64)
+	ref, buf, err := v.ReadRef(large[0].Key, large[0].Cookie, large[0].Size, caller)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ref.Lent() || ref.Mapped() || !bytes.Equal(ref.Needle.Data, large[0].Data) {
+		t.Fatalf("cold direct read: lent %v, mapped %v, bytes equal %v; want lent, the needle's bytes", ref.Lent(), ref.Mapped(), bytes.Equal(ref.Needle.Data, large[0].Data))
+	}
+	if unsafe.SliceData(buf) != unsafe.SliceData(caller) || cap(buf) != cap(caller) {
+		t.Fatal("a lent read grew or replaced the caller's buffer")
+	}
+	if _, _, ok := ref.Source(); ok {
+		t.Fatal("a lent Ref gave a file source")
+	}
+	if mapped, free, lent := poolState(pool); lent != 1 || free != mapped-1 {
+		t.Fatalf("one Ref lent: %d of %d buffers free, %d lent; want all but one free, 1 lent", free, mapped, lent)
+	}
+	ref.Release()
+	ref.Release() // twice: nothing more
+	if mapped, free, lent := poolState(pool); lent != 0 || free != mapped {
+		t.Fatalf("after Release: %d of %d buffers free, %d lent; want all free, none lent", free, mapped, lent)
+	}
+
+	// Half the pool lent: the next cold read copies out into the caller's
+	// buffer and gives its pool buffer back at once.
+	pool.lent.Store(pool.maxLent)
+	d, _ := readCold(t, v, path, large[1], true)
+	if d.DirectReads != 1 {
+		t.Fatalf("half the pool lent: %d direct reads, want 1", d.DirectReads)
+	}
+	ref, buf, err = v.ReadRef(large[2].Key, large[2].Cookie, large[2].Size, nil)
+	if err != nil || ref.Lent() || !bytes.Equal(ref.Needle.Data, large[2].Data) || len(buf) < len(large[2].Data) {
+		t.Fatalf("half the pool lent: err %v, lent %v; want the needle copied into the caller's buffer", err, ref.Lent())
+	}
+	ref.Release()
+	if mapped, free, lent := poolState(pool); int32(lent) != pool.maxLent || free != mapped {
+		t.Fatalf("half the pool lent, after a copied read: %d of %d free, %d lent; want all free, %d lent", free, mapped, lent, pool.maxLent)
+	}
+	pool.lent.Store(0)
+
+	// A wrong cookie: not found, the buffer back.
+	dropCache(t, path)
+	if _, _, err := v.ReadRef(large[3].Key, large[3].Cookie+1, large[3].Size, nil); err != ErrNotFound {
+		t.Fatalf("wrong cookie: %v, want ErrNotFound", err)
+	}
+	if mapped, free, lent := poolState(pool); lent != 0 || free != mapped {
+		t.Fatalf("wrong cookie: %d of %d free, %d lent", free, mapped, lent)
+	}
+
+	// Damage: corrupt, the buffer back.
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	e, _ := v.Locate(large[4].Key, large[4].Size)
+	at := e.Offset + needle.HeaderSize + int64(len(large[4].Data)/3)
+	b := []byte{0}
+	if _, err := f.ReadAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x10
+	if _, err := f.WriteAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	dropCache(t, path)
+	st0 := v.Status()
+	if ref, _, err := v.ReadRef(large[4].Key, large[4].Cookie, large[4].Size, nil); !IsCorruption(err) || ref.Lent() {
+		t.Fatalf("damaged: %v (lent %v), want corruption", err, ref.Lent())
+	}
+	if d := v.Status().DirectReads - st0.DirectReads; d != 1 {
+		t.Fatalf("damaged: %d direct reads, want 1", d)
+	}
+	if mapped, free, lent := poolState(pool); lent != 0 || free != mapped {
+		t.Fatalf("damaged: %d of %d free, %d lent", free, mapped, lent)
+	}
+
+	// The file cut short under the index: corrupt (a short read), the
+	// buffer back.
+	var last *needle.Needle
+	var lastOff int64 = -1
+	for _, n := range large {
+		if e, _ := v.Locate(n.Key, n.Size); e.Offset > lastOff && n != large[4] {
+			last, lastOff = n, e.Offset
+		}
+	}
+	if err := f.Truncate(lastOff + needle.HeaderSize + 100); err != nil {
+		t.Fatal(err)
+	}
+	dropCache(t, path)
+	if ref, _, err := v.ReadRef(last.Key, last.Cookie, last.Size, nil); !IsCorruption(err) || ref.Lent() {
+		t.Fatalf("short file: %v (lent %v), want corruption", err, ref.Lent())
+	}
+	if mapped, free, lent := poolState(pool); lent != 0 || free != mapped {
+		t.Fatalf("short file: %d of %d free, %d lent", free, mapped, lent)
+	}
+}
+
+// TestDirectReadLendsConcurrently: many readers of cold needles, each
+// holding its Ref a while, get the needles' bytes, and every buffer is
+// back once every Ref is released (run with -race).
+func TestDirectReadLendsConcurrently(t *testing.T) {
+	v, dir, all := directVolume(t, 8, 1, Options{}) // a window of one: most reads go direct
+	path := DatPath(dir, 3)
+	var large []*needle.Needle
+	for _, n := range all {
+		if needle.EncodedLen(len(n.Data)) >= MapMin {
+			large = append(large, n)
+		}
+	}
+	var wg sync.WaitGroup
+	var lentReads atomic.Int64
+	errs := make(chan error, 64)
+	for round := 0; round < 4; round++ {
+		dropCache(t, path)
+		for g := 0; g < 24; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				n := large[g%len(large)]
+				ref, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if ref.Lent() {
+					lentReads.Add(1)
+				}
+				if !bytes.Equal(ref.Needle.Data, n.Data) {
+					errs <- ErrNotFound
+				}
+				time.Sleep(time.Millisecond)
+				ref.Release()
+			}(g)
+		}
+		wg.Wait()
+	}
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if lentReads.Load() == 0 {
+		t.Fatal("no read was lent its buffer")
+	}
+	if mapped, free, lent := poolState(v.opts.Direct.bufs); lent != 0 || free != mapped {
+		t.Fatalf("after every Release: %d of %d free, %d lent", free, mapped, lent)
+	}
+}
+
+// readColdPlain is readCold through Read, the net/http and gRPC path.
+func readColdPlain(t *testing.T, v *Volume, path string, n *needle.Needle, drop bool) (d Status, read int64) {
+	t.Helper()
+	if drop {
+		dropCache(t, path)
+	}
+	st0, c0 := v.Status(), readIOCounters(t, path)
+	got, _, err := v.Read(n.Key, n.Cookie, n.Size, nil)
+	c1, st1 := readIOCounters(t, path), v.Status()
+	if err != nil {
+		t.Fatalf("key %x size %v: %v", n.Key, n.Size, err)
+	}
+	if !bytes.Equal(got.Data, n.Data) || got.ContentType != n.ContentType || got.Cookie != n.Cookie {
+		t.Fatalf("key %x size %v: wrong bytes", n.Key, n.Size)
+	}
+	d.Preads = st1.Preads - st0.Preads
+	d.MappedReads = st1.MappedReads - st0.MappedReads
+	d.DirectReads = st1.DirectReads - st0.DirectReads
+	d.ColdBufferedReads = st1.ColdBufferedReads - st0.ColdBufferedReads
+	return d, c1.readBytes - c0.readBytes
+}
+
+// TestDirectColdReadPlain: Read takes the cold policy of ReadRef: a cold
+// needle of MapMin bytes or more is read with one direct pread of no more
+// than its pages, which stay out of the page cache; read cold again within
+// the window, buffered, and then resident; resident, or under MapMin, one
+// buffered pread. Nothing of the pool stays taken. Damage answers corrupt.
+func TestDirectColdReadPlain(t *testing.T) {
+	v, dir, all := directVolume(t, 6, 0, Options{})
+	path := DatPath(dir, 3)
+	pool := v.opts.Direct.bufs
+	var large []*needle.Needle
+	for _, n := range all {
+		e, _ := v.Locate(n.Key, n.Size)
+		if e.Length < MapMin {
+			d, _ := readColdPlain(t, v, path, n, true)
+			if d.Preads != 1 || d.DirectReads != 0 || d.ColdBufferedReads != 0 {
+				t.Fatalf("cold key %x size %v (under MapMin): %d preads, %d direct, %d cold buffered; want one buffered pread", n.Key, n.Size, d.Preads, d.DirectReads, d.ColdBufferedReads)
+			}
+			continue
+		}
+		large = append(large, n)
+		d, got := readColdPlain(t, v, path, n, true)
+		if d.Preads != 1 || d.DirectReads != 1 || d.ColdBufferedReads != 0 || d.MappedReads != 0 {
+			t.Fatalf("cold key %x size %v: %d preads, %d direct, %d cold buffered, %d mapped; want one direct pread", n.Key, n.Size, d.Preads, d.DirectReads, d.ColdBufferedReads, d.MappedReads)
+		}
+		if in, _ := residentPages(t, path, e.Offset, e.Length); in != 0 {
+			t.Fatalf("cold key %x size %v: %d pages resident after a direct Read, want none", n.Key, n.Size, in)
+		}
+		if got > pageSpan(e.Offset, e.Length)+metadataSlack {
+			t.Errorf("cold key %x size %v: %d bytes read from storage for %d bytes of pages", n.Key, n.Size, got, pageSpan(e.Offset, e.Length))
+		}
+	}
+	if len(large) == 0 {
+		t.Fatal("no needle of MapMin bytes or more")
+	}
+	if mapped, free, lent := poolState(pool); lent != 0 || free != mapped {
+		t.Fatalf("after direct Reads: %d of %d buffers free, %d lent", free, mapped, lent)
+	}
+	for _, n := range large {
+		e, _ := v.Locate(n.Key, n.Size)
+		d, _ := readColdPlain(t, v, path, n, true)
+		if d.Preads != 1 || d.DirectReads != 0 || d.ColdBufferedReads != 1 {
+			t.Fatalf("second cold Read of key %x size %v: %d preads, %d direct, %d cold buffered; want one buffered", n.Key, n.Size, d.Preads, d.DirectReads, d.ColdBufferedReads)
+		}
+		if in, pages := residentPages(t, path, e.Offset, e.Length); in != pages {
+			t.Fatalf("second cold Read of key %x size %v: %d of %d pages resident, want all", n.Key, n.Size, in, pages)
+		}
+		d, _ = readColdPlain(t, v, path, n, false)
+		if d.Preads != 1 || d.DirectReads != 0 || d.ColdBufferedReads != 0 {
+			t.Fatalf("resident key %x size %v: %d preads, %d direct, %d cold buffered; want one buffered pread", n.Key, n.Size, d.Preads, d.DirectReads, d.ColdBufferedReads)
+		}
+	}
+
+	// Damage: corrupt from a direct Read.
+	n := large[len(large)-1]
+	e, _ := v.Locate(n.Key, n.Size)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := []byte{0}
+	at := e.Offset + needle.HeaderSize + int64(len(n.Data)/2)
+	if _, err := f.ReadAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 1
+	if _, err := f.WriteAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	dropCache(t, path)
+	// Its second cold read above took it out of the policy's window: the
+	// next cold read goes direct, the one after buffered; both see the
+	// damage.
+	for _, want := range []int64{1, 0} {
+		dropCache(t, path)
+		st0 := v.Status()
+		if _, _, err := v.Read(n.Key, n.Cookie, n.Size, nil); !IsCorruption(err) {
+			t.Fatalf("damaged: %v, want corruption", err)
+		}
+		if d := v.Status().DirectReads - st0.DirectReads; d != want {
+			t.Fatalf("damaged: %d direct reads, want %d", d, want)
+		}
+	}
+	if mapped, free, lent := poolState(pool); lent != 0 || free != mapped {
+		t.Fatalf("after a damaged direct Read: %d of %d buffers free, %d lent", free, mapped, lent)
+	}
+}
+
+// TestColdBufferedReadThroughRing: a needle read through the page cache
+// whose pages are not all there (a needle under MapMin, cold) waits for
+// the disk through the process's io_uring, blocking no thread: one read
+// through the ring, one pread counted, its own pages and no more read from
+// storage; resident, it is copied at once, nothing through the ring.
+func TestColdBufferedReadThroughRing(t *testing.T) {
+	if on, why := vfs.RingStatus(); !on {
+		t.Skip(why)
+	}
+	v, dir, all := osVolume(t, 3)
+	path := DatPath(dir, 3)
+	small := 0
+	for _, n := range all {
+		e, _ := v.Locate(n.Key, n.Size)
+		if e.Length >= MapMin {
+			continue
+		}
+		small++
+		dropCache(t, path)
+		r0 := vfs.RingReads()
+		d, got := readCold(t, v, path, n, false)
+		if r := vfs.RingReads() - r0; r != 1 || d.Preads != 1 {
+			t.Fatalf("cold key %x size %v: %d reads through the ring, %d preads; want 1 and 1", n.Key, n.Size, r, d.Preads)
+		}
+		if got > pageSpan(e.Offset, e.Length)+metadataSlack {
+			t.Errorf("cold key %x size %v: %d bytes read from storage for %d bytes of pages", n.Key, n.Size, got, pageSpan(e.Offset, e.Length))
+		}
+		r0 = vfs.RingReads()
+		if d, got := readCold(t, v, path, n, false); vfs.RingReads() != r0 || d.Preads != 1 || got != 0 {
+			t.Fatalf("resident key %x size %v: %d reads through the ring, %d preads, %d bytes from storage; want none, 1, none", n.Key, n.Size, vfs.RingReads()-r0, d.Preads, got)
+		}
+	}
+	if small == 0 {
+		t.Fatal("no needle under MapMin")
+	}
+}

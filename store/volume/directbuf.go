@@ -1,6 +1,9 @@
 package volume
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // Buffers of direct reads.
 //
@@ -21,6 +24,13 @@ import "sync"
 // larger range, or a read while every buffer is taken, reads into the
 // caller's buffer aligned, as before; where the system gives no huge page
 // the pool's buffers are ordinary pages, as fast as the caller's.
+//
+// ReadRef does not copy: it verifies the needle in the buffer it was read
+// into and lends that buffer to the Ref it returns, whose Data aliases it
+// until Release gives it back (the copy was a tenth of a cold image's CPU,
+// bench/RESULTS.md). At most half the pool's buffers are lent at a time:
+// past that (answers held by slow clients), ReadRef copies out as Read
+// does, so reads still find buffers to read into.
 
 // directSlot is the size of one buffer of the pool: reads of a rounded
 // range up to it use the pool.
@@ -43,6 +53,15 @@ type directBufs struct {
 	free     [][]byte
 	slabs    [][]byte
 	maxSlabs int
+
+	lent    atomic.Int32 // buffers lent to Refs (see lend)
+	maxLent int32
+}
+
+// newDirectBufs returns a pool of at most DirectBufferBytes, of which at
+// most half may be lent to Refs at a time.
+func newDirectBufs() *directBufs {
+	return &directBufs{maxSlabs: DirectBufferBytes / directSlab, maxLent: DirectBufferBytes / directSlot / 2}
 }
 
 // get returns a free buffer of directSlot bytes, mapping another region
@@ -75,6 +94,27 @@ func (p *directBufs) put(b []byte) {
 	p.mu.Lock()
 	p.free = append(p.free, b)
 	p.mu.Unlock()
+}
+
+// lend reports whether a buffer get gave may be lent to a Ref, which then
+// gives it back with giveBack, and counts it lent if so: false once
+// maxLent buffers are lent.
+func (p *directBufs) lend() bool {
+	for {
+		n := p.lent.Load()
+		if n >= p.maxLent {
+			return false
+		}
+		if p.lent.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// giveBack returns a buffer that was lent.
+func (p *directBufs) giveBack(b []byte) {
+	p.put(b)
+	p.lent.Add(-1)
 }
 
 // unmapAll unmaps every region; nothing may use the pool after it.

@@ -182,14 +182,24 @@
 // instead with one pread on a third descriptor of the generation, opened
 // with O_DIRECT: its range rounded out to 4 KiB (vfs.DirectAlign) goes
 // from the device into an aligned buffer (one of a small pool in huge
-// pages, then copied), no page-cache page is allocated or filled, and
-// the needle stays out of the page cache, which one-off reads of cold
-// needles would otherwise churn. A fixed table of fingerprints
+// pages, where ReadRef verifies it and lends the buffer to the Ref until
+// Release; Read copies it out), no page-cache page is allocated or
+// filled, and the needle stays out of the page cache, which one-off reads
+// of cold needles would otherwise churn. A fixed table of fingerprints
 // (DirectReads, 4 bytes a slot for the whole store) remembers the needles
 // read direct; one read cold again while still remembered is read buffered
 // and stays resident, so needles read again and again live in memory. A
 // file system that refuses O_DIRECT (or cannot be mapped) reads buffered;
 // Status says why. See direct.go.
+//
+// A read that waits for the disk blocks no thread: direct reads, and
+// buffered reads of needles not in the page cache (tried first with
+// RWF_NOWAIT, which copies resident pages at once and starts reading the
+// missing ones), wait through the process's io_uring, whose completions
+// wake the reader through the netpoller (vfs.RingPread); where io_uring
+// cannot be had, they are preads. EC volumes read the segments of a cold
+// needle on their local shards the same way (ECOptions.Direct): one
+// aligned direct read per segment, copied out; rebuilds stay buffered.
 //
 // # Erasure-coded volumes
 //

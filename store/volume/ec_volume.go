@@ -31,6 +31,12 @@ type ECOptions struct {
 	// Peers reads the shards that are missing locally; nil reads local
 	// shards only.
 	Peers ShardReader
+	// Direct, when set, reads needles of MapMin bytes or more whose
+	// bytes on the local shards are not all in the page cache with
+	// O_DIRECT, one aligned read per shard segment, under the policy of
+	// plain volumes (see direct.go and Options.Direct); nil reads
+	// through the page cache. Degraded reads (rebuilds) stay buffered.
+	Direct *DirectReads
 }
 
 // ECVolume is one open EC volume: its ecx loaded into the packed in-RAM
@@ -51,6 +57,12 @@ type ECVolume struct {
 	shards [ECShards]vfs.File
 	// shardErr says why a local shard is unusable (nil when missing).
 	shardErr [ECShards]error
+	// cold maps each local shard, with ECOptions.Direct, to ask the page
+	// cache whether a needle's segments are resident, and holds the
+	// shard's O_DIRECT descriptor (datMap.direct); nil where either
+	// could not be had (directOff says why), and without Direct.
+	cold      [ECShards]*datMap
+	directOff string
 
 	mu struct {
 		sync.RWMutex
@@ -80,6 +92,10 @@ type ECVolume struct {
 	straddle  atomic.Int64
 	degraded  atomic.Int64
 	lost      atomic.Int64
+	// directReads counts the reads that read their segments direct;
+	// coldBuffered those of cold needles the policy read buffered.
+	directReads  atomic.Int64
+	coldBuffered atomic.Int64
 }
 
 // OpenEC opens EC volume vid in dir: it loads and checks the ecx, applies
@@ -111,8 +127,30 @@ func OpenEC(ctx context.Context, dir string, vid uint32, opts ECOptions) (*ECVol
 	}
 	for i := range e.shards {
 		e.shards[i], e.shardErr[i] = openShard(opts.FS, dir, &e.geo, i)
+		if opts.Direct != nil && e.shards[i] != nil {
+			e.openCold(i)
+		}
 	}
 	return e, nil
+}
+
+// openCold maps local shard i and opens it for direct reads (see
+// ECOptions.Direct); when either fails the shard is read buffered and
+// directOff says why.
+func (e *ECVolume) openCold(i int) {
+	m, err := mapDat(e.shards[i], ECHeaderSize+e.geo.shardSize())
+	if err != nil || m == nil {
+		e.directOff = fmt.Sprintf("shard %d cannot be mapped to ask the page cache what it holds", i)
+		return
+	}
+	d, err := openDirect(e.shards[i])
+	if err != nil {
+		m.release()
+		e.directOff = fmt.Sprintf("shard %d: %v", i, err)
+		return
+	}
+	m.direct = d
+	e.cold[i] = m
 }
 
 // loadECX reads, checks and indexes the ecx of vid.
@@ -297,7 +335,7 @@ func checkShard(f vfs.File, g *ecGeometry, i int) error {
 }
 
 // readFull reads len(p) bytes at off or fails.
-func readFull(f vfs.File, p []byte, off int64) error {
+func readFull(f io.ReaderAt, p []byte, off int64) error {
 	got, err := f.ReadAt(p, off)
 	if got < len(p) {
 		if err == nil || errors.Is(err, io.EOF) {
@@ -346,12 +384,31 @@ func (e *ECVolume) ReadShard(ctx context.Context, i int, p []byte, off int64) er
 	return ctx.Err()
 }
 
-// readShardLocked reads a range of shard i, locally or from the peers.
-func (e *ECVolume) readShardLocked(ctx context.Context, i int, p []byte, off int64) error {
+// How a needle's segments are read from the local shards (see
+// readEntryLocked).
+type shardRead uint8
+
+const (
+	readBuffered     shardRead = iota // through the page cache, as the shard file reads
+	readColdBuffered                  // through the page cache, without readahead (the shard's mapping's descriptor)
+	readDirect                        // with O_DIRECT (the shard's direct descriptor)
+)
+
+// readShardLocked reads a range of shard i, locally (as how says, when
+// the shard has the descriptors for it) or from the peers.
+func (e *ECVolume) readShardLocked(ctx context.Context, i int, p []byte, off int64, how shardRead) error {
 	var err error
 	if f := e.shards[i]; f != nil {
 		e.preads.Add(1)
-		if err = readFull(f, p, ECHeaderSize+off); err == nil {
+		switch m := e.cold[i]; {
+		case how == readDirect && m != nil:
+			err = e.readDirect(m.direct, p, ECHeaderSize+off)
+		case how == readColdBuffered && m != nil:
+			err = readFull(m, p, ECHeaderSize+off)
+		default:
+			err = readFull(f, p, ECHeaderSize+off)
+		}
+		if err == nil {
 			return nil
 		}
 	}
@@ -405,10 +462,10 @@ func (e *ECVolume) rebuildLocked(ctx context.Context, seg ecSegment, dst []byte,
 			if e.shards[i] != nil {
 				// A local pread from the page cache costs less than a
 				// goroutine; a miss falls back to the peers inside.
-				results[k] = e.readShardLocked(ctx, i, bufs[k], seg.off)
+				results[k] = e.readShardLocked(ctx, i, bufs[k], seg.off, readBuffered)
 				continue
 			}
-			wg.Go(func() { results[k] = e.readShardLocked(ctx, i, bufs[k], seg.off) })
+			wg.Go(func() { results[k] = e.readShardLocked(ctx, i, bufs[k], seg.off, readBuffered) })
 		}
 		wg.Wait()
 		ok := 0
@@ -440,10 +497,10 @@ func (e *ECVolume) rebuildLocked(ctx context.Context, seg ecSegment, dst []byte,
 }
 
 // readRangeLocked reads the stream range [off, off+len(dst)): one pread per
-// block it touches on the data shard, or a rebuild from other shards when
-// that shard cannot be read or is in skip. Shards in skip are never read.
-// It reports how many segments it rebuilt.
-func (e *ECVolume) readRangeLocked(ctx context.Context, dst []byte, off int64, skip [ECShards]bool) (rebuilt int, err error) {
+// block it touches on the data shard (read as how says), or a rebuild from
+// other shards when that shard cannot be read or is in skip. Shards in
+// skip are never read. It reports how many segments it rebuilt.
+func (e *ECVolume) readRangeLocked(ctx context.Context, dst []byte, off int64, skip [ECShards]bool, how shardRead) (rebuilt int, err error) {
 	var segBuf [4]ecSegment
 	segs := e.geo.segments(off, len(dst), segBuf[:0])
 	pos := 0
@@ -451,7 +508,7 @@ func (e *ECVolume) readRangeLocked(ctx context.Context, dst []byte, off int64, s
 		p := dst[pos : pos+s.n]
 		pos += s.n
 		if !skip[s.shard] {
-			if err := e.readShardLocked(ctx, s.shard, p, s.off); err == nil {
+			if err := e.readShardLocked(ctx, s.shard, p, s.off, how); err == nil {
 				continue
 			}
 		}
@@ -461,6 +518,68 @@ func (e *ECVolume) readRangeLocked(ctx context.Context, dst []byte, off int64, s
 		rebuilt++
 	}
 	return rebuilt, nil
+}
+
+// howToRead is how the needle (key, size) of n bytes, on segs, is read
+// from the local shards: as a plain volume's (see direct.go), direct when
+// it has MapMin bytes or more, a page of some segment is not in the page
+// cache and the policy does not keep it; buffered without readahead when
+// the policy keeps it; buffered otherwise. A needle with a segment on a
+// shard not held here (or held without the descriptors of direct reads)
+// is read buffered.
+func (e *ECVolume) howToRead(key uint64, size needle.SizeCode, n int, segs []ecSegment) shardRead {
+	if e.opts.Direct == nil || n < MapMin {
+		return readBuffered
+	}
+	cold := false
+	for _, s := range segs {
+		m := e.cold[s.shard]
+		if m == nil {
+			return readBuffered
+		}
+		if !cold && !m.resident(ECHeaderSize+s.off, s.n) {
+			cold = true
+		}
+	}
+	switch {
+	case !cold:
+		return readBuffered
+	case e.opts.Direct.direct(e.vid, key, size):
+		e.directReads.Add(1)
+		return readDirect
+	default:
+		e.coldBuffered.Add(1)
+		return readColdBuffered
+	}
+}
+
+// readDirect fills p with the bytes at off of d, a shard opened by
+// vfs.OpenDirect, with one read of the range rounded out to
+// vfs.DirectAlign: into a buffer of the policy's pool when one is free and
+// large enough, else into an aligned buffer of its own; then copied into
+// p. A short read fails (the shard is shorter than its geometry says).
+func (e *ECVolume) readDirect(d vfs.File, p []byte, off int64) error {
+	const align = vfs.DirectAlign
+	lo := off &^ (align - 1)
+	hi := (off + int64(len(p)) + align - 1) &^ (align - 1)
+	head := int(off - lo)
+	pool := e.opts.Direct.bufs
+	var b []byte
+	at := 0
+	if hi-lo <= directSlot {
+		b = pool.get()
+	}
+	if b != nil {
+		defer pool.put(b)
+	} else {
+		b, at = directBuffer(nil, int(hi-lo))
+	}
+	got, err := d.ReadAt(b[at:at+int(hi-lo)], lo)
+	if err := shortDirectRead(got-head, len(p), off, err); err != nil {
+		return err
+	}
+	copy(p, b[at+head:])
+	return nil
 }
 
 // decodeVerified decodes buf in the volume's needle format and checks it
@@ -484,10 +603,12 @@ func (e *ECVolume) readEntryLocked(ctx context.Context, key uint64, size needle.
 	buf = readBuffer(buf, n)
 	e.reads.Add(1)
 	start := int64(off) * needle.Alignment
-	if len(e.geo.segments(start, n, nil)) > 1 {
+	var segBuf [4]ecSegment
+	segs := e.geo.segments(start, n, segBuf[:0])
+	if len(segs) > 1 {
 		e.straddle.Add(1)
 	}
-	rebuilt, err := e.readRangeLocked(ctx, buf, start, [ECShards]bool{})
+	rebuilt, err := e.readRangeLocked(ctx, buf, start, [ECShards]bool{}, e.howToRead(key, size, n, segs))
 	if err != nil {
 		e.lost.Add(1)
 		return needle.Needle{}, buf, err
@@ -498,7 +619,7 @@ func (e *ECVolume) readEntryLocked(ctx context.Context, key uint64, size needle.
 		for suspect := 0; suspect < ECShards && derr != nil; suspect++ {
 			var skip [ECShards]bool
 			skip[suspect] = true
-			if _, err := e.readRangeLocked(ctx, buf, start, skip); err != nil {
+			if _, err := e.readRangeLocked(ctx, buf, start, skip, readBuffered); err != nil {
 				lastErr = err
 				continue
 			}
@@ -681,6 +802,14 @@ type ECStatus struct {
 	Straddling    int64 `json:"straddling"`
 	Degraded      int64 `json:"degraded"`
 	Unrecoverable int64 `json:"unrecoverable"`
+	// DirectReads counts the reads of cold needles whose segments were
+	// read with O_DIRECT (each segment's pread counted in Preads);
+	// ColdBufferedReads those of cold needles the policy read buffered
+	// (see ECOptions.Direct). DirectOff says why some local shard is read
+	// buffered when ECOptions.Direct asked for direct reads.
+	DirectReads       int64  `json:"direct_reads,omitempty"`
+	ColdBufferedReads int64  `json:"cold_buffered_reads,omitempty"`
+	DirectOff         string `json:"direct_off,omitempty"`
 }
 
 // Status returns a snapshot of the volume.
@@ -695,6 +824,7 @@ func (e *ECVolume) Status() ECStatus {
 		ShardSize: ECHeaderSize + e.geo.shardSize(), Images: images, LiveBytes: live,
 		Deletes: e.deletes.Load(), Reads: e.reads.Load(), Preads: e.preads.Load(),
 		Straddling: e.straddle.Load(), Degraded: e.degraded.Load(), Unrecoverable: e.lost.Load(),
+		DirectReads: e.directReads.Load(), ColdBufferedReads: e.coldBuffered.Load(), DirectOff: e.directOff,
 	}
 	for i := range e.shards {
 		if e.shards[i] != nil {
@@ -721,6 +851,12 @@ func (e *ECVolume) Close() error {
 	}
 	e.mu.closed = true
 	var err error
+	for i, m := range e.cold {
+		if m != nil {
+			m.release()
+			e.cold[i] = nil
+		}
+	}
 	for _, f := range e.shards {
 		if f != nil {
 			if cerr := f.Close(); err == nil {

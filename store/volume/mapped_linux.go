@@ -160,10 +160,35 @@ func mincore(b, vec []byte) bool {
 	return errno == 0
 }
 
-// ReadAt reads len(b) bytes at off with one pread (more only if the
-// kernel returns less, as at the end of the file).
+// ReadAt reads len(b) bytes at off with one read (more only if the
+// kernel returns less, as at the end of the file). The read is first tried
+// without waiting for the device (preadv2 RWF_NOWAIT): pages all in the
+// page cache are copied at once. Otherwise that try has started reading
+// the missing pages (only those: the descriptor is POSIX_FADV_RANDOM),
+// and the read waits for them through the process's io_uring
+// (vfs.RingPread), so no thread blocks on the disk; still one disk read.
+// Without a ring, or where RWF_NOWAIT is refused, it is a plain pread.
 func (m *datMap) ReadAt(b []byte, off int64) (int, error) {
 	got := 0
+	if len(b) > 0 {
+		n, err := preadNoWait(m.fd, b, off)
+		switch {
+		case err == nil && n == len(b):
+			return n, nil
+		case err == nil && n == 0:
+			return 0, io.EOF
+		case err == nil || err == unix.EAGAIN:
+			got = max(n, 0)
+			if n, ok, err := vfs.RingPread(m.fd, b[got:], off+int64(got)); ok {
+				if err != nil {
+					return got, &os.PathError{Op: "pread", Path: "volume file", Err: err}
+				}
+				if got += n; got < len(b) && n == 0 {
+					return got, io.EOF
+				}
+			}
+		}
+	}
 	for got < len(b) {
 		n, err := unix.Pread(m.fd, b[got:], off+int64(got))
 		if err == unix.EINTR {
@@ -189,20 +214,31 @@ func (r nowaitReader) ReadAt(b []byte, off int64) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
+	for {
+		n, err := preadNoWait(r.m.fd, b, off)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN || err == unix.EOPNOTSUPP || err == nil && n < len(b):
+			return 0, ErrWouldBlock
+		case err != nil:
+			return 0, &os.PathError{Op: "preadv2", Path: "volume file", Err: err}
+		}
+		return n, nil
+	}
+}
+
+// preadNoWait is preadv2(fd, b, off, RWF_NOWAIT): the bytes of b at off
+// that are in the page cache, or EAGAIN when the first page is not (its
+// read started). One iovec on the stack: no allocation.
+func preadNoWait(fd int, b []byte, off int64) (int, error) {
 	iov := unix.Iovec{Base: &b[0]}
 	iov.SetLen(len(b))
-	for {
-		n, _, e := unix.Syscall6(unix.SYS_PREADV2, uintptr(r.m.fd), uintptr(unsafe.Pointer(&iov)), 1, uintptr(off), 0, unix.RWF_NOWAIT)
-		switch {
-		case e == unix.EINTR:
-			continue
-		case e == unix.EAGAIN || e == unix.EOPNOTSUPP || e == 0 && int(n) < len(b):
-			return 0, ErrWouldBlock
-		case e != 0:
-			return 0, &os.PathError{Op: "preadv2", Path: "volume file", Err: e}
-		}
-		return int(n), nil
+	n, _, errno := unix.Syscall6(unix.SYS_PREADV2, uintptr(fd), uintptr(unsafe.Pointer(&iov)), 1, uintptr(off), uintptr(off>>32), unix.RWF_NOWAIT)
+	if errno != 0 {
+		return -1, errno
 	}
+	return int(n), nil
 }
 
 // errMapFault is returned by decode when touching the mapping faulted (an

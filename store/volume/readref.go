@@ -38,13 +38,21 @@ const MapMin = 32 << 10
 
 // Ref is a verified needle returned by ReadRef. When Mapped is true its
 // Data aliases the volume's file mapping and stays valid until Release;
-// otherwise it aliases the buffer ReadRef returned. Release must be called
-// once the needle's bytes are no longer used (it is a no-op for a needle
-// read into a buffer); a Ref must not be copied after use begins.
+// when Lent is true it aliases a buffer of the direct-read pool, also
+// valid until Release; otherwise it aliases the buffer ReadRef returned.
+// Release must be called once the needle's bytes are no longer used (it is
+// a no-op for a needle read into the caller's buffer); a Ref must not be
+// copied after use begins.
 type Ref struct {
 	Needle needle.Needle
 	m      *datMap
 	off    int64 // offset of Needle.Data in the file, when mapped
+
+	// slot is the direct-read buffer Needle.Data lies in, lent by the
+	// pool of direct (which the Ref keeps alive: the pool is unmapped
+	// when its DirectReads is collected), when Lent.
+	slot   []byte
+	direct *DirectReads
 }
 
 // Mapped reports whether the needle's bytes are those of the file mapping
@@ -63,12 +71,22 @@ func (r *Ref) Source() (fd int, off int64, ok bool) {
 	return r.m.fd, r.off, true
 }
 
-// Release ends the Ref's use of the volume file's mapping. Calling it
-// again, or on a Ref read into a buffer, does nothing.
+// Lent reports whether the needle's bytes lie in a buffer of the volume's
+// direct-read pool (a cold needle read with O_DIRECT and not copied out),
+// which Release gives back.
+func (r *Ref) Lent() bool { return r.slot != nil }
+
+// Release ends the Ref's use of the volume file's mapping, or gives back
+// the direct-read buffer it was lent. Calling it again, or on a Ref read
+// into the caller's buffer, does nothing.
 func (r *Ref) Release() {
 	if r.m != nil {
 		r.m.release()
 		r.m = nil
+	}
+	if r.slot != nil {
+		r.direct.bufs.giveBack(r.slot)
+		r.slot, r.direct = nil, nil
 	}
 }
 
@@ -80,9 +98,12 @@ func (r *Ref) Release() {
 // (grown when too small and returned, as by Read). With Options.Direct, a
 // needle of MapMin bytes or more not wholly in the page cache is read with
 // O_DIRECT instead,
-// unless the policy keeps it (see direct.go); buf then holds the needle's
-// range rounded out to vfs.DirectAlign, and Data lies inside it, or, read
-// through the policy's pool, the needle alone, as by Read. A damaged
+// unless the policy keeps it (see direct.go): into a buffer of the
+// policy's pool, where it is verified and which the Ref is lent (Lent is
+// true, buf is returned as it was given) or, with half the pool lent,
+// from which it is copied into buf, as by Read; or, with no buffer of the
+// pool free, into buf, which then holds the needle's range rounded out to
+// vfs.DirectAlign, with Data inside it. A damaged
 // needle returns an error for which IsCorruption is true, never its bytes.
 func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (Ref, []byte, error) {
 	return v.readRef(key, cookie, size, buf, false)
@@ -157,10 +178,18 @@ func (v *Volume) readRef(key, cookie uint64, size needle.SizeCode, buf []byte, n
 	}
 	v.preads.Add(1)
 	if cold && m.direct != nil {
-		if v.opts.Direct.direct(v.vid, key, size) {
+		if d := v.opts.Direct; d.direct(v.vid, key, size) {
 			v.directReads.Add(1)
-			nd, buf, err := v.readDirectLocked(m.direct, off, length, buf)
-			return v.checkRead(nd, buf, err, key, cookie, size, start)
+			nd, buf, slot, err := v.readDirectLocked(m.direct, off, length, buf, true)
+			ref, buf, err := v.checkRead(nd, buf, err, key, cookie, size, start)
+			if slot != nil {
+				if err != nil {
+					d.bufs.giveBack(slot)
+				} else {
+					ref.slot, ref.direct = slot, d
+				}
+			}
+			return ref, buf, err
 		}
 		v.coldBuffered.Add(1)
 	}

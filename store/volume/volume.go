@@ -88,8 +88,9 @@ type Options struct {
 	// still mapped without hashing it again (see pins_linux.go). Nil
 	// verifies every read. One Pins may serve many volumes.
 	Pins *Pins
-	// Direct, when set, makes ReadRef read needles of MapMin bytes or
-	// more that are not in the page cache with O_DIRECT, leaving the page
+	// Direct, when set, makes ReadRef and Read (and EC volumes' reads
+	// of their local shards, see ec_volume.go) read needles of MapMin
+	// bytes or more that are not in the page cache with O_DIRECT, leaving the page
 	// cache as it was, except a needle read cold again soon, which is read
 	// buffered and stays (see direct.go).
 	// Nil reads every needle through the page cache. It needs the
@@ -501,6 +502,12 @@ func readBuffer(buf []byte, n int) []byte {
 // (see ReadBufferClass) and returned. The returned needle's Data aliases
 // the returned buffer. A damaged needle returns an error for which
 // IsCorruption is true, never its bytes.
+//
+// With Options.Direct, a needle of MapMin bytes or more not wholly in the
+// page cache is read as ReadRef reads it (O_DIRECT, unless the policy
+// keeps it; see direct.go), then copied into buf: Read has no Release to
+// lend a buffer of the pool until. Its residency costs one mincore(2)
+// call, which only reads of such needles pay.
 func (v *Volume) Read(key, cookie uint64, size needle.SizeCode, buf []byte) (needle.Needle, []byte, error) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
@@ -512,7 +519,21 @@ func (v *Volume) Read(key, cookie uint64, size needle.SizeCode, buf []byte) (nee
 		return needle.Needle{}, buf, ErrNotFound
 	}
 	v.preads.Add(1)
-	n, buf, err := v.readAtLocked(off, length, buf)
+	var n needle.Needle
+	var err error
+	if m := v.mu.dmap; m != nil && m.direct != nil && int(length)*needle.Alignment >= MapMin &&
+		m.covers(int64(off)*needle.Alignment, int(length)*needle.Alignment) &&
+		!m.resident(int64(off)*needle.Alignment, int(length)*needle.Alignment) {
+		if v.opts.Direct.direct(v.vid, key, size) {
+			v.directReads.Add(1)
+			n, buf, _, err = v.readDirectLocked(m.direct, off, length, buf, false)
+		} else {
+			v.coldBuffered.Add(1)
+			n, buf, err = v.readFromLocked(m, off, length, buf) // no readahead around it
+		}
+	} else {
+		n, buf, err = v.readAtLocked(off, length, buf)
+	}
 	if err != nil {
 		return needle.Needle{}, buf, fmt.Errorf("volume %d: key %x size %v: %w", v.vid, key, size, err)
 	}
