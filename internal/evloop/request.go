@@ -3,6 +3,7 @@ package evloop
 import (
 	"bytes"
 	"errors"
+	"net/url"
 	"slices"
 	"strconv"
 )
@@ -113,10 +114,15 @@ func (r *Request) parse(raw []byte) error {
 		return errMalformed
 	}
 	r.Target = line[:sp]
+	escaped := false
 	for _, c := range r.Target {
 		if c <= ' ' || c == 0x7f {
 			return errMalformed
 		}
+		escaped = escaped || c == '%'
+	}
+	if (r.Target[0] != '/' || escaped) && !validTarget(r.Method, r.Target) {
+		return errMalformed
 	}
 	switch string(line[sp+1:]) {
 	case "HTTP/1.1":
@@ -193,6 +199,20 @@ func (r *Request) parse(raw []byte) error {
 		r.keepAlive10 = false
 	}
 	return nil
+}
+
+// validTarget reports whether net/http's ReadRequest takes target, so
+// that the loop's handler answers no request the fallback path would
+// refuse as malformed. An origin-form target without escapes is valid
+// as it stands; the others (absolute-form, authority-form for CONNECT,
+// the asterisk, escapes) are checked as ReadRequest checks them.
+func validTarget(method, target []byte) bool {
+	s := string(target)
+	if string(method) == "CONNECT" && s[0] != '/' {
+		s = "http://" + s
+	}
+	_, err := url.ParseRequestURI(s)
+	return err == nil
 }
 
 // cutLine cuts the first CRLF-ended line off b.
