@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -136,6 +137,11 @@ type bufferedWriter struct {
 func (w *bufferedWriter) Header() http.Header { return w.h }
 
 func (w *bufferedWriter) WriteHeader(code int) {
+	if code < 100 || code > 999 {
+		// As net/http does: a handler's bug, which ends the connection
+		// without an answer rather than send a malformed status line.
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
 	if w.wroteHeader || code < 200 {
 		return // informational answers are not sent
 	}

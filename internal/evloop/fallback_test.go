@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -101,4 +102,22 @@ func TestFallbackContentLengthMismatch(t *testing.T) {
 		t.Fatalf("short body: read %q, %v; want abc and the connection's end", b, err)
 	}
 	waitEOF(t, br)
+}
+
+// A fallback handler writing a status code net/http would refuse ends the
+// connection with no answer, rather than a malformed status line.
+func TestFallbackInvalidStatus(t *testing.T) {
+	fb := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(1000)
+		io.WriteString(w, "x")
+	})
+	c := serveFallbackOnly(t, fb)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	b, err := io.ReadAll(c)
+	if err != nil && !isReset(err) || len(b) > 0 {
+		t.Fatalf("want the connection closed, got %q, %v", b, err)
+	}
+	if strings.Contains(string(b), "1000") {
+		t.Fatal("a malformed status line was sent")
+	}
 }
