@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -20,7 +21,14 @@ import (
 func serveFallbackOnly(t *testing.T, fb http.Handler) net.Conn {
 	t.Helper()
 	decline := func(*Request, *Answer, bool) Result { return Declined }
-	srv, err := New(decline, fb, Options{Loops: 1})
+	return serveWith(t, decline, fb)()
+}
+
+// serveWith serves h and fb on a listener and returns a function that
+// opens a connection to it.
+func serveWith(t *testing.T, h Handler, fb http.Handler) func() net.Conn {
+	t.Helper()
+	srv, err := New(h, fb, Options{Loops: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,15 +51,17 @@ func serveFallbackOnly(t *testing.T, fb http.Handler) net.Conn {
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
+	return func() net.Conn {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		// A bound on a test that would otherwise hang, not a timing
+		// assertion.
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		return c
 	}
-	t.Cleanup(func() { c.Close() })
-	// A bound on a test that would otherwise hang, not a timing
-	// assertion.
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	return c
 }
 
 // A fallback answer whose body disagrees with the Content-Length its
@@ -121,3 +131,35 @@ func TestFallbackInvalidStatus(t *testing.T) {
 		t.Fatal("a malformed status line was sent")
 	}
 }
+
+// A Handler that panics on the loop ends its connection with no answer,
+// releases what the answer held, and leaves the loop serving the others,
+// as net/http does with a handler that panics.
+func TestHandlerPanicOnLoop(t *testing.T) {
+	var released atomic.Int64
+	h := func(req *Request, a *Answer, _ bool) Result {
+		if string(req.Target) == "/panic" {
+			a.Done = closerFunc(func() error { released.Add(1); return nil })
+			panic("handler bug")
+		}
+		return echoHandler(req, a, false)
+	}
+	dial := serveWith(t, h, http.NotFoundHandler())
+	c := dial()
+	io.WriteString(c, "GET /panic HTTP/1.1\r\nHost: a\r\n\r\n")
+	if b, err := io.ReadAll(c); err != nil && !isReset(err) || len(b) > 0 {
+		t.Fatalf("want the connection closed, got %q, %v", b, err)
+	}
+	if n := released.Load(); n != 1 {
+		t.Fatalf("Done closed %d times, want 1", n)
+	}
+	c = dial()
+	io.WriteString(c, "GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+	if _, b := readAnswer(t, bufio.NewReader(c), "GET"); string(b) != "GET /ok" {
+		t.Fatalf("after a panic: %q", b)
+	}
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
