@@ -71,3 +71,25 @@ func TestSplitAtEveryByte(t *testing.T) {
 		t.Fatalf("%d answers, want 2: the first and the 400 that ends the connection", n)
 	}
 }
+
+// BenchmarkConnRequest measures a request answered on the loop, from its
+// bytes in the read buffer to its answer queued: parse, the Handler
+// call, and the queueing, with no socket.
+func BenchmarkConnRequest(b *testing.B) {
+	s := &Server{opts: Options{}.withDefaults(), handler: echoHandler}
+	l := &loop{srv: s}
+	l.setNow(time.Unix(1e9, 0))
+	c := &conn{l: l, fd: -1, in: make([]byte, 0, 64<<10)}
+	raw := []byte(benchRequest)
+	b.SetBytes(int64(len(raw)))
+	b.ReportAllocs()
+	for b.Loop() {
+		c.in = append(c.in[:0], raw...)
+		c.r = 0
+		c.parse()
+		if len(c.out) != 2 {
+			b.Fatalf("%d segments queued", len(c.out))
+		}
+		c.out, c.head, c.queued, c.arena = c.out[:0], 0, 0, c.arena[:0]
+	}
+}
