@@ -168,6 +168,11 @@ func (r *Request) parse(raw []byte) error {
 				return errMalformed // net/http refuses a second Host too
 			}
 			host = true
+			for _, c := range val {
+				if !validHostByte(c) {
+					return errMalformed // as net/http's server refuses it
+				}
+			}
 		case equalFold(name, "Content-Length"):
 			n, err := strconv.ParseUint(string(val), 10, 63)
 			if err != nil {
@@ -213,6 +218,17 @@ func validTarget(method, target []byte) bool {
 	}
 	_, err := url.ParseRequestURI(s)
 	return err == nil
+}
+
+// validHostByte reports whether c may appear in a Host field: the bytes
+// of a host, an IP literal (with a zone) and a port, the set net/http's
+// server takes (RFC 3986, 3.2.2).
+func validHostByte(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return c < 0x7f && bytes.IndexByte([]byte("!$%&'()*+,-.:;=[]_~"), c) >= 0
 }
 
 // cutLine cuts the first CRLF-ended line off b.

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"testing"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // hostileRequests are requests that parsers are known to disagree on:
@@ -127,6 +129,17 @@ func FuzzParse(f *testing.F) {
 		if hr.Method != string(r.Method) || hr.RequestURI != string(r.Target) || hr.ProtoMajor != 1 || hr.ProtoMinor != r.Minor {
 			t.Fatalf("%q: parse read %s %s 1.%d, net/http %s %s %d.%d", raw, r.Method, r.Target, r.Minor, hr.Method, hr.RequestURI, hr.ProtoMajor, hr.ProtoMinor)
 		}
+		// The checks net/http's server makes past ReadRequest.
+		if hosts := hr.Header["Host"]; len(hosts) == 1 && !httpguts.ValidHostHeader(hosts[0]) {
+			t.Fatalf("parse accepted %q; net/http's server refuses its Host", raw)
+		}
+		for k, vv := range hr.Header {
+			for _, v := range vv {
+				if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) {
+					t.Fatalf("parse accepted %q; net/http's server refuses its field %q: %q", raw, k, v)
+				}
+			}
+		}
 		if hr.Close != r.close {
 			t.Fatalf("%q: parse reads close=%v, net/http %v", raw, r.close, hr.Close)
 		}
@@ -173,6 +186,30 @@ func TestParseRefusesTargetsNetHTTPRefuses(t *testing.T) {
 		err := r.parse([]byte(tc.line + "\r\nHost: a\r\n\r\n"))
 		if (err == nil) != tc.ok {
 			t.Errorf("%q: parse error %v, want ok=%v", tc.line, err, tc.ok)
+		}
+	}
+}
+
+// TestParseRefusesBadHost: a Host field net/http's server refuses is
+// malformed on the loop too.
+func TestParseRefusesBadHost(t *testing.T) {
+	for _, tc := range []struct {
+		host string
+		ok   bool
+	}{
+		{"a b", false},
+		{"a\"b", false},
+		{"a/b", false},
+		{"caf\xc3\xa9", false},
+		{"a@b", false},
+		{"", true},
+		{"store1.example:8080", true},
+		{"[fe80::1%25eth0]:80", true},
+	} {
+		var r Request
+		err := r.parse([]byte("GET / HTTP/1.1\r\nHost: " + tc.host + "\r\n\r\n"))
+		if (err == nil) != tc.ok {
+			t.Errorf("Host %q: parse error %v, want ok=%v", tc.host, err, tc.ok)
 		}
 	}
 }
