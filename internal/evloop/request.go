@@ -151,7 +151,7 @@ func (r *Request) parse(raw []byte) error {
 				return errMalformed
 			}
 		}
-		val := bytes.Trim(line[colon+1:], " \t")
+		val := trimOWS(line[colon+1:])
 		for _, c := range val {
 			if c < ' ' && c != '\t' || c == 0x7f {
 				return errMalformed
@@ -238,6 +238,20 @@ func cutLine(b []byte) (line, rest []byte, ok bool) {
 		return nil, nil, false
 	}
 	return b[:i-1], b[i+1:], true
+}
+
+// trimOWS returns v without the spaces and tabs around it: a slice of v,
+// never nil (an empty field is there, and Peek says so), where bytes.Trim
+// returns nil for an empty result.
+func trimOWS(v []byte) []byte {
+	i, j := 0, len(v)
+	for i < j && (v[i] == ' ' || v[i] == '\t') {
+		i++
+	}
+	for j > i && (v[j-1] == ' ' || v[j-1] == '\t') {
+		j--
+	}
+	return v[i:j:j]
 }
 
 // forEachToken calls fn with each comma-separated token of v, trimmed.

@@ -213,3 +213,20 @@ func TestParseRefusesBadHost(t *testing.T) {
 		}
 	}
 }
+
+// TestPeekEmptyField: a field that is there with an empty value is told
+// apart from one that is not there.
+func TestPeekEmptyField(t *testing.T) {
+	var r Request
+	if err := r.parse([]byte("GET / HTTP/1.1\r\nHost: a\r\nRange:\r\nIf-None-Match: \t \r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"Range", "If-None-Match"} {
+		if v := r.Peek(name); v == nil || len(v) != 0 {
+			t.Errorf("Peek(%q) = %q (nil %v), want an empty value", name, v, v == nil)
+		}
+	}
+	if v := r.Peek("If-Match"); v != nil {
+		t.Errorf("Peek of a field not sent: %q", v)
+	}
+}
