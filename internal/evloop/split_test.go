@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // echoHandler answers every request on the loop with its method and
@@ -91,5 +93,40 @@ func BenchmarkConnRequest(b *testing.B) {
 			b.Fatalf("%d segments queued", len(c.out))
 		}
 		c.out, c.head, c.queued, c.arena = c.out[:0], 0, 0, c.arena[:0]
+	}
+}
+
+// TestAnswerForClosedConnDropped: an answer made off the loop for a
+// connection closed meanwhile, whose descriptor a new connection has
+// taken, is dropped (its Done closed once) and never reaches the new one.
+func TestAnswerForClosedConnDropped(t *testing.T) {
+	s := &Server{opts: Options{}.withDefaults(), handler: echoHandler}
+	l := &loop{srv: s}
+	l.setNow(time.Unix(1e9, 0))
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC) // a descriptor to close
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.conns = make([]*conn, fd+1)
+	old := &conn{l: l, fd: fd, in: make([]byte, 0, 64), busy: true}
+	l.conns[fd], l.n = old, 1
+	var dones int
+	j := &job{c: old, req: &Request{Minor: 1}}
+	j.ans.Status = 200
+	j.ans.Body = []byte("late")
+	j.ans.Done = closerFunc(func() error { dones++; return nil })
+	l.close(old) // the client is gone while the answer is made
+	reuse := &conn{l: l, fd: fd, in: make([]byte, 0, 64)}
+	l.conns[fd], l.n = reuse, 1
+	l.finish(j)
+	if dones != 1 {
+		t.Fatalf("Done closed %d times, want 1", dones)
+	}
+	if len(reuse.out) != 0 || reuse.busy || reuse.closed {
+		t.Fatalf("the new connection on the descriptor got %d segments (busy %v, closed %v)", len(reuse.out), reuse.busy, reuse.closed)
+	}
+	l.close(old) // closing twice closes nothing
+	if l.n != 1 || l.conns[fd] != reuse {
+		t.Fatalf("a second close of the old connection touched the new one: n %d", l.n)
 	}
 }
