@@ -21,8 +21,8 @@
 // or fallback that panics ends its connection with no answer, on the
 // loop as off it, as under net/http.
 //
-// The parser is strict where parsers are known to disagree, and takes no
-// request that net/http's server would refuse: a request line, header
+// The parser is strict where parsers are known to disagree, and answers
+// none that net/http's server would call malformed: a request line, header
 // fields and their end are read as RFC 9112 writes them (CRLF only; no
 // bare CR or LF, NUL or other control byte, obsolete line folding, space
 // before a field's colon, second Host, Host byte net/http refuses, target
