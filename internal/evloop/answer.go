@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -136,6 +137,11 @@ type bufferedWriter struct {
 func (w *bufferedWriter) Header() http.Header { return w.h }
 
 func (w *bufferedWriter) WriteHeader(code int) {
+	if code < 100 || code > 999 {
+		// As net/http does: a handler's bug, which ends the connection
+		// without an answer rather than send a malformed status line.
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
 	if w.wroteHeader || code < 200 {
 		return // informational answers are not sent
 	}
@@ -169,6 +175,28 @@ func (w *bufferedWriter) answer(a *Answer, head bool) {
 		a.noDate = true
 	}
 	if bodyAllowed(w.code) {
+		if cl := h.Get("Content-Length"); cl != "" {
+			// The length the handler set is the one the client reads by:
+			// as net/http, send no byte past it, and end the connection
+			// after a body short of it, lest the client read the next
+			// answer as the rest of this one.
+			n, err := strconv.ParseInt(cl, 10, 64)
+			switch {
+			case err != nil || n < 0:
+				h.Del("Content-Length") // as net/http drops it; set below
+			default:
+				// One field, were there more, in digits alone.
+				h.Set("Content-Length", strconv.FormatInt(n, 10))
+				if head {
+					break
+				}
+				if int64(len(w.body)) > n {
+					w.body = w.body[:n]
+				} else if int64(len(w.body)) < n {
+					a.closeConn = true
+				}
+			}
+		}
 		if _, ok := h["Content-Type"]; !ok && len(w.body) > 0 && h.Get("Content-Encoding") == "" {
 			h.Set("Content-Type", http.DetectContentType(w.body))
 		}

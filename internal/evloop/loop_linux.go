@@ -740,7 +740,12 @@ func (c *conn) parse() bool {
 			req.close = true // as net/http answers after Shutdown
 		}
 		a.sendfileOK = c.head == len(c.out)
-		switch l.srv.handler(req, a, false) {
+		res, ok := l.handle(req, a)
+		if !ok {
+			l.close(c)
+			return true
+		}
+		switch res {
 		case Answered:
 			c.queue(req, a)
 		case Blocked:
@@ -752,6 +757,20 @@ func (c *conn) parse() bool {
 		}
 	}
 	return parsed
+}
+
+// handle calls the Handler on the loop. A Handler that panics is met as
+// net/http meets one: the panic is logged and the connection ends with no
+// answer (ok false), while the loop serves its other connections on.
+func (l *loop) handle(req *Request, a *Answer) (res Result, ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			l.srv.opts.Logger.Error("evloop: handler panic", "panic", p, "target", string(req.Target))
+			a.release()
+			ok = false
+		}
+	}()
+	return l.srv.handler(req, a, false), true
 }
 
 // failed queues an error answer that ends c, and drops what was not

@@ -3,6 +3,7 @@ package evloop
 import (
 	"bytes"
 	"errors"
+	"net/url"
 	"slices"
 	"strconv"
 )
@@ -113,10 +114,15 @@ func (r *Request) parse(raw []byte) error {
 		return errMalformed
 	}
 	r.Target = line[:sp]
+	escaped := false
 	for _, c := range r.Target {
 		if c <= ' ' || c == 0x7f {
 			return errMalformed
 		}
+		escaped = escaped || c == '%'
+	}
+	if (r.Target[0] != '/' || escaped) && !validTarget(r.Method, r.Target) {
+		return errMalformed
 	}
 	switch string(line[sp+1:]) {
 	case "HTTP/1.1":
@@ -145,7 +151,7 @@ func (r *Request) parse(raw []byte) error {
 				return errMalformed
 			}
 		}
-		val := bytes.Trim(line[colon+1:], " \t")
+		val := trimOWS(line[colon+1:])
 		for _, c := range val {
 			if c < ' ' && c != '\t' || c == 0x7f {
 				return errMalformed
@@ -162,6 +168,11 @@ func (r *Request) parse(raw []byte) error {
 				return errMalformed // net/http refuses a second Host too
 			}
 			host = true
+			for _, c := range val {
+				if !validHostByte(c) {
+					return errMalformed // as net/http's server refuses it
+				}
+			}
 		case equalFold(name, "Content-Length"):
 			n, err := strconv.ParseUint(string(val), 10, 63)
 			if err != nil {
@@ -195,6 +206,31 @@ func (r *Request) parse(raw []byte) error {
 	return nil
 }
 
+// validTarget reports whether net/http's ReadRequest takes target, so
+// that the loop's handler answers no request the fallback path would
+// refuse as malformed. An origin-form target without escapes is valid
+// as it stands; the others (absolute-form, authority-form for CONNECT,
+// the asterisk, escapes) are checked as ReadRequest checks them.
+func validTarget(method, target []byte) bool {
+	s := string(target)
+	if string(method) == "CONNECT" && s[0] != '/' {
+		s = "http://" + s
+	}
+	_, err := url.ParseRequestURI(s)
+	return err == nil
+}
+
+// validHostByte reports whether c may appear in a Host field: the bytes
+// of a host, an IP literal (with a zone) and a port, the set net/http's
+// server takes (RFC 3986, 3.2.2).
+func validHostByte(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return c < 0x7f && bytes.IndexByte([]byte("!$%&'()*+,-.:;=[]_~"), c) >= 0
+}
+
 // cutLine cuts the first CRLF-ended line off b.
 func cutLine(b []byte) (line, rest []byte, ok bool) {
 	i := bytes.IndexByte(b, '\n')
@@ -202,6 +238,20 @@ func cutLine(b []byte) (line, rest []byte, ok bool) {
 		return nil, nil, false
 	}
 	return b[:i-1], b[i+1:], true
+}
+
+// trimOWS returns v without the spaces and tabs around it: a slice of v,
+// never nil (an empty field is there, and Peek says so), where bytes.Trim
+// returns nil for an empty result.
+func trimOWS(v []byte) []byte {
+	i, j := 0, len(v)
+	for i < j && (v[i] == ' ' || v[i] == '\t') {
+		i++
+	}
+	for j > i && (v[j-1] == ' ' || v[j-1] == '\t') {
+		j--
+	}
+	return v[i:j:j]
 }
 
 // forEachToken calls fn with each comma-separated token of v, trimmed.

@@ -14,8 +14,21 @@
 // of the requests. The fallback's answer is buffered whole and sent with
 // the headers net/http would add (Date, a sniffed Content-Type) and
 // always a Content-Length (where net/http would send a long body of
-// unknown length chunked). A request that announces a body is refused
-// (413): the servers this package fronts take none on this listener.
+// unknown length chunked); a length its handler set is kept to as
+// net/http keeps to it (no byte past it, the connection ended after a
+// body short of it). A request that announces a body is refused (413):
+// the servers this package fronts take none on this listener. A Handler
+// or fallback that panics ends its connection with no answer, on the
+// loop as off it, as under net/http.
+//
+// The parser is strict where parsers are known to disagree, and answers
+// none that net/http's server would call malformed: a request line, header
+// fields and their end are read as RFC 9112 writes them (CRLF only; no
+// bare CR or LF, NUL or other control byte, obsolete line folding, space
+// before a field's colon, second Host, Host byte net/http refuses, target
+// ReadRequest refuses, or version other than HTTP/1.0 and HTTP/1.1).
+// Where one request ends and the next begins is therefore where net/http
+// would find it too.
 //
 // Limits against hostile clients: a request's line and headers must
 // arrive within ReadHeaderTimeout and fit in MaxHeaderBytes (431
