@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -478,4 +479,43 @@ func TestHalfClosedClient(t *testing.T) {
 		}
 	}
 	waitEOF(t, br)
+}
+
+// TestIdleLoopsWaitInNetpoller checks that an idle loop waits parked in
+// Go's netpoller ("IO wait"), not in a blocking epoll_wait system call,
+// which would hold a P until sysmon took it back and so delay the
+// goroutines that answer off the loops.
+func TestIdleLoopsWaitInNetpoller(t *testing.T) {
+	f := newFixture(t, Options{Loops: 2})
+	c := f.dial(t, 0)
+	br := bufio.NewReader(c)
+	fmt.Fprintf(c, "GET /img/10 HTTP/1.1\r\nHost: x\r\n\r\n")
+	readAnswer(t, br, "GET")
+	var last string
+	for range 500 {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		parked, inSyscall := 0, 0
+		for g := range strings.SplitSeq(stacks, "\n\n") {
+			if !strings.Contains(g, "evloop.(*loop).run") {
+				continue
+			}
+			first, _, _ := strings.Cut(g, "\n")
+			switch {
+			case strings.Contains(first, "[IO wait"):
+				parked++
+			case strings.Contains(first, "[syscall"):
+				inSyscall++
+			}
+			last = first
+		}
+		if inSyscall > 0 {
+			t.Fatalf("an idle loop waits in a system call: %s", last)
+		}
+		if parked == 2 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("the idle loops were never seen parked in the netpoller; last state: %q", last)
 }
