@@ -47,7 +47,9 @@
 # With -k it also compares cache hits with nginx over the same bytes and
 # request lists (BenchmarkHitVsNginx in cache/, run with go test from this
 # tree): a cache whose Loader reads the exported files, warmed, then wrk
-# against it and nginx in turn.
+# against it and nginx in turn. HAYBALE_CACHE_LOOP in the environment
+# picks the cache's listener: unset, fasthttp; "both", a cache on each,
+# interleaved with nginx; anything else, the event loops.
 #
 # Needs wrk and nginx (and fio for -c); skips, with a message, what cannot
 # run. Nothing needs root except dropping caches, which is per file.

@@ -111,7 +111,11 @@
 // the entry's prepared header values with no allocation (a large image
 // in the memfd with sendfile, see Memory); every other
 // request, misses included, goes to the net/http handler through
-// fasthttp's adaptor.
+// fasthttp's adaptor. With ServerOptions.EventLoop (`haybale cache
+// --event-loop`, the command's default), loop.go answers the same hits,
+// with the same checks and header values, on internal/evloop's event
+// loops instead, and the loops hand every other request to the net/http
+// handler off the loop.
 //
 // # Memory
 //

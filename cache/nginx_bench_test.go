@@ -45,10 +45,13 @@ func (d dirLoader) Load(_ context.Context, id needle.PhotoID, size needle.SizeCo
 // request lists) and HAYBALE_NGINX_URL to the nginx it runs. The cache
 // loads every image of the request lists once, then wrk (-t2,
 // HAYBALE_WRK_DURATION, default 8s) runs against the cache and nginx in
-// turn, HAYBALE_BENCH_REPS times (default 3), for each row. It prints a
-// table of medians; CPU per request is the process's own (the cache
-// server; the idle test harness) and the nginx workers' from /proc. With
-// HAYBALE_EVENT_LOOP set, the cache serves on event loops.
+// turn, HAYBALE_BENCH_REPS times (default 3), for each row, the side that
+// goes first rotating between reps. It prints a table of medians; CPU per
+// request is the process's own (the cache server under load; the idle
+// test harness and an idle second cache) and the nginx workers' from
+// /proc. HAYBALE_CACHE_LOOP selects the cache's listener: unset, the
+// fasthttp one; "both", two caches, one on each, interleaved with nginx;
+// anything else, the event loops.
 func BenchmarkHitVsNginx(b *testing.B) {
 	dir, nginx := os.Getenv("HAYBALE_BENCH_DIR"), os.Getenv("HAYBALE_NGINX_URL")
 	if dir == "" || nginx == "" {
@@ -70,7 +73,22 @@ func BenchmarkHitVsNginx(b *testing.B) {
 	for i, r := range rows {
 		lists[i] = r.list
 	}
-	base := "http://" + serveBenchCorpus(b, dir, "127.0.0.1:0", lists)
+	self := []string{strconv.Itoa(os.Getpid())}
+	type side struct {
+		name, url string
+		pids      []string
+	}
+	var sides []side
+	switch mode := os.Getenv("HAYBALE_CACHE_LOOP"); mode {
+	case "":
+		sides = append(sides, side{"cache", "http://" + serveBenchCorpus(b, dir, "127.0.0.1:0", lists, false), self})
+	case "both":
+		sides = append(sides, side{"cache (fasthttp)", "http://" + serveBenchCorpus(b, dir, "127.0.0.1:0", lists, false), self})
+		sides = append(sides, side{"cache (loop)", "http://" + serveBenchCorpus(b, dir, "127.0.0.1:0", lists, true), self})
+	default:
+		sides = append(sides, side{"cache (loop)", "http://" + serveBenchCorpus(b, dir, "127.0.0.1:0", lists, true), self})
+	}
+	sides = append(sides, side{"nginx", nginx, nginxPIDs})
 	rate := regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 	total := regexp.MustCompile(`(\d+) requests in`)
 	run := func(url, list string, conns int, pids []string) (rps, cpuPerReq float64) {
@@ -93,52 +111,56 @@ func BenchmarkHitVsNginx(b *testing.B) {
 		reqs, _ := strconv.ParseFloat(string(n[1]), 64)
 		return rps, (t1 - t0) / reqs * 1e6
 	}
-	self := []string{strconv.Itoa(os.Getpid())}
-	type sample struct{ cache, nginx, cacheCPU, nginxCPU []float64 }
-	results := make([]sample, len(rows))
+	// rps[row][side][rep], cpu likewise.
+	rps := make([][][]float64, len(rows))
+	cpu := make([][][]float64, len(rows))
+	for i := range rows {
+		rps[i], cpu[i] = make([][]float64, len(sides)), make([][]float64, len(sides))
+	}
 	for rep := range reps {
 		for i, r := range rows {
-			s := &results[i]
-			cacheFirst := rep%2 == 0
-			for k := range 2 {
-				if (k == 0) == cacheFirst {
-					rps, cpu := run(base, r.list, r.conns, self)
-					s.cache, s.cacheCPU = append(s.cache, rps), append(s.cacheCPU, cpu)
-				} else {
-					rps, cpu := run(nginx, r.list, r.conns, nginxPIDs)
-					s.nginx, s.nginxCPU = append(s.nginx, rps), append(s.nginxCPU, cpu)
-				}
+			for k := range sides {
+				j := (k + rep) % len(sides)
+				q, c := run(sides[j].url, r.list, r.conns, sides[j].pids)
+				rps[i][j], cpu[i][j] = append(rps[i][j], q), append(cpu[i][j], c)
 			}
 		}
 	}
-	fmt.Printf("\ncache hits against nginx, medians over %d reps, wrk -t2 -d%s\n\n", reps, dur)
-	fmt.Println("| rows | conns | cache req/s | nginx req/s | cache / nginx | cache CPU µs/req | nginx CPU µs/req | cache / nginx CPU |")
-	fmt.Println("|---|---|---|---|---|---|---|---|")
-	for i, r := range rows {
-		s := results[i]
-		ratio := func(a, b []float64) float64 {
-			q := make([]float64, len(a))
-			for j := range a {
-				q[j] = a[j] / b[j]
-			}
-			return median(q)
+	ng := len(sides) - 1
+	ratio := func(a, b []float64) float64 {
+		q := make([]float64, len(a))
+		for j := range a {
+			q[j] = a[j] / b[j]
 		}
-		fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f |\n", r.list, r.conns, median(s.cache), median(s.nginx),
-			ratio(s.cache, s.nginx), median(s.cacheCPU), median(s.nginxCPU), ratio(s.cacheCPU, s.nginxCPU))
+		return median(q)
+	}
+	fmt.Printf("\ncache hits against nginx, medians over %d reps, wrk -t2 -d%s\n\n", reps, dur)
+	fmt.Println("| rows | conns | server | req/s | / nginx | CPU µs/req | CPU / nginx |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	for i, r := range rows {
+		for j, s := range sides {
+			if j == ng {
+				fmt.Printf("| %s | %d | %s | %.0f | | %.1f | |\n", r.list, r.conns, s.name, median(rps[i][j]), median(cpu[i][j]))
+				continue
+			}
+			fmt.Printf("| %s | %d | %s | %.0f | %.2f | %.1f | %.2f |\n", r.list, r.conns, s.name, median(rps[i][j]),
+				ratio(rps[i][j], rps[i][ng]), median(cpu[i][j]), ratio(cpu[i][j], cpu[i][ng]))
+		}
 	}
 }
 
 // serveBenchCorpus starts a cache server on addr whose Loader reads the
 // files of the work directory of bench/serve-compare.sh, loads every image
 // of the request lists (paths-<list>.txt) once, and returns its address.
-// The server stops when the test ends.
-func serveBenchCorpus(tb testing.TB, dir, addr string, lists []string) string {
+// With loop, it serves on event loops. The server stops when the test
+// ends.
+func serveBenchCorpus(tb testing.TB, dir, addr string, lists []string, loop bool) string {
 	tb.Helper()
 	c, err := New(Options{Loader: dirLoader{filepath.Join(dir, "static")}, Capacity: 32 << 30, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv, err := NewServer(c, ServerOptions{Addr: addr, Logger: slog.New(slog.DiscardHandler), EventLoop: os.Getenv("HAYBALE_EVENT_LOOP") != ""})
+	srv, err := NewServer(c, ServerOptions{Addr: addr, Logger: slog.New(slog.DiscardHandler), EventLoop: loop})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -184,7 +206,8 @@ func serveBenchCorpus(tb testing.TB, dir, addr string, lists []string) string {
 // under wrk: set HAYBALE_BENCH_DIR, HAYBALE_SERVE_FOR (a duration),
 // HAYBALE_SERVE_ADDR (default 127.0.0.1:18300) and HAYBALE_SERVE_LISTS
 // (request lists to warm, default "t l mix-uniform"). It prints "ready"
-// once warm. Skipped unless HAYBALE_SERVE_FOR is set.
+// once warm; with HAYBALE_CACHE_LOOP set, it serves on event loops.
+// Skipped unless HAYBALE_SERVE_FOR is set.
 func TestServeBenchCorpus(t *testing.T) {
 	dir, hold := os.Getenv("HAYBALE_BENCH_DIR"), os.Getenv("HAYBALE_SERVE_FOR")
 	if dir == "" || hold == "" {
@@ -195,7 +218,7 @@ func TestServeBenchCorpus(t *testing.T) {
 		t.Fatalf("HAYBALE_SERVE_FOR: %v", err)
 	}
 	addr := serveBenchCorpus(t, dir, cmpOr(os.Getenv("HAYBALE_SERVE_ADDR"), "127.0.0.1:18300"),
-		strings.Fields(cmpOr(os.Getenv("HAYBALE_SERVE_LISTS"), "t l mix-uniform")))
+		strings.Fields(cmpOr(os.Getenv("HAYBALE_SERVE_LISTS"), "t l mix-uniform")), os.Getenv("HAYBALE_CACHE_LOOP") != "")
 	fmt.Println("ready", addr)
 	time.Sleep(d)
 }

@@ -48,7 +48,7 @@ func (f *cacheFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.cdnHeader, "cdn-header", cache.DefaultCDNHeader, "request header that marks traffic coming through a CDN")
 	fs.BoolVar(&f.admitCDN, "admit-cdn", false, "also cache images requested through a CDN (default: the CDN caches them)")
 	fs.BoolVar(&f.admitReadOnly, "admit-read-only", false, "also cache images of read-only volumes (default: only writable volumes, the recent uploads)")
-	fs.BoolVar(&f.eventLoop, "event-loop", false, "serve the public listener on event loops, one per core, answering hits without a goroutine per connection (Linux only; default: fasthttp)")
+	fs.BoolVar(&f.eventLoop, "event-loop", true, "serve the public listener on event loops, one per core, answering hits without a goroutine per connection (Linux only; --event-loop=false: fasthttp)")
 	fs.DurationVar(&f.maxAge, "max-age", cache.DefaultMaxAge, "longest an image stays cached after it was fetched (bounds how long a deleted photo can be served if an eviction is lost)")
 	fs.DurationVar(&f.upstreamTimeout, "upstream-timeout", cache.DefaultUpstreamTimeout, "time limit of one miss's fetch from the stores, replica failover included")
 	fs.DurationVar(&f.replicaTimeout, "replica-timeout", 3*time.Second, "time limit of one replica attempt; after it the next replica is tried (keep it well under --upstream-timeout)")
