@@ -847,8 +847,9 @@ func TestDirectColdReadPlain(t *testing.T) {
 
 // TestColdBufferedReadThroughRing: a needle read through the page cache
 // whose pages are not all there (a needle under MapMin, cold) waits for
-// the disk through the process's io_uring, blocking no thread: one read
-// through the ring, one pread counted, its own pages and no more read from
+// the disk through the process's io_uring, blocking no thread: at most one
+// read through the ring (none when the pages arrive within the RWF_NOWAIT
+// try), one pread counted, its own pages and no more read from
 // storage; resident, it is copied at once, nothing through the ring.
 func TestColdBufferedReadThroughRing(t *testing.T) {
 	if on, why := vfs.RingStatus(); !on {
@@ -856,7 +857,7 @@ func TestColdBufferedReadThroughRing(t *testing.T) {
 	}
 	v, dir, all := osVolume(t, 3)
 	path := DatPath(dir, 3)
-	small := 0
+	small, throughRing := 0, 0
 	for _, n := range all {
 		e, _ := v.Locate(n.Key, n.Size)
 		if e.Length >= MapMin {
@@ -866,9 +867,15 @@ func TestColdBufferedReadThroughRing(t *testing.T) {
 		dropCache(t, path)
 		r0 := vfs.RingReads()
 		d, got := readCold(t, v, path, n, false)
-		if r := vfs.RingReads() - r0; r != 1 || d.Preads != 1 {
-			t.Fatalf("cold key %x size %v: %d reads through the ring, %d preads; want 1 and 1", n.Key, n.Size, r, d.Preads)
+		// The RWF_NOWAIT try starts the disk read, and on a fast device
+		// the pages can be in before the kernel looks again: then the try
+		// itself answers and nothing goes through the ring. Either way one
+		// pread, and the needle's pages read once (below).
+		r := vfs.RingReads() - r0
+		if r > 1 || d.Preads != 1 {
+			t.Fatalf("cold key %x size %v: %d reads through the ring, %d preads; want at most 1 and 1", n.Key, n.Size, r, d.Preads)
 		}
+		throughRing += int(r)
 		if got > pageSpan(e.Offset, e.Length)+metadataSlack {
 			t.Errorf("cold key %x size %v: %d bytes read from storage for %d bytes of pages", n.Key, n.Size, got, pageSpan(e.Offset, e.Length))
 		}
@@ -880,4 +887,5 @@ func TestColdBufferedReadThroughRing(t *testing.T) {
 	if small == 0 {
 		t.Fatal("no needle under MapMin")
 	}
+	t.Logf("%d of %d cold reads waited through the ring", throughRing, small)
 }
