@@ -22,34 +22,8 @@ import (
 // direct-read pool it was read into, lent to the request until the request
 // is reset, and back in the pool then.
 func TestFastGETColdReadsDirect(t *testing.T) {
-	dir := t.TempDir()
-	ts := startServer(t, Options{Dir: dir, DirectReads: true}, ServerOptions{})
-	ts.allocate(t, 1)
+	ts, photos, v, drop := directStore(t, ServerOptions{}, 5, 4)
 	h := ts.srv.handler.(*httpHandler)
-	r := rand.New(rand.NewPCG(5, 5))
-	var photos []*photo
-	for k := uint64(1); k <= 4; k++ {
-		p := randomPhoto(r, 1, k, 40000+r.IntN(3000)) // 40..43 KB thumbnails, large images 8 times that: all over volume.MapMin
-		ts.writePhoto(t, p)
-		photos = append(photos, p)
-	}
-	v, err := ts.srv.store.Volume(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st := v.Status(); !st.Direct {
-		t.Fatalf("volume does not read direct: %s", st.DirectOff)
-	}
-	drop := func() {
-		f, err := os.Open(volume.DatPath(dir, 1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
-			t.Fatal(err)
-		}
-	}
 	var ctx fasthttp.RequestCtx
 	gets := int64(0)
 	for round, want := range []string{"direct", "buffered"} {
@@ -105,4 +79,39 @@ func TestFastGETColdReadsDirect(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
+}
+
+// directStore starts a store reading cold needles direct, with volume 1
+// holding n photos (random, from seed) whose every size is over
+// volume.MapMin: 40..43 KB thumbnails, large images 8 times that. drop
+// takes the volume file out of the page cache.
+func directStore(t *testing.T, sopts ServerOptions, seed uint64, n int) (ts *testServer, photos []*photo, v *volume.Volume, drop func()) {
+	t.Helper()
+	dir := t.TempDir()
+	ts = startServer(t, Options{Dir: dir, DirectReads: true}, sopts)
+	ts.allocate(t, 1)
+	r := rand.New(rand.NewPCG(5, seed))
+	for k := uint64(1); k <= uint64(n); k++ {
+		p := randomPhoto(r, 1, k, 40000+r.IntN(3000))
+		ts.writePhoto(t, p)
+		photos = append(photos, p)
+	}
+	v, err := ts.srv.store.Volume(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := v.Status(); !st.Direct {
+		t.Fatalf("volume does not read direct: %s", st.DirectOff)
+	}
+	drop = func() {
+		f, err := os.Open(volume.DatPath(dir, 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ts, photos, v, drop
 }

@@ -13,12 +13,9 @@ import (
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/haybale/haybale/internal/imagetest"
 	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
-	"github.com/haybale/haybale/store/volume"
 )
 
 // TestLoopCorpusAnswersAsNetHTTP stores every photo of the corpus
@@ -98,33 +95,7 @@ func TestLoopCorpusAnswersAsNetHTTP(t *testing.T) {
 // the first time, buffered when read again within the window, as on the
 // fasthttp path), and answered whole.
 func TestLoopColdReadsOffTheLoop(t *testing.T) {
-	dir := t.TempDir()
-	ts := startServer(t, Options{Dir: dir, DirectReads: true}, ServerOptions{EventLoop: true})
-	ts.allocate(t, 1)
-	r := rand.New(rand.NewPCG(5, 6))
-	var photos []*photo
-	for k := uint64(1); k <= 3; k++ {
-		p := randomPhoto(r, 1, k, 40000+r.IntN(3000)) // every size over volume.MapMin
-		ts.writePhoto(t, p)
-		photos = append(photos, p)
-	}
-	v, err := ts.srv.store.Volume(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st := v.Status(); !st.Direct {
-		t.Fatalf("volume does not read direct: %s", st.DirectOff)
-	}
-	drop := func() {
-		f, err := os.Open(volume.DatPath(dir, 1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ts, photos, v, drop := directStore(t, ServerOptions{EventLoop: true}, 6, 3)
 	for round, want := range []string{"direct", "buffered"} {
 		st0 := v.Status()
 		for _, p := range photos {

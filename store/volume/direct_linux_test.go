@@ -252,11 +252,6 @@ func TestDirectReadPlacement(t *testing.T) {
 func TestDirectReadDetectsDamage(t *testing.T) {
 	v, dir, all := directVolume(t, 2, 0, Options{})
 	path := DatPath(dir, 3)
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	var large []*needle.Needle
 	for _, n := range all {
 		if needle.EncodedLen(len(n.Data)) >= MapMin {
@@ -273,17 +268,7 @@ func TestDirectReadDetectsDamage(t *testing.T) {
 		case "footer":
 			at = e.Offset + needle.HeaderSize + int64(len(n.Data)) + 1 // the footer's magic or checksum
 		}
-		b := []byte{0}
-		if _, err := f.ReadAt(b, at); err != nil {
-			t.Fatal(err)
-		}
-		b[0] ^= 0x40
-		if _, err := f.WriteAt(b, at); err != nil {
-			t.Fatal(err)
-		}
-		if err := f.Sync(); err != nil {
-			t.Fatal(err)
-		}
+		flipByte(t, path, at)
 		dropCache(t, path)
 		st0 := v.Status()
 		_, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil)
@@ -636,18 +621,7 @@ func TestDirectReadLends(t *testing.T) {
 	}
 	defer f.Close()
 	e, _ := v.Locate(large[4].Key, large[4].Size)
-	at := e.Offset + needle.HeaderSize + int64(len(large[4].Data)/3)
-	b := []byte{0}
-	if _, err := f.ReadAt(b, at); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0x10
-	if _, err := f.WriteAt(b, at); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
+	flipByte(t, path, e.Offset+needle.HeaderSize+int64(len(large[4].Data)/3))
 	dropCache(t, path)
 	st0 := v.Status()
 	if ref, _, err := v.ReadRef(large[4].Key, large[4].Cookie, large[4].Size, nil); !IsCorruption(err) || ref.Lent() {

@@ -161,23 +161,7 @@ func TestECDirectReadDamage(t *testing.T) {
 	n := large[0]
 	en, _ := e.Locate(n.Key, n.Size)
 	s := e.geo.segments(en.Offset, en.Length, nil)[0]
-	f, err := os.OpenFile(ECShardPath(dir, 3, s.shard), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	at := ECHeaderSize + s.off + int64(s.n/2)
-	b := []byte{0}
-	if _, err := f.ReadAt(b, at); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0x20
-	if _, err := f.WriteAt(b, at); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
+	flipByte(t, ECShardPath(dir, 3, s.shard), ECHeaderSize+s.off+int64(s.n/2))
 	if c := readECCold(t, e, dir, n, true); c.direct != 1 || c.degraded != 1 {
 		t.Fatalf("damaged shard %d: %+v; want a direct read, then a rebuild", s.shard, c)
 	}
