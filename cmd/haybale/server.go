@@ -48,6 +48,7 @@ type serverFlags struct {
 	shutdownTimeout time.Duration
 	publicUploads   bool
 	directReads     bool
+	eventLoop       bool
 	limits          uploadLimitFlags
 	log             logFlags
 }
@@ -71,6 +72,7 @@ func (f *serverFlags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.maxPixels, "max-pixels", "largest accepted image in pixels, e.g. 80MP")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
 	fs.BoolVar(&f.directReads, "direct-reads", true, "the store reads images of 32 KiB or more that are not in the page cache with O_DIRECT, leaving the page cache to images read more than once, as haybale store does (file systems that refuse O_DIRECT read through the page cache, with a warning in the log)")
+	fs.BoolVar(&f.eventLoop, "event-loop", true, "serve the store's HTTP listener (where the cache reads the images it misses) on event loops, one per core, as haybale store does (Linux only; --event-loop=false: fasthttp); the front port stays on net/http, since it takes uploads and the loops take no request bodies")
 	f.limits.register(fs)
 	f.log.register(fs)
 }
@@ -111,6 +113,10 @@ see it.
 The front port listens on 127.0.0.1 unless --http says otherwise; on any
 other address the server refuses to start without --api-key-file (uploads
 and deletes then need the key) or --public-uploads (anyone may upload).
+
+The store's HTTP listener, on loopback (the cache reads the images it
+misses from it), is served on event loops as haybale store serves it
+(--event-loop, on by default); the front port is served by net/http.
 
 GET /healthz on the front port answers 200 once the store's volumes are
 loaded and the directory can assign keys, and 503 before that and while
@@ -228,6 +234,7 @@ func runServer(ctx context.Context, f *serverFlags, out io.Writer) (err error) {
 		volumeSizeLimit: int64(f.volumeSizeLimit),
 		shutdownTimeout: f.shutdownTimeout,
 		directReads:     f.directReads,
+		eventLoop:       f.eventLoop,
 		authorizer:      signer,
 		logger:          logger.With("role", "store"),
 		directory:       dirAddr,

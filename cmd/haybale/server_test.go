@@ -40,14 +40,29 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-var webPageLine = regexp.MustCompile(`Web page: +(http://\S+)/ `)
+var (
+	webPageLine   = regexp.MustCompile(`Web page: +(http://\S+)/ `)
+	directoryLine = regexp.MustCompile(`Directory: +(http://\S+)/ `)
+)
 
 // startServer runs `haybale server` in-process over dataDir and returns its
 // front URL and a function that stops it and returns runServer's error.
 func startServer(t *testing.T, dataDir string) (string, func() error) {
 	t.Helper()
+	base, _, stop := startServerArgs(t, dataDir)
+	return base, stop
+}
+
+// startServerArgs is startServer with flags args, returning the
+// directory's status URL too.
+func startServerArgs(t *testing.T, dataDir string, args ...string) (base, directory string, stop func() error) {
+	t.Helper()
 	f := serverFlags{}
-	f.register(pflag.NewFlagSet("server", pflag.ContinueOnError)) // defaults
+	fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
+	f.register(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
 	f.dir, f.httpAddr, f.log.level = dataDir, "127.0.0.1:0", "error"
 	f.volumeSizeLimit = 64 << 20
 	f.minFreeSpace = 1
@@ -58,11 +73,16 @@ func startServer(t *testing.T, dataDir string) (string, func() error) {
 	var out syncBuffer
 	done := make(chan error, 1)
 	go func() { done <- runServer(ctx, &f, &out) }()
-	stop := func() error { cancel(); return <-done }
+	stop = func() error { cancel(); return <-done }
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if m := webPageLine.FindStringSubmatch(out.String()); m != nil {
-			return m[1], stop
+			d := directoryLine.FindStringSubmatch(out.String())
+			if d == nil {
+				stop()
+				t.Fatalf("no directory URL in:\n%s", out.String())
+			}
+			return m[1], d[1], stop
 		}
 		select {
 		case err := <-done:
@@ -280,6 +300,67 @@ func TestServerDirectReadsFlag(t *testing.T) {
 		}
 		if f.directReads != c.want {
 			t.Fatalf("%v: direct reads %v, want %v", c.args, f.directReads, c.want)
+		}
+	}
+}
+
+// TestServerEventLoop: `haybale server` serves its store's HTTP listener
+// on the event loops by default, and with fasthttp with
+// --event-loop=false; either way the front port serves uploads and
+// images. The loops are told apart by their answer to a request with a
+// body (413 with a JSON error: they take none).
+func TestServerEventLoop(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		loop bool
+	}{{nil, true}, {[]string{"--event-loop=false"}, false}} {
+		var f serverFlags
+		fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
+		f.register(fs)
+		if err := fs.Parse(c.args); err != nil || f.eventLoop != c.loop {
+			t.Fatalf("%q: %v, event loop %v, want %v", c.args, err, f.eventLoop, c.loop)
+		}
+		base, dirURL, stop := startServerArgs(t, t.TempDir(), c.args...)
+		resp, err := http.Post(base+"/photos", "image/jpeg", bytes.NewReader(testJPEG(t, 320, 200)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var up struct {
+			URLs map[string]string `json:"urls"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&up)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated || err != nil {
+			t.Fatalf("%q: upload: %d %v", c.args, resp.StatusCode, err)
+		}
+		if resp, body := get(t, up.URLs["m"]); resp.StatusCode != http.StatusOK || len(body) == 0 {
+			t.Fatalf("%q: GET %s: %d, %d bytes", c.args, up.URLs["m"], resp.StatusCode, len(body))
+		}
+		_, body := get(t, dirURL+"/api/v1/status")
+		var status struct {
+			Stores []struct {
+				HTTPAddr string `json:"http_addr"`
+			} `json:"stores"`
+		}
+		if err := json.Unmarshal(body, &status); err != nil || len(status.Stores) != 1 {
+			t.Fatalf("%q: directory status: %v, %s", c.args, err, body)
+		}
+		conn, err := net.Dial("tcp", status.Stores[0].HTTPAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A bound on a test that would otherwise hang, not a timing
+		// assertion.
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, "POST /p/1-1-0000000000000001/t HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+		answer, _ := io.ReadAll(conn)
+		conn.Close()
+		onLoop := bytes.HasPrefix(answer, []byte("HTTP/1.1 413 ")) && bytes.Contains(answer, []byte(`{"error":"request bodies are not accepted"}`))
+		if onLoop != c.loop {
+			t.Errorf("%q: the store answers a request with a body %q: on the loops %v, want %v", c.args, answer, onLoop, c.loop)
+		}
+		if err := stop(); err != nil {
+			t.Fatalf("%q: clean shutdown: %v", c.args, err)
 		}
 	}
 }

@@ -126,15 +126,28 @@ func serveFallback(ctx context.Context, h http.Handler, req *Request, remote str
 }
 
 // bufferedWriter is the http.ResponseWriter of a fallback request: it
-// keeps the answer until the handler returns.
+// keeps the answer until the handler returns. As under net/http, the
+// header is the one the handler had when it wrote the status (by
+// WriteHeader or its first Write): changes made to the map after that
+// are not sent.
 type bufferedWriter struct {
 	h           http.Header
+	sent        http.Header // h as it was at WriteHeader; nil: h
 	code        int
 	body        []byte
 	wroteHeader bool
+	calledHdr   bool // Header was called, so the handler may hold h
 }
 
-func (w *bufferedWriter) Header() http.Header { return w.h }
+func (w *bufferedWriter) Header() http.Header {
+	if w.wroteHeader && w.sent == nil {
+		// The first look at h after the status: keep the header as it
+		// was then, whatever the handler does with h now.
+		w.sent = w.h.Clone()
+	}
+	w.calledHdr = true
+	return w.h
+}
 
 func (w *bufferedWriter) WriteHeader(code int) {
 	if code < 100 || code > 999 {
@@ -146,6 +159,10 @@ func (w *bufferedWriter) WriteHeader(code int) {
 		return // informational answers are not sent
 	}
 	w.code, w.wroteHeader = code, true
+	if w.calledHdr {
+		// The handler holds h and may change it after this call.
+		w.sent = w.h.Clone()
+	}
 }
 
 func (w *bufferedWriter) Write(b []byte) (int, error) {
@@ -171,6 +188,9 @@ func (w *bufferedWriter) answer(a *Answer, head bool) {
 	}
 	a.Status = w.code
 	h := w.h
+	if w.sent != nil {
+		h = w.sent
+	}
 	if _, ok := h["Date"]; ok {
 		a.noDate = true
 	}

@@ -169,6 +169,7 @@ type conn struct {
 	head   int
 	queued int64 // bytes in out
 	arena  []byte
+	blank  int // CR and LF bytes that may still be skipped (skipBlank)
 
 	readable bool // the socket may hold bytes not read yet
 	hup      bool // the client closed its side: its end is to be read
@@ -747,9 +748,8 @@ func (c *conn) parse() bool {
 	parsed := false
 	for !c.paused() && !c.closed {
 		data := c.in[c.r:]
-		for len(data) >= 2 && data[0] == '\r' && data[1] == '\n' {
-			data, c.r = data[2:], c.r+2 // empty lines before a request
-		}
+		n := skipBlank(data, &c.blank) // CR and LF after a POST
+		data, c.r = data[n:], c.r+n
 		if len(data) == 0 {
 			c.in, c.r = c.in[:0], 0
 			break
@@ -777,13 +777,10 @@ func (c *conn) parse() bool {
 			c.reqStart = l.now // the next request's first bytes are here
 		}
 		if err := req.parse(raw); err != nil {
-			if err == errTooLarge {
-				c.failed(a, http.StatusRequestHeaderFieldsTooLarge, err.Error())
-			} else {
-				c.failed(a, http.StatusBadRequest, err.Error())
-			}
+			c.failed(a, errorStatus(err), err.Error())
 			return true
 		}
+		c.blank = req.blankAfter()
 		if req.body {
 			c.failed(a, http.StatusRequestEntityTooLarge, "request bodies are not accepted")
 			return true

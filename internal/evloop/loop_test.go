@@ -350,7 +350,9 @@ func TestMalformedAndBodies(t *testing.T) {
 	}{
 		{"GARBAGE\r\n\r\n", 400},
 		{"GET /img/5 HTTP/1.1\r\n\r\n", 400}, // no Host
-		{"GET /img/5 HTTP/2.0\r\nHost: x\r\n\r\n", 400},
+		{"GET /img/5 HTTP/2.0\r\nHost: x\r\n\r\n", 505},
+		{"GET /img/5 HTTP/1.1\r\nHost: x\r\nExpect: x\r\n\r\n", 417},
+		{"\r\nGET /img/5 HTTP/1.1\r\nHost: x\r\n\r\n", 400},
 		{"GET /img/5 HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400},
 		{"GET /img/5 HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n", 400},
 		{"GET /img/5 HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", 400},

@@ -3,6 +3,7 @@ package evloop
 import (
 	"bytes"
 	"errors"
+	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
@@ -18,7 +19,9 @@ const maxHeaderFields = 100
 type Request struct {
 	// Method and Target are the request line's method and target.
 	Method, Target []byte
-	// Minor is the minor HTTP version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+	// Minor is the minor HTTP version: 0 for HTTP/1.0, 1 for HTTP/1.1
+	// and the later 1.x (HTTP/1.2 to HTTP/1.9), which are served as
+	// HTTP/1.1, as net/http's server serves them.
 	Minor int
 	raw   []byte // the request line and headers, up to the blank line
 	names [][]byte
@@ -82,11 +85,66 @@ func equalFold(b []byte, s string) bool {
 	return true
 }
 
-// Errors of parse, which the loop answers 400 or 431.
+// parseError is an error of parse, with the status it is answered with.
+type parseError struct {
+	status int
+	msg    string
+}
+
+func (e *parseError) Error() string { return e.msg }
+
+// Errors of parse. A request refused with one is answered with its
+// status, and the connection ends.
 var (
-	errMalformed = errors.New("malformed request")
-	errTooLarge  = errors.New("request line and headers too large")
+	errMalformed = &parseError{http.StatusBadRequest, "malformed request"}
+	errTooLarge  = &parseError{http.StatusRequestHeaderFieldsTooLarge, "request line and headers too large"}
+	// errVersion: a well-formed version whose major is not 1 (HTTP/2.0
+	// or HTTP/0.9 written as a request line), refused as net/http's
+	// HTTP/1 server refuses it.
+	errVersion = &parseError{http.StatusHTTPVersionNotSupported, "unsupported protocol version"}
+	// errExpectation: an Expect field other than 100-continue, refused
+	// as net/http's server refuses it (RFC 9110, 10.1.1).
+	errExpectation = &parseError{http.StatusExpectationFailed, "unsupported Expect field: only 100-continue is understood"}
 )
+
+// errorStatus returns the status a parse error is answered with.
+func errorStatus(err error) int {
+	var pe *parseError
+	if errors.As(err, &pe) {
+		return pe.status
+	}
+	return http.StatusBadRequest
+}
+
+// blankAfterPost is how many bytes after a POST request are looked at
+// for CR and LF bytes to skip before the next request: the tolerance of
+// RFC 9112, 2.2 for clients that end a POST's body with a stray CRLF, as
+// net/http's server applies it (it skips the CR and LF bytes among the
+// first four after a POST, and after no other method).
+const blankAfterPost = 4
+
+// skipBlank returns how many of data's first bytes are CR or LF, up to
+// *budget, and takes them from the budget; a byte of the next request
+// ends the budget, since only the bytes right after a POST are skipped.
+func skipBlank(data []byte, budget *int) int {
+	n := 0
+	for n < *budget && n < len(data) && (data[n] == '\r' || data[n] == '\n') {
+		n++
+	}
+	*budget -= n
+	if n < len(data) {
+		*budget = 0
+	}
+	return n
+}
+
+// blankAfter returns the skipBlank budget after the request r.
+func (r *Request) blankAfter() int {
+	if string(r.Method) == "POST" {
+		return blankAfterPost
+	}
+	return 0
+}
 
 // parse parses raw, a request's line and header fields up to and with the
 // blank line that ends them, into r. The fields keep slices of raw.
@@ -124,15 +182,26 @@ func (r *Request) parse(raw []byte) error {
 	if (r.Target[0] != '/' || escaped) && !validTarget(r.Method, r.Target) {
 		return errMalformed
 	}
-	switch string(line[sp+1:]) {
+	major := 1
+	switch v := line[sp+1:]; string(v) {
 	case "HTTP/1.1":
 		r.Minor = 1
 	case "HTTP/1.0":
 		r.Minor = 0
 	default:
-		return errMalformed
+		// As net/http's ParseHTTPVersion: "HTTP/" and a digit, a dot and
+		// a digit. A 1.x above 1.0 is served as 1.1; another major is
+		// refused (505) once the rest of the request is read as valid.
+		if len(v) != len("HTTP/X.Y") || string(v[:5]) != "HTTP/" || v[6] != '.' || !isDigit(v[5]) || !isDigit(v[7]) {
+			return errMalformed
+		}
+		major, r.Minor = int(v[5]-'0'), min(int(v[7]-'0'), 1)
 	}
 	host := false
+	var expect []byte // the first Expect field's value
+	// refused: a field net/http's ReadRequest takes and its server
+	// refuses after it looks at the version.
+	refused := false
 	for {
 		line, rest, ok = cutLine(rest)
 		if !ok {
@@ -147,13 +216,18 @@ func (r *Request) parse(raw []byte) error {
 		}
 		name := line[:colon]
 		for _, c := range name {
-			if !isToken(c) {
-				return errMalformed
+			if !tokenBytes[c] {
+				if c != ' ' || name[0] == ' ' {
+					return errMalformed // a leading space: folding
+				}
+				// net/http's ReadRequest takes a space in a name (its
+				// server refuses it after the version).
+				refused = true
 			}
 		}
 		val := trimOWS(line[colon+1:])
 		for _, c := range val {
-			if c < ' ' && c != '\t' || c == 0x7f {
+			if ctlBytes[c] {
 				return errMalformed
 			}
 		}
@@ -170,7 +244,7 @@ func (r *Request) parse(raw []byte) error {
 			host = true
 			for _, c := range val {
 				if !validHostByte(c) {
-					return errMalformed // as net/http's server refuses it
+					refused = true // as net/http's server refuses it
 				}
 			}
 		case equalFold(name, "Content-Length"):
@@ -183,6 +257,10 @@ func (r *Request) parse(raw []byte) error {
 			}
 		case equalFold(name, "Transfer-Encoding"):
 			r.body = true
+		case equalFold(name, "Expect"):
+			if expect == nil {
+				expect = val
+			}
 		case equalFold(name, "Connection"):
 			forEachToken(val, func(tok []byte) {
 				switch {
@@ -194,8 +272,16 @@ func (r *Request) parse(raw []byte) error {
 			})
 		}
 	}
-	if r.Minor == 1 && !host {
+	// In the order of net/http's server: the version, the Host, then
+	// the expectation.
+	if major != 1 {
+		return errVersion
+	}
+	if r.Minor == 1 && !host || refused {
 		return errMalformed // RFC 9112, 3.2: a 1.1 request must name its host
+	}
+	if len(expect) > 0 && !hasToken(expect, "100-continue") {
+		return errExpectation
 	}
 	if r.Minor == 0 && !r.keepAlive10 {
 		r.close = true
@@ -269,14 +355,43 @@ func forEachToken(v []byte, fn func([]byte)) {
 	}
 }
 
-// isToken reports whether c may appear in an HTTP token (RFC 9110, 5.6.2).
-func isToken(c byte) bool {
-	switch {
-	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		return true
+// hasToken reports whether v holds token, without regard to case, between
+// the start or a space, comma or tab and the end or one of those: the
+// test net/http's server applies to Expect (its hasToken).
+func hasToken(v []byte, token string) bool {
+	for sp := 0; sp+len(token) <= len(v); sp++ {
+		if sp > 0 && !isTokenBoundary(v[sp-1]) {
+			continue
+		}
+		if end := sp + len(token); end != len(v) && !isTokenBoundary(v[end]) {
+			continue
+		}
+		if equalFold(v[sp:sp+len(token)], token) {
+			return true
+		}
 	}
-	return c < 0x7f && bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0
+	return false
 }
+
+func isTokenBoundary(c byte) bool { return c == ' ' || c == ',' || c == '\t' }
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// isToken reports whether c may appear in an HTTP token (RFC 9110, 5.6.2).
+func isToken(c byte) bool { return tokenBytes[c] }
+
+// tokenBytes and ctlBytes are tables of the bytes of a token, and of the
+// control bytes a field value must not hold (all but tab), looked up
+// once a byte in the loops over every byte of a request's fields.
+var tokenBytes, ctlBytes = func() (tok, ctl [256]bool) {
+	for c := range 256 {
+		b := byte(c)
+		tok[c] = b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' ||
+			b < 0x7f && bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), b) >= 0
+		ctl[c] = b < ' ' && b != '\t' || b == 0x7f
+	}
+	return tok, ctl
+}()
 
 // clone returns a copy of r for a request answered off the loop. Its
 // byte slices still alias the connection's read buffer, which the loop

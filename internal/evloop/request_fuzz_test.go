@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/textproto"
 	"testing"
 
 	"golang.org/x/net/http/httpguts"
@@ -74,6 +75,16 @@ var hostileRequests = []string{
 	"GET /a\\b HTTP/1.1\r\nHost: a\r\n\r\n",
 	// Versions, methods, spacing.
 	"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
+	"GET / HTTP/1.9\r\nHost: a\r\nConnection: close\r\n\r\n",
+	"GET / HTTP/1.2\r\n\r\n",
+	"GET / HTTP/1.10\r\nHost: a\r\n\r\n",
+	"GET / HTTP/3.0\r\nHost: a\r\n\r\n",
+	"GET / HTTP/2.0\r\nHost: a b\r\n\r\n",
+	"GET / HTTP/2.0\r\nHost: a\r\nBad Name: 1\r\n\r\n",
+	"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+	"0 * HTTP/0.0\r\n 000:0000\r\n\r\n",
+	"GET / HTTP/2.0\r\nHost: a\r\nX: 1\r\n Y: 2\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nBad Name : 1\r\n\r\n",
 	"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
 	"GET / HTTP/0.9\r\n\r\n",
 	"GET / http/1.1\r\nHost: a\r\n\r\n",
@@ -91,6 +102,17 @@ var hostileRequests = []string{
 	"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
 	"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nExpect: foo\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nExpect: \r\nExpect: foo\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nExpect: foo,100-Continue\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue-x\r\n\r\n",
+	"POST / HTTP/1.1\r\nHost: a\r\nExpect: foo\r\nContent-Length: 3\r\n\r\nabc",
+	"GET / HTTP/1.0\r\nExpect: foo\r\n\r\n",
+	// CR and LF before a request: refused, but after a POST.
+	"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+	"POST / HTTP/1.1\r\nHost: a\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+	"POST / HTTP/1.1\r\nHost: a\r\n\r\n\n\n\n\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+	"POST / HTTP/1.1\r\nHost: a\r\n\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
 }
 
@@ -103,9 +125,6 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		for len(data) >= 2 && data[0] == '\r' && data[1] == '\n' {
-			data = data[2:] // as conn.parse skips them
-		}
 		end := bytes.Index(data, crlf2)
 		if end < 0 {
 			return
@@ -113,11 +132,24 @@ func FuzzParse(f *testing.F) {
 		raw := data[:end+4]
 		var r Request
 		err := r.parse(raw)
-		if err != nil {
-			if !errors.Is(err, errMalformed) && !errors.Is(err, errTooLarge) {
-				t.Fatalf("parse: unexpected error %v", err)
+		switch {
+		case err == nil:
+		case errors.Is(err, errVersion), errors.Is(err, errExpectation):
+			// Refused by net/http's server too, with the same status,
+			// after ReadRequest reads it.
+			hr, herr := http.ReadRequest(bufio.NewReader(bytes.NewReader(data)))
+			if herr != nil {
+				t.Fatalf("%q: parse refuses it with %d, net/http's ReadRequest with %v", raw, errorStatus(err), herr)
+			}
+			if got := netHTTPServerStatus(hr, raw); got != errorStatus(err) && !(got == 0 && hr.Method == "PRI") {
+				// (The loops serve no HTTP/2: they refuse its preface.)
+				t.Fatalf("%q: parse refuses it with %d, net/http's server answers %d", raw, errorStatus(err), got)
 			}
 			return
+		case errors.Is(err, errMalformed), errors.Is(err, errTooLarge):
+			return
+		default:
+			t.Fatalf("parse: unexpected error %v", err)
 		}
 		if r.body {
 			return // refused with 413 and the connection closed, unread
@@ -126,16 +158,17 @@ func FuzzParse(f *testing.F) {
 		if herr != nil {
 			t.Fatalf("parse accepted %q; net/http: %v", raw, herr)
 		}
-		if hr.Method != string(r.Method) || hr.RequestURI != string(r.Target) || hr.ProtoMajor != 1 || hr.ProtoMinor != r.Minor {
+		if got := netHTTPServerStatus(hr, raw); got != 0 {
+			t.Fatalf("parse accepted %q; net/http's server answers %d", raw, got)
+		}
+		if hr.Method != string(r.Method) || hr.RequestURI != string(r.Target) || hr.ProtoMajor != 1 || min(hr.ProtoMinor, 1) != r.Minor {
 			t.Fatalf("%q: parse read %s %s 1.%d, net/http %s %s %d.%d", raw, r.Method, r.Target, r.Minor, hr.Method, hr.RequestURI, hr.ProtoMajor, hr.ProtoMinor)
 		}
-		// The checks net/http's server makes past ReadRequest.
-		if hosts := hr.Header["Host"]; len(hosts) == 1 && !httpguts.ValidHostHeader(hosts[0]) {
-			t.Fatalf("parse accepted %q; net/http's server refuses its Host", raw)
-		}
+		// The checks net/http's server makes past ReadRequest (Host and
+		// names: netHTTPServerStatus, above).
 		for k, vv := range hr.Header {
 			for _, v := range vv {
-				if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) {
+				if !httpguts.ValidHeaderFieldValue(v) {
 					t.Fatalf("parse accepted %q; net/http's server refuses its field %q: %q", raw, k, v)
 				}
 			}
@@ -164,6 +197,39 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("%q: net/http read a body of %d bytes", raw, n)
 		}
 	})
+}
+
+// netHTTPServerStatus returns the status net/http's server answers a
+// request with before its handler sees it, for its version, Host and
+// field names and its Expect field, or 0 when it hands the request to
+// its handler (or takes it as the start of HTTP/2, for "PRI *
+// HTTP/2.0"). hr is the request ReadRequest read from raw.
+func netHTTPServerStatus(hr *http.Request, raw []byte) int {
+	// ReadRequest drops the Host fields, which the server looks at.
+	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(raw)))
+	tp.ReadLine()
+	hdr, err := tp.ReadMIMEHeader()
+	if err != nil {
+		return http.StatusBadRequest
+	}
+	hosts := hdr["Host"]
+	h2 := hr.Method == "PRI" && len(hdr) == 0 && hr.URL.Path == "*" && hr.Proto == "HTTP/2.0"
+	switch {
+	case hr.ProtoMajor != 1 && !h2:
+		return http.StatusHTTPVersionNotSupported
+	case hr.ProtoMinor >= 1 && len(hosts) == 0 && !h2 && hr.Method != "CONNECT",
+		len(hosts) == 1 && !httpguts.ValidHostHeader(hosts[0]):
+		return http.StatusBadRequest
+	}
+	for k := range hdr {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return http.StatusBadRequest
+		}
+	}
+	if e := hdr.Get("Expect"); e != "" && !hasToken([]byte(e), "100-continue") {
+		return http.StatusExpectationFailed
+	}
+	return 0
 }
 
 // TestParseRefusesTargetsNetHTTPRefuses: a target ReadRequest calls

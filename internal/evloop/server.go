@@ -26,9 +26,16 @@
 // fields and their end are read as RFC 9112 writes them (CRLF only; no
 // bare CR or LF, NUL or other control byte, obsolete line folding, space
 // before a field's colon, second Host, Host byte net/http refuses, target
-// ReadRequest refuses, or version other than HTTP/1.0 and HTTP/1.1).
+// ReadRequest refuses, or version not of the form HTTP/<digit>.<digit>).
 // Where one request ends and the next begins is therefore where net/http
-// would find it too.
+// would find it too. Otherwise it answers as net/http's server does: a
+// version 1.x above 1.1 is served as 1.1, another major is refused with
+// 505; an Expect field other than 100-continue is refused with 417 (the
+// Handler does not see the request); CR and LF bytes before a request are
+// skipped only among the first four after a POST (the tolerance of RFC
+// 9112, 2.2), and are malformed elsewhere. Error answers carry a JSON
+// body and end the connection. A fallback handler's header changes made
+// after it wrote the status are not sent, as under net/http.
 //
 // Limits against hostile clients: a request's line and headers must
 // arrive within ReadHeaderTimeout and fit in MaxHeaderBytes (431

@@ -241,6 +241,39 @@ func dropCache(t testing.TB, path string) {
 	}
 }
 
+// lockInPageCache reads the file at path into the page cache and keeps it
+// there until the test ends, locked (mlock(2) of a mapping of it), for a
+// test whose premise is that every page of the file is resident. Reading
+// the file is not enough: a page in the page cache may be evicted at any
+// time, memory pressure or not (on a shared machine under load, a few of
+// the pages os.ReadFile had just read were seen gone 15 to 110 ms later in
+// about one read of the file in 60, with gigabytes free), and the volume
+// then rightly reads the needle that lost them with a pread.
+func lockInPageCache(t testing.TB, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mlock(m); err != nil {
+		unix.Munmap(m)
+		t.Fatalf("locking the %d bytes of %s in the page cache: %v (RLIMIT_MEMLOCK too low?)", len(m), path, err)
+	}
+	t.Cleanup(func() {
+		unix.Munlock(m)
+		unix.Munmap(m)
+	})
+}
+
 // ioCounters are the process's and the device's read counters.
 type ioCounters struct {
 	readBytes  int64 // bytes this process caused to be read from storage (/proc/self/io)
@@ -353,10 +386,8 @@ func testReadRefColdOneRead(t *testing.T, opts Options) {
 		t.Logf("the file system reported no storage reads (not a block device?): readahead not counted")
 	}
 
-	// Warm: the whole file in the page cache.
-	if _, err := os.ReadFile(path); err != nil {
-		t.Fatal(err)
-	}
+	// Warm: the whole file in the page cache, locked there.
+	lockInPageCache(t, path)
 	st0 = v.Status()
 	c0 := readIOCounters(t, path)
 	small := int64(0)
