@@ -48,7 +48,9 @@ func (h *httpHandler) serveLoop(req *evloop.Request, a *evloop.Answer, mayBlock 
 		return evloop.Declined
 	}
 	start := time.Now()
-	img := h.readImage(id, choice, mayBlock)
+	// Off the loop, serveLoop runs only for a request it answered Blocked
+	// on the loop: the loop's try of the image was refused.
+	img := h.readImage(id, choice, mayBlock, mayBlock)
 	switch img.code {
 	case declined:
 		return evloop.Declined
