@@ -249,6 +249,13 @@ func (h *httpHandler) readImage(id needle.PhotoID, choice imagehttp.Choice, mayB
 		size = choice.Fallback
 		err = read(size)
 	}
+	return h.readResult(id, size, n, rb, err)
+}
+
+// readResult turns a read of the image id at size (the needle n in rb, or
+// err) into readImage's answer; rb is closed unless the answer is the
+// image's.
+func (h *httpHandler) readResult(id needle.PhotoID, size needle.SizeCode, n needle.Needle, rb *readBuf, err error) imageRead {
 	if err != nil {
 		rb.Close()
 	}
