@@ -119,8 +119,9 @@ var ErrWouldBlock = errors.New("volume: the read would wait for the disk")
 // O_DIRECT. A needle in the page cache is read as by ReadRef: from the
 // mapping, or with one pread that asks the kernel not to wait
 // (preadv2(2) with RWF_NOWAIT); when that pread finds a page missing,
-// the kernel starts reading the needle's pages, which the caller's
-// ReadRef then waits for, so the needle is still read from the disk once.
+// the kernel starts reading the needle's pages, which the caller's read
+// after the refusal (ReadRefCold, or its own through StartColdRead) then
+// waits for, so the needle is still read from the disk once.
 // A volume on a file system of no real files (which never waits) reads as
 // by ReadRef.
 func (v *Volume) TryReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (Ref, []byte, error) {
