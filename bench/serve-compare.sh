@@ -43,6 +43,12 @@
 # (O_DIRECT, as the store reads a needle not in the page cache), each
 # iolog range rounded out to 4 KiB as the store rounds its direct reads;
 # the table then gives the store against each and against the better.
+# fio alone moves a lot from one run to the next on a shared virtual disk
+# (the same iologs, cold each time: 0.5-2x at qd 64 with O_DIRECT, see
+# bench/RESULTS.md); -F N runs each fio side N times in a row within a
+# rep and takes the median run (each run's rate is printed), and with
+# more than one rep the table gives the spread of the per-rep ratios
+# next to their median.
 #
 # With -k it also compares cache hits with nginx over the same bytes and
 # request lists (BenchmarkHitVsNginx in cache/, run with go test from this
@@ -56,7 +62,7 @@
 #
 # Usage: bench/serve-compare.sh [-w WORKDIR] [-b HAYBALE] [-n PHOTOS]
 #                               [-r REPS] [-d DURATION] [-q ROWS] [-c] [-k] [-S]
-#                               [-C IMAGES] [-Q DEPTHS] [-D]
+#                               [-C IMAGES] [-Q DEPTHS] [-D] [-F RUNS]
 #   -w  work directory, kept between runs (default /tmp/haybale-serve-bench);
 #       a corpus loaded there earlier is reused
 #   -b  haybale binary (default: built from this tree into the work directory)
@@ -70,6 +76,7 @@
 #       image once)
 #   -Q  queue depths of the cold reads (default "16 64")
 #   -D  also run fio with direct=1 on the cold reads (see above)
+#   -F  fio runs per side and rep, of which the median counts (default 1)
 #   -k  also run the cache-hit comparison
 #   -S  skip the store rows (with -c or -k)
 #   -T FILE  only print the table of a results file of an earlier run
@@ -86,10 +93,11 @@ cold=0
 coldsample=0
 colddepths="16 64"
 colddirect=0
+coldfio=1
 cache=0
 storerows=1
 tableonly=
-while getopts "w:b:n:r:d:q:ckST:C:Q:Dh" opt; do
+while getopts "w:b:n:r:d:q:ckST:C:Q:DF:h" opt; do
 	case $opt in
 	w) work=$OPTARG ;;
 	b) bin=$OPTARG ;;
@@ -101,6 +109,7 @@ while getopts "w:b:n:r:d:q:ckST:C:Q:Dh" opt; do
 	C) coldsample=$OPTARG ;;
 	Q) colddepths=$OPTARG ;;
 	D) colddirect=1 ;;
+	F) coldfio=$OPTARG ;;
 	k) cache=1 ;;
 	S) storerows=0 ;;
 	T) tableonly=$OPTARG ;;
@@ -413,6 +422,21 @@ cold_fio() {
 	echo "    $kind: $rate reads/s, $images reads, $(($2 * 1024 / 1000000)) MB in $4 ms; $cpu µs CPU per read; $diskline" >&2
 }
 
+# fio_rep QD [direct]: cold_fio -F times in a row; sets rate, disk and cpu
+# to those of the median run by rate (the lower middle for an even
+# count), and prints the runs' spread.
+fio_rep() {
+	local i runs=() mid kind=${2:+ $2}
+	for i in $(seq "$coldfio"); do
+		cold_fio "$@"
+		runs+=("$rate ${disk:-0} $cpu")
+	done
+	[ "$coldfio" -gt 1 ] || return 0
+	mid=$(printf '%s\n' "${runs[@]}" | sort -g | awk -v n="${#runs[@]}" 'NR == int((n + 1) / 2)')
+	read -r rate disk cpu <<<"$mid"
+	echo "    fio$kind: median of $coldfio runs $rate reads/s (runs $(printf '%s\n' "${runs[@]}" | awk '{printf "%s%.0f", (NR > 1 ? ", " : ""), $1}'))" >&2
+}
+
 echo
 echo "cold reads: $images images ($(awk -v b="$(plan needle_bytes)" 'BEGIN {printf "%.0f", b / 1e6}') MB of needles, $(awk -v b="$page_bytes" 'BEGIN {printf "%.0f", b / 1e6}') MB of pages) in $(ls data/*.dat | wc -l) volume files, each once in a random order (seed $seed), from a cold page cache; $reps reps"
 coldres=$work/cold-results.txt
@@ -423,10 +447,10 @@ for rep in $(seq "$reps"); do
 		echo "  rep $rep qd $qd (load average $load):" >&2
 		fiod_res="0 0 0"
 		fio_sides() {
-			cold_fio "$qd"
+			fio_rep "$qd"
 			fio_res="$rate ${disk:-0}" fio_cpu=$cpu
 			if [ $colddirect = 1 ]; then
-				cold_fio "$qd" direct
+				fio_rep "$qd" direct
 				fiod_res="$rate ${disk:-0} $cpu"
 			fi
 		}
@@ -447,17 +471,19 @@ done
 # per read, and fio direct's reads/s, disk bytes and CPU µs per read (0
 # without -D).
 echo
-echo "medians over $reps reps (store / fio: the median of the per-rep ratios; disk: bytes read from the disk during the side, over the bytes of the needles' pages; CPU: µs per image, the store process alone, not wrk)"
+echo "medians over $reps reps (store / fio: the median of the per-rep ratios, their spread in brackets; disk: bytes read from the disk during the side, over the bytes of the needles' pages; CPU: µs per image, the store process alone, not wrk)"
 echo
 loads() { awk -v q="$1" '$2 == q {print $7}' "$coldres" | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {print (lo == hi ? lo : lo "-" hi)}'; }
 ratio_med() { awk -v q="$1" -v e="$2" '$2 == q {split(e, f, "/"); printf "%.4f\n", $(f[1]) / $(f[2])}' "$coldres" | median; }
+# spread: " (lo-hi)" of the numbers on stdin, when there are more than one.
+spread() { sort -g | awk '{v[NR] = $1} END {if (NR > 1) printf " (%.2f-%.2f)", v[1], v[NR]}'; }
 if [ $colddirect = 0 ]; then
 	echo "| qd | store req/s | fio reads/s | store / fio | store disk / pages | fio disk / pages | store CPU | fio CPU | load average |"
 	echo "|---|---|---|---|---|---|---|---|---|"
 	for qd in $colddepths; do
 		col() { awk -v q="$qd" -v f="$1" '$2 == q {print $f}' "$coldres"; }
-		printf "| %d | %.0f | %.0f | %.2f | %.2f | %.2f | %.0f | %.0f | %s |\n" "$qd" "$(col 3 | median)" "$(col 5 | median)" \
-			"$(ratio_med "$qd" 3/5)" \
+		printf "| %d | %.0f | %.0f | %.2f%s | %.2f | %.2f | %.0f | %.0f | %s |\n" "$qd" "$(col 3 | median)" "$(col 5 | median)" \
+			"$(ratio_med "$qd" 3/5)" "$(awk -v q="$qd" '$2 == q {print $3 / $5}' "$coldres" | spread)" \
 			"$(awk -v q="$qd" -v p="$page_bytes" '$2 == q {printf "%.4f\n", $4 / p}' "$coldres" | median)" \
 			"$(awk -v q="$qd" -v p="$page_bytes" '$2 == q {printf "%.4f\n", $6 / p}' "$coldres" | median)" \
 			"$(col 8 | median)" "$(col 9 | median)" "$(loads "$qd")"
@@ -468,10 +494,11 @@ else
 	for qd in $colddepths; do
 		col() { awk -v q="$qd" -v f="$1" '$2 == q {print $f}' "$coldres"; }
 		pages() { awk -v q="$qd" -v p="$page_bytes" -v f="$1" '$2 == q {printf "%.4f\n", $f / p}' "$coldres" | median; }
-		printf "| %d | %.0f | %.0f | %.0f | %.2f | %.2f | **%.2f** | %.2f, %.2f, %.2f | %.0f, %.0f, %.0f | %s |\n" "$qd" \
+		printf "| %d | %.0f | %.0f | %.0f | %.2f | %.2f | **%.2f**%s | %.2f, %.2f, %.2f | %.0f, %.0f, %.0f | %s |\n" "$qd" \
 			"$(col 3 | median)" "$(col 5 | median)" "$(col 10 | median)" \
 			"$(ratio_med "$qd" 3/5)" "$(ratio_med "$qd" 3/10)" \
 			"$(awk -v q="$qd" '$2 == q {printf "%.4f\n", $3 / ($5 > $10 ? $5 : $10)}' "$coldres" | median)" \
+			"$(awk -v q="$qd" '$2 == q {printf "%.4f\n", $3 / ($5 > $10 ? $5 : $10)}' "$coldres" | spread)" \
 			"$(pages 4)" "$(pages 6)" "$(pages 11)" \
 			"$(col 8 | median)" "$(col 9 | median)" "$(col 12 | median)" "$(loads "$qd")"
 	done

@@ -152,7 +152,7 @@ func (h *httpHandler) serveFast(ctx *fasthttp.RequestCtx) bool {
 		return false
 	}
 	start := time.Now()
-	img := h.readImage(id, choice, true)
+	img := h.readImage(id, choice, true, false)
 	if img.code == declined {
 		return false
 	}
@@ -193,8 +193,11 @@ type imageRead struct {
 // content type is not an image type is declined: the net/http path
 // answers it as corrupt, never as an image. With mayBlock false it reads
 // only what it can without waiting for the disk (or for the peers of an
-// EC volume), and answers blocked otherwise, having read nothing.
-func (h *httpHandler) readImage(id needle.PhotoID, choice imagehttp.Choice, mayBlock bool) imageRead {
+// EC volume), and answers blocked otherwise, having read nothing. With
+// refused, the caller's read of the image without waiting was just
+// refused (see serveLoop): a needle that must wait for the disk then
+// waits at once (volume.ReadRefCold).
+func (h *httpHandler) readImage(id needle.PhotoID, choice imagehttp.Choice, mayBlock, refused bool) imageRead {
 	size := choice.Size
 	v, err := h.srv.store.Volume(id.Vid)
 	var ev *volume.ECVolume
@@ -224,6 +227,9 @@ func (h *httpHandler) readImage(id needle.PhotoID, choice imagehttp.Choice, mayB
 			rctx, cancel := context.WithTimeout(context.Background(), h.srv.opts.WriteTimeout)
 			n, buf, err = ev.Read(rctx, id.Key, id.Cookie, size, rb.b)
 			cancel()
+		case mayBlock && refused:
+			rb.ref, buf, err = v.ReadRefCold(id.Key, id.Cookie, size, rb.b)
+			n = rb.ref.Needle
 		case mayBlock:
 			// From the page cache without a copy when the needle is
 			// resident (rb then holds the mapping until the answer is
@@ -243,6 +249,13 @@ func (h *httpHandler) readImage(id needle.PhotoID, choice imagehttp.Choice, mayB
 		size = choice.Fallback
 		err = read(size)
 	}
+	return h.readResult(id, size, n, rb, err)
+}
+
+// readResult turns a read of the image id at size (the needle n in rb, or
+// err) into readImage's answer; rb is closed unless the answer is the
+// image's.
+func (h *httpHandler) readResult(id needle.PhotoID, size needle.SizeCode, n needle.Needle, rb *readBuf, err error) imageRead {
 	if err != nil {
 		rb.Close()
 	}

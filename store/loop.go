@@ -1,11 +1,14 @@
 package store
 
 import (
+	"errors"
 	"net/http"
 	"time"
 
 	"github.com/haybale/haybale/internal/evloop"
 	"github.com/haybale/haybale/internal/imagehttp"
+	"github.com/haybale/haybale/needle"
+	"github.com/haybale/haybale/store/volume"
 )
 
 // The event-loop image path.
@@ -15,10 +18,14 @@ import (
 // image GET or HEAD is answered by serveLoop on the loop: the same checks
 // (plainImage) and the same read and verification (readImage) as the
 // fasthttp path, written as the same answer. A read that would wait for
-// the disk (a needle not in the page cache, a direct read, any read of an
-// EC volume) is not made on the loop: readImage says so having read
-// nothing (volume.TryReadRef), and the loop calls serveLoop again on a
-// goroutine, where it reads as the fasthttp path does. A large image of a
+// the disk (a needle not in the page cache, a direct read) is not waited
+// for on the loop: readImage says so having read nothing
+// (volume.TryReadRef), and the loop makes the read itself without
+// waiting, through its io_uring (readOnLoop), verifies the needle when
+// the read completes and answers it there. Where it cannot (no io_uring,
+// its ring full, any read of an EC volume), the loop calls serveLoop
+// again on a goroutine, where it reads as the fasthttp path does
+// (volume.ReadRefCold: without a second try). A large image of a
 // connection with nothing queued leaves with sendfile(2) from the volume
 // file; any other from the mapping or the read buffer, without a copy.
 // Everything else goes to httpHandler.ServeHTTP off the loop.
@@ -48,21 +55,83 @@ func (h *httpHandler) serveLoop(req *evloop.Request, a *evloop.Answer, mayBlock 
 		return evloop.Declined
 	}
 	start := time.Now()
-	img := h.readImage(id, choice, mayBlock)
+	// Off the loop, serveLoop runs only for a request it answered Blocked
+	// on the loop (or whose loop read asked for it): the loop's try of the
+	// image was refused.
+	img := h.readImage(id, choice, mayBlock, mayBlock)
 	switch img.code {
 	case declined:
 		return evloop.Declined
 	case blocked:
+		if !mayBlock && h.readOnLoop(req, a, id, choice, start) {
+			return evloop.Pending
+		}
 		return evloop.Blocked
 	}
-	if choice.Vary {
+	return h.answerLoop(a, req.IsHead(), choice.Vary, &img, start)
+}
+
+// answerLoop writes img's answer into a and counts it.
+func (h *httpHandler) answerLoop(a *evloop.Answer, head, vary bool, img *imageRead, start time.Time) evloop.Result {
+	if vary {
 		// On every answer, failures included, as on the net/http path.
 		a.Header("Vary", imagehttp.RawAccept)
 	}
-	h.writeLoop(a, req.IsHead(), &img)
+	h.writeLoop(a, head, img)
 	h.srv.metrics.countStatus(img.code)
 	h.srv.metrics.latency.Observe(time.Since(start).Seconds())
 	return evloop.Answered
+}
+
+// readOnLoop has the loop read the image id (its size, or the fallback
+// size where the photo lacks it), which the page cache does not hold,
+// without waiting: the read goes to the loop's io_uring
+// (volume.StartColdRead, evloop.Answer.Read), and its completion is
+// verified (volume.ColdRead.Finish) and answered on the loop. It reports
+// false, having taken nothing, where that cannot be (an EC volume, a
+// volume that is not mapped, no io_uring, the loop's ring full): the
+// request then goes off the loop. A read the kernel refuses, or one that
+// comes back short, goes off the loop from its completion.
+func (h *httpHandler) readOnLoop(req *evloop.Request, a *evloop.Answer, id needle.PhotoID, choice imagehttp.Choice, start time.Time) bool {
+	v, err := h.srv.store.Volume(id.Vid)
+	if err != nil {
+		return false
+	}
+	size := choice.Size
+	rb := h.pools[sizePool(size)].Get().(*readBuf)
+	c, buf, ok, err := v.StartColdRead(id.Key, id.Cookie, size, rb.b)
+	if errors.Is(err, volume.ErrNotFound) && choice.Fallback != size {
+		size = choice.Fallback
+		c, buf, ok, err = v.StartColdRead(id.Key, id.Cookie, size, buf)
+	}
+	rb.keep(buf)
+	if err != nil || !ok {
+		rb.Close()
+		return false // answered off the loop, as before
+	}
+	head, vary := req.IsHead(), choice.Vary
+	done := func(a *evloop.Answer, n int, rerr error) evloop.Result {
+		ref, buf, err := c.Finish(n, rerr)
+		if !errors.Is(err, volume.ErrWouldBlock) {
+			h.srv.metrics.loopReads.Inc()
+		}
+		rb.ref = ref
+		rb.keep(buf)
+		img := h.readResult(id, size, ref.Needle, rb, err)
+		switch img.code {
+		case declined:
+			return evloop.Declined
+		case blocked:
+			return evloop.Blocked
+		}
+		return h.answerLoop(a, head, vary, &img, start)
+	}
+	if !a.Read(c.FD, c.Buf, c.Off, done) {
+		c.Abandon()
+		rb.Close()
+		return false
+	}
+	return true
 }
 
 // Header names of the loop's answers, as net/http writes them.

@@ -90,11 +90,13 @@ func TestLoopCorpusAnswersAsNetHTTP(t *testing.T) {
 	}
 }
 
-// TestLoopColdReadsOffTheLoop reads needles not in the page cache
-// through the event loops: each is read off the loop, once (with O_DIRECT
-// the first time, buffered when read again within the window, as on the
-// fasthttp path), and answered whole.
-func TestLoopColdReadsOffTheLoop(t *testing.T) {
+// TestLoopColdReadsOnce reads needles not in the page cache through the
+// event loops: each is read once, without the loop waiting for the disk
+// (the loop makes the read through its io_uring, or a goroutine makes it
+// where the system has none), with O_DIRECT the first time, buffered when
+// read again within the window, as on the fasthttp path, and answered
+// whole.
+func TestLoopColdReadsOnce(t *testing.T) {
 	ts, photos, v, drop := directStore(t, ServerOptions{EventLoop: true}, 6, 3)
 	for round, want := range []string{"direct", "buffered"} {
 		st0 := v.Status()

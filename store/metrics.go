@@ -26,6 +26,7 @@ type metrics struct {
 	bytesServed  prometheus.Counter
 	bytesSent    prometheus.Counter // of bytesServed, those sent with sendfile
 	corruptReads prometheus.Counter
+	loopReads    prometheus.Counter     // disk reads the event loops made themselves
 	grpcRequests *prometheus.CounterVec // by method and code
 }
 
@@ -64,12 +65,16 @@ func newMetrics(st *Store) (*metrics, error) {
 		Name: "haybale_store_corrupt_reads_total",
 		Help: "Reads whose stored bytes failed verification (never served).",
 	})
+	m.loopReads = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "haybale_store_http_loop_disk_reads_total",
+		Help: "Image reads from the disk that an event loop made itself, through its io_uring, and answered without a goroutine (the others wait off the loops).",
+	})
 	m.grpcRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "haybale_store_grpc_requests_total",
 		Help: "gRPC calls answered, by method and status code.",
 	}, []string{"method", "code"})
 	for _, c := range []prometheus.Collector{
-		m.requests, m.latency, m.bytesServed, m.bytesSent, m.corruptReads, m.grpcRequests,
+		m.requests, m.latency, m.bytesServed, m.bytesSent, m.corruptReads, m.loopReads, m.grpcRequests,
 		volumeCollector{st},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "haybale_store_index_mapped_bytes",

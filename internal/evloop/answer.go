@@ -54,6 +54,7 @@ type Answer struct {
 	sendfileOK bool
 	noDate     bool
 	closeConn  bool
+	loopRead   loopRead // the loop's, for Read (read.go)
 }
 
 // Header adds the header field name: value.

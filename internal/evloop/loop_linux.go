@@ -18,6 +18,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/haybale/haybale/internal/vfs"
 )
 
 // Supported reports whether event loops run on this system.
@@ -40,12 +42,14 @@ type Server struct {
 	shutOnce sync.Once
 }
 
-// job is a request answered off the loop.
+// job is a request answered off the loop, or waiting for a read the
+// loop makes for it (read set).
 type job struct {
 	c        *conn
 	req      *Request
 	fallback bool // for the fallback handler, not Blocked
 	ans      Answer
+	read     ReadDone
 }
 
 // submit queues j for a worker, starting one if fewer than Workers run.
@@ -145,6 +149,17 @@ type loop struct {
 	dsec   int64
 	tick   time.Duration
 	last   time.Time // of the last timeout scan
+
+	// ring makes the reads Handlers ask for (Answer.Read), nil where
+	// io_uring cannot be had; ringFD is its eventfd in the epoll set (-1
+	// without). reads are the jobs whose reads are in flight, by tag;
+	// cur is the connection whose request the Handler is answering.
+	ring     *vfs.LoopRing
+	ringFD   int
+	reads    map[uint64]*job
+	tag      uint64
+	cur      *conn
+	readDone func(tag uint64, n int, err error)
 
 	mu       sync.Mutex // guards what follows
 	woken    bool       // the eventfd was written and not yet read
@@ -263,7 +278,120 @@ func newLoop(s *Server, tick time.Duration) (*loop, error) {
 		unix.Close(evfd)
 		return nil, fmt.Errorf("evloop: epoll: %w", err)
 	}
-	return &loop{srv: s, epfd: epfd, epf: epf, eprc: eprc, evfd: evfd, tick: tick, empty: make(chan struct{}, 1)}, nil
+	l := &loop{srv: s, epfd: epfd, epf: epf, eprc: eprc, evfd: evfd, tick: tick, empty: make(chan struct{}, 1), ringFD: -1}
+	l.readDone = l.doneRead
+	l.openRing()
+	return l, nil
+}
+
+// loopRingPlaces is how many reads one loop's ring has in flight at most;
+// a Handler's Read beyond it is refused (the request then goes off the
+// loop).
+const loopRingPlaces = 256
+
+// newLoopRing sets a loop's ring up; a variable so that tests can make the
+// system refuse io_uring.
+var newLoopRing = vfs.NewLoopRing
+
+// openRing gives l a ring of its own, its eventfd in l's epoll set; where
+// io_uring cannot be had, l has none and Answer.Read refuses every read.
+func (l *loop) openRing() {
+	ring, err := newLoopRing(loopRingPlaces)
+	if err != nil {
+		l.srv.opts.Logger.Debug("evloop: no io_uring; reads that wait go off the loop", "err", err)
+		return
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(ring.EventFD())}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ring.EventFD(), &ev); err != nil {
+		ring.Close(nil)
+		l.srv.opts.Logger.Warn("evloop: epoll_ctl on the io_uring eventfd failed; reads that wait go off the loop", "err", err)
+		return
+	}
+	l.ring, l.ringFD, l.reads = ring, ring.EventFD(), make(map[uint64]*job)
+}
+
+// loopRead is an Answer's link to the loop it is made on, for Read.
+type loopRead struct {
+	l     *loop // nil off the loop, or where the loop has no ring
+	taken bool  // Read took a read
+}
+
+// Read asks the loop to read len(b) bytes at off of the descriptor fd
+// without waiting for the disk (through the loop's io_uring), and to call
+// done on the loop once the read is done, which answers the request; the
+// Handler then returns Pending. fd and b must stay valid, and b untouched,
+// until done is called. Read reports false, having taken nothing, where
+// the loop cannot make the read: off the loop (mayBlock true), where the
+// system has no io_uring, when as many reads as the loop's ring holds are
+// in flight, or when the kernel refuses the submission; and for a second
+// Read for the same request. The Handler then answers some other way
+// (Blocked).
+func (a *Answer) Read(fd int, b []byte, off int64, done ReadDone) bool {
+	l := a.loopRead.l
+	if l == nil || a.loopRead.taken || done == nil || len(b) == 0 {
+		return false
+	}
+	if err := l.ring.Read(fd, b, off, l.tag+1); err != nil {
+		return false
+	}
+	l.tag++
+	a.loopRead.taken = true
+	j := &job{c: l.cur, req: l.req.clone(), read: done}
+	j.ans.sendfileOK = a.sendfileOK
+	l.reads[l.tag] = j
+	return true
+}
+
+// doneRead hands the completion of the read tag to its job: the Handler's
+// ReadDone answers, on the loop; the answer is queued, or the request
+// goes off the loop as the ReadDone asked.
+func (l *loop) doneRead(tag uint64, n int, err error) {
+	j := l.reads[tag]
+	delete(l.reads, tag)
+	res := l.callRead(j, n, err)
+	switch {
+	case res == Answered:
+		l.finish(j) // drops it if the connection is gone
+	case j.c.closed:
+		j.ans.release()
+	default:
+		j.ans.release()
+		sendfileOK := j.ans.sendfileOK
+		j.ans.reset()
+		j.ans.sendfileOK = sendfileOK
+		j.fallback = res == Declined
+		l.srv.submit(j)
+	}
+}
+
+// callRead calls j's ReadDone. One that panics is met as a Handler that
+// panics: logged, and its connection ended with no answer.
+func (l *loop) callRead(j *job, n int, err error) (res Result) {
+	defer func() {
+		if p := recover(); p != nil {
+			l.srv.opts.Logger.Error("evloop: handler panic", "panic", p, "target", string(j.req.Target))
+			j.ans.release()
+			j.ans.reset()
+			j.ans.Status = -1
+			res = Answered
+		}
+	}()
+	return j.read(&j.ans, n, err)
+}
+
+// closeRing waits for the reads still in flight (their buffers must
+// outlive them), has each one's ReadDone release what it holds, drops
+// the answers (the loop's connections are closed), and closes the ring.
+func (l *loop) closeRing() {
+	if l.ring == nil {
+		return
+	}
+	l.ring.Close(func(tag uint64, n int, err error) {
+		j := l.reads[tag]
+		delete(l.reads, tag)
+		l.callRead(j, n, err)
+		j.ans.release()
+	})
 }
 
 // wait returns the loop's ready events: at once if there are some, else
@@ -427,6 +555,7 @@ func (l *loop) complete(j *job) {
 // run is the loop.
 func (l *loop) run() {
 	defer func() {
+		l.closeRing()
 		l.mu.Lock()
 		l.exited = true
 		l.epf.Close() // leaves the netpoller, then closes epfd
@@ -458,6 +587,10 @@ func (l *loop) run() {
 			fd := int(ev.Fd)
 			if fd == l.evfd {
 				continue // handled below, whatever else happened
+			}
+			if fd == l.ringFD {
+				l.ring.Reap(l.readDone)
+				continue
 			}
 			if fd >= len(l.conns) || l.conns[fd] == nil {
 				continue
@@ -789,12 +922,21 @@ func (c *conn) parse() bool {
 			req.close = true // as net/http answers after Shutdown
 		}
 		a.sendfileOK = c.head == len(c.out)
+		if l.ring != nil {
+			a.loopRead.l, l.cur = l, c
+		}
 		res, ok := l.handle(req, a)
+		if a.loopRead.taken {
+			res = Pending // its ReadDone answers
+		}
 		if !ok {
 			l.close(c)
 			return true
 		}
 		switch res {
+		case Pending:
+			a.release()
+			c.busy = true
 		case Answered:
 			c.queue(req, a)
 		case Blocked:

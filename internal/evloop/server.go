@@ -7,11 +7,14 @@
 // bodies); what a request is answered with belongs to the Handler.
 //
 // A request the Handler answers at once is answered on the loop. One
-// whose answer may wait (a read from the disk) is answered by the Handler
-// on a goroutine of a bounded pool, and one it declines by the fallback
-// http.Handler there too; while a connection waits for such an answer the
-// loop reads and parses nothing more of it, so answers leave in the order
-// of the requests. The fallback's answer is buffered whole and sent with
+// whose answer waits for a read from the disk has the loop make the read
+// through an io_uring of its own (Answer.Read), its completion an event
+// of the loop's epoll set, and is answered on the loop when it is done
+// (read.go); where that cannot be, or for any other wait, it is answered
+// by the Handler on a goroutine of a bounded pool, and one it declines by
+// the fallback http.Handler there too. While a connection waits for such
+// an answer the loop reads and parses nothing more of it, so answers
+// leave in the order of the requests. The fallback's answer is buffered whole and sent with
 // the headers net/http would add (Date, a sniffed Content-Type) and
 // always a Content-Length (where net/http would send a long body of
 // unknown length chunked); a length its handler set is kept to as

@@ -26,7 +26,7 @@ var allowed = map[string]rule{
 	"internal/vfs/errorfs":         {project: []string{"internal/vfs"}},
 	"internal/lint":                {},
 	"internal/imagehttp":           {project: []string{"needle"}},
-	"internal/evloop":              {thirdParty: []string{"golang.org/x/sys/unix"}},
+	"internal/evloop":              {project: []string{"internal/vfs"}, thirdParty: []string{"golang.org/x/sys/unix"}},
 	"internal/serve":               {project: []string{"internal/evloop"}, thirdParty: []string{"google.golang.org/grpc", "github.com/valyala/fasthttp", "golang.org/x/sys/unix"}},
 	"internal/token":               {thirdParty: []string{"github.com/golang-jwt/jwt/v5"}},
 	"internal/pki":                 {},

@@ -82,3 +82,11 @@ func (f directFile) ReadAt(b []byte, off int64) (int, error) {
 		return n, nil
 	}
 }
+
+// DirectFD returns the descriptor of a file OpenDirect opened, for a
+// caller that reads it through io_uring itself (a LoopRing); it stays
+// open until the file is closed. ok is false for any other file.
+func DirectFD(f File) (fd int, ok bool) {
+	d, ok := f.(directFile)
+	return d.fd, ok
+}

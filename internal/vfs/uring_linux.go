@@ -146,16 +146,34 @@ func RingStatus() (on bool, why string) {
 	return false, theRingErr.Error()
 }
 
-func setupRing() (*ring, error) {
+// ringMaps is a ring's descriptor and its two mappings, as openRing
+// sets them up.
+type ringMaps struct {
+	fd     int
+	rb, sb []byte // the rings; the submission entries
+	n      int    // places: the smaller of the two rings
+}
+
+// close unmaps the rings and closes the descriptor.
+func (m *ringMaps) close() {
+	syscall.Munmap(m.sb)
+	syscall.Munmap(m.rb)
+	syscall.Close(m.fd)
+}
+
+// openRing sets up an io_uring of entries submission entries, maps it
+// into r, and registers a new non-blocking eventfd that the kernel signals
+// on each completion.
+func openRing(r *ring, entries uint32) (ringMaps, int, error) {
 	var p ringParams
-	fd, _, errno := syscall.Syscall(sysRingSetup, ringEntries, uintptr(unsafe.Pointer(&p)), 0)
+	fd, _, errno := syscall.Syscall(sysRingSetup, uintptr(entries), uintptr(unsafe.Pointer(&p)), 0)
 	if errno != 0 {
-		return nil, os.NewSyscallError("io_uring_setup", errno)
+		return ringMaps{}, -1, os.NewSyscallError("io_uring_setup", errno)
 	}
-	r := &ring{fd: int(fd)}
-	fail := func(op string, err error) (*ring, error) {
-		syscall.Close(r.fd)
-		return nil, os.NewSyscallError(op, err)
+	m := ringMaps{fd: int(fd)}
+	fail := func(op string, err error) (ringMaps, int, error) {
+		syscall.Close(m.fd)
+		return ringMaps{}, -1, os.NewSyscallError(op, err)
 	}
 	if p.features&ringFeatSingleMap == 0 {
 		return fail("io_uring_setup", syscall.ENOTSUP) // kernels before 5.4: pread
@@ -163,16 +181,18 @@ func setupRing() (*ring, error) {
 	sqLen := int(p.sqOff.array) + int(p.sqEntries)*4
 	cqLen := int(p.cqOff.cqes) + int(p.cqEntries)*int(unsafe.Sizeof(ringCQE{}))
 	ringLen := max(sqLen, cqLen)
-	rb, err := syscall.Mmap(r.fd, ringOffSQRing, ringLen, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED|syscall.MAP_POPULATE)
+	rb, err := syscall.Mmap(m.fd, ringOffSQRing, ringLen, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED|syscall.MAP_POPULATE)
 	if err != nil {
 		return fail("mmap", err)
 	}
-	sb, err := syscall.Mmap(r.fd, ringOffSQEs, int(p.sqEntries)*int(unsafe.Sizeof(ringSQE{})), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED|syscall.MAP_POPULATE)
+	sb, err := syscall.Mmap(m.fd, ringOffSQEs, int(p.sqEntries)*int(unsafe.Sizeof(ringSQE{})), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED|syscall.MAP_POPULATE)
 	if err != nil {
 		syscall.Munmap(rb)
 		return fail("mmap", err)
 	}
+	m.rb, m.sb, m.n = rb, sb, int(min(p.sqEntries, p.cqEntries))
 	u32 := func(off uint32) *uint32 { return (*uint32)(unsafe.Pointer(&rb[off])) }
+	r.fd = m.fd
 	r.sqHead, r.sqTail, r.sqMask = u32(p.sqOff.head), u32(p.sqOff.tail), *u32(p.sqOff.ringMask)
 	r.sqArr = unsafe.Slice(u32(p.sqOff.array), p.sqEntries)
 	r.sqes = unsafe.Slice((*ringSQE)(unsafe.Pointer(&sb[0])), p.sqEntries)
@@ -181,21 +201,28 @@ func setupRing() (*ring, error) {
 
 	efd, err := eventfd()
 	if err != nil {
-		syscall.Munmap(sb)
-		syscall.Munmap(rb)
-		return fail("eventfd", err)
+		m.close()
+		return ringMaps{}, -1, os.NewSyscallError("eventfd", err)
 	}
 	e := int32(efd)
-	if _, _, errno := syscall.Syscall6(sysRingRegister, uintptr(r.fd), ringRegEventfd, uintptr(unsafe.Pointer(&e)), 1, 0, 0); errno != 0 {
+	if _, _, errno := syscall.Syscall6(sysRingRegister, uintptr(m.fd), ringRegEventfd, uintptr(unsafe.Pointer(&e)), 1, 0, 0); errno != 0 {
 		syscall.Close(efd)
-		syscall.Munmap(sb)
-		syscall.Munmap(rb)
-		return fail("io_uring_register", errno)
+		m.close()
+		return ringMaps{}, -1, os.NewSyscallError("io_uring_register", errno)
+	}
+	return m, efd, nil
+}
+
+func setupRing() (*ring, error) {
+	r := &ring{}
+	m, efd, err := openRing(r, ringEntries)
+	if err != nil {
+		return nil, err
 	}
 	// A non-blocking descriptor given to os.NewFile is read through the
 	// netpoller: a read parks the goroutine, not the thread.
 	r.efd = os.NewFile(uintptr(efd), "io_uring eventfd")
-	n := int(min(p.sqEntries, p.cqEntries))
+	n := m.n
 	r.ids = make(chan uint32, n)
 	r.done = make([]chan int32, n)
 	for i := range n {
@@ -234,6 +261,31 @@ func (r *ring) reap() {
 	}
 }
 
+// submit submits a read of len(b) bytes at off of fd, user_data id,
+// with its own io_uring_enter, which does not wait for it; 0, or the errno
+// of a submission the kernel refused (the entry is then taken back). The
+// caller orders the ring's submitters (r.mu, or a ring of one owner).
+func (r *ring) submit(fd int, b []byte, off int64, id uint64) syscall.Errno {
+	tail := atomic.LoadUint32(r.sqTail)
+	i := tail & r.sqMask
+	r.sqes[i] = ringSQE{opcode: ringOpRead, fd: int32(fd), off: uint64(off), addr: uint64(uintptr(unsafe.Pointer(&b[0]))), len: uint32(len(b)), userData: id}
+	r.sqArr[i] = i
+	atomic.StoreUint32(r.sqTail, tail+1)
+	for {
+		_, _, errno := syscall.Syscall6(sysRingEnter, uintptr(r.fd), 1, 0, 0, 0, 0)
+		if atomic.LoadUint32(r.sqHead) != tail {
+			return 0 // consumed: its completion comes
+		}
+		if errno == syscall.EINTR || errno == 0 {
+			continue
+		}
+		// Refused (EAGAIN: no memory for the request now; anything else:
+		// the ring is broken): the entry was not consumed, take it back.
+		atomic.StoreUint32(r.sqTail, tail)
+		return errno
+	}
+}
+
 // pread reads len(b) bytes at off of fd through the ring, as pread(2)
 // does: the count read, or the errno of a failed read (or of a submission
 // the kernel refused).
@@ -243,26 +295,7 @@ func (r *ring) pread(fd int, b []byte, off int64) (int, error) {
 	}
 	id := <-r.ids
 	r.mu.Lock()
-	tail := atomic.LoadUint32(r.sqTail)
-	i := tail & r.sqMask
-	r.sqes[i] = ringSQE{opcode: ringOpRead, fd: int32(fd), off: uint64(off), addr: uint64(uintptr(unsafe.Pointer(&b[0]))), len: uint32(len(b)), userData: uint64(id)}
-	r.sqArr[i] = i
-	atomic.StoreUint32(r.sqTail, tail+1)
-	var errno syscall.Errno
-	for {
-		_, _, errno = syscall.Syscall6(sysRingEnter, uintptr(r.fd), 1, 0, 0, 0, 0)
-		if atomic.LoadUint32(r.sqHead) != tail {
-			errno = 0 // consumed: its completion comes
-			break
-		}
-		if errno == syscall.EINTR || errno == 0 {
-			continue
-		}
-		// Refused (EAGAIN: no memory for the request now; anything else:
-		// the ring is broken): the entry was not consumed, take it back.
-		atomic.StoreUint32(r.sqTail, tail)
-		break
-	}
+	errno := r.submit(fd, b, off, uint64(id))
 	r.mu.Unlock()
 	if errno != 0 {
 		r.ids <- id

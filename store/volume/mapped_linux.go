@@ -169,26 +169,55 @@ func mincore(b, vec []byte) bool {
 // (vfs.RingPread), so no thread blocks on the disk; still one disk read.
 // Without a ring, or where RWF_NOWAIT is refused, it is a plain pread.
 func (m *datMap) ReadAt(b []byte, off int64) (int, error) {
-	got := 0
-	if len(b) > 0 {
-		n, err := preadNoWait(m.fd, b, off)
-		switch {
-		case err == nil && n == len(b):
-			return n, nil
-		case err == nil && n == 0:
-			return 0, io.EOF
-		case err == nil || err == unix.EAGAIN:
-			got = max(n, 0)
-			if n, ok, err := vfs.RingPread(m.fd, b[got:], off+int64(got)); ok {
-				if err != nil {
-					return got, &os.PathError{Op: "pread", Path: "volume file", Err: err}
-				}
-				if got += n; got < len(b) && n == 0 {
-					return got, io.EOF
-				}
-			}
+	if len(b) == 0 {
+		return 0, nil
+	}
+	n, err := tryNoWait(m.fd, b, off)
+	switch {
+	case err == nil && n == len(b):
+		return n, nil
+	case err == nil && n == 0:
+		return 0, io.EOF
+	case err == nil || err == unix.EAGAIN:
+		return m.readRing(b, off, max(n, 0))
+	}
+	return m.pread(b, off, 0)
+}
+
+// coldReader reads a mapped volume's file for a needle known not to be
+// all in the page cache: the caller's own RWF_NOWAIT try was just refused
+// (TryReadRef on an event loop, then ReadRefCold off it), or mincore said
+// a page is missing. It skips ReadAt's try, which would be refused again
+// (or, when the refused try's reads have just arrived, would save only
+// the completion's wake-up), and waits for the disk through the ring at
+// once: one disk read, one system call fewer per image.
+type coldReader struct{ m *datMap }
+
+func (r coldReader) ReadAt(b []byte, off int64) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	return r.m.readRing(b, off, 0)
+}
+
+// readRing reads b[got:] (b at off, of which the first got bytes are
+// read) through the process's io_uring, then with pread for what the ring
+// did not read (no ring, a read it refused, a short read).
+func (m *datMap) readRing(b []byte, off int64, got int) (int, error) {
+	if n, ok, err := ringPread(m.fd, b[got:], off+int64(got)); ok {
+		if err != nil {
+			return got, &os.PathError{Op: "pread", Path: "volume file", Err: err}
+		}
+		if got += n; got < len(b) && n == 0 {
+			return got, io.EOF
 		}
 	}
+	return m.pread(b, off, got)
+}
+
+// pread reads b[got:] (b at off, of which the first got bytes are read)
+// with pread(2), until b is full or the file ends.
+func (m *datMap) pread(b []byte, off int64, got int) (int, error) {
 	for got < len(b) {
 		n, err := unix.Pread(m.fd, b[got:], off+int64(got))
 		if err == unix.EINTR {
@@ -215,7 +244,7 @@ func (r nowaitReader) ReadAt(b []byte, off int64) (int, error) {
 		return 0, nil
 	}
 	for {
-		n, err := preadNoWait(r.m.fd, b, off)
+		n, err := tryNoWait(r.m.fd, b, off)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -227,6 +256,13 @@ func (r nowaitReader) ReadAt(b []byte, off int64) (int, error) {
 		return n, nil
 	}
 }
+
+// tryNoWait and ringPread are preadNoWait and vfs.RingPread, variables so
+// that tests can count the tries and take the ring away.
+var (
+	tryNoWait = preadNoWait
+	ringPread = vfs.RingPread
+)
 
 // preadNoWait is preadv2(fd, b, off, RWF_NOWAIT): the bytes of b at off
 // that are in the page cache, or EAGAIN when the first page is not (its

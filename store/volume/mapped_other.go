@@ -37,3 +37,8 @@ func (*datMap) decode(needle.Format, int64, int) (needle.Needle, error) {
 type nowaitReader struct{ m *datMap }
 
 func (nowaitReader) ReadAt([]byte, int64) (int, error) { return 0, ErrWouldBlock }
+
+// coldReader is never used where volumes are not mapped.
+type coldReader struct{ m *datMap }
+
+func (coldReader) ReadAt([]byte, int64) (int, error) { return 0, errMapFault }

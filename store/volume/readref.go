@@ -106,7 +106,7 @@ func (r *Ref) Release() {
 // vfs.DirectAlign, with Data inside it. A damaged
 // needle returns an error for which IsCorruption is true, never its bytes.
 func (v *Volume) ReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (Ref, []byte, error) {
-	return v.readRef(key, cookie, size, buf, false)
+	return v.readRef(key, cookie, size, buf, modeWait)
 }
 
 // ErrWouldBlock is returned by TryReadRef for a needle it cannot read
@@ -119,16 +119,37 @@ var ErrWouldBlock = errors.New("volume: the read would wait for the disk")
 // O_DIRECT. A needle in the page cache is read as by ReadRef: from the
 // mapping, or with one pread that asks the kernel not to wait
 // (preadv2(2) with RWF_NOWAIT); when that pread finds a page missing,
-// the kernel starts reading the needle's pages, which the caller's
-// ReadRef then waits for, so the needle is still read from the disk once.
+// the kernel starts reading the needle's pages, which the caller's read
+// after the refusal (ReadRefCold, or its own through StartColdRead) then
+// waits for, so the needle is still read from the disk once.
 // A volume on a file system of no real files (which never waits) reads as
 // by ReadRef.
 func (v *Volume) TryReadRef(key, cookie uint64, size needle.SizeCode, buf []byte) (Ref, []byte, error) {
-	return v.readRef(key, cookie, size, buf, true)
+	return v.readRef(key, cookie, size, buf, modeTry)
 }
 
-// readRef is ReadRef, or TryReadRef when nowait is set.
-func (v *Volume) readRef(key, cookie uint64, size needle.SizeCode, buf []byte, nowait bool) (Ref, []byte, error) {
+// ReadRefCold is ReadRef for a caller whose TryReadRef of the same needle
+// has just returned ErrWouldBlock (an event loop that hands the request
+// to a goroutine): a buffered read then waits for the disk at once, where
+// ReadRef would first try once more without waiting (preadv2 with
+// RWF_NOWAIT), a system call that would only be refused again. The
+// needle is still read from the disk once, and verified as by ReadRef;
+// found in the page cache after all, it is read as by ReadRef.
+func (v *Volume) ReadRefCold(key, cookie uint64, size needle.SizeCode, buf []byte) (Ref, []byte, error) {
+	return v.readRef(key, cookie, size, buf, modeCold)
+}
+
+// readMode is how readRef may read a needle not in the page cache.
+type readMode uint8
+
+const (
+	modeWait readMode = iota // ReadRef: wait for the disk
+	modeTry                  // TryReadRef: never wait; ErrWouldBlock
+	modeCold                 // ReadRefCold: wait, without trying not to first
+)
+
+// readRef is ReadRef, TryReadRef or ReadRefCold, by mode.
+func (v *Volume) readRef(key, cookie uint64, size needle.SizeCode, buf []byte, mode readMode) (Ref, []byte, error) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	if v.mu.closed {
@@ -159,7 +180,7 @@ func (v *Volume) readRef(key, cookie uint64, size needle.SizeCode, buf []byte, n
 		// or buffered.
 		cold = true
 	}
-	if nowait {
+	if mode == modeTry {
 		switch {
 		case cold && m.direct != nil:
 			return Ref{}, buf, ErrWouldBlock
@@ -193,12 +214,24 @@ func (v *Volume) readRef(key, cookie uint64, size needle.SizeCode, buf []byte, n
 		}
 		v.coldBuffered.Add(1)
 	}
-	var r io.ReaderAt = v.dat
-	if m != nil {
-		r = m // no readahead around the needle (see mapDat)
-	}
-	nd, buf, err := v.readFromLocked(r, off, length, buf)
+	nd, buf, err := v.readFromLocked(v.bufferedReader(m, cold || mode == modeCold), off, length, buf)
 	return v.checkRead(nd, buf, err, key, cookie, size, start)
+}
+
+// bufferedReader is what readRef reads a needle through the page cache
+// with: the mapping's descriptor, which reads no more than the needle's
+// pages (see mapDat), or the volume's own file where there is no mapping.
+// With cold (mincore found a page missing, or the caller's own try was
+// just refused) the read goes to the disk without a RWF_NOWAIT try first
+// (see coldReader).
+func (v *Volume) bufferedReader(m *datMap, cold bool) io.ReaderAt {
+	switch {
+	case m == nil:
+		return v.dat
+	case cold:
+		return coldReader{m}
+	}
+	return m
 }
 
 // checkRead turns what a pread of the needle for (key, size) at start

@@ -1,0 +1,332 @@
+//go:build linux
+
+package evloop
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/haybale/haybale/internal/vfs"
+)
+
+// readFixture is a Server whose handler answers /read/OFF/N with the N
+// bytes at OFF of a file, read by the loop (Answer.Read) where it can and
+// off the loop (Blocked) where it cannot; /again/OFF/N the same, but its
+// ReadDone sends it off the loop (Blocked), where it is read with pread;
+// /pipe with what is written into a pipe (a read that stays in flight
+// until the test writes); /panic with a ReadDone that panics; /img/N with
+// N bytes on the loop.
+type readFixture struct {
+	srv   *Server
+	ln    net.Listener
+	data  []byte
+	fd    int
+	pr    *os.File // the pipe's read end, read by /pipe
+	pw    *os.File
+	taken atomic.Int64 // reads the loop took
+	dones atomic.Int64 // ReadDone calls
+	off   atomic.Int64 // answers made off the loop
+	freed atomic.Int64 // answers' Done closes
+	made  atomic.Int64 // answers with a Done
+	ended atomic.Int64 // connections ended
+}
+
+type freeCounter struct{ f *readFixture }
+
+func (c freeCounter) Close() error { c.f.freed.Add(1); return nil }
+
+func newReadFixture(t *testing.T) *readFixture {
+	t.Helper()
+	f := &readFixture{data: body(1 << 20)}
+	path := filepath.Join(t.TempDir(), "data")
+	if err := os.WriteFile(path, f.data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.fd = fd
+	if f.pr, f.pw, err = os.Pipe(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd); f.pr.Close(); f.pw.Close() })
+	answer := func(a *Answer, b []byte) Result {
+		a.Status = http.StatusOK
+		a.HeaderInt("Content-Length", int64(len(b)))
+		a.Body = b
+		a.Done = freeCounter{f}
+		f.made.Add(1)
+		return Answered
+	}
+	h := func(req *Request, a *Answer, mayBlock bool) Result {
+		target := string(req.Target)
+		parts := strings.Split(target, "/")
+		switch {
+		case parts[1] == "img" && len(parts) == 3:
+			n, _ := strconv.Atoi(parts[2])
+			return answer(a, body(n))
+		case (parts[1] == "read" || parts[1] == "again") && len(parts) == 4:
+			off, _ := strconv.Atoi(parts[2])
+			n, _ := strconv.Atoi(parts[3])
+			b := make([]byte, n)
+			if mayBlock {
+				f.off.Add(1)
+				got, err := syscall.Pread(f.fd, b, int64(off))
+				if err != nil {
+					return Declined
+				}
+				return answer(a, b[:got])
+			}
+			again := parts[1] == "again"
+			if !a.Read(f.fd, b, int64(off), func(a *Answer, got int, err error) Result {
+				f.dones.Add(1)
+				if err != nil || again {
+					return Blocked
+				}
+				return answer(a, b[:got])
+			}) {
+				return Blocked
+			}
+			f.taken.Add(1)
+			return Pending
+		case target == "/pipe", target == "/panic":
+			if mayBlock {
+				return Declined
+			}
+			b := make([]byte, 5)
+			if !a.Read(int(f.pr.Fd()), b, 0, func(a *Answer, got int, err error) Result {
+				f.dones.Add(1)
+				if target == "/panic" {
+					panic("ReadDone")
+				}
+				return answer(a, b[:got])
+			}) {
+				return Declined
+			}
+			f.taken.Add(1)
+			return Pending
+		}
+		return Declined
+	}
+	fallback := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "fallback", http.StatusNotFound)
+	})
+	if f.srv, err = New(h, fallback, Options{Loops: 1, OnClose: func() { f.ended.Add(1) }}); err != nil {
+		t.Fatal(err)
+	}
+	if f.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := f.ln.Accept()
+			if err != nil {
+				return
+			}
+			f.srv.Enroll(c)
+		}
+	}()
+	t.Cleanup(func() {
+		f.ln.Close()
+		f.pw.Close() // a pipe read still in flight ends (no hang on a failure)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		f.srv.Shutdown(ctx)
+	})
+	return f
+}
+
+func (f *readFixture) dial(t *testing.T) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", f.ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second)) // a bound on a hang, not a timing assertion
+	return c
+}
+
+// waitFor polls cond, failing after 20 s (a bound on a hang).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s", what)
+		}
+	}
+}
+
+// ringOn skips the test where the system has no io_uring.
+func ringOn(t *testing.T) {
+	r, err := vfs.NewLoopRing(1)
+	if err != nil {
+		t.Skip(err)
+	}
+	r.Close(nil)
+}
+
+// TestLoopReadsInOrder: pipelined requests whose reads the loop makes
+// itself, between answers made on the loop and answers a ReadDone sends
+// off the loop, are answered in order with the file's bytes; each read
+// taken gets its ReadDone once, and every answer's Done is closed once.
+func TestLoopReadsInOrder(t *testing.T) {
+	ringOn(t)
+	f := newReadFixture(t)
+	c := f.dial(t)
+	var reqs strings.Builder
+	var wants [][]byte
+	reads, agains := 0, 0
+	for i := range 90 {
+		off, n := i*4099%(len(f.data)-70000), 100+i*700
+		switch i % 3 {
+		case 0:
+			fmt.Fprintf(&reqs, "GET /read/%d/%d HTTP/1.1\r\nHost: x\r\n\r\n", off, n)
+			wants = append(wants, f.data[off:off+n])
+			reads++
+		case 1:
+			fmt.Fprintf(&reqs, "GET /img/%d HTTP/1.1\r\nHost: x\r\n\r\n", n)
+			wants = append(wants, body(n))
+		case 2:
+			fmt.Fprintf(&reqs, "GET /again/%d/%d HTTP/1.1\r\nHost: x\r\n\r\n", off, n)
+			wants = append(wants, f.data[off:off+n])
+			agains++
+		}
+	}
+	// A read past the end of the file is short, as pread's.
+	fmt.Fprintf(&reqs, "GET /read/%d/%d HTTP/1.1\r\nHost: x\r\n\r\n", len(f.data)-10, 100)
+	wants = append(wants, f.data[len(f.data)-10:])
+	reads++
+	if _, err := io.WriteString(c, reqs.String()); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	for i, want := range wants {
+		resp, b := readAnswer(t, br, "GET")
+		if resp.StatusCode != 200 || !bytes.Equal(b, want) {
+			t.Fatalf("answer %d: %d, %d bytes; want 200 and %d bytes", i, resp.StatusCode, len(b), len(want))
+		}
+	}
+	if got := f.taken.Load(); got != int64(reads+agains) {
+		t.Fatalf("%d reads taken by the loop, want %d", got, reads+agains)
+	}
+	if got := f.dones.Load(); got != f.taken.Load() {
+		t.Fatalf("%d ReadDone calls for %d reads", got, f.taken.Load())
+	}
+	if got := f.off.Load(); got != int64(agains) {
+		t.Fatalf("%d answers made off the loop, want %d (the ReadDones that asked)", got, agains)
+	}
+	c.Close()
+	waitFor(t, "the answers' Done", func() bool { return f.freed.Load() == f.made.Load() })
+}
+
+// TestLoopReadConnectionGone: a connection reset while its read is in
+// flight (a read from a pipe, done when the test writes into it) is
+// closed at once; its ReadDone is still called once when the read is
+// done, and the answer it made is dropped, its Done closed once. The
+// loop serves other connections meanwhile. (A client that only closes
+// its side is answered, as a half-closed client is, and the connection
+// ends when the answer cannot be written.)
+func TestLoopReadConnectionGone(t *testing.T) {
+	ringOn(t)
+	f := newReadFixture(t)
+	c := f.dial(t)
+	io.WriteString(c, "GET /pipe HTTP/1.1\r\nHost: x\r\n\r\nGET /img/3 HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitFor(t, "the read taken", func() bool { return f.taken.Load() == 1 })
+	c.(*net.TCPConn).SetLinger(0) // close with a reset
+	c.Close()
+	waitFor(t, "the connection's end", func() bool { return f.ended.Load() == 1 })
+	// Another connection is served while the read is in flight.
+	o := f.dial(t)
+	io.WriteString(o, "GET /img/7 HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, b := readAnswer(t, bufio.NewReader(o), "GET"); resp.StatusCode != 200 || len(b) != 7 {
+		t.Fatalf("another connection: %d, %d bytes", resp.StatusCode, len(b))
+	}
+	if f.dones.Load() != 0 {
+		t.Fatal("ReadDone called before the read was done")
+	}
+	f.pw.Write([]byte("hello"))
+	waitFor(t, "the ReadDone", func() bool { return f.dones.Load() == 1 })
+	waitFor(t, "the dropped answer's Done", func() bool { return f.freed.Load() == f.made.Load() })
+	if f.made.Load() != 2 { // /img/7 and the dropped /pipe
+		t.Fatalf("%d answers made, want 2", f.made.Load())
+	}
+}
+
+// TestLoopReadShutdown: a loop stopped with a read in flight waits for it
+// before it ends (the kernel may still write the read's buffer) and has
+// its ReadDone release what it holds, once.
+func TestLoopReadShutdown(t *testing.T) {
+	ringOn(t)
+	f := newReadFixture(t)
+	c := f.dial(t)
+	io.WriteString(c, "GET /pipe HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitFor(t, "the read taken", func() bool { return f.taken.Load() == 1 })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // out of time: the connection is cut
+	done := make(chan error, 1)
+	go func() { done <- f.srv.Shutdown(ctx) }()
+	waitEOF(t, c)
+	select {
+	case <-done:
+		t.Fatal("Shutdown returned with a read in flight")
+	default:
+	}
+	f.pw.Write([]byte("bye"))
+	<-done
+	if f.dones.Load() != 1 || f.freed.Load() != f.made.Load() || f.made.Load() != 1 {
+		t.Fatalf("%d ReadDone calls, %d answers made, %d Done closed; want 1, 1, 1", f.dones.Load(), f.made.Load(), f.freed.Load())
+	}
+}
+
+// TestLoopReadPanics: a ReadDone that panics ends its connection with no
+// answer, as a Handler that panics does; the loop serves on.
+func TestLoopReadPanics(t *testing.T) {
+	ringOn(t)
+	f := newReadFixture(t)
+	c := f.dial(t)
+	io.WriteString(c, "GET /panic HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitFor(t, "the read taken", func() bool { return f.taken.Load() == 1 })
+	f.pw.Write([]byte("x"))
+	waitEOF(t, c)
+	o := f.dial(t)
+	io.WriteString(o, "GET /img/7 HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, b := readAnswer(t, bufio.NewReader(o), "GET"); resp.StatusCode != 200 || len(b) != 7 {
+		t.Fatalf("after the panic: %d, %d bytes", resp.StatusCode, len(b))
+	}
+}
+
+// TestLoopReadWithoutRing: where io_uring cannot be had, Read takes no
+// read and the handler's requests go off the loop, answered as before.
+func TestLoopReadWithoutRing(t *testing.T) {
+	orig := newLoopRing
+	newLoopRing = func(int) (*vfs.LoopRing, error) { return nil, os.NewSyscallError("io_uring_setup", syscall.EPERM) }
+	defer func() { newLoopRing = orig }()
+	f := newReadFixture(t)
+	c := f.dial(t)
+	br := bufio.NewReader(c)
+	for i := range 5 {
+		fmt.Fprintf(c, "GET /read/%d/%d HTTP/1.1\r\nHost: x\r\n\r\n", i*1000, 500)
+		resp, b := readAnswer(t, br, "GET")
+		if resp.StatusCode != 200 || !bytes.Equal(b, f.data[i*1000:i*1000+500]) {
+			t.Fatalf("read %d without a ring: %d, %d bytes", i, resp.StatusCode, len(b))
+		}
+	}
+	if f.taken.Load() != 0 || f.off.Load() != 5 {
+		t.Fatalf("without a ring: %d reads taken by the loop, %d answered off it; want 0 and 5", f.taken.Load(), f.off.Load())
+	}
+}
