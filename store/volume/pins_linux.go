@@ -20,10 +20,12 @@ import (
 //
 // ReadRef verifies a large needle in the page cache by hashing it where it
 // lies; for a 400 KB image that hash costs more than everything else the
-// store does to answer it. The checksum is there to catch what the disk
+// store does to answer it. A needle of a few tens of KB read with a pread
+// costs a copy into the process and a hash, where nginx sends the file
+// with no copy at all. The checksum is there to catch what the disk
 // gives back wrong, and a page the disk has not given back since the
-// needle was verified cannot have changed. Pins keeps, for each large
-// needle verified, a small read-only mapping of its own of just that
+// needle was verified cannot have changed. Pins keeps, for each needle of
+// PinMin bytes or more verified, a small read-only mapping of its own of just that
 // needle's pages (its "verified mapping"), and answers a later read of the
 // needle without hashing when every page of that mapping is still present
 // in the process's page tables.
@@ -61,13 +63,19 @@ import (
 // the kernel allows vm.max_map_count of them (65530 by default) and the Go
 // runtime uses some. Pins holds at most its bound and evicts with CLOCK; a mapping
 // being checked or verified is held, and eviction unmaps it only once its
-// holders are done.
+// holders are done. The pages of a verified mapping that are present count
+// in the process's file-backed RSS (RssFile) as long as it is cached:
+// at most the bound times the largest needle, page cache the kernel
+// shares with every reader of the file, not memory of the process's own.
 
 // DefaultVerifiedMappings is the store's default bound on verified
-// mappings.
-const DefaultVerifiedMappings = 8192
+// mappings: 32,000 mappings (VMAs), under half of the kernel's default
+// vm.max_map_count (65530), enough for the needles of PinMin bytes or more
+// of 5,000 photos of the four sizes (three of them a photo) with room for
+// the Go runtime's own.
+const DefaultVerifiedMappings = 16000
 
-// Pins keeps the verified mappings of the large needles of every volume
+// Pins keeps the verified mappings of the needles of PinMin bytes or more of every volume
 // opened with it (Options.Pins), up to a bound shared by all of them. It is
 // safe for concurrent use.
 type Pins struct {
@@ -527,7 +535,7 @@ func (p *pin) verify(f needle.Format) (needle.Needle, error) {
 	return decodeMapped(f.Decode, p.data[p.skip:p.skip+p.n:p.skip+p.n], p.key.off)
 }
 
-// readPinned reads the needle at [start, start+n) of m (n at least MapMin,
+// readPinned reads the needle at [start, start+n) of m (n at least PinMin,
 // inside the mapping) through the cache of verified mappings. ok is false
 // when the needle must be read with a pread (it is not all in the page
 // cache, or touching it faulted); otherwise the returned Ref and error are

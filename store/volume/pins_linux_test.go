@@ -28,7 +28,7 @@ func newPins(t testing.TB, max int) *Pins {
 }
 
 // largeNeedles returns the needles of all that ReadRef serves from the
-// mapping.
+// mapping with or without verified mappings (MapMin bytes or more).
 func largeNeedles(all []*needle.Needle) []*needle.Needle {
 	var large []*needle.Needle
 	for _, n := range all {
@@ -37,6 +37,27 @@ func largeNeedles(all []*needle.Needle) []*needle.Needle {
 		}
 	}
 	return large
+}
+
+// midNeedles returns the needles of all that ReadRef serves from the
+// mapping with verified mappings only (PinMin bytes or more, under
+// MapMin).
+func midNeedles(all []*needle.Needle) []*needle.Needle {
+	var mid []*needle.Needle
+	for _, n := range all {
+		if l := needle.EncodedLen(len(n.Data)); l >= PinMin && l < MapMin {
+			mid = append(mid, n)
+		}
+	}
+	return mid
+}
+
+// pinnedKinds runs test on the needles of MapMin bytes or more and on
+// those from PinMin to MapMin, which only verified mappings serve from
+// the mapping.
+func pinnedKinds(t *testing.T, test func(t *testing.T, pick func([]*needle.Needle) []*needle.Needle)) {
+	t.Run("large", func(t *testing.T) { test(t, largeNeedles) })
+	t.Run("under-MapMin", func(t *testing.T) { test(t, midNeedles) })
 }
 
 // pinOf returns the cached verified mapping of want, or nil.
@@ -107,9 +128,16 @@ func flipByte(t testing.TB, path string, off int64) {
 // scope, see pins_linux.go): with verified mappings the changed byte is
 // served, without them every read hashes and the change is caught.
 func TestPinsSecondReadDoesNotHash(t *testing.T) {
+	pinnedKinds(t, testPinsSecondReadDoesNotHash)
+}
+
+func testPinsSecondReadDoesNotHash(t *testing.T, pick func([]*needle.Needle) []*needle.Needle) {
 	ps := newPins(t, 64)
 	v, dir, all := osVolumeWith(t, 2, Options{FS: vfs.Default, Pins: ps})
-	large := largeNeedles(all)
+	large := pick(all)
+	if len(large) < 2 {
+		t.Fatalf("%d needles of the kind, want 2", len(large))
+	}
 	for i, n := range large {
 		first := readPinnedOnce(t, v, n)
 		if st := ps.Stats(); st.Hits != int64(i) || st.Cached != i+1 || st.Live != int64(i+1) {
@@ -156,8 +184,8 @@ func TestPinsSecondReadDoesNotHash(t *testing.T) {
 			t.Fatalf("without verified mappings, a changed needle read: %v, want corruption", err)
 		}
 	}
-	readPinnedOnce(t, v, large[1])
-	readPinnedOnce(t, v, large[1])
+	readPinnedOnce(t, v, largeNeedles(all)[1])
+	readPinnedOnce(t, v, largeNeedles(all)[1])
 	if st := v.Status(); st.MappedReads != 2 || ps.Stats().Hits != int64(len(large)+1) {
 		t.Fatalf("without verified mappings: %d mapped reads (want 2), pins %+v", st.MappedReads, ps.Stats())
 	}
@@ -199,11 +227,15 @@ func evictPin(t testing.TB, p *pin, path string, fromCache bool) {
 // page cache, with one pread and the mapping dropped when it is not), and
 // bytes changed on disk while the pages were out answer corrupt.
 func TestPinsReverify(t *testing.T) {
+	pinnedKinds(t, testPinsReverify)
+}
+
+func testPinsReverify(t *testing.T, pick func([]*needle.Needle) []*needle.Needle) {
 	ps := newPins(t, 64)
 	v, dir, all := osVolumeWith(t, 2, Options{FS: vfs.Default, Pins: ps})
 	defer v.Close()
 	path := DatPath(dir, 3)
-	n := largeNeedles(all)[1]
+	n := pick(all)[1]
 	readPinnedOnce(t, v, n)
 	p := pinOf(t, v, n)
 	if p == nil {
@@ -298,8 +330,12 @@ func TestPinsReverify(t *testing.T) {
 // TestPinsDamagedBeforeFirstRead: a needle damaged on disk before it was
 // ever verified answers corrupt, every time, and is never pinned.
 func TestPinsDamagedBeforeFirstRead(t *testing.T) {
+	pinnedKinds(t, testPinsDamagedBeforeFirstRead)
+}
+
+func testPinsDamagedBeforeFirstRead(t *testing.T, pick func([]*needle.Needle) []*needle.Needle) {
 	v, dir, all := osVolume(t, 1)
-	n := largeNeedles(all)[0]
+	n := pick(all)[0]
 	e, _ := v.Locate(n.Key, n.Size)
 	if err := v.Close(); err != nil {
 		t.Fatal(err)
