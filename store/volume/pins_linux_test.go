@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"reflect"
 	"strconv"
@@ -530,31 +531,38 @@ func TestPinsEvictsUnheldOnly(t *testing.T) {
 // BenchmarkReadRefPinned measures ReadRef of a resident 400 KB needle with
 // a verified mapping (no hash) and without (hashed through the mapping).
 func BenchmarkReadRefPinned(b *testing.B) {
-	for _, c := range []struct {
-		name string
-		pins int
-	}{{"hashed", 0}, {"pinned", 16}} {
-		b.Run(c.name, func(b *testing.B) {
-			opts := Options{FS: vfs.Default}
-			if c.pins > 0 {
-				opts.Pins = newPins(b, c.pins)
-			}
-			v, _, all := osVolumeWith(b, 1, opts)
-			defer v.Close()
-			n := all[3]
-			warm := readRef(b, v, n)
-			warm.Release()
-			b.SetBytes(int64(len(n.Data)))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				ref, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil)
-				if err != nil || !ref.Mapped() {
+	for _, size := range []needle.SizeCode{needle.SizeThumb, needle.SizeSmall, needle.SizeLarge} {
+		for _, c := range []struct {
+			name string
+			pins int
+		}{{"hashed", 0}, {"pinned", 16}} {
+			b.Run(fmt.Sprintf("size=%v/%s", size, c.name), func(b *testing.B) {
+				opts := Options{FS: vfs.Default}
+				if c.pins > 0 {
+					opts.Pins = newPins(b, c.pins)
+				}
+				v, _, all := osVolumeWith(b, 1, opts)
+				defer v.Close()
+				n := all[size]
+				mapped := needle.EncodedLen(len(n.Data)) >= v.mapMin()
+				warm, buf, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil)
+				if err != nil {
 					b.Fatal(err)
 				}
-				ref.Release()
-			}
-		})
+				warm.Release()
+				b.SetBytes(int64(len(n.Data)))
+				b.ReportAllocs()
+				b.ResetTimer()
+				for b.Loop() {
+					ref, got, err := v.ReadRef(n.Key, n.Cookie, n.Size, buf)
+					if err != nil || ref.Mapped() != mapped {
+						b.Fatalf("mapped %v, want %v: %v", ref.Mapped(), mapped, err)
+					}
+					buf = got
+					ref.Release()
+				}
+			})
+		}
 	}
 }
 
