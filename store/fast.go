@@ -26,7 +26,8 @@ import (
 // the connection's raw handle; and a read buffer while the pools learn the
 // sizes of the images served, see http.go). A
 // needle of a plain volume of
-// volume.MapMin bytes or more that is all in the page cache is verified
+// volume.MapMin bytes or more (volume.PinMin with the store's verified
+// mappings, the default) that is all in the page cache is verified
 // where it lies, through the volume file's mapping (volume.ReadRef; a
 // needle verified before whose pages have not left memory since is not
 // hashed again, see volume.Pins), and never copied into the process: an
