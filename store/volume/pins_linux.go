@@ -70,9 +70,8 @@ import (
 
 // DefaultVerifiedMappings is the store's default bound on verified
 // mappings: 32,000 mappings (VMAs), under half of the kernel's default
-// vm.max_map_count (65530), enough for the needles of PinMin bytes or more
-// of 5,000 photos of the four sizes (three of them a photo) with room for
-// the Go runtime's own.
+// vm.max_map_count (65530), which leaves the rest to the Go runtime and
+// the volumes' own mappings.
 const DefaultVerifiedMappings = 16000
 
 // Pins keeps the verified mappings of the needles of PinMin bytes or more of every volume
@@ -320,6 +319,21 @@ func presentPread(b []byte) (bool, error) {
 		done += k
 	}
 	return true, nil
+}
+
+// hasRoom reports whether the cache holds fewer mappings than its bound.
+// A needle under MapMin is mapped only then: its first verification
+// (mmap, a fault, the hash, and an munmap when it is evicted) costs a few
+// system calls more than the pread it replaces, which its rereads repay
+// only when they come before it is evicted. Were it to evict, a workload
+// of more small needles than the bound, read about as often each, would
+// pay that on nearly every read; this way it pays a map lookup. Large
+// needles, whose hash dwarfs the mapping, evict with CLOCK as before,
+// small ones among the others, and so make room again.
+func (ps *Pins) hasRoom() bool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return len(ps.mu.byKey) < ps.max
 }
 
 // get returns the verified mapping of the needle at off of m, held, or
@@ -590,6 +604,12 @@ func (v *Volume) readPinned(ps *Pins, m *datMap, key, cookie uint64, size needle
 		}
 		p.seq.Store(seq + 2)
 		return v.pinnedRef(m, withoutData(nd), len(nd.Data), start, cookie)
+	}
+	if n < MapMin && !ps.hasRoom() {
+		// A needle under MapMin costs little more to read with a pread
+		// than to map and hash: it takes a free place, never one of
+		// another mapping (see hasRoom).
+		return Ref{}, false, nil
 	}
 	if !m.resident(start, n) {
 		return Ref{}, false, nil

@@ -678,3 +678,54 @@ func TestPinsStayApart(t *testing.T) {
 	}
 	t.Logf("%d of %d verified mappings placed right below the next needle's guard page", adjacent, len(ns)-1)
 }
+
+// TestPinsSmallTakeOnlyRoom: a needle under MapMin is mapped only while
+// the cache is under its bound; with the cache full it is read with one
+// pread, evicting nothing, and once a mapping leaves (here a large
+// needle's, by CLOCK or a delete) it takes the room. A large needle
+// evicts as before, small mappings among others.
+func TestPinsSmallTakeOnlyRoom(t *testing.T) {
+	ps := newPins(t, 2)
+	v, _, all := osVolumeWith(t, 2, Options{FS: vfs.Default, Pins: ps})
+	defer v.Close()
+	large, mid := largeNeedles(all), midNeedles(all)
+	if len(large) < 3 || len(mid) < 2 {
+		t.Fatalf("%d large and %d mid needles", len(large), len(mid))
+	}
+	readPinnedOnce(t, v, large[0])
+	readPinnedOnce(t, v, large[1])
+	before := ps.Stats()
+	preads := v.Status().Preads
+	for range 3 {
+		ref := readRef(t, v, mid[0])
+		if ref.Mapped() {
+			t.Fatal("a needle under MapMin was mapped into a full cache")
+		}
+		ref.Release()
+	}
+	if st := ps.Stats(); st.Cached != 2 || st.Evicted != before.Evicted || st.Live != 2 || pinOf(t, v, mid[0]) != nil {
+		t.Fatalf("after reads of a needle under MapMin into a full cache: %+v, want the two large mappings kept", st)
+	}
+	if got := v.Status().Preads - preads; got != 3 {
+		t.Fatalf("%d preads for 3 reads of a needle under MapMin with the cache full, want 3", got)
+	}
+
+	// A delete frees a place: the small needle takes it, and is a hit
+	// on its next read.
+	if _, err := v.Delete(context.Background(), large[0].Key, large[0].Cookie, large[0].Size); err != nil {
+		t.Fatal(err)
+	}
+	readPinnedOnce(t, v, mid[0])
+	hits := ps.Stats().Hits
+	readPinnedOnce(t, v, mid[0])
+	if st := ps.Stats(); st.Hits != hits+1 || st.Cached != 2 || pinOf(t, v, mid[0]) == nil {
+		t.Fatalf("a needle under MapMin with room in the cache: %+v, want it mapped and then a hit", st)
+	}
+
+	// A large needle evicts (here the small mapping or the large one,
+	// whichever CLOCK reaches first): the bound holds.
+	readPinnedOnce(t, v, large[2])
+	if st := ps.Stats(); st.Cached != 2 || st.Evicted != before.Evicted+1 || pinOf(t, v, large[2]) == nil {
+		t.Fatalf("a large needle into a full cache: %+v, want one eviction and it mapped", st)
+	}
+}

@@ -32,8 +32,9 @@ import (
 // asking whether it is resident (a mincore call) and hashing it through
 // the mapping cost more than copying it (see bench/RESULTS.md, "Store
 // GET"). With Pins a needle of PinMin bytes or more is worth it, since
-// its rereads are neither copied nor hashed; smaller ones still cost one
-// pread.
+// its rereads are neither copied nor hashed (one under MapMin is mapped
+// only while the cache has room, see Pins.hasRoom); smaller ones still
+// cost one pread.
 
 // MapMin is the smallest needle (header, data and footer, padded) that
 // ReadRef serves from the mapping without Options.Pins; smaller ones cost
@@ -45,7 +46,7 @@ const MapMin = 32 << 10
 // Options.Pins (through a verified mapping of its own); smaller ones cost
 // one pread. A needle under MapMin not all in the page cache is read with
 // a buffered pread, as without Pins.
-const PinMin = 16 << 10
+const PinMin = 4 << 10
 
 // mapMin is the smallest needle v serves from its file's mapping.
 func (v *Volume) mapMin() int {
