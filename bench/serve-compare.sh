@@ -9,7 +9,18 @@
 # rep (store first on odd reps, nginx first on even ones). It prints, per
 # row, the medians over the reps of requests/s, of server CPU per request
 # (user+system time of the store process and of the nginx workers, from
-# /proc, over the run) and of the store/nginx ratios.
+# /proc, over the run) and of the store/nginx ratios, each ratio with the
+# lowest and highest of its per-rep values beside it.
+#
+# With -P the servers and wrk are pinned to CPUs of their own, the same
+# way for both sides (taskset): the server, the store or nginx, on the
+# CPUs given to -P (e.g. -P 0), wrk on the others, with as many nginx workers
+# and store threads running Go code as the server has CPUs (nginx's
+# worker_processes and the store's GOMAXPROCS, which the Go runtime takes
+# from the CPUs it may run on). Unpinned, the two sides and wrk share the
+# CPUs as the scheduler places them, which moves a row's ratio between
+# calls on a small shared machine; pinned, each side gets the same CPUs
+# against the same load generator. The default comparison is unpinned.
 #
 # Rows: the mix of all four sizes, uniform and Zipf, at 16 and 64
 # connections; thumbnails only and large images only, at 64.
@@ -62,7 +73,7 @@
 #
 # Usage: bench/serve-compare.sh [-w WORKDIR] [-b HAYBALE] [-n PHOTOS]
 #                               [-r REPS] [-d DURATION] [-q ROWS] [-c] [-k] [-S]
-#                               [-C IMAGES] [-Q DEPTHS] [-D] [-F RUNS]
+#                               [-C IMAGES] [-Q DEPTHS] [-D] [-F RUNS] [-P CPUS]
 #   -w  work directory, kept between runs (default /tmp/haybale-serve-bench);
 #       a corpus loaded there earlier is reused
 #   -b  haybale binary (default: built from this tree into the work directory)
@@ -79,6 +90,9 @@
 #   -F  fio runs per side and rep, of which the median counts (default 1)
 #   -k  also run the cache-hit comparison
 #   -S  skip the store rows (with -c or -k)
+#   -P  pin the server to these CPUs (a taskset list, e.g. "0" or "0-1")
+#       and wrk to the others (see above); for the store rows only, not
+#       with -c or -k
 #   -T FILE  only print the table of a results file of an earlier run
 set -euo pipefail
 
@@ -97,7 +111,8 @@ coldfio=1
 cache=0
 storerows=1
 tableonly=
-while getopts "w:b:n:r:d:q:ckST:C:Q:DF:h" opt; do
+pin=
+while getopts "w:b:n:r:d:q:ckST:C:Q:DF:P:h" opt; do
 	case $opt in
 	w) work=$OPTARG ;;
 	b) bin=$OPTARG ;;
@@ -113,6 +128,7 @@ while getopts "w:b:n:r:d:q:ckST:C:Q:DF:h" opt; do
 	k) cache=1 ;;
 	S) storerows=0 ;;
 	T) tableonly=$OPTARG ;;
+	P) pin=$OPTARG ;;
 	*) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 	esac
 done
@@ -127,16 +143,20 @@ table() {
 	echo
 	echo "medians over $reps reps (store / nginx ratios are the medians of the per-rep ratios)"
 	echo
-	echo "| rows | conns | store req/s | nginx req/s | store / nginx req/s | store CPU µs/req | nginx CPU µs/req | store / nginx CPU per req | non-2xx |"
+	echo "| rows | conns | store req/s | nginx req/s | store / nginx req/s (min-max) | store CPU µs/req | nginx CPU µs/req | store / nginx CPU per req (min-max) | non-2xx |"
 	echo "|---|---|---|---|---|---|---|---|---|"
 	for row in $rows; do
 		local mix=${row%%:*} conns=${row##*:} bad
 		sel() { awk -v m="$mix" -v c="$conns" -v t="$1" -v f="$2" '$2 == m && $3 == c && $4 == t {print $f}' "$results"; }
+		ratios() {
+			paste <(sel store "$1") <(sel nginx "$1") | awk '{printf "%.3f\n", $1 / $2}'
+		}
+		# ratio FIELD: the median of the per-rep ratios, then their range.
 		ratio() {
-			paste <(sel store "$1") <(sel nginx "$1") | awk '{printf "%.3f\n", $1 / $2}' | median
+			printf "%.2f (%s)" "$(ratios "$1" | median)" "$(ratios "$1" | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.2f-%.2f", lo, hi}')"
 		}
 		bad=$( (sel store 9; sel nginx 9) | awk '{s += $1} END {print s + 0}')
-		printf "| %s | %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f | %d |\n" "$mix" "$conns" \
+		printf "| %s | %s | %.0f | %.0f | %s | %.1f | %.1f | %s | %d |\n" "$mix" "$conns" \
 			"$(sel store 5 | median)" "$(sel nginx 5 | median)" "$(ratio 5)" \
 			"$(sel store 6 | median)" "$(sel nginx 6 | median)" "$(ratio 6)" "$bad"
 	done
@@ -155,6 +175,30 @@ for tool in wrk nginx; do
 		exit 0
 	fi
 done
+
+# With -P: the CPUs of wrk (every CPU not the server's), and the prefixes
+# that pin the server's and wrk's processes.
+server_cpus=() wrk_cpus=() wrk_threads=2
+if [ -n "$pin" ]; then
+	all=$(taskset -pc $$ | sed 's/.*: //')
+	# cpu_list LIST: the CPUs of a taskset list ("0,2-3"), one a line.
+	cpu_list() {
+		local part
+		for part in ${1//,/ }; do seq "${part%-*}" "${part#*-}"; done
+	}
+	others=$(comm -23 <(cpu_list "$all" | sort) <(cpu_list "$pin" | sort) | sort -n | paste -sd,)
+	if [ $cold = 1 ] || [ $cache = 1 ]; then
+		echo "serve-compare: -P pins the store rows only; run -c and -k without it" >&2
+		exit 2
+	fi
+	if [ -z "$others" ]; then
+		echo "serve-compare: -P $pin leaves no CPU of $all for wrk" >&2
+		exit 2
+	fi
+	server_cpus=(taskset -c "$pin") wrk_cpus=(taskset -c "$others")
+	wrk_threads=$(taskset -c "$others" nproc)
+	echo "pinned: servers on CPUs $pin ($(taskset -c "$pin" nproc) nginx workers, GOMAXPROCS as many), wrk -t$wrk_threads on CPUs $others"
+fi
 
 store_http=127.0.0.1:18180
 store_grpc=127.0.0.1:18181
@@ -180,7 +224,7 @@ trap cleanup EXIT
 # The store, on the work directory's data (loaded now or earlier).
 [ -f "$work/secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/secret"
 start_store() {
-	"$bin" store --insecure --secret-file "$work/secret" --dir "$work/data" \
+	"${server_cpus[@]}" "$bin" store --insecure --secret-file "$work/secret" --dir "$work/data" \
 		--http $store_http --grpc $store_grpc --log-level warn >>"$work/store.log" 2>&1 &
 	store_pid=$!
 	pids+=("$store_pid")
@@ -208,9 +252,11 @@ if [ ! -f "$work/manifest.txt" ]; then
 fi
 
 # nginx over the exported files, with the repository's configuration.
-sed -e "s#/tmp/haybale-bench/static#$work/static#; s#127.0.0.1:8090#127.0.0.1:$nginx_port#" \
+workers=
+[ -n "$pin" ] && workers="s#^worker_processes .*#worker_processes $(taskset -c "$pin" nproc);#;"
+sed -e "s#/tmp/haybale-bench/static#$work/static#; s#127.0.0.1:8090#127.0.0.1:$nginx_port#; $workers" \
 	"$here/nginx-static.conf" >"$work/nginx.conf"
-nginx -p "$work/nginx" -c "$work/nginx.conf"
+"${server_cpus[@]}" nginx -p "$work/nginx" -c "$work/nginx.conf"
 sleep 0.5
 nginx_master=$(cat "$work/nginx/nginx.pid")
 nginx_workers=$(pgrep -P "$nginx_master" | tr '\n' ' ')
@@ -244,7 +290,7 @@ run_wrk() {
 	shift 4
 	local c0 c1 out
 	c0=$(cpu_ticks "$@")
-	out=$(PATHS=$paths wrk -t2 -c"$conns" -d"$dur" --latency -s "$here/wrk-paths.lua" "http://127.0.0.1:$port")
+	out=$(PATHS=$paths "${wrk_cpus[@]}" wrk -t$wrk_threads -c"$conns" -d"$dur" --latency -s "$here/wrk-paths.lua" "http://127.0.0.1:$port")
 	c1=$(cpu_ticks "$@")
 	echo "$out" | awk -v cpu=$((c1 - c0)) -v hz="$hz" '
 		/requests in/ {n = $1}
@@ -257,7 +303,7 @@ run_wrk() {
 
 if [ $storerows = 1 ]; then
 echo
-echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) before the runs; wrk -t2 -d$dur, $reps reps"
+echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) before the runs; wrk -t$wrk_threads -d$dur, $reps reps${pin:+, servers pinned to CPUs $pin, wrk to $others}"
 results=$work/results.txt
 : >"$results"
 for rep in $(seq "$reps"); do

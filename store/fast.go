@@ -26,7 +26,8 @@ import (
 // the connection's raw handle; and a read buffer while the pools learn the
 // sizes of the images served, see http.go). A
 // needle of a plain volume of
-// volume.MapMin bytes or more that is all in the page cache is verified
+// volume.MapMin bytes or more (volume.PinMin with the store's verified
+// mappings, the default) that is all in the page cache is verified
 // where it lies, through the volume file's mapping (volume.ReadRef; a
 // needle verified before whose pages have not left memory since is not
 // hashed again, see volume.Pins), and never copied into the process: an
@@ -335,7 +336,62 @@ func (h *httpHandler) writeFast(ctx *fasthttp.RequestCtx, img *imageRead) {
 	}
 }
 
-// appendLastModified appends n's Last-Modified value.
+// appendLastModified appends n's Last-Modified value: its append time,
+// to the second, in http.TimeFormat ("Mon, 02 Jan 2006 15:04:05 GMT").
+// Every image answer carries one, so it is written by hand from the
+// civil date of the Unix day rather than by time.Time.AppendFormat, which
+// walks the layout string and cost about a hundred nanoseconds per answer
+// (see bench/RESULTS.md, "Store GET"); a year out of 0001-9999, which no
+// needle written by a store has, is left to AppendFormat.
 func appendLastModified(b []byte, n *needle.Needle) []byte {
-	return time.Unix(0, n.AppendTime).UTC().Truncate(time.Second).AppendFormat(b, http.TimeFormat)
+	sec := n.AppendTime / int64(time.Second)
+	if n.AppendTime < 0 && n.AppendTime%int64(time.Second) != 0 {
+		sec-- // the second that holds it, as Truncate does after 1970
+	}
+	days, rem := sec/86400, sec%86400
+	if rem < 0 {
+		days, rem = days-1, rem+86400
+	}
+	y, m, d := civilDate(days)
+	if y < 1 || y > 9999 {
+		return time.Unix(0, n.AppendTime).UTC().Truncate(time.Second).AppendFormat(b, http.TimeFormat)
+	}
+	wd := (days%7 + 11) % 7 // 1970-01-01 was a Thursday (4)
+	b = append(b, weekdayNames[wd*3:wd*3+3]...)
+	b = append(b, ',', ' ', byte('0'+d/10), byte('0'+d%10), ' ')
+	b = append(b, monthNames[(m-1)*3:(m-1)*3+3]...)
+	b = append(b, ' ', byte('0'+y/1000), byte('0'+y/100%10), byte('0'+y/10%10), byte('0'+y%10), ' ')
+	h, mi, s := rem/3600, rem/60%60, rem%60
+	return append(b, byte('0'+h/10), byte('0'+h%10), ':', byte('0'+mi/10), byte('0'+mi%10), ':',
+		byte('0'+s/10), byte('0'+s%10), ' ', 'G', 'M', 'T')
+}
+
+const (
+	weekdayNames = "SunMonTueWedThuFriSat"
+	monthNames   = "JanFebMarAprMayJunJulAugSepOctNovDec"
+)
+
+// civilDate returns the proleptic Gregorian year, month (1-12) and day
+// (1-31) of the day days after 1970-01-01 (H. Hinnant's days_from_civil,
+// inverted).
+func civilDate(days int64) (year, month, day int64) {
+	z := days + 719468
+	era := z / 146097
+	if z < 0 && z%146097 != 0 {
+		era--
+	}
+	doe := z - era*146097                                  // [0, 146096]
+	yoe := (doe - doe/1460 + doe/36524 - doe/146096) / 365 // [0, 399]
+	doy := doe - (365*yoe + yoe/4 - yoe/100)               // [0, 365]
+	mp := (5*doy + 2) / 153                                // [0, 11], from March
+	day = doy - (153*mp+2)/5 + 1
+	month = mp + 3
+	if month > 12 {
+		month -= 12
+	}
+	year = yoe + era*400
+	if month <= 2 {
+		year++
+	}
+	return year, month, day
 }

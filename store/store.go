@@ -127,9 +127,10 @@ type Options struct {
 	// ECSyncInterval is how often Server.Serve syncs every EC volume with
 	// its other holders; default 1 minute.
 	ECSyncInterval time.Duration
-	// VerifiedMappings bounds how many large needles, once verified, keep
-	// a mapping of their own so that later reads of them skip the
-	// checksum while their pages have not left memory (see volume.Pins);
+	// VerifiedMappings bounds how many needles (of volume.PinMin bytes or
+	// more), once verified, keep a mapping of their own so that later
+	// reads of them skip the checksum while their pages have not left
+	// memory (see volume.Pins);
 	// each takes two mappings of the process, counted against
 	// vm.max_map_count.
 	// Zero means volume.DefaultVerifiedMappings; a negative value turns

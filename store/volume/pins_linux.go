@@ -20,10 +20,12 @@ import (
 //
 // ReadRef verifies a large needle in the page cache by hashing it where it
 // lies; for a 400 KB image that hash costs more than everything else the
-// store does to answer it. The checksum is there to catch what the disk
+// store does to answer it. A needle of a few tens of KB read with a pread
+// costs a copy into the process and a hash, where nginx sends the file
+// with no copy at all. The checksum is there to catch what the disk
 // gives back wrong, and a page the disk has not given back since the
-// needle was verified cannot have changed. Pins keeps, for each large
-// needle verified, a small read-only mapping of its own of just that
+// needle was verified cannot have changed. Pins keeps, for each needle of
+// PinMin bytes or more verified, a small read-only mapping of its own of just that
 // needle's pages (its "verified mapping"), and answers a later read of the
 // needle without hashing when every page of that mapping is still present
 // in the process's page tables.
@@ -61,13 +63,18 @@ import (
 // the kernel allows vm.max_map_count of them (65530 by default) and the Go
 // runtime uses some. Pins holds at most its bound and evicts with CLOCK; a mapping
 // being checked or verified is held, and eviction unmaps it only once its
-// holders are done.
+// holders are done. The pages of a verified mapping that are present count
+// in the process's file-backed RSS (RssFile) as long as it is cached:
+// at most the bound times the largest needle, page cache the kernel
+// shares with every reader of the file, not memory of the process's own.
 
 // DefaultVerifiedMappings is the store's default bound on verified
-// mappings.
-const DefaultVerifiedMappings = 8192
+// mappings: 32,000 mappings (VMAs), under half of the kernel's default
+// vm.max_map_count (65530), which leaves the rest to the Go runtime and
+// the volumes' own mappings.
+const DefaultVerifiedMappings = 16000
 
-// Pins keeps the verified mappings of the large needles of every volume
+// Pins keeps the verified mappings of the needles of PinMin bytes or more of every volume
 // opened with it (Options.Pins), up to a bound shared by all of them. It is
 // safe for concurrent use.
 type Pins struct {
@@ -314,6 +321,21 @@ func presentPread(b []byte) (bool, error) {
 	return true, nil
 }
 
+// hasRoom reports whether the cache holds fewer mappings than its bound.
+// A needle under MapMin is mapped only then: its first verification
+// (mmap, a fault, the hash, and an munmap when it is evicted) costs a few
+// system calls more than the pread it replaces, which its rereads repay
+// only when they come before it is evicted. Were it to evict, a workload
+// of more small needles than the bound, read about as often each, would
+// pay that on nearly every read; this way it pays a map lookup. Large
+// needles, whose hash dwarfs the mapping, evict with CLOCK as before,
+// small ones among the others, and so make room again.
+func (ps *Pins) hasRoom() bool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return len(ps.mu.byKey) < ps.max
+}
+
 // get returns the verified mapping of the needle at off of m, held, or
 // nil.
 func (ps *Pins) get(m *datMap, off int64) *pin {
@@ -527,7 +549,7 @@ func (p *pin) verify(f needle.Format) (needle.Needle, error) {
 	return decodeMapped(f.Decode, p.data[p.skip:p.skip+p.n:p.skip+p.n], p.key.off)
 }
 
-// readPinned reads the needle at [start, start+n) of m (n at least MapMin,
+// readPinned reads the needle at [start, start+n) of m (n at least PinMin,
 // inside the mapping) through the cache of verified mappings. ok is false
 // when the needle must be read with a pread (it is not all in the page
 // cache, or touching it faulted); otherwise the returned Ref and error are
@@ -582,6 +604,12 @@ func (v *Volume) readPinned(ps *Pins, m *datMap, key, cookie uint64, size needle
 		}
 		p.seq.Store(seq + 2)
 		return v.pinnedRef(m, withoutData(nd), len(nd.Data), start, cookie)
+	}
+	if n < MapMin && !ps.hasRoom() {
+		// A needle under MapMin costs little more to read with a pread
+		// than to map and hash: it takes a free place, never one of
+		// another mapping (see hasRoom).
+		return Ref{}, false, nil
 	}
 	if !m.resident(start, n) {
 		return Ref{}, false, nil

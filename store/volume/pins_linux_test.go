@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"reflect"
 	"strconv"
@@ -28,7 +29,7 @@ func newPins(t testing.TB, max int) *Pins {
 }
 
 // largeNeedles returns the needles of all that ReadRef serves from the
-// mapping.
+// mapping with or without verified mappings (MapMin bytes or more).
 func largeNeedles(all []*needle.Needle) []*needle.Needle {
 	var large []*needle.Needle
 	for _, n := range all {
@@ -37,6 +38,27 @@ func largeNeedles(all []*needle.Needle) []*needle.Needle {
 		}
 	}
 	return large
+}
+
+// midNeedles returns the needles of all that ReadRef serves from the
+// mapping with verified mappings only (PinMin bytes or more, under
+// MapMin).
+func midNeedles(all []*needle.Needle) []*needle.Needle {
+	var mid []*needle.Needle
+	for _, n := range all {
+		if l := needle.EncodedLen(len(n.Data)); l >= PinMin && l < MapMin {
+			mid = append(mid, n)
+		}
+	}
+	return mid
+}
+
+// pinnedKinds runs test on the needles of MapMin bytes or more and on
+// those from PinMin to MapMin, which only verified mappings serve from
+// the mapping.
+func pinnedKinds(t *testing.T, test func(t *testing.T, pick func([]*needle.Needle) []*needle.Needle)) {
+	t.Run("large", func(t *testing.T) { test(t, largeNeedles) })
+	t.Run("under-MapMin", func(t *testing.T) { test(t, midNeedles) })
 }
 
 // pinOf returns the cached verified mapping of want, or nil.
@@ -107,9 +129,16 @@ func flipByte(t testing.TB, path string, off int64) {
 // scope, see pins_linux.go): with verified mappings the changed byte is
 // served, without them every read hashes and the change is caught.
 func TestPinsSecondReadDoesNotHash(t *testing.T) {
+	pinnedKinds(t, testPinsSecondReadDoesNotHash)
+}
+
+func testPinsSecondReadDoesNotHash(t *testing.T, pick func([]*needle.Needle) []*needle.Needle) {
 	ps := newPins(t, 64)
 	v, dir, all := osVolumeWith(t, 2, Options{FS: vfs.Default, Pins: ps})
-	large := largeNeedles(all)
+	large := pick(all)
+	if len(large) < 2 {
+		t.Fatalf("%d needles of the kind, want 2", len(large))
+	}
 	for i, n := range large {
 		first := readPinnedOnce(t, v, n)
 		if st := ps.Stats(); st.Hits != int64(i) || st.Cached != i+1 || st.Live != int64(i+1) {
@@ -156,8 +185,8 @@ func TestPinsSecondReadDoesNotHash(t *testing.T) {
 			t.Fatalf("without verified mappings, a changed needle read: %v, want corruption", err)
 		}
 	}
-	readPinnedOnce(t, v, large[1])
-	readPinnedOnce(t, v, large[1])
+	readPinnedOnce(t, v, largeNeedles(all)[1])
+	readPinnedOnce(t, v, largeNeedles(all)[1])
 	if st := v.Status(); st.MappedReads != 2 || ps.Stats().Hits != int64(len(large)+1) {
 		t.Fatalf("without verified mappings: %d mapped reads (want 2), pins %+v", st.MappedReads, ps.Stats())
 	}
@@ -199,11 +228,15 @@ func evictPin(t testing.TB, p *pin, path string, fromCache bool) {
 // page cache, with one pread and the mapping dropped when it is not), and
 // bytes changed on disk while the pages were out answer corrupt.
 func TestPinsReverify(t *testing.T) {
+	pinnedKinds(t, testPinsReverify)
+}
+
+func testPinsReverify(t *testing.T, pick func([]*needle.Needle) []*needle.Needle) {
 	ps := newPins(t, 64)
 	v, dir, all := osVolumeWith(t, 2, Options{FS: vfs.Default, Pins: ps})
 	defer v.Close()
 	path := DatPath(dir, 3)
-	n := largeNeedles(all)[1]
+	n := pick(all)[1]
 	readPinnedOnce(t, v, n)
 	p := pinOf(t, v, n)
 	if p == nil {
@@ -298,8 +331,12 @@ func TestPinsReverify(t *testing.T) {
 // TestPinsDamagedBeforeFirstRead: a needle damaged on disk before it was
 // ever verified answers corrupt, every time, and is never pinned.
 func TestPinsDamagedBeforeFirstRead(t *testing.T) {
+	pinnedKinds(t, testPinsDamagedBeforeFirstRead)
+}
+
+func testPinsDamagedBeforeFirstRead(t *testing.T, pick func([]*needle.Needle) []*needle.Needle) {
 	v, dir, all := osVolume(t, 1)
-	n := largeNeedles(all)[0]
+	n := pick(all)[0]
 	e, _ := v.Locate(n.Key, n.Size)
 	if err := v.Close(); err != nil {
 		t.Fatal(err)
@@ -494,31 +531,38 @@ func TestPinsEvictsUnheldOnly(t *testing.T) {
 // BenchmarkReadRefPinned measures ReadRef of a resident 400 KB needle with
 // a verified mapping (no hash) and without (hashed through the mapping).
 func BenchmarkReadRefPinned(b *testing.B) {
-	for _, c := range []struct {
-		name string
-		pins int
-	}{{"hashed", 0}, {"pinned", 16}} {
-		b.Run(c.name, func(b *testing.B) {
-			opts := Options{FS: vfs.Default}
-			if c.pins > 0 {
-				opts.Pins = newPins(b, c.pins)
-			}
-			v, _, all := osVolumeWith(b, 1, opts)
-			defer v.Close()
-			n := all[3]
-			warm := readRef(b, v, n)
-			warm.Release()
-			b.SetBytes(int64(len(n.Data)))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				ref, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil)
-				if err != nil || !ref.Mapped() {
+	for _, size := range []needle.SizeCode{needle.SizeThumb, needle.SizeSmall, needle.SizeLarge} {
+		for _, c := range []struct {
+			name string
+			pins int
+		}{{"hashed", 0}, {"pinned", 16}} {
+			b.Run(fmt.Sprintf("size=%v/%s", size, c.name), func(b *testing.B) {
+				opts := Options{FS: vfs.Default}
+				if c.pins > 0 {
+					opts.Pins = newPins(b, c.pins)
+				}
+				v, _, all := osVolumeWith(b, 1, opts)
+				defer v.Close()
+				n := all[size]
+				mapped := needle.EncodedLen(len(n.Data)) >= v.mapMin()
+				warm, buf, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil)
+				if err != nil {
 					b.Fatal(err)
 				}
-				ref.Release()
-			}
-		})
+				warm.Release()
+				b.SetBytes(int64(len(n.Data)))
+				b.ReportAllocs()
+				b.ResetTimer()
+				for b.Loop() {
+					ref, got, err := v.ReadRef(n.Key, n.Cookie, n.Size, buf)
+					if err != nil || ref.Mapped() != mapped {
+						b.Fatalf("mapped %v, want %v: %v", ref.Mapped(), mapped, err)
+					}
+					buf = got
+					ref.Release()
+				}
+			})
+		}
 	}
 }
 
@@ -633,4 +677,55 @@ func TestPinsStayApart(t *testing.T) {
 		prev = p
 	}
 	t.Logf("%d of %d verified mappings placed right below the next needle's guard page", adjacent, len(ns)-1)
+}
+
+// TestPinsSmallTakeOnlyRoom: a needle under MapMin is mapped only while
+// the cache is under its bound; with the cache full it is read with one
+// pread, evicting nothing, and once a mapping leaves (here a large
+// needle's, by CLOCK or a delete) it takes the room. A large needle
+// evicts as before, small mappings among others.
+func TestPinsSmallTakeOnlyRoom(t *testing.T) {
+	ps := newPins(t, 2)
+	v, _, all := osVolumeWith(t, 2, Options{FS: vfs.Default, Pins: ps})
+	defer v.Close()
+	large, mid := largeNeedles(all), midNeedles(all)
+	if len(large) < 3 || len(mid) < 2 {
+		t.Fatalf("%d large and %d mid needles", len(large), len(mid))
+	}
+	readPinnedOnce(t, v, large[0])
+	readPinnedOnce(t, v, large[1])
+	before := ps.Stats()
+	preads := v.Status().Preads
+	for range 3 {
+		ref := readRef(t, v, mid[0])
+		if ref.Mapped() {
+			t.Fatal("a needle under MapMin was mapped into a full cache")
+		}
+		ref.Release()
+	}
+	if st := ps.Stats(); st.Cached != 2 || st.Evicted != before.Evicted || st.Live != 2 || pinOf(t, v, mid[0]) != nil {
+		t.Fatalf("after reads of a needle under MapMin into a full cache: %+v, want the two large mappings kept", st)
+	}
+	if got := v.Status().Preads - preads; got != 3 {
+		t.Fatalf("%d preads for 3 reads of a needle under MapMin with the cache full, want 3", got)
+	}
+
+	// A delete frees a place: the small needle takes it, and is a hit
+	// on its next read.
+	if _, err := v.Delete(context.Background(), large[0].Key, large[0].Cookie, large[0].Size); err != nil {
+		t.Fatal(err)
+	}
+	readPinnedOnce(t, v, mid[0])
+	hits := ps.Stats().Hits
+	readPinnedOnce(t, v, mid[0])
+	if st := ps.Stats(); st.Hits != hits+1 || st.Cached != 2 || pinOf(t, v, mid[0]) == nil {
+		t.Fatalf("a needle under MapMin with room in the cache: %+v, want it mapped and then a hit", st)
+	}
+
+	// A large needle evicts (here the small mapping or the large one,
+	// whichever CLOCK reaches first): the bound holds.
+	readPinnedOnce(t, v, large[2])
+	if st := ps.Stats(); st.Cached != 2 || st.Evicted != before.Evicted+1 || pinOf(t, v, large[2]) == nil {
+		t.Fatalf("a large needle into a full cache: %+v, want one eviction and it mapped", st)
+	}
 }

@@ -10,9 +10,9 @@ import (
 
 // DefaultVerifiedMappings is the store's default bound on verified
 // mappings (which exist on Linux only; see pins_linux.go).
-const DefaultVerifiedMappings = 8192
+const DefaultVerifiedMappings = 16000
 
-// Pins keeps verified mappings of large needles on Linux (see
+// Pins keeps verified mappings of needles of PinMin bytes or more on Linux (see
 // pins_linux.go). Elsewhere NewPins fails, so none exists.
 type Pins struct{}
 

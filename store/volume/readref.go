@@ -23,18 +23,38 @@ import (
 // mapping would read it a page at a time (the mapping is MADV_RANDOM, see
 // mapDat). Either way a read costs at most one disk read.
 //
-// A volume opened with Options.Pins also keeps, for each large needle it
-// verified, a mapping of that needle's own pages, and answers a later read
-// of the needle without hashing it while every page of that mapping is
-// still present (see pins_linux.go).
+// A volume opened with Options.Pins also keeps, for each needle of PinMin
+// bytes or more it verified, a mapping of that needle's own pages, and
+// answers a later read of the needle without hashing it while every page
+// of that mapping is still present (see pins_linux.go).
 //
-// A needle under MapMin bytes is read with pread in any case: asking
-// whether it is resident (a mincore call) and hashing it through the
-// mapping cost more than copying it (see bench/RESULTS.md, "Store GET").
+// Without Pins a needle under MapMin bytes is read with pread in any case:
+// asking whether it is resident (a mincore call) and hashing it through
+// the mapping cost more than copying it (see bench/RESULTS.md, "Store
+// GET"). With Pins a needle of PinMin bytes or more is worth it, since
+// its rereads are neither copied nor hashed (one under MapMin is mapped
+// only while the cache has room, see Pins.hasRoom); smaller ones still
+// cost one pread.
 
 // MapMin is the smallest needle (header, data and footer, padded) that
-// ReadRef serves from the mapping; smaller ones cost one pread.
+// ReadRef serves from the mapping without Options.Pins; smaller ones cost
+// one pread. It is also the smallest needle read with O_DIRECT when it is
+// not in the page cache (Options.Direct).
 const MapMin = 32 << 10
+
+// PinMin is the smallest needle that ReadRef serves from the mapping with
+// Options.Pins (through a verified mapping of its own); smaller ones cost
+// one pread. A needle under MapMin not all in the page cache is read with
+// a buffered pread, as without Pins.
+const PinMin = 4 << 10
+
+// mapMin is the smallest needle v serves from its file's mapping.
+func (v *Volume) mapMin() int {
+	if v.opts.Pins != nil {
+		return PinMin
+	}
+	return MapMin
+}
 
 // Ref is a verified needle returned by ReadRef. When Mapped is true its
 // Data aliases the volume's file mapping and stays valid until Release;
@@ -92,7 +112,8 @@ func (r *Ref) Release() {
 
 // ReadRef returns the live needle for (key, size) if its cookie matches,
 // verified as by Read (or, with Options.Pins, verified before and not
-// reloaded from the disk since). A needle of MapMin bytes or more wholly in
+// reloaded from the disk since). A needle of MapMin bytes or more (PinMin
+// with Options.Pins) wholly in
 // the page cache costs no pread and no copy (Mapped is true); any other costs
 // exactly one pread into buf
 // (grown when too small and returned, as by Read). With Options.Direct, a
@@ -163,7 +184,7 @@ func (v *Volume) readRef(key, cookie uint64, size needle.SizeCode, buf []byte, m
 	m := v.mu.dmap
 	// cold: the page cache, asked about the needle, lacks a page of it.
 	cold := false
-	if m != nil && n >= MapMin && m.covers(start, n) {
+	if m != nil && n >= v.mapMin() && m.covers(start, n) {
 		var ref Ref
 		var ok bool
 		var err error
@@ -177,8 +198,9 @@ func (v *Volume) readRef(key, cookie uint64, size needle.SizeCode, buf []byte, m
 		}
 		// Not all resident (or, rarely, a fault: an I/O error paging the
 		// range in, which a read reports as an error): one pread, direct
-		// or buffered.
-		cold = true
+		// or buffered (buffered under MapMin, as without verified
+		// mappings).
+		cold = n >= MapMin
 	}
 	if mode == modeTry {
 		switch {

@@ -393,7 +393,7 @@ func testReadRefColdOneRead(t *testing.T, opts Options) {
 	small := int64(0)
 	for _, n := range all {
 		ref := readRef(t, v, n)
-		if big := needle.EncodedLen(len(n.Data)) >= MapMin; ref.Mapped() != big {
+		if big := needle.EncodedLen(len(n.Data)) >= v.mapMin(); ref.Mapped() != big {
 			t.Fatalf("key %x size %v: in the page cache, %d bytes, mapped %v", n.Key, n.Size, len(n.Data), ref.Mapped())
 		}
 		if !ref.Mapped() {
