@@ -43,7 +43,7 @@ func (f *storeFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.maxConns, "max-conns", 0, "maximum HTTP connections served at once (0: no limit)")
 	fs.BoolVar(&f.eventLoop, "event-loop", true, "serve HTTP on event loops, one per core, answering image GETs without a goroutine per connection (Linux only; --event-loop=false: fasthttp)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
-	fs.IntVar(&f.verifiedMaps, "verified-mappings", volume.DefaultVerifiedMappings, "large images kept mapped once verified, so rereads skip the checksum while their pages stay in memory; each takes two mappings of the process (together at most half of vm.max_map_count; 0: off, every read hashes)")
+	fs.IntVar(&f.verifiedMaps, "verified-mappings", volume.DefaultVerifiedMappings, "images of 4 KiB or more kept mapped once verified, so rereads skip the copy and the checksum while their pages stay in memory (an image under 32 KiB only while there is room, never evicting another); each takes two mappings of the process (together at most half of vm.max_map_count; 0: off, every read hashes)")
 	fs.BoolVar(&f.directReads, "direct-reads", true, "read images of 32 KiB or more that are not in the page cache with O_DIRECT, leaving the page cache to images read more than once (file systems that refuse O_DIRECT read through the page cache, with a warning in the log)")
 	fs.IntVar(&f.directWindow, "direct-window", volume.DefaultDirectWindow, "with --direct-reads, an image read from the disk again within this many such reads is read through the page cache and stays in memory (4 bytes each, for the whole store)")
 	f.cluster.register(fs)
