@@ -137,7 +137,16 @@ func TestECDirectColdRead(t *testing.T) {
 				t.Fatalf("second cold read of key %x size %v: %d of %d pages of shard %d resident, want all", n.Key, n.Size, in, pages, s.shard)
 			}
 		}
-		if c := readECCold(t, e, dir, n, false); c.direct != 0 || c.coldBuffered != 0 || c.read != 0 {
+		// Resident now (its pages locked there).
+		var unlocks []func()
+		for _, s := range segs {
+			unlocks = append(unlocks, lockRangeInPageCache(t, ECShardPath(dir, 3, s.shard), ECHeaderSize+s.off, s.n))
+		}
+		c := readECCold(t, e, dir, n, false)
+		for _, unlock := range unlocks {
+			unlock()
+		}
+		if c.direct != 0 || c.coldBuffered != 0 || c.read != 0 {
 			t.Fatalf("resident key %x size %v: %+v; want buffered, nothing from storage", n.Key, n.Size, c)
 		}
 	}
