@@ -221,3 +221,34 @@ func TestECDirectRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestECBufferedColdReadPages: without ECOptions.Direct, a cold needle of
+// an EC volume, of any size, is read with one buffered pread per shard
+// segment that reads its segments' pages from storage and no more (the
+// descriptor needles are read from is POSIX_FADV_RANDOM: no readahead
+// around them), with the plain volume's checksum.
+func TestECBufferedColdReadPages(t *testing.T) {
+	e, dir, all := osECVolume(t, 4, ECOptions{})
+	if st := e.Status(); len(st.Local) != ECShards {
+		t.Fatalf("%d local shards, want %d", len(st.Local), ECShards)
+	}
+	var read, span int64
+	for _, n := range all {
+		en, _ := e.Locate(n.Key, n.Size)
+		segs := e.geo.segments(en.Offset, en.Length, nil)
+		c := readECCold(t, e, dir, n, true)
+		if c.preads != int64(len(segs)) || c.direct != 0 || c.coldBuffered != 0 || c.degraded != 0 {
+			t.Fatalf("cold key %x size %v on %d segments: %+v; want one buffered pread per segment", n.Key, n.Size, len(segs), c)
+		}
+		var s int64
+		for _, seg := range segs {
+			s += pageSpan(ECHeaderSize+seg.off, seg.n)
+		}
+		if c.read > s+metadataSlack {
+			t.Errorf("cold key %x size %v (%d bytes): %d bytes read from storage for %d bytes of segment pages", n.Key, n.Size, en.Length, c.read, s)
+		}
+		read += c.read
+		span += s
+	}
+	t.Logf("%d bytes read from storage for %d bytes of segment pages", read, span)
+}
