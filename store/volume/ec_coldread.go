@@ -78,12 +78,15 @@ func (e *ECVolume) StartColdRead(key, cookie uint64, size needle.SizeCode, buf [
 	}
 	c = ECColdRead{e: e, m: m, key: key, cookie: cookie, size: size, start: start, n: n}
 	at := ECHeaderSize + s.off
-	c.how = e.coldHow(key, size, n, s)
-	if c.how == readDirect {
-		fd, isDirect := vfs.DirectFD(m.direct)
-		if !isDirect {
+	fd := -1
+	if m.direct != nil {
+		var isDirect bool
+		if fd, isDirect = vfs.DirectFD(m.direct); !isDirect {
 			return ECColdRead{}, buf, false, nil
 		}
+	}
+	c.how = e.coldHow(key, size, n, s)
+	if c.how == readDirect {
 		const align = vfs.DirectAlign
 		lo := at &^ (align - 1)
 		hi := (at + int64(n) + align - 1) &^ (align - 1)
