@@ -22,10 +22,13 @@ import (
 // for on the loop: readImage says so having read nothing
 // (volume.TryReadRef), and the loop makes the read itself without
 // waiting, through its io_uring (readOnLoop), verifies the needle when
-// the read completes and answers it there. Where it cannot (no io_uring,
-// its ring full, any read of an EC volume), the loop calls serveLoop
-// again on a goroutine, where it reads as the fasthttp path does
-// (volume.ReadRefCold: without a second try). A large image of a
+// the read completes and answers it there. An image of an EC volume is
+// read the same way (readECOnLoop) when its needle lies in one segment of
+// a shard held here: one read, as ECVolume.Read makes it. Where it cannot
+// (no io_uring, its ring full, an EC needle on two segments or on a shard
+// not held here, a read that fails or does not verify), the loop calls
+// serveLoop again on a goroutine, where it reads as the fasthttp path
+// does (volume.ReadRefCold: without a second try; ECVolume.Read). A large image of a
 // connection with nothing queued leaves with sendfile(2) from the volume
 // file; any other from the mapping or the read buffer, without a copy.
 // Everything else goes to httpHandler.ServeHTTP off the loop.
@@ -88,12 +91,17 @@ func (h *httpHandler) answerLoop(a *evloop.Answer, head, vary bool, img *imageRe
 // without waiting: the read goes to the loop's io_uring
 // (volume.StartColdRead, evloop.Answer.Read), and its completion is
 // verified (volume.ColdRead.Finish) and answered on the loop. It reports
-// false, having taken nothing, where that cannot be (an EC volume, a
-// volume that is not mapped, no io_uring, the loop's ring full): the
-// request then goes off the loop. A read the kernel refuses, or one that
+// false, having taken nothing, where that cannot be (a volume that is not
+// mapped, an EC needle readECOnLoop leaves to ECVolume.Read, no io_uring,
+// the loop's ring full): the request then goes off the loop. A read the kernel refuses, or one that
 // comes back short, goes off the loop from its completion.
 func (h *httpHandler) readOnLoop(req *evloop.Request, a *evloop.Answer, id needle.PhotoID, choice imagehttp.Choice, start time.Time) bool {
 	v, err := h.srv.store.Volume(id.Vid)
+	if errors.Is(err, ErrVolumeNotHere) {
+		if ev, err := h.srv.store.ECVolume(id.Vid); err == nil {
+			return h.readECOnLoop(req, a, ev, id, choice, start)
+		}
+	}
 	if err != nil {
 		return false
 	}
@@ -118,6 +126,52 @@ func (h *httpHandler) readOnLoop(req *evloop.Request, a *evloop.Answer, id needl
 		rb.ref = ref
 		rb.keep(buf)
 		img := h.readResult(id, size, ref.Needle, rb, err)
+		switch img.code {
+		case declined:
+			return evloop.Declined
+		case blocked:
+			return evloop.Blocked
+		}
+		return h.answerLoop(a, head, vary, &img, start)
+	}
+	if !a.Read(c.FD, c.Buf, c.Off, done) {
+		c.Abandon()
+		rb.Close()
+		return false
+	}
+	return true
+}
+
+// readECOnLoop is readOnLoop for an image of the EC volume ev: the loop
+// reads a needle that lies in one segment of a shard held here with the
+// one read the EC volume would make (volume.ECVolume.StartColdRead), and
+// answers it once verified (volume.ECColdRead.Finish). It reports false,
+// having taken nothing, for anything else (a needle on two segments, a
+// shard not held here, no io_uring, the loop's ring full); a read that
+// fails, comes back short or does not verify goes off the loop from its
+// completion, where ECVolume.Read reads it again, rebuilding from the
+// other shards where one fails.
+func (h *httpHandler) readECOnLoop(req *evloop.Request, a *evloop.Answer, ev *volume.ECVolume, id needle.PhotoID, choice imagehttp.Choice, start time.Time) bool {
+	size := choice.Size
+	rb := h.pools[sizePool(size)].Get().(*readBuf)
+	c, buf, ok, err := ev.StartColdRead(id.Key, id.Cookie, size, rb.b)
+	if errors.Is(err, volume.ErrNotFound) && choice.Fallback != size {
+		size = choice.Fallback
+		c, buf, ok, err = ev.StartColdRead(id.Key, id.Cookie, size, buf)
+	}
+	rb.keep(buf)
+	if err != nil || !ok {
+		rb.Close()
+		return false // answered off the loop, as before
+	}
+	head, vary := req.IsHead(), choice.Vary
+	done := func(a *evloop.Answer, n int, rerr error) evloop.Result {
+		nd, buf, err := c.Finish(n, rerr)
+		if !errors.Is(err, volume.ErrWouldBlock) {
+			h.srv.metrics.loopReads.Inc()
+		}
+		rb.keep(buf)
+		img := h.readResult(id, size, nd, rb, err)
 		switch img.code {
 		case declined:
 			return evloop.Declined

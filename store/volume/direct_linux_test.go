@@ -68,6 +68,38 @@ func residentPages(t testing.TB, path string, off int64, n int) (in, pages int) 
 	return in, len(vec)
 }
 
+// lockRangeInPageCache is lockInPageCache for the pages of [off, off+n) of
+// the file at path, until the returned function is called (or the test
+// ends): a page a read has just brought in may be evicted before the next
+// read that needs it resident.
+func lockRangeInPageCache(t testing.TB, path string, off int64, n int) (unlock func()) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	page := int64(os.Getpagesize())
+	lo, hi := off&^(page-1), (off+int64(n)+page-1)&^(page-1)
+	m, err := unix.Mmap(int(f.Fd()), lo, int(hi-lo), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mlock(m); err != nil {
+		unix.Munmap(m)
+		t.Fatalf("locking %d bytes of %s in the page cache: %v (RLIMIT_MEMLOCK too low?)", len(m), path, err)
+	}
+	var once sync.Once
+	unlock = func() {
+		once.Do(func() {
+			unix.Munlock(m)
+			unix.Munmap(m)
+		})
+	}
+	t.Cleanup(unlock)
+	return unlock
+}
+
 // readCold drops the file from the page cache, reads n with ReadRef and
 // checks its bytes; it returns the change in the volume's counters and in
 // the bytes this process read from storage.
@@ -156,17 +188,18 @@ func testDirectColdRead(t *testing.T, opts Options) {
 		if in, pages := residentPages(t, path, e.Offset, e.Length); in != pages {
 			t.Fatalf("second cold read of key %x size %v: %d of its %d pages in the page cache, want all", n.Key, n.Size, in, pages)
 		}
-		// Resident now: never direct, never counted cold.
+		// Resident now (its pages locked there): never direct, never
+		// counted cold.
+		unlock := lockRangeInPageCache(t, path, e.Offset, e.Length)
 		d, _ = readCold(t, v, path, n, false)
+		unlock()
 		if d.DirectReads != 0 || d.ColdBufferedReads != 0 || d.Preads+d.MappedReads != 1 {
 			t.Fatalf("resident key %x size %v: %d direct, %d cold buffered, %d preads, %d mapped", n.Key, n.Size, d.DirectReads, d.ColdBufferedReads, d.Preads, d.MappedReads)
 		}
 	}
 
-	// The whole file resident: no read goes direct.
-	if _, err := os.ReadFile(path); err != nil {
-		t.Fatal(err)
-	}
+	// The whole file resident (locked there): no read goes direct.
+	lockInPageCache(t, path)
 	st0 := v.Status()
 	for _, n := range all {
 		readCold(t, v, path, n, false)
@@ -774,7 +807,9 @@ func TestDirectColdReadPlain(t *testing.T) {
 		if in, pages := residentPages(t, path, e.Offset, e.Length); in != pages {
 			t.Fatalf("second cold Read of key %x size %v: %d of %d pages resident, want all", n.Key, n.Size, in, pages)
 		}
+		unlock := lockRangeInPageCache(t, path, e.Offset, e.Length)
 		d, _ = readColdPlain(t, v, path, n, false)
+		unlock()
 		if d.Preads != 1 || d.DirectReads != 0 || d.ColdBufferedReads != 0 {
 			t.Fatalf("resident key %x size %v: %d preads, %d direct, %d cold buffered; want one buffered pread", n.Key, n.Size, d.Preads, d.DirectReads, d.ColdBufferedReads)
 		}

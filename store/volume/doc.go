@@ -200,6 +200,13 @@
 // cannot be had, they are preads. EC volumes read the segments of a cold
 // needle on their local shards the same way (ECOptions.Direct): one
 // aligned direct read per segment, copied out; rebuilds stay buffered.
+// Without Direct, a needle's segments are read buffered from each local
+// shard's POSIX_FADV_RANDOM descriptor (its mapping's), so a cold needle
+// reads its pages and no readahead; streams of the whole volume (decode,
+// regenerating the ecx) read the shard files, with readahead. An event
+// loop makes the read of a needle on one segment of a local shard itself
+// (ECVolume.StartColdRead, see ec_coldread.go); a needle on several
+// segments is read by ECVolume.Read.
 //
 // # Erasure-coded volumes
 //

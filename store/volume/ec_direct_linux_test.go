@@ -137,7 +137,16 @@ func TestECDirectColdRead(t *testing.T) {
 				t.Fatalf("second cold read of key %x size %v: %d of %d pages of shard %d resident, want all", n.Key, n.Size, in, pages, s.shard)
 			}
 		}
-		if c := readECCold(t, e, dir, n, false); c.direct != 0 || c.coldBuffered != 0 || c.read != 0 {
+		// Resident now (its pages locked there).
+		var unlocks []func()
+		for _, s := range segs {
+			unlocks = append(unlocks, lockRangeInPageCache(t, ECShardPath(dir, 3, s.shard), ECHeaderSize+s.off, s.n))
+		}
+		c := readECCold(t, e, dir, n, false)
+		for _, unlock := range unlocks {
+			unlock()
+		}
+		if c.direct != 0 || c.coldBuffered != 0 || c.read != 0 {
 			t.Fatalf("resident key %x size %v: %+v; want buffered, nothing from storage", n.Key, n.Size, c)
 		}
 	}
@@ -211,4 +220,35 @@ func TestECDirectRefused(t *testing.T) {
 			t.Fatalf("refused, key %x size %v: %+v; want buffered preads, one per segment", n.Key, n.Size, c)
 		}
 	}
+}
+
+// TestECBufferedColdReadPages: without ECOptions.Direct, a cold needle of
+// an EC volume, of any size, is read with one buffered pread per shard
+// segment that reads its segments' pages from storage and no more (the
+// descriptor needles are read from is POSIX_FADV_RANDOM: no readahead
+// around them), with the plain volume's checksum.
+func TestECBufferedColdReadPages(t *testing.T) {
+	e, dir, all := osECVolume(t, 4, ECOptions{})
+	if st := e.Status(); len(st.Local) != ECShards {
+		t.Fatalf("%d local shards, want %d", len(st.Local), ECShards)
+	}
+	var read, span int64
+	for _, n := range all {
+		en, _ := e.Locate(n.Key, n.Size)
+		segs := e.geo.segments(en.Offset, en.Length, nil)
+		c := readECCold(t, e, dir, n, true)
+		if c.preads != int64(len(segs)) || c.direct != 0 || c.coldBuffered != 0 || c.degraded != 0 {
+			t.Fatalf("cold key %x size %v on %d segments: %+v; want one buffered pread per segment", n.Key, n.Size, len(segs), c)
+		}
+		var s int64
+		for _, seg := range segs {
+			s += pageSpan(ECHeaderSize+seg.off, seg.n)
+		}
+		if c.read > s+metadataSlack {
+			t.Errorf("cold key %x size %v (%d bytes): %d bytes read from storage for %d bytes of segment pages", n.Key, n.Size, en.Length, c.read, s)
+		}
+		read += c.read
+		span += s
+	}
+	t.Logf("%d bytes read from storage for %d bytes of segment pages", read, span)
 }

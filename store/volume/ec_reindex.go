@@ -248,7 +248,7 @@ func (s *ecStream) ReadAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	n := int(min(int64(len(p)), end-off))
-	if _, err := s.e.readRangeLocked(s.ctx, p[:n], off, [ECShards]bool{}, readBuffered); err != nil {
+	if _, err := s.e.readRangeLocked(s.ctx, p[:n], off, [ECShards]bool{}, readSequential); err != nil {
 		return 0, err
 	}
 	if n < len(p) {

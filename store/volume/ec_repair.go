@@ -486,7 +486,7 @@ func (e *ECVolume) writeStream(ctx context.Context, fs vfs.FS, path string, prog
 	defer e.mu.RUnlock()
 	for off := int64(SuperblockSize); off < e.geo.dataSize; {
 		n := int(min(int64(len(buf)), e.geo.dataSize-off))
-		if _, err := e.readRangeLocked(ctx, buf[:n], off, [ECShards]bool{}, readBuffered); err != nil {
+		if _, err := e.readRangeLocked(ctx, buf[:n], off, [ECShards]bool{}, readSequential); err != nil {
 			return err
 		}
 		if _, err := f.WriteAt(buf[:n], off); err != nil {

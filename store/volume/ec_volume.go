@@ -57,10 +57,15 @@ type ECVolume struct {
 	shards [ECShards]vfs.File
 	// shardErr says why a local shard is unusable (nil when missing).
 	shardErr [ECShards]error
-	// cold maps each local shard, with ECOptions.Direct, to ask the page
-	// cache whether a needle's segments are resident, and holds the
-	// shard's O_DIRECT descriptor (datMap.direct); nil where either
-	// could not be had (directOff says why), and without Direct.
+	// cold maps each local shard of the operating system's file system
+	// (see mapDat): its descriptor, POSIX_FADV_RANDOM, is the one
+	// needles are read from, so a read of a cold needle reads its pages
+	// and no more (the shard file's own descriptor, which peers' range
+	// reads use, keeps the kernel's readahead); with ECOptions.Direct the
+	// mapping asks the page cache whether a needle's segments are
+	// resident, and it holds the shard's O_DIRECT descriptor
+	// (datMap.direct; nil where it could not be had, directOff says
+	// why). nil where the shard is not held or could not be mapped.
 	cold      [ECShards]*datMap
 	directOff string
 
@@ -127,30 +132,36 @@ func OpenEC(ctx context.Context, dir string, vid uint32, opts ECOptions) (*ECVol
 	}
 	for i := range e.shards {
 		e.shards[i], e.shardErr[i] = openShard(opts.FS, dir, &e.geo, i)
-		if opts.Direct != nil && e.shards[i] != nil {
+		if e.shards[i] != nil {
 			e.openCold(i)
 		}
 	}
 	return e, nil
 }
 
-// openCold maps local shard i and opens it for direct reads (see
-// ECOptions.Direct); when either fails the shard is read buffered and
-// directOff says why.
+// openCold maps local shard i (see ECVolume.cold) and, with
+// ECOptions.Direct, opens it for direct reads. A shard that cannot be
+// mapped (not a file of the operating system's file system) is read
+// through its own descriptor; with Direct, either failure leaves the
+// shard read buffered, and directOff says why.
 func (e *ECVolume) openCold(i int) {
 	m, err := mapDat(e.shards[i], ECHeaderSize+e.geo.shardSize())
 	if err != nil || m == nil {
-		e.directOff = fmt.Sprintf("shard %d cannot be mapped to ask the page cache what it holds", i)
+		if e.opts.Direct != nil {
+			e.directOff = fmt.Sprintf("shard %d cannot be mapped to ask the page cache what it holds", i)
+		}
+		return
+	}
+	e.cold[i] = m
+	if e.opts.Direct == nil {
 		return
 	}
 	d, err := openDirect(e.shards[i])
 	if err != nil {
-		m.release()
 		e.directOff = fmt.Sprintf("shard %d: %v", i, err)
 		return
 	}
 	m.direct = d
-	e.cold[i] = m
 }
 
 // loadECX reads, checks and indexes the ecx of vid.
@@ -389,9 +400,10 @@ func (e *ECVolume) ReadShard(ctx context.Context, i int, p []byte, off int64) er
 type shardRead uint8
 
 const (
-	readBuffered     shardRead = iota // through the page cache, as the shard file reads
-	readColdBuffered                  // through the page cache, without readahead (the shard's mapping's descriptor)
+	readBuffered     shardRead = iota // through the page cache, without readahead: pread on the shard's mapping's descriptor (else the shard file)
+	readColdBuffered                  // through the page cache, without readahead, waiting for the disk through the ring (the mapping's ReadAt): a cold needle the direct policy keeps buffered
 	readDirect                        // with O_DIRECT (the shard's direct descriptor)
+	readSequential                    // through the shard file, with the kernel's readahead (a stream of the whole volume)
 )
 
 // readShardLocked reads a range of shard i, locally (as how says, when
@@ -401,10 +413,12 @@ func (e *ECVolume) readShardLocked(ctx context.Context, i int, p []byte, off int
 	if f := e.shards[i]; f != nil {
 		e.preads.Add(1)
 		switch m := e.cold[i]; {
-		case how == readDirect && m != nil:
+		case how == readDirect && m != nil && m.direct != nil:
 			err = e.readDirect(m.direct, p, ECHeaderSize+off)
 		case how == readColdBuffered && m != nil:
 			err = readFull(m, p, ECHeaderSize+off)
+		case how == readBuffered && m != nil:
+			err = readFull(preadReader{m}, p, ECHeaderSize+off)
 		default:
 			err = readFull(f, p, ECHeaderSize+off)
 		}
@@ -524,9 +538,9 @@ func (e *ECVolume) readRangeLocked(ctx context.Context, dst []byte, off int64, s
 // from the local shards: as a plain volume's (see direct.go), direct when
 // it has MapMin bytes or more, a page of some segment is not in the page
 // cache and the policy does not keep it; buffered without readahead when
-// the policy keeps it; buffered otherwise. A needle with a segment on a
-// shard not held here (or held without the descriptors of direct reads)
-// is read buffered.
+// the policy keeps it; buffered otherwise (also without readahead where
+// the shard is mapped). A needle with a segment on a shard not held here
+// (or held without the descriptors of direct reads) is read buffered.
 func (e *ECVolume) howToRead(key uint64, size needle.SizeCode, n int, segs []ecSegment) shardRead {
 	if e.opts.Direct == nil || n < MapMin {
 		return readBuffered
@@ -534,7 +548,7 @@ func (e *ECVolume) howToRead(key uint64, size needle.SizeCode, n int, segs []ecS
 	cold := false
 	for _, s := range segs {
 		m := e.cold[s.shard]
-		if m == nil {
+		if m == nil || m.direct == nil {
 			return readBuffered
 		}
 		if !cold && !m.resident(ECHeaderSize+s.off, s.n) {

@@ -234,6 +234,14 @@ func (m *datMap) pread(b []byte, off int64, got int) (int, error) {
 	return got, nil
 }
 
+// preadReader reads a mapped file with plain pread(2) on the mapping's
+// POSIX_FADV_RANDOM descriptor: the pages asked for and no readahead,
+// without ReadAt's RWF_NOWAIT try and io_uring wait (EC volumes' buffered
+// reads, made off the event loops).
+type preadReader struct{ m *datMap }
+
+func (r preadReader) ReadAt(b []byte, off int64) (int, error) { return r.m.pread(b, off, 0) }
+
 // nowaitReader reads a mapped volume's file with preadv2(2) and
 // RWF_NOWAIT: a read that would wait for the disk fails with
 // ErrWouldBlock (a read that finds only some of its pages too).

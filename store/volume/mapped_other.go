@@ -38,6 +38,11 @@ type nowaitReader struct{ m *datMap }
 
 func (nowaitReader) ReadAt([]byte, int64) (int, error) { return 0, ErrWouldBlock }
 
+// preadReader is never used where volumes are not mapped.
+type preadReader struct{ m *datMap }
+
+func (preadReader) ReadAt([]byte, int64) (int, error) { return 0, errMapFault }
+
 // coldReader is never used where volumes are not mapped.
 type coldReader struct{ m *datMap }
 

@@ -74,8 +74,9 @@ func readRef(t testing.TB, v *Volume, want *needle.Needle) Ref {
 // one pread; the descriptor and offset a server sends from hold exactly
 // the needle's data; misses and wrong cookies are not found.
 func TestReadRefMapped(t *testing.T) {
-	v, _, all := osVolume(t, 3)
+	v, dir, all := osVolume(t, 3)
 	defer v.Close()
+	lockInPageCache(t, DatPath(dir, 3)) // just written is not enough to stay resident
 	if !v.Status().Mapped {
 		t.Fatal("a volume on the OS file system is not mapped")
 	}
@@ -121,6 +122,7 @@ func TestReadRefMapped(t *testing.T) {
 func TestReadRefDetectsDamage(t *testing.T) {
 	v, dir, all := osVolume(t, 2)
 	defer v.Close()
+	lockInPageCache(t, DatPath(dir, 3)) // just written is not enough to stay resident
 	f, err := os.OpenFile(DatPath(dir, 3), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)

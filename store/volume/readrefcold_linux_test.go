@@ -123,10 +123,8 @@ func TestReadRefColdOneTry(t *testing.T) {
 	if large == 0 {
 		t.Fatal("no needle of MapMin bytes or more left the page cache")
 	}
-	// In the page cache, ReadRefCold reads as ReadRef does.
-	if _, err := os.ReadFile(path); err != nil {
-		t.Fatal(err)
-	}
+	// In the page cache (locked there), ReadRefCold reads as ReadRef does.
+	lockInPageCache(t, path)
 	for _, n := range all {
 		ref, _, err := v.ReadRefCold(n.Key, n.Cookie, n.Size, nil)
 		if err != nil || !bytes.Equal(ref.Needle.Data, n.Data) {

@@ -82,10 +82,9 @@ func testTryReadRef(t *testing.T, v *Volume, path string, all []*needle.Needle, 
 	if mustRefuse && refused == 0 {
 		t.Fatalf("none of %d needles out of the page cache was refused", len(all))
 	}
-	// All in the page cache: read as by ReadRef, and counted once.
-	if _, err := os.ReadFile(path); err != nil {
-		t.Fatal(err)
-	}
+	// All in the page cache (locked there): read as by ReadRef, and
+	// counted once.
+	lockInPageCache(t, path)
 	for _, n := range all {
 		st0 := v.Status()
 		ref, _, err := v.TryReadRef(n.Key, n.Cookie, n.Size, nil)
