@@ -246,8 +246,11 @@ func testPinsReverify(t *testing.T, pick func([]*needle.Needle) []*needle.Needle
 		t.Fatalf("pages of a just verified mapping not present (%v)", err)
 	}
 
-	// Unmapped, still in the page cache: verified again through the
-	// verified mapping, no pread; then a hit again.
+	// Unmapped, still in the page cache (kept there: a page may be
+	// evicted at any time): verified again through the verified mapping,
+	// no pread; then a hit again.
+	e, _ := v.Locate(n.Key, n.Size)
+	unlock := lockRangeInPageCache(t, path, e.Offset, int(e.Length))
 	evictPin(t, p, path, false)
 	if ok, _ := present(p.data); ok {
 		t.Fatal("MADV_DONTNEED left the pages present")
@@ -260,6 +263,7 @@ func testPinsReverify(t *testing.T, pick func([]*needle.Needle) []*needle.Needle
 	if st := ps.Stats(); st.Reverified != 1 || st.Hits != 1 {
 		t.Fatalf("after the reverification: %+v, want a hit", st)
 	}
+	unlock()
 
 	// While another read verifies the mapping again (its sequence odd),
 	// its pages present prove nothing: the needle is verified apart,
@@ -289,14 +293,12 @@ func testPinsReverify(t *testing.T, pick func([]*needle.Needle) []*needle.Needle
 	// Changed while out of the page cache, then back in it (written
 	// through a fresh descriptor): caught by the reverification.
 	evictPin(t, p, path, true)
-	e, _ := v.Locate(n.Key, n.Size)
 	flipByte(t, path, e.Offset+needle.HeaderSize+int64(len(n.Data))/2)
-	if _, err := os.ReadFile(path); err != nil { // all of it back in the page cache
-		t.Fatal(err)
-	}
+	unlock = lockRangeInPageCache(t, path, e.Offset, int(e.Length)) // back in the page cache
 	if _, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil); !IsCorruption(err) {
 		t.Fatalf("changed on disk while out, back in the page cache: %v, want corruption", err)
 	}
+	unlock()
 	if st := ps.Stats(); st.Reverified != 2 || st.Cached != 0 || st.Live != 0 {
 		t.Fatalf("after a corrupt reverification: %+v, want the mapping dropped", st)
 	}

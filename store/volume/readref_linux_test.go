@@ -253,27 +253,11 @@ func dropCache(t testing.TB, path string) {
 // then rightly reads the needle that lost them with a pread.
 func lockInPageCache(t testing.TB, path string) {
 	t.Helper()
-	f, err := os.Open(path)
+	st, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mlock(m); err != nil {
-		unix.Munmap(m)
-		t.Fatalf("locking the %d bytes of %s in the page cache: %v (RLIMIT_MEMLOCK too low?)", len(m), path, err)
-	}
-	t.Cleanup(func() {
-		unix.Munlock(m)
-		unix.Munmap(m)
-	})
+	lockRangeInPageCache(t, path, 0, int(st.Size()))
 }
 
 // ioCounters are the process's and the device's read counters.
