@@ -42,6 +42,7 @@ type ColdRead struct {
 	head   int   // its offset in Buf
 	direct bool  // read with O_DIRECT
 	kept   bool  // cold, of MapMin bytes or more, read buffered by the policy
+	asked  bool  // the policy was asked (direct or kept says its answer)
 	slot   []byte
 	buf    []byte // the caller's buffer (Buf, when buffered)
 }
@@ -77,6 +78,7 @@ func (v *Volume) StartColdRead(key, cookie uint64, size needle.SizeCode, buf []b
 		if !isDirect {
 			return ColdRead{}, buf, false, nil
 		}
+		c.asked = true
 		if !d.direct(v.vid, key, size) {
 			c.kept = true
 		} else {
@@ -119,9 +121,11 @@ func (c *ColdRead) Finish(got int, err error) (Ref, []byte, error) {
 	defer c.m.release()
 	if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.EAGAIN) {
 		c.giveSlotBack()
+		c.undoPolicy()
 		return Ref{}, buf, ErrWouldBlock
 	}
 	if !c.direct && err == nil && got > 0 && got < c.n {
+		c.undoPolicy()
 		return Ref{}, buf, ErrWouldBlock // the rest is ReadRefCold's to read
 	}
 	v.preads.Add(1)
@@ -181,7 +185,17 @@ func (c *ColdRead) Finish(got int, err error) (Ref, []byte, error) {
 // The caller then reads the needle some other way (ReadRefCold).
 func (c *ColdRead) Abandon() {
 	c.giveSlotBack()
+	c.undoPolicy()
 	c.m.release()
+}
+
+// undoPolicy takes back the policy's answer for a read not made, so that
+// ReadRefCold, reading the needle instead, gets the same answer.
+func (c *ColdRead) undoPolicy() {
+	if c.asked {
+		c.v.opts.Direct.undo(c.v.vid, c.key, c.size, c.direct)
+		c.asked = false
+	}
 }
 
 // giveSlotBack returns the pool's buffer the read was to go into.

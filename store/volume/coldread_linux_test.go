@@ -128,9 +128,15 @@ func TestColdReadFailures(t *testing.T) {
 	check := func(what string, n *needle.Needle, finish func(c *ColdRead) (Ref, error), want func(error) bool) {
 		t.Helper()
 		dropCache(t, path)
+		for i := range v.opts.Direct.seen {
+			v.opts.Direct.seen[i].Store(0) // a first cold read: the policy sends a large needle direct
+		}
 		c, _, ok, err := v.StartColdRead(n.Key, n.Cookie, n.Size, nil)
 		if err != nil || !ok {
 			t.Fatalf("%s: StartColdRead: %v, %v", what, ok, err)
+		}
+		if n == large && (!c.direct || c.slot == nil) {
+			t.Fatalf("%s: the large needle planned direct %v, into a pool buffer %v; want both", what, c.direct, c.slot != nil)
 		}
 		ref, err := finish(&c)
 		if !want(err) || ref.Needle.Data != nil || ref.Lent() {
@@ -177,5 +183,57 @@ func TestColdReadFailures(t *testing.T) {
 			r, _, err := c.Finish(got, err)
 			return r, err
 		}, IsCorruption)
+	}
+}
+
+// TestColdReadNotMadeKeepsPolicy: asking the direct-read policy records
+// the needle, so a loop's read that is not made after all (abandoned, or
+// refused by the ring) takes its answer back: the read made instead
+// (ReadRefCold) gets the same answer, direct for a first cold read, and
+// buffered for a needle read direct just before, rather than the
+// opposite.
+func TestColdReadNotMadeKeepsPolicy(t *testing.T) {
+	v, dir, all := directVolume(t, 2, 0, Options{})
+	path := DatPath(dir, 3)
+	var large *needle.Needle
+	for _, n := range all {
+		if e, _ := v.Locate(n.Key, n.Size); e.Length >= MapMin {
+			large = n
+			break
+		}
+	}
+	for _, notMade := range []struct {
+		what string
+		end  func(c *ColdRead)
+	}{
+		{"abandoned", func(c *ColdRead) { c.Abandon() }},
+		{"refused by the ring", func(c *ColdRead) {
+			if _, _, err := c.Finish(0, syscall.EAGAIN); !errors.Is(err, ErrWouldBlock) {
+				t.Fatalf("a refused read: %v, want ErrWouldBlock", err)
+			}
+		}},
+	} {
+		for i := range v.opts.Direct.seen {
+			v.opts.Direct.seen[i].Store(0)
+		}
+		// A first cold read: planned direct, not made; read direct.
+		for round, wantDirect := range []bool{true, false} {
+			dropCache(t, path)
+			c, _, ok, err := v.StartColdRead(large.Key, large.Cookie, large.Size, nil)
+			if err != nil || !ok || c.direct != wantDirect {
+				t.Fatalf("%s, read %d: planned direct %v (%v, %v), want %v", notMade.what, round, c.direct, ok, err, wantDirect)
+			}
+			notMade.end(&c)
+			st0 := v.Status()
+			ref, _, err := v.ReadRefCold(large.Key, large.Cookie, large.Size, nil)
+			if err != nil || !bytes.Equal(ref.Needle.Data, large.Data) {
+				t.Fatalf("%s, read %d: %v", notMade.what, round, err)
+			}
+			ref.Release()
+			st := v.Status()
+			if got := st.DirectReads - st0.DirectReads; (got == 1) != wantDirect || st.ColdBufferedReads-st0.ColdBufferedReads+got != 1 {
+				t.Fatalf("%s, read %d: %d direct, %d cold buffered; want direct %v", notMade.what, round, got, st.ColdBufferedReads-st0.ColdBufferedReads, wantDirect)
+			}
+		}
 	}
 }

@@ -104,6 +104,23 @@ func (d *DirectReads) direct(vid uint32, key uint64, size needle.SizeCode) bool 
 	return true
 }
 
+// undo takes back a call of direct for (vid, key, size) that answered
+// was, for a read that was not made after all (an event loop's read its
+// ring did not take, or that came back refused or short): the read made
+// instead asks direct again and gets the same answer, so that giving up
+// on one read does not turn the policy's choice around. A slot another
+// needle has taken since is left to it.
+func (d *DirectReads) undo(vid uint32, key uint64, size needle.SizeCode, was bool) {
+	h := mix(key ^ uint64(vid)<<40 ^ uint64(size)<<32)
+	slot := &d.seen[h&d.mask]
+	fp := uint32(h>>32) | 1
+	if was {
+		slot.CompareAndSwap(fp, 0)
+	} else {
+		slot.CompareAndSwap(0, fp)
+	}
+}
+
 // mix is the finaliser of SplitMix64: every bit of x moves every bit of
 // the result.
 func mix(x uint64) uint64 {

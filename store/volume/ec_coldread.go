@@ -113,7 +113,8 @@ func (e *ECVolume) StartColdRead(key, cookie uint64, size needle.SizeCode, buf [
 
 // coldHow is howToRead for a needle of n bytes on the one segment s of a
 // mapped local shard, deciding without counting (Finish counts the read
-// it made).
+// it made). Asking the policy records the needle: a read not made after
+// all takes the answer back (undoPolicy).
 func (e *ECVolume) coldHow(key uint64, size needle.SizeCode, n int, s ecSegment) shardRead {
 	m := e.cold[s.shard]
 	switch {
@@ -139,6 +140,7 @@ func (c *ECColdRead) Finish(got int, err error) (needle.Needle, []byte, error) {
 	defer c.m.release()
 	defer c.giveSlotBack()
 	if err != nil || got-c.head < c.n {
+		c.undoPolicy()
 		return needle.Needle{}, buf, ErrWouldBlock
 	}
 	b := c.Buf[c.head : c.head+c.n]
@@ -149,6 +151,7 @@ func (c *ECColdRead) Finish(got int, err error) (needle.Needle, []byte, error) {
 	}
 	nd, derr := e.decodeVerified(b, c.key, c.size)
 	if derr != nil {
+		c.undoPolicy()
 		return needle.Needle{}, buf, ErrWouldBlock
 	}
 	e.reads.Add(1)
@@ -170,7 +173,18 @@ func (c *ECColdRead) Finish(got int, err error) (needle.Needle, []byte, error) {
 // held. The caller then reads the needle with Read.
 func (c *ECColdRead) Abandon() {
 	c.giveSlotBack()
+	c.undoPolicy()
 	c.m.release()
+}
+
+// undoPolicy takes back the direct-read policy's answer for a read not
+// made (or whose bytes Read must read again), so that Read, reading the
+// needle instead, gets the same answer.
+func (c *ECColdRead) undoPolicy() {
+	if c.how == readDirect || c.how == readColdBuffered {
+		c.e.opts.Direct.undo(c.e.vid, c.key, c.size, c.how == readDirect)
+		c.how = readBuffered
+	}
 }
 
 // giveSlotBack returns the pool's buffer the read was to go into.
