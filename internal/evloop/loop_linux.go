@@ -99,7 +99,8 @@ func (s *Server) answer(j *job) {
 		switch s.handler(j.req, &j.ans, true) {
 		case Answered:
 			return
-		case Blocked:
+		case Blocked, Pending:
+			// Off the loop no read can be taken (Answer.Read refuses).
 			j.ans.release()
 			s.opts.Logger.Error("evloop: handler blocked off the loop", "target", string(j.req.Target))
 			errorAnswer(&j.ans, http.StatusInternalServerError, "internal error")
@@ -926,8 +927,13 @@ func (c *conn) parse() bool {
 			a.loopRead.l, l.cur = l, c
 		}
 		res, ok := l.handle(req, a)
-		if a.loopRead.taken {
+		switch {
+		case a.loopRead.taken:
 			res = Pending // its ReadDone answers
+		case res == Pending:
+			// No read was taken, so no ReadDone will answer: the request
+			// goes off the loop rather than leave the connection waiting.
+			res = Blocked
 		}
 		if !ok {
 			l.close(c)

@@ -16,7 +16,8 @@ package evloop
 
 // Pending is what a Handler returns on the loop after Answer.Read took a
 // read: the loop calls the read's ReadDone once the read is done. A
-// Handler whose Read was taken returns Pending.
+// Handler whose Read was taken returns Pending; Pending returned without
+// a read taken is met as Blocked (off the loop, as an internal error).
 const Pending Result = Declined + 1
 
 // ReadDone is called on the loop once a read taken by Answer.Read is

@@ -28,7 +28,8 @@ import (
 // ReadDone sends it off the loop (Blocked), where it is read with pread;
 // /pipe with what is written into a pipe (a read that stays in flight
 // until the test writes); /panic with a ReadDone that panics; /img/N with
-// N bytes on the loop.
+// N bytes on the loop; /stray returns Pending on the loop without taking a
+// read, and is answered off the loop.
 type readFixture struct {
 	srv   *Server
 	ln    net.Listener
@@ -102,6 +103,12 @@ func newReadFixture(t *testing.T) *readFixture {
 				return Blocked
 			}
 			f.taken.Add(1)
+			return Pending
+		case target == "/stray":
+			if mayBlock {
+				f.off.Add(1)
+				return answer(a, []byte("off"))
+			}
 			return Pending
 		case target == "/pipe", target == "/panic":
 			if mayBlock {
@@ -307,6 +314,29 @@ func TestLoopReadPanics(t *testing.T) {
 	io.WriteString(o, "GET /img/7 HTTP/1.1\r\nHost: x\r\n\r\n")
 	if resp, b := readAnswer(t, bufio.NewReader(o), "GET"); resp.StatusCode != 200 || len(b) != 7 {
 		t.Fatalf("after the panic: %d, %d bytes", resp.StatusCode, len(b))
+	}
+}
+
+// TestLoopPendingWithoutRead: a Handler that returns Pending without
+// taking a read has nothing to answer it on the loop; the request goes
+// off the loop (as Blocked) instead of leaving its connection waiting,
+// and the connection goes on serving.
+func TestLoopPendingWithoutRead(t *testing.T) {
+	f := newReadFixture(t)
+	c := f.dial(t)
+	br := bufio.NewReader(c)
+	for range 2 {
+		io.WriteString(c, "GET /stray HTTP/1.1\r\nHost: x\r\n\r\n")
+		if resp, b := readAnswer(t, br, "GET"); resp.StatusCode != 200 || string(b) != "off" {
+			t.Fatalf("Pending without a read: %d %q", resp.StatusCode, b)
+		}
+	}
+	io.WriteString(c, "GET /img/9 HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, b := readAnswer(t, br, "GET"); resp.StatusCode != 200 || len(b) != 9 {
+		t.Fatalf("after it: %d, %d bytes", resp.StatusCode, len(b))
+	}
+	if f.off.Load() != 2 || f.taken.Load() != 0 {
+		t.Fatalf("%d answered off the loop, %d reads taken; want 2 and 0", f.off.Load(), f.taken.Load())
 	}
 }
 

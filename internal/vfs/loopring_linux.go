@@ -5,6 +5,7 @@ package vfs
 import (
 	"errors"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 )
@@ -134,6 +135,13 @@ func (lr *LoopRing) reap(f func(tag uint64, n int, err error)) {
 	}
 }
 
+// abandoned holds the rings Close could not wait on, with the buffers
+// of their reads still in flight, for the life of the process.
+var (
+	abandonedMu sync.Mutex
+	abandoned   []*LoopRing
+)
+
 // ringGetEvents is IORING_ENTER_GETEVENTS.
 const ringGetEvents = 1 << 0
 
@@ -151,9 +159,16 @@ func (lr *LoopRing) Close(f func(tag uint64, n int, err error)) {
 			break
 		}
 		_, _, errno := syscall.Syscall6(sysRingEnter, uintptr(lr.r.fd), 0, 1, ringGetEvents, 0, 0)
-		if errno != 0 && errno != syscall.EINTR {
+		switch errno {
+		case 0, syscall.EINTR, syscall.EAGAIN, syscall.EBUSY:
+		default:
 			// The ring cannot be waited on: leave it, and the buffers it
-			// may still write, to the end of the process.
+			// may still write, to the end of the process, reachable so
+			// that the collector never frees a buffer the kernel may
+			// write into.
+			abandonedMu.Lock()
+			abandoned = append(abandoned, lr)
+			abandonedMu.Unlock()
 			return
 		}
 	}
