@@ -86,6 +86,24 @@ func (h *httpHandler) answerLoop(a *evloop.Answer, head, vary bool, img *imageRe
 	return evloop.Answered
 }
 
+// answerLoopRead answers, on the loop, an image whose read the loop made,
+// finished (the needle of size read into rb, or the read's error): a read
+// to make again (volume.ErrWouldBlock) goes off the loop, as does an
+// image the fast path declines.
+func (h *httpHandler) answerLoopRead(a *evloop.Answer, head, vary bool, id needle.PhotoID, size needle.SizeCode, n needle.Needle, rb *readBuf, err error, start time.Time) evloop.Result {
+	if !errors.Is(err, volume.ErrWouldBlock) {
+		h.srv.metrics.loopReads.Inc()
+	}
+	img := h.readResult(id, size, n, rb, err)
+	switch img.code {
+	case declined:
+		return evloop.Declined
+	case blocked:
+		return evloop.Blocked
+	}
+	return h.answerLoop(a, head, vary, &img, start)
+}
+
 // readOnLoop has the loop read the image id (its size, or the fallback
 // size where the photo lacks it), which the page cache does not hold,
 // without waiting: the read goes to the loop's io_uring
@@ -120,19 +138,9 @@ func (h *httpHandler) readOnLoop(req *evloop.Request, a *evloop.Answer, id needl
 	head, vary := req.IsHead(), choice.Vary
 	done := func(a *evloop.Answer, n int, rerr error) evloop.Result {
 		ref, buf, err := c.Finish(n, rerr)
-		if !errors.Is(err, volume.ErrWouldBlock) {
-			h.srv.metrics.loopReads.Inc()
-		}
 		rb.ref = ref
 		rb.keep(buf)
-		img := h.readResult(id, size, ref.Needle, rb, err)
-		switch img.code {
-		case declined:
-			return evloop.Declined
-		case blocked:
-			return evloop.Blocked
-		}
-		return h.answerLoop(a, head, vary, &img, start)
+		return h.answerLoopRead(a, head, vary, id, size, ref.Needle, rb, err, start)
 	}
 	if !a.Read(c.FD, c.Buf, c.Off, done) {
 		c.Abandon()
@@ -167,18 +175,8 @@ func (h *httpHandler) readECOnLoop(req *evloop.Request, a *evloop.Answer, ev *vo
 	head, vary := req.IsHead(), choice.Vary
 	done := func(a *evloop.Answer, n int, rerr error) evloop.Result {
 		nd, buf, err := c.Finish(n, rerr)
-		if !errors.Is(err, volume.ErrWouldBlock) {
-			h.srv.metrics.loopReads.Inc()
-		}
 		rb.keep(buf)
-		img := h.readResult(id, size, nd, rb, err)
-		switch img.code {
-		case declined:
-			return evloop.Declined
-		case blocked:
-			return evloop.Blocked
-		}
-		return h.answerLoop(a, head, vary, &img, start)
+		return h.answerLoopRead(a, head, vary, id, size, nd, rb, err, start)
 	}
 	if !a.Read(c.FD, c.Buf, c.Off, done) {
 		c.Abandon()

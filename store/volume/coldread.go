@@ -170,13 +170,7 @@ func (c *ColdRead) Finish(got int, err error) (Ref, []byte, error) {
 	c.slot = nil
 	nd, err := v.format.Decode(b)
 	ref, buf, err := v.checkRead(nd, buf, err, c.key, c.cookie, c.size, c.start)
-	if slot != nil {
-		if err != nil {
-			d.bufs.giveBack(slot)
-		} else {
-			ref.slot, ref.direct = slot, d
-		}
-	}
+	d.lendTo(&ref, slot, err)
 	return ref, buf, err
 }
 

@@ -104,6 +104,20 @@ func (d *DirectReads) direct(vid uint32, key uint64, size needle.SizeCode) bool 
 	return true
 }
 
+// lendTo lends ref the pool's buffer slot its needle was read and
+// verified in, or, when the read or its verification failed (err), takes
+// the buffer back. A nil slot (the needle was copied out, or read into
+// the caller's buffer) does nothing.
+func (d *DirectReads) lendTo(ref *Ref, slot []byte, err error) {
+	switch {
+	case slot == nil:
+	case err != nil:
+		d.bufs.giveBack(slot)
+	default:
+		ref.slot, ref.direct = slot, d
+	}
+}
+
 // undo takes back a call of direct for (vid, key, size) that answered
 // was, for a read that was not made after all (an event loop's read its
 // ring did not take, or that came back refused or short): the read made

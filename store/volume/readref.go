@@ -225,13 +225,7 @@ func (v *Volume) readRef(key, cookie uint64, size needle.SizeCode, buf []byte, m
 			v.directReads.Add(1)
 			nd, buf, slot, err := v.readDirectLocked(m.direct, off, length, buf, true)
 			ref, buf, err := v.checkRead(nd, buf, err, key, cookie, size, start)
-			if slot != nil {
-				if err != nil {
-					d.bufs.giveBack(slot)
-				} else {
-					ref.slot, ref.direct = slot, d
-				}
-			}
+			d.lendTo(&ref, slot, err)
 			return ref, buf, err
 		}
 		v.coldBuffered.Add(1)
