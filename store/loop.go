@@ -111,8 +111,9 @@ func (h *httpHandler) answerLoopRead(a *evloop.Answer, head, vary bool, id needl
 // verified (volume.ColdRead.Finish) and answered on the loop. It reports
 // false, having taken nothing, where that cannot be (a volume that is not
 // mapped, an EC needle readECOnLoop leaves to ECVolume.Read, no io_uring,
-// the loop's ring full): the request then goes off the loop. A read the kernel refuses, or one that
-// comes back short, goes off the loop from its completion.
+// the loop's ring full): the request then goes off the loop. A read the
+// kernel refuses, or one that comes back short, goes off the loop from
+// its completion.
 func (h *httpHandler) readOnLoop(req *evloop.Request, a *evloop.Answer, id needle.PhotoID, choice imagehttp.Choice, start time.Time) bool {
 	v, err := h.srv.store.Volume(id.Vid)
 	if errors.Is(err, ErrVolumeNotHere) {
@@ -123,31 +124,17 @@ func (h *httpHandler) readOnLoop(req *evloop.Request, a *evloop.Answer, id needl
 	if err != nil {
 		return false
 	}
-	size := choice.Size
-	rb := h.pools[sizePool(size)].Get().(*readBuf)
-	c, buf, ok, err := v.StartColdRead(id.Key, id.Cookie, size, rb.b)
-	if errors.Is(err, volume.ErrNotFound) && choice.Fallback != size {
-		size = choice.Fallback
-		c, buf, ok, err = v.StartColdRead(id.Key, id.Cookie, size, buf)
-	}
-	rb.keep(buf)
-	if err != nil || !ok {
-		rb.Close()
+	c, size, rb, ok := startOnLoop(h, id, choice, v.StartColdRead)
+	if !ok {
 		return false // answered off the loop, as before
 	}
 	head, vary := req.IsHead(), choice.Vary
-	done := func(a *evloop.Answer, n int, rerr error) evloop.Result {
+	return takeOnLoop(a, c.FD, c.Buf, c.Off, rb, c.Abandon, func(a *evloop.Answer, n int, rerr error) evloop.Result {
 		ref, buf, err := c.Finish(n, rerr)
 		rb.ref = ref
 		rb.keep(buf)
 		return h.answerLoopRead(a, head, vary, id, size, ref.Needle, rb, err, start)
-	}
-	if !a.Read(c.FD, c.Buf, c.Off, done) {
-		c.Abandon()
-		rb.Close()
-		return false
-	}
-	return true
+	})
 }
 
 // readECOnLoop is readOnLoop for an image of the EC volume ev: the loop
@@ -160,26 +147,47 @@ func (h *httpHandler) readOnLoop(req *evloop.Request, a *evloop.Answer, id needl
 // completion, where ECVolume.Read reads it again, rebuilding from the
 // other shards where one fails.
 func (h *httpHandler) readECOnLoop(req *evloop.Request, a *evloop.Answer, ev *volume.ECVolume, id needle.PhotoID, choice imagehttp.Choice, start time.Time) bool {
-	size := choice.Size
-	rb := h.pools[sizePool(size)].Get().(*readBuf)
-	c, buf, ok, err := ev.StartColdRead(id.Key, id.Cookie, size, rb.b)
+	c, size, rb, ok := startOnLoop(h, id, choice, ev.StartColdRead)
+	if !ok {
+		return false // answered off the loop, as before
+	}
+	head, vary := req.IsHead(), choice.Vary
+	return takeOnLoop(a, c.FD, c.Buf, c.Off, rb, c.Abandon, func(a *evloop.Answer, n int, rerr error) evloop.Result {
+		nd, buf, err := c.Finish(n, rerr)
+		rb.keep(buf)
+		return h.answerLoopRead(a, head, vary, id, size, nd, rb, err, start)
+	})
+}
+
+// startOnLoop plans, with plan (a volume's or an EC volume's
+// StartColdRead), the loop's read of the image id: its size, or the
+// fallback size where the photo lacks it, into a read buffer of the
+// size's pool. ok is false, the buffer back in its pool, where the read
+// cannot be made on the loop or the image is not there (the request then
+// goes off the loop, which answers it).
+func startOnLoop[C any](h *httpHandler, id needle.PhotoID, choice imagehttp.Choice, plan func(key, cookie uint64, size needle.SizeCode, buf []byte) (C, []byte, bool, error)) (c C, size needle.SizeCode, rb *readBuf, ok bool) {
+	size = choice.Size
+	rb = h.pools[sizePool(size)].Get().(*readBuf)
+	c, buf, ok, err := plan(id.Key, id.Cookie, size, rb.b)
 	if errors.Is(err, volume.ErrNotFound) && choice.Fallback != size {
 		size = choice.Fallback
-		c, buf, ok, err = ev.StartColdRead(id.Key, id.Cookie, size, buf)
+		c, buf, ok, err = plan(id.Key, id.Cookie, size, buf)
 	}
 	rb.keep(buf)
 	if err != nil || !ok {
 		rb.Close()
-		return false // answered off the loop, as before
+		return c, size, nil, false
 	}
-	head, vary := req.IsHead(), choice.Vary
-	done := func(a *evloop.Answer, n int, rerr error) evloop.Result {
-		nd, buf, err := c.Finish(n, rerr)
-		rb.keep(buf)
-		return h.answerLoopRead(a, head, vary, id, size, nd, rb, err, start)
-	}
-	if !a.Read(c.FD, c.Buf, c.Off, done) {
-		c.Abandon()
+	return c, size, rb, true
+}
+
+// takeOnLoop has the loop read len(b) bytes at off of fd for a read
+// planned by startOnLoop, done answering it once made. When the loop
+// cannot take it, abandon gives back what the read held, rb goes back to
+// its pool, and takeOnLoop reports false.
+func takeOnLoop(a *evloop.Answer, fd int, b []byte, off int64, rb *readBuf, abandon func(), done evloop.ReadDone) bool {
+	if !a.Read(fd, b, off, done) {
+		abandon()
 		rb.Close()
 		return false
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/haybale/haybale/internal/imagetest"
 	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
+	"github.com/haybale/haybale/store/volume"
 )
 
 // TestLoopCorpusAnswersAsNetHTTP stores every photo of the corpus
@@ -98,14 +99,29 @@ func TestLoopCorpusAnswersAsNetHTTP(t *testing.T) {
 // whole.
 func TestLoopColdReadsOnce(t *testing.T) {
 	ts, photos, v, drop := directStore(t, ServerOptions{EventLoop: true}, 6, 3)
-	for round, want := range []string{"direct", "buffered"} {
+	coldGetRounds(t, ts, photos, v, drop, nil)
+}
+
+// coldGetRounds GETs every size of every photo of a directStore in two
+// rounds, each image from a cold page cache, checks the answers, and that
+// every image was read with one pread: direct in the first round,
+// buffered in the second (read again within the policy's window). With
+// round set, it calls round as each round starts, and what that returns
+// as the round ends, with the round's number and the GETs it made.
+func coldGetRounds(t *testing.T, ts *testServer, photos []*photo, v *volume.Volume, drop func(), round func() (end func(round int, n int64))) {
+	t.Helper()
+	for r, want := range []string{"direct", "buffered"} {
 		st0 := v.Status()
+		var end func(int, int64)
+		if round != nil {
+			end = round()
+		}
 		for _, p := range photos {
 			for i, size := range needle.PhotoSizes {
 				drop()
 				resp, body := ts.do(t, http.MethodGet, needle.ImagePath(p.id, size, "jpg"), nil)
 				if resp.StatusCode != http.StatusOK || !bytes.Equal(body, p.data[i]) {
-					t.Fatalf("round %d: %v: %d, %d bytes", round, size, resp.StatusCode, len(body))
+					t.Fatalf("round %d: %v: %d, %d bytes", r, size, resp.StatusCode, len(body))
 				}
 			}
 		}
@@ -113,7 +129,10 @@ func TestLoopColdReadsOnce(t *testing.T) {
 		n := int64(len(photos) * len(needle.PhotoSizes))
 		direct, buffered := st.DirectReads-st0.DirectReads, st.ColdBufferedReads-st0.ColdBufferedReads
 		if st.Preads-st0.Preads != n || (want == "direct" && direct != n) || (want == "buffered" && buffered != n) {
-			t.Fatalf("round %d: %d preads, %d direct, %d buffered for %d cold GETs, want all %s", round, st.Preads-st0.Preads, direct, buffered, n, want)
+			t.Fatalf("round %d: %d preads, %d direct, %d buffered for %d cold GETs, want all %s", r, st.Preads-st0.Preads, direct, buffered, n, want)
+		}
+		if end != nil {
+			end(r, n)
 		}
 	}
 }

@@ -27,27 +27,14 @@ func TestLoopColdReadsOnTheLoop(t *testing.T) {
 	}
 	ts, photos, v, drop := directStore(t, ServerOptions{EventLoop: true}, 9, 3)
 	loopReads := func() float64 { return scrapeCounter(t, ts.base, "haybale_store_http_loop_disk_reads_total") }
-	for round, want := range []string{"direct", "buffered"} {
-		st0, l0 := v.Status(), loopReads()
-		for _, p := range photos {
-			for i, size := range needle.PhotoSizes {
-				drop()
-				resp, body := ts.do(t, http.MethodGet, needle.ImagePath(p.id, size, "jpg"), nil)
-				if resp.StatusCode != http.StatusOK || !bytes.Equal(body, p.data[i]) {
-					t.Fatalf("round %d: %v: %d, %d bytes", round, size, resp.StatusCode, len(body))
-				}
+	coldGetRounds(t, ts, photos, v, drop, func() func(int, int64) {
+		l0 := loopReads()
+		return func(round int, n int64) {
+			if got := loopReads() - l0; got != float64(n) {
+				t.Fatalf("round %d: %v of %d cold GETs read by the loops, want all", round, got, n)
 			}
 		}
-		st := v.Status()
-		n := int64(len(photos) * len(needle.PhotoSizes))
-		direct, buffered := st.DirectReads-st0.DirectReads, st.ColdBufferedReads-st0.ColdBufferedReads
-		if st.Preads-st0.Preads != n || (want == "direct" && direct != n) || (want == "buffered" && buffered != n) {
-			t.Fatalf("round %d: %d preads, %d direct, %d buffered for %d cold GETs, want all %s", round, st.Preads-st0.Preads, direct, buffered, n, want)
-		}
-		if got := loopReads() - l0; got != float64(n) {
-			t.Fatalf("round %d: %v of %d cold GETs read by the loops, want all", round, got, n)
-		}
-	}
+	})
 	waitLent := func(what string) {
 		t.Helper()
 		for deadline := time.Now().Add(10 * time.Second); ts.srv.store.direct.Lent() != 0; time.Sleep(time.Millisecond) {

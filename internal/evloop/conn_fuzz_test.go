@@ -5,7 +5,6 @@ package evloop
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -51,26 +50,7 @@ func newConnHarness(f *testing.F) *connHarness {
 	if err != nil {
 		f.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		f.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			srv.Enroll(c)
-		}
-	}()
-	f.Cleanup(func() {
-		ln.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	h.addr = ln.Addr().String()
+	h.addr = listenFor(f, srv, nil).Addr().String()
 	return h
 }
 

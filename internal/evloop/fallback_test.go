@@ -24,6 +24,36 @@ func serveFallbackOnly(t *testing.T, fb http.Handler) net.Conn {
 	return serveWith(t, decline, fb)()
 }
 
+// listenFor listens on a loopback port and enrolls every connection it
+// accepts with srv (after setup, when set); the test's end closes the
+// listener and shuts srv down.
+func listenFor(tb testing.TB, srv *Server, setup func(net.Conn)) net.Listener {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if setup != nil {
+				setup(c)
+			}
+			srv.Enroll(c)
+		}
+	}()
+	tb.Cleanup(func() {
+		ln.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return ln
+}
+
 // serveWith serves h and fb on a listener and returns a function that
 // opens a connection to it.
 func serveWith(t *testing.T, h Handler, fb http.Handler) func() net.Conn {
@@ -32,25 +62,7 @@ func serveWith(t *testing.T, h Handler, fb http.Handler) func() net.Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			srv.Enroll(c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
+	ln := listenFor(t, srv, nil)
 	return func() net.Conn {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {

@@ -113,26 +113,10 @@ func newFixture(t *testing.T, opts Options, sndbuf ...int) *fixture {
 	if f.srv, err = New(h, fallback, opts); err != nil {
 		t.Fatal(err)
 	}
-	if f.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := f.ln.Accept()
-			if err != nil {
-				return
-			}
-			if f.sndbuf > 0 {
-				c.(*net.TCPConn).SetWriteBuffer(f.sndbuf)
-			}
-			f.srv.Enroll(c)
+	f.ln = listenFor(t, f.srv, func(c net.Conn) {
+		if f.sndbuf > 0 {
+			c.(*net.TCPConn).SetWriteBuffer(f.sndbuf)
 		}
-	}()
-	t.Cleanup(func() {
-		f.ln.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		f.srv.Shutdown(ctx)
 	})
 	return f
 }

@@ -135,25 +135,10 @@ func newReadFixture(t *testing.T) *readFixture {
 	if f.srv, err = New(h, fallback, Options{Loops: 1, OnClose: func() { f.ended.Add(1) }}); err != nil {
 		t.Fatal(err)
 	}
-	if f.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := f.ln.Accept()
-			if err != nil {
-				return
-			}
-			f.srv.Enroll(c)
-		}
-	}()
-	t.Cleanup(func() {
-		f.ln.Close()
-		f.pw.Close() // a pipe read still in flight ends (no hang on a failure)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		f.srv.Shutdown(ctx)
-	})
+	f.ln = listenFor(t, f.srv, nil)
+	// Cleanups run last first: the pipe closes before the server shuts
+	// down, so a pipe read still in flight ends (no hang on a failure).
+	t.Cleanup(func() { f.pw.Close() })
 	return f
 }
 

@@ -22,19 +22,7 @@ func TestDirectReadThroughRing(t *testing.T) {
 	if !on {
 		t.Skip(why)
 	}
-	path := filepath.Join(t.TempDir(), "f")
-	data := make([]byte, 5*DirectAlign+100)
-	for i := range data {
-		data[i] = byte(i * 7)
-	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f, err := Default.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	data, f := patternedFile(t, 5*DirectAlign+100, 7)
 	d, err := OpenDirect(f)
 	if err != nil {
 		t.Skip(err)
@@ -112,19 +100,7 @@ func TestRingRefused(t *testing.T) {
 	if on, why := RingStatus(); on || why == "" {
 		t.Fatalf("refused: on %v, why %q", on, why)
 	}
-	path := filepath.Join(t.TempDir(), "f")
-	data := make([]byte, 3*DirectAlign)
-	for i := range data {
-		data[i] = byte(i * 3)
-	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f, err := Default.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	data, f := patternedFile(t, 3*DirectAlign, 3)
 	if _, ok, _ := RingPread(int(0), make([]byte, 8), 0); ok {
 		t.Fatal("RingPread read with no ring")
 	}
@@ -140,4 +116,24 @@ func TestRingRefused(t *testing.T) {
 	if RingReads() != 0 {
 		t.Fatal("reads counted through a ring that is not there")
 	}
+}
+
+// patternedFile writes n bytes, byte i being i*mul, to a new file and
+// opens it with Default; the file closes when the test ends.
+func patternedFile(t *testing.T, n, mul int) ([]byte, File) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "f")
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = byte(i * mul)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Default.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return data, f
 }

@@ -82,20 +82,8 @@ func (v *Volume) StartColdRead(key, cookie uint64, size needle.SizeCode, buf []b
 		if !d.direct(v.vid, key, size) {
 			c.kept = true
 		} else {
-			const align = vfs.DirectAlign
-			lo := start &^ (align - 1)
-			hi := (start + int64(n) + align - 1) &^ (align - 1)
-			c.FD, c.Off, c.head, c.direct = fd, lo, int(start-lo), true
-			if hi-lo <= directSlot {
-				c.slot = d.bufs.get()
-			}
-			if c.slot != nil {
-				c.Buf = c.slot[:hi-lo]
-			} else {
-				var at int
-				buf, at = directBuffer(buf, int(hi-lo))
-				c.Buf = buf[at:]
-			}
+			c.FD, c.direct = fd, true
+			c.Off, c.head, c.Buf, c.slot, buf = directSpan(d.bufs, start, n, buf)
 			c.buf = buf
 			m.acquire()
 			return c, buf, true, nil

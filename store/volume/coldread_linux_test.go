@@ -3,7 +3,6 @@ package volume
 import (
 	"bytes"
 	"errors"
-	"os"
 	"syscall"
 	"testing"
 
@@ -170,14 +169,6 @@ func TestColdReadFailures(t *testing.T) {
 	for _, n := range []*needle.Needle{large, small} {
 		e, _ := v.Locate(n.Key, n.Size)
 		flipByte(t, path, e.Offset+needle.HeaderSize+int64(len(n.Data))/2)
-		f, err := os.OpenFile(path, os.O_RDWR, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := f.Sync(); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
 		check("damaged", n, func(c *ColdRead) (Ref, error) {
 			got, err := syscall.Pread(c.FD, c.Buf, c.Off)
 			r, _, err := c.Finish(got, err)

@@ -190,36 +190,50 @@ func alignTo(b []byte, align int) int {
 // when too small, as by Read) and slot is nil. The needle's Data aliases
 // slot or the returned buffer. The caller holds v.mu shared.
 func (v *Volume) readDirectLocked(d vfs.File, off, length uint32, buf []byte, lend bool) (nd needle.Needle, out, slot []byte, err error) {
-	const align = vfs.DirectAlign
 	start, size := int64(off)*needle.Alignment, int(length)*needle.Alignment
-	lo := start &^ (align - 1)
-	hi := (start + int64(size) + align - 1) &^ (align - 1)
-	head := int(start - lo)
-	if pool := v.opts.Direct.bufs; hi-lo <= directSlot {
-		if b := pool.get(); b != nil {
-			got, err := d.ReadAt(b[:hi-lo], lo)
-			if err = shortDirectRead(got-head, size, start, err); err != nil {
-				pool.put(b)
-				return needle.Needle{}, buf, nil, err
-			}
-			if lend && pool.lend() {
-				nd, err := v.format.Decode(b[head : head+size : head+size])
-				return nd, buf, b, err
-			}
-			buf = readBuffer(buf, size)
-			copy(buf, b[head:head+size])
-			pool.put(b)
-			nd, err := v.format.Decode(buf)
-			return nd, buf, nil, err
+	pool := v.opts.Direct.bufs
+	lo, head, b, slot, buf := directSpan(pool, start, size, buf)
+	got, err := d.ReadAt(b, lo)
+	if err = shortDirectRead(got-head, size, start, err); err != nil {
+		if slot != nil {
+			pool.put(slot)
 		}
-	}
-	buf, at := directBuffer(buf, int(hi-lo))
-	got, err := d.ReadAt(buf[at:], lo)
-	if err := shortDirectRead(got-head, size, start, err); err != nil {
 		return needle.Needle{}, buf, nil, err
 	}
-	nd, err = v.format.Decode(buf[at+head : at+head+size : at+head+size])
+	switch {
+	case slot == nil:
+		nd, err = v.format.Decode(b[head : head+size : head+size])
+		return nd, buf, nil, err
+	case lend && pool.lend():
+		nd, err = v.format.Decode(b[head : head+size : head+size])
+		return nd, buf, slot, err
+	}
+	buf = readBuffer(buf, size)
+	copy(buf, b[head:head+size])
+	pool.put(slot)
+	nd, err = v.format.Decode(buf)
 	return nd, buf, nil, err
+}
+
+// directSpan plans a read with O_DIRECT of the n bytes at off: their
+// range rounded out to vfs.DirectAlign, read at lo into b, the bytes
+// wanted at b[head:head+n]. b is a buffer of pool, returned as slot too
+// (to put back, lend or give back), when one is free and large enough;
+// else it lies in buf, grown to hold it from an aligned address (see
+// directBuffer) and returned as out (buf itself with a slot).
+func directSpan(pool *directBufs, off int64, n int, buf []byte) (lo int64, head int, b, slot, out []byte) {
+	const align = vfs.DirectAlign
+	lo = off &^ (align - 1)
+	hi := (off + int64(n) + align - 1) &^ (align - 1)
+	head = int(off - lo)
+	if hi-lo <= directSlot {
+		slot = pool.get()
+	}
+	if slot != nil {
+		return lo, head, slot[:hi-lo], slot, buf
+	}
+	out, at := directBuffer(buf, int(hi-lo))
+	return lo, head, out[at:], nil, out
 }
 
 // shortDirectRead is the error of a direct read that brought got bytes of

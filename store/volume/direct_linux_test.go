@@ -41,10 +41,9 @@ func directVolume(t *testing.T, photos, window int, opts Options) (*Volume, stri
 	return v, dir, all
 }
 
-// residentPages counts, with mincore on a mapping of its own, the pages of
-// [off, off+n) of the file at path in the page cache, and the pages of the
-// range.
-func residentPages(t testing.TB, path string, off int64, n int) (in, pages int) {
+// mapPages maps, read-only and shared, the pages of [off, off+n) of the
+// file at path; the caller unmaps them.
+func mapPages(t testing.TB, path string, off int64, n int) []byte {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -53,12 +52,21 @@ func residentPages(t testing.TB, path string, off int64, n int) (in, pages int) 
 	defer f.Close()
 	page := int64(os.Getpagesize())
 	lo, hi := off&^(page-1), (off+int64(n)+page-1)&^(page-1)
-	data, err := unix.Mmap(int(f.Fd()), lo, int(hi-lo), unix.PROT_READ, unix.MAP_SHARED)
+	m, err := unix.Mmap(int(f.Fd()), lo, int(hi-lo), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return m
+}
+
+// residentPages counts, with mincore on a mapping of its own, the pages of
+// [off, off+n) of the file at path in the page cache, and the pages of the
+// range.
+func residentPages(t testing.TB, path string, off int64, n int) (in, pages int) {
+	t.Helper()
+	data := mapPages(t, path, off, n)
 	defer unix.Munmap(data)
-	vec := make([]byte, (hi-lo)/page)
+	vec := make([]byte, len(data)/os.Getpagesize())
 	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&data[0])), uintptr(len(data)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
 		t.Fatal(errno)
 	}
@@ -74,17 +82,7 @@ func residentPages(t testing.TB, path string, off int64, n int) (in, pages int) 
 // read that needs it resident.
 func lockRangeInPageCache(t testing.TB, path string, off int64, n int) (unlock func()) {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	page := int64(os.Getpagesize())
-	lo, hi := off&^(page-1), (off+int64(n)+page-1)&^(page-1)
-	m, err := unix.Mmap(int(f.Fd()), lo, int(hi-lo), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := mapPages(t, path, off, n)
 	if err := unix.Mlock(m); err != nil {
 		unix.Munmap(m)
 		t.Fatalf("locking %d bytes of %s in the page cache: %v (RLIMIT_MEMLOCK too low?)", len(m), path, err)
@@ -105,19 +103,29 @@ func lockRangeInPageCache(t testing.TB, path string, off int64, n int) (unlock f
 // the bytes this process read from storage.
 func readCold(t *testing.T, v *Volume, path string, n *needle.Needle, drop bool) (d Status, read int64) {
 	t.Helper()
+	return measureRead(t, v, path, n, drop, func() (needle.Needle, func(), error) {
+		ref, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil)
+		return ref.Needle, ref.Release, err
+	})
+}
+
+// measureRead is readCold with the read made by read, which returns the
+// needle and what releases it.
+func measureRead(t *testing.T, v *Volume, path string, n *needle.Needle, drop bool, read func() (needle.Needle, func(), error)) (d Status, bytesRead int64) {
+	t.Helper()
 	if drop {
 		dropCache(t, path)
 	}
 	st0, c0 := v.Status(), readIOCounters(t, path)
-	ref, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil)
+	got, release, err := read()
 	c1, st1 := readIOCounters(t, path), v.Status()
 	if err != nil {
 		t.Fatalf("key %x size %v: %v", n.Key, n.Size, err)
 	}
-	if !bytes.Equal(ref.Needle.Data, n.Data) || ref.Needle.ContentType != n.ContentType || ref.Needle.Cookie != n.Cookie {
-		t.Fatalf("key %x size %v: wrong bytes (mapped %v)", n.Key, n.Size, ref.Mapped())
+	if !bytes.Equal(got.Data, n.Data) || got.ContentType != n.ContentType || got.Cookie != n.Cookie {
+		t.Fatalf("key %x size %v: wrong bytes", n.Key, n.Size)
 	}
-	ref.Release()
+	release()
 	d.Preads = st1.Preads - st0.Preads
 	d.MappedReads = st1.MappedReads - st0.MappedReads
 	d.DirectReads = st1.DirectReads - st0.DirectReads
@@ -742,23 +750,10 @@ func TestDirectReadLendsConcurrently(t *testing.T) {
 // readColdPlain is readCold through Read, the net/http and gRPC path.
 func readColdPlain(t *testing.T, v *Volume, path string, n *needle.Needle, drop bool) (d Status, read int64) {
 	t.Helper()
-	if drop {
-		dropCache(t, path)
-	}
-	st0, c0 := v.Status(), readIOCounters(t, path)
-	got, _, err := v.Read(n.Key, n.Cookie, n.Size, nil)
-	c1, st1 := readIOCounters(t, path), v.Status()
-	if err != nil {
-		t.Fatalf("key %x size %v: %v", n.Key, n.Size, err)
-	}
-	if !bytes.Equal(got.Data, n.Data) || got.ContentType != n.ContentType || got.Cookie != n.Cookie {
-		t.Fatalf("key %x size %v: wrong bytes", n.Key, n.Size)
-	}
-	d.Preads = st1.Preads - st0.Preads
-	d.MappedReads = st1.MappedReads - st0.MappedReads
-	d.DirectReads = st1.DirectReads - st0.DirectReads
-	d.ColdBufferedReads = st1.ColdBufferedReads - st0.ColdBufferedReads
-	return d, c1.readBytes - c0.readBytes
+	return measureRead(t, v, path, n, drop, func() (needle.Needle, func(), error) {
+		got, _, err := v.Read(n.Key, n.Cookie, n.Size, nil)
+		return got, func() {}, err
+	})
 }
 
 // TestDirectColdReadPlain: Read takes the cold policy of ReadRef: a cold
@@ -818,23 +813,7 @@ func TestDirectColdReadPlain(t *testing.T) {
 	// Damage: corrupt from a direct Read.
 	n := large[len(large)-1]
 	e, _ := v.Locate(n.Key, n.Size)
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b := []byte{0}
-	at := e.Offset + needle.HeaderSize + int64(len(n.Data)/2)
-	if _, err := f.ReadAt(b, at); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 1
-	if _, err := f.WriteAt(b, at); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
+	flipByte(t, path, e.Offset+needle.HeaderSize+int64(len(n.Data)/2))
 	dropCache(t, path)
 	// Its second cold read above took it out of the policy's window: the
 	// next cold read goes direct, the one after buffered; both see the

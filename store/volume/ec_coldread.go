@@ -87,20 +87,8 @@ func (e *ECVolume) StartColdRead(key, cookie uint64, size needle.SizeCode, buf [
 	}
 	c.how = e.coldHow(key, size, n, s)
 	if c.how == readDirect {
-		const align = vfs.DirectAlign
-		lo := at &^ (align - 1)
-		hi := (at + int64(n) + align - 1) &^ (align - 1)
-		c.FD, c.Off, c.head = fd, lo, int(at-lo)
-		if hi-lo <= directSlot {
-			c.slot = e.opts.Direct.bufs.get()
-		}
-		if c.slot != nil {
-			c.Buf = c.slot[:hi-lo]
-		} else {
-			var gap int
-			buf, gap = directBuffer(buf, int(hi-lo))
-			c.Buf = buf[gap:]
-		}
+		c.FD = fd
+		c.Off, c.head, c.Buf, c.slot, buf = directSpan(e.opts.Direct.bufs, at, n, buf)
 		c.buf = buf
 		m.acquire()
 		return c, buf, true, nil

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
 	"syscall"
 	"testing"
 
@@ -159,24 +158,7 @@ func TestECStartColdReadRefusals(t *testing.T) {
 
 	// Damage on the needle's shard: the loop's read does not verify, and
 	// Read rebuilds the needle from the other shards.
-	path := ECShardPath(dir, 3, seg.shard)
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b := []byte{0}
-	at := ECHeaderSize + seg.off + needle.HeaderSize + 10
-	if _, err := f.ReadAt(b, at); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0x40
-	if _, err := f.WriteAt(b, at); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
+	flipByte(t, ECShardPath(dir, 3, seg.shard), ECHeaderSize+seg.off+needle.HeaderSize+10)
 	for range 2 { // direct, then buffered
 		dropShards(t, dir)
 		st0 := e.Status()

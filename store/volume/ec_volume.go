@@ -573,26 +573,16 @@ func (e *ECVolume) howToRead(key uint64, size needle.SizeCode, n int, segs []ecS
 // large enough, else into an aligned buffer of its own; then copied into
 // p. A short read fails (the shard is shorter than its geometry says).
 func (e *ECVolume) readDirect(d vfs.File, p []byte, off int64) error {
-	const align = vfs.DirectAlign
-	lo := off &^ (align - 1)
-	hi := (off + int64(len(p)) + align - 1) &^ (align - 1)
-	head := int(off - lo)
 	pool := e.opts.Direct.bufs
-	var b []byte
-	at := 0
-	if hi-lo <= directSlot {
-		b = pool.get()
+	lo, head, b, slot, _ := directSpan(pool, off, len(p), nil)
+	if slot != nil {
+		defer pool.put(slot)
 	}
-	if b != nil {
-		defer pool.put(b)
-	} else {
-		b, at = directBuffer(nil, int(hi-lo))
-	}
-	got, err := d.ReadAt(b[at:at+int(hi-lo)], lo)
+	got, err := d.ReadAt(b, lo)
 	if err := shortDirectRead(got-head, len(p), off, err); err != nil {
 		return err
 	}
-	copy(p, b[at+head:])
+	copy(p, b[head:])
 	return nil
 }
 

@@ -3,7 +3,6 @@ package volume
 import (
 	"bytes"
 	"errors"
-	"os"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -180,14 +179,6 @@ func TestReadRefColdWithoutRing(t *testing.T) {
 	n := all[0]
 	e, _ := v.Locate(n.Key, n.Size)
 	flipByte(t, path, e.Offset+needle.HeaderSize+int64(len(n.Data))/2)
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
 	dropCache(t, path)
 	ref, _, err := v.ReadRefCold(n.Key, n.Cookie, n.Size, nil)
 	if !IsCorruption(err) || ref.Needle.Data != nil {
