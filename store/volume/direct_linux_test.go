@@ -3,6 +3,7 @@ package volume
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"strings"
@@ -83,9 +84,26 @@ func residentPages(t testing.TB, path string, off int64, n int) (in, pages int) 
 func lockRangeInPageCache(t testing.TB, path string, off int64, n int) (unlock func()) {
 	t.Helper()
 	m := mapPages(t, path, off, n)
-	if err := unix.Mlock(m); err != nil {
+	err := unix.Mlock(m)
+	if err == unix.ENOMEM || err == unix.EPERM {
+		// Over the soft RLIMIT_MEMLOCK (64 KiB for many unprivileged
+		// users): raise it to the hard limit, which needs no privilege,
+		// and try once more.
+		var lim unix.Rlimit
+		if unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim) == nil && lim.Cur < lim.Max {
+			lim.Cur = lim.Max
+			if unix.Setrlimit(unix.RLIMIT_MEMLOCK, &lim) == nil {
+				err = unix.Mlock(m)
+			}
+		}
+		if err != nil {
+			unix.Munmap(m)
+			t.Skipf("cannot lock %d bytes of %s in the page cache (%v; RLIMIT_MEMLOCK %s): the test needs its pages to stay resident; run it as root or with a higher `ulimit -l`", len(m), path, err, memlockLimit())
+		}
+	}
+	if err != nil {
 		unix.Munmap(m)
-		t.Fatalf("locking %d bytes of %s in the page cache: %v (RLIMIT_MEMLOCK too low?)", len(m), path, err)
+		t.Fatalf("locking %d bytes of %s in the page cache: %v", len(m), path, err)
 	}
 	var once sync.Once
 	unlock = func() {
@@ -96,6 +114,15 @@ func lockRangeInPageCache(t testing.TB, path string, off int64, n int) (unlock f
 	}
 	t.Cleanup(unlock)
 	return unlock
+}
+
+// memlockLimit describes RLIMIT_MEMLOCK for a skip message.
+func memlockLimit() string {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("soft %d, hard %d bytes", lim.Cur, lim.Max)
 }
 
 // readCold drops the file from the page cache, reads n with ReadRef and
