@@ -23,10 +23,11 @@ import (
 // (volume.TryReadRef), and the loop makes the read itself without
 // waiting, through its io_uring (readOnLoop), verifies the needle when
 // the read completes and answers it there. An image of an EC volume is
-// read the same way (readECOnLoop) when its needle lies in one segment of
-// a shard held here: one read, as ECVolume.Read makes it. Where it cannot
-// (no io_uring, its ring full, an EC needle on two segments or on a shard
-// not held here, a read that fails or does not verify), the loop calls
+// read the same way (readECOnLoop) when its needle's one or two segments
+// lie on shards held here: one read per segment, as ECVolume.Read makes
+// them. Where it cannot (no io_uring, its ring full, an EC needle on more
+// segments or on a shard not held here, a read that fails or does not
+// verify), the loop calls
 // serveLoop again on a goroutine, where it reads as the fasthttp path
 // does (volume.ReadRefCold: without a second try; ECVolume.Read). A large image of a
 // connection with nothing queued leaves with sendfile(2) from the volume
@@ -129,8 +130,9 @@ func (h *httpHandler) readOnLoop(req *evloop.Request, a *evloop.Answer, id needl
 		return false // answered off the loop, as before
 	}
 	head, vary := req.IsHead(), choice.Vary
-	return takeOnLoop(a, c.FD, c.Buf, c.Off, rb, c.Abandon, func(a *evloop.Answer, n int, rerr error) evloop.Result {
-		ref, buf, err := c.Finish(n, rerr)
+	read := []evloop.FileRead{{FD: c.FD, Buf: c.Buf, Off: c.Off}}
+	return takeOnLoop(a, read, rb, c.Abandon, func(a *evloop.Answer, res []evloop.ReadResult) evloop.Result {
+		ref, buf, err := c.Finish(res[0].N, res[0].Err)
 		rb.ref = ref
 		rb.keep(buf)
 		return h.answerLoopRead(a, head, vary, id, size, ref.Needle, rb, err, start)
@@ -138,26 +140,41 @@ func (h *httpHandler) readOnLoop(req *evloop.Request, a *evloop.Answer, id needl
 }
 
 // readECOnLoop is readOnLoop for an image of the EC volume ev: the loop
-// reads a needle that lies in one segment of a shard held here with the
-// one read the EC volume would make (volume.ECVolume.StartColdRead), and
-// answers it once verified (volume.ECColdRead.Finish). It reports false,
-// having taken nothing, for anything else (a needle on two segments, a
+// reads a needle whose one or two segments lie on shards held here with
+// the reads the EC volume would make, one per segment
+// (volume.ECVolume.StartColdRead, evloop.Answer.Reads), and answers it
+// once joined and verified (volume.ECColdRead.Finish). It reports false,
+// having taken nothing, for anything else (a needle on more segments, a
 // shard not held here, no io_uring, the loop's ring full); a read that
-// fails, comes back short or does not verify goes off the loop from its
-// completion, where ECVolume.Read reads it again, rebuilding from the
-// other shards where one fails.
+// fails, is refused by a ring that filled part way, comes back short or
+// does not verify goes off the loop from the completion, where
+// ECVolume.Read reads it again, rebuilding from the other shards where
+// one fails.
 func (h *httpHandler) readECOnLoop(req *evloop.Request, a *evloop.Answer, ev *volume.ECVolume, id needle.PhotoID, choice imagehttp.Choice, start time.Time) bool {
 	c, size, rb, ok := startOnLoop(h, id, choice, ev.StartColdRead)
 	if !ok {
 		return false // answered off the loop, as before
 	}
+	var reads [volume.ECColdReadMax]evloop.FileRead
+	planned := c.Reads()
+	for i, r := range planned {
+		reads[i] = evloop.FileRead{FD: r.FD, Buf: r.Buf, Off: r.Off}
+	}
 	head, vary := req.IsHead(), choice.Vary
-	return takeOnLoop(a, c.FD, c.Buf, c.Off, rb, c.Abandon, func(a *evloop.Answer, n int, rerr error) evloop.Result {
-		nd, buf, err := c.Finish(n, rerr)
+	return takeOnLoop(a, reads[:len(planned)], rb, c.Abandon, func(a *evloop.Answer, res []evloop.ReadResult) evloop.Result {
+		var got [volume.ECColdReadMax]volume.ReadResult
+		for i, r := range res {
+			got[i] = volume.ReadResult{N: r.N, Err: r.Err}
+		}
+		nd, buf, err := c.Finish(got[:len(res)])
 		rb.keep(buf)
 		return h.answerLoopRead(a, head, vary, id, size, nd, rb, err, start)
 	})
 }
+
+// The loop takes every read an EC cold read plans: this fails to compile
+// were an ECColdRead to plan more reads than a request may take.
+var _ [evloop.MaxReads - volume.ECColdReadMax]struct{}
 
 // startOnLoop plans, with plan (a volume's or an EC volume's
 // StartColdRead), the loop's read of the image id: its size, or the
@@ -181,12 +198,12 @@ func startOnLoop[C any](h *httpHandler, id needle.PhotoID, choice imagehttp.Choi
 	return c, size, rb, true
 }
 
-// takeOnLoop has the loop read len(b) bytes at off of fd for a read
-// planned by startOnLoop, done answering it once made. When the loop
-// cannot take it, abandon gives back what the read held, rb goes back to
-// its pool, and takeOnLoop reports false.
-func takeOnLoop(a *evloop.Answer, fd int, b []byte, off int64, rb *readBuf, abandon func(), done evloop.ReadDone) bool {
-	if !a.Read(fd, b, off, done) {
+// takeOnLoop has the loop make reads (one, or up to evloop.MaxReads), for
+// a read planned by startOnLoop, done answering it once they are made.
+// When the loop cannot take them, abandon gives back what the reads held,
+// rb goes back to its pool, and takeOnLoop reports false.
+func takeOnLoop(a *evloop.Answer, reads []evloop.FileRead, rb *readBuf, abandon func(), done evloop.ReadsDone) bool {
+	if !a.Reads(reads, done) {
 		abandon()
 		rb.Close()
 		return false

@@ -42,14 +42,24 @@ type Server struct {
 	shutOnce sync.Once
 }
 
-// job is a request answered off the loop, or waiting for a read the
-// loop makes for it (read set).
+// job is a request answered off the loop, or waiting for the reads the
+// loop makes for it (read or reads set).
 type job struct {
 	c        *conn
 	req      *Request
 	fallback bool // for the fallback handler, not Blocked
 	ans      Answer
+
+	// The reads the loop makes for the request: read is the ReadDone of
+	// Answer.Read, reads the ReadsDone of Answer.Reads. res holds the
+	// results of the nres reads taken, read i tagged tag0+i; inFlight
+	// counts those submitted and not done yet.
 	read     ReadDone
+	reads    ReadsDone
+	res      [MaxReads]ReadResult
+	nres     int
+	inFlight int
+	tag0     uint64
 }
 
 // submit queues j for a worker, starting one if fewer than Workers run.
@@ -325,31 +335,84 @@ type loopRead struct {
 // the loop cannot make the read: off the loop (mayBlock true), where the
 // system has no io_uring, when as many reads as the loop's ring holds are
 // in flight, or when the kernel refuses the submission; and for a second
-// Read for the same request. The Handler then answers some other way
-// (Blocked).
+// Read (or Reads) for the same request. The Handler then answers some
+// other way (Blocked).
 func (a *Answer) Read(fd int, b []byte, off int64, done ReadDone) bool {
+	if done == nil || len(b) == 0 {
+		return false
+	}
+	return a.take([]FileRead{{FD: fd, Buf: b, Off: off}}, done, nil)
+}
+
+// Reads is Read for up to MaxReads reads (see read.go): the loop submits
+// them all and calls done once, when every read submitted is done, with
+// each read's result. It reports false, having taken nothing, where Read
+// would, for no reads or more than MaxReads, or when the first read
+// cannot be submitted. When a later read cannot be submitted (the ring
+// filled part way), Reads reports true: the reads submitted are made, and
+// done sees the others failed with the submission's error. Every
+// descriptor and buffer must stay valid, and the buffers untouched, until
+// done is called.
+func (a *Answer) Reads(reads []FileRead, done ReadsDone) bool {
+	if done == nil || len(reads) == 0 || len(reads) > MaxReads {
+		return false
+	}
+	for _, r := range reads {
+		if len(r.Buf) == 0 {
+			return false
+		}
+	}
+	return a.take(reads, nil, done)
+}
+
+// ringSubmit submits one read to a loop's ring; a variable so that tests
+// can make the ring refuse a submission part way through a request.
+var ringSubmit = (*vfs.LoopRing).Read
+
+// take submits reads (one, or up to MaxReads) to the loop's ring for the
+// request being answered, whose answer one or many then makes.
+func (a *Answer) take(reads []FileRead, one ReadDone, many ReadsDone) bool {
 	l := a.loopRead.l
-	if l == nil || a.loopRead.taken || done == nil || len(b) == 0 {
+	if l == nil || a.loopRead.taken {
 		return false
 	}
-	if err := l.ring.Read(fd, b, off, l.tag+1); err != nil {
-		return false
+	tag0 := l.tag + 1
+	var j *job
+	for i, r := range reads {
+		tag := tag0 + uint64(i)
+		if err := ringSubmit(l.ring, r.FD, r.Buf, r.Off, tag); err != nil {
+			if j == nil {
+				return false // nothing in flight: nothing taken
+			}
+			// The ring filled part way: the reads submitted are in
+			// flight, so the request is taken; the others fail.
+			for k := i; k < len(reads); k++ {
+				j.res[k] = ReadResult{Err: err}
+			}
+			break
+		}
+		if j == nil {
+			j = &job{c: l.cur, req: l.req.clone(), read: one, reads: many, tag0: tag0, nres: len(reads)}
+			j.ans.sendfileOK = a.sendfileOK
+		}
+		l.reads[tag] = j
+		j.inFlight++
+		l.tag = tag
 	}
-	l.tag++
 	a.loopRead.taken = true
-	j := &job{c: l.cur, req: l.req.clone(), read: done}
-	j.ans.sendfileOK = a.sendfileOK
-	l.reads[l.tag] = j
 	return true
 }
 
-// doneRead hands the completion of the read tag to its job: the Handler's
-// ReadDone answers, on the loop; the answer is queued, or the request
-// goes off the loop as the ReadDone asked.
+// doneRead records the completion of the read tag in its job and, once
+// the job has no read in flight, hands it to the Handler's ReadDone (or
+// ReadsDone), which answers, on the loop; the answer is queued, or the
+// request goes off the loop as the ReadDone asked.
 func (l *loop) doneRead(tag uint64, n int, err error) {
-	j := l.reads[tag]
-	delete(l.reads, tag)
-	res := l.callRead(j, n, err)
+	j, ok := l.recordRead(tag, n, err)
+	if !ok {
+		return
+	}
+	res := l.callRead(j)
 	switch {
 	case res == Answered:
 		l.finish(j) // drops it if the connection is gone
@@ -365,9 +428,19 @@ func (l *loop) doneRead(tag uint64, n int, err error) {
 	}
 }
 
+// recordRead keeps the result of the read tag in its job, and returns the
+// job once every read of it submitted is done (ok true).
+func (l *loop) recordRead(tag uint64, n int, err error) (j *job, ok bool) {
+	j = l.reads[tag]
+	delete(l.reads, tag)
+	j.res[tag-j.tag0] = ReadResult{N: n, Err: err}
+	j.inFlight--
+	return j, j.inFlight == 0
+}
+
 // callRead calls j's ReadDone. One that panics is met as a Handler that
 // panics: logged, and its connection ended with no answer.
-func (l *loop) callRead(j *job, n int, err error) (res Result) {
+func (l *loop) callRead(j *job) (res Result) {
 	defer func() {
 		if p := recover(); p != nil {
 			l.srv.opts.Logger.Error("evloop: handler panic", "panic", p, "target", string(j.req.Target))
@@ -377,21 +450,25 @@ func (l *loop) callRead(j *job, n int, err error) (res Result) {
 			res = Answered
 		}
 	}()
-	return j.read(&j.ans, n, err)
+	if j.read != nil {
+		return j.read(&j.ans, j.res[0].N, j.res[0].Err)
+	}
+	return j.reads(&j.ans, j.res[:j.nres])
 }
 
 // closeRing waits for the reads still in flight (their buffers must
-// outlive them), has each one's ReadDone release what it holds, drops
+// outlive them), has each request's ReadDone, once all its reads are
+// done, release what it holds, drops
 // the answers (the loop's connections are closed), and closes the ring.
 func (l *loop) closeRing() {
 	if l.ring == nil {
 		return
 	}
 	l.ring.Close(func(tag uint64, n int, err error) {
-		j := l.reads[tag]
-		delete(l.reads, tag)
-		l.callRead(j, n, err)
-		j.ans.release()
+		if j, ok := l.recordRead(tag, n, err); ok {
+			l.callRead(j)
+			j.ans.release()
+		}
 	})
 }
 
@@ -929,7 +1006,7 @@ func (c *conn) parse() bool {
 		res, ok := l.handle(req, a)
 		switch {
 		case a.loopRead.taken:
-			res = Pending // its ReadDone answers
+			res = Pending // its ReadDone (or ReadsDone) answers
 		case res == Pending:
 			// No read was taken, so no ReadDone will answer: the request
 			// goes off the loop rather than leave the connection waiting.

@@ -34,3 +34,6 @@ type loopRead struct{}
 
 // Read takes no read here: there are no loops.
 func (a *Answer) Read(fd int, b []byte, off int64, done ReadDone) bool { return false }
+
+// Reads takes no read here: there are no loops.
+func (a *Answer) Reads(reads []FileRead, done ReadsDone) bool { return false }

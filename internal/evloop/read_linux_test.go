@@ -29,7 +29,12 @@ import (
 // /pipe with what is written into a pipe (a read that stays in flight
 // until the test writes); /panic with a ReadDone that panics; /img/N with
 // N bytes on the loop; /stray returns Pending on the loop without taking a
-// read, and is answered off the loop.
+// read, and is answered off the loop. /two/OFF1/N1/OFF2/N2 answers the
+// two ranges joined, read by the loop with one Reads of two reads where
+// it can (off the loop with pread where it cannot, or where a read
+// failed); /pipes the five bytes written into each of two pipes, read by
+// one Reads of two reads that stay in flight until the test writes, and
+// "off" off the loop.
 type readFixture struct {
 	srv   *Server
 	ln    net.Listener
@@ -37,6 +42,9 @@ type readFixture struct {
 	fd    int
 	pr    *os.File // the pipe's read end, read by /pipe
 	pw    *os.File
+	pr2   *os.File // a second pipe, read by /pipes with pr
+	pw2   *os.File
+	many  atomic.Int64 // of taken, requests of two reads
 	taken atomic.Int64 // reads the loop took
 	dones atomic.Int64 // ReadDone calls
 	off   atomic.Int64 // answers made off the loop
@@ -64,7 +72,10 @@ func newReadFixture(t *testing.T) *readFixture {
 	if f.pr, f.pw, err = os.Pipe(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Close(fd); f.pr.Close(); f.pw.Close() })
+	if f.pr2, f.pw2, err = os.Pipe(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd); f.pr.Close(); f.pw.Close(); f.pr2.Close(); f.pw2.Close() })
 	answer := func(a *Answer, b []byte) Result {
 		a.Status = http.StatusOK
 		a.HeaderInt("Content-Length", int64(len(b)))
@@ -104,6 +115,62 @@ func newReadFixture(t *testing.T) *readFixture {
 			}
 			f.taken.Add(1)
 			return Pending
+		case parts[1] == "two" && len(parts) == 6:
+			var off, n [2]int
+			for i := range 2 {
+				off[i], _ = strconv.Atoi(parts[2+2*i])
+				n[i], _ = strconv.Atoi(parts[3+2*i])
+			}
+			b := make([]byte, n[0]+n[1])
+			bs := [2][]byte{b[:n[0]], b[n[0]:]}
+			if mayBlock {
+				f.off.Add(1)
+				for i := range 2 {
+					if _, err := syscall.Pread(f.fd, bs[i], int64(off[i])); err != nil {
+						return Declined
+					}
+				}
+				return answer(a, b)
+			}
+			reads := []FileRead{{FD: f.fd, Buf: bs[0], Off: int64(off[0])}, {FD: f.fd, Buf: bs[1], Off: int64(off[1])}}
+			if !a.Reads(reads, func(a *Answer, res []ReadResult) Result {
+				f.dones.Add(1)
+				if len(res) != 2 {
+					panic(fmt.Sprintf("%d results for 2 reads", len(res)))
+				}
+				for i, r := range res {
+					if r.Err != nil || r.N != n[i] {
+						return Blocked
+					}
+				}
+				return answer(a, b)
+			}) {
+				return Blocked
+			}
+			f.taken.Add(1)
+			f.many.Add(1)
+			return Pending
+		case target == "/pipes":
+			if mayBlock {
+				f.off.Add(1)
+				return answer(a, []byte("off"))
+			}
+			b := make([]byte, 10)
+			reads := []FileRead{{FD: int(f.pr.Fd()), Buf: b[:5]}, {FD: int(f.pr2.Fd()), Buf: b[5:]}}
+			if !a.Reads(reads, func(a *Answer, res []ReadResult) Result {
+				f.dones.Add(1)
+				for _, r := range res {
+					if r.Err != nil || r.N != 5 {
+						return Blocked
+					}
+				}
+				return answer(a, b)
+			}) {
+				return Blocked
+			}
+			f.taken.Add(1)
+			f.many.Add(1)
+			return Pending
 		case target == "/stray":
 			if mayBlock {
 				f.off.Add(1)
@@ -138,7 +205,7 @@ func newReadFixture(t *testing.T) *readFixture {
 	f.ln = listenFor(t, f.srv, nil)
 	// Cleanups run last first: the pipe closes before the server shuts
 	// down, so a pipe read still in flight ends (no hang on a failure).
-	t.Cleanup(func() { f.pw.Close() })
+	t.Cleanup(func() { f.pw.Close(); f.pw2.Close() })
 	return f
 }
 
@@ -173,9 +240,10 @@ func ringOn(t *testing.T) {
 }
 
 // TestLoopReadsInOrder: pipelined requests whose reads the loop makes
-// itself, between answers made on the loop and answers a ReadDone sends
-// off the loop, are answered in order with the file's bytes; each read
-// taken gets its ReadDone once, and every answer's Done is closed once.
+// itself (one read, or two for one request), between answers made on the
+// loop and answers a ReadDone sends off the loop, are answered in order
+// with the file's bytes; each request whose reads were taken gets its
+// ReadDone (or ReadsDone) once, and every answer's Done is closed once.
 func TestLoopReadsInOrder(t *testing.T) {
 	ringOn(t)
 	f := newReadFixture(t)
@@ -183,9 +251,14 @@ func TestLoopReadsInOrder(t *testing.T) {
 	var reqs strings.Builder
 	var wants [][]byte
 	reads, agains := 0, 0
-	for i := range 90 {
-		off, n := i*4099%(len(f.data)-70000), 100+i*700
-		switch i % 3 {
+	for i := range 120 {
+		off, n := i*4099%(len(f.data)-70000), 100+i*500
+		switch i % 4 {
+		case 3:
+			off2, n2 := (i*7919+3)%(len(f.data)-70000), 50+i*300
+			fmt.Fprintf(&reqs, "GET /two/%d/%d/%d/%d HTTP/1.1\r\nHost: x\r\n\r\n", off, n, off2, n2)
+			wants = append(wants, append(append([]byte(nil), f.data[off:off+n]...), f.data[off2:off2+n2]...))
+			reads++
 		case 0:
 			fmt.Fprintf(&reqs, "GET /read/%d/%d HTTP/1.1\r\nHost: x\r\n\r\n", off, n)
 			wants = append(wants, f.data[off:off+n])
@@ -212,6 +285,9 @@ func TestLoopReadsInOrder(t *testing.T) {
 		if resp.StatusCode != 200 || !bytes.Equal(b, want) {
 			t.Fatalf("answer %d: %d, %d bytes; want 200 and %d bytes", i, resp.StatusCode, len(b), len(want))
 		}
+	}
+	if f.many.Load() != 30 {
+		t.Fatalf("%d requests of two reads taken by the loop, want 30", f.many.Load())
 	}
 	if got := f.taken.Load(); got != int64(reads+agains) {
 		t.Fatalf("%d reads taken by the loop, want %d", got, reads+agains)

@@ -204,9 +204,9 @@
 // shard's POSIX_FADV_RANDOM descriptor (its mapping's), so a cold needle
 // reads its pages and no readahead; streams of the whole volume (decode,
 // regenerating the ecx) read the shard files, with readahead. An event
-// loop makes the read of a needle on one segment of a local shard itself
-// (ECVolume.StartColdRead, see ec_coldread.go); a needle on several
-// segments is read by ECVolume.Read.
+// loop makes the reads of a needle on one or two segments of local shards
+// itself, one per segment (ECVolume.StartColdRead, see ec_coldread.go); a
+// needle on more segments is read by ECVolume.Read.
 //
 // # Erasure-coded volumes
 //

@@ -9,27 +9,33 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/haybale/haybale/internal/vfs"
 	"github.com/haybale/haybale/needle"
 )
 
-// preadCold makes c's read as a caller's ring would, with one pread, and
-// finishes it.
+// preadCold makes c's reads as a caller's ring would, with one pread
+// each, and finishes it.
 func preadCold(t *testing.T, c *ECColdRead) (needle.Needle, []byte, error) {
 	t.Helper()
-	got, err := unix.Pread(c.FD, c.Buf, c.Off)
-	if err != nil {
-		t.Fatalf("pread of the planned read: %v", err)
+	var res []ReadResult
+	for _, r := range c.Reads() {
+		got, err := unix.Pread(r.FD, r.Buf, r.Off)
+		if err != nil {
+			t.Fatalf("pread of the planned read: %v", err)
+		}
+		res = append(res, ReadResult{N: got})
 	}
-	return c.Finish(got, nil)
+	return c.Finish(res)
 }
 
-// TestECStartColdRead: a cold needle of an EC volume that lies in one
-// segment of a local shard is planned as the one read ECVolume.Read makes
-// of it (direct under ECOptions.Direct's policy for MapMin bytes or more,
-// buffered otherwise), reads its segment's pages and no more from storage,
-// and Finish answers the needle Read answers, counted as Read counts it; a
-// needle on two segments is left to Read, having taken nothing. Every
-// buffer of the direct-read pool is free afterwards.
+// TestECStartColdRead: a cold needle of an EC volume whose one or two
+// segments lie on local shards is planned as the reads ECVolume.Read
+// makes of it (one per segment, direct under ECOptions.Direct's policy
+// for MapMin bytes or more, buffered otherwise), reads its segments'
+// pages and no more from storage, and Finish answers the needle Read
+// answers, byte for byte, counted as Read counts it (a pread per segment,
+// a straddling read for two). Every buffer of the direct-read pool is
+// free afterwards.
 func TestECStartColdRead(t *testing.T) {
 	for _, mode := range []string{"buffered", "direct"} {
 		t.Run(mode, func(t *testing.T) {
@@ -38,7 +44,7 @@ func TestECStartColdRead(t *testing.T) {
 				opts.Direct = NewDirectReads(0)
 			}
 			e, dir, all := osECVolume(t, 6, opts)
-			one, two, direct := 0, 0, 0
+			one, two, direct, twoDirect := 0, 0, 0, 0
 			for _, n := range all {
 				en, _ := e.Locate(n.Key, n.Size)
 				segs := e.geo.segments(en.Offset, en.Length, nil)
@@ -48,42 +54,54 @@ func TestECStartColdRead(t *testing.T) {
 				if err != nil {
 					t.Fatalf("key %x size %v: %v", n.Key, n.Size, err)
 				}
-				if len(segs) != 1 {
-					two++
-					if ok {
-						t.Fatalf("key %x size %v on %d segments: planned as one read", n.Key, n.Size, len(segs))
-					}
-					continue
+				if len(segs) > ECColdReadMax {
+					t.Fatalf("key %x size %v on %d segments: the test volume has needles on two at most", n.Key, n.Size, len(segs))
 				}
-				one++
 				if !ok {
-					t.Fatalf("key %x size %v on one segment of a local shard: not planned", n.Key, n.Size)
+					t.Fatalf("key %x size %v on %d segments of local shards: not planned", n.Key, n.Size, len(segs))
+				}
+				if len(c.Reads()) != len(segs) {
+					t.Fatalf("key %x size %v on %d segments: %d reads planned", n.Key, n.Size, len(segs), len(c.Reads()))
 				}
 				got, _, err := preadCold(t, &c)
 				io1, st1 := readIOCounters(t, ECShardPath(dir, 3, 0)), e.Status()
 				if err != nil || !bytes.Equal(got.Data, n.Data) || got.Checksum != n.Checksum {
 					t.Fatalf("key %x size %v: %v, or wrong bytes or checksum", n.Key, n.Size, err)
 				}
+				if r, _, err := e.Read(context.Background(), n.Key, n.Cookie, n.Size, nil); err != nil || !bytes.Equal(got.Data, r.Data) || got.Checksum != r.Checksum || got.ContentType != r.ContentType {
+					t.Fatalf("key %x size %v: not the needle Read answers (%v)", n.Key, n.Size, err)
+				}
 				if len(buf) < en.Length && mode == "buffered" {
 					t.Fatalf("key %x size %v: a buffer of %d bytes for a buffered read of %d", n.Key, n.Size, len(buf), en.Length)
 				}
-				wantDirect := int64(0)
+				wantDirect, straddle := int64(0), int64(0)
 				if mode == "direct" && en.Length >= MapMin {
 					wantDirect = 1
 					direct++
 				}
-				if st1.Preads-st0.Preads != 1 || st1.Reads-st0.Reads != 1 || st1.DirectReads-st0.DirectReads != wantDirect || st1.Degraded != st0.Degraded {
-					t.Fatalf("key %x size %v (%d bytes): %+v then %+v; want one read, one pread, %d direct", n.Key, n.Size, en.Length, st0, st1, wantDirect)
+				if len(segs) == 2 {
+					straddle = 1
+					two++
+					twoDirect += int(wantDirect)
+				} else {
+					one++
 				}
-				if span := pageSpan(ECHeaderSize+segs[0].off, segs[0].n); io1.readBytes-io0.readBytes > span+metadataSlack {
+				if st1.Preads-st0.Preads != int64(len(segs)) || st1.Reads-st0.Reads != 1 || st1.DirectReads-st0.DirectReads != wantDirect || st1.Degraded != st0.Degraded || st1.Straddling-st0.Straddling != straddle {
+					t.Fatalf("key %x size %v (%d bytes, %d segments): %+v then %+v; want one read, %d preads, %d direct", n.Key, n.Size, en.Length, len(segs), st0, st1, len(segs), wantDirect)
+				}
+				var span int64
+				for _, s := range segs {
+					span += pageSpan(ECHeaderSize+s.off, s.n)
+				}
+				if io1.readBytes-io0.readBytes > span+metadataSlack {
 					t.Errorf("key %x size %v: %d bytes read from storage for %d bytes of segment pages", n.Key, n.Size, io1.readBytes-io0.readBytes, span)
 				}
 			}
-			if one == 0 || two == 0 || (mode == "direct" && direct == 0) {
-				t.Fatalf("%d needles on one segment (%d direct), %d on two: want some of each", one, direct, two)
+			if one == 0 || two == 0 || (mode == "direct" && (direct == 0 || twoDirect == 0)) {
+				t.Fatalf("%d needles on one segment, %d on two (%d and %d direct): want some of each", one, two, direct, twoDirect)
 			}
 			if e.opts.Direct != nil {
-				if mapped, free, lent := poolState(e.opts.Direct.bufs); lent != 0 || free != mapped {
+				if mapped, free, lent := poolState(e.opts.Direct.bufs); lent != 0 || free != mapped || e.opts.Direct.Lent() != 0 {
 					t.Fatalf("pool: %d of %d buffers free, %d lent", free, mapped, lent)
 				}
 			}
@@ -144,7 +162,7 @@ func TestECStartColdReadRefusals(t *testing.T) {
 		if !ok || err != nil {
 			t.Fatalf("%s: planned %v, %v", tc.name, ok, err)
 		}
-		if got, _, err := c.Finish(tc.got, tc.err); !errors.Is(err, ErrWouldBlock) || got.Data != nil {
+		if got, _, err := c.Finish([]ReadResult{{N: tc.got, Err: tc.err}}); !errors.Is(err, ErrWouldBlock) || got.Data != nil {
 			t.Fatalf("%s: %v and %d bytes, want ErrWouldBlock and none", tc.name, err, len(got.Data))
 		}
 		freeAll(tc.name)
@@ -185,4 +203,103 @@ func TestECStartColdReadRefusals(t *testing.T) {
 	if _, _, ok, err := e.StartColdRead(n.Key, n.Cookie, n.Size, nil); ok || !errors.Is(err, ErrClosed) {
 		t.Fatalf("closed: planned %v, %v; want ErrClosed", ok, err)
 	}
+}
+
+// TestECStartColdReadTwoSegments: a needle over two segments whose second
+// read is missing, refused by the caller's ring (the first made), failed
+// or short finishes with ErrWouldBlock, serving nothing, and the policy's
+// answer is taken back (Read, reading it cold instead, reads it direct or
+// buffered as the planned reads would have); with its second segment damaged on its
+// shard, the joined needle does not verify and Read rebuilds that segment
+// from the other shards, serving the right bytes. No buffer of the pool is
+// kept, or lent, after any of it.
+func TestECStartColdReadTwoSegments(t *testing.T) {
+	e, dir, all := osECVolume(t, 6, ECOptions{Direct: NewDirectReads(0)})
+	pool := e.opts.Direct.bufs
+	freeAll := func(what string) {
+		t.Helper()
+		if mapped, free, lent := poolState(pool); lent != 0 || free != mapped || e.opts.Direct.Lent() != 0 {
+			t.Fatalf("%s: %d of %d buffers free, %d lent", what, free, mapped, lent)
+		}
+	}
+	var n *needle.Needle
+	var segs []ecSegment
+	for _, c := range all {
+		en, _ := e.Locate(c.Key, c.Size)
+		if s := e.geo.segments(en.Offset, en.Length, nil); len(s) == 2 && en.Length >= MapMin && s[1].n > needle.HeaderSize+16 {
+			n, segs = c, s
+			break
+		}
+	}
+	if n == nil {
+		t.Fatal("no needle of MapMin bytes or more on two segments")
+	}
+	pread := func(r ECShardRead) ReadResult {
+		got, err := unix.Pread(r.FD, r.Buf, r.Off)
+		if err != nil {
+			t.Fatalf("pread of the planned read: %v", err)
+		}
+		return ReadResult{N: got}
+	}
+	for _, tc := range []struct {
+		name   string
+		second func(ECShardRead) []ReadResult // the results after the first
+	}{
+		{"second missing", func(ECShardRead) []ReadResult { return nil }},
+		{"second refused", func(ECShardRead) []ReadResult { return []ReadResult{{Err: vfs.ErrRingFull}} }},
+		{"second failed", func(ECShardRead) []ReadResult { return []ReadResult{{Err: syscall.EIO}} }},
+		{"second short", func(r ECShardRead) []ReadResult {
+			got := pread(r)
+			got.N = min(got.N, 100)
+			return []ReadResult{got}
+		}},
+	} {
+		dropShards(t, dir)
+		c, _, ok, err := e.StartColdRead(n.Key, n.Cookie, n.Size, nil)
+		if !ok || err != nil || len(c.Reads()) != 2 {
+			t.Fatalf("%s: planned %v (%d reads), %v", tc.name, ok, len(c.Reads()), err)
+		}
+		reads, planned := c.Reads(), c.how
+		res := append([]ReadResult{pread(reads[0])}, tc.second(reads[1])...)
+		if got, _, err := c.Finish(res); !errors.Is(err, ErrWouldBlock) || got.Data != nil {
+			t.Fatalf("%s: %v and %d bytes, want ErrWouldBlock and none", tc.name, err, len(got.Data))
+		}
+		freeAll(tc.name)
+		c0 := readECCold(t, e, dir, n, true)
+		if want := (ecCold{preads: 2, direct: b2i(planned == readDirect), coldBuffered: b2i(planned == readColdBuffered)}); c0.preads != want.preads || c0.direct != want.direct || c0.coldBuffered != want.coldBuffered || c0.degraded != 0 {
+			t.Fatalf("%s, then Read: %+v; want %+v, as planned (the policy's answer taken back)", tc.name, c0, want)
+		}
+		freeAll(tc.name + ", then Read")
+	}
+
+	// Damage in the second segment: the joined needle does not verify,
+	// and Read rebuilds the segment from the other shards.
+	flipByte(t, ECShardPath(dir, 3, segs[1].shard), ECHeaderSize+segs[1].off+int64(segs[1].n)/2)
+	for range 2 { // direct, then buffered
+		dropShards(t, dir)
+		st0 := e.Status()
+		c, _, ok, err := e.StartColdRead(n.Key, n.Cookie, n.Size, nil)
+		if !ok || err != nil {
+			t.Fatalf("damaged: planned %v, %v", ok, err)
+		}
+		if got, _, err := preadCold(t, &c); !errors.Is(err, ErrWouldBlock) || got.Data != nil {
+			t.Fatalf("damaged: %v and %d bytes, want ErrWouldBlock and none", err, len(got.Data))
+		}
+		got, _, err := e.Read(context.Background(), n.Key, n.Cookie, n.Size, nil)
+		if err != nil || !bytes.Equal(got.Data, n.Data) || got.Checksum != n.Checksum {
+			t.Fatalf("damaged, then Read: %v, or wrong bytes", err)
+		}
+		if st := e.Status(); st.Degraded-st0.Degraded != 1 {
+			t.Fatalf("damaged: %d degraded reads, want 1", st.Degraded-st0.Degraded)
+		}
+	}
+	freeAll("after the damaged needle")
+}
+
+// b2i is 1 for true, 0 for false.
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
 }
