@@ -464,13 +464,34 @@ func (l *loop) closeRing() {
 	if l.ring == nil {
 		return
 	}
-	l.ring.Close(func(tag uint64, n int, err error) {
+	ringClose(l.ring, func(tag uint64, n int, err error) {
 		if j, ok := l.recordRead(tag, n, err); ok {
 			l.callRead(j)
 			j.ans.release()
 		}
 	})
+	if len(l.reads) > 0 {
+		// The ring could not be waited on (it is kept for the life of
+		// the process, see vfs.LoopRing.Close): the reads left in it may
+		// still write their buffers, so their requests, and whatever
+		// their ReadDone would have released (a buffer of a pool outside
+		// Go's heap, a volume's descriptor), stay reachable for good too.
+		abandonedMu.Lock()
+		abandonedReads = append(abandonedReads, l.reads)
+		abandonedMu.Unlock()
+	}
 }
+
+// ringClose closes a loop's ring; a variable so that tests can have a
+// ring that cannot be waited on.
+var ringClose = (*vfs.LoopRing).Close
+
+// abandonedReads holds the requests of the reads a closing loop could not
+// wait for, for the life of the process.
+var (
+	abandonedMu    sync.Mutex
+	abandonedReads []map[uint64]*job
+)
 
 // wait returns the loop's ready events: at once if there are some, else
 // once there are, or after the loop's tick with none. It parks the
@@ -816,16 +837,19 @@ func (l *loop) scan(drain bool) {
 			if l.now.After(c.linger) {
 				l.close(c)
 			}
-		case c.busy:
-			if drain {
-				c.closing = true
-			}
 		case c.head < len(c.out):
+			// Also while a later request waits for its answer (busy): a
+			// client that reads nothing must not be kept for as long as
+			// that answer takes (a read of a hung device, say).
 			if drain {
 				c.closing = true
 			}
 			if o.WriteTimeout > 0 && l.now.Sub(c.writeStart) > o.WriteTimeout {
 				l.close(c) // a client that does not read its answers
+			}
+		case c.busy:
+			if drain {
+				c.closing = true
 			}
 		case c.r < len(c.in):
 			if drain || l.now.Sub(c.reqStart) > o.ReadHeaderTimeout {

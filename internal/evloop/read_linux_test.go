@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -335,6 +336,110 @@ func TestLoopReadConnectionGone(t *testing.T) {
 	}
 }
 
+// TestLoopWriteTimeoutWhileReading: a client that reads nothing of its
+// answers is closed by WriteTimeout even while a later request of its
+// waits for a read the loop makes (a read that does not end, from a pipe);
+// the read's ReadDone is still called once when the read is done, and the
+// answer it made is dropped.
+func TestLoopWriteTimeoutWhileReading(t *testing.T) {
+	ringOn(t)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pr.Close(); pw.Close() })
+	big := body(32 << 20) // far more than the socket buffers hold
+	var ended, dones, freed atomic.Int64
+	h := func(req *Request, a *Answer, mayBlock bool) Result {
+		switch string(req.Target) {
+		case "/big":
+			a.Status = http.StatusOK
+			a.HeaderInt("Content-Length", int64(len(big)))
+			a.Body = big
+			return Answered
+		case "/pipe":
+			if mayBlock {
+				return Declined
+			}
+			b := make([]byte, 5)
+			if !a.Read(int(pr.Fd()), b, 0, func(a *Answer, n int, err error) Result {
+				dones.Add(1)
+				a.Status = http.StatusOK
+				a.HeaderInt("Content-Length", int64(n))
+				a.Body = b[:n]
+				a.Done = closeFunc(func() { freed.Add(1) })
+				return Answered
+			}) {
+				return Declined
+			}
+			return Pending
+		}
+		return Declined
+	}
+	// MaxQueued above the big answer, so that the pipelined request is
+	// parsed while the answer before it waits in the queue.
+	srv, err := New(h, http.NotFoundHandler(), Options{Loops: 1, WriteTimeout: 50 * time.Millisecond, MaxQueued: 64 << 20,
+		OnClose: func() { ended.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listenFor(t, srv, nil)
+	t.Cleanup(func() { pw.Close() }) // ends a read still in flight before the server stops
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.(*net.TCPConn).SetReadBuffer(4096)
+	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\nGET /pipe HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitFor(t, "the connection closed by WriteTimeout while its read is in flight", func() bool { return ended.Load() == 1 })
+	if dones.Load() != 0 {
+		t.Fatal("ReadDone called before the read was done")
+	}
+	pw.Write([]byte("hello"))
+	waitFor(t, "the ReadDone", func() bool { return dones.Load() == 1 })
+	waitFor(t, "the dropped answer's Done", func() bool { return freed.Load() == 1 })
+}
+
+// TestLoopReadAbandonedRing: when a stopping loop's ring cannot be waited
+// on (the ring is then kept for the life of the process), the requests of
+// the reads left in it are never handed to their ReadDone, which would
+// release buffers the kernel may still write, and stay reachable for good.
+func TestLoopReadAbandonedRing(t *testing.T) {
+	ringOn(t)
+	orig := ringClose
+	ringClose = func(*vfs.LoopRing, func(uint64, int, error)) {} // waits for nothing
+	t.Cleanup(func() { ringClose = orig })
+	abandonedMu.Lock()
+	before := len(abandonedReads)
+	abandonedMu.Unlock()
+	f := newReadFixture(t)
+	c := f.dial(t)
+	io.WriteString(c, "GET /pipe HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitFor(t, "the read taken", func() bool { return f.taken.Load() == 1 })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := f.srv.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	if n := f.dones.Load(); n != 0 {
+		t.Fatalf("%d ReadDone calls for a read the ring may still make", n)
+	}
+	abandonedMu.Lock()
+	defer abandonedMu.Unlock()
+	kept := 0
+	for _, reads := range abandonedReads[before:] {
+		for _, j := range reads {
+			if string(j.req.Target) == "/pipe" {
+				kept++
+			}
+		}
+	}
+	if kept != 1 {
+		t.Fatalf("%d requests of the abandoned ring kept reachable, want 1", kept)
+	}
+}
+
 // TestLoopReadShutdown: a loop stopped with a read in flight waits for it
 // before it ends (the kernel may still write the read's buffer) and has
 // its ReadDone release what it holds, once.
@@ -421,3 +526,8 @@ func TestLoopReadWithoutRing(t *testing.T) {
 		t.Fatalf("without a ring: %d reads taken by the loop, %d answered off it; want 0 and 5", f.taken.Load(), f.off.Load())
 	}
 }
+
+// closeFunc is an io.Closer that calls itself.
+type closeFunc func()
+
+func (f closeFunc) Close() error { f(); return nil }
