@@ -33,42 +33,17 @@ import (
 // segment. Every answer is the image whole, with the ETag of the needle
 // ECVolume.Read answers.
 func TestLoopECColdReadsOnTheLoop(t *testing.T) {
-	if r, err := vfs.NewLoopRing(1); err != nil {
-		t.Skip(err)
-	} else {
-		r.Close(nil)
-	}
-	ctx := context.Background()
+	loopRingOrSkip(t)
 	dir := t.TempDir()
-	ts := startServer(t, Options{Dir: dir, DirectReads: true}, ServerOptions{EventLoop: true})
-	ts.allocate(t, 1)
-	photos := ts.writeRandomPhotos(t, rand.New(rand.NewPCG(15, 2)), 1, 8, 0x200, 4000, 700)
-	if _, err := ts.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1, Reason: "full"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ts.client.EcEncode(ctx, &storepb.EcEncodeRequest{Vid: 1, LargeBlock: 1 << 20, SmallBlock: 64 << 10}); err != nil {
-		t.Fatal(err)
-	}
-	ev, err := ts.srv.store.ECVolume(1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var photos []*photo
+	ts, ev := encodedOnLoop(t, Options{Dir: dir, DirectReads: true}, &storepb.EcEncodeRequest{Vid: 1, LargeBlock: 1 << 20, SmallBlock: 64 << 10},
+		func(ts *testServer) {
+			photos = ts.writeRandomPhotos(t, rand.New(rand.NewPCG(15, 2)), 1, 8, 0x200, 4000, 700)
+		})
 	if st := ev.Status(); len(st.Local) != volume.ECShards || st.DirectOff != "" {
 		t.Fatalf("%d local shards, direct off: %q", len(st.Local), st.DirectOff)
 	}
-	drop := func() {
-		for i := range volume.ECShards {
-			f, err := os.Open(volume.ECShardPath(dir, 1, i))
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
-			f.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	drop := func() { dropECShards(t, dir, 1) }
 	loopReads := func() float64 { return scrapeCounter(t, ts.base, "haybale_store_http_loop_disk_reads_total") }
 	onLoop, straddling, offLoop, direct := 0, 0, 0, int64(0)
 	for _, p := range photos {
@@ -109,7 +84,7 @@ func TestLoopECColdReadsOnTheLoop(t *testing.T) {
 			direct += st.DirectReads - st0.DirectReads
 			// The ETag is the needle's checksum, as ECVolume.Read (the
 			// path off the loop) reads it.
-			nd, _, err := ev.Read(ctx, p.id.Key, p.id.Cookie, size, nil)
+			nd, _, err := ev.Read(context.Background(), p.id.Key, p.id.Cookie, size, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -130,26 +105,12 @@ func TestLoopECColdReadsOnTheLoop(t *testing.T) {
 // other shards: the answer is the image whole, and the loop's read is not
 // counted as an answer made on the loop.
 func TestLoopECDamagedSecondSegment(t *testing.T) {
-	if r, err := vfs.NewLoopRing(1); err != nil {
-		t.Skip(err)
-	} else {
-		r.Close(nil)
-	}
-	ctx := context.Background()
-	dir := t.TempDir()
-	ts := startServer(t, Options{Dir: dir}, ServerOptions{EventLoop: true})
-	ts.allocate(t, 1)
-	photos := ts.writeRandomPhotos(t, rand.New(rand.NewPCG(15, 2)), 1, 8, 0x200, 4000, 700)
-	if _, err := ts.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1, Reason: "full"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ts.client.EcEncode(ctx, &storepb.EcEncodeRequest{Vid: 1, LargeBlock: 1 << 20, SmallBlock: 64 << 10}); err != nil {
-		t.Fatal(err)
-	}
-	ev, err := ts.srv.store.ECVolume(1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	loopRingOrSkip(t)
+	var photos []*photo
+	ts, ev := encodedOnLoop(t, Options{Dir: t.TempDir()}, &storepb.EcEncodeRequest{Vid: 1, LargeBlock: 1 << 20, SmallBlock: 64 << 10},
+		func(ts *testServer) {
+			photos = ts.writeRandomPhotos(t, rand.New(rand.NewPCG(15, 2)), 1, 8, 0x200, 4000, 700)
+		})
 	// A needle over two segments, read buffered: its second read is of
 	// the segment's bytes exactly, at their place in the shard file.
 	var p *photo
@@ -215,32 +176,17 @@ func TestLoopECDamagedSecondSegment(t *testing.T) {
 // counted per GET), the volume's preads per image, and the process's CPU
 // (server and the in-process client) per image.
 func BenchmarkLoopECCold(b *testing.B) {
-	if r, err := vfs.NewLoopRing(1); err != nil {
-		b.Skip(err)
-	} else {
-		r.Close(nil)
-	}
-	ctx := context.Background()
+	loopRingOrSkip(b)
 	dir := b.TempDir()
-	ts := startServer(b, Options{Dir: dir, DirectReads: true}, ServerOptions{EventLoop: true})
-	ts.allocate(b, 1)
 	rng := rand.New(rand.NewPCG(3, 4))
 	var photos []*photo
-	for k := 1; k <= 60; k++ {
-		p := randomPhoto(rng, 1, uint64(k), 24<<10+rng.IntN(12<<10))
-		ts.writePhoto(b, p)
-		photos = append(photos, p)
-	}
-	if _, err := ts.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1, Reason: "full"}); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := ts.client.EcEncode(ctx, &storepb.EcEncodeRequest{Vid: 1}); err != nil {
-		b.Fatal(err)
-	}
-	ev, err := ts.srv.store.ECVolume(1)
-	if err != nil {
-		b.Fatal(err)
-	}
+	ts, ev := encodedOnLoop(b, Options{Dir: dir, DirectReads: true}, &storepb.EcEncodeRequest{Vid: 1}, func(ts *testServer) {
+		for k := 1; k <= 60; k++ {
+			p := randomPhoto(rng, 1, uint64(k), 24<<10+rng.IntN(12<<10))
+			ts.writePhoto(b, p)
+			photos = append(photos, p)
+		}
+	})
 	type image struct {
 		p    *photo
 		size needle.SizeCode
@@ -273,16 +219,7 @@ func BenchmarkLoopECCold(b *testing.B) {
 			b.Fatalf("GET: %d, %d bytes, %v", resp.StatusCode, body.Len(), err)
 		}
 	}
-	drop := func() {
-		for i := range volume.ECShards {
-			f, err := os.Open(volume.ECShardPath(dir, 1, i))
-			if err != nil {
-				b.Fatal(err)
-			}
-			unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
-			f.Close()
-		}
-	}
+	drop := func() { dropECShards(b, dir, 1) }
 	loopReads := func() float64 {
 		_, page := ts.do(b, http.MethodGet, "/metrics", nil)
 		for _, line := range strings.Split(string(page), "\n") {
@@ -323,4 +260,52 @@ func BenchmarkLoopECCold(b *testing.B) {
 	b.ReportMetric(float64(st.Preads-st0.Preads)/n, "preads/image")
 	b.ReportMetric(100*float64(st.Straddling-st0.Straddling)/n, "straddling-%")
 	b.ReportMetric(float64(spent.Microseconds())/n, "cpu-µs/image")
+}
+
+// loopRingOrSkip skips where the system has no io_uring for the loops.
+func loopRingOrSkip(tb testing.TB) {
+	tb.Helper()
+	r, err := vfs.NewLoopRing(1)
+	if err != nil {
+		tb.Skip(err)
+	}
+	r.Close(nil)
+}
+
+// encodedOnLoop starts a store serving on the event loops with one
+// volume (1), has write fill it, seals it and erasure-codes it with req,
+// and returns the server and the EC volume.
+func encodedOnLoop(tb testing.TB, so Options, req *storepb.EcEncodeRequest, write func(ts *testServer)) (*testServer, *volume.ECVolume) {
+	tb.Helper()
+	ctx := context.Background()
+	ts := startServer(tb, so, ServerOptions{EventLoop: true})
+	ts.allocate(tb, 1)
+	write(ts)
+	if _, err := ts.client.MarkReadOnly(ctx, &storepb.MarkReadOnlyRequest{Vid: 1, Reason: "full"}); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := ts.client.EcEncode(ctx, req); err != nil {
+		tb.Fatal(err)
+	}
+	ev, err := ts.srv.store.ECVolume(1)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ts, ev
+}
+
+// dropECShards drops every shard of volume vid in dir from the page cache.
+func dropECShards(tb testing.TB, dir string, vid uint32) {
+	tb.Helper()
+	for i := range volume.ECShards {
+		f, err := os.Open(volume.ECShardPath(dir, vid, i))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		err = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+		f.Close()
+		if err != nil {
+			tb.Fatal(err)
+		}
+	}
 }

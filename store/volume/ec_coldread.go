@@ -149,10 +149,9 @@ func (e *ECVolume) StartColdRead(key, cookie uint64, size needle.SizeCode, buf [
 	return c, buf, true, nil
 }
 
-// coldHow is howToRead for a needle of n bytes on segs, segments of
-// mapped local shards, deciding without counting (Finish counts the
-// reads it made). Asking the policy records the needle: reads not made
-// after all take the answer back (undoPolicy).
+// coldHow is howToRead without counting the answer (the loop's Finish
+// counts the reads it made). Asking the policy records the needle: reads
+// not made after all take the answer back (undoPolicy).
 func (e *ECVolume) coldHow(key uint64, size needle.SizeCode, n int, segs []ecSegment) shardRead {
 	if e.opts.Direct == nil || n < MapMin {
 		return readBuffered
@@ -160,10 +159,10 @@ func (e *ECVolume) coldHow(key uint64, size needle.SizeCode, n int, segs []ecSeg
 	cold := false
 	for _, s := range segs {
 		m := e.cold[s.shard]
-		if m.direct == nil {
+		if m == nil || m.direct == nil {
 			return readBuffered
 		}
-		if !m.resident(ECHeaderSize+s.off, s.n) {
+		if !cold && !m.resident(ECHeaderSize+s.off, s.n) {
 			cold = true
 		}
 	}

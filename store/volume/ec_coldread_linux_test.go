@@ -177,24 +177,7 @@ func TestECStartColdReadRefusals(t *testing.T) {
 	// Damage on the needle's shard: the loop's read does not verify, and
 	// Read rebuilds the needle from the other shards.
 	flipByte(t, ECShardPath(dir, 3, seg.shard), ECHeaderSize+seg.off+needle.HeaderSize+10)
-	for range 2 { // direct, then buffered
-		dropShards(t, dir)
-		st0 := e.Status()
-		c, _, ok, err := e.StartColdRead(n.Key, n.Cookie, n.Size, nil)
-		if !ok || err != nil {
-			t.Fatalf("damaged: planned %v, %v", ok, err)
-		}
-		if got, _, err := preadCold(t, &c); !errors.Is(err, ErrWouldBlock) || got.Data != nil {
-			t.Fatalf("damaged: %v and %d bytes, want ErrWouldBlock and none", err, len(got.Data))
-		}
-		got, _, err := e.Read(context.Background(), n.Key, n.Cookie, n.Size, nil)
-		if err != nil || !bytes.Equal(got.Data, n.Data) || got.Checksum != n.Checksum {
-			t.Fatalf("damaged, then Read: %v, or wrong bytes", err)
-		}
-		if st := e.Status(); st.Degraded-st0.Degraded != 1 {
-			t.Fatalf("damaged: %d degraded reads, want 1", st.Degraded-st0.Degraded)
-		}
-	}
+	checkDamagedRebuilt(t, e, dir, n)
 	freeAll("after the damaged needle")
 
 	if err := e.Close(); err != nil {
@@ -275,6 +258,25 @@ func TestECStartColdReadTwoSegments(t *testing.T) {
 	// Damage in the second segment: the joined needle does not verify,
 	// and Read rebuilds the segment from the other shards.
 	flipByte(t, ECShardPath(dir, 3, segs[1].shard), ECHeaderSize+segs[1].off+int64(segs[1].n)/2)
+	checkDamagedRebuilt(t, e, dir, n)
+	freeAll("after the damaged needle")
+}
+
+// b2i is 1 for true, 0 for false.
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// checkDamagedRebuilt reads n, damaged on the shard its loop read takes,
+// cold twice (direct, then buffered, as the policy alternates): the
+// loop's read does not verify (ErrWouldBlock, no bytes), and Read then
+// rebuilds the needle from the other shards, byte for byte, in one
+// degraded read.
+func checkDamagedRebuilt(t *testing.T, e *ECVolume, dir string, n *needle.Needle) {
+	t.Helper()
 	for range 2 { // direct, then buffered
 		dropShards(t, dir)
 		st0 := e.Status()
@@ -293,13 +295,4 @@ func TestECStartColdReadTwoSegments(t *testing.T) {
 			t.Fatalf("damaged: %d degraded reads, want 1", st.Degraded-st0.Degraded)
 		}
 	}
-	freeAll("after the damaged needle")
-}
-
-// b2i is 1 for true, 0 for false.
-func b2i(b bool) int64 {
-	if b {
-		return 1
-	}
-	return 0
 }

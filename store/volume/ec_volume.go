@@ -542,29 +542,14 @@ func (e *ECVolume) readRangeLocked(ctx context.Context, dst []byte, off int64, s
 // the shard is mapped). A needle with a segment on a shard not held here
 // (or held without the descriptors of direct reads) is read buffered.
 func (e *ECVolume) howToRead(key uint64, size needle.SizeCode, n int, segs []ecSegment) shardRead {
-	if e.opts.Direct == nil || n < MapMin {
-		return readBuffered
-	}
-	cold := false
-	for _, s := range segs {
-		m := e.cold[s.shard]
-		if m == nil || m.direct == nil {
-			return readBuffered
-		}
-		if !cold && !m.resident(ECHeaderSize+s.off, s.n) {
-			cold = true
-		}
-	}
-	switch {
-	case !cold:
-		return readBuffered
-	case e.opts.Direct.direct(e.vid, key, size):
+	how := e.coldHow(key, size, n, segs)
+	switch how {
+	case readDirect:
 		e.directReads.Add(1)
-		return readDirect
-	default:
+	case readColdBuffered:
 		e.coldBuffered.Add(1)
-		return readColdBuffered
 	}
+	return how
 }
 
 // readDirect fills p with the bytes at off of d, a shard opened by
