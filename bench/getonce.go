@@ -61,7 +61,8 @@ type GetOnceResult struct {
 	// Bytes is every byte received, header blocks and bodies, as the
 	// kernel counted them.
 	Bytes int64
-	// Elapsed runs from the first request to the last answer.
+	// Elapsed runs from the first request to the last answer (or the
+	// last failure, when a request failed after every answer).
 	Elapsed time.Duration
 	// Rate is Requests / Elapsed.
 	Rate float64
@@ -316,9 +317,11 @@ func (w *getOnceConn) run(r *getOnceRun) {
 			r.fail(r.paths[i], err)
 		case errors.Is(err, errAnswer):
 			w.answerErrs++
+			w.last = time.Now()
 			r.fail(r.paths[i], err)
 		default:
 			w.socketErrs++
+			w.last = time.Now()
 			r.fail(r.paths[i], err)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -22,6 +23,10 @@ import (
 type onceServer struct {
 	ln     net.Listener
 	answer func(path string) (resp []byte, close bool)
+	// dribble, when set, writes each answer's first dribble bytes one at
+	// a time, a millisecond apart, so that the client reads the header
+	// block in pieces.
+	dribble atomic.Int64
 
 	mu    sync.Mutex
 	count map[string]int
@@ -75,6 +80,13 @@ func newOnceServer(t *testing.T, answer func(path string) ([]byte, bool)) *onceS
 					s.mu.Lock()
 					s.sent += int64(len(resp))
 					s.mu.Unlock()
+					for range min(int(s.dribble.Load()), len(resp)) {
+						if _, err := c.Write(resp[:1]); err != nil {
+							return
+						}
+						resp = resp[1:]
+						time.Sleep(time.Millisecond)
+					}
 					if _, err := c.Write(resp); err != nil || closeAfter {
 						return
 					}
@@ -103,6 +115,14 @@ func okAnswer(n int) []byte {
 		body[n-1] = 'Z'
 	}
 	return append(fmt.Appendf(nil, "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n", n), body...)
+}
+
+// testCtx bounds a run, so that a client that waits for bytes that never
+// come fails the test instead of hanging it.
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
 }
 
 func testPaths(n int) []string {
@@ -145,7 +165,7 @@ func TestGetOnceEveryPathOnce(t *testing.T) {
 			t.Run(fmt.Sprintf("c%d-n%d", conns, n), func(t *testing.T) {
 				s := newOnceServer(t, func(p string) ([]byte, bool) { return okAnswer(bodySize(p)), false })
 				paths := testPaths(n)
-				res, err := RunGetOnce(context.Background(), GetOnceConfig{Addr: s.addr(), Paths: paths, Conns: conns})
+				res, err := RunGetOnce(testCtx(t), GetOnceConfig{Addr: s.addr(), Paths: paths, Conns: conns})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -186,7 +206,7 @@ func TestGetOnceDiscardExact(t *testing.T) {
 		return okAnswer(sizes[i]), false
 	})
 	paths := testPaths(len(sizes))
-	res, err := RunGetOnce(context.Background(), GetOnceConfig{Addr: s.addr(), Paths: paths, Conns: 1})
+	res, err := RunGetOnce(testCtx(t), GetOnceConfig{Addr: s.addr(), Paths: paths, Conns: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,6 +223,24 @@ func TestGetOnceDiscardExact(t *testing.T) {
 	}
 }
 
+// TestGetOnceHeaderInPieces: a header block that arrives a byte at a time
+// is put together across reads, its end found wherever it falls.
+func TestGetOnceHeaderInPieces(t *testing.T) {
+	s := newOnceServer(t, func(p string) ([]byte, bool) { return okAnswer(bodySize(p)), false })
+	s.dribble.Store(90) // past the header block (66-70 bytes) into the body
+	paths := testPaths(7)
+	res, err := RunGetOnce(testCtx(t), GetOnceConfig{Addr: s.addr(), Paths: paths, Conns: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkOnce(t, s, paths)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if res.Answers != 7 || res.Failed() != 0 || res.Bytes != s.sent {
+		t.Errorf("answers %d failed %d (%v) bytes %d, want 7, 0 and %d", res.Answers, res.Failed(), res.Errors, res.Bytes, s.sent)
+	}
+}
+
 // TestGetOnceStatusError: a 404 counts as a status error with its path,
 // and the connection carries on.
 func TestGetOnceStatusError(t *testing.T) {
@@ -213,7 +251,7 @@ func TestGetOnceStatusError(t *testing.T) {
 		return okAnswer(bodySize(p)), false
 	})
 	paths := testPaths(10)
-	res, err := RunGetOnce(context.Background(), GetOnceConfig{Addr: s.addr(), Paths: paths, Conns: 1})
+	res, err := RunGetOnce(testCtx(t), GetOnceConfig{Addr: s.addr(), Paths: paths, Conns: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +288,7 @@ func TestGetOnceClosedMidBody(t *testing.T) {
 		s.mu.Lock()
 		clear(s.count)
 		s.mu.Unlock()
-		res, err := RunGetOnce(context.Background(), GetOnceConfig{Addr: s.addr(), Paths: paths, Conns: conns})
+		res, err := RunGetOnce(testCtx(t), GetOnceConfig{Addr: s.addr(), Paths: paths, Conns: conns})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -290,7 +328,7 @@ func TestGetOnceUntakenAnswers(t *testing.T) {
 		return okAnswer(bodySize(p)), false
 	})
 	paths := testPaths(12)
-	res, err := RunGetOnce(context.Background(), GetOnceConfig{Addr: s.addr(), Paths: paths, Conns: 2})
+	res, err := RunGetOnce(testCtx(t), GetOnceConfig{Addr: s.addr(), Paths: paths, Conns: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,7 +395,7 @@ func TestGetOnceNetHTTPServer(t *testing.T) {
 	}))
 	defer srv.Close()
 	paths := testPaths(30)
-	res, err := RunGetOnce(context.Background(), GetOnceConfig{Addr: srv.Listener.Addr().String(), Paths: paths, Conns: 4})
+	res, err := RunGetOnce(testCtx(t), GetOnceConfig{Addr: srv.Listener.Addr().String(), Paths: paths, Conns: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +427,7 @@ func TestGetOnceBadConfig(t *testing.T) {
 		{GetOnceConfig{Addr: "127.0.0.1:1", Paths: []string{"/a", "b"}, Conns: 1}, "path 2"},
 		{GetOnceConfig{Addr: "127.0.0.1:1", Paths: []string{"/a b"}, Conns: 1}, "space"},
 	} {
-		if _, err := RunGetOnce(context.Background(), c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, err := RunGetOnce(testCtx(t), c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: err %v, want %q", c.cfg, err, c.want)
 		}
 	}
