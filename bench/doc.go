@@ -13,6 +13,10 @@
 // every image once, in a random order, as request paths and as fio iologs
 // of the same needles, so that bench/serve-compare.sh -c can compare a
 // store's cold GETs with fio's reads of exactly the same byte ranges.
+// RunGetOnce is the client of that comparison: it GETs every path of a
+// list once over C keep-alive connections, one request in flight each,
+// and drops each body in the kernel, so that it takes as little as it
+// can of the CPU it shares with the server.
 //
 // The run functions are safe to call concurrently with each other; each
 // run's workers share nothing but atomic counters.

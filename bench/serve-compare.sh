@@ -35,13 +35,20 @@
 # Before each side the store is stopped and the volume files are dropped
 # from the page cache (posix_fadvise DONTNEED, through dd iflag=nocache; a
 # process's own mapping keeps the pages it touched cached through DONTNEED,
-# hence the stop); then a fresh store is sent every path once by wrk with
-# bench/wrk-once.lua over Q connections (the two threads take alternate
-# paths, each thread's connections the thread's next path), or fio replays
-# the iologs. The store's rate is images / (last answer - first request);
-# every image must be answered, with no error, and the bytes wrk read
-# must be, to the byte, one 200 of the image's size per image (one
-# answer's header block, read after the run, tells the header bytes).
+# hence the stop); then a fresh store is sent every path once over Q
+# connections, one request in flight each, or fio replays the iologs. The
+# client (-G) is `haybale bench get-once` (the default), which reads each
+# answer's header block and drops the body in the kernel, or wrk with
+# bench/wrk-once.lua (the two threads take alternate paths, each thread's
+# connections the thread's next path), which reads every body into its
+# buffers 8 KiB at a time. The client shares the machine's CPUs with the
+# store (fio has no client at all), so its CPU per image is printed next
+# to the store's: get-once's own getrusage over the run, wrk's user+system
+# time from /proc/PID/stat just before it is interrupted. The store's rate
+# is images / (last answer - first request); every image must be
+# answered, with no error, and the bytes the client read must be, to the
+# byte, one 200 of the image's size per image (one answer's header block,
+# read after the run, tells the header bytes).
 # Next to each figure: the bytes read from the volume files' block device
 # during that side (/proc/diskstats), against the bytes of the distinct
 # pages the needles span (a side that read much less from the disk was
@@ -73,7 +80,8 @@
 #
 # Usage: bench/serve-compare.sh [-w WORKDIR] [-b HAYBALE] [-n PHOTOS]
 #                               [-r REPS] [-d DURATION] [-q ROWS] [-c] [-k] [-S]
-#                               [-C IMAGES] [-Q DEPTHS] [-D] [-F RUNS] [-P CPUS]
+#                               [-C IMAGES] [-Q DEPTHS] [-D] [-F RUNS] [-G CLIENT]
+#                               [-P CPUS]
 #   -w  work directory, kept between runs (default /tmp/haybale-serve-bench);
 #       a corpus loaded there earlier is reused
 #   -b  haybale binary (default: built from this tree into the work directory)
@@ -88,6 +96,9 @@
 #   -Q  queue depths of the cold reads (default "16 64")
 #   -D  also run fio with direct=1 on the cold reads (see above)
 #   -F  fio runs per side and rep, of which the median counts (default 1)
+#   -G  the cold reads' client: haybale (`haybale bench get-once`, the
+#       default; a haybale without it is built from this tree) or wrk
+#       (bench/wrk-once.lua)
 #   -k  also run the cache-hit comparison
 #   -S  skip the store rows (with -c or -k)
 #   -P  pin the server to these CPUs (a taskset list, e.g. "0" or "0-1")
@@ -108,11 +119,12 @@ coldsample=0
 colddepths="16 64"
 colddirect=0
 coldfio=1
+coldclient=haybale
 cache=0
 storerows=1
 tableonly=
 pin=
-while getopts "w:b:n:r:d:q:ckST:C:Q:DF:P:h" opt; do
+while getopts "w:b:n:r:d:q:ckST:C:Q:DF:G:P:h" opt; do
 	case $opt in
 	w) work=$OPTARG ;;
 	b) bin=$OPTARG ;;
@@ -125,6 +137,7 @@ while getopts "w:b:n:r:d:q:ckST:C:Q:DF:P:h" opt; do
 	Q) colddepths=$OPTARG ;;
 	D) colddirect=1 ;;
 	F) coldfio=$OPTARG ;;
+	G) coldclient=$OPTARG ;;
 	k) cache=1 ;;
 	S) storerows=0 ;;
 	T) tableonly=$OPTARG ;;
@@ -163,6 +176,14 @@ table() {
 }
 
 median() { sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+
+case $coldclient in
+haybale | wrk) ;;
+*)
+	echo "serve-compare: -G $coldclient: want haybale or wrk" >&2
+	exit 2
+	;;
+esac
 
 if [ -n "$tableonly" ]; then
 	table "$tableonly"
@@ -340,13 +361,16 @@ if ! command -v fio >/dev/null; then
 	exit 0
 fi
 
-# Cold reads: the plan (paths for wrk, iologs for fio) from the volume
-# files' dumps. Only a haybale with `bench cold-plan` writes it: the one
-# given with -b if it has the command, else one built from this tree.
+# Cold reads: the plan (paths for the client, iologs for fio) from the
+# volume files' dumps. Only a haybale with `bench cold-plan` writes it, and
+# only one with `bench get-once` is the haybale client: the one given with
+# -b if it has the commands, else one built from this tree.
 tool=$bin
-if ! "$bin" bench --help 2>/dev/null | grep -q "^  cold-plan "; then
-	tool=$work/haybale-cold-plan
-	echo "building haybale from this tree into $tool ($bin has no bench cold-plan)"
+need=cold-plan
+[ "$coldclient" = haybale ] && need=get-once
+if ! "$bin" bench --help 2>/dev/null | grep -q "^  $need "; then
+	tool=$work/haybale-$need
+	echo "building haybale from this tree into $tool ($bin has no bench $need)"
 	(cd "$here/.." && go build -o "$tool" ./cmd/haybale)
 fi
 rm -rf cold
@@ -396,10 +420,11 @@ disk_delta() {
 }
 
 # cold_store QD: stop the store, drop, start it, GET every path once over
-# QD connections; sets rate and disk, prints a line on stderr. (Not in a
-# subshell: it restarts the store, whose pid the script keeps.)
+# QD connections with the -G client; sets rate, disk, cpu (the store's µs
+# per image) and client_cpu (the client's), prints a line on stderr. (Not
+# in a subshell: it restarts the store, whose pid the script keeps.)
 cold_store() {
-	local qd=$1 t=2 d0 d1 c0 c1 wpid once
+	local qd=$1 t=2 d0 d1 c0 c1 wpid wt once
 	[ "$qd" -lt $t ] && t=$qd
 	stop_store
 	drop_cache
@@ -407,16 +432,25 @@ cold_store() {
 	rm -f cold/done.*
 	d0=$(disk_read)
 	c0=$(cpu_ticks "$store_pid")
-	PATHS=cold/paths.txt DONE=$work/cold/done wrk -t$t -c"$qd" -d600s -s "$here/wrk-once.lua" \
-		"http://$store_http" -- "$qd" $t >cold/wrk.out &
-	wpid=$!
-	while [ "$(find cold -maxdepth 1 -name 'done.*' | wc -l)" -lt $t ] && kill -0 $wpid 2>/dev/null; do sleep 0.1; done
-	kill -INT $wpid 2>/dev/null || true
-	wait $wpid || true
+	if [ "$coldclient" = haybale ]; then
+		# It prints the once: line and "client: cpu_us_per_request U ...",
+		# and fails when a request did; the check below says what failed.
+		"$tool" bench get-once --url "http://$store_http" --paths cold/paths.txt --conns "$qd" >cold/client.out 2>&1 || true
+		client_cpu=$(awk '$1 == "client:" && $2 == "cpu_us_per_request" {printf "%.0f", $3}' cold/client.out)
+	else
+		PATHS=cold/paths.txt DONE=$work/cold/done wrk -t$t -c"$qd" -d600s -s "$here/wrk-once.lua" \
+			"http://$store_http" -- "$qd" $t >cold/client.out &
+		wpid=$!
+		while [ "$(find cold -maxdepth 1 -name 'done.*' | wc -l)" -lt $t ] && kill -0 $wpid 2>/dev/null; do sleep 0.1; done
+		wt=$(cpu_ticks $wpid 2>/dev/null || echo 0)
+		kill -INT $wpid 2>/dev/null || true
+		wait $wpid || true
+		client_cpu=$(awk -v t="$wt" -v hz="$hz" -v n="$images" 'BEGIN {printf "%.0f", t * 1e6 / hz / n}')
+	fi
 	d1=$(disk_read)
 	c1=$(cpu_ticks "$store_pid")
 	cpu=$(awk -v t=$((c1 - c0)) -v hz="$hz" -v n="$images" 'BEGIN {printf "%.0f", t * 1e6 / hz / n}')
-	once=$(awk '$1 == "once:"' cold/wrk.out)
+	once=$(awk '$1 == "once:"' cold/client.out)
 	# What one 200 of the right length per image adds up to, headers
 	# included: the store's header block varies only in the Content-Length
 	# digits, so one answer's block (read now, after the run) minus its
@@ -430,13 +464,13 @@ cold_store() {
 	set -- $once
 	if [ "$#" -ne 17 ] || [ "$3" != "$images" ] || [ "$5" != "$images" ] || [ "$7" != 0 ] || [ "$9" != 0 ] ||
 		[ "${13}" != "$want" ] || [ "${15}" = unfinished ]; then
-		echo "serve-compare: the store's cold run did not answer every image once with a 200 of the right length: ${once:-no summary} (want $images requests and answers, no errors, $want bytes)" >&2
-		cat cold/wrk.out >&2
+		echo "serve-compare: the store's cold run ($coldclient client) did not answer every image once with a 200 of the right length: ${once:-no summary} (want $images requests and answers, no errors, $want bytes)" >&2
+		cat cold/client.out >&2
 		exit 1
 	fi
 	rate=${17}
 	disk_delta "$d0" "$d1"
-	echo "    store: $rate req/s, $images answers, no error, $((want / 1000000)) MB read as expected (bodies and headers) in ${15} s; $cpu µs CPU per image; $diskline" >&2
+	echo "    store ($coldclient client): $rate req/s, $images answers, no error, $((want / 1000000)) MB read as expected (bodies and headers) in ${15} s; $cpu µs CPU per image, the client ${client_cpu:-?}; $diskline" >&2
 }
 
 # cold_fio QD [direct]: stop the store, drop, replay the QD iologs
@@ -484,7 +518,7 @@ fio_rep() {
 }
 
 echo
-echo "cold reads: $images images ($(awk -v b="$(plan needle_bytes)" 'BEGIN {printf "%.0f", b / 1e6}') MB of needles, $(awk -v b="$page_bytes" 'BEGIN {printf "%.0f", b / 1e6}') MB of pages) in $(ls data/*.dat | wc -l) volume files, each once in a random order (seed $seed), from a cold page cache; $reps reps"
+echo "cold reads: $images images ($(awk -v b="$(plan needle_bytes)" 'BEGIN {printf "%.0f", b / 1e6}') MB of needles, $(awk -v b="$page_bytes" 'BEGIN {printf "%.0f", b / 1e6}') MB of pages) in $(ls data/*.dat | wc -l) volume files, each once in a random order (seed $seed), from a cold page cache; $reps reps; client $coldclient"
 coldres=$work/cold-results.txt
 : >"$coldres"
 for rep in $(seq "$reps"); do
@@ -502,51 +536,51 @@ for rep in $(seq "$reps"); do
 		}
 		if [ $((rep % 2)) -eq 1 ]; then
 			cold_store "$qd"
-			store_res="$rate ${disk:-0}" store_cpu=$cpu
+			store_res="$rate ${disk:-0}" store_cpu=$cpu store_client_cpu=${client_cpu:-0}
 			fio_sides
 		else
 			fio_sides
 			cold_store "$qd"
-			store_res="$rate ${disk:-0}" store_cpu=$cpu
+			store_res="$rate ${disk:-0}" store_cpu=$cpu store_client_cpu=${client_cpu:-0}
 		fi
-		echo "$rep $qd $store_res $fio_res $load $store_cpu $fio_cpu $fiod_res" >>"$coldres"
+		echo "$rep $qd $store_res $fio_res $load $store_cpu $fio_cpu $fiod_res $store_client_cpu" >>"$coldres"
 	done
 done
 # Each line: rep, qd, store req/s, store disk bytes, fio reads/s, fio disk
 # bytes, load average before the rep, store CPU µs per image, fio CPU µs
-# per read, and fio direct's reads/s, disk bytes and CPU µs per read (0
-# without -D).
+# per read, fio direct's reads/s, disk bytes and CPU µs per read (0
+# without -D), and the client's CPU µs per image.
 echo
-echo "medians over $reps reps (store / fio: the median of the per-rep ratios, their spread in brackets; disk: bytes read from the disk during the side, over the bytes of the needles' pages; CPU: µs per image, the store process alone, not wrk)"
+echo "medians over $reps reps (store / fio: the median of the per-rep ratios, their spread in brackets; disk: bytes read from the disk during the side, over the bytes of the needles' pages; CPU: µs per image, the store process alone, and the $coldclient client's beside it)"
 echo
 loads() { awk -v q="$1" '$2 == q {print $7}' "$coldres" | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {print (lo == hi ? lo : lo "-" hi)}'; }
 ratio_med() { awk -v q="$1" -v e="$2" '$2 == q {split(e, f, "/"); printf "%.4f\n", $(f[1]) / $(f[2])}' "$coldres" | median; }
 # spread: " (lo-hi)" of the numbers on stdin, when there are more than one.
 spread() { sort -g | awk '{v[NR] = $1} END {if (NR > 1) printf " (%.2f-%.2f)", v[1], v[NR]}'; }
 if [ $colddirect = 0 ]; then
-	echo "| qd | store req/s | fio reads/s | store / fio | store disk / pages | fio disk / pages | store CPU | fio CPU | load average |"
-	echo "|---|---|---|---|---|---|---|---|---|"
+	echo "| qd | store req/s | fio reads/s | store / fio | store disk / pages | fio disk / pages | store CPU | client CPU | fio CPU | load average |"
+	echo "|---|---|---|---|---|---|---|---|---|---|"
 	for qd in $colddepths; do
 		col() { awk -v q="$qd" -v f="$1" '$2 == q {print $f}' "$coldres"; }
-		printf "| %d | %.0f | %.0f | %.2f%s | %.2f | %.2f | %.0f | %.0f | %s |\n" "$qd" "$(col 3 | median)" "$(col 5 | median)" \
+		printf "| %d | %.0f | %.0f | %.2f%s | %.2f | %.2f | %.0f | %.0f | %.0f | %s |\n" "$qd" "$(col 3 | median)" "$(col 5 | median)" \
 			"$(ratio_med "$qd" 3/5)" "$(awk -v q="$qd" '$2 == q {print $3 / $5}' "$coldres" | spread)" \
 			"$(awk -v q="$qd" -v p="$page_bytes" '$2 == q {printf "%.4f\n", $4 / p}' "$coldres" | median)" \
 			"$(awk -v q="$qd" -v p="$page_bytes" '$2 == q {printf "%.4f\n", $6 / p}' "$coldres" | median)" \
-			"$(col 8 | median)" "$(col 9 | median)" "$(loads "$qd")"
+			"$(col 8 | median)" "$(col 13 | median)" "$(col 9 | median)" "$(loads "$qd")"
 	done
 else
-	echo "| qd | store req/s | fio reads/s (buffered) | fio reads/s (direct) | store / fio buffered | store / fio direct | store / better fio | disk / pages: store, fio, fio direct | CPU: store, fio, fio direct | load average |"
+	echo "| qd | store req/s | fio reads/s (buffered) | fio reads/s (direct) | store / fio buffered | store / fio direct | store / better fio | disk / pages: store, fio, fio direct | CPU: store (client), fio, fio direct | load average |"
 	echo "|---|---|---|---|---|---|---|---|---|---|"
 	for qd in $colddepths; do
 		col() { awk -v q="$qd" -v f="$1" '$2 == q {print $f}' "$coldres"; }
 		pages() { awk -v q="$qd" -v p="$page_bytes" -v f="$1" '$2 == q {printf "%.4f\n", $f / p}' "$coldres" | median; }
-		printf "| %d | %.0f | %.0f | %.0f | %.2f | %.2f | **%.2f**%s | %.2f, %.2f, %.2f | %.0f, %.0f, %.0f | %s |\n" "$qd" \
+		printf "| %d | %.0f | %.0f | %.0f | %.2f | %.2f | **%.2f**%s | %.2f, %.2f, %.2f | %.0f (%.0f), %.0f, %.0f | %s |\n" "$qd" \
 			"$(col 3 | median)" "$(col 5 | median)" "$(col 10 | median)" \
 			"$(ratio_med "$qd" 3/5)" "$(ratio_med "$qd" 3/10)" \
 			"$(awk -v q="$qd" '$2 == q {printf "%.4f\n", $3 / ($5 > $10 ? $5 : $10)}' "$coldres" | median)" \
 			"$(awk -v q="$qd" '$2 == q {printf "%.4f\n", $3 / ($5 > $10 ? $5 : $10)}' "$coldres" | spread)" \
 			"$(pages 4)" "$(pages 6)" "$(pages 11)" \
-			"$(col 8 | median)" "$(col 9 | median)" "$(col 12 | median)" "$(loads "$qd")"
+			"$(col 8 | median)" "$(col 13 | median)" "$(col 9 | median)" "$(col 12 | median)" "$(loads "$qd")"
 	done
 fi
 awk -v p="$page_bytes" '$4 / p < 0.8 || $6 / p < 0.8 {

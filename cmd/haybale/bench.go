@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,7 +24,7 @@ func newBenchCmd() *cobra.Command {
 		Short: "Load generators and benchmarks",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(newBenchStoreGetCmd(), newBenchPathsCmd(), newBenchColdPlanCmd(), newBenchUploadCmd(), newBenchStoreMemoryCmd())
+	cmd.AddCommand(newBenchStoreGetCmd(), newBenchPathsCmd(), newBenchColdPlanCmd(), newBenchGetOnceCmd(), newBenchUploadCmd(), newBenchStoreMemoryCmd())
 	return cmd
 }
 
@@ -220,6 +223,128 @@ bench/serve-compare.sh -c runs both from it.`,
 	f.IntSliceVar(&jobs, "jobs", []int{16, 64}, "queue depths to write fio jobs for")
 	f.Uint64Var(&seed, "seed", 1, "seed of the order and the sample")
 	return cmd
+}
+
+func newBenchGetOnceCmd() *cobra.Command {
+	var (
+		rawURL  string
+		paths   string
+		conns   int
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "get-once",
+		Short: "GET every path of a list exactly once over N keep-alive connections, one request in flight each",
+		Long: `get-once sends a GET for every path of --paths (one a line, as cold-plan's
+paths.txt) to --url exactly once, over --conns keep-alive HTTP/1.1
+connections with one request in flight each (the server sees a queue depth
+of --conns), each connection taking the next path when its answer is in.
+It reads each answer's header block and drops the body without copying it
+(on Linux), so its own CPU per request stays small next to the server's.
+
+It prints the line bench/wrk-once.lua prints, with the same fields:
+
+  once: requests N answers N status_errors N socket_errors N timeouts N bytes N elapsed_s S rate R
+
+answers being the complete 200s, socket_errors including answers the
+client cannot take (no Content-Length, chunked, malformed), bytes every
+byte received, headers included, elapsed from the first request to the
+last answer, rate requests per second; then its own CPU per request
+(getrusage over the run):
+
+  client: cpu_us_per_request U cpu_s S
+
+and the first failed requests with their causes. It exits with status 1
+if any request failed or the run did not finish.`,
+		Example: `  haybale bench get-once --url http://127.0.0.1:8080 --paths /tmp/cold/paths.txt --conns 16`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if paths == "" {
+				return fmt.Errorf("--paths is required")
+			}
+			u, err := url.Parse(rawURL)
+			if err != nil {
+				return fmt.Errorf("--url %q: %w", rawURL, err)
+			}
+			if u.Scheme != "http" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+				return fmt.Errorf("--url %q: want http://HOST:PORT (plain HTTP, no path)", rawURL)
+			}
+			addr := u.Host
+			if u.Port() == "" {
+				addr += ":80"
+			}
+			if conns < 1 {
+				return fmt.Errorf("--conns %d: want at least 1", conns)
+			}
+			list, err := readPathList(paths)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			res, runErr := bench.RunGetOnce(ctx, bench.GetOnceConfig{Addr: addr, Host: u.Host, Paths: list, Conns: conns})
+			if res == nil {
+				return runErr
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintln(out, res.OnceLine())
+			if res.CPUKnown {
+				fmt.Fprintf(out, "client: cpu_us_per_request %.1f cpu_s %.3f\n", float64(res.CPUPerRequest.Nanoseconds())/1e3, res.CPU.Seconds())
+			} else {
+				fmt.Fprintln(out, "client: cpu_us_per_request n/a (this platform does not tell)")
+			}
+			for _, e := range res.Errors {
+				fmt.Fprintf(out, "error: %v\n", e)
+			}
+			if runErr != nil {
+				return runErr
+			}
+			if n := res.Failed(); n > 0 {
+				return fmt.Errorf("%d of %d requests failed (%d status, %d socket, %d answers not taken)", n, res.Requests,
+					res.StatusErrors, res.SocketErrors, res.AnswerErrors)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&rawURL, "url", "http://127.0.0.1:8080", "server to GET from, http://HOST:PORT")
+	f.StringVar(&paths, "paths", "", "file of request paths, one a line, each starting with / (required)")
+	f.IntVar(&conns, "conns", 16, "keep-alive connections, one request in flight each")
+	f.DurationVar(&timeout, "timeout", 10*time.Minute, "stop the run after this long (0: no limit)")
+	return cmd
+}
+
+// readPathList reads a file of request paths, one a line (blank lines
+// skipped); each must start with /.
+func readPathList(name string) ([]string, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var list []string
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimRight(sc.Text(), "\r")
+		if line == "" {
+			continue
+		}
+		if line[0] != '/' || strings.ContainsAny(line, " \t") {
+			return nil, fmt.Errorf("%s:%d: %q is not a request path (want /...)", name, n, line)
+		}
+		list = append(list, line)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if len(list) == 0 {
+		return nil, fmt.Errorf("%s lists no paths", name)
+	}
+	return list, nil
 }
 
 func newBenchStoreMemoryCmd() *cobra.Command {

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/haybale/haybale/needle"
@@ -143,6 +146,96 @@ func TestBenchColdPlanCommand(t *testing.T) {
 		root.SetErr(new(bytes.Buffer))
 		if err := root.ExecuteContext(ctx); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: error %v, want one containing %q", c.args, err, c.want)
+		}
+	}
+}
+
+// TestBenchGetOnceCommand runs `haybale bench get-once` against a server
+// that counts its requests: every listed path once, the once: line with
+// wrk-once.lua's fields and the bytes sent, the client's CPU line; a
+// failed request makes the command fail with its cause; bad flags are
+// refused with theirs.
+func TestBenchGetOnceCommand(t *testing.T) {
+	var mu sync.Mutex
+	count := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		count[r.URL.Path]++
+		mu.Unlock()
+		if strings.HasSuffix(r.URL.Path, "/missing") {
+			http.Error(w, `{"error":"not found"}`, http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Length", "1000")
+		w.Write(bytes.Repeat([]byte{'x'}, 1000))
+	}))
+	defer srv.Close()
+	dir := t.TempDir()
+	var list strings.Builder
+	for i := range 20 {
+		fmt.Fprintf(&list, "/p/%d/m\n", i)
+	}
+	good := filepath.Join(dir, "paths.txt")
+	if err := os.WriteFile(good, []byte(list.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) (string, error) {
+		root := newRootCmd()
+		var stdout bytes.Buffer
+		root.SetArgs(append([]string{"bench", "get-once"}, args...))
+		root.SetOut(&stdout)
+		root.SetErr(new(bytes.Buffer))
+		err := root.ExecuteContext(context.Background())
+		return stdout.String(), err
+	}
+	out, err := run("--url", srv.URL, "--paths", good, "--conns", "3")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	f := strings.Fields(lines[0])
+	if len(f) != 17 || f[0] != "once:" || f[2] != "20" || f[4] != "20" || f[6] != "0" || f[8] != "0" || f[10] != "0" || f[15] != "rate" {
+		t.Errorf("once line %q", lines[0])
+	}
+	if b, _ := strconv.Atoi(f[12]); b <= 20*1000 || b > 20*1200 {
+		t.Errorf("bytes %s: want 20 bodies of 1000 and their headers", f[12])
+	}
+	if len(lines) < 2 || !strings.HasPrefix(lines[1], "client: cpu_us_per_request ") {
+		t.Errorf("no client CPU line in %q", out)
+	}
+	for i := range 20 {
+		if n := count[fmt.Sprintf("/p/%d/m", i)]; n != 1 {
+			t.Errorf("/p/%d/m requested %d times", i, n)
+		}
+	}
+
+	bad := filepath.Join(dir, "bad.txt")
+	if err := os.WriteFile(bad, []byte("/p/1/m\n/p/1/missing\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = run("--url", srv.URL, "--paths", bad, "--conns", "1")
+	if err == nil || !strings.Contains(err.Error(), "1 of 2 requests failed") || !strings.Contains(out, "status_errors 1 ") ||
+		!strings.Contains(out, "error: /p/1/missing: status 404") {
+		t.Errorf("a 404: err %v, output %q", err, out)
+	}
+
+	notPaths := filepath.Join(dir, "not.txt")
+	if err := os.WriteFile(notPaths, []byte("/a\nb c\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--url", srv.URL}, "--paths is required"},
+		{[]string{"--url", "https://x:1", "--paths", good}, "want http://HOST:PORT"},
+		{[]string{"--url", srv.URL + "/p", "--paths", good}, "no path"},
+		{[]string{"--url", srv.URL, "--paths", good, "--conns", "0"}, "want at least 1"},
+		{[]string{"--url", srv.URL, "--paths", filepath.Join(dir, "none")}, "no such file"},
+		{[]string{"--url", srv.URL, "--paths", notPaths}, "not.txt:2"},
+	} {
+		if _, err := run(c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: err %v, want %q", c.args, err, c.want)
 		}
 	}
 }
