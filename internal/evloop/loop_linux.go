@@ -497,7 +497,7 @@ var (
 // once there are, or after the loop's tick with none. It parks the
 // goroutine in Go's netpoller while it waits (see newLoop).
 func (l *loop) wait() (int, error) {
-	n, err := unix.EpollWait(l.epfd, l.events[:], 0)
+	n, err := rawEpollPoll(l.epfd, l.events[:])
 	if n != 0 || err != nil && err != unix.EINTR {
 		return n, err
 	}
@@ -506,7 +506,7 @@ func (l *loop) wait() (int, error) {
 	}
 	var werr error
 	err = l.eprc.Read(func(fd uintptr) bool {
-		n, werr = unix.EpollWait(int(fd), l.events[:], 0)
+		n, werr = rawEpollPoll(int(fd), l.events[:])
 		if werr == unix.EINTR {
 			n, werr = 0, nil
 		}
@@ -917,7 +917,7 @@ func (c *conn) pump() {
 // closing the connection at its end.
 func (c *conn) discard() {
 	for c.readable {
-		n, err := unix.Read(c.fd, c.in[:cap(c.in)])
+		n, err := rawRead(c.fd, c.in[:cap(c.in)])
 		switch {
 		case err == unix.EINTR:
 		case err == unix.EAGAIN:
@@ -951,7 +951,7 @@ func (c *conn) read() bool {
 			c.reqStart = c.l.now
 		}
 		free := c.in[len(c.in):cap(c.in)]
-		n, err := unix.Read(c.fd, free)
+		n, err := rawRead(c.fd, free)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -1169,7 +1169,7 @@ func (c *conn) flush() {
 		s := &c.out[c.head]
 		if s.file {
 			for s.n > 0 {
-				k, err := unix.Sendfile(c.fd, s.fd, &s.off, int(min(s.n, 1<<30)))
+				k, err := rawSendfile(c.fd, s.fd, &s.off, int(min(s.n, 1<<30)))
 				if k > 0 {
 					s.n -= int64(k)
 					c.queued -= int64(k)
@@ -1212,9 +1212,9 @@ func (c *conn) flush() {
 			// socket for the same).
 			msg := unix.Msghdr{Iov: &iov[0]}
 			msg.SetIovlen(len(iov))
-			r, _, e = unix.Syscall(unix.SYS_SENDMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_MORE|unix.MSG_NOSIGNAL)
+			r, _, e = unix.RawSyscall(unix.SYS_SENDMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_MORE|unix.MSG_NOSIGNAL)
 		} else {
-			r, _, e = unix.Syscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+			r, _, e = unix.RawSyscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
 		}
 		clear(iov) // no pointer into the answers stays behind
 		switch {
