@@ -146,6 +146,15 @@ while getopts "w:b:n:r:d:q:ckST:C:Q:DF:G:P:h" opt; do
 	esac
 done
 
+for row in $rows; do
+	case $row in
+	mix-uniform:[0-9]* | mix-zipf:[0-9]* | t:[0-9]* | l:[0-9]*)
+		[ "${row##*:}" -gt 0 ] 2>/dev/null && continue ;;
+	esac
+	echo "serve-compare: -q: no row \"$row\"; a row is a request list (mix-uniform, mix-zipf, t or l), a colon and a connection count, e.g. \"t:64\"" >&2
+	exit 2
+done
+
 # table RESULTS: the medians of a results file (one line per run: rep,
 # request list, connections, target, req/s, CPU µs/request, p50, p99,
 # non-2xx answers).
