@@ -65,7 +65,6 @@ func openLoopRing(entries int) (*LoopRing, error) {
 		return nil, err
 	}
 	lr.maps, lr.efd, lr.places = m, efd, m.n
-	lr.r.raw = true
 	lr.bufs = make([][]byte, m.n)
 	lr.tags = make([]uint64, m.n)
 	lr.free = make([]uint32, m.n)

@@ -119,12 +119,6 @@ type ring struct {
 	ids       chan uint32
 	done      []chan int32 // by request id: the result of its read
 	submitted atomic.Int64 // reads submitted (RingReads)
-
-	// raw submits without telling Go's scheduler (RawSyscall): set for
-	// a LoopRing, whose owner is an event loop that keeps its thread
-	// (see evloop's raw_linux.go); a submission asks the kernel to wait
-	// for nothing.
-	raw bool
 }
 
 var (
@@ -278,12 +272,7 @@ func (r *ring) submit(fd int, b []byte, off int64, id uint64) syscall.Errno {
 	r.sqArr[i] = i
 	atomic.StoreUint32(r.sqTail, tail+1)
 	for {
-		var errno syscall.Errno
-		if r.raw {
-			_, _, errno = syscall.RawSyscall6(sysRingEnter, uintptr(r.fd), 1, 0, 0, 0, 0)
-		} else {
-			_, _, errno = syscall.Syscall6(sysRingEnter, uintptr(r.fd), 1, 0, 0, 0, 0)
-		}
+		_, _, errno := syscall.Syscall6(sysRingEnter, uintptr(r.fd), 1, 0, 0, 0, 0)
 		if atomic.LoadUint32(r.sqHead) != tail {
 			return 0 // consumed: its completion comes
 		}

@@ -278,9 +278,7 @@ var (
 func preadNoWait(fd int, b []byte, off int64) (int, error) {
 	iov := unix.Iovec{Base: &b[0]}
 	iov.SetLen(len(b))
-	// RWF_NOWAIT never waits for the disk: made without telling the
-	// scheduler (RawSyscall), as an event loop makes its socket calls.
-	n, _, errno := unix.RawSyscall6(unix.SYS_PREADV2, uintptr(fd), uintptr(unsafe.Pointer(&iov)), 1, uintptr(off), uintptr(off>>32), unix.RWF_NOWAIT)
+	n, _, errno := unix.Syscall6(unix.SYS_PREADV2, uintptr(fd), uintptr(unsafe.Pointer(&iov)), 1, uintptr(off), uintptr(off>>32), unix.RWF_NOWAIT)
 	if errno != 0 {
 		return -1, errno
 	}
