@@ -257,4 +257,5 @@ func (h *httpHandler) writeLoop(a *evloop.Answer, head bool, img *imageRead) {
 		return
 	}
 	a.Body = n.Data
+	a.BodyInFile = rb.ref.Mapped() // the volume's mapping: a page may fault in
 }

@@ -43,6 +43,10 @@ type Answer struct {
 	// Body is written after the header; the Handler leaves it empty for a
 	// HEAD. It must stay valid until Done is closed.
 	Body []byte
+	// BodyInFile says that Body lies in a mapping of a file: writing it
+	// may fault its pages in from the disk, so the loop writes it with a
+	// system call the scheduler knows may wait (see raw_linux.go).
+	BodyInFile bool
 	// Done, when set, is closed exactly once, when the answer's bytes are
 	// all written or the connection is gone, whichever comes first.
 	Done io.Closer

@@ -216,10 +216,12 @@ type conn struct {
 type segment struct {
 	b    []byte
 	file bool
-	fd   int
-	off  int64
-	n    int64
-	done io.Closer
+	// mayWait: writing b may read the disk (Answer.BodyInFile).
+	mayWait bool
+	fd      int
+	off     int64
+	n       int64
+	done    io.Closer
 }
 
 // New starts the loops of a server answering with h on the loops and
@@ -1121,7 +1123,7 @@ func (c *conn) queue(req *Request, a *Answer) {
 	case a.file:
 		c.push(segment{file: true, fd: a.fd, off: a.off, n: a.n}, done)
 	case len(a.Body) > 0:
-		c.push(segment{b: a.Body}, done)
+		c.push(segment{b: a.Body, mayWait: a.BodyInFile}, done)
 	default:
 		c.out[len(c.out)-1].done = done
 	}
@@ -1169,7 +1171,10 @@ func (c *conn) flush() {
 		s := &c.out[c.head]
 		if s.file {
 			for s.n > 0 {
-				k, err := rawSendfile(c.fd, s.fd, &s.off, int(min(s.n, 1<<30)))
+				// Through the scheduler: the file's pages may have left
+				// the page cache since the answer was made (a send resumed
+				// after a full socket), and sendfile then reads the disk.
+				k, err := unix.Sendfile(c.fd, s.fd, &s.off, int(min(s.n, 1<<30)))
 				if k > 0 {
 					s.n -= int64(k)
 					c.queued -= int64(k)
@@ -1190,6 +1195,7 @@ func (c *conn) flush() {
 		}
 		iov := c.l.iov[:0]
 		total := 0
+		mayWait := false
 		i := c.head
 		for ; i < len(c.out) && len(iov) < maxIovec && !c.out[i].file; i++ {
 			if b := c.out[i].b; len(b) > 0 {
@@ -1197,7 +1203,15 @@ func (c *conn) flush() {
 				v.SetLen(len(b))
 				iov = append(iov, v)
 				total += len(b)
+				mayWait = mayWait || c.out[i].mayWait
 			}
+		}
+		// A write of bytes of memory only never waits: made without the
+		// scheduler (raw_linux.go). Bytes of a file's mapping may fault
+		// in from the disk: through it.
+		sys := rawCall
+		if mayWait {
+			sys = waitingCall
 		}
 		if total == 0 {
 			c.advance()
@@ -1212,9 +1226,9 @@ func (c *conn) flush() {
 			// socket for the same).
 			msg := unix.Msghdr{Iov: &iov[0]}
 			msg.SetIovlen(len(iov))
-			r, _, e = unix.RawSyscall(unix.SYS_SENDMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_MORE|unix.MSG_NOSIGNAL)
+			r, _, e = sys(unix.SYS_SENDMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_MORE|unix.MSG_NOSIGNAL)
 		} else {
-			r, _, e = unix.RawSyscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+			r, _, e = sys(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
 		}
 		clear(iov) // no pointer into the answers stays behind
 		switch {

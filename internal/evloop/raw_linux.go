@@ -8,17 +8,30 @@ import (
 
 // System calls the loops make without telling Go's scheduler.
 //
-// A loop's calls on its sockets never wait: the sockets are non-blocking,
-// epoll_wait is asked with a timeout of 0, and a sendfile reads pages the
-// store has just found in the page cache. Made the usual way (Syscall),
-// each call marks its goroutine's P as in a system call; a call longer
-// than the scheduler monitor's tick (20 µs: a sendfile or writev of a few
+// Most of a loop's calls on its sockets never wait: the sockets are
+// non-blocking and epoll_wait is asked with a timeout of 0. Made the usual
+// way (Syscall), each call marks its goroutine's P as in a system call; a
+// call longer than the scheduler monitor's tick (20 µs: a writev of a few
 // hundred KB on loopback) has that P handed to another thread, and the
 // loop then waits for a P of its own again, a thread switch per large
 // answer. The loops make these calls with RawSyscall instead: the loop
-// keeps its P throughout, as it would while computing. Only the calls
-// that may wait (the netpoller's, io_uring's wait at close) go through
-// the scheduler.
+// keeps its P throughout, as it would while computing.
+//
+// A call that may wait for the disk must not be made so: while it waits,
+// its P cannot be stopped, and a garbage collection waits for it with
+// every goroutine of the process. So sendfile (the file's pages may have
+// left the page cache since the answer was made) and a writev of bytes
+// that lie in a file's mapping (Answer.BodyInFile: a page may fault in
+// from the disk) go through the scheduler, as do the netpoller's waits
+// and io_uring's.
+
+// rawCall and waitingCall make a writev or sendmsg: without the
+// scheduler, or through it for bytes that may fault in from the disk;
+// variables so that tests can see which a write took.
+var (
+	rawCall     = unix.RawSyscall
+	waitingCall = unix.Syscall
+)
 
 // rawRead is read(2).
 func rawRead(fd int, b []byte) (int, error) {
@@ -27,15 +40,6 @@ func rawRead(fd int, b []byte) (int, error) {
 		p = unsafe.Pointer(&b[0])
 	}
 	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(p), uintptr(len(b)))
-	if e != 0 {
-		return int(r), e
-	}
-	return int(r), nil
-}
-
-// rawSendfile is sendfile(2), advancing *off by the count sent.
-func rawSendfile(out, in int, off *int64, n int) (int, error) {
-	r, _, e := unix.RawSyscall6(unix.SYS_SENDFILE, uintptr(out), uintptr(in), uintptr(unsafe.Pointer(off)), uintptr(n), 0, 0)
 	if e != 0 {
 		return int(r), e
 	}

@@ -29,7 +29,11 @@ const Pending Result = Declined + 1
 // one); or Declined, for the fallback. It must not wait for anything. It
 // is called exactly once for every read taken, even when the connection
 // is gone by then (the answer is then dropped, its Done closed) or the
-// server is stopping, so that whatever the read holds is released.
+// server is stopping, so that whatever the read holds is released. The
+// one exception: a stopping loop whose ring cannot be waited on (the
+// kernel refuses io_uring_enter) never calls it for the reads left in
+// the ring, whose buffers the kernel may still write; it keeps those
+// requests, and so whatever they hold, for the life of the process.
 type ReadDone func(a *Answer, n int, err error) Result
 
 // Several reads for one request.
@@ -80,5 +84,5 @@ type ReadResult struct {
 // the reads taken, in the order given (res is valid only during the
 // call). It answers as ReadDone does, and is likewise called exactly once
 // for every request whose reads were taken, even when the connection is
-// gone or the server is stopping.
+// gone or the server is stopping (with ReadDone's one exception).
 type ReadsDone func(a *Answer, res []ReadResult) Result

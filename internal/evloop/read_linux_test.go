@@ -440,6 +440,52 @@ func TestLoopReadAbandonedRing(t *testing.T) {
 	}
 }
 
+// TestLoopBodyInFileWaits: an answer whose Body lies in a file's mapping
+// (BodyInFile) is written through the scheduler, since a page may fault
+// in from the disk; one from memory only is written without it.
+func TestLoopBodyInFileWaits(t *testing.T) {
+	var waited atomic.Int64
+	orig := waitingCall
+	waitingCall = func(trap, a1, a2, a3 uintptr) (uintptr, uintptr, syscall.Errno) {
+		waited.Add(1)
+		return orig(trap, a1, a2, a3)
+	}
+	t.Cleanup(func() { waitingCall = orig })
+	page := body(64 << 10)
+	h := func(req *Request, a *Answer, mayBlock bool) Result {
+		a.Status = http.StatusOK
+		a.HeaderInt("Content-Length", int64(len(page)))
+		a.Body = page
+		a.BodyInFile = string(req.Target) == "/mapped"
+		return Answered
+	}
+	srv, err := New(h, http.NotFoundHandler(), Options{Loops: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listenFor(t, srv, nil)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	get := func(path string) int64 {
+		before := waited.Load()
+		io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n")
+		if resp, b := readAnswer(t, br, "GET"); resp.StatusCode != 200 || !bytes.Equal(b, page) {
+			t.Fatalf("%s: %d, %d bytes", path, resp.StatusCode, len(b))
+		}
+		return waited.Load() - before
+	}
+	if n := get("/memory"); n != 0 {
+		t.Fatalf("an answer from memory took %d writes through the scheduler, want 0", n)
+	}
+	if n := get("/mapped"); n == 0 {
+		t.Fatal("an answer from a file's mapping was written without the scheduler")
+	}
+}
+
 // TestLoopReadShutdown: a loop stopped with a read in flight waits for it
 // before it ends (the kernel may still write the read's buffer) and has
 // its ReadDone release what it holds, once.
