@@ -152,6 +152,7 @@ type loop struct {
 	conns  []*conn // by descriptor
 	n      int     // live connections
 	events [128]unix.EpollEvent
+	turn   uint64 // counts the loop's waits: what a Handler found, it found in this turn
 	req    Request
 	ans    Answer
 	iov    [maxIovec]unix.Iovec
@@ -218,10 +219,14 @@ type segment struct {
 	file bool
 	// mayWait: writing b may read the disk (Answer.BodyInFile).
 	mayWait bool
-	fd      int
-	off     int64
-	n       int64
-	done    io.Closer
+	// turn is the loop's turn in which the Handler made the answer of a
+	// file body or of one with mayWait (its pages found in the page cache
+	// then), or 0 for an answer made off the loop or by a ReadDone.
+	turn uint64
+	fd   int
+	off  int64
+	n    int64
+	done io.Closer
 }
 
 // New starts the loops of a server answering with h on the loops and
@@ -675,6 +680,7 @@ func (l *loop) run() {
 	var enrolled []*conn
 	for {
 		n, err := l.wait()
+		l.turn++
 		if err != nil && err != unix.EINTR {
 			l.srv.opts.Logger.Error("evloop: epoll_wait failed; closing the loop's connections", "err", err)
 			l.mu.Lock()
@@ -822,7 +828,7 @@ func (l *loop) finish(j *job) {
 		l.close(c)
 		return
 	}
-	c.queue(j.req, &j.ans)
+	c.queue(j.req, &j.ans, false)
 	c.pump()
 }
 
@@ -1047,7 +1053,7 @@ func (c *conn) parse() bool {
 			a.release()
 			c.busy = true
 		case Answered:
-			c.queue(req, a)
+			c.queue(req, a, true)
 		case Blocked:
 			a.release()
 			c.offload(req, false)
@@ -1077,7 +1083,7 @@ func (l *loop) handle(req *Request, a *Answer) (res Result, ok bool) {
 // parsed.
 func (c *conn) failed(a *Answer, code int, msg string) {
 	errorAnswer(a, code, msg)
-	c.queue(&Request{Minor: 1, close: true}, a)
+	c.queue(&Request{Minor: 1, close: true}, a, false)
 	c.in, c.r = c.in[:0], 0
 }
 
@@ -1090,8 +1096,9 @@ func (c *conn) offload(req *Request, fallback bool) {
 	c.l.srv.submit(j)
 }
 
-// queue puts a's answer to req at the end of c's queue.
-func (c *conn) queue(req *Request, a *Answer) {
+// queue puts a's answer to req at the end of c's queue; fresh when the
+// Handler made it on the loop in this turn.
+func (c *conn) queue(req *Request, a *Answer, fresh bool) {
 	l := c.l
 	closeConn := req.close || a.closeConn || l.srv.draining.Load()
 	start := len(c.arena)
@@ -1116,14 +1123,18 @@ func (c *conn) queue(req *Request, a *Answer) {
 		c.writeStart = l.now
 	}
 	hdr := c.arena[start:len(c.arena):len(c.arena)]
+	var turn uint64
+	if fresh {
+		turn = l.turn
+	}
 	done := a.Done
 	a.Done = nil
 	c.push(segment{b: hdr}, nil)
 	switch {
 	case a.file:
-		c.push(segment{file: true, fd: a.fd, off: a.off, n: a.n}, done)
+		c.push(segment{file: true, fd: a.fd, off: a.off, n: a.n, turn: turn}, done)
 	case len(a.Body) > 0:
-		c.push(segment{b: a.Body, mayWait: a.BodyInFile}, done)
+		c.push(segment{b: a.Body, mayWait: a.BodyInFile, turn: turn}, done)
 	default:
 		c.out[len(c.out)-1].done = done
 	}
@@ -1171,10 +1182,7 @@ func (c *conn) flush() {
 		s := &c.out[c.head]
 		if s.file {
 			for s.n > 0 {
-				// Through the scheduler: the file's pages may have left
-				// the page cache since the answer was made (a send resumed
-				// after a full socket), and sendfile then reads the disk.
-				k, err := unix.Sendfile(c.fd, s.fd, &s.off, int(min(s.n, 1<<30)))
+				k, err := sendfile(c.fd, s.fd, &s.off, int(min(s.n, 1<<30)), s.turn == c.l.turn)
 				if k > 0 {
 					s.n -= int64(k)
 					c.queued -= int64(k)
@@ -1203,12 +1211,13 @@ func (c *conn) flush() {
 				v.SetLen(len(b))
 				iov = append(iov, v)
 				total += len(b)
-				mayWait = mayWait || c.out[i].mayWait
+				mayWait = mayWait || c.out[i].mayWait && c.out[i].turn != c.l.turn
 			}
 		}
 		// A write of bytes of memory only never waits: made without the
-		// scheduler (raw_linux.go). Bytes of a file's mapping may fault
-		// in from the disk: through it.
+		// scheduler (raw_linux.go), as is one of a file's mapping in the
+		// turn its Handler found its pages in the page cache. Later, they
+		// may have to fault in from the disk: through the scheduler.
 		sys := rawCall
 		if mayWait {
 			sys = waitingCall

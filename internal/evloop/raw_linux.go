@@ -19,11 +19,29 @@ import (
 //
 // A call that may wait for the disk must not be made so: while it waits,
 // its P cannot be stopped, and a garbage collection waits for it with
-// every goroutine of the process. So sendfile (the file's pages may have
-// left the page cache since the answer was made) and a writev of bytes
-// that lie in a file's mapping (Answer.BodyInFile: a page may fault in
-// from the disk) go through the scheduler, as do the netpoller's waits
-// and io_uring's.
+// every goroutine of the process. A sendfile, or a writev of bytes that
+// lie in a file's mapping (Answer.BodyInFile), is made raw only in the
+// loop's turn in which its Handler found the file's pages in the page
+// cache; resumed later (after a full socket, or queued behind other
+// answers), the pages may have left the page cache, and the call goes
+// through the scheduler, as do the netpoller's waits and io_uring's.
+
+// sendfile is sendfile(2), advancing *off by the count sent: without the
+// scheduler when fresh (the Handler found the file's pages in the page
+// cache in this turn of the loop), through it otherwise (a send resumed
+// after a full socket, when the pages may have left the page cache).
+func sendfile(out, in int, off *int64, n int, fresh bool) (int, error) {
+	if !fresh || unsafe.Sizeof(uintptr(0)) != 8 {
+		// On 32-bit systems SYS_SENDFILE takes a 32-bit offset:
+		// unix.Sendfile calls sendfile64 there.
+		return unix.Sendfile(out, in, off, n)
+	}
+	r, _, e := unix.RawSyscall6(unix.SYS_SENDFILE, uintptr(out), uintptr(in), uintptr(unsafe.Pointer(off)), uintptr(n), 0, 0)
+	if e != 0 {
+		return int(r), e
+	}
+	return int(r), nil
+}
 
 // rawCall and waitingCall make a writev or sendmsg: without the
 // scheduler, or through it for bytes that may fault in from the disk;

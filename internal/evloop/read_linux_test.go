@@ -441,8 +441,10 @@ func TestLoopReadAbandonedRing(t *testing.T) {
 }
 
 // TestLoopBodyInFileWaits: an answer whose Body lies in a file's mapping
-// (BodyInFile) is written through the scheduler, since a page may fault
-// in from the disk; one from memory only is written without it.
+// (BodyInFile) is written without the scheduler in the loop's turn in
+// which its Handler made it (its pages were just found in the page
+// cache), and through it when it was made off the loop (the pages may
+// have left since); one from memory only never goes through it.
 func TestLoopBodyInFileWaits(t *testing.T) {
 	var waited atomic.Int64
 	orig := waitingCall
@@ -451,12 +453,16 @@ func TestLoopBodyInFileWaits(t *testing.T) {
 		return orig(trap, a1, a2, a3)
 	}
 	t.Cleanup(func() { waitingCall = orig })
-	page := body(64 << 10)
+	page := body(16 << 10) // well under a socket buffer: written in one call
 	h := func(req *Request, a *Answer, mayBlock bool) Result {
+		target := string(req.Target)
+		if target == "/mapped-off" && !mayBlock {
+			return Blocked
+		}
 		a.Status = http.StatusOK
 		a.HeaderInt("Content-Length", int64(len(page)))
 		a.Body = page
-		a.BodyInFile = string(req.Target) == "/mapped"
+		a.BodyInFile = target != "/memory"
 		return Answered
 	}
 	srv, err := New(h, http.NotFoundHandler(), Options{Loops: 1})
@@ -481,8 +487,11 @@ func TestLoopBodyInFileWaits(t *testing.T) {
 	if n := get("/memory"); n != 0 {
 		t.Fatalf("an answer from memory took %d writes through the scheduler, want 0", n)
 	}
-	if n := get("/mapped"); n == 0 {
-		t.Fatal("an answer from a file's mapping was written without the scheduler")
+	if n := get("/mapped"); n != 0 {
+		t.Fatalf("an answer from a file's mapping, written in its turn, took %d writes through the scheduler, want 0", n)
+	}
+	if n := get("/mapped-off"); n == 0 {
+		t.Fatal("an answer from a file's mapping made off the loop was written without the scheduler")
 	}
 }
 
