@@ -85,6 +85,28 @@ func newReadFixture(t *testing.T) *readFixture {
 		f.made.Add(1)
 		return Answered
 	}
+	// takeReads has the loop make reads for one request (Answer.Reads),
+	// answering b once each read filled its buffer, off the loop
+	// (Blocked) when one did not.
+	takeReads := func(a *Answer, reads []FileRead, b []byte) Result {
+		if !a.Reads(reads, func(a *Answer, res []ReadResult) Result {
+			f.dones.Add(1)
+			if len(res) != len(reads) {
+				panic(fmt.Sprintf("%d results for %d reads", len(res), len(reads)))
+			}
+			for i, r := range res {
+				if r.Err != nil || r.N != len(reads[i].Buf) {
+					return Blocked
+				}
+			}
+			return answer(a, b)
+		}) {
+			return Blocked
+		}
+		f.taken.Add(1)
+		f.many.Add(1)
+		return Pending
+	}
 	h := func(req *Request, a *Answer, mayBlock bool) Result {
 		target := string(req.Target)
 		parts := strings.Split(target, "/")
@@ -133,45 +155,14 @@ func newReadFixture(t *testing.T) *readFixture {
 				}
 				return answer(a, b)
 			}
-			reads := []FileRead{{FD: f.fd, Buf: bs[0], Off: int64(off[0])}, {FD: f.fd, Buf: bs[1], Off: int64(off[1])}}
-			if !a.Reads(reads, func(a *Answer, res []ReadResult) Result {
-				f.dones.Add(1)
-				if len(res) != 2 {
-					panic(fmt.Sprintf("%d results for 2 reads", len(res)))
-				}
-				for i, r := range res {
-					if r.Err != nil || r.N != n[i] {
-						return Blocked
-					}
-				}
-				return answer(a, b)
-			}) {
-				return Blocked
-			}
-			f.taken.Add(1)
-			f.many.Add(1)
-			return Pending
+			return takeReads(a, []FileRead{{FD: f.fd, Buf: bs[0], Off: int64(off[0])}, {FD: f.fd, Buf: bs[1], Off: int64(off[1])}}, b)
 		case target == "/pipes":
 			if mayBlock {
 				f.off.Add(1)
 				return answer(a, []byte("off"))
 			}
 			b := make([]byte, 10)
-			reads := []FileRead{{FD: int(f.pr.Fd()), Buf: b[:5]}, {FD: int(f.pr2.Fd()), Buf: b[5:]}}
-			if !a.Reads(reads, func(a *Answer, res []ReadResult) Result {
-				f.dones.Add(1)
-				for _, r := range res {
-					if r.Err != nil || r.N != 5 {
-						return Blocked
-					}
-				}
-				return answer(a, b)
-			}) {
-				return Blocked
-			}
-			f.taken.Add(1)
-			f.many.Add(1)
-			return Pending
+			return takeReads(a, []FileRead{{FD: int(f.pr.Fd()), Buf: b[:5]}, {FD: int(f.pr2.Fd()), Buf: b[5:]}}, b)
 		case target == "/stray":
 			if mayBlock {
 				f.off.Add(1)
