@@ -35,6 +35,8 @@ type Server struct {
 	draining atomic.Bool
 	stopped  sync.WaitGroup // the loops' goroutines
 
+	unverified atomic.Int64 // answers cut short: Verified reported false
+
 	jmu      sync.Mutex
 	jobs     []*job
 	running  int
@@ -61,6 +63,11 @@ type job struct {
 	inFlight int
 	tag0     uint64
 }
+
+// Unverified reports how many answers were cut short because their
+// Verified reported false before a send of their file's bytes (see
+// Answer.Verified): each ended its connection.
+func (s *Server) Unverified() int64 { return s.unverified.Load() }
 
 // submit queues j for a worker, starting one if fewer than Workers run.
 func (s *Server) submit(j *job) {
