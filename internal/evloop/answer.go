@@ -32,6 +32,15 @@ const (
 // must not keep req, or anything from it, after returning.
 type Handler func(req *Request, a *Answer, mayBlock bool) Result
 
+// Verifier proves, at the moment the loop is about to send them, that
+// the bytes of an answer's body that lie in a file (SendFile, or a Body
+// with BodyInFile) are still those the Handler verified.
+type Verifier interface {
+	// StillVerified reports whether they are. It is called on the loop
+	// and must not wait (no disk read, no lock held for long).
+	StillVerified() bool
+}
+
 // Answer is a Handler's answer: a status, header fields, and a body
 // that is either bytes or a range of a file sent with sendfile(2). The
 // loop writes the status line, the Date field (unless the Handler set
@@ -44,12 +53,31 @@ type Answer struct {
 	// HEAD. It must stay valid until Done is closed.
 	Body []byte
 	// BodyInFile says that Body lies in a mapping of a file: writing it
-	// may fault its pages in from the disk, so the loop writes it with a
-	// system call the scheduler knows may wait (see raw_linux.go).
+	// may fault its pages in from the disk, so the loop writes it, in a
+	// loop turn later than the one in which the Handler answered on the
+	// loop, with a system call the scheduler knows may wait, unless
+	// Verified vouches for its pages then (see raw_linux.go).
 	BodyInFile bool
 	// Done, when set, is closed exactly once, when the answer's bytes are
 	// all written or the connection is gone, whichever comes first.
 	Done io.Closer
+	// Verified, when set on an answer whose body lies in a file
+	// (SendFile, or Body with BodyInFile), is asked on the loop before
+	// each send of those bytes in a loop turn other than the one in which
+	// the Handler, called on the loop, answered: a send resumed after a
+	// full socket, the send of an answer queued behind the connection's
+	// earlier answers, and the first send of an answer made off the loop
+	// (mayBlock true) or by a ReadDone. An answer sent whole in the turn
+	// in which the Handler answered on the loop is never asked. It is
+	// asked at most once a turn: when it reports true, the bytes are sent
+	// as in the Handler's turn (without the scheduler, see raw_linux.go).
+	// When it reports false, none of the bytes not sent yet is sent: the
+	// connection ends, so that the client sees the answer cut short of
+	// its Content-Length (or none of it, if its header had not left), Done
+	// is closed, and Server.Unverified counts the answer. Without it, such
+	// a later send is made through the scheduler, as one that may wait for
+	// the disk. It must stay usable until Done is closed.
+	Verified Verifier
 
 	hdr        []byte
 	file       bool
