@@ -994,8 +994,6 @@ func (c *conn) read() bool {
 	return got
 }
 
-var crlf2 = []byte("\r\n\r\n")
-
 // parse answers the complete requests in c's buffer, until c pauses. It
 // reports whether it answered any.
 func (c *conn) parse() bool {

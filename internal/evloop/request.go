@@ -13,6 +13,9 @@ import (
 // more is answered 431, as one whose headers are too long.
 const maxHeaderFields = 100
 
+// crlf2 ends a request's header block.
+var crlf2 = []byte("\r\n\r\n")
+
 // Request is a request parsed on a loop: its line and header fields, as
 // slices of the connection's read buffer. A Handler must not keep it, or
 // any slice of it, after it returns.
