@@ -6,8 +6,8 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/haybale/haybale/internal/evloop"
 	"github.com/haybale/haybale/internal/serve"
-	"github.com/haybale/haybale/store/volume"
 )
 
 // sendBody is the body of a large image answer on the fast path: the
@@ -30,11 +30,11 @@ import (
 // Content-Length, never unverified bytes.
 type sendBody struct {
 	conn syscall.RawConn
-	fd   int   // the volume file, held open by the request's volume.Ref
-	off  int64 // where the needle's data starts in it
-	n    int64 // and its length
-	ref  *volume.Ref
-	cut  *atomic.Int64 // answers cut short: ref's proof failed
+	fd   int             // the volume file, held open by the request's volume.Ref
+	off  int64           // where the needle's data starts in it
+	n    int64           // and its length
+	ref  evloop.Verifier // the request's *volume.Ref
+	cut  *atomic.Int64   // answers cut short: ref's proof failed
 }
 
 // Read is never called: fasthttp uses WriteTo (SupportsBodyWriteTo).
