@@ -53,8 +53,10 @@ type Answer struct {
 	// HEAD. It must stay valid until Done is closed.
 	Body []byte
 	// BodyInFile says that Body lies in a mapping of a file: writing it
-	// may fault its pages in from the disk, so the loop writes it with a
-	// system call the scheduler knows may wait (see raw_linux.go).
+	// may fault its pages in from the disk, so the loop writes it, in a
+	// loop turn later than the one in which the Handler answered on the
+	// loop, with a system call the scheduler knows may wait, unless
+	// Verified vouches for its pages then (see raw_linux.go).
 	BodyInFile bool
 	// Done, when set, is closed exactly once, when the answer's bytes are
 	// all written or the connection is gone, whichever comes first.

@@ -228,12 +228,17 @@ type segment struct {
 	mayWait bool
 	// turn is the loop's turn in which the Handler made the answer of a
 	// file body or of one with mayWait (its pages found in the page cache
-	// then), or 0 for an answer made off the loop or by a ReadDone.
+	// then), or 0 for an answer made off the loop or by a ReadDone; or
+	// the turn in which verify last reported the bytes still verified.
 	turn uint64
-	fd   int
-	off  int64
-	n    int64
-	done io.Closer
+	// verify is the answer's Verified, for a file body or one with
+	// mayWait; unverified is set once it reported false.
+	verify     Verifier
+	unverified bool
+	fd         int
+	off        int64
+	n          int64
+	done       io.Closer
 }
 
 // New starts the loops of a server answering with h on the loops and
@@ -1139,9 +1144,13 @@ func (c *conn) queue(req *Request, a *Answer, fresh bool) {
 	c.push(segment{b: hdr}, nil)
 	switch {
 	case a.file:
-		c.push(segment{file: true, fd: a.fd, off: a.off, n: a.n, turn: turn}, done)
+		c.push(segment{file: true, fd: a.fd, off: a.off, n: a.n, turn: turn, verify: a.Verified}, done)
 	case len(a.Body) > 0:
-		c.push(segment{b: a.Body, mayWait: a.BodyInFile, turn: turn}, done)
+		var v Verifier
+		if a.BodyInFile {
+			v = a.Verified
+		}
+		c.push(segment{b: a.Body, mayWait: a.BodyInFile, turn: turn, verify: v}, done)
 	default:
 		c.out[len(c.out)-1].done = done
 	}
@@ -1168,6 +1177,30 @@ func (s *segment) release() {
 		s.done = nil
 	}
 	s.b = nil
+	s.verify = nil
+}
+
+// verified reports whether the bytes of s may be sent in this turn
+// without the scheduler: s was answered in this turn, or its Verifier
+// reports now that they are still those its Handler verified (then it is
+// not asked again in this turn). It reports false, with s marked
+// unverified and the answer counted, when the Verifier says they are
+// not, or said so before (it is not asked again); and false for a later
+// send without a Verifier, which goes through the scheduler.
+func (c *conn) verified(s *segment) bool {
+	if s.turn == c.l.turn {
+		return true
+	}
+	if s.unverified || s.verify == nil {
+		return false
+	}
+	if !s.verify.StillVerified() {
+		s.unverified = true
+		c.l.srv.unverified.Add(1)
+		return false
+	}
+	s.turn = c.l.turn
+	return true
 }
 
 // appendStatus appends "<code> <reason>\r\n", as net/http writes it.
@@ -1187,9 +1220,20 @@ func appendStatus(b []byte, code int) []byte {
 func (c *conn) flush() {
 	for c.head < len(c.out) && !c.closed {
 		s := &c.out[c.head]
+		if s.unverified {
+			// Bytes that are no longer those the Handler verified: the
+			// answer is cut short rather than sent with them.
+			c.l.close(c)
+			return
+		}
 		if s.file {
+			fresh := s.turn == c.l.turn || s.n > 0 && c.verified(s)
+			if s.unverified {
+				c.l.close(c)
+				return
+			}
 			for s.n > 0 {
-				k, err := sendfile(c.fd, s.fd, &s.off, int(min(s.n, 1<<30)), s.turn == c.l.turn)
+				k, err := sendfile(c.fd, s.fd, &s.off, int(min(s.n, 1<<30)), fresh)
 				if k > 0 {
 					s.n -= int64(k)
 					c.queued -= int64(k)
@@ -1212,25 +1256,39 @@ func (c *conn) flush() {
 		total := 0
 		mayWait := false
 		i := c.head
+	gather:
 		for ; i < len(c.out) && len(iov) < maxIovec && !c.out[i].file; i++ {
-			if b := c.out[i].b; len(b) > 0 {
-				v := unix.Iovec{Base: &b[0]}
-				v.SetLen(len(b))
-				iov = append(iov, v)
-				total += len(b)
-				mayWait = mayWait || c.out[i].mayWait && c.out[i].turn != c.l.turn
+			g := &c.out[i]
+			if len(g.b) == 0 {
+				continue
 			}
+			if g.mayWait && g.turn != c.l.turn && !c.verified(g) {
+				if g.unverified {
+					// Send what comes before it (the earlier answers, its
+					// header); the connection ends when it reaches the
+					// head.
+					break gather
+				}
+				mayWait = true
+			}
+			v := unix.Iovec{Base: &g.b[0]}
+			v.SetLen(len(g.b))
+			iov = append(iov, v)
+			total += len(g.b)
 		}
 		// A write of bytes of memory only never waits: made without the
 		// scheduler (raw_linux.go), as is one of a file's mapping in the
-		// turn its Handler found its pages in the page cache. Later, they
-		// may have to fault in from the disk: through the scheduler.
+		// turn its Handler found its pages in the page cache, or in which
+		// its Verifier found them still verified. Otherwise they may have
+		// to fault in from the disk: through the scheduler.
 		sys := rawCall
 		if mayWait {
 			sys = waitingCall
 		}
 		if total == 0 {
-			c.advance()
+			if !c.out[c.head].unverified {
+				c.advance() // empty; an unverified head ends c above
+			}
 			continue
 		}
 		var r uintptr

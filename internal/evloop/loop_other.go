@@ -26,7 +26,8 @@ func (s *Server) Enroll(c net.Conn) error {
 	return errUnsupported
 }
 
-// Unverified is 0 here: there are no loops to send answers.
+// Unverified is 0 here: there are no loops, so no answer is sent and no
+// Answer.Verified is asked.
 func (s *Server) Unverified() int64 { return 0 }
 
 // Shutdown has nothing to stop on this system.

@@ -20,16 +20,23 @@ import (
 // A call that may wait for the disk must not be made so: while it waits,
 // its P cannot be stopped, and a garbage collection waits for it with
 // every goroutine of the process. A sendfile, or a writev of bytes that
-// lie in a file's mapping (Answer.BodyInFile), is made raw only in the
-// loop's turn in which its Handler found the file's pages in the page
-// cache; resumed later (after a full socket, or queued behind other
-// answers), the pages may have left the page cache, and the call goes
-// through the scheduler, as do the netpoller's waits and io_uring's.
+// lie in a file's mapping (Answer.BodyInFile), is made raw in the loop's
+// turn in which its Handler found the file's pages in the page cache.
+// Made in a later turn (resumed after a full socket, queued behind other
+// answers, or answered off the loop or by a ReadDone), the pages may have
+// left the page cache since: the answer's Verifier (Answer.Verified), if
+// it has one, is asked first, at most once a turn. When it reports the
+// bytes still verified (their pages found present), the call is made raw,
+// as in the Handler's turn; when it does not, none of those bytes is sent
+// and the connection ends (Server.Unverified counts it). An answer
+// without a Verifier has such a call go through the scheduler, as do the
+// netpoller's waits and io_uring's.
 
 // sendfile is sendfile(2), advancing *off by the count sent: without the
 // scheduler when fresh (the Handler found the file's pages in the page
-// cache in this turn of the loop), through it otherwise (a send resumed
-// after a full socket, when the pages may have left the page cache).
+// cache in this turn of the loop, or its Verifier found them still
+// verified in it), through it otherwise (a later send without a
+// Verifier, when the pages may have left the page cache).
 func sendfile(out, in int, off *int64, n int, fresh bool) (int, error) {
 	if !fresh || unsafe.Sizeof(uintptr(0)) != 8 {
 		// On 32-bit systems SYS_SENDFILE takes a 32-bit offset:

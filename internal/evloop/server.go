@@ -4,7 +4,11 @@
 // framing (keep-alive, Connection: close, HTTP/1.0, HEAD, pipelining,
 // 400 and 431 answers), the per-connection limits and timeouts, and the
 // writing of answers (writev of queued answers, sendfile(2) of file
-// bodies); what a request is answered with belongs to the Handler.
+// bodies); what a request is answered with belongs to the Handler. A
+// body that lies in a file (sendfile, or a file's mapping) and is sent in
+// a later loop turn than the one its Handler answered in is first vouched
+// for by the answer's Verifier, when it has one, or the answer is cut
+// short and its connection ended (Answer.Verified, raw_linux.go).
 //
 // A request the Handler answers at once is answered on the loop. One
 // whose answer waits for a read from the disk has the loop make the read
