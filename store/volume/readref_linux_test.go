@@ -471,11 +471,12 @@ func TestReadRefWithoutMapping(t *testing.T) {
 }
 
 // BenchmarkVolumeReadWarm compares Read (a pread into a buffer) with
-// ReadRef (verified in place through the mapping) on needles in the page
-// cache, 5 KB and 120 KB, from parallel readers; it reports preads per
-// read. Run: go test -run XXX -bench VolumeReadWarm ./store/volume/
+// ReadRef (with verified mappings: verified in place through the needle's
+// own mapping, then answered from it without hashing) on needles in the
+// page cache, 5 KB and 120 KB, from parallel readers; it reports preads
+// per read. Run: go test -run XXX -bench VolumeReadWarm ./store/volume/
 func BenchmarkVolumeReadWarm(b *testing.B) {
-	v, _, all := osVolume(b, 40)
+	v, _, all := osVolumeWith(b, 40, Options{FS: vfs.Default, Pins: newPins(b, 1024)})
 	defer v.Close()
 	for _, size := range []needle.SizeCode{needle.SizeThumb, needle.SizeMedium} {
 		var ns []*needle.Needle
