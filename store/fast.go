@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -24,20 +25,24 @@ import (
 // plain image GET or HEAD, which is nearly every request a store sees, is
 // answered here with no allocation (but, for an answer sent with sendfile,
 // the connection's raw handle; and a read buffer while the pools learn the
-// sizes of the images served, see http.go). A
-// needle of a plain volume of
-// volume.MapMin bytes or more (volume.PinMin with the store's verified
-// mappings, the default) that is all in the page cache is verified
-// where it lies, through the volume file's mapping (volume.ReadRef; a
-// needle verified before whose pages have not left memory since is not
-// hashed again, see volume.Pins), and never copied into the process: an
-// image of sendfileMin bytes or more leaves with one write of the headers
-// and one sendfile(2) from the volume file, a smaller one with one write of
-// the headers and the image copied from the mapping. Any other needle (smaller, not resident, or of an EC
-// volume) is read with one pread and verified into a pooled buffer (of the
-// needle's length rounded up to volume.ReadBufferClass), and
-// fasthttp writes the headers and that buffer in one write, or one writev
-// for an image larger than its write buffer. The request holds the
+// sizes of the images served, see http.go). With the store's verified
+// mappings (the default), a needle of a plain volume of volume.PinMin
+// bytes or more that is all in the page cache is verified where it lies,
+// through a verified mapping of its own (volume.ReadRef; a needle
+// verified before whose pages have not left memory since is not hashed
+// again, see volume.Pins): an image of sendfileMin bytes or more leaves
+// with one write of the headers and sendfile(2) from the volume file,
+// never copied into the process, its pages proven still verified before
+// the first sendfile call and after every wait for the socket (sendBody);
+// a smaller one (or one on a connection that cannot sendfile) is copied
+// out of the mapping into a pooled buffer at once, unhashed, while its
+// verified mapping proves it (copyOut), and written from there with the
+// headers. Any other needle (smaller, not resident, of an EC volume, or
+// of a store without verified mappings) is read with one pread and
+// verified into a pooled buffer (of the needle's length rounded up to
+// volume.ReadBufferClass), and fasthttp writes the headers and that
+// buffer in one write, or one writev for an image larger than its write
+// buffer. The request holds the
 // mapping (or the buffer) until its answer is written. Everything else,
 // which is every request with a conditional or Range header, any path
 // that is not a plain /p/ path, and /healthz,
@@ -154,10 +159,23 @@ func (h *httpHandler) serveFast(ctx *fasthttp.RequestCtx) bool {
 	}
 	start := time.Now()
 	img := h.readImage(id, choice, true, false)
+	var rc syscall.RawConn
+	if img.code == http.StatusOK && img.rb.ref.Mapped() && !ctx.IsHead() {
+		// fasthttp writes the body after this returns. A large image
+		// goes with sendfile, proven before every send (sendBody); any
+		// other mapped image is copied out of the mapping now, while its
+		// verified mapping proves it, and written from memory.
+		if len(img.n.Data) >= sendfileMin {
+			rc = serve.RawTCP(ctx.Conn())
+		}
+		if rc == nil {
+			img = h.copyOut(img, id, choice)
+		}
+	}
 	if img.code == declined {
 		return false
 	}
-	h.writeFast(ctx, &img)
+	h.writeFast(ctx, &img, rc)
 	if choice.Vary {
 		// On every answer, failures included, as on the net/http path.
 		ctx.Response.Header.SetCanonical(imagehttp.RawVary, imagehttp.RawAccept)
@@ -287,8 +305,42 @@ func (h *httpHandler) readResult(id needle.PhotoID, size needle.SizeCode, n need
 	}
 }
 
-// writeFast writes img's answer into a fasthttp response.
-func (h *httpHandler) writeFast(ctx *fasthttp.RequestCtx, img *imageRead) {
+// copyOut copies the bytes of img, a mapped needle, out of the volume's
+// mapping into its read buffer (volume.Ref.CopyOut: no hash, its verified
+// mapping proves them), so that fasthttp, which writes the body through
+// its buffered writer after the handler returns (waiting for the socket
+// in between, where the pages may leave the page cache), writes them from
+// memory. The copy costs less than proving the bytes before each of
+// fasthttp's writes would (a body stream of its own: the headers apart
+// from the body, and the body in pieces of its write buffer), and keeps
+// the headers and body in one write. When the pages are no longer those
+// verified (they left the page cache between the read and the copy, a
+// matter of microseconds), or copying faults, the image is read once more
+// (verified again, or read with a pread); a second failure answers a
+// read error.
+func (h *httpHandler) copyOut(img imageRead, id needle.PhotoID, choice imagehttp.Choice) imageRead {
+	for try := 0; ; try++ {
+		buf, err := img.rb.ref.CopyOut(img.rb.b)
+		img.rb.keep(buf)
+		if err == nil {
+			img.n.Data = img.rb.ref.Needle.Data
+			return img
+		}
+		img.rb.Close()
+		if try == 1 {
+			h.srv.opts.Logger.Error("image read failed", "vid", id.Vid, "key", id.Key, "size", img.n.Size.String(), "err", err)
+			return imageRead{code: http.StatusInternalServerError, reason: ErrorRead, body: bodyReadError}
+		}
+		if img = h.readImage(id, choice, true, false); img.code != http.StatusOK || !img.rb.ref.Mapped() {
+			return img
+		}
+	}
+}
+
+// writeFast writes img's answer into a fasthttp response; rc, when not
+// nil, is the connection's raw handle, through which a mapped image of
+// sendfileMin bytes or more is sent with sendfile.
+func (h *httpHandler) writeFast(ctx *fasthttp.RequestCtx, img *imageRead, rc syscall.RawConn) {
 	if img.code != http.StatusOK {
 		if img.reason != "" {
 			ctx.Response.Header.SetCanonical(imagehttp.RawCacheControl, valNoStore)
@@ -317,19 +369,17 @@ func (h *httpHandler) writeFast(ctx *fasthttp.RequestCtx, img *imageRead) {
 	// and returning rb to its pool) when it is reset for the next request
 	// on the connection, or released.
 	ctx.SetUserValue(readBufKey{}, rb)
-	if fd, off, ok := rb.ref.Source(); ok && len(n.Data) >= sendfileMin && !ctx.IsHead() {
-		if rc := serve.RawTCP(ctx.Conn()); rc != nil {
-			rb.send = sendBody{conn: rc, fd: fd, off: off, n: int64(len(n.Data))}
-			ctx.Response.ImmediateHeaderFlush = true
-			ctx.Response.SetBodyStream(&rb.send, len(n.Data))
-			h.srv.metrics.bytesServed.Add(float64(len(n.Data)))
-			h.srv.metrics.bytesSent.Add(float64(len(n.Data)))
-			return
-		}
+	if fd, off, ok := rb.ref.Source(); ok && rc != nil {
+		rb.send = sendBody{conn: rc, fd: fd, off: off, n: int64(len(n.Data)), ref: &rb.ref, cut: &h.srv.metrics.unverifiedFast}
+		ctx.Response.ImmediateHeaderFlush = true
+		ctx.Response.SetBodyStream(&rb.send, len(n.Data))
+		h.srv.metrics.bytesServed.Add(float64(len(n.Data)))
+		h.srv.metrics.bytesSent.Add(float64(len(n.Data)))
+		return
 	}
 	// Headers and body leave in one write (or one writev when the body
-	// is larger than the connection's write buffer), from the mapping
-	// when the needle was resident.
+	// is larger than the connection's write buffer), from memory (the
+	// mapping only for a HEAD, whose body is never written).
 	ctx.Response.SetBodyRaw(n.Data)
 	if !ctx.IsHead() {
 		h.srv.metrics.bytesServed.Add(float64(len(n.Data)))

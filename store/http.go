@@ -94,6 +94,12 @@ func (rb *readBuf) keep(buf []byte) {
 	}
 }
 
+// StillVerified reports whether the bytes of rb's answer are still those
+// verified (see volume.Ref.StillVerified): always for bytes in memory. It
+// is the event loops' proof before a later send of a mapped needle
+// (evloop.Answer.Verified), with no allocation per answer.
+func (rb *readBuf) StillVerified() bool { return rb.ref.StillVerified() }
+
 // Close releases the mapping rb's answer was written from, if any, and
 // returns rb to its pool.
 func (rb *readBuf) Close() error {

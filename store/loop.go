@@ -32,6 +32,11 @@ import (
 // does (volume.ReadRefCold: without a second try; ECVolume.Read). A large image of a
 // connection with nothing queued leaves with sendfile(2) from the volume
 // file; any other from the mapping or the read buffer, without a copy.
+// An answer of the file's bytes (sendfile, or the mapping) carries their
+// proof (evloop.Answer.Verified: the read buffer, which holds the
+// needle's verified mapping): the loop asks it before any send of them in
+// a later turn than the one that verified them, and ends the connection,
+// the answer short, when the pages are no longer those verified.
 // Everything else goes to httpHandler.ServeHTTP off the loop.
 
 // loopRequest is an event loop's request as plainImage sees it.
@@ -251,11 +256,20 @@ func (h *httpHandler) writeLoop(a *evloop.Answer, head bool, img *imageRead) {
 		return
 	}
 	h.srv.metrics.bytesServed.Add(float64(len(n.Data)))
+	// Bytes of the file (sendfile, or the volume's mapping) are read by
+	// the kernel again as they are sent: the loop asks rb, which holds
+	// their verified mapping, before any send in a later turn than this
+	// one (after a full socket, behind earlier answers, or answered off
+	// the loop), and ends the connection when they are no longer proven.
 	if fd, off, ok := rb.ref.Source(); ok && len(n.Data) >= sendfileMin && a.CanSendFile() {
 		a.SendFile(fd, off, int64(len(n.Data)))
+		a.Verified = rb
 		h.srv.metrics.bytesSent.Add(float64(len(n.Data)))
 		return
 	}
 	a.Body = n.Data
-	a.BodyInFile = rb.ref.Mapped() // the volume's mapping: a page may fault in
+	if rb.ref.Mapped() {
+		a.BodyInFile = true // the volume's mapping: a page may fault in
+		a.Verified = rb
+	}
 }

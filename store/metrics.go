@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -28,6 +29,12 @@ type metrics struct {
 	corruptReads prometheus.Counter
 	loopReads    prometheus.Counter     // disk reads the event loops made themselves
 	grpcRequests *prometheus.CounterVec // by method and code
+	// unverifiedFast counts the fasthttp answers cut short because their
+	// mapped bytes were no longer proven before a send (see sendBody);
+	// loopUnverified, set once the HTTP server exists, reports the event
+	// loops' (evloop.Answer.Verified).
+	unverifiedFast atomic.Int64
+	loopUnverified func() int64
 }
 
 // imageStatuses are the statuses the image handler answers.
@@ -76,6 +83,16 @@ func newMetrics(st *Store) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.requests, m.latency, m.bytesServed, m.bytesSent, m.corruptReads, m.loopReads, m.grpcRequests,
 		volumeCollector{st},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "haybale_store_http_unverified_answers_total",
+			Help: "Image answers cut short (the connection ended before the whole body left) because the verified needle's pages were no longer proven to be those verified when a later send of them from the page cache was about to be made: they may have been read again from the disk.",
+		}, func() float64 {
+			n := m.unverifiedFast.Load()
+			if m.loopUnverified != nil {
+				n += m.loopUnverified()
+			}
+			return float64(n)
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "haybale_store_index_mapped_bytes",
 			Help: "Memory the volume indexes hold outside the Go heap (mapped; resident only where written).",

@@ -2,14 +2,17 @@ package store
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/haybale/haybale/internal/serve"
+	"github.com/haybale/haybale/store/volume"
 )
 
 // tcpPair returns the two ends of a loopback TCP connection.
@@ -77,7 +80,8 @@ func TestSendBody(t *testing.T) {
 		got <- b
 	}()
 
-	s := sendBody{conn: rc, fd: int(f.Fd()), off: int64(len("superblock")), n: int64(len(body))}
+	var cut atomic.Int64
+	s := sendBody{conn: rc, fd: int(f.Fd()), off: int64(len("superblock")), n: int64(len(body)), ref: &volume.Ref{}, cut: &cut}
 	if _, err := server.Write([]byte("HEADERS\r\n\r\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -90,8 +94,23 @@ func TestSendBody(t *testing.T) {
 	}
 
 	// The file ends early.
-	s = sendBody{conn: rc, fd: int(f.Fd()), off: int64(len("superblock") + len(body) - 10), n: 20}
+	s = sendBody{conn: rc, fd: int(f.Fd()), off: int64(len("superblock") + len(body) - 10), n: 20, ref: &volume.Ref{}, cut: &cut}
 	if n, err := s.WriteTo(io.Discard); err == nil {
 		t.Fatalf("a body past the end of the file was sent (%d bytes) without an error", n)
 	}
+	if cut.Load() != 0 {
+		t.Fatalf("%d answers counted cut short for want of a proof, want 0", cut.Load())
+	}
+
+	// The bytes are no longer proven: nothing is sent, and the answer is
+	// counted.
+	s = sendBody{conn: rc, fd: int(f.Fd()), off: int64(len("superblock")), n: int64(len(body)), ref: unproven{}, cut: &cut}
+	if n, err := s.WriteTo(io.Discard); n != 0 || !errors.Is(err, serve.ErrUnverified) || cut.Load() != 1 {
+		t.Fatalf("an unproven body: %d bytes sent, %v, %d counted; want none sent, serve.ErrUnverified, 1 counted", n, err, cut.Load())
+	}
 }
+
+// unproven is a proof that always fails.
+type unproven struct{}
+
+func (unproven) StillVerified() bool { return false }

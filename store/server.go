@@ -146,6 +146,7 @@ func NewServer(st *Store, opts ServerOptions) (*Server, error) {
 		AfterDrain: s.closeStore,
 		MaxConns:   opts.MaxConns,
 	})
+	s.metrics.loopUnverified = s.srv.Unverified
 	return s, nil
 }
 

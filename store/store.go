@@ -6,10 +6,14 @@
 // # HTTP
 //
 // GET and HEAD /p/<photo ID>/<size>[.<ext>] cost at most one disk read: a
-// plain GET or HEAD of a needle of volume.MapMin bytes or more that is
-// all in the page cache is verified through the volume file's mapping and
-// sent from it, with sendfile from 64 KiB (store/fast.go); any other read
-// costs one pread into a buffer pooled per size code. 200 answers carry Content-Type (from the needle),
+// plain GET or HEAD of a needle of volume.PinMin bytes or more that is
+// all in the page cache is verified through a verified mapping of its own
+// (ServerOptions.VerifiedMappings) and sent from the page cache, with
+// sendfile from 64 KiB (store/fast.go, store/loop.go); a send that does
+// not follow the read at once first proves that the pages are still the
+// verified ones, and the connection ends, the answer short, when they are
+// not (haybale_store_http_unverified_answers_total). Any other read costs
+// one pread into a buffer pooled per size code. 200 answers carry Content-Type (from the needle),
 // Content-Length, ETag (the quoted 16-digit hex checksum), Last-Modified
 // (the append time), Cache-Control: public, max-age=31536000, immutable
 // and Accept-Ranges: bytes. Preconditions follow RFC 9110 (If-Match,
@@ -130,11 +134,18 @@ type Options struct {
 	// VerifiedMappings bounds how many needles (of volume.PinMin bytes or
 	// more), once verified, keep a mapping of their own so that later
 	// reads of them skip the checksum while their pages have not left
-	// memory (see volume.Pins);
+	// memory (see volume.Pins), and so that their answers are sent from
+	// the page cache without a copy (sendfile, or written from the
+	// volume's mapping), proven by that mapping before every later send;
 	// each takes two mappings of the process, counted against
-	// vm.max_map_count.
+	// vm.max_map_count (and an answer being sent holds its mapping until
+	// it is written, a little past the bound when every cached one is
+	// held).
 	// Zero means volume.DefaultVerifiedMappings; a negative value turns
-	// them off (every read hashes).
+	// them off: every read hashes, and every image is read into memory
+	// with one pread and written from there (no zero-copy), as it is
+	// where verified mappings cannot be had (not Linux, or a
+	// /proc/self/pagemap that does not report present pages).
 	VerifiedMappings int
 	// DirectReads reads the needles of plain and EC volumes of
 	// volume.MapMin bytes or more that are not in the page cache with

@@ -57,3 +57,13 @@ func temporaryAccept(err error) bool {
 // EventLoop reports whether the connections are served on event loops
 // (Options.Loop, where they can run).
 func (s *HTTP) EventLoop() bool { return s.loopSrv != nil }
+
+// Unverified reports how many answers the event loops cut short because
+// their proof failed before a send of file-backed bytes (see
+// evloop.Answer.Verified); 0 without event loops.
+func (s *HTTP) Unverified() int64 {
+	if s.loopSrv == nil {
+		return 0
+	}
+	return s.loopSrv.Unverified()
+}

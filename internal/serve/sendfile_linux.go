@@ -6,6 +6,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/haybale/haybale/internal/evloop"
 )
 
 // RawTCP returns the descriptor access of a plain TCP connection, for
@@ -30,9 +32,23 @@ func RawTCP(c net.Conn) syscall.RawConn {
 // write deadline and returns how many bytes went out; a file that ends
 // before off+n is io.ErrUnexpectedEOF.
 func SendFile(conn syscall.RawConn, fd int, off, n int64) (int64, error) {
+	return SendFileVerified(conn, fd, off, n, nil)
+}
+
+// SendFileVerified is SendFile for bytes that must be proven before they
+// leave: v, when not nil, is asked before the first sendfile call and
+// before the first after every wait for the socket (the file's pages may
+// have changed while it waited). When it reports false nothing more is
+// sent, and the error is ErrUnverified: the caller must end the
+// connection, whose answer is then short of what it announced.
+func SendFileVerified(conn syscall.RawConn, fd int, off, n int64, v evloop.Verifier) (int64, error) {
 	var sent int64
 	var serr error
 	err := conn.Write(func(sock uintptr) bool {
+		if v != nil && sent < n && !v.StillVerified() {
+			serr = ErrUnverified
+			return true
+		}
 		for sent < n {
 			o := off + sent
 			k, err := unix.Sendfile(int(sock), fd, &o, int(min(n-sent, 1<<30)))

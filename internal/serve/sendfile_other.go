@@ -6,6 +6,8 @@ import (
 	"errors"
 	"net"
 	"syscall"
+
+	"github.com/haybale/haybale/internal/evloop"
 )
 
 // RawTCP returns nil outside Linux: answers are written from memory, never
@@ -14,5 +16,10 @@ func RawTCP(net.Conn) syscall.RawConn { return nil }
 
 // SendFile is Linux only; RawTCP returning nil keeps callers from it.
 func SendFile(syscall.RawConn, int, int64, int64) (int64, error) {
+	return 0, errors.New("serve: sendfile is Linux only")
+}
+
+// SendFileVerified is Linux only, as SendFile.
+func SendFileVerified(syscall.RawConn, int, int64, int64, evloop.Verifier) (int64, error) {
 	return 0, errors.New("serve: sendfile is Linux only")
 }

@@ -37,6 +37,11 @@ import (
 // ErrClosed is returned by Serve when Shutdown ran before it.
 var ErrClosed = errors.New("serve: server closed")
 
+// ErrUnverified is returned by SendFileVerified when its Verifier reports
+// that the file's bytes are no longer those verified: the rest of the
+// answer was not sent.
+var ErrUnverified = errors.New("serve: the file's bytes are no longer those verified; answer cut short")
+
 // Options configure an HTTP server. Zero values take the documented
 // defaults.
 type Options struct {

@@ -153,22 +153,13 @@
 // read as well, but copies nothing when it can: on Linux each generation of
 // the .dat is mapped read-only (shared, MADV_RANDOM) over the volume's
 // whole possible extent, with a read-only file description of its own
-// (marked POSIX_FADV_RANDOM). A needle whose pages are all in the page
-// cache (mincore) is verified where it lies in the mapping and returned as
-// a Ref: its bytes, and the descriptor and offset from which a server
-// sends them with sendfile. Any other needle is read with one pread on
-// that descriptor, which reads exactly its pages (no readahead), into the
-// caller's buffer; faults on the mapping never read the disk on purpose.
-// A Ref holds its generation's mapping and descriptor: a compaction's swap
-// or Close drops the volume's hold, and the last Ref released unmaps and
-// closes, so bytes are never pulled from under an answer being written.
-// A fault on the mapping (an I/O error) is caught and the read retried
-// with pread, which reports it as an error.
-//
-// With Options.Pins (a store's default), a needle of MapMin bytes or more
-// verified in the page cache also keeps a read-only mapping of its own
-// pages, touched by nothing but its own verification, and its decoded
-// header; a later read of it skips the checksum when /proc/self/pagemap
+// (marked POSIX_FADV_RANDOM). With Options.Pins (a store's default), a
+// needle of PinMin bytes or more whose pages are all in the page cache
+// (mincore) is verified where it lies, through a read-only mapping of its
+// own pages (its verified mapping), touched by nothing but its own
+// verification, and returned as a Ref: its bytes in the file's mapping,
+// and the descriptor and offset from which a server sends them with
+// sendfile. A later read of it skips the checksum when /proc/self/pagemap
 // says that every page of that mapping is still present: a mapped page
 // cannot have been dropped and read again from the disk since it was
 // hashed. A page missing means verifying again (through that mapping when
@@ -176,6 +167,24 @@
 // (it guards against the disk, not against writes into the file through
 // the page cache, which the store never makes) and the bound on mappings
 // are in pins_linux.go.
+//
+// A mapped Ref holds the verified mapping it was answered from until
+// Release, and Ref.StillVerified asks it again (one PAGEMAP_SCAN) whether
+// its pages are still the ones verified: the kernel reads the file's
+// pages once more when it sends them, so a server asks before every send
+// that does not follow the read at once (after a full socket, behind
+// earlier answers, off the reading goroutine) and ends the connection
+// rather than send bytes no longer proven. Every other needle (not all
+// resident, under PinMin, whose verified mapping another read is
+// verifying, that could get no mapping, and every needle of a volume
+// without Options.Pins) is read with one pread on that descriptor, which
+// reads exactly its pages (no readahead), into the caller's buffer;
+// faults on the mapping never read the disk on purpose. A Ref holds its
+// generation's mapping and descriptor: a compaction's swap or Close drops
+// the volume's hold, and the last Ref released unmaps and closes, so bytes
+// are never pulled from under an answer being written. A fault on a
+// verified mapping (an I/O error) is caught and the read retried with
+// pread, which reports it as an error.
 //
 // With Options.Direct (a store's default, haybale store --direct-reads), a
 // needle of MapMin bytes or more not wholly in the page cache is read

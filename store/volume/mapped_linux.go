@@ -289,20 +289,6 @@ func preadNoWait(fd int, b []byte, off int64) (int, error) {
 // I/O error paging it in, or a file shorter than the index says).
 var errMapFault = errors.New("volume: fault reading the mapped file")
 
-// decode decodes and verifies the needle at [off, off+n) of the mapping.
-// A fault on the mapping, which the runtime would otherwise turn into a
-// crash of the process (SIGBUS), is returned as errMapFault: the caller
-// then reads with pread, which reports an I/O error as an error.
-func (m *datMap) decode(f needle.Format, off int64, n int) (needle.Needle, error) {
-	return m.decodeRaw(f.Decode, off, n)
-}
-
-// decodeRaw runs decode on [off, off+n) of the mapping, turning a fault
-// into errMapFault.
-func (m *datMap) decodeRaw(decode func([]byte) (needle.Needle, error), off int64, n int) (needle.Needle, error) {
-	return decodeMapped(decode, m.data[off:off+int64(n):off+int64(n)], off)
-}
-
 // decodeMapped runs decode on b, mapped bytes of the file at offset off,
 // turning a fault into errMapFault.
 func decodeMapped(decode func([]byte) (needle.Needle, error), b []byte, off int64) (nd needle.Needle, err error) {
@@ -316,4 +302,14 @@ func decodeMapped(decode func([]byte) (needle.Needle, error), b []byte, off int6
 	}()
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	return decode(b)
+}
+
+// copyMapped copies src, mapped bytes of the file at offset off, into
+// dst, turning a fault into errMapFault.
+func copyMapped(dst, src []byte, off int64) error {
+	_, err := decodeMapped(func(b []byte) (needle.Needle, error) {
+		copy(dst, b)
+		return needle.Needle{}, nil
+	}, src, off)
+	return err
 }

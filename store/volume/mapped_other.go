@@ -6,7 +6,6 @@ import (
 	"errors"
 
 	"github.com/haybale/haybale/internal/vfs"
-	"github.com/haybale/haybale/needle"
 )
 
 // datMap maps a volume's file on Linux (see mapped_linux.go). Elsewhere
@@ -29,9 +28,7 @@ func (*datMap) ReadAt([]byte, int64) (int, error) { return 0, errMapFault }
 
 var errMapFault = errors.New("volume: fault reading the mapped file")
 
-func (*datMap) decode(needle.Format, int64, int) (needle.Needle, error) {
-	return needle.Needle{}, errMapFault
-}
+func copyMapped([]byte, []byte, int64) error { return errMapFault }
 
 // nowaitReader is never used where volumes are not mapped.
 type nowaitReader struct{ m *datMap }

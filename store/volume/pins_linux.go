@@ -551,20 +551,23 @@ func (p *pin) verify(f needle.Format) (needle.Needle, error) {
 
 // readPinned reads the needle at [start, start+n) of m (n at least PinMin,
 // inside the mapping) through the cache of verified mappings. ok is false
-// when the needle must be read with a pread (it is not all in the page
-// cache, or touching it faulted); otherwise the returned Ref and error are
-// ReadRef's answer. The caller holds v.mu shared.
-func (v *Volume) readPinned(ps *Pins, m *datMap, key, cookie uint64, size needle.SizeCode, start int64, n int) (ref Ref, ok bool, err error) {
+// when the needle must be read with a pread into the caller's buffer:
+// notAll then says it is not all in the page cache (or touching it
+// faulted); otherwise it is resident but has no verified mapping to
+// answer from (another read is verifying it, no mapping could be made, or
+// a needle under MapMin finds the cache full). With ok, the returned Ref
+// and error are ReadRef's answer, and a Ref holds the verified mapping it
+// was answered from (see Ref.StillVerified). The caller holds v.mu
+// shared.
+func (v *Volume) readPinned(ps *Pins, m *datMap, key, cookie uint64, size needle.SizeCode, start int64, n int) (ref Ref, ok, notAll bool, err error) {
 	p := ps.get(m, start)
-	if p != nil {
-		defer ps.release(p)
-		if p.n != n || p.hdr.Key != key || p.hdr.Size != size {
-			// The index names another needle at this offset of this
-			// file: it cannot happen (a file is append-only), but a
-			// mapping that does not match is never trusted.
-			ps.drop(p)
-			p = nil
-		}
+	if p != nil && (p.n != n || p.hdr.Key != key || p.hdr.Size != size) {
+		// The index names another needle at this offset of this file: it
+		// cannot happen (a file is append-only), but a mapping that does
+		// not match is never trusted.
+		ps.drop(p)
+		ps.release(p)
+		p = nil
 	}
 	if p != nil {
 		// A verification of p in progress (odd seq) faults its pages in
@@ -575,24 +578,28 @@ func (v *Volume) readPinned(ps *Pins, m *datMap, key, cookie uint64, size needle
 			all, perr := present(p.data)
 			if perr == nil && all && p.seq.Load() == seq {
 				ps.hits.Add(1)
-				return v.pinnedRef(m, p.hdr, p.dataLen, start, cookie)
+				return v.pinnedRef(ps, p, seq, m, p.hdr, p.dataLen, start, cookie)
 			}
 		}
 		// A page was unmapped since the last verification (it may have
 		// been read again from the disk), or a verification is running.
 		if !m.resident(start, n) {
 			ps.drop(p)
-			return Ref{}, false, nil // one pread, as without the cache
+			ps.release(p)
+			return Ref{}, false, true, nil // one pread, as without the cache
 		}
 		if seq%2 != 0 || !p.seq.CompareAndSwap(seq, seq+1) {
-			// Another read is verifying p: verify apart from it, through
-			// the file's mapping, as without the cache.
-			return v.readMapped(m, key, cookie, size, start, n)
+			// Another read is verifying p: read the needle into the
+			// caller's buffer (one pread of resident pages), since a Ref
+			// is mapped only with a verified mapping's proof.
+			ps.release(p)
+			return Ref{}, false, false, nil
 		}
 		nd, err := p.verify(v.format)
 		if errors.Is(err, errMapFault) {
 			ps.drop(p)
-			return Ref{}, false, nil
+			ps.release(p)
+			return Ref{}, false, true, nil
 		}
 		ps.reverified.Add(1)
 		if err == nil {
@@ -600,42 +607,67 @@ func (v *Volume) readPinned(ps *Pins, m *datMap, key, cookie uint64, size needle
 		}
 		if err != nil {
 			ps.drop(p) // and never trusted again: seq stays odd
-			return Ref{}, true, fmt.Errorf("volume %d at offset %d: %w", v.vid, start, err)
+			ps.release(p)
+			return Ref{}, true, false, fmt.Errorf("volume %d at offset %d: %w", v.vid, start, err)
 		}
 		p.seq.Store(seq + 2)
-		return v.pinnedRef(m, withoutData(nd), len(nd.Data), start, cookie)
+		return v.pinnedRef(ps, p, seq+2, m, withoutData(nd), len(nd.Data), start, cookie)
 	}
 	if n < MapMin && !ps.hasRoom() {
 		// A needle under MapMin costs little more to read with a pread
 		// than to map and hash: it takes a free place, never one of
 		// another mapping (see hasRoom).
-		return Ref{}, false, nil
+		return Ref{}, false, false, nil
 	}
 	if !m.resident(start, n) {
-		return Ref{}, false, nil
+		return Ref{}, false, true, nil
 	}
 	p, err = ps.mapNeedle(m, start, n)
 	if err != nil {
-		// No mapping to spare (vm.max_map_count): verify through the
-		// file's mapping, as without the cache.
-		return v.readMapped(m, key, cookie, size, start, n)
+		// No mapping to spare (vm.max_map_count): read the resident
+		// needle into the caller's buffer, as without the cache.
+		return Ref{}, false, false, nil
 	}
-	defer ps.release(p)
+	// Nothing else sees p before insert: its seq stays what it was made
+	// with while it is verified.
+	seq := p.seq.Load()
 	nd, err := p.verify(v.format)
 	if errors.Is(err, errMapFault) {
-		p.dead = true // never cached; released above
-		return Ref{}, false, nil
+		p.dead = true // never cached
+		ps.release(p)
+		return Ref{}, false, true, nil
 	}
 	if err == nil {
 		nd, err = verifyRead(nd, key, size)
 	}
 	if err != nil {
 		p.dead = true
-		return Ref{}, true, fmt.Errorf("volume %d at offset %d: %w", v.vid, start, err)
+		ps.release(p)
+		return Ref{}, true, false, fmt.Errorf("volume %d at offset %d: %w", v.vid, start, err)
 	}
 	p.hdr, p.dataLen = withoutData(nd), len(nd.Data)
+	// A mapping that cannot go into the cache (insert reports false) is
+	// verified and mapped all the same: the Ref holds it, and its release
+	// unmaps it.
 	ps.insert(p)
-	return v.pinnedRef(m, p.hdr, p.dataLen, start, cookie)
+	return v.pinnedRef(ps, p, seq, m, p.hdr, p.dataLen, start, cookie)
+}
+
+// stillVerified reports whether p's seq is still seq (even: the value at
+// which a read found or made its present pages verified) and every page
+// of p is present, as Ref.StillVerified explains. p is held by the
+// caller, so it is mapped, whether it is still in the cache or was
+// evicted or dropped from it since: a mapping out of the cache is touched
+// by nothing but a read that held it before it left and verifies it
+// again, which changes seq; so the answer means the same either way.
+func (p *pin) stillVerified(seq uint64) bool {
+	if p.seq.Load() != seq {
+		return false
+	}
+	all, err := present(p.data)
+	// A verification that began after the first load faults pages in
+	// before hashing them: seq is read again after the presence check.
+	return err == nil && all && p.seq.Load() == seq
 }
 
 // withoutData returns nd with its Data cleared, as a verified mapping
@@ -645,17 +677,20 @@ func withoutData(nd needle.Needle) needle.Needle {
 	return nd
 }
 
-// pinnedRef answers a read of the verified needle hdr at start of m: its
-// data are those of the file's mapping (never of the verified mapping,
-// which only verification touches).
-func (v *Volume) pinnedRef(m *datMap, hdr needle.Needle, dataLen int, start int64, cookie uint64) (Ref, bool, error) {
+// pinnedRef answers a read of the verified needle hdr at start of m from
+// p, which the caller holds and found verified at seq: its data are those
+// of the file's mapping (never of the verified mapping, which only
+// verification touches), and the Ref keeps the caller's hold on p until
+// Release (a wrong cookie gives it back at once).
+func (v *Volume) pinnedRef(ps *Pins, p *pin, seq uint64, m *datMap, hdr needle.Needle, dataLen int, start int64, cookie uint64) (Ref, bool, bool, error) {
 	if hdr.Cookie != cookie {
-		return Ref{}, true, ErrNotFound
+		ps.release(p)
+		return Ref{}, true, false, ErrNotFound
 	}
 	at := start + needle.HeaderSize
 	end := at + int64(dataLen)
 	hdr.Data = m.data[at:end:end]
 	m.acquire()
 	v.mappedReads.Add(1)
-	return Ref{Needle: hdr, m: m, off: at}, true, nil
+	return Ref{Needle: hdr, m: m, off: at, pins: ps, pin: p, seq: seq}, true, false, nil
 }

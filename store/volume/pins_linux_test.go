@@ -61,6 +61,13 @@ func pinnedKinds(t *testing.T, test func(t *testing.T, pick func([]*needle.Needl
 	t.Run("under-MapMin", func(t *testing.T) { test(t, midNeedles) })
 }
 
+// pinHolders returns p's holders.
+func pinHolders(ps *Pins, p *pin) int {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return p.holders
+}
+
 // pinOf returns the cached verified mapping of want, or nil.
 func pinOf(t testing.TB, v *Volume, want *needle.Needle) *pin {
 	t.Helper()
@@ -185,10 +192,18 @@ func testPinsSecondReadDoesNotHash(t *testing.T, pick func([]*needle.Needle) []*
 			t.Fatalf("without verified mappings, a changed needle read: %v, want corruption", err)
 		}
 	}
-	readPinnedOnce(t, v, largeNeedles(all)[1])
-	readPinnedOnce(t, v, largeNeedles(all)[1])
-	if st := v.Status(); st.MappedReads != 2 || ps.Stats().Hits != int64(len(large)+1) {
-		t.Fatalf("without verified mappings: %d mapped reads (want 2), pins %+v", st.MappedReads, ps.Stats())
+	// Without verified mappings nothing proves mapped bytes at send time:
+	// every read, resident or not, is one pread into the buffer.
+	preads := v.Status().Preads
+	for range 2 {
+		ref := readRef(t, v, largeNeedles(all)[1])
+		if ref.Mapped() || !ref.StillVerified() {
+			t.Fatalf("without verified mappings: mapped %v, still verified %v; want a buffer read, verified", ref.Mapped(), ref.StillVerified())
+		}
+		ref.Release()
+	}
+	if st := v.Status(); st.MappedReads != 0 || st.Preads != preads+2 || ps.Stats().Hits != int64(len(large)+1) {
+		t.Fatalf("without verified mappings: %d mapped reads and %d preads (want 0 and %d), pins %+v", st.MappedReads, st.Preads, preads+2, ps.Stats())
 	}
 }
 
@@ -266,13 +281,21 @@ func testPinsReverify(t *testing.T, pick func([]*needle.Needle) []*needle.Needle
 	unlock()
 
 	// While another read verifies the mapping again (its sequence odd),
-	// its pages present prove nothing: the needle is verified apart,
-	// through the file's mapping, neither a hit nor a reverification.
+	// its pages present prove nothing: the needle is read apart, with one
+	// pread into the buffer (a Ref is mapped only with a proof), neither a
+	// hit nor a reverification, and the mapping is not held.
 	seq := p.seq.Load()
 	p.seq.Store(seq + 1)
-	readPinnedOnce(t, v, n)
-	if st := ps.Stats(); st.Hits != 1 || st.Reverified != 1 || v.Status().Preads != 0 {
-		t.Fatalf("during another read's verification: %+v, want neither a hit nor a reverification", st)
+	apart := readRef(t, v, n)
+	if apart.Mapped() || !apart.StillVerified() {
+		t.Fatalf("during another read's verification: mapped %v, still verified %v; want a buffer read", apart.Mapped(), apart.StillVerified())
+	}
+	apart.Release()
+	if st := ps.Stats(); st.Hits != 1 || st.Reverified != 1 || v.Status().Preads != 1 {
+		t.Fatalf("during another read's verification: %+v, %d preads; want neither a hit nor a reverification, 1 pread", st, v.Status().Preads)
+	}
+	if holders := pinHolders(ps, p); holders != 0 {
+		t.Fatalf("during another read's verification: the mapping has %d holders after the read, want 0", holders)
 	}
 	p.seq.Store(seq)
 
@@ -282,7 +305,7 @@ func testPinsReverify(t *testing.T, pick func([]*needle.Needle) []*needle.Needle
 	if nd := readRef(t, v, n); nd.Mapped() {
 		t.Fatal("a needle out of the page cache was served from the mapping")
 	}
-	if st := ps.Stats(); st.Dropped != 1 || st.Cached != 0 || st.Live != 0 || v.Status().Preads != 1 {
+	if st := ps.Stats(); st.Dropped != 1 || st.Cached != 0 || st.Live != 0 || v.Status().Preads != 2 {
 		t.Fatalf("after a read of evicted pages: %+v, %d preads; want the mapping dropped and 1 pread", st, v.Status().Preads)
 	}
 	readPinnedOnce(t, v, n)
@@ -386,14 +409,22 @@ func TestPinsSwapAndClose(t *testing.T) {
 	if _, err := v.Compact(context.Background(), CompactOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if st := ps.Stats(); st.Cached != 0 || st.Live != 0 {
-		t.Fatalf("after the swap: %+v, want no mapping", st)
+	// The answer still being written keeps its verified mapping (its
+	// proof), out of the cache, until it is released.
+	if st := ps.Stats(); st.Cached != 0 || st.Live != 1 {
+		t.Fatalf("after the swap: %+v, want none cached and the held answer's mapping live", st)
 	}
-	if got := old.refs.Load(); got != 1 {
-		t.Fatalf("the old file has %d references with one answer left, want 1", got)
+	if !held.StillVerified() {
+		t.Fatal("a held answer's mapping, dropped from the cache, no longer proves its resident pages")
+	}
+	if got := old.refs.Load(); got != 2 {
+		t.Fatalf("the old file has %d references with one answer left, want 2 (the answer's and its verified mapping's)", got)
 	}
 	oldFd := old.fd
 	held.Release()
+	if st := ps.Stats(); st.Live != 0 {
+		t.Fatalf("after the last answer: %+v, want no mapping", st)
+	}
 	if got := old.refs.Load(); got != 0 {
 		t.Fatalf("the old file has %d references after the last answer, want 0", got)
 	}
@@ -530,8 +561,9 @@ func TestPinsEvictsUnheldOnly(t *testing.T) {
 	}
 }
 
-// BenchmarkReadRefPinned measures ReadRef of a resident 400 KB needle with
-// a verified mapping (no hash) and without (hashed through the mapping).
+// BenchmarkReadRefPinned measures ReadRef of resident needles (5, 120
+// and 400 KB) with a verified mapping (no hash, no copy) and without (one
+// pread into the buffer, hashed there).
 func BenchmarkReadRefPinned(b *testing.B) {
 	for _, size := range []needle.SizeCode{needle.SizeThumb, needle.SizeSmall, needle.SizeLarge} {
 		for _, c := range []struct {
@@ -546,7 +578,7 @@ func BenchmarkReadRefPinned(b *testing.B) {
 				v, _, all := osVolumeWith(b, 1, opts)
 				defer v.Close()
 				n := all[size]
-				mapped := needle.EncodedLen(len(n.Data)) >= v.mapMin()
+				mapped := c.pins > 0 && needle.EncodedLen(len(n.Data)) >= v.mapMin()
 				warm, buf, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil)
 				if err != nil {
 					b.Fatal(err)
@@ -729,5 +761,214 @@ func TestPinsSmallTakeOnlyRoom(t *testing.T) {
 	readPinnedOnce(t, v, large[2])
 	if st := ps.Stats(); st.Cached != 2 || st.Evicted != before.Evicted+1 || pinOf(t, v, large[2]) == nil {
 		t.Fatalf("a large needle into a full cache: %+v, want one eviction and it mapped", st)
+	}
+}
+
+// TestRefStillVerified: a Ref answered from a verified mapping holds it
+// (one holder until Release, which gives it back exactly once) and proves
+// its bytes while every page of the mapping is present; once a page left
+// (as reclaim unmaps it first) it never proves them again, not even after
+// a later read faulted the pages back in and verified them again (that
+// read's own Ref does). A mapping that could not go into the cache (every
+// cached one held) still answers, held by its Ref, and is unmapped at its
+// release.
+func TestRefStillVerified(t *testing.T) {
+	pinnedKinds(t, testRefStillVerified)
+}
+
+func testRefStillVerified(t *testing.T, pick func([]*needle.Needle) []*needle.Needle) {
+	ps := newPins(t, 1)
+	v, dir, all := osVolumeWith(t, 2, Options{FS: vfs.Default, Pins: ps})
+	defer v.Close()
+	path := DatPath(dir, 3)
+	kind := pick(all)
+	n, other := kind[0], kind[1]
+	e, _ := v.Locate(n.Key, n.Size)
+	unlock := lockRangeInPageCache(t, path, e.Offset, int(e.Length))
+	defer unlock()
+
+	ref := readRef(t, v, n)
+	if !ref.Mapped() || !ref.StillVerified() {
+		t.Fatalf("just read: mapped %v, still verified %v; want both", ref.Mapped(), ref.StillVerified())
+	}
+	p := pinOf(t, v, n)
+	if p == nil || pinHolders(ps, p) != 1 {
+		t.Fatalf("a held Ref: mapping %p, want it cached and held once", p)
+	}
+
+	// Every cached mapping is held: a large needle's fresh mapping cannot
+	// go in, yet answers, held by its Ref alone (a needle under MapMin is
+	// not mapped into a full cache at all: one pread into the buffer).
+	o := readRef(t, v, other)
+	large := needle.EncodedLen(len(other.Data)) >= MapMin
+	if o.Mapped() != large || !o.StillVerified() {
+		t.Fatalf("a needle of %d bytes read into a full cache: mapped %v, still verified %v; want mapped %v, verified", len(other.Data), o.Mapped(), o.StillVerified(), large)
+	}
+	if st := ps.Stats(); large && (st.Cached != 1 || st.Live != 2) {
+		t.Fatalf("with a mapping kept out of the cache held: %+v, want 1 cached, 2 live", st)
+	}
+	o.Release()
+	o.Release()
+	if st := ps.Stats(); st.Cached != 1 || st.Live != 1 {
+		t.Fatalf("after its Ref's release: %+v, want it unmapped", st)
+	}
+
+	// A page of the verified mapping unmapped (the pages stay in the page
+	// cache): the held Ref proves nothing any more.
+	evictPin(t, p, path, false)
+	if ref.StillVerified() {
+		t.Fatal("a page of the verified mapping left it, yet the Ref still proves its bytes")
+	}
+	// Read again: the mapping is verified again (its pages faulted back
+	// in, its seq moved on); the new Ref proves its bytes, the old one
+	// still does not.
+	again := readRef(t, v, n)
+	if st := ps.Stats(); st.Reverified != 1 || !again.Mapped() || !again.StillVerified() {
+		t.Fatalf("read again: %+v, mapped %v, still verified %v; want a reverification, mapped and verified", st, again.Mapped(), again.StillVerified())
+	}
+	if ok, err := present(p.data); err != nil || !ok {
+		t.Fatalf("after the reverification the mapping's pages are not present (%v)", err)
+	}
+	if ref.StillVerified() {
+		t.Fatal("the pages were verified again by another read, yet the first Ref proves its bytes again")
+	}
+	if h := pinHolders(ps, p); h != 2 {
+		t.Fatalf("two Refs of one mapping: %d holders, want 2", h)
+	}
+	ref.Release()
+	ref.Release() // a second release does nothing
+	if h := pinHolders(ps, p); h != 1 {
+		t.Fatalf("after one Ref's release (twice): %d holders, want 1", h)
+	}
+
+	// Out of the page cache altogether: the Ref no longer proves its
+	// bytes; the next read is one pread into the buffer, which does.
+	unlock()
+	evictPin(t, p, path, true)
+	if again.StillVerified() {
+		t.Fatal("the needle's pages left the page cache, yet the Ref still proves its bytes")
+	}
+	cold := readRef(t, v, n)
+	if cold.Mapped() || !cold.StillVerified() {
+		t.Fatalf("a needle out of the page cache: mapped %v, still verified %v; want a buffer read", cold.Mapped(), cold.StillVerified())
+	}
+	cold.Release()
+	// The dropped mapping stays mapped while its last Ref holds it.
+	if st := ps.Stats(); st.Cached != 0 || st.Live != 1 {
+		t.Fatalf("a dropped mapping still held: %+v, want none cached, 1 live", st)
+	}
+	again.Release()
+	if st := ps.Stats(); st.Live != 0 {
+		t.Fatalf("after the last release: %+v, want none live", st)
+	}
+}
+
+// TestRefCopyOut: CopyOut copies a mapped Ref's bytes into the buffer
+// and gives back its mappings (the Ref is then in memory, verified); a
+// Ref whose verified mapping lost a page is refused, its bytes never
+// copied, and released all the same.
+func TestRefCopyOut(t *testing.T) {
+	ps := newPins(t, 16)
+	v, dir, all := osVolumeWith(t, 1, Options{FS: vfs.Default, Pins: ps})
+	defer v.Close()
+	n := largeNeedles(all)[0]
+	ref := readRef(t, v, n)
+	if !ref.Mapped() {
+		t.Fatal("resident, yet not mapped")
+	}
+	buf, err := ref.CopyOut(make([]byte, 0, 16))
+	if err != nil || ref.Mapped() || !ref.StillVerified() || !bytes.Equal(ref.Needle.Data, n.Data) || !bytes.Equal(buf, n.Data) {
+		t.Fatalf("copied out: %v, mapped %v, still verified %v, bytes equal %v", err, ref.Mapped(), ref.StillVerified(), bytes.Equal(ref.Needle.Data, n.Data))
+	}
+	p := pinOf(t, v, n)
+	if h := pinHolders(ps, p); h != 0 {
+		t.Fatalf("after CopyOut the verified mapping has %d holders, want 0", h)
+	}
+	ref.Release() // nothing left to release
+
+	ref = readRef(t, v, n)
+	evictPin(t, p, DatPath(dir, 3), false)
+	if _, err := ref.CopyOut(nil); err == nil {
+		t.Fatal("a Ref whose verified mapping lost a page was copied out")
+	}
+	if ref.Mapped() || pinHolders(ps, p) != 0 {
+		t.Fatalf("after a refused CopyOut: mapped %v, %d holders; want both released", ref.Mapped(), pinHolders(ps, p))
+	}
+}
+
+// TestRefStillVerifiedConcurrent: readers of one needle hold, prove and
+// release its verified mapping while its pages keep leaving the
+// mapping's page tables (each time, some read verifies it again): every
+// answer has the needle's bytes, a Ref that proves its bytes after a page
+// left was answered after that, and every hold is given back.
+func TestRefStillVerifiedConcurrent(t *testing.T) {
+	ps := newPins(t, 16)
+	v, dir, all := osVolumeWith(t, 1, Options{FS: vfs.Default, Pins: ps})
+	defer v.Close()
+	n := largeNeedles(all)[0]
+	e, _ := v.Locate(n.Key, n.Size)
+	defer lockRangeInPageCache(t, DatPath(dir, 3), e.Offset, int(e.Length))()
+	readPinnedOnce(t, v, n)
+	p := pinOf(t, v, n)
+	if p == nil {
+		t.Fatal("no verified mapping after a read")
+	}
+
+	const readers, reads = 4, 300
+	var wg sync.WaitGroup
+	errs := make(chan error, readers+1)
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := unix.Madvise(p.data, unix.MADV_DONTNEED); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	var readWG sync.WaitGroup
+	for range readers {
+		readWG.Add(1)
+		go func() {
+			defer readWG.Done()
+			for range reads {
+				ref, _, err := v.ReadRef(n.Key, n.Cookie, n.Size, nil)
+				if err != nil || !bytes.Equal(ref.Needle.Data, n.Data) {
+					errs <- fmt.Errorf("read: %v (bytes equal %v)", err, bytes.Equal(ref.Needle.Data, n.Data))
+					return
+				}
+				if ref.Mapped() && ref.StillVerified() && ref.seq%2 != 0 {
+					errs <- fmt.Errorf("a Ref proven at odd seq %d", ref.seq)
+					return
+				}
+				ref.Release()
+				ref.Release()
+			}
+		}()
+	}
+	readWG.Wait()
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if h := pinHolders(ps, p); h != 0 {
+		t.Fatalf("after every Ref's release: %d holders, want 0", h)
+	}
+	if st := ps.Stats(); st.Live != int64(st.Cached) || st.Hits+st.Reverified == 0 {
+		t.Fatalf("after the readers: %+v, want every live mapping cached", st)
+	}
+	ref := readRef(t, v, n)
+	defer ref.Release()
+	if !ref.Mapped() || !ref.StillVerified() {
+		t.Fatalf("a read after the churn: mapped %v, still verified %v; want both", ref.Mapped(), ref.StillVerified())
 	}
 }

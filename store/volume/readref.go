@@ -13,42 +13,54 @@ import (
 //
 // Read copies a needle out of the page cache into the caller's buffer (one
 // pread), hashes it there, and the server copies it once more into the
-// socket. ReadRef serves a needle whose pages are all in the page cache
-// from a read-only mapping of the .dat instead: it verifies the needle
-// (magics, key, size, cookie, checksum) where it lies in the page cache,
-// and hands back the needle's place in the file, from which a server sends
-// it with sendfile(2) or writes it straight from the mapping. A needle not
-// wholly resident is read with one pread into the caller's buffer, as by
-// Read: that reads exactly its pages in one request, where faults on the
-// mapping would read it a page at a time (the mapping is MADV_RANDOM, see
-// mapDat). Either way a read costs at most one disk read.
+// socket. ReadRef, with Options.Pins (verified mappings, Linux only),
+// serves a needle of PinMin bytes or more whose pages are all in the page
+// cache from a read-only mapping of the .dat instead: it verifies the
+// needle (magics, key, size, cookie, checksum) where it lies in the page
+// cache, through a mapping of that needle's own pages (its verified
+// mapping, see pins_linux.go), and hands back the needle's place in the
+// file, from which a server sends it with sendfile(2) or writes it
+// straight from the volume's mapping. A later read of the needle is
+// answered without hashing while every page of its verified mapping is
+// still present.
 //
-// A volume opened with Options.Pins also keeps, for each needle of PinMin
-// bytes or more it verified, a mapping of that needle's own pages, and
-// answers a later read of the needle without hashing it while every page
-// of that mapping is still present (see pins_linux.go).
+// A Mapped Ref always carries that proof: it holds the verified mapping it
+// was answered from, and Ref.StillVerified says, at any later moment,
+// whether the page cache still holds the very pages that were verified
+// (a server asks it before every send of the bytes that does not follow
+// the read at once: after a full socket, behind earlier answers, or off
+// the goroutine that read). The kernel reads the file's pages again when
+// it sends them; were they reclaimed and read again from the disk in
+// between, the bytes that left would be unverified.
 //
-// Without Pins a needle under MapMin bytes is read with pread in any case:
-// asking whether it is resident (a mincore call) and hashing it through
-// the mapping cost more than copying it (see bench/RESULTS.md, "Store
-// GET"). With Pins a needle of PinMin bytes or more is worth it, since
-// its rereads are neither copied nor hashed (one under MapMin is mapped
-// only while the cache has room, see Pins.hasRoom); smaller ones still
-// cost one pread.
+// Every other read is one pread into the caller's buffer, verified there:
+// a needle not wholly resident (that reads exactly its pages in one
+// request, where faults on the mapping would read it a page at a time;
+// the mapping is MADV_RANDOM, see mapDat), one under PinMin (or under
+// MapMin while the verified mappings are full, see Pins.hasRoom), one
+// whose verified mapping another read is verifying at the moment, one
+// that could not be given a mapping (vm.max_map_count), and every needle
+// of a volume without Options.Pins (turned off, /proc/self/pagemap
+// unusable, or not Linux): such a volume never serves from its mapping,
+// and its answers are written from memory, never with sendfile. Either
+// way a read costs at most one disk read.
 
-// MapMin is the smallest needle (header, data and footer, padded) that
-// ReadRef serves from the mapping without Options.Pins; smaller ones cost
-// one pread. It is also the smallest needle read with O_DIRECT when it is
-// not in the page cache (Options.Direct).
+// MapMin is the smallest needle (header, data and footer, padded) read
+// with O_DIRECT when it is not in the page cache (Options.Direct); ReadRef
+// asks whether a needle of MapMin bytes or more is resident (mincore) for
+// that policy. With Options.Pins a needle under MapMin takes a verified
+// mapping only while the cache has room (see Pins.hasRoom).
 const MapMin = 32 << 10
 
 // PinMin is the smallest needle that ReadRef serves from the mapping with
-// Options.Pins (through a verified mapping of its own); smaller ones cost
-// one pread. A needle under MapMin not all in the page cache is read with
-// a buffered pread, as without Pins.
+// Options.Pins (through a verified mapping of its own); smaller ones, and
+// every needle without Options.Pins, cost one pread. A needle under MapMin
+// not all in the page cache is read with a buffered pread.
 const PinMin = 4 << 10
 
-// mapMin is the smallest needle v serves from its file's mapping.
+// mapMin is the smallest needle whose residency v asks about: PinMin with
+// verified mappings (which serve it from the mapping when resident),
+// MapMin without (which only the direct-read policy asks about).
 func (v *Volume) mapMin() int {
 	if v.opts.Pins != nil {
 		return PinMin
@@ -57,16 +69,24 @@ func (v *Volume) mapMin() int {
 }
 
 // Ref is a verified needle returned by ReadRef. When Mapped is true its
-// Data aliases the volume's file mapping and stays valid until Release;
-// when Lent is true it aliases a buffer of the direct-read pool, also
-// valid until Release; otherwise it aliases the buffer ReadRef returned.
-// Release must be called once the needle's bytes are no longer used (it is
-// a no-op for a needle read into the caller's buffer); a Ref must not be
-// copied after use begins.
+// Data aliases the volume's file mapping and stays valid until Release,
+// and the Ref holds the verified mapping (see pins_linux.go) that proves
+// those bytes, which StillVerified asks; when Lent is true it aliases a
+// buffer of the direct-read pool, also valid until Release; otherwise it
+// aliases the buffer ReadRef returned. Release must be called once the
+// needle's bytes are no longer used (it is a no-op for a needle read into
+// the caller's buffer); a Ref must not be copied after use begins.
 type Ref struct {
 	Needle needle.Needle
 	m      *datMap
 	off    int64 // offset of Needle.Data in the file, when mapped
+
+	// pin is the verified mapping a Mapped Ref was answered from, held
+	// (its holders counts the Ref) until Release, and seq the even value
+	// of its seq at which its present pages were the verified ones.
+	pins *Pins
+	pin  *pin
+	seq  uint64
 
 	// slot is the direct-read buffer Needle.Data lies in, lent by the
 	// pool of direct (which the Ref keeps alive: the pool is unmapped
@@ -76,14 +96,75 @@ type Ref struct {
 }
 
 // Mapped reports whether the needle's bytes are those of the file mapping
-// (and the page cache) rather than a copy in the caller's buffer.
+// (and the page cache) rather than a copy in the caller's buffer. A
+// Mapped Ref always holds a verified mapping (only a volume with
+// Options.Pins returns one).
 func (r *Ref) Mapped() bool { return r.m != nil }
+
+// StillVerified reports whether the needle's bytes, as a send would read
+// them now, are still those ReadRef verified. A Ref whose bytes are in
+// memory (read into the caller's buffer, or Lent) always is. A Mapped
+// Ref is when the seq of its verified mapping is still the one at which
+// ReadRef found (or made) its pages verified, and /proc/self/pagemap
+// reports every page of that mapping present (an error asking is false):
+// a page of the page cache mapped there cannot leave the page cache
+// without first being unmapped from it, and comes back only through a
+// fault on that mapping, which only a verification makes (and which
+// changes seq), so those pages, which the file's mapping and sendfile
+// read, are still the ones hashed. False means the pages may have been
+// read again from the disk since: the bytes must not be sent. It never
+// waits for the disk and costs one PAGEMAP_SCAN ioctl (a pread of
+// /proc/self/pagemap on kernels before 6.7) for a Mapped Ref, nothing
+// otherwise. It must not be asked after Release; it is safe to ask from
+// any goroutine while the Ref is held.
+func (r *Ref) StillVerified() bool {
+	if r.m == nil {
+		return true
+	}
+	return r.pin != nil && r.pin.stillVerified(r.seq)
+}
+
+// CopyOut copies the data of a Mapped Ref from the file's mapping into
+// buf (grown when too small, see ReadBufferClass, and returned), after
+// asking StillVerified, and ends the Ref's use of the mapping: the Ref
+// then holds its bytes in memory (Mapped is false, Needle.Data aliases
+// the returned buffer). It is for a server that writes the bytes later
+// than it can prove them (fasthttp writes a body after its handler
+// returns): the copy is made at once, the bytes once in memory cannot
+// change, and no hash is needed. A Ref that is not Mapped is left as it
+// is and buf returned. An error (the pages are no longer the verified
+// ones, or a fault paging them in) releases the Ref; its bytes must not
+// be served.
+func (r *Ref) CopyOut(buf []byte) ([]byte, error) {
+	if r.m == nil {
+		return buf, nil
+	}
+	if !r.StillVerified() {
+		r.Release()
+		r.Needle.Data = nil
+		return buf, errNotVerified
+	}
+	buf = readBuffer(buf, len(r.Needle.Data))
+	if err := copyMapped(buf, r.Needle.Data, r.off); err != nil {
+		r.Release()
+		r.Needle.Data = nil
+		return buf, fmt.Errorf("volume: copy of a mapped needle: %w", err)
+	}
+	r.Release()
+	r.Needle.Data = buf
+	return buf, nil
+}
+
+// errNotVerified is CopyOut's error for a Ref whose pages may have been
+// read again from the disk since they were verified.
+var errNotVerified = errors.New("volume: the mapped needle's pages are no longer those verified")
 
 // Source returns the descriptor and offset of the needle's data in the
 // volume file, for sendfile(2); ok is false when the needle was read into
 // a buffer. The descriptor belongs to the Ref: it stays open until Release
 // and must not be closed or have its file offset used (it is shared with
-// other readers; use positional calls only).
+// other readers; use positional calls only). Before every send that does
+// not follow the read at once, ask StillVerified.
 func (r *Ref) Source() (fd int, off int64, ok bool) {
 	if r.m == nil {
 		return -1, 0, false
@@ -96,10 +177,15 @@ func (r *Ref) Source() (fd int, off int64, ok bool) {
 // which Release gives back.
 func (r *Ref) Lent() bool { return r.slot != nil }
 
-// Release ends the Ref's use of the volume file's mapping, or gives back
-// the direct-read buffer it was lent. Calling it again, or on a Ref read
-// into the caller's buffer, does nothing.
+// Release ends the Ref's use of the volume file's mapping and of its
+// verified mapping, or gives back the direct-read buffer it was lent.
+// Calling it again, or on a Ref read into the caller's buffer, does
+// nothing.
 func (r *Ref) Release() {
+	if r.pin != nil {
+		r.pins.release(r.pin)
+		r.pins, r.pin = nil, nil
+	}
 	if r.m != nil {
 		r.m.release()
 		r.m = nil
@@ -112,13 +198,12 @@ func (r *Ref) Release() {
 
 // ReadRef returns the live needle for (key, size) if its cookie matches,
 // verified as by Read (or, with Options.Pins, verified before and not
-// reloaded from the disk since). A needle of MapMin bytes or more (PinMin
-// with Options.Pins) wholly in
-// the page cache costs no pread and no copy (Mapped is true); any other costs
-// exactly one pread into buf
-// (grown when too small and returned, as by Read). With Options.Direct, a
-// needle of MapMin bytes or more not wholly in the page cache is read with
-// O_DIRECT instead,
+// reloaded from the disk since). With Options.Pins, a needle of PinMin
+// bytes or more wholly in the page cache costs no pread and no copy
+// (Mapped is true, and StillVerified proves its bytes until Release); any
+// other costs exactly one pread into buf (grown when too small and
+// returned, as by Read). With Options.Direct, a needle of MapMin bytes or
+// more not wholly in the page cache is read with O_DIRECT instead,
 // unless the policy keeps it (see direct.go): into a buffer of the
 // policy's pool, where it is verified and which the Ref is lent (Lent is
 // true, buf is returned as it was given) or, with half the pool lent,
@@ -185,22 +270,24 @@ func (v *Volume) readRef(key, cookie uint64, size needle.SizeCode, buf []byte, m
 	// cold: the page cache, asked about the needle, lacks a page of it.
 	cold := false
 	if m != nil && n >= v.mapMin() && m.covers(start, n) {
-		var ref Ref
-		var ok bool
-		var err error
-		if v.opts.Pins != nil {
-			ref, ok, err = v.readPinned(v.opts.Pins, m, key, cookie, size, start, n)
-		} else if m.resident(start, n) {
-			ref, ok, err = v.readMapped(m, key, cookie, size, start, n)
+		if ps := v.opts.Pins; ps != nil {
+			ref, ok, notAll, err := v.readPinned(ps, m, key, cookie, size, start, n)
+			if ok {
+				return ref, buf, err
+			}
+			// One pread, into buf: of a needle not all resident (or,
+			// rarely, a fault: an I/O error paging the range in, which a
+			// read reports as an error), direct or buffered (buffered
+			// under MapMin); or, buffered, of one resident that has no
+			// verified mapping to answer from.
+			cold = notAll && n >= MapMin
+		} else {
+			// Without verified mappings every needle is read into buf
+			// (a Ref is Mapped only with a verified mapping's proof);
+			// the page cache is asked only whether it is cold, for the
+			// direct-read policy and to skip the RWF_NOWAIT try.
+			cold = !m.resident(start, n)
 		}
-		if ok {
-			return ref, buf, err
-		}
-		// Not all resident (or, rarely, a fault: an I/O error paging the
-		// range in, which a read reports as an error): one pread, direct
-		// or buffered (buffered under MapMin, as without verified
-		// mappings).
-		cold = n >= MapMin
 	}
 	if mode == modeTry {
 		switch {
@@ -263,28 +350,6 @@ func (v *Volume) checkRead(nd needle.Needle, buf []byte, err error, key, cookie 
 		return Ref{}, buf, ErrNotFound
 	}
 	return Ref{Needle: nd}, buf, nil
-}
-
-// readMapped verifies the needle at [start, start+n) of m, all resident,
-// where it lies in the page cache. ok is false when touching it faulted:
-// the caller then reads it with a pread. The caller holds v.mu shared.
-func (v *Volume) readMapped(m *datMap, key, cookie uint64, size needle.SizeCode, start int64, n int) (ref Ref, ok bool, err error) {
-	nd, err := m.decode(v.format, start, n)
-	if errors.Is(err, errMapFault) {
-		return Ref{}, false, nil
-	}
-	if err != nil {
-		return Ref{}, true, fmt.Errorf("volume %d: key %x size %v: %w", v.vid, key, size, err)
-	}
-	if nd, err = verifyRead(nd, key, size); err != nil {
-		return Ref{}, true, fmt.Errorf("volume %d at offset %d: %w", v.vid, start, err)
-	}
-	if nd.Cookie != cookie {
-		return Ref{}, true, ErrNotFound
-	}
-	m.acquire()
-	v.mappedReads.Add(1)
-	return Ref{Needle: nd, m: m, off: start + needle.HeaderSize}, true, nil
 }
 
 // mapCurrent maps dat, a .dat of tail bytes, for ReadRef, or returns nil

@@ -69,12 +69,20 @@ func readRef(t testing.TB, v *Volume, want *needle.Needle) Ref {
 	return ref
 }
 
-// TestReadRefMapped: needles of MapMin bytes or more in the page cache
-// are served from the mapping, verified, with no pread, smaller ones with
-// one pread; the descriptor and offset a server sends from hold exactly
-// the needle's data; misses and wrong cookies are not found.
+// TestReadRefMapped: with verified mappings, needles of PinMin bytes or
+// more in the page cache are served from the mapping, verified, with no
+// pread, and prove their bytes (StillVerified); the descriptor and offset
+// a server sends from hold exactly the needle's data. Without verified
+// mappings every needle, resident or not, is read into the buffer with
+// one pread: nothing would prove mapped bytes at send time. Misses and
+// wrong cookies are not found.
 func TestReadRefMapped(t *testing.T) {
-	v, dir, all := osVolume(t, 3)
+	t.Run("pinned", func(t *testing.T) { testReadRefMapped(t, Options{FS: vfs.Default, Pins: newPins(t, 64)}) })
+	t.Run("without-pins", func(t *testing.T) { testReadRefMapped(t, Options{FS: vfs.Default}) })
+}
+
+func testReadRefMapped(t *testing.T, opts Options) {
+	v, dir, all := osVolumeWith(t, 3, opts)
 	defer v.Close()
 	lockInPageCache(t, DatPath(dir, 3)) // just written is not enough to stay resident
 	if !v.Status().Mapped {
@@ -83,10 +91,16 @@ func TestReadRefMapped(t *testing.T) {
 	small := 0
 	for _, n := range all {
 		ref := readRef(t, v, n)
-		if needle.EncodedLen(len(n.Data)) < MapMin {
+		if !ref.StillVerified() {
+			t.Fatalf("key %x size %v: just read (mapped %v), yet not still verified", n.Key, n.Size, ref.Mapped())
+		}
+		if opts.Pins == nil || needle.EncodedLen(len(n.Data)) < PinMin {
 			small++
 			if ref.Mapped() {
-				t.Fatalf("key %x size %v: %d bytes, under MapMin, yet mapped", n.Key, n.Size, len(n.Data))
+				t.Fatalf("key %x size %v: %d bytes, mapped without a verified mapping", n.Key, n.Size, len(n.Data))
+			}
+			if _, _, ok := ref.Source(); ok {
+				t.Fatal("a buffered Ref has a source")
 			}
 			ref.Release()
 			continue
@@ -106,8 +120,13 @@ func TestReadRefMapped(t *testing.T) {
 		ref.Release() // a second release does nothing
 	}
 	st := v.Status()
-	if small == 0 || small == len(all) || st.MappedReads != int64(len(all)-small) || st.Preads != int64(small) {
+	if opts.Pins == nil && small != len(all) || st.MappedReads != int64(len(all)-small) || st.Preads != int64(small) {
 		t.Fatalf("status: %d mapped reads and %d preads, want %d and %d", st.MappedReads, st.Preads, len(all)-small, small)
+	}
+	if opts.Pins != nil {
+		if ps := opts.Pins.Stats(); ps.Live != int64(len(all)-small) {
+			t.Fatalf("pins %+v after every Ref was released twice, want %d live (the cached ones)", ps, len(all)-small)
+		}
 	}
 	if _, _, err := v.ReadRef(all[0].Key, all[0].Cookie+1, all[0].Size, nil); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("wrong cookie: %v, want ErrNotFound", err)
@@ -118,9 +137,10 @@ func TestReadRefMapped(t *testing.T) {
 }
 
 // TestReadRefDetectsDamage: a flipped byte in the data, the header or the
-// footer of a needle in the page cache is caught by the mapped read.
+// footer of a needle in the page cache is caught by the mapped read (the
+// first verification of its verified mapping).
 func TestReadRefDetectsDamage(t *testing.T) {
-	v, dir, all := osVolume(t, 2)
+	v, dir, all := osVolumeWith(t, 2, Options{FS: vfs.Default, Pins: newPins(t, 64)})
 	defer v.Close()
 	lockInPageCache(t, DatPath(dir, 3)) // just written is not enough to stay resident
 	f, err := os.OpenFile(DatPath(dir, 3), os.O_RDWR, 0)
@@ -185,10 +205,12 @@ func mapsOf(t testing.TB, dir string) int {
 // source; the old file is unmapped when the last Ref is released, and
 // reads after the swap come from the new file.
 func TestReadRefOutlivesSwapAndClose(t *testing.T) {
-	v, dir, all := osVolume(t, 3)
+	ps := newPins(t, 64)
+	v, dir, all := osVolumeWith(t, 3, Options{FS: vfs.Default, Pins: ps})
 	if got := mapsOf(t, dir); got != 1 {
 		t.Fatalf("%d mappings of the volume's files, want 1", got)
 	}
+	// Each Ref's verified mapping is a mapping of the file too.
 	pinned := readRef(t, v, all[11])
 	if !pinned.Mapped() {
 		t.Fatal("not mapped")
@@ -199,8 +221,8 @@ func TestReadRefOutlivesSwapAndClose(t *testing.T) {
 	if _, err := v.Compact(context.Background(), CompactOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := mapsOf(t, dir); got != 2 {
-		t.Fatalf("%d mappings after the swap with a Ref of the old file held, want 2", got)
+	if got := mapsOf(t, dir); got != 3 {
+		t.Fatalf("%d mappings after the swap with a Ref of the old file held, want 3 (the old file and the Ref's verified mapping, the new file)", got)
 	}
 	after := readRef(t, v, all[11])
 	if _, newOff, _ := after.Source(); func() bool { _, o, _ := pinned.Source(); return o == newOff }() {
@@ -217,12 +239,15 @@ func TestReadRefOutlivesSwapAndClose(t *testing.T) {
 		}
 	}
 	pinned.Release()
-	if got := mapsOf(t, dir); got != 1 {
-		t.Fatalf("%d mappings after the old file's last Ref went, want 1", got)
+	if got := mapsOf(t, dir); got != 2 {
+		t.Fatalf("%d mappings after the old file's last Ref went, want 2 (the new file and its Ref's verified mapping)", got)
 	}
 	after.Release()
 	if got := mapsOf(t, dir); got != 0 {
 		t.Fatalf("%d mappings after close and the last release, want 0", got)
+	}
+	if st := ps.Stats(); st.Live != 0 {
+		t.Fatalf("pins %+v after close and the last release, want none live", st)
 	}
 	if _, _, err := v.ReadRef(all[11].Key, all[11].Cookie, all[11].Size, nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("read after close: %v, want ErrClosed", err)
@@ -379,7 +404,8 @@ func testReadRefColdOneRead(t *testing.T, opts Options) {
 	small := int64(0)
 	for _, n := range all {
 		ref := readRef(t, v, n)
-		if big := needle.EncodedLen(len(n.Data)) >= v.mapMin(); ref.Mapped() != big {
+		// Only a verified mapping serves from the mapping.
+		if big := opts.Pins != nil && needle.EncodedLen(len(n.Data)) >= v.mapMin(); ref.Mapped() != big {
 			t.Fatalf("key %x size %v: in the page cache, %d bytes, mapped %v", n.Key, n.Size, len(n.Data), ref.Mapped())
 		}
 		if !ref.Mapped() {
@@ -445,11 +471,12 @@ func TestReadRefWithoutMapping(t *testing.T) {
 }
 
 // BenchmarkVolumeReadWarm compares Read (a pread into a buffer) with
-// ReadRef (verified in place through the mapping) on needles in the page
-// cache, 5 KB and 120 KB, from parallel readers; it reports preads per
-// read. Run: go test -run XXX -bench VolumeReadWarm ./store/volume/
+// ReadRef (with verified mappings: verified in place through the needle's
+// own mapping, then answered from it without hashing) on needles in the
+// page cache, 5 KB and 120 KB, from parallel readers; it reports preads
+// per read. Run: go test -run XXX -bench VolumeReadWarm ./store/volume/
 func BenchmarkVolumeReadWarm(b *testing.B) {
-	v, _, all := osVolume(b, 40)
+	v, _, all := osVolumeWith(b, 40, Options{FS: vfs.Default, Pins: newPins(b, 1024)})
 	defer v.Close()
 	for _, size := range []needle.SizeCode{needle.SizeThumb, needle.SizeMedium} {
 		var ns []*needle.Needle
@@ -557,7 +584,7 @@ func TestMappedFaultIsAnError(t *testing.T) {
 	}
 	defer m.release()
 	// A decoder that reads the third page, which no byte of the file backs.
-	if _, err := m.decodeRaw(func(b []byte) (needle.Needle, error) { return needle.Needle{Key: uint64(b[2*page])}, nil }, 0, 3*page); !errors.Is(err, errMapFault) {
+	if _, err := decodeMapped(func(b []byte) (needle.Needle, error) { return needle.Needle{Key: uint64(b[2*page])}, nil }, m.data[:3*page], 0); !errors.Is(err, errMapFault) {
 		t.Fatalf("reading a page past the end of the file: %v, want errMapFault", err)
 	}
 }

@@ -85,8 +85,10 @@ type Options struct {
 	Secret []byte
 	// Pins, when set, keeps verified mappings of the volume's large
 	// needles, so that ReadRef answers a needle whose verified pages are
-	// still mapped without hashing it again (see pins_linux.go). Nil
-	// verifies every read. One Pins may serve many volumes.
+	// still mapped without hashing it again, and without copying it (a
+	// Mapped Ref, whose bytes StillVerified proves; see pins_linux.go).
+	// Nil verifies every read, and ReadRef reads every needle into the
+	// caller's buffer (never Mapped). One Pins may serve many volumes.
 	Pins *Pins
 	// Direct, when set, makes ReadRef and Read (and EC volumes' reads
 	// of their local shards, see ec_volume.go) read needles of MapMin
@@ -357,8 +359,9 @@ type Status struct {
 	MappedReads int64
 
 	// Mapped reports whether the volume file is mapped for ReadRef, which
-	// then serves needles in the page cache without a pread; it is false
-	// on file systems that cannot map (and if mapping failed).
+	// then, with Options.Pins, serves needles in the page cache without a
+	// pread; it is false on file systems that cannot map (and if mapping
+	// failed).
 	Mapped bool
 
 	// DirectReads counts the image reads since open that read a needle
