@@ -125,30 +125,34 @@ func (r *Ref) StillVerified() bool {
 }
 
 // CopyOut copies the data of a Mapped Ref from the file's mapping into
-// buf (grown when too small, see ReadBufferClass, and returned), after
-// asking StillVerified, and ends the Ref's use of the mapping: the Ref
+// buf (grown when too small, see ReadBufferClass, and returned), then
+// asks StillVerified, and ends the Ref's use of the mapping: the Ref
 // then holds its bytes in memory (Mapped is false, Needle.Data aliases
 // the returned buffer). It is for a server that writes the bytes later
 // than it can prove them (fasthttp writes a body after its handler
-// returns): the copy is made at once, the bytes once in memory cannot
-// change, and no hash is needed. A Ref that is not Mapped is left as it
-// is and buf returned. An error (the pages are no longer the verified
-// ones, or a fault paging them in) releases the Ref; its bytes must not
-// be served.
+// returns). The proof follows the copy: every page of the verified
+// mapping present after the copy, with no verification between, means
+// that none of them left the page cache while it was copied, so the
+// copy holds the verified bytes, which once in memory cannot change and
+// need no hash. (Asked before the copy instead, a page could leave
+// between the question and the copy, which would read it again from the
+// disk.) A Ref that is not Mapped is left as it is and buf returned. An
+// error (the pages are no longer the verified ones, or a fault paging
+// them in) releases the Ref; its bytes must not be served.
 func (r *Ref) CopyOut(buf []byte) ([]byte, error) {
 	if r.m == nil {
 		return buf, nil
-	}
-	if !r.StillVerified() {
-		r.Release()
-		r.Needle.Data = nil
-		return buf, errNotVerified
 	}
 	buf = readBuffer(buf, len(r.Needle.Data))
 	if err := copyMapped(buf, r.Needle.Data, r.off); err != nil {
 		r.Release()
 		r.Needle.Data = nil
 		return buf, fmt.Errorf("volume: copy of a mapped needle: %w", err)
+	}
+	if !r.StillVerified() {
+		r.Release()
+		r.Needle.Data = nil
+		return buf, errNotVerified
 	}
 	r.Release()
 	r.Needle.Data = buf
