@@ -76,7 +76,12 @@ type Answer struct {
 	// its Content-Length (or none of it, if its header had not left), Done
 	// is closed, and Server.Unverified counts the answer. Without it, such
 	// a later send is made through the scheduler, as one that may wait for
-	// the disk. It must stay usable until Done is closed.
+	// the disk. It must stay usable until Done is closed. The proof
+	// precedes the send it vouches for, as the Handler's own check
+	// precedes a send in its turn: a page that leaves the page cache and
+	// is read again from the disk between the two (the time of a system
+	// call, or of the other answers written in the same turn) is neither
+	// caught nor waited for through the scheduler.
 	Verified Verifier
 
 	hdr        []byte

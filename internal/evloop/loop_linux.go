@@ -835,6 +835,12 @@ func (l *loop) finish(j *job) {
 		return
 	}
 	c.busy = false
+	if !c.linger.IsZero() {
+		// c was cut short while this answer was made: nothing more is
+		// sent on it.
+		j.ans.release()
+		return
+	}
 	c.lastActive = l.now
 	if j.ans.Status < 0 { // the handler panicked
 		l.close(c)
@@ -920,17 +926,45 @@ func (c *conn) pump() {
 		return
 	}
 	if c.closing {
-		// The last answer is written: stop sending, and drop what the
-		// client still sends for a while, so that it reads the answer.
-		unix.Shutdown(c.fd, unix.SHUT_WR)
-		c.linger = c.l.now.Add(lingerTime)
-		c.r, c.in = 0, c.in[:0]
-		c.discard()
+		// The last answer is written.
+		if c.linger.IsZero() {
+			c.endWrites()
+		}
 		return
 	}
 	if c.eof {
 		c.l.close(c)
 	}
+}
+
+// endWrites stops c's sending after what it has written, and drops what
+// its client still sends for a while (c lingers), so that the client
+// reads what was sent: a close with bytes of the client's unread would
+// reset the connection, and the client could lose the answers still in
+// the socket.
+func (c *conn) endWrites() {
+	unix.Shutdown(c.fd, unix.SHUT_WR)
+	c.linger = c.l.now.Add(lingerTime)
+	c.r, c.in = 0, c.in[:0]
+	c.discard()
+}
+
+// cut ends c at the answer at its head, whose bytes not sent yet may no
+// longer be sent (its Verifier reported false): that answer and every
+// one queued after it are dropped, the answer is counted
+// (Server.Unverified), and c ends as after its last answer (endWrites),
+// so that the answers before it, already in the socket, still reach the
+// client whole, and this one short of its Content-Length. Nothing is
+// sent on c after it: an answer still being made for c is dropped when
+// it is done (finish).
+func (c *conn) cut() {
+	for i := c.head; i < len(c.out); i++ {
+		c.out[i].release()
+	}
+	c.out, c.head, c.queued = nil, 0, 0
+	c.closing = true
+	c.l.srv.unverified.Add(1)
+	c.endWrites()
 }
 
 // discard reads and drops what a lingering connection's client sends,
@@ -1183,8 +1217,9 @@ func (s *segment) release() {
 // reports now that they are still those its Handler verified (then it is
 // not asked again in this turn). It reports false, with s marked
 // unverified and the answer counted, when the Verifier says they are
-// not, or said so before (it is not asked again); and false for a later
-// send without a Verifier, which goes through the scheduler.
+// not, or said so before (it is not asked again; cut counts the answer
+// when it ends the connection); and false for a later send without a
+// Verifier, which goes through the scheduler.
 func (c *conn) verified(s *segment) bool {
 	if s.turn == c.l.turn {
 		return true
@@ -1194,7 +1229,6 @@ func (c *conn) verified(s *segment) bool {
 	}
 	if !s.verify.StillVerified() {
 		s.unverified = true
-		c.l.srv.unverified.Add(1)
 		return false
 	}
 	s.turn = c.l.turn
@@ -1221,13 +1255,13 @@ func (c *conn) flush() {
 		if s.unverified {
 			// Bytes that are no longer those the Handler verified: the
 			// answer is cut short rather than sent with them.
-			c.l.close(c)
+			c.cut()
 			return
 		}
 		if s.file {
 			fresh := s.turn == c.l.turn || s.n > 0 && c.verified(s)
 			if s.unverified {
-				c.l.close(c)
+				c.cut()
 				return
 			}
 			for s.n > 0 {

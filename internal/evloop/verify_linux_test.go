@@ -370,3 +370,61 @@ func TestVerifierOffLoop(t *testing.T) {
 	}
 	f2.served(t)
 }
+
+// TestVerifierFalseKeepsEarlierAnswers: answers queued before one cut
+// short reach the client whole even when the client has sent requests
+// the paused connection has not read yet: the connection ends as after
+// its last answer (its sending stopped, the client's bytes drained), not
+// with a close that would reset it and drop what is still in the socket.
+func TestVerifierFalseKeepsEarlierAnswers(t *testing.T) {
+	v := &testVerifier{}
+	f := newVerifyFixture(t, v)
+	c := f.dial(t)
+	// 20 MiB queued, over the fixture's MaxQueued: the connection stops
+	// reading after the mapped answer.
+	reqs := strings.Repeat("GET /memory HTTP/1.1\r\nHost: x\r\n\r\n", 4) + "GET /mapped HTTP/1.1\r\nHost: x\r\n\r\n"
+	if _, err := io.WriteString(c, reqs); err != nil {
+		t.Fatal(err)
+	}
+	f.served(t)
+	// More requests of large answers than the connection's read buffer
+	// holds: the answers of those it reads once it goes on queue behind
+	// the mapped one and pause it again, and the rest wait unread in its
+	// socket when the mapped answer is cut.
+	more := strings.Repeat("GET /memory HTTP/1.1\r\nHost: x\r\n\r\n", 3000)
+	wrote := make(chan error, 1)
+	go func() { _, err := io.WriteString(c, more); wrote <- err }()
+	br := bufio.NewReader(c)
+	for i := range 4 {
+		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("answer %d: %v", i+1, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || !bytes.Equal(b, f.data) {
+			t.Fatalf("answer %d: %d of %d bytes, %v; want it whole", i+1, len(b), len(f.data), err)
+		}
+	}
+	cutShort(t, br, f.data)
+	if err := <-wrote; err != nil && !isReset(err) && !errors.Is(err, syscall.EPIPE) {
+		t.Fatalf("writing the later requests: %v", err)
+	}
+	if n := f.srv.Unverified(); n != 1 {
+		t.Errorf("Unverified %d, want 1", n)
+	}
+	f.served(t)
+}
+
+// TestVerifierFalseDropsLaterAnswers: once an answer is cut short, no
+// byte of a later answer of the connection is sent, also one made off
+// the loop while the cut answer was being sent, whichever is done first.
+func TestVerifierFalseDropsLaterAnswers(t *testing.T) {
+	v := &testVerifier{}
+	f := newVerifyFixture(t, v)
+	br := f.ask(t, "GET /mapped HTTP/1.1\r\nHost: x\r\n\r\nGET /off/small HTTP/1.1\r\nHost: x\r\n\r\nGET /img/10 HTTP/1.1\r\nHost: x\r\n\r\n")
+	cutShort(t, br, f.data) // and then the end: no byte of the later answers
+	if n := f.srv.Unverified(); n != 1 {
+		t.Errorf("Unverified %d, want 1", n)
+	}
+	f.served(t)
+}

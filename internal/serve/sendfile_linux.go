@@ -40,7 +40,10 @@ func SendFile(conn syscall.RawConn, fd int, off, n int64) (int64, error) {
 // before the first after every wait for the socket (the file's pages may
 // have changed while it waited). When it reports false nothing more is
 // sent, and the error is ErrUnverified: the caller must end the
-// connection, whose answer is then short of what it announced.
+// connection, whose answer is then short of what it announced. The proof
+// precedes the call it vouches for: a page that leaves the page cache and
+// is read again from the disk in between (the time of one system call)
+// is not caught.
 func SendFileVerified(conn syscall.RawConn, fd int, off, n int64, v evloop.Verifier) (int64, error) {
 	var sent int64
 	var serr error
