@@ -62,7 +62,7 @@ import (
 // asked before a send, not after it: a page reclaimed and read again from
 // the disk between the question and the kernel's read of that page for
 // the send (the time of one system call: sendfile, or a write from the
-// file's mapping) leaves unproven. CopyOut has no such window: it copies
+// file's mapping) goes out unproven. CopyOut has no such window: it copies
 // first and proves after, and a page present after the copy never left.
 // During a verification, a fault on the verified mapping maps the pages
 // around it that are in the page cache (fault-around, up to 64 KiB within
@@ -83,7 +83,7 @@ import (
 // another read cached the needle's first) and one dropped from it while
 // held stay mapped until their last holder is done, out of the cache; so
 // Pins also caps the mappings that exist at once, cached or not, at its
-// bound and an eighth (Pins.liveCap): a read that finds them at the cap
+// bound and an eighth (liveCap): a read that finds them at the cap
 // reads the needle with one pread, as without verified mappings, and
 // NewPins checks vm.max_map_count against that cap. The pages of a
 // verified mapping that are present count in the process's file-backed
