@@ -418,6 +418,7 @@ func TestPinsSwapAndClose(t *testing.T) {
 	if st := ps.Stats(); st.Cached != 0 || st.Live != 1 {
 		t.Fatalf("after the swap: %+v, want none cached and the held answer's mapping live", st)
 	}
+	checkHeld(t, ps)
 	if !held.StillVerified() {
 		t.Fatal("a held answer's mapping, dropped from the cache, no longer proves its resident pages")
 	}
@@ -486,6 +487,7 @@ func TestPinsDelete(t *testing.T) {
 	if st := ps.Stats(); st.Cached != 1 || st.Live != 1 || st.Dropped != 3 || pinOf(t, v, large[1]) == nil {
 		t.Fatalf("after deleting three pinned needles of four: %+v", st)
 	}
+	checkHeld(t, ps)
 }
 
 // TestPinsBound: the cache never holds more than its bound, and concurrent
@@ -518,6 +520,11 @@ func TestPinsBound(t *testing.T) {
 					errs <- errors.New("wrong bytes")
 					return
 				}
+				if err := heldErr(ps); err != nil {
+					ref.Release()
+					errs <- err
+					return
+				}
 				ref.Release()
 				if st := ps.Stats(); st.Cached > 2 {
 					errs <- errors.New("over the bound")
@@ -531,9 +538,10 @@ func TestPinsBound(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
+	checkHeld(t, ps)
 	st := ps.Stats()
-	if st.Cached > 2 || st.Live > 2 || st.Evicted == 0 {
-		t.Fatalf("after concurrent reads with a bound of 2: %+v", st)
+	if held := heldCount(ps); st.Cached > 2 || st.Live > 2 || st.Evicted == 0 || held != 0 {
+		t.Fatalf("after concurrent reads with a bound of 2: %+v, %d held", st, held)
 	}
 	t.Logf("%+v", st)
 }
@@ -555,7 +563,9 @@ func TestPinsEvictsUnheldOnly(t *testing.T) {
 	if st := ps.Stats(); st.Live != 1 {
 		t.Fatalf("the mapping that did not fit is still mapped: %+v", st)
 	}
+	checkHeld(t, ps)
 	ps.release(held)
+	checkHeld(t, ps)
 	readPinnedOnce(t, v, large[1])
 	if pinOf(t, v, large[1]) == nil || pinOf(t, v, large[0]) != nil || held.data != nil {
 		t.Fatalf("the released mapping was not evicted for the new one: %+v", ps.Stats())
@@ -839,6 +849,7 @@ func testRefStillVerified(t *testing.T, pick func([]*needle.Needle) []*needle.Ne
 	if h := pinHolders(ps, p); h != 2 {
 		t.Fatalf("two Refs of one mapping: %d holders, want 2", h)
 	}
+	checkHeld(t, ps)
 	ref.Release()
 	ref.Release() // a second release does nothing
 	if h := pinHolders(ps, p); h != 1 {
@@ -861,6 +872,7 @@ func testRefStillVerified(t *testing.T, pick func([]*needle.Needle) []*needle.Ne
 	if st := ps.Stats(); st.Cached != 0 || st.Live != 1 {
 		t.Fatalf("a dropped mapping still held: %+v, want none cached, 1 live", st)
 	}
+	checkHeld(t, ps)
 	again.Release()
 	if st := ps.Stats(); st.Live != 0 {
 		t.Fatalf("after the last release: %+v, want none live", st)
@@ -986,6 +998,7 @@ func TestRefStillVerifiedConcurrent(t *testing.T) {
 	if h := pinHolders(ps, p); h != 0 {
 		t.Fatalf("after every Ref's release: %d holders, want 0", h)
 	}
+	checkHeld(t, ps)
 	if st := ps.Stats(); st.Live != int64(st.Cached) || st.Hits+st.Reverified == 0 {
 		t.Fatalf("after the readers: %+v, want every live mapping cached", st)
 	}
@@ -1000,6 +1013,20 @@ func TestRefStillVerifiedConcurrent(t *testing.T) {
 // mappings is not the number of cached mappings that have holders.
 func checkHeld(t testing.TB, ps *Pins) {
 	t.Helper()
+	if err := heldErr(ps); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// heldCount returns the cache's count of held cached mappings.
+func heldCount(ps *Pins) int {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.mu.held
+}
+
+// heldErr is checkHeld's check, for a goroutine of a test.
+func heldErr(ps *Pins) error {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	n := 0
@@ -1009,8 +1036,9 @@ func checkHeld(t testing.TB, ps *Pins) {
 		}
 	}
 	if n != ps.mu.held {
-		t.Fatalf("%d cached mappings held, counted %d", n, ps.mu.held)
+		return fmt.Errorf("%d cached mappings held, counted %d", n, ps.mu.held)
 	}
+	return nil
 }
 
 // TestPinsLiveCap: Refs of many distinct large needles held at once
@@ -1114,6 +1142,10 @@ func TestPinsLiveCapConcurrent(t *testing.T) {
 					errs <- fmt.Errorf("over the cap: %+v", st)
 					return
 				}
+				if err := heldErr(ps); err != nil {
+					errs <- err
+					return
+				}
 			}
 		}()
 	}
@@ -1123,10 +1155,7 @@ func TestPinsLiveCapConcurrent(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkHeld(t, ps)
-	ps.mu.Lock()
-	held := ps.mu.held
-	ps.mu.Unlock()
-	if st := ps.Stats(); held != 0 || st.Live != int64(st.Cached) || st.Hits+st.Evicted == 0 {
+	if st, held := ps.Stats(), heldCount(ps); held != 0 || st.Live != int64(st.Cached) || st.Hits+st.Evicted == 0 {
 		t.Fatalf("after every release: %d held, %+v; want none held, every live mapping cached", held, st)
 	}
 	t.Logf("%+v", ps.Stats())
@@ -1152,9 +1181,9 @@ func TestPinsFullOfHeldGivesUp(t *testing.T) {
 	}
 	checkHeld(t, ps)
 	ps.mu.Lock()
-	hand, held := ps.mu.hand, ps.mu.held
+	hand := ps.mu.hand
 	ps.mu.Unlock()
-	if held != 3 {
+	if held := heldCount(ps); held != 3 {
 		t.Fatalf("three Refs of three cached mappings: %d held, want 3", held)
 	}
 	out := readRef(t, v, large[3])
