@@ -8,7 +8,7 @@
 // GET and HEAD /p/<photo ID>/<size>[.<ext>] cost at most one disk read: a
 // plain GET or HEAD of a needle of volume.PinMin bytes or more that is
 // all in the page cache is verified through a verified mapping of its own
-// (ServerOptions.VerifiedMappings) and sent from the page cache, with
+// (Options.VerifiedMappings) and sent from the page cache, with
 // sendfile from 64 KiB (store/fast.go, store/loop.go); a send that does
 // not follow the read at once first proves that the pages are still the
 // verified ones, and the connection ends, the answer short, when they are
@@ -136,11 +136,13 @@ type Options struct {
 	// reads of them skip the checksum while their pages have not left
 	// memory (see volume.Pins), and so that their answers are sent from
 	// the page cache without a copy (sendfile, or written from the
-	// volume's mapping), proven by that mapping before every later send;
-	// each takes two mappings of the process, counted against
-	// vm.max_map_count (and an answer being sent holds its mapping until
-	// it is written, a little past the bound when every cached one is
-	// held).
+	// volume's mapping), proven by that mapping before every later send.
+	// An answer holds its mapping until it is written, out of the cache
+	// when every cached one was held: at most the bound and an eighth
+	// (at least one) more exist at once, cached or held; a read that
+	// finds that many is one pread into memory. Each takes two mappings of
+	// the process, counted against vm.max_map_count: Open fails when
+	// those of the bound and its eighth are more than half of it.
 	// Zero means volume.DefaultVerifiedMappings; a negative value turns
 	// them off: every read hashes, and every image is read into memory
 	// with one pread and written from there (no zero-copy), as it is

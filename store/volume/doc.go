@@ -174,9 +174,12 @@
 // pages once more when it sends them, so a server asks before every send
 // that does not follow the read at once (after a full socket, behind
 // earlier answers, off the reading goroutine) and ends the connection
-// rather than send bytes no longer proven. Every other needle (not all
+// rather than send bytes no longer proven (a page that leaves between
+// that question and the send itself is not caught; see pins_linux.go for
+// this and the proof's other limit). Every other needle (not all
 // resident, under PinMin, whose verified mapping another read is
-// verifying, that could get no mapping, and every needle of a volume
+// verifying, that could get no mapping, or read while as many verified
+// mappings exist as Pins allows, and every needle of a volume
 // without Options.Pins) is read with one pread on that descriptor, which
 // reads exactly its pages (no readahead), into the caller's buffer;
 // faults on the mapping never read the disk on purpose. A Ref holds its

@@ -58,34 +58,63 @@ import (
 // rewritten, and compaction writes a new file and swaps it in (the swap
 // drops every verified mapping of the old file).
 //
+// What the proof does not cover. A Ref's proof (Ref.StillVerified) is
+// asked before a send, not after it: a page reclaimed and read again from
+// the disk between the question and the kernel's read of that page for
+// the send (the time of one system call: sendfile, or a write from the
+// file's mapping) goes out unproven. CopyOut has no such window: it copies
+// first and proves after, and a page present after the copy never left.
+// During a verification, a fault on the verified mapping maps the pages
+// around it that are in the page cache (fault-around, up to 64 KiB within
+// the mapping; MADV_RANDOM does not turn it off): a page the hash has
+// already passed, reclaimed and read again from the disk in the meantime,
+// can be mapped again by a later fault of the same verification without
+// being hashed again, and is then taken as verified. Both windows need
+// reclaim of a page and a disk read of it within a few microseconds,
+// while it is being used; neither is closed.
+//
 // Each verified mapping takes two mappings (VMAs) of the process, its own
 // and a guard page's that keeps it apart from the next (see mapNeedle);
 // the kernel allows vm.max_map_count of them (65530 by default) and the Go
-// runtime uses some. Pins holds at most its bound and evicts with CLOCK; a mapping
-// being checked or verified is held, and eviction unmaps it only once its
-// holders are done. The pages of a verified mapping that are present count
-// in the process's file-backed RSS (RssFile) as long as it is cached:
-// at most the bound times the largest needle, page cache the kernel
-// shares with every reader of the file, not memory of the process's own.
+// runtime uses some, failing fatally when it cannot map. Pins caches at
+// most its bound and evicts with CLOCK; a mapping being checked, verified
+// or answered from (a Ref holds it) is held, and eviction passes over it.
+// A mapping that could not go into the cache (every cached one held, or
+// another read cached the needle's first) and one dropped from it while
+// held stay mapped until their last holder is done, out of the cache; so
+// Pins also caps the mappings that exist at once, cached or not, at its
+// bound and an eighth (liveCap): a read that finds them at the cap
+// reads the needle with one pread, as without verified mappings, and
+// NewPins checks vm.max_map_count against that cap. The pages of a
+// verified mapping that are present count in the process's file-backed
+// RSS (RssFile) while it is mapped: at most the cap times the largest
+// needle, page cache the kernel shares with every reader of the file, not
+// memory of the process's own.
 
-// DefaultVerifiedMappings is the store's default bound on verified
-// mappings: 32,000 mappings (VMAs), under half of the kernel's default
-// vm.max_map_count (65530), which leaves the rest to the Go runtime and
-// the volumes' own mappings.
-const DefaultVerifiedMappings = 16000
+// DefaultVerifiedMappings is the store's default bound on cached verified
+// mappings: with the eighth more that answers may hold out of the cache
+// (liveCap), at most 15,750 verified mappings exist at once, 31,500
+// mappings (VMAs), under half of the kernel's default vm.max_map_count
+// (65530), which leaves the rest to the Go runtime and the volumes' own
+// mappings.
+const DefaultVerifiedMappings = 14000
 
 // Pins keeps the verified mappings of the needles of PinMin bytes or more of every volume
 // opened with it (Options.Pins), up to a bound shared by all of them. It is
 // safe for concurrent use.
 type Pins struct {
-	max  int
-	page int64
+	max     int
+	liveMax int // liveCap(max)
+	page    int64
 
 	mu struct {
 		sync.Mutex
 		byKey map[pinKey]*pin
 		ring  []*pin // the CLOCK ring; nil slots are free
 		hand  int
+		// held counts the cached mappings (those of byKey) with
+		// holders: when it is max, insert gives up without a scan.
+		held int
 	}
 
 	hits       atomic.Int64
@@ -141,31 +170,48 @@ type PinStats struct {
 	// left the page cache (the read was a pread), failed verification, or
 	// belonged to a file that was swapped out by a compaction or closed.
 	Dropped int64
-	// Cached is the number of verified mappings held now; Live the
-	// number mapped now (Cached, and evicted ones an answer still holds).
+	// Cached is the number of verified mappings cached now (at most the
+	// bound); Live the number mapped now: Cached, those out of the cache
+	// that a read or an answer still holds (kept out of a cache whose every
+	// mapping was held, or dropped from it while held), and those being
+	// made. Live never exceeds the bound and an eighth (see liveCap).
 	Cached int
 	Live   int64
 }
 
-// NewPins returns a cache of at most max verified mappings. It fails when
-// max is not positive, when the 2*max mappings they take (see mapNeedle)
-// are more than half the kernel's vm.max_map_count (the process needs
-// mappings of its own), or when
+// liveCap returns how many verified mappings may exist at once, cached or
+// not, for a cache of max: max and an eighth more (at least one more).
+// The eighth is room for the answers that hold a mapping out of the cache
+// (see Pins.insert): with a cache full of held mappings, that many more
+// answers of distinct needles are still sent from the page cache before
+// reads fall back to one pread each, for 12.5% more mappings of the
+// process than the bound alone. At least one more, so that a small cache
+// full of mappings nobody holds can still map a needle and evict one.
+func liveCap(bound int) int {
+	return bound + max(1, bound/8)
+}
+
+// NewPins returns a cache of at most max verified mappings, of which at
+// most liveCap(max) exist at once, cached or held out of the cache. It
+// fails when max is not positive, when the two mappings each of those
+// takes (see mapNeedle) are more than half the kernel's
+// vm.max_map_count (the process needs mappings of its own), or when
 // /proc/self/pagemap cannot say which pages are present.
 func NewPins(max int) (*Pins, error) {
 	if max <= 0 {
 		return nil, fmt.Errorf("volume: %d verified mappings: want at least 1", max)
 	}
+	live := liveCap(max)
 	if b, err := os.ReadFile("/proc/sys/vm/max_map_count"); err == nil {
 		// Each takes two mappings: its own and its guard page's.
-		if limit, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && 2*max > limit/2 {
-			return nil, fmt.Errorf("volume: %d verified mappings (two mappings each) is more than half of vm.max_map_count (%d)", max, limit)
+		if limit, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && 2*live > limit/2 {
+			return nil, fmt.Errorf("volume: %d verified mappings (up to %d at once with those answers hold, two mappings each) is more than half of vm.max_map_count (%d)", max, live, limit)
 		}
 	}
 	if err := openPagemap(); err != nil {
 		return nil, fmt.Errorf("volume: verified mappings: %w", err)
 	}
-	ps := &Pins{max: max, page: int64(os.Getpagesize())}
+	ps := &Pins{max: max, liveMax: live, page: int64(os.Getpagesize())}
 	ps.mu.byKey = make(map[pinKey]*pin)
 	return ps, nil
 }
@@ -343,6 +389,9 @@ func (ps *Pins) get(m *datMap, off int64) *pin {
 	defer ps.mu.Unlock()
 	p := ps.mu.byKey[pinKey{m, off}]
 	if p != nil {
+		if p.holders == 0 {
+			ps.mu.held++
+		}
 		p.holders++
 		p.used = true
 	}
@@ -354,6 +403,9 @@ func (ps *Pins) get(m *datMap, off int64) *pin {
 func (ps *Pins) release(p *pin) {
 	ps.mu.Lock()
 	p.holders--
+	if p.holders == 0 && !p.dead {
+		ps.mu.held--
+	}
 	last := p.dead && p.holders == 0
 	ps.mu.Unlock()
 	if last {
@@ -372,16 +424,39 @@ func (ps *Pins) drop(p *pin) {
 	ps.mu.Unlock()
 }
 
-// removeLocked takes p out of the map and the ring.
+// removeLocked takes p (cached) out of the map and the ring.
 func (ps *Pins) removeLocked(p *pin) {
 	delete(ps.mu.byKey, p.key)
 	ps.mu.ring[p.slot] = nil
 	p.dead = true
+	if p.holders > 0 {
+		ps.mu.held--
+	}
 }
+
+// reserve counts a verified mapping about to be made, and reports false,
+// counting nothing, when liveCap of them exist already (cached or not):
+// the caller then reads the needle with a pread. A reservation is given
+// back by unmap, or by unreserve when the mapping could not be made.
+func (ps *Pins) reserve() bool {
+	for {
+		n := ps.live.Load()
+		if n >= int64(ps.liveMax) {
+			return false
+		}
+		if ps.live.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// unreserve gives back a reservation whose mapping could not be made.
+func (ps *Pins) unreserve() { ps.live.Add(-1) }
 
 // mapNeedle maps the pages of the needle at [off, off+n) of m's file into
 // a verified mapping of its own, held by the caller (its holders is 1) and
-// not yet in the cache. Nothing has touched its pages yet.
+// not yet in the cache. Nothing has touched its pages yet. The caller has
+// reserved it (reserve); when it fails, the reservation is given back.
 //
 // The mapping lies just above a guard page of its own (anonymous,
 // PROT_NONE), so that it is a mapping (VMA) apart from every other: two
@@ -397,11 +472,13 @@ func (ps *Pins) mapNeedle(m *datMap, off int64, n int) (*pin, error) {
 	span := size + uintptr(ps.page)
 	base, err := unix.MmapPtr(-1, 0, nil, span, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
+		ps.unreserve()
 		return nil, fmt.Errorf("map needle: reserve: %w", err)
 	}
 	at := unsafe.Add(base, ps.page)
 	if _, err := unix.MmapPtr(m.fd, start, at, size, unix.PROT_READ, unix.MAP_SHARED|unix.MAP_FIXED); err != nil {
 		unix.MunmapPtr(base, span)
+		ps.unreserve()
 		return nil, fmt.Errorf("map needle: %w", err)
 	}
 	data := unsafe.Slice((*byte)(at), size)
@@ -410,10 +487,10 @@ func (ps *Pins) mapNeedle(m *datMap, off int64, n int) (*pin, error) {
 	// mapping, see mapDat).
 	if err := unix.Madvise(data, unix.MADV_RANDOM); err != nil {
 		unix.MunmapPtr(base, span)
+		ps.unreserve()
 		return nil, fmt.Errorf("map needle: madvise: %w", err)
 	}
 	m.acquire() // the mapping's descriptor stays open while it is mapped
-	ps.live.Add(1)
 	return &pin{key: pinKey{m, off}, base: base, span: span, data: data, skip: int(off - start), n: n, holders: 1}, nil
 }
 
@@ -428,7 +505,8 @@ func (ps *Pins) unmap(p *pin) {
 // insert puts p (held by the caller, just verified) into the cache,
 // evicting with CLOCK when the cache is full. It reports false when p could
 // not go in (another read of the needle cached one first, or every cached
-// mapping is held): p is then dead, and the caller's release unmaps it.
+// mapping is held, which it knows without a scan): p is then dead, and the
+// caller's release unmaps it.
 func (ps *Pins) insert(p *pin) bool {
 	var victim *pin
 	ps.mu.Lock()
@@ -453,6 +531,11 @@ func (ps *Pins) insertLocked(p *pin, victim **pin) bool {
 		slot = len(ring)
 		ps.mu.ring = append(ring, nil)
 	} else {
+		if ps.mu.held >= len(ring) {
+			// Every slot holds a mapping that is held: none to evict, and
+			// no free slot (a free one is not in byKey, so not in held).
+			return false
+		}
 		// Two turns of the hand clear every reference bit once; a
 		// mapping held by a read is passed over.
 		for range 2*len(ring) + 1 {
@@ -483,6 +566,9 @@ func (ps *Pins) insertLocked(p *pin, victim **pin) bool {
 	p.slot = slot
 	ps.mu.ring[slot] = p
 	ps.mu.byKey[p.key] = p
+	if p.holders > 0 {
+		ps.mu.held++
+	}
 	return true
 }
 
@@ -544,7 +630,8 @@ func (v *Volume) dropPinsLocked(key uint64, size uint32) {
 }
 
 // verify decodes and verifies the needle through its verified mapping (the
-// only thing that ever touches it), as datMap.decode does.
+// only thing that ever touches it), with decodeMapped, which turns a fault
+// reading the mapping into errMapFault.
 func (p *pin) verify(f needle.Format) (needle.Needle, error) {
 	return decodeMapped(f.Decode, p.data[p.skip:p.skip+p.n:p.skip+p.n], p.key.off)
 }
@@ -554,8 +641,9 @@ func (p *pin) verify(f needle.Format) (needle.Needle, error) {
 // when the needle must be read with a pread into the caller's buffer:
 // notAll then says it is not all in the page cache (or touching it
 // faulted); otherwise it is resident but has no verified mapping to
-// answer from (another read is verifying it, no mapping could be made, or
-// a needle under MapMin finds the cache full). With ok, the returned Ref
+// answer from (another read is verifying it, as many verified mappings
+// exist as liveCap allows, no mapping could be made, or a needle under
+// MapMin finds the cache full). With ok, the returned Ref
 // and error are ReadRef's answer, and a Ref holds the verified mapping it
 // was answered from (see Ref.StillVerified). The caller holds v.mu
 // shared.
@@ -621,6 +709,12 @@ func (v *Volume) readPinned(ps *Pins, m *datMap, key, cookie uint64, size needle
 	}
 	if !m.resident(start, n) {
 		return Ref{}, false, true, nil
+	}
+	if !ps.reserve() {
+		// As many verified mappings exist as may (liveCap): answers hold
+		// those out of the cache. Read the resident needle into the
+		// caller's buffer, as without the cache.
+		return Ref{}, false, false, nil
 	}
 	p, err = ps.mapNeedle(m, start, n)
 	if err != nil {

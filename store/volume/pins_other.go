@@ -10,7 +10,7 @@ import (
 
 // DefaultVerifiedMappings is the store's default bound on verified
 // mappings (which exist on Linux only; see pins_linux.go).
-const DefaultVerifiedMappings = 16000
+const DefaultVerifiedMappings = 14000
 
 // Pins keeps verified mappings of needles of PinMin bytes or more on Linux (see
 // pins_linux.go). Elsewhere NewPins fails, so none exists.

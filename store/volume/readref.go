@@ -39,7 +39,9 @@ import (
 // the mapping is MADV_RANDOM, see mapDat), one under PinMin (or under
 // MapMin while the verified mappings are full, see Pins.hasRoom), one
 // whose verified mapping another read is verifying at the moment, one
-// that could not be given a mapping (vm.max_map_count), and every needle
+// that could not be given a mapping (vm.max_map_count, or as many
+// verified mappings mapped as Pins allows, most of them held by answers
+// not yet sent, see liveCap), and every needle
 // of a volume without Options.Pins (turned off, /proc/self/pagemap
 // unusable, or not Linux): such a volume never serves from its mapping,
 // and its answers are written from memory, never with sendfile. Either
@@ -117,6 +119,14 @@ func (r *Ref) Mapped() bool { return r.m != nil }
 // /proc/self/pagemap on kernels before 6.7) for a Mapped Ref, nothing
 // otherwise. It must not be asked after Release; it is safe to ask from
 // any goroutine while the Ref is held.
+//
+// Its limit: true speaks of the moment it was asked. A send asks it
+// first, then the kernel reads the pages; a page reclaimed and read again
+// from the disk in between (the time of one system call) goes out
+// unproven. CopyOut proves after its copy, and has no such window. And a
+// verification trusts a page that the kernel's fault-around mapped again
+// after the hash had passed it (see "What the proof does not cover" in
+// pins_linux.go).
 func (r *Ref) StillVerified() bool {
 	if r.m == nil {
 		return true
@@ -149,6 +159,9 @@ func (r *Ref) CopyOut(buf []byte) ([]byte, error) {
 		r.Needle.Data = nil
 		return buf, fmt.Errorf("volume: copy of a mapped needle: %w", err)
 	}
+	if afterCopyOut != nil {
+		afterCopyOut(r)
+	}
 	if !r.StillVerified() {
 		r.Release()
 		r.Needle.Data = nil
@@ -158,6 +171,11 @@ func (r *Ref) CopyOut(buf []byte) ([]byte, error) {
 	r.Needle.Data = buf
 	return buf, nil
 }
+
+// afterCopyOut, when set, is called by CopyOut between its copy and its
+// proof. It is for tests only (nil otherwise), which take a verified
+// mapping's pages away there to check that the proof follows the copy.
+var afterCopyOut func(*Ref)
 
 // errNotVerified is CopyOut's error for a Ref whose pages may have been
 // read again from the disk since they were verified.
