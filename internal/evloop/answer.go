@@ -59,7 +59,8 @@ type Answer struct {
 	// Verified vouches for its pages then (see raw_linux.go).
 	BodyInFile bool
 	// Done, when set, is closed exactly once, when the answer's bytes are
-	// all written or the connection is gone, whichever comes first.
+	// all written, the answer is dropped (its connection cut short, see
+	// Verified), or the connection is gone, whichever comes first.
 	Done io.Closer
 	// Verified, when set on an answer whose body lies in a file
 	// (SendFile, or Body with BodyInFile), is asked on the loop before
@@ -71,17 +72,22 @@ type Answer struct {
 	// in which the Handler answered on the loop is never asked. It is
 	// asked at most once a turn: when it reports true, the bytes are sent
 	// as in the Handler's turn (without the scheduler, see raw_linux.go).
-	// When it reports false, none of the bytes not sent yet is sent: the
-	// connection ends, so that the client sees the answer cut short of
-	// its Content-Length (or none of it, if its header had not left), Done
-	// is closed, and Server.Unverified counts the answer. Without it, such
+	// When it reports false, none of the bytes not sent yet is sent, nor
+	// any of the answers after it: once the answers before it are written
+	// the connection ends (as after a last answer: its sending stopped,
+	// what the client sends drained for a while), so that the client sees
+	// the answer cut short of its Content-Length (or none of it, if its
+	// header had not left), Done is closed, and Server.Unverified counts
+	// the answer (unless the connection ends otherwise first: the client
+	// gone, or WriteTimeout). Without it, such
 	// a later send is made through the scheduler, as one that may wait for
 	// the disk. It must stay usable until Done is closed. The proof
 	// precedes the send it vouches for, as the Handler's own check
 	// precedes a send in its turn: a page that leaves the page cache and
-	// is read again from the disk between the two (the time of a system
-	// call, or of the other answers written in the same turn) is neither
-	// caught nor waited for through the scheduler.
+	// is read again from the disk between the two (at most the rest of
+	// the loop's turn: a system call, or the other connections' work in
+	// the same turn) is neither caught nor waited for through the
+	// scheduler.
 	Verified Verifier
 
 	hdr        []byte

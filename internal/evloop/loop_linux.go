@@ -66,7 +66,9 @@ type job struct {
 
 // Unverified reports how many answers were cut short because their
 // Verified reported false before a send of their file's bytes (see
-// Answer.Verified): each ended its connection.
+// Answer.Verified): each ended its connection. One whose connection
+// ended otherwise before the answer's turn to be sent came is not
+// counted.
 func (s *Server) Unverified() int64 { return s.unverified.Load() }
 
 // submit queues j for a worker, starting one if fewer than Workers run.
@@ -139,9 +141,10 @@ const (
 	// maxIovec bounds the buffers of one writev.
 	maxIovec = 64
 	// lingerTime is how long a connection closed by the server after an
-	// answer (an error, or Connection: close) still reads and drops what
-	// the client sends, so that the client reads the answer instead of a
-	// reset (as net/http waits before closing).
+	// answer (an error, Connection: close, or one cut short, see
+	// Answer.Verified) still reads and drops what the client sends, so
+	// that the client reads the answers instead of a reset (as net/http
+	// waits before closing).
 	lingerTime = 500 * time.Millisecond
 	// readBufferStart is a connection's read buffer at first; it doubles
 	// up to MaxHeaderBytes only for a request whose headers need it.
@@ -434,8 +437,13 @@ func (l *loop) doneRead(tag uint64, n int, err error) {
 	res := l.callRead(j)
 	switch {
 	case res == Answered:
-		l.finish(j) // drops it if the connection is gone
+		l.finish(j) // drops it if the connection is gone or cut short
 	case j.c.closed:
+		j.ans.release()
+	case !j.c.linger.IsZero():
+		// Cut short while the read was made: nothing more is answered on
+		// the connection.
+		j.c.busy = false
 		j.ans.release()
 	default:
 		j.ans.release()
@@ -945,6 +953,12 @@ func (c *conn) pump() {
 func (c *conn) endWrites() {
 	unix.Shutdown(c.fd, unix.SHUT_WR)
 	c.linger = c.l.now.Add(lingerTime)
+	if c.busy {
+		// A request of c is still being answered (off the loop, or by a
+		// read of the loop) and its bytes lie in c.in: what the client
+		// still sends is read into a buffer of its own.
+		c.in = make([]byte, 0, readBufferStart)
+	}
 	c.r, c.in = 0, c.in[:0]
 	c.discard()
 }

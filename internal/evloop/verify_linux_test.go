@@ -44,6 +44,11 @@ type verifyFixture struct {
 	data  []byte // the file's bytes
 	v     *testVerifier
 	dones atomic.Int64 // Done closes
+
+	// gate holds /gate/..., answered off the loop, until it is closed;
+	// the target its Handler then reads is sent on gated.
+	gate  chan struct{}
+	gated chan string
 }
 
 type verifyDone struct{ f *verifyFixture }
@@ -52,7 +57,7 @@ func (d verifyDone) Close() error { d.f.dones.Add(1); return nil }
 
 func newVerifyFixture(t *testing.T, v *testVerifier) *verifyFixture {
 	t.Helper()
-	f := &verifyFixture{v: v, data: body(4 << 20)}
+	f := &verifyFixture{v: v, data: body(4 << 20), gate: make(chan struct{}), gated: make(chan string, 1)}
 	path := filepath.Join(t.TempDir(), "file")
 	if err := os.WriteFile(path, f.data, 0o600); err != nil {
 		t.Fatal(err)
@@ -78,6 +83,18 @@ func newVerifyFixture(t *testing.T, v *testVerifier) *verifyFixture {
 			a.Status = http.StatusOK
 			a.HeaderInt("Content-Length", 10)
 			a.Body = body(10)
+			return Answered
+		}
+		if strings.HasPrefix(target, "/gate/") {
+			if !mayBlock {
+				return Blocked
+			}
+			<-f.gate
+			f.gated <- string(req.Target)
+			a.Status = http.StatusOK
+			a.HeaderInt("Content-Length", 10)
+			a.Body = body(10)
+			a.Done = verifyDone{f}
 			return Answered
 		}
 		if t, ok := strings.CutPrefix(target, "/off"); ok {
@@ -415,14 +432,39 @@ func TestVerifierFalseKeepsEarlierAnswers(t *testing.T) {
 	f.served(t)
 }
 
-// TestVerifierFalseDropsLaterAnswers: once an answer is cut short, no
-// byte of a later answer of the connection is sent, also one made off
-// the loop while the cut answer was being sent, whichever is done first.
-func TestVerifierFalseDropsLaterAnswers(t *testing.T) {
+// TestVerifierFalseKeepsOffLoopRequest: a connection cut short while a
+// later request of it is answered off the loop drains what its client
+// still sends into a buffer of its own: the request's bytes, which the
+// Handler reads off the loop, are not overwritten, and its answer is
+// dropped (its Done closed) when done.
+func TestVerifierFalseKeepsOffLoopRequest(t *testing.T) {
 	v := &testVerifier{}
 	f := newVerifyFixture(t, v)
-	br := f.ask(t, "GET /mapped HTTP/1.1\r\nHost: x\r\n\r\nGET /off/small HTTP/1.1\r\nHost: x\r\n\r\nGET /img/10 HTTP/1.1\r\nHost: x\r\n\r\n")
-	cutShort(t, br, f.data) // and then the end: no byte of the later answers
+	c := f.dial(t)
+	const target = "/gate/the-request-target"
+	if _, err := io.WriteString(c, "GET /mapped HTTP/1.1\r\nHost: x\r\n\r\nGET "+target+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	f.served(t)
+	br := bufio.NewReader(c)
+	cutShort(t, br, f.data)
+	// Bytes the lingering connection reads and drops while the Handler
+	// of /gate waits; then a turn of the loop, so that it has read them.
+	if _, err := io.WriteString(c, strings.Repeat("Z", 300)); err != nil && !isReset(err) {
+		t.Fatal(err)
+	}
+	f.served(t)
+	close(f.gate)
+	if got := <-f.gated; got != target {
+		t.Fatalf("the Handler off the loop read the target %q, want %q", got, target)
+	}
+	// A bound on a wait that would otherwise hang, not a timing assertion.
+	for deadline := time.Now().Add(10 * time.Second); f.dones.Load() < 2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("Done closed %d times, want 2 (the cut answer and the dropped one)", f.dones.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if n := f.srv.Unverified(); n != 1 {
 		t.Errorf("Unverified %d, want 1", n)
 	}
