@@ -43,7 +43,7 @@ func (f *storeFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.maxConns, "max-conns", 0, "maximum HTTP connections served at once (0: no limit)")
 	fs.BoolVar(&f.eventLoop, "event-loop", true, "serve HTTP on event loops, one per core, answering image GETs without a goroutine per connection (Linux only; --event-loop=false: fasthttp)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for requests in flight before closing connections")
-	fs.IntVar(&f.verifiedMaps, "verified-mappings", volume.DefaultVerifiedMappings, "images of 4 KiB or more kept mapped once verified, so that they are sent from the page cache without a copy (proven still verified before each send) and rereads skip the checksum while their pages stay in memory (an image under 32 KiB only while there is room, never evicting another); answers being sent may hold an eighth more out of the cache, beyond which an image is read into memory; each takes two mappings of the process (with that eighth, at most half of vm.max_map_count); 0: off, no zero-copy at all: every image is read into memory with one pread and hashed")
+	fs.IntVar(&f.verifiedMaps, "verified-mappings", volume.DefaultVerifiedMappings, "images of 4 KiB or more kept mapped once verified, so that they are sent from the page cache without a copy (proven still verified before each send) and rereads skip the checksum while their pages stay in memory (an image under 32 KiB only while there is room, never evicting another); answers being sent may hold an eighth more out of the cache, beyond which an image is read into memory; each takes two mappings of the process (with that eighth, at most half of vm.max_map_count); 0: off, no zero-copy at all: every image is read into memory with one pread and hashed; the default, where vm.max_map_count cannot give it, is off with a log line, any other bound an error")
 	fs.BoolVar(&f.directReads, "direct-reads", true, "read images of 32 KiB or more that are not in the page cache with O_DIRECT, leaving the page cache to images read more than once (file systems that refuse O_DIRECT read through the page cache, with a warning in the log)")
 	fs.IntVar(&f.directWindow, "direct-window", volume.DefaultDirectWindow, "with --direct-reads, an image read from the disk again within this many such reads is read through the page cache and stays in memory (4 bytes each, for the whole store)")
 	f.cluster.register(fs)
@@ -135,10 +135,17 @@ func runStore(ctx context.Context, f *storeFlags) error {
 const maxDirectWindow = 1 << 22
 
 // verifiedMappingsOption turns --verified-mappings (0: off) into
-// store.Options.VerifiedMappings (0: the default, negative: off).
+// store.Options.VerifiedMappings (0: the default, negative: off). The
+// default bound is passed as the store's default, so that a kernel whose
+// vm.max_map_count cannot give it leaves the store running without
+// verified mappings (it logs why) rather than refusing to start; any
+// other bound is asked for, and one the kernel cannot give is an error.
 func verifiedMappingsOption(n int) int {
-	if n == 0 {
+	switch n {
+	case 0:
 		return -1
+	case volume.DefaultVerifiedMappings:
+		return 0
 	}
 	return n
 }

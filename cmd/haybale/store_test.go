@@ -10,12 +10,15 @@ import (
 )
 
 // TestStoreVerifiedMappingsFlag: --verified-mappings defaults to the
-// store's default bound, 0 turns verified mappings off (a negative store
-// option), and a negative value is refused with the flag's name.
+// store's default bound, passed as the store's default option (0: run
+// without them, with a log line, where the kernel cannot give them), 0
+// turns verified mappings off (a negative store option), another bound
+// is asked for as it is, and a negative value is refused with the flag's
+// name.
 func TestStoreVerifiedMappingsFlag(t *testing.T) {
 	f, err := parseStoreFlags(t)
-	if err != nil || f.verifiedMaps != volume.DefaultVerifiedMappings || verifiedMappingsOption(f.verifiedMaps) != volume.DefaultVerifiedMappings {
-		t.Fatalf("default: %v, %d", err, f.verifiedMaps)
+	if err != nil || f.verifiedMaps != volume.DefaultVerifiedMappings || verifiedMappingsOption(f.verifiedMaps) != 0 {
+		t.Fatalf("default: %v, %d, store option %d, want 0 (the store's default)", err, f.verifiedMaps, verifiedMappingsOption(f.verifiedMaps))
 	}
 	if f, err := parseStoreFlags(t, "--verified-mappings", "0"); err != nil || verifiedMappingsOption(f.verifiedMaps) >= 0 {
 		t.Fatalf("--verified-mappings 0: %v, store option %d, want negative (off)", err, verifiedMappingsOption(f.verifiedMaps))
