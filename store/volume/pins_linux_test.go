@@ -939,6 +939,7 @@ func TestRefStillVerifiedConcurrent(t *testing.T) {
 	// departure counted in done after a reader read started began after
 	// that reading.
 	var started, done atomic.Int64
+	var broke atomic.Bool // the departures stopped on an error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -951,6 +952,7 @@ func TestRefStillVerifiedConcurrent(t *testing.T) {
 			started.Add(1)
 			if err := unix.Madvise(p.data, unix.MADV_DONTNEED); err != nil {
 				errs <- err
+				broke.Store(true)
 				return
 			}
 			done.Add(1)
@@ -973,8 +975,12 @@ func TestRefStillVerifiedConcurrent(t *testing.T) {
 					// since, and whatever faulted them back in was a
 					// later verification, which the Ref does not own.
 					s := started.Load()
-					for done.Load() <= s {
+					for done.Load() <= s && !broke.Load() {
 						runtime.Gosched()
+					}
+					if broke.Load() {
+						ref.Release()
+						return
 					}
 					if ref.StillVerified() {
 						errs <- fmt.Errorf("a Ref of seq %d still proves its bytes after its pages left the mapping (seq now %d)", ref.seq, p.seq.Load())
