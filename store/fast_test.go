@@ -214,19 +214,7 @@ func testSendfileSlowClient(t *testing.T, loop bool) {
 	ts.writePhoto(t, p)
 	before := scrapeCounter(t, ts.base, "haybale_store_http_bytes_sendfile_total")
 
-	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
-	c, err := d.Dial("tcp", ts.srv.HTTPAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialSmallReceive(t, ts.srv.HTTPAddr().String())
 	defer c.Close()
 	sizes := []needle.SizeCode{needle.SizeLarge, needle.SizeThumb, needle.SizeLarge}
 	var b bytes.Buffer
@@ -268,4 +256,25 @@ func testSendfileSlowClient(t *testing.T, loop bool) {
 	if runtime.GOOS == "linux" && sent != float64(2*len(p.data[needle.SizeLarge])) {
 		t.Errorf("%.0f bytes sent with sendfile, want the two large answers' %d", sent, 2*len(p.data[needle.SizeLarge]))
 	}
+}
+
+// dialSmallReceive connects to addr with a receive buffer of 4 KiB, so
+// that a large answer fills the server's socket while the test reads
+// slowly.
+func dialSmallReceive(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

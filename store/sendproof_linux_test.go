@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -56,19 +55,7 @@ func testSendProofCutsShort(t *testing.T, loop bool) {
 	}
 	before := scrapeCounter(t, ts.base, "haybale_store_http_unverified_answers_total")
 
-	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
-	conn, err := d.Dial("tcp", ts.srv.HTTPAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := dialSmallReceive(t, ts.srv.HTTPAddr().String())
 	defer conn.Close()
 	c := &countingConn{Conn: conn}
 	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: store\r\n\r\n", target); err != nil {

@@ -191,6 +191,21 @@ func (f *verifyFixture) ask(t *testing.T, requests string) *bufio.Reader {
 	return bufio.NewReader(c)
 }
 
+// counted checks f's counts: its Verifier's calls (-1: not checked), the
+// server's Unverified, and the Done closes.
+func (f *verifyFixture) counted(t *testing.T, calls, unverified, dones int64) {
+	t.Helper()
+	if n := f.v.calls.Load(); calls >= 0 && n != calls {
+		t.Errorf("the Verifier was asked %d times, want %d", n, calls)
+	}
+	if n := f.srv.Unverified(); n != unverified {
+		t.Errorf("Unverified %d, want %d", n, unverified)
+	}
+	if n := f.dones.Load(); n != dones {
+		t.Errorf("Done closed %d times, want %d", n, dones)
+	}
+}
+
 // cutShort reads an answer of want from br and checks that it is cut
 // short of its Content-Length, its bytes a prefix of want, and that the
 // connection ends then.
@@ -229,15 +244,7 @@ func TestVerifierFalseCutsSendFile(t *testing.T) {
 	br := f.ask(t, "GET /file HTTP/1.1\r\nHost: x\r\n\r\n")
 	cutShort(t, br, f.data)
 	f.served(t)
-	if n := v.calls.Load(); n != 1 {
-		t.Errorf("the Verifier was asked %d times, want 1", n)
-	}
-	if n := f.srv.Unverified(); n != 1 {
-		t.Errorf("Unverified %d, want 1", n)
-	}
-	if n := f.dones.Load(); n != 1 {
-		t.Errorf("Done closed %d times, want 1", n)
-	}
+	f.counted(t, 1, 1, 1)
 }
 
 // TestVerifierFalseCutsMappedBody: a body in a file's mapping
@@ -249,12 +256,7 @@ func TestVerifierFalseCutsMappedBody(t *testing.T) {
 	br := f.ask(t, "GET /mapped HTTP/1.1\r\nHost: x\r\n\r\n")
 	cutShort(t, br, f.data)
 	f.served(t)
-	if n := f.srv.Unverified(); n != 1 {
-		t.Errorf("Unverified %d, want 1", n)
-	}
-	if n := f.dones.Load(); n != 1 {
-		t.Errorf("Done closed %d times, want 1", n)
-	}
+	f.counted(t, -1, 1, 1)
 }
 
 // TestVerifierFalseBehindEarlierAnswer: a mapped body queued behind a
@@ -274,15 +276,7 @@ func TestVerifierFalseBehindEarlierAnswer(t *testing.T) {
 		t.Fatalf("second answer: %d, %d bytes, not the %d of the file", resp.StatusCode, len(b), len(f.data))
 	}
 	cutShort(t, br, f.data)
-	if n := v.calls.Load(); n != 1 {
-		t.Errorf("the Verifier was asked %d times, want 1", n)
-	}
-	if n := f.srv.Unverified(); n != 1 {
-		t.Errorf("Unverified %d, want 1", n)
-	}
-	if n := f.dones.Load(); n != 2 {
-		t.Errorf("Done closed %d times, want 2 (one per answer with a Done)", n)
-	}
+	f.counted(t, 1, 1, 2)
 	f.served(t)
 }
 
@@ -299,15 +293,7 @@ func TestVerifierFalseAskedOnce(t *testing.T) {
 		t.Fatalf("first answer: %d, %d bytes, not the %d of the file", resp.StatusCode, len(b), len(f.data))
 	}
 	cutShort(t, br, f.data)
-	if n := v.calls.Load(); n != 1 {
-		t.Errorf("the Verifier was asked %d times, want 1", n)
-	}
-	if n := f.srv.Unverified(); n != 1 {
-		t.Errorf("Unverified %d, want 1", n)
-	}
-	if n := f.dones.Load(); n != 2 {
-		t.Errorf("Done closed %d times, want 2", n)
-	}
+	f.counted(t, 1, 1, 2)
 }
 
 // TestVerifierTrueSendsWhole: with a Verifier that reports true, a large
@@ -347,12 +333,7 @@ func TestVerifierTrueSendsWhole(t *testing.T) {
 	if n := v.calls.Load() - before; n != 0 {
 		t.Errorf("an answer sent whole in its Handler's turn asked its Verifier %d times, want 0", n)
 	}
-	if n := f.srv.Unverified(); n != 0 {
-		t.Errorf("Unverified %d, want 0", n)
-	}
-	if n := f.dones.Load(); n != 3 {
-		t.Errorf("Done closed %d times, want 3", n)
-	}
+	f.counted(t, -1, 0, 3)
 }
 
 // TestVerifierOffLoop: an answer made off the loop (Blocked, then
@@ -376,15 +357,7 @@ func TestVerifierOffLoop(t *testing.T) {
 	c2 := f2.dial(t)
 	io.WriteString(c2, "GET /off/small HTTP/1.1\r\nHost: x\r\n\r\n")
 	cutShort(t, bufio.NewReader(c2), f2.data[:1000])
-	if n := v2.calls.Load(); n != 1 {
-		t.Errorf("the Verifier was asked %d times, want 1", n)
-	}
-	if n := f2.srv.Unverified(); n != 1 {
-		t.Errorf("Unverified %d, want 1", n)
-	}
-	if n := f2.dones.Load(); n != 1 {
-		t.Errorf("Done closed %d times, want 1", n)
-	}
+	f2.counted(t, 1, 1, 1)
 	f2.served(t)
 }
 
