@@ -315,9 +315,9 @@ func (h *httpHandler) readResult(id needle.PhotoID, size needle.SizeCode, n need
 // from the body, and the body in pieces of its write buffer), and keeps
 // the headers and body in one write. When the pages are no longer those
 // verified (they left the page cache after the read, before or while
-// they were copied: a matter of microseconds), or copying faults, the image is read once more
-// (verified again, or read with a pread); a second failure answers a
-// read error.
+// they were copied: a matter of microseconds), or copying faults, the
+// image is read once more (verified again, or read with a pread); a
+// second failure answers a read error.
 func (h *httpHandler) copyOut(img imageRead, id needle.PhotoID, choice imagehttp.Choice) imageRead {
 	for try := 0; ; try++ {
 		buf, err := img.rb.ref.CopyOut(img.rb.b)

@@ -256,20 +256,14 @@ func (h *httpHandler) writeLoop(a *evloop.Answer, head bool, img *imageRead) {
 		return
 	}
 	h.srv.metrics.bytesServed.Add(float64(len(n.Data)))
-	// Bytes of the file (sendfile, or the volume's mapping) are read by
-	// the kernel again as they are sent: the loop asks rb, which holds
-	// their verified mapping, before any send in a later turn than this
-	// one (after a full socket, behind earlier answers, or answered off
-	// the loop), and ends the connection when they are no longer proven.
+	// The proof of the file's bytes, which the loop asks before a send of
+	// them in a later turn (it is never asked for bytes in memory).
+	a.Verified = rb
 	if fd, off, ok := rb.ref.Source(); ok && len(n.Data) >= sendfileMin && a.CanSendFile() {
 		a.SendFile(fd, off, int64(len(n.Data)))
-		a.Verified = rb
 		h.srv.metrics.bytesSent.Add(float64(len(n.Data)))
 		return
 	}
 	a.Body = n.Data
-	if rb.ref.Mapped() {
-		a.BodyInFile = true // the volume's mapping: a page may fault in
-		a.Verified = rb
-	}
+	a.BodyInFile = rb.ref.Mapped() // the volume's mapping: a page may fault in
 }

@@ -124,6 +124,14 @@ func newFixture(t *testing.T, opts Options, sndbuf ...int) *fixture {
 // dial connects to f, with a receive buffer of rcvbuf bytes when set.
 func (f *fixture) dial(t *testing.T, rcvbuf int) net.Conn {
 	t.Helper()
+	return dialTest(t, f.ln.Addr().String(), rcvbuf)
+}
+
+// dialTest connects to addr, with a receive buffer of rcvbuf bytes when
+// set, closes the connection when the test ends, and bounds it with a
+// deadline.
+func dialTest(t *testing.T, addr string, rcvbuf int) net.Conn {
+	t.Helper()
 	d := net.Dialer{Timeout: 5 * time.Second}
 	if rcvbuf > 0 {
 		d.Control = func(_, _ string, c syscall.RawConn) error {
@@ -137,7 +145,7 @@ func (f *fixture) dial(t *testing.T, rcvbuf int) net.Conn {
 			return serr
 		}
 	}
-	c, err := d.Dial("tcp", f.ln.Addr().String())
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

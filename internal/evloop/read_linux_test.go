@@ -437,13 +437,7 @@ func TestLoopReadAbandonedRing(t *testing.T) {
 // cache), and through it when it was made off the loop (the pages may
 // have left since); one from memory only never goes through it.
 func TestLoopBodyInFileWaits(t *testing.T) {
-	var waited atomic.Int64
-	orig := waitingCall
-	waitingCall = func(trap, a1, a2, a3 uintptr) (uintptr, uintptr, syscall.Errno) {
-		waited.Add(1)
-		return orig(trap, a1, a2, a3)
-	}
-	t.Cleanup(func() { waitingCall = orig })
+	waited := countWaits(t)
 	page := body(16 << 10) // well under a socket buffer: written in one call
 	h := func(req *Request, a *Answer, mayBlock bool) Result {
 		target := string(req.Target)
@@ -577,3 +571,16 @@ func TestLoopReadWithoutRing(t *testing.T) {
 type closeFunc func()
 
 func (f closeFunc) Close() error { f(); return nil }
+
+// countWaits counts, until the test ends, the loop's system calls made
+// through the scheduler (waitingCall).
+func countWaits(t *testing.T) *atomic.Int64 {
+	var waited atomic.Int64
+	orig := waitingCall
+	waitingCall = func(trap, a1, a2, a3 uintptr) (uintptr, uintptr, syscall.Errno) {
+		waited.Add(1)
+		return orig(trap, a1, a2, a3)
+	}
+	t.Cleanup(func() { waitingCall = orig })
+	return &waited
+}

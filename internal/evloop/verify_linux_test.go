@@ -143,25 +143,7 @@ func newVerifyFixture(t *testing.T, v *testVerifier) *verifyFixture {
 // dial connects to f with a small receive buffer.
 func (f *verifyFixture) dial(t *testing.T) net.Conn {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<10)
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
-	c, err := d.Dial("tcp", f.ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	// A bound on a test that would otherwise hang, not a timing
-	// assertion.
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	return c
+	return dialTest(t, f.ln.Addr().String(), 4<<10)
 }
 
 // served has f answer a small request on a new connection: the loop has
@@ -302,13 +284,7 @@ func TestVerifierFalseAskedOnce(t *testing.T) {
 // were made without the scheduler; and an answer sent whole in its own
 // turn never asks its Verifier.
 func TestVerifierTrueSendsWhole(t *testing.T) {
-	var waited atomic.Int64
-	orig := waitingCall
-	waitingCall = func(trap, a1, a2, a3 uintptr) (uintptr, uintptr, syscall.Errno) {
-		waited.Add(1)
-		return orig(trap, a1, a2, a3)
-	}
-	t.Cleanup(func() { waitingCall = orig })
+	waited := countWaits(t)
 	v := &testVerifier{ok: true}
 	f := newVerifyFixture(t, v)
 	for _, target := range []string{"/file", "/mapped"} {

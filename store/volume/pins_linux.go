@@ -670,12 +670,9 @@ func (v *Volume) readPinned(ps *Pins, m *datMap, key, cookie uint64, size needle
 		// before it has hashed them: its pages present mean nothing until
 		// it is done, so seq is read before and after the presence check.
 		seq := p.seq.Load()
-		if seq%2 == 0 {
-			all, perr := present(p.data)
-			if perr == nil && all && p.seq.Load() == seq {
-				ps.hits.Add(1)
-				return v.pinnedRef(ps, p, seq, m, p.hdr, p.dataLen, start, cookie)
-			}
+		if seq%2 == 0 && p.stillVerified(seq) {
+			ps.hits.Add(1)
+			return v.pinnedRef(ps, p, seq, m, p.hdr, p.dataLen, start, cookie)
 		}
 		// A page was unmapped since the last verification (it may have
 		// been read again from the disk), or a verification is running.
